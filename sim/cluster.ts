@@ -1,0 +1,288 @@
+/**
+ * The simulated world's cluster: regions of nodes with GPUs, capacity-aware placement (a
+ * workload waits pending while no set of nodes has room), image-pull and container-start
+ * durations, preemption and resumption, pod failure and region outages, all on the virtual
+ * clock and, where random, from the seeded PRNG.
+ *
+ * Its events are delivered on the clock's `world` lane. While nobody is subscribed (the
+ * supervisor is down) events are lost, as a controller's watch would lose them; the
+ * supervisor's reconciliation heals that on start.
+ */
+import { Lane, type EngineClock, type TimerHandle } from "../src/clock.js"
+import type { ClusterEvent, ClusterPort, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../src/cluster.js"
+import { Prng } from "./prng.js"
+
+export interface SimRegion {
+  readonly name: string
+  readonly nodes: number
+  readonly gpus_per_node: number
+  readonly image_pull_ms: number
+  /** Extra pull time, uniform in [0, jitter], drawn per pod from the PRNG. */
+  readonly image_pull_jitter_ms: number
+  readonly container_start_ms: number
+  readonly pod_stop_ms: number
+  /** Probability that a pod fails while its image is pulled. */
+  readonly pull_failure_probability: number
+  /** Random preemptions of running pods: mean time between them, or 0 for none. */
+  readonly preemption_mean_interval_ms: number
+  /** How long a random preemption holds the GPUs before the pod resumes. */
+  readonly preemption_duration_ms: number
+}
+
+interface Workload {
+  readonly spec: WorkloadSpec
+  phase: WorkloadPhase
+  /** Node indexes holding this workload's GPUs, or null while unplaced. */
+  nodes: number[] | null
+  started_at: number | null
+  timer: TimerHandle | null
+  deleting: boolean
+}
+
+interface RegionState {
+  readonly spec: SimRegion
+  readonly free: number[]
+  down: boolean
+  /** Unplaced workloads in arrival order. */
+  readonly queue: string[]
+}
+
+export type WorldOutcome = { readonly ok: true } | { readonly ok: false; readonly status: number; readonly error: string; readonly message: string }
+
+const ok: WorldOutcome = { ok: true }
+const refuse = (error: string, message: string): WorldOutcome => ({ ok: false, status: 409, error, message })
+
+export class SimCluster implements ClusterPort {
+  private readonly regions = new Map<string, RegionState>()
+  private readonly workloads = new Map<string, Workload>()
+  private readonly byResource = new Map<string, string>()
+  /** Resources whose next N events the watcher will miss. */
+  private readonly missing = new Map<string, number>()
+  private handler: ((event: ClusterEvent) => void) | null = null
+  private readonly prng: Prng
+
+  constructor(
+    private readonly clock: EngineClock,
+    regions: ReadonlyArray<SimRegion>,
+    seed: number
+  ) {
+    this.prng = new Prng(seed)
+    for (const spec of [...regions].sort((a, b) => (a.name < b.name ? -1 : 1))) {
+      this.regions.set(spec.name, { spec, free: Array.from({ length: spec.nodes }, () => spec.gpus_per_node), down: false, queue: [] })
+    }
+  }
+
+  // ── ClusterPort ───────────────────────────────────────────────────────────────────────
+  region(name: string) {
+    const r = this.regions.get(name)
+    return r === undefined ? undefined : { nodes: r.spec.nodes, gpus_per_node: r.spec.gpus_per_node }
+  }
+
+  createWorkload(spec: WorkloadSpec): void {
+    if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
+    const region = this.regions.get(spec.region)
+    if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, timer: null, deleting: false })
+    this.byResource.set(spec.resource, spec.name)
+    region.queue.push(spec.name)
+    this.placeQueued(region)
+  }
+
+  deleteWorkload(name: string): void {
+    const w = this.workloads.get(name)
+    if (w === undefined || w.deleting) return
+    w.deleting = true
+    this.cancel(w)
+    const region = this.regions.get(w.spec.region)!
+    w.timer = this.at(region.spec.pod_stop_ms, name, () => {
+      w.timer = null
+      this.release(w)
+      this.workloads.delete(name)
+      this.byResource.delete(w.spec.resource)
+      this.emit({ type: "pod.deleted", resource: w.spec.resource, at: this.clock.now() })
+      this.placeQueued(region)
+    })
+  }
+
+  get(name: string): WorkloadStatus | undefined {
+    const w = this.workloads.get(name)
+    return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at }
+  }
+
+  list(): ReadonlyArray<WorkloadStatus> {
+    return [...this.workloads.keys()].sort().map((name) => this.get(name)!)
+  }
+
+  subscribe(handler: (event: ClusterEvent) => void): () => void {
+    if (this.handler !== null) throw new Error("SimCluster has one subscriber at a time")
+    this.handler = handler
+    return () => {
+      if (this.handler === handler) this.handler = null
+    }
+  }
+
+  // ── the world's own events (timeline: preempt, resume, pod_fail, region_down/up) ────
+  preempt(resource: string): WorldOutcome {
+    const w = this.workloadOf(resource)
+    if (w === undefined || w.deleting) return refuse("no_pod", `no pod runs for ${resource}`)
+    if (w.phase !== "running" && w.phase !== "loading") return refuse("not_running", `the pod of ${resource} is ${w.phase}, not running`)
+    this.cancel(w)
+    // A higher-priority workload takes the GPUs: they stay occupied until it leaves.
+    w.phase = "preempted"
+    this.emit({ type: "pod.preempted", resource, at: this.clock.now() })
+    return ok
+  }
+
+  resume(resource: string): WorldOutcome {
+    const w = this.workloadOf(resource)
+    if (w === undefined || w.deleting || w.phase !== "preempted") return refuse("not_preempted", `the pod of ${resource} is not preempted`)
+    const region = this.regions.get(w.spec.region)!
+    this.cancel(w)
+    // The image is on the node already: only the container starts again.
+    w.timer = this.at(region.spec.container_start_ms, w.spec.name, () => {
+      w.timer = null
+      w.phase = "running"
+      this.emit({ type: "pod.running", resource, at: this.clock.now(), started_at: w.started_at })
+      this.armRandomPreemption(w)
+    })
+    return ok
+  }
+
+  failPod(resource: string): WorldOutcome {
+    const w = this.workloadOf(resource)
+    if (w === undefined || w.deleting) return refuse("no_pod", `no pod runs for ${resource}`)
+    if (w.phase === "failed") return refuse("already_failed", `the pod of ${resource} already failed`)
+    this.fail(w)
+    return ok
+  }
+
+  regionDown(name: string): WorldOutcome {
+    const region = this.regions.get(name)
+    if (region === undefined) return { ok: false, status: 404, error: "unknown_region", message: `no region ${name}` }
+    if (region.down) return refuse("already_down", `region ${name} is already down`)
+    region.down = true
+    for (const name of [...this.workloads.keys()].sort()) {
+      const w = this.workloads.get(name)!
+      if (w.spec.region === region.spec.name && !w.deleting && w.phase !== "failed") this.fail(w)
+    }
+    return ok
+  }
+
+  regionUp(name: string): WorldOutcome {
+    const region = this.regions.get(name)
+    if (region === undefined) return { ok: false, status: 404, error: "unknown_region", message: `no region ${name}` }
+    if (!region.down) return refuse("not_down", `region ${name} is not down`)
+    region.down = false
+    this.placeQueued(region)
+    return ok
+  }
+
+  /** The watcher will miss the next `count` events of this resource (to exercise the heal). */
+  missEvents(resource: string, count: number): WorldOutcome {
+    this.missing.set(resource, (this.missing.get(resource) ?? 0) + count)
+    return ok
+  }
+
+  // ── internals ─────────────────────────────────────────────────────────────────────────
+  private workloadOf(resource: string): Workload | undefined {
+    const name = this.byResource.get(resource)
+    return name === undefined ? undefined : this.workloads.get(name)
+  }
+
+  private at(delay_ms: number, key: string, fn: () => void): TimerHandle {
+    return this.clock.schedule(this.clock.now() + delay_ms, fn, { lane: Lane.world, key })
+  }
+
+  private cancel(w: Workload): void {
+    if (w.timer !== null) this.clock.clearTimeout(w.timer)
+    w.timer = null
+  }
+
+  private emit(event: ClusterEvent): void {
+    const missed = this.missing.get(event.resource) ?? 0
+    if (missed > 0) {
+      this.missing.set(event.resource, missed - 1)
+      return
+    }
+    this.handler?.(event)
+  }
+
+  private fail(w: Workload): void {
+    this.cancel(w)
+    w.phase = "failed"
+    this.release(w)
+    const region = this.regions.get(w.spec.region)!
+    const queued = region.queue.indexOf(w.spec.name)
+    if (queued >= 0) region.queue.splice(queued, 1)
+    this.emit({ type: "pod.failed", resource: w.spec.resource, at: this.clock.now() })
+    this.placeQueued(region)
+  }
+
+  private release(w: Workload): void {
+    if (w.nodes === null) return
+    const region = this.regions.get(w.spec.region)!
+    for (const n of w.nodes) region.free[n]! += w.spec.gpu_count
+    w.nodes = null
+  }
+
+  /** Places every queued workload that fits now, in arrival order (no head-of-line blocking). */
+  private placeQueued(region: RegionState): void {
+    if (region.down) return
+    for (let i = 0; i < region.queue.length; ) {
+      const w = this.workloads.get(region.queue[i]!)!
+      const nodes = this.fit(region, w.spec)
+      if (nodes === null) {
+        i++
+        continue
+      }
+      region.queue.splice(i, 1)
+      for (const n of nodes) region.free[n]! -= w.spec.gpu_count
+      w.nodes = nodes
+      this.startPull(region, w)
+    }
+  }
+
+  /** First fit: the lowest-numbered `node_count` nodes that each have `gpu_count` free GPUs. */
+  private fit(region: RegionState, spec: WorkloadSpec): number[] | null {
+    const chosen: number[] = []
+    for (let n = 0; n < region.free.length && chosen.length < spec.node_count; n++) {
+      if (region.free[n]! >= spec.gpu_count) chosen.push(n)
+    }
+    return chosen.length === spec.node_count ? chosen : null
+  }
+
+  private startPull(region: RegionState, w: Workload): void {
+    const s = region.spec
+    const pull_ms = s.image_pull_ms + (s.image_pull_jitter_ms > 0 ? this.prng.int(0, s.image_pull_jitter_ms) : 0)
+    const pullFails = this.prng.chance(s.pull_failure_probability)
+    w.timer = this.at(pull_ms, w.spec.name, () => {
+      w.timer = null
+      if (pullFails) return this.fail(w)
+      w.phase = "loading"
+      w.started_at = this.clock.now()
+      this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
+      w.timer = this.at(s.container_start_ms, w.spec.name, () => {
+        w.timer = null
+        w.phase = "running"
+        this.emit({ type: "pod.running", resource: w.spec.resource, at: this.clock.now(), started_at: w.started_at })
+        this.armRandomPreemption(w)
+      })
+    })
+  }
+
+  private armRandomPreemption(w: Workload): void {
+    const s = this.regions.get(w.spec.region)!.spec
+    if (s.preemption_mean_interval_ms <= 0) return
+    // Uniform in [0, 2 × mean]: the mean the catalog asks for, from integer draws only.
+    const after_ms = this.prng.int(0, 2 * s.preemption_mean_interval_ms)
+    w.timer = this.at(after_ms, w.spec.name, () => {
+      w.timer = null
+      if (this.preempt(w.spec.resource).ok) {
+        w.timer = this.at(s.preemption_duration_ms, w.spec.name, () => {
+          w.timer = null
+          this.resume(w.spec.resource)
+        })
+      }
+    })
+  }
+}

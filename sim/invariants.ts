@@ -1,0 +1,262 @@
+/**
+ * The invariant checker (SPEC §9): what finance checks after every simulation. It reads
+ * only what the run left in the ledger (rows, holds, notifications, transitions, final
+ * resource records) and recomputes each rule independently of the engine's own
+ * bookkeeping: billable time comes from the transitions log, not from the machines.
+ *
+ * Invariant 8 (same timeline, same seed → byte-identical output) needs a second run; the
+ * runner's `checkDeterminism` does it.
+ */
+import type { GpuInstanceContext } from "../machines/gpuInstance.js"
+import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
+import { costMicros, holdMicros, type Micros } from "../src/money.js"
+import * as policy from "../src/policy.js"
+import { isoInstant } from "./iso.js"
+
+export interface ResourceFacts {
+  readonly id: string
+  readonly account: string
+  readonly kind: string
+  readonly status: string
+  readonly live: boolean
+  readonly context: GpuInstanceContext
+}
+
+export interface RunFacts {
+  readonly start_ms: number
+  readonly end_ms: number
+  readonly rows: ReadonlyArray<LedgerRow>
+  readonly holds: ReadonlyArray<Hold>
+  readonly notifications: ReadonlyArray<Notification>
+  readonly transitions: ReadonlyArray<Transition>
+  readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
+  readonly resources: ReadonlyArray<ResourceFacts>
+}
+
+export interface Violation {
+  readonly invariant: number
+  readonly name: string
+  readonly account: string | null
+  readonly resource: string | null
+  readonly at: string | null
+  readonly message: string
+}
+
+export const INVARIANT_NAMES: Record<number, string> = {
+  1: "conservation",
+  2: "hold_settled_once",
+  3: "consumed_matches_billable_time",
+  4: "balance_not_negative",
+  5: "hold_covered_at_placement",
+  6: "warnings_in_order_before_termination",
+  7: "no_run_past_deadline",
+  8: "determinism"
+}
+
+const BILLABLE: ReadonlySet<string> = new Set(policy.BILLABLE_STATES)
+const STOPPING: ReadonlySet<string> = new Set(["terminating", "terminated", "failed"])
+/** One micro-dollar of rounding per settlement (SPEC §9.3). */
+const ROUNDING_MICROS = 1n
+
+const groupBy = <T>(items: ReadonlyArray<T>, key: (t: T) => string): Map<string, T[]> => {
+  const out = new Map<string, T[]>()
+  for (const item of items) {
+    const k = key(item)
+    const list = out.get(k)
+    if (list === undefined) out.set(k, [item])
+    else list.push(item)
+  }
+  return out
+}
+
+export const checkInvariants = (facts: RunFacts): Violation[] => {
+  const violations: Violation[] = []
+  const violate = (invariant: number, v: { account?: string | null; resource?: string | null; at?: number | null; message: string }): void => {
+    violations.push({
+      invariant,
+      name: INVARIANT_NAMES[invariant]!,
+      account: v.account ?? null,
+      resource: v.resource ?? null,
+      at: v.at == null ? null : isoInstant(v.at),
+      message: v.message
+    })
+  }
+
+  const rowsByAccount = groupBy(facts.rows, (r) => r.account)
+  const holdsById = new Map(facts.holds.map((h) => [h.id, h]))
+  const holdsByResource = groupBy(facts.holds, (h) => h.resource)
+  const rowsByHold = groupBy(facts.rows.filter((r) => r.hold_id !== null), (r) => r.hold_id!)
+  const transitionsByResource = groupBy(facts.transitions, (t) => t.resource)
+  const warningsByResource = groupBy(facts.notifications.filter((n) => n.kind === "duration_warning"), (n) => n.resource ?? "")
+  const terminatedNoticeByResource = new Map(facts.notifications.filter((n) => n.kind === "terminated").map((n) => [n.resource ?? "", n]))
+  const resourceById = new Map(facts.resources.map((r) => [r.id, r]))
+
+  /** An overage row: posted by a settlement, for exactly the hold's overage. */
+  const isOverage = (r: LedgerRow): boolean => {
+    if (r.kind !== "gpu_usage" || r.hold_id === null) return false
+    const h = holdsById.get(r.hold_id)
+    return h !== undefined && h.status === "settled" && h.settled_at === r.at && h.overage_micros !== null && r.amount_micros === -h.overage_micros
+  }
+  const lagBound = (resource: string | null): Micros => {
+    const r = resource === null ? undefined : resourceById.get(resource)
+    if (r === undefined) return 0n
+    return costMicros(BigInt(r.context.hourly_rate_micros), r.context.gpu_count * r.context.node_count, policy.WATCHDOG_LAG_MS) + ROUNDING_MICROS
+  }
+
+  // 1. Conservation, 4. never below zero but for bounded overage, 5. holds covered when placed.
+  for (const account of facts.accounts) {
+    const rows = rowsByAccount.get(account.id) ?? []
+    let running = 0n
+    const sums = { topup: 0n, adjustment: 0n, card_refunds: 0n, api_usage: 0n, storage_billing: 0n }
+    for (const r of rows) {
+      running += r.amount_micros
+      if (running !== r.balance_after_micros) {
+        violate(1, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id}: balance_after ${r.balance_after_micros} but rows sum to ${running}` })
+        running = r.balance_after_micros
+      }
+      if (r.kind === "topup") sums.topup += r.amount_micros
+      if (r.kind === "adjustment") sums.adjustment += r.amount_micros
+      if (r.kind === "refund" && r.amount_micros < 0n) sums.card_refunds -= r.amount_micros
+      if (r.kind === "api_usage") sums.api_usage -= r.amount_micros
+      if (r.kind === "storage_billing") sums.storage_billing -= r.amount_micros
+      const overage = isOverage(r)
+      if (r.balance_after_micros < 0n) {
+        const bound = lagBound(r.resource)
+        if (!overage || -r.amount_micros > bound) {
+          violate(4, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id} (${r.kind} ${r.amount_micros}) leaves the balance at ${r.balance_after_micros}` })
+        }
+      }
+      if (r.kind === "gpu_usage" && r.hold_id !== null && !overage && r.balance_after_micros < 0n) {
+        violate(5, { account: account.id, resource: r.resource, at: r.at, message: `hold row ${r.id} of ${-r.amount_micros} placed on a balance of ${r.balance_after_micros - r.amount_micros}` })
+      }
+    }
+    if (running !== account.balance_micros) {
+      violate(1, { account: account.id, message: `ledger rows sum to ${running}, the wallet holds ${account.balance_micros}` })
+    }
+    let consumed = 0n
+    let open = 0n
+    for (const h of facts.holds) {
+      if (h.account !== account.id) continue
+      if (h.status === "settled") consumed += h.consumed_micros ?? 0n
+      else open += h.held_micros
+    }
+    const expected = sums.topup - sums.card_refunds - consumed - sums.api_usage - sums.storage_billing + sums.adjustment - open
+    if (expected !== account.balance_micros) {
+      violate(1, { account: account.id, message: `topups − refunds − consumed − usage ± adjustments − open holds = ${expected}, balance is ${account.balance_micros}` })
+    }
+  }
+
+  // 2. Every hold settled exactly once, consumed + refunded == held; its rows add up.
+  for (const h of facts.holds) {
+    const rows = rowsByHold.get(h.id) ?? []
+    const net = rows.reduce((sum, r) => sum + r.amount_micros, 0n)
+    if (h.status === "settled") {
+      const consumed = h.consumed_micros ?? 0n
+      const refunded = h.refunded_micros ?? 0n
+      const overage = h.overage_micros ?? 0n
+      const expectRefund = h.held_micros > consumed ? h.held_micros - consumed : 0n
+      const expectOverage = consumed > h.held_micros ? consumed - h.held_micros : 0n
+      if (consumed - overage + refunded !== h.held_micros || refunded !== expectRefund || overage !== expectOverage) {
+        violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: consumed ${consumed} − overage ${overage} + refunded ${refunded} ≠ held ${h.held_micros}` })
+      }
+      if (net !== -consumed) violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: its rows net ${net}, consumed is ${consumed}` })
+      const settlementRows = rows.filter((r) => r.at === h.settled_at && (r.kind === "refund" || isOverage(r)))
+      if (settlementRows.length > 1) violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id} settled by ${settlementRows.length} rows` })
+    } else if (net !== -h.held_micros) {
+      violate(2, { account: h.account, resource: h.resource, message: `open hold ${h.id}: its rows net ${net}, held is ${h.held_micros}` })
+    }
+  }
+
+  for (const r of facts.resources) {
+    const ctx = r.context
+    const rate = BigInt(ctx.hourly_rate_micros)
+    const units = ctx.gpu_count * ctx.node_count
+    const holds = holdsByResource.get(r.id) ?? []
+    const transitions = transitionsByResource.get(r.id) ?? []
+    const stop = transitions.find((t) => STOPPING.has(t.to_state))
+    const stopped = STOPPING.has(r.status)
+
+    if (holds.length !== 1) {
+      violate(2, { account: r.account, resource: r.id, message: `${holds.length} holds for one GPU resource` })
+      continue
+    }
+    const hold = holds[0]!
+    if (stopped !== (hold.status === "settled")) {
+      violate(2, { account: r.account, resource: r.id, message: `resource is ${r.status} but its hold is ${hold.status}` })
+    }
+
+    // 3. Consumed = billable time (from the transitions log) × rate × GPUs, to one unit.
+    let state = "pending"
+    let since = ctx.created_at
+    let billable_ms = 0
+    let first_billable: number | null = null
+    for (const t of transitions) {
+      if (t.from_state !== state) {
+        violate(3, { account: r.account, resource: r.id, at: t.at, message: `transition from ${t.from_state} while the log says ${state}` })
+      }
+      if (BILLABLE.has(state)) billable_ms += t.at - since
+      if (BILLABLE.has(t.to_state) && first_billable === null) first_billable = t.at
+      state = t.to_state
+      since = t.at
+    }
+    if (hold.status === "settled") {
+      const expected = costMicros(rate, units, billable_ms)
+      const consumed = hold.consumed_micros ?? 0n
+      const diff = consumed > expected ? consumed - expected : expected - consumed
+      if (diff > ROUNDING_MICROS) {
+        violate(3, { account: r.account, resource: r.id, at: hold.settled_at, message: `consumed ${consumed}, but ${billable_ms} ms billable × rate × ${units} GPUs is ${expected}` })
+      }
+    }
+
+    // 7. Deadline = started_at + committed hours; the stop comes by then (+ the watchdog lag).
+    if (holdMicros(rate, units, ctx.hours_committed) !== hold.held_micros) {
+      violate(7, { account: r.account, resource: r.id, message: `held ${hold.held_micros} is not ${ctx.hours_committed} h × rate × ${units} GPUs` })
+    }
+    if (ctx.started_at !== first_billable) {
+      violate(7, { account: r.account, resource: r.id, message: `started_at ${ctx.started_at} but the first billable transition is at ${first_billable}` })
+    }
+    const deadline = first_billable === null ? null : first_billable + ctx.hours_committed * policy.MS_PER_HOUR
+    if (deadline !== null) {
+      const stopAt = stop?.at ?? facts.end_ms
+      if (stopAt > deadline + policy.WATCHDOG_LAG_MS) {
+        violate(7, { account: r.account, resource: r.id, at: stopAt, message: `ran ${stopAt - deadline} ms past its deadline ${isoInstant(deadline)}` })
+      }
+      if (ctx.termination_reason === "duration_expired" && stop !== undefined && stop.at < deadline) {
+        violate(7, { account: r.account, resource: r.id, at: stop.at, message: `stopped for duration_expired before its deadline ${isoInstant(deadline)}` })
+      }
+    }
+
+    // 6. Duration warnings: per deadline, thresholds in order, each once, on time, before the stop.
+    const warnings = warningsByResource.get(r.id) ?? []
+    const seen = new Map<string, number>()
+    for (const w of warnings) {
+      const data = JSON.parse(w.data ?? "{}") as { minutes?: number; deadline_at?: number }
+      if (data.minutes === undefined || data.deadline_at === undefined) {
+        violate(6, { account: r.account, resource: r.id, at: w.at, message: "duration warning without its threshold and deadline" })
+        continue
+      }
+      const key = String(data.deadline_at)
+      const previous = seen.get(key)
+      if (previous !== undefined && data.minutes >= previous) {
+        violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning after the ${previous}-minute one for the same deadline` })
+      }
+      seen.set(key, data.minutes)
+      const due = data.deadline_at - data.minutes * policy.MS_PER_MINUTE
+      if (w.at < due || w.at > due + policy.WATCHDOG_LAG_MS) {
+        violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning sent at ${isoInstant(w.at)}, due ${isoInstant(due)}` })
+      }
+      if (stop !== undefined && w.at > stop.at) {
+        violate(6, { account: r.account, resource: r.id, at: w.at, message: `warning sent after the stop at ${isoInstant(stop.at)}` })
+      }
+    }
+    const notice = terminatedNoticeByResource.get(r.id)
+    if ((r.status === "terminated" || r.status === "failed") && notice === undefined) {
+      violate(6, { account: r.account, resource: r.id, message: `${r.status} without a notification` })
+    }
+    if (notice !== undefined && warnings.some((w) => w.at > notice.at)) {
+      violate(6, { account: r.account, resource: r.id, at: notice.at, message: "a warning came after the termination notice" })
+    }
+  }
+
+  return violations
+}

@@ -1,0 +1,230 @@
+/**
+ * Runs a timeline: the simulated world (virtual clock + simulated cluster) and the engine
+ * (ledger, supervisor, machines) built as Effect layers, the timeline's inputs scheduled on
+ * the clock's input lane, one SQLite transaction per clock step, and at the end the output
+ * of TIMELINE.md with the invariant checker's verdict.
+ *
+ * `restartAt` drops the whole engine (supervisor, actors, SQLite connection) after the
+ * given instants and starts a new one on the same database file, while the world runs on:
+ * the crash-and-recover drill of DESIGN.md "Persistence and recovery".
+ */
+import { Cause, Context, Effect, Exit, Layer, Option, Runtime, Scope } from "effect"
+import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
+import { VirtualClock, Lane } from "../src/clock.js"
+import { errorStatus, type EngineError } from "../src/errors.js"
+import type { LedgerStore } from "../src/ledger/store.js"
+import { dollars, formatDollars } from "../src/money.js"
+import * as policy from "../src/policy.js"
+import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
+import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../src/supervisor.js"
+import { SimCluster, type WorldOutcome } from "./cluster.js"
+import { checkInvariants, type RunFacts, type Violation } from "./invariants.js"
+import { isoInstant } from "./iso.js"
+import type { Timeline, TimelineEvent } from "./timeline.js"
+
+export interface RunOptions {
+  /** SQLite file for the ledger; `:memory:` (the default) only for tests and one-off runs. */
+  readonly db?: string
+  /** Instants (ms) after whose work the engine is dropped and started again on the same file. */
+  readonly restartAt?: ReadonlyArray<number>
+}
+
+export interface Rejected {
+  readonly at: string
+  readonly event: number
+  readonly do: string
+  readonly status: number
+  readonly error: string
+  readonly message: string
+}
+
+export interface SimOutput {
+  readonly ledger: ReadonlyArray<Record<string, unknown>>
+  readonly notifications: ReadonlyArray<Record<string, unknown>>
+  readonly transitions: ReadonlyArray<Record<string, unknown>>
+  readonly rejected: ReadonlyArray<Rejected>
+  readonly accounts: Readonly<Record<string, { balance: string }>>
+  readonly resources: Readonly<Record<string, Record<string, unknown>>>
+  readonly invariants: { readonly ok: boolean; readonly violations: ReadonlyArray<Violation> }
+}
+
+export interface RunResult {
+  readonly output: SimOutput
+  readonly facts: RunFacts
+  /** Engine inputs handled (timeline inputs, pod events, alarms, watchdog checks): the journal's length. */
+  readonly engine_events: number
+}
+
+interface Engine {
+  readonly scope: Scope.CloseableScope
+  readonly runtime: Runtime.Runtime<Supervisor | Ledger>
+  readonly sup: SupervisorApi
+  readonly ledger: LedgerStore
+}
+
+export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
+  const db = options.db ?? ":memory:"
+  const restarts = [...(options.restartAt ?? [])].sort((a, b) => a - b)
+  if (restarts.length > 0 && db === ":memory:") throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
+
+  const clock = new VirtualClock(timeline.start_ms)
+  const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
+  const world = Layer.mergeAll(clockLayer(clock), Layer.succeed(Cluster, cluster), catalogLayer(timeline.gpu_rates))
+  // A simulation can always be run again, so it does not pay for fsync (policy: OpenOptions).
+  const engineLayer = supervisorLayer.pipe(
+    Layer.provideMerge(sqliteNotifierAndJournal),
+    Layer.provideMerge(Layer.merge(ledgerLayer(db, { synchronous: "OFF" }), world))
+  )
+
+  const startEngine = (): Engine => {
+    const scope = Effect.runSync(Scope.make())
+    const runtime = Effect.runSync(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
+    return { scope, runtime, sup: Context.get(runtime.context, Supervisor), ledger: Context.get(runtime.context, Ledger) }
+  }
+  const stopEngine = (e: Engine): void => Effect.runSync(Scope.close(e.scope, Exit.void))
+
+  let engine = startEngine()
+  const rejected: Rejected[] = []
+
+  const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
+    rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
+  }
+  const call = <A>(e: TimelineEvent, effect: Effect.Effect<A, EngineError>): void => {
+    const exit = Runtime.runSyncExit(engine.runtime)(effect)
+    if (Exit.isSuccess(exit)) return
+    const failure = Cause.failureOption(exit.cause)
+    if (Option.isNone(failure)) throw Cause.squash(exit.cause)
+    const mapped = errorStatus(failure.value)
+    reject(e, mapped.status, mapped.error, mapped.message)
+  }
+  const world_ = (e: TimelineEvent, outcome: WorldOutcome): void => {
+    if (!outcome.ok) reject(e, outcome.status, outcome.error, outcome.message)
+  }
+
+  const apply = (e: TimelineEvent): void => {
+    const sup = engine.sup
+    switch (e.do) {
+      case "launch_gpu_instance":
+        if (e.drive !== undefined || (e.filesystems !== undefined && e.filesystems.length > 0)) {
+          return reject(e, 501, "unsupported_event", "storage attachments arrive with the storage capability")
+        }
+        return call(e, sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_instance", gpu: e.gpu, gpu_count: e.gpu_count, node_count: 1, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+      case "launch_gpu_cluster":
+        return call(e, sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+      case "extend":
+        return call(e, sup.extend(e.id, e.hours))
+      case "terminate":
+        return call(e, sup.terminate(e.id))
+      case "top_up": {
+        const amount = dollars(e.amount)
+        if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) {
+          return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
+        }
+        return call(e, sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
+      }
+      case "preempt":
+        return world_(e, cluster.preempt(e.id))
+      case "resume":
+        return world_(e, cluster.resume(e.id))
+      case "pod_fail":
+        return world_(e, cluster.failPod(e.id))
+      case "region_down":
+        return world_(e, cluster.regionDown(e.region))
+      case "region_up":
+        return world_(e, cluster.regionUp(e.region))
+      case "miss_pod_events":
+        return world_(e, cluster.missEvents(e.id, e.count ?? 3))
+      default:
+        return reject(e, 501, "unsupported_event", `event kind ${e.do} arrives with a later capability of the engine`)
+    }
+  }
+
+  // Accounts open at the start, each with its opening balance as an operator's adjustment.
+  engine.sup.unitOfWork(() => {
+    for (const a of timeline.accounts) {
+      Runtime.runSync(engine.runtime)(engine.sup.openAccount(a.id))
+      if (a.balance_micros > 0n) {
+        Runtime.runSync(engine.runtime)(engine.sup.credit(a.id, "adjustment", a.balance_micros, policy.OPENING_BALANCE_DESCRIPTION))
+      }
+    }
+  })
+  for (const e of timeline.events) {
+    clock.schedule(e.at_ms, () => apply(e), { lane: Lane.input, key: String(e.index).padStart(9, "0") })
+  }
+
+  const step = (_: number, fire: () => void): void => engine.sup.unitOfWork(fire)
+  for (const r of restarts) {
+    if (r > timeline.until_ms) break
+    clock.advanceTo(Math.max(r, clock.now()), step)
+    stopEngine(engine)
+    engine = startEngine()
+  }
+  clock.advanceTo(timeline.until_ms, step)
+
+  const facts = collectFacts(engine.ledger, timeline)
+  const engine_events = engine.ledger.journalEntries().length
+  stopEngine(engine)
+  const violations = checkInvariants(facts)
+  return { output: render(facts, rejected, violations), facts, engine_events }
+}
+
+const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
+  start_ms: timeline.start_ms,
+  end_ms: timeline.until_ms,
+  rows: ledger.ledgerRows(),
+  holds: ledger.holds(),
+  notifications: ledger.notifications(),
+  transitions: ledger.transitions(),
+  accounts: ledger.accounts(),
+  resources: ledger.resources().map((r) => {
+    const snapshot = JSON.parse(r.snapshot) as GpuInstanceSnapshot
+    return { id: r.id, account: r.account, kind: r.kind, status: r.status, live: r.live, context: snapshot.context }
+  })
+})
+
+const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => ({
+  ledger: facts.rows.map((r) => ({
+    id: r.id,
+    at: isoInstant(r.at),
+    account: r.account,
+    kind: r.kind,
+    amount: formatDollars(r.amount_micros),
+    balance_after: formatDollars(r.balance_after_micros),
+    resource: r.resource,
+    description: r.description
+  })),
+  notifications: facts.notifications.map((n) => ({
+    at: isoInstant(n.at),
+    account: n.account,
+    resource: n.resource,
+    severity: n.severity,
+    kind: n.kind,
+    text: n.text
+  })),
+  transitions: facts.transitions.map((t) => ({ at: isoInstant(t.at), resource: t.resource, from: t.from_state, to: t.to_state, reason: t.reason })),
+  rejected,
+  accounts: Object.fromEntries(facts.accounts.map((a) => [a.id, { balance: formatDollars(a.balance_micros) }])),
+  resources: Object.fromEntries(
+    facts.resources.map((r) => [
+      r.id,
+      {
+        kind: r.kind,
+        account: r.account,
+        status: r.status,
+        termination_reason: r.context.termination_reason,
+        gpu: r.context.gpu,
+        gpu_count: r.context.gpu_count,
+        node_count: r.context.node_count,
+        region: r.context.region,
+        hours_committed: r.context.hours_committed,
+        started_at: r.context.started_at === null ? null : isoInstant(r.context.started_at),
+        deadline_at: r.context.deadline_at === null ? null : isoInstant(r.context.deadline_at)
+      }
+    ])
+  ),
+  invariants: { ok: violations.length === 0, violations }
+})
+
+/** Runs the same timeline twice and says whether the two outputs are byte-identical (SPEC §9.8). */
+export const checkDeterminism = (timeline: Timeline, first: SimOutput): boolean =>
+  JSON.stringify(runTimeline(timeline).output) === JSON.stringify(first)

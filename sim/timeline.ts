@@ -1,0 +1,198 @@
+/**
+ * Timeline files (TIMELINE.md), decoded once at the boundary with Effect Schema. Inside the
+ * simulator everything is trusted: instants are epoch milliseconds, money is micros, the
+ * events are in the order they apply (time, then file order).
+ */
+import { Either, ParseResult, Schema } from "effect"
+import { dollars, type Micros } from "../src/money.js"
+import * as policy from "../src/policy.js"
+import type { SimRegion } from "./cluster.js"
+import { parseAt, parseDurationMs, parseInstantMs } from "./iso.js"
+
+const Dollars = Schema.String.pipe(
+  Schema.pattern(/^-?\d{1,12}(\.\d{1,6})?$/, { message: () => "a decimal string of dollars with at most 6 decimals, like \"1.60\"" })
+)
+const PositiveDollars = Dollars.pipe(Schema.filter((s) => dollars(s) > 0n, { message: () => "a positive amount" }))
+const Duration = Schema.String.pipe(
+  Schema.filter((s) => parseDurationMs(s) !== undefined, { message: () => "an ISO-8601 duration like PT1M30S or P1DT2H" })
+)
+const At = Schema.String.pipe(
+  Schema.filter((s) => parseDurationMs(s) !== undefined || parseInstantMs(s) !== undefined, {
+    message: () => "an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)"
+  })
+)
+const Id = Schema.String.pipe(Schema.pattern(policy.RESOURCE_ID_RE, { message: () => "an id of letters, digits, '.', '_' or '-' (at most 63)" }))
+const Count = (max: number) => Schema.Int.pipe(Schema.between(1, max))
+const Probability = Schema.Number.pipe(Schema.between(0, 1))
+
+const Region = Schema.Struct({
+  nodes: Count(10_000),
+  gpus_per_node: Count(policy.GPU_COUNT_MAX),
+  image_pull: Schema.optional(Duration),
+  image_pull_jitter: Schema.optional(Duration),
+  container_start: Schema.optional(Duration),
+  pod_stop: Schema.optional(Duration),
+  pull_failure_probability: Schema.optional(Probability),
+  preemption_mean_interval: Schema.optional(Duration),
+  preemption_duration: Schema.optional(Duration)
+})
+
+const Catalog = Schema.Struct({
+  gpus: Schema.Record({ key: Schema.String, value: Schema.Struct({ hourly_rate: PositiveDollars }) }),
+  regions: Schema.Record({ key: Schema.String, value: Region }),
+  // Storage and model prices belong to later capabilities; accepted and kept as given.
+  storage: Schema.optional(Schema.Unknown),
+  models: Schema.optional(Schema.Unknown)
+})
+
+const base = { at: At }
+
+const LaunchGpuInstance = Schema.Struct({
+  ...base,
+  do: Schema.Literal("launch_gpu_instance"),
+  account: Schema.String,
+  id: Id,
+  gpu: Schema.String,
+  gpu_count: Schema.Number,
+  region: Schema.String,
+  estimated_duration_hours: Schema.Number,
+  image: Schema.optional(Schema.String),
+  drive: Schema.optional(Schema.String),
+  filesystems: Schema.optional(Schema.Array(Schema.String))
+})
+const LaunchGpuCluster = Schema.Struct({
+  ...base,
+  do: Schema.Literal("launch_gpu_cluster"),
+  account: Schema.String,
+  id: Id,
+  gpu: Schema.String,
+  node_count: Schema.Number,
+  gpu_count: Schema.Number,
+  region: Schema.String,
+  estimated_duration_hours: Schema.Number,
+  image: Schema.optional(Schema.String)
+})
+const Extend = Schema.Struct({ ...base, do: Schema.Literal("extend"), id: Schema.String, hours: Schema.Number })
+const Terminate = Schema.Struct({ ...base, do: Schema.Literal("terminate"), id: Schema.String })
+const TopUp = Schema.Struct({ ...base, do: Schema.Literal("top_up"), account: Schema.String, amount: Dollars })
+const WorldPodEvent = Schema.Struct({
+  ...base,
+  do: Schema.Literal("preempt", "resume", "pod_fail"),
+  id: Schema.String,
+  region: Schema.optional(Schema.String)
+})
+const RegionEvent = Schema.Struct({ ...base, do: Schema.Literal("region_down", "region_up"), region: Schema.String })
+/** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
+const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
+/** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
+export const LATER_EVENT_KINDS = [
+  "register_model",
+  "delete_model",
+  "launch_inference_instance",
+  "create_drive",
+  "create_filesystem",
+  "delete_storage",
+  "attach_storage",
+  "detach_storage",
+  "api_request",
+  "set_auto_recharge",
+  "card_decline",
+  "stripe_refund"
+] as const
+const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
+
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, LaterEvent)
+export type TimelineEventInput = Schema.Schema.Type<typeof Event>
+
+const TimelineFile = Schema.Struct({
+  start: Schema.String.pipe(Schema.filter((s) => parseInstantMs(s) !== undefined, { message: () => "an ISO-8601 instant like 2026-03-01T00:00:00Z" })),
+  seed: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  until: Schema.optional(At),
+  catalog: Catalog,
+  accounts: Schema.Record({ key: Id, value: Schema.Struct({ balance: Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" })) }) }),
+  events: Schema.Array(Event).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
+})
+
+export type TimelineEvent = TimelineEventInput & { readonly at_ms: number; readonly index: number }
+
+export interface Timeline {
+  readonly start_ms: number
+  readonly seed: number
+  readonly until_ms: number
+  readonly gpu_rates: ReadonlyMap<string, Micros>
+  readonly regions: ReadonlyArray<SimRegion>
+  /** Sorted by id, so that accounts open in the same order whatever the file's key order. */
+  readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
+  /** In the order they apply: by instant, then by position in the file. */
+  readonly events: ReadonlyArray<TimelineEvent>
+}
+
+export class TimelineError extends Error {
+  constructor(readonly issues: ReadonlyArray<string>) {
+    super(`invalid timeline:\n  ${issues.join("\n  ")}`)
+    this.name = "TimelineError"
+  }
+}
+
+const ms = (text: string | undefined, fallback: string): number => parseDurationMs(text ?? fallback)!
+
+/** Decodes a parsed JSON value into a timeline, or every problem found with its path. */
+export const decodeTimeline = (input: unknown): Either.Either<Timeline, TimelineError> => {
+  const decoded = Schema.decodeUnknownEither(TimelineFile, { errors: "all" })(input)
+  if (Either.isLeft(decoded)) {
+    const issues = ParseResult.ArrayFormatter.formatErrorSync(decoded.left).map((i) => `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}`)
+    return Either.left(new TimelineError(issues))
+  }
+  const file = decoded.right
+  const start_ms = parseInstantMs(file.start)!
+  const issues: string[] = []
+  const events = file.events.map((e, index) => {
+    const at_ms = parseAt(e.at, start_ms)!
+    if (at_ms < start_ms) issues.push(`events.${index}.at: before start`)
+    return { ...e, at_ms, index }
+  })
+  // Same instant → file order (TIMELINE.md); a stable sort keeps it.
+  const ordered = [...events].sort((a, b) => a.at_ms - b.at_ms || a.index - b.index)
+  const last_ms = ordered.length === 0 ? start_ms : ordered[ordered.length - 1]!.at_ms
+  // Decision: without `until`, a run ends one day after its last event.
+  const until_ms = file.until !== undefined ? parseAt(file.until, start_ms)! : last_ms + 24 * policy.MS_PER_HOUR
+  if (until_ms < start_ms) issues.push("until: before start")
+  if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
+  if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
+  if (issues.length > 0) return Either.left(new TimelineError(issues))
+
+  const regions: SimRegion[] = Object.entries(file.catalog.regions).map(([name, r]) => ({
+    name,
+    nodes: r.nodes,
+    gpus_per_node: r.gpus_per_node,
+    image_pull_ms: ms(r.image_pull, policy.SIM_IMAGE_PULL_DEFAULT),
+    image_pull_jitter_ms: ms(r.image_pull_jitter, "PT0S"),
+    container_start_ms: ms(r.container_start, policy.SIM_CONTAINER_START_DEFAULT),
+    pod_stop_ms: ms(r.pod_stop, policy.SIM_POD_STOP_DEFAULT),
+    pull_failure_probability: r.pull_failure_probability ?? 0,
+    preemption_mean_interval_ms: ms(r.preemption_mean_interval, "PT0S"),
+    preemption_duration_ms: ms(r.preemption_duration, "PT10M")
+  }))
+  return Either.right({
+    start_ms,
+    seed: file.seed,
+    until_ms,
+    gpu_rates: new Map(Object.entries(file.catalog.gpus).map(([gpu, g]) => [gpu, dollars(g.hourly_rate)])),
+    regions,
+    accounts: Object.entries(file.accounts)
+      .map(([id, a]) => ({ id, balance_micros: dollars(a.balance) }))
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
+    events: ordered
+  })
+}
+
+/** Parses JSON text and decodes it. */
+export const parseTimeline = (text: string): Either.Either<Timeline, TimelineError> => {
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch (e) {
+    return Either.left(new TimelineError([`not JSON: ${(e as Error).message}`]))
+  }
+  return decodeTimeline(json)
+}

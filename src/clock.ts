@@ -1,0 +1,252 @@
+/**
+ * One clock for the whole engine, in two implementations (DESIGN.md "Time").
+ *
+ * - `VirtualClock`: a deterministic timer queue. Timers fire in the order
+ *   (due time, lane, key, sequence number), each at its own due time, one at a time, and
+ *   the work a timer causes finishes before the next fires. The same object serves XState
+ *   (`createActor(machine, { clock })`) and Effect (`Layer.setClock(clock.effectClock)`).
+ * - `LiveClock`: wall time and Node timers. It is the only code that reads the wall clock.
+ *
+ * Lanes make ties independent of history: timeline inputs fire before the world's events,
+ * which fire before the engine's own alarms, whatever order they were scheduled in. Within
+ * a lane, a key (a resource id) orders ties, so a supervisor that re-arms its alarms after
+ * a restart fires them in the same order as one that never stopped.
+ */
+import { Clock as EffectClock, Duration, Effect } from "effect"
+
+export type TimerHandle = { readonly __timer: unique symbol }
+
+export const Lane = {
+  /** Inputs from outside: timeline events, API commands scheduled by a simulation. */
+  input: 0,
+  /** The world: the cluster's pod events, payments. */
+  world: 1,
+  /** The engine's own workers: deadlines, warnings, the watchdog. */
+  engine: 2
+} as const
+export type Lane = (typeof Lane)[keyof typeof Lane]
+
+export interface ScheduleOptions {
+  readonly lane?: Lane
+  readonly key?: string
+}
+
+/** What every part of the engine sees of time. XState's `Clock` is a subset of it. */
+export interface EngineClock {
+  now(): number
+  /** XState's clock interface: run `fn` after `delay_ms`. */
+  setTimeout(fn: () => void, delay_ms: number): TimerHandle
+  clearTimeout(handle: TimerHandle): void
+  /** Runs `fn` at the absolute instant `at_ms` (at once, in order, if it already passed). */
+  schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle
+  /** Effect's view of the same clock, for `Layer.setClock`. */
+  readonly effectClock: EffectClock.Clock
+}
+
+interface Timer {
+  readonly due_ms: number
+  readonly lane: number
+  readonly key: string
+  readonly seq: number
+  fn: (() => void) | null
+}
+
+const before = (a: Timer, b: Timer): boolean => {
+  if (a.due_ms !== b.due_ms) return a.due_ms < b.due_ms
+  if (a.lane !== b.lane) return a.lane < b.lane
+  if (a.key !== b.key) return a.key < b.key
+  return a.seq < b.seq
+}
+
+/** A binary min-heap of timers; cancelled timers are dropped lazily when they reach the top. */
+class TimerHeap {
+  private readonly items: Timer[] = []
+
+  get size(): number {
+    return this.items.length
+  }
+
+  peek(): Timer | undefined {
+    return this.items[0]
+  }
+
+  push(timer: Timer): void {
+    const items = this.items
+    items.push(timer)
+    let i = items.length - 1
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (!before(items[i]!, items[parent]!)) break
+      ;[items[i], items[parent]] = [items[parent]!, items[i]!]
+      i = parent
+    }
+  }
+
+  pop(): Timer | undefined {
+    const items = this.items
+    const top = items[0]
+    const last = items.pop()
+    if (items.length > 0 && last !== undefined) {
+      items[0] = last
+      let i = 0
+      for (;;) {
+        const l = 2 * i + 1
+        const r = l + 1
+        let m = i
+        if (l < items.length && before(items[l]!, items[m]!)) m = l
+        if (r < items.length && before(items[r]!, items[m]!)) m = r
+        if (m === i) break
+        ;[items[i], items[m]] = [items[m]!, items[i]!]
+        i = m
+      }
+    }
+    return top
+  }
+}
+
+const makeEffectClock = (clock: { now(): number; setTimeout(fn: () => void, ms: number): TimerHandle; clearTimeout(h: TimerHandle): void }): EffectClock.Clock => ({
+  [EffectClock.ClockTypeId]: EffectClock.ClockTypeId,
+  unsafeCurrentTimeMillis: () => clock.now(),
+  currentTimeMillis: Effect.sync(() => clock.now()),
+  unsafeCurrentTimeNanos: () => BigInt(clock.now()) * 1_000_000n,
+  currentTimeNanos: Effect.sync(() => BigInt(clock.now()) * 1_000_000n),
+  sleep: (duration: Duration.Duration) =>
+    Effect.async<void>((resume) => {
+      const handle = clock.setTimeout(() => resume(Effect.void), Duration.toMillis(duration))
+      return Effect.sync(() => clock.clearTimeout(handle))
+    })
+})
+
+/** Bound on timers fired by one `advanceTo`: a runaway loop of zero-delay timers stops loudly. */
+export const VIRTUAL_CLOCK_FIRES_PER_ADVANCE_MAX = 50_000_000
+
+export class VirtualClock implements EngineClock {
+  private now_ms: number
+  private seq = 0
+  private readonly heap = new TimerHeap()
+  private live = 0
+  readonly effectClock: EffectClock.Clock
+
+  constructor(start_ms: number) {
+    if (!Number.isSafeInteger(start_ms)) throw new Error(`VirtualClock start must be integer ms, got ${start_ms}`)
+    this.now_ms = start_ms
+    this.effectClock = makeEffectClock(this)
+  }
+
+  now(): number {
+    return this.now_ms
+  }
+
+  /** Number of timers still armed. */
+  get pending(): number {
+    return this.live
+  }
+
+  setTimeout(fn: () => void, delay_ms: number): TimerHandle {
+    return this.schedule(this.now_ms + Math.max(0, Math.ceil(delay_ms || 0)), fn)
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    const timer = handle as unknown as Timer
+    if (timer && timer.fn !== null) {
+      timer.fn = null
+      this.live--
+    }
+  }
+
+  schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
+    if (!Number.isFinite(at_ms)) throw new Error(`cannot schedule at ${at_ms}`)
+    const timer: Timer = {
+      due_ms: Math.max(Math.trunc(at_ms), this.now_ms),
+      lane: options?.lane ?? Lane.engine,
+      key: options?.key ?? "",
+      seq: this.seq++,
+      fn
+    }
+    this.heap.push(timer)
+    this.live++
+    return timer as unknown as TimerHandle
+  }
+
+  /** The due time of the next armed timer, if any. */
+  nextDueAt(): number | undefined {
+    this.dropCancelled()
+    return this.heap.peek()?.due_ms
+  }
+
+  /**
+   * Fires every timer due at or before `target_ms`, in order, each at its own due time,
+   * then leaves the clock at `target_ms`. `step` wraps each instant's batch of timers
+   * (the simulator uses it to commit one SQLite transaction per clock step).
+   */
+  advanceTo(target_ms: number, step: (instant_ms: number, fire: () => void) => void = (_, fire) => fire()): void {
+    if (target_ms < this.now_ms) throw new Error(`clock cannot go back from ${this.now_ms} to ${target_ms}`)
+    let fired = 0
+    for (;;) {
+      const due = this.nextDueAt()
+      if (due === undefined || due > target_ms) break
+      this.now_ms = due
+      step(due, () => {
+        for (;;) {
+          this.dropCancelled()
+          const top = this.heap.peek()
+          if (top === undefined || top.due_ms !== due) break
+          this.heap.pop()
+          const fn = top.fn!
+          top.fn = null
+          this.live--
+          if (++fired > VIRTUAL_CLOCK_FIRES_PER_ADVANCE_MAX) {
+            throw new Error(`virtual clock fired more than ${VIRTUAL_CLOCK_FIRES_PER_ADVANCE_MAX} timers in one advance`)
+          }
+          fn()
+        }
+      })
+    }
+    this.now_ms = target_ms
+  }
+
+  private dropCancelled(): void {
+    while (this.heap.size > 0 && this.heap.peek()!.fn === null) this.heap.pop()
+  }
+}
+
+/** Node's timers overflow past 2^31 - 1 ms (about 24.8 days) and would fire at once. */
+const NODE_TIMER_DELAY_MAX_MS = 2_147_483_647
+
+interface LiveTimer {
+  node: NodeJS.Timeout | null
+}
+
+/** The production clock: wall time and Node's timers. The one place the wall clock is read. */
+export class LiveClock implements EngineClock {
+  readonly effectClock: EffectClock.Clock = makeEffectClock(this)
+
+  now(): number {
+    return Date.now()
+  }
+
+  setTimeout(fn: () => void, delay_ms: number): TimerHandle {
+    return this.schedule(this.now() + Math.max(0, delay_ms), fn)
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    const timer = handle as unknown as LiveTimer
+    if (timer.node !== null) globalThis.clearTimeout(timer.node)
+    timer.node = null
+  }
+
+  /** Long delays (a 30-day deadline) are armed in hops no longer than Node allows. */
+  schedule(at_ms: number, fn: () => void): TimerHandle {
+    const timer: LiveTimer = { node: null }
+    const arm = (): void => {
+      const delay_ms = Math.max(0, at_ms - this.now())
+      timer.node = globalThis.setTimeout(() => {
+        if (at_ms > this.now()) return arm()
+        timer.node = null
+        fn()
+      }, Math.min(delay_ms, NODE_TIMER_DELAY_MAX_MS))
+    }
+    arm()
+    return timer as unknown as TimerHandle
+  }
+}

@@ -1,0 +1,56 @@
+/**
+ * The Cluster port: what the engine asks of the world that runs pods, and what it hears
+ * back. One GPU resource is one workload: a pod per node (one for an instance,
+ * `node_count` for a cluster), named deterministically from the resource id so that a
+ * duplicate create is refused by the cluster instead of running twice.
+ *
+ * Commands are fire-and-forget: the world answers with events, and the engine reconciles
+ * against `get`/`list` (level-triggered), so a lost event is healed, not fatal.
+ */
+
+export interface WorkloadSpec {
+  /** Deterministic, from the resource id (`podNameFor`). */
+  readonly name: string
+  readonly resource: string
+  readonly account: string
+  readonly region: string
+  readonly gpu: string
+  /** GPUs per pod; one pod per node. */
+  readonly gpu_count: number
+  readonly node_count: number
+  readonly image: string | null
+}
+
+/** What the cluster says a workload is doing now. */
+export type WorkloadPhase = "pending" | "loading" | "running" | "preempted" | "failed"
+
+export interface WorkloadStatus {
+  readonly name: string
+  readonly resource: string
+  readonly phase: WorkloadPhase
+  /** When its containers first started (the instant of `loading`), if they did. */
+  readonly started_at: number | null
+}
+
+export type ClusterEvent =
+  | { readonly type: "pod.loading"; readonly resource: string; readonly at: number }
+  | { readonly type: "pod.running"; readonly resource: string; readonly at: number; readonly started_at: number | null }
+  | { readonly type: "pod.preempted"; readonly resource: string; readonly at: number }
+  | { readonly type: "pod.failed"; readonly resource: string; readonly at: number }
+  | { readonly type: "pod.deleted"; readonly resource: string; readonly at: number }
+
+export interface ClusterPort {
+  /** Creates the workload's pods. A second create of the same name is a no-op. */
+  createWorkload(spec: WorkloadSpec): void
+  /** Deletes the workload's pods; `pod.deleted` follows once they are gone. Idempotent. */
+  deleteWorkload(name: string): void
+  get(name: string): WorkloadStatus | undefined
+  /** Every workload the cluster runs for us, ordered by name. */
+  list(): ReadonlyArray<WorkloadStatus>
+  /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */
+  region(name: string): { readonly nodes: number; readonly gpus_per_node: number } | undefined
+  /** Delivers pod events; returns the unsubscribe function. One subscriber at a time. */
+  subscribe(handler: (event: ClusterEvent) => void): () => void
+}
+
+export const podNameFor = (resource: string): string => `eco-${resource}`

@@ -1,0 +1,69 @@
+/**
+ * The engine's expected failures: typed, tagged, and mapped to an HTTP status and a
+ * stable error code in exactly one place (`errorStatus`). Bugs are not here: a broken
+ * invariant throws an `InvariantViolation` defect and stops the process loudly.
+ */
+import { Data } from "effect"
+
+/** 402: the balance cannot cover the hold (or the charge) asked for. Nothing was written. */
+export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")<{
+  readonly account: string
+  readonly required_micros: bigint
+  readonly balance_micros: bigint
+}> {
+  override get message(): string {
+    return `balance ${this.balance_micros} micros cannot cover ${this.required_micros} micros`
+  }
+}
+
+/** 400: the input is malformed or out of bounds. `field` names the offending input. */
+export class ValidationError extends Data.TaggedError("ValidationError")<{
+  readonly code: string
+  readonly field: string
+  readonly message: string
+}> {}
+
+/** 404: no such resource or account (or it belongs to another account). */
+export class NotFound extends Data.TaggedError("NotFound")<{
+  readonly code: "resource_not_found" | "account_not_found"
+  readonly id: string
+}> {
+  override get message(): string {
+    return `${this.code === "account_not_found" ? "account" : "resource"} ${this.id} not found`
+  }
+}
+
+/** 409: the request conflicts with the resource's state (extend a terminated instance…). */
+export class Conflict extends Data.TaggedError("Conflict")<{
+  readonly code: "instance_not_active" | "already_exists" | "invalid_state"
+  readonly id: string
+  readonly status: string
+  readonly message: string
+}> {}
+
+export type EngineError = InsufficientBalance | ValidationError | NotFound | Conflict
+
+export const errorStatus = (e: EngineError): { readonly status: number; readonly error: string; readonly message: string } => {
+  switch (e._tag) {
+    case "InsufficientBalance":
+      return { status: 402, error: "insufficient_balance", message: e.message }
+    case "ValidationError":
+      return { status: 400, error: e.code, message: e.message }
+    case "NotFound":
+      return { status: 404, error: e.code, message: e.message }
+    case "Conflict":
+      return { status: 409, error: e.code, message: e.message }
+  }
+}
+
+/** A programmer error: an invariant the code asserts did not hold. Never caught. */
+export class InvariantViolation extends Error {
+  constructor(message: string) {
+    super(`invariant violated: ${message}`)
+    this.name = "InvariantViolation"
+  }
+}
+
+export const assert: (condition: unknown, message: () => string) => asserts condition = (condition, message) => {
+  if (!condition) throw new InvariantViolation(message())
+}

@@ -1,0 +1,124 @@
+/**
+ * Versioned schema migrations. Each runs once, in order, inside a transaction, and is
+ * recorded in `schema_migrations`. Never edit a shipped migration: add the next one.
+ *
+ * Money columns are INTEGER micro-dollars (SQLite integers are 64-bit) and are read back
+ * as `bigint` (`safeIntegers`). Instants are INTEGER milliseconds since the Unix epoch on
+ * the engine's clock.
+ */
+import type Database from "better-sqlite3"
+
+export interface Migration {
+  readonly version: number
+  readonly name: string
+  readonly sql: string
+}
+
+export const LEDGER_ROW_KINDS = ["topup", "gpu_usage", "refund", "api_usage", "storage_billing", "adjustment"] as const
+export type LedgerRowKind = (typeof LEDGER_ROW_KINDS)[number]
+
+const kinds = LEDGER_ROW_KINDS.map((k) => `'${k}'`).join(", ")
+
+export const MIGRATIONS: ReadonlyArray<Migration> = [
+  {
+    version: 1,
+    name: "wallets, holds, ledger, notifications, resources, transitions, journal",
+    sql: `
+      CREATE TABLE accounts (
+        id              TEXT PRIMARY KEY,
+        balance_micros  INTEGER NOT NULL,
+        created_at      INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE ledger (
+        id                    INTEGER PRIMARY KEY,
+        account               TEXT NOT NULL REFERENCES accounts(id),
+        at                    INTEGER NOT NULL,
+        kind                  TEXT NOT NULL CHECK (kind IN (${kinds})),
+        amount_micros         INTEGER NOT NULL CHECK (amount_micros <> 0),
+        balance_after_micros  INTEGER NOT NULL,
+        resource              TEXT,
+        hold_id               TEXT,
+        description           TEXT NOT NULL
+      ) STRICT;
+      CREATE INDEX ledger_by_account ON ledger(account, id);
+      CREATE INDEX ledger_by_resource ON ledger(resource, id);
+
+      CREATE TABLE holds (
+        id               TEXT PRIMARY KEY,
+        account          TEXT NOT NULL REFERENCES accounts(id),
+        resource         TEXT NOT NULL,
+        status           TEXT NOT NULL CHECK (status IN ('open', 'settled')),
+        held_micros      INTEGER NOT NULL CHECK (held_micros >= 0),
+        consumed_micros  INTEGER,
+        refunded_micros  INTEGER,
+        overage_micros   INTEGER,
+        placed_at        INTEGER NOT NULL,
+        settled_at       INTEGER,
+        CHECK (status = 'open' OR consumed_micros - overage_micros + refunded_micros = held_micros)
+      ) STRICT;
+      CREATE INDEX holds_by_resource ON holds(resource);
+
+      CREATE TABLE notifications (
+        id        INTEGER PRIMARY KEY,
+        account   TEXT NOT NULL REFERENCES accounts(id),
+        resource  TEXT,
+        at        INTEGER NOT NULL,
+        severity  TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+        kind      TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        data      TEXT,
+        read_at   INTEGER
+      ) STRICT;
+      CREATE INDEX notifications_by_account ON notifications(account, id);
+
+      CREATE TABLE resources (
+        id          TEXT PRIMARY KEY,
+        account     TEXT NOT NULL REFERENCES accounts(id),
+        kind        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        live        INTEGER NOT NULL CHECK (live IN (0, 1)),
+        snapshot    TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        updated_at  INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX resources_live ON resources(live, id);
+      CREATE INDEX resources_by_account ON resources(account, id);
+
+      CREATE TABLE transitions (
+        id          INTEGER PRIMARY KEY,
+        at          INTEGER NOT NULL,
+        resource    TEXT NOT NULL,
+        from_state  TEXT,
+        to_state    TEXT NOT NULL,
+        reason      TEXT
+      ) STRICT;
+      CREATE INDEX transitions_by_resource ON transitions(resource, id);
+
+      CREATE TABLE journal (
+        seq      INTEGER PRIMARY KEY,
+        at       INTEGER NOT NULL,
+        kind     TEXT NOT NULL,
+        payload  TEXT NOT NULL
+      ) STRICT;
+    `
+  }
+]
+
+/** Applies every migration newer than the database's version. Returns the new version. */
+export const migrate = (db: Database.Database): number => {
+  db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+  const current = (db.prepare(`SELECT coalesce(max(version), 0) AS v FROM schema_migrations`).get() as { v: number }).v
+  const known = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0
+  if (current > known) {
+    throw new Error(`database schema version ${current} is newer than this engine knows (${known}); refusing to run`)
+  }
+  for (const m of MIGRATIONS) {
+    if (m.version <= current) continue
+    db.transaction(() => {
+      db.exec(m.sql)
+      db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    })()
+  }
+  return known
+}

@@ -1,0 +1,359 @@
+/**
+ * The ledger store: wallets, holds, ledger rows, notifications, resource snapshots,
+ * transitions and the input journal, all in one SQLite database so that a money movement
+ * and the actor snapshot it belongs to commit in the same transaction.
+ *
+ * better-sqlite3 is synchronous, so is this store. Expected failures (a hold the balance
+ * cannot cover) come back as `Either` values; broken invariants throw.
+ */
+import Database from "better-sqlite3"
+import { Either } from "effect"
+import { assert, Conflict, InsufficientBalance } from "../errors.js"
+import type { Micros } from "../money.js"
+import type { Severity } from "../policy.js"
+import { migrate, type LedgerRowKind } from "./migrations.js"
+
+export interface LedgerRow {
+  readonly id: number
+  readonly account: string
+  readonly at: number
+  readonly kind: LedgerRowKind
+  readonly amount_micros: Micros
+  readonly balance_after_micros: Micros
+  readonly resource: string | null
+  readonly hold_id: string | null
+  readonly description: string
+}
+
+export interface Hold {
+  readonly id: string
+  readonly account: string
+  readonly resource: string
+  readonly status: "open" | "settled"
+  readonly held_micros: Micros
+  readonly consumed_micros: Micros | null
+  readonly refunded_micros: Micros | null
+  readonly overage_micros: Micros | null
+  readonly placed_at: number
+  readonly settled_at: number | null
+}
+
+export interface Settlement {
+  readonly hold_id: string
+  readonly held_micros: Micros
+  readonly consumed_micros: Micros
+  readonly refunded_micros: Micros
+  readonly overage_micros: Micros
+  /** False when the hold was already settled: this call wrote nothing (idempotent). */
+  readonly applied: boolean
+}
+
+export interface NotificationInput {
+  readonly account: string
+  readonly resource: string | null
+  readonly at: number
+  readonly severity: Severity
+  readonly kind: string
+  readonly text: string
+  /** Structured facts for programs (a warning's `minutes` and `deadline_at`), or null. */
+  readonly data?: Readonly<Record<string, number | string | null>> | null
+}
+
+export interface Notification {
+  readonly id: number
+  readonly account: string
+  readonly resource: string | null
+  readonly at: number
+  readonly severity: Severity
+  readonly kind: string
+  readonly text: string
+  /** JSON text of the notification's structured facts, or null. */
+  readonly data: string | null
+}
+
+export interface Transition {
+  readonly id: number
+  readonly at: number
+  readonly resource: string
+  readonly from_state: string | null
+  readonly to_state: string
+  readonly reason: string | null
+}
+
+export interface ResourceRecord {
+  readonly id: string
+  readonly account: string
+  readonly kind: string
+  readonly status: string
+  readonly live: boolean
+  readonly snapshot: string
+  readonly created_at: number
+  readonly updated_at: number
+}
+
+export interface JournalEntry {
+  readonly seq: number
+  readonly at: number
+  readonly kind: string
+  readonly payload: string
+}
+
+export interface OpenOptions {
+  /**
+   * SQLite `synchronous`: `NORMAL` (the WAL default, durable at checkpoints) for the control
+   * plane; the simulator may pass `OFF`, since a simulation can always be run again.
+   */
+  readonly synchronous?: "FULL" | "NORMAL" | "OFF"
+}
+
+export class LedgerStore {
+  private readonly s: ReturnType<typeof prepare>
+  private readonly tx: (fn: () => unknown) => unknown
+
+  private constructor(readonly db: Database.Database) {
+    this.s = prepare(db)
+    this.tx = db.transaction((fn: () => unknown) => fn())
+  }
+
+  /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
+  static open(path: string, options: OpenOptions = {}): LedgerStore {
+    const db = new Database(path)
+    db.pragma("journal_mode = WAL")
+    db.pragma(`synchronous = ${options.synchronous ?? "NORMAL"}`)
+    db.pragma("foreign_keys = ON")
+    migrate(db)
+    return new LedgerStore(db)
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close()
+  }
+
+  /** Runs `fn` in a transaction; inside an open one it simply runs (the outer one commits). */
+  transaction<T>(fn: () => T): T {
+    return (this.db.inTransaction ? fn() : this.tx(fn)) as T
+  }
+
+  // ── accounts ──────────────────────────────────────────────────────────────────────────
+  openAccount(id: string, at: number): Either.Either<void, Conflict> {
+    if (this.hasAccount(id)) {
+      return Either.left(new Conflict({ code: "already_exists", id, status: "open", message: `account ${id} already exists` }))
+    }
+    this.s.insertAccount.run(id, at)
+    return Either.right(undefined)
+  }
+
+  hasAccount(id: string): boolean {
+    return this.s.accountExists.get(id) !== undefined
+  }
+
+  balance(account: string): Micros {
+    const row = this.s.balance.get(account) as { balance_micros: bigint } | undefined
+    assert(row !== undefined, () => `balance of unknown account ${account}`)
+    return row.balance_micros
+  }
+
+  accounts(): ReadonlyArray<{ id: string; balance_micros: Micros }> {
+    return this.s.accounts.all() as Array<{ id: string; balance_micros: Micros }>
+  }
+
+  /** Moves money in or out of a wallet: one ledger row, the new balance in `balance_after`. */
+  post(row: {
+    account: string
+    at: number
+    kind: LedgerRowKind
+    amount_micros: Micros
+    resource?: string | null
+    hold_id?: string | null
+    description: string
+  }): Micros {
+    assert(row.amount_micros !== 0n, () => `zero-amount ${row.kind} row for ${row.account}`)
+    const balance_after = this.balance(row.account) + row.amount_micros
+    this.s.setBalance.run(balance_after, row.account)
+    this.s.insertRow.run(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
+    return balance_after
+  }
+
+  // ── holds ─────────────────────────────────────────────────────────────────────────────
+  /**
+   * Reserves `amount` for a resource: a `gpu_usage −amount` row and an open hold. Refused
+   * with `InsufficientBalance`, writing nothing, when the balance cannot cover it.
+   */
+  placeHold(h: { hold_id: string; account: string; resource: string; amount_micros: Micros; at: number; description: string }): Either.Either<Micros, InsufficientBalance> {
+    assert(h.amount_micros > 0n, () => `hold ${h.hold_id} must be positive, got ${h.amount_micros}`)
+    const balance = this.balance(h.account)
+    if (balance < h.amount_micros) {
+      return Either.left(new InsufficientBalance({ account: h.account, required_micros: h.amount_micros, balance_micros: balance }))
+    }
+    return Either.right(
+      this.transaction(() => {
+        this.s.insertHold.run(h.hold_id, h.account, h.resource, h.amount_micros, h.at)
+        return this.post({ account: h.account, at: h.at, kind: "gpu_usage", amount_micros: -h.amount_micros, resource: h.resource, hold_id: h.hold_id, description: h.description })
+      })
+    )
+  }
+
+  /** Adds `amount` to an open hold (an extension). Same refusal rule as `placeHold`. */
+  extendHold(h: { hold_id: string; amount_micros: Micros; at: number; description: string }): Either.Either<Micros, InsufficientBalance> {
+    assert(h.amount_micros > 0n, () => `extension of ${h.hold_id} must be positive`)
+    const hold = this.hold(h.hold_id)
+    assert(hold !== undefined && hold.status === "open", () => `extend of hold ${h.hold_id} that is not open`)
+    const balance = this.balance(hold.account)
+    if (balance < h.amount_micros) {
+      return Either.left(new InsufficientBalance({ account: hold.account, required_micros: h.amount_micros, balance_micros: balance }))
+    }
+    return Either.right(
+      this.transaction(() => {
+        this.s.growHold.run(h.amount_micros, h.hold_id)
+        return this.post({ account: hold.account, at: h.at, kind: "gpu_usage", amount_micros: -h.amount_micros, resource: hold.resource, hold_id: h.hold_id, description: h.description })
+      })
+    )
+  }
+
+  /**
+   * Settles a hold exactly once: `consumed` is the actual cost; the unused part is refunded
+   * (`refund +x`), a rare excess is charged (`gpu_usage −x`). The status flips open → settled
+   * by compare-and-swap, so a second settlement of the same hold writes nothing and returns
+   * the first one's numbers.
+   */
+  settleHold(h: { hold_id: string; consumed_micros: Micros; at: number; refund_description: string; overage_description: string }): Settlement {
+    assert(h.consumed_micros >= 0n, () => `negative consumption for ${h.hold_id}`)
+    return this.transaction(() => {
+      const hold = this.hold(h.hold_id)
+      assert(hold !== undefined, () => `settle of unknown hold ${h.hold_id}`)
+      if (hold.status === "settled") {
+        return {
+          hold_id: hold.id,
+          held_micros: hold.held_micros,
+          consumed_micros: hold.consumed_micros!,
+          refunded_micros: hold.refunded_micros!,
+          overage_micros: hold.overage_micros!,
+          applied: false
+        }
+      }
+      const held = hold.held_micros
+      const refunded = held > h.consumed_micros ? held - h.consumed_micros : 0n
+      const overage = h.consumed_micros > held ? h.consumed_micros - held : 0n
+      assert(h.consumed_micros - overage + refunded === held, () => `settlement of ${hold.id} does not add up`)
+      const swapped = this.s.settleHold.run(h.consumed_micros, refunded, overage, h.at, hold.id).changes
+      assert(swapped === 1, () => `hold ${hold.id} changed under its settlement`)
+      if (refunded > 0n) {
+        this.post({ account: hold.account, at: h.at, kind: "refund", amount_micros: refunded, resource: hold.resource, hold_id: hold.id, description: h.refund_description })
+      }
+      if (overage > 0n) {
+        this.post({ account: hold.account, at: h.at, kind: "gpu_usage", amount_micros: -overage, resource: hold.resource, hold_id: hold.id, description: h.overage_description })
+      }
+      return { hold_id: hold.id, held_micros: held, consumed_micros: h.consumed_micros, refunded_micros: refunded, overage_micros: overage, applied: true }
+    })
+  }
+
+  hold(id: string): Hold | undefined {
+    return this.s.hold.get(id) as unknown as Hold | undefined
+  }
+
+  holds(): ReadonlyArray<Hold> {
+    return this.s.holds.all() as unknown as Hold[]
+  }
+
+  // ── notifications, transitions, resources, journal ───────────────────────────────────
+  notify(n: NotificationInput): void {
+    this.s.insertNotification.run(n.account, n.resource, n.at, n.severity, n.kind, n.text, n.data == null ? null : JSON.stringify(n.data))
+  }
+
+  recordTransition(t: { at: number; resource: string; from_state: string | null; to_state: string; reason: string | null }): void {
+    this.s.insertTransition.run(t.at, t.resource, t.from_state, t.to_state, t.reason)
+  }
+
+  saveResource(r: { id: string; account: string; kind: string; status: string; live: boolean; snapshot: string; at: number }): void {
+    this.s.upsertResource.run(r.id, r.account, r.kind, r.status, r.live ? 1 : 0, r.snapshot, r.at, r.at)
+  }
+
+  resource(id: string): ResourceRecord | undefined {
+    const row = this.s.resource.get(id) as (Omit<ResourceRecord, "live"> & { live: number }) | undefined
+    return row === undefined ? undefined : { ...row, live: row.live === 1 }
+  }
+
+  liveResources(): ReadonlyArray<ResourceRecord> {
+    return (this.s.liveResources.all() as Array<Omit<ResourceRecord, "live"> & { live: number }>).map((r) => ({ ...r, live: true }))
+  }
+
+  resources(): ReadonlyArray<ResourceRecord> {
+    return (this.s.resources.all() as Array<Omit<ResourceRecord, "live"> & { live: number }>).map((r) => ({ ...r, live: r.live === 1 }))
+  }
+
+  journal(at: number, kind: string, payload: unknown): void {
+    this.s.insertJournal.run(at, kind, JSON.stringify(payload))
+  }
+
+  journalEntries(): ReadonlyArray<JournalEntry> {
+    return this.s.journal.all() as JournalEntry[]
+  }
+
+  ledgerRows(): ReadonlyArray<LedgerRow> {
+    return this.s.rows.all() as unknown as LedgerRow[]
+  }
+
+  notifications(): ReadonlyArray<Notification> {
+    return this.s.notifications.all() as Notification[]
+  }
+
+  transitions(): ReadonlyArray<Transition> {
+    return this.s.transitions.all() as Transition[]
+  }
+}
+
+const prepare = (db: Database.Database) => {
+  const money = <S extends Database.Statement>(stmt: S): S => stmt.safeIntegers(true) as S
+  const plainIds = <S extends Database.Statement>(stmt: S): S => stmt
+  return {
+    insertAccount: db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, ?)`),
+    accountExists: db.prepare(`SELECT 1 FROM accounts WHERE id = ?`),
+    balance: money(db.prepare(`SELECT balance_micros FROM accounts WHERE id = ?`)),
+    accounts: money(db.prepare(`SELECT id, balance_micros FROM accounts ORDER BY id`)),
+    setBalance: db.prepare(`UPDATE accounts SET balance_micros = ? WHERE id = ?`),
+    insertRow: db.prepare(
+      `INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, hold_id, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+    ),
+    rows: moneyRows(db.prepare(`SELECT * FROM ledger ORDER BY id`)),
+    insertHold: db.prepare(`INSERT INTO holds (id, account, resource, status, held_micros, placed_at) VALUES (?, ?, ?, 'open', ?, ?)`),
+    growHold: db.prepare(`UPDATE holds SET held_micros = held_micros + ? WHERE id = ? AND status = 'open'`),
+    settleHold: db.prepare(
+      `UPDATE holds SET status = 'settled', consumed_micros = ?, refunded_micros = ?, overage_micros = ?, settled_at = ? WHERE id = ? AND status = 'open'`
+    ),
+    hold: moneyRows(db.prepare(`SELECT * FROM holds WHERE id = ?`)),
+    holds: moneyRows(db.prepare(`SELECT * FROM holds ORDER BY placed_at, id`)),
+    insertNotification: db.prepare(`INSERT INTO notifications (account, resource, at, severity, kind, text, data) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+    notifications: plainIds(db.prepare(`SELECT id, account, resource, at, severity, kind, text, data FROM notifications ORDER BY id`)),
+    insertTransition: db.prepare(`INSERT INTO transitions (at, resource, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)`),
+    transitions: db.prepare(`SELECT * FROM transitions ORDER BY id`),
+    upsertResource: db.prepare(
+      `INSERT INTO resources (id, account, kind, status, live, snapshot, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT(id) DO UPDATE SET status = excluded.status, live = excluded.live, snapshot = excluded.snapshot, updated_at = excluded.updated_at`
+    ),
+    resource: db.prepare(`SELECT * FROM resources WHERE id = ?`),
+    liveResources: db.prepare(`SELECT * FROM resources WHERE live = 1 ORDER BY id`),
+    resources: db.prepare(`SELECT * FROM resources ORDER BY id`),
+    insertJournal: db.prepare(`INSERT INTO journal (at, kind, payload) VALUES (?, ?, ?)`),
+    journal: db.prepare(`SELECT * FROM journal ORDER BY seq`)
+  }
+}
+
+/**
+ * Reads rows with every INTEGER as `bigint`, then turns the non-money integers (ids,
+ * instants) back into numbers so that only `*_micros` columns are bigint.
+ */
+const moneyRows = (stmt: Database.Statement) => {
+  stmt.safeIntegers(true)
+  const fix = (row: Record<string, unknown> | undefined) => {
+    if (row === undefined) return row
+    for (const key of Object.keys(row)) {
+      const v = row[key]
+      if (typeof v === "bigint" && !key.endsWith("_micros")) row[key] = Number(v)
+    }
+    return row
+  }
+  return {
+    get: (...args: unknown[]) => fix(stmt.get(...args) as Record<string, unknown> | undefined),
+    all: (...args: unknown[]) => (stmt.all(...args) as Array<Record<string, unknown>>).map((r) => fix(r)!)
+  }
+}

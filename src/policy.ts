@@ -1,0 +1,110 @@
+/**
+ * The policy module: every rule the manual leaves to us (SPEC.md "Decision" lines), every
+ * number the manual gives, every user-visible text, and every limit, in one place so each
+ * can be read, documented (docs/POLICY.md) and changed without hunting through the engine.
+ */
+
+// ── Time ────────────────────────────────────────────────────────────────────────────────
+export const MS_PER_SECOND = 1_000
+export const MS_PER_MINUTE = 60_000
+export const MS_PER_HOUR = 3_600_000
+
+// ── GPU instance lifecycle (SPEC §3) ────────────────────────────────────────────────────
+/** The watchdog runs every 5 minutes of engine time, aligned to whole 5-minute marks (UTC). */
+export const WATCHDOG_INTERVAL_MS = 5 * MS_PER_MINUTE
+/** An instance pending for longer than this is checked against the cluster by the watchdog. */
+export const PENDING_TIMEOUT_MS = 15 * MS_PER_MINUTE
+/**
+ * How late a stop may come after the deadline and still be "the watchdog lag" of the manual
+ * ("up to ~1 min"). It bounds overage (SPEC §9.4) and overrun past the deadline (SPEC §9.7).
+ */
+export const WATCHDOG_LAG_MS = 1 * MS_PER_MINUTE
+
+/**
+ * Decision (SPEC §3): billable time is time the GPUs are held by a pod that was started:
+ * `loading` and `running`; not `pending` (image pull, or waiting for capacity), not
+ * `preempted`. `started_at` is the first entry into `loading` (or into `running`, when the
+ * loading event never came). Billing starts when the engine learns the GPUs are held: a
+ * pod whose Ready event was missed is billed from the watchdog's heal, not before, since the
+ * user saw it pending until then.
+ */
+export const BILLABLE_STATES = ["loading", "running"] as const
+
+/** Duration warnings before the deadline (SPEC §3), in the order they fire. */
+export const DURATION_WARNINGS: ReadonlyArray<{ readonly minutes: number; readonly severity: Severity }> = [
+  { minutes: 30, severity: "warning" },
+  { minutes: 20, severity: "warning" },
+  { minutes: 10, severity: "critical" },
+  { minutes: 5, severity: "critical" },
+  { minutes: 1, severity: "critical" }
+]
+
+/** Termination reasons (SPEC §3 Decision). */
+export const TERMINATION_REASONS = ["duration_expired", "credit_depleted", "user_requested", "failed"] as const
+export type TerminationReason = (typeof TERMINATION_REASONS)[number]
+
+// ── Limits (TigerBeetle style: every input has a bound) ─────────────────────────────────
+/** The manual's minimum duration is 1 hour; durations and extensions are whole hours. */
+export const DURATION_HOURS_MIN = 1
+/** Decision: one launch or one extension commits at most 30 days at a time. */
+export const DURATION_HOURS_MAX = 720
+export const GPU_COUNT_MAX = 64
+export const NODE_COUNT_MAX = 64
+/** Manual top-up bounds (SPEC §1): $1 to $1,000 per transaction, in micros. */
+export const TOP_UP_MIN_MICROS = 1_000_000n
+export const TOP_UP_MAX_MICROS = 1_000_000_000n
+/** A resource id is what the user or timeline names it; keep it printable and short. */
+export const RESOURCE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
+export const TIMELINE_EVENTS_MAX = 2_000_000
+export const TIMELINE_ACCOUNTS_MAX = 100_000
+/** The longest a timeline may run: a simulation is bounded like every other loop. */
+export const TIMELINE_SPAN_MS_MAX = 400 * 24 * MS_PER_HOUR
+
+// ── Accounts ────────────────────────────────────────────────────────────────────────────
+/**
+ * Decision: an account's opening balance in a timeline is credited as an `adjustment` row
+ * ("Opening balance"): it is credit granted by the operator, not a card payment.
+ */
+export const OPENING_BALANCE_DESCRIPTION = "Opening balance"
+
+// ── The simulated world's defaults (TIMELINE.md: "Omitted, they have documented defaults") ──
+export const SIM_IMAGE_PULL_DEFAULT = "PT1M"
+export const SIM_CONTAINER_START_DEFAULT = "PT30S"
+export const SIM_POD_STOP_DEFAULT = "PT0S"
+
+// ── Notifications: kinds, severities and the exact texts the manual gives ──────────────
+export type Severity = "info" | "warning" | "critical"
+
+export const texts = {
+  durationWarning: (id: string, minutes: number) =>
+    `Instance ${id} reaches its duration in ${minutes} ${minutes === 1 ? "minute" : "minutes"} and will be terminated. Extend it to keep it running.`,
+  preempted: (id: string) =>
+    `Instance ${id} was preempted: a higher-priority workload took its GPU. It resumes when capacity frees.`,
+  resumed: (id: string) => `Instance ${id} resumed: capacity freed and it is running again.`,
+  terminated: {
+    duration_expired: "Instance terminated — duration reached.",
+    credit_depleted: "Instance terminated: credit balance depleted.",
+    user_requested: "Instance terminated at your request.",
+    failed: "Instance failed: its pod did not start or stopped unexpectedly. Unused credit was refunded."
+  } satisfies Record<TerminationReason, string>
+} as const
+
+export const TERMINATION_SEVERITY: Record<TerminationReason, Severity> = {
+  duration_expired: "info",
+  user_requested: "info",
+  credit_depleted: "critical",
+  failed: "critical"
+}
+
+// ── Ledger descriptions ─────────────────────────────────────────────────────────────────
+export const descriptions = {
+  hold: (id: string, hours: number, rate: string, units: string) => `Credit hold for ${id}: ${hours} h × $${rate}/h × ${units}`,
+  extendHold: (id: string, hours: number, rate: string, units: string) =>
+    `Extension hold for ${id}: ${hours} h × $${rate}/h × ${units}`,
+  refund: (id: string) => `Refund of unused hold for ${id}`,
+  overage: (id: string) => `Overage for ${id}: ran past its hold`,
+  topUp: "Top-up"
+} as const
+
+export const unitsLabel = (gpu_count: number, node_count: number): string =>
+  node_count > 1 ? `${node_count} nodes × ${gpu_count} GPU${gpu_count === 1 ? "" : "s"}` : `${gpu_count} GPU${gpu_count === 1 ? "" : "s"}`

@@ -1,0 +1,63 @@
+/**
+ * The services the supervisor depends on, as Effect tags. A world (simulated, Kubernetes,
+ * replay) is a `Layer` that provides them; the supervisor and the machines do not change.
+ *
+ * The ledger, the notifier and the journal are the same SQLite database, so a money movement,
+ * the notification it causes, the input that caused it and the actor snapshot all commit
+ * in one transaction.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { ClusterPort } from "./cluster.js"
+import type { EngineClock } from "./clock.js"
+import { LedgerStore, type OpenOptions } from "./ledger/store.js"
+import type { Micros } from "./money.js"
+import type { NotificationInput } from "./ledger/store.js"
+
+export class Clock extends Context.Tag("ecolink/Clock")<Clock, EngineClock>() {}
+
+export class Ledger extends Context.Tag("ecolink/Ledger")<Ledger, LedgerStore>() {}
+
+export class Cluster extends Context.Tag("ecolink/Cluster")<Cluster, ClusterPort>() {}
+
+export interface NotifierPort {
+  notify(n: NotificationInput): void
+}
+export class Notifier extends Context.Tag("ecolink/Notifier")<Notifier, NotifierPort>() {}
+
+export interface JournalPort {
+  /** Appends one input (API command, pod event, timer) with its instant on the engine clock. */
+  append(at: number, kind: string, payload: unknown): void
+}
+export class Journal extends Context.Tag("ecolink/Journal")<Journal, JournalPort>() {}
+
+/** Prices the engine charges: per GPU-hour, by GPU type, in micros. */
+export interface CatalogPort {
+  gpuRate(gpu: string): Micros | undefined
+}
+export class Catalog extends Context.Tag("ecolink/Catalog")<Catalog, CatalogPort>() {}
+
+/** The SQLite ledger at `path`, closed when the layer's scope closes. */
+export const ledgerLayer = (path: string, options?: OpenOptions): Layer.Layer<Ledger> =>
+  Layer.scoped(
+    Ledger,
+    Effect.acquireRelease(
+      Effect.sync(() => LedgerStore.open(path, options)),
+      (store) => Effect.sync(() => store.close())
+    )
+  )
+
+/** Notifications and the journal live in the ledger's database (same transaction). */
+export const sqliteNotifierAndJournal: Layer.Layer<Notifier | Journal, never, Ledger> = Layer.effectContext(
+  Effect.map(Ledger, (store) =>
+    Context.make(Notifier, { notify: (n) => store.notify(n) }).pipe(
+      Context.add(Journal, { append: (at, kind, payload) => store.journal(at, kind, payload) })
+    )
+  )
+)
+
+/** The engine clock as a service, and the same clock as Effect's `Clock`. */
+export const clockLayer = (clock: EngineClock): Layer.Layer<Clock> =>
+  Layer.merge(Layer.succeed(Clock, clock), Layer.setClock(clock.effectClock))
+
+export const catalogLayer = (rates: ReadonlyMap<string, Micros>): Layer.Layer<Catalog> =>
+  Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu) })
