@@ -21,6 +21,7 @@ import {
   MS_PER_HOUR,
   MS_PER_MINUTE,
   PENDING_TIMEOUT_MS,
+  WATCHDOG_LAG_MS,
   type TerminationReason
 } from "../src/policy.js"
 
@@ -78,6 +79,8 @@ export type GpuInstanceEvent =
 /** The statuses the manual names, in the order a resource can reach them. */
 export const GPU_STATUSES = ["pending", "loading", "running", "preempted", "terminating", "terminated", "failed"] as const
 export type GpuStatus = (typeof GPU_STATUSES)[number]
+
+const warningMinutes = (event: GpuInstanceEvent): number => (event.type === "duration_warning" ? event.minutes : 0)
 
 const warningsFor = (deadline_at: number, at: number): number[] =>
   DURATION_WARNINGS.map((w) => w.minutes).filter((m) => deadline_at - m * MS_PER_MINUTE >= at)
@@ -149,7 +152,9 @@ export const gpuInstanceMachine = setup({
     creditDepleted: ({ event }) => event.type === "deadline" && event.credit_depleted,
     stuckPending: ({ context, event }) => isStuckPending(context, event.at),
     podIsRunning: ({ event }) => event.type === "watchdog" && event.pod === "running",
-    warningIsArmed: ({ context, event }) => event.type === "duration_warning" && context.warnings_pending.includes(event.minutes)
+    warningIsArmed: ({ context, event }) => event.type === "duration_warning" && context.warnings_pending.includes(event.minutes),
+    warningIsTimely: ({ context, event }) =>
+      context.deadline_at !== null && event.at <= context.deadline_at - warningMinutes(event) * MS_PER_MINUTE + WATCHDOG_LAG_MS
   }
 }).createMachine({
   id: "gpuInstance",
@@ -178,10 +183,15 @@ export const gpuInstanceMachine = setup({
           { guard: "creditDepleted", target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }] },
           { target: "terminating", actions: [{ type: "requestStop", params: { reason: "duration_expired" } }] }
         ],
-        duration_warning: {
-          guard: "warningIsArmed",
-          actions: [{ type: "notifyDurationWarning", params: ({ event }) => ({ minutes: event.minutes }) }, "markWarningSent"]
-        }
+        duration_warning: [
+          {
+            guard: and(["warningIsArmed", "warningIsTimely"]),
+            actions: [{ type: "notifyDurationWarning", params: ({ event }) => ({ minutes: event.minutes }) }, "markWarningSent"]
+          },
+          // A warning whose moment passed while the control plane was down is dropped, not
+          // sent late: the user hears the next threshold (or the termination) instead.
+          { guard: "warningIsArmed", actions: ["markWarningSent"] }
+        ]
       },
       states: {
         pending: {

@@ -94,6 +94,8 @@ export class SimCluster implements ClusterPort {
     w.deleting = true
     this.cancel(w)
     const region = this.regions.get(w.spec.region)!
+    const queued = region.queue.indexOf(name)
+    if (queued >= 0) region.queue.splice(queued, 1)
     w.timer = this.at(region.spec.pod_stop_ms, name, () => {
       w.timer = null
       this.release(w)

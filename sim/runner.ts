@@ -13,7 +13,7 @@ import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
 import { VirtualClock, Lane } from "../src/clock.js"
 import { errorStatus, type EngineError } from "../src/errors.js"
 import type { LedgerStore } from "../src/ledger/store.js"
-import { dollars, formatDollars } from "../src/money.js"
+import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../src/supervisor.js"
@@ -27,6 +27,12 @@ export interface RunOptions {
   readonly db?: string
   /** Instants (ms) after whose work the engine is dropped and started again on the same file. */
   readonly restartAt?: ReadonlyArray<number>
+  /**
+   * Control-plane outages: after the work of `at_ms` the engine is dropped, and a new one
+   * starts on the same file `duration_ms` later. Inputs meanwhile are refused with 503; the
+   * world's pod events are lost, as a dead controller's watch loses them.
+   */
+  readonly outages?: ReadonlyArray<{ readonly at_ms: number; readonly duration_ms: number }>
 }
 
 export interface Rejected {
@@ -55,42 +61,53 @@ export interface RunResult {
   readonly engine_events: number
 }
 
-interface Engine {
+export interface Engine {
   readonly scope: Scope.CloseableScope
   readonly runtime: Runtime.Runtime<Supervisor | Ledger>
   readonly sup: SupervisorApi
   readonly ledger: LedgerStore
 }
 
+/**
+ * Builds the engine (ledger, notifier, journal, supervisor) over a simulated world, as Effect
+ * layers, and returns the runtime that carries the virtual clock as Effect's `Clock`.
+ */
+export const startSimEngine = (world: {
+  readonly db: string
+  readonly clock: VirtualClock
+  readonly cluster: SimCluster
+  readonly gpu_rates: ReadonlyMap<string, Micros>
+}): Engine => {
+  const worldLayer = Layer.mergeAll(clockLayer(world.clock), Layer.succeed(Cluster, world.cluster), catalogLayer(world.gpu_rates))
+  // A simulation can always be run again, so it does not pay for fsync (OpenOptions).
+  const engineLayer = supervisorLayer.pipe(
+    Layer.provideMerge(sqliteNotifierAndJournal),
+    Layer.provideMerge(Layer.merge(ledgerLayer(world.db, { synchronous: "OFF" }), worldLayer))
+  )
+  const scope = Effect.runSync(Scope.make())
+  const runtime = Effect.runSync(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
+  return { scope, runtime, sup: Context.get(runtime.context, Supervisor), ledger: Context.get(runtime.context, Ledger) }
+}
+
+export const stopEngine = (e: Engine): void => Effect.runSync(Scope.close(e.scope, Exit.void))
+
 export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
   const db = options.db ?? ":memory:"
-  const restarts = [...(options.restartAt ?? [])].sort((a, b) => a - b)
-  if (restarts.length > 0 && db === ":memory:") throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
+  const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
+  if (outages.length > 0 && db === ":memory:") throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
 
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
-  const world = Layer.mergeAll(clockLayer(clock), Layer.succeed(Cluster, cluster), catalogLayer(timeline.gpu_rates))
-  // A simulation can always be run again, so it does not pay for fsync (policy: OpenOptions).
-  const engineLayer = supervisorLayer.pipe(
-    Layer.provideMerge(sqliteNotifierAndJournal),
-    Layer.provideMerge(Layer.merge(ledgerLayer(db, { synchronous: "OFF" }), world))
-  )
-
-  const startEngine = (): Engine => {
-    const scope = Effect.runSync(Scope.make())
-    const runtime = Effect.runSync(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
-    return { scope, runtime, sup: Context.get(runtime.context, Supervisor), ledger: Context.get(runtime.context, Ledger) }
-  }
-  const stopEngine = (e: Engine): void => Effect.runSync(Scope.close(e.scope, Exit.void))
-
-  let engine = startEngine()
+  const startEngine = (): Engine => startSimEngine({ db, clock, cluster, gpu_rates: timeline.gpu_rates })
+  let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []
 
   const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
     rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
   }
-  const call = <A>(e: TimelineEvent, effect: Effect.Effect<A, EngineError>): void => {
-    const exit = Runtime.runSyncExit(engine.runtime)(effect)
+  const call = <A>(e: TimelineEvent, effect: (sup: SupervisorApi) => Effect.Effect<A, EngineError>): void => {
+    if (engine === null) return reject(e, 503, "engine_unavailable", "the control plane is down")
+    const exit = Runtime.runSyncExit(engine.runtime)(effect(engine.sup))
     if (Exit.isSuccess(exit)) return
     const failure = Cause.failureOption(exit.cause)
     if (Option.isNone(failure)) throw Cause.squash(exit.cause)
@@ -102,25 +119,24 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   }
 
   const apply = (e: TimelineEvent): void => {
-    const sup = engine.sup
     switch (e.do) {
       case "launch_gpu_instance":
         if (e.drive !== undefined || (e.filesystems !== undefined && e.filesystems.length > 0)) {
           return reject(e, 501, "unsupported_event", "storage attachments arrive with the storage capability")
         }
-        return call(e, sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_instance", gpu: e.gpu, gpu_count: e.gpu_count, node_count: 1, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+        return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_instance", gpu: e.gpu, gpu_count: e.gpu_count, node_count: 1, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
       case "launch_gpu_cluster":
-        return call(e, sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+        return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
       case "extend":
-        return call(e, sup.extend(e.id, e.hours))
+        return call(e, (sup) => sup.extend(e.id, e.hours))
       case "terminate":
-        return call(e, sup.terminate(e.id))
+        return call(e, (sup) => sup.terminate(e.id))
       case "top_up": {
         const amount = dollars(e.amount)
         if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) {
           return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
         }
-        return call(e, sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
+        return call(e, (sup) => sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
       }
       case "preempt":
         return world_(e, cluster.preempt(e.id))
@@ -140,11 +156,12 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   }
 
   // Accounts open at the start, each with its opening balance as an operator's adjustment.
-  engine.sup.unitOfWork(() => {
+  const first = engine
+  first.sup.unitOfWork(() => {
     for (const a of timeline.accounts) {
-      Runtime.runSync(engine.runtime)(engine.sup.openAccount(a.id))
+      Runtime.runSync(first.runtime)(first.sup.openAccount(a.id))
       if (a.balance_micros > 0n) {
-        Runtime.runSync(engine.runtime)(engine.sup.credit(a.id, "adjustment", a.balance_micros, policy.OPENING_BALANCE_DESCRIPTION))
+        Runtime.runSync(first.runtime)(first.sup.credit(a.id, "adjustment", a.balance_micros, policy.OPENING_BALANCE_DESCRIPTION))
       }
     }
   })
@@ -152,18 +169,22 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     clock.schedule(e.at_ms, () => apply(e), { lane: Lane.input, key: String(e.index).padStart(9, "0") })
   }
 
-  const step = (_: number, fire: () => void): void => engine.sup.unitOfWork(fire)
-  for (const r of restarts) {
-    if (r > timeline.until_ms) break
-    clock.advanceTo(Math.max(r, clock.now()), step)
-    stopEngine(engine)
+  // One SQLite transaction per clock step; while the engine is down the world runs alone.
+  const step = (_: number, fire: () => void): void => (engine === null ? fire() : engine.sup.unitOfWork(fire))
+  for (const outage of outages) {
+    if (outage.at_ms > timeline.until_ms) break
+    clock.advanceTo(Math.max(outage.at_ms, clock.now()), step)
+    if (engine !== null) stopEngine(engine)
+    engine = null
+    clock.advanceTo(Math.min(Math.max(outage.at_ms + outage.duration_ms, clock.now()), timeline.until_ms), step)
     engine = startEngine()
   }
   clock.advanceTo(timeline.until_ms, step)
 
-  const facts = collectFacts(engine.ledger, timeline)
-  const engine_events = engine.ledger.journalEntries().length
-  stopEngine(engine)
+  const last: Engine = engine ?? startEngine()
+  const facts = collectFacts(last.ledger, timeline)
+  const engine_events = last.ledger.journalEntries().length
+  stopEngine(last)
   const violations = checkInvariants(facts)
   return { output: render(facts, rejected, violations), facts, engine_events }
 }

@@ -152,6 +152,8 @@ export class GpuSupervisor {
   private readonly live = new Map<string, LiveEntry>()
   /** Live resources in `pending`, for the watchdog. Iterated sorted, never in insertion order. */
   private readonly pending = new Set<string>()
+  /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
+  private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
   private intents: Intent[] = []
   private depth = 0
@@ -219,7 +221,9 @@ export class GpuSupervisor {
         actor.start()
         const entry: LiveEntry = { id: record.id, actor, alarm: null }
         this.live.set(record.id, entry)
-        if (gpuStatusOf(actor.getSnapshot()) === "pending") this.pending.add(record.id)
+        const status = gpuStatusOf(actor.getSnapshot())
+        if (status === "pending") this.pending.add(record.id)
+        if (status === "terminating") this.stopping.add(record.id)
         this.rearm(entry)
       }
       this.reconcile()
@@ -240,6 +244,7 @@ export class GpuSupervisor {
     }
     this.live.clear()
     this.pending.clear()
+    this.stopping.clear()
   }
 
   unitOfWork<T>(fn: () => T): T {
@@ -422,6 +427,9 @@ export class GpuSupervisor {
 
   // ── dispatch: one event to one actor, its intents carried out ─────────────────────────
   private dispatch(entry: LiveEntry, event: GpuInstanceEvent): void {
+    // A machine that reached its final state in this unit of work hears nothing more
+    // (a pod's deletion after the instance failed, say); it leaves memory at the flush.
+    if (entry.actor.getSnapshot().status !== "active") return
     const before = gpuStatusOf(entry.actor.getSnapshot())
     this.run(entry, () => entry.actor.send(event), before, event.at, event)
   }
@@ -444,6 +452,8 @@ export class GpuSupervisor {
     }
     if (after === "pending") this.pending.add(entry.id)
     else this.pending.delete(entry.id)
+    if (after === "terminating") this.stopping.add(entry.id)
+    else this.stopping.delete(entry.id)
     this.dirty.add(entry.id)
     this.rearm(entry)
   }
@@ -587,18 +597,30 @@ export class GpuSupervisor {
     this.watchdogTimer = this.clock.schedule(next, () => this.onWatchdog(), { lane: Lane.engine, key: "watchdog" })
   }
 
-  /** Every 5 minutes: a pending instance older than 15 minutes heals or fails (SPEC §3). */
+  /**
+   * Every 5 minutes: a pending instance older than 15 minutes heals or fails (SPEC §3), and a
+   * stopping one whose pod-deleted event was lost is confirmed from the cluster (level-triggered).
+   */
   private onWatchdog(): void {
     this.watchdogTimer = null
     const at = this.clock.now()
     const stuck = [...this.pending].filter((id) => isStuckPending(this.live.get(id)!.actor.getSnapshot().context, at)).sort()
-    if (stuck.length > 0) {
+    const stopping = [...this.stopping].sort()
+    if (stuck.length > 0 || stopping.length > 0) {
       this.unitOfWork(() => {
         for (const id of stuck) {
           const workload = this.cluster.get(podNameFor(id))
           const pod = workload === undefined ? "missing" : workload.phase === "running" ? "running" : "not_running"
           this.journal.append(at, "watchdog", { id, pod })
           this.dispatch(this.live.get(id)!, { type: "watchdog", at, pod })
+        }
+        for (const id of stopping) {
+          if (this.cluster.get(podNameFor(id)) !== undefined) {
+            this.cluster.deleteWorkload(podNameFor(id))
+            continue
+          }
+          this.journal.append(at, "watchdog", { id, pod: "missing" })
+          this.dispatch(this.live.get(id)!, { type: "pod.deleted", at })
         }
       })
     }

@@ -1,0 +1,79 @@
+/**
+ * fast-check generators of whole timeline files: small catalogs, a few accounts, and random
+ * inputs (launch, cluster launch, extend, terminate, preempt, resume, pod failure, top-up,
+ * missed watch events, region outages) at random times with random rates, GPU counts and
+ * durations. Small pools of ids and accounts make the inputs collide often, which is where
+ * the bugs live.
+ */
+import fc from "fast-check"
+import { formatDollars } from "../src/money.js"
+import { START } from "./helpers.js"
+
+const IDS = ["gi-0", "gi-1", "gi-2", "gi-3", "gc-0", "gc-1"]
+const ACCOUNTS = ["acme", "beta", "zed"]
+const REGIONS = ["us-east", "eu-west"]
+
+const dollarsArb = (min: number, max: number) => fc.bigInt({ min: BigInt(min), max: BigInt(max) }).map(formatDollars)
+const seconds = (max: number) => fc.integer({ min: 0, max }).map((s) => `PT${s}S`)
+/** Offsets with a bias to whole minutes, so inputs often share an instant with timers. */
+const offsetSeconds = fc.oneof(fc.integer({ min: 0, max: 86_400 }), fc.integer({ min: 0, max: 1_440 }).map((m) => m * 60))
+const offset = offsetSeconds.map((s) => `PT${s}S`)
+
+const regionArb = fc.record({
+  nodes: fc.integer({ min: 1, max: 3 }),
+  gpus_per_node: fc.integer({ min: 1, max: 8 }),
+  image_pull: seconds(1_200),
+  container_start: seconds(300),
+  pod_stop: seconds(120)
+})
+
+const hours = (max: number) => fc.integer({ min: 0, max: max * 3_600 })
+
+/** Follow-ups of one resource, at offsets after its launch, so they meet it alive. */
+const followUp = (id: string) =>
+  fc.oneof(
+    { weight: 3, arbitrary: fc.record({ after: hours(7), do: fc.constant("extend"), id: fc.constant(id), hours: fc.integer({ min: 1, max: 4 }) }) },
+    { weight: 3, arbitrary: fc.record({ after: hours(7), do: fc.constant("terminate"), id: fc.constant(id) }) },
+    { weight: 3, arbitrary: fc.record({ after: hours(5), do: fc.constant("preempt"), id: fc.constant(id) }) },
+    { weight: 3, arbitrary: fc.record({ after: hours(6), do: fc.constant("resume"), id: fc.constant(id) }) },
+    { weight: 1, arbitrary: fc.record({ after: hours(6), do: fc.constant("pod_fail"), id: fc.constant(id) }) },
+    { weight: 1, arbitrary: fc.record({ after: hours(1), do: fc.constant("miss_pod_events"), id: fc.constant(id), count: fc.integer({ min: 1, max: 3 }) }) }
+  )
+
+const launchArb = (id: string) =>
+  fc.oneof(
+    { weight: 3, arbitrary: fc.record({ do: fc.constant("launch_gpu_instance"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), gpu_count: fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.integer({ min: 5, max: 9 }) }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 6 }) }) },
+    { weight: 1, arbitrary: fc.record({ do: fc.constant("launch_gpu_cluster"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), node_count: fc.integer({ min: 1, max: 3 }), gpu_count: fc.integer({ min: 1, max: 4 }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 4 }) }) }
+  )
+
+/** One resource's story: a launch at some instant, then a few things that happen to it. */
+const storyArb = (id: string) =>
+  fc.tuple(offsetSeconds, launchArb(id), fc.array(followUp(id), { maxLength: 5 })).map(([t0, launch, rest]) => [
+    { at: `PT${t0}S`, ...launch },
+    ...rest.map(({ after, ...e }) => ({ at: `PT${t0 + after}S`, ...e }))
+  ])
+
+const worldArb = fc.oneof(
+  { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
+  // Stray inputs naming resources that may not exist (yet, or any more).
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("terminate", "preempt", "resume"), id: fc.constantFrom(...IDS) }) }
+)
+
+const eventsArb = fc
+  .tuple(fc.subarray(IDS, { minLength: 1 }).chain((ids) => fc.tuple(...ids.map(storyArb))), fc.array(worldArb, { maxLength: 8 }))
+  .map(([stories, world]) => [...stories.flat(), ...world])
+  // File order is the order at equal instants; shuffle it so the engine sees every order.
+  .chain((events) => fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }))
+
+export const timelineArb = fc.record({
+  start: fc.constant(START),
+  seed: fc.integer({ min: 0, max: 1_000_000 }),
+  until: fc.constant("P3D"),
+  catalog: fc.record({
+    gpus: fc.record({ H100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }), A100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }) }),
+    regions: fc.record({ "us-east": regionArb, "eu-west": regionArb })
+  }),
+  accounts: fc.record({ acme: fc.record({ balance: dollarsArb(0, 500_000_000) }), beta: fc.record({ balance: dollarsArb(0, 100_000_000) }), zed: fc.record({ balance: dollarsArb(0, 5_000_000) }) }),
+  events: eventsArb
+})

@@ -1,0 +1,52 @@
+/** Shared builders for tests that run timelines through the whole engine. */
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { Either } from "effect"
+import { runTimeline, type RunOptions, type RunResult } from "../sim/runner.js"
+import { decodeTimeline, type Timeline } from "../sim/timeline.js"
+
+export const START = "2026-03-01T00:00:00Z"
+
+/** A timeline file (as JSON would hold it) with one region and one GPU type by default. */
+export const timelineFile = (events: ReadonlyArray<Record<string, unknown>>, overrides: Record<string, unknown> = {}): Record<string, unknown> => ({
+  start: START,
+  seed: 7,
+  until: "P1D",
+  catalog: {
+    gpus: { H100: { hourly_rate: "1.60" } },
+    regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+  },
+  accounts: { acme: { balance: "100.00" } },
+  events,
+  ...overrides
+})
+
+export const decode = (file: unknown): Timeline => {
+  const decoded = decodeTimeline(file)
+  if (Either.isLeft(decoded)) throw decoded.left
+  return decoded.right
+}
+
+export const run = (file: unknown, options?: RunOptions): RunResult => runTimeline(decode(file), options)
+
+/** `PT…` offsets as ISO instants after START, for exact assertions. */
+export const at = (offset_ms: number): string => new Date(Date.parse(START) + offset_ms).toISOString()
+
+export const MIN = 60_000
+export const HOUR = 3_600_000
+
+export const launch = (extra: Record<string, unknown> = {}): Record<string, unknown> => ({
+  at: "PT0S",
+  do: "launch_gpu_instance",
+  account: "acme",
+  id: "gi-1",
+  gpu: "H100",
+  gpu_count: 1,
+  region: "us-east",
+  estimated_duration_hours: 2,
+  ...extra
+})
+
+/** A fresh SQLite file path in its own temporary directory. */
+export const tmpDb = (): string => join(mkdtempSync(join(tmpdir(), "ecolink-")), "ledger.sqlite")
