@@ -1,5 +1,5 @@
 /**
- * `npm run sim -- <timeline.json> [--json] [--db FILE] [--restart-at PT1H]... [--no-determinism-check]`
+ * `npm run sim -- <timeline.json> [--json] [--db FILE] [--restart-at PT1H]... [--outage PT1H/PT20M]... [--no-determinism-check]`
  *
  * Runs a timeline on the virtual clock and prints what happened: a readable summary, or the
  * JSON contract of TIMELINE.md with --json. Exit code 0 when every invariant holds, 1 when
@@ -9,12 +9,15 @@
 import { readFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { Either } from "effect"
-import { parseAt } from "../sim/iso.js"
+import { parseAt, parseDurationMs } from "../sim/iso.js"
 import { summarize } from "../sim/report.js"
 import { checkDeterminism, runTimeline } from "../sim/runner.js"
 import { parseTimeline } from "../sim/timeline.js"
 
-const usage = "usage: npm run sim -- <timeline.json> [--json] [--db FILE] [--restart-at DURATION]... [--no-determinism-check]"
+const usage =
+  "usage: npm run sim -- <timeline.json> [--json] [--db FILE] [--restart-at AT]... [--outage AT/DURATION]... [--no-determinism-check]\n" +
+  "  AT is an ISO-8601 duration after the timeline's start (PT1H) or an instant; --restart-at and\n" +
+  "  --outage drop the engine after the work of AT and start a new one on the same --db file."
 
 const main = (): number => {
   let args
@@ -25,6 +28,7 @@ const main = (): number => {
         json: { type: "boolean", default: false },
         db: { type: "string" },
         "restart-at": { type: "string", multiple: true },
+        outage: { type: "string", multiple: true },
         "no-determinism-check": { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false }
       }
@@ -64,11 +68,22 @@ const main = (): number => {
     }
     restartAt.push(at)
   }
-  if (restartAt.length > 0 && args.values.db === undefined) {
-    process.stderr.write("--restart-at needs --db FILE: the restarted engine reopens the same ledger\n")
+  const outages: Array<{ at_ms: number; duration_ms: number }> = []
+  for (const o of args.values.outage ?? []) {
+    const [atText = "", durationText = ""] = o.split("/")
+    const at_ms = parseAt(atText, timeline.start_ms)
+    const duration_ms = parseDurationMs(durationText)
+    if (at_ms === undefined || duration_ms === undefined) {
+      process.stderr.write(`--outage ${o}: expected AT/DURATION, like PT1H50M/PT20M\n`)
+      return 2
+    }
+    outages.push({ at_ms, duration_ms })
+  }
+  if ((restartAt.length > 0 || outages.length > 0) && args.values.db === undefined) {
+    process.stderr.write("--restart-at and --outage need --db FILE: the restarted engine reopens the same ledger\n")
     return 2
   }
-  const result = runTimeline(timeline, { db: args.values.db, restartAt })
+  const result = runTimeline(timeline, { db: args.values.db, restartAt, outages })
   const output = result.output
   let deterministic = true
   if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output)

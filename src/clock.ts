@@ -12,7 +12,7 @@
  * a lane, a key (a resource id) orders ties, so a supervisor that re-arms its alarms after
  * a restart fires them in the same order as one that never stopped.
  */
-import { Clock as EffectClock, Duration, Effect } from "effect"
+import { Clock as EffectClock, Duration, Effect, Scheduler } from "effect"
 
 export type TimerHandle = { readonly __timer: unique symbol }
 
@@ -41,6 +41,12 @@ export interface EngineClock {
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle
   /** Effect's view of the same clock, for `Layer.setClock`. */
   readonly effectClock: EffectClock.Clock
+  /**
+   * The Effect scheduler that goes with it, if not Effect's default. The virtual clock runs a
+   * fiber woken by one of its timers at once, inside that timer, so the fiber's work happens
+   * at the timer's instant and finishes before the next timer fires.
+   */
+  readonly effectScheduler?: Scheduler.Scheduler
 }
 
 interface Timer {
@@ -126,6 +132,7 @@ export class VirtualClock implements EngineClock {
   private readonly heap = new TimerHeap()
   private live = 0
   readonly effectClock: EffectClock.Clock
+  readonly effectScheduler: Scheduler.Scheduler = Scheduler.make((task) => task(), () => false)
 
   constructor(start_ms: number) {
     if (!Number.isSafeInteger(start_ms)) throw new Error(`VirtualClock start must be integer ms, got ${start_ms}`)
@@ -143,6 +150,8 @@ export class VirtualClock implements EngineClock {
   }
 
   setTimeout(fn: () => void, delay_ms: number): TimerHandle {
+    // A wait without end (Effect's `Duration.infinity`) is a timer that never fires.
+    if (delay_ms === Infinity) return { due_ms: Infinity, lane: 0, key: "", seq: -1, fn: null } as unknown as TimerHandle
     return this.schedule(this.now_ms + Math.max(0, Math.ceil(delay_ms || 0)), fn)
   }
 

@@ -44,7 +44,8 @@ export const dollars = (input: string): Micros =>
 
 /**
  * Prints micros as dollars: at least two decimals, more only when the micros need them
- * ("3.20", "-4.80", "0.000445"). Exact: `parseDollars(formatDollars(m)) == m`.
+ * ("3.20", "-4.80", "0.000445"). Exact: `parseDollars(formatDollars(m)) == m` for every
+ * amount under a trillion dollars (the parser's 12 whole digits).
  */
 export const formatDollars = (micros: Micros): string => {
   const negative = micros < 0n

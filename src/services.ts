@@ -57,7 +57,11 @@ export const sqliteNotifierAndJournal: Layer.Layer<Notifier | Journal, never, Le
 
 /** The engine clock as a service, and the same clock as Effect's `Clock`. */
 export const clockLayer = (clock: EngineClock): Layer.Layer<Clock> =>
-  Layer.merge(Layer.succeed(Clock, clock), Layer.setClock(clock.effectClock))
+  Layer.mergeAll(
+    Layer.succeed(Clock, clock),
+    Layer.setClock(clock.effectClock),
+    clock.effectScheduler === undefined ? Layer.empty : Layer.setScheduler(clock.effectScheduler)
+  )
 
 export const catalogLayer = (rates: ReadonlyMap<string, Micros>): Layer.Layer<Catalog> =>
   Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu) })

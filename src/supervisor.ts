@@ -426,15 +426,15 @@ export class GpuSupervisor {
   }
 
   // ── dispatch: one event to one actor, its intents carried out ─────────────────────────
-  private dispatch(entry: LiveEntry, event: GpuInstanceEvent): void {
+  private dispatch(entry: LiveEntry, event: GpuInstanceEvent, cause: string | null = null): void {
     // A machine that reached its final state in this unit of work hears nothing more
     // (a pod's deletion after the instance failed, say); it leaves memory at the flush.
     if (entry.actor.getSnapshot().status !== "active") return
     const before = gpuStatusOf(entry.actor.getSnapshot())
-    this.run(entry, () => entry.actor.send(event), before, event.at, event)
+    this.run(entry, () => entry.actor.send(event), before, event.at, event, cause)
   }
 
-  private run(entry: LiveEntry, step: () => void, before: GpuStatus | null, at: number, event?: GpuInstanceEvent): void {
+  private run(entry: LiveEntry, step: () => void, before: GpuStatus | null, at: number, event?: GpuInstanceEvent, cause: string | null = null): void {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
     step()
@@ -447,7 +447,7 @@ export class GpuSupervisor {
       const reason =
         after === "terminating" || after === "terminated" || after === "failed" ? snapshot.context.termination_reason
         : event?.type === "watchdog" ? "watchdog_healed"
-        : null
+        : cause
       this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason })
     }
     if (after === "pending") this.pending.add(entry.id)
@@ -650,7 +650,7 @@ export class GpuSupervisor {
       const phase = workload?.phase ?? "missing"
       const send = (event: GpuInstanceEvent) => {
         this.journal.append(at, "reconcile", { id, status, phase })
-        this.dispatch(entry, event)
+        this.dispatch(entry, event, "reconciled")
       }
       if (status === "terminating") {
         if (workload === undefined) send({ type: "pod.deleted", at })

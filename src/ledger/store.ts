@@ -118,11 +118,17 @@ export class LedgerStore {
   /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
   static open(path: string, options: OpenOptions = {}): LedgerStore {
     const db = new Database(path)
-    db.pragma("journal_mode = WAL")
-    db.pragma(`synchronous = ${options.synchronous ?? "NORMAL"}`)
-    db.pragma("foreign_keys = ON")
-    migrate(db)
-    return new LedgerStore(db)
+    try {
+      db.pragma("journal_mode = WAL")
+      db.pragma(`synchronous = ${options.synchronous ?? "NORMAL"}`)
+      db.pragma("foreign_keys = ON")
+      migrate(db)
+      return new LedgerStore(db)
+    } catch (e) {
+      // A database this engine refuses (a newer schema, say) is not left open behind it.
+      db.close()
+      throw e
+    }
   }
 
   close(): void {

@@ -1,0 +1,442 @@
+import { Either } from "effect"
+import fc from "fast-check"
+import fs from "node:fs"
+import os from "node:os"
+import path from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { InvariantViolation } from "../src/errors.js"
+import { migrate, MIGRATIONS } from "../src/ledger/migrations.js"
+import { LedgerStore } from "../src/ledger/store.js"
+
+const ACCOUNT = "acc-1"
+
+const stores: LedgerStore[] = []
+const tempDirs: string[] = []
+
+afterEach(() => {
+  for (const s of stores.splice(0)) s.close()
+  for (const d of tempDirs.splice(0)) fs.rmSync(d, { recursive: true, force: true })
+})
+
+const openMemory = (): LedgerStore => {
+  const store = LedgerStore.open(":memory:")
+  stores.push(store)
+  return store
+}
+
+/** The success value of an Either; fails the test on a Left. */
+const right = <A, E>(result: Either.Either<A, E>): A => {
+  if (Either.isLeft(result)) throw new Error(`expected Right, got Left ${String(result.left)}`)
+  return result.right
+}
+
+/** A store with one account holding `balance_micros`, credited by one top-up row at t=0. */
+const storeWithBalance = (balance_micros: bigint): LedgerStore => {
+  const store = openMemory()
+  right(store.openAccount(ACCOUNT, 0))
+  if (balance_micros !== 0n) store.post({ account: ACCOUNT, at: 0, kind: "topup", amount_micros: balance_micros, description: "Top-up" })
+  return store
+}
+
+const placeSeedHold = (store: LedgerStore, amount_micros = 3_200_000n) =>
+  store.placeHold({ hold_id: "h-1", account: ACCOUNT, resource: "gi-1", amount_micros, at: 1_000, description: "Credit hold for gi-1" })
+
+const settle = (store: LedgerStore, consumed_micros: bigint, at = 5_000) =>
+  store.settleHold({ hold_id: "h-1", consumed_micros, at, refund_description: "Refund of unused hold for gi-1", overage_description: "Overage for gi-1" })
+
+/** Ledger rows as the user sees them: kind, amount and balance after. */
+const rowsOf = (store: LedgerStore) => store.ledgerRows().map((r) => [r.kind, r.amount_micros, r.balance_after_micros] as const)
+
+const schemaVersions = (store: LedgerStore) =>
+  store.db.prepare(`SELECT version, name FROM schema_migrations ORDER BY version`).all() as Array<{ version: number; name: string }>
+
+describe("migrations", () => {
+  it("create schema version 1 with every table", () => {
+    // Proves a fresh database is migrated to version 1 and has the engine's tables.
+    const store = openMemory()
+    expect(schemaVersions(store)).toEqual([{ version: 1, name: MIGRATIONS[0]!.name }])
+    const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
+    expect(tables).toEqual(["accounts", "holds", "journal", "ledger", "notifications", "resources", "schema_migrations", "transitions"])
+  })
+
+  it("are a no-op when run again on a migrated database", () => {
+    // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
+    const store = openMemory()
+    expect(migrate(store.db)).toBe(1)
+    expect(schemaVersions(store)).toHaveLength(1)
+  })
+
+  it("do not re-run when a file database is opened again, and its data survives", () => {
+    // Proves re-opening a file keeps version 1 recorded once and keeps balances and rows.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const first = LedgerStore.open(file)
+    right(first.openAccount(ACCOUNT, 0))
+    first.post({ account: ACCOUNT, at: 0, kind: "topup", amount_micros: 10_000_000n, description: "Top-up" })
+    first.close()
+
+    const second = LedgerStore.open(file)
+    stores.push(second)
+    expect(schemaVersions(second)).toEqual([{ version: 1, name: MIGRATIONS[0]!.name }])
+    expect(second.balance(ACCOUNT)).toBe(10_000_000n)
+    expect(rowsOf(second)).toEqual([["topup", 10_000_000n, 10_000_000n]])
+  })
+
+  it("refuse a database whose schema is newer than the engine", () => {
+    // Proves an old engine never writes into a schema it does not know.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const first = LedgerStore.open(file)
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (2, 'from the future')`).run()
+    first.close()
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 2 is newer than this engine knows \(1\)/)
+  })
+})
+
+describe("accounts and rows", () => {
+  it("opens an account at a zero balance and refuses to open it twice", () => {
+    // Proves a new wallet starts empty and account ids are unique (409 already_exists).
+    const store = openMemory()
+    right(store.openAccount(ACCOUNT, 0))
+    expect(store.balance(ACCOUNT)).toBe(0n)
+    const again = store.openAccount(ACCOUNT, 5)
+    expect(Either.isLeft(again) && again.left._tag === "Conflict" ? again.left.code : "no conflict").toBe("already_exists")
+    expect(store.accounts()).toEqual([{ id: ACCOUNT, balance_micros: 0n }])
+  })
+
+  it("posts rows with an exact balance_after chain", () => {
+    // Proves every row records the balance after it, and the wallet equals the last one.
+    const store = storeWithBalance(0n)
+    expect(store.post({ account: ACCOUNT, at: 1, kind: "topup", amount_micros: 10_000_000n, description: "Top-up" })).toBe(10_000_000n)
+    expect(store.post({ account: ACCOUNT, at: 2, kind: "adjustment", amount_micros: -1_500_000n, description: "Correction" })).toBe(8_500_000n)
+    expect(store.post({ account: ACCOUNT, at: 3, kind: "api_usage", amount_micros: -445n, description: "1 request" })).toBe(8_499_555n)
+    expect(store.post({ account: ACCOUNT, at: 4, kind: "storage_billing", amount_micros: -99_555n, description: "Drive d-1" })).toBe(8_400_000n)
+    expect(store.post({ account: ACCOUNT, at: 5, kind: "topup", amount_micros: 5_000_000n, description: "Top-up" })).toBe(13_400_000n)
+    expect(rowsOf(store)).toEqual([
+      ["topup", 10_000_000n, 10_000_000n],
+      ["adjustment", -1_500_000n, 8_500_000n],
+      ["api_usage", -445n, 8_499_555n],
+      ["storage_billing", -99_555n, 8_400_000n],
+      ["topup", 5_000_000n, 13_400_000n]
+    ])
+    expect(store.balance(ACCOUNT)).toBe(13_400_000n)
+    const row = store.ledgerRows()[2]!
+    expect(row).toEqual({
+      id: 3,
+      account: ACCOUNT,
+      at: 3,
+      kind: "api_usage",
+      amount_micros: -445n,
+      balance_after_micros: 8_499_555n,
+      resource: null,
+      hold_id: null,
+      description: "1 request"
+    })
+  })
+
+  it("refuses a zero-amount row in code before it reaches the database", () => {
+    // Proves post() treats a zero-amount row as a programmer error and writes nothing.
+    const store = storeWithBalance(1_000_000n)
+    expect(() => store.post({ account: ACCOUNT, at: 1, kind: "adjustment", amount_micros: 0n, description: "nothing" })).toThrow(InvariantViolation)
+    expect(store.ledgerRows()).toHaveLength(1)
+  })
+
+  it("has a CHECK constraint that rejects a zero-amount row", () => {
+    // Proves the database itself refuses a zero-amount ledger row written around the store.
+    const store = storeWithBalance(1_000_000n)
+    const insert = store.db.prepare(
+      `INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, hold_id, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+    )
+    expect(() => insert.run(ACCOUNT, 1, "adjustment", 0, 1_000_000, null, null, "zero")).toThrow(/CHECK constraint failed/)
+    expect(() => insert.run(ACCOUNT, 1, "bonus", 1, 1_000_001, null, null, "unknown kind")).toThrow(/CHECK constraint failed/)
+    expect(store.ledgerRows()).toHaveLength(1)
+  })
+
+  it("asserts on the balance of an unknown account", () => {
+    // Proves reading a wallet that does not exist is a loud programmer error, not a zero.
+    const store = openMemory()
+    expect(() => store.balance("nobody")).toThrow(InvariantViolation)
+  })
+})
+
+describe("placeHold", () => {
+  it("is refused with InsufficientBalance when the balance is short, and writes nothing", () => {
+    // Proves a 402 hold changes neither the balance, the rows nor the holds.
+    const store = storeWithBalance(3_199_999n)
+    const result = placeSeedHold(store, 3_200_000n)
+    expect(Either.isLeft(result)).toBe(true)
+    if (Either.isLeft(result)) {
+      expect(result.left._tag).toBe("InsufficientBalance")
+      expect(result.left.account).toBe(ACCOUNT)
+      expect(result.left.required_micros).toBe(3_200_000n)
+      expect(result.left.balance_micros).toBe(3_199_999n)
+    }
+    expect(store.balance(ACCOUNT)).toBe(3_199_999n)
+    expect(rowsOf(store)).toEqual([["topup", 3_199_999n, 3_199_999n]])
+    expect(store.holds()).toEqual([])
+  })
+
+  it("succeeds when the hold equals the balance exactly, leaving 0", () => {
+    // Proves the seed's $3.20 hold on a $3.20 balance is allowed and leaves exactly $0.
+    const store = storeWithBalance(3_200_000n)
+    expect(right(placeSeedHold(store))).toBe(0n)
+    expect(store.balance(ACCOUNT)).toBe(0n)
+    expect(rowsOf(store)).toEqual([
+      ["topup", 3_200_000n, 3_200_000n],
+      ["gpu_usage", -3_200_000n, 0n]
+    ])
+    const row = store.ledgerRows()[1]!
+    expect([row.resource, row.hold_id, row.at, row.description]).toEqual(["gi-1", "h-1", 1_000, "Credit hold for gi-1"])
+    expect(store.hold("h-1")).toEqual({
+      id: "h-1",
+      account: ACCOUNT,
+      resource: "gi-1",
+      status: "open",
+      held_micros: 3_200_000n,
+      consumed_micros: null,
+      refunded_micros: null,
+      overage_micros: null,
+      placed_at: 1_000,
+      settled_at: null
+    })
+  })
+
+  it("refuses a second hold with the same id without charging twice", () => {
+    // Proves a duplicate hold id is rejected by the database and the first charge stands alone.
+    const store = storeWithBalance(10_000_000n)
+    right(placeSeedHold(store))
+    expect(() => placeSeedHold(store)).toThrow(/UNIQUE constraint failed/)
+    expect(store.balance(ACCOUNT)).toBe(6_800_000n)
+    expect(rowsOf(store)).toEqual([
+      ["topup", 10_000_000n, 10_000_000n],
+      ["gpu_usage", -3_200_000n, 6_800_000n]
+    ])
+  })
+})
+
+describe("extendHold", () => {
+  it("grows held_micros and writes one gpu_usage row", () => {
+    // Proves the seed's 3 h extension holds $4.80 more: held $8.00, balance down by $4.80.
+    const store = storeWithBalance(10_000_000n)
+    right(placeSeedHold(store))
+    expect(right(store.extendHold({ hold_id: "h-1", amount_micros: 4_800_000n, at: 2_000, description: "Extension hold for gi-1" }))).toBe(2_000_000n)
+    expect(store.hold("h-1")?.held_micros).toBe(8_000_000n)
+    expect(rowsOf(store)).toEqual([
+      ["topup", 10_000_000n, 10_000_000n],
+      ["gpu_usage", -3_200_000n, 6_800_000n],
+      ["gpu_usage", -4_800_000n, 2_000_000n]
+    ])
+    const row = store.ledgerRows()[2]!
+    expect([row.resource, row.hold_id, row.at]).toEqual(["gi-1", "h-1", 2_000])
+  })
+
+  it("is refused with InsufficientBalance when not covered, and writes nothing", () => {
+    // Proves a 402 extension leaves the hold, the balance and the rows as they were.
+    const store = storeWithBalance(8_000_000n - 1n)
+    right(placeSeedHold(store))
+    const result = store.extendHold({ hold_id: "h-1", amount_micros: 4_800_000n, at: 2_000, description: "Extension hold for gi-1" })
+    expect(Either.isLeft(result) ? [result.left._tag, result.left.required_micros, result.left.balance_micros] : "accepted").toEqual([
+      "InsufficientBalance",
+      4_800_000n,
+      4_799_999n
+    ])
+    expect(store.hold("h-1")?.held_micros).toBe(3_200_000n)
+    expect(store.balance(ACCOUNT)).toBe(4_799_999n)
+    expect(store.ledgerRows()).toHaveLength(2)
+  })
+
+  it("refuses to extend a settled hold", () => {
+    // Proves an extension after settlement is a programmer error and changes nothing.
+    const store = storeWithBalance(10_000_000n)
+    right(placeSeedHold(store))
+    settle(store, 3_200_000n)
+    expect(() => store.extendHold({ hold_id: "h-1", amount_micros: 1_600_000n, at: 6_000, description: "late" })).toThrow(InvariantViolation)
+    expect(store.balance(ACCOUNT)).toBe(6_800_000n)
+    expect(store.ledgerRows()).toHaveLength(2)
+  })
+})
+
+describe("settleHold", () => {
+  it("refunds the unused part with one refund row when consumed < held", () => {
+    // Proves consuming $1.23 of a $3.20 hold refunds exactly $1.97.
+    const store = storeWithBalance(3_200_000n)
+    right(placeSeedHold(store))
+    expect(settle(store, 1_230_000n)).toEqual({
+      hold_id: "h-1",
+      held_micros: 3_200_000n,
+      consumed_micros: 1_230_000n,
+      refunded_micros: 1_970_000n,
+      overage_micros: 0n,
+      applied: true
+    })
+    expect(rowsOf(store)).toEqual([
+      ["topup", 3_200_000n, 3_200_000n],
+      ["gpu_usage", -3_200_000n, 0n],
+      ["refund", 1_970_000n, 1_970_000n]
+    ])
+    const refund = store.ledgerRows()[2]!
+    expect([refund.resource, refund.hold_id, refund.at, refund.description]).toEqual(["gi-1", "h-1", 5_000, "Refund of unused hold for gi-1"])
+    expect(store.hold("h-1")).toMatchObject({
+      status: "settled",
+      consumed_micros: 1_230_000n,
+      refunded_micros: 1_970_000n,
+      overage_micros: 0n,
+      settled_at: 5_000
+    })
+  })
+
+  it("writes no row when consumed == held", () => {
+    // Proves a hold used exactly leaves the ledger as it was and only flips the hold to settled.
+    const store = storeWithBalance(3_200_000n)
+    right(placeSeedHold(store))
+    expect(settle(store, 3_200_000n)).toEqual({
+      hold_id: "h-1",
+      held_micros: 3_200_000n,
+      consumed_micros: 3_200_000n,
+      refunded_micros: 0n,
+      overage_micros: 0n,
+      applied: true
+    })
+    expect(store.ledgerRows()).toHaveLength(2)
+    expect(store.balance(ACCOUNT)).toBe(0n)
+    expect(store.hold("h-1")?.status).toBe("settled")
+  })
+
+  it("charges one gpu_usage overage row when consumed > held, even below zero", () => {
+    // Proves the watchdog-lag overage is charged exactly and may leave a negative balance.
+    const store = storeWithBalance(3_200_000n)
+    right(placeSeedHold(store))
+    expect(settle(store, 3_226_667n)).toEqual({
+      hold_id: "h-1",
+      held_micros: 3_200_000n,
+      consumed_micros: 3_226_667n,
+      refunded_micros: 0n,
+      overage_micros: 26_667n,
+      applied: true
+    })
+    expect(rowsOf(store)).toEqual([
+      ["topup", 3_200_000n, 3_200_000n],
+      ["gpu_usage", -3_200_000n, 0n],
+      ["gpu_usage", -26_667n, -26_667n]
+    ])
+    expect(store.ledgerRows()[2]!.description).toBe("Overage for gi-1")
+    expect(store.balance(ACCOUNT)).toBe(-26_667n)
+  })
+
+  it("refunds a hold that consumed nothing in full", () => {
+    // Proves a failed instance that never ran gets its whole hold back.
+    const store = storeWithBalance(5_000_000n)
+    right(placeSeedHold(store))
+    expect(settle(store, 0n).refunded_micros).toBe(3_200_000n)
+    expect(store.balance(ACCOUNT)).toBe(5_000_000n)
+  })
+
+  it("settles once: a second settlement writes nothing and returns the first numbers", () => {
+    // Proves two stoppers never both settle: the second call is a no-op with applied:false.
+    const store = storeWithBalance(3_200_000n)
+    right(placeSeedHold(store))
+    settle(store, 1_000_000n)
+    const rowsBefore = rowsOf(store)
+    expect(settle(store, 3_000_000n, 9_000)).toEqual({
+      hold_id: "h-1",
+      held_micros: 3_200_000n,
+      consumed_micros: 1_000_000n,
+      refunded_micros: 2_200_000n,
+      overage_micros: 0n,
+      applied: false
+    })
+    expect(rowsOf(store)).toEqual(rowsBefore)
+    expect(store.balance(ACCOUNT)).toBe(2_200_000n)
+    expect(store.hold("h-1")?.settled_at).toBe(5_000)
+  })
+
+  it("asserts on an unknown hold or a negative consumption", () => {
+    // Proves settlement misuse is a loud programmer error that writes nothing.
+    const store = storeWithBalance(3_200_000n)
+    right(placeSeedHold(store))
+    expect(() => store.settleHold({ hold_id: "nope", consumed_micros: 0n, at: 1, refund_description: "r", overage_description: "o" })).toThrow(InvariantViolation)
+    expect(() => settle(store, -1n)).toThrow(InvariantViolation)
+    expect(store.hold("h-1")?.status).toBe("open")
+    expect(store.ledgerRows()).toHaveLength(2)
+  })
+
+  it("always has consumed + refunded - overage == held, and the rows sum to the balance", () => {
+    // Proves the settlement identity and ledger conservation for random holds, extensions and consumption.
+    fc.assert(
+      fc.property(
+        fc.bigInt({ min: 1n, max: 10n ** 12n }),
+        fc.option(fc.bigInt({ min: 1n, max: 10n ** 12n }), { nil: null }),
+        fc.bigInt({ min: 0n, max: 3n * 10n ** 12n }),
+        fc.bigInt({ min: 0n, max: 10n ** 12n }),
+        (held, extension, consumed, spare) => {
+          const store = LedgerStore.open(":memory:")
+          try {
+            const held_total = held + (extension ?? 0n)
+            right(store.openAccount(ACCOUNT, 0))
+            store.post({ account: ACCOUNT, at: 0, kind: "topup", amount_micros: held_total + spare + 1n, description: "Top-up" })
+            right(store.placeHold({ hold_id: "h-1", account: ACCOUNT, resource: "gi-1", amount_micros: held, at: 1, description: "hold" }))
+            if (extension !== null) right(store.extendHold({ hold_id: "h-1", amount_micros: extension, at: 2, description: "extend" }))
+            const rowsBefore = store.ledgerRows().length
+            const s = store.settleHold({ hold_id: "h-1", consumed_micros: consumed, at: 3, refund_description: "r", overage_description: "o" })
+            expect(s.held_micros).toBe(held_total)
+            expect(s.consumed_micros + s.refunded_micros - s.overage_micros).toBe(held_total)
+            expect(s.refunded_micros >= 0n && s.overage_micros >= 0n).toBe(true)
+            expect(s.refunded_micros === 0n || s.overage_micros === 0n).toBe(true)
+            const newRows = store.ledgerRows().slice(rowsBefore)
+            const expectedRows =
+              consumed < held_total
+                ? [["refund", held_total - consumed]]
+                : consumed > held_total
+                  ? [["gpu_usage", held_total - consumed]]
+                  : []
+            expect(newRows.map((r) => [r.kind, r.amount_micros])).toEqual(expectedRows)
+            const balance = store.balance(ACCOUNT)
+            expect(balance).toBe(spare + 1n + held_total - consumed)
+            expect(store.ledgerRows().reduce((sum, r) => sum + r.amount_micros, 0n)).toBe(balance)
+            expect(store.ledgerRows().at(-1)!.balance_after_micros).toBe(balance)
+          } finally {
+            store.close()
+          }
+        }
+      ),
+      { numRuns: 300 }
+    )
+  })
+})
+
+describe("transaction", () => {
+  it("rolls back every write when the function throws", () => {
+    // Proves a failing clock step leaves no partial money movement: rows, holds and balance as before.
+    const store = storeWithBalance(10_000_000n)
+    expect(() =>
+      store.transaction(() => {
+        store.post({ account: ACCOUNT, at: 1, kind: "topup", amount_micros: 5_000_000n, description: "Top-up" })
+        right(placeSeedHold(store))
+        store.transaction(() => settle(store, 1_000_000n))
+        store.notify({ account: ACCOUNT, resource: "gi-1", at: 1, severity: "info", kind: "test", text: "t" })
+        throw new Error("step failed")
+      })
+    ).toThrow("step failed")
+    expect(store.balance(ACCOUNT)).toBe(10_000_000n)
+    expect(rowsOf(store)).toEqual([["topup", 10_000_000n, 10_000_000n]])
+    expect(store.holds()).toEqual([])
+    expect(store.notifications()).toEqual([])
+  })
+
+  it("commits every write when the function returns, and returns its value", () => {
+    // Proves the happy path of the same transaction keeps all of its writes.
+    const store = storeWithBalance(10_000_000n)
+    const value = store.transaction(() => {
+      right(placeSeedHold(store))
+      return settle(store, 1_000_000n).refunded_micros
+    })
+    expect(value).toBe(2_200_000n)
+    expect(rowsOf(store)).toEqual([
+      ["topup", 10_000_000n, 10_000_000n],
+      ["gpu_usage", -3_200_000n, 6_800_000n],
+      ["refund", 2_200_000n, 9_000_000n]
+    ])
+  })
+})
