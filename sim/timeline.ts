@@ -104,14 +104,47 @@ const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KI
 const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
+/** The schema of each event kind, so an event is checked against its own kind only. */
+const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<string, Schema.Schema.AnyNoContext>([
+  ["launch_gpu_instance", LaunchGpuInstance],
+  ["launch_gpu_cluster", LaunchGpuCluster],
+  ["extend", Extend],
+  ["terminate", Terminate],
+  ["top_up", TopUp],
+  ["preempt", WorldPodEvent],
+  ["resume", WorldPodEvent],
+  ["pod_fail", WorldPodEvent],
+  ["region_down", RegionEvent],
+  ["region_up", RegionEvent],
+  ["miss_pod_events", MissPodEvents],
+  ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
+])
+
 const TimelineFile = Schema.Struct({
   start: Schema.String.pipe(Schema.filter((s) => parseInstantMs(s) !== undefined, { message: () => "an ISO-8601 instant like 2026-03-01T00:00:00Z" })),
   seed: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   until: Schema.optional(At),
   catalog: Catalog,
   accounts: Schema.Record({ key: Id, value: Schema.Struct({ balance: Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" })) }) }),
-  events: Schema.Array(Event).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
+  events: Schema.Array(Schema.Unknown).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
 })
+
+const issuesOf = (error: ParseResult.ParseError, prefix: ReadonlyArray<PropertyKey> = []): string[] =>
+  ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => {
+    const path = [...prefix, ...i.path]
+    return `${path.length > 0 ? path.join(".") : "(root)"}: ${i.message}`
+  })
+
+/** Decodes one event against the schema of its own `do`, so errors name that kind's fields. */
+const decodeEvent = (input: unknown, index: number): Either.Either<TimelineEventInput, string[]> => {
+  const kind = typeof input === "object" && input !== null ? (input as { do?: unknown }).do : undefined
+  const schema = typeof kind === "string" ? EVENT_SCHEMAS.get(kind) : undefined
+  if (schema === undefined) {
+    return Either.left([`events.${index}.do: unknown event kind ${JSON.stringify(kind)} (known: ${[...EVENT_SCHEMAS.keys()].join(", ")})`])
+  }
+  const decoded = Schema.decodeUnknownEither(schema, { errors: "all" })(input) as Either.Either<TimelineEventInput, ParseResult.ParseError>
+  return Either.mapLeft(decoded, (e) => issuesOf(e, ["events", index]))
+}
 
 export type TimelineEvent = TimelineEventInput & { readonly at_ms: number; readonly index: number }
 
@@ -139,14 +172,18 @@ const ms = (text: string | undefined, fallback: string): number => parseDuration
 /** Decodes a parsed JSON value into a timeline, or every problem found with its path. */
 export const decodeTimeline = (input: unknown): Either.Either<Timeline, TimelineError> => {
   const decoded = Schema.decodeUnknownEither(TimelineFile, { errors: "all" })(input)
-  if (Either.isLeft(decoded)) {
-    const issues = ParseResult.ArrayFormatter.formatErrorSync(decoded.left).map((i) => `${i.path.length > 0 ? i.path.join(".") : "(root)"}: ${i.message}`)
-    return Either.left(new TimelineError(issues))
-  }
+  const issues: string[] = Either.isLeft(decoded) ? issuesOf(decoded.left) : []
+  const rawEvents = Either.isRight(decoded) ? decoded.right.events : Array.isArray((input as { events?: unknown })?.events) ? ((input as { events: unknown[] }).events.slice(0, policy.TIMELINE_EVENTS_MAX)) : []
+  const eventInputs: TimelineEventInput[] = []
+  rawEvents.forEach((raw, index) => {
+    const e = decodeEvent(raw, index)
+    if (Either.isLeft(e)) issues.push(...e.left)
+    else eventInputs.push(e.right)
+  })
+  if (Either.isLeft(decoded) || issues.length > 0) return Either.left(new TimelineError(dedupe(issues)))
   const file = decoded.right
   const start_ms = parseInstantMs(file.start)!
-  const issues: string[] = []
-  const events = file.events.map((e, index) => {
+  const events = eventInputs.map((e, index) => {
     const at_ms = parseAt(e.at, start_ms)!
     if (at_ms < start_ms) issues.push(`events.${index}.at: before start`)
     return { ...e, at_ms, index }
@@ -159,7 +196,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (until_ms < start_ms) issues.push("until: before start")
   if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
-  if (issues.length > 0) return Either.left(new TimelineError(issues))
+  if (issues.length > 0) return Either.left(new TimelineError(dedupe(issues)))
 
   const regions: SimRegion[] = Object.entries(file.catalog.regions).map(([name, r]) => ({
     name,
@@ -183,6 +220,17 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
       .map(([id, a]) => ({ id, balance_micros: dollars(a.balance) }))
       .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)),
     events: ordered
+  })
+}
+
+/** One line per path: a field that fails several ways is reported by its first reason. */
+const dedupe = (issues: ReadonlyArray<string>): string[] => {
+  const seen = new Set<string>()
+  return issues.filter((i) => {
+    const path = i.slice(0, i.indexOf(": "))
+    if (seen.has(path)) return false
+    seen.add(path)
+    return true
   })
 }
 

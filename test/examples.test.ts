@@ -1,0 +1,81 @@
+/**
+ * The shipped example timelines run clean and deterministic, and `npm run sim` behaves as
+ * TIMELINE.md promises: the JSON contract with --json, exit 0 when every invariant holds,
+ * 1 naming invariant, account, resource and time when one breaks, 2 on a bad file.
+ */
+import { execFileSync, spawnSync } from "node:child_process"
+import { readdirSync, readFileSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
+import { describe, expect, it } from "vitest"
+import { launch, run, timelineFile, tmpDb } from "./helpers.js"
+
+const ROOT = join(import.meta.dirname, "..")
+const EXAMPLES = join(ROOT, "sim", "examples")
+const examples = readdirSync(EXAMPLES).filter((f) => f.endsWith(".json")).sort()
+const sim = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "sim.ts"), ...args], { cwd: ROOT, encoding: "utf8" })
+
+describe("sim/examples", () => {
+  it("ships the seeds' worked examples and more", () => {
+    expect(examples).toEqual(expect.arrayContaining(["seed-hold-and-extend.json", "preemption.json", "refusals.json", "watchdog.json", "gpu-cluster.json", "user-terminate-refund.json"]))
+  })
+  for (const name of examples) {
+    it(`${name} keeps every invariant and is deterministic`, () => {
+      // Proves each example is a clean, repeatable run.
+      const file = JSON.parse(readFileSync(join(EXAMPLES, name), "utf8"))
+      const first = run(file)
+      expect(first.output.invariants).toEqual({ ok: true, violations: [] })
+      expect(JSON.stringify(run(file).output)).toBe(JSON.stringify(first.output))
+    })
+  }
+})
+
+describe("npm run sim", () => {
+  it("prints the JSON contract of TIMELINE.md and exits 0 for the seeds' example", () => {
+    // Proves the CLI end to end: $3.20 held at launch, $4.80 more on the 3-hour extend.
+    const out = sim(join(EXAMPLES, "seed-hold-and-extend.json"), "--json")
+    expect(out.status).toBe(0)
+    const json = JSON.parse(out.stdout)
+    expect(Object.keys(json)).toEqual(["ledger", "notifications", "transitions", "rejected", "accounts", "resources", "invariants"])
+    expect(json.ledger.slice(1).map((r: Record<string, unknown>) => [r.kind, r.amount, r.balance_after, r.resource])).toEqual([
+      ["gpu_usage", "-3.20", "96.80", "gi-1"],
+      ["gpu_usage", "-4.80", "92.00", "gi-1"]
+    ])
+    expect(json.resources["gi-1"]).toMatchObject({ kind: "gpu_instance", status: "terminated", termination_reason: "duration_expired" })
+    expect(json.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("prints a readable summary by default", () => {
+    const out = sim(join(EXAMPLES, "preemption.json"))
+    expect(out.status).toBe(0)
+    expect(out.stdout).toContain("running → preempted")
+    expect(out.stdout).toContain("Invariants: all hold")
+  })
+
+  it("exits 1 and names invariant, account, resource and time when one breaks", () => {
+    // Proves a broken invariant is loud: an outage past the deadline on a $0 balance.
+    const dir = tmpDb().replace(/ledger\.sqlite$/, "")
+    const path = join(dir, "outage.json")
+    writeFileSync(path, JSON.stringify(timelineFile([launch()], { accounts: { acme: { balance: "3.20" } } })))
+    const out = sim(path, "--db", join(dir, "ledger.sqlite"), "--outage", "PT1H52M/PT20M")
+    expect(out.status).toBe(1)
+    expect(out.stdout).toContain("#7 no_run_past_deadline  account=acme resource=gi-1 at=2026-03-01T02:12:00.000Z: ran 720000 ms past its deadline 2026-03-01T02:00:00.000Z")
+  })
+
+  it("exits 2 with the path of every problem in a bad timeline", () => {
+    const dir = tmpDb().replace(/ledger\.sqlite$/, "")
+    const path = join(dir, "bad.json")
+    writeFileSync(path, JSON.stringify({ ...timelineFile([launch({ at: "two hours" })]), seed: "x" }))
+    const out = sim(path)
+    expect(out.status).toBe(2)
+    expect(out.stderr).toContain("seed: Expected number, actual \"x\"")
+    expect(out.stderr).toContain("events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)")
+  })
+
+  it("exits 2 with usage when no file is given", () => {
+    const out = sim()
+    expect(out.status).toBe(2)
+    expect(out.stderr).toContain("usage: npm run sim --")
+  })
+})
+
+void execFileSync

@@ -1,0 +1,85 @@
+/**
+ * The invariant checker catches what it claims to: each test takes the facts of a clean run,
+ * breaks one thing the way a bug would, and expects exactly the matching invariant to fire.
+ */
+import { describe, expect, it } from "vitest"
+import { checkInvariants, type RunFacts } from "../sim/invariants.js"
+import { launch, run, timelineFile } from "./helpers.js"
+
+const clean = (): RunFacts =>
+  run(
+    timelineFile([
+      launch(),
+      { at: "PT30M", do: "extend", id: "gi-1", hours: 1 },
+      { at: "PT1H", do: "preempt", id: "gi-1" },
+      { at: "PT1H10M", do: "resume", id: "gi-1" },
+      launch({ id: "gi-2" }),
+      { at: "PT1H", do: "terminate", id: "gi-2" }
+    ])
+  ).facts
+
+const fired = (facts: RunFacts) => [...new Set(checkInvariants(facts).map((v) => v.invariant))].sort()
+
+describe("the invariant checker", () => {
+  it("passes a clean run", () => {
+    // Proves the baseline the mutations below start from is clean.
+    expect(checkInvariants(clean())).toEqual([])
+  })
+
+  it("catches a balance that the rows do not explain (1)", () => {
+    // Proves conservation: a wallet credited without a row.
+    const f = clean()
+    const accounts = f.accounts.map((a) => ({ ...a, balance_micros: a.balance_micros + 1n }))
+    expect(fired({ ...f, accounts })).toEqual([1])
+  })
+
+  it("catches a refund paid twice (1, 2)", () => {
+    // Proves settle-once: a second refund row for the same hold.
+    const f = clean()
+    const refund = f.rows.find((r) => r.kind === "refund")!
+    const last = f.rows[f.rows.length - 1]!
+    const dup = { ...refund, id: last.id + 1, balance_after_micros: last.balance_after_micros + refund.amount_micros }
+    const accounts = f.accounts.map((a) => ({ ...a, balance_micros: a.balance_micros + refund.amount_micros }))
+    expect(fired({ ...f, rows: [...f.rows, dup], accounts })).toEqual([1, 2])
+  })
+
+  it("catches a settlement whose parts do not add up to the hold (2)", () => {
+    // Proves consumed + refunded == held is checked per hold.
+    const f = clean()
+    const holds = f.holds.map((h, i) => (i === 0 ? { ...h, refunded_micros: (h.refunded_micros ?? 0n) + 1n } : h))
+    expect(fired({ ...f, holds })).toEqual([2])
+  })
+
+  it("catches billing for preempted time (3)", () => {
+    // Proves consumption is recomputed from the transitions log, not trusted.
+    const f = clean()
+    const transitions = f.transitions.filter((t) => !(t.resource === "gi-1" && (t.to_state === "preempted" || t.from_state === "preempted")))
+    // Without the preemption in the log, 10 more minutes look billable than were billed.
+    expect(fired({ ...f, transitions })).toEqual([3])
+  })
+
+  it("catches a hold placed on a balance that could not cover it (4, 5)", () => {
+    // Proves admission is checked from the ledger: a hold row that drives the balance below 0.
+    const f = clean()
+    const shift = 200_000_000n
+    const rows = f.rows.map((r) => (r.account === "acme" ? { ...r, amount_micros: r.kind === "adjustment" ? r.amount_micros - shift : r.amount_micros, balance_after_micros: r.balance_after_micros - shift } : r))
+    const accounts = f.accounts.map((a) => ({ ...a, balance_micros: a.balance_micros - shift }))
+    expect(fired({ ...f, rows, accounts })).toEqual([4, 5])
+  })
+
+  it("catches a warning sent out of order (6)", () => {
+    // Proves threshold order per deadline: swap the 30- and 20-minute warnings' thresholds.
+    const f = clean()
+    const warnings = f.notifications.filter((n) => n.kind === "duration_warning" && n.resource === "gi-1")
+    const [first, second] = warnings
+    const notifications = f.notifications.map((n) => (n === first ? { ...n, data: second!.data, at: second!.at } : n === second ? { ...n, data: first!.data, at: first!.at } : n))
+    expect(fired({ ...f, notifications })).toEqual([6])
+  })
+
+  it("catches an instance that ran past its deadline (7)", () => {
+    // Proves the deadline check: move the stop five minutes later than the deadline allows.
+    const f = clean()
+    const transitions = f.transitions.map((t) => (t.resource === "gi-1" && (t.to_state === "terminating" || t.to_state === "terminated") ? { ...t, at: t.at + 5 * 60_000 } : t))
+    expect(fired({ ...f, transitions })).toContain(7)
+  })
+})
