@@ -22,6 +22,12 @@ import { checkInvariants, type RunFacts, type Violation } from "./invariants.js"
 import { isoInstant } from "./iso.js"
 import type { Timeline, TimelineEvent } from "./timeline.js"
 
+/**
+ * Clock steps per SQLite commit in a simulation. A commit costs far more than the rows in it
+ * (BENCHMARKS.md); a simulation needs consistency at restarts, not durability per step.
+ */
+export const SIM_STEPS_PER_COMMIT = 4_096
+
 export interface RunOptions {
   /** SQLite file for the ledger; `:memory:` (the default) only for tests and one-off runs. */
   readonly db?: string
@@ -169,17 +175,27 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     clock.schedule(e.at_ms, () => apply(e), { lane: Lane.input, key: String(e.index).padStart(9, "0") })
   }
 
-  // One SQLite transaction per clock step; while the engine is down the world runs alone.
-  const step = (_: number, fire: () => void): void => (engine === null ? fire() : engine.sup.unitOfWork(fire))
+  // One unit of work per clock step, committed in groups of SIM_STEPS_PER_COMMIT steps and
+  // always before the engine stops: a restart or an outage only ever cuts between commits.
+  // While the engine is down the world runs alone.
+  let steps = 0
+  const step = (_: number, fire: () => void): void => {
+    if (engine === null) return fire()
+    engine.sup.beginBatch()
+    engine.sup.unitOfWork(fire)
+    if (++steps % SIM_STEPS_PER_COMMIT === 0) engine.sup.commitBatch()
+  }
   for (const outage of outages) {
     if (outage.at_ms > timeline.until_ms) break
     clock.advanceTo(Math.max(outage.at_ms, clock.now()), step)
+    engine?.sup.commitBatch()
     if (engine !== null) stopEngine(engine)
     engine = null
     clock.advanceTo(Math.min(Math.max(outage.at_ms + outage.duration_ms, clock.now()), timeline.until_ms), step)
     engine = startEngine()
   }
   clock.advanceTo(timeline.until_ms, step)
+  engine?.sup.commitBatch()
 
   const last: Engine = engine ?? startEngine()
   const facts = collectFacts(last.ledger, timeline)

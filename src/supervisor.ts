@@ -92,6 +92,9 @@ export interface SupervisorApi {
   balance(account: string): Effect.Effect<Micros, NotFound>
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
   unitOfWork<T>(fn: () => T): T
+  /** Group commit: units of work share one transaction until `commitBatch` (simulator only). */
+  beginBatch(): void
+  commitBatch(): void
 }
 
 export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, SupervisorApi>() {}
@@ -161,6 +164,7 @@ export class GpuSupervisor {
   private unsubscribe: (() => void) | null = null
   private readonly machine: typeof gpuInstanceMachine
   private stopped = false
+  private batching = false
 
   constructor(
     private readonly ledger: LedgerStore,
@@ -254,12 +258,31 @@ export class GpuSupervisor {
       this.depth++
       try {
         const result = fn()
-        this.flush()
+        // In a batch the snapshots are written once, at the batch's commit.
+        if (!this.batching) this.flush()
         return result
       } finally {
         this.depth--
       }
     })
+  }
+
+  /**
+   * Group commit (the simulator): units of work until `commitBatch` share one transaction,
+   * and each touched actor's snapshot is written once, just before the commit, so what
+   * commits is always a consistent cut of money and snapshots.
+   */
+  beginBatch(): void {
+    if (this.batching) return
+    this.ledger.beginBatch()
+    this.batching = true
+  }
+
+  commitBatch(): void {
+    if (!this.batching) return
+    this.flush()
+    this.ledger.commitBatch()
+    this.batching = false
   }
 
   // ── API commands ──────────────────────────────────────────────────────────────────────
@@ -693,7 +716,9 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     terminate: (id, caller) => Effect.suspend(() => fromEither(sup.terminate(id, caller))),
     describe: (id, caller) => Effect.suspend(() => fromEither(sup.describe(id, caller))),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
-    unitOfWork: (fn) => sup.unitOfWork(fn)
+    unitOfWork: (fn) => sup.unitOfWork(fn),
+    beginBatch: () => sup.beginBatch(),
+    commitBatch: () => sup.commitBatch()
   } satisfies SupervisorApi
 })
 

@@ -135,6 +135,19 @@ export class LedgerStore {
     if (this.db.open) this.db.close()
   }
 
+  /**
+   * Group commit for the simulator: `beginBatch` opens a transaction that every unit of work
+   * joins until `commitBatch`. A simulation commits many clock steps at once (a commit costs
+   * far more than the rows in it); the live control plane never batches.
+   */
+  beginBatch(): void {
+    if (!this.db.inTransaction) this.db.exec("BEGIN")
+  }
+
+  commitBatch(): void {
+    if (this.db.inTransaction) this.db.exec("COMMIT")
+  }
+
   /** Runs `fn` in a transaction; inside an open one it simply runs (the outer one commits). */
   transaction<T>(fn: () => T): T {
     return (this.db.inTransaction ? fn() : this.tx(fn)) as T
