@@ -6,7 +6,9 @@
  * one breaks (each violation named with invariant, account, resource and time), 2 when the
  * timeline or the command line is wrong.
  */
-import { readFileSync } from "node:fs"
+import { mkdtempSync, readFileSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { parseArgs } from "node:util"
 import { Either } from "effect"
 import { parseAt, parseDurationMs } from "../sim/iso.js"
@@ -17,7 +19,8 @@ import { parseTimeline } from "../sim/timeline.js"
 const usage =
   "usage: npm run sim -- <timeline.json> [--json] [--db FILE] [--restart-at AT]... [--outage AT/DURATION]... [--no-determinism-check]\n" +
   "  AT is an ISO-8601 duration after the timeline's start (PT1H) or an instant; --restart-at and\n" +
-  "  --outage drop the engine after the work of AT and start a new one on the same --db file."
+  "  --outage drop the engine after the work of AT and start a new one on the same ledger file\n" +
+  "  (--db FILE, or a fresh file in the temporary directory, named on stderr)."
 
 const main = (): number => {
   let args
@@ -79,11 +82,10 @@ const main = (): number => {
     }
     outages.push({ at_ms, duration_ms })
   }
-  if ((restartAt.length > 0 || outages.length > 0) && args.values.db === undefined) {
-    process.stderr.write("--restart-at and --outage need --db FILE: the restarted engine reopens the same ledger\n")
-    return 2
-  }
-  const result = runTimeline(timeline, { db: args.values.db, restartAt, outages })
+  // The ledger is a SQLite file, a fresh one unless --db names one; it stays for inspection.
+  const db = args.values.db ?? join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite")
+  if (args.values.db === undefined) process.stderr.write(`ledger: ${db}\n`)
+  const result = runTimeline(timeline, { db, restartAt, outages })
   const output = result.output
   let deterministic = true
   if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output)
