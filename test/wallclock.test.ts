@@ -7,6 +7,7 @@
  * "Known pitfalls"); those reads are allowed because none of them reaches the output,
  * which the second test checks by running at two wall times ten years apart.
  */
+import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock } from "../src/clock.js"
 import { HOUR, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
@@ -26,7 +27,10 @@ const file = timelineFile(
 )
 const options = () => ({ db: tmpDb(), outages: [{ at_ms: Date.parse(START) + 30 * MIN, duration_ms: 5 * MIN }], restartAt: [Date.parse(START) + 2 * HOUR] })
 
-const PROJECT_FRAME = /\/work\/[^)]*\/(src|machines|sim)\/[^)]*\.ts/
+/** A stack frame in our own engine code, wherever the checkout lives. */
+const ROOT = join(import.meta.dirname, "..")
+const OUR_DIRS = ["src", "machines", "sim"].map((d) => `${join(ROOT, d)}/`)
+const isOurs = (frame: string): boolean => OUR_DIRS.some((d) => frame.includes(d)) && !frame.includes("node_modules")
 
 const real = {
   now: Date.now,
@@ -44,7 +48,7 @@ const spyOnWall = (shift_ms: number): string[] => {
   const note = (what: string) => {
     const frames = (new Error().stack ?? "").split("\n").slice(3)
     const caller = frames[0] ?? ""
-    if (PROJECT_FRAME.test(caller) && !caller.includes("node_modules")) calls.push(`${what} ${caller.trim()}`)
+    if (isOurs(caller)) calls.push(`${what} ${caller.trim()}`)
   }
   Date.now = () => (note("Date.now"), real.now() + shift_ms)
   performance.now = () => (note("performance.now"), real.perf())
