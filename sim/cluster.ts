@@ -78,6 +78,10 @@ export class SimCluster implements ClusterPort {
     return r === undefined ? undefined : { nodes: r.spec.nodes, gpus_per_node: r.spec.gpus_per_node }
   }
 
+  regionNames(): ReadonlyArray<string> {
+    return [...this.regions.keys()]
+  }
+
   createWorkload(spec: WorkloadSpec): void {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)

@@ -8,19 +8,29 @@
  * runner's `checkDeterminism` does it.
  */
 import type { GpuInstanceContext } from "../machines/gpuInstance.js"
+import type { InferenceContext } from "../machines/inferenceInstance.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { costMicros, holdMicros, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { isoInstant } from "./iso.js"
 
-export interface ResourceFacts {
-  readonly id: string
-  readonly account: string
-  readonly kind: string
-  readonly status: string
-  readonly live: boolean
-  readonly context: GpuInstanceContext
-}
+export type ResourceFacts =
+  | {
+      readonly id: string
+      readonly account: string
+      readonly kind: "gpu_instance" | "gpu_cluster"
+      readonly status: string
+      readonly live: boolean
+      readonly context: GpuInstanceContext
+    }
+  | {
+      readonly id: string
+      readonly account: string
+      readonly kind: "inference_instance"
+      readonly status: string
+      readonly live: boolean
+      readonly context: InferenceContext
+    }
 
 export interface RunFacts {
   readonly start_ms: number
@@ -58,6 +68,73 @@ const STOPPING: ReadonlySet<string> = new Set(["terminating", "terminated", "fai
 /** One micro-dollar of rounding per settlement (SPEC §9.3). */
 const ROUNDING_MICROS = 1n
 
+/** GPUs a resource holds when fully running: GPUs × nodes, or GPUs × replicas. */
+const unitsOf = (r: ResourceFacts): number =>
+  r.kind === "inference_instance" ? r.context.gpu_count * r.context.regions.length : r.context.gpu_count * r.context.node_count
+
+/** Milliseconds of [from, to) spent in billable states, from a resource's transitions log. */
+export const billableWithin = (transitions: ReadonlyArray<Transition>, created_at: number, from: number, to: number): number => {
+  let state = "pending"
+  let since = created_at
+  let ms = 0
+  const add = (a: number, b: number) => {
+    const lo = Math.max(a, from)
+    const hi = Math.min(b, to)
+    if (hi > lo) ms += hi - lo
+  }
+  for (const t of transitions) {
+    if (BILLABLE.has(state)) add(since, t.at)
+    state = t.to_state
+    since = t.at
+  }
+  if (BILLABLE.has(state)) add(since, to)
+  return ms
+}
+
+type Violate = (invariant: number, v: { account?: string | null; resource?: string | null; at?: number | null; message: string }) => void
+
+/**
+ * An inference instance: one hold per 24-hour cycle (SPEC §4), each settled once; what each
+ * cycle consumed equals the replicas' billable time within it (from the replicas' own
+ * transitions, `id@region`); a cycle lasts no longer than its hold covers.
+ */
+const checkInference = (
+  r: Extract<ResourceFacts, { kind: "inference_instance" }>,
+  f: { holds: ReadonlyArray<Hold>; transitionsByResource: Map<string, Transition[]>; notifications: ReadonlyArray<Notification>; end_ms: number; violate: Violate }
+): void => {
+  const ctx = r.context
+  const rate = BigInt(ctx.hourly_rate_micros)
+  const hourly = rate * BigInt(ctx.gpu_count) * BigInt(ctx.regions.length)
+  const stopped = r.status === "terminated" || r.status === "failed" || r.status === "terminating"
+  const holds = [...f.holds].sort((a, b) => a.placed_at - b.placed_at || (a.id < b.id ? -1 : 1))
+  if (holds.length !== ctx.cycle.number) {
+    f.violate(2, { account: r.account, resource: r.id, message: `${holds.length} holds for ${ctx.cycle.number} cycles` })
+  }
+  holds.forEach((h, i) => {
+    const last = i === holds.length - 1
+    if ((last && !stopped) !== (h.status === "open")) {
+      f.violate(2, { account: r.account, resource: r.id, message: `cycle hold ${h.id} is ${h.status} while the instance is ${r.status}` })
+    }
+    const end = h.settled_at ?? f.end_ms
+    const window = h.held_micros * BigInt(policy.MS_PER_HOUR) / hourly
+    if (BigInt(end - h.placed_at) > window + BigInt(policy.WATCHDOG_LAG_MS)) {
+      f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${window} ms` })
+    }
+    if (h.status !== "settled") return
+    const ms = ctx.regions.reduce((sum, region) => sum + billableWithin(f.transitionsByResource.get(`${r.id}@${region}`) ?? [], ctx.created_at, h.placed_at, end), 0)
+    const expected = costMicros(rate, ctx.gpu_count, ms)
+    const consumed = h.consumed_micros ?? 0n
+    const diff = consumed > expected ? consumed - expected : expected - consumed
+    if (diff > ROUNDING_MICROS) {
+      f.violate(3, { account: r.account, resource: r.id, at: h.settled_at, message: `cycle ${h.id} consumed ${consumed}, but ${ms} replica-ms billable × rate × ${ctx.gpu_count} GPUs is ${expected}` })
+    }
+  })
+  const notices = f.notifications.filter((n) => n.resource === r.id && n.kind === "terminated")
+  if ((r.status === "terminated" || r.status === "failed") && notices.length !== 1) {
+    f.violate(6, { account: r.account, resource: r.id, message: `${r.status} with ${notices.length} termination notices` })
+  }
+}
+
 const groupBy = <T>(items: ReadonlyArray<T>, key: (t: T) => string): Map<string, T[]> => {
   const out = new Map<string, T[]>()
   for (const item of items) {
@@ -71,7 +148,7 @@ const groupBy = <T>(items: ReadonlyArray<T>, key: (t: T) => string): Map<string,
 
 export const checkInvariants = (facts: RunFacts): Violation[] => {
   const violations: Violation[] = []
-  const violate = (invariant: number, v: { account?: string | null; resource?: string | null; at?: number | null; message: string }): void => {
+  const violate: Violate = (invariant, v) => {
     violations.push({
       invariant,
       name: INVARIANT_NAMES[invariant]!,
@@ -100,7 +177,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   const lagBound = (resource: string | null): Micros => {
     const r = resource === null ? undefined : resourceById.get(resource)
     if (r === undefined) return 0n
-    return costMicros(BigInt(r.context.hourly_rate_micros), r.context.gpu_count * r.context.node_count, policy.WATCHDOG_LAG_MS) + ROUNDING_MICROS
+    return costMicros(BigInt(r.context.hourly_rate_micros), unitsOf(r), policy.WATCHDOG_LAG_MS) + ROUNDING_MICROS
   }
 
   // 1. Conservation, 4. never below zero but for bounded overage, 5. holds covered when placed.
@@ -168,9 +245,13 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
 
   for (const r of facts.resources) {
+    if (r.kind === "inference_instance") {
+      checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, notifications: facts.notifications, end_ms: facts.end_ms, violate })
+      continue
+    }
     const ctx = r.context
     const rate = BigInt(ctx.hourly_rate_micros)
-    const units = ctx.gpu_count * ctx.node_count
+    const units = unitsOf(r)
     const holds = holdsByResource.get(r.id) ?? []
     const transitions = transitionsByResource.get(r.id) ?? []
     const stop = transitions.find((t) => STOPPING.has(t.to_state))

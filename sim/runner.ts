@@ -16,7 +16,8 @@ import type { LedgerStore } from "../src/ledger/store.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
-import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../src/supervisor.js"
+import { INFERENCE_KIND, layer as supervisorLayer, replicaResource, Supervisor, type SupervisorApi } from "../src/supervisor.js"
+import type { InferenceSnapshot, ModelSource } from "../machines/inferenceInstance.js"
 import { SimCluster, type WorldOutcome } from "./cluster.js"
 import { checkInvariants, type RunFacts, type Violation } from "./invariants.js"
 import { isoInstant } from "./iso.js"
@@ -120,6 +121,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     const mapped = errorStatus(failure.value)
     reject(e, mapped.status, mapped.error, mapped.message)
   }
+  const podTarget = (e: { id: string; region?: string | undefined }): string => (e.region === undefined ? e.id : replicaResource(e.id, e.region))
   const world_ = (e: TimelineEvent, outcome: WorldOutcome): void => {
     if (!outcome.ok) reject(e, outcome.status, outcome.error, outcome.message)
   }
@@ -144,12 +146,19 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
         }
         return call(e, (sup) => sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
       }
+      // With a region, the event hits that region's replica of an inference instance.
       case "preempt":
-        return world_(e, cluster.preempt(e.id))
+        return world_(e, cluster.preempt(podTarget(e)))
       case "resume":
-        return world_(e, cluster.resume(e.id))
+        return world_(e, cluster.resume(podTarget(e)))
       case "pod_fail":
-        return world_(e, cluster.failPod(e.id))
+        return world_(e, cluster.failPod(podTarget(e)))
+      case "register_model":
+        return call(e, (sup) => sup.registerModel({ account: e.account, model: e.model, source: e.source as ModelSource, filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
+      case "delete_model":
+        return call(e, (sup) => sup.deleteModel(e.account, e.model))
+      case "launch_inference_instance":
+        return call(e, (sup) => sup.launchInference({ account: e.account, id: e.id, model: e.model }))
       case "region_down":
         return world_(e, cluster.regionDown(e.region))
       case "region_up":
@@ -213,10 +222,11 @@ const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
   notifications: ledger.notifications(),
   transitions: ledger.transitions(),
   accounts: ledger.accounts(),
-  resources: ledger.resources().map((r) => {
-    const snapshot = JSON.parse(r.snapshot) as GpuInstanceSnapshot
-    return { id: r.id, account: r.account, kind: r.kind, status: r.status, live: r.live, context: snapshot.context }
-  })
+  resources: ledger.resources().map((r) =>
+    r.kind === INFERENCE_KIND
+      ? { id: r.id, account: r.account, kind: "inference_instance" as const, status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as InferenceSnapshot).context }
+      : { id: r.id, account: r.account, kind: r.kind as "gpu_instance" | "gpu_cluster", status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as GpuInstanceSnapshot).context }
+  )
 })
 
 const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => ({
@@ -244,7 +254,20 @@ const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: 
   resources: Object.fromEntries(
     facts.resources.map((r) => [
       r.id,
-      {
+      r.kind === "inference_instance"
+        ? {
+            kind: r.kind,
+            account: r.account,
+            status: r.status,
+            termination_reason: r.context.termination_reason,
+            model: r.context.model,
+            gpu: r.context.gpu,
+            gpu_count: r.context.gpu_count,
+            regions: Object.fromEntries(r.context.regions.map((region) => [region, r.context.replicas[region]?.status ?? "pending"])),
+            cycle: r.context.cycle.number,
+            cycle_hold: formatDollars(BigInt(r.context.cycle.hold_micros))
+          }
+        : {
         kind: r.kind,
         account: r.account,
         status: r.status,
@@ -256,7 +279,7 @@ const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: 
         hours_committed: r.context.hours_committed,
         started_at: r.context.started_at === null ? null : isoInstant(r.context.started_at),
         deadline_at: r.context.deadline_at === null ? null : isoInstant(r.context.deadline_at)
-      }
+          }
     ])
   ),
   invariants: { ok: violations.length === 0, violations }

@@ -82,13 +82,22 @@ const WorldPodEvent = Schema.Struct({
   region: Schema.optional(Schema.String)
 })
 const RegionEvent = Schema.Struct({ ...base, do: Schema.Literal("region_down", "region_up"), region: Schema.String })
+const RegisterModel = Schema.Struct({
+  ...base,
+  do: Schema.Literal("register_model"),
+  account: Schema.String,
+  model: Schema.String,
+  source: Schema.String,
+  filesystem: Schema.optional(Schema.String),
+  gpu: Schema.String,
+  gpu_count: Schema.Number
+})
+const DeleteModel = Schema.Struct({ ...base, do: Schema.Literal("delete_model"), account: Schema.String, model: Schema.String })
+const LaunchInference = Schema.Struct({ ...base, do: Schema.Literal("launch_inference_instance"), account: Schema.String, id: Id, model: Schema.String })
 /** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
 const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
 /** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
 export const LATER_EVENT_KINDS = [
-  "register_model",
-  "delete_model",
-  "launch_inference_instance",
   "create_drive",
   "create_filesystem",
   "delete_storage",
@@ -101,7 +110,7 @@ export const LATER_EVENT_KINDS = [
 ] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
 
-const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, LaterEvent)
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
 /** The schema of each event kind, so an event is checked against its own kind only. */
@@ -117,6 +126,9 @@ const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<s
   ["region_down", RegionEvent],
   ["region_up", RegionEvent],
   ["miss_pod_events", MissPodEvents],
+  ["register_model", RegisterModel],
+  ["delete_model", DeleteModel],
+  ["launch_inference_instance", LaunchInference],
   ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
 ])
 

@@ -49,6 +49,8 @@ export interface ClusterPort {
   list(): ReadonlyArray<WorkloadStatus>
   /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */
   region(name: string): { readonly nodes: number; readonly gpus_per_node: number } | undefined
+  /** The regions this cluster spans, sorted by name. */
+  regionNames(): ReadonlyArray<string>
   /** Delivers pod events; returns the unsubscribe function. One subscriber at a time. */
   subscribe(handler: (event: ClusterEvent) => void): () => void
 }

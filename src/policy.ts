@@ -43,6 +43,20 @@ export const DURATION_WARNINGS: ReadonlyArray<{ readonly minutes: number; readon
 export const TERMINATION_REASONS = ["duration_expired", "credit_depleted", "user_requested", "failed"] as const
 export type TerminationReason = (typeof TERMINATION_REASONS)[number]
 
+// ── User inference instances (SPEC §4) ─────────────────────────────────────────────────
+/** A hold covers one 24-hour cycle of every replica running. */
+export const INFERENCE_CYCLE_MS = 24 * MS_PER_HOUR
+/** HuggingFace- and platform-backed models run this many replicas, one per region. */
+export const INFERENCE_REPLICAS_MULTI_REGION = 2
+/**
+ * Decision: a partial hold must cover at least one minute of running. Below that the balance
+ * is dust: the instance stops with `credit_depleted` as at $0, instead of renewing every few
+ * milliseconds on rounding leftovers.
+ */
+export const INFERENCE_PARTIAL_HOLD_MIN_MS = MS_PER_MINUTE
+export const MODEL_SOURCES = ["huggingface", "platform", "shared_fs"] as const
+export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,127}$/
+
 // ── Limits (TigerBeetle style: every input has a bound) ─────────────────────────────────
 /** The manual's minimum duration is 1 hour; durations and extensions are whole hours. */
 export const DURATION_HOURS_MIN = 1
@@ -81,6 +95,8 @@ export const texts = {
   preempted: (id: string) =>
     `Instance ${id} was preempted: a higher-priority workload took its GPU. It resumes when capacity frees.`,
   resumed: (id: string) => `Instance ${id} resumed: capacity freed and it is running again.`,
+  /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
+  partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
     duration_expired: "Instance terminated — duration reached.",
     credit_depleted: "Instance terminated: credit balance depleted.",
@@ -102,9 +118,18 @@ export const descriptions = {
   extendHold: (id: string, hours: number, rate: string, units: string) =>
     `Extension hold for ${id}: ${hours} h × $${rate}/h × ${units}`,
   refund: (id: string) => `Refund of unused hold for ${id}`,
+  inferenceHold: (id: string, cycle: number, rate: string, gpus: number, replicas: number) =>
+    `24 h hold for ${id}, cycle ${cycle}: $${rate}/h × ${gpus} GPU${gpus === 1 ? "" : "s"} × ${replicas} replica${replicas === 1 ? "" : "s"}`,
+  inferencePartialHold: (id: string, cycle: number, hours: string) => `Partial hold for ${id}, cycle ${cycle}: covers ${hours} h`,
   overage: (id: string) => `Overage for ${id}: ran past its hold`,
   topUp: "Top-up"
 } as const
 
 export const unitsLabel = (gpu_count: number, node_count: number): string =>
   node_count > 1 ? `${node_count} nodes × ${gpu_count} GPU${gpu_count === 1 ? "" : "s"}` : `${gpu_count} GPU${gpu_count === 1 ? "" : "s"}`
+
+/** Hours a window covers, to one decimal, in integer arithmetic ("5.6"). Display only. */
+export const hoursToTenths = (window_ms: number): string => {
+  const tenths = Math.floor(window_ms / (MS_PER_HOUR / 10))
+  return `${Math.floor(tenths / 10)}.${tenths % 10}`
+}

@@ -31,6 +31,21 @@ import {
   type GpuResourceKind,
   type GpuStatus
 } from "../machines/gpuInstance.js"
+import {
+  cycleBillableMsAt,
+  fullHourlyMicros,
+  healthyRegions,
+  inferenceAlarm,
+  inferenceInstanceMachine,
+  inferenceStatusOf,
+  type InferenceContext,
+  type InferenceEvent,
+  type InferenceInput,
+  type InferenceSnapshot,
+  type InferenceStatus,
+  type ModelSource,
+  type Renewal
+} from "../machines/inferenceInstance.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
@@ -69,6 +84,40 @@ export interface GpuView {
   readonly termination_reason: policy.TerminationReason | null
 }
 
+export interface LaunchInferenceRequest {
+  readonly account: string
+  readonly id: string
+  readonly model: string
+}
+
+export interface RegisterModelRequest {
+  readonly account: string
+  readonly model: string
+  readonly source: ModelSource
+  readonly filesystem?: string | null
+  readonly gpu: string
+  readonly gpu_count: number
+}
+
+export interface InferenceView {
+  readonly id: string
+  readonly account: string
+  readonly kind: "inference_instance"
+  readonly status: InferenceStatus
+  readonly model: string
+  readonly gpu: string
+  readonly gpu_count: number
+  readonly regions: ReadonlyArray<{ readonly region: string; readonly status: string }>
+  readonly hourly_rate_micros: Micros
+  readonly created_at: number
+  readonly cycle: number
+  readonly cycle_hold_micros: Micros
+  readonly cycle_ends_at: number | null
+  readonly termination_reason: policy.TerminationReason | null
+}
+
+export type ResourceView = GpuView | InferenceView
+
 export interface ExtendResult {
   readonly additional_cost_micros: Micros
   readonly new_balance_micros: Micros
@@ -87,8 +136,13 @@ export interface SupervisorApi {
   credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Effect.Effect<Micros, NotFound | ValidationError>
   launchGpu(req: LaunchGpuRequest, caller?: Caller): Effect.Effect<GpuView, EngineError>
   extend(id: string, hours: number, caller?: Caller): Effect.Effect<ExtendResult, EngineError>
-  terminate(id: string, caller?: Caller): Effect.Effect<GpuView, NotFound | Conflict>
-  describe(id: string, caller?: Caller): Effect.Effect<GpuView, NotFound>
+  terminate(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound | Conflict>
+  describe(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound>
+  registerModel(req: RegisterModelRequest, caller?: Caller): Effect.Effect<void, EngineError>
+  deleteModel(account: string, model: string, caller?: Caller): Effect.Effect<void, NotFound | Conflict>
+  launchInference(req: LaunchInferenceRequest, caller?: Caller): Effect.Effect<InferenceView, EngineError>
+  /** What the API needs to route a `/v1` request to a user instance (SPEC §6). */
+  userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> }
   balance(account: string): Effect.Effect<Micros, NotFound>
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
   unitOfWork<T>(fn: () => T): T
@@ -100,12 +154,28 @@ export interface SupervisorApi {
 export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, SupervisorApi>() {}
 
 type GpuActor = Actor<typeof gpuInstanceMachine>
+type InferenceActor = Actor<typeof inferenceInstanceMachine>
+type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
 
-interface LiveEntry {
-  readonly id: string
-  readonly actor: GpuActor
-  alarm: { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
-}
+type LiveEntry =
+  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm }
+  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm }
+
+const statusOf = (entry: LiveEntry): string =>
+  entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot()) : inferenceStatusOf(entry.actor.getSnapshot())
+
+const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
+
+/** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
+const replicaStatuses = (entry: LiveEntry): Record<string, string> =>
+  entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : {}
+
+export const INFERENCE_KIND = "inference_instance"
+
+/** The resource id a replica's workload carries: `@` cannot occur in a resource id. */
+export const replicaResource = (id: string, region: string): string => `${id}@${region}`
+
+export const cycleHoldIdFor = (id: string, cycle: number): string => `hold:${id}:${cycle}`
 
 /** Intents the machine raised during one dispatch, carried out in order afterwards. */
 type Intent =
@@ -114,9 +184,13 @@ type Intent =
   | { readonly type: "settle"; readonly ctx: GpuInstanceContext }
   | { readonly type: "createPod"; readonly ctx: GpuInstanceContext }
   | { readonly type: "deletePod"; readonly ctx: GpuInstanceContext }
+  | { readonly type: "placeCycleHold"; readonly ictx: InferenceContext }
+  | { readonly type: "settleCycle"; readonly ictx: InferenceContext; readonly at: number }
+  | { readonly type: "createReplicaPods"; readonly ictx: InferenceContext }
+  | { readonly type: "deleteReplicaPods"; readonly ictx: InferenceContext }
   | {
       readonly type: "notify"
-      readonly ctx: GpuInstanceContext
+      readonly ctx: { readonly id: string; readonly account: string }
       readonly severity: policy.Severity
       readonly kind: string
       readonly text: string
@@ -129,6 +203,30 @@ const INTENTS_PER_DISPATCH_MAX = 64
 export const holdIdFor = (resource: string): string => `hold:${resource}`
 
 const rateOf = (ctx: GpuInstanceContext): Micros => BigInt(ctx.hourly_rate_micros)
+
+const inferenceViewOf = (snapshot: InferenceSnapshot): InferenceView => {
+  const c = snapshot.context
+  const status = inferenceStatusOf(snapshot)
+  return {
+    id: c.id,
+    account: c.account,
+    kind: INFERENCE_KIND,
+    status,
+    model: c.model,
+    gpu: c.gpu,
+    gpu_count: c.gpu_count,
+    regions: c.regions.map((region) => ({ region, status: c.replicas[region]?.status ?? "pending" })),
+    hourly_rate_micros: BigInt(c.hourly_rate_micros),
+    created_at: c.created_at,
+    cycle: c.cycle.number,
+    cycle_hold_micros: BigInt(c.cycle.hold_micros),
+    cycle_ends_at: status === "terminating" || status === "terminated" || status === "failed" ? null : c.cycle.ends_at,
+    termination_reason: c.termination_reason
+  }
+}
+
+const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
+  entry.kind === "gpu" ? viewOf(entry.actor.getSnapshot(), at) : inferenceViewOf(entry.actor.getSnapshot())
 
 const viewOf = (snapshot: GpuInstanceSnapshot, at: number): GpuView => {
   const c = snapshot.context
@@ -163,6 +261,7 @@ export class GpuSupervisor {
   private watchdogTimer: TimerHandle | null = null
   private unsubscribe: (() => void) | null = null
   private readonly machine: typeof gpuInstanceMachine
+  private readonly inference: typeof inferenceInstanceMachine
   private stopped = false
   private batching = false
 
@@ -213,6 +312,34 @@ export class GpuSupervisor {
         }
       }
     })
+    this.inference = inferenceInstanceMachine.provide({
+      actions: {
+        placeHold: ({ context }) => raise({ type: "placeCycleHold", ictx: context }),
+        settleCycle: ({ context, event }) => raise({ type: "settleCycle", ictx: context, at: event.at }),
+        createPods: ({ context }) => raise({ type: "createReplicaPods", ictx: context }),
+        deletePods: ({ context }) => raise({ type: "deleteReplicaPods", ictx: context }),
+        notifyPartialHold: ({ context }, params) =>
+          raise({
+            type: "notify",
+            ctx: context,
+            severity: "warning",
+            kind: "partial_hold",
+            text: policy.texts.partialHold(formatDollars(BigInt(params.hold_micros)), policy.hoursToTenths(params.window_ms)),
+            data: { hold: params.hold_micros, window_ms: params.window_ms, cycle: context.cycle.number }
+          }),
+        notifyTerminated: ({ context }) => {
+          const reason = context.termination_reason ?? "failed"
+          raise({
+            type: "notify",
+            ctx: context,
+            severity: policy.TERMINATION_SEVERITY[reason],
+            kind: "terminated",
+            text: policy.texts.terminated[reason],
+            data: { termination_reason: reason }
+          })
+        }
+      }
+    })
   }
 
   // ── lifecycle ─────────────────────────────────────────────────────────────────────────
@@ -220,20 +347,30 @@ export class GpuSupervisor {
   start(): void {
     this.unitOfWork(() => {
       for (const record of this.ledger.liveResources()) {
-        const snapshot = JSON.parse(record.snapshot) as GpuInstanceSnapshot
-        const actor = createActor(this.machine, { snapshot, input: snapshot.context, clock: this.clock })
-        actor.start()
-        const entry: LiveEntry = { id: record.id, actor, alarm: null }
+        const entry = this.rehydrate(record.kind, record.id, record.snapshot)
         this.live.set(record.id, entry)
-        const status = gpuStatusOf(actor.getSnapshot())
-        if (status === "pending") this.pending.add(record.id)
-        if (status === "terminating") this.stopping.add(record.id)
+        const status = statusOf(entry)
+        if (entry.kind === "gpu" && status === "pending") this.pending.add(record.id)
+        if (entry.kind === "gpu" && status === "terminating") this.stopping.add(record.id)
         this.rearm(entry)
       }
       this.reconcile()
     })
     this.unsubscribe = this.cluster.subscribe((event) => this.onClusterEvent(event))
     this.armWatchdog()
+  }
+
+  private rehydrate(kind: string, id: string, json: string): LiveEntry {
+    if (kind === INFERENCE_KIND) {
+      const snapshot = JSON.parse(json) as InferenceSnapshot
+      const actor = createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock })
+      actor.start()
+      return { kind: "inference", id, actor, alarm: null }
+    }
+    const snapshot = JSON.parse(json) as GpuInstanceSnapshot
+    const actor = createActor(this.machine, { snapshot, input: snapshot.context, clock: this.clock })
+    actor.start()
+    return { kind: "gpu", id, actor, alarm: null }
   }
 
   /** Drops the supervisor without writing anything: timers cancelled, actors stopped. */
@@ -332,7 +469,7 @@ export class GpuSupervisor {
           created_at: at
         }
         const actor = createActor(this.machine, { input, clock: this.clock })
-        const entry: LiveEntry = { id: req.id, actor, alarm: null }
+        const entry: LiveEntry = { kind: "gpu", id: req.id, actor, alarm: null }
         this.live.set(req.id, entry)
         this.run(entry, () => actor.start(), null, at)
         return viewOf(actor.getSnapshot(), at)
@@ -348,7 +485,11 @@ export class GpuSupervisor {
     }
     const found = this.findActive(id, caller, "extend")
     if (Either.isLeft(found)) return Either.left(found.left)
-    const ctx = found.right.actor.getSnapshot().context
+    const entry = found.right
+    if (entry.kind !== "gpu") {
+      return Either.left(new Conflict({ code: "invalid_state", id, status: statusOf(entry), message: `${id} is an inference instance: it renews every 24 h and has nothing to extend` }))
+    }
+    const ctx = entry.actor.getSnapshot().context
     const amount = holdMicros(rateOf(ctx), gpuUnits(ctx), hours)
     const balance = this.ledger.balance(ctx.account)
     if (balance < amount) return Either.left(new InsufficientBalance({ account: ctx.account, required_micros: amount, balance_micros: balance }))
@@ -356,21 +497,21 @@ export class GpuSupervisor {
       this.unitOfWork(() => {
         const at = this.clock.now()
         this.journal.append(at, "extend", { id, hours })
-        this.dispatch(found.right, { type: "extend", at, hours })
+        this.dispatch(entry, { type: "extend", at, hours })
         return {
           additional_cost_micros: amount,
           new_balance_micros: this.ledger.balance(ctx.account),
-          deadline_at: found.right.actor.getSnapshot().context.deadline_at
+          deadline_at: entry.actor.getSnapshot().context.deadline_at
         }
       })
     )
   }
 
-  terminate(id: string, caller: Caller = "operator"): Either.Either<GpuView, NotFound | Conflict> {
+  terminate(id: string, caller: Caller = "operator"): Either.Either<ResourceView, NotFound | Conflict> {
     const entry = this.live.get(id)
-    if (entry !== undefined && gpuStatusOf(entry.actor.getSnapshot()) === "terminating" && this.visible(entry.actor.getSnapshot().context.account, caller)) {
+    if (entry !== undefined && statusOf(entry) === "terminating" && this.visible(accountOf(entry), caller)) {
       // A second stop while the first is under way changes nothing: the hold settled once.
-      return Either.right(viewOf(entry.actor.getSnapshot(), this.clock.now()))
+      return Either.right(viewOfEntry(entry, this.clock.now()))
     }
     const found = this.findActive(id, caller, "terminate")
     if (Either.isLeft(found)) return Either.left(found.left)
@@ -379,22 +520,118 @@ export class GpuSupervisor {
         const at = this.clock.now()
         this.journal.append(at, "terminate", { id })
         this.dispatch(found.right, { type: "terminate", at })
-        return viewOf(found.right.actor.getSnapshot(), at)
+        return viewOfEntry(found.right, at)
       })
     )
   }
 
-  describe(id: string, caller: Caller = "operator"): Either.Either<GpuView, NotFound> {
-    const entry = this.live.get(id)
-    const snapshot = entry !== undefined ? entry.actor.getSnapshot() : this.storedSnapshot(id)
-    if (snapshot === undefined || !this.visible(snapshot.context.account, caller)) {
+  describe(id: string, caller: Caller = "operator"): Either.Either<ResourceView, NotFound> {
+    const entry = this.live.get(id) ?? this.stored(id)
+    if (entry === undefined || !this.visible(accountOf(entry), caller)) {
       return Either.left(new NotFound({ code: "resource_not_found", id }))
     }
-    return Either.right(viewOf(snapshot, this.clock.now()))
+    return Either.right(viewOfEntry(entry, this.clock.now()))
   }
 
   balance(account: string): Either.Either<Micros, NotFound> {
     return this.ledger.hasAccount(account) ? Either.right(this.ledger.balance(account)) : Either.left(new NotFound({ code: "account_not_found", id: account }))
+  }
+
+  // ── the model registry and inference instances (SPEC §4) ─────────────────────────────
+  registerModel(req: RegisterModelRequest, caller: Caller = "operator"): Either.Either<void, EngineError> {
+    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
+    if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
+    if (!policy.MODEL_NAME_RE.test(req.model)) return invalid("invalid_model", "model", "a model name is 1-128 letters, digits, '.', '_', '/' or '-'")
+    if (!(policy.MODEL_SOURCES as ReadonlyArray<string>).includes(req.source)) return invalid("invalid_source", "source", `source is one of ${policy.MODEL_SOURCES.join(", ")}`)
+    if (req.source === "shared_fs") return invalid("unsupported_source", "source", "shared filesystems arrive with the storage capability")
+    if (this.catalog.gpuRate(req.gpu) === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${req.gpu} in the catalog`)
+    if (!Number.isSafeInteger(req.gpu_count) || req.gpu_count < 1 || req.gpu_count > policy.GPU_COUNT_MAX) {
+      return invalid("invalid_gpu_count", "gpu_count", `gpu_count must be a whole number from 1 to ${policy.GPU_COUNT_MAX}`)
+    }
+    if (this.ledger.model(req.account, req.model) !== undefined) {
+      return Either.left(new Conflict({ code: "already_exists", id: req.model, status: "registered", message: `model ${req.model} is already registered` }))
+    }
+    return Either.right(
+      this.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "register_model", { ...req })
+        this.ledger.registerModel({ account: req.account, name: req.model, source: req.source, filesystem: req.filesystem ?? null, gpu: req.gpu, gpu_count: req.gpu_count, created_at: at })
+      })
+    )
+  }
+
+  deleteModel(account: string, model: string, caller: Caller = "operator"): Either.Either<void, NotFound | Conflict> {
+    if (!this.visible(account, caller) || this.ledger.model(account, model) === undefined) {
+      return Either.left(new NotFound({ code: "model_not_found" as never, id: model }))
+    }
+    const active = (e: LiveEntry) => ["pending", "loading", "running"].includes(statusOf(e))
+    const user = [...this.live.values()].find((e) => e.kind === "inference" && accountOf(e) === account && e.actor.getSnapshot().context.model === model && active(e))
+    if (user !== undefined) {
+      return Either.left(new Conflict({ code: "invalid_state", id: model, status: "in_use", message: `model ${model} is in use by instance ${user.id}; delete the instance first` }))
+    }
+    return Either.right(
+      this.unitOfWork(() => {
+        this.journal.append(this.clock.now(), "delete_model", { account, model })
+        this.ledger.deleteModel(account, model)
+      })
+    )
+  }
+
+  launchInference(req: LaunchInferenceRequest, caller: Caller = "operator"): Either.Either<InferenceView, EngineError> {
+    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
+    if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
+    const model = this.ledger.model(req.account, req.model)
+    if (model === undefined) return Either.left(new NotFound({ code: "model_not_found" as never, id: req.model }))
+    if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
+      return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
+    }
+    // Decision: the replicas go to the first regions by name (2 for HuggingFace and platform
+    // models); a catalog with one region gets one replica.
+    const regions = this.cluster.regionNames().slice(0, policy.INFERENCE_REPLICAS_MULTI_REGION)
+    if (regions.length === 0) return invalid("no_region", "model", "no region to run the model in")
+    for (const region of regions) {
+      if (model.gpu_count > this.cluster.region(region)!.gpus_per_node) return invalid("gpu_count_exceeds_node", "gpu_count", "gpu_count exceeds GPUs per node")
+    }
+    const rate = this.catalog.gpuRate(model.gpu)
+    if (rate === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${model.gpu} in the catalog`)
+    const hold = rate * BigInt(model.gpu_count) * BigInt(regions.length) * 24n
+    const balance = this.ledger.balance(req.account)
+    if (balance < hold) return Either.left(new InsufficientBalance({ account: req.account, required_micros: hold, balance_micros: balance }))
+    return Either.right(
+      this.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "launch_inference", { ...req })
+        const input: InferenceInput = {
+          id: req.id,
+          account: req.account,
+          model: req.model,
+          source: model.source,
+          gpu: model.gpu,
+          gpu_count: model.gpu_count,
+          regions,
+          hourly_rate_micros: rate.toString(),
+          first_hold_micros: hold.toString(),
+          created_at: at
+        }
+        const actor = createActor(this.inference, { input, clock: this.clock })
+        const entry: LiveEntry = { kind: "inference", id: req.id, actor, alarm: null }
+        this.live.set(req.id, entry)
+        this.run(entry, () => actor.start(), null, at)
+        return inferenceViewOf(actor.getSnapshot())
+      })
+    )
+  }
+
+  userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> } {
+    const entry = this.live.get(id)
+    if (entry === undefined || entry.kind !== "inference" || accountOf(entry) !== account || entry.actor.getSnapshot().context.model !== model) {
+      const record = this.ledger.resource(id)
+      return { status: record !== undefined && record.account === account && record.kind === INFERENCE_KIND ? "terminated" : "missing", healthy_regions: [] }
+    }
+    const status = statusOf(entry)
+    if (status === "terminating" || status === "terminated" || status === "failed") return { status: "terminated", healthy_regions: [] }
+    return { status: "active", healthy_regions: healthyRegions(entry.actor.getSnapshot().context) }
   }
 
   // ── admission ─────────────────────────────────────────────────────────────────────────
@@ -429,59 +666,84 @@ export class GpuSupervisor {
     return caller === "operator" || caller.account === account
   }
 
-  private storedSnapshot(id: string): GpuInstanceSnapshot | undefined {
+  /** A finished resource, read back from its last snapshot (a stopped actor, not started). */
+  private stored(id: string): LiveEntry | undefined {
     const record = this.ledger.resource(id)
-    return record === undefined ? undefined : (JSON.parse(record.snapshot) as GpuInstanceSnapshot)
+    if (record === undefined) return undefined
+    if (record.kind === INFERENCE_KIND) {
+      const snapshot = JSON.parse(record.snapshot) as InferenceSnapshot
+      return { kind: "inference", id, actor: createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
+    }
+    const snapshot = JSON.parse(record.snapshot) as GpuInstanceSnapshot
+    return { kind: "gpu", id, actor: createActor(this.machine, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
   }
 
   /** The live, not-stopping actor for `id`: 404 if unknown or another account's, 409 if stopped. */
   private findActive(id: string, caller: Caller, action: string): Either.Either<LiveEntry, NotFound | Conflict> {
-    const entry = this.live.get(id)
-    const snapshot = entry?.actor.getSnapshot() ?? this.storedSnapshot(id)
-    if (snapshot === undefined || !this.visible(snapshot.context.account, caller)) {
+    const live = this.live.get(id)
+    const entry = live ?? this.stored(id)
+    if (entry === undefined || !this.visible(accountOf(entry), caller)) {
       return Either.left(new NotFound({ code: "resource_not_found", id }))
     }
-    const status = gpuStatusOf(snapshot)
-    if (entry === undefined || !isActiveStatus(status)) {
+    const status = statusOf(entry)
+    const active = status === "pending" || status === "loading" || status === "running" || status === "preempted"
+    if (live === undefined || !active) {
       return Either.left(new Conflict({ code: "instance_not_active", id, status, message: `cannot ${action} instance ${id}: it is ${status}` }))
     }
-    return Either.right(entry)
+    return Either.right(live)
   }
 
   // ── dispatch: one event to one actor, its intents carried out ─────────────────────────
-  private dispatch(entry: LiveEntry, event: GpuInstanceEvent, cause: string | null = null): void {
+  private dispatch(entry: LiveEntry, event: GpuInstanceEvent | InferenceEvent, cause: string | null = null): void {
     // A machine that reached its final state in this unit of work hears nothing more
     // (a pod's deletion after the instance failed, say); it leaves memory at the flush.
     if (entry.actor.getSnapshot().status !== "active") return
-    const before = gpuStatusOf(entry.actor.getSnapshot())
-    this.run(entry, () => entry.actor.send(event), before, event.at, event, cause)
+    const send = () => (entry.kind === "gpu" ? entry.actor.send(event as GpuInstanceEvent) : entry.actor.send(event as InferenceEvent))
+    this.run(entry, send, statusOf(entry), event.at, event, cause)
   }
 
-  private run(entry: LiveEntry, step: () => void, before: GpuStatus | null, at: number, event?: GpuInstanceEvent, cause: string | null = null): void {
+  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent, cause: string | null = null): void {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
+    const replicasBefore = replicaStatuses(entry)
     step()
     const intents = this.intents
     this.intents = []
     for (const intent of intents) this.carryOut(intent, at)
-    const snapshot = entry.actor.getSnapshot()
-    const after = gpuStatusOf(snapshot)
-    if (before !== null && after !== before) {
-      const reason =
-        after === "terminating" || after === "terminated" || after === "failed" ? snapshot.context.termination_reason
-        : event?.type === "watchdog" ? "watchdog_healed"
-        : cause
-      this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason })
+    const after = statusOf(entry)
+    const reasonOf = (): string | null =>
+      after === "terminating" || after === "terminated" || after === "failed" ? entry.actor.getSnapshot().context.termination_reason
+      : event?.type === "watchdog" ? "watchdog_healed"
+      : cause
+    // Each region of an inference instance has its own status (SPEC §4): logged as `id@region`.
+    for (const [region, status] of Object.entries(replicaStatuses(entry))) {
+      const was = replicasBefore[region] ?? "pending"
+      if (status !== was) this.ledger.recordTransition({ at, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: cause })
     }
-    if (after === "pending") this.pending.add(entry.id)
-    else this.pending.delete(entry.id)
-    if (after === "terminating") this.stopping.add(entry.id)
-    else this.stopping.delete(entry.id)
+    if (before !== null && after !== before) {
+      this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
+    }
+    if (entry.kind === "gpu") {
+      if (after === "pending") this.pending.add(entry.id)
+      else this.pending.delete(entry.id)
+      if (after === "terminating") this.stopping.add(entry.id)
+      else this.stopping.delete(entry.id)
+    }
     this.dirty.add(entry.id)
     this.rearm(entry)
   }
 
   private carryOut(intent: Intent, at: number): void {
+    switch (intent.type) {
+      case "placeCycleHold":
+      case "settleCycle":
+      case "createReplicaPods":
+      case "deleteReplicaPods":
+        return this.carryOutInference(intent, at)
+      case "notify":
+        this.notifier.notify({ account: intent.ctx.account, resource: intent.ctx.id, at, severity: intent.severity, kind: intent.kind, text: intent.text, data: intent.data ?? null })
+        return
+    }
     const ctx = intent.ctx
     const rate = rateOf(ctx)
     const units = gpuUnits(ctx)
@@ -512,17 +774,7 @@ export class GpuSupervisor {
       }
       case "settle": {
         assert(ctx.billing_since === null, () => `settle of ${ctx.id} while still billing`)
-        const settlement = this.ledger.settleHold({
-          hold_id: holdIdFor(ctx.id),
-          consumed_micros: costMicros(rate, units, ctx.billable_ms),
-          at,
-          refund_description: policy.descriptions.refund(ctx.id),
-          overage_description: policy.descriptions.overage(ctx.id)
-        })
-        assert(
-          settlement.consumed_micros - settlement.overage_micros + settlement.refunded_micros === settlement.held_micros,
-          () => `settlement of ${ctx.id}: consumed + refunded != held`
-        )
+        this.settle(holdIdFor(ctx.id), ctx.id, costMicros(rate, units, ctx.billable_ms), at)
         return
       }
       case "createPod":
@@ -540,10 +792,56 @@ export class GpuSupervisor {
       case "deletePod":
         this.cluster.deleteWorkload(podNameFor(ctx.id))
         return
-      case "notify":
-        this.notifier.notify({ account: ctx.account, resource: ctx.id, at, severity: intent.severity, kind: intent.kind, text: intent.text, data: intent.data ?? null })
+    }
+  }
+
+  private carryOutInference(intent: Extract<Intent, { ictx: InferenceContext }>, at: number): void {
+    const ctx = intent.ictx
+    const rate = BigInt(ctx.hourly_rate_micros)
+    switch (intent.type) {
+      case "placeCycleHold": {
+        const cycle = ctx.cycle
+        const placed = this.ledger.placeHold({
+          hold_id: cycleHoldIdFor(ctx.id, cycle.number),
+          account: ctx.account,
+          resource: ctx.id,
+          amount_micros: BigInt(cycle.hold_micros),
+          at,
+          description: cycle.partial
+            ? policy.descriptions.inferencePartialHold(ctx.id, cycle.number, policy.hoursToTenths(cycle.ends_at - cycle.started_at))
+            : policy.descriptions.inferenceHold(ctx.id, cycle.number, formatDollars(rate), ctx.gpu_count, ctx.regions.length)
+        })
+        // The renewal was computed from this balance in the same unit of work.
+        assert(Either.isRight(placed), () => `cycle ${cycle.number} hold for ${ctx.id} refused after admission`)
+        return
+      }
+      case "settleCycle":
+        this.settle(cycleHoldIdFor(ctx.id, ctx.cycle.number), ctx.id, costMicros(rate, ctx.gpu_count, cycleBillableMsAt(ctx, intent.at)), at)
+        return
+      case "createReplicaPods":
+        for (const region of ctx.regions) {
+          const resource = replicaResource(ctx.id, region)
+          this.cluster.createWorkload({ name: podNameFor(resource), resource, account: ctx.account, region, gpu: ctx.gpu, gpu_count: ctx.gpu_count, node_count: 1, image: null })
+        }
+        return
+      case "deleteReplicaPods":
+        for (const region of ctx.regions) this.cluster.deleteWorkload(podNameFor(replicaResource(ctx.id, region)))
         return
     }
+  }
+
+  private settle(hold_id: string, resource: string, consumed_micros: Micros, at: number): void {
+    const settlement = this.ledger.settleHold({
+      hold_id,
+      consumed_micros,
+      at,
+      refund_description: policy.descriptions.refund(resource),
+      overage_description: policy.descriptions.overage(resource)
+    })
+    assert(
+      settlement.consumed_micros - settlement.overage_micros + settlement.refunded_micros === settlement.held_micros,
+      () => `settlement of ${hold_id}: consumed + refunded != held`
+    )
   }
 
   /** Writes the snapshot of every actor touched in this unit of work; drops finished actors. */
@@ -554,13 +852,12 @@ export class GpuSupervisor {
       const entry = this.live.get(id)
       if (entry === undefined) continue
       const snapshot = entry.actor.getSnapshot()
-      const status = gpuStatusOf(snapshot)
       const finished = snapshot.status === "done"
       this.ledger.saveResource({
         id,
         account: snapshot.context.account,
-        kind: snapshot.context.kind,
-        status,
+        kind: entry.kind === "gpu" ? entry.actor.getSnapshot().context.kind : INFERENCE_KIND,
+        status: statusOf(entry),
         live: !finished,
         snapshot: JSON.stringify(entry.actor.getPersistedSnapshot()),
         at
@@ -575,21 +872,27 @@ export class GpuSupervisor {
   }
 
   // ── workers on the clock ──────────────────────────────────────────────────────────────
-  /** Arms the actor's next alarm (deadline or warning) from its snapshot, replacing the old one. */
+  /** Arms the actor's next alarm (deadline, warning, cycle end) from its snapshot, replacing the old one. */
   private rearm(entry: LiveEntry): void {
-    const alarm = nextAlarm(entry.actor.getSnapshot())
-    const key = alarm === null ? null : alarmKey(alarm)
-    if (entry.alarm !== null && key !== null && entry.alarm.at === alarm!.at && entry.alarm.key === key) return
+    const next: { at: number; key: string; fire: () => void } | null = (() => {
+      if (entry.kind === "gpu") {
+        const alarm = nextAlarm(entry.actor.getSnapshot())
+        return alarm === null ? null : { at: alarm.at, key: alarmKey(alarm), fire: () => this.onGpuAlarm(entry.id, alarm) }
+      }
+      const alarm = inferenceAlarm(entry.actor.getSnapshot())
+      return alarm === null ? null : { at: alarm.at, key: "cycle_end", fire: () => this.onCycleEnd(entry.id) }
+    })()
+    if (entry.alarm !== null && next !== null && entry.alarm.at === next.at && entry.alarm.key === next.key) return
     if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
     entry.alarm = null
-    if (alarm === null) return
-    const handle = this.clock.schedule(alarm.at, () => this.onAlarm(entry.id, alarm), { lane: Lane.engine, key: `alarm:${entry.id}` })
-    entry.alarm = { at: alarm.at, key: key!, handle }
+    if (next === null) return
+    const handle = this.clock.schedule(next.at, next.fire, { lane: Lane.engine, key: `alarm:${entry.id}` })
+    entry.alarm = { at: next.at, key: next.key, handle }
   }
 
-  private onAlarm(id: string, alarm: GpuAlarm): void {
+  private onGpuAlarm(id: string, alarm: GpuAlarm): void {
     const entry = this.live.get(id)
-    if (entry === undefined) return
+    if (entry === undefined || entry.kind !== "gpu") return
     entry.alarm = null
     this.unitOfWork(() => {
       const at = this.clock.now()
@@ -600,6 +903,38 @@ export class GpuSupervisor {
         this.dispatch(entry, { type: "deadline", at, credit_depleted: this.creditDepleted(entry.actor.getSnapshot().context, at) })
       }
     })
+  }
+
+  /** Every 24 h (or when a partial hold runs out): settle the cycle and renew, or stop (SPEC §4). */
+  private onCycleEnd(id: string): void {
+    const entry = this.live.get(id)
+    if (entry === undefined || entry.kind !== "inference") return
+    entry.alarm = null
+    this.unitOfWork(() => {
+      const at = this.clock.now()
+      const renewal = this.renewalFor(entry.actor.getSnapshot().context, at)
+      this.journal.append(at, "cycle_end", { id, renewal })
+      this.dispatch(entry, { type: "cycle_end", at, renewal })
+    })
+  }
+
+  /**
+   * The next cycle's hold, from the balance as it will be once this cycle settles: full if it
+   * covers 24 h of every replica, else partial (all of it) if it covers at least
+   * INFERENCE_PARTIAL_HOLD_MIN_MS, else null: the instance stops.
+   */
+  private renewalFor(ctx: InferenceContext, at: number): Renewal | null {
+    const hold = this.ledger.hold(cycleHoldIdFor(ctx.id, ctx.cycle.number))
+    assert(hold !== undefined && hold.status === "open", () => `cycle hold of ${ctx.id} is not open at its end`)
+    const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, at))
+    const balance = this.ledger.balance(ctx.account) + hold.held_micros - consumed
+    const hourly = fullHourlyMicros(ctx)
+    const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    if (balance >= full) return { kind: "full", hold_micros: full.toString(), window_ms: policy.INFERENCE_CYCLE_MS }
+    if (balance <= 0n) return null
+    const window_ms = Number((balance * BigInt(policy.MS_PER_HOUR)) / hourly)
+    if (window_ms < policy.INFERENCE_PARTIAL_HOLD_MIN_MS) return null
+    return { kind: "partial", hold_micros: balance.toString(), window_ms }
   }
 
   /**
@@ -627,7 +962,8 @@ export class GpuSupervisor {
   private onWatchdog(): void {
     this.watchdogTimer = null
     const at = this.clock.now()
-    const stuck = [...this.pending].filter((id) => isStuckPending(this.live.get(id)!.actor.getSnapshot().context, at)).sort()
+    const gpu = (id: string) => this.live.get(id) as Extract<LiveEntry, { kind: "gpu" }>
+    const stuck = [...this.pending].filter((id) => isStuckPending(gpu(id).actor.getSnapshot().context, at)).sort()
     const stopping = [...this.stopping].sort()
     if (stuck.length > 0 || stopping.length > 0) {
       this.unitOfWork(() => {
@@ -635,7 +971,7 @@ export class GpuSupervisor {
           const workload = this.cluster.get(podNameFor(id))
           const pod = workload === undefined ? "missing" : workload.phase === "running" ? "running" : "not_running"
           this.journal.append(at, "watchdog", { id, pod })
-          this.dispatch(this.live.get(id)!, { type: "watchdog", at, pod })
+          this.dispatch(gpu(id), { type: "watchdog", at, pod })
         }
         for (const id of stopping) {
           if (this.cluster.get(podNameFor(id)) !== undefined) {
@@ -643,7 +979,7 @@ export class GpuSupervisor {
             continue
           }
           this.journal.append(at, "watchdog", { id, pod: "missing" })
-          this.dispatch(this.live.get(id)!, { type: "pod.deleted", at })
+          this.dispatch(gpu(id), { type: "pod.deleted", at })
         }
       })
     }
@@ -651,11 +987,16 @@ export class GpuSupervisor {
   }
 
   private onClusterEvent(event: ClusterEvent): void {
-    const entry = this.live.get(event.resource)
+    const [id, region] = event.resource.split("@") as [string, string | undefined]
+    const entry = this.live.get(id)
     this.unitOfWork(() => {
       this.journal.append(event.at, event.type, event)
       if (entry === undefined) return
-      this.dispatch(entry, { type: event.type, at: event.at })
+      if (entry.kind === "inference" && region !== undefined) {
+        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at })
+      } else if (entry.kind === "gpu" && region === undefined) {
+        this.dispatch(entry, { type: event.type, at: event.at })
+      }
     })
   }
 
@@ -668,6 +1009,10 @@ export class GpuSupervisor {
     const ids = [...this.live.keys()].sort()
     for (const id of ids) {
       const entry = this.live.get(id)!
+      if (entry.kind === "inference") {
+        this.reconcileInference(entry, at)
+        continue
+      }
       const status = gpuStatusOf(entry.actor.getSnapshot())
       const workload = this.cluster.get(podNameFor(id))
       const phase = workload?.phase ?? "missing"
@@ -691,11 +1036,40 @@ export class GpuSupervisor {
         send({ type: "pod.preempted", at })
       }
     }
+    const owned = (resource: string) => this.live.has(resource.split("@")[0]!)
     for (const workload of this.cluster.list()) {
-      if (!this.live.has(workload.resource)) this.cluster.deleteWorkload(workload.name)
+      if (!owned(workload.resource)) this.cluster.deleteWorkload(workload.name)
+    }
+  }
+
+  private reconcileInference(entry: Extract<LiveEntry, { kind: "inference" }>, at: number): void {
+    const ctx = entry.actor.getSnapshot().context
+    const stopping = statusOf(entry) === "terminating"
+    for (const region of ctx.regions) {
+      const name = podNameFor(replicaResource(entry.id, region))
+      const workload = this.cluster.get(name)
+      const replica = ctx.replicas[region]?.status ?? "pending"
+      const phase = workload?.phase ?? "missing"
+      const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted") => {
+        this.journal.append(at, "reconcile", { id: entry.id, region, replica, phase })
+        this.dispatch(entry, { type: "replica.pod", region, pod, at }, "reconciled")
+      }
+      if (replica === "deleted") continue
+      if (stopping) {
+        if (workload === undefined) send("deleted")
+        else this.cluster.deleteWorkload(name)
+      } else if (phase === "missing") {
+        if (replica === "pending") this.cluster.createWorkload({ name, resource: replicaResource(entry.id, region), account: ctx.account, region, gpu: ctx.gpu, gpu_count: ctx.gpu_count, node_count: 1, image: null })
+        else if (replica !== "failed") send("failed")
+      } else if (phase !== replica && phase !== "pending") {
+        send(phase)
+      }
     }
   }
 }
+
+const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preempted" | "failed" | "deleted" =>
+  type.slice("pod.".length) as "loading" | "running" | "preempted" | "failed" | "deleted"
 
 const alarmKey = (alarm: GpuAlarm): string => (alarm.event === "deadline" ? "deadline" : `warning:${alarm.minutes}`)
 
@@ -715,6 +1089,10 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     extend: (id, hours, caller) => Effect.suspend(() => fromEither(sup.extend(id, hours, caller))),
     terminate: (id, caller) => Effect.suspend(() => fromEither(sup.terminate(id, caller))),
     describe: (id, caller) => Effect.suspend(() => fromEither(sup.describe(id, caller))),
+    registerModel: (req, caller) => Effect.suspend(() => fromEither(sup.registerModel(req, caller))),
+    deleteModel: (account, model, caller) => Effect.suspend(() => fromEither(sup.deleteModel(account, model, caller))),
+    launchInference: (req, caller) => Effect.suspend(() => fromEither(sup.launchInference(req, caller))),
+    userInstance: (account, model, id) => sup.userInstance(account, model, id),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),

@@ -1,3 +1,4 @@
+import Database from "better-sqlite3"
 import { Either } from "effect"
 import fc from "fast-check"
 import fs from "node:fs"
@@ -51,23 +52,47 @@ const schemaVersions = (store: LedgerStore) =>
   store.db.prepare(`SELECT version, name FROM schema_migrations ORDER BY version`).all() as Array<{ version: number; name: string }>
 
 describe("migrations", () => {
-  it("create schema version 1 with every table", () => {
-    // Proves a fresh database is migrated to version 1 and has the engine's tables.
+  const ALL_VERSIONS = () => MIGRATIONS.map((m) => ({ version: m.version, name: m.name }))
+
+  it("create every schema version with every table", () => {
+    // Proves a fresh database is migrated to the latest version and has the engine's tables.
     const store = openMemory()
-    expect(schemaVersions(store)).toEqual([{ version: 1, name: MIGRATIONS[0]!.name }])
+    expect(schemaVersions(store)).toEqual([
+      { version: 1, name: MIGRATIONS[0]!.name },
+      { version: 2, name: "model registry" }
+    ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
-    expect(tables).toEqual(["accounts", "holds", "journal", "ledger", "notifications", "resources", "schema_migrations", "transitions"])
+    expect(tables).toEqual(["accounts", "holds", "journal", "ledger", "models", "notifications", "resources", "schema_migrations", "transitions"])
+  })
+
+  it("upgrade a version-1 database in place, keeping its data", () => {
+    // Proves the migration path: a ledger written by the first schema gains the registry.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const old = new Database(file)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    old.exec(MIGRATIONS[0]!.sql)
+    old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (1, ?)`).run(MIGRATIONS[0]!.name)
+    old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 5, 0)`).run()
+    old.close()
+    const store = LedgerStore.open(file)
+    stores.push(store)
+    expect(schemaVersions(store)).toEqual(ALL_VERSIONS())
+    expect(store.balance("acme")).toBe(5n)
+    store.registerModel({ account: "acme", name: "llama", source: "platform", filesystem: null, gpu: "H100", gpu_count: 1, created_at: 0 })
+    expect(store.model("acme", "llama")?.gpu).toBe("H100")
   })
 
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(1)
-    expect(schemaVersions(store)).toHaveLength(1)
+    expect(migrate(store.db)).toBe(2)
+    expect(schemaVersions(store)).toHaveLength(2)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
-    // Proves re-opening a file keeps version 1 recorded once and keeps balances and rows.
+    // Proves re-opening a file keeps each version recorded once and keeps balances and rows.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
@@ -78,7 +103,7 @@ describe("migrations", () => {
 
     const second = LedgerStore.open(file)
     stores.push(second)
-    expect(schemaVersions(second)).toEqual([{ version: 1, name: MIGRATIONS[0]!.name }])
+    expect(schemaVersions(second)).toEqual(ALL_VERSIONS())
     expect(second.balance(ACCOUNT)).toBe(10_000_000n)
     expect(rowsOf(second)).toEqual([["topup", 10_000_000n, 10_000_000n]])
   })
@@ -89,9 +114,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (2, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (3, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 2 is newer than this engine knows \(1\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 3 is newer than this engine knows \(2\)/)
   })
 })
 

@@ -102,6 +102,22 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         payload  TEXT NOT NULL
       ) STRICT;
     `
+  },
+  {
+    version: 2,
+    name: "model registry",
+    sql: `
+      CREATE TABLE models (
+        account     TEXT NOT NULL REFERENCES accounts(id),
+        name        TEXT NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('huggingface', 'platform', 'shared_fs')),
+        filesystem  TEXT,
+        gpu         TEXT NOT NULL,
+        gpu_count   INTEGER NOT NULL CHECK (gpu_count > 0),
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (account, name)
+      ) STRICT;
+    `
   }
 ]
 

@@ -98,6 +98,16 @@ export interface JournalEntry {
   readonly payload: string
 }
 
+export interface ModelRecord {
+  readonly account: string
+  readonly name: string
+  readonly source: "huggingface" | "platform" | "shared_fs"
+  readonly filesystem: string | null
+  readonly gpu: string
+  readonly gpu_count: number
+  readonly created_at: number
+}
+
 export interface OpenOptions {
   /**
    * SQLite `synchronous`: `NORMAL` (the WAL default, durable at checkpoints) for the control
@@ -274,6 +284,19 @@ export class LedgerStore {
     return this.s.holds.all() as unknown as Hold[]
   }
 
+  // ── model registry ────────────────────────────────────────────────────────────────────
+  registerModel(m: ModelRecord): void {
+    this.s.insertModel.run(m.account, m.name, m.source, m.filesystem, m.gpu, m.gpu_count, m.created_at)
+  }
+
+  model(account: string, name: string): ModelRecord | undefined {
+    return this.s.model.get(account, name) as ModelRecord | undefined
+  }
+
+  deleteModel(account: string, name: string): boolean {
+    return this.s.deleteModel.run(account, name).changes === 1
+  }
+
   // ── notifications, transitions, resources, journal ───────────────────────────────────
   notify(n: NotificationInput): void {
     this.s.insertNotification.run(n.account, n.resource, n.at, n.severity, n.kind, n.text, n.data == null ? null : JSON.stringify(n.data))
@@ -352,6 +375,9 @@ const prepare = (db: Database.Database) => {
     resource: db.prepare(`SELECT * FROM resources WHERE id = ?`),
     liveResources: db.prepare(`SELECT * FROM resources WHERE live = 1 ORDER BY id`),
     resources: db.prepare(`SELECT * FROM resources ORDER BY id`),
+    insertModel: db.prepare(`INSERT INTO models (account, name, source, filesystem, gpu, gpu_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+    model: db.prepare(`SELECT * FROM models WHERE account = ? AND name = ?`),
+    deleteModel: db.prepare(`DELETE FROM models WHERE account = ? AND name = ?`),
     insertJournal: db.prepare(`INSERT INTO journal (at, kind, payload) VALUES (?, ?, ?)`),
     journal: db.prepare(`SELECT * FROM journal ORDER BY seq`)
   }

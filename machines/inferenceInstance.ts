@@ -1,0 +1,234 @@
+/**
+ * A user inference instance (SPEC §4): a registered model served by one replica per region
+ * (a child actor each, `machines/inferenceReplica.ts`), billed per replica while its pod
+ * holds the GPUs, in 24-hour cycles. Every cycle has its own hold; at the cycle's end the
+ * supervisor settles it and renews with a full hold, a partial hold, or stops the instance
+ * (`credit_depleted`). The machine never decides money: the `cycle_end` event carries the
+ * renewal the supervisor computed from the ledger.
+ *
+ *   active (replicas pending/loading/running/preempted/failed) → terminating → terminated
+ *   active → failed (every replica failed)
+ */
+import { assertEvent, assign, enqueueActions, sendTo, setup, type SnapshotFrom } from "xstate"
+import { BILLABLE_STATES, MS_PER_HOUR, type TerminationReason } from "../src/policy.js"
+import { replicaMachine, type ReplicaStatus, type ReplicaStatusEvent } from "./inferenceReplica.js"
+
+export type ModelSource = "huggingface" | "platform" | "shared_fs"
+
+export interface InferenceInput {
+  readonly id: string
+  readonly account: string
+  readonly model: string
+  readonly source: ModelSource
+  readonly gpu: string
+  readonly gpu_count: number
+  /** One replica per region, in this order (sorted by name). */
+  readonly regions: ReadonlyArray<string>
+  /** Catalog rate per GPU-hour at launch, micros, as a decimal string. */
+  readonly hourly_rate_micros: string
+  /** The first cycle's hold (full: rate × GPUs × replicas × 24 h), micros as a string. */
+  readonly first_hold_micros: string
+  readonly created_at: number
+}
+
+export interface ReplicaBilling {
+  readonly status: ReplicaStatus
+  /** Start of the open billable stretch, or null. */
+  readonly billing_since: number | null
+  /** Billable milliseconds of this replica in the current cycle, closed stretches only. */
+  readonly cycle_billable_ms: number
+}
+
+export interface Cycle {
+  readonly number: number
+  readonly started_at: number
+  readonly hold_micros: string
+  readonly ends_at: number
+  readonly partial: boolean
+}
+
+export interface InferenceContext extends InferenceInput {
+  readonly replicas: Readonly<Record<string, ReplicaBilling>>
+  readonly cycle: Cycle
+  readonly termination_reason: TerminationReason | null
+  readonly stop_requested_at: number | null
+}
+
+export interface Renewal {
+  readonly kind: "full" | "partial"
+  readonly hold_micros: string
+  readonly window_ms: number
+}
+
+export type InferenceEvent =
+  | { type: "replica.pod"; region: string; pod: "loading" | "running" | "preempted" | "failed" | "deleted"; at: number }
+  | ReplicaStatusEvent
+  | { type: "cycle_end"; at: number; renewal: Renewal | null }
+  | { type: "terminate"; at: number }
+
+const BILLABLE: ReadonlySet<string> = new Set(BILLABLE_STATES)
+
+export const replicaId = (region: string): string => `replica-${region}`
+
+/** Billable replica-milliseconds of the current cycle as of `at`, every replica together. */
+export const cycleBillableMsAt = (ctx: InferenceContext, at: number): number =>
+  Object.values(ctx.replicas).reduce((sum, r) => sum + r.cycle_billable_ms + (r.billing_since === null ? 0 : Math.max(0, at - r.billing_since)), 0)
+
+/** Per-hour cost of the whole instance with every replica running: the hold's basis. */
+export const fullHourlyMicros = (ctx: Pick<InferenceInput, "hourly_rate_micros" | "gpu_count" | "regions">): bigint =>
+  BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(ctx.regions.length)
+
+/** Closes every open billable stretch at `at` (a cycle boundary or a stop). */
+const closeStretches = (replicas: InferenceContext["replicas"], at: number): Record<string, ReplicaBilling> =>
+  Object.fromEntries(
+    Object.entries(replicas).map(([region, r]) => [
+      region,
+      r.billing_since === null ? r : { ...r, cycle_billable_ms: r.cycle_billable_ms + Math.max(0, at - r.billing_since), billing_since: null }
+    ])
+  )
+
+const othersAre = (ctx: InferenceContext, region: string, status: ReplicaStatus): boolean =>
+  Object.entries(ctx.replicas).every(([r, b]) => r === region || b.status === status)
+
+export const inferenceInstanceMachine = setup({
+  types: {
+    input: {} as InferenceInput,
+    context: {} as InferenceContext,
+    events: {} as InferenceEvent
+  },
+  actors: { replica: replicaMachine },
+  actions: {
+    // Intents carried out by the supervisor.
+    placeHold: () => {},
+    settleCycle: () => {},
+    createPods: () => {},
+    deletePods: () => {},
+    notifyPartialHold: (_, _params: { hold_micros: string; window_ms: number }) => {},
+    notifyTerminated: () => {},
+    // Pure updates.
+    forwardToReplica: sendTo(
+      ({ event }) => (event.type === "replica.pod" ? replicaId(event.region) : "none"),
+      ({ event }) => {
+        assertEvent(event, "replica.pod")
+        return { type: `pod.${event.pod}` as const, at: event.at }
+      }
+    ),
+    trackReplica: assign(({ context, event }) => {
+      assertEvent(event, "replica.status")
+      const r = context.replicas[event.region]
+      if (r === undefined) return {}
+      const billable = BILLABLE.has(event.status)
+      const closed = r.billing_since === null ? r.cycle_billable_ms : r.cycle_billable_ms + Math.max(0, event.at - r.billing_since)
+      const next: ReplicaBilling = {
+        status: event.status,
+        cycle_billable_ms: billable && r.billing_since !== null ? r.cycle_billable_ms : closed,
+        billing_since: billable ? (r.billing_since ?? event.at) : null
+      }
+      return { replicas: { ...context.replicas, [event.region]: next } }
+    }),
+    /** A new cycle: the old one's billing is settled; stretches still open carry on. */
+    startCycle: assign(({ context, event }) => {
+      assertEvent(event, "cycle_end")
+      const renewal = event.renewal!
+      const replicas = Object.fromEntries(
+        Object.entries(closeStretches(context.replicas, event.at)).map(([region, r]) => [
+          region,
+          { status: r.status, cycle_billable_ms: 0, billing_since: BILLABLE.has(r.status) ? event.at : null }
+        ])
+      )
+      return {
+        replicas,
+        cycle: {
+          number: context.cycle.number + 1,
+          started_at: event.at,
+          hold_micros: renewal.hold_micros,
+          ends_at: event.at + renewal.window_ms,
+          partial: renewal.kind === "partial"
+        }
+      }
+    }),
+    stopBilling: assign(({ context, event }) => ({ replicas: closeStretches(context.replicas, event.at) })),
+    requestStop: assign(({ context, event }, params: { reason: TerminationReason }) =>
+      context.termination_reason !== null ? {} : { termination_reason: params.reason, stop_requested_at: event.at }
+    )
+  },
+  guards: {
+    renews: ({ event }) => event.type === "cycle_end" && event.renewal !== null,
+    renewsPartially: ({ event }) => event.type === "cycle_end" && event.renewal?.kind === "partial",
+    lastReplicaFails: ({ context, event }) => event.type === "replica.status" && event.status === "failed" && othersAre(context, event.region, "failed"),
+    lastReplicaDeleted: ({ context, event }) => event.type === "replica.status" && event.status === "deleted" && othersAre(context, event.region, "deleted")
+  }
+}).createMachine({
+  id: "inferenceInstance",
+  context: ({ input }) => ({
+    ...input,
+    replicas: Object.fromEntries(input.regions.map((region) => [region, { status: "pending" as ReplicaStatus, billing_since: null, cycle_billable_ms: 0 }])),
+    cycle: { number: 1, started_at: input.created_at, hold_micros: input.first_hold_micros, ends_at: input.created_at + 24 * MS_PER_HOUR, partial: false },
+    termination_reason: null,
+    stop_requested_at: null
+  }),
+  initial: "active",
+  states: {
+    active: {
+      entry: [
+        enqueueActions(({ context, enqueue }) => {
+          for (const region of context.regions) enqueue.spawnChild("replica", { id: replicaId(region), input: { region } })
+        }),
+        "placeHold",
+        "createPods"
+      ],
+      on: {
+        "replica.pod": { actions: ["forwardToReplica"] },
+        "replica.status": [
+          // Failover: while one replica serves, a failed one is just not billed. When the
+          // last one fails, the instance has failed.
+          { guard: "lastReplicaFails", target: "failed", actions: ["trackReplica"] },
+          { actions: ["trackReplica"] }
+        ],
+        cycle_end: [
+          {
+            guard: "renewsPartially",
+            actions: ["settleCycle", "startCycle", "placeHold", { type: "notifyPartialHold", params: ({ event }) => ({ hold_micros: event.renewal!.hold_micros, window_ms: event.renewal!.window_ms }) }]
+          },
+          { guard: "renews", actions: ["settleCycle", "startCycle", "placeHold"] },
+          // The balance is $0: no new hold can be placed, so the instance stops.
+          { target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }] }
+        ],
+        terminate: { target: "terminating", actions: [{ type: "requestStop", params: { reason: "user_requested" } }] }
+      }
+    },
+    terminating: {
+      entry: ["stopBilling", "settleCycle", "deletePods"],
+      on: {
+        "replica.pod": { actions: ["forwardToReplica"] },
+        "replica.status": [{ guard: "lastReplicaDeleted", target: "terminated", actions: ["trackReplica"] }, { actions: ["trackReplica"] }]
+      }
+    },
+    terminated: { type: "final", entry: ["notifyTerminated"] },
+    failed: {
+      type: "final",
+      entry: ["stopBilling", { type: "requestStop", params: { reason: "failed" } }, "settleCycle", "deletePods", "notifyTerminated"]
+    }
+  }
+})
+
+export type InferenceSnapshot = SnapshotFrom<typeof inferenceInstanceMachine>
+export type InferenceStatus = "pending" | "loading" | "running" | "terminating" | "terminated" | "failed"
+
+/** The instance's status as the manual shows it: the best of its replicas while active. */
+export const inferenceStatusOf = (snapshot: { value: unknown; context: InferenceContext }): InferenceStatus => {
+  const v = snapshot.value as string
+  if (v === "terminating") return "terminating"
+  if (v === "terminated" || v === "failed") return v
+  const statuses = Object.values(snapshot.context.replicas).map((r) => r.status)
+  if (statuses.includes("running")) return "running"
+  if (statuses.includes("loading")) return "loading"
+  return "pending"
+}
+
+/** Regions whose replica serves right now, in the instance's region order. */
+export const healthyRegions = (ctx: InferenceContext): string[] => ctx.regions.filter((r) => ctx.replicas[r]?.status === "running")
+
+/** The next cycle boundary while active; null once stopping. */
+export const inferenceAlarm = (snapshot: InferenceSnapshot): { at: number } | null =>
+  snapshot.value === "active" ? { at: snapshot.context.cycle.ends_at } : null

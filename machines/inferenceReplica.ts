@@ -1,0 +1,87 @@
+/**
+ * One regional replica of a user inference instance (SPEC §4): a child actor of the
+ * instance, following its pod: pending → loading → running ⇄ preempted, failed, deleted.
+ * Every change is reported to the parent (`replica.status`), which bills per replica.
+ */
+import { sendParent, setup } from "xstate"
+
+export type ReplicaStatus = "pending" | "loading" | "running" | "preempted" | "failed" | "deleted"
+
+export interface ReplicaInput {
+  readonly region: string
+}
+
+export type ReplicaEvent =
+  | { type: "pod.loading"; at: number }
+  | { type: "pod.running"; at: number }
+  | { type: "pod.preempted"; at: number }
+  | { type: "pod.failed"; at: number }
+  | { type: "pod.deleted"; at: number }
+
+export interface ReplicaStatusEvent {
+  readonly type: "replica.status"
+  readonly region: string
+  readonly status: ReplicaStatus
+  readonly at: number
+}
+
+export const replicaMachine = setup({
+  types: {
+    input: {} as ReplicaInput,
+    context: {} as ReplicaInput,
+    events: {} as ReplicaEvent
+  },
+  actions: {
+    report: sendParent(({ context, event }, params: { status: ReplicaStatus }) => ({
+      type: "replica.status",
+      region: context.region,
+      status: params.status,
+      at: event.at
+    }))
+  }
+}).createMachine({
+  id: "replica",
+  context: ({ input }) => ({ region: input.region }),
+  initial: "pending",
+  on: {
+    "pod.deleted": { target: ".deleted" }
+  },
+  states: {
+    pending: {
+      on: {
+        "pod.loading": { target: "loading" },
+        "pod.running": { target: "running" },
+        "pod.failed": { target: "failed" }
+      }
+    },
+    loading: {
+      entry: { type: "report", params: { status: "loading" } },
+      on: {
+        "pod.running": { target: "running" },
+        "pod.preempted": { target: "preempted" },
+        "pod.failed": { target: "failed" }
+      }
+    },
+    running: {
+      entry: { type: "report", params: { status: "running" } },
+      on: {
+        "pod.preempted": { target: "preempted" },
+        "pod.failed": { target: "failed" }
+      }
+    },
+    preempted: {
+      entry: { type: "report", params: { status: "preempted" } },
+      on: {
+        "pod.running": { target: "running" },
+        "pod.failed": { target: "failed" }
+      }
+    },
+    failed: {
+      entry: { type: "report", params: { status: "failed" } }
+    },
+    deleted: {
+      type: "final",
+      entry: { type: "report", params: { status: "deleted" } }
+    }
+  }
+})

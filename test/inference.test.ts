@@ -1,0 +1,139 @@
+/**
+ * SPEC §4, user inference instances, through the whole engine: the model registry, the 24 h
+ * hold per cycle, renewal (full, partial, stop), failover, user terminate, and recovery.
+ */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
+import { describe, expect, it } from "vitest"
+import { at, HOUR, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
+
+const twoRegions = {
+  gpus: { H100: { hourly_rate: "1.00" } },
+  regions: {
+    "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" },
+    "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
+  }
+}
+const register = { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }
+const launchII = (extra: Record<string, unknown> = {}) => ({ at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama", ...extra })
+const file = (events: Record<string, unknown>[], extra: Record<string, unknown> = {}) => timelineFile([register, ...events], { catalog: twoRegions, until: "P3D", ...extra })
+const rows = (r: ReturnType<typeof run>) => r.output.ledger.slice(1).map((x) => [x.at, x.kind, x.amount, x.balance_after])
+
+describe("the 24-hour cycle", () => {
+  it("renews on the seeds' $72 balance with a partial hold of all of it, covering 5.6 h, then stops", () => {
+    // Proves the manual's example: full hold $307.60 (307.599984 in micros), partial $72, 5.6 h.
+    const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "inference-partial-hold.json"), "utf8"))
+    const r = run(example)
+    expect(rows(r).slice(0, 2)).toEqual([
+      [at(0), "gpu_usage", "-307.599984", "72.00"],
+      [at(24 * HOUR), "gpu_usage", "-72.00", "0.00"]
+    ])
+    expect(r.output.notifications.map((n) => [n.severity, n.kind, n.text])).toEqual([
+      ["warning", "partial_hold", "$72.00 credit can cover 5.6 more hours. Recharge to continue."],
+      ["critical", "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    // The partial hold covers 72 / (307.599984 / 24) h = 20,223,668 ms, and is consumed whole
+    // but for one micro-dollar of rounding, refunded; dust too small to renew on stops it.
+    const stopAt = 24 * HOUR + 20_223_668
+    expect(rows(r).slice(2)).toEqual([[at(stopAt), "refund", "0.000001", "0.000001"]])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "terminated", termination_reason: "credit_depleted", cycle: 2 })
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("writes only the next hold's row after exactly 24 h at full use", () => {
+    // Proves SPEC §4: "Exactly 24 h at full use: only the gpu_usage −next_hold row."
+    const r = run(file([launchII()], { until: "PT25H", accounts: { acme: { balance: "200.00" } } }))
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "152.00"],
+      [at(24 * HOUR), "gpu_usage", "-48.00", "104.00"]
+    ])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "running", cycle: 2, regions: { "eu-west": "running", "us-east": "running" } })
+  })
+
+  it("refunds the unused part of a cycle before the next hold, billing only running replicas", () => {
+    // Proves failover billing: one replica fails at 6 h; 24 + 6 replica-hours consumed of 48.
+    const r = run(file([launchII(), { at: "PT6H", do: "pod_fail", id: "ii-1", region: "us-east" }], { until: "PT25H", accounts: { acme: { balance: "200.00" } } }))
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "152.00"],
+      [at(24 * HOUR), "refund", "18.00", "170.00"],
+      [at(24 * HOUR), "gpu_usage", "-48.00", "122.00"]
+    ])
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1@us-east").map((t) => [t.at, t.from, t.to])).toContainEqual([at(6 * HOUR), "running", "failed"])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "running", regions: { "eu-west": "running", "us-east": "failed" } })
+  })
+
+  it("stops with credit_depleted at a cycle boundary when the balance is $0", () => {
+    // Proves the $0 rule: no partial hold, no partial notice, pods killed, the manual's text.
+    const r = run(file([launchII()], { accounts: { acme: { balance: "48.00" } } }))
+    expect(rows(r)).toEqual([[at(0), "gpu_usage", "-48.00", "0.00"]])
+    expect(r.output.notifications.map((n) => n.text)).toEqual(["Instance terminated: credit balance depleted."])
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1").map((t) => [t.at, t.to, t.reason]).slice(-2)).toEqual([
+      [at(24 * HOUR), "terminating", "credit_depleted"],
+      [at(24 * HOUR), "terminated", "credit_depleted"]
+    ])
+  })
+})
+
+describe("launch, terminate and the registry", () => {
+  it("settles to the millisecond on a user terminate, refunding the rest", () => {
+    // Proves DELETE: 2 replicas × $1.00 × 1 h 30 min 10 s = $3.005556 consumed of $48.
+    const r = run(file([launchII(), { at: "PT1H30M10S", do: "terminate", id: "ii-1" }], { accounts: { acme: { balance: "100.00" } } }))
+    const stop = 90 * MIN + 10_000
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "52.00"],
+      [at(stop), "refund", "44.994444", "96.994444"]
+    ])
+    expect(r.output.notifications.map((n) => n.text)).toEqual(["Instance terminated at your request."])
+  })
+
+  it("refuses a launch the balance cannot cover (402), an unknown model (404), and deleting a model in use (409)", () => {
+    // Proves the refusals change nothing, and a model can be deleted once its instance is gone.
+    const r = run(
+      file(
+        [
+          launchII({ id: "too-poor" }),
+          { at: "PT1M", do: "top_up", account: "acme", amount: "100.00" },
+          launchII({ at: "PT2M", id: "nope", model: "unknown" }),
+          launchII({ at: "PT3M" }),
+          { at: "PT4M", do: "delete_model", account: "acme", model: "llama" },
+          { at: "PT5M", do: "terminate", id: "ii-1" },
+          { at: "PT6M", do: "delete_model", account: "acme", model: "llama" },
+          { at: "PT7M", do: "register_model", account: "acme", model: "fs-model", source: "shared_fs", gpu: "H100", gpu_count: 1 }
+        ],
+        { accounts: { acme: { balance: "10.00" } } }
+      )
+    )
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error])).toEqual([
+      [1, 402, "insufficient_balance"],
+      [3, 404, "model_not_found"],
+      [5, 409, "invalid_state"],
+      [8, 400, "unsupported_source"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("fails the instance when its last replica fails, refunding what did not run", () => {
+    // Proves failover has an end: both regions down → failed, settled, pods deleted.
+    const r = run(
+      file([launchII(), { at: "PT1H", do: "region_down", region: "us-east" }, { at: "PT2H", do: "region_down", region: "eu-west" }], {
+        accounts: { acme: { balance: "100.00" } }
+      })
+    )
+    // 1 h × 2 replicas + 1 h × 1 replica = 3 replica-hours of 48 held.
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "52.00"],
+      [at(2 * HOUR), "refund", "45.00", "97.00"]
+    ])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "failed", termination_reason: "failed" })
+  })
+})
+
+describe("recovery", () => {
+  it("finishes with the same output when the engine restarts mid-cycle and during a partial hold", () => {
+    // Proves rehydration of an instance with its replica children from the snapshot.
+    const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "inference-partial-hold.json"), "utf8"))
+    const straight = run(example)
+    const restarted = run(example, { db: tmpDb(), restartAt: [5 * HOUR, 24 * HOUR, 26 * HOUR].map((d) => Date.parse(START) + d) })
+    expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
+  })
+})
