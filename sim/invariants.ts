@@ -223,6 +223,22 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
   }
 
+  // 6. Low-balance warnings (SPEC §7): within one run-down (between two credits of the
+  // account), thresholds strictly in firing order, so none twice.
+  const creditsByAccount = groupBy(facts.rows.filter((r) => r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")), (r) => r.account)
+  for (const [account, list] of groupBy(facts.notifications.filter((n) => n.kind === "balance_warning"), (n) => n.account)) {
+    const credits = (creditsByAccount.get(account) ?? []).map((r) => r.at)
+    let last: { minutes: number; rundown: number } | null = null
+    for (const n of list) {
+      const minutes = (JSON.parse(n.data ?? "{}") as { minutes?: number }).minutes ?? 0
+      const rundown = credits.filter((c) => c <= n.at).length
+      if (last !== null && last.rundown === rundown && minutes >= last.minutes) {
+        violate(6, { account, at: n.at, message: `${minutes}-minute balance warning after the ${last.minutes}-minute one in the same run-down` })
+      }
+      last = { minutes, rundown }
+    }
+  }
+
   // 2. Every hold settled exactly once, consumed + refunded == held; its rows add up.
   for (const h of facts.holds) {
     const rows = rowsByHold.get(h.id) ?? []

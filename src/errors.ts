@@ -25,7 +25,7 @@ export class ValidationError extends Data.TaggedError("ValidationError")<{
 
 /** 404: no such resource or account (or it belongs to another account). */
 export class NotFound extends Data.TaggedError("NotFound")<{
-  readonly code: "resource_not_found" | "account_not_found"
+  readonly code: "resource_not_found" | "account_not_found" | "model_not_found"
   readonly id: string
 }> {
   override get message(): string {
@@ -41,7 +41,25 @@ export class Conflict extends Data.TaggedError("Conflict")<{
   readonly message: string
 }> {}
 
-export type EngineError = InsufficientBalance | ValidationError | NotFound | Conflict
+/** 402: the model is registered but has no price set yet. Nothing was written. */
+export class ModelNotPriced extends Data.TaggedError("ModelNotPriced")<{
+  readonly model: string
+}> {
+  override get message(): string {
+    return `model ${this.model} is registered but has no price set yet`
+  }
+}
+
+/** 503: no healthy pod serves the model at this moment; the caller may retry in a few seconds. */
+export class NoHealthyPod extends Data.TaggedError("NoHealthyPod")<{
+  readonly model: string
+}> {
+  override get message(): string {
+    return `no healthy pod serves model ${this.model} at this moment`
+  }
+}
+
+export type EngineError = InsufficientBalance | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod
 
 export const errorStatus = (e: EngineError): { readonly status: number; readonly error: string; readonly message: string } => {
   switch (e._tag) {
@@ -53,6 +71,10 @@ export const errorStatus = (e: EngineError): { readonly status: number; readonly
       return { status: 404, error: e.code, message: e.message }
     case "Conflict":
       return { status: 409, error: e.code, message: e.message }
+    case "ModelNotPriced":
+      return { status: 402, error: "model_not_priced", message: e.message }
+    case "NoHealthyPod":
+      return { status: 503, error: "no_healthy_pod", message: e.message }
   }
 }
 

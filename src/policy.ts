@@ -43,6 +43,18 @@ export const DURATION_WARNINGS: ReadonlyArray<{ readonly minutes: number; readon
 export const TERMINATION_REASONS = ["duration_expired", "credit_depleted", "user_requested", "failed"] as const
 export type TerminationReason = (typeof TERMINATION_REASONS)[number]
 
+// ── When the balance runs low (SPEC §7) ─────────────────────────────────────────────────
+/** Minutes-remaining thresholds of the low-balance warnings, in firing order. */
+export const BALANCE_WARNINGS: ReadonlyArray<{ readonly minutes: number; readonly severity: Severity }> = [
+  { minutes: 60, severity: "warning" },
+  { minutes: 30, severity: "warning" },
+  { minutes: 20, severity: "warning" },
+  { minutes: 10, severity: "critical" },
+  { minutes: 5, severity: "critical" },
+  { minutes: 3, severity: "critical" },
+  { minutes: 1, severity: "critical" }
+]
+
 // ── User inference instances (SPEC §4) ─────────────────────────────────────────────────
 /** A hold covers one 24-hour cycle of every replica running. */
 export const INFERENCE_CYCLE_MS = 24 * MS_PER_HOUR
@@ -95,6 +107,8 @@ export const texts = {
   preempted: (id: string) =>
     `Instance ${id} was preempted: a higher-priority workload took its GPU. It resumes when capacity frees.`,
   resumed: (id: string) => `Instance ${id} resumed: capacity freed and it is running again.`,
+  balanceWarning: (minutes: number) =>
+    `Your credit runs out in about ${minutes} ${minutes === 1 ? "minute" : "minutes"} at your current usage. Recharge to keep your resources running.`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {

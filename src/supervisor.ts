@@ -50,6 +50,7 @@ import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
+import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
@@ -256,6 +257,13 @@ export class GpuSupervisor {
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
   private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
+  /** Live resource ids by account, for the low-balance monitor. */
+  private readonly byAccount = new Map<string, Set<string>>()
+  /** Accounts whose money or burn changed in this unit of work. */
+  private readonly touched = new Set<string>()
+  /** Accounts credited in this unit of work: their sent warnings may be armed again. */
+  private readonly credited = new Set<string>()
+  private readonly balanceAlarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
   private intents: Intent[] = []
   private depth = 0
   private watchdogTimer: TimerHandle | null = null
@@ -352,6 +360,8 @@ export class GpuSupervisor {
         const status = statusOf(entry)
         if (entry.kind === "gpu" && status === "pending") this.pending.add(record.id)
         if (entry.kind === "gpu" && status === "terminating") this.stopping.add(record.id)
+        this.track(entry)
+        this.touched.add(accountOf(entry))
         this.rearm(entry)
       }
       this.reconcile()
@@ -383,9 +393,14 @@ export class GpuSupervisor {
       if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
       entry.actor.stop()
     }
+    for (const alarm of this.balanceAlarms.values()) this.clock.clearTimeout(alarm.handle)
+    this.balanceAlarms.clear()
     this.live.clear()
     this.pending.clear()
     this.stopping.clear()
+    this.byAccount.clear()
+    this.touched.clear()
+    this.credited.clear()
   }
 
   unitOfWork<T>(fn: () => T): T {
@@ -395,6 +410,7 @@ export class GpuSupervisor {
       this.depth++
       try {
         const result = fn()
+        this.monitorTouched()
         // In a batch the snapshots are written once, at the batch's commit.
         if (!this.batching) this.flush()
         return result
@@ -438,6 +454,8 @@ export class GpuSupervisor {
       this.unitOfWork(() => {
         const at = this.clock.now()
         this.journal.append(at, kind, { account, amount_micros: amount_micros.toString() })
+        this.touched.add(account)
+        this.credited.add(account)
         return this.ledger.post({ account, at, kind, amount_micros, description })
       })
     )
@@ -730,7 +748,16 @@ export class GpuSupervisor {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
+    this.track(entry)
+    this.touched.add(accountOf(entry))
     this.rearm(entry)
+  }
+
+  private track(entry: LiveEntry): void {
+    const account = accountOf(entry)
+    const ids = this.byAccount.get(account) ?? new Set<string>()
+    ids.add(entry.id)
+    this.byAccount.set(account, ids)
   }
 
   private carryOut(intent: Intent, at: number): void {
@@ -866,6 +893,7 @@ export class GpuSupervisor {
         if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
         entry.actor.stop()
         this.live.delete(id)
+        this.byAccount.get(snapshot.context.account)?.delete(id)
       }
     }
     this.dirty.clear()
@@ -947,6 +975,74 @@ export class GpuSupervisor {
     const held = this.ledger.hold(holdIdFor(ctx.id))?.held_micros ?? 0n
     const overage = consumed - held
     return overage > 0n && this.ledger.balance(ctx.account) < overage
+  }
+
+  // ── the low-balance monitor (SPEC §7) ───────────────────────────────────────────────
+  /** Recomputes every account touched in this unit of work, in id order. */
+  private monitorTouched(): void {
+    if (this.touched.size === 0) return
+    const accounts = [...this.touched].sort()
+    this.touched.clear()
+    for (const account of accounts) this.monitor(account, this.credited.has(account))
+    this.credited.clear()
+  }
+
+  /**
+   * Burn rate (micros per hour) of the account's resources holding GPUs now, and its funds:
+   * the balance plus what those resources' holds have not consumed yet, exact (micro-ms).
+   */
+  private burnOf(account: string, at: number): { burn: bigint; funds: bigint } {
+    let burn = 0n
+    let unconsumed = 0n
+    for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
+      const entry = this.live.get(id)
+      if (entry === undefined || entry.actor.getSnapshot().status !== "active") continue
+      if (entry.kind === "gpu") {
+        const ctx = entry.actor.getSnapshot().context
+        if (ctx.billing_since === null) continue
+        const hourly = rateOf(ctx) * BigInt(gpuUnits(ctx))
+        burn += hourly
+        unconsumed += microMs(holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed)) - hourly * BigInt(billableMsAt(ctx, at))
+      } else {
+        const ctx = entry.actor.getSnapshot().context
+        const running = Object.values(ctx.replicas).filter((r) => r.billing_since !== null).length
+        if (running === 0) continue
+        const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
+        burn += perReplica * BigInt(running)
+        unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
+      }
+    }
+    return { burn, funds: microMs(this.ledger.balance(account)) + unconsumed }
+  }
+
+  private monitor(account: string, credited: boolean): void {
+    const at = this.clock.now()
+    const { burn, funds } = this.burnOf(account, at)
+    const before = this.ledger.warned(account)
+    const plan = planWarnings(at, zeroAt(at, funds, burn), before, credited)
+    if (plan.now !== null) {
+      const minutes = plan.now
+      const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity
+      this.notifier.notify({ account, resource: null, at, severity, kind: "balance_warning", text: policy.texts.balanceWarning(minutes), data: { minutes } })
+    }
+    if (plan.warned.join() !== before.join()) this.ledger.setWarned(account, plan.warned)
+    const armed = this.balanceAlarms.get(account)
+    if (armed !== undefined && plan.next !== null && armed.at === plan.next.at) return
+    if (armed !== undefined) this.clock.clearTimeout(armed.handle)
+    this.balanceAlarms.delete(account)
+    if (plan.next === null) return
+    const handle = this.clock.schedule(
+      plan.next.at,
+      () => {
+        this.balanceAlarms.delete(account)
+        this.unitOfWork(() => {
+          this.journal.append(this.clock.now(), "balance_alarm", { account })
+          this.touched.add(account)
+        })
+      },
+      { lane: Lane.engine, key: `balance:${account}` }
+    )
+    this.balanceAlarms.set(account, { at: plan.next.at, handle })
   }
 
   private armWatchdog(): void {

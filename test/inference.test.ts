@@ -28,7 +28,7 @@ describe("the 24-hour cycle", () => {
       [at(0), "gpu_usage", "-307.599984", "72.00"],
       [at(24 * HOUR), "gpu_usage", "-72.00", "0.00"]
     ])
-    expect(r.output.notifications.map((n) => [n.severity, n.kind, n.text])).toEqual([
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.severity, n.kind, n.text])).toEqual([
       ["warning", "partial_hold", "$72.00 credit can cover 5.6 more hours. Recharge to continue."],
       ["critical", "terminated", "Instance terminated: credit balance depleted."]
     ])
@@ -66,7 +66,7 @@ describe("the 24-hour cycle", () => {
     // Proves the $0 rule: no partial hold, no partial notice, pods killed, the manual's text.
     const r = run(file([launchII()], { accounts: { acme: { balance: "48.00" } } }))
     expect(rows(r)).toEqual([[at(0), "gpu_usage", "-48.00", "0.00"]])
-    expect(r.output.notifications.map((n) => n.text)).toEqual(["Instance terminated: credit balance depleted."])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => n.text)).toEqual(["Instance terminated: credit balance depleted."])
     expect(r.output.transitions.filter((t) => t.resource === "ii-1").map((t) => [t.at, t.to, t.reason]).slice(-2)).toEqual([
       [at(24 * HOUR), "terminating", "credit_depleted"],
       [at(24 * HOUR), "terminated", "credit_depleted"]

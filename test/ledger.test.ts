@@ -59,10 +59,11 @@ describe("migrations", () => {
     const store = openMemory()
     expect(schemaVersions(store)).toEqual([
       { version: 1, name: MIGRATIONS[0]!.name },
-      { version: 2, name: "model registry" }
+      { version: 2, name: "model registry" },
+      { version: 3, name: "low-balance monitor state" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
-    expect(tables).toEqual(["accounts", "holds", "journal", "ledger", "models", "notifications", "resources", "schema_migrations", "transitions"])
+    expect(tables).toEqual(["account_monitor", "accounts", "holds", "journal", "ledger", "models", "notifications", "resources", "schema_migrations", "transitions"])
   })
 
   it("upgrade a version-1 database in place, keeping its data", () => {
@@ -87,8 +88,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(2)
-    expect(schemaVersions(store)).toHaveLength(2)
+    expect(migrate(store.db)).toBe(3)
+    expect(schemaVersions(store)).toHaveLength(3)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -114,9 +115,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (3, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 3 is newer than this engine knows \(2\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 4 is newer than this engine knows \(3\)/)
   })
 })
 

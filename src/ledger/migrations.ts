@@ -118,6 +118,16 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         PRIMARY KEY (account, name)
       ) STRICT;
     `
+  },
+  {
+    version: 3,
+    name: "low-balance monitor state",
+    sql: `
+      CREATE TABLE account_monitor (
+        account  TEXT PRIMARY KEY REFERENCES accounts(id),
+        warned   TEXT NOT NULL
+      ) STRICT;
+    `
   }
 ]
 

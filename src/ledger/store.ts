@@ -297,6 +297,17 @@ export class LedgerStore {
     return this.s.deleteModel.run(account, name).changes === 1
   }
 
+  // ── low-balance monitor ───────────────────────────────────────────────────────────────
+  /** Low-balance thresholds (minutes) already warned in the account's current run-down. */
+  warned(account: string): number[] {
+    const row = this.s.monitor.get(account) as { warned: string } | undefined
+    return row === undefined ? [] : (JSON.parse(row.warned) as number[])
+  }
+
+  setWarned(account: string, warned: ReadonlyArray<number>): void {
+    this.s.setMonitor.run(account, JSON.stringify(warned))
+  }
+
   // ── notifications, transitions, resources, journal ───────────────────────────────────
   notify(n: NotificationInput): void {
     this.s.insertNotification.run(n.account, n.resource, n.at, n.severity, n.kind, n.text, n.data == null ? null : JSON.stringify(n.data))
@@ -378,6 +389,8 @@ const prepare = (db: Database.Database) => {
     insertModel: db.prepare(`INSERT INTO models (account, name, source, filesystem, gpu, gpu_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     model: db.prepare(`SELECT * FROM models WHERE account = ? AND name = ?`),
     deleteModel: db.prepare(`DELETE FROM models WHERE account = ? AND name = ?`),
+    monitor: db.prepare(`SELECT warned FROM account_monitor WHERE account = ?`),
+    setMonitor: db.prepare(`INSERT INTO account_monitor (account, warned) VALUES (?, ?) ON CONFLICT(account) DO UPDATE SET warned = excluded.warned`),
     insertJournal: db.prepare(`INSERT INTO journal (at, kind, payload) VALUES (?, ?, ?)`),
     journal: db.prepare(`SELECT * FROM journal ORDER BY seq`)
   }

@@ -1,0 +1,70 @@
+/**
+ * The low-balance rules of SPEC §7, as pure arithmetic the supervisor's account monitor
+ * calls after every unit of work that touches an account.
+ *
+ * Decision (SPEC §7): minutes remaining = (balance + unconsumed part of the running
+ * resources' holds) ÷ burn rate, the time until the account's money runs out. While nothing
+ * changes, both sides fall at the burn rate, so the instant the money runs out (`zeroAt`) is
+ * fixed, and each warning is due at exactly `zeroAt − threshold`: the monitor arms one clock
+ * timer for the next one instead of polling.
+ */
+import { BALANCE_WARNINGS, MS_PER_HOUR, MS_PER_SECOND, MS_PER_MINUTE } from "./policy.js"
+
+/**
+ * A threshold already warned is armed again only when the account is lifted clearly above
+ * it (a top-up, a resource stopping); the margin absorbs the one-micro rounding of
+ * consumption so a recomputation a moment after a warning never re-arms it.
+ */
+export const REARM_MARGIN_MS = MS_PER_SECOND
+
+/**
+ * When the money runs out, or null when nothing burns. `funds_micro_ms` is the funds in
+ * micro-dollar-milliseconds-per-hour (micros × 3,600,000), kept exact so that consumption is
+ * never rounded here: then `zeroAt` is the same instant whenever it is computed between two
+ * changes, which keeps warnings on the same millisecond across restarts.
+ */
+export const zeroAt = (now: number, funds_micro_ms: bigint, burn_micros_per_hour: bigint): number | null => {
+  if (burn_micros_per_hour <= 0n) return null
+  if (funds_micro_ms <= 0n) return now
+  return now + Number(funds_micro_ms / burn_micros_per_hour)
+}
+
+/** Scales micros to the exact unit `zeroAt` takes. */
+export const microMs = (micros: bigint): bigint => micros * BigInt(MS_PER_HOUR)
+
+export interface WarningPlan {
+  /** Thresholds still counted as sent in this run-down. */
+  readonly warned: ReadonlyArray<number>
+  /** The threshold to send now, if the account is already below one not yet sent. */
+  readonly now: number | null
+  /** The next threshold and the instant it is due, if any. */
+  readonly next: { readonly minutes: number; readonly at: number } | null
+}
+
+/**
+ * Which warnings to send, skip or arm at `now`, given when the money runs out and whether
+ * the account was credited since the last look.
+ * Decision: when the account is already below several unsent thresholds (a large launch on
+ * a small balance), only the tightest is sent and the larger ones count as passed: the user
+ * hears the one that is true now, in threshold order.
+ */
+export const planWarnings = (now: number, zero: number | null, warnedBefore: ReadonlyArray<number>, credited: boolean): WarningPlan => {
+  const remaining = zero === null ? Infinity : zero - now
+  // Only a credit (a top-up) arms a sent threshold again (SPEC §7): a resource stopping
+  // lengthens the run-down but does not start a new one.
+  const warned = new Set(credited ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore)
+  if (zero === null) return { warned: [...warned].sort((a, b) => b - a), now: null, next: null }
+  let sendNow: number | null = null
+  for (const { minutes } of BALANCE_WARNINGS) {
+    if (remaining <= minutes * MS_PER_MINUTE && !warned.has(minutes)) {
+      sendNow = minutes
+      warned.add(minutes)
+    }
+  }
+  const upcoming = BALANCE_WARNINGS.find(({ minutes }) => !warned.has(minutes) && remaining > minutes * MS_PER_MINUTE)
+  return {
+    warned: [...warned].sort((a, b) => b - a),
+    now: sendNow,
+    next: upcoming === undefined ? null : { minutes: upcoming.minutes, at: zero - upcoming.minutes * MS_PER_MINUTE }
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * SPEC §7, when the balance runs low: warnings at 60/30/20 (warning) and 10/5/3/1 (critical)
+ * minutes before the account's money runs out, each at its exact instant, once per
+ * run-down, armed again by a top-up that lifts the account above them.
+ */
+import { describe, expect, it } from "vitest"
+import { planWarnings, zeroAt } from "../src/lowBalance.js"
+import { at, HOUR, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
+
+const catalog = {
+  gpus: { H100: { hourly_rate: "1.00" } },
+  regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+}
+const inference = [
+  { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+  { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" }
+]
+const warnings = (r: ReturnType<typeof run>) =>
+  r.output.notifications.filter((n) => n.kind === "balance_warning").map((n) => [n.at, n.severity, (n.text as string).match(/about (\d+)/)![1]])
+
+describe("low-balance warnings", () => {
+  it("fire at the exact instants before the money runs out, in threshold order", () => {
+    // Proves exact instants: $48 + $3 runs out at 25.5 h at $2/h (a $3 partial covers 1.5 h).
+    const r = run(timelineFile(inference, { catalog, until: "P2D", accounts: { acme: { balance: "51.00" } } }))
+    const zero = 24 * HOUR + 90 * MIN
+    expect(warnings(r)).toEqual([
+      [at(zero - 60 * MIN), "warning", "60"],
+      [at(zero - 30 * MIN), "warning", "30"],
+      [at(zero - 20 * MIN), "warning", "20"],
+      [at(zero - 10 * MIN), "critical", "10"],
+      [at(zero - 5 * MIN), "critical", "5"],
+      [at(zero - 3 * MIN), "critical", "3"],
+      [at(zero - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
+    // Proves "each once per run-down": 60 and 30 fire, a top-up of $1 (30 more minutes) re-arms 30 only.
+    const r = run(
+      timelineFile([...inference, { at: "PT25H5M", do: "top_up", account: "acme", amount: "1.00" }], { catalog, until: "P2D", accounts: { acme: { balance: "51.00" } } })
+    )
+    const zero = 24 * HOUR + 90 * MIN
+    const later = zero + 30 * MIN
+    expect(warnings(r).slice(0, 4)).toEqual([
+      [at(zero - 60 * MIN), "warning", "60"],
+      [at(zero - 30 * MIN), "warning", "30"],
+      // After the top-up at 25:05 the money lasts to 26:00: 55 minutes, so 60 stays sent.
+      [at(later - 30 * MIN), "warning", "30"],
+      [at(later - 20 * MIN), "warning", "20"]
+    ])
+    expect(warnings(r).filter((w) => w[2] === "60")).toHaveLength(1)
+  })
+
+  it("send only the tightest threshold when a launch starts below several at once", () => {
+    // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
+    expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
+    // Nothing burns: nothing is due, and what was sent stays sent until a credit.
+    expect(planWarnings(0, null, [60], false)).toEqual({ warned: [60], now: null, next: null })
+    expect(planWarnings(0, null, [60], true)).toEqual({ warned: [], now: null, next: null })
+    // A longer run-down without a credit (a resource stopped) does not send 60 again.
+    expect(planWarnings(0, 2 * HOUR, [60], false)).toEqual({ warned: [60], now: null, next: { minutes: 30, at: 90 * MIN } })
+    expect(zeroAt(0, 3_600_000n * 2_000_000n, 2_000_000n)).toBe(3_600_000)
+  })
+
+  it("land on the same instants when the engine restarts between them", () => {
+    // Proves the monitor's state survives a restart (no warning twice, none lost).
+    const file = timelineFile(inference, { catalog, until: "P2D", accounts: { acme: { balance: "51.00" } } })
+    const straight = run(file)
+    const restarted = run(file, { db: tmpDb(), restartAt: [24 * HOUR + 31 * MIN, 24 * HOUR + 61 * MIN].map((d) => Date.parse(START) + d) })
+    expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
+  })
+})
