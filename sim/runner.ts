@@ -13,6 +13,7 @@ import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
 import { VirtualClock, Lane } from "../src/clock.js"
 import { errorStatus, type EngineError } from "../src/errors.js"
 import type { LedgerStore } from "../src/ledger/store.js"
+import type { ModelPrice } from "../src/metering.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
@@ -84,8 +85,14 @@ export const startSimEngine = (world: {
   readonly clock: VirtualClock
   readonly cluster: SimCluster
   readonly gpu_rates: ReadonlyMap<string, Micros>
+  readonly model_prices?: ReadonlyMap<string, ModelPrice | null>
+  readonly aggregate_api_usage?: boolean
 }): Engine => {
-  const worldLayer = Layer.mergeAll(clockLayer(world.clock), Layer.succeed(Cluster, world.cluster), catalogLayer(world.gpu_rates))
+  const worldLayer = Layer.mergeAll(
+    clockLayer(world.clock),
+    Layer.succeed(Cluster, world.cluster),
+    catalogLayer(world.gpu_rates, world.model_prices, world.aggregate_api_usage ?? false)
+  )
   // A simulation can always be run again, so it does not pay for fsync (OpenOptions).
   const engineLayer = supervisorLayer.pipe(
     Layer.provideMerge(sqliteNotifierAndJournal),
@@ -105,7 +112,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
 
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
-  const startEngine = (): Engine => startSimEngine({ db, clock, cluster, gpu_rates: timeline.gpu_rates })
+  const startEngine = (): Engine =>
+    startSimEngine({ db, clock, cluster, gpu_rates: timeline.gpu_rates, model_prices: timeline.model_prices, aggregate_api_usage: timeline.aggregate_api_usage })
   let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []
 
@@ -157,6 +165,10 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
         return call(e, (sup) => sup.registerModel({ account: e.account, model: e.model, source: e.source as ModelSource, filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
       case "delete_model":
         return call(e, (sup) => sup.deleteModel(e.account, e.model))
+      case "api_request":
+        return call(e, (sup) =>
+          sup.apiRequest({ account: e.account, model: e.model, input_tokens: e.input_tokens, output_tokens: e.output_tokens, images: e.images, seconds: e.seconds })
+        )
       case "launch_inference_instance":
         return call(e, (sup) => sup.launchInference({ account: e.account, id: e.id, model: e.model }))
       case "region_down":
@@ -204,6 +216,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     engine = startEngine()
   }
   clock.advanceTo(timeline.until_ms, step)
+  // Usage still in an open aggregation minute is posted at the end of the run.
+  engine?.sup.settleApiUsage()
   engine?.sup.commitBatch()
 
   const last: Engine = engine ?? startEngine()

@@ -4,6 +4,7 @@
  * events are in the order they apply (time, then file order).
  */
 import { Either, ParseResult, Schema } from "effect"
+import { parseModelCatalog, type ModelPrice, type ModelPriceJson } from "../src/metering.js"
 import { dollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import type { SimRegion } from "./cluster.js"
@@ -40,9 +41,10 @@ const Region = Schema.Struct({
 const Catalog = Schema.Struct({
   gpus: Schema.Record({ key: Schema.String, value: Schema.Struct({ hourly_rate: PositiveDollars }) }),
   regions: Schema.Record({ key: Schema.String, value: Region }),
-  // Storage and model prices belong to later capabilities; accepted and kept as given.
+  // Storage prices belong to a later capability; accepted and kept as given.
   storage: Schema.optional(Schema.Unknown),
-  models: Schema.optional(Schema.Unknown)
+  /** Platform models and their per-request prices (`null` for a model without a price). */
+  models: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })) }))
 })
 
 const base = { at: At }
@@ -93,6 +95,17 @@ const RegisterModel = Schema.Struct({
   gpu_count: Schema.Number
 })
 const DeleteModel = Schema.Struct({ ...base, do: Schema.Literal("delete_model"), account: Schema.String, model: Schema.String })
+const Count0 = Schema.Number
+const ApiRequestEvent = Schema.Struct({
+  ...base,
+  do: Schema.Literal("api_request"),
+  account: Schema.String,
+  model: Schema.String,
+  input_tokens: Schema.optional(Count0),
+  output_tokens: Schema.optional(Count0),
+  images: Schema.optional(Count0),
+  seconds: Schema.optional(Count0)
+})
 const LaunchInference = Schema.Struct({ ...base, do: Schema.Literal("launch_inference_instance"), account: Schema.String, id: Id, model: Schema.String })
 /** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
 const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
@@ -103,14 +116,13 @@ export const LATER_EVENT_KINDS = [
   "delete_storage",
   "attach_storage",
   "detach_storage",
-  "api_request",
   "set_auto_recharge",
   "card_decline",
   "stripe_refund"
 ] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
 
-const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, LaterEvent)
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
 /** The schema of each event kind, so an event is checked against its own kind only. */
@@ -129,6 +141,7 @@ const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<s
   ["register_model", RegisterModel],
   ["delete_model", DeleteModel],
   ["launch_inference_instance", LaunchInference],
+  ["api_request", ApiRequestEvent],
   ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
 ])
 
@@ -137,6 +150,8 @@ const TimelineFile = Schema.Struct({
   seed: Schema.optionalWith(Schema.Int, { default: () => 0 }),
   until: Schema.optional(At),
   catalog: Catalog,
+  /** Extension: `"per_minute"` aggregates API usage into one row per account, model and minute. */
+  api_usage_rows: Schema.optionalWith(Schema.Literal("per_request", "per_minute"), { default: () => "per_request" as const }),
   accounts: Schema.Record({ key: Id, value: Schema.Struct({ balance: Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" })) }) }),
   events: Schema.Array(Schema.Unknown).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
 })
@@ -165,6 +180,8 @@ export interface Timeline {
   readonly seed: number
   readonly until_ms: number
   readonly gpu_rates: ReadonlyMap<string, Micros>
+  readonly model_prices: ReadonlyMap<string, ModelPrice | null>
+  readonly aggregate_api_usage: boolean
   readonly regions: ReadonlyArray<SimRegion>
   /** Sorted by id, so that accounts open in the same order whatever the file's key order. */
   readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
@@ -208,7 +225,9 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (until_ms < start_ms) issues.push("until: before start")
   if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
-  if (issues.length > 0) return Either.left(new TimelineError(dedupe(issues)))
+  const prices = parseModelCatalog((file.catalog.models ?? {}) as Record<string, ModelPriceJson>)
+  if (Either.isLeft(prices)) issues.push(`catalog.models.${prices.left.field}: ${prices.left.message}`)
+  if (issues.length > 0 || Either.isLeft(prices)) return Either.left(new TimelineError(dedupe(issues)))
 
   const regions: SimRegion[] = Object.entries(file.catalog.regions).map(([name, r]) => ({
     name,
@@ -227,6 +246,8 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
     seed: file.seed,
     until_ms,
     gpu_rates: new Map(Object.entries(file.catalog.gpus).map(([gpu, g]) => [gpu, dollars(g.hourly_rate)])),
+    model_prices: prices.right,
+    aggregate_api_usage: file.api_usage_rows === "per_minute",
     regions,
     accounts: Object.entries(file.accounts)
       .map(([id, a]) => ({ id, balance_micros: dollars(a.balance) }))

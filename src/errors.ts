@@ -29,7 +29,8 @@ export class NotFound extends Data.TaggedError("NotFound")<{
   readonly id: string
 }> {
   override get message(): string {
-    return `${this.code === "account_not_found" ? "account" : "resource"} ${this.id} not found`
+    const what = this.code === "account_not_found" ? "account" : this.code === "model_not_found" ? "model" : "resource"
+    return `${what} ${this.id} not found`
   }
 }
 

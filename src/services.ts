@@ -10,6 +10,7 @@ import { Context, Effect, Layer } from "effect"
 import type { ClusterPort } from "./cluster.js"
 import type { EngineClock } from "./clock.js"
 import { LedgerStore, type OpenOptions } from "./ledger/store.js"
+import type { ModelPrice } from "./metering.js"
 import type { Micros } from "./money.js"
 import type { NotificationInput } from "./ledger/store.js"
 
@@ -30,9 +31,13 @@ export interface JournalPort {
 }
 export class Journal extends Context.Tag("ecolink/Journal")<Journal, JournalPort>() {}
 
-/** Prices the engine charges: per GPU-hour, by GPU type, in micros. */
+/** Prices the engine charges: per GPU-hour by GPU type, and per request by platform model. */
 export interface CatalogPort {
   gpuRate(gpu: string): Micros | undefined
+  /** Platform models: a price, or null for a model registered without one (402 model_not_priced). */
+  readonly modelPrices: ReadonlyMap<string, ModelPrice | null>
+  /** Aggregate API usage into one row per account, model and minute (SPEC §6's option). */
+  readonly aggregateApiUsage: boolean
 }
 export class Catalog extends Context.Tag("ecolink/Catalog")<Catalog, CatalogPort>() {}
 
@@ -63,5 +68,8 @@ export const clockLayer = (clock: EngineClock): Layer.Layer<Clock> =>
     clock.effectScheduler === undefined ? Layer.empty : Layer.setScheduler(clock.effectScheduler)
   )
 
-export const catalogLayer = (rates: ReadonlyMap<string, Micros>): Layer.Layer<Catalog> =>
-  Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu) })
+export const catalogLayer = (
+  rates: ReadonlyMap<string, Micros>,
+  modelPrices: ReadonlyMap<string, ModelPrice | null> = new Map(),
+  aggregateApiUsage = false
+): Layer.Layer<Catalog> => Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu), modelPrices, aggregateApiUsage })

@@ -51,6 +51,7 @@ import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
+import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
@@ -142,6 +143,10 @@ export interface SupervisorApi {
   registerModel(req: RegisterModelRequest, caller?: Caller): Effect.Effect<void, EngineError>
   deleteModel(account: string, model: string, caller?: Caller): Effect.Effect<void, NotFound | Conflict>
   launchInference(req: LaunchInferenceRequest, caller?: Caller): Effect.Effect<InferenceView, EngineError>
+  /** Charges one `/v1` request at once (SPEC §6): an `api_usage` row, or a typed refusal. */
+  apiRequest(req: Omit<ApiRequest, "at">, caller?: Caller): Effect.Effect<ChargeResult, MeteringError>
+  /** Posts API usage still pending in aggregation buckets (end of a run, shutdown). */
+  settleApiUsage(): void
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6). */
   userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> }
   balance(account: string): Effect.Effect<Micros, NotFound>
@@ -270,6 +275,8 @@ export class GpuSupervisor {
   private unsubscribe: (() => void) | null = null
   private readonly machine: typeof gpuInstanceMachine
   private readonly inference: typeof inferenceInstanceMachine
+  private readonly metering: Metering
+  private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
   private batching = false
 
@@ -319,6 +326,10 @@ export class GpuSupervisor {
           })
         }
       }
+    })
+    // A user instance's GPU time is billed by its hold; its requests cost nothing more.
+    this.metering = new Metering(ledger, catalog.modelPrices, (account, name, id) => ({ ...this.userInstance(account, name, id), price: null }), {
+      aggregate: catalog.aggregateApiUsage
     })
     this.inference = inferenceInstanceMachine.provide({
       actions: {
@@ -389,6 +400,7 @@ export class GpuSupervisor {
     this.unsubscribe?.()
     this.unsubscribe = null
     if (this.watchdogTimer !== null) this.clock.clearTimeout(this.watchdogTimer)
+    if (this.meteringTimer !== null) this.clock.clearTimeout(this.meteringTimer.handle)
     for (const entry of this.live.values()) {
       if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
       entry.actor.stop()
@@ -467,7 +479,7 @@ export class GpuSupervisor {
     const { rate } = checked.right
     const units = req.gpu_count * req.node_count
     const hold = holdMicros(rate, units, req.estimated_duration_hours)
-    const balance = this.ledger.balance(req.account)
+    const balance = this.spendable(req.account)
     if (balance < hold) return Either.left(new InsufficientBalance({ account: req.account, required_micros: hold, balance_micros: balance }))
     return Either.right(
       this.unitOfWork(() => {
@@ -509,7 +521,7 @@ export class GpuSupervisor {
     }
     const ctx = entry.actor.getSnapshot().context
     const amount = holdMicros(rateOf(ctx), gpuUnits(ctx), hours)
-    const balance = this.ledger.balance(ctx.account)
+    const balance = this.spendable(ctx.account)
     if (balance < amount) return Either.left(new InsufficientBalance({ account: ctx.account, required_micros: amount, balance_micros: balance }))
     return Either.right(
       this.unitOfWork(() => {
@@ -580,7 +592,7 @@ export class GpuSupervisor {
 
   deleteModel(account: string, model: string, caller: Caller = "operator"): Either.Either<void, NotFound | Conflict> {
     if (!this.visible(account, caller) || this.ledger.model(account, model) === undefined) {
-      return Either.left(new NotFound({ code: "model_not_found" as never, id: model }))
+      return Either.left(new NotFound({ code: "model_not_found", id: model }))
     }
     const active = (e: LiveEntry) => ["pending", "loading", "running"].includes(statusOf(e))
     const user = [...this.live.values()].find((e) => e.kind === "inference" && accountOf(e) === account && e.actor.getSnapshot().context.model === model && active(e))
@@ -600,7 +612,7 @@ export class GpuSupervisor {
     if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
     if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     const model = this.ledger.model(req.account, req.model)
-    if (model === undefined) return Either.left(new NotFound({ code: "model_not_found" as never, id: req.model }))
+    if (model === undefined) return Either.left(new NotFound({ code: "model_not_found", id: req.model }))
     if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
       return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
     }
@@ -614,7 +626,7 @@ export class GpuSupervisor {
     const rate = this.catalog.gpuRate(model.gpu)
     if (rate === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${model.gpu} in the catalog`)
     const hold = rate * BigInt(model.gpu_count) * BigInt(regions.length) * 24n
-    const balance = this.ledger.balance(req.account)
+    const balance = this.spendable(req.account)
     if (balance < hold) return Either.left(new InsufficientBalance({ account: req.account, required_micros: hold, balance_micros: balance }))
     return Either.right(
       this.unitOfWork(() => {
@@ -639,6 +651,51 @@ export class GpuSupervisor {
         return inferenceViewOf(actor.getSnapshot())
       })
     )
+  }
+
+  // ── API usage (SPEC §6) ──────────────────────────────────────────────────────────────
+  apiRequest(req: Omit<ApiRequest, "at">, caller: Caller = "operator"): Either.Either<ChargeResult, MeteringError> {
+    if (!this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
+    return this.unitOfWork(() => {
+      const at = this.clock.now()
+      const charged = this.metering.charge({ ...req, at })
+      if (Either.isRight(charged)) {
+        this.journal.append(at, "api_request", req)
+        this.touched.add(req.account)
+        this.armMeteringFlush()
+      }
+      return charged
+    })
+  }
+
+  settleApiUsage(): void {
+    this.unitOfWork(() => {
+      for (const bucket of this.metering.flushAll(this.clock.now())) this.touched.add(bucket.account)
+    })
+  }
+
+  /** One clock timer for the earliest aggregation bucket to close. */
+  private armMeteringFlush(): void {
+    const due = this.metering.nextFlushAt()
+    if (due === undefined || this.meteringTimer?.at === due) return
+    if (this.meteringTimer !== null) this.clock.clearTimeout(this.meteringTimer.handle)
+    const handle = this.clock.schedule(
+      due,
+      () => {
+        this.meteringTimer = null
+        this.unitOfWork(() => {
+          for (const bucket of this.metering.flush(this.clock.now())) this.touched.add(bucket.account)
+          this.armMeteringFlush()
+        })
+      },
+      { lane: Lane.engine, key: "metering" }
+    )
+    this.meteringTimer = { at: due, handle }
+  }
+
+  /** What an account can spend: its balance less API usage admitted but not yet posted. */
+  private spendable(account: string): Micros {
+    return this.metering.spendableMicros(account)
   }
 
   userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> } {
@@ -955,7 +1012,7 @@ export class GpuSupervisor {
     const hold = this.ledger.hold(cycleHoldIdFor(ctx.id, ctx.cycle.number))
     assert(hold !== undefined && hold.status === "open", () => `cycle hold of ${ctx.id} is not open at its end`)
     const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, at))
-    const balance = this.ledger.balance(ctx.account) + hold.held_micros - consumed
+    const balance = this.spendable(ctx.account) + hold.held_micros - consumed
     const hourly = fullHourlyMicros(ctx)
     const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
     if (balance >= full) return { kind: "full", hold_micros: full.toString(), window_ms: policy.INFERENCE_CYCLE_MS }
@@ -1012,7 +1069,7 @@ export class GpuSupervisor {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
-    return { burn, funds: microMs(this.ledger.balance(account)) + unconsumed }
+    return { burn, funds: microMs(this.spendable(account)) + unconsumed }
   }
 
   private monitor(account: string, credited: boolean): void {
@@ -1189,6 +1246,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     deleteModel: (account, model, caller) => Effect.suspend(() => fromEither(sup.deleteModel(account, model, caller))),
     launchInference: (req, caller) => Effect.suspend(() => fromEither(sup.launchInference(req, caller))),
     userInstance: (account, model, id) => sup.userInstance(account, model, id),
+    apiRequest: (req, caller) => Effect.suspend(() => fromEither(sup.apiRequest(req, caller))),
+    settleApiUsage: () => sup.settleApiUsage(),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),

@@ -53,7 +53,35 @@ const storyArb = (id: string) =>
     ...rest.map(({ after, ...e }) => ({ at: `PT${t0 + after}S`, ...e }))
   ])
 
+const INFERENCE_IDS = ["ii-0", "ii-1"]
+
+/** An inference instance's story: its model registered, launched, then things happen to it. */
+const inferenceStoryArb = (id: string) =>
+  fc
+    .tuple(
+      offsetSeconds,
+      fc.constantFrom(...ACCOUNTS),
+      fc.constantFrom("H100", "A100"),
+      fc.integer({ min: 1, max: 2 }),
+      fc.array(
+        fc.oneof(
+          fc.record({ after: hours(40), do: fc.constant("terminate") }),
+          fc.record({ after: hours(30), do: fc.constantFrom("pod_fail", "preempt", "resume"), region: fc.constantFrom(...REGIONS) }),
+          fc.record({ after: hours(30), do: fc.constant("api_request"), input_tokens: fc.integer({ min: 0, max: 5_000 }) })
+        ),
+        { maxLength: 4 }
+      )
+    )
+    .map(([t0, account, gpu, gpu_count, rest]) => [
+      { at: `PT${t0}S`, do: "register_model", account, model: `m-${id}`, source: "huggingface", gpu, gpu_count },
+      { at: `PT${t0}S`, do: "launch_inference_instance", account, id, model: `m-${id}` },
+      ...rest.map(({ after, ...e }) =>
+        e.do === "api_request" ? { at: `PT${t0 + after}S`, do: "api_request", account, model: `m-${id}:${id}`, input_tokens: e.input_tokens } : { at: `PT${t0 + after}S`, ...e, id }
+      )
+    ])
+
 const worldArb = fc.oneof(
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
   { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
   // Stray inputs naming resources that may not exist (yet, or any more).
@@ -61,8 +89,12 @@ const worldArb = fc.oneof(
 )
 
 const eventsArb = fc
-  .tuple(fc.subarray(IDS, { minLength: 1 }).chain((ids) => fc.tuple(...ids.map(storyArb))), fc.array(worldArb, { maxLength: 8 }))
-  .map(([stories, world]) => [...stories.flat(), ...world])
+  .tuple(
+    fc.subarray(IDS, { minLength: 1 }).chain((ids) => fc.tuple(...ids.map(storyArb))),
+    fc.subarray(INFERENCE_IDS).chain((ids) => fc.tuple(...ids.map(inferenceStoryArb))),
+    fc.array(worldArb, { maxLength: 8 })
+  )
+  .map(([stories, inference, world]) => [...stories.flat(), ...inference.flat(), ...world])
   // File order is the order at equal instants; shuffle it so the engine sees every order.
   .chain((events) => fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }))
 
@@ -72,8 +104,14 @@ export const timelineArb = fc.record({
   until: fc.constant("P3D"),
   catalog: fc.record({
     gpus: fc.record({ H100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }), A100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }) }),
-    regions: fc.record({ "us-east": regionArb, "eu-west": regionArb })
+    regions: fc.record({ "us-east": regionArb, "eu-west": regionArb }),
+    models: fc.record({
+      chat: fc.record({ input_per_1m_tokens: dollarsArb(0, 2_000_000), output_per_1m_tokens: dollarsArb(0, 8_000_000) }),
+      draw: fc.record({ per_image: dollarsArb(1, 50_000) }),
+      unpriced: fc.constant(null)
+    })
   }),
+  api_usage_rows: fc.constantFrom("per_request", "per_minute"),
   accounts: fc.record({ acme: fc.record({ balance: dollarsArb(0, 500_000_000) }), beta: fc.record({ balance: dollarsArb(0, 100_000_000) }), zed: fc.record({ balance: dollarsArb(0, 5_000_000) }) }),
   events: eventsArb
 })

@@ -1,0 +1,60 @@
+/**
+ * SPEC §6 through the engine and timelines: every /v1 request is charged at once as an
+ * `api_usage` row, or refused with its code and nothing written; user instances are
+ * addressed as `name:instance_id`; the per-minute aggregation option keeps money exact.
+ */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
+import { describe, expect, it } from "vitest"
+import { at, MIN, run, timelineFile } from "./helpers.js"
+
+const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "api-usage.json"), "utf8"))
+
+describe("API usage", () => {
+  it("charges each request at once, to the micro-dollar, with a row naming the model", () => {
+    // Proves per-token and per-image pricing: 1,200 in × $0.15/1M + 300 out × $0.60/1M = $0.00036.
+    const r = run(example)
+    expect(r.output.ledger.filter((x) => x.kind === "api_usage").map((x) => [x.at, x.amount, x.balance_after, x.resource, x.description])).toEqual([
+      [at(0), "-0.00036", "29.99964", "llama-3-8b", "API usage: llama-3-8b, 1200 in / 300 out tokens"],
+      [at(0), "-0.012", "29.98764", "flux-schnell", "API usage: flux-schnell, 4 images"]
+    ])
+  })
+
+  it("refuses with the manual's codes and writes nothing", () => {
+    // Proves 402 model_not_priced, 404 unknown model, 402 at $0, 503 with no healthy pod,
+    // 404 without the :instance_id suffix, 404 for a terminated instance.
+    const r = run(example)
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error, x.message])).toEqual([
+      [2, 402, "model_not_priced", "model whisper is registered but has no price set yet"],
+      [3, 404, "model_not_found", "model gpt-9 not found"],
+      [4, 402, "insufficient_balance", "balance 0 micros cannot cover 2 micros"],
+      [7, 503, "no_healthy_pod", "no healthy pod serves model my-llama:ii-1 at this moment"],
+      [9, 404, "model_not_found", "model my-llama not found"],
+      [11, 404, "model_not_found", "model my-llama:ii-1 not found"]
+    ])
+    expect(r.output.accounts.broke).toEqual({ balance: "0.00" })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("aggregates into one row per account, model and minute when asked, with the exact same total", () => {
+    // Proves the option: three requests in one minute → one row of their exact sum, at the
+    // minute's end; a fourth in the next minute → its own row; balances agree with per-request.
+    const events = [
+      { at: "PT10S", do: "api_request", account: "acme", model: "llama", input_tokens: 1_000 },
+      { at: "PT20S", do: "api_request", account: "acme", model: "llama", input_tokens: 1_000 },
+      { at: "PT59S", do: "api_request", account: "acme", model: "llama", output_tokens: 3 },
+      { at: "PT61S", do: "api_request", account: "acme", model: "llama", output_tokens: 1_000_000 }
+    ]
+    const catalog = { gpus: { H100: { hourly_rate: "1.00" } }, regions: { r: { nodes: 1, gpus_per_node: 1 } }, models: { llama: { input_per_1m_tokens: "0.15", output_per_1m_tokens: "0.60" } } }
+    const perMinute = run(timelineFile(events, { catalog, until: "PT5M", api_usage_rows: "per_minute" }))
+    const perRequest = run(timelineFile(events, { catalog, until: "PT5M" }))
+    // 150 + 150 + round(1.8) = 302 micros in the first minute; $0.60 in the second.
+    expect(perMinute.output.ledger.slice(1).map((x) => [x.at, x.amount, x.balance_after])).toEqual([
+      [at(MIN), "-0.000302", "99.999698"],
+      [at(2 * MIN), "-0.60", "99.399698"]
+    ])
+    expect(perRequest.output.ledger.slice(1).map((x) => x.amount)).toEqual(["-0.00015", "-0.00015", "-0.000002", "-0.60"])
+    expect(perMinute.output.accounts).toEqual(perRequest.output.accounts)
+    expect(perMinute.output.invariants.ok).toBe(true)
+  })
+})
