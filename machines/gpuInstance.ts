@@ -42,6 +42,10 @@ export interface GpuInstanceInput {
   readonly hourly_rate_micros: string
   readonly estimated_duration_hours: number
   readonly created_at: number
+  /** A cloud drive attached at launch (SPEC §5), detached when the instance stops. */
+  readonly drive?: string | null
+  /** Shared filesystems mounted at launch. */
+  readonly filesystems?: ReadonlyArray<string>
 }
 
 export interface GpuInstanceContext extends GpuInstanceInput {

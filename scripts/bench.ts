@@ -259,6 +259,7 @@ const billableHours = (result: RunResult): { resourceHours: number; gpuHours: nu
     }
     if (billable.has(state)) ms += result.facts.end_ms - since
     resourceMs += ms
+    if (r.kind === "storage") continue
     gpuMs += ms * r.context.gpu_count * (r.kind === "inference_instance" ? r.context.regions.length : r.context.node_count)
   }
   return { resourceHours: resourceMs / policy.MS_PER_HOUR, gpuHours: gpuMs / policy.MS_PER_HOUR }

@@ -9,6 +9,7 @@
  */
 import type { GpuInstanceContext } from "../machines/gpuInstance.js"
 import type { InferenceContext } from "../machines/inferenceInstance.js"
+import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { costMicros, holdMicros, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
@@ -30,6 +31,15 @@ export type ResourceFacts =
       readonly status: string
       readonly live: boolean
       readonly context: InferenceContext
+    }
+  | {
+      readonly id: string
+      readonly account: string
+      /** A cloud drive or a shared filesystem: `context.kind` says which. */
+      readonly kind: "storage"
+      readonly status: string
+      readonly live: boolean
+      readonly context: StorageContext
     }
 
 export interface RunFacts {
@@ -70,7 +80,9 @@ const ROUNDING_MICROS = 1n
 
 /** GPUs a resource holds when fully running: GPUs × nodes, or GPUs × replicas. */
 const unitsOf = (r: ResourceFacts): number =>
-  r.kind === "inference_instance" ? r.context.gpu_count * r.context.regions.length : r.context.gpu_count * r.context.node_count
+  r.kind === "inference_instance" ? r.context.gpu_count * r.context.regions.length
+  : r.kind === "storage" ? 0
+  : r.context.gpu_count * r.context.node_count
 
 /** Milliseconds of [from, to) spent in billable states, from a resource's transitions log. */
 export const billableWithin = (transitions: ReadonlyArray<Transition>, created_at: number, from: number, to: number): number => {
@@ -167,6 +179,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   const warningsByResource = groupBy(facts.notifications.filter((n) => n.kind === "duration_warning"), (n) => n.resource ?? "")
   const terminatedNoticeByResource = new Map(facts.notifications.filter((n) => n.kind === "terminated").map((n) => [n.resource ?? "", n]))
   const resourceById = new Map(facts.resources.map((r) => [r.id, r]))
+  const rowsByResource = groupBy(facts.rows.filter((r) => r.resource !== null), (r) => r.resource!)
 
   /** An overage row: posted by a settlement, for exactly the hold's overage. */
   const isOverage = (r: LedgerRow): boolean => {
@@ -176,7 +189,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
   const lagBound = (resource: string | null): Micros => {
     const r = resource === null ? undefined : resourceById.get(resource)
-    if (r === undefined) return 0n
+    if (r === undefined || r.kind === "storage") return 0n
     return costMicros(BigInt(r.context.hourly_rate_micros), unitsOf(r), policy.WATCHDOG_LAG_MS) + ROUNDING_MICROS
   }
 
@@ -261,6 +274,19 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
 
   for (const r of facts.resources) {
+    if (r.kind === "storage") {
+      // Storage (SPEC §5): charged only at 00:00 UTC, size_gb × daily rate, at most once a day.
+      const charges = (rowsByResource.get(r.id) ?? []).filter((x) => x.kind === "storage_billing")
+      const amount = BigInt(r.context.daily_rate_micros) * BigInt(r.context.size_gb)
+      const days = new Set<number>()
+      for (const c of charges) {
+        if (c.at % policy.STORAGE_BILLING_INTERVAL_MS !== 0 || c.amount_micros !== -amount || days.has(c.at)) {
+          violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge ${c.amount_micros} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB at midnight` })
+        }
+        days.add(c.at)
+      }
+      continue
+    }
     if (r.kind === "inference_instance") {
       checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, notifications: facts.notifications, end_ms: facts.end_ms, violate })
       continue

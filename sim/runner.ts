@@ -17,10 +17,11 @@ import type { ModelPrice } from "../src/metering.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
-import { INFERENCE_KIND, layer as supervisorLayer, replicaResource, Supervisor, type SupervisorApi } from "../src/supervisor.js"
+import { INFERENCE_KIND, layer as supervisorLayer, replicaResource, STORAGE_KINDS, Supervisor, type SupervisorApi } from "../src/supervisor.js"
+import type { StorageSnapshot } from "../machines/storage.js"
 import type { InferenceSnapshot, ModelSource } from "../machines/inferenceInstance.js"
 import { SimCluster, type WorldOutcome } from "./cluster.js"
-import { checkInvariants, type RunFacts, type Violation } from "./invariants.js"
+import { checkInvariants, type ResourceFacts, type RunFacts, type Violation } from "./invariants.js"
 import { isoInstant } from "./iso.js"
 import type { Timeline, TimelineEvent } from "./timeline.js"
 
@@ -87,11 +88,12 @@ export const startSimEngine = (world: {
   readonly gpu_rates: ReadonlyMap<string, Micros>
   readonly model_prices?: ReadonlyMap<string, ModelPrice | null>
   readonly aggregate_api_usage?: boolean
+  readonly storage_rates?: ReadonlyMap<string, Micros>
 }): Engine => {
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
-    catalogLayer(world.gpu_rates, world.model_prices, world.aggregate_api_usage ?? false)
+    catalogLayer(world.gpu_rates, world.model_prices, world.aggregate_api_usage ?? false, world.storage_rates)
   )
   // A simulation can always be run again, so it does not pay for fsync (OpenOptions).
   const engineLayer = supervisorLayer.pipe(
@@ -113,7 +115,15 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
   const startEngine = (): Engine =>
-    startSimEngine({ db, clock, cluster, gpu_rates: timeline.gpu_rates, model_prices: timeline.model_prices, aggregate_api_usage: timeline.aggregate_api_usage })
+    startSimEngine({
+      db,
+      clock,
+      cluster,
+      gpu_rates: timeline.gpu_rates,
+      model_prices: timeline.model_prices,
+      aggregate_api_usage: timeline.aggregate_api_usage,
+      storage_rates: timeline.storage_rates
+    })
   let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []
 
@@ -137,10 +147,26 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const apply = (e: TimelineEvent): void => {
     switch (e.do) {
       case "launch_gpu_instance":
-        if (e.drive !== undefined || (e.filesystems !== undefined && e.filesystems.length > 0)) {
-          return reject(e, 501, "unsupported_event", "storage attachments arrive with the storage capability")
-        }
-        return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_instance", gpu: e.gpu, gpu_count: e.gpu_count, node_count: 1, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+        return call(e, (sup) =>
+          sup.launchGpu({
+            account: e.account,
+            id: e.id,
+            kind: "gpu_instance",
+            gpu: e.gpu,
+            gpu_count: e.gpu_count,
+            node_count: 1,
+            region: e.region,
+            estimated_duration_hours: e.estimated_duration_hours,
+            image: e.image ?? null,
+            drive: e.drive ?? null,
+            filesystems: e.filesystems ?? []
+          })
+        )
+      case "create_drive":
+      case "create_filesystem":
+        return call(e, (sup) => sup.createStorage({ account: e.account, id: e.id, kind: e.do === "create_drive" ? "cloud_drive" : "shared_fs", size_gb: e.size_gb, region: e.region }))
+      case "delete_storage":
+        return call(e, (sup) => sup.deleteStorage(e.id))
       case "launch_gpu_cluster":
         return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
       case "extend":
@@ -236,8 +262,10 @@ const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
   notifications: ledger.notifications(),
   transitions: ledger.transitions(),
   accounts: ledger.accounts(),
-  resources: ledger.resources().map((r) =>
-    r.kind === INFERENCE_KIND
+  resources: ledger.resources().map((r): ResourceFacts =>
+    STORAGE_KINDS.includes(r.kind)
+      ? { id: r.id, account: r.account, kind: "storage" as const, status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as StorageSnapshot).context }
+      : r.kind === INFERENCE_KIND
       ? { id: r.id, account: r.account, kind: "inference_instance" as const, status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as InferenceSnapshot).context }
       : { id: r.id, account: r.account, kind: r.kind as "gpu_instance" | "gpu_cluster", status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as GpuInstanceSnapshot).context }
   )
@@ -268,7 +296,17 @@ const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: 
   resources: Object.fromEntries(
     facts.resources.map((r) => [
       r.id,
-      r.kind === "inference_instance"
+      r.kind === "storage"
+        ? {
+            kind: r.context.kind,
+            account: r.account,
+            status: r.status,
+            size_gb: r.context.size_gb,
+            region: r.context.region,
+            in_use: r.context.attached_to.length > 0,
+            attached_to: r.context.attached_to
+          }
+        : r.kind === "inference_instance"
         ? {
             kind: r.kind,
             account: r.account,

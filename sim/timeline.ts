@@ -41,8 +41,12 @@ const Region = Schema.Struct({
 const Catalog = Schema.Struct({
   gpus: Schema.Record({ key: Schema.String, value: Schema.Struct({ hourly_rate: PositiveDollars }) }),
   regions: Schema.Record({ key: Schema.String, value: Region }),
-  // Storage prices belong to a later capability; accepted and kept as given.
-  storage: Schema.optional(Schema.Unknown),
+  storage: Schema.optional(
+    Schema.Struct({
+      cloud_drive: Schema.optional(Schema.Struct({ daily_rate_per_gb: Dollars })),
+      shared_fs: Schema.optional(Schema.Struct({ daily_rate_per_gb: Dollars }))
+    })
+  ),
   /** Platform models and their per-request prices (`null` for a model without a price). */
   models: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })) }))
 })
@@ -106,14 +110,20 @@ const ApiRequestEvent = Schema.Struct({
   images: Schema.optional(Count0),
   seconds: Schema.optional(Count0)
 })
+const CreateStorage = Schema.Struct({
+  ...base,
+  do: Schema.Literal("create_drive", "create_filesystem"),
+  account: Schema.String,
+  id: Id,
+  size_gb: Schema.Number,
+  region: Schema.String
+})
+const DeleteStorage = Schema.Struct({ ...base, do: Schema.Literal("delete_storage"), id: Schema.String })
 const LaunchInference = Schema.Struct({ ...base, do: Schema.Literal("launch_inference_instance"), account: Schema.String, id: Id, model: Schema.String })
 /** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
 const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
 /** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
 export const LATER_EVENT_KINDS = [
-  "create_drive",
-  "create_filesystem",
-  "delete_storage",
   "attach_storage",
   "detach_storage",
   "set_auto_recharge",
@@ -122,7 +132,7 @@ export const LATER_EVENT_KINDS = [
 ] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
 
-const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, LaterEvent)
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, CreateStorage, DeleteStorage, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
 /** The schema of each event kind, so an event is checked against its own kind only. */
@@ -142,6 +152,9 @@ const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<s
   ["delete_model", DeleteModel],
   ["launch_inference_instance", LaunchInference],
   ["api_request", ApiRequestEvent],
+  ["create_drive", CreateStorage],
+  ["create_filesystem", CreateStorage],
+  ["delete_storage", DeleteStorage],
   ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
 ])
 
@@ -181,6 +194,7 @@ export interface Timeline {
   readonly until_ms: number
   readonly gpu_rates: ReadonlyMap<string, Micros>
   readonly model_prices: ReadonlyMap<string, ModelPrice | null>
+  readonly storage_rates: ReadonlyMap<string, Micros>
   readonly aggregate_api_usage: boolean
   readonly regions: ReadonlyArray<SimRegion>
   /** Sorted by id, so that accounts open in the same order whatever the file's key order. */
@@ -247,6 +261,12 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
     until_ms,
     gpu_rates: new Map(Object.entries(file.catalog.gpus).map(([gpu, g]) => [gpu, dollars(g.hourly_rate)])),
     model_prices: prices.right,
+    storage_rates: new Map(
+      (["cloud_drive", "shared_fs"] as const).flatMap((k) => {
+        const rate = file.catalog.storage?.[k]?.daily_rate_per_gb
+        return rate === undefined ? [] : [[k, dollars(rate)] as const]
+      })
+    ),
     aggregate_api_usage: file.api_usage_rows === "per_minute",
     regions,
     accounts: Object.entries(file.accounts)

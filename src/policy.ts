@@ -55,6 +55,11 @@ export const BALANCE_WARNINGS: ReadonlyArray<{ readonly minutes: number; readonl
   { minutes: 1, severity: "critical" }
 ]
 
+// ── Storage (SPEC §5) ────────────────────────────────────────────────────────────────
+/** Storage is charged once a day, at 00:00 UTC. */
+export const STORAGE_BILLING_INTERVAL_MS = 24 * MS_PER_HOUR
+export const STORAGE_SIZE_GB_MAX = 65_536
+
 // ── User inference instances (SPEC §4) ─────────────────────────────────────────────────
 /** A hold covers one 24-hour cycle of every replica running. */
 export const INFERENCE_CYCLE_MS = 24 * MS_PER_HOUR
@@ -109,6 +114,8 @@ export const texts = {
   resumed: (id: string) => `Instance ${id} resumed: capacity freed and it is running again.`,
   balanceWarning: (minutes: number) =>
     `Your credit runs out in about ${minutes} ${minutes === 1 ? "minute" : "minutes"} at your current usage. Recharge to keep your resources running.`,
+  storageSuspended: (id: string) => `Storage ${id} is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again.`,
+  storageRestored: (id: string) => `Storage ${id} is usable again.`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
@@ -132,6 +139,8 @@ export const descriptions = {
   extendHold: (id: string, hours: number, rate: string, units: string) =>
     `Extension hold for ${id}: ${hours} h × $${rate}/h × ${units}`,
   refund: (id: string) => `Refund of unused hold for ${id}`,
+  storage: (kind: string, id: string, size_gb: number, rate: string, attached: boolean) =>
+    `Daily storage for ${kind === "cloud_drive" ? "cloud drive" : "shared filesystem"} ${id}: ${size_gb} GB × $${rate}/GB-day (${attached ? "attached" : "idle"})`,
   inferenceHold: (id: string, cycle: number, rate: string, gpus: number, replicas: number) =>
     `24 h hold for ${id}, cycle ${cycle}: $${rate}/h × ${gpus} GPU${gpus === 1 ? "" : "s"} × ${replicas} replica${replicas === 1 ? "" : "s"}`,
   inferencePartialHold: (id: string, cycle: number, hours: string) => `Partial hold for ${id}, cycle ${cycle}: covers ${hours} h`,

@@ -38,6 +38,8 @@ export interface CatalogPort {
   readonly modelPrices: ReadonlyMap<string, ModelPrice | null>
   /** Aggregate API usage into one row per account, model and minute (SPEC §6's option). */
   readonly aggregateApiUsage: boolean
+  /** Storage price per GB-day, by kind, in micros; undefined when the catalog has none. */
+  storageRate(kind: "cloud_drive" | "shared_fs"): Micros | undefined
 }
 export class Catalog extends Context.Tag("ecolink/Catalog")<Catalog, CatalogPort>() {}
 
@@ -71,5 +73,7 @@ export const clockLayer = (clock: EngineClock): Layer.Layer<Clock> =>
 export const catalogLayer = (
   rates: ReadonlyMap<string, Micros>,
   modelPrices: ReadonlyMap<string, ModelPrice | null> = new Map(),
-  aggregateApiUsage = false
-): Layer.Layer<Catalog> => Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu), modelPrices, aggregateApiUsage })
+  aggregateApiUsage = false,
+  storageRates: ReadonlyMap<string, Micros> = new Map()
+): Layer.Layer<Catalog> =>
+  Layer.succeed(Catalog, { gpuRate: (gpu) => rates.get(gpu), modelPrices, aggregateApiUsage, storageRate: (kind) => storageRates.get(kind) })

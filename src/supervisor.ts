@@ -46,6 +46,7 @@ import {
   type ModelSource,
   type Renewal
 } from "../machines/inferenceInstance.js"
+import { storageMachine, storageStatusOf, type StorageEvent, type StorageInput, type StorageKind, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
@@ -66,6 +67,10 @@ export interface LaunchGpuRequest {
   readonly region: string
   readonly estimated_duration_hours: number
   readonly image?: string | null
+  /** A cloud drive to attach (SPEC §5). */
+  readonly drive?: string | null
+  /** Shared filesystems to mount. */
+  readonly filesystems?: ReadonlyArray<string>
 }
 
 export interface GpuView {
@@ -118,7 +123,28 @@ export interface InferenceView {
   readonly termination_reason: policy.TerminationReason | null
 }
 
-export type ResourceView = GpuView | InferenceView
+export interface CreateStorageRequest {
+  readonly account: string
+  readonly id: string
+  readonly kind: StorageKind
+  readonly size_gb: number
+  readonly region: string
+}
+
+export interface StorageView {
+  readonly id: string
+  readonly account: string
+  readonly kind: StorageKind
+  readonly status: string
+  /** A shared filesystem is `in_use` while at least one instance has it mounted. */
+  readonly in_use: boolean
+  readonly size_gb: number
+  readonly region: string
+  readonly attached_to: ReadonlyArray<string>
+  readonly daily_rate_micros: Micros
+}
+
+export type ResourceView = GpuView | InferenceView | StorageView
 
 export interface ExtendResult {
   readonly additional_cost_micros: Micros
@@ -143,6 +169,8 @@ export interface SupervisorApi {
   registerModel(req: RegisterModelRequest, caller?: Caller): Effect.Effect<void, EngineError>
   deleteModel(account: string, model: string, caller?: Caller): Effect.Effect<void, NotFound | Conflict>
   launchInference(req: LaunchInferenceRequest, caller?: Caller): Effect.Effect<InferenceView, EngineError>
+  createStorage(req: CreateStorageRequest, caller?: Caller): Effect.Effect<StorageView, EngineError>
+  deleteStorage(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound | Conflict>
   /** Charges one `/v1` request at once (SPEC §6): an `api_usage` row, or a typed refusal. */
   apiRequest(req: Omit<ApiRequest, "at">, caller?: Caller): Effect.Effect<ChargeResult, MeteringError>
   /** Posts API usage still pending in aggregation buckets (end of a run, shutdown). */
@@ -161,14 +189,20 @@ export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, Su
 
 type GpuActor = Actor<typeof gpuInstanceMachine>
 type InferenceActor = Actor<typeof inferenceInstanceMachine>
+type StorageActor = Actor<typeof storageMachine>
 type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
 
 type LiveEntry =
   | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm }
   | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm }
+  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm }
 
 const statusOf = (entry: LiveEntry): string =>
-  entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot()) : inferenceStatusOf(entry.actor.getSnapshot())
+  entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot())
+  : entry.kind === "inference" ? inferenceStatusOf(entry.actor.getSnapshot())
+  : storageStatusOf(entry.actor.getSnapshot())
+
+export const STORAGE_KINDS: ReadonlyArray<string> = ["cloud_drive", "shared_fs"]
 
 const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
@@ -231,8 +265,25 @@ const inferenceViewOf = (snapshot: InferenceSnapshot): InferenceView => {
   }
 }
 
+const storageViewOf = (snapshot: StorageSnapshot): StorageView => {
+  const c = snapshot.context
+  return {
+    id: c.id,
+    account: c.account,
+    kind: c.kind,
+    status: storageStatusOf(snapshot),
+    in_use: c.attached_to.length > 0,
+    size_gb: c.size_gb,
+    region: c.region,
+    attached_to: c.attached_to,
+    daily_rate_micros: BigInt(c.daily_rate_micros)
+  }
+}
+
 const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
-  entry.kind === "gpu" ? viewOf(entry.actor.getSnapshot(), at) : inferenceViewOf(entry.actor.getSnapshot())
+  entry.kind === "gpu" ? viewOf(entry.actor.getSnapshot(), at)
+  : entry.kind === "inference" ? inferenceViewOf(entry.actor.getSnapshot())
+  : storageViewOf(entry.actor.getSnapshot())
 
 const viewOf = (snapshot: GpuInstanceSnapshot, at: number): GpuView => {
   const c = snapshot.context
@@ -270,11 +321,15 @@ export class GpuSupervisor {
   private readonly credited = new Set<string>()
   private readonly balanceAlarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
   private intents: Intent[] = []
+  /** Dispatches that follow another one in the same unit of work (storage detach). */
+  private deferred: Array<() => void> = []
   private depth = 0
   private watchdogTimer: TimerHandle | null = null
   private unsubscribe: (() => void) | null = null
   private readonly machine: typeof gpuInstanceMachine
   private readonly inference: typeof inferenceInstanceMachine
+  private readonly storage: typeof storageMachine
+  private storageTimer: TimerHandle | null = null
   private readonly metering: Metering
   private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
@@ -331,6 +386,14 @@ export class GpuSupervisor {
     this.metering = new Metering(ledger, catalog.modelPrices, (account, name, id) => ({ ...this.userInstance(account, name, id), price: null }), {
       aggregate: catalog.aggregateApiUsage
     })
+    this.storage = storageMachine.provide({
+      actions: {
+        notifySuspended: ({ context }) =>
+          raise({ type: "notify", ctx: context, severity: "critical", kind: "storage_suspended", text: policy.texts.storageSuspended(context.id) }),
+        notifyRestored: ({ context }) =>
+          raise({ type: "notify", ctx: context, severity: "info", kind: "storage_restored", text: policy.texts.storageRestored(context.id) })
+      }
+    })
     this.inference = inferenceInstanceMachine.provide({
       actions: {
         placeHold: ({ context }) => raise({ type: "placeCycleHold", ictx: context }),
@@ -379,9 +442,16 @@ export class GpuSupervisor {
     })
     this.unsubscribe = this.cluster.subscribe((event) => this.onClusterEvent(event))
     this.armWatchdog()
+    this.armStorageBilling()
   }
 
   private rehydrate(kind: string, id: string, json: string): LiveEntry {
+    if (STORAGE_KINDS.includes(kind)) {
+      const snapshot = JSON.parse(json) as StorageSnapshot
+      const actor = createActor(this.storage, { snapshot, input: snapshot.context, clock: this.clock })
+      actor.start()
+      return { kind: "storage", id, actor, alarm: null }
+    }
     if (kind === INFERENCE_KIND) {
       const snapshot = JSON.parse(json) as InferenceSnapshot
       const actor = createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock })
@@ -401,6 +471,7 @@ export class GpuSupervisor {
     this.unsubscribe = null
     if (this.watchdogTimer !== null) this.clock.clearTimeout(this.watchdogTimer)
     if (this.meteringTimer !== null) this.clock.clearTimeout(this.meteringTimer.handle)
+    if (this.storageTimer !== null) this.clock.clearTimeout(this.storageTimer)
     for (const entry of this.live.values()) {
       if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
       entry.actor.stop()
@@ -468,7 +539,9 @@ export class GpuSupervisor {
         this.journal.append(at, kind, { account, amount_micros: amount_micros.toString() })
         this.touched.add(account)
         this.credited.add(account)
-        return this.ledger.post({ account, at, kind, amount_micros, description })
+        const balance = this.ledger.post({ account, at, kind, amount_micros, description })
+        this.restoreStorage(account, at)
+        return balance
       })
     )
   }
@@ -476,6 +549,8 @@ export class GpuSupervisor {
   launchGpu(req: LaunchGpuRequest, caller: Caller = "operator"): Either.Either<GpuView, EngineError> {
     const checked = this.admit(req, caller)
     if (Either.isLeft(checked)) return Either.left(checked.left)
+    const attachable = this.checkAttachments(req)
+    if (Either.isLeft(attachable)) return Either.left(attachable.left)
     const { rate } = checked.right
     const units = req.gpu_count * req.node_count
     const hold = holdMicros(rate, units, req.estimated_duration_hours)
@@ -496,12 +571,15 @@ export class GpuSupervisor {
           image: req.image ?? null,
           hourly_rate_micros: rate.toString(),
           estimated_duration_hours: req.estimated_duration_hours,
-          created_at: at
+          created_at: at,
+          drive: req.drive ?? null,
+          filesystems: req.filesystems ?? []
         }
         const actor = createActor(this.machine, { input, clock: this.clock })
         const entry: LiveEntry = { kind: "gpu", id: req.id, actor, alarm: null }
         this.live.set(req.id, entry)
         this.run(entry, () => actor.start(), null, at)
+        this.attachStorageOf(input as GpuInstanceContext, at)
         return viewOf(actor.getSnapshot(), at)
       })
     )
@@ -539,6 +617,7 @@ export class GpuSupervisor {
 
   terminate(id: string, caller: Caller = "operator"): Either.Either<ResourceView, NotFound | Conflict> {
     const entry = this.live.get(id)
+    if (entry?.kind === "storage") return this.deleteStorage(id, caller)
     if (entry !== undefined && statusOf(entry) === "terminating" && this.visible(accountOf(entry), caller)) {
       // A second stop while the first is under way changes nothing: the hold settled once.
       return Either.right(viewOfEntry(entry, this.clock.now()))
@@ -653,6 +732,151 @@ export class GpuSupervisor {
     )
   }
 
+  // ── storage (SPEC §5) ───────────────────────────────────────────────────────────────
+  createStorage(req: CreateStorageRequest, caller: Caller = "operator"): Either.Either<StorageView, EngineError> {
+    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
+    if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
+    if (!Number.isSafeInteger(req.size_gb) || req.size_gb < 1 || req.size_gb > policy.STORAGE_SIZE_GB_MAX) {
+      return invalid("invalid_size", "size_gb", `size_gb must be a whole number from 1 to ${policy.STORAGE_SIZE_GB_MAX}`)
+    }
+    if (this.cluster.region(req.region) === undefined) return invalid("unknown_region", "region", `no region ${req.region}`)
+    const rate = this.catalog.storageRate(req.kind)
+    if (rate === undefined) return invalid("storage_not_priced", "kind", `the catalog has no price for ${req.kind}`)
+    if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
+      return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
+    }
+    return Either.right(
+      this.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "create_storage", { ...req })
+        const input: StorageInput = { id: req.id, account: req.account, kind: req.kind, size_gb: req.size_gb, region: req.region, daily_rate_micros: rate.toString(), created_at: at }
+        const actor = createActor(this.storage, { input, clock: this.clock })
+        const entry: LiveEntry = { kind: "storage", id: req.id, actor, alarm: null }
+        this.live.set(req.id, entry)
+        this.run(entry, () => actor.start(), null, at)
+        return storageViewOf(actor.getSnapshot())
+      })
+    )
+  }
+
+  /** Deletes storage and its data; refused 409 while an instance has it attached (SPEC §5). */
+  deleteStorage(id: string, caller: Caller = "operator"): Either.Either<ResourceView, NotFound | Conflict> {
+    const entry = this.live.get(id)
+    if (entry === undefined || entry.kind !== "storage" || !this.visible(accountOf(entry), caller) || entry.actor.getSnapshot().status !== "active") {
+      return Either.left(new NotFound({ code: "resource_not_found", id }))
+    }
+    const ctx = entry.actor.getSnapshot().context
+    if (ctx.attached_to.length > 0) {
+      return Either.left(
+        new Conflict({ code: "invalid_state", id, status: "in_use", message: `${id} is attached to ${ctx.attached_to.join(", ")}; terminate the instance, then delete it` })
+      )
+    }
+    return Either.right(
+      this.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "delete_storage", { id })
+        this.dispatch(entry, { type: "delete", at })
+        return storageViewOf(entry.actor.getSnapshot())
+      })
+    )
+  }
+
+  /** What a launch asks to attach, checked: same account, same region, usable, a drive free. */
+  private checkAttachments(req: LaunchGpuRequest): Either.Either<void, EngineError> {
+    const wanted = [...(req.drive == null ? [] : [{ id: req.drive, kind: "cloud_drive" as const, field: "drive" }]), ...(req.filesystems ?? []).map((id) => ({ id, kind: "shared_fs" as const, field: "filesystems" }))]
+    for (const w of wanted) {
+      const entry = this.live.get(w.id)
+      if (entry === undefined || entry.kind !== "storage" || accountOf(entry) !== req.account || entry.actor.getSnapshot().status !== "active") {
+        return Either.left(new NotFound({ code: "resource_not_found", id: w.id }))
+      }
+      const ctx = entry.actor.getSnapshot().context
+      if (ctx.kind !== w.kind) return Either.left(new ValidationError({ code: "wrong_storage_kind", field: w.field, message: `${w.id} is not a ${w.kind === "cloud_drive" ? "cloud drive" : "shared filesystem"}` }))
+      if (ctx.region !== req.region) return Either.left(new ValidationError({ code: "storage_region_mismatch", field: w.field, message: `${w.id} is in ${ctx.region}, the instance in ${req.region}` }))
+      const status = statusOf(entry)
+      if (status === "suspended") return Either.left(new Conflict({ code: "invalid_state", id: w.id, status, message: `${w.id} is suspended: recharge to use it again` }))
+      if (w.kind === "cloud_drive" && ctx.attached_to.length > 0) {
+        return Either.left(new Conflict({ code: "invalid_state", id: w.id, status, message: `drive ${w.id} is attached to ${ctx.attached_to[0]}` }))
+      }
+    }
+    return Either.right(undefined)
+  }
+
+  private storageEntry(id: string): Extract<LiveEntry, { kind: "storage" }> | undefined {
+    const entry = this.live.get(id)
+    return entry?.kind === "storage" ? entry : undefined
+  }
+
+  private attachStorageOf(ctx: GpuInstanceContext, at: number): void {
+    for (const id of [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]) {
+      const entry = this.storageEntry(id)
+      if (entry !== undefined) this.dispatch(entry, { type: "attach", at, instance: ctx.id })
+    }
+  }
+
+  /** An instance that stops releases its storage; the data stays (SPEC §5). */
+  private detachStorageOf(ctx: GpuInstanceContext, at: number): void {
+    for (const id of [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]) {
+      const entry = this.storageEntry(id)
+      if (entry !== undefined) this.deferred.push(() => this.dispatch(entry, { type: "detach", at, instance: ctx.id }))
+    }
+  }
+
+  private armStorageBilling(): void {
+    const now = this.clock.now()
+    const next = (Math.floor(now / policy.STORAGE_BILLING_INTERVAL_MS) + 1) * policy.STORAGE_BILLING_INTERVAL_MS
+    this.storageTimer = this.clock.schedule(next, () => this.onStorageBilling(), { lane: Lane.engine, key: "storage" })
+  }
+
+  /**
+   * 00:00 UTC: every storage resource is charged `size_gb × daily_rate`, attached or idle.
+   * Decision: storage whose charge the balance cannot cover is suspended instead (nothing is
+   * taken, no debt accrues), and suspended storage is not charged; a credit restores it.
+   */
+  private onStorageBilling(): void {
+    this.storageTimer = null
+    const ids = [...this.live.values()].filter((e) => e.kind === "storage").map((e) => e.id).sort()
+    if (ids.length > 0) {
+      this.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "storage_billing", { count: ids.length })
+        for (const id of ids) {
+          const entry = this.storageEntry(id)!
+          const status = statusOf(entry)
+          if (status !== "available" && status !== "in_use") continue
+          const ctx = entry.actor.getSnapshot().context
+          const rate = BigInt(ctx.daily_rate_micros)
+          const amount = rate * BigInt(ctx.size_gb)
+          // Free storage (a $0 rate) writes no row: the ledger holds no zero-amount rows.
+          if (amount === 0n) continue
+          if (this.spendable(ctx.account) < amount) {
+            this.dispatch(entry, { type: "suspend", at })
+            continue
+          }
+          this.ledger.post({
+            account: ctx.account,
+            at,
+            kind: "storage_billing",
+            amount_micros: -amount,
+            resource: id,
+            description: policy.descriptions.storage(ctx.kind, id, ctx.size_gb, formatDollars(rate), ctx.attached_to.length > 0)
+          })
+          this.touched.add(ctx.account)
+        }
+      })
+    }
+    this.armStorageBilling()
+  }
+
+  /** A credit that leaves money to spend makes the account's suspended storage usable again. */
+  private restoreStorage(account: string, at: number): void {
+    if (this.spendable(account) <= 0n) return
+    for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
+      const entry = this.storageEntry(id)
+      if (entry !== undefined && statusOf(entry) === "suspended") this.dispatch(entry, { type: "restore", at })
+    }
+  }
+
   // ── API usage (SPEC §6) ──────────────────────────────────────────────────────────────
   apiRequest(req: Omit<ApiRequest, "at">, caller: Caller = "operator"): Either.Either<ChargeResult, MeteringError> {
     if (!this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
@@ -745,6 +969,10 @@ export class GpuSupervisor {
   private stored(id: string): LiveEntry | undefined {
     const record = this.ledger.resource(id)
     if (record === undefined) return undefined
+    if (STORAGE_KINDS.includes(record.kind)) {
+      const snapshot = JSON.parse(record.snapshot) as StorageSnapshot
+      return { kind: "storage", id, actor: createActor(this.storage, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
+    }
     if (record.kind === INFERENCE_KIND) {
       const snapshot = JSON.parse(record.snapshot) as InferenceSnapshot
       return { kind: "inference", id, actor: createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
@@ -769,15 +997,18 @@ export class GpuSupervisor {
   }
 
   // ── dispatch: one event to one actor, its intents carried out ─────────────────────────
-  private dispatch(entry: LiveEntry, event: GpuInstanceEvent | InferenceEvent, cause: string | null = null): void {
+  private dispatch(entry: LiveEntry, event: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null): void {
     // A machine that reached its final state in this unit of work hears nothing more
     // (a pod's deletion after the instance failed, say); it leaves memory at the flush.
     if (entry.actor.getSnapshot().status !== "active") return
-    const send = () => (entry.kind === "gpu" ? entry.actor.send(event as GpuInstanceEvent) : entry.actor.send(event as InferenceEvent))
+    const send = () =>
+      entry.kind === "gpu" ? entry.actor.send(event as GpuInstanceEvent)
+      : entry.kind === "inference" ? entry.actor.send(event as InferenceEvent)
+      : entry.actor.send(event as StorageEvent)
     this.run(entry, send, statusOf(entry), event.at, event, cause)
   }
 
-  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent, cause: string | null = null): void {
+  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null): void {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
     const replicasBefore = replicaStatuses(entry)
@@ -787,7 +1018,7 @@ export class GpuSupervisor {
     for (const intent of intents) this.carryOut(intent, at)
     const after = statusOf(entry)
     const reasonOf = (): string | null =>
-      after === "terminating" || after === "terminated" || after === "failed" ? entry.actor.getSnapshot().context.termination_reason
+      entry.kind !== "storage" && (after === "terminating" || after === "terminated" || after === "failed") ? entry.actor.getSnapshot().context.termination_reason
       : event?.type === "watchdog" ? "watchdog_healed"
       : cause
     // Each region of an inference instance has its own status (SPEC §4): logged as `id@region`.
@@ -798,6 +1029,8 @@ export class GpuSupervisor {
     if (before !== null && after !== before) {
       this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
     }
+    const stopping = (s: string | null) => s === "terminating" || s === "terminated" || s === "failed"
+    if (entry.kind === "gpu" && stopping(after) && !stopping(before)) this.detachStorageOf(entry.actor.getSnapshot().context, at)
     if (entry.kind === "gpu") {
       if (after === "pending") this.pending.add(entry.id)
       else this.pending.delete(entry.id)
@@ -808,6 +1041,7 @@ export class GpuSupervisor {
     this.track(entry)
     this.touched.add(accountOf(entry))
     this.rearm(entry)
+    while (this.deferred.length > 0) this.deferred.shift()!()
   }
 
   private track(entry: LiveEntry): void {
@@ -940,7 +1174,7 @@ export class GpuSupervisor {
       this.ledger.saveResource({
         id,
         account: snapshot.context.account,
-        kind: entry.kind === "gpu" ? entry.actor.getSnapshot().context.kind : INFERENCE_KIND,
+        kind: entry.kind === "inference" ? INFERENCE_KIND : entry.actor.getSnapshot().context.kind,
         status: statusOf(entry),
         live: !finished,
         snapshot: JSON.stringify(entry.actor.getPersistedSnapshot()),
@@ -964,6 +1198,7 @@ export class GpuSupervisor {
         const alarm = nextAlarm(entry.actor.getSnapshot())
         return alarm === null ? null : { at: alarm.at, key: alarmKey(alarm), fire: () => this.onGpuAlarm(entry.id, alarm) }
       }
+      if (entry.kind === "storage") return null
       const alarm = inferenceAlarm(entry.actor.getSnapshot())
       return alarm === null ? null : { at: alarm.at, key: "cycle_end", fire: () => this.onCycleEnd(entry.id) }
     })()
@@ -1053,7 +1288,7 @@ export class GpuSupervisor {
     let unconsumed = 0n
     for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
       const entry = this.live.get(id)
-      if (entry === undefined || entry.actor.getSnapshot().status !== "active") continue
+      if (entry === undefined || entry.kind === "storage" || entry.actor.getSnapshot().status !== "active") continue
       if (entry.kind === "gpu") {
         const ctx = entry.actor.getSnapshot().context
         if (ctx.billing_since === null) continue
@@ -1162,6 +1397,7 @@ export class GpuSupervisor {
     const ids = [...this.live.keys()].sort()
     for (const id of ids) {
       const entry = this.live.get(id)!
+      if (entry.kind === "storage") continue
       if (entry.kind === "inference") {
         this.reconcileInference(entry, at)
         continue
@@ -1248,6 +1484,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     userInstance: (account, model, id) => sup.userInstance(account, model, id),
     apiRequest: (req, caller) => Effect.suspend(() => fromEither(sup.apiRequest(req, caller))),
     settleApiUsage: () => sup.settleApiUsage(),
+    createStorage: (req, caller) => Effect.suspend(() => fromEither(sup.createStorage(req, caller))),
+    deleteStorage: (id, caller) => Effect.suspend(() => fromEither(sup.deleteStorage(id, caller))),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),

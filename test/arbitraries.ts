@@ -40,9 +40,12 @@ const followUp = (id: string) =>
     { weight: 1, arbitrary: fc.record({ after: hours(1), do: fc.constant("miss_pod_events"), id: fc.constant(id), count: fc.integer({ min: 1, max: 3 }) }) }
   )
 
+const STORAGE = ["dr-0", "dr-1", "fs-0"]
+
 const launchArb = (id: string) =>
   fc.oneof(
-    { weight: 3, arbitrary: fc.record({ do: fc.constant("launch_gpu_instance"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), gpu_count: fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.integer({ min: 5, max: 9 }) }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 6 }) }) },
+    { weight: 3, arbitrary: fc.record({ do: fc.constant("launch_gpu_instance"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), gpu_count: fc.oneof({ weight: 9, arbitrary: fc.integer({ min: 1, max: 4 }) }, { weight: 1, arbitrary: fc.integer({ min: 5, max: 9 }) }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 6 }) }, { requiredKeys: ["do", "account", "id", "gpu", "gpu_count", "region", "estimated_duration_hours"] }) },
+    { weight: 1, arbitrary: fc.record({ do: fc.constant("launch_gpu_instance"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), gpu_count: fc.integer({ min: 1, max: 2 }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 6 }), drive: fc.constantFrom("dr-0", "dr-1"), filesystems: fc.subarray(["fs-0"]) }) },
     { weight: 1, arbitrary: fc.record({ do: fc.constant("launch_gpu_cluster"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant(id), gpu: fc.constantFrom("H100", "A100"), node_count: fc.integer({ min: 1, max: 3 }), gpu_count: fc.integer({ min: 1, max: 4 }), region: fc.constantFrom(...REGIONS), estimated_duration_hours: fc.integer({ min: 1, max: 4 }) }) }
   )
 
@@ -81,6 +84,9 @@ const inferenceStoryArb = (id: string) =>
     ])
 
 const worldArb = fc.oneof(
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constantFrom("create_drive"), account: fc.constantFrom(...ACCOUNTS), id: fc.constantFrom("dr-0", "dr-1"), size_gb: fc.integer({ min: 1, max: 2_000 }), region: fc.constantFrom(...REGIONS) }) },
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("create_filesystem"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant("fs-0"), size_gb: fc.integer({ min: 1, max: 5_000 }), region: fc.constantFrom(...REGIONS) }) },
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("delete_storage"), id: fc.constantFrom(...STORAGE) }) },
   { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
   { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
@@ -105,6 +111,7 @@ export const timelineArb = fc.record({
   catalog: fc.record({
     gpus: fc.record({ H100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }), A100: fc.record({ hourly_rate: dollarsArb(10_000, 3_000_000) }) }),
     regions: fc.record({ "us-east": regionArb, "eu-west": regionArb }),
+    storage: fc.record({ cloud_drive: fc.record({ daily_rate_per_gb: dollarsArb(0, 20_000) }), shared_fs: fc.record({ daily_rate_per_gb: dollarsArb(0, 20_000) }) }),
     models: fc.record({
       chat: fc.record({ input_per_1m_tokens: dollarsArb(0, 2_000_000), output_per_1m_tokens: dollarsArb(0, 8_000_000) }),
       draw: fc.record({ per_image: dollarsArb(1, 50_000) }),

@@ -1,0 +1,93 @@
+/**
+ * SPEC §5 through the engine: drives and shared filesystems as machines, attached at launch
+ * and released when the instance stops (data kept), charged at 00:00 UTC attached or idle,
+ * a drive in use cannot be deleted, suspended when the balance cannot pay, restored by a
+ * top-up.
+ */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
+import { describe, expect, it } from "vitest"
+import { run, timelineFile, tmpDb } from "./helpers.js"
+
+const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "storage.json"), "utf8"))
+const iso = (s: string) => new Date(s).toISOString()
+
+describe("storage", () => {
+  it("charges size_gb × daily rate at 00:00 UTC, one row naming the resource, attached or idle", () => {
+    // Proves the daily charge: 100 GB × $0.004 = $0.40 and 500 GB × $0.006 = $3.00 a day.
+    const r = run(example)
+    const charges = r.output.ledger.filter((x) => x.kind === "storage_billing").map((x) => [x.at, x.resource, x.amount])
+    expect(charges).toEqual([
+      [iso("2026-03-02T00:00:00Z"), "dr-1", "-0.40"],
+      [iso("2026-03-02T00:00:00Z"), "fs-1", "-3.00"],
+      [iso("2026-03-03T00:00:00Z"), "dr-1", "-0.40"],
+      [iso("2026-03-03T00:00:00Z"), "fs-1", "-3.00"],
+      [iso("2026-03-04T00:00:00Z"), "dr-1", "-0.40"]
+    ])
+    expect(r.output.ledger.find((x) => x.resource === "fs-1")!.description).toBe("Daily storage for shared filesystem fs-1: 500 GB × $0.006/GB-day (idle)")
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("refuses a second attach of a drive and its deletion while attached (409), and releases it when the instance stops", () => {
+    // Proves the 409s and that the data outlives the instance (the drive is available again and attaches to gi-3).
+    const r = run(example)
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.message])).toEqual([
+      [3, 409, "drive dr-1 is attached to gi-1"],
+      [4, 409, "dr-1 is attached to gi-1; terminate the instance, then delete it"]
+    ])
+    expect(r.output.transitions.filter((t) => t.resource === "dr-1").map((t) => [t.at, t.from, t.to])).toEqual([
+      [iso("2026-03-01T20:01:00Z"), "available", "in_use"],
+      [iso("2026-03-01T22:01:00Z"), "in_use", "available"],
+      [iso("2026-03-02T01:00:00Z"), "available", "in_use"],
+      [iso("2026-03-02T02:00:00Z"), "in_use", "available"]
+    ])
+  })
+
+  it("suspends storage whose daily charge the balance cannot cover, keeps it, and restores it on a top-up", () => {
+    // Proves SPEC §5's $0 rule: nothing charged, no debt, suspended, then usable again.
+    const r = run(example)
+    expect(r.output.notifications.filter((n) => n.resource === "fs-1").map((n) => [n.at, n.severity, n.text])).toEqual([
+      [iso("2026-03-04T00:00:00Z"), "critical", "Storage fs-1 is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again."],
+      [iso("2026-03-04T02:00:00Z"), "info", "Storage fs-1 is usable again."]
+    ])
+    expect(r.output.resources["fs-1"]).toMatchObject({ kind: "shared_fs", status: "available", in_use: false })
+  })
+
+  it("refuses to attach suspended, foreign-region or wrong-kind storage, and deletes idle storage", () => {
+    // Proves launch-time checks (409, 400) and that a deleted drive is gone (404 after).
+    const regions = { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+    const launch = (id: string, extra: Record<string, unknown>) => ({ at: "PT1M", do: "launch_gpu_instance", account: "acme", id, gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1, ...extra })
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "dr-eu", size_gb: 10, region: "eu-west" },
+          { at: "PT0S", do: "create_filesystem", account: "acme", id: "fs-1", size_gb: 10, region: "us-east" },
+          { at: "PT0S", do: "create_drive", account: "acme", id: "dr-1", size_gb: 10, region: "us-east" },
+          launch("a", { drive: "dr-eu" }),
+          launch("b", { drive: "fs-1" }),
+          launch("c", { filesystems: ["nope"] }),
+          { at: "PT2M", do: "delete_storage", id: "dr-1" },
+          launch("d", { at: "PT3M", drive: "dr-1" })
+        ],
+        {
+          catalog: { gpus: { H100: { hourly_rate: "1.00" } }, regions, storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.02" } } },
+          until: "PT1H"
+        }
+      )
+    )
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error])).toEqual([
+      [3, 400, "storage_region_mismatch"],
+      [4, 400, "wrong_storage_kind"],
+      [5, 404, "resource_not_found"],
+      [7, 404, "resource_not_found"]
+    ])
+    expect(r.output.resources["dr-1"]).toMatchObject({ status: "deleted" })
+  })
+
+  it("finishes with the same output when the engine restarts around midnight", () => {
+    // Proves storage actors and the daily worker come back from the snapshot on time.
+    const straight = run(example)
+    const restarted = run(example, { db: tmpDb(), restartAt: ["2026-03-01T20:01:00Z", "2026-03-02T00:00:00Z", "2026-03-04T00:00:00Z"].map((s) => Date.parse(s)) })
+    expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
+  })
+})
