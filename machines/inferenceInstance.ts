@@ -29,6 +29,8 @@ export interface InferenceInput {
   /** The first cycle's hold (full: rate × GPUs × replicas × 24 h), micros as a string. */
   readonly first_hold_micros: string
   readonly created_at: number
+  /** The shared filesystem a `shared_fs` model's weights live on, mounted by the replica. */
+  readonly filesystem?: string | null
 }
 
 export interface ReplicaBilling {

@@ -204,6 +204,19 @@ const statusOf = (entry: LiveEntry): string =>
 
 export const STORAGE_KINDS: ReadonlyArray<string> = ["cloud_drive", "shared_fs"]
 
+/** The storage an instance has attached: its drive and filesystems, or its model's filesystem. */
+const storageOf = (entry: LiveEntry): string[] => {
+  if (entry.kind === "gpu") {
+    const ctx = entry.actor.getSnapshot().context
+    return [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]
+  }
+  if (entry.kind === "inference") {
+    const fs = entry.actor.getSnapshot().context.filesystem
+    return fs == null ? [] : [fs]
+  }
+  return []
+}
+
 const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
@@ -652,7 +665,13 @@ export class GpuSupervisor {
     if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     if (!policy.MODEL_NAME_RE.test(req.model)) return invalid("invalid_model", "model", "a model name is 1-128 letters, digits, '.', '_', '/' or '-'")
     if (!(policy.MODEL_SOURCES as ReadonlyArray<string>).includes(req.source)) return invalid("invalid_source", "source", `source is one of ${policy.MODEL_SOURCES.join(", ")}`)
-    if (req.source === "shared_fs") return invalid("unsupported_source", "source", "shared filesystems arrive with the storage capability")
+    if (req.source === "shared_fs") {
+      if (req.filesystem == null) return invalid("filesystem_required", "filesystem", "a shared_fs model names the shared filesystem its weights are on")
+      const fs = this.storageEntry(req.filesystem)
+      if (fs === undefined || accountOf(fs) !== req.account || fs.actor.getSnapshot().context.kind !== "shared_fs" || fs.actor.getSnapshot().status !== "active") {
+        return Either.left(new NotFound({ code: "resource_not_found", id: req.filesystem }))
+      }
+    }
     if (this.catalog.gpuRate(req.gpu) === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${req.gpu} in the catalog`)
     if (!Number.isSafeInteger(req.gpu_count) || req.gpu_count < 1 || req.gpu_count > policy.GPU_COUNT_MAX) {
       return invalid("invalid_gpu_count", "gpu_count", `gpu_count must be a whole number from 1 to ${policy.GPU_COUNT_MAX}`)
@@ -696,8 +715,16 @@ export class GpuSupervisor {
       return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
     }
     // Decision: the replicas go to the first regions by name (2 for HuggingFace and platform
-    // models); a catalog with one region gets one replica.
-    const regions = this.cluster.regionNames().slice(0, policy.INFERENCE_REPLICAS_MULTI_REGION)
+    // models); a catalog with one region gets one replica. A shared_fs model runs one replica
+    // in its filesystem's region, with the filesystem mounted.
+    const fs = model.source === "shared_fs" && model.filesystem !== null ? this.storageEntry(model.filesystem) : undefined
+    if (model.source === "shared_fs") {
+      if (fs === undefined || fs.actor.getSnapshot().status !== "active") return Either.left(new NotFound({ code: "resource_not_found", id: model.filesystem ?? "" }))
+      if (statusOf(fs) === "suspended") {
+        return Either.left(new Conflict({ code: "invalid_state", id: fs.id, status: "suspended", message: `${fs.id} is suspended: recharge to use it again` }))
+      }
+    }
+    const regions = fs !== undefined ? [fs.actor.getSnapshot().context.region] : this.cluster.regionNames().slice(0, policy.INFERENCE_REPLICAS_MULTI_REGION)
     if (regions.length === 0) return invalid("no_region", "model", "no region to run the model in")
     for (const region of regions) {
       if (model.gpu_count > this.cluster.region(region)!.gpus_per_node) return invalid("gpu_count_exceeds_node", "gpu_count", "gpu_count exceeds GPUs per node")
@@ -721,12 +748,14 @@ export class GpuSupervisor {
           regions,
           hourly_rate_micros: rate.toString(),
           first_hold_micros: hold.toString(),
-          created_at: at
+          created_at: at,
+          filesystem: fs?.id ?? null
         }
         const actor = createActor(this.inference, { input, clock: this.clock })
         const entry: LiveEntry = { kind: "inference", id: req.id, actor, alarm: null }
         this.live.set(req.id, entry)
         this.run(entry, () => actor.start(), null, at)
+        if (fs !== undefined) this.dispatch(fs, { type: "attach", at, instance: req.id })
         return inferenceViewOf(actor.getSnapshot())
       })
     )
@@ -815,10 +844,10 @@ export class GpuSupervisor {
   }
 
   /** An instance that stops releases its storage; the data stays (SPEC §5). */
-  private detachStorageOf(ctx: GpuInstanceContext, at: number): void {
-    for (const id of [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]) {
+  private detachStorageOf(instance: string, storage: ReadonlyArray<string>, at: number): void {
+    for (const id of storage) {
       const entry = this.storageEntry(id)
-      if (entry !== undefined) this.deferred.push(() => this.dispatch(entry, { type: "detach", at, instance: ctx.id }))
+      if (entry !== undefined) this.deferred.push(() => this.dispatch(entry, { type: "detach", at, instance }))
     }
   }
 
@@ -1030,7 +1059,7 @@ export class GpuSupervisor {
       this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
     }
     const stopping = (s: string | null) => s === "terminating" || s === "terminated" || s === "failed"
-    if (entry.kind === "gpu" && stopping(after) && !stopping(before)) this.detachStorageOf(entry.actor.getSnapshot().context, at)
+    if (entry.kind !== "storage" && stopping(after) && !stopping(before)) this.detachStorageOf(entry.id, storageOf(entry), at)
     if (entry.kind === "gpu") {
       if (after === "pending") this.pending.add(entry.id)
       else this.pending.delete(entry.id)

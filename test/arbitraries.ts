@@ -66,6 +66,7 @@ const inferenceStoryArb = (id: string) =>
       fc.constantFrom(...ACCOUNTS),
       fc.constantFrom("H100", "A100"),
       fc.integer({ min: 1, max: 2 }),
+      fc.constantFrom("huggingface", "platform", "shared_fs"),
       fc.array(
         fc.oneof(
           fc.record({ after: hours(40), do: fc.constant("terminate") }),
@@ -75,8 +76,8 @@ const inferenceStoryArb = (id: string) =>
         { maxLength: 4 }
       )
     )
-    .map(([t0, account, gpu, gpu_count, rest]) => [
-      { at: `PT${t0}S`, do: "register_model", account, model: `m-${id}`, source: "huggingface", gpu, gpu_count },
+    .map(([t0, account, gpu, gpu_count, source, rest]) => [
+      { at: `PT${t0}S`, do: "register_model", account, model: `m-${id}`, source, gpu, gpu_count, ...(source === "shared_fs" ? { filesystem: "fs-0" } : {}) },
       { at: `PT${t0}S`, do: "launch_inference_instance", account, id, model: `m-${id}` },
       ...rest.map(({ after, ...e }) =>
         e.do === "api_request" ? { at: `PT${t0 + after}S`, do: "api_request", account, model: `m-${id}:${id}`, input_tokens: e.input_tokens } : { at: `PT${t0 + after}S`, ...e, id }

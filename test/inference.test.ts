@@ -107,7 +107,7 @@ describe("launch, terminate and the registry", () => {
       [1, 402, "insufficient_balance"],
       [3, 404, "model_not_found"],
       [5, 409, "invalid_state"],
-      [8, 400, "unsupported_source"]
+      [8, 400, "filesystem_required"]
     ])
     expect(r.output.invariants.ok).toBe(true)
   })
@@ -125,6 +125,33 @@ describe("launch, terminate and the registry", () => {
       [at(2 * HOUR), "refund", "45.00", "97.00"]
     ])
     expect(r.output.resources["ii-1"]).toMatchObject({ status: "failed", termination_reason: "failed" })
+  })
+})
+
+describe("a model on a shared filesystem", () => {
+  it("runs one replica in the filesystem's region with the filesystem mounted, and releases it on terminate", () => {
+    // Proves SPEC §4's shared_fs source: 1 replica, hold = rate × GPUs × 1 × 24, fs in_use (409 to delete).
+    const r = run(
+      file(
+        [
+          { at: "PT0S", do: "create_filesystem", account: "acme", id: "fs-w", size_gb: 100, region: "eu-west" },
+          { at: "PT1M", do: "register_model", account: "acme", model: "weights", source: "shared_fs", filesystem: "fs-w", gpu: "H100", gpu_count: 2 },
+          { at: "PT2M", do: "launch_inference_instance", account: "acme", id: "ii-fs", model: "weights" },
+          { at: "PT3M", do: "delete_storage", id: "fs-w" },
+          { at: "PT1H2M", do: "terminate", id: "ii-fs" },
+          { at: "PT1H3M", do: "delete_storage", id: "fs-w" }
+        ],
+        { catalog: { ...twoRegions, storage: { shared_fs: { daily_rate_per_gb: "0.006" } } }, until: "PT2H", accounts: { acme: { balance: "100.00" } } }
+      )
+    )
+    expect(rows(r)).toEqual([
+      [at(2 * MIN), "gpu_usage", "-48.00", "52.00"],
+      [at(62 * MIN), "refund", "46.00", "98.00"]
+    ])
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.message])).toEqual([[4, 409, "fs-w is attached to ii-fs; terminate the instance, then delete it"]])
+    expect(r.output.resources["ii-fs"]).toMatchObject({ regions: { "eu-west": "deleted" }, termination_reason: "user_requested" })
+    expect(r.output.resources["fs-w"]).toMatchObject({ status: "deleted" })
+    expect(r.output.invariants.ok).toBe(true)
   })
 })
 
