@@ -33,13 +33,13 @@ import { performance } from "node:perf_hooks"
 import { parseArgs } from "node:util"
 import Database from "better-sqlite3"
 import { Either } from "effect"
-import { generateFleet } from "../sim/fleet.js"
+import { FULL_FLEET, generateFleet } from "../sim/fleet.js"
 import { runTimeline, type RunResult } from "../sim/runner.js"
 import { decodeTimeline, type Timeline } from "../sim/timeline.js"
 import { migrate } from "../src/ledger/migrations.js"
 import * as policy from "../src/policy.js"
 
-const usage = "usage: npm run bench -- [--seed N] [--accounts N] [--resources N] [--days N] [--runs N]"
+const usage = "usage: npm run bench -- [--profile gpu|full] [--seed N] [--accounts N] [--resources N] [--days N] [--runs N]"
 
 /** Rows per transaction in the floors: large enough that commits do not dominate. */
 const BATCH = 10_000
@@ -286,6 +286,7 @@ const main = (): number => {
         resources: { type: "string" },
         days: { type: "string" },
         runs: { type: "string" },
+        profile: { type: "string" },
         help: { type: "boolean", short: "h", default: false }
       }
     })
@@ -294,6 +295,7 @@ const main = (): number => {
       return 0
     }
     opts = {
+      profile: values.profile === "full" ? "full" : "gpu",
       seed: positiveInt("seed", values.seed, 1, 0),
       accounts: positiveInt("accounts", values.accounts, 1_000),
       resources: positiveInt("resources", values.resources, 10_000, 0),
@@ -308,10 +310,17 @@ const main = (): number => {
   const cpus = os.cpus()
   const machine = `${cpus[0]?.model.trim() ?? "unknown CPU"}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}, ${os.platform()} ${os.release()}`
   const out = (line = ""): void => void process.stdout.write(`${line}\n`)
-  out(`EcoLink bench: seed ${opts.seed}, ${int(opts.accounts)} accounts, ${int(opts.resources)} GPU resources, ${opts.days} virtual days, ${opts.runs} run(s), median quoted`)
+  out(
+    opts.profile === "full"
+      ? `EcoLink bench, full profile: seed ${opts.seed}, ${int(FULL_FLEET.accounts!)} accounts, ${int(FULL_FLEET.resources!)} GPU resources, ${int(FULL_FLEET.inference!)} inference instances, ${int(FULL_FLEET.storage!)} drives and filesystems, ${int(FULL_FLEET.api_requests!)} API requests, ${FULL_FLEET.days} virtual days, ${opts.runs} run(s), median quoted`
+      : `EcoLink bench: seed ${opts.seed}, ${int(opts.accounts)} accounts, ${int(opts.resources)} GPU resources, ${opts.days} virtual days, ${opts.runs} run(s), median quoted`
+  )
   out(`machine: ${machine}`)
 
-  const generated = timed(() => generateFleet(opts.seed, { accounts: opts.accounts, resources: opts.resources, days: opts.days }))
+  // `--profile full` is the issue-3 fleet: every resource kind and an API stream, 30 days.
+  const generated = timed(() =>
+    generateFleet(opts.seed, opts.profile === "full" ? FULL_FLEET : { accounts: opts.accounts, resources: opts.resources, days: opts.days })
+  )
   const decoded = timed(() => decodeTimeline(generated.value))
   if (Either.isLeft(decoded.value)) {
     process.stderr.write(`the generated fleet is not a valid timeline: ${decoded.value.left.message}\n`)

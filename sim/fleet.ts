@@ -17,7 +17,16 @@ export interface FleetOptions {
   readonly resources?: number
   /** Virtual days the timeline spans (`until`). Default 7. */
   readonly days?: number
+  /** User inference instances, one model registered per instance. Default 0. */
+  readonly inference?: number
+  /** Cloud drives and shared filesystems, half each, created at the start. Default 0. */
+  readonly storage?: number
+  /** `/v1` requests spread evenly over the run (a steady stream). Default 0. */
+  readonly api_requests?: number
 }
+
+/** The issue-3 fleet: every resource kind and a steady API stream over 30 virtual days. */
+export const FULL_FLEET: FleetOptions = { accounts: 1_000, resources: 10_000, days: 30, inference: 1_000, storage: 2_000, api_requests: 200_000 }
 
 const SECONDS_PER_HOUR = 3_600
 const SECONDS_PER_DAY = 86_400
@@ -36,6 +45,8 @@ const GPUS: ReadonlyArray<readonly [string, string]> = [
  */
 const REGIONS = ["us-east", "us-west", "eu-central"] as const
 const REGION_SPEC = { nodes: 400, gpus_per_node: 8, image_pull: "PT2M", container_start: "PT30S" }
+
+const MODELS = ["llama-3-8b", "qwen-72b", "flux-schnell"] as const
 
 /** Probabilities per resource of each follow-up event (independent draws). */
 const P_CLUSTER = 0.15
@@ -81,7 +92,9 @@ export const generateFleet = (seed: number, options: FleetOptions = {}): unknown
   // Opening balances $50 to $5,000: a launch holds hours × rate × GPUs up front, so the
   // small wallets run dry after a launch or two and their later launches are refused (402).
   const accounts: Record<string, { balance: string }> = {}
-  for (const id of accountIds) accounts[id] = { balance: dollarsOfCents(prng.int(5_000, 500_000)) }
+  // A fleet with inference instances runs for weeks: wallets start larger ($500 to $20,000).
+  const richer = (options.inference ?? 0) > 0
+  for (const id of accountIds) accounts[id] = { balance: dollarsOfCents(richer ? prng.int(50_000, 2_000_000) : prng.int(5_000, 500_000)) }
 
   const drafts: Draft[] = []
   for (let i = 0; i < resourceCount; i++) {
@@ -123,6 +136,29 @@ export const generateFleet = (seed: number, options: FleetOptions = {}): unknown
     }
   }
 
+  // Inference instances: a model per instance (HuggingFace or platform: 2 replicas), launched
+  // in the first third of the run; a quarter are terminated by their users later.
+  for (let i = 0; i < (options.inference ?? 0); i++) {
+    const id = `ii-${pad(i, 5)}`
+    const account = pick(accountIds)
+    const at_s = prng.int(0, Math.floor(span_s / 3))
+    drafts.push({ at_s, event: { do: "register_model", account, model: `model-${id}`, source: prng.chance(0.5) ? "huggingface" : "platform", gpu: pick(GPUS)[0], gpu_count: prng.int(1, 2) } })
+    drafts.push({ at_s, event: { do: "launch_inference_instance", account, id, model: `model-${id}` } })
+    if (prng.chance(0.25)) drafts.push({ at_s: within(at_s + SECONDS_PER_HOUR, span_s), event: { do: "terminate", id } })
+    if (prng.chance(0.1)) drafts.push({ at_s: within(at_s + SECONDS_PER_HOUR, span_s), event: { do: "pod_fail", id, region: REGIONS[1] } })
+  }
+  // Storage: drives and filesystems created at the start, charged every midnight.
+  for (let i = 0; i < (options.storage ?? 0); i++) {
+    drafts.push({ at_s: 0, event: { do: i % 2 === 0 ? "create_drive" : "create_filesystem", account: pick(accountIds), id: `st-${pad(i, 5)}`, size_gb: prng.int(10, 2_000), region: pick(REGIONS) } })
+  }
+  // A steady API stream: evenly spaced requests to the platform models, from any account.
+  const apiRequests = options.api_requests ?? 0
+  for (let i = 0; i < apiRequests; i++) {
+    const model = pick(MODELS)
+    const usage = model === "flux-schnell" ? { images: prng.int(1, 4) } : { input_tokens: prng.int(10, 4_000), output_tokens: prng.int(10, 1_000) }
+    drafts.push({ at_s: Math.floor((i * span_s) / apiRequests), event: { do: "api_request", account: pick(accountIds), model, ...usage } })
+  }
+
   // Top-ups: $1.00 to $1,000.00 (the manual's bounds), at any time, to any account.
   const topUps = accountCount * TOP_UPS_PER_ACCOUNT
   for (let i = 0; i < topUps; i++) {
@@ -139,8 +175,16 @@ export const generateFleet = (seed: number, options: FleetOptions = {}): unknown
     until: `P${days}D`,
     catalog: {
       gpus: Object.fromEntries(GPUS.map(([gpu, rate]) => [gpu, { hourly_rate: rate }])),
-      regions: Object.fromEntries(REGIONS.map((r) => [r, { ...REGION_SPEC }]))
+      regions: Object.fromEntries(REGIONS.map((r) => [r, { ...REGION_SPEC }])),
+      storage: { cloud_drive: { daily_rate_per_gb: "0.004" }, shared_fs: { daily_rate_per_gb: "0.006" } },
+      models: {
+        "llama-3-8b": { input_per_1m_tokens: "0.15", output_per_1m_tokens: "0.60" },
+        "qwen-72b": { input_per_1m_tokens: "0.90", output_per_1m_tokens: "0.90" },
+        "flux-schnell": { per_image: "0.003" }
+      }
     },
+    // Many requests a minute: aggregated into one row per account, model and minute.
+    ...(apiRequests > 0 ? { api_usage_rows: "per_minute" } : {}),
     accounts,
     events: drafts.map((d) => ({ at: `PT${d.at_s}S`, ...d.event }))
   }

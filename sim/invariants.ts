@@ -112,7 +112,7 @@ type Violate = (invariant: number, v: { account?: string | null; resource?: stri
  */
 const checkInference = (
   r: Extract<ResourceFacts, { kind: "inference_instance" }>,
-  f: { holds: ReadonlyArray<Hold>; transitionsByResource: Map<string, Transition[]>; notifications: ReadonlyArray<Notification>; end_ms: number; violate: Violate }
+  f: { holds: ReadonlyArray<Hold>; transitionsByResource: Map<string, Transition[]>; terminatedNotices: Map<string, Notification[]>; end_ms: number; violate: Violate }
 ): void => {
   const ctx = r.context
   const rate = BigInt(ctx.hourly_rate_micros)
@@ -141,7 +141,7 @@ const checkInference = (
       f.violate(3, { account: r.account, resource: r.id, at: h.settled_at, message: `cycle ${h.id} consumed ${consumed}, but ${ms} replica-ms billable × rate × ${ctx.gpu_count} GPUs is ${expected}` })
     }
   })
-  const notices = f.notifications.filter((n) => n.resource === r.id && n.kind === "terminated")
+  const notices = f.terminatedNotices.get(r.id) ?? []
   if ((r.status === "terminated" || r.status === "failed") && notices.length !== 1) {
     f.violate(6, { account: r.account, resource: r.id, message: `${r.status} with ${notices.length} termination notices` })
   }
@@ -179,6 +179,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   const warningsByResource = groupBy(facts.notifications.filter((n) => n.kind === "duration_warning"), (n) => n.resource ?? "")
   const terminatedNoticeByResource = new Map(facts.notifications.filter((n) => n.kind === "terminated").map((n) => [n.resource ?? "", n]))
   const resourceById = new Map(facts.resources.map((r) => [r.id, r]))
+  const terminatedNotices = groupBy(facts.notifications.filter((n) => n.kind === "terminated"), (n) => n.resource ?? "")
   const rowsByResource = groupBy(facts.rows.filter((r) => r.resource !== null), (r) => r.resource!)
 
   /** An overage row: posted by a settlement, for exactly the hold's overage. */
@@ -288,7 +289,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       continue
     }
     if (r.kind === "inference_instance") {
-      checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, notifications: facts.notifications, end_ms: facts.end_ms, violate })
+      checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, terminatedNotices, end_ms: facts.end_ms, violate })
       continue
     }
     const ctx = r.context

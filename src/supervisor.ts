@@ -333,6 +333,12 @@ export class GpuSupervisor {
   /** Accounts credited in this unit of work: their sent warnings may be armed again. */
   private readonly credited = new Set<string>()
   private readonly balanceAlarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
+  /**
+   * Per account: burn rate and unconsumed holds (micro-ms) as of `at`. Between two events of
+   * the account's resources the unconsumed part falls exactly by the burn per millisecond,
+   * so an API charge or a top-up needs no walk over the resources. Dropped on any dispatch.
+   */
+  private readonly burnCache = new Map<string, { readonly at: number; readonly burn: bigint; readonly unconsumed: bigint }>()
   private intents: Intent[] = []
   /** Dispatches that follow another one in the same unit of work (storage detach). */
   private deferred: Array<() => void> = []
@@ -495,6 +501,7 @@ export class GpuSupervisor {
     this.pending.clear()
     this.stopping.clear()
     this.byAccount.clear()
+    this.burnCache.clear()
     this.touched.clear()
     this.credited.clear()
   }
@@ -1069,6 +1076,7 @@ export class GpuSupervisor {
     this.dirty.add(entry.id)
     this.track(entry)
     this.touched.add(accountOf(entry))
+    this.burnCache.delete(accountOf(entry))
     this.rearm(entry)
     while (this.deferred.length > 0) this.deferred.shift()!()
   }
@@ -1313,9 +1321,15 @@ export class GpuSupervisor {
    * the balance plus what those resources' holds have not consumed yet, exact (micro-ms).
    */
   private burnOf(account: string, at: number): { burn: bigint; funds: bigint } {
+    const cached = this.burnCache.get(account)
+    if (cached !== undefined) {
+      const unconsumed = cached.unconsumed - cached.burn * BigInt(at - cached.at)
+      return { burn: cached.burn, funds: microMs(this.spendable(account)) + unconsumed }
+    }
     let burn = 0n
     let unconsumed = 0n
-    for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
+    // Sums of integers: the order the resources are visited does not change them.
+    for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
       if (entry === undefined || entry.kind === "storage" || entry.actor.getSnapshot().status !== "active") continue
       if (entry.kind === "gpu") {
@@ -1333,6 +1347,7 @@ export class GpuSupervisor {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
+    this.burnCache.set(account, { at, burn, unconsumed })
     return { burn, funds: microMs(this.spendable(account)) + unconsumed }
   }
 
@@ -1340,6 +1355,8 @@ export class GpuSupervisor {
     const at = this.clock.now()
     const { burn, funds } = this.burnOf(account, at)
     const before = this.ledger.warned(account)
+    // Nothing burns and nothing was sent: nothing to warn of, nothing to arm.
+    if (burn === 0n && before.length === 0 && !this.balanceAlarms.has(account)) return
     const plan = planWarnings(at, zeroAt(at, funds, burn), before, credited)
     if (plan.now !== null) {
       const minutes = plan.now

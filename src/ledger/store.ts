@@ -119,6 +119,15 @@ export interface OpenOptions {
 export class LedgerStore {
   private readonly s: ReturnType<typeof prepare>
   private readonly tx: (fn: () => unknown) => unknown
+  /**
+   * Write-through cache of wallet balances: this store is the database's only writer, so a
+   * balance read back is the one it last wrote. Dropped whole when a transaction rolls back.
+   */
+  private readonly balances = new Map<string, Micros>()
+  /** Balances changed inside the open transaction, written once just before it commits. */
+  private readonly dirtyBalances = new Set<string>()
+  /** Write-through cache of the low-balance monitor's state, same rule. */
+  private readonly warnedCache = new Map<string, number[]>()
 
   private constructor(readonly db: Database.Database) {
     this.s = prepare(db)
@@ -155,12 +164,36 @@ export class LedgerStore {
   }
 
   commitBatch(): void {
-    if (this.db.inTransaction) this.db.exec("COMMIT")
+    if (!this.db.inTransaction) return
+    this.writeBalances()
+    this.db.exec("COMMIT")
   }
 
   /** Runs `fn` in a transaction; inside an open one it simply runs (the outer one commits). */
   transaction<T>(fn: () => T): T {
-    return (this.db.inTransaction ? fn() : this.tx(fn)) as T
+    if (this.db.inTransaction) return fn()
+    try {
+      return this.tx(() => {
+        const result = fn()
+        this.writeBalances()
+        return result
+      }) as T
+    } catch (e) {
+      this.forgetCaches()
+      throw e
+    }
+  }
+
+  private forgetCaches(): void {
+    this.balances.clear()
+    this.dirtyBalances.clear()
+    this.warnedCache.clear()
+  }
+
+  /** Writes each wallet balance changed in this transaction once (not once per row). */
+  private writeBalances(): void {
+    for (const account of this.dirtyBalances) this.s.setBalance.run(this.balances.get(account)!, account)
+    this.dirtyBalances.clear()
   }
 
   // ── accounts ──────────────────────────────────────────────────────────────────────────
@@ -177,8 +210,11 @@ export class LedgerStore {
   }
 
   balance(account: string): Micros {
+    const cached = this.balances.get(account)
+    if (cached !== undefined) return cached
     const row = this.s.balance.get(account) as { balance_micros: bigint } | undefined
     assert(row !== undefined, () => `balance of unknown account ${account}`)
+    this.balances.set(account, row.balance_micros)
     return row.balance_micros
   }
 
@@ -198,7 +234,10 @@ export class LedgerStore {
   }): Micros {
     assert(row.amount_micros !== 0n, () => `zero-amount ${row.kind} row for ${row.account}`)
     const balance_after = this.balance(row.account) + row.amount_micros
-    this.s.setBalance.run(balance_after, row.account)
+    this.balances.set(row.account, balance_after)
+    // Inside a transaction the wallet row is written once, before the commit.
+    if (this.db.inTransaction) this.dirtyBalances.add(row.account)
+    else this.s.setBalance.run(balance_after, row.account)
     this.s.insertRow.run(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
     return balance_after
   }
@@ -299,13 +338,18 @@ export class LedgerStore {
 
   // ── low-balance monitor ───────────────────────────────────────────────────────────────
   /** Low-balance thresholds (minutes) already warned in the account's current run-down. */
-  warned(account: string): number[] {
+  warned(account: string): ReadonlyArray<number> {
+    const cached = this.warnedCache.get(account)
+    if (cached !== undefined) return cached
     const row = this.s.monitor.get(account) as { warned: string } | undefined
-    return row === undefined ? [] : (JSON.parse(row.warned) as number[])
+    const warned = row === undefined ? [] : (JSON.parse(row.warned) as number[])
+    this.warnedCache.set(account, warned)
+    return warned
   }
 
   setWarned(account: string, warned: ReadonlyArray<number>): void {
     this.s.setMonitor.run(account, JSON.stringify(warned))
+    this.warnedCache.set(account, [...warned])
   }
 
   // ── notifications, transitions, resources, journal ───────────────────────────────────
