@@ -405,7 +405,9 @@ const main = (): number => {
   out(`${"-".repeat(w0)}  ${"-".repeat(w1)}  ${"-".repeat(20)}`)
   for (const [a, b, c] of table) out(`${a.padEnd(w0)}  ${b.padStart(w1)}  ${c}`.trimEnd())
   out()
-  out(`target: fleet run under 10 s          ${engine < 10_000 ? "met" : "NOT met"} (${secs(engine)})`)
+  // The issues' targets: the GPU fleet under 10 s, the full fleet under 20 s, on this machine.
+  const target_s = opts.profile === "full" ? 20 : 10
+  out(`target: fleet run under ${target_s} s          ${engine < target_s * 1_000 ? "met" : "NOT met"} (${secs(engine)})`)
   out(`target: within 3× of floor B (all)    ${engine <= 3 * floorA ? "met" : "NOT met"} (${ratio(engine, floorA)})`)
   out(`target: within 3× of floor A (ledger) ${engine <= 3 * floorL ? "met" : "NOT met"} (${ratio(engine, floorL)})`)
   if (!inv.ok) {

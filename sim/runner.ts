@@ -248,7 +248,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
 
   const last: Engine = engine ?? startEngine()
   const facts = collectFacts(last.ledger, timeline)
-  const engine_events = last.ledger.journalEntries().length
+  const engine_events = last.ledger.journalLength()
   stopEngine(last)
   const violations = checkInvariants(facts)
   return { output: render(facts, rejected, violations), facts, engine_events }

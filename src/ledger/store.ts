@@ -382,6 +382,10 @@ export class LedgerStore {
     this.s.insertJournal.run(at, kind, JSON.stringify(payload))
   }
 
+  journalLength(): number {
+    return (this.s.journalLength.get() as { n: number }).n
+  }
+
   journalEntries(): ReadonlyArray<JournalEntry> {
     return this.s.journal.all() as JournalEntry[]
   }
@@ -436,7 +440,8 @@ const prepare = (db: Database.Database) => {
     monitor: db.prepare(`SELECT warned FROM account_monitor WHERE account = ?`),
     setMonitor: db.prepare(`INSERT INTO account_monitor (account, warned) VALUES (?, ?) ON CONFLICT(account) DO UPDATE SET warned = excluded.warned`),
     insertJournal: db.prepare(`INSERT INTO journal (at, kind, payload) VALUES (?, ?, ?)`),
-    journal: db.prepare(`SELECT * FROM journal ORDER BY seq`)
+    journal: db.prepare(`SELECT * FROM journal ORDER BY seq`),
+    journalLength: db.prepare(`SELECT count(*) AS n FROM journal`)
   }
 }
 
