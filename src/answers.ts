@@ -3,7 +3,7 @@
  * edge) uses these, so the numbers a user reads come from one place.
  */
 import { dollarsAsNumber } from "./money.js"
-import type { ExtendResult } from "./supervisor.js"
+import type { ExtendResult } from "./resources.js"
 
 /** `POST /gpu-instances/:id/extend` → `{"additional_cost": 4.80, "new_balance": 83.15}`. */
 export const extendAnswer = (r: ExtendResult): { additional_cost: number; new_balance: number } => ({

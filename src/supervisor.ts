@@ -20,16 +20,13 @@ import {
   gpuInstanceMachine,
   gpuStatusOf,
   gpuUnits,
-  isActiveStatus,
   isStuckPending,
   nextAlarm,
   type GpuAlarm,
   type GpuInstanceContext,
   type GpuInstanceEvent,
   type GpuInstanceInput,
-  type GpuInstanceSnapshot,
-  type GpuResourceKind,
-  type GpuStatus
+  type GpuInstanceSnapshot
 } from "../machines/gpuInstance.js"
 import {
   cycleBillableMsAt,
@@ -42,12 +39,31 @@ import {
   type InferenceEvent,
   type InferenceInput,
   type InferenceSnapshot,
-  type InferenceStatus,
-  type ModelSource,
   type Renewal
 } from "../machines/inferenceInstance.js"
-import { storageMachine, storageStatusOf, type StorageEvent, type StorageInput, type StorageKind, type StorageSnapshot } from "../machines/storage.js"
+import { storageMachine, storageStatusOf, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
+import {
+  cycleHoldIdFor,
+  holdIdFor,
+  INFERENCE_KIND,
+  inferenceViewOf,
+  rateOf,
+  replicaResource,
+  STORAGE_KINDS,
+  storageViewOf,
+  viewOf,
+  type Caller,
+  type CreateStorageRequest,
+  type ExtendResult,
+  type GpuView,
+  type InferenceView,
+  type LaunchGpuRequest,
+  type LaunchInferenceRequest,
+  type RegisterModelRequest,
+  type ResourceView,
+  type StorageView
+} from "./resources.js"
 import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
@@ -56,107 +72,6 @@ import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
-
-export interface LaunchGpuRequest {
-  readonly account: string
-  readonly id: string
-  readonly kind: GpuResourceKind
-  readonly gpu: string
-  readonly gpu_count: number
-  readonly node_count: number
-  readonly region: string
-  readonly estimated_duration_hours: number
-  readonly image?: string | null
-  /** A cloud drive to attach (SPEC §5). */
-  readonly drive?: string | null
-  /** Shared filesystems to mount. */
-  readonly filesystems?: ReadonlyArray<string>
-}
-
-export interface GpuView {
-  readonly id: string
-  readonly account: string
-  readonly kind: GpuResourceKind
-  readonly status: GpuStatus
-  readonly gpu: string
-  readonly gpu_count: number
-  readonly node_count: number
-  readonly region: string
-  readonly hourly_rate_micros: Micros
-  readonly hours_committed: number
-  readonly created_at: number
-  readonly started_at: number | null
-  readonly deadline_at: number | null
-  readonly billable_ms: number
-  readonly termination_reason: policy.TerminationReason | null
-}
-
-export interface LaunchInferenceRequest {
-  readonly account: string
-  readonly id: string
-  readonly model: string
-}
-
-export interface RegisterModelRequest {
-  readonly account: string
-  readonly model: string
-  readonly source: ModelSource
-  readonly filesystem?: string | null
-  readonly gpu: string
-  readonly gpu_count: number
-}
-
-export interface InferenceView {
-  readonly id: string
-  readonly account: string
-  readonly kind: "inference_instance"
-  readonly status: InferenceStatus
-  readonly model: string
-  readonly gpu: string
-  readonly gpu_count: number
-  readonly regions: ReadonlyArray<{ readonly region: string; readonly status: string }>
-  readonly hourly_rate_micros: Micros
-  readonly created_at: number
-  readonly cycle: number
-  readonly cycle_hold_micros: Micros
-  readonly cycle_ends_at: number | null
-  readonly termination_reason: policy.TerminationReason | null
-}
-
-export interface CreateStorageRequest {
-  readonly account: string
-  readonly id: string
-  readonly kind: StorageKind
-  readonly size_gb: number
-  readonly region: string
-}
-
-export interface StorageView {
-  readonly id: string
-  readonly account: string
-  readonly kind: StorageKind
-  readonly status: string
-  /** A shared filesystem is `in_use` while at least one instance has it mounted. */
-  readonly in_use: boolean
-  readonly size_gb: number
-  readonly region: string
-  readonly attached_to: ReadonlyArray<string>
-  readonly daily_rate_micros: Micros
-}
-
-export type ResourceView = GpuView | InferenceView | StorageView
-
-export interface ExtendResult {
-  readonly additional_cost_micros: Micros
-  readonly new_balance_micros: Micros
-  readonly deadline_at: number | null
-}
-
-/**
- * Who is asking: an account (a customer's key) sees only its own resources; `operator`
- * (the timeline, an operator's tools) sees all.
- */
-export type Caller = { readonly account: string } | "operator"
 
 export interface SupervisorApi {
   openAccount(id: string): Effect.Effect<void, Conflict>
@@ -202,7 +117,6 @@ const statusOf = (entry: LiveEntry): string =>
   : entry.kind === "inference" ? inferenceStatusOf(entry.actor.getSnapshot())
   : storageStatusOf(entry.actor.getSnapshot())
 
-export const STORAGE_KINDS: ReadonlyArray<string> = ["cloud_drive", "shared_fs"]
 
 /** The storage an instance has attached: its drive and filesystems, or its model's filesystem. */
 const storageOf = (entry: LiveEntry): string[] => {
@@ -222,13 +136,6 @@ const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().contex
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
 const replicaStatuses = (entry: LiveEntry): Record<string, string> =>
   entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : {}
-
-export const INFERENCE_KIND = "inference_instance"
-
-/** The resource id a replica's workload carries: `@` cannot occur in a resource id. */
-export const replicaResource = (id: string, region: string): string => `${id}@${region}`
-
-export const cycleHoldIdFor = (id: string, cycle: number): string => `hold:${id}:${cycle}`
 
 /** Intents the machine raised during one dispatch, carried out in order afterwards. */
 type Intent =
@@ -253,71 +160,10 @@ type Intent =
 /** Bound on intents one event may raise; a machine looping on itself stops loudly. */
 const INTENTS_PER_DISPATCH_MAX = 64
 
-export const holdIdFor = (resource: string): string => `hold:${resource}`
-
-const rateOf = (ctx: GpuInstanceContext): Micros => BigInt(ctx.hourly_rate_micros)
-
-const inferenceViewOf = (snapshot: InferenceSnapshot): InferenceView => {
-  const c = snapshot.context
-  const status = inferenceStatusOf(snapshot)
-  return {
-    id: c.id,
-    account: c.account,
-    kind: INFERENCE_KIND,
-    status,
-    model: c.model,
-    gpu: c.gpu,
-    gpu_count: c.gpu_count,
-    regions: c.regions.map((region) => ({ region, status: c.replicas[region]?.status ?? "pending" })),
-    hourly_rate_micros: BigInt(c.hourly_rate_micros),
-    created_at: c.created_at,
-    cycle: c.cycle.number,
-    cycle_hold_micros: BigInt(c.cycle.hold_micros),
-    cycle_ends_at: status === "terminating" || status === "terminated" || status === "failed" ? null : c.cycle.ends_at,
-    termination_reason: c.termination_reason
-  }
-}
-
-const storageViewOf = (snapshot: StorageSnapshot): StorageView => {
-  const c = snapshot.context
-  return {
-    id: c.id,
-    account: c.account,
-    kind: c.kind,
-    status: storageStatusOf(snapshot),
-    in_use: c.attached_to.length > 0,
-    size_gb: c.size_gb,
-    region: c.region,
-    attached_to: c.attached_to,
-    daily_rate_micros: BigInt(c.daily_rate_micros)
-  }
-}
-
 const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
   entry.kind === "gpu" ? viewOf(entry.actor.getSnapshot(), at)
   : entry.kind === "inference" ? inferenceViewOf(entry.actor.getSnapshot())
   : storageViewOf(entry.actor.getSnapshot())
-
-const viewOf = (snapshot: GpuInstanceSnapshot, at: number): GpuView => {
-  const c = snapshot.context
-  return {
-    id: c.id,
-    account: c.account,
-    kind: c.kind,
-    status: gpuStatusOf(snapshot),
-    gpu: c.gpu,
-    gpu_count: c.gpu_count,
-    node_count: c.node_count,
-    region: c.region,
-    hourly_rate_micros: rateOf(c),
-    hours_committed: c.hours_committed,
-    created_at: c.created_at,
-    started_at: c.started_at,
-    deadline_at: c.deadline_at,
-    billable_ms: billableMsAt(c, at),
-    termination_reason: c.termination_reason
-  }
-}
 
 export class GpuSupervisor {
   private readonly live = new Map<string, LiveEntry>()
@@ -859,8 +705,7 @@ export class GpuSupervisor {
   }
 
   private armStorageBilling(): void {
-    const now = this.clock.now()
-    const next = (Math.floor(now / policy.STORAGE_BILLING_INTERVAL_MS) + 1) * policy.STORAGE_BILLING_INTERVAL_MS
+    const next = nextMark(this.clock.now(), policy.STORAGE_BILLING_INTERVAL_MS)
     this.storageTimer = this.clock.schedule(next, () => this.onStorageBilling(), { lane: Lane.engine, key: "storage" })
   }
 
@@ -1384,8 +1229,7 @@ export class GpuSupervisor {
   }
 
   private armWatchdog(): void {
-    const now = this.clock.now()
-    const next = (Math.floor(now / policy.WATCHDOG_INTERVAL_MS) + 1) * policy.WATCHDOG_INTERVAL_MS
+    const next = nextMark(this.clock.now(), policy.WATCHDOG_INTERVAL_MS)
     this.watchdogTimer = this.clock.schedule(next, () => this.onWatchdog(), { lane: Lane.engine, key: "watchdog" })
   }
 
@@ -1502,6 +1346,13 @@ export class GpuSupervisor {
     }
   }
 }
+
+/**
+ * The next whole multiple of `interval_ms` after `now`: workers run on marks aligned to the
+ * epoch (every 5 minutes on the :00, :05…; storage at 00:00 UTC), so a restarted supervisor
+ * keeps the same schedule as one that never stopped.
+ */
+const nextMark = (now: number, interval_ms: number): number => (Math.floor(now / interval_ms) + 1) * interval_ms
 
 const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preempted" | "failed" | "deleted" =>
   type.slice("pod.".length) as "loading" | "running" | "preempted" | "failed" | "deleted"

@@ -3,7 +3,7 @@
  * TIMELINE.md promises: the JSON contract with --json, exit 0 when every invariant holds,
  * 1 naming invariant, account, resource and time when one breaks, 2 on a bad file.
  */
-import { execFileSync, spawnSync } from "node:child_process"
+import { spawnSync } from "node:child_process"
 import { readdirSync, readFileSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
@@ -78,4 +78,3 @@ describe("npm run sim", () => {
   })
 })
 
-void execFileSync
