@@ -58,3 +58,35 @@ describe("API usage", () => {
     expect(perMinute.output.invariants.ok).toBe(true)
   })
 })
+
+describe("accounts are walled off", () => {
+  it("answers 404 for another account's instance, storage or model, and charges nobody", () => {
+    // Proves no request reaches another account's resources: routing, attaching, deleting.
+    const catalog = {
+      gpus: { H100: { hourly_rate: "1.00" } },
+      regions: { r: { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } },
+      storage: { cloud_drive: { daily_rate_per_gb: "0.01" } }
+    }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "mine", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "mine" },
+          { at: "PT0S", do: "create_drive", account: "acme", id: "dr-1", size_gb: 10, region: "r" },
+          { at: "PT1M", do: "api_request", account: "other", model: "mine:ii-1", input_tokens: 10 },
+          { at: "PT1M", do: "launch_inference_instance", account: "other", id: "ii-2", model: "mine" },
+          { at: "PT1M", do: "launch_gpu_instance", account: "other", id: "gi-9", gpu: "H100", gpu_count: 1, region: "r", estimated_duration_hours: 1, drive: "dr-1" },
+          { at: "PT1M", do: "delete_model", account: "other", model: "mine" }
+        ],
+        { catalog, until: "PT10M", accounts: { acme: { balance: "100.00" }, other: { balance: "100.00" } } }
+      )
+    )
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error])).toEqual([
+      [3, 404, "model_not_found"],
+      [4, 404, "model_not_found"],
+      [5, 404, "resource_not_found"],
+      [6, 404, "model_not_found"]
+    ])
+    expect(r.output.accounts.other).toEqual({ balance: "100.00" })
+  })
+})
