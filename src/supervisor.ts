@@ -420,8 +420,8 @@ export class GpuSupervisor {
     const { rate } = checked.right
     const units = req.gpu_count * req.node_count
     const hold = holdMicros(rate, units, req.estimated_duration_hours)
-    const balance = this.spendable(req.account)
-    if (balance < hold) return Either.left(new InsufficientBalance({ account: req.account, required_micros: hold, balance_micros: balance }))
+    const covered = this.covers(req.account, hold)
+    if (Either.isLeft(covered)) return Either.left(covered.left)
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
@@ -465,8 +465,8 @@ export class GpuSupervisor {
     }
     const ctx = entry.actor.getSnapshot().context
     const amount = holdMicros(rateOf(ctx), gpuUnits(ctx), hours)
-    const balance = this.spendable(ctx.account)
-    if (balance < amount) return Either.left(new InsufficientBalance({ account: ctx.account, required_micros: amount, balance_micros: balance }))
+    const covered = this.covers(ctx.account, amount)
+    if (Either.isLeft(covered)) return Either.left(covered.left)
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
@@ -514,7 +514,6 @@ export class GpuSupervisor {
 
   // ── the model registry and inference instances (SPEC §4) ─────────────────────────────
   registerModel(req: RegisterModelRequest, caller: Caller = "operator"): Either.Either<void, EngineError> {
-    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
     if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     if (!policy.MODEL_NAME_RE.test(req.model)) return invalid("invalid_model", "model", "a model name is 1-128 letters, digits, '.', '_', '/' or '-'")
     if (!(policy.MODEL_SOURCES as ReadonlyArray<string>).includes(req.source)) return invalid("invalid_source", "source", `source is one of ${policy.MODEL_SOURCES.join(", ")}`)
@@ -559,14 +558,11 @@ export class GpuSupervisor {
   }
 
   launchInference(req: LaunchInferenceRequest, caller: Caller = "operator"): Either.Either<InferenceView, EngineError> {
-    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
-    if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    const fresh = this.checkNewId(req.id)
+    if (Either.isLeft(fresh)) return Either.left(fresh.left)
     if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     const model = this.ledger.model(req.account, req.model)
     if (model === undefined) return Either.left(new NotFound({ code: "model_not_found", id: req.model }))
-    if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
-      return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
-    }
     // Decision: the replicas go to the first regions by name (2 for HuggingFace and platform
     // models); a catalog with one region gets one replica. A shared_fs model runs one replica
     // in its filesystem's region, with the filesystem mounted.
@@ -584,9 +580,9 @@ export class GpuSupervisor {
     }
     const rate = this.catalog.gpuRate(model.gpu)
     if (rate === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${model.gpu} in the catalog`)
-    const hold = rate * BigInt(model.gpu_count) * BigInt(regions.length) * 24n
-    const balance = this.spendable(req.account)
-    if (balance < hold) return Either.left(new InsufficientBalance({ account: req.account, required_micros: hold, balance_micros: balance }))
+    const hold = holdMicros(rate, model.gpu_count * regions.length, policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    const covered = this.covers(req.account, hold)
+    if (Either.isLeft(covered)) return Either.left(covered.left)
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
@@ -616,8 +612,8 @@ export class GpuSupervisor {
 
   // ── storage (SPEC §5) ───────────────────────────────────────────────────────────────
   createStorage(req: CreateStorageRequest, caller: Caller = "operator"): Either.Either<StorageView, EngineError> {
-    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
-    if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    const fresh = this.checkNewId(req.id)
+    if (Either.isLeft(fresh)) return Either.left(fresh.left)
     if (!this.ledger.hasAccount(req.account) || !this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     if (!Number.isSafeInteger(req.size_gb) || req.size_gb < 1 || req.size_gb > policy.STORAGE_SIZE_GB_MAX) {
       return invalid("invalid_size", "size_gb", `size_gb must be a whole number from 1 to ${policy.STORAGE_SIZE_GB_MAX}`)
@@ -625,9 +621,6 @@ export class GpuSupervisor {
     if (this.cluster.region(req.region) === undefined) return invalid("unknown_region", "region", `no region ${req.region}`)
     const rate = this.catalog.storageRate(req.kind)
     if (rate === undefined) return invalid("storage_not_priced", "kind", `the catalog has no price for ${req.kind}`)
-    if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
-      return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
-    }
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
@@ -816,8 +809,8 @@ export class GpuSupervisor {
 
   // ── admission ─────────────────────────────────────────────────────────────────────────
   private admit(req: LaunchGpuRequest, caller: Caller): Either.Either<{ rate: Micros }, EngineError> {
-    const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
-    if (!policy.RESOURCE_ID_RE.test(req.id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    const fresh = this.checkNewId(req.id)
+    if (Either.isLeft(fresh)) return Either.left(fresh.left)
     if (caller !== "operator" && caller.account !== req.account) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     if (!this.ledger.hasAccount(req.account)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     const hours = req.estimated_duration_hours
@@ -836,10 +829,22 @@ export class GpuSupervisor {
     if (region === undefined) return invalid("unknown_region", "region", `no region ${req.region}`)
     if (req.gpu_count > region.gpus_per_node) return invalid("gpu_count_exceeds_node", "gpu_count", "gpu_count exceeds GPUs per node")
     if (req.node_count > region.nodes) return invalid("node_count_exceeds_region", "node_count", "node_count exceeds nodes in region")
-    if (this.live.has(req.id) || this.ledger.resource(req.id) !== undefined) {
-      return Either.left(new Conflict({ code: "already_exists", id: req.id, status: "exists", message: `resource ${req.id} already exists` }))
-    }
     return Either.right({ rate })
+  }
+
+  /** A new resource's id: well formed (400) and never used before, live or finished (409). */
+  private checkNewId(id: string): Either.Either<void, ValidationError | Conflict> {
+    if (!policy.RESOURCE_ID_RE.test(id)) return invalid("invalid_id", "id", "id must be 1-63 letters, digits, '.', '_' or '-'")
+    if (this.live.has(id) || this.ledger.resource(id) !== undefined) {
+      return Either.left(new Conflict({ code: "already_exists", id, status: "exists", message: `resource ${id} already exists` }))
+    }
+    return Either.right(undefined)
+  }
+
+  /** 402 unless the account can spend `amount` now (SPEC §2: the hold must be covered). */
+  private covers(account: string, amount: Micros): Either.Either<void, InsufficientBalance> {
+    const balance = this.spendable(account)
+    return balance < amount ? Either.left(new InsufficientBalance({ account, required_micros: amount, balance_micros: balance })) : Either.right(undefined)
   }
 
   private visible(account: string, caller: Caller): boolean {
@@ -1346,6 +1351,10 @@ export class GpuSupervisor {
     }
   }
 }
+
+/** A 400: the input `field` is malformed or out of bounds. */
+const invalid = (code: string, field: string, message: string): Either.Either<never, ValidationError> =>
+  Either.left(new ValidationError({ code, field, message }))
 
 /**
  * The next whole multiple of `interval_ms` after `now`: workers run on marks aligned to the
