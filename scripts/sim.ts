@@ -88,7 +88,8 @@ const main = (): number => {
   const result = runTimeline(timeline, { db, restartAt, outages })
   const output = result.output
   let deterministic = true
-  if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output)
+  // The second run gets a ledger file of its own, beside the first.
+  if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output, join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite"))
   const final = deterministic
     ? output
     : {

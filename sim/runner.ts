@@ -339,5 +339,5 @@ const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: 
 })
 
 /** Runs the same timeline twice and says whether the two outputs are byte-identical (SPEC §9.8). */
-export const checkDeterminism = (timeline: Timeline, first: SimOutput): boolean =>
-  JSON.stringify(runTimeline(timeline).output) === JSON.stringify(first)
+export const checkDeterminism = (timeline: Timeline, first: SimOutput, db: string): boolean =>
+  JSON.stringify(runTimeline(timeline, { db }).output) === JSON.stringify(first)
