@@ -253,6 +253,18 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
   }
 
+  // 6. A stop for credit_depleted is one the account was warned of: some low-balance warning
+  // of the same run-down came at or before it.
+  for (const n of facts.notifications) {
+    if (n.kind !== "terminated" || !(n.data ?? "").includes("credit_depleted")) continue
+    const credits = (creditsByAccount.get(n.account) ?? []).map((r) => r.at)
+    const rundown = credits.filter((c) => c <= n.at).length
+    const warned = facts.notifications.some(
+      (w) => w.kind === "balance_warning" && w.account === n.account && w.at <= n.at && credits.filter((c) => c <= w.at).length === rundown
+    )
+    if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
+  }
+
   // 2. Every hold settled exactly once, consumed + refunded == held; its rows add up.
   for (const h of facts.holds) {
     const rows = rowsByHold.get(h.id) ?? []

@@ -2,6 +2,7 @@
  * The invariant checker catches what it claims to: each test takes the facts of a clean run,
  * breaks one thing the way a bug would, and expects exactly the matching invariant to fire.
  */
+import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { checkInvariants, type RunFacts } from "../sim/invariants.js"
 import { launch, run, timelineFile } from "./helpers.js"
@@ -81,5 +82,16 @@ describe("the invariant checker", () => {
     const f = clean()
     const transitions = f.transitions.map((t) => (t.resource === "gi-1" && (t.to_state === "terminating" || t.to_state === "terminated") ? { ...t, at: t.at + 5 * 60_000 } : t))
     expect(fired({ ...f, transitions })).toContain(7)
+  })
+})
+
+describe("the invariant checker, on the low-balance rules", () => {
+  it("catches a credit_depleted stop nobody was warned of (6)", () => {
+    // Proves "warnings are sent before the termination they warn of" is checked, not assumed.
+    const example = JSON.parse(readFileSync(new URL("../sim/examples/inference-partial-hold.json", import.meta.url), "utf8"))
+    const facts = run(example).facts
+    expect(checkInvariants(facts)).toEqual([])
+    const unwarned = { ...facts, notifications: facts.notifications.filter((n) => n.kind !== "balance_warning") }
+    expect(fired(unwarned)).toEqual([6])
   })
 })
