@@ -184,7 +184,16 @@ export class GpuSupervisor {
    * the account's resources the unconsumed part falls exactly by the burn per millisecond,
    * so an API charge or a top-up needs no walk over the resources. Dropped on any dispatch.
    */
-  private readonly burnCache = new Map<string, { readonly at: number; readonly burn: bigint; readonly unconsumed: bigint }>()
+  private readonly burnCache = new Map<
+    string,
+    {
+      readonly at: number
+      readonly burn: bigint
+      readonly unconsumed: bigint
+      /** Each active inference instance's next cycle end and the least balance that renews it. */
+      readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint }>
+    }
+  >()
   private intents: Intent[] = []
   /** Dispatches that follow another one in the same unit of work (storage detach). */
   private deferred: Array<() => void> = []
@@ -1170,14 +1179,21 @@ export class GpuSupervisor {
    * Burn rate (micros per hour) of the account's resources holding GPUs now, and its funds:
    * the balance plus what those resources' holds have not consumed yet, exact (micro-ms).
    */
-  private burnOf(account: string, at: number): { burn: bigint; funds: bigint } {
-    const cached = this.burnCache.get(account)
-    if (cached !== undefined) {
-      const unconsumed = cached.unconsumed - cached.burn * BigInt(at - cached.at)
-      return { burn: cached.burn, funds: microMs(this.spendable(account)) + unconsumed }
-    }
+  private burnOf(account: string, at: number): { burn: bigint; funds: bigint; stopAt: number | null } {
+    const cached = this.burnCache.get(account) ?? this.measureBurn(account, at)
+    const unconsumed = cached.unconsumed - cached.burn * BigInt(at - cached.at)
+    const spendable = this.spendable(account)
+    // Holds are per resource: an inference instance whose cycle ends when the balance cannot
+    // renew it stops then, however much other resources still hold (SPEC §4).
+    let stopAt: number | null = null
+    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
+    return { burn: cached.burn, funds: microMs(spendable) + unconsumed, stopAt }
+  }
+
+  private measureBurn(account: string, at: number) {
     let burn = 0n
     let unconsumed = 0n
+    const renewals: Array<{ ends_at: number; min_micros: bigint }> = []
     // Sums of integers: the order the resources are visited does not change them.
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
@@ -1190,6 +1206,12 @@ export class GpuSupervisor {
         unconsumed += microMs(holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed)) - hourly * BigInt(billableMsAt(ctx, at))
       } else {
         const ctx = entry.actor.getSnapshot().context
+        if (entry.actor.getSnapshot().value === "active") {
+          // renewalFor's least partial hold: one that covers INFERENCE_PARTIAL_HOLD_MIN_MS.
+          const hourly = fullHourlyMicros(ctx)
+          const min_micros = (hourly * BigInt(policy.INFERENCE_PARTIAL_HOLD_MIN_MS) + BigInt(policy.MS_PER_HOUR) - 1n) / BigInt(policy.MS_PER_HOUR)
+          renewals.push({ ends_at: ctx.cycle.ends_at, min_micros })
+        }
         const running = Object.values(ctx.replicas).filter((r) => r.billing_since !== null).length
         if (running === 0) continue
         const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
@@ -1197,17 +1219,20 @@ export class GpuSupervisor {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
-    this.burnCache.set(account, { at, burn, unconsumed })
-    return { burn, funds: microMs(this.spendable(account)) + unconsumed }
+    const measured = { at, burn, unconsumed, renewals }
+    this.burnCache.set(account, measured)
+    return measured
   }
 
   private monitor(account: string, credited: boolean): void {
     const at = this.clock.now()
-    const { burn, funds } = this.burnOf(account, at)
+    const { burn, funds, stopAt } = this.burnOf(account, at)
     const before = this.ledger.warned(account)
-    // Nothing burns and nothing was sent: nothing to warn of, nothing to arm.
-    if (burn === 0n && before.length === 0 && !this.balanceAlarms.has(account)) return
-    const plan = planWarnings(at, zeroAt(at, funds, burn), before, credited)
+    // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
+    if (burn === 0n && stopAt === null && before.length === 0 && !this.balanceAlarms.has(account)) return
+    const pooled = zeroAt(at, funds, burn)
+    const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
+    const plan = planWarnings(at, zero, before, credited)
     if (plan.now !== null) {
       const minutes = plan.now
       const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity
