@@ -450,12 +450,9 @@ export class GpuSupervisor {
           drive: req.drive ?? null,
           filesystems: req.filesystems ?? []
         }
-        const actor = createActor(this.machine, { input, clock: this.clock })
-        const entry: LiveEntry = { kind: "gpu", id: req.id, actor, alarm: null }
-        this.live.set(req.id, entry)
-        this.run(entry, () => actor.start(), null, at)
-        this.attachStorageOf(input as GpuInstanceContext, at)
-        return viewOf(actor.getSnapshot(), at)
+        const entry = this.launch({ kind: "gpu", id: req.id, actor: createActor(this.machine, { input, clock: this.clock }), alarm: null }, at)
+        this.attachStorageOf(entry, at)
+        return viewOf(entry.actor.getSnapshot(), at)
       })
     )
   }
@@ -609,12 +606,9 @@ export class GpuSupervisor {
           created_at: at,
           filesystem: fs?.id ?? null
         }
-        const actor = createActor(this.inference, { input, clock: this.clock })
-        const entry: LiveEntry = { kind: "inference", id: req.id, actor, alarm: null }
-        this.live.set(req.id, entry)
-        this.run(entry, () => actor.start(), null, at)
-        if (fs !== undefined) this.dispatch(fs, { type: "attach", at, instance: req.id })
-        return inferenceViewOf(actor.getSnapshot())
+        const entry = this.launch({ kind: "inference", id: req.id, actor: createActor(this.inference, { input, clock: this.clock }), alarm: null }, at)
+        this.attachStorageOf(entry, at)
+        return inferenceViewOf(entry.actor.getSnapshot())
       })
     )
   }
@@ -635,11 +629,8 @@ export class GpuSupervisor {
         const at = this.clock.now()
         this.journal.append(at, "create_storage", { ...req })
         const input: StorageInput = { id: req.id, account: req.account, kind: req.kind, size_gb: req.size_gb, region: req.region, daily_rate_micros: rate.toString(), created_at: at }
-        const actor = createActor(this.storage, { input, clock: this.clock })
-        const entry: LiveEntry = { kind: "storage", id: req.id, actor, alarm: null }
-        this.live.set(req.id, entry)
-        this.run(entry, () => actor.start(), null, at)
-        return storageViewOf(actor.getSnapshot())
+        const entry = this.launch({ kind: "storage", id: req.id, actor: createActor(this.storage, { input, clock: this.clock }), alarm: null }, at)
+        return storageViewOf(entry.actor.getSnapshot())
       })
     )
   }
@@ -691,11 +682,19 @@ export class GpuSupervisor {
     return entry?.kind === "storage" ? entry : undefined
   }
 
-  private attachStorageOf(ctx: GpuInstanceContext, at: number): void {
-    for (const id of [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]) {
+  /** A launched instance takes its storage: its drive and filesystems, or its model's filesystem. */
+  private attachStorageOf(instance: LiveEntry, at: number): void {
+    for (const id of storageOf(instance)) {
       const entry = this.storageEntry(id)
-      if (entry !== undefined) this.dispatch(entry, { type: "attach", at, instance: ctx.id })
+      if (entry !== undefined) this.dispatch(entry, { type: "attach", at, instance: instance.id })
     }
+  }
+
+  /** A new resource: live from now, its machine started (entry actions: hold, pods) in this unit of work. */
+  private launch<E extends LiveEntry>(entry: E, at: number): E {
+    this.live.set(entry.id, entry)
+    this.run(entry, () => entry.actor.start(), null, at)
+    return entry
   }
 
   /** An instance that stops releases its storage; the data stays (SPEC §5). */
