@@ -73,7 +73,8 @@ import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
 
-export interface SupervisorApi {
+/** The supervisor's commands, as Effects that fail with the engine's typed errors. */
+export interface SupervisorCommands {
   openAccount(id: string): Effect.Effect<void, Conflict>
   /** Credits a wallet (`topup` from a payment, `adjustment` by an operator). */
   credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Effect.Effect<Micros, NotFound | ValidationError>
@@ -88,16 +89,30 @@ export interface SupervisorApi {
   deleteStorage(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound | Conflict>
   /** Charges one `/v1` request at once (SPEC §6): an `api_usage` row, or a typed refusal. */
   apiRequest(req: Omit<ApiRequest, "at">, caller?: Caller): Effect.Effect<ChargeResult, MeteringError>
+  balance(account: string): Effect.Effect<Micros, NotFound>
+}
+
+/** The same commands, synchronous: each returns the `Either` its Effect succeeds or fails with. */
+export type SupervisorSync = {
+  readonly [K in keyof SupervisorCommands]: SupervisorCommands[K] extends (...args: infer P) => Effect.Effect<infer A, infer E> ? (...args: P) => Either.Either<A, E> : never
+}
+
+export interface SupervisorApi extends SupervisorCommands {
   /** Posts API usage still pending in aggregation buckets (end of a run, shutdown). */
   settleApiUsage(): void
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6). */
   userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> }
-  balance(account: string): Effect.Effect<Micros, NotFound>
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
   unitOfWork<T>(fn: () => T): T
   /** Group commit: units of work share one transaction until `commitBatch` (simulator only). */
   beginBatch(): void
   commitBatch(): void
+  /**
+   * The commands without Effect: the simulator drives the engine through these, hundreds of
+   * thousands of inputs a run, without a fiber per input (BENCHMARKS.md). Same code, same
+   * behaviour: each Effect above is this call lifted.
+   */
+  readonly sync: SupervisorSync
 }
 
 export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, SupervisorApi>() {}
@@ -1419,7 +1434,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),
-    commitBatch: () => sup.commitBatch()
+    commitBatch: () => sup.commitBatch(),
+    sync: sup
   } satisfies SupervisorApi
 })
 

@@ -128,6 +128,8 @@ export class LedgerStore {
   private readonly dirtyBalances = new Set<string>()
   /** Write-through cache of the low-balance monitor's state, same rule. */
   private readonly warnedCache = new Map<string, number[]>()
+  /** Accounts known to exist: an account is never deleted, so a hit never goes stale. */
+  private readonly knownAccounts = new Set<string>()
 
   private constructor(readonly db: Database.Database) {
     this.s = prepare(db)
@@ -188,6 +190,7 @@ export class LedgerStore {
     this.balances.clear()
     this.dirtyBalances.clear()
     this.warnedCache.clear()
+    this.knownAccounts.clear()
   }
 
   /** Writes each wallet balance changed in this transaction once (not once per row). */
@@ -206,7 +209,10 @@ export class LedgerStore {
   }
 
   hasAccount(id: string): boolean {
-    return this.s.accountExists.get(id) !== undefined
+    if (this.knownAccounts.has(id)) return true
+    if (this.s.accountExists.get(id) === undefined) return false
+    this.knownAccounts.add(id)
+    return true
   }
 
   balance(account: string): Micros {
@@ -403,6 +409,10 @@ export class LedgerStore {
   }
 }
 
+/** The integer columns of `ledger` and `holds` that are not money. */
+const LEDGER_NUMBERS = ["id", "at"] as const
+const HOLD_NUMBERS = ["placed_at", "settled_at"] as const
+
 const prepare = (db: Database.Database) => {
   const money = <S extends Database.Statement>(stmt: S): S => stmt.safeIntegers(true) as S
   const plainIds = <S extends Database.Statement>(stmt: S): S => stmt
@@ -415,14 +425,14 @@ const prepare = (db: Database.Database) => {
     insertRow: db.prepare(
       `INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, hold_id, description) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
     ),
-    rows: moneyRows(db.prepare(`SELECT * FROM ledger ORDER BY id`)),
+    rows: moneyRows(db.prepare(`SELECT * FROM ledger ORDER BY id`), LEDGER_NUMBERS),
     insertHold: db.prepare(`INSERT INTO holds (id, account, resource, status, held_micros, placed_at) VALUES (?, ?, ?, 'open', ?, ?)`),
     growHold: db.prepare(`UPDATE holds SET held_micros = held_micros + ? WHERE id = ? AND status = 'open'`),
     settleHold: db.prepare(
       `UPDATE holds SET status = 'settled', consumed_micros = ?, refunded_micros = ?, overage_micros = ?, settled_at = ? WHERE id = ? AND status = 'open'`
     ),
-    hold: moneyRows(db.prepare(`SELECT * FROM holds WHERE id = ?`)),
-    holds: moneyRows(db.prepare(`SELECT * FROM holds ORDER BY placed_at, id`)),
+    hold: moneyRows(db.prepare(`SELECT * FROM holds WHERE id = ?`), HOLD_NUMBERS),
+    holds: moneyRows(db.prepare(`SELECT * FROM holds ORDER BY placed_at, id`), HOLD_NUMBERS),
     insertNotification: db.prepare(`INSERT INTO notifications (account, resource, at, severity, kind, text, data) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     notifications: plainIds(db.prepare(`SELECT id, account, resource, at, severity, kind, text, data FROM notifications ORDER BY id`)),
     insertTransition: db.prepare(`INSERT INTO transitions (at, resource, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)`),
@@ -447,15 +457,15 @@ const prepare = (db: Database.Database) => {
 
 /**
  * Reads rows with every INTEGER as `bigint`, then turns the non-money integers (ids,
- * instants) back into numbers so that only `*_micros` columns are bigint.
+ * instants: `numbers`) back into numbers so that only `*_micros` columns are bigint.
  */
-const moneyRows = (stmt: Database.Statement) => {
+const moneyRows = (stmt: Database.Statement, numbers: ReadonlyArray<string>) => {
   stmt.safeIntegers(true)
   const fix = (row: Record<string, unknown> | undefined) => {
     if (row === undefined) return row
-    for (const key of Object.keys(row)) {
+    for (const key of numbers) {
       const v = row[key]
-      if (typeof v === "bigint" && !key.endsWith("_micros")) row[key] = Number(v)
+      if (typeof v === "bigint") row[key] = Number(v)
     }
     return row
   }
