@@ -115,6 +115,10 @@ export class SimCluster implements ClusterPort {
     return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at }
   }
 
+  phaseOf(name: string): WorkloadPhase | undefined {
+    return this.workloads.get(name)?.phase
+  }
+
   list(): ReadonlyArray<WorkloadStatus> {
     return [...this.workloads.keys()].sort().map((name) => this.get(name)!)
   }

@@ -45,6 +45,11 @@ export interface ClusterPort {
   /** Deletes the workload's pods; `pod.deleted` follows once they are gone. Idempotent. */
   deleteWorkload(name: string): void
   get(name: string): WorkloadStatus | undefined
+  /**
+   * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live
+   * resource on every watchdog tick, so it must be a lookup, not a copy.
+   */
+  phaseOf(name: string): WorkloadPhase | undefined
   /** Every workload the cluster runs for us, ordered by name. */
   list(): ReadonlyArray<WorkloadStatus>
   /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */

@@ -25,6 +25,7 @@ import {
   type GpuAlarm,
   type GpuInstanceContext,
   type GpuInstanceEvent,
+  type GpuStatus,
   type GpuInstanceInput,
   type GpuInstanceSnapshot
 } from "../machines/gpuInstance.js"
@@ -64,7 +65,7 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, type ClusterEvent, type ClusterPort } from "./cluster.js"
+import { podNameFor, type ClusterEvent, type ClusterPort, type WorkloadPhase } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
@@ -122,10 +123,18 @@ type InferenceActor = Actor<typeof inferenceInstanceMachine>
 type StorageActor = Actor<typeof storageMachine>
 type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
 
+/** `pods`: the workload names, by region for an inference instance, computed once (reconcile). */
 type LiveEntry =
-  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm }
-  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm }
-  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm }
+  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+
+/** The names of an entry's workloads: `""` → the GPU resource's; region → an inference replica's. */
+const podsOf = (entry: Extract<LiveEntry, { kind: "gpu" | "inference" }>): Readonly<Record<string, string>> =>
+  (entry.pods ??=
+    entry.kind === "gpu"
+      ? { "": podNameFor(entry.id) }
+      : Object.fromEntries(entry.actor.getSnapshot().context.regions.map((region) => [region, podNameFor(replicaResource(entry.id, region))])))
 
 const statusOf = (entry: LiveEntry): string =>
   entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot())
@@ -182,6 +191,8 @@ const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
 
 export class GpuSupervisor {
   private readonly live = new Map<string, LiveEntry>()
+  /** The live entries that run workloads (GPU resources, inference instances): the reconciler's scan. */
+  private readonly withPods = new Map<string, Extract<LiveEntry, { kind: "gpu" | "inference" }>>()
   /** Live resources in `pending`, for the watchdog. Iterated sorted, never in insertion order. */
   private readonly pending = new Set<string>()
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
@@ -320,6 +331,7 @@ export class GpuSupervisor {
       for (const record of this.ledger.liveResources()) {
         const entry = this.rehydrate(record.kind, record.id, record.snapshot)
         this.live.set(record.id, entry)
+        if (entry.kind !== "storage") this.withPods.set(record.id, entry)
         const status = statusOf(entry)
         if (entry.kind === "gpu" && status === "pending") this.pending.add(record.id)
         if (entry.kind === "gpu" && status === "terminating") this.stopping.add(record.id)
@@ -327,7 +339,7 @@ export class GpuSupervisor {
         this.touched.add(accountOf(entry))
         this.rearm(entry)
       }
-      this.reconcile()
+      this.reconcile("start")
     })
     this.unsubscribe = this.cluster.subscribe((event) => this.onClusterEvent(event))
     this.armWatchdog()
@@ -368,6 +380,7 @@ export class GpuSupervisor {
     for (const alarm of this.balanceAlarms.values()) this.clock.clearTimeout(alarm.handle)
     this.balanceAlarms.clear()
     this.live.clear()
+    this.withPods.clear()
     this.pending.clear()
     this.stopping.clear()
     this.byAccount.clear()
@@ -708,6 +721,7 @@ export class GpuSupervisor {
   /** A new resource: live from now, its machine started (entry actions: hold, pods) in this unit of work. */
   private launch<E extends LiveEntry>(entry: E, at: number): E {
     this.live.set(entry.id, entry)
+    if (entry.kind !== "storage") this.withPods.set(entry.id, entry)
     this.run(entry, () => entry.actor.start(), null, at)
     return entry
   }
@@ -1094,6 +1108,7 @@ export class GpuSupervisor {
         if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
         entry.actor.stop()
         this.live.delete(id)
+        this.withPods.delete(id)
         this.byAccount.get(snapshot.context.account)?.delete(id)
       }
     }
@@ -1287,8 +1302,12 @@ export class GpuSupervisor {
     const gpu = (id: string) => this.live.get(id) as Extract<LiveEntry, { kind: "gpu" }>
     const stuck = [...this.pending].filter((id) => isStuckPending(gpu(id).actor.getSnapshot().context, at)).sort()
     const stopping = [...this.stopping].sort()
-    if (stuck.length > 0 || stopping.length > 0) {
-      this.unitOfWork(() => {
+    this.unitOfWork(() => {
+      // Level-triggered, every tick: what the machines believe is made to agree with what the
+      // cluster shows, so a lost pod event is healed within one watchdog interval. A pending
+      // GPU resource is left to SPEC §3's stuck-pending rule below.
+      this.reconcile("tick")
+      if (stuck.length > 0 || stopping.length > 0) {
         for (const id of stuck) {
           const workload = this.cluster.get(podNameFor(id))
           const pod = workload === undefined ? "missing" : workload.phase === "running" ? "running" : "not_running"
@@ -1303,8 +1322,8 @@ export class GpuSupervisor {
           this.journal.append(at, "watchdog", { id, pod: "missing" })
           this.dispatch(gpu(id), { type: "pod.deleted", at })
         }
-      })
-    }
+      }
+    })
     this.armWatchdog()
   }
 
@@ -1324,45 +1343,83 @@ export class GpuSupervisor {
 
   /**
    * Level-triggered reconciliation: make what the machines believe agree with what the
-   * cluster shows, for every live resource, and delete workloads nobody owns.
+   * cluster shows, for every live resource, and delete workloads nobody owns (each orphan is
+   * journaled, so an operator can see it). At start it heals everything; on a watchdog tick
+   * a GPU resource still `pending` is left to SPEC §3's stuck-pending rule (healed or failed
+   * once it has been pending 15 minutes), as the manual describes.
+   *
+   * The scan only looks (in whatever order the map holds); the resources that disagree are
+   * then corrected in id order, so what is written never depends on iteration order.
    */
-  private reconcile(): void {
+  private reconcile(when: "start" | "tick"): void {
     const at = this.clock.now()
-    const ids = [...this.live.keys()].sort()
-    for (const id of ids) {
-      const entry = this.live.get(id)!
-      if (entry.kind === "storage") continue
-      if (entry.kind === "inference") {
-        this.reconcileInference(entry, at)
-        continue
-      }
-      const status = gpuStatusOf(entry.actor.getSnapshot())
-      const workload = this.cluster.get(podNameFor(id))
-      const phase = workload?.phase ?? "missing"
-      const send = (event: GpuInstanceEvent) => {
-        this.journal.append(at, "reconcile", { id, status, phase })
-        this.dispatch(entry, event, "reconciled")
-      }
-      if (status === "terminating") {
-        if (workload === undefined) send({ type: "pod.deleted", at })
-        else this.cluster.deleteWorkload(podNameFor(id))
-      } else if (phase === "missing" || phase === "failed") {
-        // A pending resource whose create was lost is created again (the name makes it
-        // idempotent); a started one whose pods vanished or failed has failed.
-        if (status === "pending" && phase === "missing") this.carryOut({ type: "createPod", ctx: entry.actor.getSnapshot().context }, at)
-        else send({ type: "pod.failed", at })
-      } else if (phase === "running" && status !== "running") {
-        send({ type: "pod.running", at })
-      } else if (phase === "loading" && status === "pending") {
-        send({ type: "pod.loading", at })
-      } else if (phase === "preempted" && (status === "running" || status === "loading")) {
-        send({ type: "pod.preempted", at })
-      }
+    const drifted: string[] = []
+    for (const entry of this.withPods.values()) {
+      // A finished actor waits in `live` only until the batch's commit writes its last snapshot.
+      if (entry.actor.getSnapshot().status === "done") continue
+      if (entry.kind === "inference" ? this.replicasDrifted(entry) : this.gpuDrifted(entry, when)) drifted.push(entry.id)
     }
+    for (const id of drifted.sort()) {
+      const entry = this.withPods.get(id)!
+      if (entry.kind === "inference") this.reconcileInference(entry, at)
+      else this.reconcileGpu(entry, at)
+    }
+    if (when === "start" || at % policy.ORPHAN_SWEEP_INTERVAL_MS === 0) this.sweepOrphans(at)
+  }
+
+  /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
+  private gpuCorrection(status: GpuStatus, phase: WorkloadPhase | "missing"): GpuInstanceEvent["type"] | "createPod" | "deletePod" | null {
+    if (status === "terminating") return phase === "missing" ? "pod.deleted" : "deletePod"
+    if (phase === "missing" || phase === "failed") return status === "pending" && phase === "missing" ? "createPod" : "pod.failed"
+    if (phase === "running" && status !== "running") return "pod.running"
+    if (phase === "loading" && status === "pending") return "pod.loading"
+    if (phase === "preempted" && (status === "running" || status === "loading")) return "pod.preempted"
+    return null
+  }
+
+  private gpuDrifted(entry: Extract<LiveEntry, { kind: "gpu" }>, when: "start" | "tick"): boolean {
+    const status = gpuStatusOf(entry.actor.getSnapshot())
+    if (when === "tick" && status === "pending") return false
+    return this.gpuCorrection(status, this.cluster.phaseOf(podsOf(entry)[""]!) ?? "missing") !== null
+  }
+
+  private reconcileGpu(entry: Extract<LiveEntry, { kind: "gpu" }>, at: number): void {
+    const id = entry.id
+    const status = gpuStatusOf(entry.actor.getSnapshot())
+    const phase = this.cluster.get(podNameFor(id))?.phase ?? "missing"
+    const correction = this.gpuCorrection(status, phase)
+    if (correction === null) return
+    // Commands to the cluster are idempotent (deterministic names) and journal nothing: the
+    // events they cause will. A pending resource whose create was lost is created again.
+    if (correction === "createPod") return this.carryOut({ type: "createPod", ctx: entry.actor.getSnapshot().context }, at)
+    if (correction === "deletePod") return this.cluster.deleteWorkload(podNameFor(id))
+    this.journal.append(at, "reconcile", { id, status, phase })
+    this.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
+  }
+
+  /** Deletes the workloads the cluster runs for no live resource of ours. */
+  private sweepOrphans(at: number): void {
     const owned = (resource: string) => this.live.has(resource.split("@")[0]!)
     for (const workload of this.cluster.list()) {
-      if (!owned(workload.resource)) this.cluster.deleteWorkload(workload.name)
+      if (owned(workload.resource)) continue
+      this.journal.append(at, "orphan_deleted", { name: workload.name, resource: workload.resource, phase: workload.phase })
+      this.cluster.deleteWorkload(workload.name)
     }
+  }
+
+  /** Whether any replica of an inference instance disagrees with its pod (see reconcileInference). */
+  private replicasDrifted(entry: Extract<LiveEntry, { kind: "inference" }>): boolean {
+    const snapshot = entry.actor.getSnapshot()
+    const ctx = snapshot.context
+    const stopping = snapshot.value === "terminating"
+    const pods = podsOf(entry)
+    for (const region of ctx.regions) {
+      const replica = ctx.replicas[region]?.status ?? "pending"
+      if (replica === "deleted") continue
+      const phase = this.cluster.phaseOf(pods[region]!) ?? "missing"
+      if (stopping || (phase === "missing" ? replica !== "failed" : phase !== replica && phase !== "pending")) return true
+    }
+    return false
   }
 
   private reconcileInference(entry: Extract<LiveEntry, { kind: "inference" }>, at: number): void {

@@ -256,6 +256,44 @@ describe("the watchdog", () => {
   })
 })
 
+describe("the reconciler on every watchdog tick", () => {
+  it("heals a lost pod-failed event at the next 5-minute mark and stops billing there", () => {
+    // Proves level-triggered reconciliation: the pod failed at 1:02, its event was lost, the
+    // tick at 1:05 sees the failed pod, fails the instance and settles 1 h 5 min of a 2 h hold.
+    const file = timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H2M", do: "pod_fail", id: "gi-1" }])
+    const r = run(file)
+    expect(moves(r)).toEqual([
+      [at(0), "pending", "loading", null],
+      [at(0), "loading", "running", null],
+      [at(65 * MIN), "running", "failed", "failed"]
+    ])
+    expect(ledger(r)).toEqual([
+      [at(0), "adjustment", "100.00", "100.00", null],
+      [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
+      [at(65 * MIN), "refund", "1.466667", "98.266667", "gi-1"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("deletes a pod that no live resource owns at the next hourly sweep, and journals it", () => {
+    // Proves the orphan sweep: a pod left behind (a crashed controller's create, say) is
+    // deleted within ORPHAN_SWEEP_INTERVAL_MS, named in the journal, and bills no one.
+    const clock = new VirtualClock(Date.parse(START))
+    const cluster = new SimCluster(clock, [{ name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }], 7)
+    const engine = startSimEngine({ db: ":memory:", clock, cluster, gpu_rates: new Map([["H100", dollars("1.60")]]) })
+    cluster.createWorkload({ name: "eco-ghost", resource: "ghost", account: "nobody", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 1, image: null })
+    clock.advanceTo(Date.parse(START) + 59 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
+    expect(cluster.phaseOf("eco-ghost")).toBe("running")
+    clock.advanceTo(Date.parse(START) + 61 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
+    expect(cluster.phaseOf("eco-ghost")).toBeUndefined()
+    expect(engine.ledger.journalEntries().filter((j) => j.kind === "orphan_deleted").map((j) => [j.at, j.payload])).toEqual([
+      [Date.parse(START) + 60 * MIN, '{"name":"eco-ghost","resource":"ghost","phase":"running"}']
+    ])
+    expect(engine.ledger.ledgerRows()).toEqual([])
+    stopEngine(engine)
+  })
+})
+
 describe("credit depleted", () => {
   it("terminates with credit_depleted a GPU that outran its hold during an outage on a $0 balance", () => {
     // Proves SPEC §7's Decision for GPUs, the late-warning rule, and that the checker names
