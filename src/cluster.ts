@@ -19,6 +19,10 @@ export interface WorkloadSpec {
   readonly gpu_count: number
   readonly node_count: number
   readonly image: string | null
+  /** Storage to mount (cloud drive, shared filesystems) by resource id, sorted: PVCs in Kubernetes. */
+  readonly volumes: ReadonlyArray<string>
+  /** For an inference replica, the instance whose Service fronts it; null for a GPU resource. */
+  readonly service: string | null
 }
 
 /** What the cluster says a workload is doing now. */

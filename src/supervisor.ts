@@ -65,7 +65,7 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, type ClusterEvent, type ClusterPort, type WorkloadPhase } from "./cluster.js"
+import { podNameFor, type ClusterEvent, type ClusterPort, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
@@ -1028,7 +1028,9 @@ export class GpuSupervisor {
           gpu: ctx.gpu,
           gpu_count: ctx.gpu_count,
           node_count: ctx.node_count,
-          image: ctx.image
+          image: ctx.image,
+          volumes: [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])].sort(),
+          service: null
         })
         return
       case "deletePod":
@@ -1061,10 +1063,7 @@ export class GpuSupervisor {
         this.settle(cycleHoldIdFor(ctx.id, ctx.cycle.number), ctx.id, costMicros(rate, ctx.gpu_count, cycleBillableMsAt(ctx, intent.at)), at)
         return
       case "createReplicaPods":
-        for (const region of ctx.regions) {
-          const resource = replicaResource(ctx.id, region)
-          this.cluster.createWorkload({ name: podNameFor(resource), resource, account: ctx.account, region, gpu: ctx.gpu, gpu_count: ctx.gpu_count, node_count: 1, image: null })
-        }
+        for (const region of ctx.regions) this.cluster.createWorkload(replicaSpec(ctx, region))
         return
       case "deleteReplicaPods":
         for (const region of ctx.regions) this.cluster.deleteWorkload(podNameFor(replicaResource(ctx.id, region)))
@@ -1439,12 +1438,29 @@ export class GpuSupervisor {
         if (workload === undefined) send("deleted")
         else this.cluster.deleteWorkload(name)
       } else if (phase === "missing") {
-        if (replica === "pending") this.cluster.createWorkload({ name, resource: replicaResource(entry.id, region), account: ctx.account, region, gpu: ctx.gpu, gpu_count: ctx.gpu_count, node_count: 1, image: null })
+        if (replica === "pending") this.cluster.createWorkload(replicaSpec(ctx, region))
         else if (replica !== "failed") send("failed")
       } else if (phase !== replica && phase !== "pending") {
         send(phase)
       }
     }
+  }
+}
+
+/** The workload of one inference replica: its region's pod, behind the instance's Service. */
+const replicaSpec = (ctx: InferenceContext, region: string): WorkloadSpec => {
+  const resource = replicaResource(ctx.id, region)
+  return {
+    name: podNameFor(resource),
+    resource,
+    account: ctx.account,
+    region,
+    gpu: ctx.gpu,
+    gpu_count: ctx.gpu_count,
+    node_count: 1,
+    image: null,
+    volumes: ctx.filesystem == null ? [] : [ctx.filesystem],
+    service: ctx.id
   }
 }
 

@@ -281,7 +281,7 @@ describe("the reconciler on every watchdog tick", () => {
     const clock = new VirtualClock(Date.parse(START))
     const cluster = new SimCluster(clock, [{ name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }], 7)
     const engine = startSimEngine({ db: ":memory:", clock, cluster, gpu_rates: new Map([["H100", dollars("1.60")]]) })
-    cluster.createWorkload({ name: "eco-ghost", resource: "ghost", account: "nobody", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 1, image: null })
+    cluster.createWorkload({ name: "eco-ghost", resource: "ghost", account: "nobody", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 1, image: null, volumes: [], service: null })
     clock.advanceTo(Date.parse(START) + 59 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
     expect(cluster.phaseOf("eco-ghost")).toBe("running")
     clock.advanceTo(Date.parse(START) + 61 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
