@@ -67,7 +67,7 @@ import {
 } from "./resources.js"
 import { podNameFor, type ClusterEvent, type ClusterPort, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
-import type { LedgerStore } from "./ledger/store.js"
+import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
@@ -83,6 +83,8 @@ export interface SupervisorCommands {
   extend(id: string, hours: number, caller?: Caller): Effect.Effect<ExtendResult, EngineError>
   terminate(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound | Conflict>
   describe(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound>
+  /** The account's resources of `kinds`, by id, `limit` of them after the id `after` (keyset). */
+  list(account: string, query: ListQuery, caller?: Caller): Effect.Effect<ReadonlyArray<ResourceView>, NotFound>
   registerModel(req: RegisterModelRequest, caller?: Caller): Effect.Effect<void, EngineError>
   deleteModel(account: string, model: string, caller?: Caller): Effect.Effect<void, NotFound | Conflict>
   launchInference(req: LaunchInferenceRequest, caller?: Caller): Effect.Effect<InferenceView, EngineError>
@@ -91,6 +93,12 @@ export interface SupervisorCommands {
   /** Charges one `/v1` request at once (SPEC §6): an `api_usage` row, or a typed refusal. */
   apiRequest(req: Omit<ApiRequest, "at">, caller?: Caller): Effect.Effect<ChargeResult, MeteringError>
   balance(account: string): Effect.Effect<Micros, NotFound>
+}
+
+export interface ListQuery {
+  readonly kinds: ReadonlyArray<string>
+  readonly after: string | null
+  readonly limit: number
 }
 
 /** The same commands, synchronous: each returns the `Either` its Effect succeeds or fails with. */
@@ -542,6 +550,17 @@ export class GpuSupervisor {
     return Either.right(viewOfEntry(entry, this.clock.now()))
   }
 
+  list(account: string, query: ListQuery, caller: Caller = "operator"): Either.Either<ReadonlyArray<ResourceView>, NotFound> {
+    if (!this.visible(account, caller) || !this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
+    const at = this.clock.now()
+    return Either.right(
+      this.ledger.resourcesOf(account, query.kinds, query.after, query.limit).map((record) => {
+        const entry = this.live.get(record.id) ?? this.fromRecord(record)
+        return viewOfEntry(entry, at)
+      })
+    )
+  }
+
   balance(account: string): Either.Either<Micros, NotFound> {
     return this.ledger.hasAccount(account) ? Either.right(this.ledger.balance(account)) : Either.left(new NotFound({ code: "account_not_found", id: account }))
   }
@@ -891,7 +910,12 @@ export class GpuSupervisor {
   /** A finished resource, read back from its last snapshot (a stopped actor, not started). */
   private stored(id: string): LiveEntry | undefined {
     const record = this.ledger.resource(id)
-    if (record === undefined) return undefined
+    return record === undefined ? undefined : this.fromRecord(record)
+  }
+
+  /** An entry over a stored snapshot, its actor not started: for reading a view, never for dispatch. */
+  private fromRecord(record: ResourceRecord): LiveEntry {
+    const id = record.id
     if (STORAGE_KINDS.includes(record.kind)) {
       const snapshot = JSON.parse(record.snapshot) as StorageSnapshot
       return { kind: "storage", id, actor: createActor(this.storage, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
@@ -1496,6 +1520,7 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     extend: (id, hours, caller) => Effect.suspend(() => fromEither(sup.extend(id, hours, caller))),
     terminate: (id, caller) => Effect.suspend(() => fromEither(sup.terminate(id, caller))),
     describe: (id, caller) => Effect.suspend(() => fromEither(sup.describe(id, caller))),
+    list: (account, query, caller) => Effect.suspend(() => fromEither(sup.list(account, query, caller))),
     registerModel: (req, caller) => Effect.suspend(() => fromEither(sup.registerModel(req, caller))),
     deleteModel: (account, model, caller) => Effect.suspend(() => fromEither(sup.deleteModel(account, model, caller))),
     launchInference: (req, caller) => Effect.suspend(() => fromEither(sup.launchInference(req, caller))),

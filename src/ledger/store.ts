@@ -384,6 +384,51 @@ export class LedgerStore {
     return (this.s.resources.all() as Array<Omit<ResourceRecord, "live"> & { live: number }>).map((r) => ({ ...r, live: r.live === 1 }))
   }
 
+  // ── read models for the API (one account at a time, paginated by id) ──────────────────
+  /** The account's resources of `kinds`, by id, after the id `after` (keyset pagination). */
+  resourcesOf(account: string, kinds: ReadonlyArray<string>, after: string | null, limit: number): ReadonlyArray<ResourceRecord> {
+    const rows = this.s.resourcesOf.all(account, JSON.stringify(kinds), after ?? "", limit) as Array<Omit<ResourceRecord, "live"> & { live: number }>
+    return rows.map((r) => ({ ...r, live: r.live === 1 }))
+  }
+
+  /** The account's ledger rows, newest first, before row id `before` (keyset), optionally filtered. */
+  ledgerPage(account: string, filter: { readonly kinds: ReadonlyArray<string> | null; readonly resource: string | null; readonly before: number | null; readonly limit: number }): ReadonlyArray<LedgerRow> {
+    return this.s.ledgerPage.all({
+      account,
+      kinds: filter.kinds === null ? null : JSON.stringify(filter.kinds),
+      resource: filter.resource,
+      before: filter.before ?? Number.MAX_SAFE_INTEGER,
+      limit: filter.limit
+    }) as unknown as LedgerRow[]
+  }
+
+  /** API usage of the account by model over [from, to): what it cost and in how many rows. */
+  apiUsageByModel(account: string, from: number, to: number): ReadonlyArray<{ readonly model: string; readonly amount_micros: Micros; readonly rows: number }> {
+    return (this.s.apiUsageByModel.all(account, from, to) as Array<{ model: string; amount_micros: bigint; rows: bigint }>).map((r) => ({
+      model: r.model,
+      amount_micros: -r.amount_micros,
+      rows: Number(r.rows)
+    }))
+  }
+
+  /** The account's notifications, newest first, before id `before`; only unread ones if asked. */
+  notificationsOf(account: string, filter: { readonly unread: boolean; readonly before: number | null; readonly limit: number }): ReadonlyArray<Notification & { readonly read_at: number | null }> {
+    return this.s.notificationsOf.all({ account, unread: filter.unread ? 1 : 0, before: filter.before ?? Number.MAX_SAFE_INTEGER, limit: filter.limit }) as Array<
+      Notification & { read_at: number | null }
+    >
+  }
+
+  unreadCount(account: string): number {
+    return (this.s.unreadCount.get(account) as { n: number }).n
+  }
+
+  /** Marks the account's notifications read (the given ids, or all); returns how many changed. */
+  markRead(account: string, ids: ReadonlyArray<number> | "all", at: number): number {
+    return this.transaction(() =>
+      ids === "all" ? this.s.markAllRead.run(at, account).changes : ids.reduce((n, id) => n + this.s.markRead.run(at, account, id).changes, 0)
+    )
+  }
+
   journal(at: number, kind: string, payload: unknown): void {
     this.s.insertJournal.run(at, kind, JSON.stringify(payload))
   }
@@ -444,6 +489,26 @@ const prepare = (db: Database.Database) => {
     resource: db.prepare(`SELECT * FROM resources WHERE id = ?`),
     liveResources: db.prepare(`SELECT * FROM resources WHERE live = 1 ORDER BY id`),
     resources: db.prepare(`SELECT * FROM resources ORDER BY id`),
+    resourcesOf: db.prepare(`SELECT * FROM resources WHERE account = ? AND kind IN (SELECT value FROM json_each(?)) AND id > ? ORDER BY id LIMIT ?`),
+    ledgerPage: moneyRows(
+      db.prepare(
+        `SELECT * FROM ledger WHERE account = @account AND (@kinds IS NULL OR kind IN (SELECT value FROM json_each(@kinds)))
+           AND (@resource IS NULL OR resource = @resource) AND id < @before ORDER BY id DESC LIMIT @limit`
+      ),
+      LEDGER_NUMBERS
+    ),
+    apiUsageByModel: money(
+      db.prepare(
+        `SELECT resource AS model, sum(amount_micros) AS amount_micros, count(*) AS rows FROM ledger WHERE account = ? AND kind = 'api_usage' AND at >= ? AND at < ? GROUP BY resource ORDER BY resource`
+      )
+    ),
+    notificationsOf: db.prepare(
+      `SELECT id, account, resource, at, severity, kind, text, data, read_at FROM notifications
+       WHERE account = @account AND (@unread = 0 OR read_at IS NULL) AND id < @before ORDER BY id DESC LIMIT @limit`
+    ),
+    unreadCount: db.prepare(`SELECT count(*) AS n FROM notifications WHERE account = ? AND read_at IS NULL`),
+    markRead: db.prepare(`UPDATE notifications SET read_at = ? WHERE account = ? AND id = ? AND read_at IS NULL`),
+    markAllRead: db.prepare(`UPDATE notifications SET read_at = ? WHERE account = ? AND read_at IS NULL`),
     insertModel: db.prepare(`INSERT INTO models (account, name, source, filesystem, gpu, gpu_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     model: db.prepare(`SELECT * FROM models WHERE account = ? AND name = ?`),
     deleteModel: db.prepare(`DELETE FROM models WHERE account = ? AND name = ?`),
