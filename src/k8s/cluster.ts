@@ -1,0 +1,804 @@
+/**
+ * The Kubernetes world's Cluster port (issue 5): the same supervisor and machines that run
+ * in the simulator drive a real cluster through @kubernetes/client-node.
+ *
+ * - One pod per GPU instance and per inference replica (`node_count` pods for a GPU
+ *   cluster), named deterministically from the engine's workload name (`names.ts`), so a
+ *   duplicate create is refused by the API server (409) and treated as "already exists":
+ *   never a second pod, never a second hold.
+ * - Pods ask for `nvidia.com/gpu` (requests = limits), are placed by node selector on their
+ *   region, and GPU work runs in a lower (preemptible) PriorityClass. An inference instance's
+ *   replicas sit behind one Service.
+ * - An informer-style cache (list, then watch from the list's resourceVersion, with
+ *   bookmarks) answers the port's synchronous `get`/`phaseOf`/`list`. Each change of a
+ *   workload's pods is mapped (`podState.ts`) to the engine's events, stamped with the engine
+ *   clock. A watch that ends is re-opened from the last resourceVersion after a bounded
+ *   backoff; a 410 Gone relists and diffs the cache, so nothing changed meanwhile is lost.
+ * - Preemption: a pod disrupted after it started (DisruptionTarget, or kubelet preemption)
+ *   is `pod.preempted`; once the victim is gone the driver creates a replacement pod of the
+ *   same name, and `pod.running` follows when every replacement is Ready. A pod deleted
+ *   out from under us (not asked for, not a preemption) fails its workload: `pod.failed`,
+ *   as the reconciler would conclude from a missing pod.
+ *
+ * The port's commands are fire-and-forget: the driver records the intent synchronously (so
+ * `get` answers at once, as the simulated cluster does) and carries it out over HTTP, with
+ * bounded concurrency and bounded retries, on the engine clock. `start()` must finish (the
+ * first list) before the supervisor starts, or its reconciliation would see an empty world.
+ *
+ * Determinism: every timestamp and every wait is the injected EngineClock's; the driver
+ * never reads the wall clock.
+ */
+import { CoreV1Api, KubeConfig, Watch, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
+import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
+import type { ClusterEvent, ClusterPort, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
+import { backoffMs, type KubernetesClusterConfig } from "./config.js"
+import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
+import { isTerminating, podStateOf, workloadPhaseOf, type PodState } from "./podState.js"
+
+/** What the driver tells the operator: retries given up, orphans, watch restarts. */
+export type DriverReport =
+  | { readonly kind: "watch_restarted"; readonly at: number; readonly reason: "dropped" | "expired"; readonly backoff_ms: number }
+  | { readonly kind: "relisted"; readonly at: number; readonly pods: number }
+  | { readonly kind: "request_failed"; readonly at: number; readonly what: string; readonly status: number | null; readonly final: boolean }
+  | { readonly kind: "pod_lost"; readonly at: number; readonly workload: string; readonly pod: string }
+  | { readonly kind: "pod_replaced"; readonly at: number; readonly workload: string; readonly pod: string }
+
+export type WatchState = "new" | "listing" | "watching" | "backoff" | "stopped"
+
+/** One pod of a workload as the cache shows it, for operators and the journal. */
+export interface PodSummary {
+  readonly pod: string
+  readonly state: PodState | "missing"
+  readonly node: string | null
+  /** Why it is where it is: the scheduler's or the kubelet's reason and message, if any. */
+  readonly reason: string | null
+}
+
+interface Workload {
+  readonly name: string
+  readonly resource: string
+  readonly account: string
+  readonly region: string
+  /** The inference instance whose Service fronts this replica, or null. */
+  readonly service: string | null
+  readonly pods: ReadonlyArray<string>
+  /** What each pod is created from (a replacement too). */
+  readonly templates: Map<string, V1Pod>
+  phase: WorkloadPhase
+  preempted: boolean
+  lost: boolean
+  started_at: number | null
+  deleting: boolean
+  /** Pods with a create or delete request in flight (or waiting to retry). */
+  readonly busy: Set<string>
+  /** Pods whose write was answered but whose watch event has not arrived: resourceVersion awaited. */
+  readonly awaiting: Map<string, { readonly rv: string; readonly seq: number }>
+  replacements: number
+  /** When we first saw each pod terminating (our clock): a silent kubelet is forced after a while. */
+  readonly terminatingSince: Map<string, number>
+  /** Found in the cluster (an earlier control plane created it), not created by this one. */
+  readonly discovered: boolean
+}
+
+/** An error the API server answered (ApiException) or the network raised, with its status. */
+const statusOf = (e: unknown): number | null => {
+  const o = e as { code?: unknown; statusCode?: unknown } | null
+  if (typeof o?.code === "number") return o.code
+  if (typeof o?.statusCode === "number") return o.statusCode
+  return null
+}
+/** Retriable: the server is busy or broken, or the request never got an answer. */
+const retriable = (status: number | null): boolean => status === null || status === 429 || status >= 500
+
+const ANNOTATION_NODE_COUNT_MAX = 1_024
+/**
+ * (pod, resourceVersion) pairs the watch delivered, remembered so a write answered after its
+ * own watch event is not awaited forever. Bounded: the oldest are forgotten first.
+ */
+const SEEN_VERSIONS_MAX = 4_096
+
+export class KubernetesCluster implements ClusterPort {
+  private readonly core: CoreV1Api
+  private readonly watcher: Watch
+  private readonly workloads = new Map<string, Workload>()
+  /** Pod name → its workload's name. */
+  private readonly podOwner = new Map<string, string>()
+  /** The informer's cache: pod name → the pod as last seen. */
+  private readonly cache = new Map<string, V1Pod>()
+  private handler: ((event: ClusterEvent) => void) | null = null
+  private rv = ""
+  private state: WatchState = "new"
+  private abort: AbortController | null = null
+  private backoffTimer: TimerHandle | null = null
+  private watchFailures = 0
+  private connected = false
+  private session = 0
+  /** Write answers and lists are numbered, so a relist can tell which answers it covers. */
+  private seq = 0
+  private inFlight = 0
+  private readonly queue: Array<() => void> = []
+  private readonly idleWaiters: Array<() => void> = []
+  private readonly progress = new Set<() => void>()
+  private readonly services = new Set<string>()
+  private readonly seen = new Set<string>()
+  /** Creates and deletes waiting on the clock to be retried. */
+  private retriesWaiting = 0
+  /** A relist failed: the next attempt after the backoff lists again instead of watching. */
+  private relistPending = false
+  private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
+  /** Requests started, ever: the test harness's "did anything new happen" counter. */
+  requests_started = 0
+
+  constructor(
+    kubeconfig: KubeConfig,
+    private readonly clock: EngineClock,
+    private readonly config: KubernetesClusterConfig,
+    private readonly report: (r: DriverReport) => void = () => {}
+  ) {
+    this.core = kubeconfig.makeApiClient(CoreV1Api)
+    this.watcher = new Watch(kubeconfig)
+    this.regions = new Map([...config.regions].sort((a, b) => (a.name < b.name ? -1 : 1)).map((r) => [r.name, { nodes: r.nodes, gpus_per_node: r.gpus_per_node }]))
+  }
+
+  // ── lifecycle ─────────────────────────────────────────────────────────────────────────
+  /** Lists the engine's pods (the cache the supervisor reconciles against), then watches. */
+  async start(): Promise<void> {
+    if (this.state !== "new") throw new Error(`KubernetesCluster started twice (${this.state})`)
+    await this.relist(false)
+  }
+
+  /** Stops watching; requests in flight finish, and nothing more is reported. */
+  stop(): void {
+    this.state = "stopped"
+    this.handler = null
+    this.abort?.abort()
+    this.abort = null
+    if (this.backoffTimer !== null) this.clock.clearTimeout(this.backoffTimer)
+    this.backoffTimer = null
+    this.notifyProgress()
+  }
+
+  private isStopped(): boolean {
+    return this.state === "stopped"
+  }
+
+  get watchState(): WatchState {
+    return this.state
+  }
+
+  /** Whether the pod watch's stream is open (the API server answered it). */
+  get watchConnected(): boolean {
+    return this.state === "watching" && this.connected
+  }
+
+  /** The resourceVersion the cache reflects (the last list, event or bookmark). Opaque. */
+  observedResourceVersion(): string {
+    return this.rv
+  }
+
+  /** Creates and deletes waiting on the clock for their next attempt. */
+  get retries_waiting(): number {
+    return this.retriesWaiting
+  }
+
+  /** Resolves when no request is queued or in flight (list, create, delete). */
+  idle(): Promise<void> {
+    if (this.inFlight === 0 && this.queue.length === 0) return Promise.resolve()
+    return new Promise((resolve) => this.idleWaiters.push(resolve))
+  }
+
+  /** Called after every change the cache takes in (an event, a bookmark, a list). */
+  onProgress(listener: () => void): () => void {
+    this.progress.add(listener)
+    return () => this.progress.delete(listener)
+  }
+
+  // ── ClusterPort ───────────────────────────────────────────────────────────────────────
+  region(name: string) {
+    return this.regions.get(name)
+  }
+
+  regionNames(): ReadonlyArray<string> {
+    return [...this.regions.keys()]
+  }
+
+  createWorkload(spec: WorkloadSpec): void {
+    const existing = this.workloads.get(spec.name)
+    if (existing !== undefined) {
+      // Level-triggered: a create the engine repeats re-creates pods whose create was lost.
+      if (!existing.deleting && !existing.lost && existing.phase !== "failed") {
+        for (const pod of existing.pods) if (!this.cache.has(pod) && !existing.busy.has(pod) && !existing.awaiting.has(pod)) this.createPod(existing, pod, 1)
+      }
+      return
+    }
+    if (!this.regions.has(spec.region)) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
+    if (!(Number.isSafeInteger(spec.node_count) && spec.node_count >= 1 && spec.node_count <= ANNOTATION_NODE_COUNT_MAX)) throw new Error(`workload ${spec.name}: node_count ${spec.node_count}`)
+    const pods = podNamesOf(spec.name, spec.node_count)
+    const w = this.track({
+      name: spec.name,
+      resource: spec.resource,
+      account: spec.account,
+      region: spec.region,
+      pods,
+      service: spec.service,
+      templates: new Map(pods.map((pod, i) => [pod, this.podFor(spec, pod, i)])),
+      discovered: false
+    })
+    if (spec.service !== null) this.ensureService(spec.service)
+    for (const pod of pods) this.createPod(w, pod, 1)
+  }
+
+  deleteWorkload(name: string): void {
+    const w = this.workloads.get(name)
+    if (w === undefined) return
+    w.deleting = true
+    // Repeated (the watchdog asks again each tick): a delete goes only where none is under way.
+    this.deleteRemaining(w)
+    // Nothing to wait for: the event still comes later, never inside the caller's dispatch.
+    if (this.concluded(w)) this.clock.schedule(this.clock.now(), () => this.finishIfGone(w), { lane: Lane.world, key: name })
+  }
+
+  get(name: string): WorkloadStatus | undefined {
+    const w = this.workloads.get(name)
+    return w === undefined ? undefined : { name, resource: w.resource, phase: w.phase, started_at: w.started_at }
+  }
+
+  phaseOf(name: string): WorkloadPhase | undefined {
+    return this.workloads.get(name)?.phase
+  }
+
+  list(): ReadonlyArray<WorkloadStatus> {
+    return [...this.workloads.keys()].sort().map((name) => this.get(name)!)
+  }
+
+  /** What the cache shows of each pod of a workload (empty for a workload we do not know). */
+  podsOf(name: string): ReadonlyArray<PodSummary> {
+    const w = this.workloads.get(name)
+    if (w === undefined) return []
+    return w.pods.map((pod) => {
+      const p = this.cache.get(pod)
+      if (p === undefined) return { pod, state: "missing", node: null, reason: null }
+      const unscheduled = (p.status?.conditions ?? []).find((c) => c.status === "False" && c.reason !== undefined && c.type === "PodScheduled")
+      const waiting = (p.status?.containerStatuses ?? []).find((c) => c.state?.waiting?.reason !== undefined)?.state?.waiting
+      const why = p.status?.reason ?? unscheduled?.reason ?? waiting?.reason ?? null
+      const message = p.status?.message ?? unscheduled?.message ?? waiting?.message ?? null
+      return { pod, state: podStateOf(p), node: p.spec?.nodeName ?? null, reason: why === null ? null : message === null ? why : `${why}: ${message}` }
+    })
+  }
+
+  subscribe(handler: (event: ClusterEvent) => void): () => void {
+    if (this.handler !== null) throw new Error("KubernetesCluster has one subscriber at a time")
+    this.handler = handler
+    return () => {
+      if (this.handler === handler) this.handler = null
+    }
+  }
+
+  // ── pods and services ─────────────────────────────────────────────────────────────────
+  private track(init: Pick<Workload, "name" | "resource" | "account" | "region" | "service" | "pods" | "templates" | "discovered">): Workload {
+    const w: Workload = { ...init, phase: "pending", preempted: false, lost: false, started_at: null, deleting: false, busy: new Set(), awaiting: new Map(), replacements: 0, terminatingSince: new Map() }
+    this.workloads.set(w.name, w)
+    for (const pod of w.pods) this.podOwner.set(pod, w.name)
+    return w
+  }
+
+  private podFor(spec: WorkloadSpec, pod: string, index: number): V1Pod {
+    const c = this.config
+    const instance = spec.service
+    const gpus = String(spec.gpu_count)
+    const storage = [...spec.volumes].sort()
+    const volumes: V1Volume[] = storage.map((id) => ({ name: claimNameOf(id), persistentVolumeClaim: { claimName: claimNameOf(id) } }))
+    const mounts: V1VolumeMount[] = storage.map((id) => ({ name: claimNameOf(id), mountPath: `/mnt/${id}` }))
+    const priority = instance === null ? c.preemptible_priority_class : c.inference_priority_class
+    return {
+      apiVersion: "v1",
+      kind: "Pod",
+      metadata: {
+        name: pod,
+        namespace: c.namespace,
+        labels: {
+          [LABELS.managed]: "true",
+          [LABELS.resource]: labelValue(instance ?? spec.resource),
+          [LABELS.account]: labelValue(spec.account),
+          [LABELS.region]: labelValue(spec.region),
+          [LABELS.workload]: labelValue(spec.name),
+          [LABELS.nodeIndex]: String(index),
+          ...(instance === null ? {} : { [LABELS.instance]: labelValue(instance) })
+        },
+        annotations: {
+          [ANNOTATIONS.workload]: spec.name,
+          [ANNOTATIONS.resource]: spec.resource,
+          [ANNOTATIONS.account]: spec.account,
+          [ANNOTATIONS.region]: spec.region,
+          [ANNOTATIONS.nodeCount]: String(spec.node_count),
+          ...(instance === null ? {} : { [ANNOTATIONS.service]: instance })
+        }
+      },
+      spec: {
+        // A GPU workload that stops is over: the engine decides what comes next, not the kubelet.
+        restartPolicy: "Never",
+        ...(priority === null ? {} : { priorityClassName: priority }),
+        nodeSelector: { [c.region_label]: spec.region, ...(c.gpu_label === null ? {} : { [c.gpu_label]: spec.gpu }) },
+        tolerations: [{ key: c.gpu_resource, operator: "Exists", effect: "NoSchedule" }],
+        terminationGracePeriodSeconds: c.termination_grace_s,
+        enableServiceLinks: false,
+        containers: [
+          {
+            name: "workload",
+            image: spec.image ?? c.default_image,
+            resources: { requests: { [c.gpu_resource]: gpus }, limits: { [c.gpu_resource]: gpus } },
+            ...(instance === null ? {} : { ports: [{ name: "http", containerPort: c.inference_port }] }),
+            ...(instance === null || c.inference_readiness_path === null ? {} : { readinessProbe: { httpGet: { path: c.inference_readiness_path, port: "http" }, periodSeconds: 5 } }),
+            ...(mounts.length === 0 ? {} : { volumeMounts: mounts })
+          }
+        ],
+        ...(volumes.length === 0 ? {} : { volumes })
+      }
+    }
+  }
+
+  private ensureService(instance: string, attempt = 1): void {
+    const name = serviceNameOf(instance)
+    if (attempt === 1 && this.services.has(name)) return
+    this.services.add(name)
+    const body: V1Service = {
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { name, namespace: this.config.namespace, labels: { [LABELS.managed]: "true", [LABELS.instance]: labelValue(instance) }, annotations: { [ANNOTATIONS.resource]: instance } },
+      spec: { selector: { [LABELS.instance]: labelValue(instance) }, ports: [{ name: "http", port: this.config.inference_port, targetPort: this.config.inference_port }] }
+    }
+    this.write(`create service ${name}`, attempt, () => this.core.createNamespacedService({ namespace: this.config.namespace, body }), {
+      ok: () => {},
+      // 409: it exists (a replica of the same instance, or an earlier control plane made it).
+      refused: (status) => status === 409,
+      retry: () => this.ensureService(instance, attempt + 1),
+      // Forgotten, so the next replica of the instance tries again.
+      gaveUp: () => this.services.delete(name)
+    })
+  }
+
+  private dropServiceIfUnused(instance: string | null): void {
+    if (instance === null) return
+    if ([...this.workloads.values()].some((w) => w.service === instance)) return
+    const name = serviceNameOf(instance)
+    this.services.delete(name)
+    this.write(`delete service ${name}`, 1, () => this.core.deleteNamespacedService({ name, namespace: this.config.namespace }), { ok: () => {}, refused: (status) => status === 404 })
+  }
+
+  private createPod(w: Workload, pod: string, attempt: number): void {
+    w.busy.add(pod)
+    const body = w.templates.get(pod)!
+    this.write(`create pod ${pod}`, attempt, () => this.core.createNamespacedPod({ namespace: this.config.namespace, body }), {
+      ok: (created) => {
+        w.busy.delete(pod)
+        this.await(w, pod, created.metadata?.resourceVersion)
+        this.refresh(w)
+      },
+      // 409 AlreadyExists: the name is taken, so the pod exists: never a second one.
+      refused: (status) => {
+        if (status !== 409) return false
+        w.busy.delete(pod)
+        // Not in the cache yet: delete it by name once we know we are deleting.
+        if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1)
+        else this.refresh(w)
+        return true
+      },
+      retry: () => this.createPod(w, pod, attempt + 1),
+      gaveUp: () => {
+        w.busy.delete(pod)
+        this.refresh(w)
+      }
+    })
+  }
+
+  /** `force`: no grace period, for a pod whose kubelet never confirmed its graceful delete. */
+  private deletePod(w: Workload, pod: string, attempt: number, force = false): void {
+    w.busy.add(pod)
+    const request = () => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}) })
+    this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
+      ok: (deleted) => {
+        w.busy.delete(pod)
+        this.await(w, pod, deleted.metadata?.resourceVersion)
+        this.refresh(w)
+      },
+      refused: (status) => {
+        if (status !== 404) return false
+        w.busy.delete(pod)
+        this.refresh(w)
+        return true
+      },
+      retry: () => this.deletePod(w, pod, attempt + 1, force),
+      gaveUp: () => {
+        w.busy.delete(pod)
+        this.refresh(w)
+      }
+    })
+  }
+
+  /** A write was answered: the workload is not settled until the watch shows that version. */
+  private await(w: Workload, pod: string, rv: string | undefined): void {
+    if (rv === undefined || this.seen.has(`${pod}@${rv}`)) return
+    w.awaiting.set(pod, { rv, seq: ++this.seq })
+  }
+
+  /** The watch (or a list) showed this version of the pod. */
+  private saw(w: Workload, pod: V1Pod): void {
+    const name = pod.metadata!.name!
+    const rv = pod.metadata?.resourceVersion
+    if (rv === undefined) return
+    if (w.awaiting.get(name)?.rv === rv) w.awaiting.delete(name)
+    this.seen.add(`${name}@${rv}`)
+    if (this.seen.size > SEEN_VERSIONS_MAX) this.seen.delete(this.seen.values().next().value!)
+  }
+
+  /**
+   * One request through the bounded queue. `refused` handles an expected refusal (409, 404)
+   * and says whether it did; a retriable failure is retried after a backoff on the engine
+   * clock, `request_attempts_max` times at most; anything else is reported and dropped (the
+   * supervisor's level-triggered reconciliation asks again).
+   */
+  private write<T>(
+    what: string,
+    attempt: number,
+    call: () => Promise<T>,
+    on: { ok: (result: T) => void; refused: (status: number) => boolean; retry?: () => void; gaveUp?: () => void }
+  ): void {
+    this.request(call).then(
+      (result) => {
+        if (!this.isStopped()) on.ok(result)
+      },
+      (e: unknown) => {
+        if (this.isStopped()) return
+        const status = statusOf(e)
+        if (status !== null && on.refused(status)) return
+        const l = this.config.limits
+        const again = retriable(status) && attempt < l.request_attempts_max && on.retry !== undefined
+        this.report({ kind: "request_failed", at: this.clock.now(), what, status, final: !again })
+        if (!again) return on.gaveUp?.()
+        const delay_ms = backoffMs(attempt, l.request_backoff_ms_min, l.request_backoff_ms_max)
+        // The pod stays busy while its retry waits on the clock; `idle()` does not wait for it.
+        this.retriesWaiting++
+        this.clock.schedule(
+          this.clock.now() + delay_ms,
+          () => {
+            this.retriesWaiting--
+            if (!this.isStopped()) on.retry!()
+          },
+          { lane: Lane.world, key: `k8s:${what}` }
+        )
+      }
+    )
+  }
+
+  private request<T>(call: () => Promise<T>): Promise<T> {
+    const l = this.config.limits
+    if (this.queue.length >= l.requests_queued_max) throw new Error(`more than ${l.requests_queued_max} Kubernetes requests queued`)
+    return new Promise<T>((resolve, reject) => {
+      const run = (): void => {
+        this.inFlight++
+        this.requests_started++
+        call()
+          .then(resolve, reject)
+          .finally(() => {
+            this.inFlight--
+            const next = this.queue.shift()
+            if (next !== undefined) next()
+            // Let the caller's continuation run before anyone is told the driver is idle.
+            else void Promise.resolve().then(() => this.checkIdle())
+          })
+      }
+      if (this.inFlight < l.requests_in_flight_max) run()
+      else this.queue.push(run)
+    })
+  }
+
+  private checkIdle(): void {
+    if (this.inFlight > 0 || this.queue.length > 0) return
+    for (const resolve of this.idleWaiters.splice(0)) resolve()
+  }
+
+  // ── list and watch ────────────────────────────────────────────────────────────────────
+  /**
+   * Lists the engine's pods and replaces the cache with what the list shows. The first list
+   * only fills the cache (the supervisor reconciles at start); a relist after 410 Gone reports
+   * every difference as the watch would have.
+   */
+  private async relist(report: boolean): Promise<void> {
+    this.state = "listing"
+    const listSeq = ++this.seq
+    let list
+    try {
+      list = await this.request(() => this.core.listNamespacedPod({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR }))
+    } catch (e) {
+      if (this.isStopped()) return
+      if (!report) throw e
+      this.report({ kind: "request_failed", at: this.clock.now(), what: "list pods", status: statusOf(e), final: false })
+      this.relistPending = true
+      return this.scheduleWatch("dropped")
+    }
+    if (this.isStopped()) return
+    this.relistPending = false
+    const seen = new Set<string>()
+    for (const pod of list.items) {
+      const name = pod.metadata?.name
+      if (name === undefined) continue
+      seen.add(name)
+      const before = this.cache.get(name)
+      if (before?.metadata?.resourceVersion === pod.metadata?.resourceVersion && before !== undefined) continue
+      this.cache.set(name, pod)
+      this.podChanged(pod, report)
+    }
+    for (const [name, pod] of [...this.cache.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      if (seen.has(name)) continue
+      this.cache.delete(name)
+      this.podGone(pod, report)
+    }
+    // Answers that came before this list are covered by it.
+    for (const w of this.workloads.values()) for (const [pod, a] of [...w.awaiting]) if (a.seq < listSeq) w.awaiting.delete(pod)
+    for (const w of [...this.workloads.values()]) this.refresh(w, report)
+    this.rv = list.metadata?.resourceVersion ?? ""
+    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
+    this.notifyProgress()
+    this.openWatch()
+  }
+
+  private openWatch(): void {
+    if (this.isStopped()) return
+    this.state = "watching"
+    this.connected = false
+    const session = ++this.session
+    let expired = false
+    let ended = false
+    const done = (err: unknown): void => {
+      if (ended || session !== this.session) return
+      ended = true
+      this.abort = null
+      this.connected = false
+      if (this.isStopped()) return
+      if (expired || statusOf(err) === 410) return this.scheduleWatch("expired")
+      this.scheduleWatch("dropped")
+    }
+    const onEvent = (type: string, object: V1Pod & { code?: number }): void => {
+      if (session !== this.session || this.isStopped()) return
+      try {
+        if (type === "ERROR") {
+          if (object.code === 410) expired = true
+          return
+        }
+        if (type === "BOOKMARK") {
+          this.rv = object.metadata?.resourceVersion ?? this.rv
+          return
+        }
+        const name = object.metadata?.name
+        if (name === undefined) return
+        if (type === "DELETED") {
+          this.cache.delete(name)
+          this.podGone(object, true)
+        } else {
+          this.cache.set(name, object)
+          this.podChanged(object, true)
+        }
+        this.rv = object.metadata?.resourceVersion ?? this.rv
+      } catch (e) {
+        // The client swallows exceptions thrown by a watch callback: a defect here (or in
+        // the supervisor, which runs inside `emit`) must still stop the process loudly.
+        process.nextTick(() => {
+          throw e
+        })
+      } finally {
+        this.notifyProgress()
+      }
+    }
+    const l = this.config.limits
+    this.watcher
+      .watch(
+        `/api/v1/namespaces/${encodeURIComponent(this.config.namespace)}/pods`,
+        { resourceVersion: this.rv, allowWatchBookmarks: true, labelSelector: MANAGED_SELECTOR, timeoutSeconds: l.pods_watch_timeout_s },
+        onEvent,
+        done
+      )
+      .then(
+        (controller) => {
+          if (ended || session !== this.session) return
+          if (this.isStopped()) return controller.abort()
+          this.abort = controller
+          this.watchFailures = 0
+          this.connected = true
+          this.notifyProgress()
+        },
+        (e: unknown) => done(e)
+      )
+  }
+
+  /**
+   * After a 410 the cache is rebuilt from a list at once (the list's resourceVersion is
+   * current, so it cannot expire again at once); a dropped stream, or a failed list, waits a
+   * backoff that doubles per consecutive failure up to `pods_watch_backoff_ms_max`.
+   */
+  private scheduleWatch(reason: "dropped" | "expired"): void {
+    if (this.isStopped()) return
+    const l = this.config.limits
+    if (reason === "expired") {
+      this.report({ kind: "watch_restarted", at: this.clock.now(), reason, backoff_ms: 0 })
+      void this.relist(true)
+      return
+    }
+    const backoff_ms = backoffMs(++this.watchFailures, l.pods_watch_backoff_ms_min, l.pods_watch_backoff_ms_max)
+    this.report({ kind: "watch_restarted", at: this.clock.now(), reason, backoff_ms })
+    this.state = "backoff"
+    this.notifyProgress()
+    this.backoffTimer = this.clock.schedule(
+      this.clock.now() + backoff_ms,
+      () => {
+        this.backoffTimer = null
+        if (this.isStopped()) return
+        if (this.relistPending) void this.relist(true)
+        else this.openWatch()
+      },
+      { lane: Lane.world, key: "k8s:pods-watch" }
+    )
+  }
+
+  private notifyProgress(): void {
+    for (const listener of [...this.progress]) listener()
+  }
+
+  // ── from pods to workloads to events ─────────────────────────────────────────────────
+  /** The workload a pod belongs to; one discovered from the pod's annotations if new to us. */
+  private ownerOf(pod: V1Pod): Workload {
+    const name = pod.metadata!.name!
+    const known = this.podOwner.get(name)
+    if (known !== undefined && this.workloads.has(known)) return this.workloads.get(known)!
+    const a = pod.metadata?.annotations ?? {}
+    const workload = a[ANNOTATIONS.workload]
+    const count = Number(a[ANNOTATIONS.nodeCount] ?? "1")
+    const valid = workload !== undefined && Number.isSafeInteger(count) && count >= 1 && count <= ANNOTATION_NODE_COUNT_MAX && podNamesOf(workload, count).includes(name)
+    // A pod of ours that names no workload we can rebuild is its own (orphan) workload.
+    const key = valid ? workload : name
+    const existing = this.workloads.get(key)
+    if (existing !== undefined) {
+      this.podOwner.set(name, key)
+      return existing
+    }
+    const pods = valid ? podNamesOf(workload, count) : [name]
+    const w = this.track({
+      name: key,
+      resource: valid ? (a[ANNOTATIONS.resource] ?? "") : "",
+      account: a[ANNOTATIONS.account] ?? "",
+      region: a[ANNOTATIONS.region] ?? "",
+      service: valid ? (a[ANNOTATIONS.service] ?? null) : null,
+      pods,
+      templates: new Map(),
+      discovered: true
+    })
+    return w
+  }
+
+  private podChanged(pod: V1Pod, report: boolean): void {
+    const w = this.ownerOf(pod)
+    const name = pod.metadata!.name!
+    if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
+    this.saw(w, pod)
+    // A control plane that finds a replacement pod not yet started finds a preempted workload
+    // (the one before it saw the preemption; this one must not bill meanwhile).
+    const replacement = pod.metadata?.annotations?.[ANNOTATIONS.replacement] !== undefined
+    if (w.discovered && w.phase === "pending" && replacement && (podStateOf(pod) === "pending" || podStateOf(pod) === "started")) w.preempted = true
+    // A pod the kubelet preempted (Failed, reason Preempting) stays until deleted: we delete it
+    // and create its replacement once it is gone.
+    if (podStateOf(pod) === "disrupted" && !isTerminating(pod) && pod.status?.phase === "Failed" && !w.deleting && !w.busy.has(name)) this.deletePod(w, name, 1)
+    this.refresh(w, report)
+  }
+
+  private podGone(pod: V1Pod, report: boolean): void {
+    const w = this.ownerOf(pod)
+    const name = pod.metadata!.name!
+    this.saw(w, pod)
+    if (!w.deleting && !w.lost && w.phase !== "failed") {
+      if (podStateOf(pod) === "disrupted" && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
+        // Preempted or evicted: the same pod again, which the scheduler places when it can.
+        w.replacements++
+        const template = w.templates.get(name)!
+        template.metadata!.annotations = { ...(template.metadata!.annotations ?? {}), [ANNOTATIONS.replacement]: String(w.replacements) }
+        this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod: name })
+        this.createPod(w, name, 1)
+      } else {
+        w.lost = true
+        this.report({ kind: "pod_lost", at: this.clock.now(), workload: w.name, pod: name })
+      }
+    }
+    this.refresh(w, report)
+  }
+
+  /** Recomputes a workload's phase from its pods, reports what changed, finishes a deletion. */
+  private refresh(w: Workload, report = true): void {
+    if (this.workloads.get(w.name) !== w) return
+    if (w.deleting) {
+      this.deleteRemaining(w)
+      return this.finishIfGone(w)
+    }
+    const states: Array<PodState | "missing"> = w.pods.map((pod) => {
+      const cached = this.cache.get(pod)
+      return cached === undefined ? "missing" : podStateOf(cached)
+    })
+    const next = workloadPhaseOf(states, w)
+    const before = w.phase
+    w.preempted = next.preempted
+    if (next.phase === before) return
+    w.phase = next.phase
+    // What a control plane finds already started, it did not see start: its start is unknown.
+    if (!report) return
+    const at = this.clock.now()
+    if ((next.phase === "loading" || next.phase === "running") && w.started_at === null) w.started_at = at
+    const resource = w.resource
+    switch (next.phase) {
+      case "loading":
+        return this.emit({ type: "pod.loading", resource, at })
+      case "running":
+        return this.emit({ type: "pod.running", resource, at, started_at: w.started_at })
+      case "preempted":
+        return this.emit({ type: "pod.preempted", resource, at })
+      case "failed":
+        return this.emit({ type: "pod.failed", resource, at })
+      case "pending":
+        return
+    }
+  }
+
+  /** Sends a delete for each pod of the workload that exists and is not already going. */
+  /**
+   * Sends a delete for each pod of the workload that exists and is not already going. A pod
+   * terminating for longer than `pod_force_delete_after_ms` (its node gone, its kubelet
+   * silent) is deleted again without a grace period, so a stop always completes.
+   */
+  private deleteRemaining(w: Workload): void {
+    const now = this.clock.now()
+    for (const pod of w.pods) {
+      const cached = this.cache.get(pod)
+      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod)) continue
+      if (!isTerminating(cached)) {
+        this.deletePod(w, pod, 1)
+        continue
+      }
+      const since = w.terminatingSince.get(pod) ?? now
+      w.terminatingSince.set(pod, since)
+      if (now - since >= this.config.limits.pod_force_delete_after_ms) this.deletePod(w, pod, 1, true)
+    }
+  }
+
+  /** Whether every pod of a workload being deleted is gone, with nothing left in flight. */
+  private concluded(w: Workload): boolean {
+    return w.pods.every((pod) => !this.cache.has(pod) && !w.busy.has(pod) && !w.awaiting.has(pod))
+  }
+
+  private finishIfGone(w: Workload): void {
+    if (this.workloads.get(w.name) !== w || !this.concluded(w)) return
+    this.workloads.delete(w.name)
+    for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
+    this.dropServiceIfUnused(w.service)
+    this.emit({ type: "pod.deleted", resource: w.resource, at: this.clock.now() })
+  }
+
+  private emit(event: ClusterEvent): void {
+    this.handler?.(event)
+  }
+}
+
+/** What a replacement of `pod` is created from: its metadata and spec, not its placement. */
+const templateOf = (pod: V1Pod): V1Pod => {
+  const spec = { ...(pod.spec ?? { containers: [] }) }
+  delete spec.nodeName
+  return {
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}) }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
+    spec
+  }
+}
+
+/** Loads a kubeconfig the way kubectl does: the file given, else `KUBECONFIG`, else in-cluster or ~/.kube/config. */
+export const loadKubeconfig = (file?: string): KubeConfig => {
+  const kc = new KubeConfig()
+  if (file !== undefined) kc.loadFromFile(file)
+  else kc.loadFromDefault()
+  return kc
+}

@@ -1,0 +1,206 @@
+/**
+ * The API test server holds to the wire protocol the real clients speak: @kubernetes/client-node
+ * (object-style calls and its `Watch`) and, where installed, `kubectl`. If the server were
+ * wrong, every driver test would test a fiction; these pin what it does.
+ */
+import { execFile } from "node:child_process"
+import { existsSync, mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { promisify } from "node:util"
+import { CoordinationV1Api, CoreV1Api, KubeConfig, Watch, type V1Pod } from "@kubernetes/client-node"
+import { afterEach, describe, expect, it } from "vitest"
+import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
+import { K8sWorld } from "./harness.js"
+
+const NS = "ecolink"
+let server: KubeApiServer | null = null
+let world: K8sWorld | null = null
+afterEach(async () => {
+  await server?.close()
+  await world?.close()
+  server = null
+  world = null
+})
+
+const start = async (options: { history_events_max?: number; expired_as?: "event" | "status" } = {}) => {
+  server = await KubeApiServer.start({ now: () => Date.parse("2026-03-01T00:00:00Z"), ...options })
+  const kc = new KubeConfig()
+  kc.loadFromFile(writeKubeconfig(server, { namespace: NS }))
+  return { server, kc, core: kc.makeApiClient(CoreV1Api), coord: kc.makeApiClient(CoordinationV1Api) }
+}
+
+const pod = (name: string, labels: Record<string, string> = {}): V1Pod => ({ apiVersion: "v1", kind: "Pod", metadata: { name, labels }, spec: { containers: [{ name: "c", image: "busybox" }] } })
+
+/** An open watch collecting `type name` lines, and how it ended. */
+const watchPods = async (kc: KubeConfig, params: Record<string, string | boolean>) => {
+  const events: string[] = []
+  const objects: Array<Record<string, unknown>> = []
+  let ended: { err: unknown } | null = null
+  const endWaiters: Array<() => void> = []
+  const controller = await new Watch(kc).watch(
+    `/api/v1/namespaces/${NS}/pods`,
+    params,
+    (type, obj) => {
+      events.push(`${type} ${obj?.metadata?.name ?? obj?.code ?? ""}`.trim())
+      objects.push(obj)
+    },
+    (err) => {
+      ended = { err }
+      for (const w of endWaiters.splice(0)) w()
+    }
+  )
+  return {
+    events,
+    objects,
+    controller,
+    get ended() {
+      return ended
+    },
+    /** Resolves when `n` events arrived (or fails after a second). */
+    until: async (n: number) => {
+      for (let i = 0; i < 200 && events.length < n; i++) await new Promise((r) => setTimeout(r, 5))
+      expect(events.length).toBeGreaterThanOrEqual(n)
+    },
+    whenEnded: () => new Promise<void>((resolve) => (ended !== null ? resolve() : endWaiters.push(resolve)))
+  }
+}
+
+const status = async (p: Promise<unknown>): Promise<{ code: number; body: Record<string, unknown> }> => {
+  try {
+    await p
+  } catch (e) {
+    const ex = e as { code: number; body: string }
+    return { code: ex.code, body: JSON.parse(ex.body) as Record<string, unknown> }
+  }
+  throw new Error("expected a refusal")
+}
+
+describe("the Kubernetes API test server", () => {
+  it("creates, reads, lists by label and deletes pods, refusing duplicates (409) and unknown names (404) with Status objects", async () => {
+    const { core } = await start()
+    const created = await core.createNamespacedPod({ namespace: NS, body: pod("a", { app: "x", tier: "gpu" }) })
+    expect(created.metadata?.resourceVersion).toBe("1")
+    expect(created.metadata?.uid).toBe("00000000-0000-4000-8000-000000000001")
+    expect(created.status?.phase).toBe("Pending")
+    await core.createNamespacedPod({ namespace: NS, body: pod("b", { app: "y" }) })
+    const dup = await status(core.createNamespacedPod({ namespace: NS, body: pod("a") }))
+    expect(dup.code).toBe(409)
+    expect(dup.body).toMatchObject({ kind: "Status", status: "Failure", reason: "AlreadyExists", code: 409, message: 'pods "a" already exists', details: { name: "a", kind: "pods" } })
+    const missing = await status(core.readNamespacedPod({ name: "nope", namespace: NS }))
+    expect(missing.body).toMatchObject({ kind: "Status", reason: "NotFound", code: 404, message: 'pods "nope" not found' })
+    const invalid = await status(core.createNamespacedPod({ namespace: NS, body: pod("Not_Valid") }))
+    expect(invalid.body).toMatchObject({ reason: "Invalid", code: 422 })
+
+    const list = async (labelSelector?: string) => (await core.listNamespacedPod({ namespace: NS, labelSelector })).items.map((p) => p.metadata?.name)
+    expect(await list()).toEqual(["a", "b"])
+    expect(await list("app=x")).toEqual(["a"])
+    expect(await list("app!=x")).toEqual(["b"])
+    expect(await list("app in (x,y),!tier")).toEqual(["b"])
+    expect(await list("tier")).toEqual(["a"])
+    expect((await core.listNamespacedPod({ namespace: NS })).metadata?.resourceVersion).toBe("2")
+
+    // Unbound pods go at once; the answer is the pod as it was last.
+    const deleted = await core.deleteNamespacedPod({ name: "a", namespace: NS })
+    expect(deleted.metadata?.resourceVersion).toBe("3")
+    expect(await list()).toEqual(["b"])
+    expect((await status(core.deleteNamespacedPod({ name: "a", namespace: NS }))).code).toBe(404)
+  })
+
+  it("deletes a pod bound to a node gracefully: a deletionTimestamp first, gone when the kubelet confirms", async () => {
+    const { server, core } = await start()
+    await core.createNamespacedPod({ namespace: NS, body: pod("a") })
+    server.update("pods", NS, "a", (o) => (o.spec.nodeName = "n1"))
+    const answered = await core.deleteNamespacedPod({ name: "a", namespace: NS })
+    expect(answered.metadata?.deletionTimestamp?.toISOString()).toBe("2026-03-01T00:00:30.000Z")
+    expect(answered.metadata?.deletionGracePeriodSeconds).toBe(30)
+    expect(server.objects("pods", NS).map((p) => p.metadata.name)).toEqual(["a"])
+    server.remove("pods", NS, "a")
+    expect(server.objects("pods", NS)).toEqual([])
+    // A precondition on another uid is refused.
+    await core.createNamespacedPod({ namespace: NS, body: pod("b") })
+    const refused = await status(core.deleteNamespacedPod({ name: "b", namespace: NS, body: { preconditions: { uid: "other" } } }))
+    expect(refused.body).toMatchObject({ reason: "Conflict", code: 409 })
+  })
+
+  it("watches: initial ADDED without a resourceVersion, only later events from one, label filters, BOOKMARKs on demand", async () => {
+    const { server, kc, core } = await start()
+    await core.createNamespacedPod({ namespace: NS, body: pod("a", { mine: "true" }) })
+    await core.createNamespacedPod({ namespace: NS, body: pod("b") })
+    const all = await watchPods(kc, {})
+    await all.until(2)
+    expect(all.events).toEqual(["ADDED a", "ADDED b"])
+
+    const mine = await watchPods(kc, { resourceVersion: "1", labelSelector: "mine=true", allowWatchBookmarks: true })
+    server.update("pods", NS, "a", (o) => (o.status.phase = "Running"))
+    // Moving out of the selector is a DELETED for that watch.
+    server.update("pods", NS, "a", (o) => delete o.metadata.labels!.mine)
+    expect(server.bookmark()).toBe(1)
+    await mine.until(3)
+    expect(mine.events).toEqual(["MODIFIED a", "DELETED a", "BOOKMARK"])
+    expect(mine.objects[2]).toEqual({ kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: "4" } })
+    await all.until(4)
+    expect(all.events).toEqual(["ADDED a", "ADDED b", "MODIFIED a", "MODIFIED a"])
+
+    expect(server.dropWatches()).toBe(2)
+    await all.whenEnded()
+    await mine.whenEnded()
+    expect(all.ended).toEqual({ err: null })
+  })
+
+  it("answers a watch from a compacted resourceVersion with 410 Gone: an ERROR event, or an HTTP 410 when configured", async () => {
+    const { server, kc, core } = await start({ history_events_max: 2 })
+    for (const name of ["a", "b", "c", "d"]) await core.createNamespacedPod({ namespace: NS, body: pod(name) })
+    // Four events, two kept (3 and 4): a watch from 1 would miss 2, one from 2 misses nothing.
+    const old = await watchPods(kc, { resourceVersion: "1" })
+    await old.whenEnded()
+    expect(old.events).toEqual(["ERROR 410"])
+    expect(old.objects[0]).toMatchObject({ kind: "Status", reason: "Expired", code: 410 })
+    const recent = await watchPods(kc, { resourceVersion: "2" })
+    await recent.until(2)
+    expect(recent.events).toEqual(["ADDED c", "ADDED d"])
+    recent.controller.abort()
+
+    server.compact()
+    server.expiredAs = "status"
+    const refused = await watchPods(kc, { resourceVersion: "3" })
+    await refused.whenEnded()
+    expect(refused.events).toEqual([])
+    expect((refused.ended?.err as { statusCode?: number }).statusCode).toBe(410)
+  })
+
+  it("replaces leases with optimistic concurrency: a stale resourceVersion is 409 Conflict", async () => {
+    const { coord } = await start()
+    const spec = { holderIdentity: "a", leaseDurationSeconds: 15 }
+    const created = await coord.createNamespacedLease({ namespace: NS, body: { metadata: { name: "l" }, spec } })
+    const renewed = await coord.replaceNamespacedLease({ name: "l", namespace: NS, body: { ...created, spec: { ...spec, leaseTransitions: 1 } } })
+    expect(renewed.metadata?.resourceVersion).toBe("2")
+    const stale = await status(coord.replaceNamespacedLease({ name: "l", namespace: NS, body: { ...created, spec: { ...spec, holderIdentity: "b" } } }))
+    expect(stale.code).toBe(409)
+    expect(stale.body).toMatchObject({ reason: "Conflict", message: 'Operation cannot be fulfilled on leases.coordination.k8s.io "l": the object has been modified; please apply your changes to the latest version and try again' })
+    expect((await coord.readNamespacedLease({ name: "l", namespace: NS })).spec?.holderIdentity).toBe("a")
+    expect((await status(coord.createNamespacedLease({ namespace: NS, body: { metadata: { name: "l" }, spec } }))).code).toBe(409)
+  })
+
+  const hasKubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].some((p) => existsSync(p))
+  if (!hasKubectl) console.log("kubectl is not installed (Debian package kubernetes-client): the kubectl check of the test server is skipped")
+  it.runIf(hasKubectl)("is read by kubectl: `kubectl get pods -o json` sees the pods the driver created", async () => {
+    world = await K8sWorld.start()
+    const driver = await world.driver()
+    driver.createWorkload({ name: "eco-gi-1", resource: "gi-1", account: "acme", region: "us-east", gpu: "H100", gpu_count: 2, node_count: 1, image: null, volumes: [], service: null })
+    driver.createWorkload({ name: "eco-gc-1", resource: "gc-1", account: "acme", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 2, image: "acme/train:1", volumes: [], service: null })
+    await world.advance(90_000)
+    const { stdout } = await promisify(execFile)(
+      "kubectl",
+      ["--kubeconfig", world.kubeconfig, "--cache-dir", mkdtempSync(join(tmpdir(), "kubectl-cache-")), "--request-timeout", "10s", "get", "pods", "-n", "ecolink", "-l", "ecolink.io/managed=true", "-o", "json"],
+      { timeout: 20_000 }
+    )
+    const seen = JSON.parse(stdout) as { kind: string; items: Array<{ metadata: { name: string; labels: Record<string, string> }; spec: { nodeName: string }; status: { phase: string } }> }
+    expect(seen.kind).toBe("List")
+    const expected = world.pods()
+    expect(seen.items.map((p) => [p.metadata.name, p.metadata.labels["ecolink.io/resource"], p.spec.nodeName, p.status.phase])).toEqual(
+      expected.map((p) => [p.metadata.name, p.metadata.labels!["ecolink.io/resource"], p.spec.nodeName, p.status.phase])
+    )
+    expect(seen.items.map((p) => p.metadata.name)).toEqual(["eco-gc-1-0", "eco-gc-1-1", "eco-gi-1"])
+  })
+})

@@ -1,0 +1,425 @@
+/**
+ * The Kubernetes driver (`KubernetesCluster`) against the API test server, through the real
+ * @kubernetes/client-node, with the scripted kubelet on the stepped virtual clock. Each test
+ * checks the world after the fact: the objects the server stores, the events the engine was
+ * given (with their instants), and what the port's synchronous reads answer.
+ */
+import { Effect } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import { kubernetesConfig } from "../../src/k8s/config.js"
+import { kubernetesClusterLayer } from "../../src/k8s/world.js"
+import { Cluster } from "../../src/services.js"
+import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
+import type { KubernetesCluster } from "../../src/k8s/cluster.js"
+import { podNamesOf } from "../../src/k8s/names.js"
+import { podStateOf, workloadPhaseOf, type WorkloadMemory } from "../../src/k8s/podState.js"
+import { K8sWorld, START_MS, waitFor } from "./harness.js"
+
+let world: K8sWorld | null = null
+afterEach(async () => {
+  await world?.close()
+  world = null
+})
+
+const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
+  name: "eco-gi-1",
+  resource: "gi-1",
+  account: "acme",
+  region: "us-east",
+  gpu: "H100",
+  gpu_count: 2,
+  node_count: 1,
+  image: null,
+  volumes: [],
+  service: null,
+  ...over
+})
+
+/** Seconds after the start, for readable event lists. */
+const t = (s: number): number => START_MS + s * 1000
+const S = 1000
+
+const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}): Promise<{ w: K8sWorld; d: KubernetesCluster; events: ClusterEvent[] }> => {
+  world = await K8sWorld.start(options)
+  const d = await world.driver()
+  const events: ClusterEvent[] = []
+  d.subscribe((e) => events.push(e))
+  return { w: world, d, events }
+}
+
+/** Runs a workload up to Ready: pull 60 s, start 30 s (the default region). */
+const running = async (w: K8sWorld, d: KubernetesCluster, s: WorkloadSpec = spec()): Promise<void> => {
+  d.createWorkload(s)
+  await w.advance(90 * S)
+  expect(d.phaseOf(s.name)).toBe("running")
+}
+
+describe("the Kubernetes driver creates the right pods", () => {
+  it("one pod per GPU instance: deterministic name, labels, nvidia.com/gpu, region selector, preemptible class", async () => {
+    const { w, d } = await open()
+    d.createWorkload(spec({ image: "acme/train:3" }))
+    await w.settle()
+    const [pod, ...rest] = w.pods()
+    expect(rest).toEqual([])
+    expect(pod!.metadata.name).toBe("eco-gi-1")
+    expect(pod!.metadata.labels).toEqual({
+      "ecolink.io/managed": "true",
+      "ecolink.io/resource": "gi-1",
+      "ecolink.io/account": "acme",
+      "ecolink.io/region": "us-east",
+      "ecolink.io/workload": "eco-gi-1",
+      "ecolink.io/node-index": "0"
+    })
+    expect(pod!.metadata.annotations).toEqual({
+      "ecolink.io/workload": "eco-gi-1",
+      "ecolink.io/resource": "gi-1",
+      "ecolink.io/account": "acme",
+      "ecolink.io/region": "us-east",
+      "ecolink.io/node-count": "1"
+    })
+    expect(pod!.spec).toMatchObject({
+      restartPolicy: "Never",
+      priorityClassName: "ecolink-preemptible",
+      nodeSelector: { "topology.kubernetes.io/region": "us-east" },
+      tolerations: [{ key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" }],
+      terminationGracePeriodSeconds: 30,
+      containers: [{ name: "workload", image: "acme/train:3", resources: { requests: { "nvidia.com/gpu": "2" }, limits: { "nvidia.com/gpu": "2" } } }]
+    })
+    expect(pod!.spec.volumes).toBeUndefined()
+  })
+
+  it("a GPU cluster is node_count pods, loading when the last has started and running when the last is Ready", async () => {
+    const { w, d, events } = await open()
+    d.createWorkload(spec({ name: "eco-gc-1", resource: "gc-1", gpu_count: 8, node_count: 2 }))
+    await w.advance(90 * S)
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.labels!["ecolink.io/node-index"], p.spec.nodeName])).toEqual([
+      ["eco-gc-1-0", "0", "us-east-node-0"],
+      ["eco-gc-1-1", "1", "us-east-node-1"]
+    ])
+    expect(events).toEqual([
+      { type: "pod.loading", resource: "gc-1", at: t(60) },
+      { type: "pod.running", resource: "gc-1", at: t(90), started_at: t(60) }
+    ])
+  })
+
+  it("an inference replica: a DNS-safe pod name, the instance's Service, mounted volumes, the default priority", async () => {
+    const { w, d, events } = await open()
+    d.createWorkload(spec({ name: "eco-inf-1@us-east", resource: "inf-1@us-east", gpu_count: 1, service: "inf-1", volumes: ["fs-1"] }))
+    await w.advance(90 * S)
+    const [pod] = w.pods()
+    expect(pod!.metadata.name).toBe(podNamesOf("eco-inf-1@us-east", 1)[0])
+    expect(pod!.metadata.name).toMatch(/^eco-inf-1-us-east-[0-9a-f]{8}$/)
+    expect(pod!.metadata.labels).toMatchObject({ "ecolink.io/resource": "inf-1", "ecolink.io/instance": "inf-1" })
+    expect(pod!.metadata.annotations).toMatchObject({ "ecolink.io/resource": "inf-1@us-east", "ecolink.io/service": "inf-1" })
+    expect(pod!.spec.priorityClassName).toBeUndefined()
+    expect(pod!.spec.volumes).toEqual([{ name: "eco-fs-1", persistentVolumeClaim: { claimName: "eco-fs-1" } }])
+    expect(pod!.spec.containers[0].volumeMounts).toEqual([{ name: "eco-fs-1", mountPath: "/mnt/fs-1" }])
+    expect(pod!.spec.containers[0].ports).toEqual([{ name: "http", containerPort: 8000 }])
+    expect(pod!.spec.containers[0].readinessProbe).toEqual({ httpGet: { path: "/health", port: "http" }, periodSeconds: 5 })
+    const services = w.server.objects("services", w.namespace)
+    expect(services.map((s) => [s.metadata.name, s.spec.selector, s.spec.ports])).toEqual([["eco-inf-1", { "ecolink.io/instance": "inf-1" }, [{ name: "http", port: 8000, targetPort: 8000 }]]])
+    expect(events.map((e) => e.type)).toEqual(["pod.loading", "pod.running"])
+
+    d.deleteWorkload("eco-inf-1@us-east")
+    await w.advance(0)
+    expect(w.pods()).toEqual([])
+    expect(w.server.objects("services", w.namespace)).toEqual([])
+    expect(events.at(-1)).toEqual({ type: "pod.deleted", resource: "inf-1@us-east", at: t(90) })
+    expect(d.get("eco-inf-1@us-east")).toBeUndefined()
+  })
+
+  it("a duplicate create makes one pod: twice from one driver, and from a second control plane at once (409 = already exists)", async () => {
+    const { w, d } = await open()
+    const other = await w.driver()
+    d.createWorkload(spec())
+    d.createWorkload(spec())
+    other.createWorkload(spec())
+    await w.advance(90 * S)
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-1"])
+    const posts = w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/pods"))
+    expect(posts.length).toBe(2) // one from each control plane; the second was refused with 409
+    expect(w.reports.filter((r) => r.kind === "request_failed")).toEqual([])
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) })
+    expect(other.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) })
+    // A control plane that finds the pod already there does not even ask.
+    const third = await w.driver()
+    third.createWorkload(spec())
+    await w.settle()
+    expect(w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/pods")).length).toBe(2)
+  })
+})
+
+describe("pod status becomes the engine's events", () => {
+  it("pending, then loading when the containers start, then running when Ready, stamped with the engine clock", async () => {
+    const { w, d, events } = await open()
+    d.createWorkload(spec())
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "pending", started_at: null })
+    await w.advance(59 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("pending")
+    expect(events).toEqual([])
+    await w.advance(1 * S)
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "loading", started_at: t(60) })
+    await w.advance(30 * S)
+    expect(d.list()).toEqual([{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) }])
+    expect(events).toEqual([
+      { type: "pod.loading", resource: "gi-1", at: t(60) },
+      { type: "pod.running", resource: "gi-1", at: t(90), started_at: t(60) }
+    ])
+  })
+
+  it("a pod that fails (phase Failed) fails its workload; deleting it ends with pod.deleted once it is gone", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    w.kubelet.fail("gi-1")
+    await w.settle()
+    expect(d.phaseOf("eco-gi-1")).toBe("failed")
+    d.deleteWorkload("eco-gi-1")
+    d.deleteWorkload("eco-gi-1") // idempotent
+    await w.advance(0)
+    expect(w.pods()).toEqual([])
+    expect(events.slice(2)).toEqual([
+      { type: "pod.failed", resource: "gi-1", at: t(90) },
+      { type: "pod.deleted", resource: "gi-1", at: t(90) }
+    ])
+    expect(w.server.requests.filter((r) => r.method === "DELETE").length).toBe(1)
+  })
+
+  it("maps pod objects as documented (pure)", () => {
+    const pod = (status: Record<string, unknown>) => podStateOf({ status } as never)
+    expect(pod({ phase: "Pending", conditions: [{ type: "PodScheduled", status: "True" }] })).toBe("pending")
+    expect(pod({ phase: "Running", conditions: [{ type: "Ready", status: "False" }] })).toBe("started")
+    expect(pod({ phase: "Running", conditions: [{ type: "Ready", status: "True" }] })).toBe("ready")
+    expect(pod({ phase: "Running", conditions: [{ type: "Ready", status: "True" }, { type: "DisruptionTarget", status: "True", reason: "PreemptionByScheduler" }] })).toBe("disrupted")
+    expect(pod({ phase: "Failed", reason: "Preempting" })).toBe("disrupted")
+    expect(pod({ phase: "Failed", reason: "Evicted" })).toBe("failed")
+    expect(pod({ phase: "Succeeded" })).toBe("failed")
+    const m = (phase: WorkloadMemory["phase"], preempted = false, lost = false): WorkloadMemory => ({ phase, preempted, lost })
+    expect(workloadPhaseOf(["ready", "started"], m("pending"))).toEqual({ phase: "loading", preempted: false })
+    expect(workloadPhaseOf(["ready", "pending"], m("pending"))).toEqual({ phase: "pending", preempted: false })
+    expect(workloadPhaseOf(["disrupted"], m("pending"))).toEqual({ phase: "pending", preempted: false })
+    expect(workloadPhaseOf(["disrupted", "ready"], m("running"))).toEqual({ phase: "preempted", preempted: true })
+    expect(workloadPhaseOf(["missing"], m("preempted", true))).toEqual({ phase: "preempted", preempted: true })
+    expect(workloadPhaseOf(["started"], m("preempted", true))).toEqual({ phase: "preempted", preempted: true })
+    expect(workloadPhaseOf(["ready"], m("preempted", true))).toEqual({ phase: "running", preempted: false })
+    expect(workloadPhaseOf(["started"], m("running"))).toEqual({ phase: "running", preempted: false })
+    expect(workloadPhaseOf(["ready", "failed"], m("running"))).toEqual({ phase: "failed", preempted: false })
+    expect(workloadPhaseOf(["ready"], m("running", false, true))).toEqual({ phase: "failed", preempted: false })
+  })
+})
+
+describe("preemption and resumption", () => {
+  it("DisruptionTarget → pod.preempted; the victim goes, a replacement of the same name waits, and is running once Ready", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(0)
+    expect(d.phaseOf("eco-gi-1")).toBe("preempted")
+    const [replacement, ...none] = w.pods()
+    expect(none).toEqual([])
+    expect(replacement!.metadata.uid).not.toBe("00000000-0000-4000-8000-000000000001")
+    expect(replacement!.metadata.annotations!["ecolink.io/replacement"]).toBe("1")
+    expect(replacement!.spec.nodeName).toBeUndefined()
+    await w.advance(600 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("preempted")
+    expect(w.kubelet.resume("gi-1")).toEqual({ ok: true })
+    await w.advance(29 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("preempted") // started on the warm node, not Ready yet
+    await w.advance(1 * S)
+    expect(events.slice(2)).toEqual([
+      { type: "pod.preempted", resource: "gi-1", at: t(90) },
+      { type: "pod.running", resource: "gi-1", at: t(720), started_at: t(60) }
+    ])
+    expect(w.reports.filter((r) => r.kind === "pod_replaced")).toEqual([{ kind: "pod_replaced", at: t(90), workload: "eco-gi-1", pod: "eco-gi-1" }])
+  })
+
+  it("kubelet preemption (phase Failed, reason Preempting): the driver deletes the victim and creates its replacement", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    w.server.update("pods", w.namespace, "eco-gi-1", (o) => (o.status = { ...o.status, phase: "Failed", reason: "Preempting", message: "Preempted in order to admit critical pod" }))
+    await w.advance(0)
+    expect(events.at(-1)).toEqual({ type: "pod.preempted", resource: "gi-1", at: t(90) })
+    expect(w.server.requests.filter((r) => r.method === "DELETE").map((r) => r.path)).toEqual([`/api/v1/namespaces/${w.namespace}/pods/eco-gi-1`])
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.annotations!["ecolink.io/replacement"]])).toEqual([["eco-gi-1", "1"]])
+  })
+
+  it("a preempted workload deleted by the engine: its pending replacement goes and pod.deleted follows", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    w.kubelet.preempt("gi-1")
+    await w.advance(0)
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    expect(w.pods()).toEqual([])
+    expect(events.map((e) => e.type)).toEqual(["pod.loading", "pod.running", "pod.preempted", "pod.deleted"])
+    expect(w.kubelet.free("us-east")).toEqual([8, 8])
+  })
+})
+
+describe("a stop always completes", () => {
+  it("a pod whose kubelet never confirms its graceful delete is deleted again with no grace after pod_force_delete_after_ms", async () => {
+    const { w, d, events } = await open({ limits: { pod_force_delete_after_ms: 10 * 60 * S } })
+    await running(w, d)
+    w.kubelet.silence("us-east")
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.deletionTimestamp])).toEqual([["eco-gi-1", "2026-03-01T00:02:00Z"]])
+    // The watchdog repeats the delete every tick; before the limit it changes nothing.
+    await w.advance(300 * S)
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    const deletes = () => w.server.requests.filter((r) => r.method === "DELETE").map((r) => r.query.gracePeriodSeconds ?? "default")
+    expect(deletes()).toEqual(["default"])
+    expect(events.map((e) => e.type)).toEqual(["pod.loading", "pod.running"])
+    await w.advance(300 * S)
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    expect(deletes()).toEqual(["default", "0"])
+    expect(w.pods()).toEqual([])
+    expect(events.at(-1)).toEqual({ type: "pod.deleted", resource: "gi-1", at: t(90 + 600) })
+  })
+})
+
+describe("a pod deleted behind our back", () => {
+  it("is handled, not ignored: the workload failed (pod.failed), no pod is recreated, and deleting it completes", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    w.kubelet.lose("gi-1")
+    await w.settle()
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "failed", started_at: t(60) })
+    expect(w.pods()).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_lost")).toEqual([{ kind: "pod_lost", at: t(90), workload: "eco-gi-1", pod: "eco-gi-1" }])
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    expect(events.slice(2)).toEqual([
+      { type: "pod.failed", resource: "gi-1", at: t(90) },
+      { type: "pod.deleted", resource: "gi-1", at: t(90) }
+    ])
+    expect(d.list()).toEqual([])
+  })
+})
+
+describe("watch robustness", () => {
+  it("a dropped stream is re-opened from the last resourceVersion after the backoff; what changed meanwhile arrives then", async () => {
+    const { w, d, events } = await open()
+    await running(w, d)
+    const rv = d.observedResourceVersion()
+    w.server.dropWatches({ abrupt: true })
+    // The client notices a reset socket a moment later, in wall time.
+    await waitFor(d, () => d.watchState === "backoff")
+    w.kubelet.preempt("gi-1")
+    await w.settle()
+    expect(events.length).toBe(2) // nothing heard while the stream is down
+    await w.advance(999)
+    expect(events.length).toBe(2)
+    await w.advance(1)
+    expect(d.watchState).toBe("watching")
+    expect(events.slice(2)).toEqual([{ type: "pod.preempted", resource: "gi-1", at: t(91) }])
+    const watches = w.server.requests.filter((r) => r.query.watch === "true")
+    expect(watches.at(-1)!.query).toMatchObject({ resourceVersion: rv, allowWatchBookmarks: "true", labelSelector: "ecolink.io/managed=true" })
+    expect(w.reports.filter((r) => r.kind === "watch_restarted")).toEqual([{ kind: "watch_restarted", at: t(90), reason: "dropped", backoff_ms: 1000 }])
+  })
+
+  it("backs off exponentially up to pods_watch_backoff_ms_max while the server refuses, and resets once connected", async () => {
+    const { w, d } = await open()
+    w.server.inject({ method: "GET", path: "/pods", status: 500, times: 6 })
+    w.server.dropWatches()
+    await w.advance(60 * S)
+    expect(d.watchState).toBe("watching")
+    expect(w.reports.map((r) => (r.kind === "watch_restarted" ? r.backoff_ms : r.kind))).toEqual([1000, 2000, 4000, 8000, 8000, 8000, 8000])
+    w.server.dropWatches()
+    await w.settle()
+    expect(w.reports.at(-1)).toEqual({ kind: "watch_restarted", at: w.clock.now(), reason: "dropped", backoff_ms: 1000 })
+  })
+
+  for (const expired_as of ["event", "status"] as const) {
+    it(`410 Gone (${expired_as === "event" ? "an ERROR event" : "HTTP 410"}) relists and rewatches; changes missed meanwhile are reported from the diff`, async () => {
+      const { w, d, events } = await open()
+      await running(w, d)
+      d.createWorkload(spec({ name: "eco-gi-2", resource: "gi-2" }))
+      await w.settle()
+      w.server.dropWatches()
+      w.server.expiredAs = expired_as
+      await w.settle()
+      // While nobody watches, a pod vanishes and the history is compacted: only a list can tell.
+      await w.advance(500)
+      w.kubelet.lose("gi-1")
+      w.server.compact()
+      await w.advance(60 * S)
+      expect(w.reports.map((r) => r.kind)).toEqual(["watch_restarted", "watch_restarted", "pod_lost", "relisted"])
+      expect(w.reports[1]).toEqual({ kind: "watch_restarted", at: t(91), reason: "expired", backoff_ms: 0 })
+      expect(events.slice(2)).toEqual([
+        { type: "pod.failed", resource: "gi-1", at: t(91) },
+        { type: "pod.loading", resource: "gi-2", at: t(150) }
+      ])
+      expect(d.watchConnected).toBe(true)
+      const lists = w.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/pods") && r.query.watch === undefined)
+      expect(lists.length).toBe(2)
+    })
+  }
+})
+
+describe("retries and restarts", () => {
+  it("a create refused with 500 is retried after a backoff on the engine clock; one pod results", async () => {
+    const { w, d } = await open()
+    w.server.inject({ method: "POST", path: "/pods", status: 500, times: 2 })
+    d.createWorkload(spec())
+    await w.settle()
+    expect(w.pods()).toEqual([])
+    await w.advance(3 * S)
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-1"])
+    expect(w.reports).toEqual([
+      { kind: "request_failed", at: t(0), what: "create pod eco-gi-1", status: 500, final: false },
+      { kind: "request_failed", at: t(1), what: "create pod eco-gi-1", status: 500, final: false }
+    ])
+  })
+
+  it("gives up after request_attempts_max and says so; the workload stays pending for the watchdog", async () => {
+    const { w, d } = await open()
+    w.server.inject({ method: "POST", path: "/pods", status: 503 })
+    d.createWorkload(spec())
+    await w.advance(60 * S)
+    expect(w.reports.map((r) => (r.kind === "request_failed" ? r.final : null))).toEqual([false, false, false, false, true])
+    expect(d.phaseOf("eco-gi-1")).toBe("pending")
+    expect(w.pods()).toEqual([])
+    // The engine's level-triggered reconcile asks again: the create goes through.
+    w.server.clearFailures()
+    d.createWorkload(spec())
+    await w.advance(90 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("running")
+  })
+
+  it("a new control plane finds the pods of the last one: workloads rebuilt from annotations, no events for what it found", async () => {
+    const { w, d } = await open()
+    await running(w, d)
+    d.createWorkload(spec({ name: "eco-gc-1", resource: "gc-1", gpu_count: 4, node_count: 2 }))
+    await w.settle()
+    d.stop()
+    const next = await w.driver()
+    const heard: ClusterEvent[] = []
+    next.subscribe((e) => heard.push(e))
+    expect(next.list()).toEqual([
+      { name: "eco-gc-1", resource: "gc-1", phase: "pending", started_at: null },
+      { name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null }
+    ])
+    await w.advance(90 * S)
+    expect(heard.map((e) => [e.type, e.resource])).toEqual([
+      ["pod.loading", "gc-1"],
+      ["pod.running", "gc-1"]
+    ])
+  })
+
+  it("as an Effect layer: the cluster service is started (its cache filled) when built, and stopped with its scope", async () => {
+    const { w, d } = await open()
+    await running(w, d)
+    const config = kubernetesConfig({ namespace: w.namespace, regions: [{ name: "us-east", nodes: 2, gpus_per_node: 8 }] })
+    const seen = await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const cluster = yield* Cluster
+          return { list: cluster.list(), regions: cluster.regionNames() }
+        }).pipe(Effect.provide(kubernetesClusterLayer(w.kubeconfig, w.clock, config)))
+      )
+    )
+    expect(seen).toEqual({ list: [{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null }], regions: ["us-east"] })
+  })
+})

@@ -1,0 +1,75 @@
+/**
+ * The design's central promise (issue 5): the same timeline gives the same ledger,
+ * notifications and transitions whether the engine drives the simulated cluster or a
+ * Kubernetes cluster (the API test server, over HTTP, through @kubernetes/client-node, with
+ * the scripted kubelet moving pods on the virtual clock).
+ */
+import { readdirSync, readFileSync } from "node:fs"
+import { join } from "node:path"
+import { afterEach, describe, expect, it } from "vitest"
+import { runTimeline } from "../../sim/runner.js"
+import { decode } from "../helpers.js"
+import { runTimelineInKubernetes } from "./timelineWorld.js"
+
+const EXAMPLES = join(import.meta.dirname, "..", "..", "sim", "examples")
+const json = (x: unknown): string => JSON.stringify(x, (_, v) => (typeof v === "bigint" ? v.toString() : v), 1)
+
+describe("sim/examples in the Kubernetes world", () => {
+  for (const file of readdirSync(EXAMPLES).filter((f) => f.endsWith(".json")).sort()) {
+    it(`${file}: the same ledger, notifications and transitions as the simulated world`, async () => {
+      const timeline = decode(JSON.parse(readFileSync(join(EXAMPLES, file), "utf8")))
+      const sim = runTimeline(timeline)
+      const k8s = await runTimelineInKubernetes(timeline)
+      try {
+        expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
+        expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
+        expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
+        expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+        expect(sim.output.invariants.ok).toBe(true)
+      } finally {
+        await k8s.finish()
+      }
+    })
+  }
+})
+
+/** A stack frame in the engine's own code (the driver included), not the tests' or a library's. */
+const OURS = ["src", "machines", "sim"].map((d) => `${join(import.meta.dirname, "..", "..", d)}/`)
+const real = { now: Date.now, random: Math.random, setTimeout: globalThis.setTimeout, setInterval: globalThis.setInterval, setImmediate: globalThis.setImmediate, Date: globalThis.Date }
+afterEach(() => {
+  Date.now = real.now
+  Math.random = real.random
+  globalThis.setTimeout = real.setTimeout
+  globalThis.setInterval = real.setInterval
+  globalThis.setImmediate = real.setImmediate
+  globalThis.Date = real.Date
+})
+
+describe("the Kubernetes world on the virtual clock", () => {
+  it("never reads the wall clock from the engine or the driver: only the HTTP client and the test server do", async () => {
+    const calls: string[] = []
+    const note = (what: string) => {
+      const caller = (new Error().stack ?? "").split("\n")[3] ?? ""
+      if (OURS.some((d) => caller.includes(d)) && !caller.includes("node_modules")) calls.push(`${what} ${caller.trim()}`)
+    }
+    Date.now = () => (note("Date.now"), real.now())
+    Math.random = () => (note("Math.random"), real.random())
+    globalThis.setTimeout = ((...a: Parameters<typeof setTimeout>) => (note("setTimeout"), real.setTimeout(...a))) as typeof setTimeout
+    globalThis.setInterval = ((...a: Parameters<typeof setInterval>) => (note("setInterval"), real.setInterval(...a))) as typeof setInterval
+    globalThis.setImmediate = ((...a: Parameters<typeof setImmediate>) => (note("setImmediate"), real.setImmediate(...a))) as typeof setImmediate
+    globalThis.Date = new Proxy(real.Date, {
+      construct(target, args: unknown[]) {
+        if (args.length === 0) note("new Date()")
+        return args.length === 0 ? new target(real.now()) : new target(...(args as [number]))
+      }
+    })
+    const timeline = decode(JSON.parse(readFileSync(join(EXAMPLES, "preemption.json"), "utf8")))
+    const k8s = await runTimelineInKubernetes(timeline)
+    try {
+      expect(calls).toEqual([])
+      expect(k8s.ledger.transitions().length).toBeGreaterThan(4)
+    } finally {
+      await k8s.finish()
+    }
+  })
+})
