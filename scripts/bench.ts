@@ -1,5 +1,10 @@
 /**
- * `npm run bench -- [--seed 1] [--accounts 1000] [--resources 10000] [--days 7] [--runs 3]`
+ * `npm run bench -- [--profile default|gpu|full|api] [--seed 1] [--accounts 1000] [--resources 10000] [--days 7] [--runs 3]`
+ *
+ * Without `--profile`, the GPU fleet below and then the HTTP API (scripts/benchApi.ts:
+ * requests per second and p99 of a read route and of launch + terminate, beside a bare
+ * Fastify route, by autocannon). `--profile full` runs the issue-3 fleet instead, `gpu` and
+ * `api` one half each.
  *
  * How fast the engine runs a realistic fleet, and how that compares with the least any
  * engine must do to persist the same results. Four measurements, each taken `--runs` times
@@ -34,12 +39,13 @@ import { parseArgs } from "node:util"
 import Database from "better-sqlite3"
 import { Either } from "effect"
 import { FULL_FLEET, generateFleet } from "../sim/fleet.js"
+import { benchApi } from "./benchApi.js"
 import { runTimeline, type RunResult } from "../sim/runner.js"
 import { decodeTimeline, type Timeline } from "../sim/timeline.js"
 import { migrate } from "../src/ledger/migrations.js"
 import * as policy from "../src/policy.js"
 
-const usage = "usage: npm run bench -- [--profile gpu|full] [--seed N] [--accounts N] [--resources N] [--days N] [--runs N]"
+const usage = "usage: npm run bench -- [--profile default|gpu|full|api] [--seed N] [--accounts N] [--resources N] [--days N] [--runs N]"
 
 /** Rows per transaction in the floors: large enough that commits do not dominate. */
 const BATCH = 10_000
@@ -276,7 +282,18 @@ const positiveInt = (name: string, text: string | undefined, fallback: number, m
   return n
 }
 
-const main = (): number => {
+/**
+ * `default` (no flag): the GPU fleet, then the HTTP API (scripts/benchApi.ts); `gpu` the fleet
+ * alone; `full` the issue-3 fleet; `api` the HTTP API alone.
+ */
+type Profile = "default" | "gpu" | "full" | "api"
+const parseProfile = (text: string | undefined): Profile => {
+  if (text === undefined) return "default"
+  if (text === "default" || text === "gpu" || text === "full" || text === "api") return text
+  throw new Error(`--profile must be default, gpu, full or api, got ${JSON.stringify(text)}`)
+}
+
+const main = async (): Promise<number> => {
   let opts
   try {
     const { values } = parseArgs({
@@ -295,7 +312,7 @@ const main = (): number => {
       return 0
     }
     opts = {
-      profile: values.profile === "full" ? "full" : "gpu",
+      profile: parseProfile(values.profile),
       seed: positiveInt("seed", values.seed, 1, 0),
       accounts: positiveInt("accounts", values.accounts, 1_000),
       resources: positiveInt("resources", values.resources, 10_000, 0),
@@ -311,11 +328,17 @@ const main = (): number => {
   const machine = `${cpus[0]?.model.trim() ?? "unknown CPU"}, ${cpus.length} cores, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, node ${process.version}, ${os.platform()} ${os.release()}`
   const out = (line = ""): void => void process.stdout.write(`${line}\n`)
   out(
-    opts.profile === "full"
+    opts.profile === "api"
+      ? `EcoLink bench, API profile: ${opts.runs} run(s), median quoted`
+      : opts.profile === "full"
       ? `EcoLink bench, full profile: seed ${opts.seed}, ${int(FULL_FLEET.accounts!)} accounts, ${int(FULL_FLEET.resources!)} GPU resources, ${int(FULL_FLEET.inference!)} inference instances, ${int(FULL_FLEET.storage!)} drives and filesystems, ${int(FULL_FLEET.api_requests!)} API requests, ${FULL_FLEET.days} virtual days, ${opts.runs} run(s), median quoted`
       : `EcoLink bench: seed ${opts.seed}, ${int(opts.accounts)} accounts, ${int(opts.resources)} GPU resources, ${opts.days} virtual days, ${opts.runs} run(s), median quoted`
   )
   out(`machine: ${machine}`)
+  if (opts.profile === "api") {
+    await benchApi(opts.runs, out)
+    return 0
+  }
 
   // `--profile full` is the issue-3 fleet: every resource kind and an API stream, 30 days.
   const generated = timed(() =>
@@ -418,11 +441,15 @@ const main = (): number => {
       out(`  #${v.invariant} ${v.name} account=${v.account ?? "-"} resource=${v.resource ?? "-"} at=${v.at ?? "-"}: ${v.message}`)
     }
   }
+  if (opts.profile === "default") {
+    out()
+    await benchApi(opts.runs, out)
+  }
   return 0
 }
 
 try {
-  process.exitCode = main()
+  process.exitCode = await main()
 } finally {
   rmSync(workDir, { recursive: true, force: true })
 }

@@ -1,56 +1,70 @@
 /**
- * `npm start`: opens the control plane's ledger (an embedded SQLite file) with the built-in
- * simulated cluster on the live clock, makes sure the demo account exists, reports what it
- * found, and stops cleanly. The HTTP API that will keep it serving arrives with the API
- * issue; until then this proves the production wiring (live clock, file ledger, migrations,
- * rehydration) starts and stops without error.
+ * `npm start`: the control plane. The engine on an embedded SQLite file with the built-in
+ * simulated cluster on the live clock, the HTTP API listening, a demo account with credit and
+ * a demo API key (the same on every start), printed with the URL. It serves until SIGTERM or
+ * SIGINT, then stops taking requests, lets the supervisor post what it holds in memory, and
+ * closes SQLite. A defect (a broken invariant) stops it too, with exit code 70.
  *
- * Configuration, one place: --db FILE or ECOLINK_DB (default ./data/ecolink.sqlite).
+ * Configuration, one place: `parseConfig` in src/api/server.ts (flags and environment
+ * variables; the table is there and in docs/API.md).
  */
-import { mkdirSync } from "node:fs"
-import { dirname, resolve } from "node:path"
-import { parseArgs } from "node:util"
-import { Effect, Either, Layer, Runtime, Scope, Context, Exit } from "effect"
-import { LiveClock } from "../src/clock.js"
-import { dollars, formatDollars } from "../src/money.js"
-import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
-import { layer as supervisorLayer, Supervisor } from "../src/supervisor.js"
-import { SimCluster } from "../sim/cluster.js"
+import { ConfigError, DEMO_ACCOUNT, parseConfig, startServer, type RunningServer } from "../src/api/server.js"
 
-const DEMO_ACCOUNT = "demo"
+/** How long a shutdown may take before the process exits anyway. */
+const SHUTDOWN_TIMEOUT_MS = 10_000
 
-const { values } = parseArgs({ options: { db: { type: "string" } } })
-const db = resolve(values.db ?? process.env.ECOLINK_DB ?? "data/ecolink.sqlite")
-mkdirSync(dirname(db), { recursive: true })
-
-const clock = new LiveClock()
-const cluster = new SimCluster(clock, [{ name: "us-east", nodes: 4, gpus_per_node: 8, image_pull_ms: 60_000, image_pull_jitter_ms: 0, container_start_ms: 30_000, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }], 1)
-const engine = supervisorLayer.pipe(
-  Layer.provideMerge(sqliteNotifierAndJournal),
-  Layer.provideMerge(Layer.mergeAll(ledgerLayer(db), clockLayer(clock), Layer.succeed(Cluster, cluster), catalogLayer(new Map([["H100", dollars("1.60")]]))))
-)
-
-const scope = Effect.runSync(Scope.make())
-const runtime = Effect.runSync(Layer.toRuntime(engine).pipe(Scope.extend(scope)))
-const sup = Context.get(runtime.context, Supervisor)
-const ledger = Context.get(runtime.context, Ledger)
-const run = Runtime.runSync(runtime)
-
-if (Either.isRight(run(Effect.either(sup.openAccount(DEMO_ACCOUNT))))) {
-  run(sup.credit(DEMO_ACCOUNT, "adjustment", dollars("100.00"), "Demo credit"))
+const main = async (): Promise<void> => {
+  let config
+  try {
+    config = parseConfig(process.argv.slice(2), process.env)
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e
+    process.stderr.write(`npm start: ${e.message}\n`)
+    process.exit(2)
+  }
+  let server: RunningServer | null = null
+  let stopping = false
+  const stop = (code: number, why: string): void => {
+    if (stopping) {
+      process.stderr.write(`${why} again: exiting now\n`)
+      process.exit(1)
+    }
+    stopping = true
+    process.stderr.write(`${why}: closing (no new requests, supervisor persists, SQLite closes)\n`)
+    const timer = setTimeout(() => {
+      process.stderr.write(`shutdown took more than ${SHUTDOWN_TIMEOUT_MS} ms: exiting\n`)
+      process.exit(1)
+    }, SHUTDOWN_TIMEOUT_MS)
+    timer.unref()
+    void (server?.close() ?? Promise.resolve()).then(
+      () => process.exit(code),
+      (e: unknown) => {
+        process.stderr.write(`shutdown failed: ${String(e)}\n`)
+        process.exit(1)
+      }
+    )
+  }
+  process.on("SIGTERM", () => stop(0, "SIGTERM"))
+  process.on("SIGINT", () => stop(0, "SIGINT"))
+  server = await startServer(config, { onDefect: () => stop(70, "defect") })
+  process.stdout.write(
+    [
+      "EcoLink control plane",
+      `  listening: ${server.url}  (docs ${server.url}/docs, OpenAPI ${server.url}/openapi.json)`,
+      `  ledger:    ${config.db} (SQLite, WAL, schema migrated)`,
+      `  cluster:   built-in simulated cluster (us-east, us-west: 4 nodes × 8 GPUs each), live clock${config.clock_speed === 1 ? "" : ` × ${config.clock_speed}`}`,
+      `  resources: ${server.live_resources} live, rehydrated from their snapshots`,
+      ...(server.demo === null
+        ? []
+        : [`  account:   ${DEMO_ACCOUNT}, balance $${server.demo.balance}`, `  demo key:  ${server.demo.key}`]),
+      `  operator:  ${server.operator_key}${server.operator_key_generated ? " (generated for this run; set ECOLINK_OPERATOR_KEY to keep one)" : ""}`,
+      "",
+      ...(server.demo === null ? [] : [`Try: curl -H "Authorization: Bearer ${server.demo.key}" ${server.url}/billing/balance`, ""])
+    ].join("\n")
+  )
 }
-const live = ledger.liveResources().length
-process.stdout.write(
-  [
-    "EcoLink engine",
-    `  ledger:    ${db} (SQLite, WAL, schema migrated)`,
-    "  cluster:   built-in simulated cluster (us-east: 4 nodes × 8 H100), live clock",
-    `  resources: ${live} live, rehydrated from their snapshots`,
-    `  account:   ${DEMO_ACCOUNT}, balance $${formatDollars(ledger.balance(DEMO_ACCOUNT))}`,
-    "",
-    "The HTTP API (URL and demo API key) arrives with the API issue; nothing is listening yet.",
-    "Try the simulator meanwhile: npm run sim -- sim/examples/seed-hold-and-extend.json",
-    ""
-  ].join("\n")
-)
-Effect.runSync(Scope.close(scope, Exit.void))
+
+void main().catch((e: unknown) => {
+  process.stderr.write(`npm start failed: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`)
+  process.exit(1)
+})

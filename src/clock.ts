@@ -226,12 +226,39 @@ interface LiveTimer {
   node: NodeJS.Timeout | null
 }
 
+/** The fastest a live clock may run: an hour of engine time in 36 ms of wall time. */
+export const LIVE_CLOCK_SPEED_MAX = 100_000
+
+export interface LiveClockOptions {
+  /**
+   * Engine milliseconds per wall millisecond (default 1). Above 1 it is the "fast virtual
+   * clock" of demos and end-to-end tests: engine time starts at the wall time of
+   * construction and runs `speed` times faster, and timers fire after `delay / speed` of wall
+   * time. A database used at speed > 1 holds instants ahead of the wall clock: keep it for
+   * demos and tests, not production.
+   */
+  readonly speed?: number
+}
+
 /** The production clock: wall time and Node's timers. The one place the wall clock is read. */
 export class LiveClock implements EngineClock {
   readonly effectClock: EffectClock.Clock = makeEffectClock(this)
+  private readonly speed: number
+  private readonly wall_origin_ms: number
+
+  constructor(options: LiveClockOptions = {}) {
+    const speed = options.speed ?? 1
+    if (!Number.isFinite(speed) || speed < 1 || speed > LIVE_CLOCK_SPEED_MAX) {
+      throw new Error(`LiveClock speed must be from 1 to ${LIVE_CLOCK_SPEED_MAX}, got ${speed}`)
+    }
+    this.speed = speed
+    // At speed 1 engine time is wall time: no origin needed (and no extra wall read).
+    this.wall_origin_ms = speed === 1 ? 0 : Date.now()
+  }
 
   now(): number {
-    return Date.now()
+    const wall = Date.now()
+    return this.speed === 1 ? wall : this.wall_origin_ms + Math.floor((wall - this.wall_origin_ms) * this.speed)
   }
 
   setTimeout(fn: () => void, delay_ms: number): TimerHandle {
@@ -248,7 +275,7 @@ export class LiveClock implements EngineClock {
   schedule(at_ms: number, fn: () => void): TimerHandle {
     const timer: LiveTimer = { node: null }
     const arm = (): void => {
-      const delay_ms = Math.max(0, at_ms - this.now())
+      const delay_ms = Math.max(0, Math.ceil((at_ms - this.now()) / this.speed))
       timer.node = globalThis.setTimeout(() => {
         if (at_ms > this.now()) return arm()
         timer.node = null

@@ -60,10 +60,28 @@ describe("migrations", () => {
     expect(schemaVersions(store)).toEqual([
       { version: 1, name: MIGRATIONS[0]!.name },
       { version: 2, name: "model registry" },
-      { version: 3, name: "low-balance monitor state" }
+      { version: 3, name: "low-balance monitor state" },
+      { version: 4, name: MIGRATIONS[3]!.name }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
-    expect(tables).toEqual(["account_monitor", "accounts", "holds", "journal", "ledger", "models", "notifications", "resources", "schema_migrations", "transitions"])
+    expect(tables).toEqual([
+      "account_monitor",
+      "accounts",
+      "api_idempotency",
+      "api_invites",
+      "api_keys",
+      "api_memberships",
+      "api_settings",
+      "api_users",
+      "holds",
+      "journal",
+      "ledger",
+      "models",
+      "notifications",
+      "resources",
+      "schema_migrations",
+      "transitions"
+    ])
   })
 
   it("upgrade a version-1 database in place, keeping its data", () => {
@@ -88,8 +106,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(3)
-    expect(schemaVersions(store)).toHaveLength(3)
+    expect(migrate(store.db)).toBe(4)
+    expect(schemaVersions(store)).toHaveLength(4)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -115,9 +133,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (4, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (5, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 4 is newer than this engine knows \(3\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 5 is newer than this engine knows \(4\)/)
   })
 })
 

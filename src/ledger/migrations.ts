@@ -128,6 +128,70 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         warned   TEXT NOT NULL
       ) STRICT;
     `
+  },
+  {
+    version: 4,
+    name: "HTTP API: users, memberships, API keys, invites, idempotency records, settings",
+    // The API's own tables (src/api/store.ts). No money here: wallets, holds and ledger rows
+    // move only through the supervisor. Key secrets are stored as their SHA-256, never as text.
+    sql: `
+      CREATE TABLE api_users (
+        id          TEXT PRIMARY KEY,
+        email       TEXT NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE api_memberships (
+        account    TEXT NOT NULL REFERENCES accounts(id),
+        user_id    TEXT NOT NULL REFERENCES api_users(id),
+        role       TEXT NOT NULL CHECK (role IN ('owner', 'member')),
+        joined_at  INTEGER NOT NULL,
+        PRIMARY KEY (account, user_id)
+      ) STRICT;
+      CREATE INDEX api_memberships_by_user ON api_memberships(user_id);
+
+      CREATE TABLE api_keys (
+        id             TEXT PRIMARY KEY,
+        account        TEXT NOT NULL REFERENCES accounts(id),
+        user_id        TEXT NOT NULL REFERENCES api_users(id),
+        name           TEXT NOT NULL,
+        secret_sha256  BLOB NOT NULL CHECK (length(secret_sha256) = 32),
+        created_at     INTEGER NOT NULL,
+        revoked_at     INTEGER
+      ) STRICT;
+      CREATE INDEX api_keys_by_account ON api_keys(account, id);
+
+      CREATE TABLE api_invites (
+        id           TEXT PRIMARY KEY,
+        account      TEXT NOT NULL REFERENCES accounts(id),
+        email        TEXT NOT NULL,
+        role         TEXT NOT NULL CHECK (role IN ('member')),
+        secret       TEXT NOT NULL,
+        invited_by   TEXT NOT NULL REFERENCES api_users(id),
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        accepted_at  INTEGER,
+        accepted_by  TEXT REFERENCES api_users(id)
+      ) STRICT;
+      CREATE INDEX api_invites_by_account ON api_invites(account, id);
+
+      CREATE TABLE api_idempotency (
+        account         TEXT NOT NULL,
+        key             TEXT NOT NULL,
+        request_sha256  TEXT NOT NULL,
+        status          INTEGER NOT NULL,
+        content_type    TEXT NOT NULL,
+        body            TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        PRIMARY KEY (account, key)
+      ) STRICT;
+      CREATE INDEX api_idempotency_by_age ON api_idempotency(created_at);
+
+      CREATE TABLE api_settings (
+        name   TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+      ) STRICT;
+    `
   }
 ]
 

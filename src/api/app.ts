@@ -1,0 +1,192 @@
+/**
+ * `buildApp(options)`: the HTTP API over the engine (issue 4). One Fastify plugin per area
+ * (accounts/teams/keys, GPU instances and clusters, inference and models, storage, billing,
+ * notifications, `/v1`, operator); around them, the edge rules every route shares:
+ *
+ * - `x-ecolink-request-id` on every answer (errors and 401s included), from a counter behind
+ *   a random per-process prefix; pino logs carry it as `request_id`.
+ * - Who is calling (auth.ts) is decided in `onRequest`; a route's `config.auth` says what it
+ *   needs, enforced in `preParsing` (so an unauthenticated body is never parsed): 401
+ *   `{"error":"unauthorized"}`, 403 `forbidden` for an owner-only route.
+ * - Rate limits per API key (@fastify/rate-limit, counted on the engine clock), by client
+ *   address for requests without a valid key: 429 `rate_limited` with `retry-after`.
+ * - Every body is JSON, validated by the route's schema with no coercion and no silent
+ *   stripping: an unknown field is a 400 naming it.
+ * - One error handler: engine refusals through `errorStatus`, Fastify's errors by code, 404
+ *   JSON for unknown routes; a defect is a logged 500 and calls `onDefect`.
+ * - OpenAPI 3.1 at `GET /openapi.json`, Swagger UI at `/docs`.
+ *
+ * The API holds no business rule: the routes decode, call the supervisor, and encode.
+ */
+import fastifyRateLimit from "@fastify/rate-limit"
+import fastifySwagger from "@fastify/swagger"
+import fastifySwaggerUi from "@fastify/swagger-ui"
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
+import { Authenticator } from "./auth.js"
+import type { Engine } from "./engine.js"
+import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
+import type { ApiContext } from "./http.js"
+import { base32, cryptoSecrets, type SecretsPort } from "./secrets.js"
+import { ApiStore } from "./store.js"
+import { clockRateLimitStore } from "./rateLimit.js"
+import { ErrorSchema } from "./views.js"
+import { accountRoutes } from "./routes/accounts.js"
+import { billingRoutes } from "./routes/billing.js"
+import { gpuRoutes } from "./routes/gpu.js"
+import { inferenceRoutes } from "./routes/inference.js"
+import { notificationRoutes } from "./routes/notifications.js"
+import { operatorRoutes } from "./routes/operator.js"
+import { storageRoutes } from "./routes/storage.js"
+import { v1Routes } from "./routes/v1.js"
+
+export interface RateLimitOptions {
+  /** Requests per window per API key (or per client address without one). */
+  readonly max: number
+  readonly window_ms: number
+}
+
+export interface AppOptions {
+  readonly engine: Engine
+  /** Randomness for key secrets, invite secrets, ids and the request-id prefix. Default: the OS CSPRNG. */
+  readonly secrets?: SecretsPort
+  /** The operator's key (any string of at least 32 characters); null: no operator routes answer. */
+  readonly operatorKey?: string | null
+  /** Fastify's logger: false (tests), true, or pino options. */
+  readonly logger?: FastifyServerOptions["logger"]
+  /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per key. */
+  readonly rateLimit?: RateLimitOptions | false
+  /** Base of invite links, or a function answering it (known only once listening). Default `http://localhost`. */
+  readonly publicUrl?: string | (() => string)
+  /** Swagger UI at /docs (OpenAPI JSON is always served). Default true. */
+  readonly docs?: boolean
+  /** Called with a defect (a bug, a broken invariant) after its 500 is sent. */
+  readonly onDefect?: (error: unknown) => void
+}
+
+export const RATE_LIMIT_DEFAULT: RateLimitOptions = { max: 600, window_ms: 60_000 }
+/** Largest request body: 1 MiB. */
+export const BODY_LIMIT_BYTES = 1_048_576
+export const OPERATOR_KEY_LENGTH_MIN = 32
+
+export const buildApp = async (options: AppOptions): Promise<FastifyInstance> => {
+  const secrets = options.secrets ?? cryptoSecrets
+  const operatorKey = options.operatorKey ?? null
+  if (operatorKey !== null && operatorKey.length < OPERATOR_KEY_LENGTH_MIN) {
+    throw new Error(`the operator key must be at least ${OPERATOR_KEY_LENGTH_MIN} characters`)
+  }
+  const api = new ApiStore(options.engine.ledger.db)
+  const ctx: ApiContext = {
+    engine: options.engine,
+    api,
+    secrets,
+    auth: new Authenticator(api, operatorKey),
+    public_url: () => {
+      const base = options.publicUrl ?? "http://localhost"
+      return (typeof base === "string" ? base : base()).replace(/\/+$/, "")
+    }
+  }
+  const requestPrefix = `req_${base32(secrets, 8)}_`
+  let requests = 0
+
+  const app = Fastify({
+    logger: options.logger ?? false,
+    genReqId: () => `${requestPrefix}${++requests}`,
+    requestIdHeader: false,
+    logController: new LogController({ requestIdLogLabel: "request_id" }),
+    bodyLimit: BODY_LIMIT_BYTES,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    frameworkErrors: (error, request, reply) => {
+      reply.header("x-ecolink-request-id", request.id)
+      const mapped = fastifyHttp(error) ?? { status: 400, body: { error: "invalid_url", message: "the URL is not valid" } }
+      void (reply as FastifyReply).code(mapped.status).send(mapped.body)
+    }
+  })
+  app.decorateRequest("auth", null)
+  // Bodies are JSON only; a text/plain body is 415, not a string handed to a route.
+  app.removeContentTypeParser("text/plain")
+  app.addSchema(ErrorSchema)
+
+  app.addHook("onRequest", async (request, reply) => {
+    reply.header("x-ecolink-request-id", request.id)
+    request.auth = ctx.auth.identify(request.headers.authorization)
+  })
+  app.addHook("preParsing", async (request) => {
+    const config = request.routeOptions.config
+    if (config.auth === "account" && request.auth?.kind !== "key") throw new HttpError(401, "unauthorized", UNAUTHORIZED)
+    if (config.auth === "operator" && request.auth?.kind !== "operator") throw new HttpError(401, "unauthorized", UNAUTHORIZED)
+    if (config.role === "owner" && (request.auth?.kind !== "key" || request.auth.role !== "owner")) {
+      throw new HttpError(403, "forbidden", "only the account's owner may do this")
+    }
+  })
+
+  app.setErrorHandler((error, request, reply) => {
+    let status: number
+    let body: ErrorBody
+    if (error instanceof HttpError) ({ status, body } = { status: error.status, body: error.body() })
+    else if (isEngineError(error)) ({ status, body } = engineHttp(error))
+    else {
+      const mapped = fastifyHttp(error as FastifyError)
+      if (mapped !== null) ({ status, body } = mapped)
+      else {
+        request.log.error({ err: error }, "defect")
+        void reply.code(500).send(INTERNAL_ERROR)
+        options.onDefect?.(error)
+        return
+      }
+    }
+    void reply.code(status).send(body)
+  })
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ error: "route_not_found", message: `no route ${request.method} ${request.url.split("?")[0]}` })
+  })
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "EcoLink control plane",
+        version: "1.0.0",
+        description: "GPU instances and clusters, inference, storage, billing, notifications, teams and the OpenAI-compatible /v1 API. Errors: {\"error\": code, \"message\": text}."
+      },
+      components: {
+        securitySchemes: {
+          apiKey: { type: "http", scheme: "bearer", description: "an account API key, eco_…" },
+          operatorKey: { type: "http", scheme: "bearer", description: "the operator's key" }
+        }
+      }
+    }
+  })
+  if (options.docs !== false) await app.register(fastifySwaggerUi, { routePrefix: "/docs" })
+
+  const rateLimit = options.rateLimit ?? RATE_LIMIT_DEFAULT
+  if (rateLimit !== false) {
+    await app.register(fastifyRateLimit, {
+      global: true,
+      max: rateLimit.max,
+      timeWindow: rateLimit.window_ms,
+      hook: "onRequest",
+      store: clockRateLimitStore(options.engine.clock),
+      keyGenerator: (request) =>
+        request.auth?.kind === "key" ? `key:${request.auth.key_id}` : request.auth?.kind === "operator" ? "operator" : `ip:${request.ip}`,
+      errorResponseBuilder: (_request, context) =>
+        new HttpError(429, "rate_limited", `more than ${context.max} requests in ${rateLimit.window_ms / 1000} s; retry after ${Math.ceil(context.ttl / 1000)} s`)
+    })
+  }
+
+  app.get(
+    "/openapi.json",
+    { schema: { hide: true, response: { 200: { type: "object", additionalProperties: true } } }, config: { auth: "public" } },
+    async () => app.swagger()
+  )
+
+  await app.register(async (scope) => accountRoutes(scope, ctx))
+  await app.register(async (scope) => gpuRoutes(scope, ctx))
+  await app.register(async (scope) => inferenceRoutes(scope, ctx))
+  await app.register(async (scope) => storageRoutes(scope, ctx))
+  await app.register(async (scope) => billingRoutes(scope, ctx))
+  await app.register(async (scope) => notificationRoutes(scope, ctx))
+  await app.register(async (scope) => v1Routes(scope, ctx))
+  await app.register(async (scope) => operatorRoutes(scope, ctx))
+  await app.ready()
+  return app
+}

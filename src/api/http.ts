@@ -1,0 +1,207 @@
+/**
+ * What every route plugin shares: the context (engine, API store, secrets, authenticator,
+ * options), the route-spec helper that puts a schema and an auth rule on every route, the
+ * `Idempotency-Key` wrapper, and small decoders for ids and cursors.
+ */
+import type { FastifyReply, FastifyRequest } from "fastify"
+import type { Effect } from "effect"
+import type { EngineError } from "../errors.js"
+import type { Auth, Authenticator } from "./auth.js"
+import type { Engine } from "./engine.js"
+import { engineHttp, HttpError, isEngineError, type ErrorBody } from "./errors.js"
+import type { SecretsPort } from "./secrets.js"
+import { sha256 } from "./secrets.js"
+import type { ApiStore } from "./store.js"
+
+export type AuthRule = "account" | "operator" | "public"
+
+declare module "fastify" {
+  interface FastifyRequest {
+    auth: Auth | null
+  }
+  interface FastifyContextConfig {
+    auth?: AuthRule
+    role?: "owner"
+  }
+}
+
+export interface ApiContext {
+  readonly engine: Engine
+  readonly api: ApiStore
+  readonly secrets: SecretsPort
+  readonly auth: Authenticator
+  /** Where invite links point: `${public_url()}/invites/<token>`. */
+  readonly public_url: () => string
+}
+
+export type KeyAuth = Extract<Auth, { kind: "key" }>
+
+/** The caller's key; routes with `auth: "account"` only run with one (the preParsing hook refused the rest). */
+export const keyOf = (request: FastifyRequest): KeyAuth => {
+  const auth = request.auth
+  if (auth === null || auth.kind !== "key") throw new HttpError(401, "unauthorized", "an account API key is required")
+  return auth
+}
+
+/** Runs an engine command: its value, or its typed refusal thrown for the error handler. */
+export const call = <A, E extends EngineError>(ctx: ApiContext, effect: Effect.Effect<A, E>): A => {
+  const result = ctx.engine.run(effect)
+  if (result.ok) return result.value
+  throw result.error
+}
+
+// ── route specs ─────────────────────────────────────────────────────────────────────────
+const ERROR_REF = { $ref: "Error#" }
+
+export interface Spec {
+  readonly tags: ReadonlyArray<string>
+  readonly summary: string
+  readonly description?: string
+  readonly auth: AuthRule
+  readonly role?: "owner"
+  readonly params?: Record<string, unknown>
+  readonly querystring?: Record<string, unknown>
+  readonly body?: Record<string, unknown>
+  readonly headers?: Record<string, unknown>
+  readonly response: Record<number, unknown>
+  /** Accepts `Idempotency-Key` (documented in the schema). */
+  readonly idempotent?: boolean
+}
+
+/** A route's `schema` and `config`: request and response schemas, error responses, auth rule. */
+export const spec = (s: Spec) => ({
+  schema: {
+    tags: s.tags,
+    summary: s.summary,
+    ...(s.description === undefined ? {} : { description: s.description }),
+    ...(s.auth === "public" ? { security: [] } : { security: [{ [s.auth === "operator" ? "operatorKey" : "apiKey"]: [] }] }),
+    ...(s.params === undefined ? {} : { params: s.params }),
+    ...(s.querystring === undefined ? {} : { querystring: s.querystring }),
+    ...(s.body === undefined ? {} : { body: s.body }),
+    ...(s.idempotent === true
+      ? {
+          headers: {
+            type: "object",
+            properties: {
+              "idempotency-key": { type: "string", description: "repeat the request safely: a repeat with the same key answers the first answer and does nothing" }
+            }
+          }
+        }
+      : {}),
+    response: { ...s.response, "4xx": ERROR_REF, "5xx": ERROR_REF }
+  },
+  config: { auth: s.auth, ...(s.role === undefined ? {} : { role: s.role }) }
+})
+
+export const idParams = (name = "id") => ({
+  type: "object",
+  required: [name],
+  additionalProperties: false,
+  properties: { [name]: { type: "string", minLength: 1, maxLength: 100 } }
+})
+
+export const LIST_LIMIT_DEFAULT = 20
+export const LIST_LIMIT_MAX = 100
+
+export const limitOf = (raw: string | undefined): number => {
+  if (raw === undefined) return LIST_LIMIT_DEFAULT
+  const n = Number(raw)
+  if (n < 1 || n > LIST_LIMIT_MAX) throw new HttpError(400, "invalid_request", `limit must be from 1 to ${LIST_LIMIT_MAX}`, "limit")
+  return n
+}
+
+// ── Idempotency-Key ─────────────────────────────────────────────────────────────────────
+/** Keys are 1 to 255 visible ASCII characters (Stripe's rule). */
+const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e]{1,255}$/
+/** A record is kept a day; a repeat after that runs again. */
+export const IDEMPOTENCY_RETENTION_MS = 24 * 3_600_000
+
+export interface Outcome {
+  readonly status: number
+  /** A JSON value, or the text of a server-sent-events stream when `content_type` says so. */
+  readonly body: unknown
+  readonly content_type?: string
+  /** Replaced by null in the stored record: secrets are shown once, never stored. */
+  readonly secret_path?: ReadonlyArray<string>
+}
+
+/** JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. */
+const canonical = (v: unknown): string => {
+  if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`
+  if (v !== null && typeof v === "object") {
+    return `{${Object.keys(v)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((v as Record<string, unknown>)[k])}`)
+      .join(",")}}`
+  }
+  return JSON.stringify(v) ?? "null"
+}
+
+const withoutSecret = (body: unknown, path: ReadonlyArray<string> | undefined): unknown => {
+  if (path === undefined || path.length === 0 || body === null || typeof body !== "object") return body
+  const [head, ...rest] = path
+  const copy = { ...(body as Record<string, unknown>) }
+  if (!(head! in copy)) return body
+  copy[head!] = rest.length === 0 ? null : withoutSecret(copy[head!], rest)
+  return copy
+}
+
+/** An answer from whatever `run` threw: an API refusal or an engine refusal. Defects rethrow. */
+export const outcomeOfError = (e: unknown): Outcome => {
+  if (e instanceof HttpError) return { status: e.status, body: e.body() }
+  if (isEngineError(e)) return engineHttp(e)
+  throw e
+}
+
+const send = (reply: FastifyReply, o: Outcome): FastifyReply => {
+  reply.code(o.status)
+  if (o.content_type !== undefined) reply.type(o.content_type)
+  return reply.send(o.body)
+}
+
+/**
+ * Runs a POST that moves money or creates something. Without `Idempotency-Key` it simply
+ * runs. With one, scoped to the caller's account: a first request runs and its answer (status
+ * and body, refusals included) is stored in the same SQLite transaction as the engine's
+ * writes; a repeat with the same request answers the stored answer (header
+ * `idempotent-replayed: true`) and does nothing; the same key with another request is 422
+ * `idempotency_key_reused`. Requests refused before the handler (401, 400 schema, 429) are
+ * not recorded.
+ */
+export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Outcome): FastifyReply => {
+  const raw = request.headers["idempotency-key"]
+  if (raw === undefined) return send(reply, runOrRefusal(run))
+  if (typeof raw !== "string" || !IDEMPOTENCY_KEY_RE.test(raw)) {
+    throw new HttpError(400, "invalid_request", "Idempotency-Key must be 1 to 255 visible ASCII characters", "Idempotency-Key")
+  }
+  const fingerprint = sha256(canonical({ method: request.method, route: request.routeOptions.url, params: request.params ?? null, body: request.body ?? null })).toString("hex")
+  const outcome = ctx.engine.sup.unitOfWork((): Outcome & { replayed: boolean } => {
+    const now = ctx.engine.clock.now()
+    const stored = ctx.api.idempotency(account, raw)
+    if (stored !== undefined && stored.created_at + IDEMPOTENCY_RETENTION_MS > now) {
+      if (stored.request_sha256 !== fingerprint) {
+        throw new HttpError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
+      }
+      const body = stored.content_type === "application/json" ? (JSON.parse(stored.body) as unknown) : stored.body
+      return { status: stored.status, body, content_type: stored.content_type, replayed: true }
+    }
+    ctx.api.purgeIdempotency(now - IDEMPOTENCY_RETENTION_MS)
+    const fresh = runOrRefusal(run)
+    const content_type = fresh.content_type ?? "application/json"
+    const text = content_type === "application/json" ? JSON.stringify(withoutSecret(fresh.body, fresh.secret_path)) : String(fresh.body)
+    ctx.api.saveIdempotency({ account, key: raw, request_sha256: fingerprint, status: fresh.status, content_type, body: text, created_at: now })
+    return { ...fresh, replayed: false }
+  })
+  if (outcome.replayed) reply.header("idempotent-replayed", "true")
+  return send(reply, outcome)
+}
+
+const runOrRefusal = (run: () => Outcome): Outcome => {
+  try {
+    return run()
+  } catch (e) {
+    return outcomeOfError(e)
+  }
+}
+
+export type { ErrorBody }

@@ -1,0 +1,248 @@
+/**
+ * Accounts, teams and API keys (SPEC §8). Sign-up makes an account (an engine wallet at $0),
+ * its owner and the owner's first key. The owner invites members: an invite answers a link
+ * (`<public url>/invites/<token>`) that works whether or not any email arrived; the invited
+ * user (identified by a key of theirs, from any account) accepts it with `POST
+ * /invites/<token>/accept` and gets a key for the new account. Members share the balance, the
+ * resources and the keys (every member lists every key; a member revokes only the keys they
+ * made, the owner any). Secrets are answered once and stored as SHA-256.
+ */
+import type { FastifyInstance } from "fastify"
+import { Conflict } from "../../errors.js"
+import { formatDollars } from "../../money.js"
+import { call, idempotent, idParams, keyOf, spec, type ApiContext, type KeyAuth } from "../http.js"
+import { HttpError } from "../errors.js"
+import { formatApiKey, keyPrefix, KEY_ID_CHARS, base32, newId, newSecret, sameDigest, sha256 } from "../secrets.js"
+import type { KeyRow } from "../store.js"
+import { iso, obj, moneySchema } from "../views.js"
+
+/** An invite link stays valid for 7 days. */
+export const INVITE_TTL_MS = 7 * 24 * 3_600_000
+export const EMAIL_LENGTH_MAX = 254
+/** Keys one account may hold (live or revoked): a bound like every other. */
+export const KEYS_PER_ACCOUNT_MAX = 1_000
+const EMAIL_RE = "^[^\\s@]{1,64}@[^\\s@]{1,189}$"
+
+const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, pattern: EMAIL_RE } as const
+const keyName = { type: "string", minLength: 1, maxLength: 100 } as const
+const nullableInstant = { type: ["string", "null"], format: "date-time" } as const
+
+const KeySchema = obj({
+  id: { type: "string" },
+  name: { type: "string" },
+  prefix: { type: "string", description: "eco_<key id>_…: enough to recognise the key, never the secret" },
+  user_id: { type: "string" },
+  created_at: { type: "string", format: "date-time" },
+  revoked_at: nullableInstant
+})
+const NewKeySchema = obj({
+  ...KeySchema.properties,
+  secret: { type: ["string", "null"], description: "the whole key, shown once (null in a replay of an idempotent request)" }
+})
+const MemberSchema = obj({ user_id: { type: "string" }, email: { type: "string" }, role: { type: "string", enum: ["owner", "member"] }, joined_at: { type: "string", format: "date-time" } })
+const InviteSchema = obj({
+  id: { type: "string" },
+  email: { type: "string" },
+  role: { type: "string", enum: ["member"] },
+  invite_url: { type: "string", description: "send it any way you like; it works as the emailed one does" },
+  created_at: { type: "string", format: "date-time" },
+  expires_at: { type: "string", format: "date-time" }
+})
+
+const keyJson = (k: Omit<KeyRow, "secret_sha256">) => ({
+  id: k.id,
+  name: k.name,
+  prefix: keyPrefix(k.id),
+  user_id: k.user_id,
+  created_at: iso(k.created_at),
+  revoked_at: k.revoked_at === null ? null : iso(k.revoked_at)
+})
+
+const normalEmail = (e: string): string => e.trim().toLowerCase()
+
+export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
+  const tags = ["Accounts and teams"]
+  const now = () => ctx.engine.clock.now()
+
+  /** A new key for `user_id` in `account`: the row holds the secret's SHA-256 only. */
+  const createKey = (account: string, user_id: string, name: string) => {
+    if (ctx.api.keysOf(account).length >= KEYS_PER_ACCOUNT_MAX) {
+      throw new HttpError(409, "too_many_keys", `an account holds at most ${KEYS_PER_ACCOUNT_MAX} keys; revoke and ask support`)
+    }
+    const id = base32(ctx.secrets, KEY_ID_CHARS)
+    const secret = newSecret(ctx.secrets)
+    const row = { id, account, user_id, name, secret_sha256: sha256(secret), created_at: now() }
+    ctx.api.insertKey(row)
+    return { ...keyJson({ ...row, revoked_at: null }), secret: formatApiKey(id, secret) }
+  }
+
+  app.post(
+    "/accounts",
+    spec({
+      tags,
+      summary: "Sign up: a new account, its owner and the owner's first API key",
+      description: "The account starts at $0. One sign-up per email (409 email_taken). Not idempotent by key: a repeat is 409.",
+      auth: "public",
+      body: { type: "object", additionalProperties: false, required: ["email"], properties: { email, key_name: keyName } },
+      response: {
+        201: obj({
+          account: obj({ id: { type: "string" }, balance: moneySchema }),
+          user: obj({ id: { type: "string" }, email: { type: "string" }, role: { type: "string", enum: ["owner"] } }),
+          api_key: NewKeySchema
+        })
+      }
+    }),
+    async (request, reply) => {
+      const body = request.body as { email: string; key_name?: string }
+      const address = normalEmail(body.email)
+      const answer = ctx.engine.sup.unitOfWork(() => {
+        if (ctx.api.userByEmail(address) !== undefined) throw new HttpError(409, "email_taken", "an account was already signed up with this email")
+        const account = newId(ctx.secrets, "acct-")
+        const user = newId(ctx.secrets, "usr-")
+        call(ctx, ctx.engine.sup.openAccount(account))
+        ctx.api.insertUser({ id: user, email: address, created_at: now() })
+        ctx.api.addMember(account, user, "owner", now())
+        const api_key = createKey(account, user, body.key_name ?? "default")
+        return {
+          account: { id: account, balance: formatDollars(0n) },
+          user: { id: user, email: address, role: "owner" as const },
+          api_key
+        }
+      })
+      return reply.code(201).send(answer)
+    }
+  )
+
+  app.get(
+    "/account",
+    spec({
+      tags,
+      summary: "Who am I: the key's account, user and role",
+      auth: "account",
+      response: { 200: obj({ id: { type: "string" }, balance: moneySchema, user: obj({ id: { type: "string" }, email: { type: "string" }, role: { type: "string", enum: ["owner", "member"] } }), key_id: { type: "string" } }) }
+    }),
+    async (request) => {
+      const auth = keyOf(request)
+      const user = ctx.api.user(auth.user_id)!
+      return {
+        id: auth.account,
+        balance: formatDollars(call(ctx, ctx.engine.sup.balance(auth.account))),
+        user: { id: user.id, email: user.email, role: auth.role },
+        key_id: auth.key_id
+      }
+    }
+  )
+
+  app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) } }), async (request) => ({
+    data: ctx.api.members(keyOf(request).account).map((m) => ({ user_id: m.user_id, email: m.email, role: m.role, joined_at: iso(m.joined_at) }))
+  }))
+
+  const inviteJson = (i: { id: string; email: string; role: "member"; secret: string; created_at: number; expires_at: number }) => ({
+    id: i.id,
+    email: i.email,
+    role: i.role,
+    invite_url: `${ctx.public_url()}/invites/${i.id}.${i.secret}`,
+    created_at: iso(i.created_at),
+    expires_at: iso(i.expires_at)
+  })
+
+  app.post(
+    "/team/invites",
+    spec({
+      tags,
+      summary: "Invite a member (owner only): answers the invite link",
+      auth: "account",
+      role: "owner",
+      body: { type: "object", additionalProperties: false, required: ["email"], properties: { email } },
+      response: { 201: InviteSchema },
+      idempotent: true
+    }),
+    async (request, reply) => {
+      const auth = keyOf(request)
+      const address = normalEmail((request.body as { email: string }).email)
+      return idempotent(ctx, request, reply, auth.account, () => {
+        const invited = ctx.api.userByEmail(address)
+        if (invited !== undefined && ctx.api.roleOf(auth.account, invited.id) !== undefined) {
+          throw new HttpError(409, "already_member", `${address} is already a member of this account`)
+        }
+        const invite = { id: newId(ctx.secrets, "inv-"), account: auth.account, email: address, role: "member" as const, secret: newSecret(ctx.secrets), invited_by: auth.user_id, created_at: now(), expires_at: now() + INVITE_TTL_MS }
+        ctx.api.insertInvite(invite)
+        return { status: 201, body: inviteJson(invite) }
+      })
+    }
+  )
+
+  app.get("/team/invites", spec({ tags, summary: "Pending invites and their links (owner only)", auth: "account", role: "owner", response: { 200: obj({ data: { type: "array", items: InviteSchema } }) } }), async (request) => ({
+    data: ctx.api.pendingInvites(keyOf(request).account, now()).map(inviteJson)
+  }))
+
+  app.post(
+    "/invites/:token/accept",
+    spec({
+      tags,
+      summary: "Accept an invite with a key of yours (from any account): you join as a member and get a key for it",
+      description: "The invite's email must be yours (403 invite_email_mismatch). Unknown or mistyped: 404 invite_not_found; accepted: 409; expired: 410.",
+      auth: "account",
+      params: { type: "object", required: ["token"], additionalProperties: false, properties: { token: { type: "string", minLength: 1, maxLength: 100 } } },
+      response: { 201: obj({ account: { type: "string" }, role: { type: "string", enum: ["member"] }, api_key: NewKeySchema }) }
+    }),
+    async (request, reply) => {
+      const auth = keyOf(request)
+      const token = (request.params as { token: string }).token
+      const answer = ctx.engine.sup.unitOfWork(() => {
+        const dot = token.indexOf(".")
+        const invite = dot > 0 ? ctx.api.invite(token.slice(0, dot)) : undefined
+        if (invite === undefined || !sameDigest(sha256(token.slice(dot + 1)), sha256(invite.secret))) {
+          throw new HttpError(404, "invite_not_found", "no such invite: check the link")
+        }
+        if (invite.accepted_at !== null) throw new HttpError(409, "invite_already_accepted", "this invite was already accepted")
+        if (invite.expires_at <= now()) throw new HttpError(410, "invite_expired", "this invite expired; ask the owner for a new one")
+        const user = ctx.api.user(auth.user_id)!
+        if (user.email !== invite.email) throw new HttpError(403, "invite_email_mismatch", "this invite was sent to another email address")
+        if (ctx.api.roleOf(invite.account, user.id) !== undefined) throw new HttpError(409, "already_member", "you are already a member of this account")
+        const swapped = ctx.api.acceptInvite(invite.id, user.id, now())
+        if (!swapped) throw new Conflict({ code: "invalid_state", id: invite.id, status: "accepted", message: "this invite was already accepted" })
+        ctx.api.addMember(invite.account, user.id, "member", now())
+        ctx.auth.forget()
+        return { account: invite.account, role: "member" as const, api_key: createKey(invite.account, user.id, "default") }
+      })
+      return reply.code(201).send(answer)
+    }
+  )
+
+  app.post(
+    "/api-keys",
+    spec({
+      tags: ["API keys"],
+      summary: "Create an API key: the eco_… secret is in this answer only",
+      auth: "account",
+      body: { type: "object", additionalProperties: false, required: ["name"], properties: { name: keyName } },
+      response: { 201: NewKeySchema },
+      idempotent: true
+    }),
+    async (request, reply) => {
+      const auth = keyOf(request)
+      const { name } = request.body as { name: string }
+      return idempotent(ctx, request, reply, auth.account, () => ({ status: 201, body: createKey(auth.account, auth.user_id, name), secret_path: ["secret"] }))
+    }
+  )
+
+  app.get("/api-keys", spec({ tags: ["API keys"], summary: "The account's keys (never their secrets)", auth: "account", response: { 200: obj({ data: { type: "array", items: KeySchema } }) } }), async (request) => ({
+    data: ctx.api.keysOf(keyOf(request).account).map(keyJson)
+  }))
+
+  app.delete(
+    "/api-keys/:id",
+    spec({ tags: ["API keys"], summary: "Revoke a key (yours; the owner may revoke any)", auth: "account", params: idParams(), response: { 200: KeySchema } }),
+    async (request) => {
+      const auth: KeyAuth = keyOf(request)
+      const id = (request.params as { id: string }).id
+      const row = ctx.api.key(id)
+      if (row === undefined || row.account !== auth.account) throw new HttpError(404, "key_not_found", `key ${id} not found`)
+      if (row.user_id !== auth.user_id && auth.role !== "owner") throw new HttpError(403, "forbidden", "a member may revoke only the keys they created")
+      if (row.revoked_at === null) ctx.api.revokeKey(auth.account, id, now())
+      ctx.auth.forget(id)
+      return keyJson(ctx.api.key(id)!)
+    }
+  )
+}

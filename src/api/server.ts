@@ -1,0 +1,232 @@
+/**
+ * The production control plane as `npm start` runs it: the engine on an embedded SQLite
+ * file with the built-in simulated cluster on the live clock (optionally a fast one), the
+ * HTTP API listening, a demo account with credit and a demo API key that stays the same
+ * across restarts, and an orderly close.
+ *
+ * Configuration has one place, `parseConfig`: a flag wins over its environment variable,
+ * which wins over the default.
+ *
+ * | flag | env | default |
+ * | --- | --- | --- |
+ * | --db FILE | ECOLINK_DB | data/ecolink.sqlite |
+ * | --port N | PORT | 8080 (0: any free port) |
+ * | --host H | HOST | 127.0.0.1 |
+ * | --operator-key K | ECOLINK_OPERATOR_KEY | generated for this run, printed |
+ * | --clock-speed X | ECOLINK_CLOCK_SPEED | 1 (engine ms per wall ms) |
+ * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links) |
+ * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
+ * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
+ * | --no-demo | ECOLINK_DEMO=0 | the demo account is seeded |
+ */
+import { mkdirSync } from "node:fs"
+import { dirname, resolve } from "node:path"
+import { parseArgs } from "node:util"
+import type { FastifyInstance } from "fastify"
+import { SimCluster, type SimRegion } from "../../sim/cluster.js"
+import { LiveClock, LIVE_CLOCK_SPEED_MAX } from "../clock.js"
+import { dollars, formatDollars } from "../money.js"
+import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT } from "./app.js"
+import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
+import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiKey, sha256, type SecretsPort } from "./secrets.js"
+import { ApiStore } from "./store.js"
+
+export interface ServerConfig {
+  readonly db: string
+  readonly port: number
+  readonly host: string
+  /** null: one is generated for this run. */
+  readonly operator_key: string | null
+  readonly clock_speed: number
+  readonly public_url: string | null
+  /** Requests a minute per key; 0 turns rate limiting off. */
+  readonly rate_limit: number
+  readonly log_level: string
+  readonly demo: boolean
+}
+
+export class ConfigError extends Error {}
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"]
+
+/** Flags, then environment variables, then defaults. Throws `ConfigError` on a bad value. */
+export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>>): ServerConfig => {
+  let values: Record<string, string | boolean | undefined>
+  try {
+    values = parseArgs({
+      args: [...argv],
+      options: {
+        db: { type: "string" },
+        port: { type: "string" },
+        host: { type: "string" },
+        "operator-key": { type: "string" },
+        "clock-speed": { type: "string" },
+        "public-url": { type: "string" },
+        "rate-limit": { type: "string" },
+        "log-level": { type: "string" },
+        "no-demo": { type: "boolean" }
+      },
+      strict: true
+    }).values
+  } catch (e) {
+    throw new ConfigError((e as Error).message)
+  }
+  const pick = (flag: string, variable: string): string | undefined => (values[flag] as string | undefined) ?? env[variable]
+  const whole = (name: string, raw: string | undefined, fallback: number, max: number): number => {
+    if (raw === undefined) return fallback
+    if (!/^\d{1,9}$/.test(raw) || Number(raw) > max) throw new ConfigError(`${name} must be a whole number from 0 to ${max}, got ${JSON.stringify(raw)}`)
+    return Number(raw)
+  }
+  const speedRaw = pick("clock-speed", "ECOLINK_CLOCK_SPEED")
+  const clock_speed = speedRaw === undefined ? 1 : Number(speedRaw)
+  if (!/^\d+(\.\d+)?$/.test(speedRaw ?? "1") || !(clock_speed >= 1 && clock_speed <= LIVE_CLOCK_SPEED_MAX)) {
+    throw new ConfigError(`--clock-speed must be a number from 1 to ${LIVE_CLOCK_SPEED_MAX}, got ${JSON.stringify(speedRaw)}`)
+  }
+  const operator_key = pick("operator-key", "ECOLINK_OPERATOR_KEY") ?? null
+  if (operator_key !== null && operator_key.length < OPERATOR_KEY_LENGTH_MIN) throw new ConfigError(`the operator key must be at least ${OPERATOR_KEY_LENGTH_MIN} characters`)
+  const log_level = pick("log-level", "ECOLINK_LOG_LEVEL") ?? "info"
+  if (!LOG_LEVELS.includes(log_level)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`)
+  return {
+    db: resolve(pick("db", "ECOLINK_DB") ?? "data/ecolink.sqlite"),
+    port: whole("--port", pick("port", "PORT"), 8080, 65_535),
+    host: pick("host", "HOST") ?? "127.0.0.1",
+    operator_key,
+    clock_speed,
+    public_url: pick("public-url", "ECOLINK_PUBLIC_URL") ?? null,
+    rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
+    log_level,
+    demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0"
+  }
+}
+
+/** The built-in simulated cluster: two regions of 4 nodes × 8 GPUs, no random failures. */
+export const DEMO_REGIONS: ReadonlyArray<SimRegion> = ["us-east", "us-west"].map((name) => ({
+  name,
+  nodes: 4,
+  gpus_per_node: 8,
+  image_pull_ms: 60_000,
+  image_pull_jitter_ms: 0,
+  container_start_ms: 30_000,
+  pod_stop_ms: 0,
+  pull_failure_probability: 0,
+  preemption_mean_interval_ms: 0,
+  preemption_duration_ms: 0
+}))
+
+/** The demo catalog: GPU rates per GPU-hour, platform model prices, storage per GB-day. */
+export const DEMO_CATALOG = {
+  gpu_rates: new Map([
+    ["H100", dollars("1.60")],
+    ["A100", dollars("1.10")]
+  ]),
+  model_prices: new Map([
+    ["llama-3-8b", { input_per_1m_tokens: dollars("0.15"), output_per_1m_tokens: dollars("0.60") }],
+    ["llama-3-70b", { input_per_1m_tokens: dollars("0.59"), output_per_1m_tokens: dollars("0.79") }],
+    ["embed-small", { input_per_1m_tokens: dollars("0.02") }]
+  ]),
+  storage_rates: new Map([
+    ["cloud_drive", dollars("0.004")],
+    ["shared_fs", dollars("0.006")]
+  ])
+}
+
+export const DEMO_ACCOUNT = "demo"
+export const DEMO_EMAIL = "demo@ecolink.local"
+export const DEMO_CREDIT = "100.00"
+/** The demo key's secret, kept so the same key is printed on every start (see docs/API.md). */
+const DEMO_KEY_SETTING = "demo_api_key"
+
+/**
+ * The demo account, its owner and its key, made once: the account credited $100 when it is
+ * first opened; the key created once and printed on every start (again if it was revoked).
+ */
+export const seedDemo = (engine: Engine, secrets: SecretsPort): { readonly key: string; readonly balance: string } =>
+  engine.sup.unitOfWork(() => {
+    const api = new ApiStore(engine.ledger.db)
+    const now = engine.clock.now()
+    if (!engine.ledger.hasAccount(DEMO_ACCOUNT)) {
+      const opened = engine.run(engine.sup.openAccount(DEMO_ACCOUNT))
+      if (!opened.ok) throw opened.error
+      const credited = engine.run(engine.sup.credit(DEMO_ACCOUNT, "adjustment", dollars(DEMO_CREDIT), "Demo credit"))
+      if (!credited.ok) throw credited.error
+    }
+    let user = api.userByEmail(DEMO_EMAIL)
+    if (user === undefined) {
+      user = { id: "usr-demo", email: DEMO_EMAIL, created_at: now }
+      api.insertUser(user)
+    }
+    if (api.roleOf(DEMO_ACCOUNT, user.id) === undefined) api.addMember(DEMO_ACCOUNT, user.id, "owner", now)
+    const stored = api.setting(DEMO_KEY_SETTING)
+    const parsed = stored === undefined ? null : parseApiKey(stored)
+    const row = parsed === null ? undefined : api.key(parsed.key_id)
+    let key = stored
+    if (parsed === null || row === undefined || row.revoked_at !== null) {
+      const id = base32(secrets, KEY_ID_CHARS)
+      const secret = newSecret(secrets)
+      api.insertKey({ id, account: DEMO_ACCOUNT, user_id: user.id, name: "demo", secret_sha256: sha256(secret), created_at: now })
+      key = formatApiKey(id, secret)
+      api.setSetting(DEMO_KEY_SETTING, key)
+    }
+    return { key: key!, balance: formatDollars(engine.ledger.balance(DEMO_ACCOUNT)) }
+  })
+
+export interface RunningServer {
+  readonly app: FastifyInstance
+  readonly opened: OpenedEngine
+  readonly url: string
+  readonly operator_key: string
+  readonly operator_key_generated: boolean
+  readonly demo: { readonly key: string; readonly balance: string } | null
+  readonly live_resources: number
+  /** Stops taking requests, lets in-flight ones finish, posts pending API usage, closes SQLite. Idempotent. */
+  close(): Promise<void>
+}
+
+export const startServer = async (config: ServerConfig, options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void } = {}): Promise<RunningServer> => {
+  const secrets = options.secrets ?? cryptoSecrets
+  if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true })
+  const clock = new LiveClock({ speed: config.clock_speed })
+  const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
+  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG })
+  const operator_key_generated = config.operator_key === null
+  const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
+  let app: FastifyInstance | null = null
+  // Invite links need the address, known only once listening (with --port 0, say).
+  let listening = `http://${config.host}:${config.port}`
+  try {
+    const demo = config.demo ? seedDemo(opened.engine, secrets) : null
+    const live_resources = opened.engine.ledger.liveResources().length
+    app = await buildApp({
+      engine: opened.engine,
+      secrets,
+      operatorKey: operator_key,
+      logger: config.log_level === "silent" ? false : { level: config.log_level },
+      rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
+      publicUrl: config.public_url ?? (() => listening),
+      ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })
+    })
+    const url = await app.listen({ port: config.port, host: config.host })
+    listening = url
+    let closing: Promise<void> | null = null
+    const running: RunningServer = {
+      app,
+      opened,
+      url,
+      operator_key,
+      operator_key_generated,
+      demo,
+      live_resources,
+      close: () =>
+        (closing ??= (async () => {
+          await app!.close()
+          opened.engine.sup.settleApiUsage()
+          opened.close()
+        })())
+    }
+    return running
+  } catch (e) {
+    if (app !== null) await app.close()
+    opened.close()
+    throw e
+  }
+}

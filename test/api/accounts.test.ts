@@ -1,0 +1,183 @@
+/**
+ * Accounts, teams and API keys over HTTP: sign-up, who-am-I, invites and their links,
+ * acceptance, members, roles, key creation (secret shown once, stored hashed), listing and
+ * revocation; the operator's routes and their key.
+ */
+import { createHash } from "node:crypto"
+import { afterEach, describe, expect, it } from "vitest"
+import { OPERATOR_KEY, ledgerOf, stateOf, world, type World } from "./harness.js"
+
+let w: World
+afterEach(async () => w.close())
+
+describe("sign-up and keys", () => {
+  it("sign-up makes an account at $0, its owner and a key shown once and stored as SHA-256", async () => {
+    // Proves POST /accounts's exact answer and that the database never holds the secret.
+    w = await world()
+    const r = await w.req("POST", "/accounts", { body: { email: "Ada@Example.com" } })
+    expect(r.status).toBe(201)
+    const { account, user, api_key } = r.body
+    expect(r.body).toEqual({
+      account: { id: account.id, balance: "0.00" },
+      user: { id: user.id, email: "ada@example.com", role: "owner" },
+      api_key: { id: api_key.id, name: "default", prefix: `eco_${api_key.id}_`, user_id: user.id, created_at: "2026-03-01T00:00:00.000Z", revoked_at: null, secret: api_key.secret }
+    })
+    expect(account.id).toMatch(/^acct-[a-z2-7]{12}$/)
+    expect(api_key.secret).toMatch(new RegExp(`^eco_${api_key.id}_[A-Za-z0-9_-]{43}$`))
+    const row = w.opened.engine.ledger.db.prepare(`SELECT * FROM api_keys WHERE id = ?`).get(api_key.id) as { secret_sha256: Buffer }
+    const secret = (api_key.secret as string).slice(`eco_${api_key.id}_`.length)
+    expect(row.secret_sha256.toString("hex")).toBe(createHash("sha256").update(secret).digest("hex"))
+    expect(stateOf(w)).not.toContain(secret)
+    const me = await w.req("GET", "/account", { key: api_key.secret })
+    expect(me.body).toEqual({ id: account.id, balance: "0.00", user: { id: user.id, email: "ada@example.com", role: "owner" }, key_id: api_key.id })
+    const again = await w.req("POST", "/accounts", { body: { email: "ada@example.com" } })
+    expect(again.status).toBe(409)
+    expect(again.body).toEqual({ error: "email_taken", message: "an account was already signed up with this email" })
+    const bad = await w.req("POST", "/accounts", { body: { email: "not-an-email" } })
+    expect(bad.status).toBe(400)
+    expect(bad.body).toEqual({ error: "invalid_request", message: 'email must match pattern "^[^\\s@]{1,64}@[^\\s@]{1,189}$"', field: "email" })
+  })
+
+  it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {
+    // Proves /api-keys: the secret once, never in a list, revocation immediate.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const created = await w.req("POST", "/api-keys", { key: a.key, body: { name: "ci" } })
+    expect(created.status).toBe(201)
+    expect(created.body).toMatchObject({ name: "ci", user_id: a.user, revoked_at: null })
+    const ci = created.body.secret as string
+    expect((await w.req("GET", "/billing/balance", { key: ci })).body).toEqual({ balance: "100.00" })
+    const list = await w.req("GET", "/api-keys", { key: a.key })
+    expect(list.body.data.map((k: { name: string }) => k.name)).toEqual(["default", "ci"])
+    expect(list.text).not.toContain(ci.slice(-43))
+    expect(Object.keys(list.body.data[0]).sort()).toEqual(["created_at", "id", "name", "prefix", "revoked_at", "user_id"])
+    const revoked = await w.req("DELETE", `/api-keys/${created.body.id}`, { key: a.key })
+    expect(revoked.status).toBe(200)
+    expect(revoked.body).toEqual({ ...list.body.data[1], revoked_at: "2026-03-01T00:00:00.000Z" })
+    const refused = await w.req("GET", "/billing/balance", { key: ci })
+    expect(refused.status).toBe(401)
+    expect(refused.body).toEqual({ error: "unauthorized", message: "missing, malformed, revoked or unknown API key: send Authorization: Bearer eco_…" })
+    const unknown = await w.req("DELETE", "/api-keys/nosuchkey", { key: a.key })
+    expect(unknown.status).toBe(404)
+    expect(unknown.body).toEqual({ error: "key_not_found", message: "key nosuchkey not found" })
+  })
+
+  it("answers 401 for a missing, malformed, mistyped, revoked or other-scheme key", async () => {
+    // Proves every wrong credential gives the same 401 body, with a request id.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const mistyped = a.key.slice(0, -1) + (a.key.endsWith("A") ? "B" : "A")
+    const headers: Array<Record<string, string>> = [
+      {},
+      { authorization: "" },
+      { authorization: `Basic ${a.key}` },
+      { authorization: "Bearer" },
+      { authorization: "Bearer eco_" },
+      { authorization: `Bearer ${mistyped}` },
+      { authorization: `Bearer ${a.key}x` },
+      { authorization: `Bearer ${"x".repeat(600)}` },
+      { authorization: `Bearer ${OPERATOR_KEY}` }
+    ]
+    for (const h of headers) {
+      const r = await w.req("GET", "/gpu-instances", { headers: h })
+      expect([h, r.status, r.body]).toEqual([h, 401, { error: "unauthorized", message: "missing, malformed, revoked or unknown API key: send Authorization: Bearer eco_…" }])
+      expect(r.headers["x-ecolink-request-id"]).toMatch(/^req_/)
+    }
+    expect((await w.req("GET", "/gpu-instances", { headers: { authorization: `bearer   ${a.key}` } })).status).toBe(200)
+  })
+})
+
+describe("teams", () => {
+  it("the owner invites, the link is accepted by the invitee's key, members share the wallet", async () => {
+    // Proves POST /team/invites (link), GET /team/invites, POST /invites/:token/accept, GET /team/members.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "Bob@example.com" } })
+    expect(inv.status).toBe(201)
+    const token = (inv.body.invite_url as string).split("/invites/")[1]!
+    expect(inv.body).toEqual({
+      id: inv.body.id,
+      email: "bob@example.com",
+      role: "member",
+      invite_url: `https://console.ecohash.test/invites/${token}`,
+      created_at: "2026-03-01T00:00:00.000Z",
+      expires_at: "2026-03-08T00:00:00.000Z"
+    })
+    expect((await w.req("GET", "/team/invites", { key: owner.key })).body).toEqual({ data: [inv.body] })
+    const wrongToken = await w.req("POST", `/invites/${inv.body.id}.nope/accept`, { key: bob.key })
+    expect(wrongToken.status).toBe(404)
+    expect(wrongToken.body).toEqual({ error: "invite_not_found", message: "no such invite: check the link" })
+    const stranger = await w.signup("eve@example.com", "0")
+    const mismatch = await w.req("POST", `/invites/${token}/accept`, { key: stranger.key })
+    expect(mismatch.status).toBe(403)
+    expect(mismatch.body).toEqual({ error: "invite_email_mismatch", message: "this invite was sent to another email address" })
+    const accepted = await w.req("POST", `/invites/${token}/accept`, { key: bob.key })
+    expect(accepted.status).toBe(201)
+    expect(accepted.body).toMatchObject({ account: owner.account, role: "member", api_key: { user_id: bob.user, name: "default" } })
+    const bobInTeam = accepted.body.api_key.secret as string
+    expect((await w.req("GET", "/billing/balance", { key: bobInTeam })).body).toEqual({ balance: "100.00" })
+    expect((await w.req("GET", "/account", { key: bobInTeam })).body.user.role).toBe("member")
+    const twice = await w.req("POST", `/invites/${token}/accept`, { key: bob.key })
+    expect(twice.status).toBe(409)
+    expect(twice.body).toEqual({ error: "invite_already_accepted", message: "this invite was already accepted" })
+    const members = await w.req("GET", "/team/members", { key: bobInTeam })
+    expect(members.body).toEqual({
+      data: [
+        { user_id: owner.user, email: "owner@example.com", role: "owner", joined_at: "2026-03-01T00:00:00.000Z" },
+        { user_id: bob.user, email: "bob@example.com", role: "member", joined_at: "2026-03-01T00:00:00.000Z" }
+      ]
+    })
+    // A member may not invite, nor revoke the owner's key; they may revoke their own.
+    const refused = await w.req("POST", "/team/invites", { key: bobInTeam, body: { email: "carol@example.com" } })
+    expect(refused.status).toBe(403)
+    expect(refused.body).toEqual({ error: "forbidden", message: "only the account's owner may do this" })
+    const ownerKeyId = (await w.req("GET", "/account", { key: owner.key })).body.key_id
+    const notTheirs = await w.req("DELETE", `/api-keys/${ownerKeyId}`, { key: bobInTeam })
+    expect(notTheirs.status).toBe(403)
+    expect(notTheirs.body).toEqual({ error: "forbidden", message: "a member may revoke only the keys they created" })
+    const already = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })
+    expect(already.status).toBe(409)
+    expect(already.body).toEqual({ error: "already_member", message: "bob@example.com is already a member of this account" })
+  })
+
+  it("an invite expires after 7 days: 410", async () => {
+    // Proves the invite's lifetime on the engine clock.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })
+    w.advance(7 * 24 * 3_600_000)
+    const r = await w.req("POST", `/invites/${(inv.body.invite_url as string).split("/invites/")[1]}/accept`, { key: bob.key })
+    expect(r.status).toBe(410)
+    expect(r.body).toEqual({ error: "invite_expired", message: "this invite expired; ask the owner for a new one" })
+    expect((await w.req("GET", "/team/invites", { key: owner.key })).body).toEqual({ data: [] })
+  })
+})
+
+describe("operator", () => {
+  it("credits an adjustment only with the operator's key; customer keys get 401", async () => {
+    // Proves POST /operator/accounts/:account/adjustments and GET /operator/accounts/:account.
+    w = await world()
+    const a = await w.signup("a@example.com", "0")
+    const r = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "25.50", description: "Goodwill credit" } })
+    expect(r.status).toBe(201)
+    expect(r.body).toEqual({ account: a.account, amount: "25.50", balance: "25.50" })
+    expect(w.opened.engine.ledger.ledgerRows().filter((x) => x.account === a.account).map((x) => [x.kind, x.amount_micros, x.description])).toEqual([["adjustment", 25_500_000n, "Goodwill credit"]])
+    expect((await w.req("GET", `/operator/accounts/${a.account}`, { key: OPERATOR_KEY })).body).toEqual({ id: a.account, balance: "25.50" })
+    const customer = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: a.key, body: { amount: "1000.00", description: "mine" } })
+    expect(customer.status).toBe(401)
+    expect(customer.body.error).toBe("unauthorized")
+    expect((await w.req("GET", `/operator/accounts/${a.account}`, { key: a.key })).status).toBe(401)
+    const unknown = await w.req("POST", "/operator/accounts/acct-nobody/adjustments", { key: OPERATOR_KEY, body: { amount: "1.00", description: "x" } })
+    expect(unknown.status).toBe(404)
+    expect(unknown.body).toEqual({ error: "account_not_found", message: "account acct-nobody not found" })
+    const negative = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-5.00", description: "x" } })
+    expect(negative.status).toBe(400)
+    expect(negative.body).toEqual({ error: "invalid_amount", message: "amount must be positive", field: "amount" })
+    const malformed = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "1.2345678", description: "x" } })
+    expect(malformed.status).toBe(400)
+    expect(malformed.body).toEqual({ error: "invalid_amount", message: 'not a dollar amount with at most 6 decimals: "1.2345678"', field: "amount" })
+    expect(ledgerOf(w, a.account)).toEqual([["adjustment", "25.50", null]])
+  })
+})

@@ -1,0 +1,238 @@
+/**
+ * The rules at the edge, for every route alike: request ids, structured logs, the one error
+ * shape for every kind of bad input (never a 500), unknown routes, Idempotency-Key, rate
+ * limits per key, and the OpenAPI document and docs page.
+ */
+import { Writable } from "node:stream"
+import { afterEach, describe, expect, it } from "vitest"
+import { ALL_ROUTES, ledgerOf, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
+
+let w: World
+afterEach(async () => w.close())
+
+const launchBody = { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 2 }
+
+describe("request ids and logs", () => {
+  it("every answer carries a distinct x-ecolink-request-id: success, 401, 404, 400, 415, 413", async () => {
+    // Proves the header on every kind of answer, and that ids do not repeat.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const answers = [
+      await w.req("GET", "/billing/balance", { key: a.key }),
+      await w.req("GET", "/billing/balance"),
+      await w.req("GET", "/no/such/route"),
+      await w.req("POST", "/gpu-instances", { key: a.key, raw: "{", headers: { "content-type": "application/json" } }),
+      await w.req("POST", "/gpu-instances", { key: a.key, raw: "hours=3", headers: { "content-type": "text/plain" } }),
+      await w.req("POST", "/gpu-instances", { key: a.key, raw: JSON.stringify({ gpu: "x".repeat(1_100_000) }), headers: { "content-type": "application/json" } }),
+      await w.req("GET", "/gpu-instances/%E0%A4%A", { key: a.key })
+    ]
+    expect(answers.map((r) => [r.status, r.body])).toEqual([
+      [200, { balance: "100.00" }],
+      [401, { error: "unauthorized", message: "missing, malformed, revoked or unknown API key: send Authorization: Bearer eco_…" }],
+      [404, { error: "route_not_found", message: "no route GET /no/such/route" }],
+      [400, { error: "invalid_json", message: "the body is not valid JSON", field: "body" }],
+      [415, { error: "unsupported_media_type", message: "send the body as application/json" }],
+      [413, { error: "payload_too_large", message: "the body is larger than the API accepts" }],
+      [400, { error: "invalid_url", message: "the URL is not valid" }]
+    ])
+    const ids = answers.map((r) => r.headers["x-ecolink-request-id"])
+    for (const id of ids) expect(id).toMatch(/^req_[a-z2-7]{8}_\d+$/)
+    expect(new Set(ids).size).toBe(ids.length)
+  })
+
+  it("logs are structured JSON lines carrying the request id", async () => {
+    // Proves pino logging with `request_id` on the request's lines.
+    const lines: string[] = []
+    const stream = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(...String(chunk).split("\n").filter((l) => l.length > 0))
+        done()
+      }
+    })
+    w = await world({ logger: { level: "info", stream } })
+    const r = await w.req("GET", "/billing/balance")
+    const id = r.headers["x-ecolink-request-id"]
+    const mine = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l["request_id"] === id)
+    expect(mine.map((l) => l["msg"])).toEqual(["incoming request", "request completed"])
+    expect(mine[1]).toMatchObject({ level: 30, res: { statusCode: 401 } })
+  })
+})
+
+describe("bad input is never a 500", () => {
+  it("prototype poisoning, wrong types, deep nesting, empty bodies and odd headers are 4xx", async () => {
+    // Proves hostile bodies get the error shape and change nothing.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const before = stateOf(w)
+    const json = { "content-type": "application/json" }
+    const cases: Array<[string, Record<string, string>, number, string]> = [
+      ['{"__proto__":{"x":1},"gpu":"H100"}', json, 400, "invalid_json"],
+      ['{"constructor":{"prototype":{"x":1}}}', json, 400, "invalid_json"],
+      ["", json, 400, "invalid_json"],
+      ["null", json, 400, "invalid_request"],
+      ['"text"', json, 400, "invalid_request"],
+      ["[".repeat(5000) + "]".repeat(5000), json, 400, "invalid_request"],
+      ['{"gpu":{"a":[1,2,{"b":null}]},"gpu_count":1,"region":"us-east","estimated_duration_hours":1}', json, 400, "invalid_request"],
+      ['{"gpu":"H100","gpu_count":-1e308,"region":"us-east","estimated_duration_hours":1}', json, 400, "invalid_request"],
+      ['{"gpu":"H100"}', { "content-type": "application/x-www-form-urlencoded" }, 415, "unsupported_media_type"],
+      ['{"gpu":"H100"}', { "content-type": "application/json", "content-length": "3" }, 400, "invalid_content_length"]
+    ]
+    for (const [raw, headers, status, error] of cases) {
+      const r = await w.req("POST", "/gpu-instances", { key: a.key, raw, headers })
+      expect([raw.slice(0, 60), r.status, r.body?.error]).toEqual([raw.slice(0, 60), status, error])
+    }
+    expect(stateOf(w)).toBe(before)
+  })
+})
+
+describe("defects", () => {
+  it("a defect (here: the database gone) is a 500 internal_error with a request id, logged, and reported to onDefect", async () => {
+    // Proves the one place a 500 can come from, and that npm start hears of it (it then stops).
+    const defects: unknown[] = []
+    w = await world({ onDefect: (e) => defects.push(e) })
+    const a = await w.signup("a@example.com")
+    w.opened.engine.ledger.db.close()
+    const r = await w.req("GET", "/api-keys", { key: a.key })
+    expect(r.status).toBe(500)
+    expect(r.body).toEqual({ error: "internal_error", message: "an internal error occurred; it was logged with this request's id" })
+    expect(r.headers["x-ecolink-request-id"]).toMatch(/^req_/)
+    expect(defects.map((e) => (e as Error).message)).toEqual(["The database connection is not open"])
+  })
+})
+
+describe("Idempotency-Key", () => {
+  it("a repeat answers the first answer and does nothing; another body with the key is 422", async () => {
+    // Proves replay (status, body, header), no second hold, 422 on reuse, per-account scope.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const b = await w.signup("b@example.com")
+    const headers = { "idempotency-key": "launch-42" }
+    const first = await w.req("POST", "/gpu-instances", { key: a.key, body: launchBody, headers })
+    expect(first.status).toBe(201)
+    expect(first.headers["idempotent-replayed"]).toBeUndefined()
+    const rows = ledgerOf(w, a.account)
+    const again = await w.req("POST", "/gpu-instances", { key: a.key, body: { region: "us-east", estimated_duration_hours: 2, gpu_count: 1, gpu: "H100" }, headers })
+    expect(again.status).toBe(201)
+    expect(again.text).toBe(first.text)
+    expect(again.headers["idempotent-replayed"]).toBe("true")
+    expect(ledgerOf(w, a.account)).toEqual(rows)
+    expect((await w.req("GET", "/gpu-instances", { key: a.key })).body.data).toHaveLength(1)
+    const reused = await w.req("POST", "/gpu-instances", { key: a.key, body: { ...launchBody, estimated_duration_hours: 3 }, headers })
+    expect(reused.status).toBe(422)
+    expect(reused.body).toEqual({ error: "idempotency_key_reused", message: "this Idempotency-Key was used with a different request; use a new key" })
+    const elsewhere = await w.req("POST", `/gpu-instances/${first.body.id}/extend`, { key: a.key, body: { hours: 1 }, headers })
+    expect(elsewhere.status).toBe(422)
+    // Another account's same key is its own.
+    const other = await w.req("POST", "/gpu-instances", { key: b.key, body: launchBody, headers })
+    expect(other.status).toBe(201)
+    expect(other.body.id).not.toBe(first.body.id)
+    const badKey = await w.req("POST", "/gpu-instances", { key: a.key, body: launchBody, headers: { "idempotency-key": "" } })
+    expect(badKey.status).toBe(400)
+    expect(badKey.body).toEqual({ error: "invalid_request", message: "Idempotency-Key must be 1 to 255 visible ASCII characters", field: "Idempotency-Key" })
+  })
+
+  it("a refusal is replayed too; extend and operator credits are idempotent; a key's secret is never replayed", async () => {
+    // Proves a 402 replays as 402 even after a top-up, extend moves money once, secrets stay out of the store.
+    w = await world()
+    const a = await w.signup("a@example.com", "1.00")
+    const h = (k: string) => ({ "idempotency-key": k })
+    const refused = await w.req("POST", "/gpu-instances", { key: a.key, body: launchBody, headers: h("k1") })
+    expect(refused.status).toBe(402)
+    const credit = { amount: "50.00", description: "top up" }
+    expect((await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: credit, headers: h("c1") })).status).toBe(201)
+    const creditAgain = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: credit, headers: h("c1") })
+    expect(creditAgain.status).toBe(201)
+    expect(creditAgain.body).toEqual({ account: a.account, amount: "50.00", balance: "51.00" })
+    const replay = await w.req("POST", "/gpu-instances", { key: a.key, body: launchBody, headers: h("k1") })
+    expect([replay.status, replay.text]).toEqual([402, refused.text])
+    const gi = await w.req("POST", "/gpu-instances", { key: a.key, body: launchBody, headers: h("k2") })
+    const ext1 = await w.req("POST", `/gpu-instances/${gi.body.id}/extend`, { key: a.key, body: { hours: 1 }, headers: h("e1") })
+    const ext2 = await w.req("POST", `/gpu-instances/${gi.body.id}/extend`, { key: a.key, body: { hours: 1 }, headers: h("e1") })
+    expect(ext2.text).toBe(ext1.text)
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["adjustment", "1.00", null],
+      ["adjustment", "50.00", null],
+      ["gpu_usage", "-3.20", gi.body.id],
+      ["gpu_usage", "-1.60", gi.body.id]
+    ])
+    const k1 = await w.req("POST", "/api-keys", { key: a.key, body: { name: "ci" }, headers: h("key-1") })
+    const k2 = await w.req("POST", "/api-keys", { key: a.key, body: { name: "ci" }, headers: h("key-1") })
+    expect(k2.status).toBe(201)
+    expect(k2.body).toEqual({ ...k1.body, secret: null })
+    expect(stateOf(w)).not.toContain((k1.body.secret as string).slice(-43))
+    expect((await w.req("GET", "/api-keys", { key: a.key })).body.data).toHaveLength(2)
+  })
+})
+
+describe("Idempotency-Key on /v1", () => {
+  it("a streamed chat completion replays its server-sent events and is billed once", async () => {
+    // Proves the stored answer keeps its content type, and the repeat charges nothing.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const body = { model: "llama-3-8b", messages: [{ role: "user", content: "stream me" }], stream: true, max_tokens: 3 }
+    const first = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers: { "idempotency-key": "chat-1" } })
+    expect(first.status).toBe(200)
+    expect(first.headers["content-type"]).toBe("text/event-stream")
+    expect(first.headers["x-ecolink-region"]).toBe("us-east")
+    const events = first.text.split("\n\n").filter((e) => e.length > 0)
+    expect(events).toHaveLength(6)
+    expect(events.at(-1)).toBe("data: [DONE]")
+    expect(JSON.parse(events[0]!.slice("data: ".length))).toMatchObject({ object: "chat.completion.chunk", choices: [{ index: 0, delta: { role: "assistant", content: "" }, finish_reason: null }] })
+    expect(JSON.parse(events[4]!.slice("data: ".length)).choices[0]).toEqual({ index: 0, delta: {}, logprobs: null, finish_reason: "length" })
+    const again = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers: { "idempotency-key": "chat-1" } })
+    expect([again.status, again.headers["content-type"], again.text]).toEqual([200, "text/event-stream", first.text])
+    expect(ledgerOf(w, a.account).filter((r) => r[0] === "api_usage")).toHaveLength(1)
+  })
+})
+
+describe("rate limits", () => {
+  it("per key: the 4th request in a window is 429 with retry-after; another key is not affected; the window passes", async () => {
+    // Proves @fastify/rate-limit keyed by API key, counted on the engine clock.
+    w = await world({ rateLimit: { max: 3, window_ms: 60_000 } })
+    const a = await w.signup("a@example.com")
+    const b = await w.signup("b@example.com")
+    for (let i = 0; i < 3; i++) expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(200)
+    w.advance(20_000)
+    const limited = await w.req("GET", "/billing/balance", { key: a.key })
+    expect(limited.status).toBe(429)
+    expect(limited.headers["retry-after"]).toBe("40")
+    expect(limited.body).toEqual({ error: "rate_limited", message: "more than 3 requests in 60 s; retry after 40 s" })
+    expect(limited.headers["x-ecolink-request-id"]).toMatch(/^req_/)
+    expect((await w.req("GET", "/billing/balance", { key: b.key })).status).toBe(200)
+    w.advance(40_000)
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(200)
+  })
+})
+
+describe("OpenAPI and docs", () => {
+  it("serves OpenAPI 3.1 with a request and response schema on every route, and no secret in key listings", async () => {
+    // Proves GET /openapi.json documents every route, with bodies, answers and errors.
+    w = await world()
+    const r = await w.req("GET", "/openapi.json")
+    expect(r.status).toBe(200)
+    expect(r.body.openapi).toBe("3.1.0")
+    const ops = Object.entries(r.body.paths as Record<string, Record<string, { responses: Record<string, unknown>; requestBody?: unknown; security?: unknown }>>).flatMap(([path, methods]) =>
+      Object.entries(methods).map(([method, op]) => ({ path, method, op }))
+    )
+    expect(ops.map((o) => `${o.method} ${o.path}`)).toEqual(ALL_ROUTES)
+    for (const { path, method, op } of ops) {
+      const ok = Object.keys(op.responses).filter((s) => s.startsWith("2"))
+      expect([path, method, ok.length]).toEqual([path, method, 1])
+      expect([path, method, Object.keys(op.responses).includes("4XX")]).toEqual([path, method, true])
+      if (method === "post" && !path.endsWith("/read") && !path.endsWith("/read-all") && !path.endsWith("/accept")) expect([path, op.requestBody !== undefined]).toEqual([path, true])
+    }
+    const listed = JSON.stringify(r.body.paths["/api-keys"].get.responses["200"])
+    expect(listed).toContain('"prefix"')
+    expect(listed).not.toContain('"secret"')
+    expect(JSON.stringify(r.body.paths["/api-keys"].post.responses["201"])).toContain('"secret"')
+  })
+
+  it("serves the docs page at /docs", async () => {
+    // Proves @fastify/swagger-ui is mounted when docs are on.
+    w = await world({ docs: true })
+    const r = await w.app.inject({ method: "GET", url: "/docs/" })
+    expect(r.statusCode).toBe(200)
+    expect(r.headers["content-type"]).toContain("text/html")
+    expect(r.body).toContain("swagger")
+  })
+})

@@ -1,0 +1,122 @@
+/**
+ * The real `openai` npm client against a listening server: chat completions plain and
+ * streamed are answered and billed (exact `api_usage` rows), embeddings and model listing
+ * work, a broke account gets 402, an unknown model 404, and a user instance is addressed as
+ * `<name>:<instance_id>` with its region in `x-ecolink-region`.
+ */
+import OpenAI from "openai"
+import { afterEach, describe, expect, it } from "vitest"
+import { complete } from "../../src/api/synthetic.js"
+import { formatDollars, roundHalfUp } from "../../src/money.js"
+import { MIN, world, type World } from "./harness.js"
+
+let w: World
+afterEach(async () => w.close())
+
+const clientFor = async (key: string): Promise<OpenAI> => {
+  const address = await w.app.listen({ port: 0, host: "127.0.0.1" })
+  return new OpenAI({ apiKey: key, baseURL: `${address}/v1`, maxRetries: 0 })
+}
+
+/** llama-3-8b: $0.15 per 1M input tokens, $0.60 per 1M output tokens, rounded once to the micro. */
+const llamaCost = (prompt: number, completion: number): string => `-${formatDollars(roundHalfUp(BigInt(prompt) * 150_000n + BigInt(completion) * 600_000n, 1_000_000n))}`
+
+const apiRows = (account: string) =>
+  w.opened.engine.ledger
+    .ledgerRows()
+    .filter((r) => r.account === account && r.kind === "api_usage")
+    .map((r) => [formatDollars(r.amount_micros), r.resource, r.description])
+
+describe("the openai client", () => {
+  it("gets a chat completion, plain and streamed, each billed as one exact api_usage row", async () => {
+    // Proves /v1/chat/completions through the official client, JSON and server-sent events.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const openai = await clientFor(a.key)
+    const messages = [{ role: "user" as const, content: "Say hello to the green cloud" }]
+    const { data, response } = await openai.chat.completions.create({ model: "llama-3-8b", messages, max_tokens: 200 }).withResponse()
+    const expected = complete("llama-3-8b", "user: Say hello to the green cloud", 200)
+    expect(response.headers.get("x-ecolink-region")).toBe("us-east")
+    expect(response.headers.get("x-ecolink-request-id")).toMatch(/^req_/)
+    expect(data.object).toBe("chat.completion")
+    expect(data.choices[0]!.message).toEqual({ role: "assistant", content: expected.text, refusal: null })
+    expect(data.choices[0]!.finish_reason).toBe("stop")
+    // 3 tokens of framing + "user" (1) + 6 words (6) + 3 of priming.
+    expect(data.usage).toEqual({ prompt_tokens: 13, completion_tokens: expected.tokens, total_tokens: 13 + expected.tokens })
+    expect(apiRows(a.account)).toEqual([[llamaCost(13, expected.tokens), "llama-3-8b", `API usage: llama-3-8b, 13 in / ${expected.tokens} out tokens`]])
+
+    const stream = await openai.chat.completions.create({ model: "llama-3-8b", messages, max_tokens: 5, stream: true, stream_options: { include_usage: true } })
+    let text = ""
+    let finish: string | null = null
+    let usage: unknown = null
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta.content ?? ""
+      finish = chunk.choices[0]?.finish_reason ?? finish
+      if (chunk.usage) usage = chunk.usage
+    }
+    expect(text).toBe(expected.pieces.slice(0, 5).join(""))
+    expect(finish).toBe("length")
+    expect(usage).toEqual({ prompt_tokens: 13, completion_tokens: 5, total_tokens: 18 })
+    expect(apiRows(a.account)).toEqual([
+      [llamaCost(13, expected.tokens), "llama-3-8b", `API usage: llama-3-8b, 13 in / ${expected.tokens} out tokens`],
+      [llamaCost(13, 5), "llama-3-8b", "API usage: llama-3-8b, 13 in / 5 out tokens"]
+    ])
+  })
+
+  it("a broke account gets 402 insufficient_balance, an unknown model 404, an unpriced model 402, and nothing is billed", async () => {
+    // Proves the refusals through the client's error classes, and that they write nothing.
+    w = await world()
+    const broke = await w.signup("broke@example.com", "0")
+    const openai = await clientFor(broke.key)
+    const messages = [{ role: "user" as const, content: "hi" }]
+    const refusal = async (model: string) => {
+      try {
+        await openai.chat.completions.create({ model, messages })
+        return null
+      } catch (e) {
+        return e as InstanceType<typeof OpenAI.APIError>
+      }
+    }
+    const poor = await refusal("llama-3-8b")
+    expect(poor).toBeInstanceOf(OpenAI.APIError)
+    expect([poor!.status, poor!.error]).toEqual([402, "insufficient_balance"])
+    const missing = await refusal("no-such-model")
+    expect(missing).toBeInstanceOf(OpenAI.NotFoundError)
+    expect([missing!.status, missing!.error]).toEqual([404, "model_not_found"])
+    const unpriced = await refusal("unpriced-model")
+    expect([unpriced!.status, unpriced!.error]).toEqual([402, "model_not_priced"])
+    const noSuffix = await refusal("my-model")
+    expect([noSuffix!.status, noSuffix!.error]).toEqual([404, "model_not_found"])
+    const badKey = new OpenAI({ apiKey: "eco_wrong", baseURL: openai.baseURL, maxRetries: 0 })
+    await expect(badKey.models.list()).rejects.toBeInstanceOf(OpenAI.AuthenticationError)
+    expect(apiRows(broke.account)).toEqual([])
+  })
+
+  it("embeddings (base64 by default) and completions are billed; /v1/models lists platform models and running instances", async () => {
+    // Proves /v1/embeddings, /v1/completions and /v1/models, and a user instance by <name>:<instance_id>.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    await w.req("POST", "/models", { key: a.key, body: { name: "my-llm", source: "platform", gpu: "H100", gpu_count: 1 } })
+    const ii = (await w.req("POST", "/inference-instances", { key: a.key, body: { model: "my-llm" } })).body.id as string
+    const openai = await clientFor(a.key)
+    const pending = await openai.chat.completions.create({ model: `my-llm:${ii}`, messages: [{ role: "user", content: "x" }] }).catch((e: InstanceType<typeof OpenAI.APIError>) => e)
+    expect([(pending as InstanceType<typeof OpenAI.APIError>).status, (pending as InstanceType<typeof OpenAI.APIError>).error]).toEqual([503, "no_healthy_pod"])
+    w.advance(2 * MIN)
+    const emb = await openai.embeddings.create({ model: "embed-small", input: ["one two three", "four"] })
+    expect(emb.data.map((d) => d.embedding.length)).toEqual([16, 16])
+    expect(Math.hypot(...emb.data[0]!.embedding)).toBeCloseTo(1, 5)
+    expect(emb.usage).toEqual({ prompt_tokens: 4, total_tokens: 4 })
+    const floats = await openai.embeddings.create({ model: "embed-small", input: "one two three", encoding_format: "float", dimensions: 4 })
+    expect(floats.data[0]!.embedding).toHaveLength(4)
+    const { data: text, response } = await openai.completions.create({ model: `my-llm:${ii}`, prompt: "Once upon a time", max_tokens: 3 }).withResponse()
+    expect(response.headers.get("x-ecolink-region")).toBe("us-east")
+    expect(text.choices[0]).toEqual({ index: 0, text: complete(`my-llm:${ii}`, "Once upon a time", 3).text, logprobs: null, finish_reason: "length" })
+    const models = await openai.models.list()
+    expect(models.data.map((m) => m.id)).toEqual(["embed-small", "llama-3-8b", "unpriced-model", `my-llm:${ii}`])
+    // Embeddings of 4 tokens at $0.02/1M round to $0 (no row); the user instance's requests are paid by its hold.
+    expect(apiRows(a.account)).toEqual([])
+    await w.req("DELETE", `/inference-instances/${ii}`, { key: a.key })
+    const gone = await openai.completions.create({ model: `my-llm:${ii}`, prompt: "x" }).catch((e: InstanceType<typeof OpenAI.APIError>) => e)
+    expect((gone as InstanceType<typeof OpenAI.APIError>).status).toBe(404)
+  })
+})
