@@ -52,7 +52,7 @@ const main = async (): Promise<void> => {
       "EcoLink control plane",
       `  listening: ${server.url}  (docs ${server.url}/docs, OpenAPI ${server.url}/openapi.json)`,
       `  ledger:    ${config.db} (SQLite, WAL, schema migrated)`,
-      `  cluster:   built-in simulated cluster (us-east, us-west: 4 nodes × 8 GPUs each), live clock${config.clock_speed === 1 ? "" : ` × ${config.clock_speed}`}`,
+      `  cluster:   ${server.world}, live clock${config.clock_speed === 1 ? "" : ` × ${config.clock_speed}`}`,
       `  resources: ${server.live_resources} live, rehydrated from their snapshots`,
       ...(server.demo === null
         ? []

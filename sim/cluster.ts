@@ -9,7 +9,7 @@
  * supervisor's reconciliation heals that on start.
  */
 import { Lane, type EngineClock, type TimerHandle } from "../src/clock.js"
-import type { ClusterEvent, ClusterPort, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../src/cluster.js"
+import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../src/cluster.js"
 import { Prng } from "./prng.js"
 
 export interface SimRegion {
@@ -114,6 +114,11 @@ export class SimCluster implements ClusterPort {
     const w = this.workloads.get(name)
     return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at }
   }
+
+  /** The simulated world keeps no volumes: storage lives in the engine's machines alone. */
+  ensureVolume(_volume: VolumeSpec): void {}
+
+  deleteVolume(_id: string): void {}
 
   phaseOf(name: string): WorkloadPhase | undefined {
     return this.workloads.get(name)?.phase

@@ -25,6 +25,15 @@ export interface WorkloadSpec {
   readonly service: string | null
 }
 
+/** A storage volume (SPEC §5): a PersistentVolumeClaim in Kubernetes, named from the resource id. */
+export interface VolumeSpec {
+  readonly id: string
+  readonly account: string
+  readonly kind: "cloud_drive" | "shared_fs"
+  readonly size_gb: number
+  readonly region: string
+}
+
 /** What the cluster says a workload is doing now. */
 export type WorkloadPhase = "pending" | "loading" | "running" | "preempted" | "failed"
 
@@ -48,6 +57,10 @@ export interface ClusterPort {
   createWorkload(spec: WorkloadSpec): void
   /** Deletes the workload's pods; `pod.deleted` follows once they are gone. Idempotent. */
   deleteWorkload(name: string): void
+  /** Makes sure the storage volume exists; its data survives every workload. Idempotent. */
+  ensureVolume(volume: VolumeSpec): void
+  /** Deletes the storage volume and its data. Idempotent. */
+  deleteVolume(id: string): void
   get(name: string): WorkloadStatus | undefined
   /**
    * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live

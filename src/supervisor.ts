@@ -65,7 +65,7 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, type ClusterEvent, type ClusterPort, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
+import { podNameFor, type ClusterEvent, type ClusterPort, type VolumeSpec, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
@@ -77,8 +77,12 @@ import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, t
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
 export interface SupervisorCommands {
   openAccount(id: string): Effect.Effect<void, Conflict>
-  /** Credits a wallet (`topup` from a payment, `adjustment` by an operator). */
-  credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Effect.Effect<Micros, NotFound | ValidationError>
+  /**
+   * Moves money into a wallet (`topup` from a payment), or either way (`adjustment`, an
+   * operator's correction, SPEC §1). A negative adjustment cannot take the balance below 0
+   * (402 `insufficient_balance`): it corrects what is there, it does not create a debt.
+   */
+  credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Effect.Effect<Micros, NotFound | ValidationError | InsufficientBalance>
   launchGpu(req: LaunchGpuRequest, caller?: Caller): Effect.Effect<GpuView, EngineError>
   extend(id: string, hours: number, caller?: Caller): Effect.Effect<ExtendResult, EngineError>
   terminate(id: string, caller?: Caller): Effect.Effect<ResourceView, NotFound | Conflict>
@@ -441,15 +445,20 @@ export class GpuSupervisor {
     })
   }
 
-  credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Either.Either<Micros, NotFound | ValidationError> {
+  credit(account: string, kind: "topup" | "adjustment", amount_micros: Micros, description: string): Either.Either<Micros, NotFound | ValidationError | InsufficientBalance> {
     if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
-    if (amount_micros <= 0n) return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: "amount must be positive" }))
+    if (amount_micros === 0n || (kind === "topup" && amount_micros < 0n)) {
+      return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: kind === "topup" ? "amount must be positive" : "amount must not be zero" }))
+    }
+    const balance = this.ledger.balance(account)
+    if (balance + amount_micros < 0n) return Either.left(new InsufficientBalance({ account, required_micros: -amount_micros, balance_micros: balance }))
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
         this.journal.append(at, kind, { account, amount_micros: amount_micros.toString() })
         this.touched.add(account)
-        this.credited.add(account)
+        // Only money coming in can lift the account above a warned threshold (SPEC §7).
+        if (amount_micros > 0n) this.credited.add(account)
         const balance = this.ledger.post({ account, at, kind, amount_micros, description })
         this.restoreStorage(account, at)
         return balance
@@ -677,6 +686,7 @@ export class GpuSupervisor {
         this.journal.append(at, "create_storage", { ...req })
         const input: StorageInput = { id: req.id, account: req.account, kind: req.kind, size_gb: req.size_gb, region: req.region, daily_rate_micros: rate.toString(), created_at: at }
         const entry = this.launch({ kind: "storage", id: req.id, actor: createActor(this.storage, { input, clock: this.clock }), alarm: null }, at)
+        this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
         return storageViewOf(entry.actor.getSnapshot())
       })
     )
@@ -699,6 +709,7 @@ export class GpuSupervisor {
         const at = this.clock.now()
         this.journal.append(at, "delete_storage", { id })
         this.dispatch(entry, { type: "delete", at })
+        this.cluster.deleteVolume(id)
         return storageViewOf(entry.actor.getSnapshot())
       })
     )
@@ -1387,7 +1398,15 @@ export class GpuSupervisor {
       if (entry.kind === "inference") this.reconcileInference(entry, at)
       else this.reconcileGpu(entry, at)
     }
-    if (when === "start" || at % policy.ORPHAN_SWEEP_INTERVAL_MS === 0) this.sweepOrphans(at)
+    if (when === "start" || at % policy.ORPHAN_SWEEP_INTERVAL_MS === 0) {
+      // Volumes are level-triggered too: every live drive and filesystem exists in the cluster
+      // (a claim deleted behind our back, or whose create gave up, comes back within the hour).
+      for (const id of [...this.live.keys()].sort()) {
+        const entry = this.live.get(id)!
+        if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
+      }
+      this.sweepOrphans(at)
+    }
   }
 
   /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
@@ -1470,6 +1489,15 @@ export class GpuSupervisor {
     }
   }
 }
+
+/** The cluster's volume for a drive or filesystem. */
+const volumeOf = (ctx: { readonly id: string; readonly account: string; readonly kind: "cloud_drive" | "shared_fs"; readonly size_gb: number; readonly region: string }): VolumeSpec => ({
+  id: ctx.id,
+  account: ctx.account,
+  kind: ctx.kind,
+  size_gb: ctx.size_gb,
+  region: ctx.region
+})
 
 /** The workload of one inference replica: its region's pod, behind the instance's Service. */
 const replicaSpec = (ctx: InferenceContext, region: string): WorkloadSpec => {

@@ -18,8 +18,15 @@
  * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
  * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
  * | --no-demo | ECOLINK_DEMO=0 | the demo account is seeded |
+ * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
+ * | --cluster FILE | ECOLINK_CLUSTER | required with a kubeconfig: regions, namespace, lease (docs/KUBERNETES.md) |
+ * | --identity NAME | POD_NAME | host name and process id (this replica in the leader lease) |
+ *
+ * With a kubeconfig the Kubernetes world replaces the simulated cluster, and the replica runs
+ * the supervisor only while it holds the leader lease (`startKubernetesServer`).
  */
 import { mkdirSync } from "node:fs"
+import { hostname } from "node:os"
 import { dirname, resolve } from "node:path"
 import { parseArgs } from "node:util"
 import type { FastifyInstance } from "fastify"
@@ -30,6 +37,7 @@ import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiKey, sha256, type SecretsPort } from "./secrets.js"
 import { ApiStore } from "./store.js"
+import { startKubernetesServer } from "./kubernetesServer.js"
 
 export interface ServerConfig {
   readonly db: string
@@ -43,6 +51,8 @@ export interface ServerConfig {
   readonly rate_limit: number
   readonly log_level: string
   readonly demo: boolean
+  /** The Kubernetes world: a kubeconfig file and the cluster description file, or null. */
+  readonly kubernetes: { readonly kubeconfig: string; readonly cluster_file: string; readonly identity: string } | null
 }
 
 export class ConfigError extends Error {}
@@ -64,7 +74,10 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
         "public-url": { type: "string" },
         "rate-limit": { type: "string" },
         "log-level": { type: "string" },
-        "no-demo": { type: "boolean" }
+        "no-demo": { type: "boolean" },
+        kubeconfig: { type: "string" },
+        cluster: { type: "string" },
+        identity: { type: "string" }
       },
       strict: true
     }).values
@@ -86,7 +99,19 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   if (operator_key !== null && operator_key.length < OPERATOR_KEY_LENGTH_MIN) throw new ConfigError(`the operator key must be at least ${OPERATOR_KEY_LENGTH_MIN} characters`)
   const log_level = pick("log-level", "ECOLINK_LOG_LEVEL") ?? "info"
   if (!LOG_LEVELS.includes(log_level)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`)
+  // KUBECONFIG alone (set on many a developer's machine) does not leave the simulated world:
+  // it counts only with a cluster file. The --kubeconfig flag without one is an error.
+  const cluster_file = pick("cluster", "ECOLINK_CLUSTER")
+  const kubeconfig = (values["kubeconfig"] as string | undefined) ?? (cluster_file === undefined ? undefined : env["KUBECONFIG"])
+  if (kubeconfig !== undefined && cluster_file === undefined) {
+    throw new ConfigError("--kubeconfig needs --cluster FILE (or ECOLINK_CLUSTER): the regions, namespace and lease of the Kubernetes world")
+  }
+  if (kubeconfig === undefined && cluster_file !== undefined) throw new ConfigError("--cluster needs --kubeconfig FILE (or KUBECONFIG)")
   return {
+    kubernetes:
+      kubeconfig === undefined
+        ? null
+        : { kubeconfig: resolve(kubeconfig), cluster_file: resolve(cluster_file!), identity: pick("identity", "POD_NAME") ?? `${hostname()}-${process.pid}` },
     db: resolve(pick("db", "ECOLINK_DB") ?? "data/ecolink.sqlite"),
     port: whole("--port", pick("port", "PORT"), 8080, 65_535),
     host: pick("host", "HOST") ?? "127.0.0.1",
@@ -172,7 +197,10 @@ export const seedDemo = (engine: Engine, secrets: SecretsPort): { readonly key: 
 
 export interface RunningServer {
   readonly app: FastifyInstance
-  readonly opened: OpenedEngine
+  /** The engine this process runs now; null on a Kubernetes standby replica. */
+  readonly opened: OpenedEngine | null
+  /** Which world it drives, for the banner. */
+  readonly world: string
   readonly url: string
   readonly operator_key: string
   readonly operator_key_generated: boolean
@@ -182,9 +210,13 @@ export interface RunningServer {
   close(): Promise<void>
 }
 
-export const startServer = async (config: ServerConfig, options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void } = {}): Promise<RunningServer> => {
+export const startServer = async (
+  config: ServerConfig,
+  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
+): Promise<RunningServer> => {
   const secrets = options.secrets ?? cryptoSecrets
   if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true })
+  if (config.kubernetes !== null) return startKubernetesServer(config, options)
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
   const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG })
@@ -216,6 +248,7 @@ export const startServer = async (config: ServerConfig, options: { readonly secr
       operator_key_generated,
       demo,
       live_resources,
+      world: `built-in simulated cluster (${DEMO_REGIONS.map((r) => r.name).join(", ")}: 4 nodes × 8 GPUs each)`,
       close: () =>
         (closing ??= (async () => {
           await app!.close()

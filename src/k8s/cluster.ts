@@ -20,6 +20,11 @@
  *   out from under us (not asked for, not a preemption) fails its workload: `pod.failed`,
  *   as the reconciler would conclude from a missing pod.
  *
+ * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
+ *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
+ *   `deleteVolume` (404 = it is gone). The requests for one claim run one at a time, so the
+ *   last command wins whatever the order of the answers.
+ *
  * The port's commands are fire-and-forget: the driver records the intent synchronously (so
  * `get` answers at once, as the simulated cluster does) and carries it out over HTTP, with
  * bounded concurrency and bounded retries, on the engine clock. `start()` must finish (the
@@ -28,9 +33,10 @@
  * Determinism: every timestamp and every wait is the injected EngineClock's; the driver
  * never reads the wall clock.
  */
-import { CoreV1Api, KubeConfig, Watch, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
+import { CoreV1Api, KubeConfig, Watch, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
-import type { ClusterEvent, ClusterPort, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
+import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
+import { assert } from "../errors.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
 import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
 import { isTerminating, podStateOf, workloadPhaseOf, type PodState } from "./podState.js"
@@ -80,6 +86,24 @@ interface Workload {
   readonly discovered: boolean
 }
 
+/** How far the driver knows a claim to be along (`volumeState`). */
+export type ClaimState = "creating" | "created" | "create_failed" | "deleting"
+
+/**
+ * A PersistentVolumeClaim the engine wants to exist, or to be gone. One request at a time per
+ * claim: a command that arrives while one is under way is carried out when it ends.
+ */
+interface Claim {
+  readonly name: string
+  /** What the last ensure asked for; null for a claim only ever deleted. */
+  volume: VolumeSpec | null
+  want: "present" | "absent"
+  /** The request under way (in flight or waiting to retry), or null. */
+  doing: "create" | "delete" | null
+  /** Its last create gave up (or was refused): asked again by the next ensure or a workload mounting it. */
+  failed: boolean
+}
+
 /** An error the API server answered (ApiException) or the network raised, with its status. */
 const statusOf = (e: unknown): number | null => {
   const o = e as { code?: unknown; statusCode?: unknown } | null
@@ -120,6 +144,8 @@ export class KubernetesCluster implements ClusterPort {
   private readonly idleWaiters: Array<() => void> = []
   private readonly progress = new Set<() => void>()
   private readonly services = new Set<string>()
+  /** Claim name → the claim the engine wants; a claim is forgotten once its delete has ended. */
+  private readonly claims = new Map<string, Claim>()
   private readonly seen = new Set<string>()
   /** Creates and deletes waiting on the clock to be retried. */
   private retriesWaiting = 0
@@ -203,6 +229,9 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   createWorkload(spec: WorkloadSpec): void {
+    // A claim whose create gave up is asked for again by the next workload that mounts it (a
+    // launch with that storage, a pod re-created at start): its pod would wait for it forever.
+    for (const id of spec.volumes) this.retryClaim(claimNameOf(id))
     const existing = this.workloads.get(spec.name)
     if (existing !== undefined) {
       // Level-triggered: a create the engine repeats re-creates pods whose create was lost.
@@ -241,6 +270,36 @@ export class KubernetesCluster implements ClusterPort {
   get(name: string): WorkloadStatus | undefined {
     const w = this.workloads.get(name)
     return w === undefined ? undefined : { name, resource: w.resource, phase: w.phase, started_at: w.started_at }
+  }
+
+  /**
+   * Level-triggered: every call sends the create (unless one is under way), so a claim deleted
+   * behind our back comes back at the engine's next ensure; the API server's 409 is the
+   * "already there" answer, never an error.
+   */
+  ensureVolume(volume: VolumeSpec): void {
+    if (!this.regions.has(volume.region)) throw new Error(`volume ${volume.id} in unknown region ${volume.region}`)
+    if (!(Number.isSafeInteger(volume.size_gb) && volume.size_gb >= 1)) throw new Error(`volume ${volume.id}: size_gb ${volume.size_gb}`)
+    const c = this.claimOf(claimNameOf(volume.id))
+    c.volume = volume
+    c.want = "present"
+    c.failed = false
+    if (c.doing === null) this.createClaim(c, 1)
+  }
+
+  /** Idempotent: a claim we never heard of is deleted by name all the same (a restarted driver). */
+  deleteVolume(id: string): void {
+    const c = this.claimOf(claimNameOf(id))
+    c.want = "absent"
+    if (c.doing === null) this.deleteClaim(c, 1)
+  }
+
+  /** What this driver knows of a volume's claim: undefined when it has nothing to do with it. */
+  volumeState(id: string): ClaimState | undefined {
+    const c = this.claims.get(claimNameOf(id))
+    if (c === undefined) return undefined
+    if (c.want === "absent") return "deleting"
+    return c.doing !== null ? "creating" : c.failed ? "create_failed" : "created"
   }
 
   phaseOf(name: string): WorkloadPhase | undefined {
@@ -363,6 +422,91 @@ export class KubernetesCluster implements ClusterPort {
     const name = serviceNameOf(instance)
     this.services.delete(name)
     this.write(`delete service ${name}`, 1, () => this.core.deleteNamespacedService({ name, namespace: this.config.namespace }), { ok: () => {}, refused: (status) => status === 404 })
+  }
+
+  // ── persistent volume claims ──────────────────────────────────────────────────────────
+  private claimOf(name: string): Claim {
+    const known = this.claims.get(name)
+    if (known !== undefined) return known
+    const c: Claim = { name, volume: null, want: "present", doing: null, failed: false }
+    this.claims.set(name, c)
+    return c
+  }
+
+  private claimFor(v: VolumeSpec): V1PersistentVolumeClaim {
+    const c = this.config
+    const storageClass = v.kind === "cloud_drive" ? c.cloud_drive_storage_class : c.shared_fs_storage_class
+    return {
+      apiVersion: "v1",
+      kind: "PersistentVolumeClaim",
+      metadata: {
+        name: claimNameOf(v.id),
+        namespace: c.namespace,
+        labels: { [LABELS.managed]: "true", [LABELS.resource]: labelValue(v.id), [LABELS.account]: labelValue(v.account), [LABELS.region]: labelValue(v.region) },
+        annotations: { [ANNOTATIONS.resource]: v.id, [ANNOTATIONS.account]: v.account, [ANNOTATIONS.region]: v.region }
+      },
+      spec: {
+        // A drive is attached to one instance at a time; a shared filesystem is mounted by many.
+        accessModes: [v.kind === "cloud_drive" ? "ReadWriteOnce" : "ReadWriteMany"],
+        // Gi, not GB: the customer gets at least the gigabytes they pay for.
+        resources: { requests: { storage: `${v.size_gb}Gi` } },
+        volumeMode: "Filesystem",
+        ...(storageClass === null ? {} : { storageClassName: storageClass })
+      }
+    }
+  }
+
+  private createClaim(c: Claim, attempt: number): void {
+    assert(c.volume !== null && c.want === "present", () => `create of claim ${c.name} without a volume to create`)
+    c.doing = "create"
+    const body = this.claimFor(c.volume)
+    this.write(`create persistentvolumeclaim ${c.name}`, attempt, () => this.core.createNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, body }), {
+      ok: () => this.claimDone(c, true),
+      // 409 AlreadyExists: the claim is there (an earlier ensure, another control plane).
+      refused: (status) => {
+        if (status !== 409) return false
+        this.claimDone(c, true)
+        return true
+      },
+      retry: () => (c.want === "present" ? this.createClaim(c, attempt + 1) : this.claimDone(c, false)),
+      gaveUp: () => this.claimDone(c, false)
+    })
+  }
+
+  private deleteClaim(c: Claim, attempt: number): void {
+    c.doing = "delete"
+    this.write(`delete persistentvolumeclaim ${c.name}`, attempt, () => this.core.deleteNamespacedPersistentVolumeClaim({ name: c.name, namespace: this.config.namespace }), {
+      ok: () => this.claimDone(c, true),
+      // 404: gone already. The API server keeps a claim a pod still mounts until that pod is
+      // gone (the `kubernetes.io/pvc-protection` finalizer): accepted is enough for us.
+      refused: (status) => {
+        if (status !== 404) return false
+        this.claimDone(c, true)
+        return true
+      },
+      retry: () => (c.want === "absent" ? this.deleteClaim(c, attempt + 1) : this.claimDone(c, false)),
+      gaveUp: () => this.claimDone(c, false)
+    })
+  }
+
+  /** A claim's request has ended: carry out a command that came meanwhile, or settle. */
+  private claimDone(c: Claim, succeeded: boolean): void {
+    if (this.claims.get(c.name) !== c) return
+    const did = c.doing
+    c.doing = null
+    if (c.want === "present" && did === "create") c.failed = !succeeded
+    else if (c.want === "present") this.createClaim(c, 1)
+    else if (did === "create") this.deleteClaim(c, 1)
+    // Deleted, or its delete gave up (reported): nothing more to do for it.
+    else this.claims.delete(c.name)
+  }
+
+  /** A claim whose create gave up is asked for again (a workload mounting it is being created). */
+  private retryClaim(name: string): void {
+    const c = this.claims.get(name)
+    if (c === undefined || c.want !== "present" || c.doing !== null || !c.failed) return
+    c.failed = false
+    this.createClaim(c, 1)
   }
 
   private createPod(w: Workload, pod: string, attempt: number): void {

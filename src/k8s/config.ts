@@ -36,6 +36,14 @@ export interface KubernetesClusterConfig {
   readonly inference_readiness_path: string | null
   /** Seconds a pod has to stop when deleted (its `terminationGracePeriodSeconds`). */
   readonly termination_grace_s: number
+  /**
+   * StorageClass of a cloud drive's PersistentVolumeClaim (ReadWriteOnce), or null for the
+   * cluster's default class. It should bind `WaitForFirstConsumer`, so the volume is provisioned
+   * where its first pod is placed: in the drive's region (docs/KUBERNETES.md, "Storage").
+   */
+  readonly cloud_drive_storage_class: string | null
+  /** StorageClass of a shared filesystem's claim (ReadWriteMany: an NFS-like provisioner), or null. */
+  readonly shared_fs_storage_class: string | null
   readonly limits: KubernetesLimits
 }
 
@@ -50,7 +58,7 @@ export interface KubernetesLimits {
   readonly requests_in_flight_max: number
   /** Requests waiting for a slot; more is a programmer error (a runaway loop), not load. */
   readonly requests_queued_max: number
-  /** Attempts of one create or delete that fails with a retriable error (5xx, network). */
+  /** Attempts of one create or delete (pod, service, claim) that fails with a retriable error (5xx, network). */
   readonly request_attempts_max: number
   /** First wait before retrying a create or delete; doubles per attempt. */
   readonly request_backoff_ms_min: number
@@ -93,6 +101,8 @@ export const kubernetesConfig = (
     inference_port: 8000,
     inference_readiness_path: "/health",
     termination_grace_s: 30,
+    cloud_drive_storage_class: "ecolink-cloud-drive",
+    shared_fs_storage_class: "ecolink-shared-fs",
     ...config,
     limits: { ...DEFAULT_LIMITS, ...(config.limits ?? {}) }
   }

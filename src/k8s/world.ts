@@ -16,6 +16,8 @@ import { DEFAULT_LEADER_ELECTION, LeaderElector, type LeaderElectionConfig, type
 
 const Count = (max: number) => Schema.Int.pipe(Schema.between(1, max))
 const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/, { message: () => "a Kubernetes name or label value (at most 63)" }))
+/** A StorageClass name is a DNS-1123 subdomain (at most 253). */
+const StorageClass = Schema.String.pipe(Schema.pattern(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/, { message: () => "a StorageClass name (a DNS-1123 subdomain)" }), Schema.maxLength(253))
 const Ms = Schema.Int.pipe(Schema.between(1, 24 * policy.MS_PER_HOUR))
 
 /** The cluster description file (JSON): regions are static facts the engine's admission needs. */
@@ -31,6 +33,8 @@ const ClusterFile = Schema.Struct({
   inference_port: Schema.optional(Schema.Int.pipe(Schema.between(1, 65_535))),
   inference_readiness_path: Schema.optional(Schema.NullOr(Schema.String)),
   termination_grace_s: Schema.optional(Schema.Int.pipe(Schema.between(0, 3_600))),
+  cloud_drive_storage_class: Schema.optional(Schema.NullOr(StorageClass)),
+  shared_fs_storage_class: Schema.optional(Schema.NullOr(StorageClass)),
   leader_election: Schema.optional(
     Schema.Struct({
       lease_name: Schema.optional(Name),

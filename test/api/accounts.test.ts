@@ -172,12 +172,22 @@ describe("operator", () => {
     const unknown = await w.req("POST", "/operator/accounts/acct-nobody/adjustments", { key: OPERATOR_KEY, body: { amount: "1.00", description: "x" } })
     expect(unknown.status).toBe(404)
     expect(unknown.body).toEqual({ error: "account_not_found", message: "account acct-nobody not found" })
-    const negative = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-5.00", description: "x" } })
-    expect(negative.status).toBe(400)
-    expect(negative.body).toEqual({ error: "invalid_amount", message: "amount must be positive", field: "amount" })
+    // SPEC §1: an adjustment has either sign; a negative one never takes the balance below $0.
+    const negative = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-5.00", description: "Correction" } })
+    expect(negative.status).toBe(201)
+    expect(negative.body).toEqual({ account: a.account, amount: "-5.00", balance: "20.50" })
+    const overdraw = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-20.51", description: "x" } })
+    expect(overdraw.status).toBe(402)
+    expect(overdraw.body).toEqual({ error: "insufficient_balance", message: "balance 20500000 micros cannot cover 20510000 micros" })
+    const zero = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "0.00", description: "x" } })
+    expect(zero.status).toBe(400)
+    expect(zero.body).toEqual({ error: "invalid_amount", message: "amount must not be zero", field: "amount" })
     const malformed = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "1.2345678", description: "x" } })
     expect(malformed.status).toBe(400)
     expect(malformed.body).toEqual({ error: "invalid_amount", message: 'not a dollar amount with at most 6 decimals: "1.2345678"', field: "amount" })
-    expect(ledgerOf(w, a.account)).toEqual([["adjustment", "25.50", null]])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["adjustment", "25.50", null],
+      ["adjustment", "-5.00", null]
+    ])
   })
 })

@@ -17,7 +17,8 @@ export interface Started {
 /** Bound on how long a start may take before the test gives up. */
 const START_TIMEOUT_MS = 30_000
 
-export const startServerProcess = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<Started> =>
+/** `demoKey: false`: a replica that starts on standby prints no demo key; wait for the URL alone. */
+export const startServerProcess = (args: ReadonlyArray<string>, env: Record<string, string> = {}, wait: { readonly demoKey: boolean } = { demoKey: true }): Promise<Started> =>
   new Promise((resolveStarted, reject) => {
     const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "start.ts"), ...args], {
       cwd: ROOT,
@@ -36,12 +37,12 @@ export const startServerProcess = (args: ReadonlyArray<string>, env: Record<stri
       out += String(d)
       const url = /listening: (http:\/\/\S+)/.exec(out)?.[1]
       const key = /demo key: +(eco_\S+)/.exec(out)?.[1]
-      if (url !== undefined && key !== undefined && out.includes("operator:")) {
+      if (url !== undefined && (key !== undefined || !wait.demoKey) && out.includes("operator:")) {
         clearTimeout(timer)
         resolveStarted({
           child,
           url,
-          demoKey: key,
+          demoKey: key ?? "",
           stdout: () => out,
           stderr: () => err,
           stop: (signal = "SIGTERM") => {

@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { promisify } from "node:util"
-import { CoordinationV1Api, CoreV1Api, KubeConfig, Watch, type V1Pod } from "@kubernetes/client-node"
+import { CoordinationV1Api, CoreV1Api, KubeConfig, Watch, type V1PersistentVolumeClaim, type V1PersistentVolumeClaimSpec, type V1Pod } from "@kubernetes/client-node"
 import { afterEach, describe, expect, it } from "vitest"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
 import { K8sWorld } from "./harness.js"
@@ -169,6 +169,55 @@ describe("the Kubernetes API test server", () => {
     expect((refused.ended?.err as { statusCode?: number }).statusCode).toBe(410)
   })
 
+  it("serves persistentvolumeclaims: create (defaults, the pvc-protection finalizer), get, list by label, 409, 404 and 422 as Status objects", async () => {
+    const { core } = await start()
+    const claim = (name: string, labels: Record<string, string> = {}, spec: V1PersistentVolumeClaimSpec = { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "10Gi" } } }): V1PersistentVolumeClaim => ({
+      apiVersion: "v1",
+      kind: "PersistentVolumeClaim",
+      metadata: { name, labels },
+      spec
+    })
+    await core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: claim("a", { app: "x" }) })
+    await core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: claim("b", {}, { accessModes: ["ReadWriteMany"], resources: { requests: { storage: "1Ti" } }, storageClassName: "nfs" }) })
+    const read = await core.readNamespacedPersistentVolumeClaim({ name: "a", namespace: NS })
+    expect(read.metadata?.finalizers).toEqual(["kubernetes.io/pvc-protection"])
+    expect(read.spec).toEqual({ accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "10Gi" } }, volumeMode: "Filesystem" })
+    expect(read.status).toEqual({ phase: "Pending" })
+    const list = async (labelSelector?: string) => (await core.listNamespacedPersistentVolumeClaim({ namespace: NS, labelSelector })).items.map((c) => c.metadata?.name)
+    expect(await list()).toEqual(["a", "b"])
+    expect(await list("app=x")).toEqual(["a"])
+
+    const dup = await status(core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: claim("a") }))
+    expect(dup.body).toEqual({ kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message: 'persistentvolumeclaims "a" already exists', reason: "AlreadyExists", details: { name: "a", group: "", kind: "persistentvolumeclaims" }, code: 409 })
+    const missing = await status(core.readNamespacedPersistentVolumeClaim({ name: "nope", namespace: NS }))
+    expect(missing.body).toEqual({ kind: "Status", apiVersion: "v1", metadata: {}, status: "Failure", message: 'persistentvolumeclaims "nope" not found', reason: "NotFound", details: { name: "nope", kind: "persistentvolumeclaims" }, code: 404 })
+    const noMode = await status(core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: claim("c", {}, { resources: { requests: { storage: "10Gi" } } }) }))
+    expect(noMode.body).toMatchObject({ reason: "Invalid", code: 422, message: 'PersistentVolumeClaim "c" is invalid: spec.accessModes: Required value: at least 1 access mode is required' })
+    const noSize = await status(core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: claim("c", {}, { accessModes: ["ReadWriteOnce"] }) }))
+    expect(noSize.body).toMatchObject({ reason: "Invalid", code: 422, message: 'PersistentVolumeClaim "c" is invalid: spec.resources[storage]: Required value' })
+
+    const deleted = await core.deleteNamespacedPersistentVolumeClaim({ name: "a", namespace: NS })
+    expect(deleted.metadata?.name).toBe("a")
+    expect(await list()).toEqual(["b"])
+    expect((await status(core.deleteNamespacedPersistentVolumeClaim({ name: "a", namespace: NS }))).code).toBe(404)
+  })
+
+  it("keeps a deleted claim a pod mounts (a deletionTimestamp) until the last such pod is gone", async () => {
+    const { server, core } = await start()
+    await core.createNamespacedPersistentVolumeClaim({ namespace: NS, body: { metadata: { name: "data" }, spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "1Gi" } } } } })
+    for (const name of ["a", "b"]) {
+      await core.createNamespacedPod({ namespace: NS, body: { ...pod(name), spec: { containers: [{ name: "c", image: "busybox" }], volumes: [{ name: "data", persistentVolumeClaim: { claimName: "data" } }] } } })
+    }
+    const answered = await core.deleteNamespacedPersistentVolumeClaim({ name: "data", namespace: NS })
+    expect(answered.metadata?.deletionTimestamp?.toISOString()).toBe("2026-03-01T00:00:00.000Z")
+    // Deleting it again answers the claim as it is.
+    expect((await core.deleteNamespacedPersistentVolumeClaim({ name: "data", namespace: NS })).metadata?.resourceVersion).toBe(answered.metadata?.resourceVersion)
+    await core.deleteNamespacedPod({ name: "a", namespace: NS })
+    expect(server.objects("persistentvolumeclaims", NS).map((c) => c.metadata.name)).toEqual(["data"])
+    await core.deleteNamespacedPod({ name: "b", namespace: NS })
+    expect(server.objects("persistentvolumeclaims", NS)).toEqual([])
+  })
+
   it("replaces leases with optimistic concurrency: a stale resourceVersion is 409 Conflict", async () => {
     const { coord } = await start()
     const spec = { holderIdentity: "a", leaseDurationSeconds: 15 }
@@ -184,9 +233,10 @@ describe("the Kubernetes API test server", () => {
 
   const hasKubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"].some((p) => existsSync(p))
   if (!hasKubectl) console.log("kubectl is not installed (Debian package kubernetes-client): the kubectl check of the test server is skipped")
-  it.runIf(hasKubectl)("is read by kubectl: `kubectl get pods -o json` sees the pods the driver created", async () => {
+  it.runIf(hasKubectl)("is read by kubectl: `kubectl get pods -o json` sees the pods the driver created, `get pvc` its claims", async () => {
     world = await K8sWorld.start()
     const driver = await world.driver()
+    driver.ensureVolume({ id: "dr-1", account: "acme", kind: "cloud_drive", size_gb: 100, region: "us-east" })
     driver.createWorkload({ name: "eco-gi-1", resource: "gi-1", account: "acme", region: "us-east", gpu: "H100", gpu_count: 2, node_count: 1, image: null, volumes: [], service: null })
     driver.createWorkload({ name: "eco-gc-1", resource: "gc-1", account: "acme", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 2, image: "acme/train:1", volumes: [], service: null })
     await world.advance(90_000)
@@ -202,5 +252,12 @@ describe("the Kubernetes API test server", () => {
       expected.map((p) => [p.metadata.name, p.metadata.labels!["ecolink.io/resource"], p.spec.nodeName, p.status.phase])
     )
     expect(seen.items.map((p) => p.metadata.name)).toEqual(["eco-gc-1-0", "eco-gc-1-1", "eco-gi-1"])
+    const claims = await promisify(execFile)(
+      "kubectl",
+      ["--kubeconfig", world.kubeconfig, "--cache-dir", mkdtempSync(join(tmpdir(), "kubectl-cache-")), "--request-timeout", "10s", "get", "pvc", "-n", "ecolink", "-l", "ecolink.io/managed=true", "-o", "json"],
+      { timeout: 20_000 }
+    )
+    const pvcs = JSON.parse(claims.stdout) as { items: Array<{ metadata: { name: string }; spec: { accessModes: string[]; resources: { requests: { storage: string } }; storageClassName: string } }> }
+    expect(pvcs.items.map((c) => [c.metadata.name, c.spec.accessModes, c.spec.resources.requests.storage, c.spec.storageClassName])).toEqual([["eco-dr-1", ["ReadWriteOnce"], "100Gi", "ecolink-cloud-drive"]])
   })
 })

@@ -5,7 +5,11 @@
  *
  * What it serves, in Kubernetes' own shapes:
  * - core/v1 pods (with the `status` subresource and graceful deletion: a pod bound to a node
- *   gets a `deletionTimestamp` and stays until its kubelet removes it), core/v1 services, and
+ *   gets a `deletionTimestamp` and stays until its kubelet removes it), core/v1 services,
+ *   core/v1 persistentvolumeclaims (validated as the API server does: an access mode and a
+ *   storage request; `volumeMode` defaulted; `Pending`, as no provisioner binds them here; the
+ *   `kubernetes.io/pvc-protection` finalizer: a claim a pod still mounts gets a
+ *   `deletionTimestamp` and goes when its last such pod is gone), and
  *   coordination.k8s.io/v1 leases: create, get, list, replace (PUT, optimistic concurrency on
  *   `metadata.resourceVersion` → 409 Conflict), JSON merge patch, delete (with preconditions).
  * - list with `labelSelector` (equality, inequality, existence, `in`, `notin`) and
@@ -66,6 +70,7 @@ interface ResourceType {
 const RESOURCES: ReadonlyArray<ResourceType> = [
   { group: "", version: "v1", plural: "pods", singular: "pod", kind: "Pod", shortNames: ["po"], subresources: ["status"] },
   { group: "", version: "v1", plural: "services", singular: "service", kind: "Service", shortNames: ["svc"], subresources: ["status"] },
+  { group: "", version: "v1", plural: "persistentvolumeclaims", singular: "persistentvolumeclaim", kind: "PersistentVolumeClaim", shortNames: ["pvc"], subresources: ["status"] },
   { group: "coordination.k8s.io", version: "v1", plural: "leases", singular: "lease", kind: "Lease", shortNames: [], subresources: [] }
 ]
 const VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
@@ -551,6 +556,13 @@ export class KubeApiServer {
       o.spec = { type: "ClusterIP", ...(o.spec ?? {}), clusterIP: `10.96.${(this.uid >> 8) & 255}.${this.uid & 255}` }
       o.status = { loadBalancer: {} }
     }
+    if (type.plural === "persistentvolumeclaims") {
+      checkClaim(o)
+      // The StorageObjectInUseProtection admission plugin's finalizer (see `releaseClaims`).
+      o.metadata.finalizers = [...new Set([...((o.metadata.finalizers as string[] | undefined) ?? []), PVC_PROTECTION])]
+      o.spec = { volumeMode: "Filesystem", ...o.spec }
+      o.status = { phase: "Pending" }
+    }
     return this.commit(type.plural, "ADDED", o, null)
   }
 
@@ -602,7 +614,26 @@ export class KubeApiServer {
         })
       }
     }
+    if (type.plural === "persistentvolumeclaims" && this.claimInUse(namespace, name)) {
+      if (existing.metadata.deletionTimestamp !== undefined) return clone(existing)
+      return this.update("persistentvolumeclaims", namespace, name, (o) => {
+        o.metadata.deletionTimestamp = kubeTime(this.options.now())
+        o.metadata.deletionGracePeriodSeconds = 0
+      })
+    }
     return this.remove(type.plural, namespace, name)!
+  }
+
+  /** Whether a pod of the namespace (terminating or not) mounts the claim. */
+  private claimInUse(namespace: string, claim: string): boolean {
+    return this.objects("pods", namespace).some((p) => claimsOf(p).includes(claim))
+  }
+
+  /** The pvc-protection controller: a deleted claim no pod mounts any more is removed. */
+  private releaseClaims(namespace: string): void {
+    for (const c of this.objects("persistentvolumeclaims", namespace)) {
+      if (c.metadata.deletionTimestamp !== undefined && !this.claimInUse(namespace, c.metadata.name)) this.remove("persistentvolumeclaims", namespace, c.metadata.name)
+    }
   }
 
   private nextUid(): string {
@@ -630,6 +661,7 @@ export class KubeApiServer {
     }
     for (const w of [...this.watchers]) this.deliver(w, entry)
     for (const listener of [...this.listeners]) listener({ type, plural, object: clone(object), old: old === null ? null : clone(old) })
+    if (plural === "pods" && type === "DELETED") this.releaseClaims(object.metadata.namespace!)
     return clone(object)
   }
 
@@ -707,6 +739,28 @@ export class KubeApiServer {
     if (abrupt) w.res.destroy()
     else w.res.end()
   }
+}
+
+const PVC_PROTECTION = "kubernetes.io/pvc-protection"
+const ACCESS_MODES = ["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+/** A resource quantity as the API server accepts it (`100Gi`, `1.5T`, `500M`, `1e3`). */
+const QUANTITY = /^[+-]?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$/
+
+/** The PersistentVolumeClaims a pod mounts. */
+export const claimsOf = (pod: KubeObject): string[] =>
+  ((pod.spec?.volumes ?? []) as Array<{ persistentVolumeClaim?: { claimName?: string } }>).flatMap((v) => (v.persistentVolumeClaim?.claimName === undefined ? [] : [v.persistentVolumeClaim.claimName]))
+
+/** What the API server's validation of a new claim refuses (422): no access mode, no size. */
+const checkClaim = (o: KubeObject): void => {
+  const name = o.metadata.name
+  const modes = o.spec?.accessModes as unknown
+  if (!Array.isArray(modes) || modes.length === 0) fail(422, "Invalid", `PersistentVolumeClaim "${name}" is invalid: spec.accessModes: Required value: at least 1 access mode is required`, { name, kind: "PersistentVolumeClaim" })
+  for (const m of modes as unknown[]) {
+    if (typeof m !== "string" || !ACCESS_MODES.includes(m)) fail(422, "Invalid", `PersistentVolumeClaim "${name}" is invalid: spec.accessModes: Unsupported value: "${String(m)}"`, { name, kind: "PersistentVolumeClaim" })
+  }
+  const storage = o.spec?.resources?.requests?.storage as unknown
+  if (storage === undefined) fail(422, "Invalid", `PersistentVolumeClaim "${name}" is invalid: spec.resources[storage]: Required value`, { name, kind: "PersistentVolumeClaim" })
+  if (typeof storage !== "string" || !QUANTITY.test(storage)) fail(422, "Invalid", `PersistentVolumeClaim "${name}" is invalid: spec.resources.requests[storage]: Invalid value: "${String(storage)}"`, { name, kind: "PersistentVolumeClaim" })
 }
 
 const apiVersionOf = (t: ResourceType): string => (t.group === "" ? t.version : `${t.group}/${t.version}`)

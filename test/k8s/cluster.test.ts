@@ -9,9 +9,9 @@ import { afterEach, describe, expect, it } from "vitest"
 import { kubernetesConfig } from "../../src/k8s/config.js"
 import { kubernetesClusterLayer } from "../../src/k8s/world.js"
 import { Cluster } from "../../src/services.js"
-import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
+import type { ClusterEvent, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { KubernetesCluster } from "../../src/k8s/cluster.js"
-import { podNamesOf } from "../../src/k8s/names.js"
+import { claimNameOf, podNamesOf } from "../../src/k8s/names.js"
 import { podStateOf, workloadPhaseOf, type WorkloadMemory } from "../../src/k8s/podState.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 
@@ -104,6 +104,8 @@ describe("the Kubernetes driver creates the right pods", () => {
 
   it("an inference replica: a DNS-safe pod name, the instance's Service, mounted volumes, the default priority", async () => {
     const { w, d, events } = await open()
+    // The scheduler places no pod before its claims exist (the storage tests below show it waiting).
+    d.ensureVolume({ id: "fs-1", account: "acme", kind: "shared_fs", size_gb: 500, region: "us-east" })
     d.createWorkload(spec({ name: "eco-inf-1@us-east", resource: "inf-1@us-east", gpu_count: 1, service: "inf-1", volumes: ["fs-1"] }))
     await w.advance(90 * S)
     const [pod] = w.pods()
@@ -421,5 +423,189 @@ describe("retries and restarts", () => {
       )
     )
     expect(seen).toEqual({ list: [{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null }], regions: ["us-east"] })
+  })
+})
+
+describe("storage: one PersistentVolumeClaim per drive or shared filesystem", () => {
+  const drive = (over: Partial<VolumeSpec> = {}): VolumeSpec => ({ id: "dr-1", account: "acme", kind: "cloud_drive", size_gb: 100, region: "us-east", ...over })
+  const filesystem = (over: Partial<VolumeSpec> = {}): VolumeSpec => drive({ id: "fs-1", kind: "shared_fs", size_gb: 500, ...over })
+  const claims = (w: K8sWorld) => w.server.objects("persistentvolumeclaims", w.namespace)
+  const claimRequests = (w: K8sWorld) => w.server.requests.filter((r) => r.path.includes("/persistentvolumeclaims")).map((r) => `${r.method} ${r.path.split("/").at(-1)}`)
+  const failures = (w: K8sWorld) => w.reports.filter((r) => r.kind === "request_failed")
+
+  it("ensureVolume creates the claim the pods mount: its name, labels, size in Gi, access mode and StorageClass by kind", async () => {
+    const { w, d } = await open()
+    d.ensureVolume(drive())
+    // Recorded at once; carried out over HTTP.
+    expect(d.volumeState("dr-1")).toBe("creating")
+    await w.settle()
+    d.ensureVolume(filesystem())
+    await w.settle()
+    expect(claims(w)).toEqual([
+      {
+        apiVersion: "v1",
+        kind: "PersistentVolumeClaim",
+        metadata: {
+          name: "eco-dr-1",
+          namespace: "ecolink",
+          uid: "00000000-0000-4000-8000-000000000001",
+          resourceVersion: "1",
+          creationTimestamp: "2026-03-01T00:00:00Z",
+          generation: 1,
+          finalizers: ["kubernetes.io/pvc-protection"],
+          labels: { "ecolink.io/managed": "true", "ecolink.io/resource": "dr-1", "ecolink.io/account": "acme", "ecolink.io/region": "us-east" },
+          annotations: { "ecolink.io/resource": "dr-1", "ecolink.io/account": "acme", "ecolink.io/region": "us-east" }
+        },
+        spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "100Gi" } }, volumeMode: "Filesystem", storageClassName: "ecolink-cloud-drive" },
+        status: { phase: "Pending" }
+      },
+      {
+        apiVersion: "v1",
+        kind: "PersistentVolumeClaim",
+        metadata: {
+          name: "eco-fs-1",
+          namespace: "ecolink",
+          uid: "00000000-0000-4000-8000-000000000002",
+          resourceVersion: "2",
+          creationTimestamp: "2026-03-01T00:00:00Z",
+          generation: 1,
+          finalizers: ["kubernetes.io/pvc-protection"],
+          labels: { "ecolink.io/managed": "true", "ecolink.io/resource": "fs-1", "ecolink.io/account": "acme", "ecolink.io/region": "us-east" },
+          annotations: { "ecolink.io/resource": "fs-1", "ecolink.io/account": "acme", "ecolink.io/region": "us-east" }
+        },
+        spec: { accessModes: ["ReadWriteMany"], resources: { requests: { storage: "500Gi" } }, volumeMode: "Filesystem", storageClassName: "ecolink-shared-fs" },
+        status: { phase: "Pending" }
+      }
+    ])
+    expect([d.volumeState("dr-1"), d.volumeState("fs-1"), d.volumeState("other")]).toEqual(["created", "created", undefined])
+    expect(failures(w)).toEqual([])
+  })
+
+  it("a pod mounts the very claims ensureVolume created, an engine id that is no DNS label included, and runs", async () => {
+    const { w, d } = await open()
+    d.ensureVolume(drive({ id: "Drive_7" }))
+    d.ensureVolume(filesystem())
+    await running(w, d, spec({ volumes: ["Drive_7", "fs-1"] }))
+    const names = claims(w).map((c) => c.metadata.name)
+    expect(names).toEqual([claimNameOf("Drive_7"), "eco-fs-1"].sort())
+    expect(claimNameOf("Drive_7")).toMatch(/^eco-drive-7-[0-9a-f]{8}$/)
+    expect(claims(w).find((c) => c.metadata.name === claimNameOf("Drive_7"))!.metadata.annotations).toEqual({ "ecolink.io/resource": "Drive_7", "ecolink.io/account": "acme", "ecolink.io/region": "us-east" })
+    const [pod] = w.pods()
+    expect(pod!.spec.volumes).toEqual([
+      { name: claimNameOf("Drive_7"), persistentVolumeClaim: { claimName: claimNameOf("Drive_7") } },
+      { name: "eco-fs-1", persistentVolumeClaim: { claimName: "eco-fs-1" } }
+    ])
+    expect(pod!.spec.containers[0].volumeMounts).toEqual([
+      { name: claimNameOf("Drive_7"), mountPath: "/mnt/Drive_7" },
+      { name: "eco-fs-1", mountPath: "/mnt/fs-1" }
+    ])
+  })
+
+  it("the StorageClass of each kind comes from the configuration; null leaves it to the cluster's default class", async () => {
+    const { w, d } = await open({ config: { cloud_drive_storage_class: null, shared_fs_storage_class: "nfs-client" } })
+    d.ensureVolume(drive())
+    d.ensureVolume(filesystem())
+    await w.settle()
+    expect(claims(w).map((c) => [c.metadata.name, c.spec])).toEqual([
+      ["eco-dr-1", { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "100Gi" } }, volumeMode: "Filesystem" }],
+      ["eco-fs-1", { accessModes: ["ReadWriteMany"], resources: { requests: { storage: "500Gi" } }, volumeMode: "Filesystem", storageClassName: "nfs-client" }]
+    ])
+  })
+
+  it("a duplicate ensure is one claim and no error: twice at once, again later, and from a second control plane (409 = it exists)", async () => {
+    const { w, d } = await open()
+    const other = await w.driver()
+    d.ensureVolume(drive())
+    d.ensureVolume(drive()) // a create is under way: nothing more to send
+    other.ensureVolume(drive())
+    await w.settle()
+    d.ensureVolume(drive()) // level-triggered: asked again, answered 409
+    await w.settle()
+    expect(claims(w).map((c) => [c.metadata.name, c.metadata.uid])).toEqual([["eco-dr-1", "00000000-0000-4000-8000-000000000001"]])
+    expect(claimRequests(w)).toEqual(["POST persistentvolumeclaims", "POST persistentvolumeclaims", "POST persistentvolumeclaims"])
+    expect(failures(w)).toEqual([])
+    expect([d.volumeState("dr-1"), other.volumeState("dr-1")]).toEqual(["created", "created"])
+  })
+
+  it("deleteVolume deletes the claim; deleting it again, or a claim this driver never created, is fine (404)", async () => {
+    const { w, d } = await open()
+    d.ensureVolume(drive())
+    await w.settle()
+    d.deleteVolume("dr-1")
+    expect(d.volumeState("dr-1")).toBe("deleting")
+    await w.settle()
+    expect(claims(w)).toEqual([])
+    expect(d.volumeState("dr-1")).toBeUndefined()
+    d.deleteVolume("dr-1")
+    await w.settle()
+    d.deleteVolume("dr-9")
+    await w.settle()
+    expect(claimRequests(w)).toEqual(["POST persistentvolumeclaims", "DELETE eco-dr-1", "DELETE eco-dr-1", "DELETE eco-dr-9"])
+    expect(failures(w)).toEqual([])
+    expect(d.volumeState("dr-9")).toBeUndefined()
+  })
+
+  it("the last command wins: a delete while the create is in flight, an ensure while the delete is", async () => {
+    const { w, d } = await open()
+    d.ensureVolume(drive())
+    d.deleteVolume("dr-1")
+    await w.settle()
+    expect(claims(w)).toEqual([])
+    d.ensureVolume(drive({ id: "dr-2" }))
+    await w.settle()
+    d.deleteVolume("dr-2")
+    d.ensureVolume(drive({ id: "dr-2", size_gb: 200 }))
+    await w.settle()
+    expect(claims(w).map((c) => [c.metadata.name, c.spec.resources.requests.storage])).toEqual([["eco-dr-2", "200Gi"]])
+    // One request at a time per claim, in the order asked: the server never sees them cross.
+    expect(claimRequests(w)).toEqual(["POST persistentvolumeclaims", "DELETE eco-dr-1", "POST persistentvolumeclaims", "DELETE eco-dr-2", "POST persistentvolumeclaims"])
+    expect(d.volumeState("dr-2")).toBe("created")
+  })
+
+  it("a pod whose claim is missing waits Unschedulable, and is placed the moment the claim is created", async () => {
+    const { w, d, events } = await open()
+    d.createWorkload(spec({ volumes: ["dr-1"] }))
+    await w.advance(300 * S)
+    expect(d.podsOf("eco-gi-1")).toEqual([{ pod: "eco-gi-1", state: "pending", node: null, reason: 'Unschedulable: 0/2 nodes are available: persistentvolumeclaim "eco-dr-1" not found.' }])
+    d.ensureVolume(drive())
+    await w.advance(90 * S)
+    expect(events).toEqual([
+      { type: "pod.loading", resource: "gi-1", at: t(360) },
+      { type: "pod.running", resource: "gi-1", at: t(390), started_at: t(360) }
+    ])
+  })
+
+  it("a create that fails is retried on the engine clock; one that gave up is asked again with the next workload mounting it", async () => {
+    const { w, d } = await open()
+    w.server.inject({ method: "POST", path: "/persistentvolumeclaims", status: 503 })
+    d.ensureVolume(drive())
+    await w.advance(60 * S)
+    expect(failures(w)).toEqual(
+      [0, 1, 3, 7, 11].map((s, i) => ({ kind: "request_failed", at: t(s), what: "create persistentvolumeclaim eco-dr-1", status: 503, final: i === 4 }))
+    )
+    expect(d.volumeState("dr-1")).toBe("create_failed")
+    expect(claims(w)).toEqual([])
+    w.server.clearFailures()
+    d.createWorkload(spec({ volumes: ["dr-1"] }))
+    await w.advance(90 * S)
+    expect(claims(w).map((c) => c.metadata.name)).toEqual(["eco-dr-1"])
+    expect(d.volumeState("dr-1")).toBe("created")
+    expect(d.phaseOf("eco-gi-1")).toBe("running")
+  })
+
+  it("a claim a pod still mounts is kept until the pod is gone (pvc-protection); the driver's delete is done when accepted", async () => {
+    const { w, d } = await open()
+    d.ensureVolume(drive())
+    await running(w, d, spec({ volumes: ["dr-1"] }))
+    d.deleteWorkload("eco-gi-1")
+    d.deleteVolume("dr-1")
+    await w.settle()
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.deletionTimestamp])).toEqual([["eco-gi-1", "2026-03-01T00:02:00Z"]])
+    expect(claims(w).map((c) => [c.metadata.name, c.metadata.deletionTimestamp, c.metadata.finalizers])).toEqual([["eco-dr-1", "2026-03-01T00:01:30Z", ["kubernetes.io/pvc-protection"]]])
+    expect(d.volumeState("dr-1")).toBeUndefined()
+    await w.advance(0)
+    expect(w.pods()).toEqual([])
+    expect(claims(w)).toEqual([])
+    expect(failures(w)).toEqual([])
   })
 })

@@ -39,6 +39,15 @@ describe("the cluster description file", () => {
     const c = Either.getOrThrow(decoded)
     expect(c.cluster).toMatchObject({ namespace: "prod", regions: [{ name: "us-east", nodes: 4, gpus_per_node: 8 }], gpu_label: "nvidia.com/gpu.product", preemptible_priority_class: "ecolink-preemptible", limits: DEFAULT_LIMITS })
     expect(c.leader_election).toEqual({ ...DEFAULT_LEADER_ELECTION, lease_name: "eco" })
+    expect([c.cluster.cloud_drive_storage_class, c.cluster.shared_fs_storage_class]).toEqual(["ecolink-cloud-drive", "ecolink-shared-fs"])
+  })
+
+  it("takes a StorageClass per storage kind, null for the cluster's default, and refuses a name Kubernetes would not", () => {
+    const decoded = decodeKubernetesWorld({ regions: {}, cloud_drive_storage_class: "premium-rwo.csi", shared_fs_storage_class: null })
+    expect(Either.isRight(decoded)).toBe(true)
+    const c = Either.getOrThrow(decoded).cluster
+    expect([c.cloud_drive_storage_class, c.shared_fs_storage_class]).toEqual(["premium-rwo.csi", null])
+    expect(Either.isLeft(decodeKubernetesWorld({ regions: {}, shared_fs_storage_class: "Shared_FS" }))).toBe(true)
   })
 
   it("refuses what would break the engine: no GPUs per node, a lease that lapses before its leader gives up", () => {

@@ -2,7 +2,8 @@
  * The supervisor over the Kubernetes driver: SPEC §3's stuck-pending rule applied from what
  * the cluster shows (healed and failed), orphan pods deleted and reported, a pod deleted
  * behind our back settled as a failure, preemption and resumption billed as in the
- * simulator, and the reconcile helpers of src/k8s/reconcile.ts on the driver.
+ * simulator, the reconcile helpers of src/k8s/reconcile.ts on the driver, and storage
+ * (SPEC §5) as PersistentVolumeClaims created, mounted and deleted by the supervisor.
  */
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
@@ -11,6 +12,7 @@ import type { KubernetesCluster } from "../../src/k8s/cluster.js"
 import { createMissing, deleteOrphans, findOrphans, missingWorkloads, stuckPendingEvidence, stuckPendingInput } from "../../src/k8s/reconcile.js"
 import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
+import { tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS } from "./harness.js"
 import { MissEvents, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
@@ -162,5 +164,112 @@ describe("the reconcile helpers over the driver", () => {
     expect(stuckPendingInput(d, "eco-nothing")).toBe("missing")
     await world.advance(0)
     expect(world.pods().map((p) => p.metadata.name)).toContain("eco-new-1")
+  })
+})
+
+describe("storage as PersistentVolumeClaims, through the supervisor", () => {
+  const STORAGE_RATES = new Map([
+    ["cloud_drive", dollars("0.004")],
+    ["shared_fs", dollars("0.006")]
+  ])
+  /** What matters of a stored claim: name, labels, access mode, size, class, and whether it is going. */
+  const claims = (w: K8sWorld) =>
+    w.server.objects("persistentvolumeclaims", w.namespace).map((c) => ({
+      name: c.metadata.name,
+      labels: c.metadata.labels,
+      accessModes: c.spec.accessModes,
+      storage: c.spec.resources.requests.storage,
+      storageClassName: c.spec.storageClassName,
+      deleting: c.metadata.deletionTimestamp !== undefined
+    }))
+  const labels = (id: string) => ({ "ecolink.io/managed": "true", "ecolink.io/resource": id, "ecolink.io/account": "acme", "ecolink.io/region": "us-east" })
+  const start = async (db: string) => {
+    const driver = await world!.driver()
+    engine = startEngine({ db, clock: world!.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]), storage_rates: STORAGE_RATES })
+    return { driver, sup: engine.sup.sync }
+  }
+  const create = (sup: KubeEngine["sup"]["sync"], id: string, kind: "cloud_drive" | "shared_fs", size_gb: number) =>
+    expect(Either.isRight(sup.createStorage({ account: "acme", id, kind, size_gb, region: "us-east" }))).toBe(true)
+
+  it("createStorage creates the claim; an instance launched with it has a pod mounting it; deleteStorage deletes it", async () => {
+    world = await K8sWorld.start()
+    const { sup } = await start(":memory:")
+    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    create(sup, "dr-1", "cloud_drive", 100)
+    create(sup, "fs-1", "shared_fs", 500)
+    await world.settle()
+    expect(claims(world)).toEqual([
+      { name: "eco-dr-1", labels: labels("dr-1"), accessModes: ["ReadWriteOnce"], storage: "100Gi", storageClassName: "ecolink-cloud-drive", deleting: false },
+      { name: "eco-fs-1", labels: labels("fs-1"), accessModes: ["ReadWriteMany"], storage: "500Gi", storageClassName: "ecolink-shared-fs", deleting: false }
+    ])
+
+    const launched = sup.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null, drive: "dr-1", filesystems: ["fs-1"] })
+    expect(Either.isRight(launched)).toBe(true)
+    await world.advance(2 * MIN)
+    // The scripted scheduler places no pod before its claims exist: running proves they did.
+    expect((Either.getOrThrow(sup.describe("gi-1")) as GpuView).status).toBe("running")
+    const [pod, ...others] = world.pods()
+    expect(others).toEqual([])
+    expect(pod!.spec.volumes).toEqual([
+      { name: "eco-dr-1", persistentVolumeClaim: { claimName: "eco-dr-1" } },
+      { name: "eco-fs-1", persistentVolumeClaim: { claimName: "eco-fs-1" } }
+    ])
+    expect(pod!.spec.containers[0].volumeMounts).toEqual([
+      { name: "eco-dr-1", mountPath: "/mnt/dr-1" },
+      { name: "eco-fs-1", mountPath: "/mnt/fs-1" }
+    ])
+
+    // Attached: refused, nothing deleted in the cluster.
+    expect(Either.isLeft(sup.deleteStorage("dr-1"))).toBe(true)
+    await world.settle()
+    expect(world.server.requests.filter((r) => r.method === "DELETE" && r.path.includes("/persistentvolumeclaims"))).toEqual([])
+    // Terminating releases the drive at once; its pod is still stopping when the claim is deleted,
+    // so the API server keeps the claim (pvc-protection) until the pod is gone.
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    expect(Either.isRight(sup.deleteStorage("dr-1"))).toBe(true)
+    await world.settle()
+    expect(claims(world).map((c) => [c.name, c.deleting])).toEqual([
+      ["eco-dr-1", true],
+      ["eco-fs-1", false]
+    ])
+    await world.advance(0)
+    expect(world.pods()).toEqual([])
+    expect(claims(world).map((c) => c.name)).toEqual(["eco-fs-1"])
+    expect(Either.isRight(sup.deleteStorage("fs-1"))).toBe(true)
+    await world.advance(0)
+    expect(claims(world)).toEqual([])
+    expect(world.reports.filter((r) => r.kind === "request_failed")).toEqual([])
+  })
+
+  it("a restarted engine (same SQLite file, new driver) re-ensures the claims of live storage: a lost one comes back, a deleted one does not", async () => {
+    world = await K8sWorld.start()
+    const db = tmpDb()
+    const first = await start(db)
+    expect(Either.isRight(first.sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(first.sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    create(first.sup, "dr-1", "cloud_drive", 100)
+    create(first.sup, "fs-1", "shared_fs", 500)
+    create(first.sup, "fs-2", "shared_fs", 50)
+    expect(Either.isRight(first.sup.deleteStorage("dr-1"))).toBe(true)
+    await world.advance(10 * MIN)
+    stopEngine(engine!)
+    engine = null
+    first.driver.stop()
+    // While no engine runs, a claim is deleted behind its back.
+    world.server.remove("persistentvolumeclaims", world.namespace, "eco-fs-1")
+    expect(claims(world).map((c) => c.name)).toEqual(["eco-fs-2"])
+    const posts = () => world!.server.requests.filter((r) => r.method === "POST" && r.path.includes("/persistentvolumeclaims")).length
+    const before = posts()
+
+    await start(db)
+    await world.advance(0)
+    expect(claims(world)).toEqual([
+      { name: "eco-fs-1", labels: labels("fs-1"), accessModes: ["ReadWriteMany"], storage: "500Gi", storageClassName: "ecolink-shared-fs", deleting: false },
+      { name: "eco-fs-2", labels: labels("fs-2"), accessModes: ["ReadWriteMany"], storage: "50Gi", storageClassName: "ecolink-shared-fs", deleting: false }
+    ])
+    // One ensure per live volume: fs-1 created again, fs-2 answered 409 (it exists), no error.
+    expect(posts() - before).toBe(2)
+    expect(world.reports.filter((r) => r.kind === "request_failed")).toEqual([])
   })
 })

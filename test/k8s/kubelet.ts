@@ -14,6 +14,10 @@
  * node), fail it (phase Failed), lose it (deleted at once, as `kubectl delete --force`
  * would), cordon a region (nothing new is placed), or take a region down.
  *
+ * Like the real scheduler, it places no pod whose PersistentVolumeClaims are not all there
+ * (missing, or being deleted): such a pod waits, Unschedulable, and is placed the moment its
+ * last claim is created. So a driver that forgot a claim would see its pod stuck, not running.
+ *
  * A pod being deleted (a `deletionTimestamp`) is removed after the region's `pod_stop_ms`.
  * Timers run on the world lane, keyed by the workload's name, like the simulated cluster's,
  * so ties at one instant break the same way in both worlds.
@@ -21,7 +25,7 @@
 import { Lane, type EngineClock, type TimerHandle } from "../../src/clock.js"
 import { ANNOTATIONS } from "../../src/k8s/names.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
-import { kubeTime, type Change, type KubeApiServer, type KubeObject } from "./apiServer.js"
+import { claimsOf, kubeTime, type Change, type KubeApiServer, type KubeObject } from "./apiServer.js"
 
 export interface KubeletRegion {
   readonly name: string
@@ -44,6 +48,8 @@ interface Gang {
   readonly region: string
   readonly expected: number
   readonly gpus: number
+  /** The PersistentVolumeClaims its pods mount, sorted. */
+  readonly claims: ReadonlyArray<string>
   /** Pod name → node index, or null while unplaced. */
   readonly pods: Map<string, number | null>
   timer: TimerHandle | null
@@ -186,7 +192,8 @@ export class ScriptedKubelet {
   // ── reacting to the API server ────────────────────────────────────────────────────────
   /** Changes are handled one at a time, in order, even those our own writes cause. */
   private onChange(change: Change): void {
-    if (change.plural !== "pods" || change.object.metadata.namespace !== this.options.namespace) return
+    if (change.object.metadata.namespace !== this.options.namespace) return
+    if (change.plural !== "pods" && !(change.plural === "persistentvolumeclaims" && change.type === "ADDED")) return
     this.backlog.push(change)
     if (this.handling) return
     this.handling = true
@@ -198,6 +205,8 @@ export class ScriptedKubelet {
   }
 
   private handle(change: Change): void {
+    // A new claim may be the last one a queued pod waits for.
+    if (change.plural === "persistentvolumeclaims") return this.placeEverywhere()
     const pod = change.object
     if (change.type === "ADDED") return this.added(pod)
     if (change.type === "DELETED") return this.deleted(pod)
@@ -216,6 +225,7 @@ export class ScriptedKubelet {
         region: region ?? "",
         expected: Number(a[ANNOTATIONS.nodeCount] ?? "1"),
         gpus: Number(pod.spec?.containers?.[0]?.resources?.requests?.[this.gpuResource] ?? "0"),
+        claims: claimsOf(pod).sort(),
         pods: new Map(),
         timer: null,
         warm: false,
@@ -236,7 +246,19 @@ export class ScriptedKubelet {
       r.queue.push(key)
     }
     this.placeQueued(r)
-    if (g.queued) this.unschedulable(g, `0/${r.spec.nodes} nodes are available: ${r.spec.nodes} Insufficient ${this.gpuResource}.`)
+    if (!g.queued) return
+    const claim = this.claimMissing(g)
+    this.unschedulable(g, claim !== null ? `0/${r.spec.nodes} nodes are available: ${claim}.` : `0/${r.spec.nodes} nodes are available: ${r.spec.nodes} Insufficient ${this.gpuResource}.`)
+  }
+
+  /** Why a gang's claims keep it from being placed (the scheduler's words), or null. */
+  private claimMissing(g: Gang): string | null {
+    for (const claim of g.claims) {
+      const c = this.server.object("persistentvolumeclaims", this.options.namespace, claim)
+      if (c === undefined) return `persistentvolumeclaim "${claim}" not found`
+      if (c.metadata.deletionTimestamp !== undefined) return `persistentvolumeclaim "${claim}" is being deleted`
+    }
+    return null
   }
 
   private terminating(pod: KubeObject): void {
@@ -275,11 +297,15 @@ export class ScriptedKubelet {
   }
 
   // ── placement and phases ──────────────────────────────────────────────────────────────
+  private placeEverywhere(): void {
+    for (const r of this.regions.values()) this.placeQueued(r)
+  }
+
   private placeQueued(r: RegionState): void {
     if (r.down || r.cordoned) return
     for (let i = 0; i < r.queue.length; ) {
       const g = this.gangs.get(r.queue[i]!)!
-      const nodes = this.fit(r, g)
+      const nodes = this.claimMissing(g) === null ? this.fit(r, g) : null
       if (nodes === null) {
         i++
         continue

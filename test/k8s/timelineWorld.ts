@@ -13,7 +13,7 @@
  * itself; see docs/KUBERNETES.md ("Integration") for the change that would share it.
  */
 import { Context, Effect, Either, Exit, Layer, Runtime, Scope } from "effect"
-import type { ClusterEvent, ClusterPort, WorkloadSpec } from "../../src/cluster.js"
+import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import { errorStatus, type EngineError } from "../../src/errors.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
 import { dollars } from "../../src/money.js"
@@ -52,6 +52,12 @@ export class MissEvents implements ClusterPort {
   deleteWorkload(name: string): void {
     this.inner.deleteWorkload(name)
   }
+  ensureVolume(volume: VolumeSpec): void {
+    this.inner.ensureVolume(volume)
+  }
+  deleteVolume(id: string): void {
+    this.inner.deleteVolume(id)
+  }
   get(name: string) {
     return this.inner.get(name)
   }
@@ -77,12 +83,20 @@ export interface KubeEngine {
 }
 
 /** The engine (ledger, supervisor) over any cluster port on the stepped clock. */
-export const startEngine = (world: { readonly db: string; readonly clock: SteppedClock; readonly cluster: ClusterPort; readonly timeline?: Timeline; readonly gpu_rates?: ReadonlyMap<string, bigint> }): KubeEngine => {
+export const startEngine = (world: {
+  readonly db: string
+  readonly clock: SteppedClock
+  readonly cluster: ClusterPort
+  readonly timeline?: Timeline
+  readonly gpu_rates?: ReadonlyMap<string, bigint>
+  /** Daily rate per GB by storage kind (`cloud_drive`, `shared_fs`), without a timeline. */
+  readonly storage_rates?: ReadonlyMap<string, bigint>
+}): KubeEngine => {
   const t = world.timeline
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
-    catalogLayer(t?.gpu_rates ?? world.gpu_rates ?? new Map(), t?.model_prices, t?.aggregate_api_usage ?? false, t?.storage_rates)
+    catalogLayer(t?.gpu_rates ?? world.gpu_rates ?? new Map(), t?.model_prices, t?.aggregate_api_usage ?? false, t?.storage_rates ?? world.storage_rates)
   )
   const engineLayer = supervisorLayer.pipe(Layer.provideMerge(sqliteNotifierAndJournal), Layer.provideMerge(Layer.merge(ledgerLayer(world.db, { synchronous: "OFF" }), worldLayer)))
   const scope = Effect.runSync(Scope.make())

@@ -27,15 +27,16 @@ export const operatorRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     "/operator/accounts/:account/adjustments",
     spec({
       tags,
-      summary: "Credit an account: an adjustment row (the operator's correction)",
-      description: "amount is a positive dollar string with at most 6 decimals. The engine credits only positive amounts today.",
+      summary: "Adjust an account: an adjustment row (the operator's correction, either sign)",
+      description:
+        "amount is a signed dollar string with at most 6 decimals, not zero. A negative adjustment cannot take the balance below $0 (402 insufficient_balance).",
       auth: "operator",
       params: accountParams,
       body: {
         type: "object",
         additionalProperties: false,
         required: ["amount", "description"],
-        properties: { amount: { type: "string", maxLength: 32, description: "dollars, e.g. \"25.00\"" }, description: { type: "string", minLength: 1, maxLength: 200 } }
+        properties: { amount: { type: "string", maxLength: 32, description: "dollars, e.g. \"25.00\" or \"-5.00\"" }, description: { type: "string", minLength: 1, maxLength: 200 } }
       },
       response: { 201: obj({ account: { type: "string" }, amount: moneySchema, balance: moneySchema }) },
       idempotent: true

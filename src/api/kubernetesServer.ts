@@ -1,0 +1,178 @@
+/**
+ * `npm start -- --kubeconfig FILE --cluster FILE`: the control plane in the Kubernetes world
+ * (issue 5). The driver (src/k8s) replaces the simulated cluster; everything else is the same
+ * engine and the same API.
+ *
+ * Several replicas may run against one cluster and one SQLite file (docs/KUBERNETES.md):
+ * each competes for a coordination.k8s.io Lease, and only the holder runs a supervisor and
+ * serves the API. A replica that does not lead listens on its port all the same and answers
+ * every request 503 `not_leader` with `retry-after`, so a load balancer or a client retries
+ * elsewhere. Leadership changes are serialised: a new leader rehydrates from SQLite and
+ * reconciles with the cluster before it serves (SupervisorApi start); a replica that stops
+ * leading stops serving first, then drops its supervisor without writing.
+ */
+import { readFileSync } from "node:fs"
+import { Either } from "effect"
+import Fastify, { type FastifyInstance } from "fastify"
+import { LiveClock } from "../clock.js"
+import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
+import type { LeaderReport } from "../k8s/leader.js"
+import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease } from "../k8s/world.js"
+import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
+import { openEngine, type OpenedEngine } from "./engine.js"
+import { cryptoSecrets, newSecret, type SecretsPort } from "./secrets.js"
+import { ConfigError, DEMO_CATALOG, seedDemo, type RunningServer, type ServerConfig } from "./server.js"
+
+/** How long `startServer` waits for this replica to lead before it returns as a standby. */
+export const FIRST_LEADERSHIP_WAIT_MS = 5_000
+/** `retry-after` (seconds) a standby answers with: about one lease retry period. */
+export const STANDBY_RETRY_AFTER_S = 2
+
+const standbyApp = async (identity: string): Promise<FastifyInstance> => {
+  let seq = 0
+  const app = Fastify({ logger: false })
+  app.all("/*", async (_request, reply) =>
+    reply
+      .code(503)
+      .header("retry-after", String(STANDBY_RETRY_AFTER_S))
+      .header("x-ecolink-request-id", `standby-${identity}-${++seq}`)
+      .send({ error: "not_leader", message: "this control-plane replica is on standby: another replica holds the leader lease; retry" })
+  )
+  return app
+}
+
+export const startKubernetesServer = async (
+  config: ServerConfig,
+  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
+): Promise<RunningServer> => {
+  const k8s = config.kubernetes!
+  const secrets = options.secrets ?? cryptoSecrets
+  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(readFileSync(k8s.cluster_file, "utf8"))
+  } catch (e) {
+    throw new ConfigError(`--cluster ${k8s.cluster_file}: ${(e as Error).message}`)
+  }
+  const world = decodeKubernetesWorld(parsed)
+  if (Either.isLeft(world)) throw new ConfigError(`--cluster ${k8s.cluster_file}: ${world.left}`)
+  const clock = new LiveClock({ speed: config.clock_speed })
+  const kc = loadKubeconfig(k8s.kubeconfig)
+  const report = (r: DriverReport | LeaderReport) => log(JSON.stringify({ level: "info", msg: "kubernetes", ...r }))
+  const cluster = await startKubernetesCluster(kc, clock, world.right.cluster, report)
+  const operator_key_generated = config.operator_key === null
+  const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
+
+  // What this replica serves now, and the port it keeps across leadership changes.
+  let serving: { readonly app: FastifyInstance; readonly opened: OpenedEngine | null } | null = null
+  let port = config.port
+  let demo: RunningServer["demo"] = null
+  let live_resources = 0
+  let closed = false
+  const listen = async (app: FastifyInstance): Promise<string> => {
+    const url = await app.listen({ port, host: config.host })
+    port = app.server.address() !== null && typeof app.server.address() === "object" ? (app.server.address() as { port: number }).port : port
+    return url
+  }
+  const stopServing = async (): Promise<void> => {
+    const s = serving
+    serving = null
+    if (s === null) return
+    await s.app.close()
+    // A replica that lost the lease writes nothing more: another one may be writing already.
+    s.opened?.close()
+  }
+  const lead = async (): Promise<void> => {
+    if (closed) return
+    // The engine and its routes are ready before the standby stops listening: the port is
+    // refused only for the moment between the standby's close and the leader's listen.
+    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG })
+    try {
+      if (config.demo) demo = seedDemo(opened.engine, secrets)
+      live_resources = opened.engine.ledger.liveResources().length
+      const app = await buildApp({
+        engine: opened.engine,
+        secrets,
+        operatorKey: operator_key,
+        logger: config.log_level === "silent" ? false : { level: config.log_level },
+        rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
+        publicUrl: config.public_url ?? `http://${config.host}:${port}`,
+        ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })
+      })
+      await stopServing()
+      serving = { app, opened }
+      await listen(app)
+      log(JSON.stringify({ level: "info", msg: "leading: supervisor started, API serving", identity: k8s.identity }))
+    } catch (e) {
+      opened.close()
+      throw e
+    }
+  }
+  const standBy = async (): Promise<void> => {
+    await stopServing()
+    if (closed) return
+    const app = await standbyApp(k8s.identity)
+    serving = { app, opened: null }
+    await listen(app)
+    log(JSON.stringify({ level: "info", msg: "standby: another replica leads", identity: k8s.identity }))
+  }
+
+  // Leadership callbacks are synchronous; the transitions they start run one after another.
+  let transitions: Promise<void> = standBy()
+  const next = (step: () => Promise<void>): void => {
+    transitions = transitions.then(step).catch((e: unknown) => {
+      log(JSON.stringify({ level: "error", msg: "leadership transition failed", error: String(e) }))
+      options.onDefect?.(e)
+    })
+  }
+  let ledOnce: () => void = () => {}
+  const firstLead = new Promise<void>((resolve) => (ledOnce = resolve))
+  const elector = superviseUnderLease(
+    kc,
+    clock,
+    { namespace: world.right.cluster.namespace, identity: k8s.identity, ...world.right.leader_election },
+    () => {
+      next(lead)
+      next(async () => ledOnce())
+      return { stop: () => next(standBy) }
+    },
+    report
+  )
+  await transitions
+  // Wait a little for the lease, so a lone replica prints its demo key; a standby returns.
+  await Promise.race([firstLead, new Promise<void>((r) => setTimeout(r, FIRST_LEADERSHIP_WAIT_MS).unref())])
+  await transitions
+  const url = `http://${config.host}:${port}`
+  let closing: Promise<void> | null = null
+  return {
+    get app() {
+      return serving!.app
+    },
+    get opened() {
+      return serving?.opened ?? null
+    },
+    url,
+    operator_key,
+    operator_key_generated,
+    get demo() {
+      return demo
+    },
+    get live_resources() {
+      return live_resources
+    },
+    world: `Kubernetes (${k8s.kubeconfig}, namespace ${world.right.cluster.namespace}), replica ${k8s.identity}, ${elector.leading ? "leading" : "standby"}`,
+    close: () =>
+      (closing ??= (async () => {
+        closed = true
+        // Stop serving and drop the supervisor before the lease goes, so no two ever write.
+        await transitions
+        const opened = serving?.opened ?? null
+        await serving?.app.close()
+        serving = null
+        opened?.engine.sup.settleApiUsage()
+        opened?.close()
+        await elector.stop({ release: true })
+        cluster.stop()
+      })())
+  }
+}
