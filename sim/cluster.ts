@@ -124,6 +124,10 @@ export class SimCluster implements ClusterPort {
     return this.workloads.get(name)?.phase
   }
 
+  forEachWorkload(visit: (name: string, resource: string) => void): void {
+    for (const [name, w] of this.workloads) visit(name, w.spec.resource)
+  }
+
   list(): ReadonlyArray<WorkloadStatus> {
     return [...this.workloads.keys()].sort().map((name) => this.get(name)!)
   }

@@ -69,6 +69,12 @@ export interface ClusterPort {
   phaseOf(name: string): WorkloadPhase | undefined
   /** Every workload the cluster runs for us, ordered by name. */
   list(): ReadonlyArray<WorkloadStatus>
+  /**
+   * Calls `visit` with the name and resource of every workload, in no particular order and
+   * without copying: the reconciler's orphan check on every watchdog tick. A caller that acts
+   * on what it finds sorts first.
+   */
+  forEachWorkload(visit: (name: string, resource: string) => void): void
   /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */
   region(name: string): { readonly nodes: number; readonly gpus_per_node: number } | undefined
   /** The regions this cluster spans, sorted by name. */

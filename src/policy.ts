@@ -14,12 +14,12 @@ export const MS_PER_HOUR = 3_600_000
 export const WATCHDOG_INTERVAL_MS = 5 * MS_PER_MINUTE
 /**
  * Every watchdog tick reconciles each live resource with what the cluster shows (a lost pod
- * event heals within one tick). Pods the cluster runs for resources we no longer have
- * (orphans) are swept at start and on this coarser mark: the sweep lists every pod, which every
- * 5 minutes would add about 7 s to the 11.6 s full-fleet simulation (hourly: 0.6 s), and an
- * orphan costs us GPUs, never a customer money.
+ * event heals within one tick) and deletes workloads no live resource owns (orphans). Every
+ * live drive's and filesystem's volume is re-ensured at start and on this coarser mark: in
+ * Kubernetes that is one request per volume (answered 409 when it exists), too many to send
+ * every 5 minutes, and a missing volume only delays a pod that mounts it.
  */
-export const ORPHAN_SWEEP_INTERVAL_MS = 1 * MS_PER_HOUR
+export const VOLUME_RESYNC_INTERVAL_MS = 1 * MS_PER_HOUR
 /** An instance pending for longer than this is checked against the cluster by the watchdog. */
 export const PENDING_TIMEOUT_MS = 15 * MS_PER_MINUTE
 /**

@@ -1398,14 +1398,14 @@ export class GpuSupervisor {
       if (entry.kind === "inference") this.reconcileInference(entry, at)
       else this.reconcileGpu(entry, at)
     }
-    if (when === "start" || at % policy.ORPHAN_SWEEP_INTERVAL_MS === 0) {
+    this.sweepOrphans(at)
+    if (when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0) {
       // Volumes are level-triggered too: every live drive and filesystem exists in the cluster
       // (a claim deleted behind our back, or whose create gave up, comes back within the hour).
       for (const id of [...this.live.keys()].sort()) {
         const entry = this.live.get(id)!
         if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
       }
-      this.sweepOrphans(at)
     }
   }
 
@@ -1439,13 +1439,22 @@ export class GpuSupervisor {
     this.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
   }
 
-  /** Deletes the workloads the cluster runs for no live resource of ours. */
+  /**
+   * Deletes the workloads the cluster runs for no live resource of ours, each journaled (the
+   * operator's report). The scan visits workloads in the cluster's order; what it finds is
+   * acted on by name, so the output never depends on that order.
+   */
   private sweepOrphans(at: number): void {
-    const owned = (resource: string) => this.live.has(resource.split("@")[0]!)
-    for (const workload of this.cluster.list()) {
-      if (owned(workload.resource)) continue
-      this.journal.append(at, "orphan_deleted", { name: workload.name, resource: workload.resource, phase: workload.phase })
-      this.cluster.deleteWorkload(workload.name)
+    const orphans: string[] = []
+    this.cluster.forEachWorkload((name, resource) => {
+      const replica = resource.indexOf("@")
+      if (!this.live.has(replica < 0 ? resource : resource.slice(0, replica))) orphans.push(name)
+    })
+    for (const name of orphans.sort()) {
+      const workload = this.cluster.get(name)
+      if (workload === undefined) continue
+      this.journal.append(at, "orphan_deleted", { name, resource: workload.resource, phase: workload.phase })
+      this.cluster.deleteWorkload(name)
     }
   }
 

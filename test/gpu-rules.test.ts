@@ -275,19 +275,19 @@ describe("the reconciler on every watchdog tick", () => {
     expect(r.output.invariants.ok).toBe(true)
   })
 
-  it("deletes a pod that no live resource owns at the next hourly sweep, and journals it", () => {
+  it("deletes a pod that no live resource owns at the next watchdog tick, and journals it", () => {
     // Proves the orphan sweep: a pod left behind (a crashed controller's create, say) is
-    // deleted within ORPHAN_SWEEP_INTERVAL_MS, named in the journal, and bills no one.
+    // deleted at the next 5-minute tick, named in the journal, and bills no one.
     const clock = new VirtualClock(Date.parse(START))
     const cluster = new SimCluster(clock, [{ name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }], 7)
     const engine = startSimEngine({ db: ":memory:", clock, cluster, gpu_rates: new Map([["H100", dollars("1.60")]]) })
     cluster.createWorkload({ name: "eco-ghost", resource: "ghost", account: "nobody", region: "us-east", gpu: "H100", gpu_count: 8, node_count: 1, image: null, volumes: [], service: null })
-    clock.advanceTo(Date.parse(START) + 59 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
+    clock.advanceTo(Date.parse(START) + 4 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
     expect(cluster.phaseOf("eco-ghost")).toBe("running")
-    clock.advanceTo(Date.parse(START) + 61 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
+    clock.advanceTo(Date.parse(START) + 6 * MIN, (_, fire) => engine.sup.unitOfWork(fire))
     expect(cluster.phaseOf("eco-ghost")).toBeUndefined()
     expect(engine.ledger.journalEntries().filter((j) => j.kind === "orphan_deleted").map((j) => [j.at, j.payload])).toEqual([
-      [Date.parse(START) + 60 * MIN, '{"name":"eco-ghost","resource":"ghost","phase":"running"}']
+      [Date.parse(START) + 5 * MIN, '{"name":"eco-ghost","resource":"ghost","phase":"running"}']
     ])
     expect(engine.ledger.ledgerRows()).toEqual([])
     stopEngine(engine)

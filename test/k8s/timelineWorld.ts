@@ -58,6 +58,9 @@ export class MissEvents implements ClusterPort {
   deleteVolume(id: string): void {
     this.inner.deleteVolume(id)
   }
+  forEachWorkload(visit: (name: string, resource: string) => void): void {
+    this.inner.forEachWorkload(visit)
+  }
   get(name: string) {
     return this.inner.get(name)
   }
