@@ -51,6 +51,11 @@ export interface RunFacts {
   readonly transitions: ReadonlyArray<Transition>
   readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
   readonly resources: ReadonlyArray<ResourceFacts>
+  /**
+   * The payment provider's side, by account: what it charged and the engine acknowledged,
+   * minus what it refunded and the engine acknowledged (micros). Absent: nothing to reconcile.
+   */
+  readonly provider_net?: ReadonlyMap<string, Micros>
 }
 
 export interface Violation {
@@ -70,7 +75,8 @@ export const INVARIANT_NAMES: Record<number, string> = {
   5: "hold_covered_at_placement",
   6: "warnings_in_order_before_termination",
   7: "no_run_past_deadline",
-  8: "determinism"
+  8: "determinism",
+  9: "payments_reconcile"
 }
 
 const BILLABLE: ReadonlySet<string> = new Set(policy.BILLABLE_STATES)
@@ -211,7 +217,10 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       if (r.kind === "api_usage") sums.api_usage -= r.amount_micros
       if (r.kind === "storage_billing") sums.storage_billing -= r.amount_micros
       const overage = isOverage(r)
-      if (r.balance_after_micros < 0n) {
+      // Decision (src/supervisor.ts postPayment): a refund to the card is booked in full even
+      // below $0, and a credit never makes a balance negative; neither is §9.4's business.
+      const cardRefund = r.kind === "refund" && r.amount_micros < 0n && r.hold_id === null
+      if (r.balance_after_micros < 0n && r.amount_micros < 0n && !cardRefund) {
         const bound = lagBound(r.resource)
         if (!overage || -r.amount_micros > bound) {
           violate(4, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id} (${r.kind} ${r.amount_micros}) leaves the balance at ${r.balance_after_micros}` })
@@ -234,6 +243,20 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     const expected = sums.topup - sums.card_refunds - consumed - sums.api_usage - sums.storage_billing + sums.adjustment - open
     if (expected !== account.balance_micros) {
       violate(1, { account: account.id, message: `topups − refunds − consumed − usage ± adjustments − open holds = ${expected}, balance is ${account.balance_micros}` })
+    }
+  }
+
+  // 9. The provider's side and ours reconcile to the cent: per account, Σ charged − Σ refunded
+  // at the provider == Σ topup rows − Σ refund-to-card rows in the ledger.
+  if (facts.provider_net !== undefined) {
+    const ours = new Map<string, Micros>()
+    for (const r of facts.rows) {
+      if (r.kind === "topup" || (r.kind === "refund" && r.amount_micros < 0n && r.hold_id === null)) ours.set(r.account, (ours.get(r.account) ?? 0n) + r.amount_micros)
+    }
+    for (const account of [...new Set([...ours.keys(), ...facts.provider_net.keys()])].sort()) {
+      const provider = facts.provider_net.get(account) ?? 0n
+      const ledger = ours.get(account) ?? 0n
+      if (provider !== ledger) violate(9, { account, message: `the provider nets ${provider} micros, the ledger's card rows net ${ledger}` })
     }
   }
 

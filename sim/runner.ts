@@ -16,7 +16,8 @@ import type { LedgerStore } from "../src/ledger/store.js"
 import type { ModelPrice } from "../src/metering.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
-import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../src/services.js"
+import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal } from "../src/services.js"
+import { simPaymentsFor, type SimPayments } from "./payments.js"
 import { INFERENCE_KIND, replicaResource, STORAGE_KINDS } from "../src/resources.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../src/supervisor.js"
 import type { StorageSnapshot } from "../machines/storage.js"
@@ -90,10 +91,12 @@ export const startSimEngine = (world: {
   readonly model_prices?: ReadonlyMap<string, ModelPrice | null>
   readonly aggregate_api_usage?: boolean
   readonly storage_rates?: ReadonlyMap<string, Micros>
+  readonly payments?: SimPayments
 }): Engine => {
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
+    world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
     catalogLayer(world.gpu_rates, world.model_prices, world.aggregate_api_usage ?? false, world.storage_rates)
   )
   // A simulation can always be run again, so it does not pay for fsync (OpenOptions).
@@ -115,8 +118,10 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
 
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
+  const payments = simPaymentsFor(clock, timeline.seed, timeline.payments)
   const startEngine = (): Engine =>
     startSimEngine({
+      payments,
       db,
       clock,
       cluster,
@@ -127,6 +132,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     })
   let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []
+  // Webhooks reach the engine while it is up; while it is down the provider retries.
+  payments.deliver = (event) => engine?.sup.payments?.handleEvent(event) ?? null
 
   const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
     rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
@@ -174,13 +181,23 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
         return call(e, (sup) => sup.extend(e.id, e.hours))
       case "terminate":
         return call(e, (sup) => sup.terminate(e.id))
+      // Money enters through the payment provider (issue 6): the top-up is credited when its
+      // `payment_intent.succeeded` webhook arrives, on the provider's schedule.
       case "top_up": {
         const amount = dollars(e.amount)
         if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) {
           return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
         }
-        return call(e, (sup) => sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
+        return call(e, () => engine!.sup.payments!.startTopUp(e.account, amount))
       }
+      case "set_auto_recharge":
+        return call(e, () =>
+          engine!.sup.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" })
+        )
+      case "card_decline":
+        return world_(e, payments.declineNext(e.account, e.count ?? 1))
+      case "stripe_refund":
+        return world_(e, payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
       // With a region, the event hits that region's replica of an inference instance.
       case "preempt":
         return world_(e, cluster.preempt(podTarget(e)))
@@ -248,7 +265,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   engine?.sup.commitBatch()
 
   const last: Engine = engine ?? startEngine()
-  const facts = collectFacts(last.ledger, timeline)
+  const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount() }
   const engine_events = last.ledger.journalLength()
   stopEngine(last)
   const violations = checkInvariants(facts)

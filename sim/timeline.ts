@@ -122,17 +122,23 @@ const DeleteStorage = Schema.Struct({ ...base, do: Schema.Literal("delete_storag
 const LaunchInference = Schema.Struct({ ...base, do: Schema.Literal("launch_inference_instance"), account: Schema.String, id: Id, model: Schema.String })
 /** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
 const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
+/** Payments (issue 6; docs/TIMELINE-EXTENSIONS.md). */
+const NonNegativeDollars = Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" }))
+const SetAutoRecharge = Schema.Struct({
+  ...base,
+  do: Schema.Literal("set_auto_recharge"),
+  account: Schema.String,
+  threshold: NonNegativeDollars,
+  amount: PositiveDollars,
+  payment_method: Schema.optional(Schema.String)
+})
+const CardDecline = Schema.Struct({ ...base, do: Schema.Literal("card_decline"), account: Schema.String, count: Schema.optional(Count(100)) })
+const StripeRefund = Schema.Struct({ ...base, do: Schema.Literal("stripe_refund"), account: Schema.String, payment: Schema.optional(Schema.String), amount: Schema.optional(PositiveDollars) })
 /** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
-export const LATER_EVENT_KINDS = [
-  "attach_storage",
-  "detach_storage",
-  "set_auto_recharge",
-  "card_decline",
-  "stripe_refund"
-] as const
+export const LATER_EVENT_KINDS = ["attach_storage", "detach_storage"] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
 
-const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, CreateStorage, DeleteStorage, LaterEvent)
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, CreateStorage, DeleteStorage, SetAutoRecharge, CardDecline, StripeRefund, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
 /** The schema of each event kind, so an event is checked against its own kind only. */
@@ -155,6 +161,9 @@ const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<s
   ["create_drive", CreateStorage],
   ["create_filesystem", CreateStorage],
   ["delete_storage", DeleteStorage],
+  ["set_auto_recharge", SetAutoRecharge],
+  ["card_decline", CardDecline],
+  ["stripe_refund", StripeRefund],
   ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
 ])
 
@@ -164,6 +173,8 @@ const TimelineFile = Schema.Struct({
   until: Schema.optional(At),
   catalog: Catalog,
   /** Extension: `"per_minute"` aggregates API usage into one row per account, model and minute. */
+  /** Extension: the simulated payment provider's webhook delay and duplicate deliveries. */
+  payments: Schema.optional(Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability) })),
   api_usage_rows: Schema.optionalWith(Schema.Literal("per_request", "per_minute"), { default: () => "per_request" as const }),
   accounts: Schema.Record({ key: Id, value: Schema.Struct({ balance: Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" })) }) }),
   events: Schema.Array(Schema.Unknown).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
@@ -196,6 +207,8 @@ export interface Timeline {
   readonly model_prices: ReadonlyMap<string, ModelPrice | null>
   readonly storage_rates: ReadonlyMap<string, Micros>
   readonly aggregate_api_usage: boolean
+  /** The simulated payment provider (defaults: webhooks at once, never twice). */
+  readonly payments: { readonly webhook_delay_ms: number; readonly duplicate_probability: number }
   readonly regions: ReadonlyArray<SimRegion>
   /** Sorted by id, so that accounts open in the same order whatever the file's key order. */
   readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
@@ -268,6 +281,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
       })
     ),
     aggregate_api_usage: file.api_usage_rows === "per_minute",
+    payments: { webhook_delay_ms: ms(file.payments?.webhook_delay, "PT0S"), duplicate_probability: file.payments?.duplicate_probability ?? 0 },
     regions,
     accounts: Object.entries(file.accounts)
       .map(([id, a]) => ({ id, balance_micros: dollars(a.balance) }))

@@ -92,6 +92,30 @@ export const NODE_COUNT_MAX = 64
 /** Manual top-up bounds (SPEC §1): $1 to $1,000 per transaction, in micros. */
 export const TOP_UP_MIN_MICROS = 1_000_000n
 export const TOP_UP_MAX_MICROS = 1_000_000_000n
+/** Card payments are whole cents: a micro-dollar amount must be a multiple of this. */
+export const MICROS_PER_CENT = 10_000n
+
+// ── Payments (issue 6) ──────────────────────────────────────────────────────────────────
+/** Auto-recharge settings: the threshold may be $0 to $1,000; the amount is a top-up's bounds. */
+export const AUTO_RECHARGE_THRESHOLD_MAX_MICROS = 1_000_000_000n
+/**
+ * After a declined off-session charge, the next attempt waits BASE × 2^(declines − 1), at most
+ * MAX: a declining card is not hammered, and a card fixed later is tried again within the day.
+ */
+export const AUTO_RECHARGE_BACKOFF_BASE_MS = 15 * MS_PER_MINUTE
+export const AUTO_RECHARGE_BACKOFF_MAX_MS = 24 * MS_PER_HOUR
+/**
+ * Burst guard: at most this many auto-recharge charges per account in any window of
+ * AUTO_RECHARGE_BURST_WINDOW_MS, whatever the balance does (a runaway workload burning
+ * through recharges stops at the guard instead of draining the card).
+ */
+export const AUTO_RECHARGE_BURST_MAX = 3
+export const AUTO_RECHARGE_BURST_WINDOW_MS = 1 * MS_PER_HOUR
+/** Webhook signatures older than this (engine clock) are refused (stripe-node's default). */
+export const WEBHOOK_TOLERANCE_S = 300
+/** The currency of every card payment. */
+export const PAYMENT_CURRENCY = "usd"
+
 /** A resource id is what the user or timeline names it; keep it printable and short. */
 export const RESOURCE_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
 export const TIMELINE_EVENTS_MAX = 2_000_000
@@ -125,6 +149,8 @@ export const texts = {
   storageSuspended: (id: string) => `Storage ${id} is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again.`,
   storageRestored: (id: string) => `Storage ${id} is usable again.`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
+  autoRechargeDeclined: (dollars: string, retry_minutes: number) =>
+    `Auto-recharge of $${dollars} was declined by your card. We will try again in ${retry_minutes} minutes; update your card or top up to keep your resources running.`,
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
     duration_expired: "Instance terminated — duration reached.",
@@ -153,7 +179,10 @@ export const descriptions = {
     `24 h hold for ${id}, cycle ${cycle}: $${rate}/h × ${gpus} GPU${gpus === 1 ? "" : "s"} × ${replicas} replica${replicas === 1 ? "" : "s"}`,
   inferencePartialHold: (id: string, cycle: number, hours: string) => `Partial hold for ${id}, cycle ${cycle}: covers ${hours} h`,
   overage: (id: string) => `Overage for ${id}: ran past its hold`,
-  topUp: "Top-up"
+  topUp: "Top-up",
+  topUpPayment: (payment: string) => `Top-up by card (${payment})`,
+  autoRecharge: (payment: string) => `Auto-recharge by card (${payment})`,
+  cardRefund: (payment: string) => `Refund to card of top-up ${payment}`
 } as const
 
 export const unitsLabel = (gpu_count: number, node_count: number): string =>

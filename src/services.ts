@@ -20,6 +20,9 @@ export class Ledger extends Context.Tag("ecolink/Ledger")<Ledger, LedgerStore>()
 
 export class Cluster extends Context.Tag("ecolink/Cluster")<Cluster, ClusterPort>() {}
 
+/** The payment provider (Stripe in production, `SimPayments` in the simulator): src/payments.ts. */
+export class Payments extends Context.Tag("ecolink/Payments")<Payments, import("./payments.js").PaymentsPort>() {}
+
 export interface NotifierPort {
   notify(n: NotificationInput): void
 }

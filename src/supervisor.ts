@@ -13,7 +13,7 @@
  * so a supervisor that was dropped and started again on the same database carries on with
  * the same ledger as one that never stopped.
  */
-import { Context, Effect, Either, Layer } from "effect"
+import { Context, Effect, Either, Layer, Option } from "effect"
 import { createActor, type Actor } from "xstate"
 import {
   billableMsAt,
@@ -72,7 +72,8 @@ import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
-import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
+import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, Payments, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
+import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
 
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
 export interface SupervisorCommands {
@@ -126,6 +127,8 @@ export interface SupervisorApi extends SupervisorCommands {
    * behaviour: each Effect above is this call lifted.
    */
   readonly sync: SupervisorSync
+  /** Card payments (src/payments.ts), or null in a world without a payment provider. */
+  readonly payments: PaymentBook | null
 }
 
 export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, SupervisorApi>() {}
@@ -201,7 +204,7 @@ const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
   : entry.kind === "inference" ? inferenceViewOf(entry.actor.getSnapshot())
   : storageViewOf(entry.actor.getSnapshot())
 
-export class GpuSupervisor {
+export class GpuSupervisor implements PaymentHost {
   private readonly live = new Map<string, LiveEntry>()
   /** The live entries that run workloads (GPU resources, inference instances): the reconciler's scan. */
   private readonly withPods = new Map<string, Extract<LiveEntry, { kind: "gpu" | "inference" }>>()
@@ -246,6 +249,8 @@ export class GpuSupervisor {
   private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
   private batching = false
+  /** Card payments (issue 6), delegated to src/payments.ts; null without a provider. */
+  readonly payments: PaymentBook | null
 
   constructor(
     private readonly ledger: LedgerStore,
@@ -253,8 +258,10 @@ export class GpuSupervisor {
     private readonly clock: EngineClock,
     private readonly catalog: CatalogPort,
     private readonly notifier: NotifierPort,
-    private readonly journal: JournalPort
+    private readonly journal: JournalPort,
+    paymentsPort: PaymentsPort | null = null
   ) {
+    this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
     const raise = (intent: Intent): void => {
       assert(this.intents.length < INTENTS_PER_DISPATCH_MAX, () => `more than ${INTENTS_PER_DISPATCH_MAX} intents in one dispatch`)
       this.intents.push(intent)
@@ -356,6 +363,7 @@ export class GpuSupervisor {
     this.unsubscribe = this.cluster.subscribe((event) => this.onClusterEvent(event))
     this.armWatchdog()
     this.armStorageBilling()
+    this.payments?.start()
   }
 
   private rehydrate(kind: string, id: string, json: string): LiveEntry {
@@ -380,6 +388,7 @@ export class GpuSupervisor {
   /** Drops the supervisor without writing anything: timers cancelled, actors stopped. */
   stop(): void {
     this.stopped = true
+    this.payments?.stop()
     this.unsubscribe?.()
     this.unsubscribe = null
     if (this.watchdogTimer !== null) this.clock.clearTimeout(this.watchdogTimer)
@@ -434,6 +443,29 @@ export class GpuSupervisor {
     this.flush()
     this.ledger.commitBatch()
     this.batching = false
+  }
+
+  // ── payments (issue 6): the two money rows src/payments.ts posts ───────────────────────
+  /**
+   * A card payment's row: `topup` (+) when the provider confirms it, or a negative `refund`
+   * when a top-up is refunded at the provider. Decision: a card refund is booked in full even
+   * when it takes the balance below 0 (the money has left at the provider; the ledger must
+   * reconcile with it to the cent); SPEC §9.4 exempts these rows.
+   */
+  postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros {
+    assert(row.kind === "topup" ? row.amount_micros > 0n : row.amount_micros < 0n, () => `payment row ${row.kind} ${row.amount_micros}`)
+    return this.unitOfWork(() => {
+      const at = this.clock.now()
+      this.touched.add(row.account)
+      if (row.amount_micros > 0n) this.credited.add(row.account)
+      const balance = this.ledger.post({ account: row.account, at, kind: row.kind, amount_micros: row.amount_micros, resource: row.resource, description: row.description })
+      if (row.amount_micros > 0n) this.restoreStorage(row.account, at)
+      return balance
+    })
+  }
+
+  touch(account: string): void {
+    this.touched.add(account)
   }
 
   // ── API commands ──────────────────────────────────────────────────────────────────────
@@ -1234,6 +1266,8 @@ export class GpuSupervisor {
     if (this.touched.size === 0) return
     const accounts = [...this.touched].sort()
     this.touched.clear()
+    // Auto-recharge looks at the balance the unit of work left (src/payments.ts).
+    this.payments?.afterUnit(accounts)
     for (const account of accounts) this.monitor(account, this.credited.has(account))
     this.credited.clear()
   }
@@ -1545,7 +1579,8 @@ const fromEither = <A, E>(e: Either.Either<A, E>): Effect.Effect<A, E> => (Eithe
 
 /** Builds the supervisor from the world's services, started, and stopped with its scope. */
 export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock | Catalog | Notifier | Journal | import("effect/Scope").Scope> = Effect.gen(function* () {
-  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal)
+  const payments = yield* Effect.serviceOption(Payments)
+  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments))
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())
@@ -1570,7 +1605,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),
     commitBatch: () => sup.commitBatch(),
-    sync: sup
+    sync: sup,
+    payments: sup.payments
   } satisfies SupervisorApi
 })
 

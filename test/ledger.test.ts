@@ -61,10 +61,12 @@ describe("migrations", () => {
       { version: 1, name: MIGRATIONS[0]!.name },
       { version: 2, name: "model registry" },
       { version: 3, name: "low-balance monitor state" },
-      { version: 4, name: MIGRATIONS[3]!.name }
+      { version: 4, name: MIGRATIONS[3]!.name },
+      { version: 5, name: MIGRATIONS[4]!.name }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
+      "account_billing",
       "account_monitor",
       "accounts",
       "api_idempotency",
@@ -73,11 +75,15 @@ describe("migrations", () => {
       "api_memberships",
       "api_settings",
       "api_users",
+      "auto_recharge",
       "holds",
       "journal",
       "ledger",
       "models",
       "notifications",
+      "payment_events",
+      "payment_refunds",
+      "payments",
       "resources",
       "schema_migrations",
       "transitions"
@@ -106,8 +112,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(4)
-    expect(schemaVersions(store)).toHaveLength(4)
+    expect(migrate(store.db)).toBe(5)
+    expect(schemaVersions(store)).toHaveLength(5)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -133,9 +139,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (5, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (6, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 5 is newer than this engine knows \(4\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 6 is newer than this engine knows \(5\)/)
   })
 })
 

@@ -36,6 +36,7 @@ import { gpuRoutes } from "./routes/gpu.js"
 import { inferenceRoutes } from "./routes/inference.js"
 import { notificationRoutes } from "./routes/notifications.js"
 import { operatorRoutes } from "./routes/operator.js"
+import { paymentRoutes } from "./routes/payments.js"
 import { storageRoutes } from "./routes/storage.js"
 import { v1Routes } from "./routes/v1.js"
 
@@ -59,6 +60,11 @@ export interface AppOptions {
   readonly publicUrl?: string | (() => string)
   /** Swagger UI at /docs (OpenAPI JSON is always served). Default true. */
   readonly docs?: boolean
+  /**
+   * The Stripe webhook signing secret (`whsec_…`). With it, and an engine that has a payment
+   * provider, the payment routes are served (top-ups, auto-recharge, /webhooks/stripe).
+   */
+  readonly stripeWebhookSecret?: string
   /** Called with a defect (a bug, a broken invariant) after its 500 is sent. */
   readonly onDefect?: (error: unknown) => void
 }
@@ -187,6 +193,11 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   await app.register(async (scope) => notificationRoutes(scope, ctx))
   await app.register(async (scope) => v1Routes(scope, ctx))
   await app.register(async (scope) => operatorRoutes(scope, ctx))
+  const book = options.engine.sup.payments
+  if (book !== null && options.stripeWebhookSecret !== undefined) {
+    const secret = options.stripeWebhookSecret
+    await app.register(async (scope) => paymentRoutes(scope, ctx, book, secret))
+  }
   await app.ready()
   return app
 }

@@ -11,7 +11,8 @@ import type { EngineError } from "../errors.js"
 import type { LedgerStore, OpenOptions } from "../ledger/store.js"
 import type { ModelPrice } from "../metering.js"
 import type { Micros } from "../money.js"
-import { Catalog, catalogLayer, Clock, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal, type CatalogPort } from "../services.js"
+import { Catalog, catalogLayer, Clock, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal, type CatalogPort } from "../services.js"
+import type { PaymentsPort } from "../payments.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../supervisor.js"
 
 export type EngineServices = Supervisor | Ledger | Clock | Catalog | Cluster
@@ -54,6 +55,8 @@ export interface WorldConfig {
   readonly model_prices?: ReadonlyMap<string, ModelPrice | null>
   readonly storage_rates?: ReadonlyMap<string, Micros>
   readonly ledger_options?: OpenOptions
+  /** The payment provider (StripePayments in production); absent: no payment routes. */
+  readonly payments?: PaymentsPort
 }
 
 export interface OpenedEngine {
@@ -69,6 +72,7 @@ export const openEngine = (world: WorldConfig): OpenedEngine => {
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
+    world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
     catalogLayer(world.gpu_rates, world.model_prices ?? new Map(), false, world.storage_rates ?? new Map())
   )
   const engineLayer = supervisorLayer.pipe(

@@ -192,6 +192,61 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         value  TEXT NOT NULL
       ) STRICT;
     `
+  },
+  {
+    version: 5,
+    name: "payments: card payments, webhook events, refunds per charge, auto-recharge, invoiced accounts",
+    // src/payments.ts. A payment row is written before the provider is called; its id is the
+    // idempotency key of every call about it, so a retry after a crash never charges twice.
+    // Money moves only as ledger rows (topup +, refund −) posted by the supervisor.
+    sql: `
+      CREATE TABLE payments (
+        id               TEXT PRIMARY KEY,
+        account          TEXT NOT NULL REFERENCES accounts(id),
+        kind             TEXT NOT NULL CHECK (kind IN ('topup', 'auto_recharge')),
+        amount_micros    INTEGER NOT NULL CHECK (amount_micros > 0),
+        status           TEXT NOT NULL CHECK (status IN ('creating', 'pending', 'succeeded', 'failed')),
+        intent_id        TEXT UNIQUE,
+        failure_code     TEXT,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX payments_by_account ON payments(account, created_at);
+      CREATE INDEX payments_by_status ON payments(status, id);
+
+      CREATE TABLE payment_events (
+        id           TEXT PRIMARY KEY,
+        type         TEXT NOT NULL,
+        received_at  INTEGER NOT NULL,
+        outcome      TEXT NOT NULL
+      ) STRICT;
+
+      CREATE TABLE payment_refunds (
+        charge_id        TEXT PRIMARY KEY,
+        payment_id       TEXT NOT NULL REFERENCES payments(id),
+        refunded_micros  INTEGER NOT NULL CHECK (refunded_micros >= 0)
+      ) STRICT;
+
+      CREATE TABLE auto_recharge (
+        account           TEXT PRIMARY KEY REFERENCES accounts(id),
+        threshold_micros  INTEGER NOT NULL CHECK (threshold_micros >= 0),
+        amount_micros     INTEGER NOT NULL CHECK (amount_micros > 0),
+        payment_method    TEXT NOT NULL,
+        customer          TEXT,
+        pending_payment   TEXT REFERENCES payments(id),
+        declines          INTEGER NOT NULL DEFAULT 0,
+        last_decline_at   INTEGER,
+        retry_at          INTEGER,
+        updated_at        INTEGER NOT NULL
+      ) STRICT;
+
+      CREATE TABLE account_billing (
+        account     TEXT PRIMARY KEY REFERENCES accounts(id),
+        invoiced    INTEGER NOT NULL CHECK (invoiced IN (0, 1)),
+        terms       TEXT,
+        updated_at  INTEGER NOT NULL
+      ) STRICT;
+    `
   }
 ]
 

@@ -10,6 +10,7 @@ import { seededSecrets } from "../../src/api/secrets.js"
 import { VirtualClock } from "../../src/clock.js"
 import { dollars } from "../../src/money.js"
 import { SimCluster, type SimRegion } from "../../sim/cluster.js"
+import type { PaymentsPort } from "../../src/payments.js"
 
 export const START = "2026-03-01T00:00:00.000Z"
 export const START_MS = Date.parse(START)
@@ -51,11 +52,19 @@ export interface World {
   close(): Promise<void>
 }
 
-export const world = async (options: Partial<Omit<AppOptions, "engine">> = {}): Promise<World> => {
-  const clock = new VirtualClock(START_MS)
+/** The engine's side of a test world: a payment provider, a database file, a clock that outlives a restart. */
+export interface EngineOptions {
+  readonly payments?: PaymentsPort
+  readonly db?: string
+  readonly clock?: VirtualClock
+}
+
+export const world = async (options: Partial<Omit<AppOptions, "engine">> = {}, engineOptions: EngineOptions = {}): Promise<World> => {
+  const clock = engineOptions.clock ?? new VirtualClock(START_MS)
   const cluster = new SimCluster(clock, [region("us-east"), region("us-west")], 7)
   const opened = openEngine({
-    db: ":memory:",
+    db: engineOptions.db ?? ":memory:",
+    ...(engineOptions.payments === undefined ? {} : { payments: engineOptions.payments }),
     clock,
     cluster,
     gpu_rates: new Map([["H100", dollars("1.60")]]),

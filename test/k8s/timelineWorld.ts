@@ -19,7 +19,8 @@ import type { LedgerStore } from "../../src/ledger/store.js"
 import { dollars } from "../../src/money.js"
 import * as policy from "../../src/policy.js"
 import { replicaResource } from "../../src/resources.js"
-import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, sqliteNotifierAndJournal } from "../../src/services.js"
+import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal } from "../../src/services.js"
+import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../../src/supervisor.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
@@ -94,11 +95,13 @@ export const startEngine = (world: {
   readonly gpu_rates?: ReadonlyMap<string, bigint>
   /** Daily rate per GB by storage kind (`cloud_drive`, `shared_fs`), without a timeline. */
   readonly storage_rates?: ReadonlyMap<string, bigint>
+  readonly payments?: SimPayments
 }): KubeEngine => {
   const t = world.timeline
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
+    world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
     catalogLayer(t?.gpu_rates ?? world.gpu_rates ?? new Map(), t?.model_prices, t?.aggregate_api_usage ?? false, t?.storage_rates ?? world.storage_rates)
   )
   const engineLayer = supervisorLayer.pipe(Layer.provideMerge(sqliteNotifierAndJournal), Layer.provideMerge(Layer.merge(ledgerLayer(world.db, { synchronous: "OFF" }), worldLayer)))
@@ -126,7 +129,9 @@ export const runTimelineInKubernetes = async (timeline: Timeline, options: { rea
   const world = await K8sWorld.start({ start_ms: timeline.start_ms, regions: timeline.regions })
   const driver = await world.driver()
   const cluster = new MissEvents(driver)
-  const engine = startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline })
+  const payments = simPaymentsFor(world.clock, timeline.seed, timeline.payments)
+  const engine = startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
+  payments.deliver = (event) => engine.sup.payments?.handleEvent(event) ?? null
   const rejected: Rejected[] = []
   const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
     rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
@@ -175,8 +180,14 @@ export const runTimelineInKubernetes = async (timeline: Timeline, options: { rea
       case "top_up": {
         const amount = dollars(e.amount)
         if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
-        return call(e, (sup) => sup.credit(e.account, "topup", amount, policy.descriptions.topUp))
+        return call(e, () => engine.sup.payments!.startTopUp(e.account, amount))
       }
+      case "set_auto_recharge":
+        return call(e, () => engine.sup.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" }))
+      case "card_decline":
+        return world_(e, payments.declineNext(e.account, e.count ?? 1))
+      case "stripe_refund":
+        return world_(e, payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
       case "preempt":
         return world_(e, k.preempt(podTarget(e)))
       case "resume":

@@ -1,0 +1,184 @@
+/**
+ * The simulated payment provider: behaves like Stripe on the virtual clock. PaymentIntents
+ * keyed by idempotency key (same key → same intent), cards that succeed or decline, refunds,
+ * and webhooks delivered after a delay, sometimes twice, redelivered while the engine is down.
+ *
+ * It keeps its own books (what it charged, what it refunded, what the engine acknowledged) so
+ * the invariant checker can reconcile the provider's side with the ledger to the cent.
+ */
+import { Lane, type EngineClock } from "../src/clock.js"
+import type { CardResult, EventOutcome, IntentRequest, IntentResult, PaymentEvent, PaymentsPort } from "../src/payments.js"
+import { microsOfCents } from "../src/payments.js"
+import type { Micros } from "../src/money.js"
+import type { WorldOutcome } from "./cluster.js"
+import { Prng } from "./prng.js"
+
+export interface SimPaymentsOptions {
+  /** How long after the fact a webhook arrives (plus up to as much again of seeded jitter). */
+  readonly webhook_delay_ms: number
+  /** Each webhook is delivered a second time with this probability (Stripe's at-least-once). */
+  readonly duplicate_probability: number
+}
+
+/** Redelivery of a webhook the engine did not take (it was down): every minute, this many times. */
+export const SIM_WEBHOOK_RETRY_MS = 60_000
+export const SIM_WEBHOOK_ATTEMPTS_MAX = 1_000
+
+/**
+ * The provider of a timeline's world. It has its own seeded source, so adding payments to a
+ * timeline leaves the cluster's random draws (and so every other output) as they were.
+ */
+export const simPaymentsFor = (clock: EngineClock, seed: number, options: SimPaymentsOptions): SimPayments => new SimPayments(clock, new Prng(seed ^ 0x5eed_9a7), options)
+
+interface SimIntent {
+  readonly id: string
+  readonly payment_id: string
+  readonly account: string
+  readonly amount_cents: number
+  status: "succeeded" | "failed"
+  readonly charge_id: string
+  refunded_cents: number
+  /** The engine took an event proving the payment (succeeded, or a refund of its charge). */
+  paid_acked: boolean
+  /** The largest cumulative refund the engine took in a `charge.refunded`. */
+  refunded_acked_cents: number
+}
+
+export class SimPayments implements PaymentsPort {
+  /** Where webhooks go; returns null while the engine is down (the provider retries). */
+  deliver: (e: PaymentEvent) => EventOutcome | null = () => null
+  private readonly intents = new Map<string, SimIntent>()
+  private readonly order: string[] = []
+  private readonly byKey = new Map<string, IntentResult>()
+  private readonly declines = new Map<string, number>()
+  private events = 0
+
+  constructor(
+    private readonly clock: EngineClock,
+    private readonly prng: Prng,
+    private readonly options: SimPaymentsOptions
+  ) {}
+
+  createIntent(req: IntentRequest, done: (r: IntentResult) => void): void {
+    this.intent(req, false, done)
+  }
+
+  chargeOffSession(req: IntentRequest, done: (r: IntentResult) => void): void {
+    this.intent(req, true, done)
+  }
+
+  saveCard(req: { readonly account: string; readonly payment_method: string }, done: (r: CardResult) => void): void {
+    this.later(`card:${req.account}`, () => done({ ok: true, customer: `cus_${req.account}`, payment_method: req.payment_method }))
+  }
+
+  /** The account's card declines its next `count` charges. */
+  declineNext(account: string, count: number): WorldOutcome {
+    this.declines.set(account, (this.declines.get(account) ?? 0) + count)
+    return { ok: true }
+  }
+
+  /**
+   * A refund from the dashboard: of the payment `payment_id` (our id), or else of the account's
+   * latest payment with anything left to refund; `amount_cents` or all that is left.
+   */
+  refund(account: string, payment_id: string | null, amount_cents: number | null): WorldOutcome {
+    const candidates = this.order.map((id) => this.intents.get(id)!).filter((i) => i.account === account && i.status === "succeeded" && i.refunded_cents < i.amount_cents)
+    const intent = payment_id === null ? candidates[candidates.length - 1] : candidates.find((i) => i.payment_id === payment_id)
+    if (intent === undefined) return { ok: false, status: 404, error: "payment_not_found", message: `no refundable payment of ${account}${payment_id === null ? "" : ` named ${payment_id}`}` }
+    const left = intent.amount_cents - intent.refunded_cents
+    const cents = amount_cents ?? left
+    if (cents <= 0 || cents > left) return { ok: false, status: 400, error: "invalid_amount", message: `a refund of ${intent.payment_id} is 1 to ${left} cents` }
+    intent.refunded_cents += cents
+    this.emit({
+      id: this.eventId(),
+      type: "charge.refunded",
+      charge_id: intent.charge_id,
+      intent_id: intent.id,
+      amount_cents: intent.amount_cents,
+      amount_refunded_cents: intent.refunded_cents,
+      payment_id: intent.payment_id
+    })
+    return { ok: true }
+  }
+
+  /** The provider's net by account (charged and acknowledged, minus refunds acknowledged), in micros. */
+  netByAccount(): Map<string, Micros> {
+    const net = new Map<string, Micros>()
+    for (const id of this.order) {
+      const i = this.intents.get(id)!
+      const cents = (i.paid_acked ? i.amount_cents : 0) - i.refunded_acked_cents
+      net.set(i.account, (net.get(i.account) ?? 0n) + microsOfCents(cents))
+    }
+    return net
+  }
+
+  private intent(req: IntentRequest, offSession: boolean, done: (r: IntentResult) => void): void {
+    const seen = this.byKey.get(req.idempotency_key)
+    if (seen !== undefined) return this.later(req.idempotency_key, () => done(seen))
+    const n = this.order.length + 1
+    const id = `pi_sim_${n}`
+    const pending = this.declines.get(req.account) ?? 0
+    const declined = pending > 0
+    if (declined) this.declines.set(req.account, pending - 1)
+    this.intents.set(id, {
+      id,
+      payment_id: req.payment_id,
+      account: req.account,
+      amount_cents: req.amount_cents,
+      status: declined ? "failed" : "succeeded",
+      charge_id: `ch_sim_${n}`,
+      refunded_cents: 0,
+      paid_acked: false,
+      refunded_acked_cents: 0
+    })
+    this.order.push(id)
+    // An off-session decline is the answer itself (Stripe raises a card error); a top-up's
+    // intent is created fine and the customer's confirmation then fails.
+    const result: IntentResult =
+      declined && offSession
+        ? { ok: false, intent_id: id, code: "card_declined", message: "Your card was declined.", declined: true }
+        : { ok: true, intent_id: id, client_secret: `${id}_secret`, status: offSession ? "succeeded" : "requires_payment_method" }
+    this.byKey.set(req.idempotency_key, result)
+    this.later(req.idempotency_key, () => done(result))
+    const metadata = req.payment_id
+    this.emit(
+      declined
+        ? { id: this.eventId(), type: "payment_intent.payment_failed", intent_id: id, payment_id: metadata, code: "card_declined" }
+        : { id: this.eventId(), type: "payment_intent.succeeded", intent_id: id, amount_cents: req.amount_cents, payment_id: metadata }
+    )
+  }
+
+  private eventId(): string {
+    return `evt_sim_${++this.events}`
+  }
+
+  /** Answers come back on the world's lane, never inside the caller's call. */
+  private later(key: string, fn: () => void): void {
+    this.clock.schedule(this.clock.now(), fn, { lane: Lane.world, key: `payments:${key}` })
+  }
+
+  private emit(e: PaymentEvent): void {
+    const delay = this.options.webhook_delay_ms
+    const first = this.clock.now() + delay + (delay > 0 ? this.prng.int(0, delay) : 0)
+    this.schedule(e, first, 1)
+    if (this.prng.chance(this.options.duplicate_probability)) this.schedule(e, first + (delay > 0 ? this.prng.int(1, 2 * delay) : 1_000), 1)
+  }
+
+  private schedule(e: PaymentEvent, at: number, attempt: number): void {
+    this.clock.schedule(
+      at,
+      () => {
+        const outcome = this.deliver(e)
+        if (outcome === null) {
+          if (attempt < SIM_WEBHOOK_ATTEMPTS_MAX) this.schedule(e, this.clock.now() + SIM_WEBHOOK_RETRY_MS, attempt + 1)
+          return
+        }
+        if (outcome === "unmatched" || e.type === "ignored" || e.type === "payment_intent.payment_failed") return
+        const intent = this.intents.get(e.intent_id)!
+        intent.paid_acked = true
+        if (e.type === "charge.refunded") intent.refunded_acked_cents = Math.max(intent.refunded_acked_cents, e.amount_refunded_cents)
+      },
+      { lane: Lane.world, key: `webhook:${e.id}:${at}` }
+    )
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * Payments (issue 6): card top-ups, auto-recharge settings, the Stripe webhook, and the
+ * operator's invoiced (NET-30) flag. Registered only when the engine has a payment provider
+ * and the app a webhook secret. Rules stay in src/payments.ts; this plugin decodes and encodes.
+ *
+ * The webhook verifies Stripe's signature on the raw body (a content-type parser scoped to its
+ * own plugin keeps the text), with the tolerance window measured on the engine's clock; a bad
+ * signature is 400 and books nothing.
+ */
+import type { FastifyInstance } from "fastify"
+import { Either } from "effect"
+import Stripe from "stripe"
+import { formatDollars, parseDollars, type Micros } from "../../money.js"
+import { decodeStripeEvent, type PaymentBook, type PaymentRecord } from "../../payments.js"
+import * as policy from "../../policy.js"
+import { HttpError } from "../errors.js"
+import { keyOf, spec, type ApiContext } from "../http.js"
+import { moneySchema, obj } from "../views.js"
+
+const dollarsOf = (field: string, raw: string): Micros => {
+  const parsed = parseDollars(raw)
+  if (Either.isLeft(parsed)) throw new HttpError(400, "invalid_amount", parsed.left.message, field)
+  return parsed.right
+}
+
+const paymentJson = (p: PaymentRecord) => ({ id: p.id, kind: p.kind, amount: formatDollars(p.amount_micros), status: p.status, payment_intent: p.intent_id })
+const PaymentSchema = obj({
+  id: { type: "string" },
+  kind: { type: "string" },
+  amount: moneySchema,
+  status: { type: "string" },
+  payment_intent: { type: ["string", "null"] }
+})
+
+const fromEither = <A, E>(e: Either.Either<A, E>): A => {
+  if (Either.isRight(e)) return e.right
+  throw e.left
+}
+
+export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book: PaymentBook, webhook_secret: string): Promise<void> => {
+  const tags = ["Billing"]
+
+  app.post(
+    "/billing/top-ups",
+    spec({
+      tags,
+      summary: "Top up by card: creates a PaymentIntent; the wallet is credited when Stripe confirms the payment",
+      description: `amount is dollars, $${formatDollars(policy.TOP_UP_MIN_MICROS)} to $${formatDollars(policy.TOP_UP_MAX_MICROS)}, whole cents.`,
+      auth: "account",
+      body: { type: "object", additionalProperties: false, required: ["amount"], properties: { amount: { type: "string", maxLength: 32 } } },
+      response: { 201: obj({ payment: PaymentSchema, client_secret: { type: ["string", "null"] } }) }
+    }),
+    async (request, reply) => {
+      const account = keyOf(request).account
+      const amount = dollarsOf("amount", (request.body as { amount: string }).amount)
+      const { payment, intent } = fromEither(await book.topUp(account, amount))
+      if (!intent.ok) throw new HttpError(402, "payment_failed", intent.message)
+      return reply.code(201).send({ payment: paymentJson(payment), client_secret: intent.client_secret })
+    }
+  )
+
+  app.put(
+    "/billing/auto-recharge",
+    spec({
+      tags,
+      summary: "Auto-recharge: charge the saved card `amount` when the balance falls below `threshold`",
+      auth: "account",
+      body: {
+        type: "object",
+        additionalProperties: false,
+        required: ["threshold", "amount", "payment_method"],
+        properties: { threshold: { type: "string", maxLength: 32 }, amount: { type: "string", maxLength: 32 }, payment_method: { type: "string", minLength: 1, maxLength: 100 } }
+      },
+      response: { 200: obj({ threshold: moneySchema, amount: moneySchema, payment_method: { type: "string" }, card_saved: { type: "boolean" } }) }
+    }),
+    async (request) => {
+      const account = keyOf(request).account
+      const b = request.body as { threshold: string; amount: string; payment_method: string }
+      const saved = fromEither(book.setAutoRecharge(account, { threshold_micros: dollarsOf("threshold", b.threshold), amount_micros: dollarsOf("amount", b.amount), payment_method: b.payment_method }))!
+      return { threshold: formatDollars(saved.threshold_micros), amount: formatDollars(saved.amount_micros), payment_method: saved.payment_method, card_saved: saved.customer !== null }
+    }
+  )
+
+  app.put(
+    "/operator/accounts/:account/invoiced",
+    spec({
+      tags: ["Operator"],
+      summary: "Mark an enterprise account invoiced (NET-30) or not; it is credited by adjustments",
+      auth: "operator",
+      params: { type: "object", required: ["account"], additionalProperties: false, properties: { account: { type: "string", minLength: 1, maxLength: 100 } } },
+      body: { type: "object", additionalProperties: false, required: ["invoiced"], properties: { invoiced: { type: "boolean" } } },
+      response: { 200: obj({ account: { type: "string" }, invoiced: { type: "boolean" }, terms: { type: ["string", "null"] } }) }
+    }),
+    async (request) => {
+      const { account } = request.params as { account: string }
+      const r = fromEither(book.setInvoiced(account, (request.body as { invoiced: boolean }).invoiced))
+      return { account: r.account, invoiced: r.invoiced, terms: r.invoiced ? "NET-30" : null }
+    }
+  )
+
+  await app.register(async (scope) => {
+    // The signature is over the exact bytes Stripe sent: keep the body as text here.
+    scope.removeContentTypeParser("application/json")
+    scope.addContentTypeParser("application/json", { parseAs: "string" }, (_request, body, done) => done(null, body))
+    scope.post(
+      "/webhooks/stripe",
+      spec({
+        tags: ["Webhooks"],
+        summary: "Stripe events (signed): top-ups confirmed, payments failed, refunds",
+        auth: "public",
+        body: { type: "string" },
+        response: { 200: obj({ received: { type: "boolean" }, outcome: { type: "string" } }) }
+      }),
+      async (request) => {
+        const signature = request.headers["stripe-signature"]
+        const raw = request.body as string
+        let event: unknown
+        try {
+          if (typeof signature !== "string") throw new Error("no Stripe-Signature header")
+          event = Stripe.webhooks.constructEvent(raw, signature, webhook_secret, policy.WEBHOOK_TOLERANCE_S, undefined, ctx.engine.clock.now())
+        } catch (e) {
+          throw new HttpError(400, "invalid_signature", `the webhook signature does not verify: ${(e as Error).message}`, "stripe-signature")
+        }
+        const decoded = decodeStripeEvent(event)
+        if (decoded === null) throw new HttpError(400, "invalid_event", "the event is not one this endpoint can read", "body")
+        return { received: true, outcome: book.handleEvent(decoded) }
+      }
+    )
+  })
+}

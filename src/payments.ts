@@ -1,0 +1,537 @@
+/**
+ * Payments (issue 6): card top-ups, auto-recharge from a saved card, and refunds issued at
+ * the provider, booked into the wallet exactly once.
+ *
+ * The rules this module keeps:
+ * - A `payments` row is written (in its own unit of work, moving no money) before the provider
+ *   is called; every call about it carries an idempotency key made from that row's id, so a
+ *   retry after a crash returns the same PaymentIntent instead of charging twice.
+ * - Money comes in only when the provider says so (`payment_intent.succeeded`, or a
+ *   `charge.refunded` that proves the charge was paid): one `topup` row per payment, guarded by
+ *   the payment's status (compare-and-swap), whatever the order or number of deliveries.
+ * - Every delivered event id is recorded (`payment_events`), so a repeat books nothing.
+ * - `charge.refunded` carries the charge's cumulative refunded amount; only the part not booked
+ *   yet (`payment_refunds`) becomes a negative `refund` row naming the top-up (its `resource`
+ *   is the payment id, like the top-up row's).
+ * - Auto-recharge: after every unit of work, an account below its threshold gets one
+ *   off-session charge, never a second while one is pending, none while backing off after a
+ *   decline, at most AUTO_RECHARGE_BURST_MAX per window.
+ *
+ * The provider is a port: its calls are fire-and-forget and answer through `done`, later
+ * (never synchronously), so nothing the provider does runs inside the caller's transaction.
+ */
+import { Either } from "effect"
+import type { EngineClock, TimerHandle } from "./clock.js"
+import { Lane } from "./clock.js"
+import { assert, NotFound, ValidationError } from "./errors.js"
+import type { LedgerStore } from "./ledger/store.js"
+import { formatDollars, type Micros } from "./money.js"
+import * as policy from "./policy.js"
+import type { JournalPort, NotifierPort } from "./services.js"
+
+// ── the port ────────────────────────────────────────────────────────────────────────────
+export interface IntentRequest {
+  readonly payment_id: string
+  readonly account: string
+  readonly kind: PaymentKind
+  readonly amount_cents: number
+  readonly currency: string
+  /** Derived from the payment id: the same payment always sends the same key. */
+  readonly idempotency_key: string
+  /** Off-session charges name the saved card; a top-up's is confirmed by the customer. */
+  readonly customer: string | null
+  readonly payment_method: string | null
+}
+
+export type IntentResult =
+  | { readonly ok: true; readonly intent_id: string; readonly client_secret: string | null; readonly status: string }
+  | { readonly ok: false; readonly intent_id: string | null; readonly code: string; readonly message: string; readonly declined: boolean }
+
+export type CardResult = { readonly ok: true; readonly customer: string; readonly payment_method: string } | { readonly ok: false; readonly code: string; readonly message: string }
+
+export interface PaymentsPort {
+  /** A PaymentIntent the customer confirms (a manual top-up). */
+  createIntent(req: IntentRequest, done: (r: IntentResult) => void): void
+  /** A PaymentIntent created and confirmed off-session on the saved card (auto-recharge). */
+  chargeOffSession(req: IntentRequest, done: (r: IntentResult) => void): void
+  /** A customer for the account (idempotent per account) with `payment_method` attached as its default. */
+  saveCard(req: { readonly account: string; readonly payment_method: string; readonly idempotency_key: string }, done: (r: CardResult) => void): void
+}
+
+/** A provider event, decoded once at the boundary (the webhook route, the simulator). */
+export type PaymentEvent =
+  | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null }
+  | { readonly id: string; readonly type: "payment_intent.payment_failed"; readonly intent_id: string; readonly payment_id: string | null; readonly code: string }
+  | {
+      readonly id: string
+      readonly type: "charge.refunded"
+      readonly charge_id: string
+      readonly intent_id: string
+      readonly amount_cents: number
+      readonly amount_refunded_cents: number
+      readonly payment_id: string | null
+    }
+  | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
+
+/** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
+export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
+  const e = raw as { id?: unknown; type?: unknown; data?: { object?: Record<string, unknown> } }
+  if (typeof e?.id !== "string" || typeof e.type !== "string") return null
+  const o = e.data?.object
+  const meta = (o?.["metadata"] ?? {}) as Record<string, unknown>
+  const payment_id = typeof meta["payment_id"] === "string" ? (meta["payment_id"] as string) : null
+  const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
+  const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
+  if (o === undefined) return { id: e.id, type: "ignored", event_type: e.type }
+  if (e.type === "payment_intent.succeeded") {
+    const intent_id = str(o["id"])
+    const amount = int(o["amount_received"] ?? o["amount"])
+    return intent_id === null || amount === null ? null : { id: e.id, type: e.type, intent_id, amount_cents: amount, payment_id }
+  }
+  if (e.type === "payment_intent.payment_failed") {
+    const intent_id = str(o["id"])
+    const err = (o["last_payment_error"] ?? {}) as Record<string, unknown>
+    return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code: str(err["decline_code"]) ?? str(err["code"]) ?? "card_declined" }
+  }
+  if (e.type === "charge.refunded") {
+    const charge_id = str(o["id"])
+    const intent_id = str(o["payment_intent"])
+    const amount = int(o["amount"])
+    const refunded = int(o["amount_refunded"])
+    if (charge_id === null || intent_id === null || amount === null || refunded === null || refunded > amount) return null
+    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, payment_id }
+  }
+  return { id: e.id, type: "ignored", event_type: e.type }
+}
+
+// ── what the engine side offers ─────────────────────────────────────────────────────────
+export type PaymentKind = "topup" | "auto_recharge"
+export type PaymentStatus = "creating" | "pending" | "succeeded" | "failed"
+
+export interface PaymentRecord {
+  readonly id: string
+  readonly account: string
+  readonly kind: PaymentKind
+  readonly amount_micros: Micros
+  readonly status: PaymentStatus
+  readonly intent_id: string | null
+  readonly failure_code: string | null
+  readonly created_at: number
+  readonly updated_at: number
+}
+
+export interface AutoRechargeRecord {
+  readonly account: string
+  readonly threshold_micros: Micros
+  readonly amount_micros: Micros
+  readonly payment_method: string
+  readonly customer: string | null
+  readonly pending_payment: string | null
+  readonly declines: number
+  readonly last_decline_at: number | null
+  readonly retry_at: number | null
+}
+
+/** What handling one event did, for the journal and the webhook's answer. */
+export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "failed" | "nothing" | "ignored"
+
+/** The supervisor, as the payments module sees it: units of work and the two money rows. */
+export interface PaymentHost {
+  unitOfWork<T>(fn: () => T): T
+  /** A `topup` (+) or card `refund` (−) row naming the payment; marks the account touched (and credited). */
+  postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros
+  /** Marks the account touched in the current unit of work (its auto-recharge is looked at after it). */
+  touch(account: string): void
+}
+
+export const centsOf = (micros: Micros): number => Number(micros / policy.MICROS_PER_CENT)
+export const microsOfCents = (cents: number): Micros => BigInt(cents) * policy.MICROS_PER_CENT
+export const idempotencyKeyOf = (payment_id: string, call: "intent" | "card"): string => `ecolink-${payment_id}-${call}`
+
+const checkAmount = (amount_micros: Micros, field: string): ValidationError | null => {
+  if (amount_micros < policy.TOP_UP_MIN_MICROS || amount_micros > policy.TOP_UP_MAX_MICROS) {
+    return new ValidationError({ code: "invalid_amount", field, message: `${field} must be from $${formatDollars(policy.TOP_UP_MIN_MICROS)} to $${formatDollars(policy.TOP_UP_MAX_MICROS)}` })
+  }
+  if (amount_micros % policy.MICROS_PER_CENT !== 0n) return new ValidationError({ code: "invalid_amount", field, message: `${field} must be whole cents` })
+  return null
+}
+
+export const backoffMs = (declines: number): number =>
+  Math.min(policy.AUTO_RECHARGE_BACKOFF_MAX_MS, policy.AUTO_RECHARGE_BACKOFF_BASE_MS * 2 ** Math.min(Math.max(declines - 1, 0), 20))
+
+export class PaymentBook {
+  private readonly s: ReturnType<typeof prepare>
+  /** Accounts with auto-recharge settings: the after-unit check skips every other account. */
+  private readonly recharging = new Set<string>()
+  private readonly retryTimers = new Map<string, TimerHandle>()
+  private stopped = false
+
+  constructor(
+    private readonly ledger: LedgerStore,
+    private readonly clock: EngineClock,
+    private readonly notifier: NotifierPort,
+    private readonly journal: JournalPort,
+    private readonly port: PaymentsPort,
+    private readonly host: PaymentHost
+  ) {
+    this.s = prepare(ledger.db)
+  }
+
+  /** Loads auto-recharge accounts, re-arms backoff timers, and re-sends calls a crash cut short. */
+  start(): void {
+    const now = this.clock.now()
+    for (const a of this.s.allAutoRecharge.all() as unknown as AutoRechargeRecord[]) {
+      this.recharging.add(a.account)
+      const burst = this.burstEnd(a.account, now)
+      const wake = Math.max(a.retry_at ?? 0, burst ?? 0)
+      if (wake > now) this.armRetry(a.account, wake)
+    }
+    // A payment still `creating` was written but its provider call may never have left (or its
+    // answer was lost): the same idempotency key gets the same PaymentIntent back.
+    for (const p of this.s.byStatus.all("creating") as unknown as PaymentRecord[]) this.send(p)
+  }
+
+  stop(): void {
+    this.stopped = true
+    for (const t of this.retryTimers.values()) this.clock.clearTimeout(t)
+    this.retryTimers.clear()
+  }
+
+  // ── commands ────────────────────────────────────────────────────────────────────────
+  /**
+   * A manual top-up: writes the payment row, asks the provider for a PaymentIntent, and
+   * answers it (the customer confirms it with `client_secret`). No money moves here.
+   */
+  topUp(account: string, amount_micros: Micros): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError>> {
+    const begun = this.beginTopUp(account, amount_micros)
+    if (Either.isLeft(begun)) return Promise.resolve(Either.left(begun.left))
+    const payment = begun.right
+    return new Promise((resolve) => {
+      this.port.createIntent(this.requestOf(payment, null), (intent) => {
+        this.recordIntent(payment.id, intent)
+        resolve(Either.right({ payment: this.payment(payment.id)!, intent }))
+      })
+    })
+  }
+
+  /** The first half of a top-up (the simulator calls it and lets the provider answer later). */
+  beginTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError> {
+    if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
+    const bad = checkAmount(amount_micros, "amount")
+    if (bad !== null) return Either.left(bad)
+    return Either.right(this.host.unitOfWork(() => this.insertPayment(account, "topup", amount_micros)))
+  }
+
+  /** A top-up whose provider answer comes through `done` (the simulator's path). */
+  startTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError> {
+    const begun = this.beginTopUp(account, amount_micros)
+    if (Either.isRight(begun)) this.send(begun.right)
+    return begun
+  }
+
+  /** Auto-recharge settings `{threshold, amount}` on the card `payment_method`; null turns it off. */
+  setAutoRecharge(
+    account: string,
+    settings: { readonly threshold_micros: Micros; readonly amount_micros: Micros; readonly payment_method: string } | null
+  ): Either.Either<AutoRechargeRecord | null, NotFound | ValidationError> {
+    if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
+    if (settings !== null) {
+      if (settings.threshold_micros < 0n || settings.threshold_micros > policy.AUTO_RECHARGE_THRESHOLD_MAX_MICROS) {
+        return Either.left(new ValidationError({ code: "invalid_threshold", field: "threshold", message: `threshold must be from $0 to $${formatDollars(policy.AUTO_RECHARGE_THRESHOLD_MAX_MICROS)}` }))
+      }
+      const bad = checkAmount(settings.amount_micros, "amount")
+      if (bad !== null) return Either.left(bad)
+      if (!/^[A-Za-z0-9_]{1,100}$/.test(settings.payment_method)) {
+        return Either.left(new ValidationError({ code: "invalid_payment_method", field: "payment_method", message: "payment_method is a provider id like pm_card_visa" }))
+      }
+    }
+    return Either.right(
+      this.host.unitOfWork(() => {
+        const at = this.clock.now()
+        this.journal.append(at, "set_auto_recharge", settings === null ? { account, off: true } : { account, threshold_micros: settings.threshold_micros.toString(), amount_micros: settings.amount_micros.toString(), payment_method: settings.payment_method })
+        if (settings === null) {
+          this.s.deleteAutoRecharge.run(account)
+          this.recharging.delete(account)
+          return null
+        }
+        const before = this.autoRecharge(account)
+        const sameCard = before !== undefined && before.payment_method === settings.payment_method
+        this.s.upsertAutoRecharge.run({
+          account,
+          threshold: settings.threshold_micros,
+          amount: settings.amount_micros,
+          payment_method: settings.payment_method,
+          customer: sameCard ? before.customer : null,
+          at
+        })
+        this.recharging.add(account)
+        if (!sameCard) {
+          this.port.saveCard({ account, payment_method: settings.payment_method, idempotency_key: `ecolink-${account}-card-${settings.payment_method}` }, (r) => this.recordCard(account, settings.payment_method, r))
+        }
+        this.host.touch(account)
+        return this.autoRecharge(account)!
+      })
+    )
+  }
+
+  /** Enterprise (NET-30): an invoiced account is credited by `adjustment` rows; a flag, nothing more. */
+  setInvoiced(account: string, invoiced: boolean): Either.Either<{ account: string; invoiced: boolean }, NotFound> {
+    if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
+    return Either.right(
+      this.host.unitOfWork(() => {
+        this.journal.append(this.clock.now(), "set_invoiced", { account, invoiced })
+        this.s.upsertBilling.run(account, invoiced ? 1 : 0, invoiced ? "NET-30" : null, this.clock.now())
+        return { account, invoiced }
+      })
+    )
+  }
+
+  invoiced(account: string): boolean {
+    return (this.s.billing.get(account) as { invoiced: number } | undefined)?.invoiced === 1
+  }
+
+  /** Books one provider event, exactly once by event id and by payment status. */
+  handleEvent(e: PaymentEvent): EventOutcome {
+    return this.host.unitOfWork(() => {
+      if (this.s.event.get(e.id) !== undefined) return "duplicate"
+      const outcome = this.apply(e)
+      // An event for a payment we do not know yet is not recorded: its redelivery may match.
+      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" ? e.event_type : e.type, this.clock.now(), outcome)
+      this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
+      return outcome
+    })
+  }
+
+  /** After each unit of work: the touched accounts below their threshold get one off-session charge. */
+  afterUnit(accounts: ReadonlyArray<string>): void {
+    if (this.stopped || this.recharging.size === 0) return
+    for (const account of accounts) if (this.recharging.has(account)) this.maybeRecharge(account)
+  }
+
+  // ── read models ─────────────────────────────────────────────────────────────────────
+  payment(id: string): PaymentRecord | undefined {
+    return this.s.payment.get(id) as PaymentRecord | undefined
+  }
+
+  payments(): ReadonlyArray<PaymentRecord> {
+    return this.s.payments.all() as unknown as PaymentRecord[]
+  }
+
+  autoRecharge(account: string): AutoRechargeRecord | undefined {
+    return this.s.autoRecharge.get(account) as AutoRechargeRecord | undefined
+  }
+
+  // ── inside ──────────────────────────────────────────────────────────────────────────
+  private insertPayment(account: string, kind: PaymentKind, amount_micros: Micros): PaymentRecord {
+    const at = this.clock.now()
+    const n = (this.s.countPayments.get() as { n: number }).n
+    const id = `pay_${String(n + 1).padStart(8, "0")}`
+    this.s.insertPayment.run(id, account, kind, amount_micros, at, at)
+    this.journal.append(at, "payment_created", { id, account, kind, amount_micros: amount_micros.toString() })
+    return this.payment(id)!
+  }
+
+  private requestOf(p: PaymentRecord, card: AutoRechargeRecord | null): IntentRequest {
+    return {
+      payment_id: p.id,
+      account: p.account,
+      kind: p.kind,
+      amount_cents: centsOf(p.amount_micros),
+      currency: policy.PAYMENT_CURRENCY,
+      idempotency_key: idempotencyKeyOf(p.id, "intent"),
+      customer: card?.customer ?? null,
+      payment_method: card?.payment_method ?? null
+    }
+  }
+
+  /** Sends (or re-sends, same key) the provider call of a payment still `creating`. */
+  private send(p: PaymentRecord): void {
+    if (p.kind === "topup") return this.port.createIntent(this.requestOf(p, null), (r) => this.recordIntent(p.id, r))
+    const card = this.autoRecharge(p.account)
+    if (card === undefined || card.customer === null) return
+    this.port.chargeOffSession(this.requestOf(p, card), (r) => this.recordIntent(p.id, r))
+  }
+
+  private recordIntent(payment_id: string, r: IntentResult): void {
+    if (this.stopped) return
+    this.host.unitOfWork(() => {
+      const at = this.clock.now()
+      const p = this.payment(payment_id)
+      assert(p !== undefined, () => `provider answer for unknown payment ${payment_id}`)
+      if (r.intent_id !== null && p.intent_id === null) this.s.setIntent.run(r.intent_id, at, payment_id)
+      if (r.ok) {
+        this.s.casStatus.run("pending", null, at, payment_id, "creating")
+        return
+      }
+      this.journal.append(at, "payment_refused", { id: payment_id, code: r.code })
+      this.fail(this.payment(payment_id)!, r.code)
+    })
+  }
+
+  private recordCard(account: string, payment_method: string, r: CardResult): void {
+    if (this.stopped) return
+    this.host.unitOfWork(() => {
+      const card = this.autoRecharge(account)
+      this.journal.append(this.clock.now(), "card_saved", { account, ok: r.ok })
+      if (card === undefined || card.payment_method !== payment_method || !r.ok) return
+      this.s.setCustomer.run(r.customer, account)
+      this.host.touch(account)
+    })
+  }
+
+  private find(intent_id: string, payment_id: string | null): PaymentRecord | undefined {
+    const byIntent = this.s.byIntent.get(intent_id) as PaymentRecord | undefined
+    if (byIntent !== undefined) return byIntent
+    // The crash case: the provider made the intent but its id never reached our row.
+    const byId = payment_id === null ? undefined : this.payment(payment_id)
+    if (byId === undefined || (byId.intent_id !== null && byId.intent_id !== intent_id)) return undefined
+    if (byId.intent_id === null) this.s.setIntent.run(intent_id, this.clock.now(), byId.id)
+    return this.payment(byId.id)
+  }
+
+  private apply(e: PaymentEvent): EventOutcome {
+    if (e.type === "ignored") return "ignored"
+    const p = this.find(e.intent_id, e.payment_id)
+    if (p === undefined) return "unmatched"
+    if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
+    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code) ? "failed" : "nothing"
+    // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
+    // (events come in any order); then only the newly refunded part is booked.
+    const credited = this.succeed(this.payment(p.id)!)
+    const booked = (this.s.refund.get(e.charge_id) as { refunded_micros: bigint } | undefined)?.refunded_micros ?? 0n
+    const total = microsOfCents(e.amount_refunded_cents)
+    const refundable = p.amount_micros < total ? p.amount_micros : total
+    if (refundable <= booked) return credited ? "credited" : "nothing"
+    const newly = refundable - booked
+    this.s.upsertRefund.run(e.charge_id, p.id, refundable)
+    this.host.postPayment({ account: p.account, kind: "refund", amount_micros: -newly, resource: p.id, description: policy.descriptions.cardRefund(p.id) })
+    return "refunded"
+  }
+
+  /** pending/creating/failed → succeeded, once: the one `topup` row of this payment. */
+  private succeed(p: PaymentRecord): boolean {
+    if (p.status === "succeeded") return false
+    const at = this.clock.now()
+    const swapped = this.s.casStatus.run("succeeded", null, at, p.id, p.status).changes
+    assert(swapped === 1, () => `payment ${p.id} changed under its credit`)
+    const description = p.kind === "topup" ? policy.descriptions.topUpPayment(p.id) : policy.descriptions.autoRecharge(p.id)
+    this.host.postPayment({ account: p.account, kind: "topup", amount_micros: p.amount_micros, resource: p.id, description })
+    if (p.kind === "auto_recharge") this.s.clearPending.run(p.id)
+    return true
+  }
+
+  /** creating/pending → failed, once; an auto-recharge decline backs off and notifies. */
+  private fail(p: PaymentRecord, code: string): boolean {
+    if (p.status === "succeeded" || p.status === "failed") return false
+    const at = this.clock.now()
+    this.s.casStatus.run("failed", code, at, p.id, p.status)
+    if (p.kind !== "auto_recharge") return true
+    const card = this.autoRecharge(p.account)
+    if (card === undefined || card.pending_payment !== p.id) return true
+    const declines = card.declines + 1
+    const wait = backoffMs(declines)
+    this.s.setDeclined.run(declines, at, at + wait, p.account)
+    this.notifier.notify({
+      account: p.account,
+      resource: null,
+      at,
+      severity: "critical",
+      kind: "auto_recharge_declined",
+      text: policy.texts.autoRechargeDeclined(formatDollars(p.amount_micros), Math.round(wait / policy.MS_PER_MINUTE)),
+      data: { payment: p.id, code, retry_at: at + wait }
+    })
+    this.armRetry(p.account, at + wait)
+    return true
+  }
+
+  private armRetry(account: string, at: number): void {
+    const armed = this.retryTimers.get(account)
+    if (armed !== undefined) this.clock.clearTimeout(armed)
+    this.retryTimers.set(
+      account,
+      this.clock.schedule(
+        at,
+        () => {
+          this.retryTimers.delete(account)
+          this.host.unitOfWork(() => {
+            this.journal.append(this.clock.now(), "auto_recharge_retry", { account })
+            this.host.touch(account)
+          })
+        },
+        { lane: Lane.engine, key: `recharge:${account}` }
+      )
+    )
+  }
+
+  /** When the burst guard lets the account be charged again, or null if it does now. */
+  private burstEnd(account: string, at: number): number | null {
+    const oldest = this.s.nthRecentRecharge.get(account, policy.AUTO_RECHARGE_BURST_MAX - 1) as { created_at: number } | undefined
+    if (oldest === undefined) return null
+    const end = oldest.created_at + policy.AUTO_RECHARGE_BURST_WINDOW_MS
+    return end > at ? end : null
+  }
+
+  private maybeRecharge(account: string): void {
+    const card = this.autoRecharge(account)
+    if (card === undefined || card.customer === null || card.pending_payment !== null) return
+    if (this.ledger.balance(account) >= card.threshold_micros) return
+    const at = this.clock.now()
+    if (card.retry_at !== null && at < card.retry_at) return
+    const burst = this.burstEnd(account, at)
+    // The guard holds until the oldest charge of the window leaves it; then look again.
+    if (burst !== null) return this.armRetry(account, burst)
+    const p = this.insertPayment(account, "auto_recharge", card.amount_micros)
+    this.s.setPending.run(p.id, account)
+    this.port.chargeOffSession(this.requestOf(p, card), (r) => this.recordIntent(p.id, r))
+  }
+}
+
+const prepare = (db: LedgerStore["db"]) => {
+  const money = <S extends { safeIntegers(on?: boolean): S }>(stmt: S): S => stmt.safeIntegers(true)
+  // Money columns come back as bigint; instants and counts as numbers.
+  const fixNumbers = (row: Record<string, unknown> | undefined) => {
+    if (row === undefined) return row
+    for (const k of ["created_at", "updated_at", "declines", "last_decline_at", "retry_at"]) if (typeof row[k] === "bigint") row[k] = Number(row[k])
+    return row
+  }
+  const rows = (sql: string) => {
+    const stmt = money(db.prepare(sql))
+    return {
+      get: (...args: unknown[]) => fixNumbers(stmt.get(...args) as Record<string, unknown> | undefined),
+      all: (...args: unknown[]) => (stmt.all(...args) as Array<Record<string, unknown>>).map((r) => fixNumbers(r)!)
+    }
+  }
+  return {
+    insertPayment: db.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, created_at, updated_at) VALUES (?, ?, ?, ?, 'creating', ?, ?)`),
+    countPayments: db.prepare(`SELECT count(*) AS n FROM payments`),
+    payment: rows(`SELECT * FROM payments WHERE id = ?`),
+    payments: rows(`SELECT * FROM payments ORDER BY id`),
+    byIntent: rows(`SELECT * FROM payments WHERE intent_id = ?`),
+    byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY id`),
+    setIntent: db.prepare(`UPDATE payments SET intent_id = ?, updated_at = ? WHERE id = ? AND intent_id IS NULL`),
+    casStatus: db.prepare(`UPDATE payments SET status = ?, failure_code = ?, updated_at = ? WHERE id = ? AND status = ?`),
+    nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
+    event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
+    insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
+    refund: rows(`SELECT refunded_micros FROM payment_refunds WHERE charge_id = ?`),
+    upsertRefund: db.prepare(
+      `INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, ?) ON CONFLICT(charge_id) DO UPDATE SET refunded_micros = excluded.refunded_micros`
+    ),
+    autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ?`),
+    allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at FROM auto_recharge ORDER BY account`),
+    upsertAutoRecharge: db.prepare(
+      `INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, customer, updated_at) VALUES (@account, @threshold, @amount, @payment_method, @customer, @at)
+       ON CONFLICT(account) DO UPDATE SET threshold_micros = excluded.threshold_micros, amount_micros = excluded.amount_micros,
+         payment_method = excluded.payment_method, customer = excluded.customer, declines = 0, last_decline_at = NULL, retry_at = NULL, updated_at = excluded.updated_at`
+    ),
+    deleteAutoRecharge: db.prepare(`DELETE FROM auto_recharge WHERE account = ?`),
+    setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),
+    setPending: db.prepare(`UPDATE auto_recharge SET pending_payment = ? WHERE account = ?`),
+    clearPending: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = 0, retry_at = NULL WHERE pending_payment = ?`),
+    setDeclined: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = ?, last_decline_at = ?, retry_at = ? WHERE account = ?`),
+    billing: db.prepare(`SELECT invoiced FROM account_billing WHERE account = ?`),
+    upsertBilling: db.prepare(
+      `INSERT INTO account_billing (account, invoiced, terms, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET invoiced = excluded.invoiced, terms = excluded.terms, updated_at = excluded.updated_at`
+    )
+  }
+}

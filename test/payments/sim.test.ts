@@ -1,0 +1,77 @@
+/**
+ * Payments in the simulator (sim/payments.ts): the timeline events `top_up`,
+ * `set_auto_recharge`, `card_decline`, `stripe_refund`, delayed and duplicated webhooks, an
+ * engine outage while webhooks are in flight, and the auto-recharge burst guard, with the
+ * exact ledger rows each produces.
+ */
+import { describe, expect, it } from "vitest"
+import { run, timelineFile, tmpDb } from "../helpers.js"
+
+const rowsOf = (out: { ledger: ReadonlyArray<Record<string, unknown>> }) => out.ledger.map((r) => [String(r["at"]).slice(11, 19), r["kind"], r["amount"], r["balance_after"], r["resource"]])
+
+const catalog = {
+  gpus: { H100: { hourly_rate: "1.60" } },
+  regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+}
+
+describe("the simulated provider", () => {
+  it("credits a top-up when its webhook arrives, once, though every webhook comes twice", () => {
+    // Proves `top_up` goes through the provider: credit at the delayed webhook, duplicates book nothing.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
+          { at: "PT1H", do: "stripe_refund", account: "acme", amount: "5.00" },
+          { at: "PT2H", do: "stripe_refund", account: "acme" },
+          { at: "PT3H", do: "stripe_refund", account: "acme" }
+        ],
+        { catalog, until: "PT4H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT10S", duplicate_probability: 1 } }
+      )
+    ).output
+    // Each webhook's first delivery comes 10 to 20 s late (the seeded delay), its duplicate later.
+    expect(rowsOf(out)).toEqual([
+      ["00:00:19", "topup", "20.00", "20.00", "pay_00000001"],
+      ["01:00:19", "refund", "-5.00", "15.00", "pay_00000001"],
+      ["02:00:11", "refund", "-15.00", "0.00", "pay_00000001"]
+    ])
+    expect(out.rejected.map((r) => [r.do, r.status, r.error])).toEqual([["stripe_refund", 404, "payment_not_found"]])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("redelivers webhooks the engine missed while down, and nothing is lost or doubled", () => {
+    // Proves an outage between the charge and its webhook: the credit lands when the engine is back.
+    const file = timelineFile([{ at: "PT0S", do: "top_up", account: "acme", amount: "30.00" }], {
+      catalog,
+      until: "PT1H",
+      accounts: { acme: { balance: "0.00" } },
+      payments: { webhook_delay: "PT30S", duplicate_probability: 1 }
+    })
+    const out = run(file, { db: tmpDb(), outages: [{ at_ms: Date.parse("2026-03-01T00:00:01Z"), duration_ms: 5 * 60_000 }] }).output
+    expect(rowsOf(out)).toEqual([["00:05:01", "topup", "30.00", "30.00", "pay_00000001"]])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("auto-recharges below the threshold, backs off after a decline, and stops at the burst guard", () => {
+    // Proves one charge at a time, the 15-minute backoff after a decline with its notification,
+    // and at most 3 charge attempts (the declined one included) in any hour, even when each
+    // leaves the balance below the threshold; the guard's end is a clock alarm.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "card_decline", account: "acme" },
+          { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "50.00", amount: "10.00" }
+        ],
+        { catalog, until: "PT3H", accounts: { acme: { balance: "0.00" } } }
+      )
+    ).output
+    expect(rowsOf(out)).toEqual([
+      ["00:15:00", "topup", "10.00", "10.00", "pay_00000002"],
+      ["00:15:00", "topup", "10.00", "20.00", "pay_00000003"],
+      ["01:00:00", "topup", "10.00", "30.00", "pay_00000004"],
+      ["01:15:00", "topup", "10.00", "40.00", "pay_00000005"],
+      ["01:15:00", "topup", "10.00", "50.00", "pay_00000006"]
+    ])
+    expect(out.notifications.map((n) => [String(n["at"]).slice(11, 19), n["kind"], n["severity"]])).toEqual([["00:00:00", "auto_recharge_declined", "critical"]])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+})

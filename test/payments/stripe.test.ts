@@ -1,0 +1,297 @@
+/**
+ * Payments end to end with the real `stripe` package: the engine's StripePayments port and a
+ * customer's client both talk to the Stripe-compatible test server, which sends signed
+ * webhooks to the API's /webhooks/stripe over HTTP.
+ */
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import Stripe from "stripe"
+import { afterEach, describe, expect, it } from "vitest"
+import { VirtualClock } from "../../src/clock.js"
+import { StripePayments } from "../../src/stripePayments.js"
+import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
+import { StripeTestServer } from "./stripeServer.js"
+
+interface Env {
+  readonly w: World
+  readonly server: StripeTestServer
+  readonly payments: StripePayments
+  readonly clock: VirtualClock
+}
+
+const envs: Env[] = []
+const servers: StripeTestServer[] = []
+
+afterEach(async () => {
+  for (const e of envs.splice(0)) await e.w.close()
+  for (const s of servers.splice(0)) await s.close()
+})
+
+const startServer = async (clock: VirtualClock): Promise<StripeTestServer> => {
+  const server = new StripeTestServer(() => clock.now())
+  await server.start()
+  servers.push(server)
+  return server
+}
+
+/** An engine with Stripe payments, listening, its webhook endpoint given to the server. */
+const open = async (server: StripeTestServer, clock: VirtualClock, db?: string): Promise<Env> => {
+  const payments = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+  const w = await world({ stripeWebhookSecret: server.secret }, { payments, clock, ...(db === undefined ? {} : { db }) })
+  await w.app.listen({ port: 0, host: "127.0.0.1" })
+  const address = w.app.server.address()
+  server.endpoint = `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}/webhooks/stripe`
+  const env = { w, server, payments, clock }
+  envs.push(env)
+  return env
+}
+
+const setup = async (): Promise<Env> => {
+  const clock = new VirtualClock(START_MS)
+  return open(await startServer(clock), clock)
+}
+
+/** The customer's browser: confirms a PaymentIntent with a card, through the real client. */
+const customer = (server: StripeTestServer) => new Stripe("pk_test_customer", { host: "127.0.0.1", port: server.port, protocol: "http", maxNetworkRetries: 0, telemetry: false })
+
+const until = async (cond: () => boolean, what: string): Promise<void> => {
+  for (let i = 0; i < 400; i++) {
+    if (cond()) return
+    await new Promise((r) => setTimeout(r, 5))
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+const outcomes = (replies: Array<{ status: number; body: string }>) => replies.map((r) => [r.status, (JSON.parse(r.body) as { outcome?: string; error?: string }).outcome ?? JSON.parse(r.body).error])
+
+describe("top-ups", () => {
+  it("credit the wallet once, when Stripe confirms the payment, however often the event comes", async () => {
+    // Proves: a PaymentIntent is created with our payment id as idempotency key and metadata;
+    // nothing is booked before payment_intent.succeeded; one topup row after; a repeat books nothing.
+    const { w, server } = await setup()
+    const a = await w.signup("ann@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    expect(r.status).toBe(201)
+    const pi = r.body.payment.payment_intent as string
+    expect(r.body).toEqual({ payment: { id: "pay_00000001", kind: "topup", amount: "25.00", status: "pending", payment_intent: pi }, client_secret: server.intents.get(pi)!["client_secret"] })
+    expect(server.intents.get(pi)!["metadata"]).toEqual({ payment_id: "pay_00000001", account: a.account, kind: "topup" })
+    expect(ledgerOf(w, a.account)).toEqual([])
+
+    await customer(server).paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    const events = [...server.queue]
+    expect(events.map((e) => e.type)).toEqual(["charge.succeeded", "payment_intent.succeeded"])
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect(outcomes([await server.deliver(events[1]!), await server.deliver(events[1]!)])).toEqual([
+      [200, "duplicate"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "25.00", "pay_00000001"]])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "25.00" })
+    expect(w.opened.engine.sup.payments!.payment("pay_00000001")!.status).toBe("succeeded")
+  })
+
+  it("refuse amounts outside $1–$1,000 or not whole cents with 400, creating nothing", async () => {
+    // Proves the manual's bounds, checked before any row or Stripe call.
+    const { w, server } = await setup()
+    const a = await w.signup("bob@example.com", "0")
+    const before = stateOf(w)
+    for (const amount of ["0.99", "1000.01", "1.001", "-5.00", "abc"]) {
+      const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount } })
+      expect([amount, r.status, r.body.error, r.body.field]).toEqual([amount, 400, "invalid_amount", "amount"])
+    }
+    expect(stateOf(w)).toBe(before)
+    expect(w.opened.engine.sup.payments!.payments()).toEqual([])
+    expect(server.intents.size).toBe(0)
+    expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "1.00" } })).status).toBe(201)
+    expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "1000.00" } })).status).toBe(201)
+  })
+
+  it("book nothing when the card is declined", async () => {
+    // Proves a declined confirmation marks the payment failed and moves no money.
+    const { w, server } = await setup()
+    const a = await w.signup("cat@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "10.00" } })
+    await expect(customer(server).paymentIntents.confirm(r.body.payment.payment_intent, { payment_method: "pm_card_chargeDeclined" })).rejects.toMatchObject({ type: "StripeCardError", code: "card_declined" })
+    expect(outcomes(await server.flush())).toEqual([[200, "failed"]])
+    expect(w.opened.engine.sup.payments!.payment("pay_00000001")).toMatchObject({ status: "failed", failure_code: "generic_decline" })
+    expect(ledgerOf(w, a.account)).toEqual([])
+  })
+})
+
+describe("refunds at Stripe", () => {
+  it("book only the newly refunded part, in any order, and a repeat books nothing", async () => {
+    // Proves out-of-order delivery (refund before success), partial refunds adding up, a full
+    // refund of the rest, and duplicate events: topup +25, refund −10, refund −15, exactly.
+    const { w, server } = await setup()
+    const a = await w.signup("dan@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const client = customer(server)
+    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    const [charged, succeeded, refunded] = server.queue.splice(0)
+    expect([charged!.type, succeeded!.type, refunded!.type]).toEqual(["charge.succeeded", "payment_intent.succeeded", "charge.refunded"])
+    expect(outcomes([await server.deliver(refunded!), await server.deliver(succeeded!), await server.deliver(refunded!), await server.deliver(charged!)])).toEqual([
+      [200, "refunded"],
+      [200, "nothing"],
+      [200, "duplicate"],
+      [200, "ignored"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-10.00", "pay_00000001"]
+    ])
+    await client.refunds.create({ payment_intent: pi })
+    const [full] = server.queue.splice(0)
+    expect(outcomes([await server.deliver(full!), await server.deliver(refunded!)])).toEqual([
+      [200, "refunded"],
+      [200, "duplicate"]
+    ])
+    const rows = w.opened.engine.ledger.ledgerRows().filter((x) => x.account === a.account)
+    expect(rows.map((x) => [x.kind, x.amount_micros, x.balance_after_micros, x.resource, x.description])).toEqual([
+      ["topup", 25_000_000n, 25_000_000n, "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["refund", -10_000_000n, 15_000_000n, "pay_00000001", "Refund to card of top-up pay_00000001"],
+      ["refund", -15_000_000n, 0n, "pay_00000001", "Refund to card of top-up pay_00000001"]
+    ])
+  })
+})
+
+describe("webhook signatures", () => {
+  it("refuse a forged or stale signature with 400 and book nothing", async () => {
+    // Proves the raw-body verification with stripe-node, its tolerance on the engine's clock.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("eve@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "50.00" } })
+    await customer(server).paymentIntents.confirm(r.body.payment.payment_intent, { payment_method: "pm_card_visa" })
+    const succeeded = server.queue.find((e) => e.type === "payment_intent.succeeded")!
+    const before = stateOf(w)
+    const forged = Stripe.webhooks.generateTestHeaderString({ payload: succeeded.payload, secret: "whsec_attacker", timestamp: Math.floor(clock.now() / 1000) })
+    const tampered = { ...succeeded, payload: succeeded.payload.replace('"amount": 5000', '"amount": 500000') }
+    const stale = Stripe.webhooks.generateTestHeaderString({ payload: succeeded.payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) - 301 })
+    for (const reply of [await server.deliver(succeeded, forged), await server.deliver(tampered, Stripe.webhooks.generateTestHeaderString({ payload: succeeded.payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) })), await server.deliver(succeeded, stale), await server.deliver(succeeded, "garbage")]) {
+      expect([reply.status, JSON.parse(reply.body).error]).toEqual([400, "invalid_signature"])
+    }
+    expect(stateOf(w)).toBe(before)
+    expect(w.opened.engine.ledger.db.prepare(`SELECT count(*) AS n FROM payment_events`).get()).toEqual({ n: 0 })
+    // The engine clock decides freshness: signed now, delivered 6 minutes later, refused.
+    w.advance(6 * MIN)
+    const late = Stripe.webhooks.generateTestHeaderString({ payload: succeeded.payload, secret: server.secret, timestamp: Math.floor((clock.now() - 6 * MIN) / 1000) })
+    expect((await server.deliver(succeeded, late)).status).toBe(400)
+    expect(outcomes([await server.deliver(succeeded)])).toEqual([[200, "credited"]])
+  })
+})
+
+describe("a crash between charge and credit", () => {
+  it("neither loses nor doubles the credit after a restart on the same database", async () => {
+    // Proves: the charge happened at Stripe while the engine was down (events undelivered);
+    // the restarted engine credits it once; a crash after the credit and a redelivery of the
+    // same event books nothing more.
+    const clock = new VirtualClock(START_MS)
+    const server = await startServer(clock)
+    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+    const first = await open(server, clock, db)
+    const a = await first.w.signup("fay@example.com", "0")
+    const r = await first.w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "40.00" } })
+    await customer(server).paymentIntents.confirm(r.body.payment.payment_intent, { payment_method: "pm_card_visa" })
+    await first.w.close()
+    envs.splice(envs.indexOf(first), 1)
+
+    const second = await open(server, clock, db)
+    const events = [...server.queue]
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    await second.w.close()
+    envs.splice(envs.indexOf(second), 1)
+
+    const third = await open(server, clock, db)
+    expect(outcomes([await server.deliver(events[1]!)])).toEqual([[200, "duplicate"]])
+    expect(ledgerOf(third.w, a.account)).toEqual([["topup", "40.00", "pay_00000001"]])
+    expect(third.w.opened.engine.ledger.balance(a.account)).toBe(40_000_000n)
+    // The same idempotency key after a restart returns the same PaymentIntent, no second one.
+    const created = server.creates.filter((u) => u === "/v1/payment_intents").length
+    await new Promise<void>((resolve) =>
+      third.payments.createIntent(
+        { payment_id: "pay_00000001", account: a.account, kind: "topup", amount_cents: 4000, currency: "usd", idempotency_key: "ecolink-pay_00000001-intent", customer: null, payment_method: null },
+        (res) => {
+          expect(res).toMatchObject({ ok: true, intent_id: r.body.payment.payment_intent })
+          resolve()
+        }
+      )
+    )
+    expect(server.creates.filter((u) => u === "/v1/payment_intents").length).toBe(created)
+    expect(server.intents.size).toBe(1)
+  })
+})
+
+describe("auto-recharge", () => {
+  it("charges the saved card once below the threshold, never twice while pending, and credits on success", async () => {
+    // Proves customer + default card are set up at Stripe, one off-session charge, no second
+    // one while it is pending (another debit meanwhile), and the topup row when it succeeds.
+    const { w, server } = await setup()
+    const a = await w.signup("gus@example.com", "0")
+    const r = await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
+    expect(r.status).toBe(200)
+    expect(r.body).toEqual({ threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa", card_saved: false })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.payments().some((p) => p.status === "pending"), "the off-session charge")
+    const customerId = book.autoRecharge(a.account)!.customer!
+    expect(server.customers.get(customerId)!["invoice_settings"]).toEqual({ default_payment_method: "pm_card_visa" })
+    const adj = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "1.00", description: "Goodwill" } })
+    expect(adj.status).toBe(201)
+    expect(book.payments().map((p) => [p.id, p.kind, p.status])).toEqual([["pay_00000001", "auto_recharge", "pending"]])
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["adjustment", "1.00", null],
+      ["topup", "20.00", "pay_00000001"]
+    ])
+    expect(book.autoRecharge(a.account)).toMatchObject({ pending_payment: null, declines: 0, retry_at: null })
+  })
+
+  it("backs off after a decline, notifies, and tries again when the backoff ends", async () => {
+    // Proves the decline path: payment failed, a critical notification, retry after 15 min,
+    // then 30 min after a second decline (AUTO_RECHARGE_BACKOFF_BASE_MS doubling).
+    const { w, clock } = await setup()
+    const a = await w.signup("hal@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclined" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.declines === 1, "the first decline")
+    const declinedAt = clock.now()
+    expect(book.autoRecharge(a.account)).toMatchObject({ pending_payment: null, declines: 1, retry_at: declinedAt + 15 * MIN })
+    const notes = w.opened.engine.ledger.notifications().filter((n) => n.kind === "auto_recharge_declined")
+    expect(notes.map((n) => [n.account, n.severity, n.text])).toEqual([
+      [a.account, "critical", "Auto-recharge of $20.00 was declined by your card. We will try again in 15 minutes; update your card or top up to keep your resources running."]
+    ])
+    w.advance(14 * MIN)
+    expect(book.payments()).toHaveLength(1)
+    w.advance(1 * MIN)
+    await until(() => book.autoRecharge(a.account)?.declines === 2, "the second decline")
+    expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN + 30 * MIN)
+    expect(book.payments().map((p) => [p.id, p.status])).toEqual([
+      ["pay_00000001", "failed"],
+      ["pay_00000002", "failed"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([])
+  })
+})
+
+describe("invoiced accounts (NET-30)", () => {
+  it("are a flag an operator sets; credit comes by adjustment rows", async () => {
+    // Proves the operator route and that the wallet model is unchanged.
+    const { w } = await setup()
+    const a = await w.signup("ivy@example.com", "0")
+    const r = await w.req("PUT", `/operator/accounts/${a.account}/invoiced`, { key: OPERATOR_KEY, body: { invoiced: true } })
+    expect([r.status, r.body]).toEqual([200, { account: a.account, invoiced: true, terms: "NET-30" }])
+    expect(w.opened.engine.sup.payments!.invoiced(a.account)).toBe(true)
+    expect((await w.req("PUT", `/operator/accounts/${a.account}/invoiced`, { key: a.key, body: { invoiced: true } })).status).toBe(401)
+    expect((await w.req("PUT", "/operator/accounts/nobody/invoiced", { key: OPERATOR_KEY, body: { invoiced: true } })).body.error).toBe("account_not_found")
+  })
+})

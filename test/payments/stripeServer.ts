@@ -1,0 +1,225 @@
+/**
+ * A Stripe-compatible test server (node:http) for the few endpoints the engine uses, so the
+ * real `stripe` package can be tested end to end:
+ *
+ *   POST /v1/payment_intents               (confirm + off_session charges the saved card)
+ *   POST /v1/payment_intents/:id/confirm   (the customer's browser confirming a top-up)
+ *   POST /v1/customers, POST /v1/customers/:id
+ *   POST /v1/payment_methods/:id/attach
+ *   POST /v1/refunds                       (a refund from the dashboard)
+ *
+ * Bodies are form-encoded like Stripe's (`metadata[payment_id]=…`); an `Idempotency-Key`
+ * seen before answers the first answer again and does nothing. Cards: `pm_card_visa`
+ * succeeds, `pm_card_chargeDeclined` declines (Stripe's test card names). Events are signed
+ * with `stripe.webhooks.generateTestHeaderString` at the world clock's instant and queued;
+ * a test delivers them when and as often as it likes (in order, reversed, twice).
+ */
+import http from "node:http"
+import type { AddressInfo } from "node:net"
+import Stripe from "stripe"
+
+export interface SentEvent {
+  readonly id: string
+  readonly type: string
+  readonly payload: string
+}
+
+type Obj = Record<string, unknown>
+
+/** Parses Stripe's form encoding: `a=1&b[c]=2&d[]=3` → `{a: "1", b: {c: "2"}, d: ["3"]}` (two levels). */
+export const parseForm = (body: string): Obj => {
+  const out: Obj = {}
+  for (const [key, value] of new URLSearchParams(body)) {
+    const m = /^([^[\]]+)((?:\[[^\]]*\])*)$/.exec(key)
+    if (m === null) continue
+    const path = [m[1]!, ...[...m[2]!.matchAll(/\[([^\]]*)\]/g)].map((x) => x[1]!)]
+    let node = out
+    for (let i = 0; i < path.length - 1; i++) {
+      const k = path[i]!
+      if (path[i + 1] === "") {
+        node[k] = [...((node[k] as unknown[]) ?? []), value]
+        node = {}
+        break
+      }
+      node = (node[k] ??= {}) as Obj
+    }
+    const last = path[path.length - 1]!
+    if (last !== "") node[last] = value
+  }
+  return out
+}
+
+export class StripeTestServer {
+  readonly secret = "whsec_test_ecolink_0123456789"
+  /** Events signed and not yet delivered, in the order they happened. */
+  queue: SentEvent[] = []
+  readonly intents = new Map<string, Obj>()
+  readonly charges = new Map<string, Obj>()
+  readonly customers = new Map<string, Obj>()
+  /** Requests seen per path, for tests that prove a retry did not create a second object. */
+  readonly creates: string[] = []
+  private readonly idempotent = new Map<string, { status: number; body: string }>()
+  private readonly server: http.Server
+  private seq = 0
+  port = 0
+
+  constructor(
+    /** The world's clock (ms): event `created` and the signature's timestamp. */
+    private readonly now: () => number,
+    /** Where webhooks go (the engine's /webhooks/stripe). */
+    public endpoint = ""
+  ) {
+    this.server = http.createServer((req, res) => {
+      let body = ""
+      req.setEncoding("utf8")
+      req.on("data", (c: string) => (body += c))
+      req.on("end", () => {
+        const key = req.headers["idempotency-key"]
+        const cacheKey = typeof key === "string" ? `${req.method} ${req.url} ${key}` : null
+        const cached = cacheKey === null ? undefined : this.idempotent.get(cacheKey)
+        const answer = cached ?? this.route(req.method ?? "GET", req.url ?? "/", parseForm(body))
+        if (cacheKey !== null && cached === undefined) this.idempotent.set(cacheKey, answer)
+        res.writeHead(answer.status, { "content-type": "application/json", "request-id": `req_${++this.seq}` })
+        res.end(answer.body)
+      })
+    })
+  }
+
+  async start(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve))
+    this.port = (this.server.address() as AddressInfo).port
+    return this.port
+  }
+
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()))
+  }
+
+  /** Delivers one queued (or any past) event to the endpoint, signed now; returns the HTTP status. */
+  async deliver(e: SentEvent, signature?: string): Promise<{ status: number; body: string }> {
+    const header = signature ?? Stripe.webhooks.generateTestHeaderString({ payload: e.payload, secret: this.secret, timestamp: Math.floor(this.now() / 1000) })
+    const r = await fetch(this.endpoint, { method: "POST", headers: { "content-type": "application/json", "stripe-signature": header }, body: e.payload })
+    return { status: r.status, body: await r.text() }
+  }
+
+  /** Delivers and removes every queued event, in order. */
+  async flush(): Promise<Array<{ status: number; body: string }>> {
+    const events = this.queue
+    this.queue = []
+    const out = []
+    for (const e of events) out.push(await this.deliver(e))
+    return out
+  }
+
+  /** A refund from the dashboard (what `stripe.refunds.create` does), without the engine. */
+  private refund(params: Obj): { status: number; body: string } {
+    const intent = typeof params["payment_intent"] === "string" ? this.intents.get(params["payment_intent"]) : undefined
+    const chargeId = intent?.["latest_charge"] ?? params["charge"]
+    const charge = typeof chargeId === "string" ? this.charges.get(chargeId) : undefined
+    if (charge === undefined) return this.error(404, "invalid_request_error", "resource_missing", "No such charge")
+    const left = (charge["amount"] as number) - (charge["amount_refunded"] as number)
+    const amount = params["amount"] === undefined ? left : Number(params["amount"])
+    if (!(amount > 0 && amount <= left)) return this.error(400, "invalid_request_error", "amount_too_large", "Refund amount is greater than the charge's unrefunded amount")
+    charge["amount_refunded"] = (charge["amount_refunded"] as number) + amount
+    charge["refunded"] = charge["amount_refunded"] === charge["amount"]
+    const refund = { id: `re_${++this.seq}`, object: "refund", amount, charge: charge["id"], payment_intent: charge["payment_intent"], status: "succeeded" }
+    this.event("charge.refunded", { ...charge })
+    return this.ok(refund)
+  }
+
+  private route(method: string, url: string, params: Obj): { status: number; body: string } {
+    if (method !== "POST") return this.error(404, "invalid_request_error", "resource_missing", `no route ${method} ${url}`)
+    this.creates.push(url)
+    if (url === "/v1/customers") {
+      const c = { id: `cus_${++this.seq}`, object: "customer", metadata: params["metadata"] ?? {}, invoice_settings: { default_payment_method: null } }
+      this.customers.set(c.id, c)
+      return this.ok(c)
+    }
+    let m = /^\/v1\/customers\/([^/]+)$/.exec(url)
+    if (m !== null) {
+      const c = this.customers.get(m[1]!)
+      if (c === undefined) return this.error(404, "invalid_request_error", "resource_missing", "No such customer")
+      const settings = params["invoice_settings"] as Obj | undefined
+      if (settings !== undefined) c["invoice_settings"] = { default_payment_method: settings["default_payment_method"] ?? null }
+      return this.ok(c)
+    }
+    m = /^\/v1\/payment_methods\/([^/]+)\/attach$/.exec(url)
+    if (m !== null) {
+      if (!this.customers.has(String(params["customer"]))) return this.error(404, "invalid_request_error", "resource_missing", "No such customer")
+      return this.ok({ id: m[1], object: "payment_method", customer: params["customer"], type: "card" })
+    }
+    if (url === "/v1/refunds") return this.refund(params)
+    if (url === "/v1/payment_intents") {
+      const amount = Number(params["amount"])
+      if (!Number.isSafeInteger(amount) || amount < 50) return this.error(400, "invalid_request_error", "amount_too_small", "Amount must be at least $0.50 usd")
+      const pi: Obj = {
+        id: `pi_${++this.seq}`,
+        object: "payment_intent",
+        amount,
+        amount_received: 0,
+        currency: params["currency"],
+        customer: params["customer"] ?? null,
+        metadata: params["metadata"] ?? {},
+        status: "requires_payment_method",
+        latest_charge: null,
+        last_payment_error: null
+      }
+      pi["client_secret"] = `${pi["id"]}_secret_${this.seq}`
+      this.intents.set(pi["id"] as string, pi)
+      if (params["confirm"] === "true") return this.confirm(pi, String(params["payment_method"] ?? ""))
+      return this.ok(pi)
+    }
+    m = /^\/v1\/payment_intents\/([^/]+)\/confirm$/.exec(url)
+    if (m !== null) {
+      const pi = this.intents.get(m[1]!)
+      if (pi === undefined) return this.error(404, "invalid_request_error", "resource_missing", "No such payment_intent")
+      return this.confirm(pi, String(params["payment_method"] ?? ""))
+    }
+    return this.error(404, "invalid_request_error", "resource_missing", `no route POST ${url}`)
+  }
+
+  private confirm(pi: Obj, payment_method: string): { status: number; body: string } {
+    if (pi["status"] === "succeeded") return this.error(400, "invalid_request_error", "payment_intent_unexpected_state", "This PaymentIntent has already succeeded")
+    if (payment_method === "pm_card_chargeDeclined") {
+      pi["status"] = "requires_payment_method"
+      pi["last_payment_error"] = { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." }
+      this.event("payment_intent.payment_failed", { ...pi })
+      return {
+        status: 402,
+        body: JSON.stringify({ error: { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined.", payment_intent: pi } })
+      }
+    }
+    const charge: Obj = {
+      id: `ch_${++this.seq}`,
+      object: "charge",
+      amount: pi["amount"],
+      amount_refunded: 0,
+      refunded: false,
+      paid: true,
+      status: "succeeded",
+      payment_intent: pi["id"],
+      metadata: pi["metadata"]
+    }
+    this.charges.set(charge["id"] as string, charge)
+    pi["status"] = "succeeded"
+    pi["amount_received"] = pi["amount"]
+    pi["latest_charge"] = charge["id"]
+    this.event("charge.succeeded", { ...charge })
+    this.event("payment_intent.succeeded", { ...pi })
+    return this.ok(pi)
+  }
+
+  private event(type: string, object: Obj): void {
+    const id = `evt_${++this.seq}`
+    const payload = JSON.stringify({ id, object: "event", api_version: Stripe.API_VERSION, created: Math.floor(this.now() / 1000), type, livemode: false, data: { object } }, null, 2)
+    this.queue.push({ id, type, payload })
+  }
+
+  private ok(body: unknown): { status: number; body: string } {
+    return { status: 200, body: JSON.stringify(body) }
+  }
+
+  private error(status: number, type: string, code: string, message: string): { status: number; body: string } {
+    return { status, body: JSON.stringify({ error: { type, code, message } }) }
+  }
+}
