@@ -169,31 +169,100 @@ const send = (reply: FastifyReply, o: Outcome): FastifyReply => {
  * not recorded.
  */
 export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Outcome): FastifyReply => {
+  const key = idempotencyKeyOf(request)
+  if (key === null) return send(reply, runOrRefusal(run))
+  const outcome = ctx.engine.sup.unitOfWork((): Outcome & { replayed: boolean } => {
+    const replay = storedAnswer(ctx, account, key)
+    if (replay !== null) return replay
+    const fresh = runOrRefusal(run)
+    remember(ctx, account, key, fresh)
+    return { ...fresh, replayed: false }
+  })
+  return answer(reply, outcome)
+}
+
+/**
+ * The same rule for a POST whose work awaits the outside world (a payment provider): the
+ * stored answer is looked up first, the work runs outside any transaction, and its answer is
+ * stored when it comes. A repeat that arrives while the first is still running waits for it
+ * and then answers what it stored, so two requests with one key never both run.
+ */
+export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Promise<Outcome>): Promise<FastifyReply> => {
+  const key = idempotencyKeyOf(request)
+  if (key === null) return send(reply, await runOrRefusalAsync(run))
+  const flights = inFlight(ctx)
+  const flight = `${account}\u0000${key.raw}`
+  await flights.get(flight)
+  const replay = ctx.engine.sup.unitOfWork(() => storedAnswer(ctx, account, key))
+  if (replay !== null) return answer(reply, replay)
+  const running = (async (): Promise<Outcome> => {
+    const fresh = await runOrRefusalAsync(run)
+    ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh))
+    return fresh
+  })()
+  flights.set(flight, running.then(() => undefined, () => undefined))
+  try {
+    return answer(reply, { ...(await running), replayed: false })
+  } finally {
+    flights.delete(flight)
+  }
+}
+
+interface IdempotencyKey {
+  readonly raw: string
+  /** SHA-256 of the request (method, route, params, body): the same key must mean the same request. */
+  readonly fingerprint: string
+}
+
+const idempotencyKeyOf = (request: FastifyRequest): IdempotencyKey | null => {
   const raw = request.headers["idempotency-key"]
-  if (raw === undefined) return send(reply, runOrRefusal(run))
+  if (raw === undefined) return null
   if (typeof raw !== "string" || !IDEMPOTENCY_KEY_RE.test(raw)) {
     throw new HttpError(400, "invalid_request", "Idempotency-Key must be 1 to 255 visible ASCII characters", "Idempotency-Key")
   }
   const fingerprint = sha256(canonical({ method: request.method, route: request.routeOptions.url, params: request.params ?? null, body: request.body ?? null })).toString("hex")
-  const outcome = ctx.engine.sup.unitOfWork((): Outcome & { replayed: boolean } => {
-    const now = ctx.engine.clock.now()
-    const stored = ctx.api.idempotency(account, raw)
-    if (stored !== undefined && stored.created_at + IDEMPOTENCY_RETENTION_MS > now) {
-      if (stored.request_sha256 !== fingerprint) {
-        throw new HttpError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
-      }
-      const body = stored.content_type === "application/json" ? (JSON.parse(stored.body) as unknown) : stored.body
-      return { status: stored.status, body, content_type: stored.content_type, replayed: true }
-    }
-    ctx.api.purgeIdempotency(now - IDEMPOTENCY_RETENTION_MS)
-    const fresh = runOrRefusal(run)
-    const content_type = fresh.content_type ?? "application/json"
-    const text = content_type === "application/json" ? JSON.stringify(withoutSecret(fresh.body, fresh.secret_path)) : String(fresh.body)
-    ctx.api.saveIdempotency({ account, key: raw, request_sha256: fingerprint, status: fresh.status, content_type, body: text, created_at: now })
-    return { ...fresh, replayed: false }
-  })
+  return { raw, fingerprint }
+}
+
+/** The stored answer to replay, or null to run; 422 when the key was used for another request. */
+const storedAnswer = (ctx: ApiContext, account: string, key: IdempotencyKey): (Outcome & { replayed: boolean }) | null => {
+  const now = ctx.engine.clock.now()
+  const stored = ctx.api.idempotency(account, key.raw)
+  if (stored === undefined || stored.created_at + IDEMPOTENCY_RETENTION_MS <= now) return null
+  if (stored.request_sha256 !== key.fingerprint) {
+    throw new HttpError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
+  }
+  const body = stored.content_type === "application/json" ? (JSON.parse(stored.body) as unknown) : stored.body
+  return { status: stored.status, body, content_type: stored.content_type, replayed: true }
+}
+
+const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: Outcome): void => {
+  const now = ctx.engine.clock.now()
+  ctx.api.purgeIdempotency(now - IDEMPOTENCY_RETENTION_MS)
+  const content_type = fresh.content_type ?? "application/json"
+  const text = content_type === "application/json" ? JSON.stringify(withoutSecret(fresh.body, fresh.secret_path)) : String(fresh.body)
+  ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now })
+}
+
+const answer = (reply: FastifyReply, outcome: Outcome & { replayed: boolean }): FastifyReply => {
   if (outcome.replayed) reply.header("idempotent-replayed", "true")
   return send(reply, outcome)
+}
+
+/** Requests with an Idempotency-Key still running, by account and key, per app. */
+const flightsByContext = new WeakMap<ApiContext, Map<string, Promise<void>>>()
+const inFlight = (ctx: ApiContext): Map<string, Promise<void>> => {
+  let m = flightsByContext.get(ctx)
+  if (m === undefined) flightsByContext.set(ctx, (m = new Map()))
+  return m
+}
+
+const runOrRefusalAsync = async (run: () => Promise<Outcome>): Promise<Outcome> => {
+  try {
+    return await run()
+  } catch (e) {
+    return outcomeOfError(e)
+  }
 }
 
 const runOrRefusal = (run: () => Outcome): Outcome => {

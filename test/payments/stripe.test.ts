@@ -110,6 +110,28 @@ describe("top-ups", () => {
     expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "1000.00" } })).status).toBe(201)
   })
 
+  it("answer a repeat with the same Idempotency-Key with the first PaymentIntent, and 422 for another amount", async () => {
+    // Proves issue 4's rule on the top-up route: one key, one payment row, one PaymentIntent,
+    // also when the repeat arrives while the first request still waits for Stripe.
+    const { w, server } = await setup()
+    const a = await w.signup("ida@example.com", "0")
+    const headers = { "idempotency-key": "topup-ida-1" }
+    const [first, concurrent] = await Promise.all([
+      w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers }),
+      w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })
+    ])
+    const again = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })
+    expect([first.status, concurrent.status, again.status]).toEqual([201, 201, 201])
+    expect(concurrent.body).toEqual(first.body)
+    expect(again.body).toEqual(first.body)
+    expect([concurrent.headers["idempotent-replayed"], again.headers["idempotent-replayed"]]).toEqual(["true", "true"])
+    expect(w.opened.engine.sup.payments!.payments().map((p) => p.id)).toEqual(["pay_00000001"])
+    expect(server.intents.size).toBe(1)
+    const other = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "30.00" }, headers })
+    expect([other.status, other.body]).toEqual([422, { error: "idempotency_key_reused", message: "this Idempotency-Key was used with a different request; use a new key" }])
+    expect(server.intents.size).toBe(1)
+  })
+
   it("book nothing when the card is declined", async () => {
     // Proves a declined confirmation marks the payment failed and moves no money.
     const { w, server } = await setup()

@@ -14,7 +14,7 @@ import { formatDollars, parseDollars, type Micros } from "../../money.js"
 import { decodeStripeEvent, type PaymentBook, type PaymentRecord } from "../../payments.js"
 import * as policy from "../../policy.js"
 import { HttpError } from "../errors.js"
-import { keyOf, spec, type ApiContext } from "../http.js"
+import { idempotentAsync, keyOf, spec, type ApiContext } from "../http.js"
 import { moneySchema, obj } from "../views.js"
 
 const dollarsOf = (field: string, raw: string): Micros => {
@@ -48,14 +48,18 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
       description: `amount is dollars, $${formatDollars(policy.TOP_UP_MIN_MICROS)} to $${formatDollars(policy.TOP_UP_MAX_MICROS)}, whole cents.`,
       auth: "account",
       body: { type: "object", additionalProperties: false, required: ["amount"], properties: { amount: { type: "string", maxLength: 32 } } },
-      response: { 201: obj({ payment: PaymentSchema, client_secret: { type: ["string", "null"] } }) }
+      response: { 201: obj({ payment: PaymentSchema, client_secret: { type: ["string", "null"] } }) },
+      idempotent: true
     }),
     async (request, reply) => {
       const account = keyOf(request).account
       const amount = dollarsOf("amount", (request.body as { amount: string }).amount)
-      const { payment, intent } = fromEither(await book.topUp(account, amount))
-      if (!intent.ok) throw new HttpError(402, "payment_failed", intent.message)
-      return reply.code(201).send({ payment: paymentJson(payment), client_secret: intent.client_secret })
+      // A repeat with the same Idempotency-Key answers the first PaymentIntent, never a second.
+      return idempotentAsync(ctx, request, reply, account, async () => {
+        const { payment, intent } = fromEither(await book.topUp(account, amount))
+        if (!intent.ok) throw new HttpError(402, "payment_failed", intent.message)
+        return { status: 201, body: { payment: paymentJson(payment), client_secret: intent.client_secret } }
+      })
     }
   )
 
