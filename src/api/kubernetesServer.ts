@@ -21,7 +21,7 @@ import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease } fr
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, newSecret, type SecretsPort } from "./secrets.js"
-import { ConfigError, DEMO_CATALOG, seedDemo, type RunningServer, type ServerConfig } from "./server.js"
+import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, type ServerConfig } from "./server.js"
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
 export const FIRST_LEADERSHIP_WAIT_MS = 5_000
@@ -86,7 +86,7 @@ export const startKubernetesServer = async (
     if (closed) return
     // The engine and its routes are ready before the standby stops listening: the port is
     // refused only for the moment between the standby's close and the leader's listen.
-    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG })
+    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config) })
     try {
       if (config.demo) demo = seedDemo(opened.engine, secrets)
       live_resources = opened.engine.ledger.liveResources().length
@@ -97,6 +97,7 @@ export const startKubernetesServer = async (
         logger: config.log_level === "silent" ? false : { level: config.log_level },
         rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
         publicUrl: config.public_url ?? `http://${config.host}:${port}`,
+        ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
         ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })
       })
       await stopServing()

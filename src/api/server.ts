@@ -21,6 +21,9 @@
  * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
  * | --cluster FILE | ECOLINK_CLUSTER | required with a kubeconfig: regions, namespace, lease (docs/KUBERNETES.md) |
  * | --identity NAME | POD_NAME | host name and process id (this replica in the leader lease) |
+ * | --stripe-key K | STRIPE_SECRET_KEY | none: no payment routes (top-ups, auto-recharge, webhook) |
+ * | --stripe-webhook-secret S | STRIPE_WEBHOOK_SECRET | required with a Stripe key |
+ * | --stripe-api URL | STRIPE_API_URL | https://api.stripe.com (a Stripe-compatible server, for tests) |
  *
  * With a kubeconfig the Kubernetes world replaces the simulated cluster, and the replica runs
  * the supervisor only while it holds the leader lease (`startKubernetesServer`).
@@ -38,6 +41,7 @@ import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiKey, sha256, type SecretsPort } from "./secrets.js"
 import { ApiStore } from "./store.js"
 import { startKubernetesServer } from "./kubernetesServer.js"
+import { StripePayments } from "../stripePayments.js"
 
 export interface ServerConfig {
   readonly db: string
@@ -51,6 +55,8 @@ export interface ServerConfig {
   readonly rate_limit: number
   readonly log_level: string
   readonly demo: boolean
+  /** Stripe: the secret key, the webhook signing secret and the API's address; null: no payments. */
+  readonly stripe: { readonly api_key: string; readonly webhook_secret: string; readonly api_url: string } | null
   /** The Kubernetes world: a kubeconfig file and the cluster description file, or null. */
   readonly kubernetes: { readonly kubeconfig: string; readonly cluster_file: string; readonly identity: string } | null
 }
@@ -76,6 +82,9 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
         "log-level": { type: "string" },
         "no-demo": { type: "boolean" },
         kubeconfig: { type: "string" },
+        "stripe-key": { type: "string" },
+        "stripe-webhook-secret": { type: "string" },
+        "stripe-api": { type: "string" },
         cluster: { type: "string" },
         identity: { type: "string" }
       },
@@ -107,7 +116,15 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     throw new ConfigError("--kubeconfig needs --cluster FILE (or ECOLINK_CLUSTER): the regions, namespace and lease of the Kubernetes world")
   }
   if (kubeconfig === undefined && cluster_file !== undefined) throw new ConfigError("--cluster needs --kubeconfig FILE (or KUBECONFIG)")
+  const stripe_key = pick("stripe-key", "STRIPE_SECRET_KEY")
+  const stripe_webhook_secret = pick("stripe-webhook-secret", "STRIPE_WEBHOOK_SECRET")
+  if ((stripe_key === undefined) !== (stripe_webhook_secret === undefined)) {
+    throw new ConfigError("Stripe needs both --stripe-key (STRIPE_SECRET_KEY) and --stripe-webhook-secret (STRIPE_WEBHOOK_SECRET)")
+  }
+  const stripe_api = pick("stripe-api", "STRIPE_API_URL") ?? "https://api.stripe.com"
+  if (!/^https?:[/][/][^/\s]+[/]?$/.test(stripe_api)) throw new ConfigError(`--stripe-api must be http(s)://host[:port], got ${JSON.stringify(stripe_api)}`)
   return {
+    stripe: stripe_key === undefined ? null : { api_key: stripe_key, webhook_secret: stripe_webhook_secret!, api_url: stripe_api.replace(/[/]$/, "") },
     kubernetes:
       kubeconfig === undefined
         ? null
@@ -121,6 +138,20 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
     log_level,
     demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0"
+  }
+}
+
+/** The payment provider `npm start` gives the engine: Stripe when configured, else none. */
+export const paymentsOf = (config: ServerConfig): { payments?: StripePayments } => {
+  if (config.stripe === null) return {}
+  const url = new URL(config.stripe.api_url)
+  return {
+    payments: new StripePayments({
+      api_key: config.stripe.api_key,
+      host: url.hostname,
+      port: url.port === "" ? (url.protocol === "https:" ? 443 : 80) : Number(url.port),
+      protocol: url.protocol === "https:" ? "https" : "http"
+    })
   }
 }
 
@@ -219,7 +250,7 @@ export const startServer = async (
   if (config.kubernetes !== null) return startKubernetesServer(config, options)
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
-  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG })
+  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config) })
   const operator_key_generated = config.operator_key === null
   const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
   let app: FastifyInstance | null = null
@@ -235,6 +266,7 @@ export const startServer = async (
       logger: config.log_level === "silent" ? false : { level: config.log_level },
       rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
       publicUrl: config.public_url ?? (() => listening),
+      ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
       ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })
     })
     const url = await app.listen({ port: config.port, host: config.host })

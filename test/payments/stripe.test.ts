@@ -8,10 +8,12 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
-import { VirtualClock } from "../../src/clock.js"
+import { LiveClock, VirtualClock } from "../../src/clock.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
+import { startServerProcess } from "../api/spawn.js"
+import { tmpDb } from "../helpers.js"
 
 interface Env {
   readonly w: World
@@ -315,5 +317,51 @@ describe("invoiced accounts (NET-30)", () => {
     expect(w.opened.engine.sup.payments!.invoiced(a.account)).toBe(true)
     expect((await w.req("PUT", `/operator/accounts/${a.account}/invoiced`, { key: a.key, body: { invoiced: true } })).status).toBe(401)
     expect((await w.req("PUT", "/operator/accounts/nobody/invoiced", { key: OPERATOR_KEY, body: { invoiced: true } })).body.error).toBe("account_not_found")
+  })
+})
+
+describe("npm start with Stripe", () => {
+  it("serves top-ups and the webhook when --stripe-key and --stripe-webhook-secret are given", async () => {
+    // Proves the production wiring: the process's engine calls the Stripe API it is pointed at
+    // (--stripe-api), and a signed payment_intent.succeeded sent to its /webhooks/stripe
+    // credits the demo account once.
+    const clock = new LiveClock()
+    const server = new StripeTestServer(() => clock.now())
+    await server.start()
+    servers.push(server)
+    const started = await startServerProcess([
+      "--db",
+      tmpDb(),
+      "--port",
+      "0",
+      "--stripe-key",
+      "sk_test_ecolink",
+      "--stripe-webhook-secret",
+      server.secret,
+      "--stripe-api",
+      `http://127.0.0.1:${server.port}`
+    ])
+    try {
+      server.endpoint = `${started.url}/webhooks/stripe`
+      const auth = { authorization: `Bearer ${started.demoKey}`, "content-type": "application/json" }
+      const r = await fetch(`${started.url}/billing/top-ups`, { method: "POST", headers: auth, body: JSON.stringify({ amount: "25.00" }) })
+      expect(r.status).toBe(201)
+      const pi = ((await r.json()) as { payment: { payment_intent: string } }).payment.payment_intent
+      await customer(server).paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+      expect(outcomes(await server.flush())).toEqual([
+        [200, "ignored"],
+        [200, "credited"]
+      ])
+      expect(await (await fetch(`${started.url}/billing/balance`, { headers: auth })).json()).toEqual({ balance: "125.00" })
+    } finally {
+      expect(await started.stop()).toBe(0)
+    }
+  }, 30_000)
+
+  it("refuses a Stripe key without a webhook secret at start, exit 2", async () => {
+    // Proves the one-place config: half a Stripe configuration is a clear error, not a server without webhooks.
+    await expect(startServerProcess(["--db", tmpDb(), "--port", "0", "--stripe-key", "sk_test_x"])).rejects.toThrow(
+      /start exited 2.*Stripe needs both --stripe-key \(STRIPE_SECRET_KEY\) and --stripe-webhook-secret \(STRIPE_WEBHOOK_SECRET\)/s
+    )
   })
 })
