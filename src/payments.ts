@@ -133,7 +133,7 @@ export interface AutoRechargeRecord {
 }
 
 /** What handling one event did, for the journal and the webhook's answer. */
-export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "failed" | "nothing" | "ignored"
+export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "failed" | "nothing" | "ignored" | "amount_mismatch"
 
 /** The supervisor, as the payments module sees it: units of work and the two money rows. */
 export interface PaymentHost {
@@ -317,6 +317,11 @@ export class PaymentBook {
     return this.s.payments.all() as unknown as PaymentRecord[]
   }
 
+  /** The account's payments, newest first, before the id `before` (keyset; ids sort in creation order). */
+  paymentsOf(account: string, before: string | null, limit: number): ReadonlyArray<PaymentRecord> {
+    return this.s.paymentsOf.all(account, before ?? "\uffff", limit) as unknown as PaymentRecord[]
+  }
+
   autoRecharge(account: string): AutoRechargeRecord | undefined {
     return this.s.autoRecharge.get(account) as AutoRechargeRecord | undefined
   }
@@ -393,6 +398,13 @@ export class PaymentBook {
     if (e.type === "ignored") return "ignored"
     const p = this.find(e.intent_id, e.payment_id)
     if (p === undefined) return "unmatched"
+    // The provider must have taken what our row asked for: a payment of another amount is
+    // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
+    const paid = e.type === "payment_intent.succeeded" ? e.amount_cents : e.type === "charge.refunded" ? e.amount_cents : null
+    if (paid !== null && paid !== centsOf(p.amount_micros)) {
+      this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: paid })
+      return "amount_mismatch"
+    }
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
     if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code) ? "failed" : "nothing"
     // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
@@ -506,6 +518,7 @@ const prepare = (db: LedgerStore["db"]) => {
     countPayments: db.prepare(`SELECT count(*) AS n FROM payments`),
     payment: rows(`SELECT * FROM payments WHERE id = ?`),
     payments: rows(`SELECT * FROM payments ORDER BY id`),
+    paymentsOf: rows(`SELECT * FROM payments WHERE account = ? AND id < ? ORDER BY id DESC LIMIT ?`),
     byIntent: rows(`SELECT * FROM payments WHERE intent_id = ?`),
     byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY id`),
     setIntent: db.prepare(`UPDATE payments SET intent_id = ?, updated_at = ? WHERE id = ? AND intent_id IS NULL`),

@@ -134,6 +134,24 @@ describe("top-ups", () => {
     expect(server.intents.size).toBe(1)
   })
 
+  it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
+    // Proves the engine credits only what it asked for: a signed event whose amount differs
+    // from the row (a bug or a tampered integration) moves no money and is journaled.
+    const { w, server } = await setup()
+    const a = await w.signup("max@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    await customer(server).paymentIntents.confirm(r.body.payment.payment_intent, { payment_method: "pm_card_visa" })
+    const succeeded = server.queue.find((e) => e.type === "payment_intent.succeeded")!
+    const event = JSON.parse(succeeded.payload) as { data: { object: Record<string, unknown> } }
+    event.data.object["amount"] = 250_000
+    event.data.object["amount_received"] = 250_000
+    expect(outcomes([await server.deliver({ ...succeeded, payload: JSON.stringify(event) })])).toEqual([[200, "amount_mismatch"]])
+    expect(ledgerOf(w, a.account)).toEqual([])
+    expect(w.opened.engine.ledger.journalEntries().filter((j) => j.kind === "payment_amount_mismatch").map((j) => j.payload)).toEqual([
+      '{"payment":"pay_00000001","ours_cents":2500,"provider_cents":250000}'
+    ])
+  })
+
   it("book nothing when the card is declined", async () => {
     // Proves a declined confirmation marks the payment failed and moves no money.
     const { w, server } = await setup()
@@ -250,6 +268,41 @@ describe("a crash between charge and credit", () => {
     )
     expect(server.creates.filter((u) => u === "/v1/payment_intents").length).toBe(created)
     expect(server.intents.size).toBe(1)
+  })
+})
+
+describe("payment routes", () => {
+  it("list the caller's payments newest first, paged, and never another account's", async () => {
+    // Proves GET /billing/payments: the caller's rows only, keyset pages by id.
+    const { w } = await setup()
+    const a = await w.signup("pia@example.com", "0")
+    const b = await w.signup("quinn@example.com", "0")
+    for (const amount of ["5.00", "6.00", "7.00"]) expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount } })).status).toBe(201)
+    expect((await w.req("POST", "/billing/top-ups", { key: b.key, body: { amount: "9.00" } })).status).toBe(201)
+    const first = await w.req("GET", "/billing/payments?limit=2", { key: a.key })
+    expect(first.body.data.map((p: { id: string; amount: string; status: string }) => [p.id, p.amount, p.status])).toEqual([
+      ["pay_00000003", "7.00", "pending"],
+      ["pay_00000002", "6.00", "pending"]
+    ])
+    expect(first.body.next_before).toBe("pay_00000002")
+    const second = await w.req("GET", "/billing/payments?limit=2&before=pay_00000002", { key: a.key })
+    expect([second.body.data.map((p: { id: string }) => p.id), second.body.next_before]).toEqual([["pay_00000001"], null])
+    expect((await w.req("GET", "/billing/payments", { key: b.key })).body.data.map((p: { id: string }) => p.id)).toEqual(["pay_00000004"])
+  })
+
+  it("turn auto-recharge off with DELETE, after which a low balance charges nothing", async () => {
+    // Proves DELETE /billing/auto-recharge clears the settings the engine acts on.
+    const { w, server } = await setup()
+    const a = await w.signup("rita@example.com", "10.00")
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })).status).toBe(200)
+    const off = await w.req("DELETE", "/billing/auto-recharge", { key: a.key })
+    expect([off.status, off.body]).toEqual([200, { auto_recharge: null }])
+    expect(w.opened.engine.sup.payments!.autoRecharge(a.account)).toBeUndefined()
+    // The balance falls below the old threshold ($10 − $6 = $4 < $5): no charge is made.
+    const debit = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-6.00", description: "Correction" } })
+    expect([debit.status, debit.body.balance]).toEqual([201, "4.00"])
+    expect(server.intents.size).toBe(0)
+    expect(w.opened.engine.sup.payments!.payments()).toEqual([])
   })
 })
 

@@ -92,6 +92,8 @@ export class StripeTestServer {
   }
 
   async close(): Promise<void> {
+    // Clients keep connections alive (stripe-node's agent); a test does not wait them out.
+    this.server.closeAllConnections()
     await new Promise<void>((resolve) => this.server.close(() => resolve()))
   }
 

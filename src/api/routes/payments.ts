@@ -85,6 +85,37 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
     }
   )
 
+  app.get(
+    "/billing/payments",
+    spec({
+      tags,
+      summary: "Your card payments (top-ups and auto-recharges), newest first",
+      auth: "account",
+      querystring: {
+        type: "object",
+        additionalProperties: false,
+        properties: { limit: { type: "string", pattern: "^[0-9]{1,3}$" }, before: { type: "string", maxLength: 100 } }
+      },
+      response: { 200: obj({ data: { type: "array", items: PaymentSchema }, next_before: { type: ["string", "null"] } }) }
+    }),
+    async (request) => {
+      const q = request.query as { limit?: string; before?: string }
+      const limit = Math.min(Math.max(Number(q.limit ?? "20"), 1), 100)
+      const rows = book.paymentsOf(keyOf(request).account, q.before ?? null, limit + 1)
+      const shown = rows.slice(0, limit)
+      return { data: shown.map(paymentJson), next_before: rows.length > limit ? shown[shown.length - 1]!.id : null }
+    }
+  )
+
+  app.delete(
+    "/billing/auto-recharge",
+    spec({ tags, summary: "Turn auto-recharge off (the saved card stays with Stripe)", auth: "account", response: { 200: obj({ auto_recharge: { type: "null" } }) } }),
+    async (request) => {
+      fromEither(book.setAutoRecharge(keyOf(request).account, null))
+      return { auto_recharge: null }
+    }
+  )
+
   app.put(
     "/operator/accounts/:account/invoiced",
     spec({
