@@ -4,11 +4,15 @@
  * provider, keep SPEC §9 conservation, and the provider's side and ours reconcile to the cent
  * (invariant 9). The same timeline also gives the same output with the engine restarted.
  */
+import { createHash } from "node:crypto"
+import { mkdirSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { checkInvariants } from "../../sim/invariants.js"
 import { run, timelineFile, tmpDb } from "../helpers.js"
 
+const REGRESSIONS = join(import.meta.dirname, "..", "regressions")
 const ACCOUNTS = ["acme", "bolt"] as const
 const cents = (min: number, max: number) => fc.integer({ min, max }).map((c) => `${Math.floor(c / 100)}.${String(c % 100).padStart(2, "0")}`)
 const offset = fc.integer({ min: 0, max: 6 * 60 }).map((m) => `PT${m}M`)
@@ -49,25 +53,39 @@ const fileOf = (events: ReadonlyArray<Record<string, unknown>>, delay: number, d
 
 describe("payments property", () => {
   it("keeps conservation and reconciles with the provider to the cent, restarts included", () => {
+    // A failing case is shrunk by fast-check and saved under test/regressions/ (with its
+    // restart instant), where regressions.test.ts runs it from then on.
     const seen = { topup: 0, card_refund: 0, auto_recharge: 0, declined: 0 }
-    fc.assert(
-      fc.property(fc.array(event, { minLength: 1, maxLength: 30 }), fc.integer({ min: 0, max: 120 }), fc.constantFrom(0, 0.5, 1), fc.integer({ min: 1, max: 9 * 60 }), (events, delay, duplicates, restartMin) => {
-        const file = fileOf(events, delay, duplicates)
-        const first = run(file)
-        expect(first.output.invariants).toEqual({ ok: true, violations: [] })
-        for (const r of first.output.ledger) {
-          if (r["kind"] === "topup") seen.topup++
-          if (r["kind"] === "refund" && String(r["amount"]).startsWith("-")) seen.card_refund++
-          if (String(r["description"]).startsWith("Auto-recharge")) seen.auto_recharge++
-        }
-        seen.declined += first.output.notifications.filter((n) => n["kind"] === "auto_recharge_declined").length
-        // Webhooks delivered while the engine is down are retried; the output is the same.
-        const restarted = run(file, { db: tmpDb(), restartAt: [Date.parse("2026-03-01T00:00:00Z") + restartMin * 60_000] })
-        expect(restarted.output.invariants).toEqual({ ok: true, violations: [] })
-        expect(JSON.stringify(restarted.output.ledger)).toBe(JSON.stringify(first.output.ledger))
-      }),
+    const failureOf = (file: Record<string, unknown>, restartMin: number): string | null => {
+      const first = run(file)
+      if (!first.output.invariants.ok) return JSON.stringify(first.output.invariants.violations, null, 2)
+      for (const r of first.output.ledger) {
+        if (r["kind"] === "topup") seen.topup++
+        if (r["kind"] === "refund" && String(r["amount"]).startsWith("-")) seen.card_refund++
+        if (String(r["description"]).startsWith("Auto-recharge")) seen.auto_recharge++
+      }
+      seen.declined += first.output.notifications.filter((n) => n["kind"] === "auto_recharge_declined").length
+      // Webhooks delivered while the engine is down are retried; the output is the same.
+      const restarted = run(file, { db: tmpDb(), restartAt: [Date.parse(String(file["start"])) + restartMin * 60_000] })
+      if (!restarted.output.invariants.ok) return `after a restart at +${restartMin} min: ${JSON.stringify(restarted.output.invariants.violations, null, 2)}`
+      if (JSON.stringify(restarted.output.ledger) !== JSON.stringify(first.output.ledger)) return `a restart at +${restartMin} min changed the ledger`
+      return null
+    }
+    const result = fc.check(
+      fc.property(fc.array(event, { minLength: 1, maxLength: 30 }), fc.integer({ min: 0, max: 120 }), fc.constantFrom(0, 0.5, 1), fc.integer({ min: 1, max: 9 * 60 }), (events, delay, duplicates, restartMin) =>
+        failureOf(fileOf(events, delay, duplicates), restartMin) === null
+      ),
       { numRuns: 40, seed: 20_261_129 }
     )
+    if (result.failed && result.counterexample !== null) {
+      const [events, delay, duplicates, restartMin] = result.counterexample
+      const file = fileOf(events, delay, duplicates)
+      const name = `payments-${createHash("sha256").update(JSON.stringify(file)).digest("hex").slice(0, 12)}.json`
+      mkdirSync(REGRESSIONS, { recursive: true })
+      writeFileSync(join(REGRESSIONS, name), `${JSON.stringify({ _why: "payments property failure", _restart_after_minutes: restartMin, ...file }, null, 2)}\n`)
+      expect.fail(`saved test/regressions/${name} (seed ${result.seed}, path ${result.counterexamplePath}):\n${failureOf(file, restartMin) ?? String(result.errorInstance)}`)
+    }
+    expect(result.failed).toBe(false)
     // The runs exercised what they claim to: top-ups, refunds to the card, auto-recharges, declines.
     expect(Object.values(seen).every((n) => n > 0)).toBe(true)
   })
