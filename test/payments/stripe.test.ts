@@ -6,6 +6,7 @@
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
@@ -416,5 +417,56 @@ describe("npm start with Stripe", () => {
     await expect(startServerProcess(["--db", tmpDb(), "--port", "0", "--stripe-key", "sk_test_x"])).rejects.toThrow(
       /start exited 2.*Stripe needs both --stripe-key \(STRIPE_SECRET_KEY\) and --stripe-webhook-secret \(STRIPE_WEBHOOK_SECRET\)/s
     )
+  })
+})
+
+describe("payment routes under random input", () => {
+  it("never answer 500, and a 4xx changes no money, payment, setting or event", async () => {
+    // Proves the edge rules of issue 4 on the payment routes: random bodies, headers and
+    // signatures; every error is the API's shape; a refusal writes nothing.
+    const { w } = await setup()
+    const a = await w.signup("zed@example.com", "5.00")
+    // auto_recharge.customer is left out: it is written when Stripe answers an earlier PUT's
+    // card save (fire-and-forget), which may land during a later request.
+    const tables = ["accounts", "ledger", "holds", "payments", "payment_events", "payment_refunds", "auto_recharge", "account_billing"]
+    const columns = (t: string) => (t === "auto_recharge" ? "account, threshold_micros, amount_micros, payment_method, pending_payment, declines, last_decline_at, retry_at, updated_at" : "*")
+    const state = () =>
+      JSON.stringify(
+        tables.map((t) => w.opened.engine.ledger.db.prepare(`SELECT ${columns(t)} FROM ${t} ORDER BY rowid`).safeIntegers(true).all()),
+        (_, v) => (typeof v === "bigint" ? v.toString() : v)
+      )
+    const text = fc.oneof(fc.string({ maxLength: 30 }), fc.constantFrom("", "1.00", "25.00", "-1.00", "1000.01", "0.005", "1e3", "pm_card_visa", "t=1,v1=abc", "{}", "null"))
+    const body = fc.oneof(
+      fc.constantFrom({ amount: "25.00" }, { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" }, { invoiced: true }),
+      fc.jsonValue({ maxDepth: 2 }),
+      fc.dictionary(fc.constantFrom("amount", "threshold", "payment_method", "invoiced", "id", "type", "data"), fc.oneof(text, fc.integer(), fc.boolean(), fc.constant(null)), { maxKeys: 4 })
+    )
+    const route = fc.constantFrom(
+      ["POST", "/billing/top-ups"],
+      ["PUT", "/billing/auto-recharge"],
+      ["DELETE", "/billing/auto-recharge"],
+      ["GET", "/billing/payments"],
+      ["POST", "/webhooks/stripe"],
+      ["PUT", `/operator/accounts/${a.account}/invoiced`]
+    )
+    const who = fc.constantFrom(a.key, OPERATOR_KEY, null, "eco_forged_key")
+    const statuses = new Set<number>()
+    await fc.assert(
+      fc.asyncProperty(route, body, who, fc.option(text, { nil: undefined }), fc.option(text, { nil: undefined }), async ([method, url], b, key, signature, query) => {
+        const before = state()
+        const headers: Record<string, string> = signature === undefined ? {} : { "stripe-signature": signature.replace(/[^\x20-\x7e]/g, "") }
+        const r = await w.req(method!, query === undefined ? url! : `${url}?limit=${encodeURIComponent(query)}`, { key, body: method === "GET" || method === "DELETE" ? undefined : b, headers })
+        statuses.add(r.status)
+        expect(r.status).not.toBe(500)
+        expect(r.headers["x-ecolink-request-id"]).toBeTruthy()
+        if (r.status >= 400) {
+          expect(typeof r.body.error).toBe("string")
+          expect(state()).toBe(before)
+        }
+      }),
+      { numRuns: 300, seed: 20_261_129 }
+    )
+    // The search reached the handlers, not only the edge: successes and each kind of refusal.
+    expect([200, 201, 400, 401].filter((s) => statuses.has(s))).toEqual([200, 201, 400, 401])
   })
 })
