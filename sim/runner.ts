@@ -111,6 +111,107 @@ export const startSimEngine = (world: {
 
 export const stopEngine = (e: Engine): void => Effect.runSync(Scope.close(e.scope, Exit.void))
 
+/** What a world does for the timeline's world events (the simulated cluster, or Kubernetes' kubelet). */
+export interface TimelineWorld {
+  preempt(target: string): WorldOutcome
+  resume(target: string): WorldOutcome
+  failPod(target: string): WorldOutcome
+  regionDown(region: string): WorldOutcome
+  regionUp(region: string): WorldOutcome
+  /** The engine's watch misses the next `count` events of a resource. */
+  missEvents(id: string, count: number): WorldOutcome
+  readonly payments: SimPayments
+}
+
+export interface Refusal {
+  readonly status: number
+  readonly error: string
+  readonly message: string
+}
+
+/**
+ * Applies one timeline input (TIMELINE.md) to the engine or the world, in any world: null, or
+ * the refusal to record. Commands go through the supervisor's synchronous facade
+ * (`SupervisorApi.sync`): the same code as its Effects, without a fiber per input; a defect
+ * still throws out of the run. `sup` is null while the control plane is down (503).
+ */
+export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: TimelineWorld): Refusal | null => {
+  const call = <A>(command: (sync: SupervisorSync) => Either.Either<A, EngineError>): Refusal | null => {
+    if (sup === null) return { status: 503, error: "engine_unavailable", message: "the control plane is down" }
+    const result = command(sup.sync)
+    if (Either.isRight(result)) return null
+    const mapped = errorStatus(result.left)
+    return { status: mapped.status, error: mapped.error, message: mapped.message }
+  }
+  const outcome = (o: WorldOutcome): Refusal | null => (o.ok ? null : { status: o.status, error: o.error, message: o.message })
+  // With a region, a pod event hits that region's replica of an inference instance.
+  const podTarget = (x: { id: string; region?: string | undefined }): string => (x.region === undefined ? x.id : replicaResource(x.id, x.region))
+  switch (e.do) {
+    case "launch_gpu_instance":
+      return call((s) =>
+        s.launchGpu({
+          account: e.account,
+          id: e.id,
+          kind: "gpu_instance",
+          gpu: e.gpu,
+          gpu_count: e.gpu_count,
+          node_count: 1,
+          region: e.region,
+          estimated_duration_hours: e.estimated_duration_hours,
+          image: e.image ?? null,
+          drive: e.drive ?? null,
+          filesystems: e.filesystems ?? []
+        })
+      )
+    case "create_drive":
+    case "create_filesystem":
+      return call((s) => s.createStorage({ account: e.account, id: e.id, kind: e.do === "create_drive" ? "cloud_drive" : "shared_fs", size_gb: e.size_gb, region: e.region }))
+    case "delete_storage":
+      return call((s) => s.deleteStorage(e.id))
+    case "launch_gpu_cluster":
+      return call((s) => s.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
+    case "extend":
+      return call((s) => s.extend(e.id, e.hours))
+    case "terminate":
+      return call((s) => s.terminate(e.id))
+    // Money enters through the payment provider (issue 6): the top-up is credited when its
+    // `payment_intent.succeeded` webhook arrives, on the provider's schedule.
+    case "top_up": {
+      const amount = dollars(e.amount)
+      if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) return { status: 400, error: "invalid_amount", message: "a top-up is $1 to $1,000 per transaction" }
+      return call(() => sup!.payments!.startTopUp(e.account, amount))
+    }
+    case "set_auto_recharge":
+      return call(() => sup!.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" }))
+    case "card_decline":
+      return outcome(world.payments.declineNext(e.account, e.count ?? 1))
+    case "stripe_refund":
+      return outcome(world.payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
+    case "preempt":
+      return outcome(world.preempt(podTarget(e)))
+    case "resume":
+      return outcome(world.resume(podTarget(e)))
+    case "pod_fail":
+      return outcome(world.failPod(podTarget(e)))
+    case "register_model":
+      return call((s) => s.registerModel({ account: e.account, model: e.model, source: e.source as ModelSource, filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
+    case "delete_model":
+      return call((s) => s.deleteModel(e.account, e.model))
+    case "api_request":
+      return call((s) => s.apiRequest({ account: e.account, model: e.model, input_tokens: e.input_tokens, output_tokens: e.output_tokens, images: e.images, seconds: e.seconds }))
+    case "launch_inference_instance":
+      return call((s) => s.launchInference({ account: e.account, id: e.id, model: e.model }))
+    case "region_down":
+      return outcome(world.regionDown(e.region))
+    case "region_up":
+      return outcome(world.regionUp(e.region))
+    case "miss_pod_events":
+      return outcome(world.missEvents(e.id, e.count ?? 3))
+    default:
+      return { status: 501, error: "unsupported_event", message: `event kind ${e.do} arrives with a later capability of the engine` }
+  }
+}
+
 export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
   const db = options.db ?? ":memory:"
   const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
@@ -135,95 +236,21 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   // Webhooks reach the engine while it is up; while it is down the provider retries.
   payments.deliver = (event) => engine?.sup.payments?.handleEvent(event) ?? null
 
-  const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
-    rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
+  const reject = (e: TimelineEvent, refusal: Refusal): void => {
+    rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, ...refusal })
   }
-  // Inputs go through the supervisor's synchronous commands (`SupervisorApi.sync`): the same
-  // code as its Effects, without a fiber per input. A defect still throws out of the run.
-  const call = <A>(e: TimelineEvent, command: (sup: SupervisorSync) => Either.Either<A, EngineError>): void => {
-    if (engine === null) return reject(e, 503, "engine_unavailable", "the control plane is down")
-    const result = command(engine.sup.sync)
-    if (Either.isRight(result)) return
-    const mapped = errorStatus(result.left)
-    reject(e, mapped.status, mapped.error, mapped.message)
+  const world: TimelineWorld = {
+    preempt: (target) => cluster.preempt(target),
+    resume: (target) => cluster.resume(target),
+    failPod: (target) => cluster.failPod(target),
+    regionDown: (region) => cluster.regionDown(region),
+    regionUp: (region) => cluster.regionUp(region),
+    missEvents: (id, count) => cluster.missEvents(id, count),
+    payments
   }
-  const podTarget = (e: { id: string; region?: string | undefined }): string => (e.region === undefined ? e.id : replicaResource(e.id, e.region))
-  const world_ = (e: TimelineEvent, outcome: WorldOutcome): void => {
-    if (!outcome.ok) reject(e, outcome.status, outcome.error, outcome.message)
-  }
-
   const apply = (e: TimelineEvent): void => {
-    switch (e.do) {
-      case "launch_gpu_instance":
-        return call(e, (sup) =>
-          sup.launchGpu({
-            account: e.account,
-            id: e.id,
-            kind: "gpu_instance",
-            gpu: e.gpu,
-            gpu_count: e.gpu_count,
-            node_count: 1,
-            region: e.region,
-            estimated_duration_hours: e.estimated_duration_hours,
-            image: e.image ?? null,
-            drive: e.drive ?? null,
-            filesystems: e.filesystems ?? []
-          })
-        )
-      case "create_drive":
-      case "create_filesystem":
-        return call(e, (sup) => sup.createStorage({ account: e.account, id: e.id, kind: e.do === "create_drive" ? "cloud_drive" : "shared_fs", size_gb: e.size_gb, region: e.region }))
-      case "delete_storage":
-        return call(e, (sup) => sup.deleteStorage(e.id))
-      case "launch_gpu_cluster":
-        return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
-      case "extend":
-        return call(e, (sup) => sup.extend(e.id, e.hours))
-      case "terminate":
-        return call(e, (sup) => sup.terminate(e.id))
-      // Money enters through the payment provider (issue 6): the top-up is credited when its
-      // `payment_intent.succeeded` webhook arrives, on the provider's schedule.
-      case "top_up": {
-        const amount = dollars(e.amount)
-        if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) {
-          return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
-        }
-        return call(e, () => engine!.sup.payments!.startTopUp(e.account, amount))
-      }
-      case "set_auto_recharge":
-        return call(e, () =>
-          engine!.sup.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" })
-        )
-      case "card_decline":
-        return world_(e, payments.declineNext(e.account, e.count ?? 1))
-      case "stripe_refund":
-        return world_(e, payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
-      // With a region, the event hits that region's replica of an inference instance.
-      case "preempt":
-        return world_(e, cluster.preempt(podTarget(e)))
-      case "resume":
-        return world_(e, cluster.resume(podTarget(e)))
-      case "pod_fail":
-        return world_(e, cluster.failPod(podTarget(e)))
-      case "register_model":
-        return call(e, (sup) => sup.registerModel({ account: e.account, model: e.model, source: e.source as ModelSource, filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
-      case "delete_model":
-        return call(e, (sup) => sup.deleteModel(e.account, e.model))
-      case "api_request":
-        return call(e, (sup) =>
-          sup.apiRequest({ account: e.account, model: e.model, input_tokens: e.input_tokens, output_tokens: e.output_tokens, images: e.images, seconds: e.seconds })
-        )
-      case "launch_inference_instance":
-        return call(e, (sup) => sup.launchInference({ account: e.account, id: e.id, model: e.model }))
-      case "region_down":
-        return world_(e, cluster.regionDown(e.region))
-      case "region_up":
-        return world_(e, cluster.regionUp(e.region))
-      case "miss_pod_events":
-        return world_(e, cluster.missEvents(e.id, e.count ?? 3))
-      default:
-        return reject(e, 501, "unsupported_event", `event kind ${e.do} arrives with a later capability of the engine`)
-    }
+    const refusal = applyInput(e, engine?.sup ?? null, world)
+    if (refusal !== null) reject(e, refusal)
   }
 
   // Accounts open at the start, each with its opening balance as an operator's adjustment.

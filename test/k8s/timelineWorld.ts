@@ -9,22 +9,19 @@
  * events, as a watch can, through `MissEvents` (the driver's cache still sees the truth,
  * which is what the watchdog's heal reads).
  *
- * This duplicates the input dispatch of `sim/runner.ts#runTimeline`, which builds its world
- * itself; see docs/KUBERNETES.md ("Integration") for the change that would share it.
+ * Inputs go through the same dispatch as the simulated world (`applyInput` in sim/runner.ts);
+ * only the world's hands (the scripted kubelet) differ.
  */
-import { Context, Effect, Either, Exit, Layer, Runtime, Scope } from "effect"
+import { Context, Effect, Exit, Layer, Runtime, Scope } from "effect"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
-import { errorStatus, type EngineError } from "../../src/errors.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
-import { dollars } from "../../src/money.js"
 import * as policy from "../../src/policy.js"
-import { replicaResource } from "../../src/resources.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal } from "../../src/services.js"
 import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
-import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../../src/supervisor.js"
+import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../../src/supervisor.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
-import type { Rejected } from "../../sim/runner.js"
+import { applyInput, type Rejected, type TimelineWorld } from "../../sim/runner.js"
 import type { Timeline, TimelineEvent } from "../../sim/timeline.js"
 import { isoInstant } from "../../sim/iso.js"
 import { K8sWorld, type SteppedClock } from "./harness.js"
@@ -133,84 +130,20 @@ export const runTimelineInKubernetes = async (timeline: Timeline, options: { rea
   const engine = startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
   payments.deliver = (event) => engine.sup.payments?.handleEvent(event) ?? null
   const rejected: Rejected[] = []
-  const reject = (e: TimelineEvent, status: number, error: string, message: string): void => {
-    rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, status, error, message })
-  }
-  const call = <A>(e: TimelineEvent, command: (sup: SupervisorSync) => Either.Either<A, EngineError>): void => {
-    const result = command(engine.sup.sync)
-    if (Either.isRight(result)) return
-    const mapped = errorStatus(result.left)
-    reject(e, mapped.status, mapped.error, mapped.message)
-  }
-  const world_ = (e: TimelineEvent, outcome: WorldOutcome): void => {
-    if (!outcome.ok) reject(e, outcome.status, outcome.error, outcome.message)
-  }
-  const podTarget = (e: { id: string; region?: string | undefined }): string => (e.region === undefined ? e.id : replicaResource(e.id, e.region))
   const k = world.kubelet
-
+  // The same dispatch as the simulated world's runner; only the world's hands differ.
+  const hands: TimelineWorld = {
+    preempt: (target) => k.preempt(target),
+    resume: (target) => k.resume(target),
+    failPod: (target) => k.fail(target),
+    regionDown: (region) => k.regionDown(region),
+    regionUp: (region) => k.regionUp(region),
+    missEvents: (id, count) => cluster.missEvents(id, count),
+    payments
+  }
   const apply = (e: TimelineEvent): void => {
-    switch (e.do) {
-      case "launch_gpu_instance":
-        return call(e, (sup) =>
-          sup.launchGpu({
-            account: e.account,
-            id: e.id,
-            kind: "gpu_instance",
-            gpu: e.gpu,
-            gpu_count: e.gpu_count,
-            node_count: 1,
-            region: e.region,
-            estimated_duration_hours: e.estimated_duration_hours,
-            image: e.image ?? null,
-            drive: e.drive ?? null,
-            filesystems: e.filesystems ?? []
-          })
-        )
-      case "create_drive":
-      case "create_filesystem":
-        return call(e, (sup) => sup.createStorage({ account: e.account, id: e.id, kind: e.do === "create_drive" ? "cloud_drive" : "shared_fs", size_gb: e.size_gb, region: e.region }))
-      case "delete_storage":
-        return call(e, (sup) => sup.deleteStorage(e.id))
-      case "launch_gpu_cluster":
-        return call(e, (sup) => sup.launchGpu({ account: e.account, id: e.id, kind: "gpu_cluster", gpu: e.gpu, gpu_count: e.gpu_count, node_count: e.node_count, region: e.region, estimated_duration_hours: e.estimated_duration_hours, image: e.image ?? null }))
-      case "extend":
-        return call(e, (sup) => sup.extend(e.id, e.hours))
-      case "terminate":
-        return call(e, (sup) => sup.terminate(e.id))
-      case "top_up": {
-        const amount = dollars(e.amount)
-        if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) return reject(e, 400, "invalid_amount", "a top-up is $1 to $1,000 per transaction")
-        return call(e, () => engine.sup.payments!.startTopUp(e.account, amount))
-      }
-      case "set_auto_recharge":
-        return call(e, () => engine.sup.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" }))
-      case "card_decline":
-        return world_(e, payments.declineNext(e.account, e.count ?? 1))
-      case "stripe_refund":
-        return world_(e, payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
-      case "preempt":
-        return world_(e, k.preempt(podTarget(e)))
-      case "resume":
-        return world_(e, k.resume(podTarget(e)))
-      case "pod_fail":
-        return world_(e, k.fail(podTarget(e)))
-      case "register_model":
-        return call(e, (sup) => sup.registerModel({ account: e.account, model: e.model, source: e.source as "huggingface", filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
-      case "delete_model":
-        return call(e, (sup) => sup.deleteModel(e.account, e.model))
-      case "api_request":
-        return call(e, (sup) => sup.apiRequest({ account: e.account, model: e.model, input_tokens: e.input_tokens, output_tokens: e.output_tokens, images: e.images, seconds: e.seconds }))
-      case "launch_inference_instance":
-        return call(e, (sup) => sup.launchInference({ account: e.account, id: e.id, model: e.model }))
-      case "region_down":
-        return world_(e, k.regionDown(e.region))
-      case "region_up":
-        return world_(e, k.regionUp(e.region))
-      case "miss_pod_events":
-        return world_(e, cluster.missEvents(e.id, e.count ?? 3))
-      default:
-        return reject(e, 501, "unsupported_event", `event kind ${e.do} arrives with a later capability of the engine`)
-    }
+    const refusal = applyInput(e, engine.sup, hands)
+    if (refusal !== null) rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, ...refusal })
   }
 
   engine.sup.unitOfWork(() => {
