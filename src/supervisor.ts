@@ -454,14 +454,21 @@ export class GpuSupervisor implements PaymentHost {
    */
   postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros {
     assert(row.kind === "topup" ? row.amount_micros > 0n : row.amount_micros < 0n, () => `payment row ${row.kind} ${row.amount_micros}`)
-    return this.unitOfWork(() => {
-      const at = this.clock.now()
-      this.touched.add(row.account)
-      if (row.amount_micros > 0n) this.credited.add(row.account)
-      const balance = this.ledger.post({ account: row.account, at, kind: row.kind, amount_micros: row.amount_micros, resource: row.resource, description: row.description })
-      if (row.amount_micros > 0n) this.restoreStorage(row.account, at)
-      return balance
-    })
+    return this.unitOfWork(() => this.book(row))
+  }
+
+  /**
+   * A wallet row that is not a hold's: credits and adjustments, card top-ups and refunds. The
+   * low-balance monitor looks at the account again; only money coming in can lift it above a
+   * warned threshold (SPEC §7) or make suspended storage usable (SPEC §5).
+   */
+  private book(row: { account: string; kind: "topup" | "adjustment" | "refund"; amount_micros: Micros; resource: string | null; description: string }): Micros {
+    const at = this.clock.now()
+    this.touched.add(row.account)
+    if (row.amount_micros > 0n) this.credited.add(row.account)
+    const balance = this.ledger.post({ account: row.account, at, kind: row.kind, amount_micros: row.amount_micros, resource: row.resource, description: row.description })
+    if (row.amount_micros > 0n) this.restoreStorage(row.account, at)
+    return balance
   }
 
   touch(account: string): void {
@@ -486,14 +493,8 @@ export class GpuSupervisor implements PaymentHost {
     if (balance + amount_micros < 0n) return Either.left(new InsufficientBalance({ account, required_micros: -amount_micros, balance_micros: balance }))
     return Either.right(
       this.unitOfWork(() => {
-        const at = this.clock.now()
-        this.journal.append(at, kind, { account, amount_micros: amount_micros.toString() })
-        this.touched.add(account)
-        // Only money coming in can lift the account above a warned threshold (SPEC §7).
-        if (amount_micros > 0n) this.credited.add(account)
-        const balance = this.ledger.post({ account, at, kind, amount_micros, description })
-        this.restoreStorage(account, at)
-        return balance
+        this.journal.append(this.clock.now(), kind, { account, amount_micros: amount_micros.toString() })
+        return this.book({ account, kind, amount_micros, resource: null, description })
       })
     )
   }
