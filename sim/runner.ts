@@ -10,7 +10,8 @@
  */
 import { Context, Effect, Either, Exit, Layer, Runtime, Scope } from "effect"
 import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
-import { VirtualClock, Lane } from "../src/clock.js"
+import { VirtualClock, Lane, type EngineClock } from "../src/clock.js"
+import type { ClusterPort } from "../src/cluster.js"
 import { errorStatus, type EngineError } from "../src/errors.js"
 import type { LedgerStore } from "../src/ledger/store.js"
 import type { ModelPrice } from "../src/metering.js"
@@ -80,13 +81,14 @@ export interface Engine {
 }
 
 /**
- * Builds the engine (ledger, notifier, journal, supervisor) over a simulated world, as Effect
- * layers, and returns the runtime that carries the virtual clock as Effect's `Clock`.
+ * Builds the engine (ledger, notifier, journal, supervisor) over a world, as Effect layers,
+ * and returns the runtime that carries the world's clock as Effect's `Clock`: the simulated
+ * cluster on the virtual clock here, the Kubernetes driver on a stepped clock in test/k8s.
  */
 export const startSimEngine = (world: {
   readonly db: string
-  readonly clock: VirtualClock
-  readonly cluster: SimCluster
+  readonly clock: EngineClock
+  readonly cluster: ClusterPort
   readonly gpu_rates: ReadonlyMap<string, Micros>
   readonly model_prices?: ReadonlyMap<string, ModelPrice | null>
   readonly aggregate_api_usage?: boolean

@@ -12,16 +12,14 @@
  * Inputs go through the same dispatch as the simulated world (`applyInput` in sim/runner.ts);
  * only the world's hands (the scripted kubelet) differ.
  */
-import { Context, Effect, Exit, Layer, Runtime, Scope } from "effect"
+import { Runtime } from "effect"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
 import * as policy from "../../src/policy.js"
-import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal } from "../../src/services.js"
 import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
-import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../../src/supervisor.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
-import { applyInput, type Rejected, type TimelineWorld } from "../../sim/runner.js"
+import { applyInput, startSimEngine, stopEngine as stopSimEngine, type Engine, type Rejected, type TimelineWorld } from "../../sim/runner.js"
 import type { Timeline, TimelineEvent } from "../../sim/timeline.js"
 import { isoInstant } from "../../sim/iso.js"
 import { K8sWorld, type SteppedClock } from "./harness.js"
@@ -76,14 +74,9 @@ export class MissEvents implements ClusterPort {
   }
 }
 
-export interface KubeEngine {
-  readonly scope: Scope.CloseableScope
-  readonly runtime: Runtime.Runtime<Supervisor | Ledger>
-  readonly sup: SupervisorApi
-  readonly ledger: LedgerStore
-}
+export type KubeEngine = Engine
 
-/** The engine (ledger, supervisor) over any cluster port on the stepped clock. */
+/** The engine (ledger, supervisor) over any cluster port on the stepped clock: `startSimEngine`'s. */
 export const startEngine = (world: {
   readonly db: string
   readonly clock: SteppedClock
@@ -95,19 +88,20 @@ export const startEngine = (world: {
   readonly payments?: SimPayments
 }): KubeEngine => {
   const t = world.timeline
-  const worldLayer = Layer.mergeAll(
-    clockLayer(world.clock),
-    Layer.succeed(Cluster, world.cluster),
-    world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
-    catalogLayer(t?.gpu_rates ?? world.gpu_rates ?? new Map(), t?.model_prices, t?.aggregate_api_usage ?? false, t?.storage_rates ?? world.storage_rates)
-  )
-  const engineLayer = supervisorLayer.pipe(Layer.provideMerge(sqliteNotifierAndJournal), Layer.provideMerge(Layer.merge(ledgerLayer(world.db, { synchronous: "OFF" }), worldLayer)))
-  const scope = Effect.runSync(Scope.make())
-  const runtime = Effect.runSync(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
-  return { scope, runtime, sup: Context.get(runtime.context, Supervisor), ledger: Context.get(runtime.context, Ledger) }
+  const storage_rates = t?.storage_rates ?? world.storage_rates
+  return startSimEngine({
+    db: world.db,
+    clock: world.clock,
+    cluster: world.cluster,
+    gpu_rates: t?.gpu_rates ?? world.gpu_rates ?? new Map(),
+    ...(t?.model_prices === undefined ? {} : { model_prices: t.model_prices }),
+    aggregate_api_usage: t?.aggregate_api_usage ?? false,
+    ...(storage_rates === undefined ? {} : { storage_rates }),
+    ...(world.payments === undefined ? {} : { payments: world.payments })
+  })
 }
 
-export const stopEngine = (e: KubeEngine): void => Effect.runSync(Scope.close(e.scope, Exit.void))
+export const stopEngine = (e: KubeEngine): void => stopSimEngine(e)
 
 export interface KubeRunResult {
   readonly ledger: LedgerStore
