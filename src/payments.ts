@@ -369,7 +369,7 @@ export class PaymentBook {
         return
       }
       this.journal.append(at, "payment_refused", { id: payment_id, code: r.code })
-      this.fail(this.payment(payment_id)!, r.code)
+      this.fail(this.payment(payment_id)!, r.code, r.declined)
     })
   }
 
@@ -406,7 +406,7 @@ export class PaymentBook {
       return "amount_mismatch"
     }
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
-    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code) ? "failed" : "nothing"
+    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, true) ? "failed" : "nothing"
     // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
     // (events come in any order); then only the newly refunded part is booked.
     const credited = this.succeed(this.payment(p.id)!)
@@ -432,8 +432,12 @@ export class PaymentBook {
     return true
   }
 
-  /** creating/pending → failed, once; an auto-recharge decline backs off and notifies. */
-  private fail(p: PaymentRecord, code: string): boolean {
+  /**
+   * creating/pending → failed, once; a failed auto-recharge backs off and notifies: as a
+   * decline when the card was declined, as the provider's failure when it was not (the
+   * customer's card is not at fault, and the text says so).
+   */
+  private fail(p: PaymentRecord, code: string, declined: boolean): boolean {
     if (p.status === "succeeded" || p.status === "failed") return false
     const at = this.clock.now()
     this.s.casStatus.run("failed", code, at, p.id, p.status)
@@ -448,8 +452,8 @@ export class PaymentBook {
       resource: null,
       at,
       severity: "critical",
-      kind: "auto_recharge_declined",
-      text: policy.texts.autoRechargeDeclined(formatDollars(p.amount_micros), Math.round(wait / policy.MS_PER_MINUTE)),
+      kind: declined ? "auto_recharge_declined" : "auto_recharge_failed",
+      text: (declined ? policy.texts.autoRechargeDeclined : policy.texts.autoRechargeFailed)(formatDollars(p.amount_micros), Math.round(wait / policy.MS_PER_MINUTE)),
       data: { payment: p.id, code, retry_at: at + wait }
     })
     this.armRetry(p.account, at + wait)

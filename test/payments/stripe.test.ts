@@ -361,6 +361,24 @@ describe("auto-recharge", () => {
   })
 })
 
+describe("auto-recharge when Stripe fails", () => {
+  it("backs off and says the provider failed, not the card, when Stripe answers 500", async () => {
+    // Proves a provider error is not reported as a decline: its own notification kind and text,
+    // the same backoff, no money moved.
+    const { w } = await setup()
+    const a = await w.signup("ivy@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_test_provider_outage" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.declines === 1, "the failed charge")
+    const notes = w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge"))
+    expect(notes.map((n) => [n.kind, n.severity, n.text])).toEqual([
+      ["auto_recharge_failed", "critical", "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."]
+    ])
+    expect(book.payments().map((p) => [p.status, p.failure_code])).toEqual([["failed", "api_error"]])
+    expect(ledgerOf(w, a.account)).toEqual([])
+  })
+})
+
 describe("invoiced accounts (NET-30)", () => {
   it("are a flag an operator sets; credit comes by adjustment rows", async () => {
     // Proves the operator route and that the wallet model is unchanged.

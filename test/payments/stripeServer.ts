@@ -10,7 +10,8 @@
  *
  * Bodies are form-encoded like Stripe's (`metadata[payment_id]=…`); an `Idempotency-Key`
  * seen before answers the first answer again and does nothing. Cards: `pm_card_visa`
- * succeeds, `pm_card_chargeDeclined` declines (Stripe's test card names). Events are signed
+ * succeeds, `pm_card_chargeDeclined` declines (Stripe's test card names), and
+ * `pm_test_provider_outage` makes Stripe answer 500 `api_error` (not the card's fault). Events are signed
  * with `stripe.webhooks.generateTestHeaderString` at the world clock's instant and queued;
  * a test delivers them when and as often as it likes (in order, reversed, twice).
  */
@@ -182,6 +183,8 @@ export class StripeTestServer {
 
   private confirm(pi: Obj, payment_method: string): { status: number; body: string } {
     if (pi["status"] === "succeeded") return this.error(400, "invalid_request_error", "payment_intent_unexpected_state", "This PaymentIntent has already succeeded")
+    // Not a card problem: Stripe itself fails (an outage); stripe-node raises StripeAPIError.
+    if (payment_method === "pm_test_provider_outage") return this.error(500, "api_error", "api_error", "An unknown error occurred")
     if (payment_method === "pm_card_chargeDeclined") {
       pi["status"] = "requires_payment_method"
       pi["last_payment_error"] = { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." }
