@@ -49,7 +49,8 @@ export interface EngineClock {
   readonly effectScheduler?: Scheduler.Scheduler
 }
 
-interface Timer {
+/** A timer as the engine's clocks order them (exported for test clocks that must fire in the same order). */
+export interface Timer {
   readonly due_ms: number
   readonly lane: number
   readonly key: string
@@ -57,7 +58,8 @@ interface Timer {
   fn: (() => void) | null
 }
 
-const before = (a: Timer, b: Timer): boolean => {
+/** The one order every virtual clock fires timers in: due time, lane, key, sequence number. */
+export const before = (a: Timer, b: Timer): boolean => {
   if (a.due_ms !== b.due_ms) return a.due_ms < b.due_ms
   if (a.lane !== b.lane) return a.lane < b.lane
   if (a.key !== b.key) return a.key < b.key

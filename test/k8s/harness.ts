@@ -13,22 +13,11 @@
  */
 import { Clock as EffectClock, Duration, Effect, Scheduler } from "effect"
 import { KubeConfig } from "@kubernetes/client-node"
-import { Lane, type EngineClock, type ScheduleOptions, type TimerHandle } from "../../src/clock.js"
+import { before, Lane, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
 import { KubernetesCluster, type DriverReport } from "../../src/k8s/cluster.js"
 import { kubernetesConfig, type KubernetesClusterConfig, type KubernetesLimits } from "../../src/k8s/config.js"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
 import { ScriptedKubelet, type KubeletRegion } from "./kubelet.js"
-
-interface Timer {
-  readonly due_ms: number
-  readonly lane: number
-  readonly key: string
-  readonly seq: number
-  fn: (() => void) | null
-}
-
-const before = (a: Timer, b: Timer): boolean =>
-  a.due_ms !== b.due_ms ? a.due_ms < b.due_ms : a.lane !== b.lane ? a.lane < b.lane : a.key !== b.key ? a.key < b.key : a.seq < b.seq
 
 /** Bound on timers one `advanceTo` fires: a runaway loop stops loudly. */
 const STEPPED_FIRES_PER_ADVANCE_MAX = 1_000_000
