@@ -60,6 +60,8 @@ export class SimCluster implements ClusterPort {
   private readonly missing = new Map<string, number>()
   private handler: ((event: ClusterEvent) => void) | null = null
   private readonly prng: Prng
+  /** Workloads created, deleted or whose phase changed since the last `drainChanges`: name → resource. */
+  private readonly changes = new Map<string, string>()
 
   constructor(
     private readonly clock: EngineClock,
@@ -87,6 +89,7 @@ export class SimCluster implements ClusterPort {
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
     this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, timer: null, deleting: false })
+    this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
     region.queue.push(spec.name)
     this.placeQueued(region)
@@ -105,6 +108,7 @@ export class SimCluster implements ClusterPort {
       this.release(w)
       this.workloads.delete(name)
       this.byResource.delete(w.spec.resource)
+      this.changes.set(name, w.spec.resource)
       this.emit({ type: "pod.deleted", resource: w.spec.resource, at: this.clock.now() })
       this.placeQueued(region)
     })
@@ -148,6 +152,7 @@ export class SimCluster implements ClusterPort {
     this.cancel(w)
     // A higher-priority workload takes the GPUs: they stay occupied until it leaves.
     w.phase = "preempted"
+    this.changes.set(w.spec.name, w.spec.resource)
     this.emit({ type: "pod.preempted", resource, at: this.clock.now() })
     return ok
   }
@@ -161,6 +166,7 @@ export class SimCluster implements ClusterPort {
     w.timer = this.at(region.spec.container_start_ms, w.spec.name, () => {
       w.timer = null
       w.phase = "running"
+      this.changes.set(w.spec.name, w.spec.resource)
       this.emit({ type: "pod.running", resource, at: this.clock.now(), started_at: w.started_at })
       this.armRandomPreemption(w)
     })
@@ -197,6 +203,11 @@ export class SimCluster implements ClusterPort {
   }
 
   /** The watcher will miss the next `count` events of this resource (to exercise the heal). */
+  drainChanges(visit: (name: string, resource: string) => void): void {
+    for (const [name, resource] of this.changes) visit(name, resource)
+    this.changes.clear()
+  }
+
   missEvents(resource: string, count: number): WorldOutcome {
     this.missing.set(resource, (this.missing.get(resource) ?? 0) + count)
     return ok
@@ -229,6 +240,7 @@ export class SimCluster implements ClusterPort {
   private fail(w: Workload): void {
     this.cancel(w)
     w.phase = "failed"
+    this.changes.set(w.spec.name, w.spec.resource)
     this.release(w)
     const region = this.regions.get(w.spec.region)!
     const queued = region.queue.indexOf(w.spec.name)
@@ -278,11 +290,13 @@ export class SimCluster implements ClusterPort {
       w.timer = null
       if (pullFails) return this.fail(w)
       w.phase = "loading"
+      this.changes.set(w.spec.name, w.spec.resource)
       w.started_at = this.clock.now()
       this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
       w.timer = this.at(s.container_start_ms, w.spec.name, () => {
         w.timer = null
         w.phase = "running"
+        this.changes.set(w.spec.name, w.spec.resource)
         this.emit({ type: "pod.running", resource: w.spec.resource, at: this.clock.now(), started_at: w.started_at })
         this.armRandomPreemption(w)
       })

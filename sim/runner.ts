@@ -17,7 +17,7 @@ import type { LedgerStore } from "../src/ledger/store.js"
 import type { ModelPrice } from "../src/metering.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
-import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal } from "../src/services.js"
+import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, ReconcileAudit, sqliteNotifierAndJournal } from "../src/services.js"
 import { simPaymentsFor, type SimPayments } from "./payments.js"
 import { INFERENCE_KIND, replicaResource, STORAGE_KINDS } from "../src/resources.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../src/supervisor.js"
@@ -45,6 +45,8 @@ export interface RunOptions {
    * world's pod events are lost, as a dead controller's watch loses them.
    */
   readonly outages?: ReadonlyArray<{ readonly at_ms: number; readonly duration_ms: number }>
+  /** Tests: check every incremental reconcile against a full scan (`ReconcileAudit`); slower. */
+  readonly auditReconcile?: boolean
 }
 
 export interface Rejected {
@@ -94,9 +96,12 @@ export const startSimEngine = (world: {
   readonly aggregate_api_usage?: boolean
   readonly storage_rates?: ReadonlyMap<string, Micros>
   readonly payments?: SimPayments
+  /** Tests: `ReconcileAudit` (every watchdog tick checked against a full scan). */
+  readonly audit_reconcile?: boolean
 }): Engine => {
   const worldLayer = Layer.mergeAll(
     clockLayer(world.clock),
+    world.audit_reconcile === true ? Layer.succeed(ReconcileAudit, true) : Layer.empty,
     Layer.succeed(Cluster, world.cluster),
     world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
     catalogLayer(world.gpu_rates, world.model_prices, world.aggregate_api_usage ?? false, world.storage_rates)
@@ -231,7 +236,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
       gpu_rates: timeline.gpu_rates,
       model_prices: timeline.model_prices,
       aggregate_api_usage: timeline.aggregate_api_usage,
-      storage_rates: timeline.storage_rates
+      storage_rates: timeline.storage_rates,
+      audit_reconcile: options.auditReconcile ?? false
     })
   let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []

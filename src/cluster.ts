@@ -75,6 +75,14 @@ export interface ClusterPort {
    * on what it finds sorts first.
    */
   forEachWorkload(visit: (name: string, resource: string) => void): void
+  /**
+   * The change feed: calls `visit` with the name and resource of every workload that
+   * appeared, changed phase or disappeared since the previous call (each at least once, in
+   * no particular order), then forgets them. It reports changes, not events: a pod event the
+   * watch lost is here all the same. The reconciler's watchdog tick looks only at these, at
+   * the resources the engine changed, and at what it found wrong last time (one consumer).
+   */
+  drainChanges(visit: (name: string, resource: string) => void): void
   /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */
   region(name: string): { readonly nodes: number; readonly gpus_per_node: number } | undefined
   /** The regions this cluster spans, sorted by name. */

@@ -23,6 +23,12 @@ export class Cluster extends Context.Tag("ecolink/Cluster")<Cluster, ClusterPort
 /** The payment provider (Stripe in production, `SimPayments` in the simulator): src/payments.ts. */
 export class Payments extends Context.Tag("ecolink/Payments")<Payments, import("./payments.js").PaymentsPort>() {}
 
+/**
+ * Present only in tests: every watchdog tick also runs the reconciler's full scan and fails
+ * loudly if the incremental one (`GpuSupervisor.reconcile`) saw anything else.
+ */
+export class ReconcileAudit extends Context.Tag("ecolink/ReconcileAudit")<ReconcileAudit, true>() {}
+
 export interface NotifierPort {
   notify(n: NotificationInput): void
 }

@@ -72,7 +72,7 @@ import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
-import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, Payments, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
+import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, Payments, ReconcileAudit, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
 import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
 
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
@@ -213,6 +213,15 @@ export class GpuSupervisor implements PaymentHost {
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
   private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
+  /**
+   * The incremental reconciler's suspects for the next watchdog tick (see `reconcile`):
+   * resources whose machine ran since the last tick, the workloads of resources that left
+   * `live` since then, and what the last tick found wrong (a correction may not have taken).
+   */
+  private readonly changedSinceTick = new Set<string>()
+  private readonly goneSinceTick = new Set<string>()
+  private lastDrifted: ReadonlyArray<string> = []
+  private lastOrphans: ReadonlyArray<string> = []
   /** Live resource ids by account, for the low-balance monitor. */
   private readonly byAccount = new Map<string, Set<string>>()
   /** Accounts whose money or burn changed in this unit of work. */
@@ -259,7 +268,9 @@ export class GpuSupervisor implements PaymentHost {
     private readonly catalog: CatalogPort,
     private readonly notifier: NotifierPort,
     private readonly journal: JournalPort,
-    paymentsPort: PaymentsPort | null = null
+    paymentsPort: PaymentsPort | null = null,
+    /** `ReconcileAudit`: check every incremental reconcile against a full scan (tests). */
+    private readonly audit = false
   ) {
     this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
     const raise = (intent: Intent): void => {
@@ -1029,6 +1040,7 @@ export class GpuSupervisor implements PaymentHost {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
+    this.changedSinceTick.add(entry.id)
     this.track(entry)
     this.touched.add(accountOf(entry))
     this.burnCache.delete(accountOf(entry))
@@ -1175,6 +1187,7 @@ export class GpuSupervisor implements PaymentHost {
         if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
         entry.actor.stop()
         this.live.delete(id)
+        if (entry.kind !== "storage") for (const pod of Object.values(podsOf(entry))) this.goneSinceTick.add(pod)
         this.withPods.delete(id)
         this.byAccount.get(snapshot.context.account)?.delete(id)
       }
@@ -1417,24 +1430,53 @@ export class GpuSupervisor implements PaymentHost {
    * a GPU resource still `pending` is left to SPEC §3's stuck-pending rule (healed or failed
    * once it has been pending 15 minutes), as the manual describes.
    *
-   * The scan only looks (in whatever order the map holds); the resources that disagree are
-   * then corrected in id order, so what is written never depends on iteration order.
+   * A tick is incremental: only a resource whose machine ran since the last tick, whose
+   * workload the cluster's change feed reports, or that the last tick found drifted can have
+   * drifted since, and only a workload the feed reports, one of a resource that left `live`,
+   * or last tick's orphan can be an orphan now. Everything is scanned at start and at every
+   * `VOLUME_RESYNC_INTERVAL_MS` mark (a resync, as an informer's), and on every tick under
+   * `ReconcileAudit`, which fails loudly if the two ever disagree.
+   *
+   * Scans only look (in whatever order the sets hold); the resources that disagree are then
+   * corrected in id order, so what is written never depends on iteration order.
    */
   private reconcile(when: "start" | "tick"): void {
     const at = this.clock.now()
-    const drifted: string[] = []
-    for (const entry of this.withPods.values()) {
-      // A finished actor waits in `live` only until the batch's commit writes its last snapshot.
-      if (entry.actor.getSnapshot().status === "done") continue
-      if (entry.kind === "inference" ? this.replicasDrifted(entry) : this.gpuDrifted(entry, when)) drifted.push(entry.id)
-    }
-    for (const id of drifted.sort()) {
+    const resync = when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0
+    const suspects = new Set<string>(this.lastDrifted)
+    const orphanSuspects = new Set<string>(this.lastOrphans)
+    for (const id of this.changedSinceTick) suspects.add(id)
+    for (const name of this.goneSinceTick) orphanSuspects.add(name)
+    this.changedSinceTick.clear()
+    this.goneSinceTick.clear()
+    this.cluster.drainChanges((name, resource) => {
+      const replica = resource.indexOf("@")
+      suspects.add(replica < 0 ? resource : resource.slice(0, replica))
+      orphanSuspects.add(name)
+    })
+    const full = resync || this.audit
+    const drifted = full ? this.drifted(this.withPods.keys(), when) : this.drifted(suspects, when)
+    if (full && !resync) this.agree("drifted", at, this.drifted(suspects, when), drifted)
+    for (const id of drifted) {
       const entry = this.withPods.get(id)!
       if (entry.kind === "inference") this.reconcileInference(entry, at)
       else this.reconcileGpu(entry, at)
     }
-    this.sweepOrphans(at)
-    if (when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0) {
+    let orphans: string[]
+    if (full) {
+      orphans = []
+      this.cluster.forEachWorkload((name, resource) => {
+        if (!this.owned(resource)) orphans.push(name)
+      })
+      orphans.sort()
+      if (!resync) this.agree("orphans", at, this.orphansAmong(orphanSuspects), orphans)
+    } else {
+      orphans = this.orphansAmong(orphanSuspects)
+    }
+    this.sweepOrphans(orphans, at)
+    this.lastDrifted = drifted
+    this.lastOrphans = orphans
+    if (resync) {
       // Volumes are level-triggered too: every live drive and filesystem exists in the cluster
       // (a claim deleted behind our back, or whose create gave up, comes back within the hour).
       for (const id of [...this.live.keys()].sort()) {
@@ -1442,6 +1484,39 @@ export class GpuSupervisor implements PaymentHost {
         if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
       }
     }
+  }
+
+  /** `ReconcileAudit`: what the incremental tick saw must be what a full scan sees. */
+  private agree(what: string, at: number, incremental: ReadonlyArray<string>, full: ReadonlyArray<string>): void {
+    assert(incremental.join() === full.join(), () => `incremental reconcile at ${at}: ${what} [${incremental.join()}], a full scan [${full.join()}]`)
+  }
+
+  /** The ids among `ids` whose machine disagrees with the cluster, sorted. */
+  private drifted(ids: Iterable<string>, when: "start" | "tick"): string[] {
+    const drifted: string[] = []
+    for (const id of ids) {
+      const entry = this.withPods.get(id)
+      // A finished actor waits in `live` only until the batch's commit writes its last snapshot.
+      if (entry === undefined || entry.actor.getSnapshot().status === "done") continue
+      if (entry.kind === "inference" ? this.replicasDrifted(entry) : this.gpuDrifted(entry, when)) drifted.push(id)
+    }
+    return drifted.sort()
+  }
+
+  /** Whether a workload's resource (`id` or `id@region`) is a live resource of ours. */
+  private owned(resource: string): boolean {
+    const replica = resource.indexOf("@")
+    return this.live.has(replica < 0 ? resource : resource.slice(0, replica))
+  }
+
+  /** The workloads among `names` that exist and that no live resource owns, sorted. */
+  private orphansAmong(names: Iterable<string>): string[] {
+    const orphans: string[] = []
+    for (const name of names) {
+      const workload = this.cluster.get(name)
+      if (workload !== undefined && !this.owned(workload.resource)) orphans.push(name)
+    }
+    return orphans.sort()
   }
 
   /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
@@ -1474,18 +1549,9 @@ export class GpuSupervisor implements PaymentHost {
     this.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
   }
 
-  /**
-   * Deletes the workloads the cluster runs for no live resource of ours, each journaled (the
-   * operator's report). The scan visits workloads in the cluster's order; what it finds is
-   * acted on by name, so the output never depends on that order.
-   */
-  private sweepOrphans(at: number): void {
-    const orphans: string[] = []
-    this.cluster.forEachWorkload((name, resource) => {
-      const replica = resource.indexOf("@")
-      if (!this.live.has(replica < 0 ? resource : resource.slice(0, replica))) orphans.push(name)
-    })
-    for (const name of orphans.sort()) {
+  /** Deletes the workloads the cluster runs for no live resource of ours (`orphans`, sorted), each journaled (the operator's report). */
+  private sweepOrphans(orphans: ReadonlyArray<string>, at: number): void {
+    for (const name of orphans) {
       const workload = this.cluster.get(name)
       if (workload === undefined) continue
       this.journal.append(at, "orphan_deleted", { name, resource: workload.resource, phase: workload.phase })
@@ -1581,7 +1647,8 @@ const fromEither = <A, E>(e: Either.Either<A, E>): Effect.Effect<A, E> => (Eithe
 /** Builds the supervisor from the world's services, started, and stopped with its scope. */
 export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock | Catalog | Notifier | Journal | import("effect/Scope").Scope> = Effect.gen(function* () {
   const payments = yield* Effect.serviceOption(Payments)
-  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments))
+  const audit = Option.isSome(yield* Effect.serviceOption(ReconcileAudit))
+  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())

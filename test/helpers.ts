@@ -28,7 +28,8 @@ export const decode = (file: unknown): Timeline => {
   return decoded.right
 }
 
-export const run = (file: unknown, options?: RunOptions): RunResult => runTimeline(decode(file), options)
+/** Runs a timeline file, every watchdog tick's incremental reconcile checked against a full scan. */
+export const run = (file: unknown, options?: RunOptions): RunResult => runTimeline(decode(file), { auditReconcile: true, ...options })
 
 /** `PT…` offsets as ISO instants after START, for exact assertions. */
 export const at = (offset_ms: number): string => new Date(Date.parse(START) + offset_ms).toISOString()

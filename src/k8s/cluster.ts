@@ -125,6 +125,8 @@ export class KubernetesCluster implements ClusterPort {
   private readonly core: CoreV1Api
   private readonly watcher: Watch
   private readonly workloads = new Map<string, Workload>()
+  /** Workloads tracked, dropped or whose phase changed since the last `drainChanges`: name → resource. */
+  private readonly changes = new Map<string, string>()
   /** Pod name → its workload's name. */
   private readonly podOwner = new Map<string, string>()
   /** The informer's cache: pod name → the pod as last seen. */
@@ -310,6 +312,11 @@ export class KubernetesCluster implements ClusterPort {
     for (const [name, w] of this.workloads) visit(name, w.resource)
   }
 
+  drainChanges(visit: (name: string, resource: string) => void): void {
+    for (const [name, resource] of this.changes) visit(name, resource)
+    this.changes.clear()
+  }
+
   list(): ReadonlyArray<WorkloadStatus> {
     return [...this.workloads.keys()].sort().map((name) => this.get(name)!)
   }
@@ -341,6 +348,7 @@ export class KubernetesCluster implements ClusterPort {
   private track(init: Pick<Workload, "name" | "resource" | "account" | "region" | "service" | "pods" | "templates" | "discovered">): Workload {
     const w: Workload = { ...init, phase: "pending", preempted: false, lost: false, started_at: null, deleting: false, busy: new Set(), awaiting: new Map(), replacements: 0, terminatingSince: new Map() }
     this.workloads.set(w.name, w)
+    this.changes.set(w.name, w.resource)
     for (const pod of w.pods) this.podOwner.set(pod, w.name)
     return w
   }
@@ -873,6 +881,7 @@ export class KubernetesCluster implements ClusterPort {
     w.preempted = next.preempted
     if (next.phase === before) return
     w.phase = next.phase
+    this.changes.set(w.name, w.resource)
     // What a control plane finds already started, it did not see start: its start is unknown.
     if (!report) return
     const at = this.clock.now()
@@ -921,6 +930,7 @@ export class KubernetesCluster implements ClusterPort {
   private finishIfGone(w: Workload): void {
     if (this.workloads.get(w.name) !== w || !this.concluded(w)) return
     this.workloads.delete(w.name)
+    this.changes.set(w.name, w.resource)
     for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
     this.dropServiceIfUnused(w.service)
     this.emit({ type: "pod.deleted", resource: w.resource, at: this.clock.now() })

@@ -57,6 +57,9 @@ export class MissEvents implements ClusterPort {
   forEachWorkload(visit: (name: string, resource: string) => void): void {
     this.inner.forEachWorkload(visit)
   }
+  drainChanges(visit: (name: string, resource: string) => void): void {
+    this.inner.drainChanges(visit)
+  }
   get(name: string) {
     return this.inner.get(name)
   }
@@ -97,7 +100,8 @@ export const startEngine = (world: {
     ...(t?.model_prices === undefined ? {} : { model_prices: t.model_prices }),
     aggregate_api_usage: t?.aggregate_api_usage ?? false,
     ...(storage_rates === undefined ? {} : { storage_rates }),
-    ...(world.payments === undefined ? {} : { payments: world.payments })
+    ...(world.payments === undefined ? {} : { payments: world.payments }),
+    audit_reconcile: true
   })
 }
 
