@@ -262,13 +262,35 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
 
   // 6. Low-balance warnings (SPEC §7): within one run-down (between two credits of the
   // account), thresholds strictly in firing order, so none twice.
-  const creditsByAccount = groupBy(facts.rows.filter((r) => r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")), (r) => r.account)
-  for (const [account, list] of groupBy(facts.notifications.filter((n) => n.kind === "balance_warning"), (n) => n.account)) {
-    const credits = (creditsByAccount.get(account) ?? []).map((r) => r.at)
+  // A run-down is counted by the credits at or before an instant: each account's credit
+  // instants, sorted, and a binary search counts them.
+  const creditsByAccount = new Map<string, number[]>()
+  for (const r of facts.rows) {
+    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")) {
+      const list = creditsByAccount.get(r.account)
+      if (list === undefined) creditsByAccount.set(r.account, [r.at])
+      else list.push(r.at)
+    }
+  }
+  for (const list of creditsByAccount.values()) list.sort((a, b) => a - b)
+  const rundownAt = (account: string, at: number): number => {
+    const credits = creditsByAccount.get(account)
+    if (credits === undefined) return 0
+    let lo = 0
+    let hi = credits.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (credits[mid]! <= at) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+  const balanceWarnings = groupBy(facts.notifications.filter((n) => n.kind === "balance_warning"), (n) => n.account)
+  for (const [account, list] of balanceWarnings) {
     let last: { minutes: number; rundown: number } | null = null
     for (const n of list) {
       const minutes = (JSON.parse(n.data ?? "{}") as { minutes?: number }).minutes ?? 0
-      const rundown = credits.filter((c) => c <= n.at).length
+      const rundown = rundownAt(account, n.at)
       if (last !== null && last.rundown === rundown && minutes >= last.minutes) {
         violate(6, { account, at: n.at, message: `${minutes}-minute balance warning after the ${last.minutes}-minute one in the same run-down` })
       }
@@ -280,11 +302,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   // of the same run-down came at or before it.
   for (const n of facts.notifications) {
     if (n.kind !== "terminated" || !(n.data ?? "").includes("credit_depleted")) continue
-    const credits = (creditsByAccount.get(n.account) ?? []).map((r) => r.at)
-    const rundown = credits.filter((c) => c <= n.at).length
-    const warned = facts.notifications.some(
-      (w) => w.kind === "balance_warning" && w.account === n.account && w.at <= n.at && credits.filter((c) => c <= w.at).length === rundown
-    )
+    const rundown = rundownAt(n.account, n.at)
+    const warned = (balanceWarnings.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) === rundown)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
   }
 

@@ -84,8 +84,11 @@ class TimerHeap {
     let i = items.length - 1
     while (i > 0) {
       const parent = (i - 1) >> 1
-      if (!before(items[i]!, items[parent]!)) break
-      ;[items[i], items[parent]] = [items[parent]!, items[i]!]
+      const up = items[i]!
+      if (!before(up, items[parent]!)) break
+      // A swap through a local: `[a, b] = [b, a]` allocates an array per step.
+      items[i] = items[parent]!
+      items[parent] = up
       i = parent
     }
   }
@@ -104,7 +107,9 @@ class TimerHeap {
         if (l < items.length && before(items[l]!, items[m]!)) m = l
         if (r < items.length && before(items[r]!, items[m]!)) m = r
         if (m === i) break
-        ;[items[i], items[m]] = [items[m]!, items[i]!]
+        const down = items[i]!
+        items[i] = items[m]!
+        items[m] = down
         i = m
       }
     }

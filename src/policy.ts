@@ -20,6 +20,13 @@ export const WATCHDOG_INTERVAL_MS = 5 * MS_PER_MINUTE
  * every 5 minutes, and a missing volume only delays a pod that mounts it.
  */
 export const VOLUME_RESYNC_INTERVAL_MS = 1 * MS_PER_HOUR
+/**
+ * A tick reconciles incrementally (what the cluster's change feed reports and the machines
+ * that ran); every live resource and every workload is scanned at start and on this mark, a
+ * resync as a Kubernetes informer's (controller-runtime's default is 10 h). Tests check every
+ * tick against a full scan (`ReconcileAudit`), so the resync is a safety net, not a need.
+ */
+export const RECONCILE_RESYNC_INTERVAL_MS = 6 * MS_PER_HOUR
 /** An instance pending for longer than this is checked against the cluster by the watchdog. */
 export const PENDING_TIMEOUT_MS = 15 * MS_PER_MINUTE
 /**

@@ -1434,7 +1434,7 @@ export class GpuSupervisor implements PaymentHost {
    * workload the cluster's change feed reports, or that the last tick found drifted can have
    * drifted since, and only a workload the feed reports, one of a resource that left `live`,
    * or last tick's orphan can be an orphan now. Everything is scanned at start and at every
-   * `VOLUME_RESYNC_INTERVAL_MS` mark (a resync, as an informer's), and on every tick under
+   * `RECONCILE_RESYNC_INTERVAL_MS` mark (a resync, as an informer's), and on every tick under
    * `ReconcileAudit`, which fails loudly if the two ever disagree.
    *
    * Scans only look (in whatever order the sets hold); the resources that disagree are then
@@ -1442,7 +1442,7 @@ export class GpuSupervisor implements PaymentHost {
    */
   private reconcile(when: "start" | "tick"): void {
     const at = this.clock.now()
-    const resync = when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0
+    const resync = when === "start" || at % policy.RECONCILE_RESYNC_INTERVAL_MS === 0
     const suspects = new Set<string>(this.lastDrifted)
     const orphanSuspects = new Set<string>(this.lastOrphans)
     for (const id of this.changedSinceTick) suspects.add(id)
@@ -1476,13 +1476,13 @@ export class GpuSupervisor implements PaymentHost {
     this.sweepOrphans(orphans, at)
     this.lastDrifted = drifted
     this.lastOrphans = orphans
-    if (resync) {
+    if (when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0) {
       // Volumes are level-triggered too: every live drive and filesystem exists in the cluster
       // (a claim deleted behind our back, or whose create gave up, comes back within the hour).
-      for (const id of [...this.live.keys()].sort()) {
-        const entry = this.live.get(id)!
-        if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
-      }
+      const volumes: Array<Extract<LiveEntry, { kind: "storage" }>> = []
+      for (const entry of this.live.values()) if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") volumes.push(entry)
+      volumes.sort((a, b) => (a.id < b.id ? -1 : 1))
+      for (const entry of volumes) this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
     }
   }
 
