@@ -153,15 +153,71 @@ const checkInference = (
   }
 }
 
-const groupBy = <T>(items: ReadonlyArray<T>, key: (t: T) => string): Map<string, T[]> => {
-  const out = new Map<string, T[]>()
-  for (const item of items) {
-    const k = key(item)
-    const list = out.get(k)
-    if (list === undefined) out.set(k, [item])
-    else list.push(item)
+/** Appends `value` to the list under `key`, creating the list on first use. */
+const push = <V>(map: Map<string, V[]>, key: string, value: V): void => {
+  const list = map.get(key)
+  if (list === undefined) map.set(key, [value])
+  else list.push(value)
+}
+
+/**
+ * The facts grouped the ways the checks look them up, each list in its source's order (rows
+ * by id, holds by placement, notifications and transitions by id). Built in one pass over
+ * each source: a full fleet has hundreds of thousands of rows, and a pass per index (or a
+ * `filter` copy before each) costs more than all the checks together.
+ */
+interface FactIndex {
+  readonly rowsByAccount: Map<string, LedgerRow[]>
+  readonly rowsByHold: Map<string, LedgerRow[]>
+  /** `storage_billing` rows, by the resource they charge. */
+  readonly storageChargesByResource: Map<string, LedgerRow[]>
+  /** Instants of the credits (topups, positive adjustments) of each account, sorted. */
+  readonly creditsByAccount: Map<string, number[]>
+  readonly holdsById: Map<string, Hold>
+  readonly holdsByAccount: Map<string, Hold[]>
+  readonly holdsByResource: Map<string, Hold[]>
+  readonly transitionsByResource: Map<string, Transition[]>
+  readonly durationWarningsByResource: Map<string, Notification[]>
+  readonly balanceWarningsByAccount: Map<string, Notification[]>
+  readonly terminatedNoticesByResource: Map<string, Notification[]>
+  readonly resourceById: Map<string, ResourceFacts>
+}
+
+const indexFacts = (facts: RunFacts): FactIndex => {
+  const index: FactIndex = {
+    rowsByAccount: new Map(),
+    rowsByHold: new Map(),
+    storageChargesByResource: new Map(),
+    creditsByAccount: new Map(),
+    holdsById: new Map(),
+    holdsByAccount: new Map(),
+    holdsByResource: new Map(),
+    transitionsByResource: new Map(),
+    durationWarningsByResource: new Map(),
+    balanceWarningsByAccount: new Map(),
+    terminatedNoticesByResource: new Map(),
+    resourceById: new Map()
   }
-  return out
+  for (const r of facts.rows) {
+    push(index.rowsByAccount, r.account, r)
+    if (r.hold_id !== null) push(index.rowsByHold, r.hold_id, r)
+    if (r.kind === "storage_billing" && r.resource !== null) push(index.storageChargesByResource, r.resource, r)
+    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")) push(index.creditsByAccount, r.account, r.at)
+  }
+  for (const list of index.creditsByAccount.values()) list.sort((a, b) => a - b)
+  for (const h of facts.holds) {
+    index.holdsById.set(h.id, h)
+    push(index.holdsByAccount, h.account, h)
+    push(index.holdsByResource, h.resource, h)
+  }
+  for (const t of facts.transitions) push(index.transitionsByResource, t.resource, t)
+  for (const n of facts.notifications) {
+    if (n.kind === "duration_warning") push(index.durationWarningsByResource, n.resource ?? "", n)
+    else if (n.kind === "balance_warning") push(index.balanceWarningsByAccount, n.account, n)
+    else if (n.kind === "terminated") push(index.terminatedNoticesByResource, n.resource ?? "", n)
+  }
+  for (const r of facts.resources) index.resourceById.set(r.id, r)
+  return index
 }
 
 export const checkInvariants = (facts: RunFacts): Violation[] => {
@@ -177,16 +233,20 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     })
   }
 
-  const rowsByAccount = groupBy(facts.rows, (r) => r.account)
-  const holdsById = new Map(facts.holds.map((h) => [h.id, h]))
-  const holdsByResource = groupBy(facts.holds, (h) => h.resource)
-  const rowsByHold = groupBy(facts.rows.filter((r) => r.hold_id !== null), (r) => r.hold_id!)
-  const transitionsByResource = groupBy(facts.transitions, (t) => t.resource)
-  const warningsByResource = groupBy(facts.notifications.filter((n) => n.kind === "duration_warning"), (n) => n.resource ?? "")
-  const terminatedNoticeByResource = new Map(facts.notifications.filter((n) => n.kind === "terminated").map((n) => [n.resource ?? "", n]))
-  const resourceById = new Map(facts.resources.map((r) => [r.id, r]))
-  const terminatedNotices = groupBy(facts.notifications.filter((n) => n.kind === "terminated"), (n) => n.resource ?? "")
-  const rowsByResource = groupBy(facts.rows.filter((r) => r.resource !== null), (r) => r.resource!)
+  const {
+    rowsByAccount,
+    rowsByHold,
+    storageChargesByResource,
+    creditsByAccount,
+    holdsById,
+    holdsByAccount,
+    holdsByResource,
+    transitionsByResource,
+    durationWarningsByResource,
+    balanceWarningsByAccount,
+    terminatedNoticesByResource,
+    resourceById
+  } = indexFacts(facts)
 
   /** An overage row: posted by a settlement, for exactly the hold's overage. */
   const isOverage = (r: LedgerRow): boolean => {
@@ -235,8 +295,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     let consumed = 0n
     let open = 0n
-    for (const h of facts.holds) {
-      if (h.account !== account.id) continue
+    for (const h of holdsByAccount.get(account.id) ?? []) {
       if (h.status === "settled") consumed += h.consumed_micros ?? 0n
       else open += h.held_micros
     }
@@ -264,15 +323,6 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   // account), thresholds strictly in firing order, so none twice.
   // A run-down is counted by the credits at or before an instant: each account's credit
   // instants, sorted, and a binary search counts them.
-  const creditsByAccount = new Map<string, number[]>()
-  for (const r of facts.rows) {
-    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")) {
-      const list = creditsByAccount.get(r.account)
-      if (list === undefined) creditsByAccount.set(r.account, [r.at])
-      else list.push(r.at)
-    }
-  }
-  for (const list of creditsByAccount.values()) list.sort((a, b) => a - b)
   const rundownAt = (account: string, at: number): number => {
     const credits = creditsByAccount.get(account)
     if (credits === undefined) return 0
@@ -285,8 +335,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     return lo
   }
-  const balanceWarnings = groupBy(facts.notifications.filter((n) => n.kind === "balance_warning"), (n) => n.account)
-  for (const [account, list] of balanceWarnings) {
+  for (const [account, list] of balanceWarningsByAccount) {
     let last: { minutes: number; rundown: number } | null = null
     for (const n of list) {
       const minutes = (JSON.parse(n.data ?? "{}") as { minutes?: number }).minutes ?? 0
@@ -303,7 +352,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   for (const n of facts.notifications) {
     if (n.kind !== "terminated" || !(n.data ?? "").includes("credit_depleted")) continue
     const rundown = rundownAt(n.account, n.at)
-    const warned = (balanceWarnings.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) === rundown)
+    const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) === rundown)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
   }
 
@@ -331,11 +380,12 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   for (const r of facts.resources) {
     if (r.kind === "storage") {
       // Storage (SPEC §5): charged only at 00:00 UTC, size_gb × daily rate, at most once a day.
-      const charges = (rowsByResource.get(r.id) ?? []).filter((x) => x.kind === "storage_billing")
-      const amount = BigInt(r.context.daily_rate_micros) * BigInt(r.context.size_gb)
+      const charges = storageChargesByResource.get(r.id) ?? []
+      // One day's charge as its row books it: a debit.
+      const day_micros = -(BigInt(r.context.daily_rate_micros) * BigInt(r.context.size_gb))
       const days = new Set<number>()
       for (const c of charges) {
-        if (c.at % policy.STORAGE_BILLING_INTERVAL_MS !== 0 || c.amount_micros !== -amount || days.has(c.at)) {
+        if (c.at % policy.STORAGE_BILLING_INTERVAL_MS !== 0 || c.amount_micros !== day_micros || days.has(c.at)) {
           violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge ${c.amount_micros} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB at midnight` })
         }
         days.add(c.at)
@@ -343,7 +393,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       continue
     }
     if (r.kind === "inference_instance") {
-      checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, terminatedNotices, end_ms: facts.end_ms, violate })
+      checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, terminatedNotices: terminatedNoticesByResource, end_ms: facts.end_ms, violate })
       continue
     }
     const ctx = r.context
@@ -405,7 +455,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
 
     // 6. Duration warnings: per deadline, thresholds in order, each once, on time, before the stop.
-    const warnings = warningsByResource.get(r.id) ?? []
+    const warnings = durationWarningsByResource.get(r.id) ?? []
     const seen = new Map<string, number>()
     for (const w of warnings) {
       const data = JSON.parse(w.data ?? "{}") as { minutes?: number; deadline_at?: number }
@@ -427,7 +477,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `warning sent after the stop at ${isoInstant(stop.at)}` })
       }
     }
-    const notice = terminatedNoticeByResource.get(r.id)
+    // Of several termination notices (not itself checked for a GPU resource), the last counts.
+    const notice = terminatedNoticesByResource.get(r.id)?.at(-1)
     if ((r.status === "terminated" || r.status === "failed") && notice === undefined) {
       violate(6, { account: r.account, resource: r.id, message: `${r.status} without a notification` })
     }

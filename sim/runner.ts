@@ -307,7 +307,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   return { output: render(facts, rejected, violations), facts, engine_events }
 }
 
-const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
+/** What the run left in SQLite, read back whole: the invariant checker and the output use nothing else. */
+export const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
   start_ms: timeline.start_ms,
   end_ms: timeline.until_ms,
   rows: ledger.ledgerRows(),
@@ -324,7 +325,8 @@ const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts => ({
   )
 })
 
-const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => ({
+/** The output of TIMELINE.md: the run's facts, the refused inputs and the invariant checker's verdict. */
+export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => ({
   ledger: facts.rows.map((r) => ({
     id: r.id,
     at: isoInstant(r.at),

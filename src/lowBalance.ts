@@ -52,19 +52,27 @@ export const planWarnings = (now: number, zero: number | null, warnedBefore: Rea
   const remaining = zero === null ? Infinity : zero - now
   // Only a credit (a top-up) arms a sent threshold again (SPEC §7): a resource stopping
   // lengthens the run-down but does not start a new one.
-  const warned = new Set(credited ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore)
-  if (zero === null) return { warned: [...warned].sort((a, b) => b - a), now: null, next: null }
+  const kept = credited ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore
+  // The monitor asks after every unit of work that touches the account, so the usual answer
+  // (nothing to send, nothing changed) allocates no new list: `warned` is then `warnedBefore`.
+  let added: number[] | null = null
   let sendNow: number | null = null
-  for (const { minutes } of BALANCE_WARNINGS) {
-    if (remaining <= minutes * MS_PER_MINUTE && !warned.has(minutes)) {
-      sendNow = minutes
-      warned.add(minutes)
+  let upcoming: number | null = null
+  if (zero !== null) {
+    for (const { minutes } of BALANCE_WARNINGS) {
+      if (kept.includes(minutes)) continue
+      if (remaining <= minutes * MS_PER_MINUTE) {
+        sendNow = minutes
+        ;(added ??= []).push(minutes)
+      } else if (upcoming === null) {
+        upcoming = minutes
+      }
     }
   }
-  const upcoming = BALANCE_WARNINGS.find(({ minutes }) => !warned.has(minutes) && remaining > minutes * MS_PER_MINUTE)
+  const warned = added === null && kept === warnedBefore ? warnedBefore : [...new Set([...kept, ...(added ?? [])])].sort((a, b) => b - a)
   return {
-    warned: [...warned].sort((a, b) => b - a),
+    warned,
     now: sendNow,
-    next: upcoming === undefined ? null : { minutes: upcoming.minutes, at: zero - upcoming.minutes * MS_PER_MINUTE }
+    next: zero === null || upcoming === null ? null : { minutes: upcoming, at: zero - upcoming * MS_PER_MINUTE }
   }
 }

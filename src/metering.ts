@@ -266,10 +266,26 @@ const totalsOf = (usage: Usage): UnitTotals => ({
   media_ms: BigInt(usage.media_ms)
 })
 
+/**
+ * "2026-03-01T14:03Z" for a minute's start. A flush posts every bucket of one minute
+ * together, so the last minute's text is kept: one `Date` per minute, not per row.
+ */
+const minuteText = (() => {
+  let last_ms = NaN
+  let last_text = ""
+  return (minute_start: number): string => {
+    if (minute_start !== last_ms) {
+      last_ms = minute_start
+      last_text = `${new Date(minute_start).toISOString().slice(0, 16)}Z`
+    }
+    return last_text
+  }
+})()
+
 export const apiUsageDescriptions = {
   request: (model: string, usage: Usage) => `API usage: ${model}, ${unitsText(totalsOf(usage))}`,
   bucket: (model: string, requests: number, totals: UnitTotals, minute_start: number) =>
-    `API usage: ${model}, ${requests} request${requests === 1 ? "" : "s"}, ${unitsText(totals)}, minute ${new Date(minute_start).toISOString().slice(0, 16)}Z`
+    `API usage: ${model}, ${requests} request${requests === 1 ? "" : "s"}, ${unitsText(totals)}, minute ${minuteText(minute_start)}`
 } as const
 
 // ── Price catalog decoding (the timeline's `catalog.models`) ───────────────────────────
@@ -336,7 +352,8 @@ interface Bucket extends UnitTotals {
   readonly requests: number
 }
 
-const bucketKey = (account: string, model: string, minute_start: number): string => JSON.stringify([account, model, minute_start])
+/** One string per (account, model, minute); the account's length first keeps it unambiguous whatever the ids hold. */
+const bucketKey = (account: string, model: string, minute_start: number): string => `${minute_start}|${account.length}|${account}|${model}`
 
 /** Account, then model, then minute: code-unit order, never the order the buckets were opened. */
 const bucketOrder = (a: Bucket, b: Bucket): number => {

@@ -173,8 +173,10 @@ const storageOf = (entry: LiveEntry): string[] => {
 const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
-const replicaStatuses = (entry: LiveEntry): Record<string, string> =>
-  entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : {}
+const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
+
+const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
+  entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : NO_REPLICAS
 
 /** Intents the machine raised during one dispatch, carried out in order afterwards. */
 type Intent =
@@ -867,7 +869,8 @@ export class GpuSupervisor implements PaymentHost {
     if (!this.visible(req.account, caller)) return Either.left(new NotFound({ code: "account_not_found", id: req.account }))
     return this.unitOfWork(() => {
       const at = this.clock.now()
-      const charged = this.metering.charge({ ...req, at })
+      // A literal of the request's own fields, not a spread: this runs once per `/v1` request.
+      const charged = this.metering.charge({ account: req.account, model: req.model, input_tokens: req.input_tokens, output_tokens: req.output_tokens, images: req.images, seconds: req.seconds, at })
       if (Either.isRight(charged)) {
         this.journal.append(at, "api_request", req)
         this.touched.add(req.account)
@@ -1349,7 +1352,8 @@ export class GpuSupervisor implements PaymentHost {
       const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity
       this.notifier.notify({ account, resource: null, at, severity, kind: "balance_warning", text: policy.texts.balanceWarning(minutes), data: { minutes } })
     }
-    if (plan.warned.join() !== before.join()) this.ledger.setWarned(account, plan.warned)
+    // `planWarnings` hands back the same list when nothing changed, which spares the join.
+    if (plan.warned !== before && plan.warned.join() !== before.join()) this.ledger.setWarned(account, plan.warned)
     const armed = this.balanceAlarms.get(account)
     if (armed !== undefined && plan.next !== null && armed.at === plan.next.at) return
     if (armed !== undefined) this.clock.clearTimeout(armed.handle)
