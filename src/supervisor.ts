@@ -173,6 +173,12 @@ const storageOf = (entry: LiveEntry): string[] => {
 const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
+/** The resource id a workload belongs to: its resource, `id` or an inference replica's `id@region`. */
+const ownerOf = (resource: string): string => {
+  const replica = resource.indexOf("@")
+  return replica < 0 ? resource : resource.slice(0, replica)
+}
+
 const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
 
 const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
@@ -1454,8 +1460,7 @@ export class GpuSupervisor implements PaymentHost {
     this.changedSinceTick.clear()
     this.goneSinceTick.clear()
     this.cluster.drainChanges((name, resource) => {
-      const replica = resource.indexOf("@")
-      suspects.add(replica < 0 ? resource : resource.slice(0, replica))
+      suspects.add(ownerOf(resource))
       orphanSuspects.add(name)
     })
     const full = resync || this.audit
@@ -1509,8 +1514,7 @@ export class GpuSupervisor implements PaymentHost {
 
   /** Whether a workload's resource (`id` or `id@region`) is a live resource of ours. */
   private owned(resource: string): boolean {
-    const replica = resource.indexOf("@")
-    return this.live.has(replica < 0 ? resource : resource.slice(0, replica))
+    return this.live.has(ownerOf(resource))
   }
 
   /** The workloads among `names` that exist and that no live resource owns, sorted. */
