@@ -490,3 +490,78 @@ describe("transaction", () => {
     ])
   })
 })
+
+describe("group commit (beginBatch … commitBatch)", () => {
+  /** The same writes, in the same order: two accounts' rows interleaved with the other tables. */
+  const writeDay = (store: LedgerStore) => {
+    right(store.openAccount("acc-2", 0))
+    store.post({ account: ACCOUNT, at: 1, kind: "topup", amount_micros: 5_000_000n, description: "Top-up" })
+    store.journal(1, "topup", { account: ACCOUNT })
+    right(placeSeedHold(store))
+    store.recordTransition({ at: 1_000, resource: "gi-1", from_state: null, to_state: "pending", reason: null })
+    store.post({ account: "acc-2", at: 2_000, kind: "adjustment", amount_micros: 7_000_000n, description: "Opening balance" })
+    store.notify({ account: "acc-2", resource: null, at: 2_000, severity: "warning", kind: "balance_warning", text: "60 minutes", data: { minutes: 60 } })
+    store.journal(2_000, "adjustment", { account: "acc-2" })
+    settle(store, 1_000_000n)
+    store.recordTransition({ at: 5_000, resource: "gi-1", from_state: "running", to_state: "terminated", reason: "user" })
+    store.notify({ account: ACCOUNT, resource: "gi-1", at: 5_000, severity: "info", kind: "terminated", text: "done", data: null })
+  }
+  const everything = (store: LedgerStore) => ({
+    ledger: store.ledgerRows(),
+    notifications: store.notifications(),
+    transitions: store.transitions(),
+    journal: store.journalEntries(),
+    holds: store.holds(),
+    balances: store.accounts()
+  })
+
+  it("persists the same rows with the same ids as direct writes, and a read inside the batch sees them", () => {
+    // Proves the batch's deferred inserts are invisible to users: ids, order and values match
+    // unbatched writes, a read mid-batch already sees the batch, and the commit makes it durable.
+    const direct = storeWithBalance(10_000_000n)
+    writeDay(direct)
+
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const batched = LedgerStore.open(file)
+    stores.push(batched)
+    right(batched.openAccount(ACCOUNT, 0))
+    batched.post({ account: ACCOUNT, at: 0, kind: "topup", amount_micros: 10_000_000n, description: "Top-up" })
+    batched.beginBatch()
+    writeDay(batched)
+    const outside = new Database(file, { readonly: true })
+    const committedRows = () => (outside.prepare(`SELECT count(*) AS n FROM ledger`).get() as { n: number }).n
+    expect(committedRows()).toBe(1)
+    expect(everything(batched)).toEqual(everything(direct))
+    // More writes after that read keep the order.
+    batched.post({ account: ACCOUNT, at: 6_000, kind: "topup", amount_micros: 1_000_000n, description: "Top-up" })
+    batched.commitBatch()
+    direct.post({ account: ACCOUNT, at: 6_000, kind: "topup", amount_micros: 1_000_000n, description: "Top-up" })
+    expect(committedRows()).toBe(6)
+    outside.close()
+    expect(everything(batched)).toEqual(everything(direct))
+    expect(batched.ledgerRows().map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 6])
+  })
+
+  it("reads a hold as the database has it through placement, extension, settlement and a rollback", () => {
+    // Proves the open-hold cache never answers differently from the holds table.
+    const store = storeWithBalance(20_000_000n)
+    const fromDb = (id: string) => store.db.prepare(`SELECT held_micros, status, consumed_micros FROM holds WHERE id = ?`).safeIntegers(true).get(id)
+    right(placeSeedHold(store))
+    expect([store.hold("h-1")?.held_micros, store.hold("h-1")?.status]).toEqual([3_200_000n, "open"])
+    right(store.extendHold({ hold_id: "h-1", amount_micros: 4_800_000n, at: 2_000, description: "Extension hold for gi-1" }))
+    expect(fromDb("h-1")).toEqual({ held_micros: 8_000_000n, status: "open", consumed_micros: null })
+    expect(store.hold("h-1")?.held_micros).toBe(8_000_000n)
+    settle(store, 1_000_000n)
+    expect(store.hold("h-1")).toMatchObject({ status: "settled", held_micros: 8_000_000n, consumed_micros: 1_000_000n, refunded_micros: 7_000_000n })
+    expect(() =>
+      store.transaction(() => {
+        right(store.placeHold({ hold_id: "h-2", account: ACCOUNT, resource: "gi-2", amount_micros: 1_000_000n, at: 6_000, description: "Credit hold for gi-2" }))
+        throw new Error("step failed")
+      })
+    ).toThrow("step failed")
+    expect(store.hold("h-2")).toBeUndefined()
+    expect(store.balance(ACCOUNT)).toBe(19_000_000n)
+  })
+})

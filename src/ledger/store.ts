@@ -130,6 +130,21 @@ export class LedgerStore {
   private readonly warnedCache = new Map<string, number[]>()
   /** Accounts known to exist: an account is never deleted, so a hit never goes stale. */
   private readonly knownAccounts = new Set<string>()
+  /**
+   * Write-through cache of open holds (the ones read again and again: at every renewal,
+   * extension and deadline). A hold leaves it when it settles, so it stays as small as the
+   * set of running resources; a settled hold is read from the database.
+   */
+  private readonly openHolds = new Map<string, Hold>()
+  /**
+   * Inside a batch (`beginBatch`), the rows nothing reads back while the batch is open
+   * (ledger, notifications, transitions, journal) wait here, flat, one table each, and are
+   * inserted table by table just before the commit (`drain`). Each table's rows keep their
+   * order, so every id is the one a direct insert would have given. Any read of those tables
+   * drains first.
+   */
+  private readonly pending = { ledger: [] as unknown[], notifications: [] as unknown[], transitions: [] as unknown[], journal: [] as unknown[] }
+  private batchOpen = false
 
   private constructor(readonly db: Database.Database) {
     this.s = prepare(db)
@@ -163,12 +178,31 @@ export class LedgerStore {
    */
   beginBatch(): void {
     if (!this.db.inTransaction) this.db.exec("BEGIN")
+    this.batchOpen = true
   }
 
   commitBatch(): void {
+    this.batchOpen = false
     if (!this.db.inTransaction) return
+    this.drain()
     this.writeBalances()
     this.db.exec("COMMIT")
+  }
+
+  /** Inserts the batch's waiting rows, table by table, each in its own order. */
+  private drain(): void {
+    const { ledger, notifications, transitions, journal } = this.pending
+    const { insertRow, insertNotification, insertTransition, insertJournal } = this.s
+    for (let i = 0; i < ledger.length; i += 8) insertRow.run(ledger[i], ledger[i + 1], ledger[i + 2], ledger[i + 3], ledger[i + 4], ledger[i + 5], ledger[i + 6], ledger[i + 7])
+    for (let i = 0; i < notifications.length; i += 7) {
+      insertNotification.run(notifications[i], notifications[i + 1], notifications[i + 2], notifications[i + 3], notifications[i + 4], notifications[i + 5], notifications[i + 6])
+    }
+    for (let i = 0; i < transitions.length; i += 5) insertTransition.run(transitions[i], transitions[i + 1], transitions[i + 2], transitions[i + 3], transitions[i + 4])
+    for (let i = 0; i < journal.length; i += 3) insertJournal.run(journal[i], journal[i + 1], journal[i + 2])
+    ledger.length = 0
+    notifications.length = 0
+    transitions.length = 0
+    journal.length = 0
   }
 
   /** Runs `fn` in a transaction; inside an open one it simply runs (the outer one commits). */
@@ -187,10 +221,15 @@ export class LedgerStore {
   }
 
   private forgetCaches(): void {
+    this.pending.ledger.length = 0
+    this.pending.notifications.length = 0
+    this.pending.transitions.length = 0
+    this.pending.journal.length = 0
     this.balances.clear()
     this.dirtyBalances.clear()
     this.warnedCache.clear()
     this.knownAccounts.clear()
+    this.openHolds.clear()
   }
 
   /** Writes each wallet balance changed in this transaction once (not once per row). */
@@ -225,6 +264,8 @@ export class LedgerStore {
   }
 
   accounts(): ReadonlyArray<{ id: string; balance_micros: Micros }> {
+    // Inside a transaction the wallet rows wait for its commit; the read must see them.
+    this.writeBalances()
     return this.s.accounts.all() as Array<{ id: string; balance_micros: Micros }>
   }
 
@@ -244,7 +285,8 @@ export class LedgerStore {
     // Inside a transaction the wallet row is written once, before the commit.
     if (this.db.inTransaction) this.dirtyBalances.add(row.account)
     else this.s.setBalance.run(balance_after, row.account)
-    this.s.insertRow.run(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
+    if (this.batchOpen) this.pending.ledger.push(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
+    else this.s.insertRow.run(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
     return balance_after
   }
 
@@ -262,6 +304,18 @@ export class LedgerStore {
     return Either.right(
       this.transaction(() => {
         this.s.insertHold.run(h.hold_id, h.account, h.resource, h.amount_micros, h.at)
+        this.openHolds.set(h.hold_id, {
+          id: h.hold_id,
+          account: h.account,
+          resource: h.resource,
+          status: "open",
+          held_micros: h.amount_micros,
+          consumed_micros: null,
+          refunded_micros: null,
+          overage_micros: null,
+          placed_at: h.at,
+          settled_at: null
+        })
         return this.post({ account: h.account, at: h.at, kind: "gpu_usage", amount_micros: -h.amount_micros, resource: h.resource, hold_id: h.hold_id, description: h.description })
       })
     )
@@ -279,6 +333,7 @@ export class LedgerStore {
     return Either.right(
       this.transaction(() => {
         this.s.growHold.run(h.amount_micros, h.hold_id)
+        this.openHolds.set(h.hold_id, { ...hold, held_micros: hold.held_micros + h.amount_micros })
         return this.post({ account: hold.account, at: h.at, kind: "gpu_usage", amount_micros: -h.amount_micros, resource: hold.resource, hold_id: h.hold_id, description: h.description })
       })
     )
@@ -311,6 +366,7 @@ export class LedgerStore {
       assert(h.consumed_micros - overage + refunded === held, () => `settlement of ${hold.id} does not add up`)
       const swapped = this.s.settleHold.run(h.consumed_micros, refunded, overage, h.at, hold.id).changes
       assert(swapped === 1, () => `hold ${hold.id} changed under its settlement`)
+      this.openHolds.delete(hold.id)
       if (refunded > 0n) {
         this.post({ account: hold.account, at: h.at, kind: "refund", amount_micros: refunded, resource: hold.resource, hold_id: hold.id, description: h.refund_description })
       }
@@ -322,7 +378,11 @@ export class LedgerStore {
   }
 
   hold(id: string): Hold | undefined {
-    return this.s.hold.get(id) as unknown as Hold | undefined
+    const cached = this.openHolds.get(id)
+    if (cached !== undefined) return cached
+    const hold = this.s.hold.get(id) as unknown as Hold | undefined
+    if (hold !== undefined && hold.status === "open") this.openHolds.set(id, hold)
+    return hold
   }
 
   holds(): ReadonlyArray<Hold> {
@@ -360,11 +420,14 @@ export class LedgerStore {
 
   // ── notifications, transitions, resources, journal ───────────────────────────────────
   notify(n: NotificationInput): void {
-    this.s.insertNotification.run(n.account, n.resource, n.at, n.severity, n.kind, n.text, n.data == null ? null : JSON.stringify(n.data))
+    const data = n.data == null ? null : JSON.stringify(n.data)
+    if (this.batchOpen) this.pending.notifications.push(n.account, n.resource, n.at, n.severity, n.kind, n.text, data)
+    else this.s.insertNotification.run(n.account, n.resource, n.at, n.severity, n.kind, n.text, data)
   }
 
   recordTransition(t: { at: number; resource: string; from_state: string | null; to_state: string; reason: string | null }): void {
-    this.s.insertTransition.run(t.at, t.resource, t.from_state, t.to_state, t.reason)
+    if (this.batchOpen) this.pending.transitions.push(t.at, t.resource, t.from_state, t.to_state, t.reason)
+    else this.s.insertTransition.run(t.at, t.resource, t.from_state, t.to_state, t.reason)
   }
 
   saveResource(r: { id: string; account: string; kind: string; status: string; live: boolean; snapshot: string; at: number }): void {
@@ -393,6 +456,7 @@ export class LedgerStore {
 
   /** The account's ledger rows, newest first, before row id `before` (keyset), optionally filtered. */
   ledgerPage(account: string, filter: { readonly kinds: ReadonlyArray<string> | null; readonly resource: string | null; readonly before: number | null; readonly limit: number }): ReadonlyArray<LedgerRow> {
+    this.drain()
     return this.s.ledgerPage.all({
       account,
       kinds: filter.kinds === null ? null : JSON.stringify(filter.kinds),
@@ -404,6 +468,7 @@ export class LedgerStore {
 
   /** API usage of the account by model over [from, to): what it cost and in how many rows. */
   apiUsageByModel(account: string, from: number, to: number): ReadonlyArray<{ readonly model: string; readonly amount_micros: Micros; readonly rows: number }> {
+    this.drain()
     return (this.s.apiUsageByModel.all(account, from, to) as Array<{ model: string; amount_micros: bigint; rows: bigint }>).map((r) => ({
       model: r.model,
       amount_micros: -r.amount_micros,
@@ -413,43 +478,52 @@ export class LedgerStore {
 
   /** The account's notifications, newest first, before id `before`; only unread ones if asked. */
   notificationsOf(account: string, filter: { readonly unread: boolean; readonly before: number | null; readonly limit: number }): ReadonlyArray<Notification & { readonly read_at: number | null }> {
+    this.drain()
     return this.s.notificationsOf.all({ account, unread: filter.unread ? 1 : 0, before: filter.before ?? Number.MAX_SAFE_INTEGER, limit: filter.limit }) as Array<
       Notification & { read_at: number | null }
     >
   }
 
   unreadCount(account: string): number {
+    this.drain()
     return (this.s.unreadCount.get(account) as { n: number }).n
   }
 
   /** Marks the account's notifications read (the given ids, or all); returns how many changed. */
   markRead(account: string, ids: ReadonlyArray<number> | "all", at: number): number {
+    this.drain()
     return this.transaction(() =>
       ids === "all" ? this.s.markAllRead.run(at, account).changes : ids.reduce((n, id) => n + this.s.markRead.run(at, account, id).changes, 0)
     )
   }
 
   journal(at: number, kind: string, payload: unknown): void {
-    this.s.insertJournal.run(at, kind, JSON.stringify(payload))
+    if (this.batchOpen) this.pending.journal.push(at, kind, JSON.stringify(payload))
+    else this.s.insertJournal.run(at, kind, JSON.stringify(payload))
   }
 
   journalLength(): number {
+    this.drain()
     return (this.s.journalLength.get() as { n: number }).n
   }
 
   journalEntries(): ReadonlyArray<JournalEntry> {
+    this.drain()
     return this.s.journal.all() as JournalEntry[]
   }
 
   ledgerRows(): ReadonlyArray<LedgerRow> {
+    this.drain()
     return readAll(this.s.rows, ledgerRowOf)
   }
 
   notifications(): ReadonlyArray<Notification> {
+    this.drain()
     return readAll(this.s.notifications, notificationOf)
   }
 
   transitions(): ReadonlyArray<Transition> {
+    this.drain()
     return readAll(this.s.transitions, transitionOf)
   }
 }
