@@ -32,7 +32,7 @@ import type { Timeline, TimelineEvent } from "./timeline.js"
  * Clock steps per SQLite commit in a simulation. A commit costs far more than the rows in it
  * (BENCHMARKS.md); a simulation needs consistency at restarts, not durability per step.
  */
-export const SIM_STEPS_PER_COMMIT = 4_096
+export const SIM_STEPS_PER_COMMIT = 16_384
 
 export interface RunOptions {
   /** SQLite file for the ledger; `:memory:` (the default) only for tests and one-off runs. */

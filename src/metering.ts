@@ -173,22 +173,30 @@ export interface FlushedBucket {
 // ── Pure leaves ─────────────────────────────────────────────────────────────────────────
 const invalid = (code: string, field: string, message: string) => Either.left(new ValidationError({ code, field, message }))
 
+const isCount = (value: unknown, max: number): value is number => typeof value === "number" && Number.isSafeInteger(value) && value >= 0 && value <= max
+
 const countOf = (field: string, value: unknown, max: number): Either.Either<number, ValidationError> => {
   if (value === undefined) return Either.right(0)
-  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0 || value > max) {
+  if (!isCount(value, max)) {
     return invalid("invalid_count", field, `${field} must be a whole number from 0 to ${max}`)
   }
   return Either.right(value)
 }
 
-/** Seconds with at most 3 decimals, as exact whole milliseconds. */
-const mediaMsOf = (value: unknown): Either.Either<number, ValidationError> => {
-  if (value === undefined) return Either.right(0)
-  const bad = invalid("invalid_seconds", "seconds", `seconds must be a number from 0 to ${SECONDS_PER_REQUEST_MAX} with at most ${SECONDS_DECIMALS_MAX} decimals`)
-  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > SECONDS_PER_REQUEST_MAX) return bad
+/** Seconds with at most 3 decimals, as exact whole milliseconds; `null` when not such a number. */
+const mediaMsOf = (value: unknown): number | null => {
+  if (typeof value !== "number" || !Number.isFinite(value) || value < 0 || value > SECONDS_PER_REQUEST_MAX) return null
   const ms = Math.round(value * MS_PER_SECOND)
   // Exactly the doubles nearest to a number with 3 decimals survive the round trip.
-  return ms / MS_PER_SECOND === value ? Either.right(ms) : bad
+  return ms / MS_PER_SECOND === value ? ms : null
+}
+
+const mediaMsOrError = (value: unknown): Either.Either<number, ValidationError> => {
+  if (value === undefined) return Either.right(0)
+  const ms = mediaMsOf(value)
+  return ms === null
+    ? invalid("invalid_seconds", "seconds", `seconds must be a number from 0 to ${SECONDS_PER_REQUEST_MAX} with at most ${SECONDS_DECIMALS_MAX} decimals`)
+    : Either.right(ms)
 }
 
 /** Checks the shape and bounds of a request: 400 `ValidationError` naming the field. */
@@ -196,11 +204,19 @@ export const validateRequest = (req: ApiRequest): Either.Either<Usage, Validatio
   if (typeof req.model !== "string" || req.model.length === 0 || req.model.length > MODEL_ID_LENGTH_MAX) {
     return invalid("invalid_model", "model", `model must be a non-empty string of at most ${MODEL_ID_LENGTH_MAX} characters`)
   }
+  // The usual request is valid: one object, no Eithers per field (this runs once per `/v1` call).
+  const input_tokens = req.input_tokens === undefined ? 0 : req.input_tokens
+  const output_tokens = req.output_tokens === undefined ? 0 : req.output_tokens
+  const images = req.images === undefined ? 0 : req.images
+  const media_ms = req.seconds === undefined ? 0 : mediaMsOf(req.seconds)
+  if (isCount(input_tokens, TOKENS_PER_REQUEST_MAX) && isCount(output_tokens, TOKENS_PER_REQUEST_MAX) && isCount(images, IMAGES_PER_REQUEST_MAX) && typeof media_ms === "number") {
+    return Either.right({ input_tokens, output_tokens, images, media_ms })
+  }
   return Either.all({
     input_tokens: countOf("input_tokens", req.input_tokens, TOKENS_PER_REQUEST_MAX),
     output_tokens: countOf("output_tokens", req.output_tokens, TOKENS_PER_REQUEST_MAX),
     images: countOf("images", req.images, IMAGES_PER_REQUEST_MAX),
-    media_ms: mediaMsOf(req.seconds)
+    media_ms: mediaMsOrError(req.seconds)
   })
 }
 
@@ -208,18 +224,22 @@ export const validateRequest = (req: ApiRequest): Either.Either<Usage, Validatio
 export const isPriced = (price: ModelPrice | null | undefined): price is ModelPrice =>
   price != null && PRICE_FIELDS.some((f) => price[f] !== undefined)
 
+const PRICED: Either.Either<void, ValidationError> = Either.right(undefined)
+
 /** Every unit the request used must have a price: 400 `unit_not_priced` naming the first that has none. */
 export const checkUnitsPriced = (model: string, price: ModelPrice, usage: Usage): Either.Either<void, ValidationError> => {
-  const used: ReadonlyArray<readonly [PriceField, string, boolean]> = [
-    ["input_per_1m_tokens", "input_tokens", usage.input_tokens > 0],
-    ["output_per_1m_tokens", "output_tokens", usage.output_tokens > 0],
-    ["per_image", "images", usage.images > 0],
-    ["per_second", "seconds", usage.media_ms > 0]
-  ]
-  for (const [priceField, field, isUsed] of used) {
-    if (isUsed && price[priceField] === undefined) return invalid("unit_not_priced", field, `model ${model} has no price for ${field}`)
-  }
-  return Either.right(undefined)
+  // In this order, the first unit used without a price is the one named.
+  const unpriced =
+    usage.input_tokens > 0 && price.input_per_1m_tokens === undefined
+      ? "input_tokens"
+      : usage.output_tokens > 0 && price.output_per_1m_tokens === undefined
+        ? "output_tokens"
+        : usage.images > 0 && price.per_image === undefined
+          ? "images"
+          : usage.media_ms > 0 && price.per_second === undefined
+            ? "seconds"
+            : null
+  return unpriced === null ? PRICED : invalid("unit_not_priced", unpriced, `model ${model} has no price for ${unpriced}`)
 }
 
 /**
@@ -344,12 +364,17 @@ interface Resolved {
   readonly platform: boolean
 }
 
-interface Bucket extends UnitTotals {
+/** An open bucket: its sums grow in place, one request at a time, until the flush posts it. */
+interface Bucket {
   readonly account: string
   readonly model: string
   readonly minute_start: number
-  readonly amount_micros: Micros
-  readonly requests: number
+  amount_micros: Micros
+  requests: number
+  input_tokens: bigint
+  output_tokens: bigint
+  images: bigint
+  media_ms: bigint
 }
 
 /** One string per (account, model, minute); the account's length first keeps it unambiguous whatever the ids hold. */
@@ -483,19 +508,18 @@ export class Metering {
     const open = this.buckets.get(key)
     if (open === undefined && this.buckets.size >= PENDING_BUCKETS_MAX) this.flush(req.at)
     assert(open !== undefined || this.buckets.size < PENDING_BUCKETS_MAX, () => `more than ${PENDING_BUCKETS_MAX} open API usage buckets`)
-    const u = totalsOf(usage)
-    if (open === undefined) this.openMinutes.set(minute_start, (this.openMinutes.get(minute_start) ?? 0) + 1)
-    this.buckets.set(key, {
-      account: req.account,
-      model: req.model,
-      minute_start,
-      amount_micros: (open?.amount_micros ?? 0n) + cost,
-      requests: (open?.requests ?? 0) + 1,
-      input_tokens: (open?.input_tokens ?? 0n) + u.input_tokens,
-      output_tokens: (open?.output_tokens ?? 0n) + u.output_tokens,
-      images: (open?.images ?? 0n) + u.images,
-      media_ms: (open?.media_ms ?? 0n) + u.media_ms
-    })
+    if (open === undefined) {
+      this.openMinutes.set(minute_start, (this.openMinutes.get(minute_start) ?? 0) + 1)
+      this.buckets.set(key, { account: req.account, model: req.model, minute_start, amount_micros: cost, requests: 1, ...totalsOf(usage) })
+    } else {
+      // Only the units used are added: most requests use one or two of the four.
+      open.amount_micros += cost
+      open.requests += 1
+      if (usage.input_tokens > 0) open.input_tokens += BigInt(usage.input_tokens)
+      if (usage.output_tokens > 0) open.output_tokens += BigInt(usage.output_tokens)
+      if (usage.images > 0) open.images += BigInt(usage.images)
+      if (usage.media_ms > 0) open.media_ms += BigInt(usage.media_ms)
+    }
     this.pending.set(req.account, this.pendingMicros(req.account) + cost)
   }
 

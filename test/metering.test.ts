@@ -175,6 +175,11 @@ describe("refusals write nothing", () => {
       expect(refused(metering, ledger, req({ model: "whisper", seconds: Number.POSITIVE_INFINITY }))).toEqual(seconds)
       expect(refused(metering, ledger, req({ model: "" }))).toEqual({ status: 400, error: "invalid_model", field: "model" })
       expect(refused(metering, ledger, req({ model: "m".repeat(MODEL_ID_LENGTH_MAX + 1) }))).toEqual({ status: 400, error: "invalid_model", field: "model" })
+      // A JSON null or a string is not a count, and with two bad fields the first is named.
+      expect(refused(metering, ledger, req({ model: "llama-3-8b", input_tokens: null as never }))).toEqual(count("input_tokens"))
+      expect(refused(metering, ledger, req({ model: "sdxl", images: "2" as never }))).toEqual(count("images"))
+      expect(refused(metering, ledger, req({ model: "whisper", seconds: null as never }))).toEqual(seconds)
+      expect(refused(metering, ledger, req({ model: "sdxl", output_tokens: -1, images: -1, seconds: -1 }))).toEqual(count("output_tokens"))
       // Validation comes first: a bad count on an unknown model is a 400, not a 404.
       expect(refused(metering, ledger, req({ model: "no-such-model", images: -1 }))).toEqual(count("images"))
       // The bounds themselves are accepted: 10M tokens at $0.15/1M, 1,000 images at $0.04, 86,400 s at 1 micro/s.
