@@ -1287,27 +1287,13 @@ export class GpuSupervisor implements PaymentHost {
   /** Recomputes every account touched in this unit of work, in id order. */
   private monitorTouched(): void {
     if (this.touched.size === 0) return
-    const accounts = [...this.touched].sort()
+    // Most units of work (a `/v1` request, one machine's event) touch a single account.
+    const accounts = this.touched.size === 1 ? [this.touched.values().next().value as string] : [...this.touched].sort()
     this.touched.clear()
     // Auto-recharge looks at the balance the unit of work left (src/payments.ts).
     this.payments?.afterUnit(accounts)
     for (const account of accounts) this.monitor(account, this.credited.has(account))
     this.credited.clear()
-  }
-
-  /**
-   * Burn rate (micros per hour) of the account's resources holding GPUs now, and its funds:
-   * the balance plus what those resources' holds have not consumed yet, exact (micro-ms).
-   */
-  private burnOf(account: string, at: number): { burn: bigint; funds: bigint; stopAt: number | null } {
-    const cached = this.burnCache.get(account) ?? this.measureBurn(account, at)
-    const unconsumed = cached.unconsumed - cached.burn * BigInt(at - cached.at)
-    const spendable = this.spendable(account)
-    // Holds are per resource: an inference instance whose cycle ends when the balance cannot
-    // renew it stops then, however much other resources still hold (SPEC §4).
-    let stopAt: number | null = null
-    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
-    return { burn: cached.burn, funds: microMs(spendable) + unconsumed, stopAt }
   }
 
   private measureBurn(account: string, at: number) {
@@ -1332,7 +1318,8 @@ export class GpuSupervisor implements PaymentHost {
           const min_micros = (hourly * BigInt(policy.INFERENCE_PARTIAL_HOLD_MIN_MS) + BigInt(policy.MS_PER_HOUR) - 1n) / BigInt(policy.MS_PER_HOUR)
           renewals.push({ ends_at: ctx.cycle.ends_at, min_micros })
         }
-        const running = Object.values(ctx.replicas).filter((r) => r.billing_since !== null).length
+        let running = 0
+        for (const region of ctx.regions) if (ctx.replicas[region]?.billing_since != null) running++
         if (running === 0) continue
         const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
         burn += perReplica * BigInt(running)
@@ -1346,11 +1333,19 @@ export class GpuSupervisor implements PaymentHost {
 
   private monitor(account: string, credited: boolean): void {
     const at = this.clock.now()
-    const { burn, funds, stopAt } = this.burnOf(account, at)
+    // The burn rate (micros per hour) of the account's resources holding GPUs now.
+    const cached = this.burnCache.get(account) ?? this.measureBurn(account, at)
+    const burn = cached.burn
+    const spendable = this.spendable(account)
+    // Holds are per resource: an inference instance whose cycle ends when the balance cannot
+    // renew it stops then, however much other resources still hold (SPEC §4).
+    let stopAt: number | null = null
+    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
     const before = this.ledger.warned(account)
     // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
     if (burn === 0n && stopAt === null && before.length === 0 && !this.balanceAlarms.has(account)) return
-    const pooled = zeroAt(at, funds, burn)
+    // The funds: the balance plus what the holds have not consumed yet, exact (micro-ms).
+    const pooled = burn === 0n ? null : zeroAt(at, microMs(spendable) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
     const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
     const plan = planWarnings(at, zero, before, credited)
     if (plan.now !== null) {
