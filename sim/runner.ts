@@ -280,9 +280,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
       }
     }
   })
-  for (const e of timeline.events) {
-    clock.schedule(e.at_ms, () => apply(e), { lane: Lane.input, key: String(e.index).padStart(9, "0") })
-  }
+  feedInputs(clock, timeline.events, apply)
 
   // One unit of work per clock step, committed in groups of SIM_STEPS_PER_COMMIT steps and
   // always before the engine stops: a restart or an outage only ever cuts between commits.
@@ -318,6 +316,30 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const output = render(facts, rejected, violations)
   options.onPhase?.("checked")
   return { output, facts, engine_events }
+}
+
+/**
+ * Puts the timeline's events on the clock one at a time: each, as it fires, schedules the
+ * next (by instant, then index), so the timer heap holds one input, not every input of the
+ * run. Inputs fire in the order they would if all were scheduled at the start: an input's
+ * timer (lane `input`, keyed by its index) is on the heap before anything that must follow
+ * it can be popped, and at one instant it fires before the world's and the engine's timers.
+ */
+const feedInputs = (clock: VirtualClock, events: ReadonlyArray<TimelineEvent>, apply: (e: TimelineEvent) => void): void => {
+  const ordered = [...events].sort((a, b) => a.at_ms - b.at_ms || a.index - b.index)
+  const scheduleFrom = (i: number): void => {
+    const e = ordered[i]
+    if (e === undefined) return
+    clock.schedule(
+      e.at_ms,
+      () => {
+        scheduleFrom(i + 1)
+        apply(e)
+      },
+      { lane: Lane.input, key: String(e.index).padStart(9, "0") }
+    )
+  }
+  scheduleFrom(0)
 }
 
 /** What the run left in SQLite, read back whole: the invariant checker and the output use nothing else. */
