@@ -544,6 +544,27 @@ describe("group commit (beginBatch … commitBatch)", () => {
     expect(batched.ledgerRows().map((r) => r.id)).toEqual([1, 2, 3, 4, 5, 6])
   })
 
+  it("gives the same rows and ids when a batch holds more rows than wait at once", () => {
+    // Proves rows inserted early (when too many wait) and at the commit keep each table's order.
+    const many = (store: LedgerStore) => {
+      for (let i = 1; i <= 1_500; i++) {
+        store.post({ account: ACCOUNT, at: i, kind: "topup", amount_micros: BigInt(i), description: `Top-up ${i}` })
+        store.journal(i, "topup", { i })
+        if (i % 3 === 0) store.notify({ account: ACCOUNT, resource: null, at: i, severity: "info", kind: "n", text: `n ${i}`, data: null })
+        if (i % 5 === 0) store.recordTransition({ at: i, resource: `gi-${i}`, from_state: null, to_state: "pending", reason: null })
+      }
+    }
+    const direct = storeWithBalance(1n)
+    many(direct)
+    const batched = storeWithBalance(1n)
+    batched.beginBatch()
+    many(batched)
+    batched.commitBatch()
+    expect(everything(batched)).toEqual(everything(direct))
+    expect(batched.ledgerRows()).toHaveLength(1_501)
+    expect(batched.journalEntries().map((j) => j.seq)).toEqual(Array.from({ length: 1_500 }, (_, i) => i + 1))
+  })
+
   it("reads a hold as the database has it through placement, extension, settlement and a rollback", () => {
     // Proves the open-hold cache never answers differently from the holds table.
     const store = storeWithBalance(20_000_000n)
