@@ -83,12 +83,29 @@ export interface ClusterPort {
    * the resources the engine changed, and at what it found wrong last time (one consumer).
    */
   drainChanges(visit: (name: string, resource: string) => void): void
+  /**
+   * Optional: what the cluster says about each pod of the workload, for the journal (an
+   * operator reading why an instance failed wants the scheduler's "Unschedulable: …" beside
+   * it). Evidence only, never an input to a decision; a world that cannot describe its pods
+   * leaves it out.
+   */
+  podsOf?(name: string): ReadonlyArray<PodEvidence>
   /** Static facts about a region, for admission (`gpu_count exceeds GPUs per node`). */
   region(name: string): { readonly nodes: number; readonly gpus_per_node: number } | undefined
   /** The regions this cluster spans, sorted by name. */
   regionNames(): ReadonlyArray<string>
   /** Delivers pod events; returns the unsubscribe function. One subscriber at a time. */
   subscribe(handler: (event: ClusterEvent) => void): () => void
+}
+
+/** One pod of a workload as the cluster describes it (`ClusterPort.podsOf`). */
+export interface PodEvidence {
+  readonly pod: string
+  /** The pod's state as the world names it (`pending`, `running`, `missing`, …). */
+  readonly state: string
+  readonly node: string | null
+  /** Why it is where it is: the scheduler's or the kubelet's reason and message, if any. */
+  readonly reason: string | null
 }
 
 export const podNameFor = (resource: string): string => `eco-${resource}`

@@ -1398,7 +1398,10 @@ export class GpuSupervisor implements PaymentHost {
         for (const id of stuck) {
           const workload = this.cluster.get(podNameFor(id))
           const pod = workload === undefined ? "missing" : workload.phase === "running" ? "running" : "not_running"
-          this.journal.append(at, "watchdog", { id, pod })
+          // What the cluster says about the pods (a world that can describe them): evidence
+          // for whoever reads why the instance failed or healed, not an input to the rule.
+          const pods = this.cluster.podsOf?.(podNameFor(id)) ?? []
+          this.journal.append(at, "watchdog", pods.length === 0 ? { id, pod } : { id, pod, pods })
           this.dispatch(gpu(id), { type: "watchdog", at, pod })
         }
         for (const id of stopping) {

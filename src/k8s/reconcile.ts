@@ -9,8 +9,7 @@
  * `createMissing` carry out the two corrections that need no machine (idempotent commands:
  * deterministic names make a repeated create or delete harmless).
  */
-import type { ClusterPort, WorkloadPhase, WorkloadSpec } from "../cluster.js"
-import type { KubernetesCluster, PodSummary } from "./cluster.js"
+import type { ClusterPort, PodEvidence, WorkloadPhase, WorkloadSpec } from "../cluster.js"
 import { replicaOf } from "./names.js"
 
 /** A workload the cluster runs for no live resource of ours. */
@@ -65,8 +64,7 @@ export const stuckPendingInput = (cluster: ClusterPort, name: string): StuckPend
  * The rule's input with what the cluster says about each pod (for the journal: "Unschedulable:
  * 0/2 nodes are available…" is what an operator wants to read next to `failed`).
  */
-export const stuckPendingEvidence = (cluster: ClusterPort, name: string): { readonly pod: StuckPendingPod; readonly pods: ReadonlyArray<PodSummary> } => {
-  const pod = stuckPendingInput(cluster, name)
-  const describe = (cluster as Partial<Pick<KubernetesCluster, "podsOf">>).podsOf
-  return { pod, pods: typeof describe === "function" ? describe.call(cluster, name) : [] }
-}
+export const stuckPendingEvidence = (cluster: ClusterPort, name: string): { readonly pod: StuckPendingPod; readonly pods: ReadonlyArray<PodEvidence> } => ({
+  pod: stuckPendingInput(cluster, name),
+  pods: cluster.podsOf?.(name) ?? []
+})

@@ -57,6 +57,17 @@ describe("SPEC §3's stuck-pending rule, from what the cluster shows", () => {
     await w.advance(1 * MIN)
     expect(view().status).toBe("failed")
     expect(moves()).toEqual([[20 * MIN, "pending", "failed", "failed"]])
+    // The watchdog's journal entry carries the scheduler's reason beside the rule's input.
+    expect(engine!.ledger.journalEntries().filter((e) => e.kind === "watchdog").map((e) => [e.at - START_MS, JSON.parse(e.payload as string)])).toEqual([
+      [
+        20 * MIN,
+        {
+          id: "gi-1",
+          pod: "not_running",
+          pods: [{ pod: "eco-gi-1", state: "pending", node: null, reason: "Unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu." }]
+        }
+      ]
+    ])
     expect(w.pods()).toEqual([])
     expect(rows()).toEqual([
       [0, "adjustment", "100.00", null],

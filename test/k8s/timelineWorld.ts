@@ -66,6 +66,9 @@ export class MissEvents implements ClusterPort {
   phaseOf(name: string) {
     return this.inner.phaseOf(name)
   }
+  podsOf(name: string) {
+    return this.inner.podsOf?.(name) ?? []
+  }
   list() {
     return this.inner.list()
   }
