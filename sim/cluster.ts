@@ -124,6 +124,8 @@ export class SimCluster implements ClusterPort {
 
   deleteVolume(_id: string): void {}
 
+  forEachVolume(_visit: (id: string) => void): void {}
+
   phaseOf(name: string): WorkloadPhase | undefined {
     return this.workloads.get(name)?.phase
   }

@@ -61,6 +61,13 @@ export interface ClusterPort {
   ensureVolume(volume: VolumeSpec): void
   /** Deletes the storage volume and its data. Idempotent. */
   deleteVolume(id: string): void
+  /**
+   * Calls `visit` with the id of every volume the cluster holds for us, as of its last look
+   * (a driver may answer from a list it took earlier, and start the next one now), in no
+   * particular order. The reconciler's sweep of leftover volumes: a volume whose delete gave
+   * up, or whose control plane stopped before the delete went through.
+   */
+  forEachVolume(visit: (id: string) => void): void
   get(name: string): WorkloadStatus | undefined
   /**
    * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live

@@ -1490,6 +1490,25 @@ export class GpuSupervisor implements PaymentHost {
       for (const entry of this.live.values()) if (entry.kind === "storage" && entry.actor.getSnapshot().status === "active") volumes.push(entry)
       volumes.sort((a, b) => (a.id < b.id ? -1 : 1))
       for (const entry of volumes) this.cluster.ensureVolume(volumeOf(entry.actor.getSnapshot().context))
+      this.sweepVolumes(at)
+    }
+  }
+
+  /**
+   * A volume the cluster still holds for storage the ledger says was deleted (its delete gave
+   * up, or the control plane stopped before it went through) is deleted again, and journaled.
+   * Decision: a volume the ledger does not know, or whose storage is not deleted, is left
+   * alone: data is deleted only on the ledger's word, never because memory lacks an entry.
+   */
+  private sweepVolumes(at: number): void {
+    const leftover: string[] = []
+    this.cluster.forEachVolume((id) => {
+      if (!this.live.has(id)) leftover.push(id)
+    })
+    for (const id of leftover.sort()) {
+      if (this.ledger.resource(id)?.status !== "deleted") continue
+      this.journal.append(at, "volume_deleted_again", { id })
+      this.cluster.deleteVolume(id)
     }
   }
 

@@ -148,6 +148,9 @@ export class KubernetesCluster implements ClusterPort {
   private readonly services = new Set<string>()
   /** Claim name → the claim the engine wants; a claim is forgotten once its delete has ended. */
   private readonly claims = new Map<string, Claim>()
+  /** The volume ids of the claims labelled as ours in the last list (`forEachVolume`), sorted. */
+  private listedVolumes: ReadonlyArray<string> = []
+  private listingVolumes = false
   private readonly seen = new Set<string>()
   /** Creates and deletes waiting on the clock to be retried. */
   private retriesWaiting = 0
@@ -294,6 +297,34 @@ export class KubernetesCluster implements ClusterPort {
     const c = this.claimOf(claimNameOf(id))
     c.want = "absent"
     if (c.doing === null) this.deleteClaim(c, 1)
+  }
+
+  /**
+   * The volumes of the claims labelled as ours in the last list of claims, then starts the next
+   * list (one at a time): the reconciler calls it at start and hourly, so each sweep acts on
+   * the list taken an hour before, which is safe because it deletes only what the ledger says
+   * was deleted. A claim already being deleted, or without our resource annotation, is left out.
+   */
+  forEachVolume(visit: (id: string) => void): void {
+    for (const id of this.listedVolumes) visit(id)
+    if (this.listingVolumes || this.isStopped()) return
+    this.listingVolumes = true
+    this.request(() => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR })).then(
+      (list) => {
+        this.listingVolumes = false
+        if (this.isStopped()) return
+        const ids: string[] = []
+        for (const claim of list.items) {
+          const id = claim.metadata?.annotations?.[ANNOTATIONS.resource]
+          if (id !== undefined && claim.metadata?.deletionTimestamp == null) ids.push(id)
+        }
+        this.listedVolumes = ids.sort()
+      },
+      (e: unknown) => {
+        this.listingVolumes = false
+        if (!this.isStopped()) this.report({ kind: "request_failed", at: this.clock.now(), what: "list persistentvolumeclaims", status: statusOf(e), final: true })
+      }
+    )
   }
 
   /** What this driver knows of a volume's claim: undefined when it has nothing to do with it. */

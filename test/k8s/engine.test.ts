@@ -253,6 +253,38 @@ describe("storage as PersistentVolumeClaims, through the supervisor", () => {
     expect(world.reports.filter((r) => r.kind === "request_failed")).toEqual([])
   })
 
+  it("a claim whose delete gave up is deleted again at a later volume resync; a claim the ledger does not know is left alone", async () => {
+    world = await K8sWorld.start()
+    const { sup } = await start(":memory:")
+    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    create(sup, "dr-1", "cloud_drive", 100)
+    // A claim labelled as ours that this ledger never heard of (another control plane's, or hand-made).
+    world.server.create("persistentvolumeclaims", world.namespace, {
+      apiVersion: "v1",
+      kind: "PersistentVolumeClaim",
+      metadata: { name: "eco-dr-x", labels: labels("dr-x"), annotations: { "ecolink.io/resource": "dr-x" } },
+      spec: { accessModes: ["ReadWriteOnce"], resources: { requests: { storage: "10Gi" } }, storageClassName: "ecolink-cloud-drive" }
+    } as never)
+    await world.settle()
+    world.server.inject({ method: "DELETE", path: "/persistentvolumeclaims", status: 503 })
+    expect(Either.isRight(sup.deleteStorage("dr-1"))).toBe(true)
+    await world.advance(5 * MIN)
+    expect(world.reports.filter((r) => r.kind === "request_failed" && r.final).map((r) => (r.kind === "request_failed" ? r.what : ""))).toEqual([
+      "delete persistentvolumeclaim eco-dr-1"
+    ])
+    expect(claims(world).map((c) => c.name)).toEqual(["eco-dr-1", "eco-dr-x"])
+    world.server.clearFailures()
+    // The list taken at start (before dr-1 existed) is empty; the one taken at 01:00 has both
+    // claims, and the sweep at 02:00 deletes dr-1's (deleted storage) and leaves dr-x's (the
+    // ledger knows no dr-x).
+    await world.advance(2 * 60 * MIN)
+    expect(claims(world).map((c) => c.name)).toEqual(["eco-dr-x"])
+    expect(engine!.ledger.journalEntries().filter((e) => e.kind === "volume_deleted_again").map((e) => [e.at - START_MS, JSON.parse(e.payload as string)])).toEqual([
+      [120 * MIN, { id: "dr-1" }]
+    ])
+  })
+
   it("a restarted engine (same SQLite file, new driver) re-ensures the claims of live storage: a lost one comes back, a deleted one does not", async () => {
     world = await K8sWorld.start()
     const db = tmpDb()

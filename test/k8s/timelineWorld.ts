@@ -54,6 +54,9 @@ export class MissEvents implements ClusterPort {
   deleteVolume(id: string): void {
     this.inner.deleteVolume(id)
   }
+  forEachVolume(visit: (id: string) => void): void {
+    this.inner.forEachVolume(visit)
+  }
   forEachWorkload(visit: (name: string, resource: string) => void): void {
     this.inner.forEachWorkload(visit)
   }
