@@ -1051,8 +1051,13 @@ export class GpuSupervisor implements PaymentHost {
     this.dirty.add(entry.id)
     this.changedSinceTick.add(entry.id)
     this.track(entry)
-    this.touched.add(accountOf(entry))
-    this.burnCache.delete(accountOf(entry))
+    // A duration warning only notifies and marks itself sent: no money moves and the burn rate
+    // stays, so the low-balance monitor has nothing new to look at (a third of a GPU fleet's
+    // dispatches). Every other event may move money or change what burns.
+    if (entry.kind !== "gpu" || event?.type !== "duration_warning") {
+      this.touched.add(accountOf(entry))
+      this.burnCache.delete(accountOf(entry))
+    }
     this.rearm(entry)
     while (this.deferred.length > 0) this.deferred.shift()!()
   }
