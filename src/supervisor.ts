@@ -1052,7 +1052,7 @@ export class GpuSupervisor implements PaymentHost {
     this.changedSinceTick.add(entry.id)
     this.track(entry)
     // A duration warning only notifies and marks itself sent: no money moves and the burn rate
-    // stays, so the low-balance monitor has nothing new to look at (a third of a GPU fleet's
+    // stays, so the low-balance monitor has nothing new to look at (a third of the full bench fleet's
     // dispatches). Every other event may move money or change what burns.
     if (entry.kind !== "gpu" || event?.type !== "duration_warning") {
       this.touched.add(accountOf(entry))
