@@ -57,7 +57,6 @@ export interface RunOptions {
 
 export type RunPhase = "ran" | "read" | "checked"
 
-
 export interface Rejected {
   readonly at: string
   readonly event: number

@@ -149,7 +149,8 @@ export class LedgerStore {
    * (ledger, notifications, transitions, journal) wait here, flat, one table each, and are
    * inserted table by table just before the commit (`drain`). Each table's rows keep their
    * order, so every id is the one a direct insert would have given. Any read of those tables
-   * drains first.
+   * through this store drains first. Only the simulator batches: the control plane's own
+   * read-only SQL (src/api/store.ts) never runs beside an open batch.
    */
   private readonly pending = { ledger: [] as unknown[], notifications: [] as unknown[], transitions: [] as unknown[], journal: [] as unknown[] }
   private batchOpen = false
@@ -186,6 +187,9 @@ export class LedgerStore {
    * far more than the rows in it); the live control plane never batches.
    */
   beginBatch(): void {
+    // Rows wait only for a batch's own commit: a batch begun inside another transaction would
+    // leave them behind when that one commits.
+    assert(!this.db.inTransaction || this.batchOpen, () => "beginBatch inside a transaction that is not a batch")
     if (!this.db.inTransaction) this.db.exec("BEGIN")
     this.batchOpen = true
   }
