@@ -51,3 +51,38 @@ export const launch = (extra: Record<string, unknown> = {}): Record<string, unkn
 
 /** A fresh SQLite file path in its own temporary directory. */
 export const tmpDb = (): string => join(mkdtempSync(join(tmpdir(), "ecolink-")), "ledger.sqlite")
+
+/**
+ * The crash drill's timeline (test/restart.test.ts, test/k8s/restart.test.ts): instances
+ * queued for capacity, loading, extended, preempted and resumed, terminated, failed, and a
+ * top-up, so that `DRILL_RESTARTS` cut through every state.
+ */
+export const DRILL_TIMELINE = timelineFile(
+  [
+    launch({ gpu_count: 2 }),
+    launch({ id: "gi-2", estimated_duration_hours: 3 }),
+    launch({ at: "PT5M", id: "queued", gpu_count: 8 }),
+    launch({ at: "PT1M", id: "gi-3" }),
+    { at: "PT20M", do: "extend", id: "gi-1", hours: 2 },
+    { at: "PT40M", do: "preempt", id: "gi-2" },
+    { at: "PT55M", do: "resume", id: "gi-2" },
+    { at: "PT1H5M", do: "terminate", id: "gi-3" },
+    { at: "PT1H10M", do: "pod_fail", id: "gi-2" },
+    { at: "PT2H", do: "top_up", account: "acme", amount: "25.00" }
+  ],
+  {
+    until: "PT8H",
+    catalog: {
+      gpus: { H100: { hourly_rate: "1.60" } },
+      regions: { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT1M", container_start: "PT30S", pod_stop: "PT20S" } }
+    }
+  }
+)
+
+/**
+ * Awkward instants to drop the engine at: while pending (queued for capacity), loading,
+ * preempted, terminating with a pod still stopping, between warnings.
+ */
+export const DRILL_RESTARTS: ReadonlyArray<number> = [30_000, 61_000, 16 * MIN, 45 * MIN, 65 * MIN, 65 * MIN + 10_000, 90 * MIN, 2 * HOUR + 31 * MIN, 3 * HOUR].map(
+  (d) => Date.parse(START) + d
+)

@@ -7,29 +7,7 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { timelineArb } from "./arbitraries.js"
-import { HOUR, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
-
-const rich = timelineFile(
-  [
-    launch({ gpu_count: 2 }),
-    launch({ id: "gi-2", estimated_duration_hours: 3 }),
-    launch({ at: "PT5M", id: "queued", gpu_count: 8 }),
-    launch({ at: "PT1M", id: "gi-3" }),
-    { at: "PT20M", do: "extend", id: "gi-1", hours: 2 },
-    { at: "PT40M", do: "preempt", id: "gi-2" },
-    { at: "PT55M", do: "resume", id: "gi-2" },
-    { at: "PT1H5M", do: "terminate", id: "gi-3" },
-    { at: "PT1H10M", do: "pod_fail", id: "gi-2" },
-    { at: "PT2H", do: "top_up", account: "acme", amount: "25.00" }
-  ],
-  {
-    until: "PT8H",
-    catalog: {
-      gpus: { H100: { hourly_rate: "1.60" } },
-      regions: { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT1M", container_start: "PT30S", pod_stop: "PT20S" } }
-    }
-  }
-)
+import { DRILL_RESTARTS, DRILL_TIMELINE as rich, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
 
 /**
  * Missed watch events are left out of the equivalence: a restarted supervisor reconciles
@@ -49,10 +27,8 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
     // Proves rehydration from snapshots at awkward moments: while pending (queued for
     // capacity), loading, preempted, terminating with a pod still stopping, between warnings.
     const straight = run(rich, { db: tmpDb() })
-    const start = Date.parse(START)
-    const restartAt = [30_000, 61_000, 16 * MIN, 45 * MIN, 65 * MIN, 65 * MIN + 10_000, 90 * MIN, 2 * HOUR + 31 * MIN, 3 * HOUR].map((d) => start + d)
     const db = tmpDb()
-    const restarted = run(rich, { db, restartAt })
+    const restarted = run(rich, { db, restartAt: DRILL_RESTARTS })
     expect(straight.output.invariants).toEqual({ ok: true, violations: [] })
     expect(straight.output.ledger.length).toBeGreaterThan(6)
     expect(restarted.output).toEqual(straight.output)

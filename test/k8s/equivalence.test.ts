@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runTimeline } from "../../sim/runner.js"
-import { decode } from "../helpers.js"
+import { decode, DRILL_RESTARTS, DRILL_TIMELINE, tmpDb } from "../helpers.js"
 import { runTimelineInKubernetes } from "./timelineWorld.js"
 
 const EXAMPLES = join(import.meta.dirname, "..", "..", "sim", "examples")
@@ -31,6 +31,38 @@ describe("sim/examples in the Kubernetes world", () => {
       }
     })
   }
+})
+
+describe("the crash drill in the Kubernetes world", () => {
+  const same = async (timeline: ReturnType<typeof decode>, drill: { readonly restartAt?: ReadonlyArray<number>; readonly outages?: ReadonlyArray<{ at_ms: number; duration_ms: number }> }) => {
+    const sim = runTimeline(timeline, { db: tmpDb(), ...drill })
+    const k8s = await runTimelineInKubernetes(timeline, { db: tmpDb(), ...drill })
+    try {
+      expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
+      expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
+      expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
+      expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+    } finally {
+      await k8s.finish()
+    }
+    return sim
+  }
+
+  // The examples an outage an hour in changes: a pod healed at restart, webhooks redelivered, inputs refused.
+  for (const file of ["api-usage.json", "payments.json", "preemption.json", "user-terminate-refund.json"]) {
+    it(`${file} with a 20-minute outage an hour in: the same ledger, notifications and transitions as the simulated world`, async () => {
+      const timeline = decode(JSON.parse(readFileSync(join(EXAMPLES, file), "utf8")))
+      await same(timeline, { outages: [{ at_ms: timeline.start_ms + 60 * 60_000, duration_ms: 20 * 60_000 }] })
+    })
+  }
+
+  it("a control plane dropped at nine awkward instants, each time with a new driver that lists the pods again: the same ledger, notifications and transitions as the simulated world's", async () => {
+    const timeline = decode(DRILL_TIMELINE)
+    const sim = await same(timeline, { restartAt: DRILL_RESTARTS })
+    // And the simulated world's drill is the run that never stopped (test/restart.test.ts).
+    expect(JSON.stringify(sim.output)).toBe(JSON.stringify(runTimeline(timeline).output))
+    expect(sim.output.invariants.ok).toBe(true)
+  })
 })
 
 /** A stack frame in the engine's own code (the driver included), not the tests' or a library's. */

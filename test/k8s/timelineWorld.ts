@@ -120,19 +120,37 @@ export interface KubeRunResult {
   readonly engine: KubeEngine
 }
 
-/** Runs the timeline; the caller reads the ledger, then calls `finish`. */
-export const runTimelineInKubernetes = async (timeline: Timeline, options: { readonly db?: string } = {}): Promise<KubeRunResult & { finish(): Promise<void> }> => {
+/**
+ * Runs the timeline; the caller reads the ledger, then calls `finish`. `restartAt` and
+ * `outages`: the drills of the simulated runner (`RunOptions`). After the work of `at_ms` the
+ * engine and its driver are dropped; the cluster runs on alone (inputs meanwhile are refused
+ * with 503, pod events go unheard); `duration_ms` later a new driver (which lists the pods
+ * again) and a new engine start on the same SQLite file. A restart is an outage of 0 ms.
+ */
+export const runTimelineInKubernetes = async (
+  timeline: Timeline,
+  options: {
+    readonly db?: string
+    readonly restartAt?: ReadonlyArray<number>
+    readonly outages?: ReadonlyArray<{ readonly at_ms: number; readonly duration_ms: number }>
+  } = {}
+): Promise<KubeRunResult & { finish(): Promise<void> }> => {
+  const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
+  if (outages.length > 0 && (options.db ?? ":memory:") === ":memory:") throw new Error("restarts need a database file")
   for (const r of timeline.regions) {
     if (r.image_pull_jitter_ms > 0 || r.pull_failure_probability > 0 || r.preemption_mean_interval_ms > 0) {
       throw new Error(`region ${r.name}: the scripted kubelet has no random source (jitter, pull failures, random preemptions)`)
     }
   }
   const world = await K8sWorld.start({ start_ms: timeline.start_ms, regions: timeline.regions })
-  const driver = await world.driver()
-  const cluster = new MissEvents(driver)
   const payments = simPaymentsFor(world.clock, timeline.seed, timeline.payments)
-  const engine = startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
-  payments.deliver = (event) => engine.sup.payments?.handleEvent(event) ?? null
+  let driver = await world.driver()
+  let cluster = new MissEvents(driver)
+  const start = (): KubeEngine => startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
+  let engine: KubeEngine | null = start()
+  // While the engine is down the provider gets no answer and redelivers later (as in the simulated runner).
+  payments.deliver = (event) => engine?.sup.payments?.handleEvent(event) ?? null
+  const first = engine
   const rejected: Rejected[] = []
   const k = world.kubelet
   // The same dispatch as the simulated world's runner; only the world's hands differ.
@@ -146,26 +164,39 @@ export const runTimelineInKubernetes = async (timeline: Timeline, options: { rea
     payments
   }
   const apply = (e: TimelineEvent): void => {
-    const refusal = applyInput(e, engine.sup, hands)
+    const refusal = applyInput(e, engine?.sup ?? null, hands)
     if (refusal !== null) rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, ...refusal })
   }
 
-  engine.sup.unitOfWork(() => {
+  first.sup.unitOfWork(() => {
     for (const a of timeline.accounts) {
-      Runtime.runSync(engine.runtime)(engine.sup.openAccount(a.id))
-      if (a.balance_micros > 0n) Runtime.runSync(engine.runtime)(engine.sup.credit(a.id, "adjustment", a.balance_micros, policy.OPENING_BALANCE_DESCRIPTION))
+      Runtime.runSync(first.runtime)(first.sup.openAccount(a.id))
+      if (a.balance_micros > 0n) Runtime.runSync(first.runtime)(first.sup.credit(a.id, "adjustment", a.balance_micros, policy.OPENING_BALANCE_DESCRIPTION))
     }
   })
   for (const e of timeline.events) world.clock.schedule(e.at_ms, () => apply(e), { lane: Lane.input, key: String(e.index).padStart(9, "0") })
+  for (const outage of outages) {
+    if (outage.at_ms > timeline.until_ms) break
+    await world.advanceTo(Math.max(outage.at_ms, world.clock.now()))
+    if (engine !== null) stopEngine(engine)
+    engine = null
+    driver.stop()
+    await world.advanceTo(Math.min(Math.max(outage.at_ms + outage.duration_ms, world.clock.now()), timeline.until_ms))
+    driver = await world.driver()
+    cluster = new MissEvents(driver)
+    engine = start()
+    await world.settle()
+  }
   await world.advanceTo(timeline.until_ms)
-  engine.sup.settleApiUsage()
+  const last = engine ?? start()
+  last.sup.settleApiUsage()
   return {
-    ledger: engine.ledger,
+    ledger: last.ledger,
     rejected,
     world,
-    engine,
+    engine: last,
     finish: async () => {
-      stopEngine(engine)
+      stopEngine(last)
       await world.close()
     }
   }
