@@ -9,6 +9,7 @@ import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runTimeline } from "../../sim/runner.js"
 import { decode, DRILL_RESTARTS, DRILL_TIMELINE, tmpDb } from "../helpers.js"
+import { restoreWallClock, spyOnWallClock } from "../wallClockSpy.js"
 import { runTimelineInKubernetes } from "./timelineWorld.js"
 
 const EXAMPLES = join(import.meta.dirname, "..", "..", "sim", "examples")
@@ -65,36 +66,12 @@ describe("the crash drill in the Kubernetes world", () => {
   })
 })
 
-/** A stack frame in the engine's own code (the driver included), not the tests' or a library's. */
-const OURS = ["src", "machines", "sim"].map((d) => `${join(import.meta.dirname, "..", "..", d)}/`)
-const real = { now: Date.now, random: Math.random, setTimeout: globalThis.setTimeout, setInterval: globalThis.setInterval, setImmediate: globalThis.setImmediate, Date: globalThis.Date }
-afterEach(() => {
-  Date.now = real.now
-  Math.random = real.random
-  globalThis.setTimeout = real.setTimeout
-  globalThis.setInterval = real.setInterval
-  globalThis.setImmediate = real.setImmediate
-  globalThis.Date = real.Date
-})
+afterEach(restoreWallClock)
 
 describe("the Kubernetes world on the virtual clock", () => {
   it("never reads the wall clock from the engine or the driver: only the HTTP client and the test server do", async () => {
-    const calls: string[] = []
-    const note = (what: string) => {
-      const caller = (new Error().stack ?? "").split("\n")[3] ?? ""
-      if (OURS.some((d) => caller.includes(d)) && !caller.includes("node_modules")) calls.push(`${what} ${caller.trim()}`)
-    }
-    Date.now = () => (note("Date.now"), real.now())
-    Math.random = () => (note("Math.random"), real.random())
-    globalThis.setTimeout = ((...a: Parameters<typeof setTimeout>) => (note("setTimeout"), real.setTimeout(...a))) as typeof setTimeout
-    globalThis.setInterval = ((...a: Parameters<typeof setInterval>) => (note("setInterval"), real.setInterval(...a))) as typeof setInterval
-    globalThis.setImmediate = ((...a: Parameters<typeof setImmediate>) => (note("setImmediate"), real.setImmediate(...a))) as typeof setImmediate
-    globalThis.Date = new Proxy(real.Date, {
-      construct(target, args: unknown[]) {
-        if (args.length === 0) note("new Date()")
-        return args.length === 0 ? new target(real.now()) : new target(...(args as [number]))
-      }
-    })
+    // The engine and the driver only: the HTTP client and the test server may read the wall clock.
+    const calls = spyOnWallClock()
     const timeline = decode(JSON.parse(readFileSync(join(EXAMPLES, "preemption.json"), "utf8")))
     const k8s = await runTimelineInKubernetes(timeline)
     try {
