@@ -66,54 +66,84 @@ export const before = (a: Timer, b: Timer): boolean => {
   return a.seq < b.seq
 }
 
-/** A binary min-heap of timers; cancelled timers are dropped lazily when they reach the top. */
+/** A timer in the virtual clock's heap: where it sits, so that a cancelled one leaves at once. */
+interface HeapTimer extends Timer {
+  index: number
+}
+
+/**
+ * A binary min-heap of timers. A cancelled timer is taken out at once (`remove`), so the heap
+ * holds only armed timers however often a timer is moved (the low-balance alarm is cancelled
+ * and armed again after most `/v1` requests). Pops come in the same order either way.
+ */
 class TimerHeap {
-  private readonly items: Timer[] = []
+  private readonly items: HeapTimer[] = []
 
   get size(): number {
     return this.items.length
   }
 
-  peek(): Timer | undefined {
+  peek(): HeapTimer | undefined {
     return this.items[0]
   }
 
-  push(timer: Timer): void {
-    const items = this.items
-    items.push(timer)
-    let i = items.length - 1
-    while (i > 0) {
-      const parent = (i - 1) >> 1
-      const up = items[i]!
-      if (!before(up, items[parent]!)) break
-      // A swap through a local: `[a, b] = [b, a]` allocates an array per step.
-      items[i] = items[parent]!
-      items[parent] = up
-      i = parent
-    }
+  push(timer: HeapTimer): void {
+    timer.index = this.items.length
+    this.items.push(timer)
+    this.up(timer.index)
   }
 
-  pop(): Timer | undefined {
+  pop(): HeapTimer | undefined {
+    return this.items.length === 0 ? undefined : this.remove(0)
+  }
+
+  /** Takes out the timer at `i`; the last one fills its place and moves to where it belongs. */
+  remove(i: number): HeapTimer {
     const items = this.items
-    const top = items[0]
-    const last = items.pop()
-    if (items.length > 0 && last !== undefined) {
-      items[0] = last
-      let i = 0
-      for (;;) {
-        const l = 2 * i + 1
-        const r = l + 1
-        let m = i
-        if (l < items.length && before(items[l]!, items[m]!)) m = l
-        if (r < items.length && before(items[r]!, items[m]!)) m = r
-        if (m === i) break
-        const down = items[i]!
-        items[i] = items[m]!
-        items[m] = down
-        i = m
-      }
+    const removed = items[i]!
+    const last = items.pop()!
+    if (i < items.length) {
+      items[i] = last
+      last.index = i
+      this.down(i)
+      this.up(last.index)
     }
-    return top
+    removed.index = -1
+    return removed
+  }
+
+  private up(i: number): void {
+    const items = this.items
+    const timer = items[i]!
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      const above = items[parent]!
+      if (!before(timer, above)) break
+      items[i] = above
+      above.index = i
+      i = parent
+    }
+    items[i] = timer
+    timer.index = i
+  }
+
+  private down(i: number): void {
+    const items = this.items
+    const n = items.length
+    const timer = items[i]!
+    for (;;) {
+      const l = 2 * i + 1
+      if (l >= n) break
+      const r = l + 1
+      const child = r < n && before(items[r]!, items[l]!) ? r : l
+      const below = items[child]!
+      if (!before(below, timer)) break
+      items[i] = below
+      below.index = i
+      i = child
+    }
+    items[i] = timer
+    timer.index = i
   }
 }
 
@@ -163,21 +193,23 @@ export class VirtualClock implements EngineClock {
   }
 
   clearTimeout(handle: TimerHandle): void {
-    const timer = handle as unknown as Timer
+    const timer = handle as unknown as HeapTimer
     if (timer && timer.fn !== null) {
       timer.fn = null
       this.live--
+      if (timer.index >= 0) this.heap.remove(timer.index)
     }
   }
 
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
     if (!Number.isFinite(at_ms)) throw new Error(`cannot schedule at ${at_ms}`)
-    const timer: Timer = {
+    const timer: HeapTimer = {
       due_ms: Math.max(Math.trunc(at_ms), this.now_ms),
       lane: options?.lane ?? Lane.engine,
       key: options?.key ?? "",
       seq: this.seq++,
-      fn
+      fn,
+      index: -1
     }
     this.heap.push(timer)
     this.live++

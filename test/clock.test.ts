@@ -2,7 +2,7 @@ import { Clock, Duration, Effect, Exit, Fiber, Layer, Option, Runtime, Scope } f
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { createActor, setup } from "xstate"
-import { Lane, VirtualClock } from "../src/clock.js"
+import { Lane, type TimerHandle, VirtualClock } from "../src/clock.js"
 import { clockLayer } from "../src/services.js"
 
 /** Lets Effect's scheduler run what a fired timer resumed (it resumes fibers asynchronously). */
@@ -69,6 +69,60 @@ describe("VirtualClock ordering", () => {
         expect(fired.map((f) => f.now)).toEqual(expected.map((s) => s.due))
         expect(clock.pending).toBe(specs.length - expected.length)
         expect(clock.now()).toBe(target)
+      })
+    )
+  })
+
+  it("keeps the order when a cancelled timer's place is taken by one that must move up", () => {
+    // Proves the heap's removal sifts both ways (a case a removal that only sifts down gets wrong).
+    const clock = new VirtualClock(0)
+    const fired: number[] = []
+    const dues = [8, 16, 8, 16, 8, 8, 4]
+    const handles = dues.map((due, i) => clock.schedule(due, () => fired.push(i)))
+    clock.clearTimeout(handles[3]!)
+    clock.advanceTo(100)
+    expect(fired).toEqual([6, 0, 2, 4, 5, 1])
+  })
+
+  it("fires the timers not cancelled in the same order, whichever were cancelled, before or while firing", () => {
+    // Proves taking a cancelled timer out of the heap at once (anywhere in it) keeps the order.
+    const timerSpec = fc.record({
+      due: fc.integer({ min: 0, max: 50 }),
+      lane: fc.constantFrom(Lane.input, Lane.world, Lane.engine),
+      key: fc.constantFrom("", "a", "b", "z"),
+      /** Cancelled before the advance, or by the timer that fires just before it, or never. */
+      cancel: fc.constantFrom("no", "no", "before", "while")
+    })
+    fc.assert(
+      fc.property(fc.array(timerSpec, { maxLength: 200 }), fc.integer({ min: 0, max: 60 }), (specs, target) => {
+        const clock = new VirtualClock(0)
+        const fired: number[] = []
+        const handles: TimerHandle[] = []
+        // Every callback cancels every "while" timer: the first one to run takes them all out.
+        const cancelWhile = specs.map((s, seq) => (s.cancel === "while" ? seq : -1)).filter((seq) => seq >= 0)
+        specs.forEach((s, seq) => {
+          handles.push(
+            clock.schedule(
+              s.due,
+              () => {
+                fired.push(seq)
+                for (const c of cancelWhile) clock.clearTimeout(handles[c]!)
+              },
+              { lane: s.lane, key: s.key }
+            )
+          )
+        })
+        specs.forEach((s, seq) => s.cancel === "before" && clock.clearTimeout(handles[seq]!))
+        clock.advanceTo(target)
+        const order = specs
+          .map((s, seq) => ({ ...s, seq }))
+          .filter((s) => s.due <= target && s.cancel !== "before")
+          .sort((a, b) => a.due - b.due || a.lane - b.lane || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0) || a.seq - b.seq)
+        // The first to fire cancels every "while" timer still armed, so only it can be one.
+        const expected = order.filter((s, i) => i === 0 || s.cancel !== "while").map((s) => s.seq)
+        expect(fired).toEqual(expected)
+        const armed = specs.filter((s) => s.due > target && s.cancel !== "before" && !(s.cancel === "while" && fired.length > 0)).length
+        expect(clock.pending).toBe(armed)
       })
     )
   })
