@@ -68,7 +68,8 @@ import {
 import { podNameFor, type ClusterEvent, type ClusterPort, type VolumeSpec, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
-import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
+import { BalanceMonitor, type BurnMeasure } from "./balanceMonitor.js"
+import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
@@ -232,26 +233,8 @@ export class GpuSupervisor implements PaymentHost {
   private lastOrphans: ReadonlyArray<string> = []
   /** Live resource ids by account, for the low-balance monitor. */
   private readonly byAccount = new Map<string, Set<string>>()
-  /** Accounts whose money or burn changed in this unit of work. */
-  private readonly touched = new Set<string>()
-  /** Accounts credited in this unit of work: their sent warnings may be armed again. */
-  private readonly credited = new Set<string>()
-  private readonly balanceAlarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
-  /**
-   * Per account: burn rate and unconsumed holds (micro-ms) as of `at`. Between two events of
-   * the account's resources the unconsumed part falls exactly by the burn per millisecond,
-   * so an API charge or a top-up needs no walk over the resources. Dropped on any dispatch.
-   */
-  private readonly burnCache = new Map<
-    string,
-    {
-      readonly at: number
-      readonly burn: bigint
-      readonly unconsumed: bigint
-      /** Each active inference instance's next cycle end and the least balance that renews it. */
-      readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint }>
-    }
-  >()
+  /** The low-balance monitor (SPEC §7), told of every account a unit of work touches. */
+  private readonly lowBalance: BalanceMonitor
   private intents: Intent[] = []
   /** Dispatches that follow another one in the same unit of work (storage detach). */
   private deferred: Array<() => void> = []
@@ -281,6 +264,16 @@ export class GpuSupervisor implements PaymentHost {
     private readonly audit = false
   ) {
     this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
+    this.lowBalance = new BalanceMonitor({
+      clock,
+      ledger,
+      notifier,
+      journal,
+      spendable: (account) => this.spendable(account),
+      measureBurn: (account, at) => this.measureBurn(account, at),
+      unitOfWork: (fn) => this.unitOfWork(fn),
+      afterUnitOf: (accounts) => this.payments?.afterUnit(accounts)
+    })
     const raise = (intent: Intent): void => {
       assert(this.intents.length < INTENTS_PER_DISPATCH_MAX, () => `more than ${INTENTS_PER_DISPATCH_MAX} intents in one dispatch`)
       this.intents.push(intent)
@@ -374,7 +367,7 @@ export class GpuSupervisor implements PaymentHost {
         if (entry.kind === "gpu" && status === "pending") this.pending.add(record.id)
         if (entry.kind === "gpu" && status === "terminating") this.stopping.add(record.id)
         this.track(entry)
-        this.touched.add(accountOf(entry))
+        this.lowBalance.touch(accountOf(entry))
         this.rearm(entry)
       }
       this.reconcile("start")
@@ -417,16 +410,12 @@ export class GpuSupervisor implements PaymentHost {
       if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
       entry.actor.stop()
     }
-    for (const alarm of this.balanceAlarms.values()) this.clock.clearTimeout(alarm.handle)
-    this.balanceAlarms.clear()
+    this.lowBalance.stop()
     this.live.clear()
     this.withPods.clear()
     this.pending.clear()
     this.stopping.clear()
     this.byAccount.clear()
-    this.burnCache.clear()
-    this.touched.clear()
-    this.credited.clear()
   }
 
   unitOfWork<T>(fn: () => T): T {
@@ -436,7 +425,7 @@ export class GpuSupervisor implements PaymentHost {
       this.depth++
       try {
         const result = fn()
-        this.monitorTouched()
+        this.lowBalance.afterUnit()
         // In a batch the snapshots are written once, at the batch's commit.
         if (!this.batching) this.flush()
         return result
@@ -483,15 +472,15 @@ export class GpuSupervisor implements PaymentHost {
    */
   private book(row: { account: string; kind: "topup" | "adjustment" | "refund"; amount_micros: Micros; resource: string | null; description: string }): Micros {
     const at = this.clock.now()
-    this.touched.add(row.account)
-    if (row.amount_micros > 0n) this.credited.add(row.account)
+    if (row.amount_micros > 0n) this.lowBalance.credit(row.account)
+    else this.lowBalance.touch(row.account)
     const balance = this.ledger.post({ account: row.account, at, kind: row.kind, amount_micros: row.amount_micros, resource: row.resource, description: row.description })
     if (row.amount_micros > 0n) this.restoreStorage(row.account, at)
     return balance
   }
 
   touch(account: string): void {
-    this.touched.add(account)
+    this.lowBalance.touch(account)
   }
 
   // ── API commands ──────────────────────────────────────────────────────────────────────
@@ -854,7 +843,7 @@ export class GpuSupervisor implements PaymentHost {
             resource: id,
             description: policy.descriptions.storage(ctx.kind, id, ctx.size_gb, formatDollars(rate), ctx.attached_to.length > 0)
           })
-          this.touched.add(ctx.account)
+          this.lowBalance.touch(ctx.account)
         }
       })
     }
@@ -879,7 +868,7 @@ export class GpuSupervisor implements PaymentHost {
       const charged = this.metering.charge({ account: req.account, model: req.model, input_tokens: req.input_tokens, output_tokens: req.output_tokens, images: req.images, seconds: req.seconds, at })
       if (Either.isRight(charged)) {
         this.journal.append(at, "api_request", req)
-        this.touched.add(req.account)
+        this.lowBalance.touch(req.account)
         this.armMeteringFlush()
       }
       return charged
@@ -888,7 +877,7 @@ export class GpuSupervisor implements PaymentHost {
 
   settleApiUsage(): void {
     this.unitOfWork(() => {
-      for (const bucket of this.metering.flushAll(this.clock.now())) this.touched.add(bucket.account)
+      for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })
   }
 
@@ -902,7 +891,7 @@ export class GpuSupervisor implements PaymentHost {
       () => {
         this.meteringTimer = null
         this.unitOfWork(() => {
-          for (const bucket of this.metering.flush(this.clock.now())) this.touched.add(bucket.account)
+          for (const bucket of this.metering.flush(this.clock.now())) this.lowBalance.touch(bucket.account)
           this.armMeteringFlush()
         })
       },
@@ -1054,10 +1043,7 @@ export class GpuSupervisor implements PaymentHost {
     // A duration warning only notifies and marks itself sent: no money moves and the burn rate
     // stays, so the low-balance monitor has nothing new to look at (a third of the full bench fleet's
     // dispatches). Every other event may move money or change what burns.
-    if (entry.kind !== "gpu" || event?.type !== "duration_warning") {
-      this.touched.add(accountOf(entry))
-      this.burnCache.delete(accountOf(entry))
-    }
+    if (entry.kind !== "gpu" || event?.type !== "duration_warning") this.lowBalance.burnChanged(accountOf(entry))
     this.rearm(entry)
     while (this.deferred.length > 0) this.deferred.shift()!()
   }
@@ -1288,20 +1274,12 @@ export class GpuSupervisor implements PaymentHost {
     return overage > 0n && this.ledger.balance(ctx.account) < overage
   }
 
-  // ── the low-balance monitor (SPEC §7) ───────────────────────────────────────────────
-  /** Recomputes every account touched in this unit of work, in id order. */
-  private monitorTouched(): void {
-    if (this.touched.size === 0) return
-    // Most units of work (a `/v1` request, one machine's event) touch a single account.
-    const accounts = this.touched.size === 1 ? [this.touched.values().next().value as string] : [...this.touched].sort()
-    this.touched.clear()
-    // Auto-recharge looks at the balance the unit of work left (src/payments.ts).
-    this.payments?.afterUnit(accounts)
-    for (const account of accounts) this.monitor(account, this.credited.has(account))
-    this.credited.clear()
-  }
-
-  private measureBurn(account: string, at: number) {
+  // ── the low-balance monitor (SPEC §7): src/balanceMonitor.ts; the burn is measured here ──
+  /**
+   * The burn rate (micros per hour) of the account's resources holding GPUs now, what their
+   * holds have not consumed yet (micro-ms), and each active inference instance's renewal.
+   */
+  private measureBurn(account: string, at: number): BurnMeasure {
     let burn = 0n
     let unconsumed = 0n
     const renewals: Array<{ ends_at: number; min_micros: bigint }> = []
@@ -1331,52 +1309,7 @@ export class GpuSupervisor implements PaymentHost {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
-    const measured = { at, burn, unconsumed, renewals }
-    this.burnCache.set(account, measured)
-    return measured
-  }
-
-  private monitor(account: string, credited: boolean): void {
-    const at = this.clock.now()
-    // The burn rate (micros per hour) of the account's resources holding GPUs now.
-    const cached = this.burnCache.get(account) ?? this.measureBurn(account, at)
-    const burn = cached.burn
-    const spendable = this.spendable(account)
-    // Holds are per resource: an inference instance whose cycle ends when the balance cannot
-    // renew it stops then, however much other resources still hold (SPEC §4).
-    let stopAt: number | null = null
-    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
-    const before = this.ledger.warned(account)
-    // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
-    if (burn === 0n && stopAt === null && before.length === 0 && !this.balanceAlarms.has(account)) return
-    // The funds: the balance plus what the holds have not consumed yet, exact (micro-ms).
-    const pooled = burn === 0n ? null : zeroAt(at, microMs(spendable) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
-    const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
-    const plan = planWarnings(at, zero, before, credited)
-    if (plan.now !== null) {
-      const minutes = plan.now
-      const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity
-      this.notifier.notify({ account, resource: null, at, severity, kind: "balance_warning", text: policy.texts.balanceWarning(minutes), data: { minutes } })
-    }
-    // `planWarnings` hands back the same list when nothing changed, which spares the join.
-    if (plan.warned !== before && plan.warned.join() !== before.join()) this.ledger.setWarned(account, plan.warned)
-    const armed = this.balanceAlarms.get(account)
-    if (armed !== undefined && plan.next !== null && armed.at === plan.next.at) return
-    if (armed !== undefined) this.clock.clearTimeout(armed.handle)
-    this.balanceAlarms.delete(account)
-    if (plan.next === null) return
-    const handle = this.clock.schedule(
-      plan.next.at,
-      () => {
-        this.balanceAlarms.delete(account)
-        this.unitOfWork(() => {
-          this.journal.append(this.clock.now(), "balance_alarm", { account })
-          this.touched.add(account)
-        })
-      },
-      { lane: Lane.engine, key: `balance:${account}` }
-    )
-    this.balanceAlarms.set(account, { at: plan.next.at, handle })
+    return { at, burn, unconsumed, renewals }
   }
 
   private armWatchdog(): void {

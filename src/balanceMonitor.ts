@@ -1,0 +1,139 @@
+/**
+ * The account-level low-balance monitor (SPEC §7): after every unit of work that moved an
+ * account's money or changed what it burns, work out when its money runs out and send, skip
+ * or arm the 60/30/20/10/5/3/1-minute warnings. The arithmetic is src/lowBalance.ts's; this is
+ * the state around it: which accounts the unit touched, each account's burn as last measured,
+ * and one clock alarm per account for its next warning, at its exact instant.
+ *
+ * The supervisor owns the resources, so it measures the burn (`BalanceMonitorHost.measureBurn`)
+ * and runs the alarm's unit of work; the monitor never looks at a machine itself.
+ */
+import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
+import type { LedgerStore } from "./ledger/store.js"
+import { microMs, planWarnings, zeroAt } from "./lowBalance.js"
+import type { Micros } from "./money.js"
+import * as policy from "./policy.js"
+import type { JournalPort, NotifierPort } from "./services.js"
+
+/**
+ * An account's burn as of `at`: the rate (micros per hour) of its resources holding GPUs and
+ * what their holds have not consumed yet (micro-ms). Between two events of those resources
+ * the unconsumed part falls exactly by the burn per millisecond, so an API charge or a top-up
+ * needs no new measure.
+ */
+export interface BurnMeasure {
+  readonly at: number
+  readonly burn: bigint
+  readonly unconsumed: bigint
+  /** Each active inference instance's next cycle end and the least balance that renews it. */
+  readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint }>
+}
+
+export interface BalanceMonitorHost {
+  readonly clock: EngineClock
+  readonly ledger: LedgerStore
+  readonly notifier: NotifierPort
+  readonly journal: JournalPort
+  /** What the account can spend now: its balance less API usage admitted but not posted. */
+  spendable(account: string): Micros
+  measureBurn(account: string, at: number): BurnMeasure
+  /** Runs an alarm's work as a unit of work (whose end calls `afterUnit`). */
+  unitOfWork(fn: () => void): void
+  /** Auto-recharge looks at the balance the unit of work left, before the warnings (src/payments.ts). */
+  afterUnitOf?(accounts: ReadonlyArray<string>): void
+}
+
+export class BalanceMonitor {
+  /** Accounts whose money or burn changed in this unit of work. */
+  private readonly touched = new Set<string>()
+  /** Accounts credited in this unit of work: their sent warnings may be armed again. */
+  private readonly credited = new Set<string>()
+  private readonly burnCache = new Map<string, BurnMeasure>()
+  private readonly alarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
+
+  constructor(private readonly host: BalanceMonitorHost) {}
+
+  /** The account's money moved (a charge, a settlement): look again at the unit's end. */
+  touch(account: string): void {
+    this.touched.add(account)
+  }
+
+  /** Money came in: look again, and a warned threshold the account is lifted above is armed again. */
+  credit(account: string): void {
+    this.touched.add(account)
+    this.credited.add(account)
+  }
+
+  /** One of the account's resources changed: its burn is measured again. */
+  burnChanged(account: string): void {
+    this.touched.add(account)
+    this.burnCache.delete(account)
+  }
+
+  /** At the end of a unit of work: every account it touched, in id order. */
+  afterUnit(): void {
+    if (this.touched.size === 0) return
+    // Most units of work (a `/v1` request, one machine's event) touch a single account.
+    const accounts = this.touched.size === 1 ? [this.touched.values().next().value as string] : [...this.touched].sort()
+    this.touched.clear()
+    this.host.afterUnitOf?.(accounts)
+    for (const account of accounts) this.look(account, this.credited.has(account))
+    this.credited.clear()
+  }
+
+  /** Cancels every alarm and forgets everything (the supervisor stops). */
+  stop(): void {
+    for (const alarm of this.alarms.values()) this.host.clock.clearTimeout(alarm.handle)
+    this.alarms.clear()
+    this.burnCache.clear()
+    this.touched.clear()
+    this.credited.clear()
+  }
+
+  private look(account: string, credited: boolean): void {
+    const { clock, ledger } = this.host
+    const at = clock.now()
+    let cached = this.burnCache.get(account)
+    if (cached === undefined) {
+      cached = this.host.measureBurn(account, at)
+      this.burnCache.set(account, cached)
+    }
+    const burn = cached.burn
+    const spendable = this.host.spendable(account)
+    // Holds are per resource: an inference instance whose cycle ends when the balance cannot
+    // renew it stops then, however much other resources still hold (SPEC §4).
+    let stopAt: number | null = null
+    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
+    const before = ledger.warned(account)
+    // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
+    if (burn === 0n && stopAt === null && before.length === 0 && !this.alarms.has(account)) return
+    // The funds: the balance plus what the holds have not consumed yet, exact (micro-ms).
+    const pooled = burn === 0n ? null : zeroAt(at, microMs(spendable) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
+    const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
+    const plan = planWarnings(at, zero, before, credited)
+    if (plan.now !== null) {
+      const minutes = plan.now
+      const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity
+      this.host.notifier.notify({ account, resource: null, at, severity, kind: "balance_warning", text: policy.texts.balanceWarning(minutes), data: { minutes } })
+    }
+    // `planWarnings` hands back the same list when nothing changed, which spares the join.
+    if (plan.warned !== before && plan.warned.join() !== before.join()) ledger.setWarned(account, plan.warned)
+    const armed = this.alarms.get(account)
+    if (armed !== undefined && plan.next !== null && armed.at === plan.next.at) return
+    if (armed !== undefined) clock.clearTimeout(armed.handle)
+    this.alarms.delete(account)
+    if (plan.next === null) return
+    const handle = clock.schedule(
+      plan.next.at,
+      () => {
+        this.alarms.delete(account)
+        this.host.unitOfWork(() => {
+          this.host.journal.append(clock.now(), "balance_alarm", { account })
+          this.touched.add(account)
+        })
+      },
+      { lane: Lane.engine, key: `balance:${account}` }
+    )
+    this.alarms.set(account, { at: plan.next.at, handle })
+  }
+}
