@@ -199,14 +199,18 @@ describe("storage as PersistentVolumeClaims, through the supervisor", () => {
     engine = startEngine({ db, clock: world!.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]), storage_rates: STORAGE_RATES })
     return { driver, sup: engine.sup.sync }
   }
+  /** Opens the account `acme` with $100.00. */
+  const fundAcme = (sup: KubeEngine["sup"]["sync"]) => {
+    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  }
   const create = (sup: KubeEngine["sup"]["sync"], id: string, kind: "cloud_drive" | "shared_fs", size_gb: number) =>
     expect(Either.isRight(sup.createStorage({ account: "acme", id, kind, size_gb, region: "us-east" }))).toBe(true)
 
   it("createStorage creates the claim; an instance launched with it has a pod mounting it; deleteStorage deletes it", async () => {
     world = await K8sWorld.start()
     const { sup } = await start(":memory:")
-    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
-    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    fundAcme(sup)
     create(sup, "dr-1", "cloud_drive", 100)
     create(sup, "fs-1", "shared_fs", 500)
     await world.settle()
@@ -256,8 +260,7 @@ describe("storage as PersistentVolumeClaims, through the supervisor", () => {
   it("a claim whose delete gave up is deleted again at a later volume resync; a claim the ledger does not know is left alone", async () => {
     world = await K8sWorld.start()
     const { sup } = await start(":memory:")
-    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
-    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    fundAcme(sup)
     create(sup, "dr-1", "cloud_drive", 100)
     // A claim labelled as ours that this ledger never heard of (another control plane's, or hand-made).
     world.server.create("persistentvolumeclaims", world.namespace, {
@@ -289,8 +292,7 @@ describe("storage as PersistentVolumeClaims, through the supervisor", () => {
     world = await K8sWorld.start()
     const db = tmpDb()
     const first = await start(db)
-    expect(Either.isRight(first.sup.openAccount("acme"))).toBe(true)
-    expect(Either.isRight(first.sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    fundAcme(first.sup)
     create(first.sup, "dr-1", "cloud_drive", 100)
     create(first.sup, "fs-1", "shared_fs", 500)
     create(first.sup, "fs-2", "shared_fs", 50)
