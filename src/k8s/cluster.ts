@@ -307,7 +307,8 @@ export class KubernetesCluster implements ClusterPort {
    */
   forEachVolume(visit: (id: string) => void): void {
     for (const id of this.listedVolumes) visit(id)
-    if (this.listingVolumes || this.isStopped()) return
+    // A sweep can wait an hour: the list is not added to a queue that is already full.
+    if (this.listingVolumes || this.isStopped() || this.queue.length >= this.config.limits.requests_queued_max) return
     this.listingVolumes = true
     this.request(() => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR })).then(
       (list) => {
