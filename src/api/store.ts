@@ -1,13 +1,11 @@
 /**
  * The API's own tables (migration 4: users, memberships, API keys, invites, idempotency
- * records, settings) and the few read-only queries over the engine's tables that the
- * supervisor and the ledger store do not offer yet (an account's registered models, the owner
- * of a notification). It shares the ledger's SQLite connection, so a write here joins the
- * supervisor's unit of work when it runs inside one. It never touches money: wallets, holds
- * and ledger rows move only through the supervisor.
+ * records, settings). The engine's tables are read through the ledger store. It shares the
+ * ledger's SQLite connection, so a write here joins the supervisor's unit of work when it runs
+ * inside one. It never touches money: wallets, holds and ledger rows move only through the
+ * supervisor.
  */
 import type Database from "better-sqlite3"
-import type { ModelRecord } from "../ledger/store.js"
 
 export type Role = "owner" | "member"
 
@@ -150,17 +148,6 @@ export class ApiStore {
   setSetting(name: string, value: string): void {
     this.s.setSetting.run(name, value)
   }
-
-  // ── read-only views of engine tables ──────────────────────────────────────────────────
-  /** The account's registered models by name, after `after` (keyset). (The ledger store offers one model by name only.) */
-  modelsOf(account: string, after: string | null, limit: number): ReadonlyArray<ModelRecord> {
-    return this.s.modelsOf.all(account, after ?? "", limit) as ModelRecord[]
-  }
-
-  /** Who a notification belongs to and whether it was read; undefined if there is none. */
-  notification(id: number): { readonly account: string; readonly read_at: number | null } | undefined {
-    return this.s.notification.get(id) as { account: string; read_at: number | null } | undefined
-  }
 }
 
 const prepare = (db: Database.Database) => ({
@@ -190,7 +177,5 @@ const prepare = (db: Database.Database) => ({
     `DELETE FROM api_idempotency WHERE rowid IN (SELECT rowid FROM api_idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)`
   ),
   setting: db.prepare(`SELECT value FROM api_settings WHERE name = ?`),
-  setSetting: db.prepare(`INSERT INTO api_settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value`),
-  modelsOf: db.prepare(`SELECT * FROM models WHERE account = ? AND name > ? ORDER BY name LIMIT ?`),
-  notification: db.prepare(`SELECT account, read_at FROM notifications WHERE id = ?`)
+  setSetting: db.prepare(`INSERT INTO api_settings (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value`)
 })

@@ -148,9 +148,9 @@ export class LedgerStore {
    * Inside a batch (`beginBatch`), the rows nothing reads back while the batch is open
    * (ledger, notifications, transitions, journal) wait here, flat, one table each, and are
    * inserted table by table just before the commit (`drain`). Each table's rows keep their
-   * order, so every id is the one a direct insert would have given. Any read of those tables
-   * through this store drains first. Only the simulator batches: the control plane's own
-   * read-only SQL (src/api/store.ts) never runs beside an open batch.
+   * order, so every id is the one a direct insert would have given. Every read of those
+   * tables goes through this store (the API's own store keeps to its own tables) and drains
+   * first.
    */
   private readonly pending = { ledger: [] as unknown[], notifications: [] as unknown[], transitions: [] as unknown[], journal: [] as unknown[] }
   private batchOpen = false
@@ -420,6 +420,11 @@ export class LedgerStore {
     return this.s.model.get(account, name) as ModelRecord | undefined
   }
 
+  /** The account's registered models by name, after `after` (keyset pagination). */
+  modelsOf(account: string, after: string | null, limit: number): ReadonlyArray<ModelRecord> {
+    return this.s.modelsOf.all(account, after ?? "", limit) as ModelRecord[]
+  }
+
   deleteModel(account: string, name: string): boolean {
     return this.s.deleteModel.run(account, name).changes === 1
   }
@@ -508,6 +513,12 @@ export class LedgerStore {
     return this.s.notificationsOf.all({ account, unread: filter.unread ? 1 : 0, before: filter.before ?? Number.MAX_SAFE_INTEGER, limit: filter.limit }) as Array<
       Notification & { read_at: number | null }
     >
+  }
+
+  /** Who a notification belongs to and whether it was read; undefined if there is none. */
+  notificationOwner(id: number): { readonly account: string; readonly read_at: number | null } | undefined {
+    this.drain()
+    return this.s.notificationOwner.get(id) as { account: string; read_at: number | null } | undefined
   }
 
   unreadCount(account: string): number {
@@ -615,6 +626,8 @@ const prepare = (db: Database.Database) => {
     insertModel: db.prepare(`INSERT INTO models (account, name, source, filesystem, gpu, gpu_count, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     model: db.prepare(`SELECT * FROM models WHERE account = ? AND name = ?`),
     deleteModel: db.prepare(`DELETE FROM models WHERE account = ? AND name = ?`),
+    modelsOf: db.prepare(`SELECT * FROM models WHERE account = ? AND name > ? ORDER BY name LIMIT ?`),
+    notificationOwner: db.prepare(`SELECT account, read_at FROM notifications WHERE id = ?`),
     monitor: db.prepare(`SELECT warned FROM account_monitor WHERE account = ?`),
     setMonitor: db.prepare(`INSERT INTO account_monitor (account, warned) VALUES (?, ?) ON CONFLICT(account) DO UPDATE SET warned = excluded.warned`),
     insertJournal: db.prepare(`INSERT INTO journal (at, kind, payload) VALUES (?, ?, ?)`),

@@ -147,7 +147,7 @@ export const inferenceRoutes = (app: FastifyInstance, ctx: ApiContext): void => 
       const auth = keyOf(request)
       const q = request.query as { limit?: string; after?: string }
       const limit = limitOf(q.limit)
-      const rows = ctx.api.modelsOf(auth.account, q.after ?? null, limit + 1)
+      const rows = ctx.engine.ledger.modelsOf(auth.account, q.after ?? null, limit + 1)
       const shown = rows.slice(0, limit)
       return { data: shown.map(modelJson), next_after: rows.length > limit ? shown[shown.length - 1]!.name : null }
     }

@@ -51,10 +51,10 @@ export const notificationRoutes = (app: FastifyInstance, ctx: ApiContext): void 
     async (request) => {
       const auth = keyOf(request)
       const id = Number((request.params as { id: string }).id)
-      const owner = ctx.api.notification(id)
+      const owner = ctx.engine.ledger.notificationOwner(id)
       if (owner === undefined || owner.account !== auth.account) throw new HttpError(404, "notification_not_found", `notification ${id} not found`)
       if (owner.read_at === null) ctx.engine.ledger.markRead(auth.account, [id], now())
-      return { id, read: true, read_at: new Date(ctx.api.notification(id)!.read_at!).toISOString() }
+      return { id, read: true, read_at: new Date(ctx.engine.ledger.notificationOwner(id)!.read_at!).toISOString() }
     }
   )
 
