@@ -34,6 +34,11 @@ export interface GpuView {
   readonly gpu_count: number
   readonly node_count: number
   readonly region: string
+  /** The container image asked for at launch; null for the platform's default. */
+  readonly image: string | null
+  /** The cloud drive attached at launch, and the shared filesystems mounted (SPEC §5). */
+  readonly drive: string | null
+  readonly filesystems: ReadonlyArray<string>
   readonly hourly_rate_micros: Micros
   readonly hours_committed: number
   readonly created_at: number
@@ -170,6 +175,9 @@ export const viewOf = (snapshot: GpuInstanceSnapshot, at: number): GpuView => {
     gpu_count: c.gpu_count,
     node_count: c.node_count,
     region: c.region,
+    image: c.image,
+    drive: c.drive ?? null,
+    filesystems: c.filesystems ?? [],
     hourly_rate_micros: rateOf(c),
     hours_committed: c.hours_committed,
     created_at: c.created_at,

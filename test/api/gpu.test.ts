@@ -27,6 +27,9 @@ describe("GPU instances", () => {
       gpu_count: 1,
       node_count: 1,
       region: "us-east",
+      image: null,
+      drive: null,
+      filesystems: [],
       hourly_rate: "1.60",
       estimated_duration_hours: 2,
       created_at: "2026-03-01T00:00:00.000Z",
@@ -42,6 +45,20 @@ describe("GPU instances", () => {
       ["adjustment", "100.00", null],
       ["gpu_usage", "-3.20", r.body.id]
     ])
+  })
+
+  it("shows the image, the drive and the filesystems a launch asked for; the drive's attached_to names the instance", async () => {
+    // Proves the view carries what a launch attached, not only the storage's own attached_to.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const drive = await w.req("POST", "/cloud-drives", { key: a.key, body: { size_gb: 10, region: "us-east" } })
+    const fs = await w.req("POST", "/shared-filesystems", { key: a.key, body: { size_gb: 10, region: "us-east" } })
+    const r = await launch(a.key, { image: "ghcr.io/acme/train:1", drive: drive.body.id, filesystems: [fs.body.id] })
+    expect(r.status).toBe(201)
+    expect([r.body.image, r.body.drive, r.body.filesystems]).toEqual(["ghcr.io/acme/train:1", drive.body.id, [fs.body.id]])
+    const d = await w.req("GET", `/gpu-instances/${r.body.id}`, { key: a.key })
+    expect([d.body.image, d.body.drive, d.body.filesystems]).toEqual(["ghcr.io/acme/train:1", drive.body.id, [fs.body.id]])
+    expect((await w.req("GET", `/cloud-drives/${drive.body.id}`, { key: a.key })).body).toMatchObject({ status: "in_use", attached_to: [r.body.id] })
   })
 
   it("detail shows status, elapsed, remaining and the deadline; list pages by id", async () => {
