@@ -43,10 +43,18 @@ export class Authenticator {
     const m = /^Bearer +(\S+) *$/i.exec(header)
     if (m === null) return null
     const presented = m[1]!
-    const digest = sha256(presented)
-    if (this.operatorDigest !== null && sameDigest(digest, this.operatorDigest)) return { kind: "operator" }
+    // An account key first: one digest per request on the common path. A presented string
+    // that is not a valid key of ours is then compared with the operator's key.
     const parsed = parseApiKey(presented)
-    if (parsed === null) return null
+    if (parsed !== null) {
+      const key = this.keyAuth(parsed)
+      if (key !== null) return key
+    }
+    if (this.operatorDigest !== null && sameDigest(sha256(presented), this.operatorDigest)) return { kind: "operator" }
+    return null
+  }
+
+  private keyAuth(parsed: { readonly key_id: string; readonly secret: string }): Auth | null {
     const cached = this.lookup(parsed.key_id)
     if (cached === undefined) return null
     if (!sameDigest(sha256(parsed.secret), cached.row.secret_sha256)) return null
