@@ -116,3 +116,20 @@ export interface PodEvidence {
 }
 
 export const podNameFor = (resource: string): string => `eco-${resource}`
+
+/** SPEC §3's stuck-pending rule, its input: is the pod actually running, not running, or gone? */
+export type StuckPendingPod = "running" | "not_running" | "missing"
+
+export const stuckPendingInput = (cluster: ClusterPort, name: string): StuckPendingPod => {
+  const phase = cluster.phaseOf(name)
+  return phase === undefined ? "missing" : phase === "running" ? "running" : "not_running"
+}
+
+/**
+ * The rule's input with what the cluster says about each pod (for the journal: "Unschedulable:
+ * 0/2 nodes are available…" is what an operator wants to read next to `failed`).
+ */
+export const stuckPendingEvidence = (cluster: ClusterPort, name: string): { readonly pod: StuckPendingPod; readonly pods: ReadonlyArray<PodEvidence> } => ({
+  pod: stuckPendingInput(cluster, name),
+  pods: cluster.podsOf?.(name) ?? []
+})

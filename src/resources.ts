@@ -122,6 +122,12 @@ export const INFERENCE_KIND = "inference_instance"
 /** The resource id a replica's workload carries: `@` cannot occur in a resource id. */
 export const replicaResource = (id: string, region: string): string => `${id}@${region}`
 
+/** The resource a workload belongs to: `id` itself, or the instance of a replica's `id@region`. */
+export const ownerOf = (resource: string): string => {
+  const at = resource.indexOf("@")
+  return at < 0 ? resource : resource.slice(0, at)
+}
+
 export const cycleHoldIdFor = (id: string, cycle: number): string => `hold:${id}:${cycle}`
 
 export const holdIdFor = (resource: string): string => `hold:${resource}`

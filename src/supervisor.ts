@@ -52,6 +52,7 @@ import {
   rateOf,
   replicaResource,
   STORAGE_KINDS,
+  ownerOf,
   storageViewOf,
   viewOf,
   type Caller,
@@ -65,7 +66,7 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, type ClusterEvent, type ClusterPort, type VolumeSpec, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
+import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, type BurnMeasure } from "./balanceMonitor.js"
@@ -173,15 +174,9 @@ const storageOf = (entry: LiveEntry): string[] => {
 
 const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
-/** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
-/** The resource id a workload belongs to: its resource, `id` or an inference replica's `id@region`. */
-const ownerOf = (resource: string): string => {
-  const replica = resource.indexOf("@")
-  return replica < 0 ? resource : resource.slice(0, replica)
-}
-
 const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
 
+/** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
 const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
   entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : NO_REPLICAS
 
@@ -1334,11 +1329,9 @@ export class GpuSupervisor implements PaymentHost {
       this.reconcile("tick")
       if (stuck.length > 0 || stopping.length > 0) {
         for (const id of stuck) {
-          const workload = this.cluster.get(podNameFor(id))
-          const pod = workload === undefined ? "missing" : workload.phase === "running" ? "running" : "not_running"
-          // What the cluster says about the pods (a world that can describe them): evidence
-          // for whoever reads why the instance failed or healed, not an input to the rule.
-          const pods = this.cluster.podsOf?.(podNameFor(id)) ?? []
+          // The rule's input, with what the cluster says about the pods (a world that can
+          // describe them): evidence for whoever reads why the instance failed or healed.
+          const { pod, pods } = stuckPendingEvidence(this.cluster, podNameFor(id))
           this.journal.append(at, "watchdog", pods.length === 0 ? { id, pod } : { id, pod, pods })
           this.dispatch(gpu(id), { type: "watchdog", at, pod })
         }

@@ -9,8 +9,8 @@
  * `createMissing` carry out the two corrections that need no machine (idempotent commands:
  * deterministic names make a repeated create or delete harmless).
  */
-import type { ClusterPort, PodEvidence, WorkloadPhase, WorkloadSpec } from "../cluster.js"
-import { replicaOf } from "./names.js"
+import type { ClusterPort, WorkloadPhase, WorkloadSpec } from "../cluster.js"
+import { ownerOf } from "../resources.js"
 
 /** A workload the cluster runs for no live resource of ours. */
 export interface Orphan {
@@ -19,8 +19,8 @@ export interface Orphan {
   readonly phase: WorkloadPhase
 }
 
-/** The live resource a workload belongs to: an inference replica's instance, or the resource. */
-export const ownerOf = (resource: string): string => replicaOf(resource)?.instance ?? resource
+export { ownerOf } from "../resources.js"
+export { stuckPendingEvidence, stuckPendingInput, type StuckPendingPod } from "../cluster.js"
 
 /**
  * Every workload whose owner is not live, ordered by name. A pod labelled as ours that names
@@ -51,20 +51,3 @@ export const createMissing = (cluster: ClusterPort, desired: ReadonlyArray<Workl
   for (const spec of missing) cluster.createWorkload(spec)
   return missing
 }
-
-/** SPEC §3's stuck-pending rule, its input: is the pod actually running, not running, or gone? */
-export type StuckPendingPod = "running" | "not_running" | "missing"
-
-export const stuckPendingInput = (cluster: ClusterPort, name: string): StuckPendingPod => {
-  const phase = cluster.phaseOf(name)
-  return phase === undefined ? "missing" : phase === "running" ? "running" : "not_running"
-}
-
-/**
- * The rule's input with what the cluster says about each pod (for the journal: "Unschedulable:
- * 0/2 nodes are available…" is what an operator wants to read next to `failed`).
- */
-export const stuckPendingEvidence = (cluster: ClusterPort, name: string): { readonly pod: StuckPendingPod; readonly pods: ReadonlyArray<PodEvidence> } => ({
-  pod: stuckPendingInput(cluster, name),
-  pods: cluster.podsOf?.(name) ?? []
-})
