@@ -39,6 +39,9 @@ describe("the crash drill in the Kubernetes world", () => {
     const sim = runTimeline(timeline, { db: tmpDb(), ...drill })
     const k8s = await runTimelineInKubernetes(timeline, { db: tmpDb(), ...drill })
     try {
+      // Each start lists the pods (no watch is opened without a list): one driver per restart.
+      const lists = k8s.world.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/pods") && r.query["watch"] !== "true").length
+      expect(lists).toBe(1 + (drill.restartAt?.length ?? 0) + (drill.outages?.length ?? 0))
       expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
       expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
       expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
