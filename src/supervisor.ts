@@ -1035,10 +1035,7 @@ export class GpuSupervisor implements PaymentHost {
     this.dirty.add(entry.id)
     this.changedSinceTick.add(entry.id)
     this.track(entry)
-    // A duration warning only notifies and marks itself sent: no money moves and the burn rate
-    // stays, so the low-balance monitor has nothing new to look at (a third of the full bench fleet's
-    // dispatches). Every other event may move money or change what burns.
-    if (entry.kind !== "gpu" || event?.type !== "duration_warning") this.lowBalance.burnChanged(accountOf(entry))
+    this.lowBalance.burnChanged(accountOf(entry))
     this.rearm(entry)
     while (this.deferred.length > 0) this.deferred.shift()!()
   }
