@@ -69,7 +69,8 @@ export const planWarnings = (now: number, zero: number | null, warnedBefore: Rea
       }
     }
   }
-  const warned = added === null && kept === warnedBefore ? warnedBefore : [...new Set([...kept, ...(added ?? [])])].sort((a, b) => b - a)
+  // `added` holds only thresholds `kept` lacks, so the two never overlap.
+  const warned = added === null && kept === warnedBefore ? warnedBefore : [...kept, ...(added ?? [])].sort((a, b) => b - a)
   return {
     warned,
     now: sendNow,

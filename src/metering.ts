@@ -175,13 +175,10 @@ const invalid = (code: string, field: string, message: string) => Either.left(ne
 
 const isCount = (value: unknown, max: number): value is number => typeof value === "number" && Number.isSafeInteger(value) && value >= 0 && value <= max
 
-const countOf = (field: string, value: unknown, max: number): Either.Either<number, ValidationError> => {
-  if (value === undefined) return Either.right(0)
-  if (!isCount(value, max)) {
-    return invalid("invalid_count", field, `${field} must be a whole number from 0 to ${max}`)
-  }
-  return Either.right(value)
-}
+/** A count, 0 when absent; `null` when it is not a whole number from 0 to `max`. */
+const countOf = (value: unknown, max: number): number | null => (value === undefined ? 0 : isCount(value, max) ? value : null)
+
+const badCount = (field: string, max: number) => invalid("invalid_count", field, `${field} must be a whole number from 0 to ${max}`)
 
 /** Seconds with at most 3 decimals, as exact whole milliseconds; `null` when not such a number. */
 const mediaMsOf = (value: unknown): number | null => {
@@ -191,33 +188,23 @@ const mediaMsOf = (value: unknown): number | null => {
   return ms / MS_PER_SECOND === value ? ms : null
 }
 
-const mediaMsOrError = (value: unknown): Either.Either<number, ValidationError> => {
-  if (value === undefined) return Either.right(0)
-  const ms = mediaMsOf(value)
-  return ms === null
-    ? invalid("invalid_seconds", "seconds", `seconds must be a number from 0 to ${SECONDS_PER_REQUEST_MAX} with at most ${SECONDS_DECIMALS_MAX} decimals`)
-    : Either.right(ms)
-}
-
 /** Checks the shape and bounds of a request: 400 `ValidationError` naming the field. */
 export const validateRequest = (req: ApiRequest): Either.Either<Usage, ValidationError> => {
   if (typeof req.model !== "string" || req.model.length === 0 || req.model.length > MODEL_ID_LENGTH_MAX) {
     return invalid("invalid_model", "model", `model must be a non-empty string of at most ${MODEL_ID_LENGTH_MAX} characters`)
   }
-  // The usual request is valid: one object, no Eithers per field (this runs once per `/v1` call).
-  const input_tokens = req.input_tokens === undefined ? 0 : req.input_tokens
-  const output_tokens = req.output_tokens === undefined ? 0 : req.output_tokens
-  const images = req.images === undefined ? 0 : req.images
+  // Field by field, in this order: the first bad one is named. (Once per `/v1` call: no Either per field.)
+  const input_tokens = countOf(req.input_tokens, TOKENS_PER_REQUEST_MAX)
+  if (input_tokens === null) return badCount("input_tokens", TOKENS_PER_REQUEST_MAX)
+  const output_tokens = countOf(req.output_tokens, TOKENS_PER_REQUEST_MAX)
+  if (output_tokens === null) return badCount("output_tokens", TOKENS_PER_REQUEST_MAX)
+  const images = countOf(req.images, IMAGES_PER_REQUEST_MAX)
+  if (images === null) return badCount("images", IMAGES_PER_REQUEST_MAX)
   const media_ms = req.seconds === undefined ? 0 : mediaMsOf(req.seconds)
-  if (isCount(input_tokens, TOKENS_PER_REQUEST_MAX) && isCount(output_tokens, TOKENS_PER_REQUEST_MAX) && isCount(images, IMAGES_PER_REQUEST_MAX) && typeof media_ms === "number") {
-    return Either.right({ input_tokens, output_tokens, images, media_ms })
+  if (media_ms === null) {
+    return invalid("invalid_seconds", "seconds", `seconds must be a number from 0 to ${SECONDS_PER_REQUEST_MAX} with at most ${SECONDS_DECIMALS_MAX} decimals`)
   }
-  return Either.all({
-    input_tokens: countOf("input_tokens", req.input_tokens, TOKENS_PER_REQUEST_MAX),
-    output_tokens: countOf("output_tokens", req.output_tokens, TOKENS_PER_REQUEST_MAX),
-    images: countOf("images", req.images, IMAGES_PER_REQUEST_MAX),
-    media_ms: mediaMsOrError(req.seconds)
-  })
+  return Either.right({ input_tokens, output_tokens, images, media_ms })
 }
 
 /** A price with no field set prices nothing: the model is registered but not priced. */
