@@ -78,3 +78,14 @@ describe("npm run sim", () => {
   })
 })
 
+
+describe("RunOptions.onPhase", () => {
+  it("tells the end of the run, of the read-back and of the check, in that order, once each, with the same output", () => {
+    // Proves the benchmark's phase marks: one call per phase, in order, and no effect on the run.
+    const phases: string[] = []
+    const file = timelineFile([launch()])
+    const marked = run(file, { db: tmpDb(), onPhase: (phase) => phases.push(phase) })
+    expect(phases).toEqual(["ran", "read", "checked"])
+    expect(JSON.stringify(marked.output)).toBe(JSON.stringify(run(file, { db: tmpDb() }).output))
+  })
+})
