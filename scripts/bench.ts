@@ -45,6 +45,7 @@ import { benchApi } from "./benchApi.js"
 import { runTimeline, type RunPhase, type RunResult } from "../sim/runner.js"
 import { decodeTimeline, type Timeline } from "../sim/timeline.js"
 import { migrate } from "../src/ledger/migrations.js"
+import { configureConnection } from "../src/ledger/store.js"
 import * as policy from "../src/policy.js"
 
 const usage = "usage: npm run bench -- [--profile default|gpu|full|api] [--seed N] [--accounts N] [--resources N] [--days N] [--runs N]"
@@ -136,15 +137,14 @@ const persistedRows = (result: RunResult, dbFile: string): Persisted => {
 // ── the floors ────────────────────────────────────────────────────────────────────────────
 /**
  * Opens a fresh database exactly as the simulator's ledger does (LedgerStore.open with
- * synchronous OFF): WAL, foreign keys on, the real migrations (same tables, same indexes).
- * The accounts are inserted untimed: the ledger's foreign key needs them.
+ * synchronous OFF, through the same `configureConnection`: WAL, foreign keys on, the same page
+ * cache), with the real migrations (same tables, same indexes). The accounts are inserted
+ * untimed: the ledger's foreign key needs them.
  */
 const openFloorDb = (accounts: ReadonlyArray<string>): { db: Database.Database; file: string } => {
   const file = freshDbPath("floor")
   const db = new Database(file)
-  db.pragma("journal_mode = WAL")
-  db.pragma("synchronous = OFF")
-  db.pragma("foreign_keys = ON")
+  configureConnection(db, { synchronous: "OFF" })
   migrate(db)
   const insert = db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, 0)`)
   db.transaction(() => {
