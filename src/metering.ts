@@ -465,11 +465,12 @@ export class Metering {
   // ── internals ───────────────────────────────────────────────────────────────────────
   private resolve(account: string, model: string): Either.Either<Resolved, NotFound | NoHealthyPod> {
     if (this.prices.has(model)) return Either.right({ price: this.prices.get(model) ?? null, region: null, platform: true })
-    const notFound = Either.left(new NotFound({ code: "model_not_found", id: model }))
+    // Built only when refused: an error captures a stack trace, and most requests succeed.
+    const notFound = () => Either.left(new NotFound({ code: "model_not_found", id: model }))
     const colon = model.lastIndexOf(":")
-    if (colon <= 0 || colon === model.length - 1) return notFound
+    if (colon <= 0 || colon === model.length - 1) return notFound()
     const info = this.lookupUserInstance(account, model.slice(0, colon), model.slice(colon + 1))
-    if (info.status !== "active") return notFound
+    if (info.status !== "active") return notFound()
     const region = info.healthy_regions[0]
     if (region === undefined) return Either.left(new NoHealthyPod({ model }))
     return Either.right({ price: info.price, region, platform: false })
