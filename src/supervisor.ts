@@ -14,18 +14,16 @@
  * the same ledger as one that never stopped.
  */
 import { Context, Effect, Either, Layer, Option } from "effect"
-import { createActor, type Actor } from "xstate"
+import { createActor } from "xstate"
 import {
   billableMsAt,
   gpuInstanceMachine,
-  gpuStatusOf,
   gpuUnits,
   isStuckPending,
   nextAlarm,
   type GpuAlarm,
   type GpuInstanceContext,
   type GpuInstanceEvent,
-  type GpuStatus,
   type GpuInstanceInput,
   type GpuInstanceSnapshot
 } from "../machines/gpuInstance.js"
@@ -35,14 +33,13 @@ import {
   healthyRegions,
   inferenceAlarm,
   inferenceInstanceMachine,
-  inferenceStatusOf,
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
   type InferenceSnapshot,
   type Renewal
 } from "../machines/inferenceInstance.js"
-import { storageMachine, storageStatusOf, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
+import { storageMachine, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import {
   cycleHoldIdFor,
@@ -52,7 +49,6 @@ import {
   rateOf,
   replicaResource,
   STORAGE_KINDS,
-  ownerOf,
   storageViewOf,
   viewOf,
   type Caller,
@@ -66,10 +62,12 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
+import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, type BurnMeasure } from "./balanceMonitor.js"
+import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
+import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
@@ -135,51 +133,6 @@ export interface SupervisorApi extends SupervisorCommands {
 
 export class Supervisor extends Context.Tag("ecolink/Supervisor")<Supervisor, SupervisorApi>() {}
 
-type GpuActor = Actor<typeof gpuInstanceMachine>
-type InferenceActor = Actor<typeof inferenceInstanceMachine>
-type StorageActor = Actor<typeof storageMachine>
-type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
-
-/** `pods`: the workload names, by region for an inference instance, computed once (reconcile). */
-type LiveEntry =
-  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
-  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
-  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
-
-/** The names of an entry's workloads: `""` → the GPU resource's; region → an inference replica's. */
-const podsOf = (entry: Extract<LiveEntry, { kind: "gpu" | "inference" }>): Readonly<Record<string, string>> =>
-  (entry.pods ??=
-    entry.kind === "gpu"
-      ? { "": podNameFor(entry.id) }
-      : Object.fromEntries(entry.actor.getSnapshot().context.regions.map((region) => [region, podNameFor(replicaResource(entry.id, region))])))
-
-const statusOf = (entry: LiveEntry): string =>
-  entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot())
-  : entry.kind === "inference" ? inferenceStatusOf(entry.actor.getSnapshot())
-  : storageStatusOf(entry.actor.getSnapshot())
-
-
-/** The storage an instance has attached: its drive and filesystems, or its model's filesystem. */
-const storageOf = (entry: LiveEntry): string[] => {
-  if (entry.kind === "gpu") {
-    const ctx = entry.actor.getSnapshot().context
-    return [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]
-  }
-  if (entry.kind === "inference") {
-    const fs = entry.actor.getSnapshot().context.filesystem
-    return fs == null ? [] : [fs]
-  }
-  return []
-}
-
-const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
-
-const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
-
-/** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
-const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
-  entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : NO_REPLICAS
-
 /** Intents the machine raised during one dispatch, carried out in order afterwards. */
 type Intent =
   | { readonly type: "placeHold"; readonly ctx: GpuInstanceContext }
@@ -211,7 +164,7 @@ const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
 export class GpuSupervisor implements PaymentHost {
   private readonly live = new Map<string, LiveEntry>()
   /** The live entries that run workloads (GPU resources, inference instances): the reconciler's scan. */
-  private readonly withPods = new Map<string, Extract<LiveEntry, { kind: "gpu" | "inference" }>>()
+  private readonly withPods = new Map<string, WorkloadEntry>()
   /** Live resources in `pending`, for the watchdog. Iterated sorted, never in insertion order. */
   private readonly pending = new Set<string>()
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
@@ -222,14 +175,11 @@ export class GpuSupervisor implements PaymentHost {
    * resources whose machine ran since the last tick, the workloads of resources that left
    * `live` since then, and what the last tick found wrong (a correction may not have taken).
    */
-  private readonly changedSinceTick = new Set<string>()
-  private readonly goneSinceTick = new Set<string>()
-  private lastDrifted: ReadonlyArray<string> = []
-  private lastOrphans: ReadonlyArray<string> = []
   /** Live resource ids by account, for the low-balance monitor. */
   private readonly byAccount = new Map<string, Set<string>>()
   /** The low-balance monitor (SPEC §7), told of every account a unit of work touches. */
   private readonly lowBalance: BalanceMonitor
+  private readonly reconciler: Reconciler
   private intents: Intent[] = []
   /** Dispatches that follow another one in the same unit of work (storage detach). */
   private deferred: Array<() => void> = []
@@ -256,9 +206,21 @@ export class GpuSupervisor implements PaymentHost {
     private readonly journal: JournalPort,
     paymentsPort: PaymentsPort | null = null,
     /** `ReconcileAudit`: check every incremental reconcile against a full scan (tests). */
-    private readonly audit = false
+    audit = false
   ) {
     this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
+    this.reconciler = new Reconciler(
+      {
+        clock,
+        cluster,
+        journal,
+        withPods: this.withPods,
+        isLive: (id) => this.live.has(id),
+        dispatch: (entry, event, cause) => this.dispatch(entry, event, cause),
+        createPod: (ctx, at) => this.carryOut({ type: "createPod", ctx }, at)
+      },
+      audit
+    )
     this.lowBalance = new BalanceMonitor({
       clock,
       ledger,
@@ -1033,7 +995,7 @@ export class GpuSupervisor implements PaymentHost {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
-    this.changedSinceTick.add(entry.id)
+    this.reconciler.changed(entry.id)
     this.track(entry)
     this.lowBalance.burnChanged(accountOf(entry))
     this.rearm(entry)
@@ -1179,7 +1141,7 @@ export class GpuSupervisor implements PaymentHost {
         if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
         entry.actor.stop()
         this.live.delete(id)
-        if (entry.kind !== "storage") for (const pod of Object.values(podsOf(entry))) this.goneSinceTick.add(pod)
+        if (entry.kind !== "storage") for (const pod of Object.values(podsOf(entry))) this.reconciler.gone(pod)
         this.withPods.delete(id)
         this.byAccount.get(snapshot.context.account)?.delete(id)
       }
@@ -1359,58 +1321,10 @@ export class GpuSupervisor implements PaymentHost {
     })
   }
 
-  /**
-   * Level-triggered reconciliation: make what the machines believe agree with what the
-   * cluster shows, for every live resource, and delete workloads nobody owns (each orphan is
-   * journaled, so an operator can see it). At start it heals everything; on a watchdog tick
-   * a GPU resource still `pending` is left to SPEC §3's stuck-pending rule (healed or failed
-   * once it has been pending 15 minutes), as the manual describes.
-   *
-   * A tick is incremental: only a resource whose machine ran since the last tick, whose
-   * workload the cluster's change feed reports, or that the last tick found drifted can have
-   * drifted since, and only a workload the feed reports, one of a resource that left `live`,
-   * or last tick's orphan can be an orphan now. Everything is scanned at start and at every
-   * `RECONCILE_RESYNC_INTERVAL_MS` mark (a resync, as an informer's), and on every tick under
-   * `ReconcileAudit`, which fails loudly if the two ever disagree.
-   *
-   * Scans only look (in whatever order the sets hold); the resources that disagree are then
-   * corrected in id order, so what is written never depends on iteration order.
-   */
+  /** Reconciles with the cluster (src/reconciler.ts), then the volumes at their hourly mark. */
   private reconcile(when: "start" | "tick"): void {
+    this.reconciler.reconcile(when)
     const at = this.clock.now()
-    const resync = when === "start" || at % policy.RECONCILE_RESYNC_INTERVAL_MS === 0
-    const suspects = new Set<string>(this.lastDrifted)
-    const orphanSuspects = new Set<string>(this.lastOrphans)
-    for (const id of this.changedSinceTick) suspects.add(id)
-    for (const name of this.goneSinceTick) orphanSuspects.add(name)
-    this.changedSinceTick.clear()
-    this.goneSinceTick.clear()
-    this.cluster.drainChanges((name, resource) => {
-      suspects.add(ownerOf(resource))
-      orphanSuspects.add(name)
-    })
-    const full = resync || this.audit
-    const drifted = full ? this.drifted(this.withPods.keys(), when) : this.drifted(suspects, when)
-    if (full && !resync) this.agree("drifted", at, this.drifted(suspects, when), drifted)
-    for (const id of drifted) {
-      const entry = this.withPods.get(id)!
-      if (entry.kind === "inference") this.reconcileInference(entry, at)
-      else this.reconcileGpu(entry, at)
-    }
-    let orphans: string[]
-    if (full) {
-      orphans = []
-      this.cluster.forEachWorkload((name, resource) => {
-        if (!this.owned(resource)) orphans.push(name)
-      })
-      orphans.sort()
-      if (!resync) this.agree("orphans", at, this.orphansAmong(orphanSuspects), orphans)
-    } else {
-      orphans = this.orphansAmong(orphanSuspects)
-    }
-    this.sweepOrphans(orphans, at)
-    this.lastDrifted = drifted
-    this.lastOrphans = orphans
     if (when === "start" || at % policy.VOLUME_RESYNC_INTERVAL_MS === 0) {
       // Volumes are level-triggered too: every live drive and filesystem exists in the cluster
       // (a claim deleted behind our back, or whose create gave up, comes back within the hour).
@@ -1440,117 +1354,6 @@ export class GpuSupervisor implements PaymentHost {
     }
   }
 
-  /** `ReconcileAudit`: what the incremental tick saw must be what a full scan sees. */
-  private agree(what: string, at: number, incremental: ReadonlyArray<string>, full: ReadonlyArray<string>): void {
-    assert(incremental.join() === full.join(), () => `incremental reconcile at ${at}: ${what} [${incremental.join()}], a full scan [${full.join()}]`)
-  }
-
-  /** The ids among `ids` whose machine disagrees with the cluster, sorted. */
-  private drifted(ids: Iterable<string>, when: "start" | "tick"): string[] {
-    const drifted: string[] = []
-    for (const id of ids) {
-      const entry = this.withPods.get(id)
-      // A finished actor waits in `live` only until the batch's commit writes its last snapshot.
-      if (entry === undefined || entry.actor.getSnapshot().status === "done") continue
-      if (entry.kind === "inference" ? this.replicasDrifted(entry) : this.gpuDrifted(entry, when)) drifted.push(id)
-    }
-    return drifted.sort()
-  }
-
-  /** Whether a workload's resource (`id` or `id@region`) is a live resource of ours. */
-  private owned(resource: string): boolean {
-    return this.live.has(ownerOf(resource))
-  }
-
-  /** The workloads among `names` that exist and that no live resource owns, sorted. */
-  private orphansAmong(names: Iterable<string>): string[] {
-    const orphans: string[] = []
-    for (const name of names) {
-      const workload = this.cluster.get(name)
-      if (workload !== undefined && !this.owned(workload.resource)) orphans.push(name)
-    }
-    return orphans.sort()
-  }
-
-  /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
-  private gpuCorrection(status: GpuStatus, phase: WorkloadPhase | "missing"): GpuInstanceEvent["type"] | "createPod" | "deletePod" | null {
-    if (status === "terminating") return phase === "missing" ? "pod.deleted" : "deletePod"
-    if (phase === "missing" || phase === "failed") return status === "pending" && phase === "missing" ? "createPod" : "pod.failed"
-    if (phase === "running" && status !== "running") return "pod.running"
-    if (phase === "loading" && status === "pending") return "pod.loading"
-    if (phase === "preempted" && (status === "running" || status === "loading")) return "pod.preempted"
-    return null
-  }
-
-  private gpuDrifted(entry: Extract<LiveEntry, { kind: "gpu" }>, when: "start" | "tick"): boolean {
-    const status = gpuStatusOf(entry.actor.getSnapshot())
-    if (when === "tick" && status === "pending") return false
-    return this.gpuCorrection(status, this.cluster.phaseOf(podsOf(entry)[""]!) ?? "missing") !== null
-  }
-
-  private reconcileGpu(entry: Extract<LiveEntry, { kind: "gpu" }>, at: number): void {
-    const id = entry.id
-    const status = gpuStatusOf(entry.actor.getSnapshot())
-    const phase = this.cluster.get(podNameFor(id))?.phase ?? "missing"
-    const correction = this.gpuCorrection(status, phase)
-    if (correction === null) return
-    // Commands to the cluster are idempotent (deterministic names) and journal nothing: the
-    // events they cause will. A pending resource whose create was lost is created again.
-    if (correction === "createPod") return this.carryOut({ type: "createPod", ctx: entry.actor.getSnapshot().context }, at)
-    if (correction === "deletePod") return this.cluster.deleteWorkload(podNameFor(id))
-    this.journal.append(at, "reconcile", { id, status, phase })
-    this.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
-  }
-
-  /** Deletes the workloads the cluster runs for no live resource of ours (`orphans`, sorted), each journaled (the operator's report). */
-  private sweepOrphans(orphans: ReadonlyArray<string>, at: number): void {
-    for (const name of orphans) {
-      const workload = this.cluster.get(name)
-      if (workload === undefined) continue
-      this.journal.append(at, "orphan_deleted", { name, resource: workload.resource, phase: workload.phase })
-      this.cluster.deleteWorkload(name)
-    }
-  }
-
-  /** Whether any replica of an inference instance disagrees with its pod (see reconcileInference). */
-  private replicasDrifted(entry: Extract<LiveEntry, { kind: "inference" }>): boolean {
-    const snapshot = entry.actor.getSnapshot()
-    const ctx = snapshot.context
-    const stopping = snapshot.value === "terminating"
-    const pods = podsOf(entry)
-    for (const region of ctx.regions) {
-      const replica = ctx.replicas[region]?.status ?? "pending"
-      if (replica === "deleted") continue
-      const phase = this.cluster.phaseOf(pods[region]!) ?? "missing"
-      if (stopping || (phase === "missing" ? replica !== "failed" : phase !== replica && phase !== "pending")) return true
-    }
-    return false
-  }
-
-  private reconcileInference(entry: Extract<LiveEntry, { kind: "inference" }>, at: number): void {
-    const ctx = entry.actor.getSnapshot().context
-    const stopping = statusOf(entry) === "terminating"
-    for (const region of ctx.regions) {
-      const name = podNameFor(replicaResource(entry.id, region))
-      const workload = this.cluster.get(name)
-      const replica = ctx.replicas[region]?.status ?? "pending"
-      const phase = workload?.phase ?? "missing"
-      const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted") => {
-        this.journal.append(at, "reconcile", { id: entry.id, region, replica, phase })
-        this.dispatch(entry, { type: "replica.pod", region, pod, at }, "reconciled")
-      }
-      if (replica === "deleted") continue
-      if (stopping) {
-        if (workload === undefined) send("deleted")
-        else this.cluster.deleteWorkload(name)
-      } else if (phase === "missing") {
-        if (replica === "pending") this.cluster.createWorkload(replicaSpec(ctx, region))
-        else if (replica !== "failed") send("failed")
-      } else if (phase !== replica && phase !== "pending") {
-        send(phase)
-      }
-    }
-  }
 }
 
 /** The cluster's volume for a drive or filesystem. */
@@ -1561,23 +1364,6 @@ const volumeOf = (ctx: { readonly id: string; readonly account: string; readonly
   size_gb: ctx.size_gb,
   region: ctx.region
 })
-
-/** The workload of one inference replica: its region's pod, behind the instance's Service. */
-const replicaSpec = (ctx: InferenceContext, region: string): WorkloadSpec => {
-  const resource = replicaResource(ctx.id, region)
-  return {
-    name: podNameFor(resource),
-    resource,
-    account: ctx.account,
-    region,
-    gpu: ctx.gpu,
-    gpu_count: ctx.gpu_count,
-    node_count: 1,
-    image: null,
-    volumes: ctx.filesystem == null ? [] : [ctx.filesystem],
-    service: ctx.id
-  }
-}
 
 /** A 400: the input `field` is malformed or out of bounds. */
 const invalid = (code: string, field: string, message: string): Either.Either<never, ValidationError> =>

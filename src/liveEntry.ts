@@ -1,0 +1,77 @@
+/**
+ * A live resource as the supervisor holds it: its kind, its XState actor and its next alarm,
+ * with the small questions both the supervisor and the reconciler ask of one (its status, its
+ * workloads, its account). Nothing here changes an entry.
+ */
+import type { Actor } from "xstate"
+import { gpuStatusOf, type gpuInstanceMachine } from "../machines/gpuInstance.js"
+import { inferenceStatusOf, type InferenceContext, type inferenceInstanceMachine } from "../machines/inferenceInstance.js"
+import { storageStatusOf, type storageMachine } from "../machines/storage.js"
+import type { TimerHandle } from "./clock.js"
+import { podNameFor, type WorkloadSpec } from "./cluster.js"
+import { replicaResource } from "./resources.js"
+
+export type GpuActor = Actor<typeof gpuInstanceMachine>
+export type InferenceActor = Actor<typeof inferenceInstanceMachine>
+export type StorageActor = Actor<typeof storageMachine>
+export type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
+
+/** `pods`: the workload names, by region for an inference instance, computed once (reconcile). */
+export type LiveEntry =
+  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+
+/** The names of an entry's workloads: `""` → the GPU resource's; region → an inference replica's. */
+export const podsOf = (entry: Extract<LiveEntry, { kind: "gpu" | "inference" }>): Readonly<Record<string, string>> =>
+  (entry.pods ??=
+    entry.kind === "gpu"
+      ? { "": podNameFor(entry.id) }
+      : Object.fromEntries(entry.actor.getSnapshot().context.regions.map((region) => [region, podNameFor(replicaResource(entry.id, region))])))
+
+export const statusOf = (entry: LiveEntry): string =>
+  entry.kind === "gpu" ? gpuStatusOf(entry.actor.getSnapshot())
+  : entry.kind === "inference" ? inferenceStatusOf(entry.actor.getSnapshot())
+  : storageStatusOf(entry.actor.getSnapshot())
+
+
+/** The storage an instance has attached: its drive and filesystems, or its model's filesystem. */
+export const storageOf = (entry: LiveEntry): string[] => {
+  if (entry.kind === "gpu") {
+    const ctx = entry.actor.getSnapshot().context
+    return [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])]
+  }
+  if (entry.kind === "inference") {
+    const fs = entry.actor.getSnapshot().context.filesystem
+    return fs == null ? [] : [fs]
+  }
+  return []
+}
+
+export const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
+
+export const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
+
+/** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
+export const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
+  entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : NO_REPLICAS
+
+/** A live resource that runs workloads: a GPU resource or an inference instance. */
+export type WorkloadEntry = Extract<LiveEntry, { kind: "gpu" | "inference" }>
+
+/** The workload of one inference replica: its region's pod, behind the instance's Service. */
+export const replicaSpec = (ctx: InferenceContext, region: string): WorkloadSpec => {
+  const resource = replicaResource(ctx.id, region)
+  return {
+    name: podNameFor(resource),
+    resource,
+    account: ctx.account,
+    region,
+    gpu: ctx.gpu,
+    gpu_count: ctx.gpu_count,
+    node_count: 1,
+    image: null,
+    volumes: ctx.filesystem == null ? [] : [ctx.filesystem],
+    service: ctx.id
+  }
+}

@@ -1,0 +1,223 @@
+/**
+ * The reconciler (issue 5, as a Kubernetes controller's): makes what the machines believe
+ * agree with what the cluster shows, and deletes the workloads nobody owns. The supervisor
+ * runs it at start and on every watchdog tick, inside a unit of work, and tells it which
+ * resources changed in between; the reconciler decides, and acts only through its host (a
+ * machine's dispatch, a pod created again) and the cluster port.
+ */
+import type { GpuInstanceContext, GpuInstanceEvent, GpuStatus } from "../machines/gpuInstance.js"
+import { gpuStatusOf } from "../machines/gpuInstance.js"
+import type { InferenceEvent } from "../machines/inferenceInstance.js"
+import type { EngineClock } from "./clock.js"
+import { podNameFor, type ClusterPort, type WorkloadPhase } from "./cluster.js"
+import { assert } from "./errors.js"
+import { podsOf, replicaSpec, statusOf, type WorkloadEntry } from "./liveEntry.js"
+import * as policy from "./policy.js"
+import { ownerOf, replicaResource } from "./resources.js"
+import type { JournalPort } from "./services.js"
+
+/** What the reconciler needs of the supervisor. */
+export interface ReconcilerHost {
+  readonly clock: EngineClock
+  readonly cluster: ClusterPort
+  readonly journal: JournalPort
+  /** The live resources that run workloads, by id. */
+  readonly withPods: ReadonlyMap<string, WorkloadEntry>
+  /** Whether `id` is a live resource: its workloads are ours. */
+  isLive(id: string): boolean
+  /** Tells a machine what the cluster shows; the transition it causes gives `cause` as its reason. */
+  dispatch(entry: WorkloadEntry, event: GpuInstanceEvent | InferenceEvent, cause: "reconciled"): void
+  /** Creates a pending GPU resource's pod again (its create was lost). */
+  createPod(ctx: GpuInstanceContext, at: number): void
+}
+
+export class Reconciler {
+  /** Resources whose machine ran since the last tick: they may disagree with the cluster now. */
+  private readonly changedSinceTick = new Set<string>()
+  /** Workloads of resources that left `live` since the last tick: they may be orphans now. */
+  private readonly goneSinceTick = new Set<string>()
+  private lastDrifted: ReadonlyArray<string> = []
+  private lastOrphans: ReadonlyArray<string> = []
+
+  constructor(
+    private readonly host: ReconcilerHost,
+    /** `ReconcileAudit`: check every incremental reconcile against a full scan (tests). */
+    private readonly audit: boolean
+  ) {}
+
+  /** A resource's machine ran: the next tick looks at it. */
+  changed(id: string): void {
+    this.changedSinceTick.add(id)
+  }
+
+  /** A resource left `live`: the next tick looks at the workload `name` it had. */
+  gone(name: string): void {
+    this.goneSinceTick.add(name)
+  }
+
+  /**
+   * Level-triggered reconciliation: make what the machines believe agree with what the
+   * cluster shows, for every live resource, and delete workloads nobody owns (each orphan is
+   * journaled, so an operator can see it). At start it heals everything; on a watchdog tick
+   * a GPU resource still `pending` is left to SPEC §3's stuck-pending rule (healed or failed
+   * once it has been pending 15 minutes), as the manual describes.
+   *
+   * A tick is incremental: only a resource whose machine ran since the last tick, whose
+   * workload the cluster's change feed reports, or that the last tick found drifted can have
+   * drifted since, and only a workload the feed reports, one of a resource that left `live`,
+   * or last tick's orphan can be an orphan now. Everything is scanned at start and at every
+   * `RECONCILE_RESYNC_INTERVAL_MS` mark (a resync, as an informer's), and on every tick under
+   * `ReconcileAudit`, which fails loudly if the two ever disagree.
+   *
+   * Scans only look (in whatever order the sets hold); the resources that disagree are then
+   * corrected in id order, so what is written never depends on iteration order.
+   */
+  reconcile(when: "start" | "tick"): void {
+    const at = this.host.clock.now()
+    const resync = when === "start" || at % policy.RECONCILE_RESYNC_INTERVAL_MS === 0
+    const suspects = new Set<string>(this.lastDrifted)
+    const orphanSuspects = new Set<string>(this.lastOrphans)
+    for (const id of this.changedSinceTick) suspects.add(id)
+    for (const name of this.goneSinceTick) orphanSuspects.add(name)
+    this.changedSinceTick.clear()
+    this.goneSinceTick.clear()
+    this.host.cluster.drainChanges((name, resource) => {
+      suspects.add(ownerOf(resource))
+      orphanSuspects.add(name)
+    })
+    const full = resync || this.audit
+    const drifted = full ? this.drifted(this.host.withPods.keys(), when) : this.drifted(suspects, when)
+    if (full && !resync) this.agree("drifted", at, this.drifted(suspects, when), drifted)
+    for (const id of drifted) {
+      const entry = this.host.withPods.get(id)!
+      if (entry.kind === "inference") this.reconcileInference(entry, at)
+      else this.reconcileGpu(entry, at)
+    }
+    let orphans: string[]
+    if (full) {
+      orphans = []
+      this.host.cluster.forEachWorkload((name, resource) => {
+        if (!this.owned(resource)) orphans.push(name)
+      })
+      orphans.sort()
+      if (!resync) this.agree("orphans", at, this.orphansAmong(orphanSuspects), orphans)
+    } else {
+      orphans = this.orphansAmong(orphanSuspects)
+    }
+    this.sweepOrphans(orphans, at)
+    this.lastDrifted = drifted
+    this.lastOrphans = orphans
+  }
+
+  /** `ReconcileAudit`: what the incremental tick saw must be what a full scan sees. */
+  private agree(what: string, at: number, incremental: ReadonlyArray<string>, full: ReadonlyArray<string>): void {
+    assert(incremental.join() === full.join(), () => `incremental reconcile at ${at}: ${what} [${incremental.join()}], a full scan [${full.join()}]`)
+  }
+
+  /** The ids among `ids` whose machine disagrees with the cluster, sorted. */
+  private drifted(ids: Iterable<string>, when: "start" | "tick"): string[] {
+    const drifted: string[] = []
+    for (const id of ids) {
+      const entry = this.host.withPods.get(id)
+      // A finished actor waits in `live` only until the batch's commit writes its last snapshot.
+      if (entry === undefined || entry.actor.getSnapshot().status === "done") continue
+      if (entry.kind === "inference" ? this.replicasDrifted(entry) : this.gpuDrifted(entry, when)) drifted.push(id)
+    }
+    return drifted.sort()
+  }
+
+  /** Whether a workload's resource (`id` or `id@region`) is a live resource of ours. */
+  private owned(resource: string): boolean {
+    return this.host.isLive(ownerOf(resource))
+  }
+
+  /** The workloads among `names` that exist and that no live resource owns, sorted. */
+  private orphansAmong(names: Iterable<string>): string[] {
+    const orphans: string[] = []
+    for (const name of names) {
+      const workload = this.host.cluster.get(name)
+      if (workload !== undefined && !this.owned(workload.resource)) orphans.push(name)
+    }
+    return orphans.sort()
+  }
+
+  /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
+  private gpuCorrection(status: GpuStatus, phase: WorkloadPhase | "missing"): GpuInstanceEvent["type"] | "createPod" | "deletePod" | null {
+    if (status === "terminating") return phase === "missing" ? "pod.deleted" : "deletePod"
+    if (phase === "missing" || phase === "failed") return status === "pending" && phase === "missing" ? "createPod" : "pod.failed"
+    if (phase === "running" && status !== "running") return "pod.running"
+    if (phase === "loading" && status === "pending") return "pod.loading"
+    if (phase === "preempted" && (status === "running" || status === "loading")) return "pod.preempted"
+    return null
+  }
+
+  private gpuDrifted(entry: Extract<WorkloadEntry, { kind: "gpu" }>, when: "start" | "tick"): boolean {
+    const status = gpuStatusOf(entry.actor.getSnapshot())
+    if (when === "tick" && status === "pending") return false
+    return this.gpuCorrection(status, this.host.cluster.phaseOf(podsOf(entry)[""]!) ?? "missing") !== null
+  }
+
+  private reconcileGpu(entry: Extract<WorkloadEntry, { kind: "gpu" }>, at: number): void {
+    const id = entry.id
+    const status = gpuStatusOf(entry.actor.getSnapshot())
+    const phase = this.host.cluster.get(podNameFor(id))?.phase ?? "missing"
+    const correction = this.gpuCorrection(status, phase)
+    if (correction === null) return
+    // Commands to the cluster are idempotent (deterministic names) and journal nothing: the
+    // events they cause will. A pending resource whose create was lost is created again.
+    if (correction === "createPod") return this.host.createPod(entry.actor.getSnapshot().context, at)
+    if (correction === "deletePod") return this.host.cluster.deleteWorkload(podNameFor(id))
+    this.host.journal.append(at, "reconcile", { id, status, phase })
+    this.host.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
+  }
+
+  /** Deletes the workloads the cluster runs for no live resource of ours (`orphans`, sorted), each journaled (the operator's report). */
+  private sweepOrphans(orphans: ReadonlyArray<string>, at: number): void {
+    for (const name of orphans) {
+      const workload = this.host.cluster.get(name)
+      if (workload === undefined) continue
+      this.host.journal.append(at, "orphan_deleted", { name, resource: workload.resource, phase: workload.phase })
+      this.host.cluster.deleteWorkload(name)
+    }
+  }
+
+  /** Whether any replica of an inference instance disagrees with its pod (see reconcileInference). */
+  private replicasDrifted(entry: Extract<WorkloadEntry, { kind: "inference" }>): boolean {
+    const snapshot = entry.actor.getSnapshot()
+    const ctx = snapshot.context
+    const stopping = snapshot.value === "terminating"
+    const pods = podsOf(entry)
+    for (const region of ctx.regions) {
+      const replica = ctx.replicas[region]?.status ?? "pending"
+      if (replica === "deleted") continue
+      const phase = this.host.cluster.phaseOf(pods[region]!) ?? "missing"
+      if (stopping || (phase === "missing" ? replica !== "failed" : phase !== replica && phase !== "pending")) return true
+    }
+    return false
+  }
+
+  private reconcileInference(entry: Extract<WorkloadEntry, { kind: "inference" }>, at: number): void {
+    const ctx = entry.actor.getSnapshot().context
+    const stopping = statusOf(entry) === "terminating"
+    for (const region of ctx.regions) {
+      const name = podNameFor(replicaResource(entry.id, region))
+      const workload = this.host.cluster.get(name)
+      const replica = ctx.replicas[region]?.status ?? "pending"
+      const phase = workload?.phase ?? "missing"
+      const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted") => {
+        this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase })
+        this.host.dispatch(entry, { type: "replica.pod", region, pod, at }, "reconciled")
+      }
+      if (replica === "deleted") continue
+      if (stopping) {
+        if (workload === undefined) send("deleted")
+        else this.host.cluster.deleteWorkload(name)
+      } else if (phase === "missing") {
+        if (replica === "pending") this.host.cluster.createWorkload(replicaSpec(ctx, region))
+        else if (replica !== "failed") send("failed")
+      } else if (phase !== replica && phase !== "pending") {
+        send(phase)
+      }
+    }
+  }
+}
