@@ -170,8 +170,6 @@ export class GpuSupervisor implements PaymentHost {
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
   private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
-  /** Of `dirty`, the actors that reached their final state in this unit of work. */
-  private readonly finished = new Set<string>()
   /**
    * The incremental reconciler's suspects for the next watchdog tick (see `reconcile`):
    * resources whose machine ran since the last tick, the workloads of resources that left
@@ -385,9 +383,8 @@ export class GpuSupervisor implements PaymentHost {
       try {
         const result = fn()
         this.lowBalance.afterUnit()
-        // In a batch the snapshots are written once, at the batch's commit, but for finished actors.
+        // In a batch the snapshots are written once, at the batch's commit.
         if (!this.batching) this.flush()
-        else this.flushFinished()
         return result
       } finally {
         this.depth--
@@ -1000,7 +997,6 @@ export class GpuSupervisor implements PaymentHost {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
-    if (entry.actor.getSnapshot().status === "done") this.finished.add(entry.id)
     this.reconciler.changed(entry.id)
     this.track(entry)
     this.lowBalance.burnChanged(accountOf(entry))
@@ -1128,27 +1124,8 @@ export class GpuSupervisor implements PaymentHost {
   /** Writes the snapshot of every actor touched in this unit of work; drops finished actors. */
   private flush(): void {
     if (this.dirty.size === 0) return
-    this.save(this.dirty)
-    this.dirty.clear()
-    this.finished.clear()
-  }
-
-  /**
-   * In a batch, at the end of each unit of work: the actors that reached their final state in
-   * it are written now and leave memory, instead of waiting for the batch's commit (they would
-   * stay in every per-account scan until then). The others wait for the commit.
-   */
-  private flushFinished(): void {
-    if (this.finished.size === 0) return
-    this.save(this.finished)
-    for (const id of this.finished) this.dirty.delete(id)
-    this.finished.clear()
-  }
-
-  /** Writes the snapshots of the actors `ids`; a finished actor's is its last, and it leaves memory. */
-  private save(ids: Iterable<string>): void {
     const at = this.clock.now()
-    for (const id of ids) {
+    for (const id of this.dirty) {
       const entry = this.live.get(id)
       if (entry === undefined) continue
       const snapshot = entry.actor.getSnapshot()
@@ -1171,6 +1148,7 @@ export class GpuSupervisor implements PaymentHost {
         this.byAccount.get(snapshot.context.account)?.delete(id)
       }
     }
+    this.dirty.clear()
   }
 
   // ── workers on the clock ──────────────────────────────────────────────────────────────
