@@ -52,6 +52,12 @@ export interface RunOptions {
   /** Tests: check every incremental reconcile against a full scan (`ReconcileAudit`); slower. */
   readonly auditReconcile?: boolean
   /**
+   * Clock steps per SQLite commit (default `SIM_STEPS_PER_COMMIT`). Group commit is for speed
+   * only: any cadence gives the same output (tests run the examples with every step its own
+   * commit).
+   */
+  readonly stepsPerCommit?: number
+  /**
    * Told when each phase of the run ends: `"ran"` after the last commit, `"read"` once the
    * facts are read back, `"checked"` once the invariants are checked and the output rendered.
    * The benchmark times the phases with it; the run itself never reads a wall clock.
@@ -235,6 +241,8 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const db = options.db ?? ":memory:"
   const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
   if (outages.length > 0 && db === ":memory:") throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
+  const stepsPerCommit = options.stepsPerCommit ?? SIM_STEPS_PER_COMMIT
+  if (!Number.isSafeInteger(stepsPerCommit) || stepsPerCommit < 1) throw new Error(`stepsPerCommit must be a positive integer, got ${stepsPerCommit}`)
 
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
@@ -293,7 +301,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     if (engine === null) return fire()
     engine.sup.beginBatch()
     engine.sup.unitOfWork(fire)
-    if (++steps % SIM_STEPS_PER_COMMIT === 0) engine.sup.commitBatch()
+    if (++steps % stepsPerCommit === 0) engine.sup.commitBatch()
   }
   for (const outage of outages) {
     if (outage.at_ms > timeline.until_ms) break
