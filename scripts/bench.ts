@@ -206,8 +206,8 @@ const tableCounts = (file: string): Record<string, number> => {
 /**
  * Opens a fresh database exactly as the simulator's ledger does (LedgerStore.open with
  * synchronous OFF, through the same `configureConnection`: WAL, foreign keys on, the same page
- * cache), with the real migrations (same tables, same indexes). The accounts are inserted
- * untimed: the ledger's foreign key needs them.
+ * cache), with the real migrations (same tables, same indexes). Floor A's accounts are
+ * inserted untimed: the ledger's foreign key needs them (floor B's replay inserts its own).
  */
 const openFloorDb = (accounts: ReadonlyArray<string>): { db: Database.Database; file: string } => {
   const file = freshDbPath("floor")
@@ -251,11 +251,8 @@ const floorLedger = (p: LedgerRows): number => {
  * rolled back in the run, say, would show here.
  */
 const replayWrites = (log: WriteLog, writes: ReadonlyArray<Write>): number => {
-  const file = freshDbPath("floor")
-  const db = new Database(file)
+  const { db, file } = openFloorDb([])
   try {
-    configureConnection(db, { synchronous: "OFF" })
-    migrate(db)
     const stmts = log.sql.map((sql) => db.prepare(sql))
     const batch = db.transaction((from: number, to: number) => {
       for (let i = from; i < to; i++) stmts[writes[i]!.stmt]!.run(...writes[i]!.args)
