@@ -80,6 +80,21 @@ export const cycleBillableMsAt = (ctx: InferenceContext, at: number): number =>
 export const fullHourlyMicros = (ctx: Pick<InferenceInput, "hourly_rate_micros" | "gpu_count" | "regions">): bigint =>
   BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(ctx.regions.length)
 
+/**
+ * Per-hour cost of the replicas that can still bill: every one but those failed or deleted
+ * (a failed replica never runs again). The basis of a partial hold's window, which "runs until
+ * consumed" (SPEC §4): after a failover it lasts as long as the replicas left can consume it.
+ * At least one replica's rate, so a window is always finite.
+ */
+export const liveHourlyMicros = (ctx: Pick<InferenceContext, "hourly_rate_micros" | "gpu_count" | "regions" | "replicas">): bigint => {
+  let live = 0
+  for (const region of ctx.regions) {
+    const status = ctx.replicas[region]?.status ?? "pending"
+    if (status !== "failed" && status !== "deleted") live++
+  }
+  return BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(Math.max(live, 1))
+}
+
 /** Closes every open billable stretch at `at` (a cycle boundary or a stop). */
 const closeStretches = (replicas: InferenceContext["replicas"], at: number): Record<string, ReplicaBilling> =>
   Object.fromEntries(

@@ -134,7 +134,10 @@ const checkInference = (
       f.violate(2, { account: r.account, resource: r.id, message: `cycle hold ${h.id} is ${h.status} while the instance is ${r.status}` })
     }
     const end = h.settled_at ?? f.end_ms
-    const window = h.held_micros * BigInt(policy.MS_PER_HOUR) / hourly
+    // A full hold covers 24 h of every replica; a partial one, the time the replicas that can
+    // still bill when it is placed (not failed or deleted by then) take to consume it.
+    const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    const window = h.held_micros === full ? BigInt(policy.INFERENCE_CYCLE_MS) : h.held_micros * BigInt(policy.MS_PER_HOUR) / (rate * BigInt(ctx.gpu_count) * BigInt(liveReplicasAt(r, f.transitionsByResource, h.placed_at)))
     if (BigInt(end - h.placed_at) > window + BigInt(policy.WATCHDOG_LAG_MS)) {
       f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${window} ms` })
     }
@@ -151,6 +154,16 @@ const checkInference = (
   if ((r.status === "terminated" || r.status === "failed") && notices.length !== 1) {
     f.violate(6, { account: r.account, resource: r.id, message: `${r.status} with ${notices.length} termination notices` })
   }
+}
+
+/** How many of `r`'s replicas can still bill at `at`: those no transition has failed or deleted by then (at least one). */
+const liveReplicasAt = (r: Extract<ResourceFacts, { kind: "inference_instance" }>, transitionsByResource: Map<string, Transition[]>, at: number): number => {
+  let live = 0
+  for (const region of r.context.regions) {
+    const gone = (transitionsByResource.get(`${r.id}@${region}`) ?? []).some((t) => t.at <= at && (t.to_state === "failed" || t.to_state === "deleted"))
+    if (!gone) live++
+  }
+  return Math.max(live, 1)
 }
 
 /** Appends `value` to the list under `key`, creating the list on first use. */

@@ -25,8 +25,12 @@ export interface BurnMeasure {
   readonly at: number
   readonly burn: bigint
   readonly unconsumed: bigint
-  /** Each active inference instance's next cycle end and the least balance that renews it. */
-  readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint }>
+  /**
+   * Each active inference instance's next cycle end, the least balance that renews it, and
+   * what its hold gives back at that end if its replicas keep billing as now (negative: an
+   * overage). The cycle's settlement lands before the renewal looks at the balance.
+   */
+  readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint; readonly refund_micros: bigint }>
 }
 
 export interface BalanceMonitorHost {
@@ -103,7 +107,7 @@ export class BalanceMonitor {
     // Holds are per resource: an inference instance whose cycle ends when the balance cannot
     // renew it stops then, however much other resources still hold (SPEC §4).
     let stopAt: number | null = null
-    for (const r of cached.renewals) if (spendable < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
+    for (const r of cached.renewals) if (spendable + r.refund_micros < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
     const before = ledger.warned(account)
     // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
     if (burn === 0n && stopAt === null && before.length === 0 && !this.alarms.has(account)) return

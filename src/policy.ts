@@ -155,12 +155,12 @@ export const texts = {
     `Your credit runs out in about ${minutes} ${minutes === 1 ? "minute" : "minutes"} at your current usage. Recharge to keep your resources running.`,
   storageSuspended: (id: string) => `Storage ${id} is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again.`,
   storageRestored: (id: string) => `Storage ${id} is usable again.`,
-  /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   autoRechargeDeclined: (dollars: string, retry_minutes: number) =>
     `Auto-recharge of $${dollars} was declined by your card. We will try again in ${retry_minutes} minutes; update your card or top up to keep your resources running.`,
   /** A charge the provider could not make for a reason other than the card (an outage, an error). */
   autoRechargeFailed: (dollars: string, retry_minutes: number) =>
     `Auto-recharge of $${dollars} could not be charged: the payment provider did not complete it. We will try again in ${retry_minutes} minutes; top up to keep your resources running.`,
+  /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
     duration_expired: "Instance terminated — duration reached.",

@@ -33,6 +33,7 @@ import {
   healthyRegions,
   inferenceAlarm,
   inferenceInstanceMachine,
+  liveHourlyMicros,
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
@@ -1202,19 +1203,20 @@ export class GpuSupervisor implements PaymentHost {
   /**
    * The next cycle's hold, from the balance as it will be once this cycle settles: full if it
    * covers 24 h of every replica, else partial (all of it) if it covers at least
-   * INFERENCE_PARTIAL_HOLD_MIN_MS, else null: the instance stops.
+   * INFERENCE_PARTIAL_HOLD_MIN_MS of the replicas that can still bill, else null: the
+   * instance stops. Decision: a partial hold's window is the time those replicas take to
+   * consume it (`liveHourlyMicros`), so after a failover it is neither cut short nor renewed
+   * in a series of ever smaller holds.
    */
   private renewalFor(ctx: InferenceContext, at: number): Renewal | null {
     const hold = this.ledger.hold(cycleHoldIdFor(ctx.id, ctx.cycle.number))
     assert(hold !== undefined && hold.status === "open", () => `cycle hold of ${ctx.id} is not open at its end`)
     const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, at))
     const balance = this.spendable(ctx.account) + hold.held_micros - consumed
-    const hourly = fullHourlyMicros(ctx)
-    const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    const full = fullHourlyMicros(ctx) * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
     if (balance >= full) return { kind: "full", hold_micros: full.toString(), window_ms: policy.INFERENCE_CYCLE_MS }
-    if (balance <= 0n) return null
-    const window_ms = Number((balance * BigInt(policy.MS_PER_HOUR)) / hourly)
-    if (window_ms < policy.INFERENCE_PARTIAL_HOLD_MIN_MS) return null
+    if (balance < leastPartialHoldMicros(ctx)) return null
+    const window_ms = Number((balance * BigInt(policy.MS_PER_HOUR)) / liveHourlyMicros(ctx))
     return { kind: "partial", hold_micros: balance.toString(), window_ms }
   }
 
@@ -1238,7 +1240,7 @@ export class GpuSupervisor implements PaymentHost {
   private measureBurn(account: string, at: number): BurnMeasure {
     let burn = 0n
     let unconsumed = 0n
-    const renewals: Array<{ ends_at: number; min_micros: bigint }> = []
+    const renewals: Array<{ ends_at: number; min_micros: bigint; refund_micros: bigint }> = []
     // Sums of integers: the order the resources are visited does not change them.
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
@@ -1252,10 +1254,11 @@ export class GpuSupervisor implements PaymentHost {
       } else {
         const ctx = entry.actor.getSnapshot().context
         if (entry.actor.getSnapshot().value === "active") {
-          // renewalFor's least partial hold: one that covers INFERENCE_PARTIAL_HOLD_MIN_MS.
-          const hourly = fullHourlyMicros(ctx)
-          const min_micros = (hourly * BigInt(policy.INFERENCE_PARTIAL_HOLD_MIN_MS) + BigInt(policy.MS_PER_HOUR) - 1n) / BigInt(policy.MS_PER_HOUR)
-          renewals.push({ ends_at: ctx.cycle.ends_at, min_micros })
+          // What renewalFor will find at the cycle's end if nothing changes: the hold less what
+          // the replicas billing now will have consumed by then comes back (an overage if
+          // negative), and the least partial hold it renews on.
+          const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
+          renewals.push({ ends_at: ctx.cycle.ends_at, min_micros: leastPartialHoldMicros(ctx), refund_micros: BigInt(ctx.cycle.hold_micros) - consumed })
         }
         let running = 0
         for (const region of ctx.regions) if (ctx.replicas[region]?.billing_since != null) running++
@@ -1366,6 +1369,10 @@ const volumeOf = (ctx: { readonly id: string; readonly account: string; readonly
   size_gb: ctx.size_gb,
   region: ctx.region
 })
+
+/** The least partial hold an inference instance renews on: INFERENCE_PARTIAL_HOLD_MIN_MS of the replicas that can still bill, rounded up. */
+const leastPartialHoldMicros = (ctx: InferenceContext): Micros =>
+  (liveHourlyMicros(ctx) * BigInt(policy.INFERENCE_PARTIAL_HOLD_MIN_MS) + BigInt(policy.MS_PER_HOUR) - 1n) / BigInt(policy.MS_PER_HOUR)
 
 /** A 400: the input `field` is malformed or out of bounds. */
 const invalid = (code: string, field: string, message: string): Either.Either<never, ValidationError> =>

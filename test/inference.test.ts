@@ -62,6 +62,27 @@ describe("the 24-hour cycle", () => {
     expect(r.output.resources["ii-1"]).toMatchObject({ status: "running", regions: { "eu-west": "running", "us-east": "failed" } })
   })
 
+  it("after a failover, renews on a partial hold that lasts as long as the replica left takes to consume it", () => {
+    // Proves "a partial hold runs until consumed" with one replica failed: $35 covers 35 h of
+    // the one replica left (not 17.5 h of two), in one partial cycle, then the instance stops.
+    const r = run(file([launchII(), { at: "PT1H", do: "pod_fail", id: "ii-1", region: "us-east" }], { until: "P3D", accounts: { acme: { balance: "60.00" } } }))
+    // 24 h of eu-west and 1 h of us-east consumed $25 of the $48 hold: $23 comes back.
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "12.00"],
+      [at(24 * HOUR), "refund", "23.00", "35.00"],
+      [at(24 * HOUR), "gpu_usage", "-35.00", "0.00"]
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(24 * HOUR), "partial_hold", "$35.00 credit can cover 35.0 more hours. Recharge to continue."],
+      [at(59 * HOUR), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1").map((t) => [t.at, t.to, t.reason]).slice(-2)).toEqual([
+      [at(59 * HOUR), "terminating", "credit_depleted"],
+      [at(59 * HOUR), "terminated", "credit_depleted"]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("stops with credit_depleted at a cycle boundary when the balance is $0", () => {
     // Proves the $0 rule: no partial hold, no partial notice, pods killed, the manual's text.
     const r = run(file([launchII()], { accounts: { acme: { balance: "48.00" } } }))

@@ -36,6 +36,25 @@ describe("low-balance warnings", () => {
     expect(r.output.invariants.ok).toBe(true)
   })
 
+  it("count what a cycle's hold gives back at its end: no warnings a day early after a failover", () => {
+    // Proves the run-down includes the refund a cycle end brings: $48 is all held at launch,
+    // but with us-east failed at 1 h, $23 of the hold comes back at 24 h and renews a partial
+    // hold that eu-west consumes by 47 h. The warnings come before 47 h, not before 24 h.
+    const r = run(timelineFile([...inference, { at: "PT1H", do: "pod_fail", id: "ii-1", region: "us-east" }], { catalog, until: "P3D", accounts: { acme: { balance: "48.00" } } }))
+    const zero = 47 * HOUR
+    expect(warnings(r)).toEqual([
+      [at(zero - 60 * MIN), "warning", "60"],
+      [at(zero - 30 * MIN), "warning", "30"],
+      [at(zero - 20 * MIN), "warning", "20"],
+      [at(zero - 10 * MIN), "critical", "10"],
+      [at(zero - 5 * MIN), "critical", "5"],
+      [at(zero - 3 * MIN), "critical", "3"],
+      [at(zero - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
   it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
     // Proves "each once per run-down": 60 and 30 fire, a top-up of $1 (30 more minutes) re-arms 30 only.
     const r = run(
