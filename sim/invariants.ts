@@ -334,10 +334,25 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
 
   // 6. Low-balance warnings (SPEC §7): within one run-down (between two credits of the
   // account), thresholds strictly in firing order, so none twice.
-  // A run-down is counted by the credits at or before an instant: each account's credit
-  // instants, sorted, and a binary search counts them.
+  // A credit starts a new run-down only if a warning follows it before the next credit: a
+  // top-up too small to lift the account above any threshold re-arms nothing (SPEC §7), and
+  // the warnings already sent still stand for the stop that follows. (The price: a credit
+  // that should have re-armed a threshold, followed by no warning at all, is not caught here.)
+  const rundownCredits = new Map<string, number[]>()
+  for (const [account, credits] of creditsByAccount) {
+    const warned = (balanceWarningsByAccount.get(account) ?? []).map((w) => w.at)
+    let w = 0
+    const kept: number[] = []
+    credits.forEach((credit, i) => {
+      const next = credits[i + 1] ?? Infinity
+      while (w < warned.length && warned[w]! < credit) w++
+      if (w < warned.length && warned[w]! < next) kept.push(credit)
+    })
+    rundownCredits.set(account, kept)
+  }
+  // A run-down is counted by those credits at or before an instant (sorted; a binary search).
   const rundownAt = (account: string, at: number): number => {
-    const credits = creditsByAccount.get(account)
+    const credits = rundownCredits.get(account)
     if (credits === undefined) return 0
     let lo = 0
     let hi = credits.length

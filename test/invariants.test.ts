@@ -94,4 +94,28 @@ describe("the invariant checker, on the low-balance rules", () => {
     const unwarned = { ...facts, notifications: facts.notifications.filter((n) => n.kind !== "balance_warning") }
     expect(fired(unwarned)).toEqual([6])
   })
+
+  it("keeps the warnings already sent when a top-up too small to re-arm any comes before the stop", () => {
+    // Proves no false alarm: $40 covers 30 min of two replicas at $40/h each; every warning down
+    // to 1 minute is sent; a $1 top-up 10 s before the end buys 45 s, above no threshold, so
+    // the engine rightly sends nothing more and stops at 24:30. That top-up starts no new run-down.
+    const catalog = {
+      gpus: { H100: { hourly_rate: "40.00" } },
+      regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+    }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" },
+          { at: "PT24H29M50S", do: "top_up", account: "acme", amount: "1.00" }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "1960.00" } } }
+      )
+    )
+    const kinds = r.output.notifications.map((n) => [String(n.at).slice(11, 19), n.kind])
+    expect(kinds.filter(([, kind]) => kind === "balance_warning").at(-1)).toEqual(["00:29:00", "balance_warning"])
+    expect(kinds.at(-1)).toEqual(["00:30:00", "terminated"])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
 })
