@@ -4,7 +4,11 @@
  * instance: detaching or suspending never deletes it; only `delete` does, and the
  * supervisor refuses that (409) while it is in use.
  *
- *   available ⇄ in_use, available | in_use → suspended → available, available | suspended → deleted
+ *   available ⇄ in_use, available | in_use → suspended → available | in_use, available | suspended → deleted
+ *
+ * Suspended storage is disconnected from its instances but remembers them (`suspended_from`):
+ * restoring it reattaches it to those still running (the manual: "Restoring the balance
+ * reattaches the storage"), and an instance that stops meanwhile is forgotten.
  *
  * Money is not the machine's business: the supervisor's daily worker charges `size_gb ×
  * daily_rate` at 00:00 UTC and suspends storage whose charge the balance cannot cover.
@@ -27,7 +31,15 @@ export interface StorageInput {
 export interface StorageContext extends StorageInput {
   /** Instances that have it attached (a drive: at most one), in attach order. */
   readonly attached_to: ReadonlyArray<string>
+  /**
+   * While suspended, the instances it was disconnected from, which get it back when it is
+   * restored; empty otherwise. (Snapshots written before it existed lack it: read as empty.)
+   */
+  readonly suspended_from: ReadonlyArray<string>
 }
+
+/** The instances suspended storage goes back to when restored (empty in an older snapshot). */
+export const suspendedFrom = (ctx: StorageContext): ReadonlyArray<string> => ctx.suspended_from ?? []
 
 export type StorageEvent =
   | { type: "attach"; at: number; instance: string }
@@ -51,15 +63,22 @@ export const storageMachine = setup({
       assertEvent(event, "detach")
       return { attached_to: context.attached_to.filter((i) => i !== event.instance) }
     }),
-    // Suspended storage is disconnected from every instance (its data stays).
-    disconnect: assign({ attached_to: () => [] })
+    // Suspended storage is disconnected from every instance (its data stays), and remembers them.
+    disconnect: assign(({ context }) => ({ attached_to: [], suspended_from: context.attached_to })),
+    // An instance that stopped while its storage was suspended gets nothing back.
+    forget: assign(({ context, event }) => {
+      assertEvent(event, "detach")
+      return { suspended_from: suspendedFrom(context).filter((i) => i !== event.instance) }
+    }),
+    reattach: assign(({ context }) => ({ attached_to: suspendedFrom(context), suspended_from: [] }))
   },
   guards: {
-    lastDetach: ({ context, event }) => event.type === "detach" && context.attached_to.length === 1 && context.attached_to[0] === event.instance
+    lastDetach: ({ context, event }) => event.type === "detach" && context.attached_to.length === 1 && context.attached_to[0] === event.instance,
+    disconnectedFromAny: ({ context }) => suspendedFrom(context).length > 0
   }
 }).createMachine({
   id: "storage",
-  context: ({ input }) => ({ ...input, attached_to: [] }),
+  context: ({ input }) => ({ ...input, attached_to: [], suspended_from: [] }),
   initial: "available",
   states: {
     available: {
@@ -79,10 +98,12 @@ export const storageMachine = setup({
     suspended: {
       entry: ["notifySuspended"],
       on: {
-        restore: { target: "available", actions: ["notifyRestored"] },
+        restore: [
+          { guard: "disconnectedFromAny", target: "in_use", actions: ["reattach", "notifyRestored"] },
+          { target: "available", actions: ["notifyRestored"] }
+        ],
         delete: { target: "deleted" },
-        // An instance stopping while its storage is suspended has nothing left to detach.
-        detach: {}
+        detach: { actions: ["forget"] }
       }
     },
     deleted: { type: "final" }

@@ -40,7 +40,7 @@ import {
   type InferenceSnapshot,
   type Renewal
 } from "../machines/inferenceInstance.js"
-import { storageMachine, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
+import { storageMachine, suspendedFrom, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import {
   cycleHoldIdFor,
@@ -701,6 +701,14 @@ export class GpuSupervisor implements PaymentHost {
     if (ctx.attached_to.length > 0) {
       return Either.left(
         new Conflict({ code: "invalid_state", id, status: "in_use", message: `${id} is attached to ${ctx.attached_to.join(", ")}; terminate the instance, then delete it` })
+      )
+    }
+    // Suspended storage still belongs to the instances it goes back to when restored (and in
+    // a cluster their pods still mount it): deleting it is refused like an attached one's.
+    const owners = suspendedFrom(ctx)
+    if (owners.length > 0) {
+      return Either.left(
+        new Conflict({ code: "invalid_state", id, status: "suspended", message: `${id} is suspended and goes back to ${owners.join(", ")} when restored; terminate the instance, then delete it` })
       )
     }
     return Either.right(

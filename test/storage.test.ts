@@ -84,6 +84,67 @@ describe("storage", () => {
     expect(r.output.resources["dr-1"]).toMatchObject({ status: "deleted" })
   })
 
+  describe("suspended while attached to a running instance", () => {
+    // $48 of $48.05 is held by a 48 h instance with the drive; the drive's $0.10 charge at
+    // midnight cannot be covered, so it is suspended, disconnected from gi-1.
+    const catalog = {
+      gpus: { H100: { hourly_rate: "1.00" } },
+      regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } },
+      storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.01" } }
+    }
+    const setup = [
+      { at: "PT0S", do: "create_drive", account: "acme", id: "dr-1", size_gb: 10, region: "us-east" },
+      { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 48, drive: "dr-1" }
+    ]
+    const drive = (r: ReturnType<typeof run>) => r.output.transitions.filter((t) => t.resource === "dr-1").map((t) => [t.at, t.from, t.to])
+
+    it("goes back to that instance when a top-up restores it, so no other instance can take it", () => {
+      // Proves the manual's "Restoring the balance reattaches the storage": in_use again on gi-1, and a second attach is refused.
+      const r = run(
+        timelineFile(
+          [
+            ...setup,
+            { at: "PT25H", do: "top_up", account: "acme", amount: "10.00" },
+            { at: "PT26H", do: "launch_gpu_instance", account: "acme", id: "gi-2", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1, drive: "dr-1" }
+          ],
+          { catalog, until: "PT30H", accounts: { acme: { balance: "48.05" } } }
+        )
+      )
+      expect(drive(r)).toEqual([
+        [iso("2026-03-01T00:00:00Z"), "available", "in_use"],
+        [iso("2026-03-02T00:00:00Z"), "in_use", "suspended"],
+        [iso("2026-03-02T01:00:00Z"), "suspended", "in_use"]
+      ])
+      expect(r.output.rejected.map((x) => [x.event, x.status, x.message])).toEqual([[3, 409, "drive dr-1 is attached to gi-1"]])
+      expect(r.output.resources["dr-1"]).toMatchObject({ status: "in_use", attached_to: ["gi-1"] })
+      expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+    })
+
+    it("cannot be deleted while that instance runs (409), and can once it has stopped", () => {
+      // Proves a suspended drive still belongs to its instance (its pod still mounts it), and that one stopping releases it.
+      const r = run(
+        timelineFile(
+          [
+            ...setup,
+            { at: "PT25H", do: "delete_storage", id: "dr-1" },
+            { at: "PT26H", do: "terminate", id: "gi-1" },
+            { at: "PT27H", do: "delete_storage", id: "dr-1" }
+          ],
+          { catalog, until: "PT30H", accounts: { acme: { balance: "48.05" } } }
+        )
+      )
+      expect(r.output.rejected.map((x) => [x.event, x.status, x.message])).toEqual([
+        [2, 409, "dr-1 is suspended and goes back to gi-1 when restored; terminate the instance, then delete it"]
+      ])
+      expect(drive(r)).toEqual([
+        [iso("2026-03-01T00:00:00Z"), "available", "in_use"],
+        [iso("2026-03-02T00:00:00Z"), "in_use", "suspended"],
+        [iso("2026-03-02T03:00:00Z"), "suspended", "deleted"]
+      ])
+      expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+    })
+  })
+
   it("finishes with the same output when the engine restarts around midnight", () => {
     // Proves storage actors and the daily worker come back from the snapshot on time.
     const straight = run(example)
