@@ -1,7 +1,8 @@
 /**
  * fast-check generators of whole timeline files: small catalogs, a few accounts, and random
  * inputs (launch, cluster launch, extend, terminate, preempt, resume, pod failure, top-up,
- * missed watch events, region outages) at random times with random rates, GPU counts and
+ * missed watch events, region outages, storage, inference instances, and `/v1` traffic priced
+ * per token, per image and per second) at random times with random rates, GPU counts and
  * durations. Small pools of ids and accounts make the inputs collide often, which is where
  * the bugs live.
  */
@@ -88,20 +89,29 @@ const worldArb = fc.oneof(
   { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constantFrom("create_drive"), account: fc.constantFrom(...ACCOUNTS), id: fc.constantFrom("dr-0", "dr-1"), size_gb: fc.integer({ min: 1, max: 2_000 }), region: fc.constantFrom(...REGIONS) }) },
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("create_filesystem"), account: fc.constantFrom(...ACCOUNTS), id: fc.constant("fs-0"), size_gb: fc.integer({ min: 1, max: 5_000 }), region: fc.constantFrom(...REGIONS) }) },
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("delete_storage"), id: fc.constantFrom(...STORAGE) }) },
-  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
+  // Tokens to any model: unpriced, unknown, and units a model has no price for are refused.
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
   { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
-  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
   // Stray inputs naming resources that may not exist (yet, or any more).
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("terminate", "preempt", "resume"), id: fc.constantFrom(...IDS) }) }
+)
+
+/** `/v1` traffic each model prices: tokens to `chat`, images to `draw`, seconds (to the millisecond) to `speak`. */
+const apiTrafficArb = fc.oneof(
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constant("chat"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constant("draw"), images: fc.integer({ min: 1, max: 4 }) }) },
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constant("speak"), seconds: fc.integer({ min: 1, max: 600_000 }).map((ms) => ms / 1_000) }) }
 )
 
 const eventsArb = fc
   .tuple(
     fc.subarray(IDS, { minLength: 1 }).chain((ids) => fc.tuple(...ids.map(storyArb))),
     fc.subarray(INFERENCE_IDS).chain((ids) => fc.tuple(...ids.map(inferenceStoryArb))),
-    fc.array(worldArb, { maxLength: 8 })
+    fc.array(worldArb, { maxLength: 8 }),
+    fc.array(apiTrafficArb, { maxLength: 10 })
   )
-  .map(([stories, inference, world]) => [...stories.flat(), ...inference.flat(), ...world])
+  .map(([stories, inference, world, traffic]) => [...stories.flat(), ...inference.flat(), ...world, ...traffic])
   // File order is the order at equal instants; shuffle it so the engine sees every order.
   .chain((events) => fc.shuffledSubarray(events, { minLength: events.length, maxLength: events.length }))
 
@@ -116,6 +126,7 @@ export const timelineArb = fc.record({
     models: fc.record({
       chat: fc.record({ input_per_1m_tokens: dollarsArb(0, 2_000_000), output_per_1m_tokens: dollarsArb(0, 8_000_000) }),
       draw: fc.record({ per_image: dollarsArb(1, 50_000) }),
+      speak: fc.record({ per_second: dollarsArb(1, 20_000) }),
       unpriced: fc.constant(null)
     })
   }),

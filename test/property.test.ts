@@ -1,6 +1,8 @@
 /**
- * Property test: random timelines of GPU instances and clusters keep every SPEC §9
- * invariant, and the same timeline gives byte-identical output twice. A failing case is
+ * Property test: random timelines of mixed fleets (GPU instances and clusters, inference
+ * instances, drives and filesystems, `/v1` traffic, top-ups, region outages; see
+ * arbitraries.ts) keep every SPEC §9 invariant, and the same timeline gives byte-identical
+ * output twice. A failing case is
  * shrunk by fast-check and saved under test/regressions/, where regressions.test.ts runs it
  * from then on. PROPERTY_RUNS=2000 npm test runs more.
  */
