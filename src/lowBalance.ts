@@ -12,7 +12,8 @@ import { BALANCE_WARNINGS, MS_PER_HOUR, MS_PER_SECOND, MS_PER_MINUTE } from "./p
 
 /**
  * A threshold already warned is armed again only when the account is lifted clearly above
- * it (a top-up, a resource stopping); the margin absorbs the one-micro rounding of
+ * it by a credit (a top-up; a resource stopping lengthens the run-down but re-arms nothing,
+ * see `planWarnings`); the margin absorbs the one-micro rounding of
  * consumption so a recomputation a moment after a warning never re-arms it.
  */
 export const REARM_MARGIN_MS = MS_PER_SECOND

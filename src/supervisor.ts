@@ -1237,7 +1237,9 @@ export class GpuSupervisor implements PaymentHost {
     const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, at))
     const held = this.ledger.hold(holdIdFor(ctx.id))?.held_micros ?? 0n
     const overage = consumed - held
-    return overage > 0n && this.ledger.balance(ctx.account) < overage
+    // What the account can spend, as every other admission reads it: usage still in an
+    // aggregation bucket is already the user's to pay.
+    return overage > 0n && this.spendable(ctx.account) < overage
   }
 
   // ── the low-balance monitor (SPEC §7): src/balanceMonitor.ts; the burn is measured here ──
