@@ -44,7 +44,8 @@ describe("storage", () => {
   })
 
   it("suspends storage whose daily charge the balance cannot cover, keeps it, and restores it on a top-up", () => {
-    // Proves SPEC §5's $0 rule: nothing charged, no debt, suspended, then usable again.
+    // Proves the suspension Decision (docs/POLICY.md): a charge the balance cannot cover ($0.80 left
+    // for $3.00) takes nothing and leaves no debt; the storage is suspended, then usable again after a top-up.
     const r = run(example)
     expect(r.output.notifications.filter((n) => n.resource === "fs-1").map((n) => [n.at, n.severity, n.text])).toEqual([
       [iso("2026-03-04T00:00:00Z"), "critical", "Storage fs-1 is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again."],
