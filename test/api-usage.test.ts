@@ -59,6 +59,23 @@ describe("API usage", () => {
   })
 })
 
+describe("sim/examples/api-usage-per-minute.json", () => {
+  it("posts one row per model and minute, the exact sum of its requests, and refuses what pending usage leaves uncovered", () => {
+    // Proves aggregation with conservation: 0.00054 + 0.00036 = 0.0009 for two llama requests;
+    // and admission against the balance less the $0.900051 still in open buckets (402).
+    const perMinute = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "api-usage-per-minute.json"), "utf8"))
+    const r = run(perMinute)
+    expect(r.output.ledger.slice(1).map((x) => [x.at, x.resource, x.amount, x.balance_after])).toEqual([
+      [at(1 * MIN), "llama-3-8b", "-0.0009", "0.9991"],
+      [at(1 * MIN), "whisper", "-0.00125", "0.99785"],
+      [at(2 * MIN), "llama-3-8b", "-0.000051", "0.997799"],
+      [at(2 * MIN), "whisper", "-0.90", "0.097799"]
+    ])
+    expect(r.output.rejected.map((x) => [x.at, x.status, x.error])).toEqual([[at(90_000), 402, "insufficient_balance"]])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+})
+
 describe("accounts are walled off", () => {
   it("answers 404 for another account's instance, storage or model, and charges nobody", () => {
     // Proves no request reaches another account's resources: routing, attaching, deleting.

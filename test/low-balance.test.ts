@@ -3,6 +3,8 @@
  * minutes before the account's money runs out, each at its exact instant, once per
  * run-down, armed again by a top-up that lifts the account above them.
  */
+import { readFileSync } from "node:fs"
+import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { planWarnings, zeroAt } from "../src/lowBalance.js"
 import { at, HOUR, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
@@ -56,10 +58,9 @@ describe("low-balance warnings", () => {
   })
 
   it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
-    // Proves "each once per run-down": 60 and 30 fire, a top-up of $1 (30 more minutes) re-arms 30 only.
-    const r = run(
-      timelineFile([...inference, { at: "PT25H5M", do: "top_up", account: "acme", amount: "1.00" }], { catalog, until: "P2D", accounts: { acme: { balance: "51.00" } } })
-    )
+    // Proves "each once per run-down": 60 and 30 fire, a top-up of $1 (30 more minutes) re-arms 30 only
+    // (sim/examples/low-balance.json).
+    const r = run(JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "low-balance.json"), "utf8")))
     const zero = 24 * HOUR + 90 * MIN
     const later = zero + 30 * MIN
     expect(warnings(r).slice(0, 4)).toEqual([
