@@ -20,22 +20,27 @@ const inference = [
 const warnings = (r: ReturnType<typeof run>) =>
   r.output.notifications.filter((n) => n.kind === "balance_warning").map((n) => [n.at, n.severity, (n.text as string).match(/about (\d+)/)![1]])
 
+/** Every threshold at its instant before `zero`, in order, then the stop for credit_depleted at `zero`, and a clean run. */
+const expectFullRunDown = (r: ReturnType<typeof run>, zero: number): void => {
+  expect(warnings(r)).toEqual([
+    [at(zero - 60 * MIN), "warning", "60"],
+    [at(zero - 30 * MIN), "warning", "30"],
+    [at(zero - 20 * MIN), "warning", "20"],
+    [at(zero - 10 * MIN), "critical", "10"],
+    [at(zero - 5 * MIN), "critical", "5"],
+    [at(zero - 3 * MIN), "critical", "3"],
+    [at(zero - 1 * MIN), "critical", "1"]
+  ])
+  expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
+  expect(r.output.invariants.ok).toBe(true)
+}
+
 describe("low-balance warnings", () => {
   it("fire at the exact instants before the money runs out, in threshold order", () => {
     // Proves exact instants: $48 + $3 runs out at 25.5 h at $2/h (a $3 partial covers 1.5 h).
     const r = run(timelineFile(inference, { catalog, until: "P2D", accounts: { acme: { balance: "51.00" } } }))
     const zero = 24 * HOUR + 90 * MIN
-    expect(warnings(r)).toEqual([
-      [at(zero - 60 * MIN), "warning", "60"],
-      [at(zero - 30 * MIN), "warning", "30"],
-      [at(zero - 20 * MIN), "warning", "20"],
-      [at(zero - 10 * MIN), "critical", "10"],
-      [at(zero - 5 * MIN), "critical", "5"],
-      [at(zero - 3 * MIN), "critical", "3"],
-      [at(zero - 1 * MIN), "critical", "1"]
-    ])
-    expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
-    expect(r.output.invariants.ok).toBe(true)
+    expectFullRunDown(r, zero)
   })
 
   it("count what a cycle's hold gives back at its end: no warnings a day early after a failover", () => {
@@ -44,17 +49,7 @@ describe("low-balance warnings", () => {
     // hold that eu-west consumes by 47 h. The warnings come before 47 h, not before 24 h.
     const r = run(timelineFile([...inference, { at: "PT1H", do: "pod_fail", id: "ii-1", region: "us-east" }], { catalog, until: "P3D", accounts: { acme: { balance: "48.00" } } }))
     const zero = 47 * HOUR
-    expect(warnings(r)).toEqual([
-      [at(zero - 60 * MIN), "warning", "60"],
-      [at(zero - 30 * MIN), "warning", "30"],
-      [at(zero - 20 * MIN), "warning", "20"],
-      [at(zero - 10 * MIN), "critical", "10"],
-      [at(zero - 5 * MIN), "critical", "5"],
-      [at(zero - 3 * MIN), "critical", "3"],
-      [at(zero - 1 * MIN), "critical", "1"]
-    ])
-    expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
-    expect(r.output.invariants.ok).toBe(true)
+    expectFullRunDown(r, zero)
   })
 
   it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
