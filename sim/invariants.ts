@@ -137,6 +137,11 @@ const checkInference = (
     // A full hold covers 24 h of every replica; a partial one, the time the replicas that can
     // still bill when it is placed (not failed or deleted by then) take to consume it.
     const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    // The hold as SPEC §4 sizes it: the first is the full `rate × GPUs × replicas × 24` the
+    // launch was admitted on; a renewal is that, or a partial hold of less.
+    if (i === 0 ? h.held_micros !== full : h.held_micros > full) {
+      f.violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `cycle hold ${h.id} of ${h.held_micros} micros; a full one is ${full}` })
+    }
     const window = h.held_micros === full ? BigInt(policy.INFERENCE_CYCLE_MS) : h.held_micros * BigInt(policy.MS_PER_HOUR) / (rate * BigInt(ctx.gpu_count) * BigInt(liveReplicasAt(r, f.transitionsByResource, h.placed_at)))
     if (BigInt(end - h.placed_at) > window + BigInt(policy.WATCHDOG_LAG_MS)) {
       f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${window} ms` })

@@ -85,6 +85,27 @@ describe("the invariant checker", () => {
   })
 })
 
+describe("the invariant checker, on inference instances", () => {
+  it("catches a cycle hold that is not the manual's size (5)", () => {
+    // Proves hold sizes are checked for inference too: the first cycle's hold is exactly the
+    // full one, and a renewal never holds more than that.
+    const example = JSON.parse(readFileSync(new URL("../sim/examples/inference-partial-hold.json", import.meta.url), "utf8"))
+    const facts = run(example).facts
+    expect(checkInvariants(facts)).toEqual([])
+    const resize = (index: number, by: bigint): RunFacts => {
+      const holds = facts.holds.filter((h) => h.resource === "ii-1").sort((a, b) => a.placed_at - b.placed_at)
+      const id = holds[index]!.id
+      return { ...facts, holds: facts.holds.map((h) => (h.id === id ? { ...h, held_micros: h.held_micros + by } : h)) }
+    }
+    expect(checkInvariants(resize(0, -1n)).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
+      "cycle hold hold:ii-1:1 of 307599983 micros; a full one is 307599984"
+    ])
+    expect(checkInvariants(resize(1, 307_599_984n)).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
+      "cycle hold hold:ii-1:2 of 379599984 micros; a full one is 307599984"
+    ])
+  })
+})
+
 describe("the invariant checker, on the low-balance rules", () => {
   it("catches a credit_depleted stop nobody was warned of (6)", () => {
     // Proves "warnings are sent before the termination they warn of" is checked, not assumed.
