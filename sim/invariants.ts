@@ -56,6 +56,11 @@ export interface RunFacts {
    * minus what it refunded and the engine acknowledged (micros). Absent: nothing to reconcile.
    */
   readonly provider_net?: ReadonlyMap<string, Micros>
+  /**
+   * Stretches `(from_ms, to_ms]` in which no engine ran (a control-plane outage): its timers did
+   * not fire then, so the daily storage charge of a midnight inside one is not owed.
+   */
+  readonly engine_down?: ReadonlyArray<{ readonly from_ms: number; readonly to_ms: number }>
 }
 
 export interface Violation {
@@ -158,6 +163,32 @@ const checkInference = (
   const notices = f.terminatedNotices.get(r.id) ?? []
   if ((r.status === "terminated" || r.status === "failed") && notices.length !== 1) {
     f.violate(6, { account: r.account, resource: r.id, message: `${r.status} with ${notices.length} termination notices` })
+  }
+}
+
+/**
+ * Storage is charged on every day it is usable (SPEC §5): at each midnight after its creation
+ * at which it was available or in use, the daily worker either charged it or, the balance
+ * being short, suspended it, unless no engine ran at that midnight. Its status there is the
+ * one its transitions give before the worker runs (inputs of the same instant come first).
+ */
+const checkStorageDays = (
+  r: Extract<ResourceFacts, { kind: "storage" }>,
+  f: { charged: ReadonlySet<number>; transitions: ReadonlyArray<Transition>; end_ms: number; engine_down: ReadonlyArray<{ readonly from_ms: number; readonly to_ms: number }>; violate: Violate }
+): void => {
+  const day = policy.STORAGE_BILLING_INTERVAL_MS
+  for (let midnight = Math.floor(r.context.created_at / day) * day + day; midnight < f.end_ms; midnight += day) {
+    if (f.charged.has(midnight) || f.engine_down.some((d) => d.from_ms < midnight && midnight <= d.to_ms)) continue
+    let status = "available"
+    let suspendedThen = false
+    for (const t of f.transitions) {
+      if (t.at > midnight) break
+      if (t.at === midnight && t.to_state === "suspended") suspendedThen = true
+      else status = t.to_state
+    }
+    if ((status === "available" || status === "in_use") && !suspendedThen) {
+      f.violate(3, { account: r.account, resource: r.id, at: midnight, message: `storage ${r.id} was ${status} at ${isoInstant(midnight)} and neither charged nor suspended` })
+    }
   }
 }
 
@@ -423,6 +454,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
         }
         days.add(c.at)
       }
+      if (day_micros !== 0n) checkStorageDays(r, { charged: days, transitions: transitionsByResource.get(r.id) ?? [], end_ms: facts.end_ms, engine_down: facts.engine_down ?? [], violate })
       continue
     }
     if (r.kind === "inference_instance") {

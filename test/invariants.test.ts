@@ -106,6 +106,23 @@ describe("the invariant checker, on inference instances", () => {
   })
 })
 
+describe("the invariant checker, on storage", () => {
+  it("catches a day a usable drive was neither charged nor suspended (3), unless no engine ran then", () => {
+    // Proves storage billing is checked for completeness, not only for form: drop dr-1's
+    // charge of 2026-03-03 and that midnight is reported; an outage over it excuses it.
+    const example = JSON.parse(readFileSync(new URL("../sim/examples/storage.json", import.meta.url), "utf8"))
+    const facts = run(example).facts
+    expect(checkInvariants(facts)).toEqual([])
+    const midnight = Date.parse("2026-03-03T00:00:00Z")
+    const unpaid = { ...facts, rows: facts.rows.filter((r) => !(r.kind === "storage_billing" && r.resource === "dr-1" && r.at === midnight)) }
+    expect(checkInvariants(unpaid).filter((v) => v.invariant === 3).map((v) => v.message)).toEqual([
+      "storage dr-1 was available at 2026-03-03T00:00:00.000Z and neither charged nor suspended"
+    ])
+    const down = { ...unpaid, engine_down: [{ from_ms: midnight - 60_000, to_ms: midnight }] }
+    expect(checkInvariants(down).filter((v) => v.invariant === 3)).toEqual([])
+  })
+})
+
 describe("the invariant checker, on the low-balance rules", () => {
   it("catches a credit_depleted stop nobody was warned of (6)", () => {
     // Proves "warnings are sent before the termination they warn of" is checked, not assumed.
