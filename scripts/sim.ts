@@ -89,7 +89,7 @@ const main = (): number => {
   const output = result.output
   let deterministic = true
   // The second run gets a ledger file of its own, beside the first.
-  if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output, join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite"))
+  if (!args.values["no-determinism-check"]) deterministic = checkDeterminism(timeline, output, join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite"), { restartAt, outages })
   const final = deterministic
     ? output
     : {

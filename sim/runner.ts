@@ -444,6 +444,10 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
   invariants: { ok: violations.length === 0, violations }
 })
 
-/** Runs the same timeline twice and says whether the two outputs are byte-identical (SPEC §9.8). */
-export const checkDeterminism = (timeline: Timeline, first: SimOutput, db: string): boolean =>
-  JSON.stringify(runTimeline(timeline, { db }).output) === JSON.stringify(first)
+/**
+ * Runs the same timeline again, with the same restarts and outages, and says whether the two
+ * outputs are byte-identical (SPEC §9.8). (Without them, a run with an outage would be
+ * compared with one that had none: inputs refused with 503 in one are applied in the other.)
+ */
+export const checkDeterminism = (timeline: Timeline, first: SimOutput, db: string, options: Pick<RunOptions, "restartAt" | "outages"> = {}): boolean =>
+  JSON.stringify(runTimeline(timeline, { db, restartAt: options.restartAt, outages: options.outages }).output) === JSON.stringify(first)

@@ -51,6 +51,14 @@ describe("npm run sim", () => {
     expect(out.stdout).toContain("Invariants: all hold")
   })
 
+  it("checks determinism against a second run with the same outage", () => {
+    // Proves --outage runs twice the same way: the second run used to have no outage, so the
+    // 503s and the missed midnight charge of the first made it "not deterministic" (exit 1).
+    const out = sim(join(EXAMPLES, "storage.json"), "--outage", "PT27H50M/PT20M")
+    expect(out.stdout).toContain("Invariants: all hold")
+    expect(out.status).toBe(0)
+  })
+
   it("exits 1 and names invariant, account, resource and time when one breaks", () => {
     // Proves a broken invariant is loud: an outage past the deadline on a $0 balance.
     const dir = tmpDb().replace(/ledger\.sqlite$/, "")
