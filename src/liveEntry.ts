@@ -11,10 +11,10 @@ import type { TimerHandle } from "./clock.js"
 import { podNameFor, type WorkloadSpec } from "./cluster.js"
 import { replicaResource } from "./resources.js"
 
-export type GpuActor = Actor<typeof gpuInstanceMachine>
-export type InferenceActor = Actor<typeof inferenceInstanceMachine>
-export type StorageActor = Actor<typeof storageMachine>
-export type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
+type GpuActor = Actor<typeof gpuInstanceMachine>
+type InferenceActor = Actor<typeof inferenceInstanceMachine>
+type StorageActor = Actor<typeof storageMachine>
+type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
 
 /** `pods`: the workload names, by region for an inference instance, computed once (reconcile). */
 export type LiveEntry =
@@ -50,7 +50,7 @@ export const storageOf = (entry: LiveEntry): string[] => {
 
 export const accountOf = (entry: LiveEntry): string => entry.actor.getSnapshot().context.account
 
-export const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
+const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
 
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
 export const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
