@@ -26,11 +26,20 @@ export interface BurnMeasure {
   readonly burn: bigint
   readonly unconsumed: bigint
   /**
-   * Each active inference instance's next cycle end, the least balance that renews it, and
-   * what its hold gives back at that end if its replicas keep billing as now (negative: an
-   * overage). The cycle's settlement lands before the renewal looks at the balance.
+   * Each active inference instance's next cycle end, in the order the engine renews them (by
+   * instant, then id: the alarms' order), with what its hold gives back at that end if its
+   * replicas keep billing as now (negative: an overage; the settlement lands before the
+   * renewal looks at the balance), the full hold it renews on and the least partial one.
    */
-  readonly renewals: ReadonlyArray<{ readonly ends_at: number; readonly min_micros: bigint; readonly refund_micros: bigint }>
+  readonly renewals: ReadonlyArray<ForeseenRenewal>
+}
+
+export interface ForeseenRenewal {
+  readonly id: string
+  readonly ends_at: number
+  readonly refund_micros: bigint
+  readonly full_micros: bigint
+  readonly min_micros: bigint
 }
 
 export interface BalanceMonitorHost {
@@ -45,6 +54,23 @@ export interface BalanceMonitorHost {
   unitOfWork(fn: () => void): void
   /** Auto-recharge looks at the balance the unit of work left, before the warnings (src/payments.ts). */
   afterUnitOf?(accounts: ReadonlyArray<string>): void
+}
+
+/**
+ * When the first inference instance of the account stops at a cycle end for want of money, or
+ * null: the renewals played in the engine's order, each on the balance the ones before it
+ * left. A full hold takes its amount, a partial one takes everything (SPEC §4), so an instance
+ * renewing after a partial hold at the same instant has only its own refund to renew on.
+ */
+export const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint): number | null => {
+  let balance = spendable
+  for (const r of renewals) {
+    balance += r.refund_micros
+    if (balance >= r.full_micros) balance -= r.full_micros
+    else if (balance >= r.min_micros) balance = 0n
+    else return r.ends_at
+  }
+  return null
 }
 
 export class BalanceMonitor {
@@ -106,8 +132,7 @@ export class BalanceMonitor {
     const spendable = this.host.spendable(account)
     // Holds are per resource: an inference instance whose cycle ends when the balance cannot
     // renew it stops then, however much other resources still hold (SPEC §4).
-    let stopAt: number | null = null
-    for (const r of cached.renewals) if (spendable + r.refund_micros < r.min_micros && (stopAt === null || r.ends_at < stopAt)) stopAt = r.ends_at
+    const stopAt = firstStopOf(cached.renewals, spendable)
     const before = ledger.warned(account)
     // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
     if (burn === 0n && stopAt === null && before.length === 0 && !this.alarms.has(account)) return

@@ -66,7 +66,7 @@ import {
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
-import { BalanceMonitor, type BurnMeasure } from "./balanceMonitor.js"
+import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
@@ -1250,7 +1250,7 @@ export class GpuSupervisor implements PaymentHost {
   private measureBurn(account: string, at: number): BurnMeasure {
     let burn = 0n
     let unconsumed = 0n
-    const renewals: Array<{ ends_at: number; min_micros: bigint; refund_micros: bigint }> = []
+    const renewals: ForeseenRenewal[] = []
     // Sums of integers: the order the resources are visited does not change them.
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
@@ -1268,7 +1268,13 @@ export class GpuSupervisor implements PaymentHost {
           // the replicas billing now will have consumed by then comes back (an overage if
           // negative), and the least partial hold it renews on.
           const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
-          renewals.push({ ends_at: ctx.cycle.ends_at, min_micros: leastPartialHoldMicros(ctx), refund_micros: BigInt(ctx.cycle.hold_micros) - consumed })
+          renewals.push({
+            id,
+            ends_at: ctx.cycle.ends_at,
+            refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
+            full_micros: fullHourlyMicros(ctx) * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR),
+            min_micros: leastPartialHoldMicros(ctx)
+          })
         }
         let running = 0
         for (const region of ctx.regions) if (ctx.replicas[region]?.billing_since != null) running++
@@ -1278,6 +1284,8 @@ export class GpuSupervisor implements PaymentHost {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
+    // The engine renews them by instant, then id (their alarms' order); so are they played.
+    renewals.sort((a, b) => a.ends_at - b.ends_at || (a.id < b.id ? -1 : 1))
     return { at, burn, unconsumed, renewals }
   }
 

@@ -52,6 +52,31 @@ describe("low-balance warnings", () => {
     expectFullRunDown(r, zero)
   })
 
+  it("foresee the second of two renewals at one instant stopping when the first takes the whole balance", () => {
+    // Proves renewals are played in the engine's order: inf-a and inf-b end their cycles at 24:01;
+    // inf-a renews first, on a partial hold of everything, so inf-b has only its own refund
+    // and stops. The account is warned before 24:01, not surprised by inf-b's stop.
+    const oneRegion = { gpus: { H100: { hourly_rate: "1.00" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } } }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "m", source: "huggingface", gpu: "H100", gpu_count: 1 },
+          { at: "PT1M", do: "launch_inference_instance", account: "acme", id: "inf-a", model: "m" },
+          { at: "PT1M", do: "launch_inference_instance", account: "acme", id: "inf-b", model: "m" },
+          { at: "PT1H", do: "preempt", id: "inf-a", region: "us-east" },
+          { at: "PT11H", do: "resume", id: "inf-a", region: "us-east" },
+          { at: "PT2H", do: "preempt", id: "inf-b", region: "us-east" },
+          { at: "PT2H0M6S", do: "resume", id: "inf-b", region: "us-east" }
+        ],
+        { catalog: oneRegion, until: "P2D", accounts: { acme: { balance: "48.016" } } }
+      )
+    )
+    const zero = 24 * HOUR + 1 * MIN
+    expect(warnings(r).map((w) => w[0])).toEqual([60, 30, 20, 10, 5, 3, 1].map((m) => at(zero - m * MIN)))
+    expect(r.output.notifications.find((n) => n.kind === "terminated")).toMatchObject({ at: at(zero), resource: "inf-b", text: "Instance terminated: credit balance depleted." })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
   it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
     // Proves "each once per run-down": 60 and 30 fire, a top-up of $1 (30 more minutes) re-arms 30 only
     // (sim/examples/low-balance.json).
