@@ -170,7 +170,10 @@ const checkInference = (
  * Storage is charged on every day it is usable (SPEC §5): at each midnight after its creation
  * at which it was available or in use, the daily worker either charged it or, the balance
  * being short, suspended it, unless no engine ran at that midnight. Its status there is the
- * one its transitions give before the worker runs (inputs of the same instant come first).
+ * one its transitions gave before that instant: what else happens at the midnight itself may
+ * come before the worker (an input: a delete, a top-up) or after it (a top-up its own charge
+ * set off), so a usable storage suspended or deleted then is excused, and one restored then
+ * is not asked for.
  */
 const checkStorageDays = (
   r: Extract<ResourceFacts, { kind: "storage" }>,
@@ -180,13 +183,13 @@ const checkStorageDays = (
   for (let midnight = Math.floor(r.context.created_at / day) * day + day; midnight < f.end_ms; midnight += day) {
     if (f.charged.has(midnight) || f.engine_down.some((d) => d.from_ms < midnight && midnight <= d.to_ms)) continue
     let status = "available"
-    let suspendedThen = false
+    let excused = false
     for (const t of f.transitions) {
       if (t.at > midnight) break
-      if (t.at === midnight && t.to_state === "suspended") suspendedThen = true
-      else status = t.to_state
+      if (t.at < midnight) status = t.to_state
+      else if (t.to_state === "suspended" || t.to_state === "deleted") excused = true
     }
-    if ((status === "available" || status === "in_use") && !suspendedThen) {
+    if ((status === "available" || status === "in_use") && !excused) {
       f.violate(3, { account: r.account, resource: r.id, at: midnight, message: `storage ${r.id} was ${status} at ${isoInstant(midnight)} and neither charged nor suspended` })
     }
   }

@@ -121,6 +121,30 @@ describe("the invariant checker, on storage", () => {
     const down = { ...unpaid, engine_down: [{ from_ms: midnight - 60_000, to_ms: midnight }] }
     expect(checkInvariants(down).filter((v) => v.invariant === 3)).toEqual([])
   })
+
+  it("does not ask a charge of storage restored at midnight after the daily worker passed it by", () => {
+    // Proves no false alarm: b-drive is suspended on 03-02; on 03-03 the worker charges a-drive,
+    // which sets off auto-recharge, and the top-up it books at that same millisecond restores
+    // b-drive, after the worker skipped it as suspended.
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "12.00" },
+          { at: "PT1M", do: "create_drive", account: "acme", id: "a-drive", size_gb: 4, region: "us-east" },
+          { at: "PT1M", do: "create_drive", account: "acme", id: "b-drive", size_gb: 10, region: "us-east" },
+          { at: "PT2M", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "10.00" }
+        ],
+        {
+          until: "P2DT1H",
+          accounts: { acme: { balance: "0.00" } },
+          catalog: { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }, storage: { cloud_drive: { daily_rate_per_gb: "1.00" } } }
+        }
+      )
+    )
+    const restoredAtMidnight = r.output.transitions.filter((t) => t.resource === "b-drive" && t.from === "suspended").map((t) => t.at)
+    expect(restoredAtMidnight).toEqual(["2026-03-03T00:00:00.000Z"])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
 })
 
 describe("the invariant checker, on the low-balance rules", () => {
