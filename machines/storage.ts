@@ -73,7 +73,8 @@ export const storageMachine = setup({
     reattach: assign(({ context }) => ({ attached_to: suspendedFrom(context), suspended_from: [] }))
   },
   guards: {
-    lastDetach: ({ context, event }) => event.type === "detach" && context.attached_to.length === 1 && context.attached_to[0] === event.instance,
+    // Nothing stays attached once this instance lets go (however many times it was attached).
+    lastDetach: ({ context, event }) => event.type === "detach" && context.attached_to.includes(event.instance) && context.attached_to.every((i) => i === event.instance),
     disconnectedFromAny: ({ context }) => suspendedFrom(context).length > 0
   }
 }).createMachine({

@@ -725,6 +725,9 @@ export class GpuSupervisor implements PaymentHost {
   /** What a launch asks to attach, checked: same account, same region, usable, a drive free. */
   private checkAttachments(req: LaunchGpuRequest): Either.Either<void, EngineError> {
     const wanted = [...(req.drive == null ? [] : [{ id: req.drive, kind: "cloud_drive" as const, field: "drive" }]), ...(req.filesystems ?? []).map((id) => ({ id, kind: "shared_fs" as const, field: "filesystems" }))]
+    // One mount per filesystem: a second would attach it twice, and one detach would not release it.
+    const twice = wanted.find((w, i) => wanted.findIndex((o) => o.id === w.id) !== i)
+    if (twice !== undefined) return Either.left(new ValidationError({ code: "duplicate_storage", field: twice.field, message: `${twice.id} is listed more than once` }))
     for (const w of wanted) {
       const entry = this.live.get(w.id)
       if (entry === undefined || entry.kind !== "storage" || accountOf(entry) !== req.account || entry.actor.getSnapshot().status !== "active") {

@@ -9,6 +9,7 @@ import {
   type GpuInstanceInput,
   type GpuInstanceSnapshot
 } from "../machines/gpuInstance.js"
+import { storageMachine, storageStatusOf, type StorageEvent } from "../machines/storage.js"
 
 const MINUTE = 60_000
 const HOUR = 3_600_000
@@ -372,5 +373,36 @@ describe("nextAlarm", () => {
     expect(nextAlarm(terminating)).toBe(null)
     expect(nextAlarm(step(terminating, { type: "pod.deleted", at: 21 * MINUTE })[0])).toBe(null)
     expect(nextAlarm(step(running(), { type: "pod.failed", at: 20 * MINUTE })[0])).toBe(null)
+  })
+})
+
+describe("the storage machine", () => {
+  const fs = { id: "fs-1", account: "acc-1", kind: "shared_fs" as const, size_gb: 10, region: "us-east", daily_rate_micros: "10000", created_at: 0 }
+  const step = (events: ReadonlyArray<StorageEvent>) => {
+    let [snapshot] = initialTransition(storageMachine, fs)
+    for (const e of events) [snapshot] = transition(storageMachine, snapshot, e)
+    return snapshot
+  }
+
+  it("is released when its only instance lets go, however many times that instance attached it", () => {
+    // Proves the detach guard: attached twice by gi-1 (as a launch listing it twice once did), one detach frees it.
+    const s = step([
+      { type: "attach", at: 1, instance: "gi-1" },
+      { type: "attach", at: 1, instance: "gi-1" },
+      { type: "detach", at: 2, instance: "gi-1" }
+    ])
+    expect([storageStatusOf(s), s.context.attached_to]).toEqual(["available", []])
+  })
+
+  it("goes back to the instances it was suspended from, less one that stopped meanwhile", () => {
+    // Proves suspended_from: gi-1 and gi-2 mount it, it is suspended, gi-2 stops, a restore reattaches gi-1 only.
+    const s = step([
+      { type: "attach", at: 1, instance: "gi-1" },
+      { type: "attach", at: 1, instance: "gi-2" },
+      { type: "suspend", at: 2 },
+      { type: "detach", at: 3, instance: "gi-2" },
+      { type: "restore", at: 4 }
+    ])
+    expect([storageStatusOf(s), s.context.attached_to, s.context.suspended_from]).toEqual(["in_use", ["gi-1"], []])
   })
 })

@@ -54,7 +54,7 @@ describe("storage", () => {
     expect(r.output.resources["fs-1"]).toMatchObject({ kind: "shared_fs", status: "available", in_use: false })
   })
 
-  it("refuses to attach suspended, foreign-region or wrong-kind storage, and deletes idle storage", () => {
+  it("refuses to attach suspended, foreign-region, wrong-kind or twice-listed storage, and deletes idle storage", () => {
     // Proves launch-time checks (409, 400) and that a deleted drive is gone (404 after).
     const regions = { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
     const launch = (id: string, extra: Record<string, unknown>) => ({ at: "PT1M", do: "launch_gpu_instance", account: "acme", id, gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1, ...extra })
@@ -67,6 +67,7 @@ describe("storage", () => {
           launch("a", { drive: "dr-eu" }),
           launch("b", { drive: "fs-1" }),
           launch("c", { filesystems: ["nope"] }),
+          launch("e", { filesystems: ["fs-1", "fs-1"] }),
           { at: "PT2M", do: "delete_storage", id: "dr-1" },
           launch("d", { at: "PT3M", drive: "dr-1" })
         ],
@@ -80,7 +81,9 @@ describe("storage", () => {
       [3, 400, "storage_region_mismatch"],
       [4, 400, "wrong_storage_kind"],
       [5, 404, "resource_not_found"],
-      [7, 404, "resource_not_found"]
+      // A filesystem listed twice would be attached twice and never released (then billed after a delete).
+      [6, 400, "duplicate_storage"],
+      [8, 404, "resource_not_found"]
     ])
     expect(r.output.resources["dr-1"]).toMatchObject({ status: "deleted" })
   })
