@@ -171,6 +171,8 @@ export class GpuSupervisor implements PaymentHost {
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
   private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
+  /** Accounts a settlement refunded in this unit of work: their suspended storage may come back at its end. */
+  private readonly refunded = new Set<string>()
   /**
    * The incremental reconciler's suspects for the next watchdog tick (see `reconcile`):
    * resources whose machine ran since the last tick, the workloads of resources that left
@@ -381,8 +383,10 @@ export class GpuSupervisor implements PaymentHost {
     if (this.depth > 0) return fn()
     return this.ledger.transaction(() => {
       this.depth++
+      this.refunded.clear()
       try {
         const result = fn()
+        this.restoreRefunded()
         this.lowBalance.afterUnit()
         // In a batch the snapshots are written once, at the batch's commit.
         if (!this.batching) this.flush()
@@ -819,6 +823,19 @@ export class GpuSupervisor implements PaymentHost {
     this.armStorageBilling()
   }
 
+  /**
+   * At the end of a unit of work, an account a settlement refunded gets its suspended storage
+   * back if the refund left it money to spend, as a credit does: the balance is restored (the
+   * manual), whoever restored it. After the unit's own work, so an instance stopping in it has
+   * let go of its storage first.
+   */
+  private restoreRefunded(): void {
+    if (this.refunded.size === 0) return
+    const at = this.clock.now()
+    for (const account of [...this.refunded].sort()) this.restoreStorage(account, at)
+    this.refunded.clear()
+  }
+
   /** A credit that leaves money to spend makes the account's suspended storage usable again. */
   private restoreStorage(account: string, at: number): void {
     if (this.spendable(account) <= 0n) return
@@ -1064,7 +1081,7 @@ export class GpuSupervisor implements PaymentHost {
       }
       case "settle": {
         assert(ctx.billing_since === null, () => `settle of ${ctx.id} while still billing`)
-        this.settle(holdIdFor(ctx.id), ctx.id, costMicros(rate, units, ctx.billable_ms), at)
+        this.settle(holdIdFor(ctx.id), ctx.account, ctx.id, costMicros(rate, units, ctx.billable_ms), at)
         return
       }
       case "createPod":
@@ -1108,7 +1125,7 @@ export class GpuSupervisor implements PaymentHost {
         return
       }
       case "settleCycle":
-        this.settle(cycleHoldIdFor(ctx.id, ctx.cycle.number), ctx.id, costMicros(rate, ctx.gpu_count, cycleBillableMsAt(ctx, intent.at)), at)
+        this.settle(cycleHoldIdFor(ctx.id, ctx.cycle.number), ctx.account, ctx.id, costMicros(rate, ctx.gpu_count, cycleBillableMsAt(ctx, intent.at)), at)
         return
       case "createReplicaPods":
         for (const region of ctx.regions) this.cluster.createWorkload(replicaSpec(ctx, region))
@@ -1119,7 +1136,7 @@ export class GpuSupervisor implements PaymentHost {
     }
   }
 
-  private settle(hold_id: string, resource: string, consumed_micros: Micros, at: number): void {
+  private settle(hold_id: string, account: string, resource: string, consumed_micros: Micros, at: number): void {
     const settlement = this.ledger.settleHold({
       hold_id,
       consumed_micros,
@@ -1131,6 +1148,7 @@ export class GpuSupervisor implements PaymentHost {
       settlement.consumed_micros - settlement.overage_micros + settlement.refunded_micros === settlement.held_micros,
       () => `settlement of ${hold_id}: consumed + refunded != held`
     )
+    if (settlement.refunded_micros > 0n) this.refunded.add(account)
   }
 
   /** Writes the snapshot of every actor touched in this unit of work; drops finished actors. */

@@ -140,13 +140,41 @@ describe("storage", () => {
       expect(r.output.rejected.map((x) => [x.event, x.status, x.message])).toEqual([
         [2, 409, "dr-1 is suspended and goes back to gi-1 when restored; terminate the instance, then delete it"]
       ])
+      // gi-1's terminate refunds what it did not run, which restores the drive (gi-1 let go of it first).
       expect(drive(r)).toEqual([
         [iso("2026-03-01T00:00:00Z"), "available", "in_use"],
         [iso("2026-03-02T00:00:00Z"), "in_use", "suspended"],
-        [iso("2026-03-02T03:00:00Z"), "suspended", "deleted"]
+        [iso("2026-03-02T02:00:00Z"), "suspended", "available"],
+        [iso("2026-03-02T03:00:00Z"), "available", "deleted"]
       ])
       expect(r.output.invariants).toEqual({ ok: true, violations: [] })
     })
+  })
+
+  it("comes back when a refund restores the balance, as after a top-up", () => {
+    // Proves "Restoring the balance reattaches the storage" whoever restores it: the idle drive
+    // is suspended at midnight on $0; gi-1's user terminate refunds $24 at 01:00, the drive is
+    // usable again at once, and gi-2 launches with it.
+    const regions = { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "dr-1", size_gb: 100, region: "us-east" },
+          { at: "PT1H", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 48 },
+          { at: "PT25H", do: "terminate", id: "gi-1" },
+          { at: "PT26H", do: "launch_gpu_instance", account: "acme", id: "gi-2", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1, drive: "dr-1" }
+        ],
+        { until: "PT30H", accounts: { acme: { balance: "48.00" } }, catalog: { gpus: { H100: { hourly_rate: "1.00" } }, regions, storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.01" } } } }
+      )
+    )
+    expect(r.output.transitions.filter((t) => t.resource === "dr-1").map((t) => [t.at, t.from, t.to])).toEqual([
+      [iso("2026-03-02T00:00:00Z"), "available", "suspended"],
+      [iso("2026-03-02T01:00:00Z"), "suspended", "available"],
+      [iso("2026-03-02T02:00:00Z"), "available", "in_use"],
+      [iso("2026-03-02T03:00:00Z"), "in_use", "available"]
+    ])
+    expect(r.output.rejected).toEqual([])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
   it("finishes with the same output when the engine restarts around midnight", () => {
