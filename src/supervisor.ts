@@ -1242,7 +1242,7 @@ export class GpuSupervisor implements PaymentHost {
     assert(hold !== undefined && hold.status === "open", () => `cycle hold of ${ctx.id} is not open at its end`)
     const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, at))
     const balance = this.spendable(ctx.account) + hold.held_micros - consumed
-    const full = fullHourlyMicros(ctx) * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    const full = fullHoldMicros(ctx)
     if (balance >= full) return { kind: "full", hold_micros: full.toString(), window_ms: policy.INFERENCE_CYCLE_MS }
     if (balance < leastPartialHoldMicros(ctx)) return null
     const window_ms = Number((balance * BigInt(policy.MS_PER_HOUR)) / liveHourlyMicros(ctx))
@@ -1293,7 +1293,7 @@ export class GpuSupervisor implements PaymentHost {
             id,
             ends_at: ctx.cycle.ends_at,
             refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
-            full_micros: fullHourlyMicros(ctx) * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR),
+            full_micros: fullHoldMicros(ctx),
             min_micros: leastPartialHoldMicros(ctx)
           })
         }
@@ -1408,6 +1408,9 @@ const volumeOf = (ctx: { readonly id: string; readonly account: string; readonly
   size_gb: ctx.size_gb,
   region: ctx.region
 })
+
+/** An inference instance's full cycle hold, as the manual writes it: rate × GPUs × every replica × 24 h. */
+const fullHoldMicros = (ctx: InferenceContext): Micros => fullHourlyMicros(ctx) * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
 
 /** The least partial hold an inference instance renews on: INFERENCE_PARTIAL_HOLD_MIN_MS of the replicas that can still bill, rounded up. */
 const leastPartialHoldMicros = (ctx: InferenceContext): Micros =>
