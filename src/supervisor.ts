@@ -171,8 +171,8 @@ export class GpuSupervisor implements PaymentHost {
   /** Live resources in `terminating`: the watchdog confirms their pods are gone. */
   private readonly stopping = new Set<string>()
   private readonly dirty = new Set<string>()
-  /** Accounts a settlement refunded in this unit of work: their suspended storage may come back at its end. */
-  private readonly refunded = new Set<string>()
+  /** Accounts money came back to in this unit of work (a credit, a refund): their suspended storage may come back at its end. */
+  private readonly replenished = new Set<string>()
   /**
    * The incremental reconciler's suspects for the next watchdog tick (see `reconcile`):
    * resources whose machine ran since the last tick, the workloads of resources that left
@@ -383,10 +383,10 @@ export class GpuSupervisor implements PaymentHost {
     if (this.depth > 0) return fn()
     return this.ledger.transaction(() => {
       this.depth++
-      this.refunded.clear()
+      this.replenished.clear()
       try {
         const result = fn()
-        this.restoreRefunded()
+        this.restoreReplenished()
         this.lowBalance.afterUnit()
         // In a batch the snapshots are written once, at the batch's commit.
         if (!this.batching) this.flush()
@@ -437,7 +437,7 @@ export class GpuSupervisor implements PaymentHost {
     if (row.amount_micros > 0n) this.lowBalance.credit(row.account)
     else this.lowBalance.touch(row.account)
     const balance = this.ledger.post({ account: row.account, at, kind: row.kind, amount_micros: row.amount_micros, resource: row.resource, description: row.description })
-    if (row.amount_micros > 0n) this.restoreStorage(row.account, at)
+    if (row.amount_micros > 0n) this.replenished.add(row.account)
     return balance
   }
 
@@ -824,19 +824,19 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   /**
-   * At the end of a unit of work, an account a settlement refunded gets its suspended storage
-   * back if the refund left it money to spend, as a credit does: the balance is restored (the
-   * manual), whoever restored it. After the unit's own work, so an instance stopping in it has
-   * let go of its storage first.
+   * At the end of a unit of work, an account money came back to (a credit, a settlement's
+   * refund) gets its suspended storage back if that left it money to spend: the balance is
+   * restored (the manual), whoever restored it. After the unit's own work, so an instance
+   * stopping in it has let go of its storage first.
    */
-  private restoreRefunded(): void {
-    if (this.refunded.size === 0) return
+  private restoreReplenished(): void {
+    if (this.replenished.size === 0) return
     const at = this.clock.now()
-    for (const account of [...this.refunded].sort()) this.restoreStorage(account, at)
-    this.refunded.clear()
+    for (const account of [...this.replenished].sort()) this.restoreStorage(account, at)
+    this.replenished.clear()
   }
 
-  /** A credit that leaves money to spend makes the account's suspended storage usable again. */
+  /** Money to spend makes the account's suspended storage usable again. */
   private restoreStorage(account: string, at: number): void {
     if (this.spendable(account) <= 0n) return
     for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
@@ -1148,7 +1148,7 @@ export class GpuSupervisor implements PaymentHost {
       settlement.consumed_micros - settlement.overage_micros + settlement.refunded_micros === settlement.held_micros,
       () => `settlement of ${hold_id}: consumed + refunded != held`
     )
-    if (settlement.refunded_micros > 0n) this.refunded.add(account)
+    if (settlement.refunded_micros > 0n) this.replenished.add(account)
   }
 
   /** Writes the snapshot of every actor touched in this unit of work; drops finished actors. */
