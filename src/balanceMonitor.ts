@@ -62,7 +62,7 @@ export interface BalanceMonitorHost {
  * left. A full hold takes its amount, a partial one takes everything (SPEC §4), so an instance
  * renewing after a partial hold at the same instant has only its own refund to renew on.
  */
-export const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint): number | null => {
+const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint): number | null => {
   let balance = spendable
   for (const r of renewals) {
     balance += r.refund_micros

@@ -122,7 +122,7 @@ export interface OpenOptions {
  * with 2 MiB a simulator batch evicts and re-reads them (full fleet: 0.3 s less in inserts and
  * commits with 64 MiB, BENCHMARKS.md).
  */
-export const PAGE_CACHE_KIB = 65_536
+const PAGE_CACHE_KIB = 65_536
 
 /** How every ledger connection is set up (the bench's floors open theirs the same way). */
 export const configureConnection = (db: Database.Database, options: OpenOptions = {}): void => {
