@@ -14,11 +14,18 @@
  *   yet (`payment_refunds`) becomes a negative `refund` row naming the top-up (its `resource`
  *   is the payment id, like the top-up row's).
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
- *   off-session charge, never a second while one is pending, none while backing off after a
- *   decline, at most AUTO_RECHARGE_BURST_MAX per window.
+ *   off-session charge, never a second while one of the account's auto-recharges is in flight
+ *   (even one made under settings since turned off), none while backing off after a decline
+ *   (saving the same card again keeps the backoff), at most AUTO_RECHARGE_BURST_MAX per window.
+ * - A refund at the provider pauses auto-recharge: the card the money just went back to is
+ *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause ends
+ *   when the balance is back at the threshold (a manual top-up) or the settings are saved
+ *   again.
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
  * (never synchronously), so nothing the provider does runs inside the caller's transaction.
+ * A call a unit of work asks for leaves only once that unit has committed
+ * (`PaymentHost.whenCommitted`): a rolled-back payment row never has a charge behind it.
  */
 import { Either } from "effect"
 import type { EngineClock, TimerHandle } from "./clock.js"
@@ -130,6 +137,8 @@ export interface AutoRechargeRecord {
   readonly declines: number
   readonly last_decline_at: number | null
   readonly retry_at: number | null
+  /** The payment whose refund at the provider paused auto-recharge, or null. */
+  readonly paused_by: string | null
 }
 
 /** What handling one event did, for the journal and the webhook's answer. */
@@ -142,6 +151,8 @@ export interface PaymentHost {
   postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros
   /** Marks the account touched in the current unit of work (its auto-recharge is looked at after it). */
   touch(account: string): void
+  /** Runs a provider call once the current unit of work has committed (at once outside one). */
+  whenCommitted(call: () => void): void
 }
 
 export const centsOf = (micros: Micros): number => Number(micros / policy.MICROS_PER_CENT)
@@ -266,7 +277,8 @@ export class PaymentBook {
         })
         this.recharging.add(account)
         if (!sameCard) {
-          this.port.saveCard({ account, payment_method: settings.payment_method, idempotency_key: `ecolink-${account}-card-${settings.payment_method}` }, (r) => this.recordCard(account, settings.payment_method, r))
+          const idempotency_key = `ecolink-${account}-card-${settings.payment_method}`
+          this.host.whenCommitted(() => this.port.saveCard({ account, payment_method: settings.payment_method, idempotency_key }, (r) => this.recordCard(account, settings.payment_method, r)))
         }
         this.host.touch(account)
         return this.autoRecharge(account)!
@@ -417,7 +429,28 @@ export class PaymentBook {
     const newly = refundable - booked
     this.s.upsertRefund.run(e.charge_id, p.id, refundable)
     this.host.postPayment({ account: p.account, kind: "refund", amount_micros: -newly, resource: p.id, description: policy.descriptions.cardRefund(p.id) })
+    this.pauseAfterRefund(p, newly)
     return "refunded"
+  }
+
+  /**
+   * A refund at the provider pauses the account's auto-recharge (if it has one and the refund
+   * left it below its threshold), with a notification: charging the card again at once would
+   * undo the refund an operator or the customer just asked for (docs/POLICY.md).
+   */
+  private pauseAfterRefund(p: PaymentRecord, refunded: Micros): void {
+    const card = this.autoRecharge(p.account)
+    if (card === undefined || card.paused_by !== null || this.ledger.balance(p.account) >= card.threshold_micros) return
+    this.s.setPaused.run(p.id, p.account)
+    this.notifier.notify({
+      account: p.account,
+      resource: null,
+      at: this.clock.now(),
+      severity: "warning",
+      kind: "auto_recharge_paused",
+      text: policy.texts.autoRechargePaused(formatDollars(refunded), formatDollars(card.threshold_micros)),
+      data: { payment: p.id }
+    })
   }
 
   /** pending/creating/failed → succeeded, once: the one `topup` row of this payment. */
@@ -489,8 +522,15 @@ export class PaymentBook {
 
   private maybeRecharge(account: string): void {
     const card = this.autoRecharge(account)
-    if (card === undefined || card.customer === null || card.pending_payment !== null) return
-    if (this.ledger.balance(account) >= card.threshold_micros) return
+    if (card === undefined) return
+    if (this.ledger.balance(account) >= card.threshold_micros) {
+      // Back at the threshold: a pause after a refund ends here.
+      if (card.paused_by !== null) this.s.setPaused.run(null, account)
+      return
+    }
+    if (card.customer === null || card.pending_payment !== null || card.paused_by !== null) return
+    // One charge in flight per account, whatever settings it was made under.
+    if (this.s.rechargeInFlight.get(account) !== undefined) return
     const at = this.clock.now()
     if (card.retry_at !== null && at < card.retry_at) return
     const burst = this.burstEnd(account, at)
@@ -498,7 +538,8 @@ export class PaymentBook {
     if (burst !== null) return this.armRetry(account, burst)
     const p = this.insertPayment(account, "auto_recharge", card.amount_micros)
     this.s.setPending.run(p.id, account)
-    this.port.chargeOffSession(this.requestOf(p, card), (r) => this.recordIntent(p.id, r))
+    const request = this.requestOf(p, card)
+    this.host.whenCommitted(() => this.port.chargeOffSession(request, (r) => this.recordIntent(p.id, r)))
   }
 }
 
@@ -534,16 +575,21 @@ const prepare = (db: LedgerStore["db"]) => {
     upsertRefund: db.prepare(
       `INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, ?) ON CONFLICT(charge_id) DO UPDATE SET refunded_micros = excluded.refunded_micros`
     ),
-    autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ?`),
-    allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at FROM auto_recharge ORDER BY account`),
+    autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge WHERE account = ?`),
+    allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge ORDER BY account`),
+    rechargeInFlight: db.prepare(`SELECT 1 FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status IN ('creating', 'pending') LIMIT 1`),
     upsertAutoRecharge: db.prepare(
       `INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, customer, updated_at) VALUES (@account, @threshold, @amount, @payment_method, @customer, @at)
        ON CONFLICT(account) DO UPDATE SET threshold_micros = excluded.threshold_micros, amount_micros = excluded.amount_micros,
-         payment_method = excluded.payment_method, customer = excluded.customer, declines = 0, last_decline_at = NULL, retry_at = NULL, updated_at = excluded.updated_at`
+         payment_method = excluded.payment_method, customer = excluded.customer, paused_by = NULL, updated_at = excluded.updated_at,
+         declines = CASE WHEN payment_method = excluded.payment_method THEN declines ELSE 0 END,
+         last_decline_at = CASE WHEN payment_method = excluded.payment_method THEN last_decline_at ELSE NULL END,
+         retry_at = CASE WHEN payment_method = excluded.payment_method THEN retry_at ELSE NULL END`
     ),
     deleteAutoRecharge: db.prepare(`DELETE FROM auto_recharge WHERE account = ?`),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),
     setPending: db.prepare(`UPDATE auto_recharge SET pending_payment = ? WHERE account = ?`),
+    setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),
     clearPending: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = 0, retry_at = NULL WHERE pending_payment = ?`),
     setDeclined: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = ?, last_decline_at = ?, retry_at = ? WHERE account = ?`),
     billing: db.prepare(`SELECT invoiced FROM account_billing WHERE account = ?`),

@@ -160,6 +160,9 @@ export const texts = {
   /** A charge the provider could not make for a reason other than the card (an outage, an error). */
   autoRechargeFailed: (dollars: string, retry_minutes: number) =>
     `Auto-recharge of $${dollars} could not be charged: the payment provider did not complete it. We will try again in ${retry_minutes} minutes; top up to keep your resources running.`,
+  /** A refund at the provider paused auto-recharge (src/payments.ts; docs/POLICY.md). */
+  autoRechargePaused: (refunded: string, threshold: string) =>
+    `Auto-recharge is paused: $${refunded} was refunded to your card. It resumes when your balance is back at $${threshold} or when you save your auto-recharge settings again.`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {

@@ -164,6 +164,8 @@ const viewOfEntry = (entry: LiveEntry, at: number): ResourceView =>
 
 export class GpuSupervisor implements PaymentHost {
   private readonly live = new Map<string, LiveEntry>()
+  /** Provider calls waiting for the current unit of work to commit (`whenCommitted`). */
+  private readonly committedCalls: Array<() => void> = []
   /** The live entries that run workloads (GPU resources, inference instances): the reconciler's scan. */
   private readonly withPods = new Map<string, WorkloadEntry>()
   /** Live resources in `pending`, for the watchdog. Iterated sorted, never in insertion order. */
@@ -381,20 +383,40 @@ export class GpuSupervisor implements PaymentHost {
   unitOfWork<T>(fn: () => T): T {
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
-    return this.ledger.transaction(() => {
-      this.depth++
-      this.replenished.clear()
-      try {
-        const result = fn()
-        this.restoreReplenished()
-        this.lowBalance.afterUnit()
-        // In a batch the snapshots are written once, at the batch's commit.
-        if (!this.batching) this.flush()
-        return result
-      } finally {
-        this.depth--
-      }
-    })
+    let result: T
+    try {
+      result = this.ledger.transaction(() => {
+        this.depth++
+        this.replenished.clear()
+        try {
+          const value = fn()
+          this.restoreReplenished()
+          this.lowBalance.afterUnit()
+          // In a batch the snapshots are written once, at the batch's commit.
+          if (!this.batching) this.flush()
+          return value
+        } finally {
+          this.depth--
+        }
+      })
+    } catch (e) {
+      // Rolled back: the calls it asked for were never made.
+      this.committedCalls.length = 0
+      throw e
+    }
+    if (this.committedCalls.length > 0) for (const call of this.committedCalls.splice(0)) call()
+    return result
+  }
+
+  /**
+   * Runs `call` (a request to the payment provider) once the current unit of work has
+   * committed, so nothing leaves for the outside world on behalf of rows that may yet roll
+   * back; outside a unit of work, at once. In the simulator's group commit, "committed" is the
+   * unit's end: the batch commits later, and every simulated crash comes after a commit.
+   */
+  whenCommitted(call: () => void): void {
+    if (this.depth === 0) call()
+    else this.committedCalls.push(call)
   }
 
   /**

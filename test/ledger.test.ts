@@ -62,7 +62,8 @@ describe("migrations", () => {
       { version: 2, name: "model registry" },
       { version: 3, name: "low-balance monitor state" },
       { version: 4, name: MIGRATIONS[3]!.name },
-      { version: 5, name: MIGRATIONS[4]!.name }
+      { version: 5, name: MIGRATIONS[4]!.name },
+      { version: 6, name: "auto-recharge: paused by a refund at the provider" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -112,8 +113,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(5)
-    expect(schemaVersions(store)).toHaveLength(5)
+    expect(migrate(store.db)).toBe(6)
+    expect(schemaVersions(store)).toHaveLength(6)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -139,9 +140,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (6, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (7, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 6 is newer than this engine knows \(5\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 7 is newer than this engine knows \(6\)/)
   })
 })
 

@@ -247,6 +247,16 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         updated_at  INTEGER NOT NULL
       ) STRICT;
     `
+  },
+  {
+    version: 6,
+    name: "auto-recharge: paused by a refund at the provider",
+    // src/payments.ts. A card refund pauses auto-recharge (the payment it refunded is named
+    // here): the card the money just went back to is not charged again at once. The pause
+    // ends when the balance is back at the threshold or the settings are saved again.
+    sql: `
+      ALTER TABLE auto_recharge ADD COLUMN paused_by TEXT REFERENCES payments(id);
+    `
   }
 ]
 

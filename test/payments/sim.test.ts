@@ -51,6 +51,39 @@ describe("the simulated provider", () => {
     expect(out.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("pauses auto-recharge after a refund at the provider, until the balance is back at the threshold", () => {
+    // Proves a card refund is not undone by an immediate recharge: the refund leaves $0, below
+    // the $5 threshold, and no charge follows; a manual top-up to $10 ends the pause, and the
+    // next dip below $5 (a $6.40 hold) is recharged as usual.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "20.00" },
+          { at: "PT10M", do: "stripe_refund", account: "acme" },
+          { at: "PT1H", do: "top_up", account: "acme", amount: "10.00" },
+          { at: "PT2H", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 4 }
+        ],
+        { catalog, until: "PT3H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT2S" } }
+      )
+    ).output
+    expect(rowsOf(out)).toEqual([
+      ["00:00:02", "topup", "20.00", "20.00", "pay_00000001"],
+      ["00:10:03", "refund", "-20.00", "0.00", "pay_00000001"],
+      ["01:00:03", "topup", "10.00", "10.00", "pay_00000002"],
+      ["02:00:00", "gpu_usage", "-6.40", "3.60", "gi-1"],
+      ["02:00:02", "topup", "20.00", "23.60", "pay_00000003"]
+    ])
+    expect(out.notifications.map((n) => [String(n["at"]).slice(11, 19), n["kind"], n["severity"], n["text"]])).toEqual([
+      [
+        "00:10:03",
+        "auto_recharge_paused",
+        "warning",
+        "Auto-recharge is paused: $20.00 was refunded to your card. It resumes when your balance is back at $5.00 or when you save your auto-recharge settings again."
+      ]
+    ])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("auto-recharges below the threshold, backs off after a decline, and stops at the burst guard", () => {
     // Proves one charge at a time, the 15-minute backoff after a decline with its notification,
     // and at most 3 charge attempts (the declined one included) in any hour, even when each

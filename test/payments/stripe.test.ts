@@ -361,6 +361,65 @@ describe("auto-recharge", () => {
   })
 })
 
+describe("auto-recharge and the unit of work around it", () => {
+  it("charges once when it is turned off and on again while a charge is in flight", async () => {
+    // Proves the in-flight guard is the account's, not the settings row's: DELETE then PUT
+    // while the first off-session charge is pending makes no second charge at Stripe.
+    const { w, server } = await setup()
+    const a = await w.signup("joe@example.com", "0")
+    const settings = { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" }
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: settings })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.payments().some((p) => p.status === "pending"), "the first charge")
+    expect((await w.req("DELETE", "/billing/auto-recharge", { key: a.key })).status).toBe(200)
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: settings })).status).toBe(200)
+    await until(() => book.autoRecharge(a.account)?.customer !== null, "the card saved again")
+    expect(book.payments().map((p) => [p.id, p.kind, p.status])).toEqual([["pay_00000001", "auto_recharge", "pending"]])
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "20.00", "pay_00000001"]])
+    expect(server.intents.size).toBe(1)
+  })
+
+  it("keeps the backoff after a decline when the same card is saved again", async () => {
+    // Proves re-saving the settings with the declined card does not retry at once; a new card does.
+    const { w } = await setup()
+    const a = await w.signup("kim@example.com", "0")
+    const declining = { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclined" }
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.declines === 1, "the decline")
+    const { retry_at } = book.autoRecharge(a.account)!
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { ...declining, threshold: "6.00" } })
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 1, retry_at, threshold_micros: 6_000_000n })
+    expect(book.payments()).toHaveLength(1)
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { ...declining, payment_method: "pm_card_visa" } })
+    await until(() => book.payments().length === 2, "the charge on the new card")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, retry_at: null, pending_payment: "pay_00000002" })
+  })
+
+  it("never calls Stripe for a charge whose unit of work rolls back", async () => {
+    // Proves the off-session charge leaves only after its payment row commits: here the launch
+    // that set it off fails as it writes its resource (a trigger stands in for a full disk), the
+    // unit of work rolls back, and Stripe never hears of pay_00000001.
+    const { w, server } = await setup()
+    const a = await w.signup("lea@example.com", "10.00")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.customer !== null, "the saved card")
+    w.opened.engine.ledger.db.exec(`CREATE TRIGGER full_disk BEFORE INSERT ON resources WHEN NEW.id = 'gi-doomed' BEGIN SELECT RAISE(ABORT, 'disk full'); END`)
+    // A $6.40 hold would take the $10 balance below the $5 threshold.
+    const launch = { account: a.account, id: "gi-doomed", kind: "gpu_instance" as const, gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 4 }
+    expect(() => w.opened.engine.sup.sync.launchGpu(launch)).toThrow("disk full")
+    await new Promise((r) => setTimeout(r, 50))
+    expect(server.intents.size).toBe(0)
+    expect(book.payments()).toEqual([])
+    expect(ledgerOf(w, a.account)).toEqual([["adjustment", "10.00", null]])
+  })
+})
+
 describe("auto-recharge when Stripe fails", () => {
   it("backs off and says the provider failed, not the card, when Stripe answers 500", async () => {
     // Proves a provider error is not reported as a decline: its own notification kind and text,
