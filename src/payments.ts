@@ -307,7 +307,9 @@ export class PaymentBook {
     return this.host.unitOfWork(() => {
       if (this.s.event.get(e.id) !== undefined) return "duplicate"
       const outcome = this.apply(e)
-      // An event for a payment we do not know yet is not recorded: its redelivery may match.
+      // An event for a payment we do not know is answered (2xx: Stripe will not send it again)
+      // but not recorded, so a resend from Stripe's dashboard can still match it later. Our
+      // own payments are always known first: their row commits before the provider is called.
       if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" ? e.event_type : e.type, this.clock.now(), outcome)
       this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
       return outcome

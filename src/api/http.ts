@@ -185,7 +185,8 @@ export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: Fast
  * The same rule for a POST whose work awaits the outside world (a payment provider): the
  * stored answer is looked up first, the work runs outside any transaction, and its answer is
  * stored when it comes. A repeat that arrives while the first is still running waits for it
- * and then answers what it stored, so two requests with one key never both run.
+ * and then answers what it stored, so two requests with one key never both run. An answer of
+ * 5xx (the provider could not be reached) is not stored: the client retries with the same key.
  */
 export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Promise<Outcome>): Promise<FastifyReply> => {
   const key = idempotencyKeyOf(request)
@@ -197,7 +198,7 @@ export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, 
   if (replay !== null) return answer(reply, replay)
   const running = (async (): Promise<Outcome> => {
     const fresh = await runOrRefusalAsync(run)
-    ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh))
+    if (fresh.status < 500) ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh))
     return fresh
   })()
   flights.set(flight, running.then(() => undefined, () => undefined))

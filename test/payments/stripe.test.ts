@@ -135,6 +135,28 @@ describe("top-ups", () => {
     expect(server.intents.size).toBe(1)
   })
 
+  it("answer 502 when Stripe is down, not stored: a retry with the same Idempotency-Key runs again", async () => {
+    // Proves an outage at the provider is not the customer's 402, and is not replayed: the same
+    // key, once Stripe is back, creates the PaymentIntent. Nothing is credited either way.
+    const { w, server } = await setup()
+    const a = await w.signup("max@example.com", "0")
+    server.unavailable = 1
+    const headers = { "idempotency-key": "top-up-1" }
+    const down = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })
+    expect([down.status, down.body.error, down.headers["idempotent-replayed"]]).toEqual([502, "payment_provider_error", undefined])
+    expect(down.body.message).toMatch(/^the payment provider did not create the payment \(.+\); nothing was charged, try again$/)
+    const again = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })
+    expect([again.status, again.headers["idempotent-replayed"], again.body.payment.status]).toEqual([201, undefined, "pending"])
+    const replay = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })
+    expect([replay.status, replay.headers["idempotent-replayed"], replay.body.payment.id]).toEqual([201, "true", again.body.payment.id])
+    expect(w.opened.engine.sup.payments!.payments().map((p) => [p.id, p.status, p.failure_code])).toEqual([
+      ["pay_00000001", "failed", "api_error"],
+      ["pay_00000002", "pending", null]
+    ])
+    expect(server.intents.size).toBe(1)
+    expect(ledgerOf(w, a.account)).toEqual([])
+  })
+
   it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
     // Proves the engine credits only what it asked for: a signed event whose amount differs
     // from the row (a bug or a tampered integration) moves no money and is journaled.
@@ -225,6 +247,17 @@ describe("webhook signatures", () => {
     const late = Stripe.webhooks.generateTestHeaderString({ payload: succeeded.payload, secret: server.secret, timestamp: Math.floor((clock.now() - 6 * MIN) / 1000) })
     expect((await server.deliver(succeeded, late)).status).toBe(400)
     expect(outcomes([await server.deliver(succeeded)])).toEqual([[200, "credited"]])
+  })
+
+  it("refuse a correctly signed body that is not JSON as invalid_event, not as a bad signature", async () => {
+    // Proves the two refusals are told apart: the signature verified, the body did not parse.
+    const { w, server, clock } = await setup()
+    const before = stateOf(w)
+    const payload = "{not json"
+    const signed = Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) })
+    const reply = await server.deliver({ id: "evt_x", type: "x", payload }, signed)
+    expect([reply.status, JSON.parse(reply.body)]).toEqual([400, { error: "invalid_event", message: "the event is not JSON", field: "body" }])
+    expect(stateOf(w)).toBe(before)
   })
 })
 

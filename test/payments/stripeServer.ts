@@ -60,6 +60,8 @@ export class StripeTestServer {
   /** Requests seen per path, for tests that prove a retry did not create a second object. */
   readonly creates: string[] = []
   private readonly idempotent = new Map<string, { status: number; body: string }>()
+  /** The next this many requests get 503 before they are looked at (an outage at Stripe). */
+  unavailable = 0
   private readonly server: http.Server
   private seq = 0
   port = 0
@@ -75,6 +77,14 @@ export class StripeTestServer {
       req.setEncoding("utf8")
       req.on("data", (c: string) => (body += c))
       req.on("end", () => {
+        if (this.unavailable > 0) {
+          // Down before it looked at the request: nothing done, nothing kept for the key.
+          this.unavailable--
+          const down = this.error(503, "api_error", "api_error", "Stripe is temporarily unavailable")
+          res.writeHead(down.status, { "content-type": "application/json", "request-id": `req_${++this.seq}` })
+          res.end(down.body)
+          return
+        }
         const key = req.headers["idempotency-key"]
         const cacheKey = typeof key === "string" ? `${req.method} ${req.url} ${key}` : null
         const cached = cacheKey === null ? undefined : this.idempotent.get(cacheKey)

@@ -57,7 +57,12 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
       // A repeat with the same Idempotency-Key answers the first PaymentIntent, never a second.
       return idempotentAsync(ctx, request, reply, account, async () => {
         const { payment, intent } = fromEither(await book.topUp(account, amount))
-        if (!intent.ok) throw new HttpError(402, "payment_failed", intent.message)
+        if (!intent.ok) {
+          if (intent.declined) throw new HttpError(402, "payment_failed", intent.message)
+          // Not the customer's doing: an outage or an error at the provider. Nothing was charged
+          // (a PaymentIntent is charged only when the customer confirms it).
+          throw new HttpError(502, "payment_provider_error", `the payment provider did not create the payment (${intent.message}); nothing was charged, try again`)
+        }
         return { status: 201, body: { payment: paymentJson(payment), client_secret: intent.client_secret } }
       })
     }
@@ -154,6 +159,8 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
           if (typeof signature !== "string") throw new Error("no Stripe-Signature header")
           event = Stripe.webhooks.constructEvent(raw, signature, webhook_secret, policy.WEBHOOK_TOLERANCE_S, undefined, ctx.engine.clock.now())
         } catch (e) {
+          // stripe-node parses the body only once the signature verified.
+          if (e instanceof SyntaxError) throw new HttpError(400, "invalid_event", "the event is not JSON", "body")
           throw new HttpError(400, "invalid_signature", `the webhook signature does not verify: ${(e as Error).message}`, "stripe-signature")
         }
         const decoded = decodeStripeEvent(event)
