@@ -4,6 +4,7 @@
  * invariant throws an `InvariantViolation` defect and stops the process loudly.
  */
 import { Data } from "effect"
+import { formatDollars } from "./money.js"
 
 /** 402: the balance cannot cover the hold (or the charge) asked for. Nothing was written. */
 export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")<{
@@ -12,7 +13,7 @@ export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")
   readonly balance_micros: bigint
 }> {
   override get message(): string {
-    return `balance ${this.balance_micros} micros cannot cover ${this.required_micros} micros`
+    return `balance $${formatDollars(this.balance_micros)} cannot cover $${formatDollars(this.required_micros)}`
   }
 }
 

@@ -99,6 +99,12 @@ export const NODE_COUNT_MAX = 64
 /** Manual top-up bounds (SPEC §1): $1 to $1,000 per transaction, in micros. */
 export const TOP_UP_MIN_MICROS = 1_000_000n
 export const TOP_UP_MAX_MICROS = 1_000_000_000n
+/**
+ * A wallet holds at most $1,000,000,000: a credit or adjustment that would lift it higher is
+ * 400 `invalid_amount`. Far below what SQLite's 64-bit integers hold (about $9.2 trillion in
+ * micros), so no balance, sum or row ever overflows.
+ */
+export const WALLET_BALANCE_MAX_MICROS = 1_000_000_000_000_000n
 /** Card payments are whole cents: a micro-dollar amount must be a multiple of this. */
 export const MICROS_PER_CENT = 10_000n
 

@@ -483,6 +483,9 @@ export class GpuSupervisor implements PaymentHost {
     }
     const balance = this.ledger.balance(account)
     if (balance + amount_micros < 0n) return Either.left(new InsufficientBalance({ account, required_micros: -amount_micros, balance_micros: balance }))
+    if (balance + amount_micros > policy.WALLET_BALANCE_MAX_MICROS) {
+      return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: `a wallet holds at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)}; this would make it $${formatDollars(balance + amount_micros)}` }))
+    }
     return Either.right(
       this.unitOfWork(() => {
         this.journal.append(this.clock.now(), kind, { account, amount_micros: amount_micros.toString() })

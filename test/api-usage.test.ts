@@ -27,7 +27,7 @@ describe("API usage", () => {
     expect(r.output.rejected.map((x) => [x.event, x.status, x.error, x.message])).toEqual([
       [2, 402, "model_not_priced", "model whisper is registered but has no price set yet"],
       [3, 404, "model_not_found", "model gpt-9 not found"],
-      [4, 402, "insufficient_balance", "balance 0 micros cannot cover 2 micros"],
+      [4, 402, "insufficient_balance", "balance $0.00 cannot cover $0.000002"],
       [7, 503, "no_healthy_pod", "no healthy pod serves model my-llama:ii-1 at this moment"],
       [9, 404, "model_not_found", "model my-llama not found"],
       [11, 404, "model_not_found", "model my-llama:ii-1 not found"]

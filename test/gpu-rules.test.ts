@@ -45,7 +45,7 @@ describe("holds at launch and extend (the seeds' worked examples)", () => {
     // Proves SPEC §2: a refused hold changes nothing (no row, no resource, same balance).
     const r = run(timelineFile([launch({ estimated_duration_hours: 4 })], { accounts: { acme: { balance: "5.00" } } }))
     expect(r.output.rejected).toEqual([
-      { at: at(0), event: 0, do: "launch_gpu_instance", status: 402, error: "insufficient_balance", message: "balance 5000000 micros cannot cover 6400000 micros" }
+      { at: at(0), event: 0, do: "launch_gpu_instance", status: 402, error: "insufficient_balance", message: "balance $5.00 cannot cover $6.40" }
     ])
     expect(ledger(r)).toEqual([[at(0), "adjustment", "5.00", "5.00", null]])
     expect(r.output.resources).toEqual({})

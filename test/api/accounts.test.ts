@@ -62,6 +62,21 @@ describe("sign-up and keys", () => {
     expect(unknown.body).toEqual({ error: "key_not_found", message: "key nosuchkey not found" })
   })
 
+  it("holds at most 1,000 live keys: 409 too_many_keys, and revoking one makes room", async () => {
+    // Proves the limit counts live keys only (a revoked key stays listed but frees its place).
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const insert = w.opened.engine.ledger.db.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at) VALUES (?, ?, ?, 'bulk', zeroblob(32), 0)`)
+    for (let i = 0; i < 998; i++) insert.run(`bulk${String(i).padStart(4, "0")}`, a.account, a.user)
+    const last = await w.req("POST", "/api-keys", { key: a.key, body: { name: "1000th" } })
+    expect(last.status).toBe(201)
+    const over = await w.req("POST", "/api-keys", { key: a.key, body: { name: "1001st" } })
+    expect([over.status, over.body]).toEqual([409, { error: "too_many_keys", message: "an account holds at most 1000 live keys; revoke one to make another" }])
+    expect((await w.req("DELETE", `/api-keys/${last.body.id}`, { key: a.key })).status).toBe(200)
+    expect((await w.req("POST", "/api-keys", { key: a.key, body: { name: "again" } })).status).toBe(201)
+    expect((await w.req("POST", "/api-keys", { key: a.key, body: { name: "over again" } })).status).toBe(409)
+  })
+
   it("answers 401 for a missing, malformed, mistyped, revoked or other-scheme key", async () => {
     // Proves every wrong credential gives the same 401 body, with a request id.
     w = await world()
@@ -156,6 +171,21 @@ describe("teams", () => {
 })
 
 describe("operator", () => {
+  it("refuses a credit that would lift a wallet above $1,000,000,000 with 400, changing nothing", async () => {
+    w = await world()
+    const a = await w.signup("a@example.com", "20.50")
+    // A wallet holds at most $1,000,000,000: beyond it the 64-bit balance would overflow (it
+    // used to answer 500 and stop the process).
+    const huge = { amount: "999999999999.999999", description: "x" }
+    const tooMuch = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: huge })
+    expect([tooMuch.status, tooMuch.body]).toEqual([400, { error: "invalid_amount", message: "a wallet holds at most $1000000000.00; this would make it $1000000000020.499999", field: "amount" }])
+    const upToCap = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "999999979.50", description: "x" } })
+    expect([upToCap.status, upToCap.body.balance]).toEqual([201, "1000000000.00"])
+    expect((await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "0.000001", description: "x" } })).status).toBe(400)
+    expect((await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-999999979.50", description: "x" } })).body.balance).toBe("20.50")
+    expect(w.opened.engine.ledger.ledgerRows().filter((x) => x.account === a.account).map((x) => x.amount_micros)).toEqual([20_500_000n, 999_999_979_500_000n, -999_999_979_500_000n])
+  })
+
   it("credits an adjustment only with the operator's key; customer keys get 401", async () => {
     // Proves POST /operator/accounts/:account/adjustments and GET /operator/accounts/:account.
     w = await world()
@@ -178,7 +208,7 @@ describe("operator", () => {
     expect(negative.body).toEqual({ account: a.account, amount: "-5.00", balance: "20.50" })
     const overdraw = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-20.51", description: "x" } })
     expect(overdraw.status).toBe(402)
-    expect(overdraw.body).toEqual({ error: "insufficient_balance", message: "balance 20500000 micros cannot cover 20510000 micros" })
+    expect(overdraw.body).toEqual({ error: "insufficient_balance", message: "balance $20.50 cannot cover $20.51" })
     const zero = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "0.00", description: "x" } })
     expect(zero.status).toBe(400)
     expect(zero.body).toEqual({ error: "invalid_amount", message: "amount must not be zero", field: "amount" })

@@ -112,7 +112,7 @@ describe("GPU instances", () => {
     const before = stateOf(w)
     const r = await w.req("POST", `/gpu-instances/${id}/extend`, { key: a.key, body: { hours: 2 } })
     expect(r.status).toBe(402)
-    expect(r.body).toEqual({ error: "insufficient_balance", message: "balance 1800000 micros cannot cover 3200000 micros" })
+    expect(r.body).toEqual({ error: "insufficient_balance", message: "balance $1.80 cannot cover $3.20" })
     expect(stateOf(w)).toBe(before)
   })
 
@@ -185,7 +185,7 @@ describe("GPU instances", () => {
     const a = await w.signup("a@example.com", "1.00")
     const before = stateOf(w)
     const cases: Array<[Record<string, unknown>, number, unknown]> = [
-      [{}, 402, { error: "insufficient_balance", message: "balance 1000000 micros cannot cover 3200000 micros" }],
+      [{}, 402, { error: "insufficient_balance", message: "balance $1.00 cannot cover $3.20" }],
       [{ gpu_count: 9 }, 400, { error: "gpu_count_exceeds_node", message: "gpu_count exceeds GPUs per node", field: "gpu_count" }],
       [{ region: "mars" }, 400, { error: "unknown_region", message: "no region mars", field: "region" }],
       [{ gpu: "Z9" }, 400, { error: "unknown_gpu", message: "no GPU type Z9 in the catalog", field: "gpu" }],

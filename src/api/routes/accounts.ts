@@ -66,8 +66,9 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
 
   /** A new key for `user_id` in `account`: the row holds the secret's SHA-256 only. */
   const createKey = (account: string, user_id: string, name: string) => {
-    if (ctx.api.keysOf(account).length >= KEYS_PER_ACCOUNT_MAX) {
-      throw new HttpError(409, "too_many_keys", `an account holds at most ${KEYS_PER_ACCOUNT_MAX} keys; revoke and ask support`)
+    // Live keys count; a revoked one stays listed (its history) but frees its place.
+    if (ctx.api.keysOf(account).filter((k) => k.revoked_at === null).length >= KEYS_PER_ACCOUNT_MAX) {
+      throw new HttpError(409, "too_many_keys", `an account holds at most ${KEYS_PER_ACCOUNT_MAX} live keys; revoke one to make another`)
     }
     const id = base32(ctx.secrets, KEY_ID_CHARS)
     const secret = newSecret(ctx.secrets)
