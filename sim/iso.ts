@@ -20,9 +20,18 @@ export const parseDurationMs = (text: string): number | undefined => {
 
 /** Milliseconds since the epoch of an ISO-8601 instant with an explicit zone, or undefined. */
 export const parseInstantMs = (text: string): number | undefined => {
-  if (!INSTANT_RE.test(text)) return undefined
+  if (!INSTANT_RE.test(text) || !isCalendarDay(text)) return undefined
   const ms = Date.parse(text)
   return Number.isFinite(ms) ? ms : undefined
+}
+
+/** Whether the instant's written date is a real day: `Date.parse` rolls 2026-02-31 to March 3. */
+const isCalendarDay = (text: string): boolean => {
+  const y = Number(text.slice(0, 4))
+  const m = Number(text.slice(5, 7))
+  const d = Number(text.slice(8, 10))
+  const day = new Date(Date.UTC(y, m - 1, d))
+  return day.getUTCFullYear() === y && day.getUTCMonth() === m - 1 && day.getUTCDate() === d
 }
 
 /** `at` of a timeline event: a duration after `start_ms`, or an absolute instant. */

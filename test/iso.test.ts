@@ -5,7 +5,7 @@
  */
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { isoInstant } from "../sim/iso.js"
+import { isoInstant, parseInstantMs } from "../sim/iso.js"
 
 const MS_MAX = 8.64e15
 
@@ -30,5 +30,16 @@ describe("isoInstant", () => {
     expect(() => isoInstant(MS_MAX + 1)).toThrow(RangeError)
     expect(isoInstant(0)).toBe("1970-01-01T00:00:00.000Z")
     expect(isoInstant(-0)).toBe(new Date(-0).toISOString())
+  })
+})
+
+describe("parseInstantMs", () => {
+  it("refuses a day that does not exist instead of rolling it into the next month", () => {
+    expect(parseInstantMs("2026-02-28T00:00:00Z")).toBe(Date.UTC(2026, 1, 28))
+    expect(parseInstantMs("2028-02-29T12:00:00+02:00")).toBe(Date.UTC(2028, 1, 29, 10))
+    expect(parseInstantMs("2026-02-29T00:00:00Z")).toBeUndefined()
+    expect(parseInstantMs("2026-02-31T00:00:00Z")).toBeUndefined()
+    expect(parseInstantMs("2026-04-31T00:00:00Z")).toBeUndefined()
+    expect(parseInstantMs("2026-00-10T00:00:00Z")).toBeUndefined()
   })
 })

@@ -69,6 +69,8 @@ export interface Spec {
 }
 
 /** A route's `schema` and `config`: request and response schemas, error responses, auth rule. */
+const NO_QUERY = { type: "object", additionalProperties: false, properties: {} }
+
 export const spec = (s: Spec) => ({
   schema: {
     tags: s.tags,
@@ -76,7 +78,8 @@ export const spec = (s: Spec) => ({
     ...(s.description === undefined ? {} : { description: s.description }),
     ...(s.auth === "public" ? { security: [] } : { security: [{ [s.auth === "operator" ? "operatorKey" : "apiKey"]: [] }] }),
     ...(s.params === undefined ? {} : { params: s.params }),
-    ...(s.querystring === undefined ? {} : { querystring: s.querystring }),
+    // A route without query parameters refuses any (400 naming it), as a body refuses an unknown field.
+    querystring: s.querystring ?? NO_QUERY,
     ...(s.body === undefined ? {} : { body: s.body }),
     ...(s.idempotent === true
       ? {

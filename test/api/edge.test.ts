@@ -83,6 +83,21 @@ describe("bad input is never a 500", () => {
     }
     expect(stateOf(w)).toBe(before)
   })
+
+  it("an unknown query parameter is a 400 naming it, on routes with and without query parameters; /v1 ignores them", async () => {
+    // Proves the query is as strict as the body (docs/API.md "Validation"), and that nothing
+    // ran: the launch with a stray parameter placed no hold.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const before = stateOf(w)
+    for (const url of ["/billing/balance?x=1", "/api-keys?limit=5", "/billing/transactions?limit=5&zzz=1", "/gpu-instances?dry_run=true"]) {
+      const r = await w.req(url.startsWith("/gpu") ? "POST" : "GET", url, { key: a.key, body: url.startsWith("/gpu") ? { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 } : undefined })
+      const field = url.split("?")[1]!.split("&").map((p) => p.split("=")[0]!).find((k) => k !== "limit" || url.startsWith("/api-keys"))!
+      expect([url, r.status, r.body]).toEqual([url, 400, { error: "invalid_request", message: `unknown field ${field}`, field }])
+    }
+    expect(stateOf(w)).toBe(before)
+    expect((await w.req("GET", "/v1/models?api-version=2024-01-01", { key: a.key })).status).toBe(200)
+  })
 })
 
 describe("defects", () => {

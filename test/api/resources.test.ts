@@ -79,7 +79,7 @@ describe("model registry and inference instances", () => {
     const before = stateOf(w)
     const r = await w.req("POST", "/inference-instances", { key: a.key, body: { model: "m" } })
     expect(r.status).toBe(402)
-    expect(r.body).toEqual({ error: "insufficient_balance", message: "balance 50000000 micros cannot cover 76800000 micros" })
+    expect(r.body).toEqual({ error: "insufficient_balance", message: "balance $50.00 cannot cover $76.80" })
     expect(stateOf(w)).toBe(before)
     const fs = await w.req("POST", "/models", { key: a.key, body: { name: "pinned", source: "shared_fs", gpu: "H100", gpu_count: 1 } })
     expect(fs.status).toBe(400)
@@ -187,6 +187,9 @@ describe("billing and notifications", () => {
     const badFrom = await w.req("GET", "/billing/usage?from=yesterday", { key: a.key })
     expect(badFrom.status).toBe(400)
     expect(badFrom.body).toEqual({ error: "invalid_request", message: "from must be an ISO-8601 UTC instant like 2026-03-01T00:00:00Z", field: "from" })
+    // A day that does not exist is refused, not rolled into March.
+    const feb31 = await w.req("GET", "/billing/usage?to=2026-02-31T00:00:00Z", { key: a.key })
+    expect([feb31.status, feb31.body.field]).toEqual([400, "to"])
   })
 
   it("lists notifications, counts the unread, marks one read and then all", async () => {

@@ -322,6 +322,11 @@ describe("payment routes", () => {
     const second = await w.req("GET", "/billing/payments?limit=2&before=pay_00000002", { key: a.key })
     expect([second.body.data.map((p: { id: string }) => p.id), second.body.next_before]).toEqual([["pay_00000001"], null])
     expect((await w.req("GET", "/billing/payments", { key: b.key })).body.data.map((p: { id: string }) => p.id)).toEqual(["pay_00000004"])
+    // limit is 1 to 100, as on every list: out of bounds is 400, not quietly clamped.
+    for (const limit of ["0", "101"]) {
+      const r = await w.req("GET", `/billing/payments?limit=${limit}`, { key: a.key })
+      expect([r.status, r.body]).toEqual([400, { error: "invalid_request", message: "limit must be from 1 to 100", field: "limit" }])
+    }
   })
 
   it("turn auto-recharge off with DELETE, after which a low balance charges nothing", async () => {
@@ -565,7 +570,8 @@ describe("payment routes under random input", () => {
       fc.asyncProperty(route, body, who, fc.option(text, { nil: undefined }), fc.option(text, { nil: undefined }), async ([method, url], b, key, signature, query) => {
         const before = state()
         const headers: Record<string, string> = signature === undefined ? {} : { "stripe-signature": signature.replace(/[^\x20-\x7e]/g, "") }
-        const r = await w.req(method!, query === undefined ? url! : `${url}?limit=${encodeURIComponent(query)}`, { key, body: method === "GET" || method === "DELETE" ? undefined : b, headers })
+        // `limit` is GET /billing/payments' one query parameter; on any other route it is a 400.
+        const r = await w.req(method!, query === undefined || method !== "GET" ? url! : `${url}?limit=${encodeURIComponent(query)}`, { key, body: method === "GET" || method === "DELETE" ? undefined : b, headers })
         statuses.add(r.status)
         expect(r.status).not.toBe(500)
         expect(r.headers["x-ecolink-request-id"]).toBeTruthy()

@@ -14,7 +14,8 @@ const INSTANT_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,3})?)?Z$/
 const instantOf = (field: string, raw: string | undefined, fallback: number): number => {
   if (raw === undefined) return fallback
   const ms = INSTANT_RE.test(raw) ? Date.parse(raw) : NaN
-  if (!Number.isSafeInteger(ms)) throw new HttpError(400, "invalid_request", `${field} must be an ISO-8601 UTC instant like 2026-03-01T00:00:00Z`, field)
+  // `Date.parse` rolls a day that does not exist (2026-02-31) into the next month; refuse it.
+  if (!Number.isSafeInteger(ms) || new Date(ms).toISOString().slice(0, 10) !== raw.slice(0, 10)) throw new HttpError(400, "invalid_request", `${field} must be an ISO-8601 UTC instant like 2026-03-01T00:00:00Z`, field)
   return ms
 }
 

@@ -14,7 +14,7 @@ import { formatDollars, parseDollars, type Micros } from "../../money.js"
 import { decodeStripeEvent, type PaymentBook, type PaymentRecord } from "../../payments.js"
 import * as policy from "../../policy.js"
 import { HttpError } from "../errors.js"
-import { idempotentAsync, keyOf, spec, type ApiContext } from "../http.js"
+import { idempotentAsync, keyOf, limitOf, spec, type ApiContext } from "../http.js"
 import { moneySchema, obj } from "../views.js"
 
 const dollarsOf = (field: string, raw: string): Micros => {
@@ -105,7 +105,7 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
     }),
     async (request) => {
       const q = request.query as { limit?: string; before?: string }
-      const limit = Math.min(Math.max(Number(q.limit ?? "20"), 1), 100)
+      const limit = limitOf(q.limit)
       const rows = book.paymentsOf(keyOf(request).account, q.before ?? null, limit + 1)
       const shown = rows.slice(0, limit)
       return { data: shown.map(paymentJson), next_before: rows.length > limit ? shown[shown.length - 1]!.id : null }

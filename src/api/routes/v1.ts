@@ -38,6 +38,8 @@ export const INPUTS_MAX = 2_048
 /** User instances listed by `/v1/models`, at most. */
 export const V1_MODELS_INSTANCES_MAX = 1_000
 
+/** OpenAI clients may add query parameters of their own (`default_query`); like unknown body fields, they are ignored. */
+const OPENAI_QUERY = { type: "object" }
 const model = { type: "string", minLength: 1, maxLength: MODEL_ID_LENGTH_MAX } as const
 const maxTokens = { type: "integer", minimum: 1, maximum: COMPLETION_TOKENS_MAX } as const
 const streamOptions = { type: ["object", "null"], properties: { include_usage: { type: "boolean" } } } as const
@@ -160,7 +162,7 @@ export const v1Routes = (app: FastifyInstance, ctx: ApiContext): void => {
   const streamed = (body: { stream?: boolean | null }): boolean => body.stream === true
 
   const route = (url: string, summary: string, body: Record<string, unknown>, ok: Record<string, unknown>, handle: (auth: KeyAuth, request: FastifyRequest, reply: FastifyReply) => Outcome) =>
-    app.post(url, spec({ tags, summary, auth: "account", body, response: { 200: ok }, idempotent: true }), async (request, reply) => {
+    app.post(url, spec({ tags, summary, auth: "account", querystring: OPENAI_QUERY, body, response: { 200: ok }, idempotent: true }), async (request, reply) => {
       const auth = keyOf(request)
       return idempotent(ctx, request, reply, auth.account, () => handle(auth, request, reply))
     })
@@ -226,7 +228,7 @@ export const v1Routes = (app: FastifyInstance, ctx: ApiContext): void => {
 
   app.get(
     "/v1/models",
-    spec({ tags, summary: "Models you can call: the platform's, and your running instances as <name>:<instance_id>", auth: "account", response: { 200: ModelsSchema } }),
+    spec({ tags, summary: "Models you can call: the platform's, and your running instances as <name>:<instance_id>", auth: "account", querystring: OPENAI_QUERY, response: { 200: ModelsSchema } }),
     async (request) => {
       const auth = keyOf(request)
       const platform = [...ctx.engine.catalog.modelPrices.keys()].sort().map((id) => ({ id, object: "model", created: 0, owned_by: "ecolink" }))
