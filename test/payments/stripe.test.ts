@@ -10,6 +10,7 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
+import type { PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -289,19 +290,42 @@ describe("a crash between charge and credit", () => {
     expect(outcomes([await server.deliver(events[1]!)])).toEqual([[200, "duplicate"]])
     expect(ledgerOf(third.w, a.account)).toEqual([["topup", "40.00", "pay_00000001"]])
     expect(third.w.opened.engine.ledger.balance(a.account)).toBe(40_000_000n)
-    // The same idempotency key after a restart returns the same PaymentIntent, no second one.
-    const created = server.creates.filter((u) => u === "/v1/payment_intents").length
-    await new Promise<void>((resolve) =>
-      third.payments.createIntent(
-        { payment_id: "pay_00000001", account: a.account, kind: "topup", amount_cents: 4000, currency: "usd", idempotency_key: "ecolink-pay_00000001-intent", customer: null, payment_method: null },
-        (res) => {
-          expect(res).toMatchObject({ ok: true, intent_id: r.body.payment.payment_intent })
-          resolve()
-        }
-      )
-    )
-    expect(server.creates.filter((u) => u === "/v1/payment_intents").length).toBe(created)
     expect(server.intents.size).toBe(1)
+  })
+
+  it("re-sends a charge whose answer was lost in a crash with the same key: one PaymentIntent, one credit", async () => {
+    // Proves PaymentBook.start(): the off-session charge reached Stripe but its answer never came
+    // back (the engine died first), so the payment is still `creating`; the restarted engine
+    // sends it again with the same idempotency key, Stripe answers the same PaymentIntent, and
+    // the webhooks credit it once.
+    const clock = new VirtualClock(START_MS)
+    const server = await startServer(clock)
+    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+    const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+    let sent = 0
+    const answerLost: PaymentsPort = {
+      createIntent: (req, done) => stripe.createIntent(req, done),
+      saveCard: (req, done) => stripe.saveCard(req, done),
+      chargeOffSession: (req) => stripe.chargeOffSession(req, () => void sent++)
+    }
+    const first = await world({ stripeWebhookSecret: server.secret }, { payments: answerLost, clock, db })
+    const a = await first.signup("gil@example.com", "0")
+    await first.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
+    await until(() => sent === 1, "the charge at Stripe")
+    expect(first.opened.engine.sup.payments!.payments().map((p) => [p.id, p.status, p.intent_id])).toEqual([["pay_00000001", "creating", null]])
+    await first.close()
+
+    const second = await open(server, clock, db)
+    const book = second.w.opened.engine.sup.payments!
+    await until(() => book.payment("pay_00000001")?.status === "pending", "the answer to the re-sent charge")
+    expect(server.intents.size).toBe(1)
+    expect(book.payment("pay_00000001")!.intent_id).toBe([...server.intents.keys()][0])
+    // The charge's events, held while the engine was down, arrive now.
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect(ledgerOf(second.w, a.account)).toEqual([["topup", "20.00", "pay_00000001"]])
   })
 })
 
@@ -532,6 +556,65 @@ describe("npm start with Stripe", () => {
     await expect(startServerProcess(["--db", tmpDb(), "--port", "0", "--stripe-key", "sk_test_x"])).rejects.toThrow(
       /start exited 2.*Stripe needs both --stripe-key \(STRIPE_SECRET_KEY\) and --stripe-webhook-secret \(STRIPE_WEBHOOK_SECRET\)/s
     )
+  })
+})
+
+describe("signed webhook events under random input", () => {
+  it("never answer 500; a 400 books nothing; a payment is credited at most once and refunded at most its amount", async () => {
+    // Proves the event decoder and handleEvent on correctly signed events with random content:
+    // known and unknown types, missing, negative, huge and wrong-typed fields, our payment id
+    // or another, our PaymentIntent or another.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("uma@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const state = () => JSON.stringify(w.opened.engine.ledger.db.prepare(`SELECT * FROM ledger ORDER BY id`).safeIntegers(true).all(), (_, v) => (typeof v === "bigint" ? v.toString() : v))
+    const num = fc.oneof(fc.constantFrom(2500, 1000, 0, 2501, -1, 1e20, 0.5), fc.integer(), fc.string({ maxLength: 5 }))
+    const object = fc.record(
+      {
+        id: fc.oneof(fc.constant(pi), fc.constant("ch_1"), fc.string({ maxLength: 8 })),
+        amount: num,
+        amount_received: num,
+        amount_refunded: num,
+        payment_intent: fc.oneof(fc.constant(pi), fc.string({ maxLength: 8 })),
+        metadata: fc.oneof(fc.record({ payment_id: fc.oneof(fc.constant("pay_00000001"), fc.string({ maxLength: 12 })) }), fc.jsonValue({ maxDepth: 1 })),
+        last_payment_error: fc.oneof(fc.constant(null), fc.record({ code: fc.string({ maxLength: 8 }) }))
+      },
+      { requiredKeys: [] }
+    )
+    const event = fc.oneof(
+      fc.record({
+        id: fc.oneof(fc.integer({ min: 1, max: 30 }).map((n) => `evt_${n}`), fc.integer()),
+        type: fc.oneof(fc.constantFrom("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "charge.succeeded"), fc.string({ maxLength: 10 })),
+        data: fc.oneof(fc.record({ object }), fc.jsonValue({ maxDepth: 1 }))
+      }),
+      // Well-formed refunds of our charge, of any size: the part past the charge is never booked.
+      fc.record({
+        id: fc.integer({ min: 1, max: 30 }).map((n) => `evt_r${n}`),
+        type: fc.constant("charge.refunded"),
+        data: fc.record({ object: fc.record({ id: fc.constant("ch_1"), payment_intent: fc.constant(pi), amount: fc.constant(2500), amount_refunded: fc.constantFrom(0, 1000, 2500, 2600, -5) }) })
+      }),
+      fc.jsonValue({ maxDepth: 2 })
+    )
+    await fc.assert(
+      fc.asyncProperty(event, async (e) => {
+        const before = state()
+        const payload = JSON.stringify(e)
+        const signature = Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) })
+        const reply = await server.deliver({ id: "x", type: "x", payload }, signature)
+        expect([200, 400]).toContain(reply.status)
+        if (reply.status === 400) expect([JSON.parse(reply.body).error, state()]).toEqual(["invalid_event", before])
+      }),
+      { numRuns: 400, seed: 20_261_130 }
+    )
+    const rows = w.opened.engine.ledger.ledgerRows().filter((x) => x.account === a.account)
+    const topups = rows.filter((x) => x.kind === "topup")
+    const refunded = rows.filter((x) => x.kind === "refund").reduce((sum, x) => sum - x.amount_micros, 0n)
+    expect(topups.length).toBeLessThanOrEqual(1)
+    expect(topups.every((x) => x.amount_micros === 25_000_000n && x.resource === "pay_00000001")).toBe(true)
+    expect(refunded).toBeLessThanOrEqual(25_000_000n)
+    // The search reached the money paths: the payment was credited and partly refunded.
+    expect([topups.length, refunded > 0n]).toEqual([1, true])
   })
 })
 
