@@ -63,7 +63,8 @@ describe("migrations", () => {
       { version: 3, name: "low-balance monitor state" },
       { version: 4, name: MIGRATIONS[3]!.name },
       { version: 5, name: MIGRATIONS[4]!.name },
-      { version: 6, name: "auto-recharge: paused by a refund at the provider" }
+      { version: 6, name: "auto-recharge: paused by a refund at the provider" },
+      { version: 7, name: "idempotency: the answer's replayed headers" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -113,8 +114,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(6)
-    expect(schemaVersions(store)).toHaveLength(6)
+    expect(migrate(store.db)).toBe(7)
+    expect(schemaVersions(store)).toHaveLength(7)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -140,9 +141,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (7, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (8, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 7 is newer than this engine knows \(6\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 8 is newer than this engine knows \(7\)/)
   })
 })
 

@@ -126,6 +126,8 @@ export interface Outcome {
   readonly content_type?: string
   /** Replaced by null in the stored record: secrets are shown once, never stored. */
   readonly secret_path?: ReadonlyArray<string>
+  /** Headers a replay sends again (`REPLAYED_HEADERS` the first answer carried). */
+  readonly headers?: Readonly<Record<string, string>>
 }
 
 /** JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. */
@@ -178,7 +180,7 @@ export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: Fast
     const replay = storedAnswer(ctx, account, key)
     if (replay !== null) return replay
     const fresh = runOrRefusal(run)
-    remember(ctx, account, key, fresh)
+    remember(ctx, account, key, fresh, reply)
     return { ...fresh, replayed: false }
   })
   return answer(reply, outcome)
@@ -201,7 +203,7 @@ export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, 
   if (replay !== null) return answer(reply, replay)
   const running = (async (): Promise<Outcome> => {
     const fresh = await runOrRefusalAsync(run)
-    if (fresh.status < 500) ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh))
+    if (fresh.status < 500) ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh, reply))
     return fresh
   })()
   flights.set(flight, running.then(() => undefined, () => undefined))
@@ -237,19 +239,31 @@ const storedAnswer = (ctx: ApiContext, account: string, key: IdempotencyKey): (O
     throw new HttpError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
   }
   const body = stored.content_type === "application/json" ? (JSON.parse(stored.body) as unknown) : stored.body
-  return { status: stored.status, body, content_type: stored.content_type, replayed: true }
+  const headers = stored.headers === null ? {} : { headers: JSON.parse(stored.headers) as Record<string, string> }
+  return { status: stored.status, body, content_type: stored.content_type, ...headers, replayed: true }
 }
 
-const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: Outcome): void => {
+/** Headers a handler sets that belong to the answer, so a replay carries them too. */
+const REPLAYED_HEADERS = ["x-ecolink-region"] as const
+
+const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: Outcome, reply: FastifyReply): void => {
   const now = ctx.engine.clock.now()
   ctx.api.purgeIdempotency(now - IDEMPOTENCY_RETENTION_MS)
   const content_type = fresh.content_type ?? "application/json"
   const text = content_type === "application/json" ? JSON.stringify(withoutSecret(fresh.body, fresh.secret_path)) : String(fresh.body)
-  ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now })
+  const set = REPLAYED_HEADERS.flatMap((h) => {
+    const value = reply.getHeader(h)
+    return value === undefined ? [] : [[h, String(value)] as const]
+  })
+  const headers = set.length === 0 ? null : JSON.stringify(Object.fromEntries(set))
+  ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now, headers })
 }
 
 const answer = (reply: FastifyReply, outcome: Outcome & { replayed: boolean }): FastifyReply => {
-  if (outcome.replayed) reply.header("idempotent-replayed", "true")
+  if (outcome.replayed) {
+    reply.header("idempotent-replayed", "true")
+    for (const [name, value] of Object.entries(outcome.headers ?? {})) reply.header(name, value)
+  }
   return send(reply, outcome)
 }
 

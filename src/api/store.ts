@@ -53,6 +53,8 @@ export interface IdempotencyRow {
   readonly content_type: string
   readonly body: string
   readonly created_at: number
+  /** The answer's headers a replay sends again (JSON object), or null. */
+  readonly headers: string | null
 }
 
 /** Bound on the rows one purge deletes, so a purge never stalls a request. */
@@ -132,7 +134,7 @@ export class ApiStore {
   }
 
   saveIdempotency(r: IdempotencyRow): void {
-    this.s.insertIdempotency.run(r.account, r.key, r.request_sha256, r.status, r.content_type, r.body, r.created_at)
+    this.s.insertIdempotency.run(r.account, r.key, r.request_sha256, r.status, r.content_type, r.body, r.created_at, r.headers)
   }
 
   /** Forgets records created before `before` (at most a bounded batch per call). */
@@ -171,7 +173,7 @@ const prepare = (db: Database.Database) => ({
   acceptInvite: db.prepare(`UPDATE api_invites SET accepted_at = ?, accepted_by = ? WHERE id = ? AND accepted_at IS NULL`),
   idempotency: db.prepare(`SELECT * FROM api_idempotency WHERE account = ? AND key = ?`),
   insertIdempotency: db.prepare(
-    `INSERT OR REPLACE INTO api_idempotency (account, key, request_sha256, status, content_type, body, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
+    `INSERT OR REPLACE INTO api_idempotency (account, key, request_sha256, status, content_type, body, created_at, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
   ),
   purgeIdempotency: db.prepare(
     `DELETE FROM api_idempotency WHERE rowid IN (SELECT rowid FROM api_idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)`

@@ -257,6 +257,15 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
     sql: `
       ALTER TABLE auto_recharge ADD COLUMN paused_by TEXT REFERENCES payments(id);
     `
+  },
+  {
+    version: 7,
+    name: "idempotency: the answer's replayed headers",
+    // src/api/http.ts. A replay answers the first answer's headers too (a /v1 answer's
+    // x-ecolink-region), as JSON; older records have none.
+    sql: `
+      ALTER TABLE api_idempotency ADD COLUMN headers TEXT;
+    `
   }
 ]
 

@@ -196,6 +196,8 @@ describe("Idempotency-Key on /v1", () => {
     expect(JSON.parse(events[4]!.slice("data: ".length)).choices[0]).toEqual({ index: 0, delta: {}, logprobs: null, finish_reason: "length" })
     const again = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers: { "idempotency-key": "chat-1" } })
     expect([again.status, again.headers["content-type"], again.text]).toEqual([200, "text/event-stream", first.text])
+    // The replay is the same answer, headers included: the region that served it.
+    expect([again.headers["idempotent-replayed"], again.headers["x-ecolink-region"]]).toEqual(["true", "us-east"])
     expect(ledgerOf(w, a.account).filter((r) => r[0] === "api_usage")).toHaveLength(1)
   })
 })
