@@ -69,6 +69,9 @@ export interface AppOptions {
   readonly onDefect?: (error: unknown) => void
 }
 
+/** The charset parameter of a Content-Type header. */
+const CHARSET_RE = /;\s*charset\s*=\s*"?([^";\s]+)/i
+
 export const RATE_LIMIT_DEFAULT: RateLimitOptions = { max: 600, window_ms: 60_000 }
 /** Largest request body: 1 MiB. */
 export const BODY_LIMIT_BYTES = 1_048_576
@@ -123,6 +126,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     if (config.role === "owner" && (request.auth?.kind !== "key" || request.auth.role !== "owner")) {
       throw new HttpError(403, "forbidden", "only the account's owner may do this")
     }
+    // Bodies are read as UTF-8 (JSON's encoding, RFC 8259); another charset would be misread.
+    const charset = CHARSET_RE.exec(request.headers["content-type"] ?? "")?.[1]?.toLowerCase()
+    if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") throw new HttpError(415, "unsupported_media_type", "send the body as application/json in UTF-8")
   })
 
   app.setErrorHandler((error, request, reply) => {

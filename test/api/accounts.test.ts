@@ -35,7 +35,14 @@ describe("sign-up and keys", () => {
     expect(again.body).toEqual({ error: "email_taken", message: "an account was already signed up with this email" })
     const bad = await w.req("POST", "/accounts", { body: { email: "not-an-email" } })
     expect(bad.status).toBe(400)
-    expect(bad.body).toEqual({ error: "invalid_request", message: 'email must match pattern "^[^\\s@]{1,64}@[^\\s@]{1,189}$"', field: "email" })
+    expect(bad.body).toEqual({ error: "invalid_request", message: 'email must match pattern "^[^\\s@\\u0000-\\u001f\\u007f]{1,64}@[^\\s@\\u0000-\\u001f\\u007f]{1,189}$"', field: "email" })
+    // Control characters are refused, and so is an address that lowering makes too long.
+    const before = stateOf(w)
+    for (const email of ["a\u0000@example.com", "\u0130".repeat(64) + "@example.com"]) {
+      const r = await w.req("POST", "/accounts", { body: { email } })
+      expect([r.status, r.body.error, r.body.field]).toEqual([400, "invalid_request", "email"])
+    }
+    expect(stateOf(w)).toBe(before)
   })
 
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {

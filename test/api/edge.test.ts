@@ -75,6 +75,7 @@ describe("bad input is never a 500", () => {
       ['{"gpu":{"a":[1,2,{"b":null}]},"gpu_count":1,"region":"us-east","estimated_duration_hours":1}', json, 400, "invalid_request"],
       ['{"gpu":"H100","gpu_count":-1e308,"region":"us-east","estimated_duration_hours":1}', json, 400, "invalid_request"],
       ['{"gpu":"H100"}', { "content-type": "application/x-www-form-urlencoded" }, 415, "unsupported_media_type"],
+      ['{"gpu":"H100"}', { "content-type": "application/json; charset=utf-16" }, 415, "unsupported_media_type"],
       ['{"gpu":"H100"}', { "content-type": "application/json", "content-length": "3" }, 400, "invalid_content_length"]
     ]
     for (const [raw, headers, status, error] of cases) {

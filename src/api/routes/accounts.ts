@@ -19,9 +19,10 @@ import { iso, obj, moneySchema } from "../views.js"
 /** An invite link stays valid for 7 days. */
 export const INVITE_TTL_MS = 7 * 24 * 3_600_000
 export const EMAIL_LENGTH_MAX = 254
-/** Keys one account may hold (live or revoked): a bound like every other. */
+/** Live keys one account may hold (a revoked key frees its place): a bound like every other. */
 export const KEYS_PER_ACCOUNT_MAX = 1_000
-const EMAIL_RE = "^[^\\s@]{1,64}@[^\\s@]{1,189}$"
+/** No spaces, no control characters, one @: a local part of 1–64 and a domain of 1–189 characters. */
+const EMAIL_RE = "^[^\\s@\\u0000-\\u001f\\u007f]{1,64}@[^\\s@\\u0000-\\u001f\\u007f]{1,189}$"
 
 const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, pattern: EMAIL_RE } as const
 const keyName = { type: "string", minLength: 1, maxLength: 100 } as const
@@ -58,7 +59,12 @@ const keyJson = (k: Omit<KeyRow, "secret_sha256">) => ({
   revoked_at: k.revoked_at === null ? null : iso(k.revoked_at)
 })
 
-const normalEmail = (e: string): string => e.trim().toLowerCase()
+/** Lower case, then checked again: lowering can lengthen a string ("İ" becomes two characters). */
+const normalEmail = (e: string): string => {
+  const address = e.trim().toLowerCase()
+  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
+  return address
+}
 
 export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
   const tags = ["Accounts and teams"]
