@@ -136,8 +136,13 @@ export class BalanceMonitor {
     const before = ledger.warned(account)
     // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
     if (burn === 0n && stopAt === null && before.length === 0 && !this.alarms.has(account)) return
-    // The funds: the balance plus what the holds have not consumed yet, exact (micro-ms).
-    const pooled = burn === 0n ? null : zeroAt(at, microMs(spendable) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
+    // The funds: the balance plus what the holds have not consumed yet, exact (micro-ms). A
+    // balance below $0 (a card refund of spent credit, an overage) counts as $0 here: it
+    // cannot stop a prepaid hold sooner, it only leaves nothing to renew or extend with (the
+    // renewals above see it whole). Otherwise a refund would warn "1 minute" of a stop
+    // that comes hours later.
+    const funds = spendable > 0n ? spendable : 0n
+    const pooled = burn === 0n ? null : zeroAt(at, microMs(funds) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
     const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
     const plan = planWarnings(at, zero, before, credited)
     if (plan.now !== null) {

@@ -6,6 +6,9 @@
 import { Data } from "effect"
 import { formatDollars } from "./money.js"
 
+/** "$3.20", "-$19.20". */
+const dollarsText = (micros: bigint): string => (micros < 0n ? `-$${formatDollars(-micros)}` : `$${formatDollars(micros)}`)
+
 /** 402: the balance cannot cover the hold (or the charge) asked for. Nothing was written. */
 export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")<{
   readonly account: string
@@ -13,7 +16,7 @@ export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")
   readonly balance_micros: bigint
 }> {
   override get message(): string {
-    return `balance $${formatDollars(this.balance_micros)} cannot cover $${formatDollars(this.required_micros)}`
+    return `balance ${dollarsText(this.balance_micros)} cannot cover ${dollarsText(this.required_micros)}`
   }
 }
 

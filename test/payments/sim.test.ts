@@ -84,6 +84,42 @@ describe("the simulated provider", () => {
     expect(out.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("books a refund of spent credit in full, below $0; the prepaid instance runs to its deadline, and nothing new is admitted", () => {
+    // Proves the Decision in docs/POLICY.md (Payments, refunds at the provider): the ledger
+    // follows the provider to the cent, SPEC §9.4 exempts the row, a negative balance refuses
+    // every hold; and the low-balance monitor counts a balance below $0 as $0, so it warns of
+    // the hold's end (12:01), not of a stop "in 1 minute" at the refund.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
+          { at: "PT1M", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 12 },
+          { at: "PT10M", do: "stripe_refund", account: "acme" },
+          { at: "PT20M", do: "launch_gpu_instance", account: "acme", id: "gi-2", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 }
+        ],
+        { catalog, until: "PT14H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT2S" } }
+      )
+    ).output
+    expect(rowsOf(out)).toEqual([
+      ["00:00:02", "topup", "20.00", "20.00", "pay_00000001"],
+      ["00:01:00", "gpu_usage", "-19.20", "0.80", "gi-1"],
+      ["00:10:03", "refund", "-20.00", "-19.20", "pay_00000001"]
+    ])
+    expect(out.rejected.map((r) => [r.do, r.status, r.error, r.message])).toEqual([["launch_gpu_instance", 402, "insufficient_balance", "balance -$19.20 cannot cover $1.60"]])
+    const balance = out.notifications.filter((n) => n["kind"] === "balance_warning").map((n) => [String(n["at"]).slice(11, 19), Number(/about (\d+) minute/.exec(String(n["text"]))![1])])
+    expect(balance).toEqual([
+      ["11:01:00", 60],
+      ["11:31:00", 30],
+      ["11:41:00", 20],
+      ["11:51:00", 10],
+      ["11:56:00", 5],
+      ["11:58:00", 3],
+      ["12:00:00", 1]
+    ])
+    expect(out.notifications.filter((n) => n["kind"] === "terminated").map((n) => [String(n["at"]).slice(11, 19), n["text"]])).toEqual([["12:01:00", "Instance terminated — duration reached."]])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("auto-recharges below the threshold, backs off after a decline, and stops at the burst guard", () => {
     // Proves one charge at a time, the 15-minute backoff after a decline with its notification,
     // and at most 3 charge attempts (the declined one included) in any hour, even when each
