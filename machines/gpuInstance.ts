@@ -71,8 +71,13 @@ export type PodState = "running" | "not_running" | "missing"
 export type GpuInstanceEvent =
   | { type: "pod.loading"; at: number }
   | { type: "pod.running"; at: number }
-  | { type: "pod.preempted"; at: number }
-  | { type: "pod.failed"; at: number }
+  /**
+   * `ended_at`: when the pod stopped holding the GPUs, if the world says and it is earlier than
+   * `at` (a preemption or failure the engine learns of late: a missed event, an outage). Billing
+   * stops there (`billingEndOf`); everything else happens at `at`, when the engine learns it.
+   */
+  | { type: "pod.preempted"; at: number; ended_at?: number }
+  | { type: "pod.failed"; at: number; ended_at?: number }
   | { type: "pod.deleted"; at: number }
   | { type: "extend"; at: number; hours: number }
   | { type: "terminate"; at: number }
@@ -96,6 +101,13 @@ export const isStuckPending = (ctx: Pick<GpuInstanceContext, "created_at">, at: 
 /** Billable milliseconds as of `at`, counting the open stretch. */
 export const billableMsAt = (ctx: GpuInstanceContext, at: number): number =>
   ctx.billable_ms + (ctx.billing_since === null ? 0 : Math.max(0, at - ctx.billing_since))
+
+/**
+ * Where an event ends the open billable stretch: `at`, or the pod's own stop (`ended_at`)
+ * when the world reported an earlier one, never before the stretch began.
+ */
+export const billingEndOf = (ctx: Pick<GpuInstanceContext, "billing_since">, event: { readonly at: number; readonly ended_at?: number }): number =>
+  event.ended_at === undefined || ctx.billing_since === null ? event.at : Math.min(event.at, Math.max(ctx.billing_since, event.ended_at))
 
 /** GPUs held while running: per node × nodes. */
 export const gpuUnits = (ctx: Pick<GpuInstanceInput, "gpu_count" | "node_count">): number => ctx.gpu_count * ctx.node_count
@@ -134,7 +146,7 @@ export const gpuInstanceMachine = setup({
       }
     }),
     stopBilling: assign(({ context, event }) =>
-      context.billing_since === null ? {} : { billable_ms: billableMsAt(context, event.at), billing_since: null }
+      context.billing_since === null ? {} : { billable_ms: billableMsAt(context, billingEndOf(context, event)), billing_since: null }
     ),
     addHours: assign(({ context, event }) => {
       assertEvent(event, "extend")

@@ -35,6 +35,8 @@ interface Workload {
   /** Node indexes holding this workload's GPUs, or null while unplaced. */
   nodes: number[] | null
   started_at: number | null
+  /** When it entered its current phase. */
+  since: number
   timer: TimerHandle | null
   deleting: boolean
 }
@@ -88,7 +90,7 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, timer: null, deleting: false })
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), timer: null, deleting: false })
     this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
     region.queue.push(spec.name)
@@ -116,7 +118,7 @@ export class SimCluster implements ClusterPort {
 
   get(name: string): WorkloadStatus | undefined {
     const w = this.workloads.get(name)
-    return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at }
+    return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at, since: w.since }
   }
 
   /** The simulated world keeps no volumes: storage lives in the engine's machines alone. */
@@ -153,8 +155,7 @@ export class SimCluster implements ClusterPort {
     if (w.phase !== "running" && w.phase !== "loading") return refuse("not_running", `the pod of ${resource} is ${w.phase}, not running`)
     this.cancel(w)
     // A higher-priority workload takes the GPUs: they stay occupied until it leaves.
-    w.phase = "preempted"
-    this.changes.set(w.spec.name, w.spec.resource)
+    this.setPhase(w, "preempted")
     this.emit({ type: "pod.preempted", resource, at: this.clock.now() })
     return ok
   }
@@ -167,8 +168,7 @@ export class SimCluster implements ClusterPort {
     // The image is on the node already: only the container starts again.
     w.timer = this.at(region.spec.container_start_ms, w.spec.name, () => {
       w.timer = null
-      w.phase = "running"
-      this.changes.set(w.spec.name, w.spec.resource)
+      this.setPhase(w, "running")
       this.emit({ type: "pod.running", resource, at: this.clock.now(), started_at: w.started_at })
       this.armRandomPreemption(w)
     })
@@ -239,10 +239,16 @@ export class SimCluster implements ClusterPort {
     this.handler?.(event)
   }
 
+  /** A workload's new phase, when it began, and the change for `drainChanges`. */
+  private setPhase(w: Workload, phase: WorkloadPhase): void {
+    w.phase = phase
+    w.since = this.clock.now()
+    this.changes.set(w.spec.name, w.spec.resource)
+  }
+
   private fail(w: Workload): void {
     this.cancel(w)
-    w.phase = "failed"
-    this.changes.set(w.spec.name, w.spec.resource)
+    this.setPhase(w, "failed")
     this.release(w)
     const region = this.regions.get(w.spec.region)!
     const queued = region.queue.indexOf(w.spec.name)
@@ -291,14 +297,12 @@ export class SimCluster implements ClusterPort {
     w.timer = this.at(pull_ms, w.spec.name, () => {
       w.timer = null
       if (pullFails) return this.fail(w)
-      w.phase = "loading"
-      this.changes.set(w.spec.name, w.spec.resource)
+      this.setPhase(w, "loading")
       w.started_at = this.clock.now()
       this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
       w.timer = this.at(s.container_start_ms, w.spec.name, () => {
         w.timer = null
-        w.phase = "running"
-        this.changes.set(w.spec.name, w.spec.resource)
+        this.setPhase(w, "running")
         this.emit({ type: "pod.running", resource: w.spec.resource, at: this.clock.now(), started_at: w.started_at })
         this.armRandomPreemption(w)
       })

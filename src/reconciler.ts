@@ -160,7 +160,8 @@ export class Reconciler {
   private reconcileGpu(entry: Extract<WorkloadEntry, { kind: "gpu" }>, at: number): void {
     const id = entry.id
     const status = gpuStatusOf(entry.actor.getSnapshot())
-    const phase = this.host.cluster.get(podNameFor(id))?.phase ?? "missing"
+    const workload = this.host.cluster.get(podNameFor(id))
+    const phase = workload?.phase ?? "missing"
     const correction = this.gpuCorrection(status, phase)
     if (correction === null) return
     // Commands to the cluster are idempotent (deterministic names) and journal nothing: the
@@ -168,7 +169,10 @@ export class Reconciler {
     if (correction === "createPod") return this.host.createPod(entry.actor.getSnapshot().context, at)
     if (correction === "deletePod") return this.host.cluster.deleteWorkload(podNameFor(id))
     this.host.journal.append(at, "reconcile", { id, status, phase })
-    this.host.dispatch(entry, { type: correction, at } as GpuInstanceEvent, "reconciled")
+    // A preemption or failure found late is billed only up to when the world says it happened.
+    const since = workload?.since ?? null
+    const dated = (correction === "pod.preempted" || correction === "pod.failed") && phase === (correction === "pod.preempted" ? "preempted" : "failed") && since !== null && since < at
+    this.host.dispatch(entry, (dated ? { type: correction, at, ended_at: since } : { type: correction, at }) as GpuInstanceEvent, "reconciled")
   }
 
   /** Deletes the workloads the cluster runs for no live resource of ours (`orphans`, sorted), each journaled (the operator's report). */

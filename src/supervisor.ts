@@ -17,6 +17,7 @@ import { Context, Effect, Either, Layer, Option } from "effect"
 import { createActor } from "xstate"
 import {
   billableMsAt,
+  billingEndOf,
   gpuInstanceMachine,
   gpuUnits,
   isStuckPending,
@@ -1018,10 +1019,13 @@ export class GpuSupervisor implements PaymentHost {
       entry.kind === "gpu" ? entry.actor.send(event as GpuInstanceEvent)
       : entry.kind === "inference" ? entry.actor.send(event as InferenceEvent)
       : entry.actor.send(event as StorageEvent)
-    this.run(entry, send, statusOf(entry), event.at, event, cause)
+    // A stop the world dates earlier than now (learned late) is logged when billing stopped,
+    // so the transitions say what was billed; notifications and money rows are stamped now.
+    const stoppedAt = entry.kind === "gpu" && "ended_at" in event ? billingEndOf(entry.actor.getSnapshot().context, event) : event.at
+    this.run(entry, send, statusOf(entry), event.at, event, cause, stoppedAt)
   }
 
-  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null): void {
+  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null, stoppedAt = at): void {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
     const replicasBefore = replicaStatuses(entry)
@@ -1040,7 +1044,7 @@ export class GpuSupervisor implements PaymentHost {
       if (status !== was) this.ledger.recordTransition({ at, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: cause })
     }
     if (before !== null && after !== before) {
-      this.ledger.recordTransition({ at, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
+      this.ledger.recordTransition({ at: stoppedAt, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
     }
     const stopping = (s: string | null) => s === "terminating" || s === "terminated" || s === "failed"
     if (entry.kind !== "storage" && stopping(after) && !stopping(before)) this.detachStorageOf(entry.id, storageOf(entry), at)

@@ -257,22 +257,50 @@ describe("the watchdog", () => {
 })
 
 describe("the reconciler on every watchdog tick", () => {
-  it("heals a lost pod-failed event at the next 5-minute mark and stops billing there", () => {
+  it("heals a lost pod-failed event at the next 5-minute mark, billing only up to the pod's failure", () => {
     // Proves level-triggered reconciliation: the pod failed at 1:02, its event was lost, the
-    // tick at 1:05 sees the failed pod, fails the instance and settles 1 h 5 min of a 2 h hold.
+    // tick at 1:05 sees the failed pod, fails the instance and settles 1 h 2 min of a 2 h hold:
+    // the world dates the failure, so the 3 minutes the engine did not know of are not billed.
+    // The transition is logged at 1:02 (what was billed), the refund row at 1:05 (when booked).
     const file = timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H2M", do: "pod_fail", id: "gi-1" }])
     const r = run(file)
     expect(moves(r)).toEqual([
       [at(0), "pending", "loading", null],
       [at(0), "loading", "running", null],
-      [at(65 * MIN), "running", "failed", "failed"]
+      [at(62 * MIN), "running", "failed", "failed"]
     ])
     expect(ledger(r)).toEqual([
       [at(0), "adjustment", "100.00", "100.00", null],
       [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
-      [at(65 * MIN), "refund", "1.466667", "98.266667", "gi-1"]
+      [at(65 * MIN), "refund", "1.546667", "98.346667", "gi-1"]
     ])
     expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("bills a preemption or a failure the engine learned of only after an outage up to when it happened", () => {
+    // Proves the same dating across an engine outage (00:20 to 01:00, and 00:50 to 01:30): a pod
+    // preempted at 00:30 is billed 30 min, not the 60 min until the engine came back; a pod
+    // that died at 00:55, before its 01:00 deadline, is billed 55 min and charged no overage.
+    const preempted = run(timelineFile([launch(), { at: "PT30M", do: "preempt", id: "gi-1" }, { at: "PT1H10M", do: "terminate", id: "gi-1" }]), {
+      db: tmpDb(),
+      outages: [{ at_ms: Date.parse(START) + 20 * MIN, duration_ms: 40 * MIN }]
+    })
+    expect(ledger(preempted).filter((x) => x[4] === "gi-1")).toEqual([
+      [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
+      [at(70 * MIN), "refund", "2.40", "99.20", "gi-1"]
+    ])
+    expect(moves(preempted)[2]).toEqual([at(30 * MIN), "running", "preempted", "reconciled"])
+    expect(preempted.output.invariants.ok).toBe(true)
+    const died = run(timelineFile([launch({ estimated_duration_hours: 1 }), { at: "PT55M", do: "pod_fail", id: "gi-1" }]), {
+      db: tmpDb(),
+      outages: [{ at_ms: Date.parse(START) + 50 * MIN, duration_ms: 40 * MIN }]
+    })
+    expect(ledger(died).filter((x) => x[4] === "gi-1")).toEqual([
+      [at(0), "gpu_usage", "-1.60", "98.40", "gi-1"],
+      [at(90 * MIN), "refund", "0.133333", "98.533333", "gi-1"]
+    ])
+    expect(moves(died).at(-1)).toEqual([at(55 * MIN), "running", "failed", "failed"])
+    expect(died.output.invariants.ok).toBe(true)
   })
 
   it("deletes a pod that no live resource owns at the next watchdog tick, and journals it", () => {
