@@ -6,9 +6,10 @@
  * one breaks (each violation named with invariant, account, resource and time), 2 when the
  * timeline or the command line is wrong.
  */
-import { mkdtempSync, readFileSync } from "node:fs"
+import { existsSync, mkdtempSync, readFileSync } from "node:fs"
 import { tmpdir } from "node:os"
-import { join } from "node:path"
+import { dirname, join, resolve } from "node:path"
+import Database from "better-sqlite3"
 import { parseArgs } from "node:util"
 import { Either } from "effect"
 import { parseAt, parseDurationMs } from "../sim/iso.js"
@@ -73,10 +74,11 @@ const main = (): number => {
   }
   const outages: Array<{ at_ms: number; duration_ms: number }> = []
   for (const o of args.values.outage ?? []) {
-    const [atText = "", durationText = ""] = o.split("/")
+    const parts = o.split("/")
+    const [atText = "", durationText = ""] = parts
     const at_ms = parseAt(atText, timeline.start_ms)
     const duration_ms = parseDurationMs(durationText)
-    if (at_ms === undefined || duration_ms === undefined) {
+    if (parts.length !== 2 || at_ms === undefined || duration_ms === undefined) {
       process.stderr.write(`--outage ${o}: expected AT/DURATION, like PT1H50M/PT20M\n`)
       return 2
     }
@@ -85,7 +87,26 @@ const main = (): number => {
   // The ledger is a SQLite file, a fresh one unless --db names one; it stays for inspection.
   const db = args.values.db ?? join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite")
   if (args.values.db === undefined) process.stderr.write(`ledger: ${db}\n`)
-  const result = runTimeline(timeline, { db, restartAt, outages })
+  else {
+    // A run opens its accounts on a fresh ledger: an existing file would clash with them.
+    const problem = existsSync(db) ? "exists: the simulator writes a fresh ledger; remove it or name another file" : !existsSync(dirname(resolve(db))) ? "its directory does not exist" : null
+    if (problem !== null) {
+      process.stderr.write(`--db ${db}: ${problem}\n`)
+      return 2
+    }
+  }
+  let result
+  try {
+    result = runTimeline(timeline, { db, restartAt, outages })
+  } catch (e) {
+    // The file could not be opened or written (permissions, a full disk): the command's fault,
+    // not the timeline's. Anything else is a defect and stays loud.
+    if (e instanceof Database.SqliteError) {
+      process.stderr.write(`--db ${db}: ${e.message}\n`)
+      return 2
+    }
+    throw e
+  }
   const output = result.output
   let deterministic = true
   // The second run gets a ledger file of its own, beside the first.

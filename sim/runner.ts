@@ -408,6 +408,8 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
             kind: r.context.kind,
             account: r.account,
             status: r.status,
+            // TIMELINE.md names it on every resource; storage is deleted, never terminated.
+            termination_reason: null,
             size_gb: r.context.size_gb,
             region: r.context.region,
             in_use: r.context.attached_to.length > 0,

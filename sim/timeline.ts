@@ -5,7 +5,7 @@
  */
 import { Either, ParseResult, Schema } from "effect"
 import { parseModelCatalog, type ModelPrice, type ModelPriceJson } from "../src/metering.js"
-import { dollars, type Micros } from "../src/money.js"
+import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import type { SimRegion } from "./cluster.js"
 import { parseAt, parseDurationMs, parseInstantMs } from "./iso.js"
@@ -14,6 +14,7 @@ const Dollars = Schema.String.pipe(
   Schema.pattern(/^-?\d{1,12}(\.\d{1,6})?$/, { message: () => "a decimal string of dollars with at most 6 decimals, like \"1.60\"" })
 )
 const PositiveDollars = Dollars.pipe(Schema.filter((s) => dollars(s) > 0n, { message: () => "a positive amount" }))
+const NonNegativeDollars = Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" }))
 const Duration = Schema.String.pipe(
   Schema.filter((s) => parseDurationMs(s) !== undefined, { message: () => "an ISO-8601 duration like PT1M30S or P1DT2H" })
 )
@@ -43,8 +44,8 @@ const Catalog = Schema.Struct({
   regions: Schema.Record({ key: Schema.String, value: Region }),
   storage: Schema.optional(
     Schema.Struct({
-      cloud_drive: Schema.optional(Schema.Struct({ daily_rate_per_gb: Dollars })),
-      shared_fs: Schema.optional(Schema.Struct({ daily_rate_per_gb: Dollars }))
+      cloud_drive: Schema.optional(Schema.Struct({ daily_rate_per_gb: NonNegativeDollars })),
+      shared_fs: Schema.optional(Schema.Struct({ daily_rate_per_gb: NonNegativeDollars }))
     })
   ),
   /** Platform models and their per-request prices (`null` for a model without a price). */
@@ -123,7 +124,6 @@ const LaunchInference = Schema.Struct({ ...base, do: Schema.Literal("launch_infe
 /** Extension (not in TIMELINE.md's first table): the watcher misses the next `count` pod events. */
 const MissPodEvents = Schema.Struct({ ...base, do: Schema.Literal("miss_pod_events"), id: Schema.String, count: Schema.optional(Count(100)) })
 /** Payments (issue 6; docs/TIMELINE-EXTENSIONS.md). */
-const NonNegativeDollars = Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" }))
 const SetAutoRecharge = Schema.Struct({
   ...base,
   do: Schema.Literal("set_auto_recharge"),
@@ -176,7 +176,14 @@ const TimelineFile = Schema.Struct({
   /** Extension: the simulated payment provider's webhook delay and duplicate deliveries. */
   payments: Schema.optional(Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability) })),
   api_usage_rows: Schema.optionalWith(Schema.Literal("per_request", "per_minute"), { default: () => "per_request" as const }),
-  accounts: Schema.Record({ key: Id, value: Schema.Struct({ balance: Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" })) }) }),
+  accounts: Schema.Record({
+    key: Id,
+    value: Schema.Struct({
+      balance: NonNegativeDollars.pipe(
+        Schema.filter((s) => dollars(s) <= policy.WALLET_BALANCE_MAX_MICROS, { message: () => `at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)} (a wallet's limit)` })
+      )
+    })
+  }),
   events: Schema.Array(Schema.Unknown).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
 })
 
@@ -193,7 +200,9 @@ const decodeEvent = (input: unknown, index: number): Either.Either<TimelineEvent
   if (schema === undefined) {
     return Either.left([`events.${index}.do: unknown event kind ${JSON.stringify(kind)} (known: ${[...EVENT_SCHEMAS.keys()].join(", ")})`])
   }
-  const decoded = Schema.decodeUnknownEither(schema, { errors: "all" })(input) as Either.Either<TimelineEventInput, ParseResult.ParseError>
+  // A field the kind does not have is an error, not ignored: `filesystem` for `filesystems`
+  // would otherwise launch without the storage.
+  const decoded = Schema.decodeUnknownEither(schema, { errors: "all", onExcessProperty: "error" })(input) as Either.Either<TimelineEventInput, ParseResult.ParseError>
   return Either.mapLeft(decoded, (e) => issuesOf(e, ["events", index]))
 }
 
@@ -238,6 +247,10 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   })
   if (Either.isLeft(decoded) || issues.length > 0) return Either.left(new TimelineError(dedupe(issues)))
   const file = decoded.right
+  // A key that is not an id is dropped by the record's schema, not refused: refuse it here.
+  for (const key of Object.keys((input as { accounts: object }).accounts)) {
+    if (!Object.hasOwn(file.accounts, key)) issues.push(`accounts.${key}: an id of letters, digits, '.', '_' or '-' (at most 63)`)
+  }
   const start_ms = parseInstantMs(file.start)!
   const events = eventInputs.map((e, index) => {
     const at_ms = parseAt(e.at, start_ms)!
@@ -250,6 +263,8 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   // Decision: without `until`, a run ends one day after its last event.
   const until_ms = file.until !== undefined ? parseAt(file.until, start_ms)! : last_ms + 24 * policy.MS_PER_HOUR
   if (until_ms < start_ms) issues.push("until: before start")
+  // An event after `until` would never run, and say nothing: refuse the file instead.
+  for (const e of ordered) if (e.at_ms > until_ms) issues.push(`events.${e.index}.at: after until (${new Date(until_ms).toISOString()}); lengthen until or remove the event`)
   if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
   const prices = parseModelCatalog((file.catalog.models ?? {}) as Record<string, ModelPriceJson>)

@@ -79,6 +79,37 @@ describe("npm run sim", () => {
     expect(out.stderr).toContain("events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)")
   })
 
+  it("exits 2 naming the problem for input that used to vanish, crash or be accepted", () => {
+    // Proves the review's cases: an account key that is not an id (was dropped, exit 0), an
+    // event after until (was never run, and nothing said), a field its kind does not have (a
+    // typo launched without the storage), a negative storage price, an opening balance above
+    // a wallet's limit (was a stack trace), a --db file that exists (a stack trace), an
+    // --outage with a third part (ignored).
+    const dir = tmpDb().replace(/ledger\.sqlite$/, "")
+    const write = (name: string, file: unknown): string => {
+      const path = join(dir, name)
+      writeFileSync(path, JSON.stringify(file))
+      return path
+    }
+    const good = timelineFile([launch()]) as { events: Array<Record<string, unknown>>; catalog: Record<string, unknown> }
+    const cases: Array<[string, unknown, string]> = [
+      ["key.json", { ...good, accounts: { "Acme Corp": { balance: "1.00" } } }, "accounts.Acme Corp: an id of letters, digits, '.', '_' or '-' (at most 63)"],
+      ["until.json", { ...good, until: "PT1H", events: [...good.events, { at: "PT2H", do: "terminate", id: "gi-1" }] }, "events.1.at: after until (2026-03-01T01:00:00.000Z); lengthen until or remove the event"],
+      ["typo.json", timelineFile([launch({ filesystem: ["fs-1"] })]), "events.0.filesystem: is unexpected"],
+      ["rate.json", { ...good, catalog: { ...good.catalog, storage: { cloud_drive: { daily_rate_per_gb: "-0.004" } } } }, "catalog.storage.cloud_drive.daily_rate_per_gb: not negative"],
+      ["rich.json", { ...good, accounts: { acme: { balance: "1000000000.01" } } }, "accounts.acme.balance: at most $1000000000.00 (a wallet's limit)"]
+    ]
+    for (const [name, file, message] of cases) {
+      const out = sim(write(name, file))
+      expect([name, out.status, out.stderr]).toEqual([name, 2, expect.stringContaining(message)])
+    }
+    const path = write("good.json", good)
+    const db = join(dir, "ledger.sqlite")
+    expect(sim(path, "--db", db).status).toBe(0)
+    expect(sim(path, "--db", db)).toMatchObject({ status: 2, stderr: `--db ${db}: exists: the simulator writes a fresh ledger; remove it or name another file\n` })
+    expect(sim(path, "--outage", "PT1H/PT10M/PT5M")).toMatchObject({ status: 2, stderr: expect.stringContaining("--outage PT1H/PT10M/PT5M: expected AT/DURATION") })
+  })
+
   it("exits 2 with usage when no file is given", () => {
     const out = sim()
     expect(out.status).toBe(2)
