@@ -230,6 +230,9 @@ export class PaymentBook {
     if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
     const bad = checkAmount(amount_micros, "amount")
     if (bad !== null) return Either.left(bad)
+    if (this.ledger.balance(account) + amount_micros > policy.WALLET_BALANCE_MAX_MICROS) {
+      return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: `a wallet holds at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)}` }))
+    }
     return Either.right(this.host.unitOfWork(() => this.insertPayment(account, "topup", amount_micros)))
   }
 

@@ -38,6 +38,15 @@ describe("the simulated provider", () => {
     expect(out.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("refuses a card top-up that would lift the wallet above $1,000,000,000, charging nothing", () => {
+    // Proves the wallet limit holds for card money too (POLICY.md, Limits): 400 before any payment.
+    const out = run(
+      timelineFile([{ at: "PT0S", do: "top_up", account: "acme", amount: "1000.00" }], { catalog, until: "PT1H", accounts: { acme: { balance: "999999999.99" } } })
+    ).output
+    expect(out.rejected.map((r) => [r.do, r.status, r.error, r.message])).toEqual([["top_up", 400, "invalid_amount", "a wallet holds at most $1000000000.00"]])
+    expect(rowsOf(out)).toEqual([["00:00:00", "adjustment", "999999999.99", "999999999.99", null]])
+  })
+
   it("redelivers webhooks the engine missed while down, and nothing is lost or doubled", () => {
     // Proves an outage between the charge and its webhook: the credit lands when the engine is back.
     const file = timelineFile([{ at: "PT0S", do: "top_up", account: "acme", amount: "30.00" }], {
