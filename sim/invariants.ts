@@ -11,7 +11,7 @@ import type { GpuInstanceContext } from "../machines/gpuInstance.js"
 import type { InferenceContext } from "../machines/inferenceInstance.js"
 import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
-import { costMicros, holdMicros, type Micros } from "../src/money.js"
+import { costMicros, formatDollars, holdMicros, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { isoInstant } from "./iso.js"
 
@@ -145,7 +145,7 @@ const checkInference = (
     // The hold as SPEC §4 sizes it: the first is the full `rate × GPUs × replicas × 24` the
     // launch was admitted on; a renewal is that, or a partial hold of less.
     if (i === 0 ? h.held_micros !== full : h.held_micros > full) {
-      f.violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `cycle hold ${h.id} of ${h.held_micros} micros; a full one is ${full}` })
+      f.violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `cycle hold ${h.id} of $${formatDollars(h.held_micros)}; a full one is $${formatDollars(full)}` })
     }
     const window = h.held_micros === full ? BigInt(policy.INFERENCE_CYCLE_MS) : h.held_micros * BigInt(policy.MS_PER_HOUR) / (rate * BigInt(ctx.gpu_count) * BigInt(liveReplicasAt(r, f.transitionsByResource, h.placed_at)))
     if (BigInt(end - h.placed_at) > window + BigInt(policy.WATCHDOG_LAG_MS)) {
@@ -157,12 +157,12 @@ const checkInference = (
     const consumed = h.consumed_micros ?? 0n
     const diff = consumed > expected ? consumed - expected : expected - consumed
     if (diff > ROUNDING_MICROS) {
-      f.violate(3, { account: r.account, resource: r.id, at: h.settled_at, message: `cycle ${h.id} consumed ${consumed}, but ${ms} replica-ms billable × rate × ${ctx.gpu_count} GPUs is ${expected}` })
+      f.violate(3, { account: r.account, resource: r.id, at: h.settled_at, message: `cycle ${h.id} consumed $${formatDollars(consumed)}, but ${ms} replica-ms billable × rate × ${ctx.gpu_count} GPUs is $${formatDollars(expected)}` })
     }
   })
   const notices = f.terminatedNotices.get(r.id) ?? []
   if ((r.status === "terminated" || r.status === "failed") && notices.length !== 1) {
-    f.violate(6, { account: r.account, resource: r.id, message: `${r.status} with ${notices.length} termination notices` })
+    f.violate(6, { account: r.account, resource: r.id, at: (f.transitionsByResource.get(r.id) ?? []).at(-1)?.at ?? null, message: `${r.status} with ${notices.length} termination notices` })
   }
 }
 
@@ -280,7 +280,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       name: INVARIANT_NAMES[invariant]!,
       account: v.account ?? null,
       resource: v.resource ?? null,
-      at: v.at == null ? null : isoInstant(v.at),
+      // What the final state shows (a sum, a hold still open) is found at the end of the run.
+      at: isoInstant(v.at ?? facts.end_ms),
       message: v.message
     })
   }
@@ -320,7 +321,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     for (const r of rows) {
       running += r.amount_micros
       if (running !== r.balance_after_micros) {
-        violate(1, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id}: balance_after ${r.balance_after_micros} but rows sum to ${running}` })
+        violate(1, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id}: balance_after $${formatDollars(r.balance_after_micros)} but rows sum to $${formatDollars(running)}` })
         running = r.balance_after_micros
       }
       if (r.kind === "topup") sums.topup += r.amount_micros
@@ -335,15 +336,15 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       if (r.balance_after_micros < 0n && r.amount_micros < 0n && !cardRefund) {
         const bound = lagBound(r.resource)
         if (!overage || -r.amount_micros > bound) {
-          violate(4, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id} (${r.kind} ${r.amount_micros}) leaves the balance at ${r.balance_after_micros}` })
+          violate(4, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id} (${r.kind} $${formatDollars(r.amount_micros)}) leaves the balance at $${formatDollars(r.balance_after_micros)}` })
         }
       }
       if (r.kind === "gpu_usage" && r.hold_id !== null && !overage && r.balance_after_micros < 0n) {
-        violate(5, { account: account.id, resource: r.resource, at: r.at, message: `hold row ${r.id} of ${-r.amount_micros} placed on a balance of ${r.balance_after_micros - r.amount_micros}` })
+        violate(5, { account: account.id, resource: r.resource, at: r.at, message: `hold row ${r.id} of $${formatDollars(-r.amount_micros)} placed on a balance of $${formatDollars(r.balance_after_micros - r.amount_micros)}` })
       }
     }
     if (running !== account.balance_micros) {
-      violate(1, { account: account.id, message: `ledger rows sum to ${running}, the wallet holds ${account.balance_micros}` })
+      violate(1, { account: account.id, message: `ledger rows sum to $${formatDollars(running)}, the wallet holds $${formatDollars(account.balance_micros)}` })
     }
     let consumed = 0n
     let open = 0n
@@ -353,7 +354,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     const expected = sums.topup - sums.card_refunds - consumed - sums.api_usage - sums.storage_billing + sums.adjustment - open
     if (expected !== account.balance_micros) {
-      violate(1, { account: account.id, message: `topups − refunds − consumed − usage ± adjustments − open holds = ${expected}, balance is ${account.balance_micros}` })
+      violate(1, { account: account.id, message: `topups − refunds − consumed − usage ± adjustments − open holds = $${formatDollars(expected)}, balance is $${formatDollars(account.balance_micros)}` })
     }
   }
 
@@ -367,7 +368,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     for (const account of [...new Set([...ours.keys(), ...facts.provider_net.keys()])].sort()) {
       const provider = facts.provider_net.get(account) ?? 0n
       const ledger = ours.get(account) ?? 0n
-      if (provider !== ledger) violate(9, { account, message: `the provider nets ${provider} micros, the ledger's card rows net ${ledger}` })
+      if (provider !== ledger) violate(9, { account, message: `the provider nets $${formatDollars(provider)}, the ledger's card rows net $${formatDollars(ledger)}` })
     }
   }
 
@@ -434,13 +435,13 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       const expectRefund = h.held_micros > consumed ? h.held_micros - consumed : 0n
       const expectOverage = consumed > h.held_micros ? consumed - h.held_micros : 0n
       if (consumed - overage + refunded !== h.held_micros || refunded !== expectRefund || overage !== expectOverage) {
-        violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: consumed ${consumed} − overage ${overage} + refunded ${refunded} ≠ held ${h.held_micros}` })
+        violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: consumed $${formatDollars(consumed)} − overage $${formatDollars(overage)} + refunded $${formatDollars(refunded)} ≠ held $${formatDollars(h.held_micros)}` })
       }
-      if (net !== -consumed) violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: its rows net ${net}, consumed is ${consumed}` })
+      if (net !== -consumed) violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id}: its rows net $${formatDollars(net)}, consumed is $${formatDollars(consumed)}` })
       const settlementRows = rows.filter((r) => r.at === h.settled_at && (r.kind === "refund" || isOverage(r)))
       if (settlementRows.length > 1) violate(2, { account: h.account, resource: h.resource, at: h.settled_at, message: `hold ${h.id} settled by ${settlementRows.length} rows` })
     } else if (net !== -h.held_micros) {
-      violate(2, { account: h.account, resource: h.resource, message: `open hold ${h.id}: its rows net ${net}, held is ${h.held_micros}` })
+      violate(2, { account: h.account, resource: h.resource, message: `open hold ${h.id}: its rows net $${formatDollars(net)}, held is $${formatDollars(h.held_micros)}` })
     }
   }
 
@@ -453,7 +454,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       const days = new Set<number>()
       for (const c of charges) {
         if (c.at % policy.STORAGE_BILLING_INTERVAL_MS !== 0 || c.amount_micros !== day_micros || days.has(c.at)) {
-          violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge ${c.amount_micros} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB at midnight` })
+          violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge $${formatDollars(c.amount_micros)} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB at midnight` })
         }
         days.add(c.at)
       }
@@ -473,12 +474,12 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     const stopped = STOPPING.has(r.status)
 
     if (holds.length !== 1) {
-      violate(2, { account: r.account, resource: r.id, message: `${holds.length} holds for one GPU resource` })
+      violate(2, { account: r.account, resource: r.id, at: holds[1]?.placed_at ?? ctx.created_at, message: `${holds.length} holds for one GPU resource` })
       continue
     }
     const hold = holds[0]!
     if (stopped !== (hold.status === "settled")) {
-      violate(2, { account: r.account, resource: r.id, message: `resource is ${r.status} but its hold is ${hold.status}` })
+      violate(2, { account: r.account, resource: r.id, at: stop?.at ?? hold.settled_at ?? null, message: `resource is ${r.status} but its hold is ${hold.status}` })
     }
 
     // 3. Consumed = billable time (from the transitions log) × rate × GPUs, to one unit.
@@ -500,16 +501,16 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       const consumed = hold.consumed_micros ?? 0n
       const diff = consumed > expected ? consumed - expected : expected - consumed
       if (diff > ROUNDING_MICROS) {
-        violate(3, { account: r.account, resource: r.id, at: hold.settled_at, message: `consumed ${consumed}, but ${billable_ms} ms billable × rate × ${units} GPUs is ${expected}` })
+        violate(3, { account: r.account, resource: r.id, at: hold.settled_at, message: `consumed $${formatDollars(consumed)}, but ${billable_ms} ms billable × rate × ${units} GPUs is $${formatDollars(expected)}` })
       }
     }
 
     // 7. Deadline = started_at + committed hours; the stop comes by then (+ the watchdog lag).
     if (holdMicros(rate, units, ctx.hours_committed) !== hold.held_micros) {
-      violate(7, { account: r.account, resource: r.id, message: `held ${hold.held_micros} is not ${ctx.hours_committed} h × rate × ${units} GPUs` })
+      violate(7, { account: r.account, resource: r.id, at: hold.placed_at, message: `held $${formatDollars(hold.held_micros)} is not ${ctx.hours_committed} h × rate × ${units} GPUs` })
     }
     if (ctx.started_at !== first_billable) {
-      violate(7, { account: r.account, resource: r.id, message: `started_at ${ctx.started_at} but the first billable transition is at ${first_billable}` })
+      violate(7, { account: r.account, resource: r.id, at: first_billable ?? ctx.started_at, message: `started_at ${ctx.started_at === null ? "null" : isoInstant(ctx.started_at)} but the first billable transition is at ${first_billable === null ? "none" : isoInstant(first_billable)}` })
     }
     const deadline = first_billable === null ? null : first_billable + ctx.hours_committed * policy.MS_PER_HOUR
     if (deadline !== null) {
@@ -548,7 +549,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     // Of several termination notices (not itself checked for a GPU resource), the last counts.
     const notice = terminatedNoticesByResource.get(r.id)?.at(-1)
     if ((r.status === "terminated" || r.status === "failed") && notice === undefined) {
-      violate(6, { account: r.account, resource: r.id, message: `${r.status} without a notification` })
+      violate(6, { account: r.account, resource: r.id, at: stop?.at ?? null, message: `${r.status} without a notification` })
     }
     if (notice !== undefined && warnings.some((w) => w.at > notice.at)) {
       violate(6, { account: r.account, resource: r.id, at: notice.at, message: "a warning came after the termination notice" })

@@ -32,6 +32,12 @@ describe("the invariant checker", () => {
     const f = clean()
     const accounts = f.accounts.map((a) => ({ ...a, balance_micros: a.balance_micros + 1n }))
     expect(fired({ ...f, accounts })).toEqual([1])
+    // Named with account and time (the end of the run, where the final state shows it), in dollars.
+    expect(checkInvariants({ ...f, accounts })[0]).toMatchObject({
+      account: "acme",
+      at: new Date(f.end_ms).toISOString(),
+      message: expect.stringMatching(/^ledger rows sum to \$\d+\.\d+, the wallet holds \$\d+\.\d+$/)
+    })
   })
 
   it("catches a refund paid twice (1, 2)", () => {
@@ -98,10 +104,10 @@ describe("the invariant checker, on inference instances", () => {
       return { ...facts, holds: facts.holds.map((h) => (h.id === id ? { ...h, held_micros: h.held_micros + by } : h)) }
     }
     expect(checkInvariants(resize(0, -1n)).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
-      "cycle hold hold:ii-1:1 of 307599983 micros; a full one is 307599984"
+      "cycle hold hold:ii-1:1 of $307.599983; a full one is $307.599984"
     ])
     expect(checkInvariants(resize(1, 307_599_984n)).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
-      "cycle hold hold:ii-1:2 of 379599984 micros; a full one is 307599984"
+      "cycle hold hold:ii-1:2 of $379.599984; a full one is $307.599984"
     ])
   })
 })

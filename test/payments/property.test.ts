@@ -98,7 +98,7 @@ describe("payments property", () => {
     const provider_net = new Map(result.facts.provider_net!)
     provider_net.set("acme", 9_990_000n)
     expect(checkInvariants({ ...result.facts, provider_net }).map((v) => [v.invariant, v.account, v.message])).toEqual([
-      [9, "acme", "the provider nets 9990000 micros, the ledger's card rows net 10000000"]
+      [9, "acme", "the provider nets $9.99, the ledger's card rows net $10.00"]
     ])
   })
 })
