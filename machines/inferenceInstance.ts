@@ -63,7 +63,8 @@ export interface Renewal {
 }
 
 export type InferenceEvent =
-  | { type: "replica.pod"; region: string; pod: "loading" | "running" | "preempted" | "failed" | "deleted"; at: number }
+  /** `ended_at` as on a GPU instance's pod events: a stop the world dates before `at`. */
+  | { type: "replica.pod"; region: string; pod: "loading" | "running" | "preempted" | "failed" | "deleted"; at: number; ended_at?: number }
   | ReplicaStatusEvent
   | { type: "cycle_end"; at: number; renewal: Renewal | null }
   | { type: "terminate"; at: number }
@@ -94,6 +95,14 @@ export const liveHourlyMicros = (ctx: Pick<InferenceContext, "hourly_rate_micros
   }
   return BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(Math.max(live, 1))
 }
+
+/**
+ * Where a replica's status event ends its open billable stretch: `at`, or the pod's own stop
+ * (`ended_at`) when the world dated it earlier, never before the stretch began (so a stop
+ * learned after a cycle boundary is billed to that boundary in the cycle already settled).
+ */
+export const replicaBillingEndOf = (r: Pick<ReplicaBilling, "billing_since">, event: { readonly at: number; readonly ended_at?: number }): number =>
+  event.ended_at === undefined || r.billing_since === null ? event.at : Math.min(event.at, Math.max(r.billing_since, event.ended_at))
 
 /** Closes every open billable stretch at `at` (a cycle boundary or a stop). */
 const closeStretches = (replicas: InferenceContext["replicas"], at: number): Record<string, ReplicaBilling> =>
@@ -127,7 +136,7 @@ export const inferenceInstanceMachine = setup({
       ({ event }) => (event.type === "replica.pod" ? replicaId(event.region) : "none"),
       ({ event }) => {
         assertEvent(event, "replica.pod")
-        return { type: `pod.${event.pod}` as const, at: event.at }
+        return { type: `pod.${event.pod}` as const, at: event.at, ...(event.ended_at === undefined ? {} : { ended_at: event.ended_at }) }
       }
     ),
     trackReplica: assign(({ context, event }) => {
@@ -135,7 +144,7 @@ export const inferenceInstanceMachine = setup({
       const r = context.replicas[event.region]
       if (r === undefined) return {}
       const billable = BILLABLE.has(event.status)
-      const closed = r.billing_since === null ? r.cycle_billable_ms : r.cycle_billable_ms + Math.max(0, event.at - r.billing_since)
+      const closed = r.billing_since === null ? r.cycle_billable_ms : r.cycle_billable_ms + Math.max(0, replicaBillingEndOf(r, event) - r.billing_since)
       const next: ReplicaBilling = {
         status: event.status,
         cycle_billable_ms: billable && r.billing_since !== null ? r.cycle_billable_ms : closed,

@@ -14,8 +14,9 @@ export interface ReplicaInput {
 export type ReplicaEvent =
   | { type: "pod.loading"; at: number }
   | { type: "pod.running"; at: number }
-  | { type: "pod.preempted"; at: number }
-  | { type: "pod.failed"; at: number }
+  /** `ended_at`: when the pod stopped, if the world dates it earlier than `at` (learned late). */
+  | { type: "pod.preempted"; at: number; ended_at?: number }
+  | { type: "pod.failed"; at: number; ended_at?: number }
   | { type: "pod.deleted"; at: number }
 
 export interface ReplicaStatusEvent {
@@ -23,6 +24,8 @@ export interface ReplicaStatusEvent {
   readonly region: string
   readonly status: ReplicaStatus
   readonly at: number
+  /** When the pod stopped, if the world dates it earlier than `at`: billing stops there. */
+  readonly ended_at?: number
 }
 
 export const replicaMachine = setup({
@@ -36,7 +39,8 @@ export const replicaMachine = setup({
       type: "replica.status",
       region: context.region,
       status: params.status,
-      at: event.at
+      at: event.at,
+      ...("ended_at" in event && event.ended_at !== undefined ? { ended_at: event.ended_at } : {})
     }))
   }
 }).createMachine({

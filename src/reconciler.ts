@@ -210,7 +210,9 @@ export class Reconciler {
       const phase = workload?.phase ?? "missing"
       const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted") => {
         this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase })
-        this.host.dispatch(entry, { type: "replica.pod", region, pod, at }, "reconciled")
+        // As for a GPU resource: a stop found late is billed only up to when the world dates it.
+        const since = pod === phase && (pod === "preempted" || pod === "failed") ? (workload?.since ?? null) : null
+        this.host.dispatch(entry, { type: "replica.pod", region, pod, at, ...(since !== null && since < at ? { ended_at: since } : {}) }, "reconciled")
       }
       if (replica === "deleted") continue
       if (stopping) {

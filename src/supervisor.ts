@@ -35,6 +35,7 @@ import {
   inferenceAlarm,
   inferenceInstanceMachine,
   liveHourlyMicros,
+  replicaBillingEndOf,
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
@@ -1021,7 +1022,11 @@ export class GpuSupervisor implements PaymentHost {
       : entry.actor.send(event as StorageEvent)
     // A stop the world dates earlier than now (learned late) is logged when billing stopped,
     // so the transitions say what was billed; notifications and money rows are stamped now.
-    const stoppedAt = entry.kind === "gpu" && "ended_at" in event ? billingEndOf(entry.actor.getSnapshot().context, event) : event.at
+    const stoppedAt =
+      !("ended_at" in event) || event.ended_at === undefined ? event.at
+      : entry.kind === "gpu" ? billingEndOf(entry.actor.getSnapshot().context, event)
+      : entry.kind === "inference" && event.type === "replica.pod" ? replicaBillingEndOf(entry.actor.getSnapshot().context.replicas[event.region] ?? { billing_since: null }, event)
+      : event.at
     this.run(entry, send, statusOf(entry), event.at, event, cause, stoppedAt)
   }
 
@@ -1041,7 +1046,7 @@ export class GpuSupervisor implements PaymentHost {
     // Each region of an inference instance has its own status (SPEC §4): logged as `id@region`.
     for (const [region, status] of Object.entries(replicaStatuses(entry))) {
       const was = replicasBefore[region] ?? "pending"
-      if (status !== was) this.ledger.recordTransition({ at, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: cause })
+      if (status !== was) this.ledger.recordTransition({ at: stoppedAt, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: cause })
     }
     if (before !== null && after !== before) {
       this.ledger.recordTransition({ at: stoppedAt, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })

@@ -184,4 +184,21 @@ describe("recovery", () => {
     const restarted = run(example, { db: tmpDb(), restartAt: [5 * HOUR, 24 * HOUR, 26 * HOUR].map((d) => Date.parse(START) + d) })
     expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
   })
+
+  it("bills a replica preempted during an engine outage only up to its preemption", () => {
+    // Proves a stop the engine learns of late is dated by the world, as for GPU instances: the
+    // eu-west replica is preempted at 2:00 while the engine is down (1:50 to 2:50); 2 h of it and
+    // 4 h of us-east are billed (refund $42 of $48), the same as with the engine up throughout,
+    // and its transition is logged at 2:00 (reason reconciled).
+    const events = [launchII(), { at: "PT2H", do: "preempt", id: "ii-1", region: "eu-west" }, { at: "PT4H", do: "terminate", id: "ii-1" }]
+    const up = run(file(events))
+    const down = run(file(events), { db: tmpDb(), outages: [{ at_ms: Date.parse(START) + 110 * MIN, duration_ms: HOUR }] })
+    expect(rows(down)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "52.00"],
+      [at(4 * HOUR), "refund", "42.00", "94.00"]
+    ])
+    expect(rows(down)).toEqual(rows(up))
+    expect(down.output.transitions.filter((t) => t.resource === "ii-1@eu-west" && t.to === "preempted").map((t) => [t.at, t.reason])).toEqual([[at(2 * HOUR), "reconciled"]])
+    expect(down.output.invariants.ok).toBe(true)
+  })
 })
