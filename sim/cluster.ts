@@ -29,6 +29,9 @@ export interface SimRegion {
   readonly preemption_duration_ms: number
 }
 
+/** Phases in which a workload holds its GPUs (and is billed). */
+const HELD: ReadonlySet<WorkloadPhase> = new Set(["loading", "running"])
+
 interface Workload {
   readonly spec: WorkloadSpec
   phase: WorkloadPhase
@@ -37,6 +40,8 @@ interface Workload {
   started_at: number | null
   /** When it entered its current phase. */
   since: number
+  /** When it last left `loading`/`running` (stopped holding its GPUs), or null. */
+  last_stopped_at: number | null
   timer: TimerHandle | null
   deleting: boolean
 }
@@ -90,7 +95,8 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), timer: null, deleting: false })
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), last_stopped_at: null, timer: null, deleting: false })
+    this.record(spec.resource, "pending")
     this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
     region.queue.push(spec.name)
@@ -110,6 +116,7 @@ export class SimCluster implements ClusterPort {
       this.release(w)
       this.workloads.delete(name)
       this.byResource.delete(w.spec.resource)
+      this.record(w.spec.resource, "deleted")
       this.changes.set(name, w.spec.resource)
       this.emit({ type: "pod.deleted", resource: w.spec.resource, at: this.clock.now() })
       this.placeQueued(region)
@@ -127,6 +134,10 @@ export class SimCluster implements ClusterPort {
   deleteVolume(_id: string): void {}
 
   forEachVolume(_visit: (id: string) => void): void {}
+
+  lastStoppedAt(name: string): number | null {
+    return this.workloads.get(name)?.last_stopped_at ?? null
+  }
 
   phaseOf(name: string): WorkloadPhase | undefined {
     return this.workloads.get(name)?.phase
@@ -241,9 +252,29 @@ export class SimCluster implements ClusterPort {
 
   /** A workload's new phase, when it began, and the change for `drainChanges`. */
   private setPhase(w: Workload, phase: WorkloadPhase): void {
+    if (HELD.has(w.phase) && !HELD.has(phase)) w.last_stopped_at = this.clock.now()
     w.phase = phase
     w.since = this.clock.now()
+    this.record(w.spec.resource, phase)
     this.changes.set(w.spec.name, w.spec.resource)
+  }
+
+  /** The world's own log of each resource's pod: every phase it entered, and when. */
+  private readonly history = new Map<string, Array<{ readonly at: number; readonly phase: WorkloadPhase | "deleted" }>>()
+
+  private record(resource: string, phase: WorkloadPhase | "deleted"): void {
+    let log = this.history.get(resource)
+    if (log === undefined) this.history.set(resource, (log = []))
+    log.push({ at: this.clock.now(), phase })
+  }
+
+  /**
+   * What the world did, for the invariant checker (RunFacts.world_phases): by resource (a GPU
+   * resource's id, an inference replica's `id@region`), its pods' phases in order. The engine's
+   * own transitions say what it billed; this says what it could bill.
+   */
+  phaseHistory(): ReadonlyMap<string, ReadonlyArray<{ readonly at: number; readonly phase: WorkloadPhase | "deleted" }>> {
+    return this.history
   }
 
   private fail(w: Workload): void {

@@ -61,6 +61,12 @@ export interface RunFacts {
    * not fire then, so the daily storage charge of a midnight inside one is not owed.
    */
   readonly engine_down?: ReadonlyArray<{ readonly from_ms: number; readonly to_ms: number }>
+  /**
+   * The world's own log of each resource's pods (the simulated cluster's): by resource id (an
+   * inference replica's `id@region`), every phase entered, in order. Absent for a world that
+   * keeps none. Invariant 7 checks the engine billed only while the world held the GPUs.
+   */
+  readonly world_phases?: ReadonlyMap<string, ReadonlyArray<{ readonly at: number; readonly phase: string }>>
 }
 
 export interface Violation {
@@ -196,6 +202,56 @@ const checkStorageDays = (
 }
 
 /** How many of `r`'s replicas can still bill at `at`: those no transition has failed or deleted by then (at least one). */
+/** The stretches `[from, to)` in which a log of states (in order, from `pending`) is in `held`; an open one ends at `end`. */
+const heldStretches = (log: ReadonlyArray<{ readonly at: number; readonly state: string }>, end: number): Array<readonly [number, number]> => {
+  const out: Array<readonly [number, number]> = []
+  let since: number | null = null
+  for (const { at, state } of log) {
+    const held = BILLABLE.has(state)
+    if (held && since === null) since = at
+    else if (!held && since !== null) {
+      if (at > since) out.push([since, at])
+      since = null
+    }
+  }
+  if (since !== null && end > since) out.push([since, end])
+  return out
+}
+
+/**
+ * 7. Billed only while the world held the GPUs (SPEC §9.7, "none is billed while pending or
+ * preempted"): every stretch the engine billed (its transitions through `loading`/`running`)
+ * lies inside a stretch in which the world's own log has the pod loading or running. The
+ * engine's transitions alone cannot show this: a stop it learned late and logged late would
+ * agree with its own billing.
+ */
+const checkBilledWhileHeld = (
+  account: string,
+  resource: string,
+  transitions: ReadonlyArray<Transition>,
+  world: ReadonlyArray<{ readonly at: number; readonly phase: string }>,
+  end: number,
+  violate: Violate
+): void => {
+  const billed = heldStretches(transitions.map((t) => ({ at: t.at, state: t.to_state })), end)
+  if (billed.length === 0) return
+  const held = heldStretches(world.map((w) => ({ at: w.at, state: w.phase })), end)
+  let i = 0
+  for (const [from, to] of billed) {
+    let at = from
+    while (at < to) {
+      while (i < held.length && held[i]![1] <= at) i++
+      const stretch = held[i]
+      if (stretch === undefined || stretch[0] > at) {
+        const phase = [...world].reverse().find((w) => w.at <= at)?.phase ?? "not created"
+        violate(7, { account, resource, at, message: `billed from ${isoInstant(at)} while its pod was ${phase} (the world's log)` })
+        return
+      }
+      at = Math.min(to, stretch[1])
+    }
+  }
+}
+
 const liveReplicasAt = (r: Extract<ResourceFacts, { kind: "inference_instance" }>, transitionsByResource: Map<string, Transition[]>, at: number): number => {
   let live = 0
   for (const region of r.context.regions) {
@@ -463,8 +519,15 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     if (r.kind === "inference_instance") {
       checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, terminatedNotices: terminatedNoticesByResource, end_ms: facts.end_ms, violate })
+      if (facts.world_phases !== undefined) {
+        for (const region of r.context.regions) {
+          const replica = `${r.id}@${region}`
+          checkBilledWhileHeld(r.account, replica, transitionsByResource.get(replica) ?? [], facts.world_phases.get(replica) ?? [], facts.end_ms, violate)
+        }
+      }
       continue
     }
+    if (facts.world_phases !== undefined) checkBilledWhileHeld(r.account, r.id, transitionsByResource.get(r.id) ?? [], facts.world_phases.get(r.id) ?? [], facts.end_ms, violate)
     const ctx = r.context
     const rate = BigInt(ctx.hourly_rate_micros)
     const units = unitsOf(r)
@@ -525,6 +588,11 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
 
     // 6. Duration warnings: per deadline, thresholds in order, each once, on time, before the stop.
     const warnings = durationWarningsByResource.get(r.id) ?? []
+    // Of several termination notices (not itself checked for a GPU resource), the last counts.
+    const notice = terminatedNoticesByResource.get(r.id)?.at(-1)
+    // When the engine knew of the stop: a failure found late is logged when it happened (what
+    // was billed) but told, and known, when found; a warning sent in between was on time.
+    const stopKnownAt = stop === undefined ? undefined : stop.to_state === "failed" && notice !== undefined && notice.at > stop.at ? notice.at : stop.at
     const seen = new Map<string, number>()
     for (const w of warnings) {
       const data = JSON.parse(w.data ?? "{}") as { minutes?: number; deadline_at?: number }
@@ -542,12 +610,10 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       if (w.at < due || w.at > due + policy.WATCHDOG_LAG_MS) {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning sent at ${isoInstant(w.at)}, due ${isoInstant(due)}` })
       }
-      if (stop !== undefined && w.at > stop.at) {
-        violate(6, { account: r.account, resource: r.id, at: w.at, message: `warning sent after the stop at ${isoInstant(stop.at)}` })
+      if (stopKnownAt !== undefined && w.at > stopKnownAt) {
+        violate(6, { account: r.account, resource: r.id, at: w.at, message: `warning sent after the stop at ${isoInstant(stopKnownAt)}` })
       }
     }
-    // Of several termination notices (not itself checked for a GPU resource), the last counts.
-    const notice = terminatedNoticesByResource.get(r.id)?.at(-1)
     if ((r.status === "terminated" || r.status === "failed") && notice === undefined) {
       violate(6, { account: r.account, resource: r.id, at: stop?.at ?? null, message: `${r.status} without a notification` })
     }

@@ -320,7 +320,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const last: Engine = engine ?? startEngine()
   options.onPhase?.("ran")
   const engine_down = outages.filter((o) => o.duration_ms > 0).map((o) => ({ from_ms: o.at_ms, to_ms: Math.min(o.at_ms + o.duration_ms, timeline.until_ms) }))
-  const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount(), engine_down }
+  const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount(), engine_down, world_phases: cluster.phaseHistory() }
   const engine_events = last.ledger.journalLength()
   stopEngine(last)
   options.onPhase?.("read")

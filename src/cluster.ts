@@ -76,6 +76,14 @@ export interface ClusterPort {
   forEachVolume(visit: (id: string) => void): void
   get(name: string): WorkloadStatus | undefined
   /**
+   * When the workload's pods last stopped holding their GPUs (left `loading`/`running`), if the
+   * world knows: a stop and restart the engine never saw (both events missed, or during an
+   * outage) shows as a stop after billing last began. The simulated world knows; the
+   * Kubernetes driver answers null for now (a container's `lastState.terminated` would tell).
+   * A lookup: the reconciler asks it of running resources it looks at.
+   */
+  lastStoppedAt(name: string): number | null
+  /**
    * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live
    * resource on every watchdog tick, so it must be a lookup, not a copy.
    */

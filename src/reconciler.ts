@@ -152,9 +152,38 @@ export class Reconciler {
   }
 
   private gpuDrifted(entry: Extract<WorkloadEntry, { kind: "gpu" }>, when: "start" | "tick"): boolean {
-    const status = gpuStatusOf(entry.actor.getSnapshot())
+    const snapshot = entry.actor.getSnapshot()
+    const status = gpuStatusOf(snapshot)
     if (when === "tick" && status === "pending") return false
-    return this.gpuCorrection(status, this.host.cluster.phaseOf(podsOf(entry)[""]!) ?? "missing") !== null
+    const name = podsOf(entry)[""]!
+    const phase = this.host.cluster.phaseOf(name) ?? "missing"
+    if (this.gpuCorrection(status, phase) !== null) return true
+    return status === "running" && phase === "running" && this.interruptedAt(name, snapshot.context.billing_since) !== null
+  }
+
+  /**
+   * A stop and restart the engine never saw (both pod events missed, or both during an
+   * outage): the world says the pod stopped holding its GPUs after billing last began, though
+   * it runs again now. When it stopped, or null.
+   */
+  private interruptedAt(name: string, billing_since: number | null): number | null {
+    if (billing_since === null) return null
+    const stopped = this.host.cluster.lastStoppedAt(name)
+    return stopped !== null && stopped >= billing_since ? stopped : null
+  }
+
+  /**
+   * Corrects one resource now if it disagrees with its pods: before a deadline or a cycle end
+   * settles it, so a stop its events never told of is billed only up to when it happened,
+   * even if the next watchdog tick would come too late.
+   */
+  reconcileOne(id: string): void {
+    const entry = this.host.withPods.get(id)
+    if (entry === undefined || entry.actor.getSnapshot().status === "done") return
+    const at = this.host.clock.now()
+    if (entry.kind === "inference") {
+      if (this.replicasDrifted(entry)) this.reconcileInference(entry, at)
+    } else if (this.gpuDrifted(entry, "tick")) this.reconcileGpu(entry, at)
   }
 
   private reconcileGpu(entry: Extract<WorkloadEntry, { kind: "gpu" }>, at: number): void {
@@ -163,7 +192,17 @@ export class Reconciler {
     const workload = this.host.cluster.get(podNameFor(id))
     const phase = workload?.phase ?? "missing"
     const correction = this.gpuCorrection(status, phase)
-    if (correction === null) return
+    if (correction === null) {
+      // Running, as the engine thinks, but stopped and restarted unseen: unbill the gap by
+      // telling the machine both (the stop dated when it happened, the restart now: as a heal,
+      // billed from when the engine learns it).
+      const stopped = status === "running" && phase === "running" ? this.interruptedAt(podNameFor(id), entry.actor.getSnapshot().context.billing_since) : null
+      if (stopped === null) return
+      this.host.journal.append(at, "reconcile", { id, status, phase, interrupted_at: stopped })
+      this.host.dispatch(entry, { type: "pod.preempted", at, ended_at: stopped }, "reconciled")
+      this.host.dispatch(entry, { type: "pod.running", at }, "reconciled")
+      return
+    }
     // Commands to the cluster are idempotent (deterministic names) and journal nothing: the
     // events they cause will. A pending resource whose create was lost is created again.
     if (correction === "createPod") return this.host.createPod(entry.actor.getSnapshot().context, at)
@@ -196,6 +235,7 @@ export class Reconciler {
       if (replica === "deleted") continue
       const phase = this.host.cluster.phaseOf(pods[region]!) ?? "missing"
       if (stopping || (phase === "missing" ? replica !== "failed" : phase !== replica && phase !== "pending")) return true
+      if (replica === "running" && phase === "running" && this.interruptedAt(pods[region]!, ctx.replicas[region]?.billing_since ?? null) !== null) return true
     }
     return false
   }
@@ -208,10 +248,10 @@ export class Reconciler {
       const workload = this.host.cluster.get(name)
       const replica = ctx.replicas[region]?.status ?? "pending"
       const phase = workload?.phase ?? "missing"
-      const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted") => {
-        this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase })
+      const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted", ended_at: number | null = null) => {
+        this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase, ...(ended_at === null ? {} : { interrupted_at: ended_at }) })
         // As for a GPU resource: a stop found late is billed only up to when the world dates it.
-        const since = pod === phase && (pod === "preempted" || pod === "failed") ? (workload?.since ?? null) : null
+        const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? (workload?.since ?? null) : null)
         this.host.dispatch(entry, { type: "replica.pod", region, pod, at, ...(since !== null && since < at ? { ended_at: since } : {}) }, "reconciled")
       }
       if (replica === "deleted") continue
@@ -223,6 +263,13 @@ export class Reconciler {
         else if (replica !== "failed") send("failed")
       } else if (phase !== replica && phase !== "pending") {
         send(phase)
+      } else if (replica === "running" && phase === "running") {
+        // Stopped and restarted unseen, as for a GPU resource above.
+        const stopped = this.interruptedAt(name, ctx.replicas[region]?.billing_since ?? null)
+        if (stopped !== null) {
+          send("preempted", stopped)
+          send("running")
+        }
       }
     }
   }

@@ -1242,6 +1242,8 @@ export class GpuSupervisor implements PaymentHost {
     this.unitOfWork(() => {
       const at = this.clock.now()
       this.journal.append(at, "alarm", { id, ...alarm })
+      // What the deadline settles must be what the pod ran: look at it first.
+      if (alarm.event === "deadline") this.reconciler.reconcileOne(id)
       if (alarm.event === "duration_warning") {
         this.dispatch(entry, { type: "duration_warning", at, minutes: alarm.minutes })
       } else {
@@ -1257,6 +1259,9 @@ export class GpuSupervisor implements PaymentHost {
     entry.alarm = null
     this.unitOfWork(() => {
       const at = this.clock.now()
+      // What the cycle settles must be what the replicas ran: look at them first.
+      this.reconciler.reconcileOne(id)
+      if (entry.actor.getSnapshot().status !== "active") return
       const renewal = this.renewalFor(entry.actor.getSnapshot().context, at)
       this.journal.append(at, "cycle_end", { id, renewal })
       this.dispatch(entry, { type: "cycle_end", at, renewal })

@@ -277,6 +277,42 @@ describe("the reconciler on every watchdog tick", () => {
     expect(r.output.invariants.ok).toBe(true)
   })
 
+  it("unbills a preemption and resume the engine never saw, from the preemption until it learns of it", () => {
+    // Proves the interruption check: both pod events of a preemption at 1:01 and a resume at
+    // 1:04 are lost; the tick at 1:05 finds the pod running but stopped since billing began
+    // (the world's lastStoppedAt), logs the preemption at 1:01 and the resume at 1:05, and
+    // 1 h 26 min of 1 h 30 min is billed (refund $0.906667 of $3.20).
+    const r = run(
+      timelineFile([
+        launch(),
+        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 2 },
+        { at: "PT1H1M", do: "preempt", id: "gi-1" },
+        { at: "PT1H4M", do: "resume", id: "gi-1" },
+        { at: "PT1H30M", do: "terminate", id: "gi-1" }
+      ])
+    )
+    expect(moves(r).slice(2, 4)).toEqual([
+      [at(61 * MIN), "running", "preempted", "reconciled"],
+      [at(65 * MIN), "preempted", "running", "reconciled"]
+    ])
+    expect(ledger(r).filter((x) => x[4] === "gi-1")).toEqual([
+      [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
+      [at(90 * MIN), "refund", "0.906667", "97.706667", "gi-1"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("looks at the pod before a deadline settles it: a preemption missed at 1:57 is not billed to 2:00", () => {
+    // Proves the deadline reconciles first (the deadline and the watchdog tick share 2:00, and
+    // the deadline's alarm fires first): 1 h 57 min of a 2 h hold is billed, refund $0.08.
+    const r = run(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H57M", do: "preempt", id: "gi-1" }]))
+    expect(ledger(r).filter((x) => x[4] === "gi-1")).toEqual([
+      [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
+      [at(120 * MIN), "refund", "0.08", "96.88", "gi-1"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
   it("bills a preemption or a failure the engine learned of only after an outage up to when it happened", () => {
     // Proves the same dating across an engine outage (00:20 to 01:00, and 00:50 to 01:30): a pod
     // preempted at 00:30 is billed 30 min, not the 60 min until the engine came back; a pod

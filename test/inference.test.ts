@@ -201,4 +201,22 @@ describe("recovery", () => {
     expect(down.output.transitions.filter((t) => t.resource === "ii-1@eu-west" && t.to === "preempted").map((t) => [t.at, t.reason])).toEqual([[at(2 * HOUR), "reconciled"]])
     expect(down.output.invariants.ok).toBe(true)
   })
+
+  it("unbills a replica's preemption and resume that both fell inside an engine outage", () => {
+    // Proves the interruption check for replicas: us-east preempted at 1:30 and resumed at 2:00
+    // while the engine is down (1:00 to 3:00); at 3:00 the replica is billed up to 1:30 and from
+    // 3:00 (the resume is billed from when the engine learns it), so 4 h + 2.5 h = $6.50 of
+    // $48 is consumed.
+    const events = [launchII(), { at: "PT1H30M", do: "preempt", id: "ii-1", region: "us-east" }, { at: "PT2H", do: "resume", id: "ii-1", region: "us-east" }, { at: "PT4H", do: "terminate", id: "ii-1" }]
+    const r = run(file(events), { db: tmpDb(), outages: [{ at_ms: Date.parse(START) + HOUR, duration_ms: 2 * HOUR }] })
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "52.00"],
+      [at(4 * HOUR), "refund", "41.50", "93.50"]
+    ])
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1@us-east" && t.reason === "reconciled").map((t) => [t.at, t.to])).toEqual([
+      [at(90 * MIN), "preempted"],
+      [at(3 * HOUR), "running"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
 })

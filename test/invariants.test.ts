@@ -61,8 +61,30 @@ describe("the invariant checker", () => {
     // Proves consumption is recomputed from the transitions log, not trusted.
     const f = clean()
     const transitions = f.transitions.filter((t) => !(t.resource === "gi-1" && (t.to_state === "preempted" || t.from_state === "preempted")))
-    // Without the preemption in the log, 10 more minutes look billable than were billed.
-    expect(fired({ ...f, transitions })).toEqual([3])
+    // Without the preemption in the log, 10 more minutes look billable than were billed; and
+    // the world's own log shows the pod preempted while the engine's says running.
+    expect(fired({ ...f, transitions })).toEqual([3, 7])
+  })
+
+  it("catches billing while the world had the pod preempted, though the engine's log agrees with its billing (7)", () => {
+    // Proves the check against the world's log: the shape of a stop the engine learned late and
+    // logged late (its transitions and its charge agree), here the world preempting gi-1 five
+    // minutes before the engine's log says it did.
+    const f = clean()
+    const world = new Map(f.world_phases!)
+    const log = world.get("gi-1")!
+    const preempt = log.findIndex((w) => w.phase === "preempted")
+    world.set("gi-1", log.map((w, i) => (i === preempt ? { ...w, at: w.at - 5 * 60_000 } : w)))
+    expect(checkInvariants({ ...f, world_phases: world })).toEqual([
+      {
+        invariant: 7,
+        name: "no_run_past_deadline",
+        account: "acme",
+        resource: "gi-1",
+        at: "2026-03-01T00:55:00.000Z",
+        message: "billed from 2026-03-01T00:55:00.000Z while its pod was preempted (the world's log)"
+      }
+    ])
   })
 
   it("catches a hold placed on a balance that could not cover it (4, 5)", () => {

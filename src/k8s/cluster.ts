@@ -336,6 +336,11 @@ export class KubernetesCluster implements ClusterPort {
     return c.doing !== null ? "creating" : c.failed ? "create_failed" : "created"
   }
 
+  /** Not read yet (docs/KUBERNETES.md, Known limits): a container's `lastState.terminated` would tell. */
+  lastStoppedAt(_name: string): number | null {
+    return null
+  }
+
   phaseOf(name: string): WorkloadPhase | undefined {
     return this.workloads.get(name)?.phase
   }

@@ -66,6 +66,9 @@ export class MissEvents implements ClusterPort {
   get(name: string) {
     return this.inner.get(name)
   }
+  lastStoppedAt(name: string) {
+    return this.inner.lastStoppedAt(name)
+  }
   phaseOf(name: string) {
     return this.inner.phaseOf(name)
   }
