@@ -38,9 +38,13 @@
  *   separately by the instance's hold. A `null` (or empty) price means the per-request
  *   charge is $0: the request is served and writes no row.
  * - **The $0 rule** (SPEC §7, "at $0 API calls get 402"): a request is admitted only when
- *   the spendable balance is above 0 and covers its cost. So a free request on a balance of
- *   exactly $0 (or below, after an overage) is refused 402 `insufficient_balance`, and a
- *   request costing exactly the whole balance is admitted and leaves $0. The error's
+ *   the spendable balance is above 0 and covers its cost. So a free request to a platform
+ *   model on a balance of exactly $0 (or below, after an overage) is refused 402
+ *   `insufficient_balance`, and a request costing exactly the whole balance is admitted and
+ *   leaves $0. Decision: a user instance's request that costs nothing (no per-request price)
+ *   is served whatever the balance, while the instance runs: its GPU time is prepaid by its
+ *   hold, a partial hold takes the whole balance, and the manual's only cause of "402 on my
+ *   own user inference instance" is that the instance was stopped. The error's
  *   `required_micros` is the least spendable balance that would have admitted the request
  *   (`max(cost, 1)`), its `balance_micros` the spendable balance.
  * - **A request that costs 0 micros** (a free model, or usage that rounds to nothing)
@@ -418,7 +422,10 @@ export class Metering {
     }
     assert(cost >= 0n, () => `negative cost ${cost} for ${req.model}`)
     const spendable = this.spendableMicros(req.account)
-    if (spendable <= 0n || spendable < cost) {
+    // The $0 rule is about what requests cost: a user instance's free request is paid for by
+    // its hold, and served while the instance runs (the manual: its 402 means it was stopped).
+    const prepaid = !platform && cost === 0n
+    if ((spendable <= 0n && !prepaid) || spendable < cost) {
       return Either.left(new InsufficientBalance({ account: req.account, required_micros: cost > 0n ? cost : 1n, balance_micros: spendable }))
     }
     if (cost > 0n) this.book(req, usage.right, cost)

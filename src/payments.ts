@@ -153,6 +153,11 @@ export interface PaymentHost {
   touch(account: string): void
   /** Runs a provider call once the current unit of work has committed (at once outside one). */
   whenCommitted(call: () => void): void
+  /**
+   * What the account can spend: its balance less API usage admitted but not yet posted (the
+   * per-minute rows). Auto-recharge watches this, so both row modes recharge at the same moment.
+   */
+  spendable(account: string): Micros
 }
 
 export const centsOf = (micros: Micros): number => Number(micros / policy.MICROS_PER_CENT)
@@ -445,7 +450,7 @@ export class PaymentBook {
    */
   private pauseAfterRefund(p: PaymentRecord, refunded: Micros): void {
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.paused_by !== null || this.ledger.balance(p.account) >= card.threshold_micros) return
+    if (card === undefined || card.paused_by !== null || this.host.spendable(p.account) >= card.threshold_micros) return
     this.s.setPaused.run(p.id, p.account)
     this.notifier.notify({
       account: p.account,
@@ -528,7 +533,7 @@ export class PaymentBook {
   private maybeRecharge(account: string): void {
     const card = this.autoRecharge(account)
     if (card === undefined) return
-    if (this.ledger.balance(account) >= card.threshold_micros) {
+    if (this.host.spendable(account) >= card.threshold_micros) {
       // Back at the threshold: a pause after a refund ends here.
       if (card.paused_by !== null) this.s.setPaused.run(null, account)
       return

@@ -914,7 +914,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   /** What an account can spend: its balance less API usage admitted but not yet posted. */
-  private spendable(account: string): Micros {
+  spendable(account: string): Micros {
     return this.metering.spendableMicros(account)
   }
 

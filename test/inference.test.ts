@@ -40,6 +40,18 @@ describe("the 24-hour cycle", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("serves requests to the instance during a partial hold that took the balance to $0, until it stops", () => {
+    // Proves the manual: "The instance runs until the partial hold is consumed", and its only
+    // cause of "402 on my own user inference instance" is that it was stopped. (Once stopped,
+    // the instance is not found: 404, as for any stopped instance; docs/API.md.)
+    const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "inference-partial-hold.json"), "utf8"))
+    const call = (at: string) => ({ at, do: "api_request", account: "acme", model: "llama-3-70b:ii-1", input_tokens: 100, output_tokens: 10 })
+    const r = run({ ...example, events: [...example.events, call("PT25H"), call("PT30H")] })
+    expect(r.output.rejected.filter((x) => x.do === "api_request").map((x) => [x.at, x.status, x.error])).toEqual([[at(30 * HOUR), 404, "model_not_found"]])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "terminated", termination_reason: "credit_depleted" })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
   it("writes only the next hold's row after exactly 24 h at full use", () => {
     // Proves SPEC §4: "Exactly 24 h at full use: only the gpu_usage −next_hold row."
     const r = run(file([launchII()], { until: "PT25H", accounts: { acme: { balance: "200.00" } } }))

@@ -275,22 +275,24 @@ describe("user instances", () => {
 })
 
 describe("the $0 rule", () => {
-  it("refuses even a free request when the balance is $0 or below", () => {
-    // Proves SPEC §7 "at $0 API calls get 402": a free request on exactly 0 is refused, required 1 micro; on 1 micro it is served.
+  it("refuses even a free platform request at $0 or below, but serves a user instance's free request", () => {
+    // Proves SPEC §7 "at $0 API calls get 402" for platform models (a request that rounds to 0
+    // is refused, required 1 micro), and the Decision for a user instance: its free request is
+    // prepaid by the instance's hold and served at any balance (the manual's only cause of a 402
+    // on one's own instance is that it was stopped).
     for (const aggregate of [false, true]) {
       const { ledger, metering } = setup({ [ACME]: 0n }, aggregate)
       const free = req({ model: "free-llm:inf-4", input_tokens: 10 })
-      const e = left(metering.charge(free))
+      expect(right(metering.charge(free))).toEqual({ charged_micros: 0n, balance_after_micros: 0n, region: "us-east" })
+      const e = left(metering.charge(req({ model: "llama-3-8b", input_tokens: 1 })))
       expect(errorStatus(e as EngineError)).toMatchObject({ status: 402, error: "insufficient_balance" })
       expect([(e as InsufficientBalance).required_micros, (e as InsufficientBalance).balance_micros]).toEqual([1n, 0n])
-      // A request that rounds to 0 on a platform model is refused the same way.
-      expect(refusal(metering.charge(req({ model: "llama-3-8b", input_tokens: 1 })))).toEqual({ status: 402, error: "insufficient_balance" })
       expect(ledger.ledgerRows().length).toBe(0)
       ledger.post({ account: ACME, at: T0 + 1, kind: "adjustment", amount_micros: 1n, description: "Correction" })
-      expect(right(metering.charge(free))).toEqual({ charged_micros: 0n, balance_after_micros: 1n, region: "us-east" })
-      // Spending the last micro takes the account to $0; the next free request is refused again.
+      // Spending the last micro takes the account to $0; the next platform request is refused again.
       expect(right(metering.charge(req({ model: "half", input_tokens: 1 }))).balance_after_micros).toBe(0n)
-      expect(refusal(metering.charge(free))).toEqual({ status: 402, error: "insufficient_balance" })
+      expect(refusal(metering.charge(req({ model: "llama-3-8b", input_tokens: 1 })))).toEqual({ status: 402, error: "insufficient_balance" })
+      expect(right(metering.charge(free)).charged_micros).toBe(0n)
     }
   })
 })

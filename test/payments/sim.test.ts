@@ -47,6 +47,32 @@ describe("the simulated provider", () => {
     expect(rowsOf(out)).toEqual([["00:00:00", "adjustment", "999999999.99", "999999999.99", null]])
   })
 
+  it("auto-recharges on the spendable balance, so per-minute usage rows recharge when per-request ones do", () => {
+    // Proves auto-recharge counts API usage admitted but not yet posted: with per-minute rows the
+    // $2 of images at 1 s leaves $4 spendable under the $5 threshold, the card is charged then,
+    // and the third request is admitted as with per-request rows (it used to get 402 at 3 s).
+    const mk = (api_usage_rows: string) =>
+      timelineFile(
+        [
+          { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "20.00" },
+          { at: "PT1S", do: "api_request", account: "acme", model: "img", images: 2 },
+          { at: "PT2S", do: "api_request", account: "acme", model: "img", images: 3 },
+          { at: "PT3S", do: "api_request", account: "acme", model: "img", images: 2 }
+        ],
+        { catalog: { ...catalog, models: { img: { per_image: "1.00" } } }, until: "PT5M", accounts: { acme: { balance: "6.00" } }, api_usage_rows }
+      )
+    const perMinute = run(mk("per_minute")).output
+    expect(perMinute.rejected).toEqual([])
+    expect(rowsOf(perMinute)).toEqual([
+      ["00:00:00", "adjustment", "6.00", "6.00", null],
+      ["00:00:01", "topup", "20.00", "26.00", "pay_00000001"],
+      ["00:01:00", "api_usage", "-7.00", "19.00", "img"]
+    ])
+    const perRequest = run(mk("per_request")).output
+    expect(perRequest.rejected).toEqual([])
+    expect(rowsOf(perRequest).filter((r) => r[1] === "topup")).toEqual([["00:00:01", "topup", "20.00", "24.00", "pay_00000001"]])
+  })
+
   it("redelivers webhooks the engine missed while down, and nothing is lost or doubled", () => {
     // Proves an outage between the charge and its webhook: the credit lands when the engine is back.
     const file = timelineFile([{ at: "PT0S", do: "top_up", account: "acme", amount: "30.00" }], {
