@@ -508,11 +508,22 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       // One day's charge as its row books it: a debit.
       const day_micros = -(BigInt(r.context.daily_rate_micros) * BigInt(r.context.size_gb))
       const days = new Set<number>()
+      // A day is charged at its midnight, or when the storage is restored during it (a restore
+      // pays for the day it comes back in: POLICY.md); either way once.
+      const transitions = transitionsByResource.get(r.id) ?? []
+      const restoredAt = new Set(transitions.filter((t) => t.from_state === "suspended" && t.to_state !== "deleted").map((t) => t.at))
       for (const c of charges) {
-        if (c.at % policy.STORAGE_BILLING_INTERVAL_MS !== 0 || c.amount_micros !== day_micros || days.has(c.at)) {
-          violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge $${formatDollars(c.amount_micros)} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB at midnight` })
+        const dayOf = c.at - (c.at % policy.STORAGE_BILLING_INTERVAL_MS)
+        if ((c.at !== dayOf && !restoredAt.has(c.at)) || c.amount_micros !== day_micros || days.has(dayOf)) {
+          violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge $${formatDollars(c.amount_micros)} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB, at midnight or at a restore` })
         }
-        days.add(c.at)
+        days.add(dayOf)
+      }
+      // Storage usable again pays for the day it comes back in, at once.
+      if (day_micros !== 0n) {
+        for (const at of restoredAt) {
+          if (!charges.some((c) => c.at === at)) violate(3, { account: r.account, resource: r.id, at, message: `storage ${r.id} restored at ${isoInstant(at)} without the day's charge` })
+        }
       }
       if (day_micros !== 0n) checkStorageDays(r, { charged: days, transitions: transitionsByResource.get(r.id) ?? [], end_ms: facts.end_ms, engine_down: facts.engine_down ?? [], violate })
       continue

@@ -863,12 +863,34 @@ export class GpuSupervisor implements PaymentHost {
     this.replenished.clear()
   }
 
-  /** Money to spend makes the account's suspended storage usable again. */
+  /**
+   * Money to spend makes the account's suspended storage usable again, once it pays for the
+   * day: storage is suspended only at a midnight it could not pay for, so the day it comes back
+   * in is unpaid, and is charged now (one `storage_billing` row, as at midnight). Storage the
+   * balance cannot pay a day of stays suspended. Decision (POLICY.md): before, a top-up of a
+   * cent restored it for the rest of the day for nothing, every day.
+   */
   private restoreStorage(account: string, at: number): void {
     if (this.spendable(account) <= 0n) return
     for (const id of [...(this.byAccount.get(account) ?? [])].sort()) {
       const entry = this.storageEntry(id)
-      if (entry !== undefined && statusOf(entry) === "suspended") this.dispatch(entry, { type: "restore", at })
+      if (entry === undefined || statusOf(entry) !== "suspended") continue
+      const ctx = entry.actor.getSnapshot().context
+      const rate = BigInt(ctx.daily_rate_micros)
+      const amount = rate * BigInt(ctx.size_gb)
+      if (amount > 0n) {
+        if (this.spendable(account) < amount) continue
+        this.ledger.post({
+          account,
+          at,
+          kind: "storage_billing",
+          amount_micros: -amount,
+          resource: id,
+          description: policy.descriptions.storage(ctx.kind, id, ctx.size_gb, formatDollars(rate), suspendedFrom(ctx).length > 0)
+        })
+        this.lowBalance.touch(account)
+      }
+      this.dispatch(entry, { type: "restore", at })
     }
   }
 

@@ -22,7 +22,9 @@ describe("storage", () => {
       [iso("2026-03-02T00:00:00Z"), "fs-1", "-3.00"],
       [iso("2026-03-03T00:00:00Z"), "dr-1", "-0.40"],
       [iso("2026-03-03T00:00:00Z"), "fs-1", "-3.00"],
-      [iso("2026-03-04T00:00:00Z"), "dr-1", "-0.40"]
+      [iso("2026-03-04T00:00:00Z"), "dr-1", "-0.40"],
+      // fs-1 was suspended at that midnight; the top-up at 02:00 restores it and pays its day.
+      [iso("2026-03-04T02:00:00Z"), "fs-1", "-3.00"]
     ])
     expect(r.output.ledger.find((x) => x.resource === "fs-1")!.description).toBe("Daily storage for shared filesystem fs-1: 500 GB × $0.006/GB-day (idle)")
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
@@ -41,6 +43,34 @@ describe("storage", () => {
       [iso("2026-03-02T01:00:00Z"), "available", "in_use"],
       [iso("2026-03-02T02:00:00Z"), "in_use", "available"]
     ])
+  })
+
+  it("restores suspended storage only once the money coming back pays its day, and charges that day then", () => {
+    // Proves the restore Decision (docs/POLICY.md): a refund of $0.80 at the midnight that
+    // suspends a $1-a-day drive does not bring it back (it used to, for the whole day, free);
+    // a top-up of $5 later that day does, with the day's charge at that instant.
+    const catalog = { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }, storage: { cloud_drive: { daily_rate_per_gb: "0.01" } } }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "d-1", size_gb: 100, region: "us-east" },
+          { at: "PT22H30M", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 2 },
+          { at: "PT24H", do: "terminate", id: "gi-1" },
+          { at: "PT30H", do: "top_up", account: "acme", amount: "5.00" }
+        ],
+        { catalog, until: "PT36H", accounts: { acme: { balance: "3.20" } } }
+      )
+    ).output
+    expect(r.ledger.filter((x) => x.resource !== "gi-1").map((x) => [x.at, x.kind, x.amount, x.balance_after])).toEqual([
+      [iso("2026-03-01T00:00:00Z"), "adjustment", "3.20", "3.20"],
+      [iso("2026-03-02T06:00:00Z"), "topup", "5.00", "5.80"],
+      [iso("2026-03-02T06:00:00Z"), "storage_billing", "-1.00", "4.80"]
+    ])
+    expect(r.transitions.filter((t) => t.resource === "d-1").map((t) => [t.at, t.from, t.to])).toEqual([
+      [iso("2026-03-02T00:00:00Z"), "available", "suspended"],
+      [iso("2026-03-02T06:00:00Z"), "suspended", "available"]
+    ])
+    expect(r.invariants).toEqual({ ok: true, violations: [] })
   })
 
   it("suspends storage whose daily charge the balance cannot cover, keeps it, and restores it on a top-up", () => {
