@@ -5,7 +5,7 @@
  * exact ledger rows each produces.
  */
 import { describe, expect, it } from "vitest"
-import { run, timelineFile, tmpDb } from "../helpers.js"
+import { launch, run, timelineFile, tmpDb } from "../helpers.js"
 
 const rowsOf = (out: { ledger: ReadonlyArray<Record<string, unknown>> }) => out.ledger.map((r) => [String(r["at"]).slice(11, 19), r["kind"], r["amount"], r["balance_after"], r["resource"]])
 
@@ -96,7 +96,7 @@ describe("the simulated provider", () => {
           { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "20.00" },
           { at: "PT10M", do: "stripe_refund", account: "acme" },
           { at: "PT1H", do: "top_up", account: "acme", amount: "10.00" },
-          { at: "PT2H", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 4 }
+          launch({ at: "PT2H", estimated_duration_hours: 4 })
         ],
         { catalog, until: "PT3H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT2S" } }
       )
@@ -128,9 +128,9 @@ describe("the simulated provider", () => {
       timelineFile(
         [
           { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
-          { at: "PT1M", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 12 },
+          launch({ at: "PT1M", estimated_duration_hours: 12 }),
           { at: "PT10M", do: "stripe_refund", account: "acme" },
-          { at: "PT20M", do: "launch_gpu_instance", account: "acme", id: "gi-2", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 }
+          launch({ at: "PT20M", id: "gi-2", estimated_duration_hours: 1 })
         ],
         { catalog, until: "PT14H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT2S" } }
       )
