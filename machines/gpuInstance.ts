@@ -104,7 +104,8 @@ export const billableMsAt = (ctx: GpuInstanceContext, at: number): number =>
 
 /**
  * Where an event ends the open billable stretch: `at`, or the pod's own stop (`ended_at`)
- * when the world reported an earlier one, never before the stretch began.
+ * when the world reported an earlier one, never before the stretch began. For an inference
+ * replica too (its stretch): a stop learned after a cycle boundary bills to that boundary.
  */
 export const billingEndOf = (ctx: Pick<GpuInstanceContext, "billing_since">, event: { readonly at: number; readonly ended_at?: number }): number =>
   event.ended_at === undefined || ctx.billing_since === null ? event.at : Math.min(event.at, Math.max(ctx.billing_since, event.ended_at))

@@ -11,6 +11,7 @@
  */
 import { assertEvent, assign, enqueueActions, sendTo, setup, type SnapshotFrom } from "xstate"
 import { BILLABLE_STATES, MS_PER_HOUR, type TerminationReason } from "../src/policy.js"
+import { billingEndOf } from "./gpuInstance.js"
 import { replicaMachine, type ReplicaStatus, type ReplicaStatusEvent } from "./inferenceReplica.js"
 
 export type ModelSource = "huggingface" | "platform" | "shared_fs"
@@ -96,14 +97,6 @@ export const liveHourlyMicros = (ctx: Pick<InferenceContext, "hourly_rate_micros
   return BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(Math.max(live, 1))
 }
 
-/**
- * Where a replica's status event ends its open billable stretch: `at`, or the pod's own stop
- * (`ended_at`) when the world dated it earlier, never before the stretch began (so a stop
- * learned after a cycle boundary is billed to that boundary in the cycle already settled).
- */
-export const replicaBillingEndOf = (r: Pick<ReplicaBilling, "billing_since">, event: { readonly at: number; readonly ended_at?: number }): number =>
-  event.ended_at === undefined || r.billing_since === null ? event.at : Math.min(event.at, Math.max(r.billing_since, event.ended_at))
-
 /** Closes every open billable stretch at `at` (a cycle boundary or a stop). */
 const closeStretches = (replicas: InferenceContext["replicas"], at: number): Record<string, ReplicaBilling> =>
   Object.fromEntries(
@@ -144,7 +137,7 @@ export const inferenceInstanceMachine = setup({
       const r = context.replicas[event.region]
       if (r === undefined) return {}
       const billable = BILLABLE.has(event.status)
-      const closed = r.billing_since === null ? r.cycle_billable_ms : r.cycle_billable_ms + Math.max(0, replicaBillingEndOf(r, event) - r.billing_since)
+      const closed = r.billing_since === null ? r.cycle_billable_ms : r.cycle_billable_ms + Math.max(0, billingEndOf(r, event) - r.billing_since)
       const next: ReplicaBilling = {
         status: event.status,
         cycle_billable_ms: billable && r.billing_since !== null ? r.cycle_billable_ms : closed,

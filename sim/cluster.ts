@@ -40,8 +40,8 @@ interface Workload {
   started_at: number | null
   /** When it entered its current phase. */
   since: number
-  /** When it last left `loading`/`running` (stopped holding its GPUs), or null. */
-  last_stopped_at: number | null
+  /** Every instant it left `loading`/`running` (stopped holding its GPUs), in order. */
+  readonly stops: number[]
   timer: TimerHandle | null
   deleting: boolean
 }
@@ -95,7 +95,7 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), last_stopped_at: null, timer: null, deleting: false })
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), stops: [], timer: null, deleting: false })
     this.record(spec.resource, "pending")
     this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
@@ -135,8 +135,9 @@ export class SimCluster implements ClusterPort {
 
   forEachVolume(_visit: (id: string) => void): void {}
 
-  lastStoppedAt(name: string): number | null {
-    return this.workloads.get(name)?.last_stopped_at ?? null
+  firstStopAt(name: string, from: number): number | null {
+    for (const stop of this.workloads.get(name)?.stops ?? []) if (stop >= from) return stop
+    return null
   }
 
   phaseOf(name: string): WorkloadPhase | undefined {
@@ -252,7 +253,7 @@ export class SimCluster implements ClusterPort {
 
   /** A workload's new phase, when it began, and the change for `drainChanges`. */
   private setPhase(w: Workload, phase: WorkloadPhase): void {
-    if (HELD.has(w.phase) && !HELD.has(phase)) w.last_stopped_at = this.clock.now()
+    if (HELD.has(w.phase) && !HELD.has(phase)) w.stops.push(this.clock.now())
     w.phase = phase
     w.since = this.clock.now()
     this.record(w.spec.resource, phase)

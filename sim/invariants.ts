@@ -201,8 +201,7 @@ const checkStorageDays = (
   }
 }
 
-/** How many of `r`'s replicas can still bill at `at`: those no transition has failed or deleted by then (at least one). */
-/** The stretches `[from, to)` in which a log of states (in order, from `pending`) is in `held`; an open one ends at `end`. */
+/** The stretches `[from, to)` in which a log of states (in order, from `pending`) is billable (`loading`/`running`); an open one ends at `end`. */
 const heldStretches = (log: ReadonlyArray<{ readonly at: number; readonly state: string }>, end: number): Array<readonly [number, number]> => {
   const out: Array<readonly [number, number]> = []
   let since: number | null = null
@@ -252,6 +251,7 @@ const checkBilledWhileHeld = (
   }
 }
 
+/** How many of `r`'s replicas can still bill at `at`: those no transition has failed or deleted by then (at least one). */
 const liveReplicasAt = (r: Extract<ResourceFacts, { kind: "inference_instance" }>, transitionsByResource: Map<string, Transition[]>, at: number): number => {
   let live = 0
   for (const region of r.context.regions) {

@@ -76,13 +76,14 @@ export interface ClusterPort {
   forEachVolume(visit: (id: string) => void): void
   get(name: string): WorkloadStatus | undefined
   /**
-   * When the workload's pods last stopped holding their GPUs (left `loading`/`running`), if the
-   * world knows: a stop and restart the engine never saw (both events missed, or during an
-   * outage) shows as a stop after billing last began. The simulated world knows; the
-   * Kubernetes driver answers null for now (a container's `lastState.terminated` would tell).
-   * A lookup: the reconciler asks it of running resources it looks at.
+   * The first instant at or after `from` at which the workload's pods stopped holding their
+   * GPUs (left `loading`/`running`), if the world knows; null if they have not since, or the
+   * world cannot say. Billing that began at `from` ends there: a stop the engine learned late,
+   * and a stop and restart it never saw (both events missed, or during an outage), are billed
+   * only up to the first stop. The simulated world knows; the Kubernetes driver answers null
+   * for now (a container's `lastState.terminated` would tell). A lookup over a few instants.
    */
-  lastStoppedAt(name: string): number | null
+  firstStopAt(name: string, from: number): number | null
   /**
    * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live
    * resource on every watchdog tick, so it must be a lookup, not a copy.

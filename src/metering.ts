@@ -424,7 +424,7 @@ export class Metering {
     const spendable = this.spendableMicros(req.account)
     // The $0 rule is about what requests cost: a user instance's free request is paid for by
     // its hold, and served while the instance runs (the manual: its 402 means it was stopped).
-    const prepaid = !platform && cost === 0n
+    const prepaid = !platform && !isPriced(price)
     if ((spendable <= 0n && !prepaid) || spendable < cost) {
       return Either.left(new InsufficientBalance({ account: req.account, required_micros: cost > 0n ? cost : 1n, balance_micros: spendable }))
     }

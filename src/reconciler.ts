@@ -163,13 +163,20 @@ export class Reconciler {
 
   /**
    * A stop and restart the engine never saw (both pod events missed, or both during an
-   * outage): the world says the pod stopped holding its GPUs after billing last began, though
-   * it runs again now. When it stopped, or null.
+   * outage): the world says the pod stopped holding its GPUs after billing last began (not at
+   * that instant: a preemption and resume seen together leave a stop there), though it runs
+   * again now. The first such stop, or null.
    */
   private interruptedAt(name: string, billing_since: number | null): number | null {
-    if (billing_since === null) return null
-    const stopped = this.host.cluster.lastStoppedAt(name)
-    return stopped !== null && stopped >= billing_since ? stopped : null
+    return billing_since === null ? null : this.host.cluster.firstStopAt(name, billing_since + 1)
+  }
+
+  /**
+   * Where a stop found late ends billing that began at `billing_since`: the world's first stop
+   * since then (several may have come and gone unseen), else when its current phase began.
+   */
+  private stoppedSince(name: string, billing_since: number | null, workload: { readonly since: number | null } | undefined): number | null {
+    return (billing_since === null ? null : this.host.cluster.firstStopAt(name, billing_since)) ?? workload?.since ?? null
   }
 
   /**
@@ -209,7 +216,7 @@ export class Reconciler {
     if (correction === "deletePod") return this.host.cluster.deleteWorkload(podNameFor(id))
     this.host.journal.append(at, "reconcile", { id, status, phase })
     // A preemption or failure found late is billed only up to when the world says it happened.
-    const since = workload?.since ?? null
+    const since = this.stoppedSince(podNameFor(id), entry.actor.getSnapshot().context.billing_since, workload)
     const dated = (correction === "pod.preempted" || correction === "pod.failed") && phase === (correction === "pod.preempted" ? "preempted" : "failed") && since !== null && since < at
     this.host.dispatch(entry, (dated ? { type: correction, at, ended_at: since } : { type: correction, at }) as GpuInstanceEvent, "reconciled")
   }
@@ -251,7 +258,7 @@ export class Reconciler {
       const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted", ended_at: number | null = null) => {
         this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase, ...(ended_at === null ? {} : { interrupted_at: ended_at }) })
         // As for a GPU resource: a stop found late is billed only up to when the world dates it.
-        const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? (workload?.since ?? null) : null)
+        const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? this.stoppedSince(name, ctx.replicas[region]?.billing_since ?? null, workload) : null)
         this.host.dispatch(entry, { type: "replica.pod", region, pod, at, ...(since !== null && since < at ? { ended_at: since } : {}) }, "reconciled")
       }
       if (replica === "deleted") continue

@@ -35,7 +35,6 @@ import {
   inferenceAlarm,
   inferenceInstanceMachine,
   liveHourlyMicros,
-  replicaBillingEndOf,
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
@@ -168,6 +167,12 @@ export class GpuSupervisor implements PaymentHost {
   private readonly live = new Map<string, LiveEntry>()
   /** Provider calls waiting for the current unit of work to commit (`whenCommitted`). */
   private readonly committedCalls: Array<() => void> = []
+  /**
+   * Storage whose day a restore paid (id → that day's midnight): on a live clock money can
+   * arrive after 00:00 but before the midnight worker fires, and the worker must not charge
+   * that day again.
+   */
+  private readonly paidByRestore = new Map<string, number>()
   /** The live entries that run workloads (GPU resources, inference instances): the reconciler's scan. */
   private readonly withPods = new Map<string, WorkloadEntry>()
   /** Live resources in `pending`, for the watchdog. Iterated sorted, never in insertion order. */
@@ -826,28 +831,35 @@ export class GpuSupervisor implements PaymentHost {
           const entry = this.storageEntry(id)!
           const status = statusOf(entry)
           if (status !== "available" && status !== "in_use") continue
+          if (this.paidByRestore.get(id) === dayOf(at)) continue
           const ctx = entry.actor.getSnapshot().context
-          const rate = BigInt(ctx.daily_rate_micros)
-          const amount = rate * BigInt(ctx.size_gb)
+          const amount = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
           // Free storage (a $0 rate) writes no row: the ledger holds no zero-amount rows.
           if (amount === 0n) continue
           if (this.spendable(ctx.account) < amount) {
             this.dispatch(entry, { type: "suspend", at })
             continue
           }
-          this.ledger.post({
-            account: ctx.account,
-            at,
-            kind: "storage_billing",
-            amount_micros: -amount,
-            resource: id,
-            description: policy.descriptions.storage(ctx.kind, id, ctx.size_gb, formatDollars(rate), ctx.attached_to.length > 0)
-          })
-          this.lowBalance.touch(ctx.account)
+          this.chargeStorageDay(ctx, at, ctx.attached_to.length > 0)
         }
       })
     }
+    this.paidByRestore.clear()
     this.armStorageBilling()
+  }
+
+  /** One day of storage: `size_gb × daily_rate`, one `storage_billing` row naming it. */
+  private chargeStorageDay(ctx: StorageSnapshot["context"], at: number, attached: boolean): void {
+    const rate = BigInt(ctx.daily_rate_micros)
+    this.ledger.post({
+      account: ctx.account,
+      at,
+      kind: "storage_billing",
+      amount_micros: -(rate * BigInt(ctx.size_gb)),
+      resource: ctx.id,
+      description: policy.descriptions.storage(ctx.kind, ctx.id, ctx.size_gb, formatDollars(rate), attached)
+    })
+    this.lowBalance.touch(ctx.account)
   }
 
   /**
@@ -876,19 +888,11 @@ export class GpuSupervisor implements PaymentHost {
       const entry = this.storageEntry(id)
       if (entry === undefined || statusOf(entry) !== "suspended") continue
       const ctx = entry.actor.getSnapshot().context
-      const rate = BigInt(ctx.daily_rate_micros)
-      const amount = rate * BigInt(ctx.size_gb)
+      const amount = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
       if (amount > 0n) {
         if (this.spendable(account) < amount) continue
-        this.ledger.post({
-          account,
-          at,
-          kind: "storage_billing",
-          amount_micros: -amount,
-          resource: id,
-          description: policy.descriptions.storage(ctx.kind, id, ctx.size_gb, formatDollars(rate), suspendedFrom(ctx).length > 0)
-        })
-        this.lowBalance.touch(account)
+        this.chargeStorageDay(ctx, at, suspendedFrom(ctx).length > 0)
+        this.paidByRestore.set(id, dayOf(at))
       }
       this.dispatch(entry, { type: "restore", at })
     }
@@ -1047,7 +1051,7 @@ export class GpuSupervisor implements PaymentHost {
     const stoppedAt =
       !("ended_at" in event) || event.ended_at === undefined ? event.at
       : entry.kind === "gpu" ? billingEndOf(entry.actor.getSnapshot().context, event)
-      : entry.kind === "inference" && event.type === "replica.pod" ? replicaBillingEndOf(entry.actor.getSnapshot().context.replicas[event.region] ?? { billing_since: null }, event)
+      : entry.kind === "inference" && event.type === "replica.pod" ? billingEndOf(entry.actor.getSnapshot().context.replicas[event.region] ?? { billing_since: null }, event)
       : event.at
     this.run(entry, send, statusOf(entry), event.at, event, cause, stoppedAt)
   }
@@ -1487,6 +1491,9 @@ const invalid = (code: string, field: string, message: string): Either.Either<ne
  * keeps the same schedule as one that never stopped.
  */
 const nextMark = (now: number, interval_ms: number): number => (Math.floor(now / interval_ms) + 1) * interval_ms
+
+/** The midnight (00:00 UTC) that begins the day of `at`. */
+const dayOf = (at: number): number => at - (at % policy.STORAGE_BILLING_INTERVAL_MS)
 
 const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preempted" | "failed" | "deleted" =>
   type.slice("pod.".length) as "loading" | "running" | "preempted" | "failed" | "deleted"

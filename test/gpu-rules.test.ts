@@ -280,7 +280,7 @@ describe("the reconciler on every watchdog tick", () => {
   it("unbills a preemption and resume the engine never saw, from the preemption until it learns of it", () => {
     // Proves the interruption check: both pod events of a preemption at 1:01 and a resume at
     // 1:04 are lost; the tick at 1:05 finds the pod running but stopped since billing began
-    // (the world's lastStoppedAt), logs the preemption at 1:01 and the resume at 1:05, and
+    // (the world's firstStopAt), logs the preemption at 1:01 and the resume at 1:05, and
     // 1 h 26 min of 1 h 30 min is billed (refund $0.906667 of $3.20).
     const r = run(
       timelineFile([
@@ -300,6 +300,34 @@ describe("the reconciler on every watchdog tick", () => {
       [at(90 * MIN), "refund", "0.906667", "97.706667", "gi-1"]
     ])
     expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("dates a stop found late at the first of several unseen stops, and takes a preemption and resume seen together for what they are", () => {
+    // Proves the review's two cases. Three lost events (preempted 1:01, resumed 1:02, preempted
+    // 1:03): billed to 1:01, not 1:03 (61 min of a 4 h hold). A preemption and a resume at the
+    // same instant, both seen: nothing is invented at the next tick, 3 h are billed.
+    const unseen = run(
+      timelineFile([
+        launch({ estimated_duration_hours: 4 }),
+        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 3 },
+        { at: "PT1H1M", do: "preempt", id: "gi-1" },
+        { at: "PT1H2M", do: "resume", id: "gi-1" },
+        { at: "PT1H3M", do: "preempt", id: "gi-1" },
+        { at: "PT3H", do: "terminate", id: "gi-1" }
+      ])
+    )
+    expect(ledger(unseen).filter((x) => x[4] === "gi-1").at(-1)).toEqual([at(3 * HOUR), "refund", "4.773333", "98.373333", "gi-1"])
+    expect(unseen.output.invariants.ok).toBe(true)
+    const together = run(
+      timelineFile([
+        launch({ estimated_duration_hours: 4 }),
+        { at: "PT1H", do: "preempt", id: "gi-1" },
+        { at: "PT1H", do: "resume", id: "gi-1" },
+        { at: "PT3H", do: "terminate", id: "gi-1" }
+      ])
+    )
+    expect(moves(together).filter((m) => m[3] === "reconciled")).toEqual([])
+    expect(ledger(together).filter((x) => x[4] === "gi-1").at(-1)).toEqual([at(3 * HOUR), "refund", "1.60", "95.20", "gi-1"])
   })
 
   it("looks at the pod before a deadline settles it: a preemption missed at 1:57 is not billed to 2:00", () => {

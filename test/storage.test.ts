@@ -7,6 +7,7 @@
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
+import { ledgerOf, START_MS, world } from "./api/harness.js"
 import { run, timelineFile, tmpDb } from "./helpers.js"
 
 const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "storage.json"), "utf8"))
@@ -47,8 +48,9 @@ describe("storage", () => {
 
   it("restores suspended storage only once the money coming back pays its day, and charges that day then", () => {
     // Proves the restore Decision (docs/POLICY.md): a refund of $0.80 at the midnight that
-    // suspends a $1-a-day drive does not bring it back (it used to, for the whole day, free);
-    // a top-up of $5 later that day does, with the day's charge at that instant.
+    // suspends a $1-a-day drive (it lands first, so that midnight suspends it with $0.80 in
+    // the wallet) leaves it suspended; a top-up of $5 later that day restores it, with the
+    // day's charge at that instant (it used to come back with no charge for the day).
     const catalog = { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }, storage: { cloud_drive: { daily_rate_per_gb: "0.01" } } }
     const r = run(
       timelineFile(
@@ -71,6 +73,33 @@ describe("storage", () => {
       [iso("2026-03-02T06:00:00Z"), "suspended", "available"]
     ])
     expect(r.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("charges a day once when money restores storage after 00:00 but before the midnight worker runs (a live clock)", async () => {
+    // Proves the guard for the live race: at the midnight instant a credit's unit of work runs
+    // before the timers due then (as an HTTP request can, on a live clock), restores the drive
+    // and pays its day; the worker that fires next does not charge that day again.
+    const w = await world()
+    try {
+      const a = await w.signup("sam@example.com", "0.10")
+      const sup = w.opened.engine.sup.sync
+      expect(sup.createStorage({ account: a.account, id: "cd-1", kind: "cloud_drive", size_gb: 100, region: "us-east" })._tag).toBe("Right")
+      const day = 24 * 3_600_000
+      const midnight = START_MS - (START_MS % day) + day
+      w.advance(midnight - START_MS) // the first midnight: $0.40 due on $0.10, suspended
+      w.clock.advanceTo(midnight + day, (instant, fire) => {
+        // Its own unit of work, committed (and the drive restored) before the timers due now.
+        if (instant === midnight + day) expect(sup.credit(a.account, "adjustment", 5_000_000n, "Top-up at the stroke of midnight")._tag).toBe("Right")
+        w.opened.engine.sup.unitOfWork(fire)
+      })
+      expect(ledgerOf(w, a.account)).toEqual([
+        ["adjustment", "0.10", null],
+        ["adjustment", "5.00", null],
+        ["storage_billing", "-0.40", "cd-1"]
+      ])
+    } finally {
+      await w.close()
+    }
   })
 
   it("suspends storage whose daily charge the balance cannot cover, keeps it, and restores it on a top-up", () => {

@@ -198,7 +198,10 @@ export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, 
   if (key === null) return send(reply, await runOrRefusalAsync(run))
   const flights = inFlight(ctx)
   const flight = `${account}\u0000${key.raw}`
-  await flights.get(flight)
+  // Wait until no request with this key runs. A failure that is not stored (5xx) wakes every
+  // waiter; the first to get here runs again and the others wait for it, so two requests with
+  // one key still never both run. (No await between this loop and `flights.set` below.)
+  for (let running = flights.get(flight); running !== undefined; running = flights.get(flight)) await running
   const replay = ctx.engine.sup.unitOfWork(() => storedAnswer(ctx, account, key))
   if (replay !== null) return answer(reply, replay)
   const running = (async (): Promise<Outcome> => {

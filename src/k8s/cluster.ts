@@ -337,7 +337,7 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   /** Not read yet (docs/KUBERNETES.md, Known limits): a container's `lastState.terminated` would tell. */
-  lastStoppedAt(_name: string): number | null {
+  firstStopAt(_name: string, _from: number): number | null {
     return null
   }
 

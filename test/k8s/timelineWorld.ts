@@ -66,8 +66,8 @@ export class MissEvents implements ClusterPort {
   get(name: string) {
     return this.inner.get(name)
   }
-  lastStoppedAt(name: string) {
-    return this.inner.lastStoppedAt(name)
+  firstStopAt(name: string, from: number) {
+    return this.inner.firstStopAt(name, from)
   }
   phaseOf(name: string) {
     return this.inner.phaseOf(name)

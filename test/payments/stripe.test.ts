@@ -158,6 +158,22 @@ describe("top-ups", () => {
     expect(ledgerOf(w, a.account)).toEqual([])
   })
 
+  it("run one request at a time per Idempotency-Key even when the first fails unstored: three at once while Stripe is down make one PaymentIntent", async () => {
+    // Proves the waiters of a 502 (not stored) do not all run again: the first of them runs,
+    // the rest wait for it and replay its 201.
+    const { w, server } = await setup()
+    const a = await w.signup("ned@example.com", "0")
+    server.unavailable = 1
+    const headers = { "idempotency-key": "top-up-2" }
+    const replies = await Promise.all([1, 2, 3].map(() => w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" }, headers })))
+    expect(replies.map((r) => [r.status, r.headers["idempotent-replayed"], r.body.payment?.id ?? r.body.error])).toEqual([
+      [502, undefined, "payment_provider_error"],
+      [201, undefined, "pay_00000002"],
+      [201, "true", "pay_00000002"]
+    ])
+    expect(server.intents.size).toBe(1)
+  })
+
   it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
     // Proves the engine credits only what it asked for: a signed event whose amount differs
     // from the row (a bug or a tampered integration) moves no money and is journaled.

@@ -19,7 +19,10 @@ import { iso, obj, moneySchema } from "../views.js"
 /** An invite link stays valid for 7 days. */
 export const INVITE_TTL_MS = 7 * 24 * 3_600_000
 export const EMAIL_LENGTH_MAX = 254
-/** Live keys one account may hold (a revoked key frees its place): a bound like every other. */
+/**
+ * Live keys one account may hold (a revoked key frees its place). Revoked keys stay, as the
+ * account's history; how fast they can pile up is bounded by the rate limit.
+ */
 export const KEYS_PER_ACCOUNT_MAX = 1_000
 /** No spaces, no control characters, one @: a local part of 1–64 and a domain of 1–189 characters. */
 const EMAIL_RE = "^[^\\s@\\u0000-\\u001f\\u007f]{1,64}@[^\\s@\\u0000-\\u001f\\u007f]{1,189}$"
