@@ -580,6 +580,9 @@ export class GpuSupervisor implements PaymentHost {
       this.unitOfWork(() => {
         const at = this.clock.now()
         this.journal.append(at, "terminate", { id })
+        // What the stop settles must be what the pods ran: look at them first (a preemption
+        // whose event has not come yet is billed only up to when it happened).
+        this.reconciler.reconcileOne(id)
         this.dispatch(found.right, { type: "terminate", at })
         return viewOfEntry(found.right, at)
       })
