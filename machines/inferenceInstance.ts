@@ -83,18 +83,37 @@ export const fullHourlyMicros = (ctx: Pick<InferenceInput, "hourly_rate_micros" 
   BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(ctx.regions.length)
 
 /**
- * Per-hour cost of the replicas that can still bill: every one but those failed or deleted
- * (a failed replica never runs again). The basis of a partial hold's window, which "runs until
- * consumed" (SPEC §4): after a failover it lasts as long as the replicas left can consume it.
- * At least one replica's rate, so a window is always finite.
+ * Per-hour cost of the replicas consuming a partial hold: those billing now (`loading`,
+ * `running`), or, if none is, those that can still bill (not failed or deleted). The basis of a
+ * partial hold's window, which "runs until consumed" (SPEC §4): after a failover, or with a
+ * replica that cannot start, it lasts as long as the replicas running take to consume it (and
+ * `partialEndAt` moves its end when they change). At least one replica's rate, so a window is
+ * always finite.
  */
 export const liveHourlyMicros = (ctx: Pick<InferenceContext, "hourly_rate_micros" | "gpu_count" | "regions" | "replicas">): bigint => {
+  let billing = 0
   let live = 0
   for (const region of ctx.regions) {
     const status = ctx.replicas[region]?.status ?? "pending"
+    if (BILLABLE.has(status)) billing++
     if (status !== "failed" && status !== "deleted") live++
   }
-  return BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(Math.max(live, 1))
+  return BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count) * BigInt(Math.max(billing > 0 ? billing : live, 1))
+}
+
+/**
+ * When a partial cycle's hold is consumed at the replicas' billing as of `at`: what it covers
+ * (replica-milliseconds) less what they have consumed, shared among those billing now. Null
+ * while none bills (nothing consumes it; its end stays where it was). A partial hold "runs
+ * until consumed" (SPEC §4), so its end moves whenever a replica starts or stops billing.
+ */
+export const partialEndAt = (ctx: InferenceContext, at: number): number | null => {
+  let billing = 0
+  for (const r of Object.values(ctx.replicas)) if (r.billing_since !== null) billing++
+  if (billing === 0) return null
+  const covered = (BigInt(ctx.cycle.hold_micros) * BigInt(MS_PER_HOUR)) / (BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count))
+  const left = covered - BigInt(cycleBillableMsAt(ctx, at))
+  return left <= 0n ? at : at + Number(left / BigInt(billing))
 }
 
 /** Closes every open billable stretch at `at` (a cycle boundary or a stop). */
@@ -143,7 +162,11 @@ export const inferenceInstanceMachine = setup({
         cycle_billable_ms: billable && r.billing_since !== null ? r.cycle_billable_ms : closed,
         billing_since: billable ? (r.billing_since ?? event.at) : null
       }
-      return { replicas: { ...context.replicas, [event.region]: next } }
+      const replicas = { ...context.replicas, [event.region]: next }
+      if (!context.cycle.partial || context.stop_requested_at !== null) return { replicas }
+      // A partial hold runs until consumed: its end follows the replicas billing it.
+      const ends_at = partialEndAt({ ...context, replicas }, event.at)
+      return ends_at === null || ends_at === context.cycle.ends_at ? { replicas } : { replicas, cycle: { ...context.cycle, ends_at } }
     }),
     /** A new cycle: the old one's billing is settled; stretches still open carry on. */
     startCycle: assign(({ context, event }) => {

@@ -125,7 +125,8 @@ type Violate = (invariant: number, v: { account?: string | null; resource?: stri
 /**
  * An inference instance: one hold per 24-hour cycle (SPEC §4), each settled once; what each
  * cycle consumed equals the replicas' billable time within it (from the replicas' own
- * transitions, `id@region`); a cycle lasts no longer than its hold covers.
+ * transitions, `id@region`); a full cycle lasts no longer than 24 h, a partial one consumes no
+ * more than its hold (both within the watchdog lag).
  */
 const checkInference = (
   r: Extract<ResourceFacts, { kind: "inference_instance" }>,
@@ -145,21 +146,25 @@ const checkInference = (
       f.violate(2, { account: r.account, resource: r.id, message: `cycle hold ${h.id} is ${h.status} while the instance is ${r.status}` })
     }
     const end = h.settled_at ?? f.end_ms
-    // A full hold covers 24 h of every replica; a partial one, the time the replicas that can
-    // still bill when it is placed (not failed or deleted by then) take to consume it.
     const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
     // The hold as SPEC §4 sizes it: the first is the full `rate × GPUs × replicas × 24` the
     // launch was admitted on; a renewal is that, or a partial hold of less.
     if (i === 0 ? h.held_micros !== full : h.held_micros > full) {
       f.violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `cycle hold ${h.id} of $${formatDollars(h.held_micros)}; a full one is $${formatDollars(full)}` })
     }
-    const window = h.held_micros === full ? BigInt(policy.INFERENCE_CYCLE_MS) : h.held_micros * BigInt(policy.MS_PER_HOUR) / (rate * BigInt(ctx.gpu_count) * BigInt(liveReplicasAt(r, f.transitionsByResource, h.placed_at)))
-    if (BigInt(end - h.placed_at) > window + BigInt(policy.WATCHDOG_LAG_MS)) {
-      f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${window} ms` })
-    }
-    if (h.status !== "settled") return
     const ms = ctx.regions.reduce((sum, region) => sum + billableWithin(f.transitionsByResource.get(`${r.id}@${region}`) ?? [], ctx.created_at, h.placed_at, end), 0)
     const expected = costMicros(rate, ctx.gpu_count, ms)
+    if (h.held_micros === full) {
+      // A full hold covers 24 h of every replica.
+      if (end - h.placed_at > policy.INFERENCE_CYCLE_MS + policy.WATCHDOG_LAG_MS) {
+        f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${policy.INFERENCE_CYCLE_MS} ms` })
+      }
+    } else if (expected > h.held_micros + costMicros(rate, ctx.gpu_count, ctx.regions.length * policy.WATCHDOG_LAG_MS)) {
+      // A partial hold runs until consumed (SPEC §4), however long its replicas take: it ends
+      // by the time they have consumed it (within the watchdog lag), not a moment set at its start.
+      f.violate(7, { account: r.account, resource: r.id, at: end, message: `partial cycle of ${h.id} consumed $${formatDollars(expected)} on a hold of $${formatDollars(h.held_micros)}` })
+    }
+    if (h.status !== "settled") return
     const consumed = h.consumed_micros ?? 0n
     const diff = consumed > expected ? consumed - expected : expected - consumed
     if (diff > ROUNDING_MICROS) {
@@ -249,16 +254,6 @@ const checkBilledWhileHeld = (
       at = Math.min(to, stretch[1])
     }
   }
-}
-
-/** How many of `r`'s replicas can still bill at `at`: those no transition has failed or deleted by then (at least one). */
-const liveReplicasAt = (r: Extract<ResourceFacts, { kind: "inference_instance" }>, transitionsByResource: Map<string, Transition[]>, at: number): number => {
-  let live = 0
-  for (const region of r.context.regions) {
-    const gone = (transitionsByResource.get(`${r.id}@${region}`) ?? []).some((t) => t.at <= at && (t.to_state === "failed" || t.to_state === "deleted"))
-    if (!gone) live++
-  }
-  return Math.max(live, 1)
 }
 
 /** Appends `value` to the list under `key`, creating the list on first use. */

@@ -95,6 +95,44 @@ describe("the 24-hour cycle", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("runs a partial hold until the replicas billing it consume it: a replica that cannot start does not halve it", () => {
+    // Proves the window counts the replicas billing, not those that might: us-east is full (a
+    // GPU instance holds all its GPUs), so only eu-west runs; $36 covers 36 h of it, in one
+    // partial cycle with one notice (it used to say 18.0 hours and renew on ever smaller holds).
+    const full = { ...twoRegions, regions: { ...twoRegions.regions, "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } } }
+    const hog = { at: "PT0S", do: "launch_gpu_instance", account: "big", id: "hog", gpu: "H100", gpu_count: 8, region: "us-east", estimated_duration_hours: 120 }
+    const r = run(timelineFile([hog, register, launchII()], { catalog: full, until: "P4D", accounts: { acme: { balance: "60.00" }, big: { balance: "1000.00" } } }))
+    const acme = r.output.ledger.filter((x) => x.account === "acme").slice(1).map((x) => [x.at, x.kind, x.amount, x.balance_after])
+    expect(acme).toEqual([
+      [at(0), "gpu_usage", "-48.00", "12.00"],
+      [at(24 * HOUR), "refund", "24.00", "36.00"],
+      [at(24 * HOUR), "gpu_usage", "-36.00", "0.00"]
+    ])
+    expect(r.output.notifications.filter((n) => n.account === "acme" && n.kind !== "balance_warning").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(24 * HOUR), "partial_hold", "$36.00 credit can cover 36.0 more hours. Recharge to continue."],
+      [at(60 * HOUR), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("moves a partial hold's end when a replica starts billing it: consumed, not overrun", () => {
+    // Proves the end follows the billing: us-east is preempted from 23 h, so the $13 partial
+    // hold at 24 h covers 13 h of eu-west alone; us-east resumes at 30 h, 6 of the 13 are
+    // consumed, and the other 7 replica-hours last the two replicas 3.5 h: the instance stops
+    // at 33.5 h with its hold consumed, not at 37 h with $7 of overage.
+    const r = run(file([launchII(), { at: "PT23H", do: "preempt", id: "ii-1", region: "us-east" }, { at: "PT30H", do: "resume", id: "ii-1", region: "us-east" }], { until: "P4D", accounts: { acme: { balance: "60.00" } } }))
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "12.00"],
+      [at(24 * HOUR), "refund", "1.00", "13.00"],
+      [at(24 * HOUR), "gpu_usage", "-13.00", "0.00"]
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(24 * HOUR), "partial_hold", "$13.00 credit can cover 13.0 more hours. Recharge to continue."],
+      [at(33.5 * HOUR), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
   it("stops with credit_depleted at a cycle boundary when the balance is $0", () => {
     // Proves the $0 rule: no partial hold, no partial notice, pods killed, the manual's text.
     const r = run(file([launchII()], { accounts: { acme: { balance: "48.00" } } }))
