@@ -104,7 +104,7 @@ export const liveHourlyMicros = (ctx: Pick<InferenceContext, "hourly_rate_micros
 /**
  * When a partial cycle's hold is consumed at the replicas' billing as of `at`: what it covers
  * (replica-milliseconds) less what they have consumed, shared among those billing now. Null
- * while none bills (nothing consumes it; its end stays where it was). A partial hold "runs
+ * while none bills (nothing consumes it: the cycle waits, `partialWaits`). A partial hold "runs
  * until consumed" (SPEC §4), so its end moves whenever a replica starts or stops billing.
  */
 export const partialEndAt = (ctx: InferenceContext, at: number): number | null => {
@@ -273,4 +273,11 @@ export const healthyRegions = (ctx: InferenceContext): string[] => ctx.regions.f
 
 /** The next cycle boundary while active; null once stopping. */
 export const inferenceAlarm = (snapshot: InferenceSnapshot): { at: number } | null =>
-  snapshot.value === "active" ? { at: snapshot.context.cycle.ends_at } : null
+  snapshot.value === "active" && !partialWaits(snapshot.context) ? { at: snapshot.context.cycle.ends_at } : null
+
+/**
+ * A partial cycle nothing consumes (no replica billing): it has no end until one bills again
+ * (then `partialEndAt` sets it). Its hold stays, unrenewed: a partial hold runs until consumed.
+ */
+export const partialWaits = (ctx: InferenceContext): boolean =>
+  ctx.cycle.partial && Object.values(ctx.replicas).every((r) => r.billing_since === null)

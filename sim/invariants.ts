@@ -159,10 +159,17 @@ const checkInference = (
       if (end - h.placed_at > policy.INFERENCE_CYCLE_MS + policy.WATCHDOG_LAG_MS) {
         f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${policy.INFERENCE_CYCLE_MS} ms` })
       }
-    } else if (expected > h.held_micros + costMicros(rate, ctx.gpu_count, ctx.regions.length * policy.WATCHDOG_LAG_MS)) {
+    } else {
       // A partial hold runs until consumed (SPEC §4), however long its replicas take: it ends
-      // by the time they have consumed it (within the watchdog lag), not a moment set at its start.
-      f.violate(7, { account: r.account, resource: r.id, at: end, message: `partial cycle of ${h.id} consumed $${formatDollars(expected)} on a hold of $${formatDollars(h.held_micros)}` })
+      // when they have consumed it (within the watchdog lag), not at a moment set at its start,
+      // neither past it nor, when it renews, before.
+      const lag = costMicros(rate, ctx.gpu_count, ctx.regions.length * policy.WATCHDOG_LAG_MS)
+      if (expected > h.held_micros + lag) {
+        f.violate(7, { account: r.account, resource: r.id, at: end, message: `partial cycle of ${h.id} consumed $${formatDollars(expected)} on a hold of $${formatDollars(h.held_micros)}` })
+      }
+      if (!last && expected + lag + ROUNDING_MICROS < h.held_micros) {
+        f.violate(7, { account: r.account, resource: r.id, at: end, message: `partial cycle of ${h.id} renewed having consumed $${formatDollars(expected)} of $${formatDollars(h.held_micros)}` })
+      }
     }
     if (h.status !== "settled") return
     const consumed = h.consumed_micros ?? 0n
@@ -235,9 +242,13 @@ const checkBilledWhileHeld = (
   transitions: ReadonlyArray<Transition>,
   world: ReadonlyArray<{ readonly at: number; readonly phase: string }>,
   end: number,
-  violate: Violate
+  violate: Violate,
+  /** Billing ends here whatever the log says after (an inference replica: its instance's stop). */
+  billedUntil = end
 ): void => {
   const billed = heldStretches(transitions.map((t) => ({ at: t.at, state: t.to_state })), end)
+    .map(([from, to]) => [from, Math.min(to, billedUntil)] as const)
+    .filter(([from, to]) => to > from)
   if (billed.length === 0) return
   const held = heldStretches(world.map((w) => ({ at: w.at, state: w.phase })), end)
   let i = 0
@@ -526,9 +537,11 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     if (r.kind === "inference_instance") {
       checkInference(r, { holds: holdsByResource.get(r.id) ?? [], transitionsByResource, terminatedNotices: terminatedNoticesByResource, end_ms: facts.end_ms, violate })
       if (facts.world_phases !== undefined) {
+        // A replica bills until the instance stops, whenever its own deletion is logged.
+        const stoppedAt = (transitionsByResource.get(r.id) ?? []).find((t) => STOPPING.has(t.to_state))?.at ?? facts.end_ms
         for (const region of r.context.regions) {
           const replica = `${r.id}@${region}`
-          checkBilledWhileHeld(r.account, replica, transitionsByResource.get(replica) ?? [], facts.world_phases.get(replica) ?? [], facts.end_ms, violate)
+          checkBilledWhileHeld(r.account, replica, transitionsByResource.get(replica) ?? [], facts.world_phases.get(replica) ?? [], Math.min(facts.end_ms, stoppedAt), violate, stoppedAt)
         }
       }
       continue

@@ -35,6 +35,7 @@ import {
   inferenceAlarm,
   inferenceInstanceMachine,
   liveHourlyMicros,
+  partialWaits,
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
@@ -1288,9 +1289,12 @@ export class GpuSupervisor implements PaymentHost {
     entry.alarm = null
     this.unitOfWork(() => {
       const at = this.clock.now()
-      // What the cycle settles must be what the replicas ran: look at them first.
+      // What the cycle settles must be what the replicas ran: look at them first. A partial
+      // cycle whose end that moved (a stop found late) ends then instead (rearmed already).
       this.reconciler.reconcileOne(id)
       if (entry.actor.getSnapshot().status !== "active") return
+      const cycle = entry.actor.getSnapshot().context.cycle
+      if (cycle.partial && (cycle.ends_at > at || partialWaits(entry.actor.getSnapshot().context))) return
       const renewal = this.renewalFor(entry.actor.getSnapshot().context, at)
       this.journal.append(at, "cycle_end", { id, renewal })
       this.dispatch(entry, { type: "cycle_end", at, renewal })
@@ -1352,7 +1356,8 @@ export class GpuSupervisor implements PaymentHost {
         unconsumed += microMs(holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed)) - hourly * BigInt(billableMsAt(ctx, at))
       } else {
         const ctx = entry.actor.getSnapshot().context
-        if (entry.actor.getSnapshot().value === "active") {
+        // A partial cycle nothing consumes has no end to foresee (`partialWaits`).
+        if (entry.actor.getSnapshot().value === "active" && !partialWaits(ctx)) {
           // What renewalFor will find at the cycle's end if nothing changes: the hold less what
           // the replicas billing now will have consumed by then comes back (an overage if
           // negative), and the least partial hold it renews on.

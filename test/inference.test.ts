@@ -133,6 +133,40 @@ describe("the 24-hour cycle", () => {
     expect(r.output.invariants.ok).toBe(true)
   })
 
+  it("keeps a partial hold nothing consumes, unrenewed, until a replica bills again", () => {
+    // Proves a partial cycle with no replica billing waits: both replicas preempted at
+    // 29:58:30 with 3 replica-minutes of the $12 hold left used to renew a $0.05 hold every
+    // 1.5 minutes (1,681 notices over 42 h). Now: one partial notice, no more rows, cycle 2.
+    const both = (at: string) => ["us-east", "eu-west"].map((region) => ({ at, do: "preempt", id: "ii-1", region }))
+    const r = run(file([launchII(), ...both("PT29H58M30S")], { until: "P3D", accounts: { acme: { balance: "60.00" } } }))
+    expect(r.output.notifications.filter((n) => n.kind === "partial_hold").map((n) => [n.at, n.text])).toEqual([[at(24 * HOUR), "$12.00 credit can cover 6.0 more hours. Recharge to continue."]])
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-48.00", "12.00"],
+      [at(24 * HOUR), "gpu_usage", "-12.00", "0.00"]
+    ])
+    expect(r.output.resources["ii-1"]).toMatchObject({ cycle: 2, cycle_hold: "12.00" })
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("ends a partial cycle once, at the end a preemption found at its end moved", () => {
+    // Proves the cycle end looks at the pods and then waits for the end they give: us-east's
+    // preemption at 30:00:30 (event missed) moves the $12.07 hold's end from 30:02:06 to
+    // 30:03:42; the cycle used to end at 30:02:06 anyway and renew on $0.026667 of dust.
+    const r = run(file([launchII(), { at: "PT30H0M10S", do: "miss_pod_events", id: "ii-1@us-east", count: 1 }, { at: "PT30H0M30S", do: "preempt", id: "ii-1", region: "us-east" }], { until: "P4D", accounts: { acme: { balance: "60.07" } } }))
+    expect(r.output.notifications.filter((n) => n.kind === "partial_hold")).toHaveLength(1)
+    expect(r.output.notifications.filter((n) => n.kind === "terminated").map((n) => n.at)).toEqual([at(30 * HOUR + 3 * MIN + 42_000)])
+    expect(r.output.invariants.ok).toBe(true)
+  })
+
+  it("bills a replica until its instance stops, however late its deletion is logged (the checker agrees)", () => {
+    // Proves the checker's world rule for replicas: us-east's deletion event is missed and
+    // logged at the 6:05 tick, but billing ended at the 6:01 terminate, as the refund shows.
+    const r = run(file([launchII(), { at: "PT5H", do: "miss_pod_events", id: "ii-1@us-east", count: 1 }, { at: "PT6H1M", do: "terminate", id: "ii-1" }], { until: "P1D", accounts: { acme: { balance: "60.00" } } }))
+    expect(rows(r).at(-1)).toEqual([at(6 * HOUR + MIN), "refund", "35.966667", "47.966667"])
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1@us-east").at(-1)).toMatchObject({ at: at(6 * HOUR + 5 * MIN), to: "deleted" })
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("stops with credit_depleted at a cycle boundary when the balance is $0", () => {
     // Proves the $0 rule: no partial hold, no partial notice, pods killed, the manual's text.
     const r = run(file([launchII()], { accounts: { acme: { balance: "48.00" } } }))
