@@ -1290,7 +1290,8 @@ export class GpuSupervisor implements PaymentHost {
     this.unitOfWork(() => {
       const at = this.clock.now()
       // What the cycle settles must be what the replicas ran: look at them first. A partial
-      // cycle whose end that moved (a stop found late) ends then instead (rearmed already).
+      // cycle whose end that moved (a stop found late) ends at the new end instead (its alarm
+      // is rearmed by the dispatch), and one that nothing consumes now waits (`partialWaits`).
       this.reconciler.reconcileOne(id)
       if (entry.actor.getSnapshot().status !== "active") return
       const cycle = entry.actor.getSnapshot().context.cycle
