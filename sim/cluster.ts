@@ -38,8 +38,6 @@ interface Workload {
   /** Node indexes holding this workload's GPUs, or null while unplaced. */
   nodes: number[] | null
   started_at: number | null
-  /** When it entered its current phase. */
-  since: number
   /** Every instant it left `loading`/`running` (stopped holding its GPUs), in order. */
   readonly stops: number[]
   timer: TimerHandle | null
@@ -95,7 +93,7 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, since: this.clock.now(), stops: [], timer: null, deleting: false })
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false })
     this.record(spec.resource, "pending")
     this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
@@ -125,7 +123,7 @@ export class SimCluster implements ClusterPort {
 
   get(name: string): WorkloadStatus | undefined {
     const w = this.workloads.get(name)
-    return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at, since: w.since }
+    return w === undefined ? undefined : { name, resource: w.spec.resource, phase: w.phase, started_at: w.started_at }
   }
 
   /** The simulated world keeps no volumes: storage lives in the engine's machines alone. */
@@ -255,7 +253,6 @@ export class SimCluster implements ClusterPort {
   private setPhase(w: Workload, phase: WorkloadPhase): void {
     if (HELD.has(w.phase) && !HELD.has(phase)) w.stops.push(this.clock.now())
     w.phase = phase
-    w.since = this.clock.now()
     this.record(w.spec.resource, phase)
     this.changes.set(w.spec.name, w.spec.resource)
   }

@@ -43,12 +43,6 @@ export interface WorkloadStatus {
   readonly phase: WorkloadPhase
   /** When its containers first started (the instant of `loading`), if they did. */
   readonly started_at: number | null
-  /**
-   * When it entered `phase`, if the world knows: the simulated world does; the Kubernetes
-   * driver does not read it yet (null). A preemption or failure the engine learns of late is
-   * billed up to this instant, not up to when it learned (machines/gpuInstance.ts `ended_at`).
-   */
-  readonly since: number | null
 }
 
 export type ClusterEvent =

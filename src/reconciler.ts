@@ -173,10 +173,10 @@ export class Reconciler {
 
   /**
    * Where a stop found late ends billing that began at `billing_since`: the world's first stop
-   * since then (several may have come and gone unseen), else when its current phase began.
+   * since then (several may have come and gone unseen), or null if the world cannot say.
    */
-  private stoppedSince(name: string, billing_since: number | null, workload: { readonly since: number | null } | undefined): number | null {
-    return (billing_since === null ? null : this.host.cluster.firstStopAt(name, billing_since)) ?? workload?.since ?? null
+  private stoppedSince(name: string, billing_since: number | null): number | null {
+    return billing_since === null ? null : this.host.cluster.firstStopAt(name, billing_since)
   }
 
   /**
@@ -216,7 +216,7 @@ export class Reconciler {
     if (correction === "deletePod") return this.host.cluster.deleteWorkload(podNameFor(id))
     this.host.journal.append(at, "reconcile", { id, status, phase })
     // A preemption or failure found late is billed only up to when the world says it happened.
-    const since = this.stoppedSince(podNameFor(id), entry.actor.getSnapshot().context.billing_since, workload)
+    const since = this.stoppedSince(podNameFor(id), entry.actor.getSnapshot().context.billing_since)
     const dated = (correction === "pod.preempted" || correction === "pod.failed") && phase === (correction === "pod.preempted" ? "preempted" : "failed") && since !== null && since < at
     this.host.dispatch(entry, (dated ? { type: correction, at, ended_at: since } : { type: correction, at }) as GpuInstanceEvent, "reconciled")
   }
@@ -258,7 +258,7 @@ export class Reconciler {
       const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted", ended_at: number | null = null) => {
         this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase, ...(ended_at === null ? {} : { interrupted_at: ended_at }) })
         // As for a GPU resource: a stop found late is billed only up to when the world dates it.
-        const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? this.stoppedSince(name, ctx.replicas[region]?.billing_since ?? null, workload) : null)
+        const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? this.stoppedSince(name, ctx.replicas[region]?.billing_since ?? null) : null)
         this.host.dispatch(entry, { type: "replica.pod", region, pod, at, ...(since !== null && since < at ? { ended_at: since } : {}) }, "reconciled")
       }
       if (replica === "deleted") continue

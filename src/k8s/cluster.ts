@@ -274,7 +274,7 @@ export class KubernetesCluster implements ClusterPort {
 
   get(name: string): WorkloadStatus | undefined {
     const w = this.workloads.get(name)
-    return w === undefined ? undefined : { name, resource: w.resource, phase: w.phase, started_at: w.started_at, since: null }
+    return w === undefined ? undefined : { name, resource: w.resource, phase: w.phase, started_at: w.started_at }
   }
 
   /**

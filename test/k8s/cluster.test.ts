@@ -141,8 +141,8 @@ describe("the Kubernetes driver creates the right pods", () => {
     const posts = w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/pods"))
     expect(posts.length).toBe(2) // one from each control plane; the second was refused with 409
     expect(w.reports.filter((r) => r.kind === "request_failed")).toEqual([])
-    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60), since: null })
-    expect(other.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60), since: null })
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) })
+    expect(other.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) })
     // A control plane that finds the pod already there does not even ask.
     const third = await w.driver()
     third.createWorkload(spec())
@@ -155,14 +155,14 @@ describe("pod status becomes the engine's events", () => {
   it("pending, then loading when the containers start, then running when Ready, stamped with the engine clock", async () => {
     const { w, d, events } = await open()
     d.createWorkload(spec())
-    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "pending", started_at: null, since: null })
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "pending", started_at: null })
     await w.advance(59 * S)
     expect(d.phaseOf("eco-gi-1")).toBe("pending")
     expect(events).toEqual([])
     await w.advance(1 * S)
-    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "loading", started_at: t(60), since: null })
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "loading", started_at: t(60) })
     await w.advance(30 * S)
-    expect(d.list()).toEqual([{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60), since: null }])
+    expect(d.list()).toEqual([{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: t(60) }])
     expect(events).toEqual([
       { type: "pod.loading", resource: "gi-1", at: t(60) },
       { type: "pod.running", resource: "gi-1", at: t(90), started_at: t(60) }
@@ -287,7 +287,7 @@ describe("a pod deleted behind our back", () => {
     await running(w, d)
     w.kubelet.lose("gi-1")
     await w.settle()
-    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "failed", started_at: t(60), since: null })
+    expect(d.get("eco-gi-1")).toEqual({ name: "eco-gi-1", resource: "gi-1", phase: "failed", started_at: t(60) })
     expect(w.pods()).toEqual([])
     expect(w.reports.filter((r) => r.kind === "pod_lost")).toEqual([{ kind: "pod_lost", at: t(90), workload: "eco-gi-1", pod: "eco-gi-1" }])
     d.deleteWorkload("eco-gi-1")
@@ -400,8 +400,8 @@ describe("retries and restarts", () => {
     const heard: ClusterEvent[] = []
     next.subscribe((e) => heard.push(e))
     expect(next.list()).toEqual([
-      { name: "eco-gc-1", resource: "gc-1", phase: "pending", started_at: null, since: null },
-      { name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null, since: null }
+      { name: "eco-gc-1", resource: "gc-1", phase: "pending", started_at: null },
+      { name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null }
     ])
     await w.advance(90 * S)
     expect(heard.map((e) => [e.type, e.resource])).toEqual([
@@ -422,7 +422,7 @@ describe("retries and restarts", () => {
         }).pipe(Effect.provide(kubernetesClusterLayer(w.kubeconfig, w.clock, config)))
       )
     )
-    expect(seen).toEqual({ list: [{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null, since: null }], regions: ["us-east"] })
+    expect(seen).toEqual({ list: [{ name: "eco-gi-1", resource: "gi-1", phase: "running", started_at: null }], regions: ["us-east"] })
   })
 })
 
