@@ -151,12 +151,15 @@ export const SIM_POD_STOP_DEFAULT = "PT0S"
 // ── Notifications: kinds, severities and the exact texts the manual gives ──────────────
 export type Severity = "info" | "warning" | "critical"
 
+/** What a GPU resource is called in its notices: "Instance gi-1", "Cluster gc-1". */
+export const gpuNoun = (kind: "gpu_instance" | "gpu_cluster"): string => (kind === "gpu_cluster" ? "Cluster" : "Instance")
+
 export const texts = {
-  durationWarning: (id: string, minutes: number) =>
-    `Instance ${id} reaches its duration in ${minutes} ${minutes === 1 ? "minute" : "minutes"} and will be terminated. Extend it to keep it running.`,
-  preempted: (id: string) =>
-    `Instance ${id} was preempted: a higher-priority workload took its GPU. It resumes when capacity frees.`,
-  resumed: (id: string) => `Instance ${id} resumed: capacity freed and it is running again.`,
+  durationWarning: (noun: string, id: string, minutes: number) =>
+    `${noun} ${id} reaches its duration in ${minutes} ${minutes === 1 ? "minute" : "minutes"} and will be terminated. Extend it to keep it running.`,
+  preempted: (noun: string, id: string) =>
+    `${noun} ${id} was preempted: a higher-priority workload took its GPU. It resumes when capacity frees.`,
+  resumed: (noun: string, id: string) => `${noun} ${id} resumed: capacity freed and it is running again.`,
   balanceWarning: (minutes: number) =>
     `Your credit runs out in about ${minutes} ${minutes === 1 ? "minute" : "minutes"} at your current usage. Recharge to keep your resources running.`,
   storageSuspended: (id: string) => `Storage ${id} is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again.`,

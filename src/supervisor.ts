@@ -262,14 +262,14 @@ export class GpuSupervisor implements PaymentHost {
             ctx: context,
             severity,
             kind: "duration_warning",
-            text: policy.texts.durationWarning(context.id, params.minutes),
+            text: policy.texts.durationWarning(policy.gpuNoun(context.kind), context.id, params.minutes),
             data: { minutes: params.minutes, deadline_at: context.deadline_at }
           })
         },
         notifyPreempted: ({ context }) =>
-          raise({ type: "notify", ctx: context, severity: "warning", kind: "preempted", text: policy.texts.preempted(context.id) }),
+          raise({ type: "notify", ctx: context, severity: "warning", kind: "preempted", text: policy.texts.preempted(policy.gpuNoun(context.kind), context.id) }),
         notifyResumed: ({ context }) =>
-          raise({ type: "notify", ctx: context, severity: "info", kind: "resumed", text: policy.texts.resumed(context.id) }),
+          raise({ type: "notify", ctx: context, severity: "info", kind: "resumed", text: policy.texts.resumed(policy.gpuNoun(context.kind), context.id) }),
         notifyTerminated: ({ context }) => {
           const reason = context.termination_reason ?? "failed"
           raise({

@@ -78,6 +78,15 @@ describe("holds at launch and extend (the seeds' worked examples)", () => {
     ])
     expect(r.output.rejected.map((x) => [x.status, x.error])).toEqual([[400, "node_count_exceeds_region"]])
     expect(r.output.resources["gc-1"]).toMatchObject({ kind: "gpu_cluster", status: "terminated", termination_reason: "duration_expired", node_count: 2, gpu_count: 8 })
+    // A cluster's own notices call it a cluster; the termination text is the manual's.
+    expect(r.output.notifications.filter((n) => n.resource === "gc-1").map((n) => n.text)).toEqual([
+      "Cluster gc-1 reaches its duration in 30 minutes and will be terminated. Extend it to keep it running.",
+      "Cluster gc-1 reaches its duration in 20 minutes and will be terminated. Extend it to keep it running.",
+      "Cluster gc-1 reaches its duration in 10 minutes and will be terminated. Extend it to keep it running.",
+      "Cluster gc-1 reaches its duration in 5 minutes and will be terminated. Extend it to keep it running.",
+      "Cluster gc-1 reaches its duration in 1 minute and will be terminated. Extend it to keep it running.",
+      "Instance terminated — duration reached."
+    ])
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 })
