@@ -605,7 +605,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       }
     }
 
-    // 6. Duration warnings: per deadline, thresholds in order, each once, on time, before the stop.
+    // 6. Duration warnings: per deadline, thresholds in order, each once, on time, before the
+    // stop, and (below) none owed missing.
     const warnings = durationWarningsByResource.get(r.id) ?? []
     // Of several termination notices (not itself checked for a GPU resource), the last counts.
     const notice = terminatedNoticesByResource.get(r.id)?.at(-1)
@@ -613,6 +614,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     // was billed) but told, and known, when found; a warning sent in between was on time.
     const stopKnownAt = stop === undefined ? undefined : stop.to_state === "failed" && notice !== undefined && notice.at > stop.at ? notice.at : stop.at
     const seen = new Map<string, number>()
+    const sent = new Set<string>()
     for (const w of warnings) {
       const data = JSON.parse(w.data ?? "{}") as { minutes?: number; deadline_at?: number }
       if (data.minutes === undefined || data.deadline_at === undefined) {
@@ -625,12 +627,28 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning after the ${previous}-minute one for the same deadline` })
       }
       seen.set(key, data.minutes)
+      sent.add(`${key}:${data.minutes}`)
       const due = data.deadline_at - data.minutes * policy.MS_PER_MINUTE
       if (w.at < due || w.at > due + policy.WATCHDOG_LAG_MS) {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning sent at ${isoInstant(w.at)}, due ${isoInstant(due)}` })
       }
       if (stopKnownAt !== undefined && w.at > stopKnownAt) {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `warning sent after the stop at ${isoInstant(stopKnownAt)}` })
+      }
+    }
+    // Every threshold of the deadline in force is armed (an extension adds at least an hour
+    // before the old deadline, a start commits at least one), so each one due before the stop
+    // was known, or the end of the run, was owed. A moment that passed while no engine ran
+    // may be dropped (machines/gpuInstance.ts).
+    if (deadline !== null) {
+      const until = stopKnownAt ?? facts.end_ms
+      const down = facts.engine_down ?? []
+      for (const { minutes } of policy.DURATION_WARNINGS) {
+        const due = deadline - minutes * policy.MS_PER_MINUTE
+        if (due >= until || down.some((d) => d.from_ms < due && due <= d.to_ms + policy.WATCHDOG_LAG_MS)) continue
+        if (!sent.has(`${deadline}:${minutes}`)) {
+          violate(6, { account: r.account, resource: r.id, at: due, message: `no ${minutes}-minute warning for the deadline ${isoInstant(deadline)}` })
+        }
       }
     }
     if ((r.status === "terminated" || r.status === "failed") && notice === undefined) {

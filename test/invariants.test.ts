@@ -105,6 +105,19 @@ describe("the invariant checker", () => {
     expect(fired({ ...f, notifications })).toEqual([6])
   })
 
+  it("catches a duration warning that was owed and never sent (6)", () => {
+    // Proves presence: drop gi-1's 10-minute warning for its final deadline (3 h after start).
+    const f = clean()
+    const ten = f.notifications.find((n) => n.kind === "duration_warning" && n.resource === "gi-1" && JSON.parse(n.data ?? "{}").minutes === 10)!
+    const violations = checkInvariants({ ...f, notifications: f.notifications.filter((n) => n !== ten) })
+    expect(violations.map((v) => [v.invariant, v.resource, v.at, v.message])).toEqual([
+      [6, "gi-1", new Date(ten.at).toISOString(), expect.stringMatching(/^no 10-minute warning for the deadline \d{4}-\d\d-\d\dT/)]
+    ])
+    // A warning due before a user's terminate is owed too; gi-2 was stopped at 1 h of its 2 h,
+    // before any threshold, so it owes none.
+    expect(f.notifications.filter((n) => n.kind === "duration_warning" && n.resource === "gi-2")).toEqual([])
+  })
+
   it("catches an instance that ran past its deadline (7)", () => {
     // Proves the deadline check: move the stop five minutes later than the deadline allows.
     const f = clean()
