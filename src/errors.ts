@@ -66,6 +66,21 @@ export class NoHealthyPod extends Data.TaggedError("NoHealthyPod")<{
 
 export type EngineError = InsufficientBalance | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod
 
+const ENGINE_TAGS = new Set(["InsufficientBalance", "ValidationError", "NotFound", "Conflict", "ModelNotPriced", "NoHealthyPod"])
+
+export const isEngineError = (e: unknown): e is EngineError =>
+  typeof e === "object" && e !== null && "_tag" in e && typeof (e as { _tag: unknown })._tag === "string" && ENGINE_TAGS.has((e as { _tag: string })._tag)
+
+/**
+ * A refusal a caller throws to end its unit of work (the API's `HttpError`): like the
+ * engine's own errors, it is an answer, not a defect. Anything else thrown out of a unit of
+ * work is a defect (src/supervisor.ts, `unitOfWork`).
+ */
+export class Refusal extends Error {}
+
+/** True for what may end a unit of work without a defect: an engine error or a `Refusal`. */
+export const isRefusal = (e: unknown): boolean => e instanceof Refusal || isEngineError(e)
+
 export const errorStatus = (e: EngineError): { readonly status: number; readonly error: string; readonly message: string } => {
   switch (e._tag) {
     case "InsufficientBalance":

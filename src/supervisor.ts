@@ -66,7 +66,7 @@ import {
   type StorageView
 } from "./resources.js"
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
-import { assert, Conflict, InsufficientBalance, NotFound, ValidationError, type EngineError } from "./errors.js"
+import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
@@ -206,6 +206,10 @@ export class GpuSupervisor implements PaymentHost {
   private readonly metering: Metering
   private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
+  /** Set when a unit of work rolled back after changing memory: see `unitOfWork`. */
+  private broken: unknown = null
+  /** Counts the actors' transitions, so a unit can tell whether it changed any. */
+  private changes = 0
   private batching = false
   /** Card payments (issue 6), delegated to src/payments.ts; null without a provider. */
   readonly payments: PaymentBook | null
@@ -389,9 +393,11 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   unitOfWork<T>(fn: () => T): T {
+    assert(this.broken === null, () => `unit of work after a unit rolled back (${String(this.broken)}): restart from the database`)
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
     let result: T
+    const changes = this.changes
     try {
       result = this.ledger.transaction(() => {
         this.depth++
@@ -410,6 +416,16 @@ export class GpuSupervisor implements PaymentHost {
     } catch (e) {
       // Rolled back: the calls it asked for were never made.
       this.committedCalls.length = 0
+      // A refusal thrown before any actor moved leaves memory as the database has it. Anything
+      // else (a defect, a write SQLite refused) rolled back rows that the actors, their alarms
+      // and the caches in memory already reflect: memory is ahead of the database, and the next
+      // unit would write it (a hold never settled, a GPU running without one). So the
+      // supervisor stops here and writes nothing more; a restart recovers from SQLite, which is
+      // consistent (docs/ENGINE.md).
+      if (!isRefusal(e) || this.changes !== changes) {
+        this.broken = e instanceof Error ? e.message : e
+        this.stop()
+      }
       throw e
     }
     if (this.committedCalls.length > 0) for (const call of this.committedCalls.splice(0)) call()
@@ -919,6 +935,9 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   settleApiUsage(): void {
+    // After a unit rolled back (see `unitOfWork`) nothing more is written: usage still in an
+    // open minute is lost with the rest of memory, as in a crash.
+    if (this.broken !== null) return
     this.unitOfWork(() => {
       for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })
@@ -1090,6 +1109,7 @@ export class GpuSupervisor implements PaymentHost {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
+    this.changes++
     this.reconciler.changed(entry.id)
     this.track(entry)
     this.lowBalance.burnChanged(accountOf(entry))

@@ -6,7 +6,7 @@
  * `internal_error` and is logged; no input may cause one.
  */
 import type { FastifyError } from "fastify"
-import { errorStatus, type EngineError } from "../errors.js"
+import { errorStatus, isEngineError, Refusal, type EngineError } from "../errors.js"
 
 export interface ErrorBody {
   readonly error: string
@@ -15,7 +15,7 @@ export interface ErrorBody {
 }
 
 /** A refusal the API itself decides: it carries its status, code and message. */
-export class HttpError extends Error {
+export class HttpError extends Refusal {
   constructor(
     readonly status: number,
     readonly code: string,
@@ -34,10 +34,7 @@ export class HttpError extends Error {
 export const UNAUTHORIZED_MESSAGE = "missing, malformed, revoked or unknown API key: send Authorization: Bearer eco_…"
 
 
-const ENGINE_TAGS = new Set(["InsufficientBalance", "ValidationError", "NotFound", "Conflict", "ModelNotPriced", "NoHealthyPod"])
-
-export const isEngineError = (e: unknown): e is EngineError =>
-  typeof e === "object" && e !== null && "_tag" in e && typeof (e as { _tag: unknown })._tag === "string" && ENGINE_TAGS.has((e as { _tag: string })._tag)
+export { isEngineError }
 
 /** An engine refusal as an answer: `errorStatus` decides status and code, once. */
 export const engineHttp = (e: EngineError): { readonly status: number; readonly body: ErrorBody } => {
