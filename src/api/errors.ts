@@ -34,7 +34,18 @@ export class HttpError extends Error {
 export const UNAUTHORIZED_MESSAGE = "missing, malformed, revoked or unknown API key: send Authorization: Bearer eco_…"
 
 
-const ENGINE_TAGS = new Set(["InsufficientBalance", "ValidationError", "NotFound", "Conflict", "ModelNotPriced", "NoHealthyPod"])
+/** Every tag of `EngineError`, checked by the compiler: a new engine error cannot fall through to a 500. */
+const ENGINE_TAGS: ReadonlySet<string> = new Set(
+  Object.keys({
+    InsufficientBalance: true,
+    InstanceCreditDepleted: true,
+    ValidationError: true,
+    NotFound: true,
+    Conflict: true,
+    ModelNotPriced: true,
+    NoHealthyPod: true
+  } satisfies Record<EngineError["_tag"], true>)
+)
 
 export const isEngineError = (e: unknown): e is EngineError =>
   typeof e === "object" && e !== null && "_tag" in e && typeof (e as { _tag: unknown })._tag === "string" && ENGINE_TAGS.has((e as { _tag: string })._tag)
