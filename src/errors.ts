@@ -20,6 +20,23 @@ export class InsufficientBalance extends Data.TaggedError("InsufficientBalance")
   }
 }
 
+/**
+ * 402: a `/v1` request to the caller's own user inference instance that the engine stopped
+ * because the credit balance was depleted at a cycle end (`credit_depleted`). The manual's
+ * "402 on my own user inference instance … Restore balance and launch again": the same stable
+ * code as any other lack of credit, with a message that says which instance, why, and what to
+ * do. Any other stopped instance is 404 `model_not_found`. Nothing was written.
+ */
+export class InstanceCreditDepleted extends Data.TaggedError("InstanceCreditDepleted")<{
+  /** The model name the instance served (the part of `<name>:<instance_id>` before the last `:`). */
+  readonly name: string
+  readonly instance: string
+}> {
+  override get message(): string {
+    return `instance ${this.instance} of model ${this.name} was stopped because the credit balance was depleted (credit_depleted): add credit, then launch a new instance of ${this.name}`
+  }
+}
+
 /** 400: the input is malformed or out of bounds. `field` names the offending input. */
 export class ValidationError extends Data.TaggedError("ValidationError")<{
   readonly code: string
@@ -64,9 +81,20 @@ export class NoHealthyPod extends Data.TaggedError("NoHealthyPod")<{
   }
 }
 
-export type EngineError = InsufficientBalance | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod
+export type EngineError = InsufficientBalance | InstanceCreditDepleted | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod
 
-const ENGINE_TAGS = new Set(["InsufficientBalance", "ValidationError", "NotFound", "Conflict", "ModelNotPriced", "NoHealthyPod"])
+/** Every tag of `EngineError`, checked by the compiler: a new engine error cannot fall through to a 500. */
+const ENGINE_TAGS: ReadonlySet<string> = new Set(
+  Object.keys({
+    InsufficientBalance: true,
+    InstanceCreditDepleted: true,
+    ValidationError: true,
+    NotFound: true,
+    Conflict: true,
+    ModelNotPriced: true,
+    NoHealthyPod: true
+  } satisfies Record<EngineError["_tag"], true>)
+)
 
 export const isEngineError = (e: unknown): e is EngineError =>
   typeof e === "object" && e !== null && "_tag" in e && typeof (e as { _tag: unknown })._tag === "string" && ENGINE_TAGS.has((e as { _tag: string })._tag)
@@ -84,6 +112,8 @@ export const isRefusal = (e: unknown): boolean => e instanceof Refusal || isEngi
 export const errorStatus = (e: EngineError): { readonly status: number; readonly error: string; readonly message: string } => {
   switch (e._tag) {
     case "InsufficientBalance":
+      return { status: 402, error: "insufficient_balance", message: e.message }
+    case "InstanceCreditDepleted":
       return { status: 402, error: "insufficient_balance", message: e.message }
     case "ValidationError":
       return { status: 400, error: e.code, message: e.message }

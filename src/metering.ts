@@ -22,9 +22,9 @@
  *   implied $0, and the OpenAI-compatible API refuses a request the model cannot serve.
  *   A price field of "0" is a real price (free) and is accepted.
  * - **Order of checks**: shape of the request (400), the account (404
- *   `account_not_found`), the model (404 `model_not_found`, 503 `no_healthy_pod`), the price
- *   (402 `model_not_priced`, then 400 `unit_not_priced`), then the balance (402
- *   `insufficient_balance`).
+ *   `account_not_found`), the model (404 `model_not_found`, 402 `insufficient_balance` for an
+ *   own instance stopped for credit, 503 `no_healthy_pod`), the price (402 `model_not_priced`,
+ *   then 400 `unit_not_priced`), then the balance (402 `insufficient_balance`).
  * - **Model ids.** A key of the platform price catalog is a platform model (answer region
  *   `null`: the platform's router picks). Otherwise `"<name>:<instance_id>"` (split at the
  *   last `:`) addresses a user inference instance through the injected
@@ -33,6 +33,20 @@
  *   terminated → 404 `model_not_found`; a name without the suffix that is not a platform
  *   model → 404; active but no healthy region → 503 `no_healthy_pod`; otherwise the answer
  *   carries the first healthy region in the lookup's (deterministic) order.
+ * - **Decision (the manual over SPEC §4/§7's blanket 404): an own instance stopped for credit
+ *   is 402.** The manual's "402 on my own user inference instance. Cause: balance hit $0 on
+ *   the previous 24h cycle; instance was terminated … Restore balance and launch again." So
+ *   when the lookup answers `terminated` with `termination_reason` `credit_depleted` (the
+ *   engine stopped it at a cycle end, and it is still stopping or has stopped), the request
+ *   is refused 402 `insufficient_balance` (`InstanceCreditDepleted`) with a message naming the
+ *   instance, the cause and the fix. Every other stopped instance (user terminate, duration,
+ *   failure) stays 404, and another account's instance is `missing`: 404 word for word as an
+ *   unknown id, so neither its existence nor its state leaks. The lookup is asked for the
+ *   reason only on this refusal path; a running instance's request costs what it did.
+ *   A request at the very instant of the cycle end that stops the instance is a timeline
+ *   input, and inputs come before the engine's alarms at one instant (clock.ts lanes): it is
+ *   served by the instance still running. Once the stop has happened, a request at that same
+ *   instant (the HTTP API, after the alarm fired) or later is 402.
  * - **User instances** are charged per request at the `price` the lookup returns (the
  *   manual: "per-request to instances you've launched"); their GPU time is billed
  *   separately by the instance's hold. A `null` (or empty) price means the per-request
@@ -44,7 +58,8 @@
  *   leaves $0. Decision: a user instance's request that costs nothing (no per-request price)
  *   is served whatever the balance, while the instance runs: its GPU time is prepaid by its
  *   hold, a partial hold takes the whole balance, and the manual's only cause of "402 on my
- *   own user inference instance" is that the instance was stopped. The error's
+ *   own user inference instance" is that the instance was stopped for credit (the 402
+ *   above). The error's
  *   `required_micros` is the least spendable balance that would have admitted the request
  *   (`max(cost, 1)`), its `balance_micros` the spendable balance.
  * - **A request that costs 0 micros** (a free model, or usage that rounds to nothing)
@@ -79,10 +94,10 @@
  * docs/POLICY.md) when this module is wired in.
  */
 import { Either } from "effect"
-import { assert, InsufficientBalance, ModelNotPriced, NoHealthyPod, NotFound, ValidationError } from "./errors.js"
+import { assert, InstanceCreditDepleted, InsufficientBalance, ModelNotPriced, NoHealthyPod, NotFound, ValidationError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { parseDollars, roundHalfUp, type Micros } from "./money.js"
-import { MS_PER_MINUTE, MS_PER_SECOND } from "./policy.js"
+import { MS_PER_MINUTE, MS_PER_SECOND, type TerminationReason } from "./policy.js"
 
 // ── Limits ──────────────────────────────────────────────────────────────────────────────
 /** Tokens of one kind (input or output) in one request: far above any context window. */
@@ -123,6 +138,11 @@ export type PriceField = (typeof PRICE_FIELDS)[number]
 export interface UserInstanceInfo {
   readonly status: "active" | "terminated" | "missing"
   readonly healthy_regions: ReadonlyArray<string>
+  /**
+   * Why a `terminated` instance of this name stopped (also while it is still stopping);
+   * `null` when it is active, missing, or the name is not the instance's.
+   */
+  readonly termination_reason: TerminationReason | null
   readonly price: ModelPrice | null
 }
 
@@ -157,7 +177,7 @@ export interface ChargeResult {
   readonly region: string | null
 }
 
-export type MeteringError = ValidationError | NotFound | NoHealthyPod | ModelNotPriced | InsufficientBalance
+export type MeteringError = ValidationError | NotFound | InstanceCreditDepleted | NoHealthyPod | ModelNotPriced | InsufficientBalance
 
 export interface MeteringOptions {
   readonly aggregate: boolean
@@ -402,7 +422,7 @@ export class Metering {
 
   /**
    * Charges one request at engine instant `at`. Checks, in order: the request (400), the
-   * account (404), the model (404, 503), its price (402 `model_not_priced`, 400
+   * account (404), the model (404, 402 for an own instance stopped for credit, 503), its price (402 `model_not_priced`, 400
    * `unit_not_priced`), the balance (402). A refusal writes nothing.
    */
   charge(req: ApiRequest): Either.Either<ChargeResult, MeteringError> {
@@ -470,14 +490,20 @@ export class Metering {
   }
 
   // ── internals ───────────────────────────────────────────────────────────────────────
-  private resolve(account: string, model: string): Either.Either<Resolved, NotFound | NoHealthyPod> {
+  private resolve(account: string, model: string): Either.Either<Resolved, NotFound | InstanceCreditDepleted | NoHealthyPod> {
     if (this.prices.has(model)) return Either.right({ price: this.prices.get(model) ?? null, region: null, platform: true })
     // Built only when refused: an error captures a stack trace, and most requests succeed.
     const notFound = () => Either.left(new NotFound({ code: "model_not_found", id: model }))
     const colon = model.lastIndexOf(":")
     if (colon <= 0 || colon === model.length - 1) return notFound()
     const info = this.lookupUserInstance(account, model.slice(0, colon), model.slice(colon + 1))
-    if (info.status !== "active") return notFound()
+    if (info.status !== "active") {
+      // Only the caller's own instance can be found terminated: another account's is `missing`.
+      if (info.status === "terminated" && info.termination_reason === "credit_depleted") {
+        return Either.left(new InstanceCreditDepleted({ name: model.slice(0, colon), instance: model.slice(colon + 1) }))
+      }
+      return notFound()
+    }
     const region = info.healthy_regions[0]
     if (region === undefined) return Either.left(new NoHealthyPod({ model }))
     return Either.right({ price: info.price, region, platform: false })

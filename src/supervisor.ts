@@ -72,7 +72,7 @@ import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanc
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
-import { Metering, type ApiRequest, type ChargeResult, type MeteringError } from "./metering.js"
+import { Metering, type ApiRequest, type ChargeResult, type MeteringError, type UserInstanceInfo } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, Payments, ReconcileAudit, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
@@ -103,6 +103,9 @@ export interface SupervisorCommands {
   balance(account: string): Effect.Effect<Micros, NotFound>
 }
 
+/** A user instance as a `/v1` request finds it (`UserInstanceInfo` without the per-request price). */
+export type UserInstanceState = Omit<UserInstanceInfo, "price">
+
 export interface ListQuery {
   readonly kinds: ReadonlyArray<string>
   readonly after: string | null
@@ -117,8 +120,8 @@ export type SupervisorSync = {
 export interface SupervisorApi extends SupervisorCommands {
   /** Posts API usage still pending in aggregation buckets (end of a run, shutdown). */
   settleApiUsage(): void
-  /** What the API needs to route a `/v1` request to a user instance (SPEC §6). */
-  userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> }
+  /** What the API needs to route a `/v1` request to a user instance (SPEC §6), and why a stopped one stopped. */
+  userInstance(account: string, model: string, id: string): UserInstanceState
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
   unitOfWork<T>(fn: () => T): T
   /** Group commit: units of work share one transaction until `commitBatch` (simulator only). */
@@ -967,15 +970,29 @@ export class GpuSupervisor implements PaymentHost {
     return this.metering.spendableMicros(account)
   }
 
-  userInstance(account: string, model: string, id: string): { status: "active" | "terminated" | "missing"; healthy_regions: ReadonlyArray<string> } {
+  userInstance(account: string, model: string, id: string): UserInstanceState {
     const entry = this.live.get(id)
     if (entry === undefined || entry.kind !== "inference" || accountOf(entry) !== account || entry.actor.getSnapshot().context.model !== model) {
-      const record = this.ledger.resource(id)
-      return { status: record !== undefined && record.account === account && record.kind === INFERENCE_KIND ? "terminated" : "missing", healthy_regions: [] }
+      return this.finishedInstance(account, model, id)
     }
+    const ctx = entry.actor.getSnapshot().context
     const status = statusOf(entry)
-    if (status === "terminating" || status === "terminated" || status === "failed") return { status: "terminated", healthy_regions: [] }
-    return { status: "active", healthy_regions: healthyRegions(entry.actor.getSnapshot().context) }
+    // Stopping counts as stopped: its reason is set the moment the stop is decided.
+    if (status === "terminating" || status === "terminated" || status === "failed") return { status: "terminated", healthy_regions: [], termination_reason: ctx.termination_reason }
+    return { status: "active", healthy_regions: healthyRegions(ctx), termination_reason: null }
+  }
+
+  /**
+   * An instance out of memory (finished), or one the caller named wrongly: its stored record
+   * answers. Another account's id is `missing`, exactly as an id never used. The stop reason
+   * comes from the last saved snapshot, read only here, on a refusal's path (a running
+   * instance never gets here), and only when the name is the instance's own.
+   */
+  private finishedInstance(account: string, model: string, id: string): UserInstanceState {
+    const record = this.ledger.resource(id)
+    if (record === undefined || record.account !== account || record.kind !== INFERENCE_KIND) return { status: "missing", healthy_regions: [], termination_reason: null }
+    const ctx = (JSON.parse(record.snapshot) as InferenceSnapshot).context
+    return { status: "terminated", healthy_regions: [], termination_reason: ctx.model === model ? ctx.termination_reason : null }
   }
 
   // ── admission ─────────────────────────────────────────────────────────────────────────

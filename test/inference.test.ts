@@ -42,12 +42,12 @@ describe("the 24-hour cycle", () => {
 
   it("serves requests to the instance during a partial hold that took the balance to $0, until it stops", () => {
     // Proves the manual: "The instance runs until the partial hold is consumed", and its only
-    // cause of "402 on my own user inference instance" is that it was stopped. (Once stopped,
-    // the instance is not found: 404, as for any stopped instance; docs/API.md.)
+    // cause of "402 on my own user inference instance" is that it was stopped for credit: once
+    // stopped, 402 insufficient_balance.
     const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "inference-partial-hold.json"), "utf8"))
     const call = (at: string) => ({ at, do: "api_request", account: "acme", model: "llama-3-70b:ii-1", input_tokens: 100, output_tokens: 10 })
     const r = run({ ...example, events: [...example.events, call("PT25H"), call("PT30H")] })
-    expect(r.output.rejected.filter((x) => x.do === "api_request").map((x) => [x.at, x.status, x.error])).toEqual([[at(30 * HOUR), 404, "model_not_found"]])
+    expect(r.output.rejected.filter((x) => x.do === "api_request").map((x) => [x.at, x.status, x.error])).toEqual([[at(30 * HOUR), 402, "insufficient_balance"]])
     expect(r.output.resources["ii-1"]).toMatchObject({ status: "terminated", termination_reason: "credit_depleted" })
     expect(r.output.invariants.ok).toBe(true)
   })
@@ -176,6 +176,72 @@ describe("the 24-hour cycle", () => {
       [at(24 * HOUR), "terminating", "credit_depleted"],
       [at(24 * HOUR), "terminated", "credit_depleted"]
     ])
+  })
+})
+
+describe("requests to a stopped instance", () => {
+  // acme's ii-1 has $48: one full cycle of two replicas at $1.00/h, so its 24 h boundary finds
+  // $0 and stops it with credit_depleted; its pods take 5 min to go (still `terminating`).
+  // beta runs its own ii-2 of its own "llama" and terminates it at 1 h.
+  const slowStop = {
+    gpus: { H100: { hourly_rate: "1.00" } },
+    regions: {
+      "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S", pod_stop: "PT5M" },
+      "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S", pod_stop: "PT5M" }
+    }
+  }
+  const call = (at: string, account: string, model: string) => ({ at, do: "api_request", account, model, input_tokens: 100, output_tokens: 10 })
+  const timeline = timelineFile(
+    [
+      register,
+      launchII(),
+      { ...register, account: "beta" },
+      launchII({ account: "beta", id: "ii-2" }),
+      { at: "PT1H", do: "terminate", id: "ii-2" },
+      call("PT2H", "beta", "llama:ii-2"),
+      // At the boundary's very instant the request, an input, comes before the engine's cycle end.
+      call("PT24H", "acme", "llama:ii-1"),
+      call("PT24H1M", "acme", "llama:ii-1"),
+      call("PT24H10M", "acme", "llama:ii-1"),
+      call("PT25H", "acme", "other:ii-1"),
+      call("PT25H", "beta", "llama:ii-1"),
+      call("PT25H", "beta", "llama:ii-9")
+    ],
+    { catalog: slowStop, until: "P2D", accounts: { acme: { balance: "48.00" }, beta: { balance: "100.00" } } }
+  )
+  const CREDIT_DEPLETED = "instance ii-1 of model llama was stopped because the credit balance was depleted (credit_depleted): add credit, then launch a new instance of llama"
+  const expected = [
+    [at(2 * HOUR), "beta", 404, "model_not_found", "model llama:ii-2 not found"],
+    [at(24 * HOUR + MIN), "acme", 402, "insufficient_balance", CREDIT_DEPLETED],
+    [at(24 * HOUR + 10 * MIN), "acme", 402, "insufficient_balance", CREDIT_DEPLETED],
+    [at(25 * HOUR), "acme", 404, "model_not_found", "model other:ii-1 not found"],
+    [at(25 * HOUR), "beta", 404, "model_not_found", "model llama:ii-1 not found"],
+    [at(25 * HOUR), "beta", 404, "model_not_found", "model llama:ii-9 not found"]
+  ]
+  const apiRefusals = (r: ReturnType<typeof run>) =>
+    r.output.rejected.filter((x) => x.do === "api_request").map((x) => [x.at, (timeline["events"] as Array<Record<string, unknown>>)[x.event]!["account"], x.status, x.error, x.message])
+
+  it("answers 402 insufficient_balance, saying why, for the caller's own instance stopped at $0 at its 24 h boundary; 404 otherwise", () => {
+    // Proves the manual's "402 on my own user inference instance. Cause: balance hit $0 on the
+    // previous 24h cycle; instance was terminated … Restore balance and launch again": while
+    // the instance is stopping (24:01) and once stopped (24:10). A user-terminated instance, a
+    // wrong name, and another account's instance (answered word for word as an unknown id: no
+    // leak of its existence or state) stay 404. Refusals write nothing.
+    const r = run(timeline)
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1").map((t) => [t.at, t.to, t.reason]).slice(-2)).toEqual([
+      [at(24 * HOUR), "terminating", "credit_depleted"],
+      [at(24 * HOUR + 5 * MIN), "terminated", "credit_depleted"]
+    ])
+    expect(apiRefusals(r)).toEqual(expected)
+    expect(r.output.ledger.filter((x) => x.kind === "api_usage")).toEqual([])
+    expect(r.output.accounts.acme).toEqual({ balance: "0.00" })
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("answers the same after an engine restart, from the stopped instance's stored snapshot", () => {
+    // Proves the stop reason survives a restart: the lookup of a finished instance reads its record.
+    const r = run(timeline, { db: tmpDb(), restartAt: [24 * HOUR + 2 * MIN, 24 * HOUR + 6 * MIN].map((d) => Date.parse(START) + d) })
+    expect(apiRefusals(r)).toEqual(expected)
   })
 })
 

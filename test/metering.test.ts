@@ -1,7 +1,7 @@
 import { Either } from "effect"
 import fc from "fast-check"
 import { afterEach, describe, expect, it } from "vitest"
-import { errorStatus, InsufficientBalance, ModelNotPriced, NoHealthyPod, NotFound, type EngineError } from "../src/errors.js"
+import { errorStatus, InstanceCreditDepleted, InsufficientBalance, ModelNotPriced, NoHealthyPod, NotFound, type EngineError } from "../src/errors.js"
 import { LedgerStore } from "../src/ledger/store.js"
 import {
   AGGREGATION_WINDOW_MS,
@@ -40,12 +40,15 @@ const PRICES: ReadonlyMap<string, ModelPrice | null> = new Map<string, ModelPric
 
 /** The inference module's answers, per (account, name, instance id); anything else is missing. */
 const INSTANCES: Record<string, UserInstanceInfo> = {
-  "acme/my-llm/inf-1": { status: "active", healthy_regions: ["eu-west", "us-east"], price: { input_per_1m_tokens: 1_000_000n, output_per_1m_tokens: 2_000_000n } },
-  "acme/my-llm/inf-2": { status: "terminated", healthy_regions: [], price: { input_per_1m_tokens: 1_000_000n } },
-  "acme/my-llm/inf-3": { status: "active", healthy_regions: [], price: { input_per_1m_tokens: 1_000_000n } },
-  "acme/free-llm/inf-4": { status: "active", healthy_regions: ["us-east"], price: null }
+  "acme/my-llm/inf-1": { status: "active", healthy_regions: ["eu-west", "us-east"], termination_reason: null, price: { input_per_1m_tokens: 1_000_000n, output_per_1m_tokens: 2_000_000n } },
+  "acme/my-llm/inf-2": { status: "terminated", healthy_regions: [], termination_reason: "user_requested", price: { input_per_1m_tokens: 1_000_000n } },
+  "acme/my-llm/inf-3": { status: "active", healthy_regions: [], termination_reason: null, price: { input_per_1m_tokens: 1_000_000n } },
+  "acme/free-llm/inf-4": { status: "active", healthy_regions: ["us-east"], termination_reason: null, price: null },
+  "acme/my-llm/inf-5": { status: "terminated", healthy_regions: [], termination_reason: "credit_depleted", price: null },
+  "acme/my-llm/inf-6": { status: "terminated", healthy_regions: [], termination_reason: "duration_expired", price: null },
+  "acme/my-llm/inf-7": { status: "terminated", healthy_regions: [], termination_reason: "failed", price: null }
 }
-const lookup: LookupUserInstance = (account, name, id) => INSTANCES[`${account}/${name}/${id}`] ?? { status: "missing", healthy_regions: [], price: null }
+const lookup: LookupUserInstance = (account, name, id) => INSTANCES[`${account}/${name}/${id}`] ?? { status: "missing", healthy_regions: [], termination_reason: null, price: null }
 
 const stores: LedgerStore[] = []
 afterEach(() => {
@@ -215,6 +218,27 @@ describe("refusals write nothing", () => {
       const e = left(metering.charge(req({ model: "my-llm:inf-9" })))
       expect(e).toBeInstanceOf(NotFound)
       expect(left(metering.charge(req({ model: "my-llm:inf-3" })))).toBeInstanceOf(NoHealthyPod)
+    }
+  })
+
+  it("refuses the caller's own instance stopped for credit with 402 insufficient_balance saying why; other stops stay 404", () => {
+    // Proves the manual's "402 on my own user inference instance": stopped with credit_depleted
+    // → 402 with a message naming the instance, the cause and the fix; stopped for any other
+    // reason → 404; beta asking for acme's instance → the lookup says missing → 404. Nothing is written.
+    for (const aggregate of [false, true]) {
+      const { ledger, metering } = setup({ [ACME]: 1_000_000n, [BETA]: 1_000_000n }, aggregate)
+      const stopped = left(metering.charge(req({ model: "my-llm:inf-5", input_tokens: 10 })))
+      expect(stopped).toBeInstanceOf(InstanceCreditDepleted)
+      expect(errorStatus(stopped as EngineError)).toEqual({
+        status: 402,
+        error: "insufficient_balance",
+        message: "instance inf-5 of model my-llm was stopped because the credit balance was depleted (credit_depleted): add credit, then launch a new instance of my-llm"
+      })
+      const notFound = { status: 404, error: "model_not_found" }
+      for (const id of ["inf-2", "inf-6", "inf-7"]) expect(refused(metering, ledger, req({ model: `my-llm:${id}`, input_tokens: 10 }))).toEqual(notFound)
+      expect(refusal(metering.charge(req({ account: BETA, model: "my-llm:inf-5", input_tokens: 10 })))).toEqual(notFound)
+      expect(apiRows(ledger)).toEqual([])
+      expect(metering.pendingBuckets).toBe(0)
     }
   })
 
