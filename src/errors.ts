@@ -81,7 +81,18 @@ export class NoHealthyPod extends Data.TaggedError("NoHealthyPod")<{
   }
 }
 
-export type EngineError = InsufficientBalance | InstanceCreditDepleted | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod
+/**
+ * 503: this control-plane replica lost its leader lease (docs/KUBERNETES.md): its supervisor
+ * was fenced and writes nothing more, since another replica may write the database now. A
+ * request that was already in flight gets this; the standby that follows answers the same code.
+ */
+export class NotLeader extends Data.TaggedError("NotLeader")<{}> {
+  override get message(): string {
+    return "this control-plane replica lost the leader lease; retry"
+  }
+}
+
+export type EngineError = InsufficientBalance | InstanceCreditDepleted | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod | NotLeader
 
 /** Every tag of `EngineError`, checked by the compiler: a new engine error cannot fall through to a 500. */
 const ENGINE_TAGS: ReadonlySet<string> = new Set(
@@ -92,7 +103,8 @@ const ENGINE_TAGS: ReadonlySet<string> = new Set(
     NotFound: true,
     Conflict: true,
     ModelNotPriced: true,
-    NoHealthyPod: true
+    NoHealthyPod: true,
+    NotLeader: true
   } satisfies Record<EngineError["_tag"], true>)
 )
 
@@ -125,6 +137,8 @@ export const errorStatus = (e: EngineError): { readonly status: number; readonly
       return { status: 402, error: "model_not_priced", message: e.message }
     case "NoHealthyPod":
       return { status: 503, error: "no_healthy_pod", message: e.message }
+    case "NotLeader":
+      return { status: 503, error: "not_leader", message: e.message }
   }
 }
 

@@ -143,6 +143,10 @@ export const TIMELINE_SPAN_MS_MAX = 400 * 24 * MS_PER_HOUR
  */
 export const OPENING_BALANCE_DESCRIPTION = "Opening balance"
 
+// ── Replicas (docs/KUBERNETES.md) ────────────────────────────────────────────────────────
+/** `retry-after` (seconds) of a 503 `not_leader`, from a standby or a fenced leader: about one lease retry period. */
+export const NOT_LEADER_RETRY_AFTER_S = 2
+
 // ── The simulated world's defaults (TIMELINE.md: "Omitted, they have documented defaults") ──
 export const SIM_IMAGE_PULL_DEFAULT = "PT1M"
 export const SIM_CONTAINER_START_DEFAULT = "PT30S"

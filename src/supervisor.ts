@@ -66,7 +66,7 @@ import {
   type StorageView
 } from "./resources.js"
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
-import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, ValidationError, type EngineError } from "./errors.js"
+import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
@@ -120,6 +120,13 @@ export type SupervisorSync = {
 export interface SupervisorApi extends SupervisorCommands {
   /** Posts API usage still pending in aggregation buckets (end of a run, shutdown). */
   settleApiUsage(): void
+  /**
+   * Stops the supervisor at once, writing nothing more, and refuses every later unit of work
+   * with `NotLeader` (503): the replica lost its lease (src/api/kubernetesServer.ts).
+   */
+  fence(): void
+  /** True once `fence` was called. */
+  readonly fenced: boolean
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6), and why a stopped one stopped. */
   userInstance(account: string, model: string, id: string): UserInstanceState
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
@@ -209,6 +216,8 @@ export class GpuSupervisor implements PaymentHost {
   private readonly metering: Metering
   private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
+  /** Set by `fence`: the replica lost its lease. */
+  fenced = false
   /** Set when a unit of work rolled back after changing memory: see `unitOfWork`. */
   private broken: unknown = null
   /** Counts the actors' transitions, so a unit can tell whether it changed any. */
@@ -374,8 +383,19 @@ export class GpuSupervisor implements PaymentHost {
     return { kind: "gpu", id, actor, alarm: null }
   }
 
-  /** Drops the supervisor without writing anything: timers cancelled, actors stopped. */
+  /**
+   * Stops at once and refuses every later unit of work with `NotLeader`: the replica lost its
+   * lease, and another may be writing the database already (src/api/kubernetesServer.ts).
+   * Nothing more is written, not even pending API usage.
+   */
+  fence(): void {
+    this.fenced = true
+    this.stop()
+  }
+
+  /** Drops the supervisor without writing anything: timers cancelled, actors stopped. Idempotent. */
   stop(): void {
+    if (this.stopped) return
     this.stopped = true
     this.payments?.stop()
     this.unsubscribe?.()
@@ -396,6 +416,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   unitOfWork<T>(fn: () => T): T {
+    if (this.fenced) throw new NotLeader()
     assert(this.broken === null, () => `unit of work after a unit rolled back (${String(this.broken)}): restart from the database`)
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
@@ -938,9 +959,9 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   settleApiUsage(): void {
-    // After a unit rolled back (see `unitOfWork`) nothing more is written: usage still in an
-    // open minute is lost with the rest of memory, as in a crash.
-    if (this.broken !== null) return
+    // After a unit rolled back (see `unitOfWork`), or once fenced, nothing more is written:
+    // usage still in an open minute is lost with the rest of memory, as in a crash.
+    if (this.broken !== null || this.fenced) return
     this.unitOfWork(() => {
       for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })
@@ -1571,6 +1592,10 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     userInstance: (account, model, id) => sup.userInstance(account, model, id),
     apiRequest: (req, caller) => Effect.suspend(() => fromEither(sup.apiRequest(req, caller))),
     settleApiUsage: () => sup.settleApiUsage(),
+    fence: () => sup.fence(),
+    get fenced() {
+      return sup.fenced
+    },
     createStorage: (req, caller) => Effect.suspend(() => fromEither(sup.createStorage(req, caller))),
     deleteStorage: (id, caller) => Effect.suspend(() => fromEither(sup.deleteStorage(id, caller))),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),

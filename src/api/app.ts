@@ -22,6 +22,8 @@ import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
+import { NotLeader } from "../errors.js"
+import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
@@ -117,6 +119,11 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
 
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-ecolink-request-id", request.id)
+    // A replica that lost its lease answers as a standby does until its app has closed.
+    if (ctx.engine.sup.fenced) {
+      reply.header("retry-after", String(policy.NOT_LEADER_RETRY_AFTER_S))
+      throw new NotLeader()
+    }
     request.auth = ctx.auth.identify(request.headers.authorization)
   })
   app.addHook("preParsing", async (request) => {

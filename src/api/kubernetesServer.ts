@@ -9,7 +9,8 @@
  * every request 503 `not_leader` with `retry-after`, so a load balancer or a client retries
  * elsewhere. Leadership changes are serialised: a new leader rehydrates from SQLite and
  * reconciles with the cluster before it serves (SupervisorApi start); a replica that stops
- * leading stops serving first, then drops its supervisor without writing.
+ * leading fences its supervisor at once, in the elector's callback (it writes nothing more,
+ * and every request gets 503 `not_leader`), then stops serving and drops it.
  */
 import { readFileSync } from "node:fs"
 import { Either } from "effect"
@@ -18,6 +19,7 @@ import { LiveClock } from "../clock.js"
 import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
 import type { LeaderReport } from "../k8s/leader.js"
 import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease } from "../k8s/world.js"
+import * as policy from "../policy.js"
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, newSecret, type SecretsPort } from "./secrets.js"
@@ -25,8 +27,6 @@ import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, ty
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
 export const FIRST_LEADERSHIP_WAIT_MS = 5_000
-/** `retry-after` (seconds) a standby answers with: about one lease retry period. */
-export const STANDBY_RETRY_AFTER_S = 2
 
 const standbyApp = async (identity: string): Promise<FastifyInstance> => {
   let seq = 0
@@ -34,7 +34,7 @@ const standbyApp = async (identity: string): Promise<FastifyInstance> => {
   app.all("/*", async (_request, reply) =>
     reply
       .code(503)
-      .header("retry-after", String(STANDBY_RETRY_AFTER_S))
+      .header("retry-after", String(policy.NOT_LEADER_RETRY_AFTER_S))
       .header("x-ecolink-request-id", `standby-${identity}-${++seq}`)
       .send({ error: "not_leader", message: "this control-plane replica is on standby: another replica holds the leader lease; retry" })
   )
@@ -82,11 +82,20 @@ export const startKubernetesServer = async (
     // A replica that lost the lease writes nothing more: another one may be writing already.
     s.opened?.close()
   }
-  const lead = async (): Promise<void> => {
-    if (closed) return
+  // The term this replica leads in (null: none), and the engine it opened for it. A lost
+  // lease fences that engine at once, in the elector's callback: its timers, alarms and
+  // requests still in flight write nothing more, though closing its app may take a while and
+  // another replica may be writing the database already.
+  let term: number | null = null
+  let terms = 0
+  let leader: OpenedEngine | null = null
+  const lead = async (mine: number): Promise<void> => {
+    // A lease lost before this transition's turn came: the standby that follows stays.
+    if (closed || term !== mine) return
     // The engine and its routes are ready before the standby stops listening: the port is
     // refused only for the moment between the standby's close and the leader's listen.
     const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config) })
+    leader = opened
     try {
       if (config.demo) demo = seedDemo(opened.engine, secrets)
       live_resources = opened.engine.ledger.liveResources().length
@@ -133,9 +142,18 @@ export const startKubernetesServer = async (
     clock,
     { namespace: world.right.cluster.namespace, identity: k8s.identity, ...world.right.leader_election },
     () => {
-      next(lead)
+      const mine = ++terms
+      term = mine
+      next(() => lead(mine))
       next(async () => ledOnce())
-      return { stop: () => next(standBy) }
+      return {
+        stop: () => {
+          if (term === mine) term = null
+          leader?.engine.sup.fence()
+          leader = null
+          next(standBy)
+        }
+      }
     },
     report
   )
