@@ -45,11 +45,17 @@ export interface WorkloadStatus {
   readonly started_at: number | null
 }
 
+/**
+ * What the world tells the engine, stamped `at` when the world learned it. A stop the world
+ * learned late (the Kubernetes driver's re-opened watch or relist) may carry `ended_at`, when
+ * the pods' own record dates it, earlier than `at`: billing ends there, as for a stop the
+ * reconciler finds late (`firstStopAt`). The simulated world's events are never late.
+ */
 export type ClusterEvent =
   | { readonly type: "pod.loading"; readonly resource: string; readonly at: number }
   | { readonly type: "pod.running"; readonly resource: string; readonly at: number; readonly started_at: number | null }
-  | { readonly type: "pod.preempted"; readonly resource: string; readonly at: number }
-  | { readonly type: "pod.failed"; readonly resource: string; readonly at: number }
+  | { readonly type: "pod.preempted"; readonly resource: string; readonly at: number; readonly ended_at?: number }
+  | { readonly type: "pod.failed"; readonly resource: string; readonly at: number; readonly ended_at?: number }
   | { readonly type: "pod.deleted"; readonly resource: string; readonly at: number }
 
 export interface ClusterPort {
@@ -74,8 +80,13 @@ export interface ClusterPort {
    * GPUs (left `loading`/`running`), if the world knows; null if they have not since, or the
    * world cannot say. Billing that began at `from` ends there: a stop the engine learned late,
    * and a stop and restart it never saw (both events missed, or during an outage), are billed
-   * only up to the first stop. The simulated world knows; the Kubernetes driver answers null
-   * for now (a container's `lastState.terminated` would tell). A lookup over a few instants.
+   * only up to the first stop. The simulated world keeps every stop instant. The Kubernetes
+   * driver keeps the stops it saw, each dated when it learned it or, learned late, from the
+   * pod's own record (a `DisruptionTarget`'s `lastTransitionTime`, a container's
+   * `state.terminated.finishedAt`, a `deletionTimestamp`), in whole seconds: a stop in the
+   * second `from` falls in is answered as `from` (docs/KUBERNETES.md, "Dating a stop"). It
+   * forgets them with the workload, and a new driver knows only what the pods it lists still
+   * say. A lookup over a few instants.
    */
   firstStopAt(name: string, from: number): number | null
   /**

@@ -1489,10 +1489,12 @@ export class GpuSupervisor implements PaymentHost {
     this.unitOfWork(() => {
       this.journal.append(event.at, event.type, event)
       if (entry === undefined) return
+      // A stop the world learned late carries when it happened: billing ends there.
+      const ended = "ended_at" in event && event.ended_at !== undefined ? { ended_at: event.ended_at } : {}
       if (entry.kind === "inference" && region !== undefined) {
-        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at })
+        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at, ...ended })
       } else if (entry.kind === "gpu" && region === undefined) {
-        this.dispatch(entry, { type: event.type, at: event.at })
+        this.dispatch(entry, { type: event.type, at: event.at, ...ended })
       }
     })
   }

@@ -19,6 +19,11 @@
  *   same name, and `pod.running` follows when every replacement is Ready. A pod deleted
  *   out from under us (not asked for, not a preemption) fails its workload: `pod.failed`,
  *   as the reconciler would conclude from a missing pod.
+ * - Stops: every time a workload's pods stop holding their GPUs the driver remembers when
+ *   (`firstStopAt`), dated when it learned it or, learned late, from the pod's own record
+ *   (`podStoppedAt`: DisruptionTarget, a container's finishedAt, a deletionTimestamp), and a
+ *   late `pod.preempted`/`pod.failed` carries that date (`ended_at`), so nothing is billed
+ *   after the stop however late the engine hears of it.
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -39,7 +44,7 @@ import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec
 import { assert } from "../errors.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
 import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
-import { isTerminating, podStateOf, workloadPhaseOf, type PodState } from "./podState.js"
+import { isTerminating, KUBE_TIME_PRECISION_MS, podStateOf, podStoppedAt, workloadPhaseOf, type PodState } from "./podState.js"
 
 /** What the driver tells the operator: retries given up, orphans, watch restarts. */
 export type DriverReport =
@@ -50,6 +55,16 @@ export type DriverReport =
   | { readonly kind: "pod_replaced"; readonly at: number; readonly workload: string; readonly pod: string }
 
 export type WatchState = "new" | "listing" | "watching" | "backoff" | "stopped"
+
+/**
+ * One stop of a workload (its pods stopped holding their GPUs), on the engine clock: it happened
+ * somewhere in [at, until]. `at` is what `firstStopAt` answers; `until` is the latest instant the
+ * pod's record allows (the end of its whole second), never after the driver learned of it.
+ */
+interface Stop {
+  readonly at: number
+  readonly until: number
+}
 
 /** One pod of a workload as the cache shows it, for operators and the journal. */
 export interface PodSummary {
@@ -84,6 +99,16 @@ interface Workload {
   readonly terminatingSince: Map<string, number>
   /** Found in the cluster (an earlier control plane created it), not created by this one. */
   readonly discovered: boolean
+  /**
+   * Whether its pods hold their GPUs, as far as this driver knows: true from when it saw them
+   * start (loading) until it saw them stop. Null for a workload found in the cluster, until the
+   * driver sees it running or stopped: the engine may be billing it.
+   */
+  holds: boolean | null
+  /** When this driver last saw its pods start holding their GPUs: no stop is dated earlier. */
+  held_at: number | null
+  /** Every stop this driver saw, in order (`firstStopAt`); forgotten with the workload. */
+  readonly stops: Stop[]
 }
 
 /** How far the driver knows a claim to be along (`volumeState`). */
@@ -115,11 +140,19 @@ const statusOf = (e: unknown): number | null => {
 const retriable = (status: number | null): boolean => status === null || status === 429 || status >= 500
 
 const ANNOTATION_NODE_COUNT_MAX = 1_024
+/** Phases in which a workload's pods hold their GPUs (and are billed), as in the simulated world. */
+const HELD: ReadonlySet<WorkloadPhase> = new Set(["loading", "running"])
 /**
  * (pod, resourceVersion) pairs the watch delivered, remembered so a write answered after its
  * own watch event is not awaited forever. Bounded: the oldest are forgotten first.
  */
 const SEEN_VERSIONS_MAX = 4_096
+/**
+ * Stops remembered per workload. Each stop but a final failure needs a replacement pod before
+ * the next, so `pod_replacements_max` bounds them first; beyond this the oldest is forgotten,
+ * and a stop found late is then dated at a later one: billed more, never less.
+ */
+const STOPS_REMEMBERED_MAX = 128
 
 export class KubernetesCluster implements ClusterPort {
   private readonly core: CoreV1Api
@@ -336,8 +369,15 @@ export class KubernetesCluster implements ClusterPort {
     return c.doing !== null ? "creating" : c.failed ? "create_failed" : "created"
   }
 
-  /** Not read yet (docs/KUBERNETES.md, Known limits): a container's `lastState.terminated` would tell. */
-  firstStopAt(_name: string, _from: number): number | null {
+  /**
+   * The first instant at or after `from` at which the workload's pods stopped holding their GPUs,
+   * from the stops this driver saw (dated from the pods' own records when learned late; see
+   * `stopped`). A stop dated from a record lies somewhere in its whole second: it counts if that
+   * second reaches `from`, and is answered no earlier than `from`, so a stop in the second
+   * billing began is neither missed nor dated before it. A lookup over a few stops.
+   */
+  firstStopAt(name: string, from: number): number | null {
+    for (const s of this.workloads.get(name)?.stops ?? []) if (s.until >= from) return Math.max(s.at, from)
     return null
   }
 
@@ -383,7 +423,21 @@ export class KubernetesCluster implements ClusterPort {
 
   // ── pods and services ─────────────────────────────────────────────────────────────────
   private track(init: Pick<Workload, "name" | "resource" | "account" | "region" | "service" | "pods" | "templates" | "discovered">): Workload {
-    const w: Workload = { ...init, phase: "pending", preempted: false, lost: false, started_at: null, deleting: false, busy: new Set(), awaiting: new Map(), replacements: 0, terminatingSince: new Map() }
+    const w: Workload = {
+      ...init,
+      phase: "pending",
+      preempted: false,
+      lost: false,
+      started_at: null,
+      deleting: false,
+      busy: new Set(),
+      awaiting: new Map(),
+      replacements: 0,
+      terminatingSince: new Map(),
+      holds: init.discovered ? null : false,
+      held_at: null,
+      stops: []
+    }
     this.workloads.set(w.name, w)
     this.changes.set(w.name, w.resource)
     for (const pod of w.pods) this.podOwner.set(pod, w.name)
@@ -872,6 +926,8 @@ export class KubernetesCluster implements ClusterPort {
     const name = pod.metadata!.name!
     if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
     this.saw(w, pod)
+    const state = podStateOf(pod)
+    if (state === "disrupted" || state === "failed") this.stopped(w, podStoppedAt(pod, false))
     // A control plane that finds a replacement pod not yet started finds a preempted workload
     // (the one before it saw the preemption; this one must not bill meanwhile).
     const replacement = pod.metadata?.annotations?.[ANNOTATIONS.replacement] !== undefined
@@ -886,6 +942,8 @@ export class KubernetesCluster implements ClusterPort {
     const w = this.ownerOf(pod)
     const name = pod.metadata!.name!
     this.saw(w, pod)
+    // Gone without our asking: whatever it was doing, it holds no GPUs now.
+    this.stopped(w, podStoppedAt(pod, true))
     if (!w.deleting && !w.lost && w.phase !== "failed") {
       if (podStateOf(pod) === "disrupted" && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
         // Preempted or evicted: the same pod again, which the scheduler places when it can.
@@ -919,26 +977,59 @@ export class KubernetesCluster implements ClusterPort {
     if (next.phase === before) return
     w.phase = next.phase
     this.changes.set(w.name, w.resource)
+    const at = this.clock.now()
+    if (HELD.has(next.phase) && !HELD.has(before)) {
+      w.holds = true
+      w.held_at = at
+    } else if (HELD.has(before) && !HELD.has(next.phase)) {
+      // A stop no pod's record explained (each pod that stops is dated first): dated now.
+      this.stopped(w, null)
+    }
     // What a control plane finds already started, it did not see start: its start is unknown.
     if (!report) return
-    const at = this.clock.now()
-    if ((next.phase === "loading" || next.phase === "running") && w.started_at === null) w.started_at = at
+    if (HELD.has(next.phase) && w.started_at === null) w.started_at = at
     const resource = w.resource
+    // A stop learned late (a re-opened watch, a relist) carries when the pods' records date it.
+    const stop = w.holds === false ? w.stops.at(-1) : undefined
+    const dated = stop !== undefined && stop.at < at ? { ended_at: stop.at } : {}
     switch (next.phase) {
       case "loading":
         return this.emit({ type: "pod.loading", resource, at })
       case "running":
         return this.emit({ type: "pod.running", resource, at, started_at: w.started_at })
       case "preempted":
-        return this.emit({ type: "pod.preempted", resource, at })
+        return this.emit({ type: "pod.preempted", resource, at, ...dated })
       case "failed":
-        return this.emit({ type: "pod.failed", resource, at })
+        return this.emit({ type: "pod.failed", resource, at, ...dated })
       case "pending":
         return
     }
   }
 
-  /** Sends a delete for each pod of the workload that exists and is not already going. */
+  /**
+   * The workload's pods stopped holding their GPUs; `dated` is when a pod's own record says so
+   * (cluster wall time in whole seconds, `podStoppedAt`), or null if it does not. Dated when the
+   * driver learned it, as the event it sends then is, unless the record puts the stop in an
+   * earlier second (learned late: a re-opened watch, a relist, a control plane that was not
+   * running): then at the start of that second, the earliest instant it may have been, but never
+   * before this driver saw the pods start. Cluster and engine clocks are both wall time (UTC
+   * milliseconds); a skew between them moves a stop learned late by as much, within those
+   * bounds. A workload stops once until its pods hold their GPUs again; our own deletes are no
+   * stop of theirs (the engine stopped billing when it asked).
+   */
+  private stopped(w: Workload, dated: number | null): void {
+    if (w.holds === false || w.deleting) return
+    const now = this.clock.now()
+    const late = dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
+    const at = late ? Math.max(dated, w.held_at ?? dated) : now
+    const until = late ? Math.max(dated + KUBE_TIME_PRECISION_MS - 1, at) : now
+    const last = w.stops.at(-1)
+    assert(last === undefined || last.until <= at, () => `workload ${w.name}: stop at ${at} before the last one (until ${last!.until})`)
+    w.stops.push({ at, until })
+    if (w.stops.length > STOPS_REMEMBERED_MAX) w.stops.shift()
+    w.holds = false
+  }
+
   /**
    * Sends a delete for each pod of the workload that exists and is not already going. A pod
    * terminating for longer than `pod_force_delete_after_ms` (its node gone, its kubelet

@@ -72,3 +72,55 @@ export const workloadPhaseOf = (states: ReadonlyArray<PodState | "missing">, mem
   if (states.length > 0 && states.every((s) => s === "started" || s === "ready")) return { phase: "loading", preempted: false }
   return { phase: "pending", preempted: false }
 }
+
+/**
+ * Kubernetes `Time` fields (a condition's `lastTransitionTime`, a container's `finishedAt`, a
+ * `deletionTimestamp`) travel as RFC 3339 in whole seconds: an instant read from one stands for
+ * anywhere in that second.
+ */
+export const KUBE_TIME_PRECISION_MS = 1_000
+
+/**
+ * A `Time` field as epoch milliseconds, or null if absent or unreadable. The watch hands the
+ * driver parsed JSON (a string) and a list the client's deserialized objects (a Date): both are
+ * read here, so a pod dates the same whichever way it came.
+ */
+export const kubeTimeMs = (value: Date | string | null | undefined): number | null => {
+  if (value === null || value === undefined) return null
+  const ms = typeof value === "string" ? Date.parse(value) : value.getTime()
+  return Number.isFinite(ms) ? ms : null
+}
+
+/**
+ * When a pod stopped holding its GPUs, as its own record tells (cluster wall time, whole
+ * seconds), or null if it does not say. `gone`: the pod was removed from the API server and
+ * this is the last version seen of it.
+ *
+ * - Disrupted (`DisruptionTarget=True`): that condition's `lastTransitionTime`, the instant the
+ *   scheduler, the eviction API or the kubelet marked it; the driver reports `preempted` from
+ *   that mark, not from when its containers finish.
+ * - `Failed` or `Succeeded` (a kubelet preemption too): the latest `state.terminated.finishedAt`
+ *   of its containers, when the last of them ended.
+ * - Removed while terminating: its `deletionTimestamp`, the end of its grace period, by which
+ *   the kubelet has killed its containers (the driver counts a terminating pod as holding its
+ *   GPUs until it is gone).
+ *
+ * Not `lastState.terminated`: our pods run with `restartPolicy: Never`, so the kubelet never
+ * restarts a container in place; a pod that did keep its GPUs across a restart would be billed
+ * like a readiness flap (docs/KUBERNETES.md).
+ */
+export const podStoppedAt = (pod: V1Pod, gone: boolean): number | null => {
+  const mark = (pod.status?.conditions ?? []).find((c) => c.type === DISRUPTION_TARGET && c.status === "True")
+  const marked = kubeTimeMs(mark?.lastTransitionTime)
+  if (marked !== null) return marked
+  const phase = pod.status?.phase
+  if (phase === "Failed" || phase === "Succeeded") {
+    let last: number | null = null
+    for (const c of pod.status?.containerStatuses ?? []) {
+      const finished = kubeTimeMs(c.state?.terminated?.finishedAt)
+      if (finished !== null && (last === null || finished > last)) last = finished
+    }
+    return last
+  }
+  return gone ? kubeTimeMs(pod.metadata?.deletionTimestamp) : null
+}

@@ -12,7 +12,7 @@ import { Cluster } from "../../src/services.js"
 import type { ClusterEvent, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { KubernetesCluster } from "../../src/k8s/cluster.js"
 import { claimNameOf, podNamesOf } from "../../src/k8s/names.js"
-import { podStateOf, workloadPhaseOf, type WorkloadMemory } from "../../src/k8s/podState.js"
+import { podStateOf, podStoppedAt, workloadPhaseOf, type WorkloadMemory } from "../../src/k8s/podState.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 
 let world: K8sWorld | null = null
@@ -300,8 +300,87 @@ describe("a pod deleted behind our back", () => {
   })
 })
 
+describe("dating a stop (firstStopAt)", () => {
+  it("a stop heard on time is dated when heard; one heard late from its pod's record, in whole seconds; firstStopAt answers from every stop seen", async () => {
+    // Proves the port's promise in this world: a preemption heard 1.4 s late (the watch was
+    // down) is dated at the DisruptionTarget's second (00:01:40) and its event carries it; a
+    // stop in the second billing began counts from then; a later one heard at once is dated
+    // when heard, as its event is, so a missed event is billed as the heard one would be.
+    const { w, d, events } = await open()
+    await running(w, d)
+    expect(d.firstStopAt("eco-gi-1", t(0))).toBeNull()
+    await w.advance(10 * S + 400)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(d, () => d.watchState === "backoff")
+    w.kubelet.preempt("gi-1")
+    await w.advance(0)
+    expect(w.pods()).toEqual([]) // the victim is gone before the watch is back: only its events tell
+    await w.advance(1 * S)
+    expect(events.slice(2)).toEqual([{ type: "pod.preempted", resource: "gi-1", at: t(101) + 400, ended_at: t(100) }])
+    expect(d.firstStopAt("eco-gi-1", t(0))).toBe(t(100))
+    expect(d.firstStopAt("eco-gi-1", t(100) + 500)).toBe(t(100) + 500)
+    expect(d.firstStopAt("eco-gi-1", t(101))).toBeNull()
+
+    w.kubelet.resume("gi-1")
+    await w.advance(30 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("running")
+    await w.advance(600 * S)
+    w.kubelet.preempt("gi-1")
+    await w.settle()
+    expect(events.slice(3)).toEqual([
+      { type: "pod.running", resource: "gi-1", at: t(131) + 400, started_at: t(60) },
+      { type: "pod.preempted", resource: "gi-1", at: t(731) + 400 }
+    ])
+    expect(d.firstStopAt("eco-gi-1", t(131) + 400)).toBe(t(731) + 400)
+    expect(d.firstStopAt("eco-gi-1", t(0))).toBe(t(100))
+  })
+
+  it("a new control plane dates a failure no driver saw from its container's finishedAt, and forgets it with the workload", async () => {
+    // The pod fails at 00:13:00 while no driver runs; the next one lists it at 00:18:00. A
+    // workload found running has no stop; a deleted one's stops go with it (bounded memory).
+    const { w, d } = await open()
+    await running(w, d)
+    d.createWorkload(spec({ name: "eco-gi-2", resource: "gi-2" }))
+    await w.advance(90 * S)
+    d.stop()
+    await w.advance(600 * S)
+    w.kubelet.fail("gi-1")
+    await w.advance(300 * S)
+    const next = await w.driver()
+    expect(next.phaseOf("eco-gi-1")).toBe("failed")
+    expect(next.firstStopAt("eco-gi-1", t(60))).toBe(t(780))
+    expect(next.firstStopAt("eco-gi-2", t(0))).toBeNull()
+    next.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    expect(next.get("eco-gi-1")).toBeUndefined()
+    expect(next.firstStopAt("eco-gi-1", t(0))).toBeNull()
+  })
+
+  it("reads a pod's stop from its own record (pure): DisruptionTarget, then the last container to finish, then a removed pod's deletion", () => {
+    // The fields as data, in both shapes the driver gets them (watch strings, list Dates).
+    const at = (iso: string) => Date.parse(iso)
+    const pod = (status: Record<string, unknown>, metadata: Record<string, unknown> = {}) => ({ metadata, status }) as never
+    const disrupted = { type: "DisruptionTarget", status: "True", reason: "PreemptionByScheduler", lastTransitionTime: "2026-03-01T00:01:40Z" }
+    const terminated = (finishedAt: string | Date) => ({ name: "c", image: "", imageID: "", ready: false, restartCount: 0, state: { terminated: { exitCode: 1, finishedAt } } })
+    expect(podStoppedAt(pod({ phase: "Running", conditions: [{ type: "Ready", status: "True" }, disrupted] }), false)).toBe(at("2026-03-01T00:01:40Z"))
+    // A list hands the driver Dates, a watch strings: both read the same.
+    expect(podStoppedAt(pod({ phase: "Failed", containerStatuses: [terminated("2026-03-01T00:02:00Z"), terminated(new Date("2026-03-01T00:02:05Z"))] }), false)).toBe(at("2026-03-01T00:02:05Z"))
+    expect(podStoppedAt(pod({ phase: "Failed", conditions: [disrupted], containerStatuses: [terminated("2026-03-01T00:02:00Z")] }), false)).toBe(at("2026-03-01T00:01:40Z"))
+    expect(podStoppedAt(pod({ phase: "Succeeded", containerStatuses: [terminated("2026-03-01T00:03:00Z")] }), false)).toBe(at("2026-03-01T00:03:00Z"))
+    expect(podStoppedAt(pod({ phase: "Failed", reason: "Preempting" }), false)).toBeNull()
+    // A container restarted in place is no stop: our pods never restart one (restartPolicy Never).
+    const restarted = { name: "c", image: "", imageID: "", ready: true, restartCount: 1, state: { running: { startedAt: "2026-03-01T00:05:00Z" } }, lastState: { terminated: { exitCode: 1, finishedAt: "2026-03-01T00:04:00Z" } } }
+    expect(podStoppedAt(pod({ phase: "Running", containerStatuses: [restarted] }), false)).toBeNull()
+    // Removed while terminating: gone by the end of its grace period; still there, not stopped.
+    const terminating = pod({ phase: "Running", conditions: [{ type: "Ready", status: "True" }] }, { deletionTimestamp: "2026-03-01T00:06:30Z", deletionGracePeriodSeconds: 30 })
+    expect(podStoppedAt(terminating, true)).toBe(at("2026-03-01T00:06:30Z"))
+    expect(podStoppedAt(terminating, false)).toBeNull()
+    expect(podStoppedAt(pod({ phase: "Running" }), true)).toBeNull()
+  })
+})
+
 describe("watch robustness", () => {
-  it("a dropped stream is re-opened from the last resourceVersion after the backoff; what changed meanwhile arrives then", async () => {
+  it("a dropped stream is re-opened from the last resourceVersion after the backoff; what changed meanwhile arrives then, a stop dated from the pod's record", async () => {
     const { w, d, events } = await open()
     await running(w, d)
     const rv = d.observedResourceVersion()
@@ -315,7 +394,8 @@ describe("watch robustness", () => {
     expect(events.length).toBe(2)
     await w.advance(1)
     expect(d.watchState).toBe("watching")
-    expect(events.slice(2)).toEqual([{ type: "pod.preempted", resource: "gi-1", at: t(91) }])
+    // Heard a second late: the DisruptionTarget's lastTransitionTime says when it stopped.
+    expect(events.slice(2)).toEqual([{ type: "pod.preempted", resource: "gi-1", at: t(91), ended_at: t(90) }])
     const watches = w.server.requests.filter((r) => r.query.watch === "true")
     expect(watches.at(-1)!.query).toMatchObject({ resourceVersion: rv, allowWatchBookmarks: "true", labelSelector: "ecolink.io/managed=true" })
     expect(w.reports.filter((r) => r.kind === "watch_restarted")).toEqual([{ kind: "watch_restarted", at: t(90), reason: "dropped", backoff_ms: 1000 }])

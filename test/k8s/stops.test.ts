@@ -1,0 +1,238 @@
+/**
+ * A stop the engine learns of late is billed only up to when it happened, in the Kubernetes
+ * world as in the simulated one (SPEC §9.7: nothing is billed while preempted or failed). The
+ * driver dates a stop from the pod's own record when it learns of it late (a `DisruptionTarget`
+ * condition's `lastTransitionTime`, a container's `state.terminated.finishedAt`), and keeps every
+ * stop it saw for `firstStopAt`, so the reconciler can date a stop whose event the engine missed.
+ *
+ * Two kinds of proof: the watch itself late (a re-opened stream, a relist after 410 Gone), which
+ * only this world has, with the exact ledger rows; and the simulated world's own dated-stop
+ * timelines (lost events, an outage), which must give the same ledger, notifications and
+ * transitions here, with the refund each of them pins.
+ */
+import { Either } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import { costMicros, dollars, formatDollars } from "../../src/money.js"
+import type { GpuView } from "../../src/resources.js"
+import { runTimeline } from "../../sim/runner.js"
+import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
+import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+
+let world: K8sWorld | null = null
+let engine: KubeEngine | null = null
+afterEach(async () => {
+  if (engine !== null) stopEngine(engine)
+  await world?.close()
+  world = null
+  engine = null
+})
+
+const RATE = dollars("1.60")
+/** The watch stays down this long once dropped: long enough for a stop to be worth money. */
+const WATCH_DOWN_MS = 4 * MIN
+
+/** One GPU instance (1 × H100 at $1.60/h, 2 h: a $3.20 hold), billed from 0:01:00 (pull 60 s, then loading). */
+const open = async () => {
+  world = await K8sWorld.start({ limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
+  const driver = await world.driver()
+  engine = startEngine({ db: ":memory:", clock: world.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+  const sup = engine.sup.sync
+  expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+  expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  expect(
+    Either.isRight(sup.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))
+  ).toBe(true)
+  const w = world
+  const e = engine
+  return {
+    w,
+    driver,
+    sup,
+    view: () => Either.getOrThrow(sup.describe("gi-1")) as GpuView,
+    rows: () => e.ledger.ledgerRows().map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros), r.resource]),
+    moves: () => e.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
+    notices: () => e.ledger.notifications().map((n) => [n.at - START_MS, n.kind])
+  }
+}
+
+describe("a stop the watch delivers late is billed to the pod's own record of it", () => {
+  it("a preemption heard on a watch re-opened 4 minutes later: billed to the DisruptionTarget's instant, notified when heard", async () => {
+    // The watch drops at 1:00:00 and is back at 1:04:00; the pod is preempted at 1:01:00 and
+    // its victim gone at once. Heard at 1:04, billed to 1:01: 60 min of GPU ($1.60), not 63 min.
+    const { w, driver, sup, view, rows, moves, notices } = await open()
+    await w.advance(60 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    w.kubelet.preempt("gi-1")
+    await w.advance(3 * MIN)
+    expect(driver.watchConnected).toBe(true)
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 60 * MIN })
+    expect(moves().slice(2)).toEqual([[61 * MIN, "running", "preempted", null]])
+    expect(notices()).toEqual([[64 * MIN, "preempted"]])
+    await w.advance(6 * MIN)
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(0)
+    expect(rows()).toEqual([
+      [0, "adjustment", "100.00", null],
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [70 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 60 * MIN)), "gi-1"]
+    ])
+    expect(rows()[2]![2]).toBe("1.60")
+  })
+
+  it("a failure found by the relist after 410 Gone: billed to its container's finishedAt, settled when found", async () => {
+    // The watch drops at 1:00:00, the pod fails at 1:01:00 and the history is compacted: the
+    // watch re-opened at 1:04:00 gets 410, the relist finds the Failed pod. 60 min billed, not 63.
+    const { w, driver, view, rows, moves } = await open()
+    await w.advance(60 * MIN)
+    w.server.dropWatches()
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    w.kubelet.fail("gi-1")
+    w.server.compact()
+    await w.advance(3 * MIN)
+    expect(w.reports.filter((r) => r.kind === "relisted").map((r) => r.at - START_MS)).toEqual([64 * MIN])
+    expect(view()).toMatchObject({ status: "failed", termination_reason: "failed", billable_ms: 60 * MIN })
+    expect(moves().slice(2)).toEqual([[61 * MIN, "running", "failed", "failed"]])
+    expect(rows().slice(1)).toEqual([
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [64 * MIN, "refund", "1.60", "gi-1"]
+    ])
+  })
+
+  it("an inference replica's preemption heard late: that replica billed to its DisruptionTarget, the other to the end", async () => {
+    // Two replicas (us-east, eu-west) of 1 × H100 at $1.60/h: a $76.80 hold. us-east is
+    // preempted at 1:01 while the watch is down (heard at 1:04); the instance is deleted at
+    // 1:10. Billed: eu-west 69 min, us-east 60 min (not 63): 129 min, $3.44.
+    const region = (name: string) => ({ name, nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: 0 })
+    world = await K8sWorld.start({ regions: [region("eu-west"), region("us-east")], limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
+    const w = world
+    const driver = await w.driver()
+    engine = startEngine({ db: ":memory:", clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+    const sup = engine.sup.sync
+    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    expect(Either.isRight(sup.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+    expect(Either.isRight(sup.launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+    await w.advance(60 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
+    await w.advance(9 * MIN)
+    expect(engine.ledger.transitions().filter((t) => t.resource === "inf-1@us-east").map((t) => [t.at - START_MS, t.to_state]).at(-1)).toEqual([61 * MIN, "preempted"])
+    expect(Either.isRight(sup.terminate("inf-1"))).toBe(true)
+    await w.advance(0)
+    const rows = engine.ledger.ledgerRows().filter((r) => r.resource === "inf-1").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)])
+    expect(rows).toEqual([
+      [0, "gpu_usage", "-76.80"],
+      [70 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 129 * MIN))]
+    ])
+    expect(rows[1]![2]).toBe("73.36")
+  })
+})
+
+describe("the simulated world's dated stops, in the Kubernetes world", () => {
+  const json = (x: unknown): string => JSON.stringify(x, (_, v) => (typeof v === "bigint" ? v.toString() : v), 1)
+  /** Runs a timeline file in both worlds; they must agree. Returns the simulated run, for exact rows. */
+  const same = async (file: unknown, drill: { readonly outages?: ReadonlyArray<{ at_ms: number; duration_ms: number }> } = {}) => {
+    const timeline = decode(file)
+    // An outage needs a database file per world: each engine restarts on its own.
+    const options = () => (drill.outages === undefined ? {} : { db: tmpDb(), outages: drill.outages })
+    const sim = runTimeline(timeline, options())
+    const k8s = await runTimelineInKubernetes(timeline, options())
+    try {
+      expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
+      expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
+      expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
+      expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+    } finally {
+      await k8s.finish()
+    }
+    expect(sim.output.invariants).toEqual({ ok: true, violations: [] })
+    return sim
+  }
+  const refunds = (r: ReturnType<typeof runTimeline>, id = "gi-1") => r.output.ledger.filter((x) => x.kind === "refund" && x.resource === id).map((x) => [x.at, x.amount])
+
+  it("a pod failure whose event was lost: billed to the failure (1:02), not to the 1:05 tick that found it", async () => {
+    // The reconciler's stoppedSince: the driver saw the failure at 1:02 though the engine did not.
+    const r = await same(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H2M", do: "pod_fail", id: "gi-1" }]))
+    expect(refunds(r)).toEqual([[iso(65 * MIN), "1.546667"]])
+  })
+
+  it("a preemption and resume whose events were both lost: the gap from the preemption (1:01) to the 1:05 tick is not billed", async () => {
+    // The reconciler's interruptedAt: running as the engine thinks, but the driver saw a stop
+    // since billing began (the victim's) and a replacement pod that runs now.
+    const r = await same(
+      timelineFile([
+        launch(),
+        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 2 },
+        { at: "PT1H1M", do: "preempt", id: "gi-1" },
+        { at: "PT1H4M", do: "resume", id: "gi-1" },
+        { at: "PT1H30M", do: "terminate", id: "gi-1" }
+      ])
+    )
+    expect(r.output.transitions.filter((t) => t.resource === "gi-1" && t.reason === "reconciled").map((t) => [t.at, t.to])).toEqual([
+      [iso(61 * MIN), "preempted"],
+      [iso(65 * MIN), "running"]
+    ])
+    expect(refunds(r)).toEqual([[iso(90 * MIN), "0.906667"]])
+  })
+
+  it("three lost events (preempted, resumed on a replacement pod, preempted again): billed to the first stop", async () => {
+    // firstStopAt answers the first of several stops since billing began: 61 min of a 4 h hold.
+    const r = await same(
+      timelineFile([
+        launch({ estimated_duration_hours: 4 }),
+        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 3 },
+        { at: "PT1H1M", do: "preempt", id: "gi-1" },
+        { at: "PT1H2M", do: "resume", id: "gi-1" },
+        { at: "PT1H3M", do: "preempt", id: "gi-1" },
+        { at: "PT3H", do: "terminate", id: "gi-1" }
+      ])
+    )
+    expect(refunds(r)).toEqual([[iso(3 * HOUR), "4.773333"]])
+  })
+
+  it("a preemption missed at 1:57: the 2:00 deadline looks at the pod first and bills to 1:57", async () => {
+    // Reconciler.reconcileOne before the deadline settles: 1 h 57 min of 2 h, refund $0.08.
+    const r = await same(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H57M", do: "preempt", id: "gi-1" }]))
+    expect(refunds(r)).toEqual([[iso(120 * MIN), "0.08"]])
+  })
+
+  it("an inference replica preempted and resumed unseen: its gap is not billed, the other replica's time is", async () => {
+    // Two replicas at $1.00/h: eu-west bills 90 min, us-east 61 + 25 min; 176 min of a $48 hold.
+    const catalog = {
+      gpus: { H100: { hourly_rate: "1.00" } },
+      regions: {
+        "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" },
+        "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
+      }
+    }
+    const r = await same(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" },
+          { at: "PT1H", do: "miss_pod_events", id: "ii-1@us-east", count: 2 },
+          { at: "PT1H1M", do: "preempt", id: "ii-1", region: "us-east" },
+          { at: "PT1H4M", do: "resume", id: "ii-1", region: "us-east" },
+          { at: "PT1H30M", do: "terminate", id: "ii-1" }
+        ],
+        { catalog, until: "PT3H" }
+      )
+    )
+    expect(refunds(r, "ii-1")).toEqual([[iso(90 * MIN), "45.066667"]])
+  })
+
+  it("a pod that fails during an engine outage (a new driver lists it): billed to its container's finishedAt (0:55), no overage", async () => {
+    // The new driver was not running when the pod failed: only the pod's record can date it.
+    const r = await same(timelineFile([launch({ estimated_duration_hours: 1 }), { at: "PT55M", do: "pod_fail", id: "gi-1" }]), {
+      outages: [{ at_ms: Date.parse(START) + 50 * MIN, duration_ms: 40 * MIN }]
+    })
+    expect(refunds(r)).toEqual([[iso(90 * MIN), "0.133333"]])
+    expect(r.output.transitions.filter((t) => t.resource === "gi-1").at(-1)).toMatchObject({ at: iso(55 * MIN), to: "failed" })
+  })
+})
