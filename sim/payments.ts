@@ -213,7 +213,7 @@ export class SimPayments implements PaymentsPort {
     this.later(req.idempotency_key, () => done(result))
     const metadata = req.payment_id
     const intent = this.intents.get(id)!
-    if (declined) this.emit({ id: this.eventId(), type: "payment_intent.payment_failed", intent_id: id, payment_id: metadata, code: "card_declined" })
+    if (declined) this.emit({ id: this.eventId(), type: "payment_intent.payment_failed", intent_id: id, payment_id: metadata, code: "card_declined", declined: true })
     else
       this.emit({ id: this.eventId(), type: "payment_intent.succeeded", intent_id: id, amount_cents: req.amount_cents, payment_id: metadata }, () => {
         intent.paid_acked = true

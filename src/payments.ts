@@ -30,7 +30,8 @@
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
  *   off-session charge, never a second while one of the account's auto-recharges is in flight
  *   (even one made under settings since turned off), none while backing off after a decline
- *   (saving the same card again keeps the backoff), at most AUTO_RECHARGE_BURST_MAX per window.
+ *   (saving the same card again keeps the backoff) or waiting after a failure of the
+ *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
  *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause ends
  *   when the balance is back at the threshold (a manual top-up), the settings are saved
@@ -83,7 +84,15 @@ export interface PaymentsPort {
 /** A provider event, decoded once at the boundary (the webhook route, the simulator). */
 export type PaymentEvent =
   | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null }
-  | { readonly id: string; readonly type: "payment_intent.payment_failed"; readonly intent_id: string; readonly payment_id: string | null; readonly code: string }
+  | {
+      readonly id: string
+      readonly type: "payment_intent.payment_failed"
+      readonly intent_id: string
+      readonly payment_id: string | null
+      readonly code: string
+      /** The card's fault (`isCardDecline` of `last_payment_error`), or the provider's. */
+      readonly declined: boolean
+    }
   | {
       readonly id: string
       readonly type: "charge.refunded"
@@ -121,6 +130,18 @@ export type PaymentEvent =
 /** Stripe events whose object is a Refund; one in status `failed` or `canceled` gives money back. */
 const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["charge.refund.updated", "refund.updated", "refund.failed"])
 
+/**
+ * Whether a failed charge was the card's fault (a decline: the customer must act) or the
+ * provider's, from Stripe's error `type` and `code` (a PaymentIntent's `last_payment_error`,
+ * or an API error): a `card_error` is a decline (`card_declined` with its `decline_code`,
+ * `expired_card`, `incorrect_cvc`, `authentication_required`…) except `processing_error`,
+ * which Stripe raises when the card could not be processed and says to retry; `api_error`,
+ * `idempotency_error`, `invalid_request_error` and an unreachable Stripe are the provider's
+ * (or ours). No type at all (an event from before Stripe sent one) reads as a decline, as
+ * every failure did before (docs/POLICY.md).
+ */
+export const isCardDecline = (type: string | null, code: string | null): boolean => (type === null || type === "card_error") && code !== "processing_error"
+
 /** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
 export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   const e = raw as { id?: unknown; type?: unknown; data?: { object?: Record<string, unknown> } }
@@ -138,8 +159,11 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   }
   if (e.type === "payment_intent.payment_failed") {
     const intent_id = str(o["id"])
-    const err = (o["last_payment_error"] ?? {}) as Record<string, unknown>
-    return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code: str(err["decline_code"]) ?? str(err["code"]) ?? "card_declined" }
+    const err = (typeof o["last_payment_error"] === "object" && o["last_payment_error"] !== null ? o["last_payment_error"] : {}) as Record<string, unknown>
+    const type = str(err["type"])
+    const declined = isCardDecline(type, str(err["code"]))
+    const code = str(err["decline_code"]) ?? str(err["code"]) ?? (declined ? "card_declined" : (type ?? "provider_error"))
+    return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code, declined }
   }
   if (e.type === "charge.refunded") {
     const charge_id = str(o["id"])
@@ -502,7 +526,7 @@ export class PaymentBook {
       return "amount_mismatch"
     }
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
-    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, true) ? "failed" : "nothing"
+    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, e.declined) ? "failed" : "nothing"
     if (e.type === "refund.failed") return this.refundFailed(p, e)
     // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
     // (events come in any order); then the refund it reports is booked, if it is news.
@@ -632,9 +656,11 @@ export class PaymentBook {
   }
 
   /**
-   * creating/pending → failed, once; a failed auto-recharge backs off and notifies: as a
-   * decline when the card was declined, as the provider's failure when it was not (the
-   * customer's card is not at fault, and the text says so).
+   * creating/pending → failed, once; a failed auto-recharge waits and notifies. A decline
+   * counts against the card: the wait doubles with each (backoffMs). A failure of the
+   * provider's (`declined` false: an outage, a processing error) is not the card's: it leaves
+   * the count as it is and waits AUTO_RECHARGE_PROVIDER_RETRY_MS, however often it happens,
+   * and the text does not ask for another card (docs/POLICY.md).
    */
   private fail(p: PaymentRecord, code: string, declined: boolean): boolean {
     if (p.status === "succeeded" || p.status === "failed") return false
@@ -643,9 +669,9 @@ export class PaymentBook {
     if (p.kind !== "auto_recharge") return true
     const card = this.autoRecharge(p.account)
     if (card === undefined || card.pending_payment !== p.id) return true
-    const declines = card.declines + 1
-    const wait = backoffMs(declines)
-    this.s.setDeclined.run(declines, at, at + wait, p.account)
+    const wait = declined ? backoffMs(card.declines + 1) : policy.AUTO_RECHARGE_PROVIDER_RETRY_MS
+    if (declined) this.s.setDeclined.run(card.declines + 1, at, at + wait, p.account)
+    else this.s.setRetry.run(at + wait, p.account)
     this.notifier.notify({
       account: p.account,
       resource: null,
@@ -764,6 +790,7 @@ const prepare = (db: LedgerStore["db"]) => {
     setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),
     clearPending: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = 0, retry_at = NULL WHERE pending_payment = ?`),
     setDeclined: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = ?, last_decline_at = ?, retry_at = ? WHERE account = ?`),
+    setRetry: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, retry_at = ? WHERE account = ?`),
     billing: db.prepare(`SELECT invoiced FROM account_billing WHERE account = ?`),
     upsertBilling: db.prepare(
       `INSERT INTO account_billing (account, invoiced, terms, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET invoiced = excluded.invoiced, terms = excluded.terms, updated_at = excluded.updated_at`

@@ -10,7 +10,7 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
-import type { PaymentsPort } from "../../src/payments.js"
+import { decodeStripeEvent, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -674,20 +674,107 @@ describe("auto-recharge and the unit of work around it", () => {
 })
 
 describe("auto-recharge when Stripe fails", () => {
-  it("backs off and says the provider failed, not the card, when Stripe answers 500", async () => {
+  it("waits and says the provider failed, not the card, when Stripe answers 500", async () => {
     // Proves a provider error is not reported as a decline: its own notification kind and text,
-    // the same backoff, no money moved.
-    const { w } = await setup()
+    // a 15-minute wait that is not counted as a decline (docs/POLICY.md), no money moved.
+    const { w, clock } = await setup()
     const a = await w.signup("ivy@example.com", "0")
     await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_test_provider_outage" } })
     const book = w.opened.engine.sup.payments!
-    await until(() => book.autoRecharge(a.account)?.declines === 1, "the failed charge")
+    await until(() => book.autoRecharge(a.account)?.retry_at !== null, "the failed charge")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, last_decline_at: null, retry_at: clock.now() + 15 * MIN })
     const notes = w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge"))
     expect(notes.map((n) => [n.kind, n.severity, n.text])).toEqual([
       ["auto_recharge_failed", "critical", "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."]
     ])
     expect(book.payments().map((p) => [p.status, p.failure_code])).toEqual([["failed", "api_error"]])
     expect(ledgerOf(w, a.account)).toEqual([])
+  })
+
+  it("reads a processing error as the provider's: the same 15-minute wait every time, the decline count untouched", async () => {
+    // Proves Stripe's `card_error` with code `processing_error` (pm_card_chargeDeclinedProcessingError)
+    // is not a decline: auto_recharge_failed, not _declined; the retry 15 minutes on fails the
+    // same way and waits 15 minutes again (a decline would wait 30); declines stays 0.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("joy@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclinedProcessingError" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.retry_at !== null, "the first failure")
+    const firstAt = clock.now()
+    expect(book.autoRecharge(a.account)).toMatchObject({ pending_payment: null, declines: 0, retry_at: firstAt + 15 * MIN })
+    expect(outcomes(await server.flush())).toEqual([[200, "nothing"]])
+    w.advance(15 * MIN)
+    await until(() => book.payments().length === 2 && book.autoRecharge(a.account)?.retry_at === firstAt + 30 * MIN, "the second failure")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, last_decline_at: null })
+    expect(book.payments().map((p) => [p.id, p.status, p.failure_code])).toEqual([
+      ["pay_00000001", "failed", "processing_error"],
+      ["pay_00000002", "failed", "processing_error"]
+    ])
+    const text = "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge")).map((n) => [n.kind, n.text])).toEqual([
+      ["auto_recharge_failed", text],
+      ["auto_recharge_failed", text]
+    ])
+  })
+
+  it("reads a payment_intent.payment_failed by its last_payment_error: an api_error is the provider's", async () => {
+    // Proves the webhook path (a charge Stripe accepted, then failed): a pending auto-recharge
+    // failed by an event whose last_payment_error is an `api_error` notifies auto_recharge_failed
+    // and waits 15 minutes without counting a decline; it used to be read as a card decline.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("kai@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.payments().some((p) => p.status === "pending"), "the pending charge")
+    const succeeded = server.queue.splice(0).find((e) => e.type === "payment_intent.succeeded")!
+    const event = JSON.parse(succeeded.payload) as { id: string; type: string; data: { object: Record<string, unknown> } }
+    event.id = "evt_failed_later"
+    event.type = "payment_intent.payment_failed"
+    event.data.object["status"] = "requires_payment_method"
+    event.data.object["amount_received"] = 0
+    event.data.object["last_payment_error"] = { type: "api_error", message: "An unknown error occurred" }
+    expect(outcomes([await server.deliver({ id: event.id, type: event.type, payload: JSON.stringify(event) })])).toEqual([[200, "failed"]])
+    expect(book.payments().map((p) => [p.status, p.failure_code])).toEqual([["failed", "api_error"]])
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, retry_at: clock.now() + 15 * MIN })
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge")).map((n) => n.kind)).toEqual(["auto_recharge_failed"])
+  })
+})
+
+describe("payment_intent.payment_failed decoding", () => {
+  it("tells a decline from the provider's failure by last_payment_error's type and code", () => {
+    // Proves isCardDecline on Stripe's shapes: card errors are declines (the decline_code is the
+    // code kept), except processing_error; API-side types are not; no type reads as a decline.
+    const decode = (last_payment_error: unknown) => {
+      const e = decodeStripeEvent({ id: "evt_1", type: "payment_intent.payment_failed", data: { object: { id: "pi_1", last_payment_error } } })
+      return e !== null && e.type === "payment_intent.payment_failed" ? [e.code, e.declined] : e
+    }
+    expect(
+      [
+        { type: "card_error", code: "card_declined", decline_code: "insufficient_funds" },
+        { type: "card_error", code: "expired_card" },
+        { type: "card_error", code: "authentication_required" },
+        { type: "card_error", code: "processing_error" },
+        { type: "api_error" },
+        { type: "api_error", code: "lock_timeout" },
+        { type: "invalid_request_error", code: "payment_intent_unexpected_state" },
+        { type: "idempotency_error" },
+        { code: "card_declined" },
+        null,
+        "garbage"
+      ].map(decode)
+    ).toEqual([
+      ["insufficient_funds", true],
+      ["expired_card", true],
+      ["authentication_required", true],
+      ["processing_error", false],
+      ["api_error", false],
+      ["lock_timeout", false],
+      ["payment_intent_unexpected_state", false],
+      ["idempotency_error", false],
+      ["card_declined", true],
+      ["card_declined", true],
+      ["card_declined", true]
+    ])
   })
 })
 

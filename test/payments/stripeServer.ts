@@ -18,8 +18,10 @@
  *
  * Bodies are form-encoded like Stripe's (`metadata[payment_id]=…`); an `Idempotency-Key`
  * seen before answers the first answer again and does nothing. Cards: `pm_card_visa`
- * succeeds, `pm_card_chargeDeclined` declines (Stripe's test card names), and
- * `pm_test_provider_outage` makes Stripe answer 500 `api_error` (not the card's fault). Events are signed
+ * succeeds, `pm_card_chargeDeclined` declines, `pm_card_chargeDeclinedProcessingError` fails
+ * with a `card_error` whose code is `processing_error` (Stripe's test card names; the last is
+ * not the card's fault, Stripe says to retry), and `pm_test_provider_outage` makes Stripe
+ * answer 500 `api_error` (not the card's fault either). Events are signed
  * with `stripe.webhooks.generateTestHeaderString` at the world clock's instant and queued;
  * a test delivers them when and as often as it likes (in order, reversed, twice).
  */
@@ -238,14 +240,16 @@ export class StripeTestServer {
     if (pi["status"] === "succeeded") return this.error(400, "invalid_request_error", "payment_intent_unexpected_state", "This PaymentIntent has already succeeded")
     // Not a card problem: Stripe itself fails (an outage); stripe-node raises StripeAPIError.
     if (payment_method === "pm_test_provider_outage") return this.error(500, "api_error", "api_error", "An unknown error occurred")
-    if (payment_method === "pm_card_chargeDeclined") {
+    const refused: Record<string, Obj> = {
+      pm_card_chargeDeclined: { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." },
+      pm_card_chargeDeclinedProcessingError: { type: "card_error", code: "processing_error", message: "An error occurred while processing your card. Try again in a little bit." }
+    }
+    const error = refused[payment_method]
+    if (error !== undefined) {
       pi["status"] = "requires_payment_method"
-      pi["last_payment_error"] = { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." }
+      pi["last_payment_error"] = error
       this.event("payment_intent.payment_failed", { ...pi })
-      return {
-        status: 402,
-        body: JSON.stringify({ error: { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined.", payment_intent: pi } })
-      }
+      return { status: 402, body: JSON.stringify({ error: { ...error, payment_intent: pi } }) }
     }
     const charge: Obj = {
       id: `ch_${++this.seq}`,
