@@ -285,7 +285,7 @@ interface FactIndex {
   readonly rowsByHold: Map<string, LedgerRow[]>
   /** `storage_billing` rows, by the resource they charge. */
   readonly storageChargesByResource: Map<string, LedgerRow[]>
-  /** Instants of the credits (topups, positive adjustments) of each account, sorted. */
+  /** Instants of the credits (topups, positive adjustments, failed card refunds returned) of each account, sorted. */
   readonly creditsByAccount: Map<string, number[]>
   readonly holdsById: Map<string, Hold>
   readonly holdsByAccount: Map<string, Hold[]>
@@ -296,6 +296,13 @@ interface FactIndex {
   readonly terminatedNoticesByResource: Map<string, Notification[]>
   readonly resourceById: Map<string, ResourceFacts>
 }
+
+/**
+ * A card refund row (not a hold's): − when a top-up is refunded at the provider, + when that
+ * refund failed there and its money came back (src/payments.ts). A payment's card refund rows
+ * add up to what the provider really refunded.
+ */
+const isCardRefund = (r: LedgerRow): boolean => r.kind === "refund" && r.hold_id === null
 
 const indexFacts = (facts: RunFacts): FactIndex => {
   const index: FactIndex = {
@@ -316,7 +323,8 @@ const indexFacts = (facts: RunFacts): FactIndex => {
     push(index.rowsByAccount, r.account, r)
     if (r.hold_id !== null) push(index.rowsByHold, r.hold_id, r)
     if (r.kind === "storage_billing" && r.resource !== null) push(index.storageChargesByResource, r.resource, r)
-    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment")) push(index.creditsByAccount, r.account, r.at)
+    // The credit back of a refund to the card that failed at the provider is a credit too.
+    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment" || isCardRefund(r))) push(index.creditsByAccount, r.account, r.at)
   }
   for (const list of index.creditsByAccount.values()) list.sort((a, b) => a - b)
   for (const h of facts.holds) {
@@ -388,14 +396,13 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       }
       if (r.kind === "topup") sums.topup += r.amount_micros
       if (r.kind === "adjustment") sums.adjustment += r.amount_micros
-      if (r.kind === "refund" && r.amount_micros < 0n) sums.card_refunds -= r.amount_micros
+      if (isCardRefund(r)) sums.card_refunds -= r.amount_micros
       if (r.kind === "api_usage") sums.api_usage -= r.amount_micros
       if (r.kind === "storage_billing") sums.storage_billing -= r.amount_micros
       const overage = isOverage(r)
       // Decision (src/supervisor.ts postPayment): a refund to the card is booked in full even
       // below $0, and a credit never makes a balance negative; neither is §9.4's business.
-      const cardRefund = r.kind === "refund" && r.amount_micros < 0n && r.hold_id === null
-      if (r.balance_after_micros < 0n && r.amount_micros < 0n && !cardRefund) {
+      if (r.balance_after_micros < 0n && r.amount_micros < 0n && !isCardRefund(r)) {
         const bound = lagBound(r.resource)
         if (!overage || -r.amount_micros > bound) {
           violate(4, { account: account.id, resource: r.resource, at: r.at, message: `row ${r.id} (${r.kind} $${formatDollars(r.amount_micros)}) leaves the balance at $${formatDollars(r.balance_after_micros)}` })
@@ -425,7 +432,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   if (facts.provider_net !== undefined) {
     const ours = new Map<string, Micros>()
     for (const r of facts.rows) {
-      if (r.kind === "topup" || (r.kind === "refund" && r.amount_micros < 0n && r.hold_id === null)) ours.set(r.account, (ours.get(r.account) ?? 0n) + r.amount_micros)
+      if (r.kind === "topup" || isCardRefund(r)) ours.set(r.account, (ours.get(r.account) ?? 0n) + r.amount_micros)
     }
     for (const account of [...new Set([...ours.keys(), ...facts.provider_net.keys()])].sort()) {
       const provider = facts.provider_net.get(account) ?? 0n

@@ -1,7 +1,8 @@
 /**
  * The simulated payment provider: behaves like Stripe on the virtual clock. PaymentIntents
- * keyed by idempotency key (same key → same intent), cards that succeed or decline, refunds,
- * and webhooks delivered after a delay, sometimes twice, redelivered while the engine is down.
+ * keyed by idempotency key (same key → same intent), cards that succeed or decline, refunds
+ * (which may fail later, as a refund to an expired card does), and webhooks delivered after a
+ * delay, sometimes twice, redelivered while the engine is down.
  *
  * It keeps its own books (what it charged, what it refunded, what the engine acknowledged) so
  * the invariant checker can reconcile the provider's side with the ledger to the cent.
@@ -30,6 +31,16 @@ export const SIM_WEBHOOK_ATTEMPTS_MAX = 1_000
  */
 export const simPaymentsFor = (clock: EngineClock, seed: number, options: SimPaymentsOptions): SimPayments => new SimPayments(clock, new Prng(seed ^ 0x5eed_9a7), options)
 
+interface SimRefund {
+  readonly id: string
+  readonly cents: number
+  status: "succeeded" | "failed"
+  /** The engine took the `charge.refunded` that reported this refund. */
+  made_acked: boolean
+  /** The engine took the event that said it failed. */
+  failed_acked: boolean
+}
+
 interface SimIntent {
   readonly id: string
   readonly payment_id: string
@@ -37,12 +48,17 @@ interface SimIntent {
   readonly amount_cents: number
   status: "succeeded" | "failed"
   readonly charge_id: string
+  /** The charge's `amount_refunded`: its refunds that did not fail (Stripe takes a failed one back out). */
   refunded_cents: number
+  readonly refunds: SimRefund[]
   /** The engine took an event proving the payment (succeeded, or a refund of its charge). */
   paid_acked: boolean
   /** The largest cumulative refund the engine took in a `charge.refunded`. */
   refunded_acked_cents: number
 }
+
+/** Why a simulated refund fails: Stripe's test card `pm_card_refundFail` fails its refunds so. */
+export const SIM_REFUND_FAILURE_REASON = "expired_or_canceled_card"
 
 export class SimPayments implements PaymentsPort {
   /** Where webhooks go; returns null while the engine is down (the provider retries). */
@@ -52,6 +68,7 @@ export class SimPayments implements PaymentsPort {
   private readonly byKey = new Map<string, IntentResult>()
   private readonly declines = new Map<string, number>()
   private events = 0
+  private refundCount = 0
 
   constructor(
     private readonly clock: EngineClock,
@@ -79,37 +96,90 @@ export class SimPayments implements PaymentsPort {
 
   /**
    * A refund from the dashboard: of the payment `payment_id` (our id), or else of the account's
-   * latest payment with anything left to refund; `amount_cents` or all that is left.
+   * latest payment with anything left to refund; `amount_cents` or all that is left. With
+   * `fail_after_ms`, the refund fails that long after (as Stripe's do when the card is closed):
+   * the charge's `amount_refunded` goes back down and a `charge.refund.updated` in status
+   * `failed` is sent.
    */
-  refund(account: string, payment_id: string | null, amount_cents: number | null): WorldOutcome {
+  refund(account: string, payment_id: string | null, amount_cents: number | null, fail_after_ms: number | null = null): WorldOutcome {
     const candidates = this.order.map((id) => this.intents.get(id)!).filter((i) => i.account === account && i.status === "succeeded" && i.refunded_cents < i.amount_cents)
     const intent = payment_id === null ? candidates[candidates.length - 1] : candidates.find((i) => i.payment_id === payment_id)
     if (intent === undefined) return { ok: false, status: 404, error: "payment_not_found", message: `no refundable payment of ${account}${payment_id === null ? "" : ` named ${payment_id}`}` }
     const left = intent.amount_cents - intent.refunded_cents
     const cents = amount_cents ?? left
     if (cents <= 0 || cents > left) return { ok: false, status: 400, error: "invalid_amount", message: `a refund of ${intent.payment_id} is 1 to ${left} cents` }
+    const refund: SimRefund = { id: `re_sim_${++this.refundCount}`, cents, status: "succeeded", made_acked: false, failed_acked: false }
+    intent.refunds.push(refund)
+    const previous = intent.refunded_cents
     intent.refunded_cents += cents
-    this.emit({
-      id: this.eventId(),
-      type: "charge.refunded",
-      charge_id: intent.charge_id,
-      intent_id: intent.id,
-      amount_cents: intent.amount_cents,
-      amount_refunded_cents: intent.refunded_cents,
-      payment_id: intent.payment_id
-    })
+    const reported = intent.refunded_cents
+    this.emit(
+      {
+        id: this.eventId(),
+        type: "charge.refunded",
+        charge_id: intent.charge_id,
+        intent_id: intent.id,
+        amount_cents: intent.amount_cents,
+        amount_refunded_cents: reported,
+        previous_refunded_cents: previous,
+        payment_id: intent.payment_id
+      },
+      () => {
+        intent.paid_acked = true
+        refund.made_acked = true
+        intent.refunded_acked_cents = Math.max(intent.refunded_acked_cents, reported)
+      }
+    )
+    if (fail_after_ms !== null) {
+      this.clock.schedule(this.clock.now() + fail_after_ms, () => this.failRefund(intent, refund), { lane: Lane.world, key: `refund-fail:${refund.id}` })
+    }
     return { ok: true }
   }
 
-  /** The provider's net by account (charged and acknowledged, minus refunds acknowledged), in micros. */
+  /**
+   * The provider's net by account, in micros: what it charged, less what it really refunded
+   * (the charge's `amount_refunded`), as far as the engine acknowledged the webhooks. While
+   * some refund event of a charge is not acknowledged yet, its refunds are counted by the rule
+   * the engine books by (src/payments.ts): the refunds reported made (by size, or the largest
+   * cumulative amount) less those reported failed, from 0 to the charge; once all are, by
+   * what the provider really refunded, so a wrong rule shows.
+   */
   netByAccount(): Map<string, Micros> {
     const net = new Map<string, Micros>()
     for (const id of this.order) {
       const i = this.intents.get(id)!
-      const cents = (i.paid_acked ? i.amount_cents : 0) - i.refunded_acked_cents
+      const settled = i.refunds.every((r) => r.made_acked && (r.status !== "failed" || r.failed_acked))
+      const made = Math.max(i.refunded_acked_cents, i.refunds.reduce((sum, r) => sum + (r.made_acked ? r.cents : 0), 0))
+      const failed = i.refunds.reduce((sum, r) => sum + (r.failed_acked ? r.cents : 0), 0)
+      const refunded = settled ? i.refunded_cents : Math.min(i.amount_cents, Math.max(0, made - failed))
+      const cents = (i.paid_acked ? i.amount_cents : 0) - refunded
       net.set(i.account, (net.get(i.account) ?? 0n) + microsOfCents(cents))
     }
     return net
+  }
+
+  /** The refund fails at the provider: the charge gets its amount back, and the engine is told. */
+  private failRefund(intent: SimIntent, refund: SimRefund): void {
+    if (refund.status === "failed") return
+    refund.status = "failed"
+    intent.refunded_cents -= refund.cents
+    this.emit(
+      {
+        id: this.eventId(),
+        type: "refund.failed",
+        event_type: "charge.refund.updated",
+        refund_id: refund.id,
+        charge_id: intent.charge_id,
+        intent_id: intent.id,
+        amount_cents: refund.cents,
+        status: "failed",
+        failure_reason: SIM_REFUND_FAILURE_REASON,
+        payment_id: null
+      },
+      () => {
+        refund.failed_acked = true
+      }
+    )
   }
 
   private intent(req: IntentRequest, offSession: boolean, done: (r: IntentResult) => void): void {
@@ -128,6 +198,7 @@ export class SimPayments implements PaymentsPort {
       status: declined ? "failed" : "succeeded",
       charge_id: `ch_sim_${n}`,
       refunded_cents: 0,
+      refunds: [],
       paid_acked: false,
       refunded_acked_cents: 0
     })
@@ -141,11 +212,12 @@ export class SimPayments implements PaymentsPort {
     this.byKey.set(req.idempotency_key, result)
     this.later(req.idempotency_key, () => done(result))
     const metadata = req.payment_id
-    this.emit(
-      declined
-        ? { id: this.eventId(), type: "payment_intent.payment_failed", intent_id: id, payment_id: metadata, code: "card_declined" }
-        : { id: this.eventId(), type: "payment_intent.succeeded", intent_id: id, amount_cents: req.amount_cents, payment_id: metadata }
-    )
+    const intent = this.intents.get(id)!
+    if (declined) this.emit({ id: this.eventId(), type: "payment_intent.payment_failed", intent_id: id, payment_id: metadata, code: "card_declined", declined: true })
+    else
+      this.emit({ id: this.eventId(), type: "payment_intent.succeeded", intent_id: id, amount_cents: req.amount_cents, payment_id: metadata }, () => {
+        intent.paid_acked = true
+      })
   }
 
   private eventId(): string {
@@ -157,26 +229,24 @@ export class SimPayments implements PaymentsPort {
     this.clock.schedule(this.clock.now(), fn, { lane: Lane.world, key: `payments:${key}` })
   }
 
-  private emit(e: PaymentEvent): void {
+  /** Sends `e` later (and maybe twice); `acked` records on the provider's books that the engine took it. */
+  private emit(e: PaymentEvent, acked: () => void = () => {}): void {
     const delay = this.options.webhook_delay_ms
     const first = this.clock.now() + delay + (delay > 0 ? this.prng.int(0, delay) : 0)
-    this.schedule(e, first, 1)
-    if (this.prng.chance(this.options.duplicate_probability)) this.schedule(e, first + (delay > 0 ? this.prng.int(1, 2 * delay) : 1_000), 1)
+    this.schedule(e, first, 1, acked)
+    if (this.prng.chance(this.options.duplicate_probability)) this.schedule(e, first + (delay > 0 ? this.prng.int(1, 2 * delay) : 1_000), 1, acked)
   }
 
-  private schedule(e: PaymentEvent, at: number, attempt: number): void {
+  private schedule(e: PaymentEvent, at: number, attempt: number, acked: () => void): void {
     this.clock.schedule(
       at,
       () => {
         const outcome = this.deliver(e)
         if (outcome === null) {
-          if (attempt < SIM_WEBHOOK_ATTEMPTS_MAX) this.schedule(e, this.clock.now() + SIM_WEBHOOK_RETRY_MS, attempt + 1)
+          if (attempt < SIM_WEBHOOK_ATTEMPTS_MAX) this.schedule(e, this.clock.now() + SIM_WEBHOOK_RETRY_MS, attempt + 1, acked)
           return
         }
-        if (outcome === "unmatched" || e.type === "ignored" || e.type === "payment_intent.payment_failed") return
-        const intent = this.intents.get(e.intent_id)!
-        intent.paid_acked = true
-        if (e.type === "charge.refunded") intent.refunded_acked_cents = Math.max(intent.refunded_acked_cents, e.amount_refunded_cents)
+        if (outcome !== "unmatched") acked()
       },
       { lane: Lane.world, key: `webhook:${e.id}:${at}` }
     )

@@ -25,7 +25,7 @@ import type { StorageSnapshot } from "../machines/storage.js"
 import type { InferenceSnapshot, ModelSource } from "../machines/inferenceInstance.js"
 import { SimCluster, type WorldOutcome } from "./cluster.js"
 import { checkInvariants, type ResourceFacts, type RunFacts, type Violation } from "./invariants.js"
-import { isoInstant } from "./iso.js"
+import { isoInstant, parseDurationMs } from "./iso.js"
 import type { Timeline, TimelineEvent } from "./timeline.js"
 
 /**
@@ -211,7 +211,9 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
     case "card_decline":
       return outcome(world.payments.declineNext(e.account, e.count ?? 1))
     case "stripe_refund":
-      return outcome(world.payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT)))
+      return outcome(
+        world.payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT), e.fail_after === undefined ? null : parseDurationMs(e.fail_after)!)
+      )
     case "preempt":
       return outcome(world.preempt(podTarget(e)))
     case "resume":

@@ -133,7 +133,15 @@ const SetAutoRecharge = Schema.Struct({
   payment_method: Schema.optional(Schema.String)
 })
 const CardDecline = Schema.Struct({ ...base, do: Schema.Literal("card_decline"), account: Schema.String, count: Schema.optional(Count(100)) })
-const StripeRefund = Schema.Struct({ ...base, do: Schema.Literal("stripe_refund"), account: Schema.String, payment: Schema.optional(Schema.String), amount: Schema.optional(PositiveDollars) })
+/** `fail_after`: the refund fails at the provider that long after it is made (docs/TIMELINE-EXTENSIONS.md). */
+const StripeRefund = Schema.Struct({
+  ...base,
+  do: Schema.Literal("stripe_refund"),
+  account: Schema.String,
+  payment: Schema.optional(Schema.String),
+  amount: Schema.optional(PositiveDollars),
+  fail_after: Schema.optional(Duration)
+})
 /** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
 export const LATER_EVENT_KINDS = ["attach_storage", "detach_storage"] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })

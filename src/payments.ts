@@ -10,17 +10,33 @@
  *   `charge.refunded` that proves the charge was paid): one `topup` row per payment, guarded by
  *   the payment's status (compare-and-swap), whatever the order or number of deliveries.
  * - Every delivered event id is recorded (`payment_events`), so a repeat books nothing.
- * - `charge.refunded` carries the charge's cumulative refunded amount; only the part not booked
- *   yet (`payment_refunds`) becomes a negative `refund` row naming the top-up (its `resource`
- *   is the payment id, like the top-up row's).
+ * - Refunds at the provider are booked per charge (`payment_refunds`) so that the charge's
+ *   `refund` rows (their `resource` is the payment id, like the top-up row's) always add up to
+ *   what the provider really refunded, as far as its events have told us:
+ *     booked = made − failed, at least 0 and at most the payment's amount, where
+ *     made   = the larger of Σ sizes of the refunds made (each `charge.refunded` names one: its
+ *              `amount_refunded` less `previous_attributes.amount_refunded`, once per event id)
+ *              and the largest cumulative `amount_refunded` reported (events without
+ *              `previous_attributes`);
+ *     failed = Σ amounts of the charge's refunds that failed or were canceled, once per refund id
+ *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes).
+ *   Each input only grows its own term (a sum over distinct ids, a maximum), so any order and
+ *   any number of deliveries end at the same amount booked (the rows on the way there follow
+ *   the order). A change of `booked` is one row: −x when a refund is made, +x (`Failed refund
+ *   to card …`) when one fails. Why sizes and not the
+ *   cumulative amount alone: after a failure, Stripe's cumulative `amount_refunded` can be
+ *   lower than one reported before it (a new refund after a failed one), so a stale higher
+ *   value and a fresh lower one cannot be told apart; a refund's size can (docs/POLICY.md).
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
  *   off-session charge, never a second while one of the account's auto-recharges is in flight
  *   (even one made under settings since turned off), none while backing off after a decline
- *   (saving the same card again keeps the backoff), at most AUTO_RECHARGE_BURST_MAX per window.
+ *   (saving the same card again keeps the backoff) or waiting after a failure of the
+ *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
  *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause ends
- *   when the balance is back at the threshold (a manual top-up) or the settings are saved
- *   again.
+ *   when the balance is back at the threshold (a manual top-up), the settings are saved
+ *   again, or the refunds of the payment that paused it all failed (no money went back).
+ * - A refund that failed or was canceled notifies the account once (`card_refund_failed`).
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
  * (never synchronously), so nothing the provider does runs inside the caller's transaction.
@@ -68,7 +84,15 @@ export interface PaymentsPort {
 /** A provider event, decoded once at the boundary (the webhook route, the simulator). */
 export type PaymentEvent =
   | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null }
-  | { readonly id: string; readonly type: "payment_intent.payment_failed"; readonly intent_id: string; readonly payment_id: string | null; readonly code: string }
+  | {
+      readonly id: string
+      readonly type: "payment_intent.payment_failed"
+      readonly intent_id: string
+      readonly payment_id: string | null
+      readonly code: string
+      /** The card's fault (`isCardDecline` of `last_payment_error`), or the provider's. */
+      readonly declined: boolean
+    }
   | {
       readonly id: string
       readonly type: "charge.refunded"
@@ -76,9 +100,47 @@ export type PaymentEvent =
       readonly intent_id: string
       readonly amount_cents: number
       readonly amount_refunded_cents: number
+      /**
+       * The charge's `amount_refunded` before this refund (the event's
+       * `data.previous_attributes`), so the refund's size is the difference; null when the
+       * event does not say (then only the cumulative amount counts).
+       */
+      readonly previous_refunded_cents: number | null
+      readonly payment_id: string | null
+    }
+  | {
+      readonly id: string
+      /**
+       * A refund that failed or was canceled at the provider. Stripe tells it with a Refund
+       * object in `charge.refund.updated`, `refund.updated` or `refund.failed` (`event_type`):
+       * an endpoint may get all three for one failure, so it counts once per `refund_id`.
+       */
+      readonly type: "refund.failed"
+      readonly event_type: string
+      readonly refund_id: string
+      readonly charge_id: string
+      readonly intent_id: string
+      readonly amount_cents: number
+      readonly status: "failed" | "canceled"
+      readonly failure_reason: string | null
       readonly payment_id: string | null
     }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
+
+/** Stripe events whose object is a Refund; one in status `failed` or `canceled` gives money back. */
+const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["charge.refund.updated", "refund.updated", "refund.failed"])
+
+/**
+ * Whether a failed charge was the card's fault (a decline: the customer must act) or the
+ * provider's, from Stripe's error `type` and `code` (a PaymentIntent's `last_payment_error`,
+ * or an API error): a `card_error` is a decline (`card_declined` with its `decline_code`,
+ * `expired_card`, `incorrect_cvc`, `authentication_required`…) except `processing_error`,
+ * which Stripe raises when the card could not be processed and says to retry; `api_error`,
+ * `idempotency_error`, `invalid_request_error` and an unreachable Stripe are the provider's
+ * (or ours). No type at all (an event from before Stripe sent one) reads as a decline, as
+ * every failure did before (docs/POLICY.md).
+ */
+export const isCardDecline = (type: string | null, code: string | null): boolean => (type === null || type === "card_error") && code !== "processing_error"
 
 /** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
 export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
@@ -97,8 +159,11 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   }
   if (e.type === "payment_intent.payment_failed") {
     const intent_id = str(o["id"])
-    const err = (o["last_payment_error"] ?? {}) as Record<string, unknown>
-    return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code: str(err["decline_code"]) ?? str(err["code"]) ?? "card_declined" }
+    const err = (typeof o["last_payment_error"] === "object" && o["last_payment_error"] !== null ? o["last_payment_error"] : {}) as Record<string, unknown>
+    const type = str(err["type"])
+    const declined = isCardDecline(type, str(err["code"]))
+    const code = str(err["decline_code"]) ?? str(err["code"]) ?? (declined ? "card_declined" : (type ?? "provider_error"))
+    return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code, declined }
   }
   if (e.type === "charge.refunded") {
     const charge_id = str(o["id"])
@@ -106,7 +171,23 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     const amount = int(o["amount"])
     const refunded = int(o["amount_refunded"])
     if (charge_id === null || intent_id === null || amount === null || refunded === null || refunded > amount) return null
-    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, payment_id }
+    const before = (e.data as { previous_attributes?: unknown }).previous_attributes
+    const previous = typeof before === "object" && before !== null ? int((before as Record<string, unknown>)["amount_refunded"]) : null
+    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, previous_refunded_cents: previous, payment_id }
+  }
+  if (REFUND_OBJECT_EVENTS.has(e.type)) {
+    // Only a refund that ended unsuccessfully matters here: one made (pending or succeeded) was
+    // booked from its charge.refunded. A refund of a charge without a PaymentIntent is not ours.
+    const status = o["status"]
+    if ((status !== "failed" && status !== "canceled") || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
+    const refund_id = str(o["id"])
+    const charge_id = str(o["charge"])
+    const intent_id = str(o["payment_intent"])
+    const amount = int(o["amount"])
+    if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return null
+    const reason = o["failure_reason"]
+    if (reason !== null && reason !== undefined && str(reason) === null) return null
+    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status, failure_reason: str(reason), payment_id }
   }
   return { id: e.id, type: "ignored", event_type: e.type }
 }
@@ -141,13 +222,28 @@ export interface AutoRechargeRecord {
   readonly paused_by: string | null
 }
 
+/** A charge's refunds as booked (`payment_refunds`; the rule at the top of this file). */
+interface RefundRecord {
+  readonly charge_id: string
+  readonly payment_id: string
+  /** What the charge's refund rows add up to, negated. */
+  readonly refunded_micros: Micros
+  /** Σ sizes of the refunds made (more than the charge when failed ones were refunded again). */
+  readonly gross_micros: Micros
+  /** The largest cumulative `amount_refunded` reported. */
+  readonly reported_micros: Micros
+}
+
 /** What handling one event did, for the journal and the webhook's answer. */
-export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "failed" | "nothing" | "ignored" | "amount_mismatch"
+export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "refund_reversed" | "failed" | "nothing" | "ignored" | "amount_mismatch"
 
 /** The supervisor, as the payments module sees it: units of work and the two money rows. */
 export interface PaymentHost {
   unitOfWork<T>(fn: () => T): T
-  /** A `topup` (+) or card `refund` (−) row naming the payment; marks the account touched (and credited). */
+  /**
+   * A `topup` (+) or card `refund` row naming the payment (− a refund made, + the credit back
+   * of one that failed); marks the account touched (and credited).
+   */
   postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros
   /** Marks the account touched in the current unit of work (its auto-recharge is looked at after it). */
   touch(account: string): void
@@ -318,7 +414,7 @@ export class PaymentBook {
       // An event for a payment we do not know is answered (2xx: Stripe will not send it again)
       // but not recorded, so a resend from Stripe's dashboard can still match it later. Our
       // own payments are always known first: their row commits before the provider is called.
-      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" ? e.event_type : e.type, this.clock.now(), outcome)
+      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" ? e.event_type : e.type, this.clock.now(), outcome)
       this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
       return outcome
     })
@@ -422,25 +518,109 @@ export class PaymentBook {
     if (p === undefined) return "unmatched"
     // The provider must have taken what our row asked for: a payment of another amount is
     // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
-    const paid = e.type === "payment_intent.succeeded" ? e.amount_cents : e.type === "charge.refunded" ? e.amount_cents : null
-    if (paid !== null && paid !== centsOf(p.amount_micros)) {
-      this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: paid })
+    // A refund larger than our payment cannot be of it either.
+    const paid = e.type === "payment_intent.succeeded" || e.type === "charge.refunded" ? e.amount_cents : null
+    const refund = e.type === "refund.failed" ? e.amount_cents : null
+    if ((paid !== null && paid !== centsOf(p.amount_micros)) || (refund !== null && refund > centsOf(p.amount_micros))) {
+      this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: paid ?? refund })
       return "amount_mismatch"
     }
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
-    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, true) ? "failed" : "nothing"
+    if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, e.declined) ? "failed" : "nothing"
+    if (e.type === "refund.failed") return this.refundFailed(p, e)
     // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
-    // (events come in any order); then only the newly refunded part is booked.
+    // (events come in any order); then the refund it reports is booked, if it is news.
+    const charge = this.chargeOf(e.charge_id, p)
+    if (charge === undefined) return "unmatched"
     const credited = this.succeed(this.payment(p.id)!)
-    const booked = (this.s.refund.get(e.charge_id) as { refunded_micros: bigint } | undefined)?.refunded_micros ?? 0n
-    const total = microsOfCents(e.amount_refunded_cents)
-    const refundable = p.amount_micros < total ? p.amount_micros : total
-    if (refundable <= booked) return credited ? "credited" : "nothing"
-    const newly = refundable - booked
-    this.s.upsertRefund.run(e.charge_id, p.id, refundable)
-    this.host.postPayment({ account: p.account, kind: "refund", amount_micros: -newly, resource: p.id, description: policy.descriptions.cardRefund(p.id) })
-    this.pauseAfterRefund(p, newly)
+    const made = e.previous_refunded_cents === null ? 0n : microsOfCents(Math.max(0, e.amount_refunded_cents - e.previous_refunded_cents))
+    this.s.reportRefund.run(charge.gross_micros + made, microsOfCents(e.amount_refunded_cents), e.charge_id)
+    const moved = this.bookRefunds(p, e.charge_id)
+    // A refund reported can only add to what is booked as refunded; a failure only takes back.
+    assert(moved <= 0n, () => `charge.refunded ${e.id} credited ${moved} back`)
+    if (moved === 0n) return credited ? "credited" : "nothing"
+    this.pauseAfterRefund(p, -moved)
     return "refunded"
+  }
+
+  /** The charge's refund record, made for the payment if new; undefined if it is another payment's. */
+  private chargeOf(charge_id: string, p: PaymentRecord): RefundRecord | undefined {
+    this.s.insertRefund.run(charge_id, p.id)
+    const charge = this.s.refund.get(charge_id) as unknown as RefundRecord | undefined
+    assert(charge !== undefined, () => `refund record of ${charge_id} not written`)
+    return charge.payment_id === p.id ? charge : undefined
+  }
+
+  /**
+   * Makes the charge's refund rows add up to what the provider really refunded, as far as its
+   * events have told us (the rule at the top of this file), with one row for the difference.
+   * Returns the amount booked: negative for a refund made, positive for the credit back of a
+   * failed one, 0 when the books already agree.
+   */
+  private bookRefunds(p: PaymentRecord, charge_id: string): Micros {
+    const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
+    const failed = (this.s.failedOf.get(charge_id) as { failed_micros: bigint }).failed_micros
+    const made = charge.gross_micros > charge.reported_micros ? charge.gross_micros : charge.reported_micros
+    // Refunds made can add up to more than the charge when some failed (Stripe gives a failed
+    // refund's amount back to the charge, to be refunded again): the cap comes after them.
+    const net = made > failed ? made - failed : 0n
+    const target = net < p.amount_micros ? net : p.amount_micros
+    assert(target >= 0n && target <= p.amount_micros, () => `refund target ${target} of ${p.id} outside its amount`)
+    // Money is booked as refunded only once the payment is credited (charge.refunded credits
+    // it first); a failure that came before any refund was reported books nothing.
+    assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `refund booked on ${p.id} before its credit`)
+    const moved = charge.refunded_micros - target
+    if (moved === 0n) return 0n
+    this.s.setRefunded.run(target, charge_id)
+    this.host.postPayment({
+      account: p.account,
+      kind: "refund",
+      amount_micros: moved,
+      resource: p.id,
+      description: moved < 0n ? policy.descriptions.cardRefund(p.id) : policy.descriptions.cardRefundFailed(p.id)
+    })
+    return moved
+  }
+
+  /**
+   * A refund that failed or was canceled at the provider, once per refund id: its money comes
+   * back to the wallet if it was booked as refunded (a failure that comes before its
+   * charge.refunded is remembered, and that refund then books nothing), the pause it set on
+   * auto-recharge ends if no refund of the payment is left, and the account is told.
+   */
+  private refundFailed(p: PaymentRecord, e: Extract<PaymentEvent, { type: "refund.failed" }>): EventOutcome {
+    if (this.s.failure.get(e.refund_id) !== undefined) return "nothing"
+    if (this.chargeOf(e.charge_id, p) === undefined) return "unmatched"
+    const at = this.clock.now()
+    const amount_micros = microsOfCents(e.amount_cents)
+    this.s.insertFailure.run(e.refund_id, e.charge_id, p.id, amount_micros, e.status, e.failure_reason, at)
+    this.journal.append(at, "card_refund_failed", { payment: p.id, refund: e.refund_id, charge: e.charge_id, amount_micros: amount_micros.toString(), status: e.status, reason: e.failure_reason })
+    const moved = this.bookRefunds(p, e.charge_id)
+    assert(moved >= 0n, () => `failed refund ${e.refund_id} booked ${moved}`)
+    const resumed = this.resumeAfterFailedRefund(p)
+    this.notifier.notify({
+      account: p.account,
+      resource: null,
+      at,
+      severity: "warning",
+      kind: "card_refund_failed",
+      text: policy.texts.cardRefundFailed(formatDollars(amount_micros), policy.cardRefundFailureWhy(e.status, e.failure_reason), resumed),
+      data: { payment: p.id, refund: e.refund_id, status: e.status, reason: e.failure_reason, credited: formatDollars(moved), auto_recharge: resumed ? "resumed" : null }
+    })
+    return moved > 0n ? "refund_reversed" : "nothing"
+  }
+
+  /**
+   * The pause a refund set on auto-recharge ends when the payment it refunded has no refund
+   * left at the provider: no money went back to the card, so charging it again undoes nothing.
+   */
+  private resumeAfterFailedRefund(p: PaymentRecord): boolean {
+    const card = this.autoRecharge(p.account)
+    if (card === undefined || card.paused_by !== p.id) return false
+    if ((this.s.refundedOfPayment.get(p.id) as { refunded_micros: bigint }).refunded_micros > 0n) return false
+    this.s.setPaused.run(null, p.account)
+    this.host.touch(p.account)
+    return true
   }
 
   /**
@@ -476,9 +656,11 @@ export class PaymentBook {
   }
 
   /**
-   * creating/pending → failed, once; a failed auto-recharge backs off and notifies: as a
-   * decline when the card was declined, as the provider's failure when it was not (the
-   * customer's card is not at fault, and the text says so).
+   * creating/pending → failed, once; a failed auto-recharge waits and notifies. A decline
+   * counts against the card: the wait doubles with each (backoffMs). A failure of the
+   * provider's (`declined` false: an outage, a processing error) is not the card's: it leaves
+   * the count as it is and waits AUTO_RECHARGE_PROVIDER_RETRY_MS, however often it happens,
+   * and the text does not ask for another card (docs/POLICY.md).
    */
   private fail(p: PaymentRecord, code: string, declined: boolean): boolean {
     if (p.status === "succeeded" || p.status === "failed") return false
@@ -487,9 +669,9 @@ export class PaymentBook {
     if (p.kind !== "auto_recharge") return true
     const card = this.autoRecharge(p.account)
     if (card === undefined || card.pending_payment !== p.id) return true
-    const declines = card.declines + 1
-    const wait = backoffMs(declines)
-    this.s.setDeclined.run(declines, at, at + wait, p.account)
+    const wait = declined ? backoffMs(card.declines + 1) : policy.AUTO_RECHARGE_PROVIDER_RETRY_MS
+    if (declined) this.s.setDeclined.run(card.declines + 1, at, at + wait, p.account)
+    else this.s.setRetry.run(at + wait, p.account)
     this.notifier.notify({
       account: p.account,
       resource: null,
@@ -581,9 +763,15 @@ const prepare = (db: LedgerStore["db"]) => {
     nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
-    refund: rows(`SELECT refunded_micros FROM payment_refunds WHERE charge_id = ?`),
-    upsertRefund: db.prepare(
-      `INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, ?) ON CONFLICT(charge_id) DO UPDATE SET refunded_micros = excluded.refunded_micros`
+    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros FROM payment_refunds WHERE charge_id = ?`),
+    insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
+    reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
+    setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),
+    refundedOfPayment: rows(`SELECT coalesce(sum(refunded_micros), 0) AS refunded_micros FROM payment_refunds WHERE payment_id = ?`),
+    failure: db.prepare(`SELECT 1 FROM payment_refund_failures WHERE refund_id = ?`),
+    failedOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS failed_micros FROM payment_refund_failures WHERE charge_id = ?`),
+    insertFailure: db.prepare(
+      `INSERT INTO payment_refund_failures (refund_id, charge_id, payment_id, amount_micros, status, failure_reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
     ),
     autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge WHERE account = ?`),
     allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge ORDER BY account`),
@@ -602,6 +790,7 @@ const prepare = (db: LedgerStore["db"]) => {
     setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),
     clearPending: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = 0, retry_at = NULL WHERE pending_payment = ?`),
     setDeclined: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, declines = ?, last_decline_at = ?, retry_at = ? WHERE account = ?`),
+    setRetry: db.prepare(`UPDATE auto_recharge SET pending_payment = NULL, retry_at = ? WHERE account = ?`),
     billing: db.prepare(`SELECT invoiced FROM account_billing WHERE account = ?`),
     upsertBilling: db.prepare(
       `INSERT INTO account_billing (account, invoiced, terms, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(account) DO UPDATE SET invoiced = excluded.invoiced, terms = excluded.terms, updated_at = excluded.updated_at`

@@ -118,6 +118,14 @@ export const AUTO_RECHARGE_THRESHOLD_MAX_MICROS = 1_000_000_000n
 export const AUTO_RECHARGE_BACKOFF_BASE_MS = 15 * MS_PER_MINUTE
 export const AUTO_RECHARGE_BACKOFF_MAX_MS = 24 * MS_PER_HOUR
 /**
+ * After an off-session charge the provider failed for a reason that is not the card's (an
+ * outage, an API error, a processing error), the next attempt waits this long, every time:
+ * it is not a decline, so it does not grow the card's backoff (an outage must not leave the
+ * account without auto-recharge for a day after it ends); the burst guard still bounds the
+ * attempts.
+ */
+export const AUTO_RECHARGE_PROVIDER_RETRY_MS = 15 * MS_PER_MINUTE
+/**
  * Burst guard: at most this many auto-recharge charges per account in any window of
  * AUTO_RECHARGE_BURST_WINDOW_MS, whatever the balance does (a runaway workload burning
  * through recharges stops at the guard instead of draining the card).
@@ -176,6 +184,13 @@ export const texts = {
   /** A refund at the provider paused auto-recharge (src/payments.ts; docs/POLICY.md). */
   autoRechargePaused: (refunded: string, threshold: string) =>
     `Auto-recharge is paused: $${refunded} was refunded to your card. It resumes when your balance is back at $${threshold} or when you save your auto-recharge settings again.`,
+  /**
+   * A refund to the card failed or was canceled at the provider (src/payments.ts;
+   * docs/POLICY.md): the money never reached the card, so it stays in the wallet. `resumed`:
+   * the auto-recharge pause that refund set is over.
+   */
+  cardRefundFailed: (dollars: string, why: string, resumed: boolean) =>
+    `A refund of $${dollars} to your card did not go through: ${why}. The $${dollars} stays in your credit balance.${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
@@ -208,8 +223,21 @@ export const descriptions = {
   topUp: "Top-up",
   topUpPayment: (payment: string) => `Top-up by card (${payment})`,
   autoRecharge: (payment: string) => `Auto-recharge by card (${payment})`,
-  cardRefund: (payment: string) => `Refund to card of top-up ${payment}`
+  cardRefund: (payment: string) => `Refund to card of top-up ${payment}`,
+  /** The credit back of a refund to the card that failed or was canceled at the provider. */
+  cardRefundFailed: (payment: string) => `Failed refund to card of top-up ${payment}, credit returned`
 } as const
+
+/**
+ * Why a refund to the card did not go through, in the customer's words, from the provider's
+ * `failure_reason` (Stripe's Refund object) or its `canceled` status.
+ */
+export const cardRefundFailureWhy = (status: "failed" | "canceled", failure_reason: string | null): string => {
+  if (status === "canceled") return "it was canceled"
+  if (failure_reason === "expired_or_canceled_card") return "the card has expired or was canceled"
+  if (failure_reason === "lost_or_stolen_card") return "the card was reported lost or stolen"
+  return "the card's bank did not accept it"
+}
 
 export const unitsLabel = (gpu_count: number, node_count: number): string =>
   node_count > 1 ? `${node_count} nodes × ${gpu_count} GPU${gpu_count === 1 ? "" : "s"}` : `${gpu_count} GPU${gpu_count === 1 ? "" : "s"}`

@@ -5,7 +5,7 @@
  * payment row, so a call repeated after a crash gets the same object back from Stripe.
  */
 import Stripe from "stripe"
-import type { CardResult, IntentRequest, IntentResult, PaymentsPort } from "./payments.js"
+import { isCardDecline, type CardResult, type IntentRequest, type IntentResult, type PaymentsPort } from "./payments.js"
 
 export interface StripeConfig {
   readonly api_key: string
@@ -16,13 +16,22 @@ export interface StripeConfig {
   readonly max_network_retries?: number
 }
 
+const nonEmpty = (s: string | undefined): string | null => (s === undefined || s === "" ? null : s)
+
+/**
+ * A refused PaymentIntent call: a decline when Stripe says the card was at fault
+ * (`isCardDecline`); an error of any other kind (an API error, an outage, no answer at all)
+ * is the provider's.
+ */
 const failure = (e: unknown): IntentResult => {
-  const err = e as { type?: string; code?: string; decline_code?: string; message?: string; payment_intent?: { id?: string } }
-  const declined = err.type === "StripeCardError"
+  const err = e as { type?: string; rawType?: string; code?: string; decline_code?: string; message?: string; payment_intent?: { id?: string } }
+  const declined = isCardDecline(err.rawType ?? (err.type === "StripeCardError" ? "card_error" : "api_error"), nonEmpty(err.code))
   return {
     ok: false,
     intent_id: err.payment_intent?.id ?? null,
-    code: err.decline_code ?? err.code ?? (declined ? "card_declined" : "provider_error"),
+    // stripe-node gives a card error without a decline code `decline_code: ""` (expired_card,
+    // processing_error…): an empty code is no code.
+    code: nonEmpty(err.decline_code) ?? nonEmpty(err.code) ?? (declined ? "card_declined" : "provider_error"),
     message: err.message ?? "the payment provider refused the request",
     declined
   }

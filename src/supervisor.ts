@@ -487,13 +487,15 @@ export class GpuSupervisor implements PaymentHost {
 
   // ── payments (issue 6): the two money rows src/payments.ts posts ───────────────────────
   /**
-   * A card payment's row: `topup` (+) when the provider confirms it, or a negative `refund`
-   * when a top-up is refunded at the provider. Decision: a card refund is booked in full even
+   * A card payment's row: `topup` (+) when the provider confirms it, a negative `refund`
+   * when a top-up is refunded at the provider, or a positive `refund` (the credit back) when
+   * such a refund fails there later. Decision: a card refund is booked in full even
    * when it takes the balance below 0 (the money has left at the provider; the ledger must
    * reconcile with it to the cent); SPEC §9.4 exempts these rows.
    */
   postPayment(row: { account: string; kind: "topup" | "refund"; amount_micros: Micros; resource: string; description: string }): Micros {
-    assert(row.kind === "topup" ? row.amount_micros > 0n : row.amount_micros < 0n, () => `payment row ${row.kind} ${row.amount_micros}`)
+    // A card refund is − when made and + when it failed at the provider (its credit back).
+    assert(row.kind === "topup" ? row.amount_micros > 0n : row.amount_micros !== 0n, () => `payment row ${row.kind} ${row.amount_micros}`)
     return this.unitOfWork(() => this.book(row))
   }
 

@@ -64,7 +64,8 @@ describe("migrations", () => {
       { version: 4, name: MIGRATIONS[3]!.name },
       { version: 5, name: MIGRATIONS[4]!.name },
       { version: 6, name: "auto-recharge: paused by a refund at the provider" },
-      { version: 7, name: "idempotency: the answer's replayed headers" }
+      { version: 7, name: "idempotency: the answer's replayed headers" },
+      { version: 8, name: "payments: refunds that fail at the provider" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -84,6 +85,7 @@ describe("migrations", () => {
       "models",
       "notifications",
       "payment_events",
+      "payment_refund_failures",
       "payment_refunds",
       "payments",
       "resources",
@@ -111,11 +113,36 @@ describe("migrations", () => {
     expect(store.model("acme", "llama")?.gpu).toBe("H100")
   })
 
+  it("upgrade a version-7 database's booked card refunds to the failed-refund rule, keeping what they booked", () => {
+    // Proves migration 8: a charge booked before it starts with the refunds made and reported
+    // equal to what it booked, so its rows and a later failure of one of its refunds add up.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const old = new Database(file)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    for (const m of MIGRATIONS.filter((x) => x.version <= 7)) {
+      old.exec(m.sql)
+      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    }
+    old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 15000000, 0)`).run()
+    old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 25000000, 'succeeded', 'pi_1', 0, 0)`).run()
+    old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES ('ch_1', 'pay_00000001', 10000000)`).run()
+    old.close()
+    const store = LedgerStore.open(file)
+    stores.push(store)
+    expect(schemaVersions(store)).toEqual(ALL_VERSIONS())
+    expect(store.db.prepare(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros FROM payment_refunds`).all()).toEqual([
+      { charge_id: "ch_1", payment_id: "pay_00000001", refunded_micros: 10_000_000, gross_micros: 10_000_000, reported_micros: 10_000_000 }
+    ])
+    expect(store.db.prepare(`SELECT count(*) AS n FROM payment_refund_failures`).get()).toEqual({ n: 0 })
+  })
+
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(7)
-    expect(schemaVersions(store)).toHaveLength(7)
+    expect(migrate(store.db)).toBe(8)
+    expect(schemaVersions(store)).toHaveLength(8)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -141,9 +168,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (8, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (9, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 8 is newer than this engine knows \(7\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 9 is newer than this engine knows \(8\)/)
   })
 })
 

@@ -266,6 +266,32 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
     sql: `
       ALTER TABLE api_idempotency ADD COLUMN headers TEXT;
     `
+  },
+  {
+    version: 8,
+    name: "payments: refunds that fail at the provider",
+    // src/payments.ts. A refund to the card can fail (or be canceled) after `charge.refunded`
+    // was booked; its money then comes back to the wallet, once per refund id. A charge's
+    // booked refund (`refunded_micros`, the sum of its refund rows, negated) now follows
+    // `gross_micros` (the sizes of the refunds made, from each charge.refunded's
+    // previous_attributes; a charge booked before this migration starts from what it booked),
+    // `reported_micros` (the largest amount_refunded reported) and the failures below.
+    sql: `
+      ALTER TABLE payment_refunds ADD COLUMN gross_micros INTEGER NOT NULL DEFAULT 0 CHECK (gross_micros >= 0);
+      ALTER TABLE payment_refunds ADD COLUMN reported_micros INTEGER NOT NULL DEFAULT 0 CHECK (reported_micros >= 0);
+      UPDATE payment_refunds SET gross_micros = refunded_micros, reported_micros = refunded_micros;
+
+      CREATE TABLE payment_refund_failures (
+        refund_id      TEXT PRIMARY KEY,
+        charge_id      TEXT NOT NULL,
+        payment_id     TEXT NOT NULL REFERENCES payments(id),
+        amount_micros  INTEGER NOT NULL CHECK (amount_micros > 0),
+        status         TEXT NOT NULL CHECK (status IN ('failed', 'canceled')),
+        failure_reason TEXT,
+        failed_at      INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX payment_refund_failures_by_charge ON payment_refund_failures(charge_id);
+    `
   }
 ]
 

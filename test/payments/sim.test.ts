@@ -38,6 +38,92 @@ describe("the simulated provider", () => {
     expect(out.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("gives back a refund that fails at the provider, once, though every webhook comes twice", () => {
+    // Proves `stripe_refund` with `fail_after`: the $5 refund is booked when its charge.refunded
+    // comes, and its failure two hours later gives the $5 back as one + refund row naming the
+    // payment (the refund rows add up to the $0 really refunded), with one notification.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
+          { at: "PT1H", do: "stripe_refund", account: "acme", amount: "5.00", fail_after: "PT2H" }
+        ],
+        { catalog, until: "PT4H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT10S", duplicate_probability: 1 } }
+      )
+    ).output
+    expect(out.ledger.map((r) => [String(r["at"]).slice(11, 19), r["kind"], r["amount"], r["balance_after"], r["resource"], r["description"]])).toEqual([
+      ["00:00:19", "topup", "20.00", "20.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["01:00:19", "refund", "-5.00", "15.00", "pay_00000001", "Refund to card of top-up pay_00000001"],
+      ["03:00:11", "refund", "5.00", "20.00", "pay_00000001", "Failed refund to card of top-up pay_00000001, credit returned"]
+    ])
+    expect(out.notifications.map((n) => [String(n["at"]).slice(11, 19), n["kind"], n["severity"], n["text"]])).toEqual([
+      ["03:00:11", "card_refund_failed", "warning", "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance."]
+    ])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("books nothing for a refund whose failure arrives before its charge.refunded, and the payment is refundable again", () => {
+    // Proves the reverse order in a timeline: the refund fails at once, its failure's webhook
+    // overtakes the charge.refunded (seeded delays), and neither books anything; the charge's
+    // amount_refunded went back down, so a later refund of all of it is $20.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
+          { at: "PT1H", do: "stripe_refund", account: "acme", amount: "5.00", fail_after: "PT0S" },
+          { at: "PT2H", do: "stripe_refund", account: "acme" }
+        ],
+        { catalog, until: "PT3H", seed: 7, accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT60S" } }
+      )
+    ).output
+    expect(rowsOf(out)).toEqual([
+      ["00:01:50", "topup", "20.00", "20.00", "pay_00000001"],
+      ["02:01:58", "refund", "-20.00", "0.00", "pay_00000001"]
+    ])
+    expect(out.notifications.map((n) => [n["kind"], n["text"]])).toEqual([
+      ["card_refund_failed", "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance."]
+    ])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("ends the auto-recharge pause when the refund that set it fails, though the balance is still under the threshold", () => {
+    // Proves the Decision in docs/POLICY.md in a timeline: two recharges lift acme to $40
+    // (threshold $25); refunding pay_00000002 leaves $20 and pauses auto-recharge; a $19.20
+    // hold leaves $0.80; the refund fails an hour later: +$20 = $20.80, still under $25, and
+    // the card is charged at once because no money went back to it.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "25.00", amount: "20.00" },
+          { at: "PT10M", do: "stripe_refund", account: "acme", payment: "pay_00000002", fail_after: "PT1H" },
+          launch({ at: "PT20M", gpu_count: 3, estimated_duration_hours: 4 })
+        ],
+        { catalog, until: "PT2H", accounts: { acme: { balance: "0.00" } } }
+      )
+    ).output
+    expect(rowsOf(out)).toEqual([
+      ["00:00:00", "topup", "20.00", "20.00", "pay_00000001"],
+      ["00:00:00", "topup", "20.00", "40.00", "pay_00000002"],
+      ["00:10:00", "refund", "-20.00", "20.00", "pay_00000002"],
+      ["00:20:00", "gpu_usage", "-19.20", "0.80", "gi-1"],
+      ["01:10:00", "refund", "20.00", "20.80", "pay_00000002"],
+      ["01:10:00", "topup", "20.00", "40.80", "pay_00000003"]
+    ])
+    expect(out.notifications.filter((n) => String(n["kind"]).startsWith("auto_recharge") || n["kind"] === "card_refund_failed").map((n) => [String(n["at"]).slice(11, 19), n["kind"], n["text"]])).toEqual([
+      [
+        "00:10:00",
+        "auto_recharge_paused",
+        "Auto-recharge is paused: $20.00 was refunded to your card. It resumes when your balance is back at $25.00 or when you save your auto-recharge settings again."
+      ],
+      [
+        "01:10:00",
+        "card_refund_failed",
+        "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
+      ]
+    ])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("refuses a card top-up that would lift the wallet above $1,000,000,000, charging nothing", () => {
     // Proves the wallet limit holds for card money too (POLICY.md, Limits): 400 before any payment.
     const out = run(

@@ -10,7 +10,7 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
-import type { PaymentsPort } from "../../src/payments.js"
+import { decodeStripeEvent, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -238,6 +238,181 @@ describe("refunds at Stripe", () => {
       ["topup", 25_000_000n, 25_000_000n, "pay_00000001", "Top-up by card (pay_00000001)"],
       ["refund", -10_000_000n, 15_000_000n, "pay_00000001", "Refund to card of top-up pay_00000001"],
       ["refund", -15_000_000n, 0n, "pay_00000001", "Refund to card of top-up pay_00000001"]
+    ])
+  })
+})
+
+describe("refunds that fail at Stripe", () => {
+  /** A $25 top-up paid and credited, then a refund of `cents` made at Stripe (its charge.refunded still queued). */
+  const paidAndRefunded = async (email: string, cents: number) => {
+    const env = await setup()
+    const a = await env.w.signup(email, "0")
+    const r = await env.w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const client = customer(env.server)
+    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+    const paid = env.server.queue.splice(0)
+    const refund = await client.refunds.create({ payment_intent: pi, amount: cents })
+    return { ...env, a, pi, client, paid, refund, refunded: env.server.queue.splice(0) }
+  }
+  /** Delivers the events one after another, in this order. */
+  const inOrder = async (server: StripeTestServer, events: ReadonlyArray<{ id: string; type: string; payload: string }>) => {
+    const replies = []
+    for (const e of events) replies.push(await server.deliver(e))
+    return replies
+  }
+  const refundRows = (w: World, account: string) =>
+    w.opened.engine.ledger
+      .ledgerRows()
+      .filter((x) => x.account === account && x.kind === "refund")
+      .map((x) => [x.amount_micros, x.balance_after_micros, x.resource, x.description])
+  const failureNotes = (w: World) =>
+    w.opened.engine.ledger
+      .notifications()
+      .filter((n) => n.kind === "card_refund_failed")
+      .map((n) => [n.severity, n.text, JSON.parse(n.data!)])
+
+  it("give the money back to the wallet once, whichever of Stripe's three events says so and however often", async () => {
+    // Proves a refund that goes succeeded → failed at Stripe (its amount back in the charge's
+    // amount_refunded) is credited back by one +$10 refund row naming the payment, so the
+    // payment's refund rows add up to what Stripe really refunded ($0), with one notification;
+    // charge.refund.updated, refund.updated and refund.failed name the same refund, and
+    // repeats of any of them book nothing.
+    const { w, server, a, paid, refund, refunded } = await paidAndRefunded("fay@example.com", 1000)
+    expect(outcomes(await inOrder(server, [...paid, refunded[0]!]))).toEqual([
+      [200, "ignored"],
+      [200, "credited"],
+      [200, "refunded"]
+    ])
+    const failedIds = server.failRefund(refund.id)
+    const failed = server.queue.splice(0)
+    expect([failed.map((e) => e.type), failed.map((e) => e.id)]).toEqual([["charge.refund.updated", "refund.updated", "refund.failed"], failedIds])
+    expect(outcomes(await inOrder(server, [...failed, ...failed, refunded[0]!]))).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"],
+      [200, "duplicate"],
+      [200, "duplicate"],
+      [200, "duplicate"],
+      [200, "duplicate"]
+    ])
+    expect(refundRows(w, a.account)).toEqual([
+      [-10_000_000n, 15_000_000n, "pay_00000001", "Refund to card of top-up pay_00000001"],
+      [10_000_000n, 25_000_000n, "pay_00000001", "Failed refund to card of top-up pay_00000001, credit returned"]
+    ])
+    expect(server.charges.get(refund.charge as string)!["amount_refunded"]).toBe(0)
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "25.00" })
+    expect(failureNotes(w)).toEqual([
+      [
+        "warning",
+        "A refund of $10.00 to your card did not go through: the card has expired or was canceled. The $10.00 stays in your credit balance.",
+        { payment: "pay_00000001", refund: refund.id, status: "failed", reason: "expired_or_canceled_card", credited: "10.00", auto_recharge: null }
+      ]
+    ])
+  })
+
+  it("book nothing for a refund whose failure comes before its charge.refunded, and before the payment's own success", async () => {
+    // Proves the reverse order: the failure is remembered by refund id and books nothing (no
+    // money had been taken); charge.refunded then credits the top-up and books no refund
+    // (made $10, failed $10), and payment_intent.succeeded last finds it credited. A canceled
+    // refund counts as a failed one.
+    const { w, server, a, paid, refund, refunded } = await paidAndRefunded("gus@example.com", 1000)
+    server.failRefund(refund.id, "canceled")
+    const failed = server.queue.splice(0)
+    expect(failed.map((e) => e.type)).toEqual(["charge.refund.updated", "refund.updated"])
+    expect(outcomes(await inOrder(server, [...failed, refunded[0]!, paid[1]!, failed[0]!]))).toEqual([
+      [200, "nothing"],
+      [200, "nothing"],
+      [200, "credited"],
+      [200, "nothing"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "25.00", "pay_00000001"]])
+    expect(failureNotes(w)).toEqual([
+      [
+        "warning",
+        "A refund of $10.00 to your card did not go through: it was canceled. The $10.00 stays in your credit balance.",
+        { payment: "pay_00000001", refund: refund.id, status: "canceled", reason: "merchant_request", credited: "0.00", auto_recharge: null }
+      ]
+    ])
+  })
+
+  it("follow a refund made after a failed one, though its charge.refunded reports less refunded than before, in any order", async () => {
+    // Proves the case a cumulative amount alone gets wrong: $10 refunded (amount_refunded 10),
+    // that refund fails (0), $5 refunded (5). Stripe really refunded $5, whatever order the
+    // three events come in and however often: the refund rows add up to −$5 and the balance
+    // is $20. In order, the rows are −10, +10, −5.
+    const orders = [
+      [0, 1, 2],
+      [0, 2, 1],
+      [1, 0, 2],
+      [1, 2, 0],
+      [2, 0, 1],
+      [2, 1, 0]
+    ]
+    for (const order of orders) {
+      const { w, server, a, pi, client, paid, refund, refunded } = await paidAndRefunded(`hal${order.join("")}@example.com`, 1000)
+      for (const e of paid) await server.deliver(e)
+      server.failRefund(refund.id)
+      const failure = server.queue.splice(0)[0]!
+      await client.refunds.create({ payment_intent: pi, amount: 500 })
+      const second = server.queue.splice(0)[0]!
+      expect(JSON.parse(second.payload).data).toMatchObject({ object: { amount_refunded: 500 }, previous_attributes: { amount_refunded: 0 } })
+      const events = [refunded[0]!, failure, second]
+      for (const i of [...order, ...order]) await server.deliver(events[i]!)
+      const rows = refundRows(w, a.account)
+      expect([order, rows.reduce((sum, r) => sum + (r[0] as bigint), 0n), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([order, -5_000_000n, "20.00"])
+      if (order.join("") === "012") {
+        expect(rows.map((r) => [r[0], r[1], r[3]])).toEqual([
+          [-10_000_000n, 15_000_000n, "Refund to card of top-up pay_00000001"],
+          [10_000_000n, 25_000_000n, "Failed refund to card of top-up pay_00000001, credit returned"],
+          [-5_000_000n, 20_000_000n, "Refund to card of top-up pay_00000001"]
+        ])
+      }
+    }
+  })
+
+  it("end the auto-recharge pause of the payment whose refund failed, and say so", async () => {
+    // Proves the Decision in docs/POLICY.md: a refund paused auto-recharge (it left the balance
+    // under the $25 threshold); when it fails, no money went back to the card, so the pause
+    // ends even though the credit back leaves the balance under the threshold ($2 + $20, after
+    // the operator took $18 meanwhile), and the card is charged at once (pay_00000003).
+    const { w, server } = await setup()
+    const a = await w.signup("ike@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "25.00", amount: "20.00", payment_method: "pm_card_refundFail" } })
+    const book = w.opened.engine.sup.payments!
+    const charged = async (n: number) => {
+      await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
+      await server.flush()
+    }
+    await charged(1)
+    await charged(2)
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "20.00", "pay_00000001"],
+      ["topup", "20.00", "pay_00000002"]
+    ])
+    const refund = await customer(server).refunds.create({ payment_intent: book.payment("pay_00000002")!.intent_id! })
+    expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe("pay_00000002")
+    const taken = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-18.00", description: "correction" } })
+    expect([taken.status, taken.body.balance]).toEqual([201, "2.00"])
+    expect(book.payments()).toHaveLength(2)
+    server.failRefund(refund.id)
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"]
+    ])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe(null)
+    await charged(3)
+    expect(ledgerOf(w, a.account).slice(2)).toEqual([
+      ["refund", "-20.00", "pay_00000002"],
+      ["adjustment", "-18.00", null],
+      ["refund", "20.00", "pay_00000002"],
+      ["topup", "20.00", "pay_00000003"]
+    ])
+    expect(failureNotes(w).map((n) => n[1])).toEqual([
+      "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
     ])
   })
 })
@@ -499,20 +674,107 @@ describe("auto-recharge and the unit of work around it", () => {
 })
 
 describe("auto-recharge when Stripe fails", () => {
-  it("backs off and says the provider failed, not the card, when Stripe answers 500", async () => {
+  it("waits and says the provider failed, not the card, when Stripe answers 500", async () => {
     // Proves a provider error is not reported as a decline: its own notification kind and text,
-    // the same backoff, no money moved.
-    const { w } = await setup()
+    // a 15-minute wait that is not counted as a decline (docs/POLICY.md), no money moved.
+    const { w, clock } = await setup()
     const a = await w.signup("ivy@example.com", "0")
     await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_test_provider_outage" } })
     const book = w.opened.engine.sup.payments!
-    await until(() => book.autoRecharge(a.account)?.declines === 1, "the failed charge")
+    await until(() => book.autoRecharge(a.account)?.retry_at !== null, "the failed charge")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, last_decline_at: null, retry_at: clock.now() + 15 * MIN })
     const notes = w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge"))
     expect(notes.map((n) => [n.kind, n.severity, n.text])).toEqual([
       ["auto_recharge_failed", "critical", "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."]
     ])
     expect(book.payments().map((p) => [p.status, p.failure_code])).toEqual([["failed", "api_error"]])
     expect(ledgerOf(w, a.account)).toEqual([])
+  })
+
+  it("reads a processing error as the provider's: the same 15-minute wait every time, the decline count untouched", async () => {
+    // Proves Stripe's `card_error` with code `processing_error` (pm_card_chargeDeclinedProcessingError)
+    // is not a decline: auto_recharge_failed, not _declined; the retry 15 minutes on fails the
+    // same way and waits 15 minutes again (a decline would wait 30); declines stays 0.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("joy@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclinedProcessingError" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.retry_at !== null, "the first failure")
+    const firstAt = clock.now()
+    expect(book.autoRecharge(a.account)).toMatchObject({ pending_payment: null, declines: 0, retry_at: firstAt + 15 * MIN })
+    expect(outcomes(await server.flush())).toEqual([[200, "nothing"]])
+    w.advance(15 * MIN)
+    await until(() => book.payments().length === 2 && book.autoRecharge(a.account)?.retry_at === firstAt + 30 * MIN, "the second failure")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, last_decline_at: null })
+    expect(book.payments().map((p) => [p.id, p.status, p.failure_code])).toEqual([
+      ["pay_00000001", "failed", "processing_error"],
+      ["pay_00000002", "failed", "processing_error"]
+    ])
+    const text = "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge")).map((n) => [n.kind, n.text])).toEqual([
+      ["auto_recharge_failed", text],
+      ["auto_recharge_failed", text]
+    ])
+  })
+
+  it("reads a payment_intent.payment_failed by its last_payment_error: an api_error is the provider's", async () => {
+    // Proves the webhook path (a charge Stripe accepted, then failed): a pending auto-recharge
+    // failed by an event whose last_payment_error is an `api_error` notifies auto_recharge_failed
+    // and waits 15 minutes without counting a decline; it used to be read as a card decline.
+    const { w, server, clock } = await setup()
+    const a = await w.signup("kai@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.payments().some((p) => p.status === "pending"), "the pending charge")
+    const succeeded = server.queue.splice(0).find((e) => e.type === "payment_intent.succeeded")!
+    const event = JSON.parse(succeeded.payload) as { id: string; type: string; data: { object: Record<string, unknown> } }
+    event.id = "evt_failed_later"
+    event.type = "payment_intent.payment_failed"
+    event.data.object["status"] = "requires_payment_method"
+    event.data.object["amount_received"] = 0
+    event.data.object["last_payment_error"] = { type: "api_error", message: "An unknown error occurred" }
+    expect(outcomes([await server.deliver({ id: event.id, type: event.type, payload: JSON.stringify(event) })])).toEqual([[200, "failed"]])
+    expect(book.payments().map((p) => [p.status, p.failure_code])).toEqual([["failed", "api_error"]])
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, retry_at: clock.now() + 15 * MIN })
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge")).map((n) => n.kind)).toEqual(["auto_recharge_failed"])
+  })
+})
+
+describe("payment_intent.payment_failed decoding", () => {
+  it("tells a decline from the provider's failure by last_payment_error's type and code", () => {
+    // Proves isCardDecline on Stripe's shapes: card errors are declines (the decline_code is the
+    // code kept), except processing_error; API-side types are not; no type reads as a decline.
+    const decode = (last_payment_error: unknown) => {
+      const e = decodeStripeEvent({ id: "evt_1", type: "payment_intent.payment_failed", data: { object: { id: "pi_1", last_payment_error } } })
+      return e !== null && e.type === "payment_intent.payment_failed" ? [e.code, e.declined] : e
+    }
+    expect(
+      [
+        { type: "card_error", code: "card_declined", decline_code: "insufficient_funds" },
+        { type: "card_error", code: "expired_card" },
+        { type: "card_error", code: "authentication_required" },
+        { type: "card_error", code: "processing_error" },
+        { type: "api_error" },
+        { type: "api_error", code: "lock_timeout" },
+        { type: "invalid_request_error", code: "payment_intent_unexpected_state" },
+        { type: "idempotency_error" },
+        { code: "card_declined" },
+        null,
+        "garbage"
+      ].map(decode)
+    ).toEqual([
+      ["insufficient_funds", true],
+      ["expired_card", true],
+      ["authentication_required", true],
+      ["processing_error", false],
+      ["api_error", false],
+      ["lock_timeout", false],
+      ["payment_intent_unexpected_state", false],
+      ["idempotency_error", false],
+      ["card_declined", true],
+      ["card_declined", true],
+      ["card_declined", true]
+    ])
   })
 })
 
@@ -586,6 +848,7 @@ describe("signed webhook events under random input", () => {
     const pi = r.body.payment.payment_intent as string
     const state = () => JSON.stringify(w.opened.engine.ledger.db.prepare(`SELECT * FROM ledger ORDER BY id`).safeIntegers(true).all(), (_, v) => (typeof v === "bigint" ? v.toString() : v))
     const num = fc.oneof(fc.constantFrom(2500, 1000, 0, 2501, -1, 1e20, 0.5), fc.integer(), fc.string({ maxLength: 5 }))
+    const mostly = <A, B>(good: fc.Arbitrary<A>, bad: fc.Arbitrary<B>) => fc.oneof({ weight: 5, arbitrary: good }, { weight: 1, arbitrary: bad })
     const object = fc.record(
       {
         id: fc.oneof(fc.constant(pi), fc.constant("ch_1"), fc.string({ maxLength: 8 })),
@@ -605,10 +868,37 @@ describe("signed webhook events under random input", () => {
         data: fc.oneof(fc.record({ object }), fc.jsonValue({ maxDepth: 1 }))
       }),
       // Well-formed refunds of our charge, of any size: the part past the charge is never booked.
+      fc.record(
+        {
+          id: fc.integer({ min: 1, max: 30 }).map((n) => `evt_r${n}`),
+          type: fc.constant("charge.refunded"),
+          data: fc.record(
+            {
+              object: fc.record({ id: fc.constant("ch_1"), payment_intent: fc.constant(pi), amount: fc.constant(2500), amount_refunded: fc.constantFrom(0, 1000, 2500, 2600, -5) }),
+              previous_attributes: fc.oneof(fc.record({ amount_refunded: fc.constantFrom(0, 500, 1000, 2500, -5, "x") }), fc.constant(null), fc.jsonValue({ maxDepth: 1 }))
+            },
+            { requiredKeys: ["object"] }
+          )
+        },
+        { requiredKeys: ["id", "type", "data"] }
+      ),
+      // Refunds of our charge failing or canceled (or not), told by any of Stripe's three event types.
       fc.record({
-        id: fc.integer({ min: 1, max: 30 }).map((n) => `evt_r${n}`),
-        type: fc.constant("charge.refunded"),
-        data: fc.record({ object: fc.record({ id: fc.constant("ch_1"), payment_intent: fc.constant(pi), amount: fc.constant(2500), amount_refunded: fc.constantFrom(0, 1000, 2500, 2600, -5) }) })
+        id: fc.integer({ min: 1, max: 30 }).map((n) => `evt_f${n}`),
+        type: fc.constantFrom("charge.refund.updated", "refund.updated", "refund.failed"),
+        data: fc.record({
+          object: fc.record(
+            {
+              id: mostly(fc.integer({ min: 1, max: 8 }).map((n) => `re_${n}`), fc.constantFrom("", 7)),
+              charge: mostly(fc.constant("ch_1"), fc.constantFrom("ch_2", null)),
+              payment_intent: mostly(fc.constant(pi), fc.oneof(fc.constant(null), fc.string({ maxLength: 4 }))),
+              amount: mostly(fc.constantFrom(500, 1000, 2500), fc.constantFrom(2600, 0, -1, "5")),
+              status: mostly(fc.constantFrom("failed", "canceled"), fc.constantFrom("succeeded", "pending", 3)),
+              failure_reason: mostly(fc.constantFrom("expired_or_canceled_card", "lost_or_stolen_card", "unknown", null), fc.constant(4))
+            },
+            { requiredKeys: [] }
+          )
+        })
       }),
       fc.jsonValue({ maxDepth: 2 })
     )
@@ -625,12 +915,19 @@ describe("signed webhook events under random input", () => {
     )
     const rows = w.opened.engine.ledger.ledgerRows().filter((x) => x.account === a.account)
     const topups = rows.filter((x) => x.kind === "topup")
-    const refunded = rows.filter((x) => x.kind === "refund").reduce((sum, x) => sum - x.amount_micros, 0n)
+    const refunds = rows.filter((x) => x.kind === "refund")
+    const refunded = refunds.reduce((sum, x) => sum - x.amount_micros, 0n)
     expect(topups.length).toBeLessThanOrEqual(1)
     expect(topups.every((x) => x.amount_micros === 25_000_000n && x.resource === "pay_00000001")).toBe(true)
+    // What is booked as refunded, failures given back, is never below $0 nor above the payment.
+    let running = 0n
+    for (const x of refunds) {
+      running -= x.amount_micros
+      expect(running >= 0n && running <= 25_000_000n).toBe(true)
+    }
     expect(refunded).toBeLessThanOrEqual(25_000_000n)
-    // The search reached the money paths: the payment was credited and partly refunded.
-    expect([topups.length, refunded > 0n]).toEqual([1, true])
+    // The search reached the money paths: the payment was credited, refunded, and a failed refund given back.
+    expect([topups.length, refunds.some((x) => x.amount_micros < 0n), refunds.some((x) => x.amount_micros > 0n)]).toEqual([1, true, true])
   })
 })
 
@@ -642,7 +939,7 @@ describe("payment routes under random input", () => {
     const a = await w.signup("zed@example.com", "5.00")
     // auto_recharge.customer is left out: it is written when Stripe answers an earlier PUT's
     // card save (fire-and-forget), which may land during a later request.
-    const tables = ["accounts", "ledger", "holds", "payments", "payment_events", "payment_refunds", "auto_recharge", "account_billing"]
+    const tables = ["accounts", "ledger", "holds", "payments", "payment_events", "payment_refunds", "payment_refund_failures", "auto_recharge", "account_billing"]
     const columns = (t: string) => (t === "auto_recharge" ? "account, threshold_micros, amount_micros, payment_method, pending_payment, declines, last_decline_at, retry_at, updated_at" : "*")
     const state = () =>
       JSON.stringify(

@@ -8,10 +8,20 @@
  *   POST /v1/payment_methods/:id/attach
  *   POST /v1/refunds                       (a refund from the dashboard)
  *
+ * A refund is made `succeeded` and the charge's `amount_refunded` grows by it, with a
+ * `charge.refunded` whose `previous_attributes` say what it was before (as Stripe's do).
+ * `failRefund` is what Stripe does later to a refund the card's bank refuses (a refund of a
+ * `pm_card_refundFail` charge at Stripe goes `succeeded` → `failed` with
+ * `expired_or_canceled_card`): the refund turns `failed` (or `canceled`), the charge's
+ * `amount_refunded` goes back down, and Stripe sends the Refund in `charge.refund.updated`,
+ * `refund.updated` and (when failed) `refund.failed`, to an endpoint subscribed to all three.
+ *
  * Bodies are form-encoded like Stripe's (`metadata[payment_id]=…`); an `Idempotency-Key`
  * seen before answers the first answer again and does nothing. Cards: `pm_card_visa`
- * succeeds, `pm_card_chargeDeclined` declines (Stripe's test card names), and
- * `pm_test_provider_outage` makes Stripe answer 500 `api_error` (not the card's fault). Events are signed
+ * succeeds, `pm_card_chargeDeclined` declines, `pm_card_chargeDeclinedProcessingError` fails
+ * with a `card_error` whose code is `processing_error` (Stripe's test card names; the last is
+ * not the card's fault, Stripe says to retry), and `pm_test_provider_outage` makes Stripe
+ * answer 500 `api_error` (not the card's fault either). Events are signed
  * with `stripe.webhooks.generateTestHeaderString` at the world clock's instant and queued;
  * a test delivers them when and as often as it likes (in order, reversed, twice).
  */
@@ -56,6 +66,7 @@ export class StripeTestServer {
   queue: SentEvent[] = []
   readonly intents = new Map<string, Obj>()
   readonly charges = new Map<string, Obj>()
+  readonly refunds = new Map<string, Obj>()
   readonly customers = new Map<string, Obj>()
   /** Requests seen per path, for tests that prove a retry did not create a second object. */
   readonly creates: string[] = []
@@ -133,11 +144,45 @@ export class StripeTestServer {
     const left = (charge["amount"] as number) - (charge["amount_refunded"] as number)
     const amount = params["amount"] === undefined ? left : Number(params["amount"])
     if (!(amount > 0 && amount <= left)) return this.error(400, "invalid_request_error", "amount_too_large", "Refund amount is greater than the charge's unrefunded amount")
+    const previous = { amount_refunded: charge["amount_refunded"], refunded: charge["refunded"] }
     charge["amount_refunded"] = (charge["amount_refunded"] as number) + amount
     charge["refunded"] = charge["amount_refunded"] === charge["amount"]
-    const refund = { id: `re_${++this.seq}`, object: "refund", amount, charge: charge["id"], payment_intent: charge["payment_intent"], status: "succeeded" }
-    this.event("charge.refunded", { ...charge })
+    const refund: Obj = {
+      id: `re_${++this.seq}`,
+      object: "refund",
+      amount,
+      charge: charge["id"],
+      payment_intent: charge["payment_intent"],
+      currency: "usd",
+      metadata: {},
+      status: "succeeded",
+      failure_reason: null
+    }
+    this.refunds.set(refund["id"] as string, refund)
+    this.event("charge.refunded", { ...charge }, previous)
     return this.ok(refund)
+  }
+
+  /**
+   * Stripe, later, failing (or canceling) a refund it had made: the refund's new status and
+   * `failure_reason`, the charge's `amount_refunded` back down by it, and the events that say
+   * so (queued like every other). Returns the events' ids.
+   */
+  failRefund(refund_id: string, status: "failed" | "canceled" = "failed", failure_reason = status === "failed" ? "expired_or_canceled_card" : "merchant_request"): string[] {
+    const refund = this.refunds.get(refund_id)
+    if (refund === undefined || (refund["status"] !== "succeeded" && refund["status"] !== "pending")) throw new Error(`no refund ${refund_id} to fail`)
+    const previous = { status: refund["status"], failure_reason: null }
+    refund["status"] = status
+    refund["failure_reason"] = failure_reason
+    refund["failure_balance_transaction"] = `txn_${++this.seq}`
+    const charge = this.charges.get(refund["charge"] as string)!
+    charge["amount_refunded"] = (charge["amount_refunded"] as number) - (refund["amount"] as number)
+    charge["refunded"] = false
+    const before = this.queue.length
+    this.event("charge.refund.updated", { ...refund }, previous)
+    this.event("refund.updated", { ...refund }, previous)
+    if (status === "failed") this.event("refund.failed", { ...refund }, previous)
+    return this.queue.slice(before).map((e) => e.id)
   }
 
   private route(method: string, url: string, params: Obj): { status: number; body: string } {
@@ -195,14 +240,16 @@ export class StripeTestServer {
     if (pi["status"] === "succeeded") return this.error(400, "invalid_request_error", "payment_intent_unexpected_state", "This PaymentIntent has already succeeded")
     // Not a card problem: Stripe itself fails (an outage); stripe-node raises StripeAPIError.
     if (payment_method === "pm_test_provider_outage") return this.error(500, "api_error", "api_error", "An unknown error occurred")
-    if (payment_method === "pm_card_chargeDeclined") {
+    const refused: Record<string, Obj> = {
+      pm_card_chargeDeclined: { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." },
+      pm_card_chargeDeclinedProcessingError: { type: "card_error", code: "processing_error", message: "An error occurred while processing your card. Try again in a little bit." }
+    }
+    const error = refused[payment_method]
+    if (error !== undefined) {
       pi["status"] = "requires_payment_method"
-      pi["last_payment_error"] = { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined." }
+      pi["last_payment_error"] = error
       this.event("payment_intent.payment_failed", { ...pi })
-      return {
-        status: 402,
-        body: JSON.stringify({ error: { type: "card_error", code: "card_declined", decline_code: "generic_decline", message: "Your card was declined.", payment_intent: pi } })
-      }
+      return { status: 402, body: JSON.stringify({ error: { ...error, payment_intent: pi } }) }
     }
     const charge: Obj = {
       id: `ch_${++this.seq}`,
@@ -224,9 +271,10 @@ export class StripeTestServer {
     return this.ok(pi)
   }
 
-  private event(type: string, object: Obj): void {
+  private event(type: string, object: Obj, previous_attributes?: Obj): void {
     const id = `evt_${++this.seq}`
-    const payload = JSON.stringify({ id, object: "event", api_version: Stripe.API_VERSION, created: Math.floor(this.now() / 1000), type, livemode: false, data: { object } }, null, 2)
+    const data = previous_attributes === undefined ? { object } : { object, previous_attributes }
+    const payload = JSON.stringify({ id, object: "event", api_version: Stripe.API_VERSION, created: Math.floor(this.now() / 1000), type, livemode: false, data }, null, 2)
     this.queue.push({ id, type, payload })
   }
 
