@@ -285,7 +285,10 @@ interface FactIndex {
   readonly rowsByHold: Map<string, LedgerRow[]>
   /** `storage_billing` rows, by the resource they charge. */
   readonly storageChargesByResource: Map<string, LedgerRow[]>
-  /** Instants of the credits (topups, positive adjustments, failed card refunds returned) of each account, sorted. */
+  /**
+   * Instants of the credits of each account, sorted: money into the wallet (topups, positive
+   * adjustments, a hold's unused part given back, a failed card refund returned).
+   */
   readonly creditsByAccount: Map<string, number[]>
   readonly holdsById: Map<string, Hold>
   readonly holdsByAccount: Map<string, Hold[]>
@@ -324,7 +327,7 @@ const indexFacts = (facts: RunFacts): FactIndex => {
     if (r.hold_id !== null) push(index.rowsByHold, r.hold_id, r)
     if (r.kind === "storage_billing" && r.resource !== null) push(index.storageChargesByResource, r.resource, r)
     // The credit back of a refund to the card that failed at the provider is a credit too.
-    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment" || isCardRefund(r))) push(index.creditsByAccount, r.account, r.at)
+    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment" || r.kind === "refund")) push(index.creditsByAccount, r.account, r.at)
   }
   for (const list of index.creditsByAccount.values()) list.sort((a, b) => a - b)
   for (const h of facts.holds) {
@@ -472,24 +475,26 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     return lo
   }
+  // A warning at the very instant of a credit may have come before it (an earlier unit of work
+  // at that instant) or after it: only two warnings that no credit can separate share a run-down.
   for (const [account, list] of balanceWarningsByAccount) {
-    let last: { minutes: number; rundown: number } | null = null
+    let last: { minutes: number; earliest: number } | null = null
     for (const n of list) {
       const minutes = (JSON.parse(n.data ?? "{}") as { minutes?: number }).minutes ?? 0
-      const rundown = rundownAt(account, n.at)
-      if (last !== null && last.rundown === rundown && minutes >= last.minutes) {
+      if (last !== null && last.earliest === rundownAt(account, n.at) && minutes >= last.minutes) {
         violate(6, { account, at: n.at, message: `${minutes}-minute balance warning after the ${last.minutes}-minute one in the same run-down` })
       }
-      last = { minutes, rundown }
+      last = { minutes, earliest: rundownAt(account, n.at - 1) }
     }
   }
 
   // 6. A stop for credit_depleted is one the account was warned of: some low-balance warning
-  // of the same run-down came at or before it.
+  // of the same run-down came at or before it (a stop at a credit's instant may have come
+  // before the credit, in the run-down it ends).
   for (const n of facts.notifications) {
     if (n.kind !== "terminated" || !(n.data ?? "").includes("credit_depleted")) continue
-    const rundown = rundownAt(n.account, n.at)
-    const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) === rundown)
+    const earliest = rundownAt(n.account, n.at - 1)
+    const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) >= earliest)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
   }
 

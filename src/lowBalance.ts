@@ -12,9 +12,11 @@ import { BALANCE_WARNINGS, MS_PER_HOUR, MS_PER_SECOND, MS_PER_MINUTE } from "./p
 
 /**
  * A threshold already warned is armed again only when the account is lifted clearly above
- * it by a credit (a top-up; a resource stopping lengthens the run-down but re-arms nothing,
- * see `planWarnings`); the margin absorbs the one-micro rounding of
- * consumption so a recomputation a moment after a warning never re-arms it.
+ * it by a credit (money coming into the wallet: a top-up, an adjustment, the unused part of
+ * a hold given back; a resource that stops or is preempted without giving money back
+ * lengthens the run-down but re-arms nothing, see `planWarnings`); the margin absorbs the
+ * one-micro rounding of consumption so a recomputation a moment after a warning never
+ * re-arms it.
  */
 export const REARM_MARGIN_MS = MS_PER_SECOND
 
@@ -51,8 +53,8 @@ export interface WarningPlan {
  */
 export const planWarnings = (now: number, zero: number | null, warnedBefore: ReadonlyArray<number>, credited: boolean): WarningPlan => {
   const remaining = zero === null ? Infinity : zero - now
-  // Only a credit (a top-up) arms a sent threshold again (SPEC §7): a resource stopping
-  // lengthens the run-down but does not start a new one.
+  // Only a credit (money into the wallet) arms a sent threshold again (SPEC §7): a burn that
+  // falls with no money back (a preemption) lengthens the run-down but does not start a new one.
   const kept = credited ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore
   // The monitor asks after every unit of work that touches the account, so the usual answer
   // (nothing to send, nothing changed) allocates no new list: `warned` is then `warnedBefore`.

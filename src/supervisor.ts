@@ -1272,7 +1272,12 @@ export class GpuSupervisor implements PaymentHost {
       settlement.consumed_micros - settlement.overage_micros + settlement.refunded_micros === settlement.held_micros,
       () => `settlement of ${hold_id}: consumed + refunded != held`
     )
-    if (settlement.refunded_micros > 0n) this.replenished.add(account)
+    if (settlement.refunded_micros > 0n) {
+      this.replenished.add(account)
+      // Unused credit came back to the wallet: like a top-up, it arms again a warned
+      // threshold the account is now clearly above (docs/POLICY.md, "When the balance runs low").
+      this.lowBalance.credit(account)
+    }
   }
 
   /** Writes the snapshot of every actor touched in this unit of work; drops finished actors. */

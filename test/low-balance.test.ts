@@ -72,9 +72,20 @@ describe("low-balance warnings", () => {
       )
     )
     const zero = 24 * HOUR + 1 * MIN
-    expect(warnings(r).map((w) => w[0])).toEqual([60, 30, 20, 10, 5, 3, 1].map((m) => at(zero - m * MIN)))
-    expect(r.output.notifications.find((n) => n.kind === "terminated")).toMatchObject({ at: at(zero), resource: "inf-b", text: "Instance terminated: credit balance depleted." })
-    expect(r.output.invariants.ok).toBe(true)
+    // At 24:01 inf-a's unused $10.00 comes back and renews it on a partial hold of $10.016, 10.0 h
+    // at $1/h (to 34:01:57.6): money came back, so a new run-down is warned of in full before
+    // that stop too. (Before, every threshold stayed spent and inf-a stopped unwarned.)
+    const partialEnd = zero + 10 * HOUR + 57_600
+    expect(warnings(r).map((w) => w[0])).toEqual([
+      ...[60, 30, 20, 10, 5, 3, 1].map((m) => at(zero - m * MIN)),
+      ...[60, 30, 20, 10, 5, 3, 1].map((m) => at(partialEnd - m * MIN))
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.kind, n.text])).toEqual([
+      [at(zero), "inf-a", "partial_hold", "$10.016 credit can cover 10.0 more hours. Recharge to continue."],
+      [at(zero), "inf-b", "terminated", "Instance terminated: credit balance depleted."],
+      [at(partialEnd), "inf-a", "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
   it("are armed again by a top-up that lifts the account above them, and not sent twice otherwise", () => {
@@ -91,6 +102,64 @@ describe("low-balance warnings", () => {
       [at(later - 20 * MIN), "warning", "20"]
     ])
     expect(warnings(r).filter((w) => w[2] === "60")).toHaveLength(1)
+  })
+
+  it("are armed again when unused credit comes back: the stop it postpones is warned of again", () => {
+    // Proves a hold's refund is a credit (docs/POLICY.md): ii-1 ($2/h) cannot renew at 24:00
+    // on $0.02, and all seven thresholds are sent for that. At 23:59:30 the user terminates
+    // gi-1, whose unused $14.008333 comes back; ii-1 renews on a partial hold of $14.028333
+    // (7.0 h) and stops at 31:00:50. Before, no warning came before that stop.
+    const r = run(
+      timelineFile(
+        [
+          ...inference,
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 38 },
+          { at: "PT23H59M30S", do: "terminate", id: "gi-1" }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "86.02" } } }
+      )
+    )
+    const first = 24 * HOUR
+    const stop = 31 * HOUR + 50_999 // $14.028333 at $2/h: 7 h 0 min 50.999 s
+    const thresholds = [60, 30, 20, 10, 5, 3, 1]
+    expect(warnings(r).map((w) => [w[0], w[2]])).toEqual([...thresholds.map((m) => [at(first - m * MIN), String(m)]), ...thresholds.map((m) => [at(stop - m * MIN), String(m)])])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(first - 30_000), "gi-1", "Instance terminated at your request."],
+      [at(first), "ii-1", "$14.028333 credit can cover 7.0 more hours. Recharge to continue."],
+      [at(stop), "ii-1", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("may send a threshold again after a credit at the instant it was sent", () => {
+    // Proves the checker orders a warning and a credit at one instant as the engine may: at
+    // 00:50 a request leaves $0 beside gi-1's last 10 minutes ("10" is sent), then the
+    // auto-recharge of $2 lands at 00:50 and lifts the account to 12 minutes, which arms "10"
+    // again; it is sent at 00:52. Before, the checker called that a repeat in one run-down.
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "set_auto_recharge", account: "acme", threshold: "1.00", amount: "2.00" },
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 },
+          { at: "PT50M", do: "api_request", account: "acme", model: "m", input_tokens: 5000000 }
+        ],
+        {
+          catalog: { ...catalog, gpus: { H100: { hourly_rate: "60.00" } }, models: { m: { input_per_1m_tokens: "1.00", output_per_1m_tokens: "1.00" } } },
+          until: "PT3H",
+          accounts: { acme: { balance: "65.00" } }
+        }
+      )
+    )
+    expect(warnings(r).map((w) => [w[0], w[2]])).toEqual([
+      [at(5 * MIN), "60"],
+      [at(35 * MIN), "30"],
+      [at(45 * MIN), "20"],
+      [at(50 * MIN), "10"],
+      [at(52 * MIN), "10"],
+      [at(57 * MIN), "5"],
+      [at(59 * MIN), "3"]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
   it("send only the tightest threshold when a launch starts below several at once", () => {
