@@ -446,7 +446,10 @@ export class GpuSupervisor implements PaymentHost {
       // unit would write it (a hold never settled, a GPU running without one). So the
       // supervisor stops here and writes nothing more; a restart recovers from SQLite, which is
       // consistent (docs/ENGINE.md).
-      if (!isRefusal(e) || this.changes !== changes) {
+      if (e instanceof NotLeader) {
+        // Another replica took a newer leader term (src/ledger/store.ts): this one is deposed.
+        this.fence()
+      } else if (!isRefusal(e) || this.changes !== changes) {
         this.broken = e instanceof Error ? e.message : e
         this.stop()
       }

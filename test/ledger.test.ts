@@ -65,7 +65,8 @@ describe("migrations", () => {
       { version: 5, name: MIGRATIONS[4]!.name },
       { version: 6, name: "auto-recharge: paused by a refund at the provider" },
       { version: 7, name: "idempotency: the answer's replayed headers" },
-      { version: 8, name: "payments: refunds that fail at the provider" }
+      { version: 8, name: "payments: refunds that fail at the provider" },
+      { version: 9, name: "leader term: a fencing token for replicas sharing the file" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -81,6 +82,7 @@ describe("migrations", () => {
       "auto_recharge",
       "holds",
       "journal",
+      "leader_term",
       "ledger",
       "models",
       "notifications",
@@ -141,8 +143,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(8)
-    expect(schemaVersions(store)).toHaveLength(8)
+    expect(migrate(store.db)).toBe(9)
+    expect(schemaVersions(store)).toHaveLength(9)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -168,9 +170,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (9, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (10, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 9 is newer than this engine knows \(8\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 10 is newer than this engine knows \(9\)/)
   })
 })
 

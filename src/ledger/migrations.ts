@@ -292,6 +292,21 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       ) STRICT;
       CREATE INDEX payment_refund_failures_by_charge ON payment_refund_failures(charge_id);
     `
+  },
+  {
+    version: 9,
+    name: "leader term: a fencing token for replicas sharing the file",
+    // src/ledger/store.ts (`claim_leader_term`). A replica that starts leading takes the next
+    // term; every unit of work of one that no longer holds the latest term is refused, so a
+    // leader whose lease ran out while its event loop was blocked cannot write after the new
+    // leader began (docs/KUBERNETES.md).
+    sql: `
+      CREATE TABLE leader_term (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        term INTEGER NOT NULL CHECK (term >= 0)
+      ) STRICT;
+      INSERT INTO leader_term (id, term) VALUES (1, 0);
+    `
   }
 ]
 

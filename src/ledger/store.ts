@@ -8,7 +8,7 @@
  */
 import Database from "better-sqlite3"
 import { Either } from "effect"
-import { assert, Conflict, InsufficientBalance } from "../errors.js"
+import { assert, Conflict, InsufficientBalance, NotLeader } from "../errors.js"
 import type { Micros } from "../money.js"
 import type { Severity } from "../policy.js"
 import { migrate, type LedgerRowKind } from "./migrations.js"
@@ -114,6 +114,14 @@ export interface OpenOptions {
    * plane; the simulator may pass `OFF`, since a simulation can always be run again.
    */
   readonly synchronous?: "FULL" | "NORMAL" | "OFF"
+  /**
+   * A replica that leads (src/api/kubernetesServer.ts) takes the next leader term when it
+   * opens the file, and every later transaction first checks that no replica took a newer
+   * one: if one did, it throws `NotLeader` and writes nothing (a fencing token, checked in
+   * the transaction that writes, so no write of a deposed leader lands after its successor's
+   * claim). Off for a single process.
+   */
+  readonly claim_leader_term?: boolean
 }
 
 /**
@@ -123,6 +131,9 @@ export interface OpenOptions {
  * commits with 64 MiB, BENCHMARKS.md).
  */
 const PAGE_CACHE_KIB = 65_536
+
+/** How long a leading replica's connection waits for another's write lock (`claim_leader_term`). */
+const LEADER_BUSY_TIMEOUT_MS = 2_000
 
 /** How every ledger connection is set up (the bench's floors open theirs the same way). */
 export const configureConnection = (db: Database.Database, options: OpenOptions = {}): void => {
@@ -172,9 +183,17 @@ export class LedgerStore {
   private batchOpen = false
   private pendingRows = 0
 
+  /** The leader term this connection claimed (`claim_leader_term`), or null. */
+  private term: number | null = null
+
   private constructor(readonly db: Database.Database) {
     this.s = prepare(db)
     this.tx = db.transaction((fn: () => unknown) => fn())
+  }
+
+  /** Takes the next leader term (`OpenOptions.claim_leader_term`). */
+  private claimLeaderTerm(): void {
+    this.term = (this.db.prepare(`UPDATE leader_term SET term = term + 1 WHERE id = 1 RETURNING term`).get() as { term: number }).term
   }
 
   /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
@@ -183,7 +202,13 @@ export class LedgerStore {
     try {
       configureConnection(db, options)
       migrate(db)
-      return new LedgerStore(db)
+      const store = new LedgerStore(db)
+      if (options.claim_leader_term === true) {
+        // Replicas share the file: wait a moment for a deposed leader's last transaction.
+        db.pragma(`busy_timeout = ${LEADER_BUSY_TIMEOUT_MS}`)
+        store.claimLeaderTerm()
+      }
+      return store
     } catch (e) {
       // A database this engine refuses (a newer schema, say) is not left open behind it.
       db.close()
@@ -243,6 +268,7 @@ export class LedgerStore {
     if (this.db.inTransaction) return fn()
     try {
       return this.tx(() => {
+        if (this.term !== null && this.term !== (this.s.leaderTerm.get() as { term: number }).term) throw new NotLeader()
         const result = fn()
         this.writeBalances()
         return result
@@ -590,6 +616,7 @@ const prepare = (db: Database.Database) => {
   /** A whole-table read for `readAll`: rows as arrays of columns, in the SELECT's order. */
   const columns = <S extends Database.Statement>(stmt: S): S => stmt.raw(true) as S
   return {
+    leaderTerm: db.prepare(`SELECT term FROM leader_term WHERE id = 1`),
     insertAccount: db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, ?)`),
     accountExists: db.prepare(`SELECT 1 FROM accounts WHERE id = ?`),
     balance: money(db.prepare(`SELECT balance_micros FROM accounts WHERE id = ?`)),

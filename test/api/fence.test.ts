@@ -5,8 +5,15 @@
  * closes. Requests get the standby's 503 `not_leader`.
  */
 import { afterEach, describe, expect, it } from "vitest"
+import { openEngine } from "../../src/api/engine.js"
+import { VirtualClock } from "../../src/clock.js"
 import { NotLeader } from "../../src/errors.js"
-import { HOUR, MIN, stateOf, world, type World } from "./harness.js"
+import { dollars } from "../../src/money.js"
+import { SimCluster } from "../../sim/cluster.js"
+import { tmpDb } from "../helpers.js"
+import { HOUR, MIN, START_MS, stateOf, world, type World } from "./harness.js"
+
+const REGION = { name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }
 
 let w: World | null = null
 afterEach(async () => {
@@ -44,5 +51,26 @@ describe("a fenced supervisor", () => {
     w.clock.advanceTo(w.clock.now() + 2 * HOUR)
     w.opened.engine.sup.settleApiUsage()
     expect(stateOf(w)).toBe(before)
+  })
+})
+
+describe("the leader term in SQLite", () => {
+  it("fences a leader whose successor claimed a newer term, even if its lease timer never fired", () => {
+    // Proves the fencing token (migration 9): replica A leads on term 1; its event loop
+    // stalls past the lease, and B opens the file as the new leader on term 2. A's next unit
+    // of work is refused before it writes, and A stops; B goes on.
+    const db = tmpDb()
+    const clock = new VirtualClock(START_MS)
+    const open = () =>
+      openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const a = open()
+    expect(a.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
+    const b = open()
+    expect(() => a.engine.sup.sync.credit("acme", "adjustment", dollars("5.00"), "late write")).toThrow(NotLeader)
+    expect(a.engine.sup.fenced).toBe(true)
+    expect(b.engine.sup.sync.credit("acme", "adjustment", dollars("7.00"), "new leader")._tag).toBe("Right")
+    expect(b.engine.ledger.ledgerRows().map((r) => [r.kind, r.amount_micros, r.description])).toEqual([["adjustment", 7_000_000n, "new leader"]])
+    a.close()
+    b.close()
   })
 })
