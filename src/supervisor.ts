@@ -217,7 +217,7 @@ export class GpuSupervisor implements PaymentHost {
   private meteringTimer: { readonly at: number; readonly handle: TimerHandle } | null = null
   private stopped = false
   /** Set by `fence`: the replica lost its lease. */
-  fenced = false
+  private deposed = false
   /** Set when a unit of work rolled back after changing memory: see `unitOfWork`. */
   private broken: unknown = null
   /** Counts the actors' transitions, so a unit can tell whether it changed any. */
@@ -389,8 +389,12 @@ export class GpuSupervisor implements PaymentHost {
    * Nothing more is written, not even pending API usage.
    */
   fence(): void {
-    this.fenced = true
+    this.deposed = true
     this.stop()
+  }
+
+  get fenced(): boolean {
+    return this.deposed
   }
 
   /** Drops the supervisor without writing anything: timers cancelled, actors stopped. Idempotent. */
@@ -416,7 +420,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   unitOfWork<T>(fn: () => T): T {
-    if (this.fenced) throw new NotLeader()
+    if (this.deposed) throw new NotLeader()
     assert(this.broken === null, () => `unit of work after a unit rolled back (${String(this.broken)}): restart from the database`)
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
@@ -440,16 +444,16 @@ export class GpuSupervisor implements PaymentHost {
     } catch (e) {
       // Rolled back: the calls it asked for were never made.
       this.committedCalls.length = 0
-      // A refusal thrown before any actor moved leaves memory as the database has it. Anything
-      // else (a defect, a write SQLite refused) rolled back rows that the actors, their alarms
-      // and the caches in memory already reflect: memory is ahead of the database, and the next
-      // unit would write it (a hold never settled, a GPU running without one). So the
-      // supervisor stops here and writes nothing more; a restart recovers from SQLite, which is
-      // consistent (docs/ENGINE.md).
       if (e instanceof NotLeader) {
         // Another replica took a newer leader term (src/ledger/store.ts): this one is deposed.
         this.fence()
       } else if (!isRefusal(e) || this.changes !== changes) {
+        // A refusal thrown before any actor moved leaves memory as the database has it.
+        // Anything else (a defect, a write SQLite refused) rolled back rows that the actors,
+        // their alarms and the caches in memory already reflect: memory is ahead of the
+        // database, and the next unit would write it (a hold never settled, a GPU running
+        // without one). So the supervisor stops here and writes nothing more; a restart
+        // recovers from SQLite, which is consistent (docs/ENGINE.md).
         this.broken = e instanceof Error ? e.message : e
         this.stop()
       }
@@ -966,7 +970,7 @@ export class GpuSupervisor implements PaymentHost {
   settleApiUsage(): void {
     // After a unit rolled back (see `unitOfWork`), or once fenced, nothing more is written:
     // usage still in an open minute is lost with the rest of memory, as in a crash.
-    if (this.broken !== null || this.fenced) return
+    if (this.broken !== null || this.deposed) return
     this.unitOfWork(() => {
       for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })
