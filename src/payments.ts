@@ -147,11 +147,12 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   const e = raw as { id?: unknown; type?: unknown; data?: { object?: Record<string, unknown> } }
   if (typeof e?.id !== "string" || typeof e.type !== "string") return null
   const o = e.data?.object
-  const meta = (o?.["metadata"] ?? {}) as Record<string, unknown>
+  const meta = (typeof o === "object" && o !== null && typeof o["metadata"] === "object" && o["metadata"] !== null ? o["metadata"] : {}) as Record<string, unknown>
   const payment_id = typeof meta["payment_id"] === "string" ? (meta["payment_id"] as string) : null
   const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
   const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
-  if (o === undefined) return { id: e.id, type: "ignored", event_type: e.type }
+  // An event without an object to read (Stripe's own have one) is not ours to act on.
+  if (typeof o !== "object" || o === null) return { id: e.id, type: "ignored", event_type: e.type }
   if (e.type === "payment_intent.succeeded") {
     const intent_id = str(o["id"])
     const amount = int(o["amount_received"] ?? o["amount"])
@@ -184,9 +185,11 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     const charge_id = str(o["charge"])
     const intent_id = str(o["payment_intent"])
     const amount = int(o["amount"])
-    if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return null
+    // A failed refund we cannot tie to a charge and an amount (Stripe's `charge` may be null)
+    // is answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days
+    // and may disable the endpoint, top-up events with it.
+    if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id: e.id, type: "ignored", event_type: e.type }
     const reason = o["failure_reason"]
-    if (reason !== null && reason !== undefined && str(reason) === null) return null
     return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status, failure_reason: str(reason), payment_id }
   }
   return { id: e.id, type: "ignored", event_type: e.type }
@@ -659,8 +662,9 @@ export class PaymentBook {
    * creating/pending → failed, once; a failed auto-recharge waits and notifies. A decline
    * counts against the card: the wait doubles with each (backoffMs). A failure of the
    * provider's (`declined` false: an outage, a processing error) is not the card's: it leaves
-   * the count as it is and waits AUTO_RECHARGE_PROVIDER_RETRY_MS, however often it happens,
-   * and the text does not ask for another card (docs/POLICY.md).
+   * the count as it is and waits AUTO_RECHARGE_PROVIDER_RETRY_MS, doubling with the run of
+   * failures to AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS, and the text does not ask for another
+   * card (docs/POLICY.md).
    */
   private fail(p: PaymentRecord, code: string, declined: boolean): boolean {
     if (p.status === "succeeded" || p.status === "failed") return false
@@ -669,7 +673,12 @@ export class PaymentBook {
     if (p.kind !== "auto_recharge") return true
     const card = this.autoRecharge(p.account)
     if (card === undefined || card.pending_payment !== p.id) return true
-    const wait = declined ? backoffMs(card.declines + 1) : policy.AUTO_RECHARGE_PROVIDER_RETRY_MS
+    // A provider failure that repeats (a processing error the issuer keeps returning, an
+    // invalid request) backs off too, by the run of failures since the last success, to a
+    // lower cap (docs/POLICY.md).
+    const wait = declined
+      ? backoffMs(card.declines + 1)
+      : Math.min(policy.AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS, Math.max(policy.AUTO_RECHARGE_PROVIDER_RETRY_MS, backoffMs(this.failuresSinceSuccess(p.account))))
     if (declined) this.s.setDeclined.run(card.declines + 1, at, at + wait, p.account)
     else this.s.setRetry.run(at + wait, p.account)
     this.notifier.notify({
@@ -683,6 +692,11 @@ export class PaymentBook {
     })
     this.armRetry(p.account, at + wait)
     return true
+  }
+
+  /** The account's auto-recharges that failed since its last one that succeeded (this one included). */
+  private failuresSinceSuccess(account: string): number {
+    return Number((this.s.failedSinceSuccess.get(account, account) as { n: bigint }).n)
   }
 
   private armRetry(account: string, at: number): void {
@@ -767,6 +781,10 @@ const prepare = (db: LedgerStore["db"]) => {
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),
+    failedSinceSuccess: rows(
+      `SELECT count(*) AS n FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'failed'
+         AND created_at >= coalesce((SELECT max(created_at) FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'succeeded'), 0)`
+    ),
     refundedOfPayment: rows(`SELECT coalesce(sum(refunded_micros), 0) AS refunded_micros FROM payment_refunds WHERE payment_id = ?`),
     failure: db.prepare(`SELECT 1 FROM payment_refund_failures WHERE refund_id = ?`),
     failedOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS failed_micros FROM payment_refund_failures WHERE charge_id = ?`),

@@ -119,12 +119,15 @@ export const AUTO_RECHARGE_BACKOFF_BASE_MS = 15 * MS_PER_MINUTE
 export const AUTO_RECHARGE_BACKOFF_MAX_MS = 24 * MS_PER_HOUR
 /**
  * After an off-session charge the provider failed for a reason that is not the card's (an
- * outage, an API error, a processing error), the next attempt waits this long, every time:
- * it is not a decline, so it does not grow the card's backoff (an outage must not leave the
- * account without auto-recharge for a day after it ends); the burst guard still bounds the
- * attempts.
+ * outage, an API error, a processing error), the next attempt waits this long, doubling with
+ * the run of failures since the last success up to AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS: it is
+ * not a decline, so it does not grow the card's backoff (an outage must not leave the account
+ * without auto-recharge for a day after it ends), but each attempt may reach the issuer, and
+ * card networks cap retries (a processing error the issuer keeps returning was retried 73
+ * times a day at the burst guard's ceiling).
  */
 export const AUTO_RECHARGE_PROVIDER_RETRY_MS = 15 * MS_PER_MINUTE
+export const AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS = 2 * MS_PER_HOUR
 /**
  * Burst guard: at most this many auto-recharge charges per account in any window of
  * AUTO_RECHARGE_BURST_WINDOW_MS, whatever the balance does (a runaway workload burning

@@ -307,6 +307,18 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       ) STRICT;
       INSERT INTO leader_term (id, term) VALUES (1, 0);
     `
+  },
+  {
+    version: 10,
+    name: "payments: forget refund events read before refund failures were",
+    // src/payments.ts. Before migration 8 a failed refund's event (a Refund object in
+    // charge.refund.updated, refund.updated or refund.failed) was answered and recorded as
+    // `ignored`, so resending it from Stripe's dashboard answered `duplicate` and its money
+    // never came back. Forgetting those records lets a resend book it now.
+    sql: `
+      DELETE FROM payment_events
+      WHERE outcome = 'ignored' AND type IN ('charge.refund.updated', 'refund.updated', 'refund.failed');
+    `
   }
 ]
 

@@ -691,10 +691,11 @@ describe("auto-recharge when Stripe fails", () => {
     expect(ledgerOf(w, a.account)).toEqual([])
   })
 
-  it("reads a processing error as the provider's: the same 15-minute wait every time, the decline count untouched", async () => {
+  it("reads a processing error as the provider's: the decline count untouched, the wait growing with the run of failures", async () => {
     // Proves Stripe's `card_error` with code `processing_error` (pm_card_chargeDeclinedProcessingError)
-    // is not a decline: auto_recharge_failed, not _declined; the retry 15 minutes on fails the
-    // same way and waits 15 minutes again (a decline would wait 30); declines stays 0.
+    // is not a decline: auto_recharge_failed, not _declined, and declines stays 0. Each attempt
+    // still reaches the issuer, so a run of them backs off: 15 minutes, then 30, then 60 (before,
+    // 15 every time: 73 attempts a day, at the burst guard's ceiling, for ever).
     const { w, server, clock } = await setup()
     const a = await w.signup("joy@example.com", "0")
     await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclinedProcessingError" } })
@@ -704,16 +705,21 @@ describe("auto-recharge when Stripe fails", () => {
     expect(book.autoRecharge(a.account)).toMatchObject({ pending_payment: null, declines: 0, retry_at: firstAt + 15 * MIN })
     expect(outcomes(await server.flush())).toEqual([[200, "nothing"]])
     w.advance(15 * MIN)
-    await until(() => book.payments().length === 2 && book.autoRecharge(a.account)?.retry_at === firstAt + 30 * MIN, "the second failure")
+    await until(() => book.payments().length === 2 && book.autoRecharge(a.account)?.retry_at === firstAt + 45 * MIN, "the second failure")
+    w.advance(30 * MIN)
+    await until(() => book.payments().length === 3 && book.autoRecharge(a.account)?.retry_at === firstAt + 105 * MIN, "the third failure")
     expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, last_decline_at: null })
     expect(book.payments().map((p) => [p.id, p.status, p.failure_code])).toEqual([
       ["pay_00000001", "failed", "processing_error"],
-      ["pay_00000002", "failed", "processing_error"]
+      ["pay_00000002", "failed", "processing_error"],
+      ["pay_00000003", "failed", "processing_error"]
     ])
-    const text = "Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in 15 minutes; top up to keep your resources running."
+    const text = (m: number) =>
+      `Auto-recharge of $20.00 could not be charged: the payment provider did not complete it. We will try again in ${m} minutes; top up to keep your resources running.`
     expect(w.opened.engine.ledger.notifications().filter((n) => n.kind.startsWith("auto_recharge")).map((n) => [n.kind, n.text])).toEqual([
-      ["auto_recharge_failed", text],
-      ["auto_recharge_failed", text]
+      ["auto_recharge_failed", text(15)],
+      ["auto_recharge_failed", text(30)],
+      ["auto_recharge_failed", text(60)]
     ])
   })
 
@@ -775,6 +781,26 @@ describe("payment_intent.payment_failed decoding", () => {
       ["card_declined", true],
       ["card_declined", true]
     ])
+  })
+})
+
+describe("events the engine cannot act on", () => {
+  it("are ignored, never a crash (500) nor a refusal Stripe would retry for days (400)", () => {
+    // Proves the decoder on what a signed event may carry: a null or non-object data.object
+    // (it used to throw: a 500), and a failed refund without a charge, an amount or a readable
+    // reason (it used to be 400: Stripe retries a 4xx for days and may disable the endpoint).
+    const ignored = (id: string, type: string) => ({ id, type: "ignored", event_type: type })
+    for (const type of ["payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded", "refund.failed", "charge.refund.updated"]) {
+      expect(decodeStripeEvent({ id: "evt_n", type, data: { object: null } })).toEqual(ignored("evt_n", type))
+      expect(decodeStripeEvent({ id: "evt_s", type, data: { object: "pi_1" } })).toEqual(ignored("evt_s", type))
+    }
+    const refund = { id: "re_1", object: "refund", status: "failed", payment_intent: "pi_1", charge: "ch_1", amount: 500, failure_reason: "expired_or_canceled_card" }
+    expect(decodeStripeEvent({ id: "evt_ok", type: "refund.failed", data: { object: refund } })).toMatchObject({ type: "refund.failed", refund_id: "re_1", amount_cents: 500 })
+    for (const broken of [{ charge: null }, { amount: 0 }, { amount: "500" }, { id: null }]) {
+      expect(decodeStripeEvent({ id: "evt_b", type: "refund.failed", data: { object: { ...refund, ...broken } } })).toEqual(ignored("evt_b", "refund.failed"))
+    }
+    // A reason that is not text is left out, not a reason to refuse the money back.
+    expect(decodeStripeEvent({ id: "evt_r", type: "refund.failed", data: { object: { ...refund, failure_reason: 7 } } })).toMatchObject({ type: "refund.failed", failure_reason: null })
   })
 })
 
