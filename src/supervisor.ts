@@ -1326,7 +1326,7 @@ export class GpuSupervisor implements PaymentHost {
     if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
     entry.alarm = null
     if (next === null) return
-    const handle = this.clock.schedule(next.at, next.fire, { lane: Lane.engine, key: `alarm:${entry.id}` })
+    const handle = this.clock.schedule(next.at, next.fire, { lane: Lane.engine, key: alarmClockKey(entry) })
     entry.alarm = { at: next.at, key: next.key, handle }
   }
 
@@ -1573,6 +1573,19 @@ const dayOf = (at: number): number => at - (at % policy.STORAGE_BILLING_INTERVAL
 
 const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preempted" | "failed" | "deleted" =>
   type.slice("pod.".length) as "loading" | "running" | "preempted" | "failed" | "deleted"
+
+/**
+ * The clock key of a resource's alarm (clock.ts orders timers of one instant by lane, then
+ * key). Every GPU alarm sorts before every inference cycle end: a deadline settles its hold
+ * and gives back what it did not use, and a cycle end renews on the balance it finds, so at
+ * one instant every hold that ends is settled before any renewal looks at the balance.
+ * Before, both were `alarm:<id>`, and whether an instance renewed on a GPU instance's refund
+ * or stopped for credit a moment before it landed depended on the ids' alphabetical order.
+ * The prefixes differ in one character, so the order holds whatever the ids, and both stay
+ * before the monitor's `balance:` alarms, as they were. The key is a function of the
+ * resource alone, so a restarted supervisor re-arms the same order.
+ */
+const alarmClockKey = (entry: LiveEntry): string => (entry.kind === "inference" ? `alarm:1:${entry.id}` : `alarm:0:${entry.id}`)
 
 const alarmKey = (alarm: GpuAlarm): string => (alarm.event === "deadline" ? "deadline" : `warning:${alarm.minutes}`)
 

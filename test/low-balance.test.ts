@@ -162,6 +162,51 @@ describe("low-balance warnings", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("settle a GPU instance's deadline before an inference cycle end at the same instant, whatever their ids", () => {
+    // Proves every hold that ends at an instant is settled before any renewal at that instant:
+    // ii-1's cycle ends at 24:00 on $0.02, when gi-1's deadline gives back the $5.00 its 5
+    // preempted hours did not use; ii-1 renews on a partial hold of $5.02 (2.51 h at $2/h) and
+    // stops at 26:30:36. Before, both alarms were keyed by id, so a GPU instance named zz-gpu
+    // (after ii-1) settled a moment too late and ii-1 stopped for credit at 24:00.
+    const file = (gpu: string) =>
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: gpu, gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 24 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" },
+          { at: "PT1H", do: "preempt", id: gpu },
+          { at: "PT6H", do: "resume", id: gpu }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "72.02" } } }
+      )
+    const late = run(file("zz-gpu"))
+    const early = run(file("gi-1"))
+    const deadline = 24 * HOUR
+    const stop = deadline + 2 * HOUR + 30 * MIN + 36_000
+    expect(late.output.ledger.filter((row) => row.at === at(deadline)).map((row) => [row.kind, row.amount, row.balance_after, row.resource])).toEqual([
+      ["refund", "5.00", "5.02", "zz-gpu"],
+      ["gpu_usage", "-5.02", "0.00", "ii-1"]
+    ])
+    expect(late.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(deadline), "partial_hold", "$5.02 credit can cover 2.5 more hours. Recharge to continue."],
+      [at(stop), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(warnings(late).filter((w) => (w[0] as string) > at(deadline))).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(late.output.invariants).toEqual({ ok: true, violations: [] })
+    // The ids no longer decide anything: the money and what the user is told differ only in
+    // the GPU instance's name (the transitions and resources are listed by id).
+    const story = (r: ReturnType<typeof run>) => JSON.stringify([r.output.ledger, r.output.notifications])
+    expect(story(late).replaceAll("zz-gpu", "gi-1")).toBe(story(early))
+  })
+
   it("send only the tightest threshold when a launch starts below several at once", () => {
     // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
     expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
