@@ -40,6 +40,12 @@ export interface ForeseenRenewal {
   readonly refund_micros: bigint
   readonly full_micros: bigint
   readonly min_micros: bigint
+  /**
+   * The hourly cost of the replicas that would consume a partial hold (`liveHourlyMicros`):
+   * a partial hold of `b` runs out `b × 3,600,000 ÷ this` ms after the renewal, where the
+   * engine ends that cycle and renews again (or stops).
+   */
+  readonly live_hourly_micros: bigint
 }
 
 export interface BalanceMonitorHost {
@@ -56,21 +62,65 @@ export interface BalanceMonitorHost {
   afterUnitOf?(accounts: ReadonlyArray<string>): void
 }
 
+/** A partial hold foreseen by `firstStopOf`: it runs out at `at`, and its instance renews then. */
+interface ForeseenPartialEnd {
+  readonly at: number
+  readonly renewal: ForeseenRenewal
+}
+
+/** Whether a cycle end comes before another: by instant, then id (their alarms' order). */
+const cycleEndsBefore = (at: number, id: string, other_at: number, other_id: string): boolean => at < other_at || (at === other_at && id < other_id)
+
 /**
  * When the first inference instance of the account stops at a cycle end for want of money, or
  * null: the renewals played in the engine's order, each on the balance the ones before it
  * left. A full hold takes its amount, a partial one takes everything (SPEC §4), so an instance
  * renewing after a partial hold at the same instant has only its own refund to renew on.
+ * A partial hold is played to its end too: its replicas consume it all by then, and the
+ * instance renews on what the renewals in between left (usually nothing: it stops there).
+ * Before, the partial hold's end was not foreseen, and with other resources' holds pooled in,
+ * the estimate landed hours after the real stop: the 60-minute warning never came.
+ * No list is made unless a partial hold is foreseen (the monitor runs after most units of work).
  */
 const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint): number | null => {
   let balance = spendable
-  for (const r of renewals) {
-    balance += r.refund_micros
-    if (balance >= r.full_micros) balance -= r.full_micros
-    else if (balance >= r.min_micros) balance = 0n
-    else return r.ends_at
+  let partials: ForeseenPartialEnd[] | null = null
+  let i = 0
+  // Bound: a step takes a renewal from the list or a partial end; a partial end is made only by
+  // a partial renewal, which takes the whole balance (at least one micro), and only a refund
+  // from the list refills it, so there are at most two partial ends per renewal listed.
+  const steps_max = 3 * renewals.length
+  for (let step = 0; ; step++) {
+    if (step > steps_max) throw new Error(`firstStopOf: more than ${steps_max} steps for ${renewals.length} renewals`)
+    const listed = renewals[i]
+    const partial = partials?.[0]
+    let r: ForeseenRenewal
+    let at: number
+    if (partial !== undefined && (listed === undefined || cycleEndsBefore(partial.at, partial.renewal.id, listed.ends_at, listed.id))) {
+      partials!.shift()
+      // All of it consumed: nothing comes back.
+      r = partial.renewal
+      at = partial.at
+    } else if (listed !== undefined) {
+      i++
+      r = listed
+      at = listed.ends_at
+      balance += listed.refund_micros
+    } else {
+      return null
+    }
+    if (balance >= r.full_micros) {
+      balance -= r.full_micros
+      continue
+    }
+    if (balance < r.min_micros || r.live_hourly_micros <= 0n) return at
+    const end = at + Number(microMs(balance) / r.live_hourly_micros)
+    balance = 0n
+    partials ??= []
+    let k = partials.length
+    while (k > 0 && !cycleEndsBefore(partials[k - 1]!.at, partials[k - 1]!.renewal.id, end, r.id)) k--
+    partials.splice(k, 0, { at: end, renewal: r })
   }
-  return null
 }
 
 export class BalanceMonitor {

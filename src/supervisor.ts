@@ -1433,7 +1433,8 @@ export class GpuSupervisor implements PaymentHost {
             ends_at: ctx.cycle.ends_at,
             refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
             full_micros: fullHoldMicros(ctx),
-            min_micros: leastPartialHoldMicros(ctx)
+            min_micros: leastPartialHoldMicros(ctx),
+            live_hourly_micros: liveHourlyMicros(ctx)
           })
         }
         let running = 0

@@ -207,6 +207,35 @@ describe("low-balance warnings", () => {
     expect(story(late).replaceAll("zz-gpu", "gi-1")).toBe(story(early))
   })
 
+  it("foresee a partial hold running out when other resources' holds are pooled in", () => {
+    // Proves the forecast plays a partial hold to its end: ii-1 ($2/h) renews at 24:00 on a
+    // partial hold of the $1.00 left, 30 min, and stops at 24:30. gi-1's 30-hour hold keeps
+    // the pooled estimate far later, so before, the forecast saw only "renews" and the first
+    // warning was the 30-minute one at 24:00: the 60-minute warning never came. Now the
+    // run-down is the same as without gi-1.
+    const r = run(
+      timelineFile(
+        [...inference, { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 30 }],
+        { catalog, until: "P2D", accounts: { acme: { balance: "79.00" } } }
+      )
+    )
+    const stop = 24 * HOUR + 30 * MIN
+    expect(warnings(r)).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(24 * HOUR), "partial_hold", "$1.00 credit can cover 0.5 more hours. Recharge to continue."],
+      [at(stop), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("send only the tightest threshold when a launch starts below several at once", () => {
     // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
     expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
