@@ -26,15 +26,20 @@ export interface BurnMeasure {
   readonly burn: bigint
   readonly unconsumed: bigint
   /**
-   * Each active inference instance's next cycle end, in the order the engine renews them (by
-   * instant, then id: the alarms' order), with what its hold gives back at that end if its
-   * replicas keep billing as now (negative: an overage; the settlement lands before the
-   * renewal looks at the balance), the full hold it renews on and the least partial one.
+   * Each active GPU resource's deadline and each active inference instance's next cycle end,
+   * in the engine's order (`foreseenBefore`), with what its hold gives back then if it keeps
+   * billing as now (negative: an overage; the settlement lands before the renewal looks at
+   * the balance), and for a cycle end the full hold it renews on and the least partial one.
    */
   readonly renewals: ReadonlyArray<ForeseenRenewal>
 }
 
 export interface ForeseenRenewal {
+  /**
+   * `deadline`: a GPU resource stops at its deadline and gives back what its hold did not use;
+   * nothing renews (the hold fields are 0). `cycle_end`: an inference cycle settles and renews.
+   */
+  readonly kind: "deadline" | "cycle_end"
   readonly id: string
   readonly ends_at: number
   readonly refund_micros: bigint
@@ -68,8 +73,18 @@ interface ForeseenPartialEnd {
   readonly renewal: ForeseenRenewal
 }
 
-/** Whether a cycle end comes before another: by instant, then id (their alarms' order). */
-const cycleEndsBefore = (at: number, id: string, other_at: number, other_id: string): boolean => at < other_at || (at === other_at && id < other_id)
+/**
+ * The engine's order of what ends at one instant (the supervisor's alarm keys): every GPU
+ * deadline settles before any cycle end renews, and each kind goes by id.
+ */
+export const foreseenBefore = (a: ForeseenRenewal, b: ForeseenRenewal): boolean => endsBefore(a.ends_at, a.kind, a.id, b)
+
+/** Whether something of `kind` ending at `at` comes before `other` in the engine's order. */
+const endsBefore = (at: number, kind: ForeseenRenewal["kind"], id: string, other: ForeseenRenewal): boolean => {
+  if (at !== other.ends_at) return at < other.ends_at
+  if (kind !== other.kind) return kind === "deadline"
+  return id < other.id
+}
 
 /**
  * When the first inference instance of the account stops at a cycle end for want of money, or
@@ -96,7 +111,7 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
     const partial = partials?.[0]
     let r: ForeseenRenewal
     let at: number
-    if (partial !== undefined && (listed === undefined || cycleEndsBefore(partial.at, partial.renewal.id, listed.ends_at, listed.id))) {
+    if (partial !== undefined && (listed === undefined || endsBefore(partial.at, "cycle_end", partial.renewal.id, listed))) {
       partials!.shift()
       // All of it consumed: nothing comes back.
       r = partial.renewal
@@ -106,6 +121,7 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
       r = listed
       at = listed.ends_at
       balance += listed.refund_micros
+      if (listed.kind === "deadline") continue
     } else {
       return null
     }
@@ -118,7 +134,7 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
     balance = 0n
     partials ??= []
     let k = partials.length
-    while (k > 0 && !cycleEndsBefore(partials[k - 1]!.at, partials[k - 1]!.renewal.id, end, r.id)) k--
+    while (k > 0 && !(partials[k - 1]!.at < end || (partials[k - 1]!.at === end && partials[k - 1]!.renewal.id < r.id))) k--
     partials.splice(k, 0, { at: end, renewal: r })
   }
 }

@@ -68,7 +68,7 @@ import {
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
-import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
+import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
@@ -1416,6 +1416,13 @@ export class GpuSupervisor implements PaymentHost {
       if (entry === undefined || entry.kind === "storage" || entry.actor.getSnapshot().status !== "active") continue
       if (entry.kind === "gpu") {
         const ctx = entry.actor.getSnapshot().context
+        // Its deadline gives back what the hold will not have used by then (billing as now, a
+        // preempted one too): money a cycle end at or after it renews on.
+        if (ctx.deadline_at !== null) {
+          const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, ctx.deadline_at))
+          const refund_micros = holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed) - consumed
+          renewals.push({ kind: "deadline", id, ends_at: ctx.deadline_at, refund_micros, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
+        }
         if (ctx.billing_since === null) continue
         const hourly = rateOf(ctx) * BigInt(gpuUnits(ctx))
         burn += hourly
@@ -1429,6 +1436,7 @@ export class GpuSupervisor implements PaymentHost {
           // negative), and the least partial hold it renews on.
           const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
           renewals.push({
+            kind: "cycle_end",
             id,
             ends_at: ctx.cycle.ends_at,
             refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
@@ -1445,8 +1453,8 @@ export class GpuSupervisor implements PaymentHost {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
-    // The engine renews them by instant, then id (their alarms' order); so are they played.
-    renewals.sort((a, b) => a.ends_at - b.ends_at || (a.id < b.id ? -1 : 1))
+    // Played in the engine's order: by instant, deadlines before cycle ends, then id (the alarms' keys).
+    renewals.sort((a, b) => (foreseenBefore(a, b) ? -1 : 1))
     return { at, burn, unconsumed, renewals }
   }
 

@@ -236,6 +236,34 @@ describe("low-balance warnings", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("count what a GPU instance gives back at its deadline: no warnings of a stop that never comes", () => {
+    // Proves the forecast plays GPU deadlines' refunds, before the cycle ends of their instant:
+    // gi-1 was preempted 5 of its 24 held hours, so its deadline at 24:00 gives back $5.00,
+    // and ii-1, whose cycle ends then on $0.02, renews on a partial hold of $5.02 and stops
+    // at 26:30:36. Before, the forecast saw ii-1 stop at 24:00 and sent all seven warnings
+    // (the last "about 1 minute" at 23:59) for a stop that never came, then seven again.
+    const r = run(
+      timelineFile(
+        [
+          ...inference,
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 24 },
+          { at: "PT1H", do: "preempt", id: "gi-1" },
+          { at: "PT6H", do: "resume", id: "gi-1" }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "72.02" } } }
+      )
+    )
+    const stop = 26 * HOUR + 30 * MIN + 36_000
+    expectFullRunDown(r, stop)
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning" && n.kind !== "duration_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(1 * HOUR), "gi-1", "Instance gi-1 was preempted: a higher-priority workload took its GPU. It resumes when capacity frees."],
+      [at(6 * HOUR), "gi-1", "Instance gi-1 resumed: capacity freed and it is running again."],
+      [at(24 * HOUR), "gi-1", "Instance terminated — duration reached."],
+      [at(24 * HOUR), "ii-1", "$5.02 credit can cover 2.5 more hours. Recharge to continue."],
+      [at(stop), "ii-1", "Instance terminated: credit balance depleted."]
+    ])
+  })
+
   it("send only the tightest threshold when a launch starts below several at once", () => {
     // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
     expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
