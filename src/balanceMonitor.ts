@@ -32,6 +32,12 @@ export interface BurnMeasure {
    * the balance), and for a cycle end the full hold it renews on and the least partial one.
    */
   readonly renewals: ReadonlyArray<ForeseenRenewal>
+  /**
+   * The daily charge of each storage resource the next midnight will charge (available or in
+   * use, not free), in id order: the storage worker's order, each on the balance the ones
+   * before it left.
+   */
+  readonly storage_daily_micros: ReadonlyArray<bigint>
 }
 
 export interface ForeseenRenewal {
@@ -97,9 +103,18 @@ const endsBefore = (at: number, kind: ForeseenRenewal["kind"], id: string, other
  * the estimate landed hours after the real stop: the 60-minute warning never came.
  * No list is made unless a partial hold is foreseen (the monitor runs after most units of work).
  */
-const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint): number | null => {
+export const firstStopOf = (measure: BurnMeasure, spendable: bigint, now: number): number | null => {
+  const { renewals, storage_daily_micros: storage } = measure
   let balance = spendable
   let partials: ForeseenPartialEnd[] | null = null
+  // Past the last cycle end nothing renews, so nothing more can stop: the play ends there
+  // (deadlines far ahead need no walk over the midnights before them).
+  let last = renewals.length - 1
+  while (last >= 0 && renewals[last]!.kind !== "cycle_end") last--
+  // The next midnight's storage charges, if any (the storage worker runs after the alarms of
+  // its instant; one that already ran at `now` touched the account, so a look follows it).
+  let midnight = storage.length === 0 ? Infinity : nextMidnightAfter(now)
+  let suspended: boolean[] | null = null
   let i = 0
   // Bound: a step takes a renewal from the list or a partial end; a partial end is made only by
   // a partial renewal, which takes the whole balance (at least one micro), and only a refund
@@ -107,10 +122,12 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
   const steps_max = 3 * renewals.length
   for (let step = 0; ; step++) {
     if (step > steps_max) throw new Error(`firstStopOf: more than ${steps_max} steps for ${renewals.length} renewals`)
-    const listed = renewals[i]
+    // A deadline after the last cycle end still counts while a partial hold runs past it.
+    const listed = i <= last || (partials !== null && partials.length > 0) ? renewals[i] : undefined
     const partial = partials?.[0]
     let r: ForeseenRenewal
     let at: number
+    let refund = 0n
     if (partial !== undefined && (listed === undefined || endsBefore(partial.at, "cycle_end", partial.renewal.id, listed))) {
       partials!.shift()
       // All of it consumed: nothing comes back.
@@ -120,11 +137,21 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
       i++
       r = listed
       at = listed.ends_at
-      balance += listed.refund_micros
-      if (listed.kind === "deadline") continue
+      refund = listed.refund_micros
     } else {
       return null
     }
+    // Each midnight before it charges the storage in id order, or suspends what the balance
+    // cannot cover (src/supervisor.ts onStorageBilling); suspended storage is not charged.
+    for (; midnight < at; midnight += policy.STORAGE_BILLING_INTERVAL_MS) {
+      for (let k = 0; k < storage.length; k++) {
+        if (suspended?.[k] === true) continue
+        if (balance >= storage[k]!) balance -= storage[k]!
+        else (suspended ??= storage.map(() => false))[k] = true
+      }
+    }
+    balance += refund
+    if (r.kind === "deadline") continue
     if (balance >= r.full_micros) {
       balance -= r.full_micros
       continue
@@ -138,6 +165,9 @@ const firstStopOf = (renewals: ReadonlyArray<ForeseenRenewal>, spendable: bigint
     partials.splice(k, 0, { at: end, renewal: r })
   }
 }
+
+/** The first 00:00 UTC after `at` (the storage worker's marks, aligned to the epoch). */
+const nextMidnightAfter = (at: number): number => (Math.floor(at / policy.STORAGE_BILLING_INTERVAL_MS) + 1) * policy.STORAGE_BILLING_INTERVAL_MS
 
 export class BalanceMonitor {
   /** Accounts whose money or burn changed in this unit of work. */
@@ -198,7 +228,7 @@ export class BalanceMonitor {
     const spendable = this.host.spendable(account)
     // Holds are per resource: an inference instance whose cycle ends when the balance cannot
     // renew it stops then, however much other resources still hold (SPEC §4).
-    const stopAt = firstStopOf(cached.renewals, spendable)
+    const stopAt = firstStopOf(cached, spendable, at)
     const before = ledger.warned(account)
     // Nothing burns, nothing stops, nothing was sent: nothing to warn of, nothing to arm.
     if (burn === 0n && stopAt === null && before.length === 0 && !this.alarms.has(account)) return

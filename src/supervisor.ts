@@ -1410,10 +1410,20 @@ export class GpuSupervisor implements PaymentHost {
     let burn = 0n
     let unconsumed = 0n
     const renewals: ForeseenRenewal[] = []
+    let storage: Array<{ readonly id: string; readonly daily_micros: bigint }> | null = null
     // Sums of integers: the order the resources are visited does not change them.
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
-      if (entry === undefined || entry.kind === "storage" || entry.actor.getSnapshot().status !== "active") continue
+      if (entry === undefined) continue
+      if (entry.kind === "storage") {
+        // What the next midnight charges (onStorageBilling): available or in use, not free.
+        const status = statusOf(entry)
+        const ctx = entry.actor.getSnapshot().context
+        const daily_micros = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+        if ((status === "available" || status === "in_use") && daily_micros > 0n) (storage ??= []).push({ id, daily_micros })
+        continue
+      }
+      if (entry.actor.getSnapshot().status !== "active") continue
       if (entry.kind === "gpu") {
         const ctx = entry.actor.getSnapshot().context
         // Its deadline gives back what the hold will not have used by then (billing as now, a
@@ -1455,7 +1465,9 @@ export class GpuSupervisor implements PaymentHost {
     }
     // Played in the engine's order: by instant, deadlines before cycle ends, then id (the alarms' keys).
     renewals.sort((a, b) => (foreseenBefore(a, b) ? -1 : 1))
-    return { at, burn, unconsumed, renewals }
+    // The storage worker charges in id order.
+    const storage_daily_micros = storage === null ? NO_STORAGE : storage.sort((a, b) => (a.id < b.id ? -1 : 1)).map((s) => s.daily_micros)
+    return { at, burn, unconsumed, renewals, storage_daily_micros }
   }
 
   private armWatchdog(): void {
@@ -1595,6 +1607,9 @@ const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preemp
  * resource alone, so a restarted supervisor re-arms the same order.
  */
 const alarmClockKey = (entry: LiveEntry): string => (entry.kind === "inference" ? `alarm:1:${entry.id}` : `alarm:0:${entry.id}`)
+
+/** An account without storage to charge: one shared empty list (`measureBurn`). */
+const NO_STORAGE: ReadonlyArray<bigint> = Object.freeze([])
 
 const alarmKey = (alarm: GpuAlarm): string => (alarm.event === "deadline" ? "deadline" : `warning:${alarm.minutes}`)
 

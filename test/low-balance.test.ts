@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
+import { firstStopOf, type ForeseenRenewal } from "../src/balanceMonitor.js"
 import { planWarnings, zeroAt } from "../src/lowBalance.js"
 import { at, HOUR, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
 
@@ -264,6 +265,46 @@ describe("low-balance warnings", () => {
     ])
   })
 
+  it("foresee the midnight storage charge that leaves a cycle end nothing to renew on", () => {
+    // Proves the forecast charges storage at each midnight before a renewal: ii-1 ($2/h)
+    // launches at 00:30 and holds $48 of $58.02; the $10.00 charge of d-1 at 00:00 the next
+    // day leaves $0.02, so ii-1 stops at its cycle end at 24:30. Before, the forecast renewed
+    // it on $10.02 and the warnings began at the charge, with "30 minutes": no 60-minute one.
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "d-1", size_gb: 100, region: "us-east" },
+          { at: "PT30M", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT30M", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" }
+        ],
+        {
+          catalog: { ...catalog, storage: { cloud_drive: { daily_rate_per_gb: "0.10" }, shared_fs: { daily_rate_per_gb: "0.10" } } },
+          until: "P2D",
+          accounts: { acme: { balance: "58.02" } }
+        }
+      )
+    )
+    const stop = 24 * HOUR + 30 * MIN
+    expect(warnings(r)).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.ledger.slice(1).map((row) => [row.at, row.kind, row.amount, row.balance_after, row.resource])).toEqual([
+      [at(30 * MIN), "gpu_usage", "-48.00", "10.02", "ii-1"],
+      [at(24 * HOUR), "storage_billing", "-10.00", "0.02", "d-1"]
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(stop), "ii-1", "Instance terminated: credit balance depleted."],
+      [at(48 * HOUR), "d-1", "Storage d-1 is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("send only the tightest threshold when a launch starts below several at once", () => {
     // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
     expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
@@ -273,6 +314,29 @@ describe("low-balance warnings", () => {
     // A longer run-down without a credit (a resource stopped) does not send 60 again.
     expect(planWarnings(0, 2 * HOUR, [60], false)).toEqual({ warned: [60], now: null, next: { minutes: 30, at: 90 * MIN } })
     expect(zeroAt(0, 3_600_000n * 2_000_000n, 2_000_000n)).toBe(3_600_000)
+  })
+
+  it("play deadlines, cycle ends, partial ends and midnight storage charges in the engine's order", () => {
+    // Proves the forecast's arithmetic where no short timeline reaches: amounts in micros, a
+    // $2/h instance (full hold $48, least partial $0.033334, one minute), instants in ms from the epoch.
+    const cycleEnd = (id: string, ends_at: number, refund: bigint): ForeseenRenewal => ({
+      kind: "cycle_end", id, ends_at, refund_micros: refund, full_micros: 48_000_000n, min_micros: 33_334n, live_hourly_micros: 2_000_000n
+    })
+    const deadline = (id: string, ends_at: number, refund: bigint): ForeseenRenewal => ({ kind: "deadline", id, ends_at, refund_micros: refund, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
+    const measure = (renewals: ForeseenRenewal[], storage: bigint[] = []) => ({ at: 0, burn: 2_000_000n, unconsumed: 0n, renewals, storage_daily_micros: storage })
+    // $1 renews a 30-minute partial hold at 1 h; it stops at its end, 1:30.
+    expect(firstStopOf(measure([cycleEnd("ii-1", HOUR, 0n)]), 1_000_000n, 0)).toBe(HOUR + 30 * MIN)
+    // A GPU deadline at 1:10 gives back $48 before that end: the instance renews in full there.
+    expect(firstStopOf(measure([cycleEnd("ii-1", HOUR, 0n), deadline("zz-gpu", HOUR + 10 * MIN, 48_000_000n)]), 1_000_000n, 0)).toBeNull()
+    // A deadline at the instant of a cycle end settles first, whatever the ids.
+    expect(firstStopOf(measure([deadline("zz-gpu", HOUR, 48_000_000n), cycleEnd("aa", HOUR, 0n)]), 0n, 0)).toBeNull()
+    // A midnight before the cycle end charges storage first ($10 of $10.02 leaves too little)...
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR + 30 * MIN, 0n)], [10_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 30 * MIN)
+    // ...but not one at the cycle end's own instant (the storage worker runs after the alarms):
+    // all $10.02 renews a partial hold, 5.01 h, and the instance stops at its end. Storage the
+    // balance cannot cover is suspended, not charged: $20 is not, $5 is, $5.02 is renewed on.
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR, 0n)], [10_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 5 * HOUR + 36_000)
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR + 1, 0n)], [20_000_000n, 5_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 1 + Math.floor((5_020_000 * HOUR) / 2_000_000))
   })
 
   it("land on the same instants when the engine restarts between them", () => {
