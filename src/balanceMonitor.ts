@@ -32,6 +32,8 @@ export interface BurnMeasure {
    * the balance), and for a cycle end the full hold it renews on and the least partial one.
    */
   readonly renewals: ReadonlyArray<ForeseenRenewal>
+  /** The index in `renewals` of the last cycle end, or −1: past it nothing renews, so nothing stops. */
+  readonly last_cycle_end: number
   /**
    * The daily charge of each storage resource the next midnight will charge (available or in
    * use, not free), in id order: the storage worker's order, each on the balance the ones
@@ -108,18 +110,19 @@ export const firstStopOf = (measure: BurnMeasure, spendable: bigint, now: number
   let balance = spendable
   let partials: ForeseenPartialEnd[] | null = null
   // Past the last cycle end nothing renews, so nothing more can stop: the play ends there
-  // (deadlines far ahead need no walk over the midnights before them).
-  let last = renewals.length - 1
-  while (last >= 0 && renewals[last]!.kind !== "cycle_end") last--
+  // (deadlines far ahead need no walk over the midnights before them, nor an account of GPU
+  // instances alone a walk over their deadlines).
+  const last = measure.last_cycle_end
   // The next midnight's storage charges, if any (the storage worker runs after the alarms of
   // its instant; one that already ran at `now` touched the account, so a look follows it).
   let midnight = storage.length === 0 ? Infinity : nextMidnightAfter(now)
   let suspended: boolean[] | null = null
   let i = 0
-  // Bound: a step takes a renewal from the list or a partial end; a partial end is made only by
-  // a partial renewal, which takes the whole balance (at least one micro), and only a refund
-  // from the list refills it, so there are at most two partial ends per renewal listed.
-  const steps_max = 3 * renewals.length
+  // Bound: a step takes a renewal from the list or a partial end. A partial end is made only by
+  // a partial renewal, which takes the whole balance (at least one micro, the least partial
+  // hold), and only the opening balance or a refund from the list refills it: at most one
+  // partial at each listed cycle end and one more per listed refund, plus the opening one.
+  const steps_max = 4 * renewals.length + 2
   for (let step = 0; ; step++) {
     if (step > steps_max) throw new Error(`firstStopOf: more than ${steps_max} steps for ${renewals.length} renewals`)
     // A deadline after the last cycle end still counts while a partial hold runs past it.

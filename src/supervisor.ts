@@ -1467,7 +1467,9 @@ export class GpuSupervisor implements PaymentHost {
     renewals.sort((a, b) => (foreseenBefore(a, b) ? -1 : 1))
     // The storage worker charges in id order.
     const storage_daily_micros = storage === null ? NO_STORAGE : storage.sort((a, b) => (a.id < b.id ? -1 : 1)).map((s) => s.daily_micros)
-    return { at, burn, unconsumed, renewals, storage_daily_micros }
+    let last_cycle_end = renewals.length - 1
+    while (last_cycle_end >= 0 && renewals[last_cycle_end]!.kind !== "cycle_end") last_cycle_end--
+    return { at, burn, unconsumed, renewals, last_cycle_end, storage_daily_micros }
   }
 
   private armWatchdog(): void {

@@ -323,7 +323,14 @@ describe("low-balance warnings", () => {
       kind: "cycle_end", id, ends_at, refund_micros: refund, full_micros: 48_000_000n, min_micros: 33_334n, live_hourly_micros: 2_000_000n
     })
     const deadline = (id: string, ends_at: number, refund: bigint): ForeseenRenewal => ({ kind: "deadline", id, ends_at, refund_micros: refund, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
-    const measure = (renewals: ForeseenRenewal[], storage: bigint[] = []) => ({ at: 0, burn: 2_000_000n, unconsumed: 0n, renewals, storage_daily_micros: storage })
+    const measure = (renewals: ForeseenRenewal[], storage: bigint[] = []) => ({
+      at: 0,
+      burn: 2_000_000n,
+      unconsumed: 0n,
+      renewals,
+      last_cycle_end: renewals.findLastIndex((r) => r.kind === "cycle_end"),
+      storage_daily_micros: storage
+    })
     // $1 renews a 30-minute partial hold at 1 h; it stops at its end, 1:30.
     expect(firstStopOf(measure([cycleEnd("ii-1", HOUR, 0n)]), 1_000_000n, 0)).toBe(HOUR + 30 * MIN)
     // A GPU deadline at 1:10 gives back $48 before that end: the instance renews in full there.
