@@ -68,7 +68,7 @@ import {
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
 import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
-import { BalanceMonitor, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
+import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
@@ -1333,7 +1333,7 @@ export class GpuSupervisor implements PaymentHost {
     if (entry.alarm !== null) this.clock.clearTimeout(entry.alarm.handle)
     entry.alarm = null
     if (next === null) return
-    const handle = this.clock.schedule(next.at, next.fire, { lane: Lane.engine, key: `alarm:${entry.id}` })
+    const handle = this.clock.schedule(next.at, next.fire, { lane: Lane.engine, key: alarmClockKey(entry) })
     entry.alarm = { at: next.at, key: next.key, handle }
   }
 
@@ -1417,12 +1417,29 @@ export class GpuSupervisor implements PaymentHost {
     let burn = 0n
     let unconsumed = 0n
     const renewals: ForeseenRenewal[] = []
+    let storage: Array<{ readonly id: string; readonly daily_micros: bigint }> | null = null
     // Sums of integers: the order the resources are visited does not change them.
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
-      if (entry === undefined || entry.kind === "storage" || entry.actor.getSnapshot().status !== "active") continue
+      if (entry === undefined) continue
+      if (entry.kind === "storage") {
+        // What the next midnight charges (onStorageBilling): available or in use, not free.
+        const status = statusOf(entry)
+        const ctx = entry.actor.getSnapshot().context
+        const daily_micros = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+        if ((status === "available" || status === "in_use") && daily_micros > 0n) (storage ??= []).push({ id, daily_micros })
+        continue
+      }
+      if (entry.actor.getSnapshot().status !== "active") continue
       if (entry.kind === "gpu") {
         const ctx = entry.actor.getSnapshot().context
+        // Its deadline gives back what the hold will not have used by then (billing as now, a
+        // preempted one too): money a cycle end at or after it renews on.
+        if (ctx.deadline_at !== null) {
+          const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, ctx.deadline_at))
+          const refund_micros = holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed) - consumed
+          renewals.push({ kind: "deadline", id, ends_at: ctx.deadline_at, refund_micros, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
+        }
         if (ctx.billing_since === null) continue
         const hourly = rateOf(ctx) * BigInt(gpuUnits(ctx))
         burn += hourly
@@ -1436,11 +1453,13 @@ export class GpuSupervisor implements PaymentHost {
           // negative), and the least partial hold it renews on.
           const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
           renewals.push({
+            kind: "cycle_end",
             id,
             ends_at: ctx.cycle.ends_at,
             refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
             full_micros: fullHoldMicros(ctx),
-            min_micros: leastPartialHoldMicros(ctx)
+            min_micros: leastPartialHoldMicros(ctx),
+            live_hourly_micros: liveHourlyMicros(ctx)
           })
         }
         let running = 0
@@ -1451,9 +1470,13 @@ export class GpuSupervisor implements PaymentHost {
         unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
       }
     }
-    // The engine renews them by instant, then id (their alarms' order); so are they played.
-    renewals.sort((a, b) => a.ends_at - b.ends_at || (a.id < b.id ? -1 : 1))
-    return { at, burn, unconsumed, renewals }
+    // Played in the engine's order: by instant, deadlines before cycle ends, then id (the alarms' keys).
+    renewals.sort((a, b) => (foreseenBefore(a, b) ? -1 : 1))
+    // The storage worker charges in id order.
+    const storage_daily_micros = storage === null ? NO_STORAGE : storage.sort((a, b) => (a.id < b.id ? -1 : 1)).map((s) => s.daily_micros)
+    let last_cycle_end = renewals.length - 1
+    while (last_cycle_end >= 0 && renewals[last_cycle_end]!.kind !== "cycle_end") last_cycle_end--
+    return { at, burn, unconsumed, renewals, last_cycle_end, storage_daily_micros }
   }
 
   private armWatchdog(): void {
@@ -1580,6 +1603,22 @@ const dayOf = (at: number): number => at - (at % policy.STORAGE_BILLING_INTERVAL
 
 const podPhaseOf = (type: ClusterEvent["type"]): "loading" | "running" | "preempted" | "failed" | "deleted" =>
   type.slice("pod.".length) as "loading" | "running" | "preempted" | "failed" | "deleted"
+
+/**
+ * The clock key of a resource's alarm (clock.ts orders timers of one instant by lane, then
+ * key). Every GPU alarm sorts before every inference cycle end: a deadline settles its hold
+ * and gives back what it did not use, and a cycle end renews on the balance it finds, so at
+ * one instant every hold that ends is settled before any renewal looks at the balance.
+ * Before, both were `alarm:<id>`, and whether an instance renewed on a GPU instance's refund
+ * or stopped for credit a moment before it landed depended on the ids' alphabetical order.
+ * The prefixes differ in one character, so the order holds whatever the ids, and both stay
+ * before the monitor's `balance:` alarms, as they were. The key is a function of the
+ * resource alone, so a restarted supervisor re-arms the same order.
+ */
+const alarmClockKey = (entry: LiveEntry): string => (entry.kind === "inference" ? `alarm:1:${entry.id}` : `alarm:0:${entry.id}`)
+
+/** An account without storage to charge: one shared empty list (`measureBurn`). */
+const NO_STORAGE: ReadonlyArray<bigint> = Object.freeze([])
 
 const alarmKey = (alarm: GpuAlarm): string => (alarm.event === "deadline" ? "deadline" : `warning:${alarm.minutes}`)
 

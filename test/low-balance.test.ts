@@ -6,6 +6,7 @@
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
+import { firstStopOf, type ForeseenRenewal } from "../src/balanceMonitor.js"
 import { planWarnings, zeroAt } from "../src/lowBalance.js"
 import { at, HOUR, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
 
@@ -162,6 +163,148 @@ describe("low-balance warnings", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("settle a GPU instance's deadline before an inference cycle end at the same instant, whatever their ids", () => {
+    // Proves every hold that ends at an instant is settled before any renewal at that instant:
+    // ii-1's cycle ends at 24:00 on $0.02, when gi-1's deadline gives back the $5.00 its 5
+    // preempted hours did not use; ii-1 renews on a partial hold of $5.02 (2.51 h at $2/h) and
+    // stops at 26:30:36. Before, both alarms were keyed by id, so a GPU instance named zz-gpu
+    // (after ii-1) settled a moment too late and ii-1 stopped for credit at 24:00.
+    const file = (gpu: string) =>
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: gpu, gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 24 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" },
+          { at: "PT1H", do: "preempt", id: gpu },
+          { at: "PT6H", do: "resume", id: gpu }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "72.02" } } }
+      )
+    const late = run(file("zz-gpu"))
+    const early = run(file("gi-1"))
+    const deadline = 24 * HOUR
+    const stop = deadline + 2 * HOUR + 30 * MIN + 36_000
+    expect(late.output.ledger.filter((row) => row.at === at(deadline)).map((row) => [row.kind, row.amount, row.balance_after, row.resource])).toEqual([
+      ["refund", "5.00", "5.02", "zz-gpu"],
+      ["gpu_usage", "-5.02", "0.00", "ii-1"]
+    ])
+    expect(late.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(deadline), "partial_hold", "$5.02 credit can cover 2.5 more hours. Recharge to continue."],
+      [at(stop), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(warnings(late).filter((w) => (w[0] as string) > at(deadline))).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(late.output.invariants).toEqual({ ok: true, violations: [] })
+    // The ids no longer decide anything: the money and what the user is told differ only in
+    // the GPU instance's name (the transitions and resources are listed by id).
+    const story = (r: ReturnType<typeof run>) => JSON.stringify([r.output.ledger, r.output.notifications])
+    expect(story(late).replaceAll("zz-gpu", "gi-1")).toBe(story(early))
+  })
+
+  it("foresee a partial hold running out when other resources' holds are pooled in", () => {
+    // Proves the forecast plays a partial hold to its end: ii-1 ($2/h) renews at 24:00 on a
+    // partial hold of the $1.00 left, 30 min, and stops at 24:30. gi-1's 30-hour hold keeps
+    // the pooled estimate far later, so before, the forecast saw only "renews" and the first
+    // warning was the 30-minute one at 24:00: the 60-minute warning never came. Now the
+    // run-down is the same as without gi-1.
+    const r = run(
+      timelineFile(
+        [...inference, { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 30 }],
+        { catalog, until: "P2D", accounts: { acme: { balance: "79.00" } } }
+      )
+    )
+    const stop = 24 * HOUR + 30 * MIN
+    expect(warnings(r)).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
+      [at(24 * HOUR), "partial_hold", "$1.00 credit can cover 0.5 more hours. Recharge to continue."],
+      [at(stop), "terminated", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("count what a GPU instance gives back at its deadline: no warnings of a stop that never comes", () => {
+    // Proves the forecast plays GPU deadlines' refunds, before the cycle ends of their instant:
+    // gi-1 was preempted 5 of its 24 held hours, so its deadline at 24:00 gives back $5.00,
+    // and ii-1, whose cycle ends then on $0.02, renews on a partial hold of $5.02 and stops
+    // at 26:30:36. Before, the forecast saw ii-1 stop at 24:00 and sent all seven warnings
+    // (the last "about 1 minute" at 23:59) for a stop that never came, then seven again.
+    const r = run(
+      timelineFile(
+        [
+          ...inference,
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 24 },
+          { at: "PT1H", do: "preempt", id: "gi-1" },
+          { at: "PT6H", do: "resume", id: "gi-1" }
+        ],
+        { catalog, until: "P2D", accounts: { acme: { balance: "72.02" } } }
+      )
+    )
+    const stop = 26 * HOUR + 30 * MIN + 36_000
+    expectFullRunDown(r, stop)
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning" && n.kind !== "duration_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(1 * HOUR), "gi-1", "Instance gi-1 was preempted: a higher-priority workload took its GPU. It resumes when capacity frees."],
+      [at(6 * HOUR), "gi-1", "Instance gi-1 resumed: capacity freed and it is running again."],
+      [at(24 * HOUR), "gi-1", "Instance terminated — duration reached."],
+      [at(24 * HOUR), "ii-1", "$5.02 credit can cover 2.5 more hours. Recharge to continue."],
+      [at(stop), "ii-1", "Instance terminated: credit balance depleted."]
+    ])
+  })
+
+  it("foresee the midnight storage charge that leaves a cycle end nothing to renew on", () => {
+    // Proves the forecast charges storage at each midnight before a renewal: ii-1 ($2/h)
+    // launches at 00:30 and holds $48 of $58.02; the $10.00 charge of d-1 at 00:00 the next
+    // day leaves $0.02, so ii-1 stops at its cycle end at 24:30. Before, the forecast renewed
+    // it on $10.02 and the warnings began at the charge, with "30 minutes": no 60-minute one.
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "d-1", size_gb: 100, region: "us-east" },
+          { at: "PT30M", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT30M", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" }
+        ],
+        {
+          catalog: { ...catalog, storage: { cloud_drive: { daily_rate_per_gb: "0.10" }, shared_fs: { daily_rate_per_gb: "0.10" } } },
+          until: "P2D",
+          accounts: { acme: { balance: "58.02" } }
+        }
+      )
+    )
+    const stop = 24 * HOUR + 30 * MIN
+    expect(warnings(r)).toEqual([
+      [at(stop - 60 * MIN), "warning", "60"],
+      [at(stop - 30 * MIN), "warning", "30"],
+      [at(stop - 20 * MIN), "warning", "20"],
+      [at(stop - 10 * MIN), "critical", "10"],
+      [at(stop - 5 * MIN), "critical", "5"],
+      [at(stop - 3 * MIN), "critical", "3"],
+      [at(stop - 1 * MIN), "critical", "1"]
+    ])
+    expect(r.output.ledger.slice(1).map((row) => [row.at, row.kind, row.amount, row.balance_after, row.resource])).toEqual([
+      [at(30 * MIN), "gpu_usage", "-48.00", "10.02", "ii-1"],
+      [at(24 * HOUR), "storage_billing", "-10.00", "0.02", "d-1"]
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(stop), "ii-1", "Instance terminated: credit balance depleted."],
+      [at(48 * HOUR), "d-1", "Storage d-1 is suspended: your credit cannot cover its daily charge. Its data is kept; recharge to use it again."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("send only the tightest threshold when a launch starts below several at once", () => {
     // Proves the Decision: $1 of partial credit at $2/h (30 min) sends the 30-minute warning, not 60 then 30.
     expect(planWarnings(0, 30 * MIN, [], false)).toEqual({ warned: [60, 30], now: 30, next: { minutes: 20, at: 10 * MIN } })
@@ -171,6 +314,36 @@ describe("low-balance warnings", () => {
     // A longer run-down without a credit (a resource stopped) does not send 60 again.
     expect(planWarnings(0, 2 * HOUR, [60], false)).toEqual({ warned: [60], now: null, next: { minutes: 30, at: 90 * MIN } })
     expect(zeroAt(0, 3_600_000n * 2_000_000n, 2_000_000n)).toBe(3_600_000)
+  })
+
+  it("play deadlines, cycle ends, partial ends and midnight storage charges in the engine's order", () => {
+    // Proves the forecast's arithmetic where no short timeline reaches: amounts in micros, a
+    // $2/h instance (full hold $48, least partial $0.033334, one minute), instants in ms from the epoch.
+    const cycleEnd = (id: string, ends_at: number, refund: bigint): ForeseenRenewal => ({
+      kind: "cycle_end", id, ends_at, refund_micros: refund, full_micros: 48_000_000n, min_micros: 33_334n, live_hourly_micros: 2_000_000n
+    })
+    const deadline = (id: string, ends_at: number, refund: bigint): ForeseenRenewal => ({ kind: "deadline", id, ends_at, refund_micros: refund, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
+    const measure = (renewals: ForeseenRenewal[], storage: bigint[] = []) => ({
+      at: 0,
+      burn: 2_000_000n,
+      unconsumed: 0n,
+      renewals,
+      last_cycle_end: renewals.findLastIndex((r) => r.kind === "cycle_end"),
+      storage_daily_micros: storage
+    })
+    // $1 renews a 30-minute partial hold at 1 h; it stops at its end, 1:30.
+    expect(firstStopOf(measure([cycleEnd("ii-1", HOUR, 0n)]), 1_000_000n, 0)).toBe(HOUR + 30 * MIN)
+    // A GPU deadline at 1:10 gives back $48 before that end: the instance renews in full there.
+    expect(firstStopOf(measure([cycleEnd("ii-1", HOUR, 0n), deadline("zz-gpu", HOUR + 10 * MIN, 48_000_000n)]), 1_000_000n, 0)).toBeNull()
+    // A deadline at the instant of a cycle end settles first, whatever the ids.
+    expect(firstStopOf(measure([deadline("zz-gpu", HOUR, 48_000_000n), cycleEnd("aa", HOUR, 0n)]), 0n, 0)).toBeNull()
+    // A midnight before the cycle end charges storage first ($10 of $10.02 leaves too little)...
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR + 30 * MIN, 0n)], [10_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 30 * MIN)
+    // ...but not one at the cycle end's own instant (the storage worker runs after the alarms):
+    // all $10.02 renews a partial hold, 5.01 h, and the instance stops at its end. Storage the
+    // balance cannot cover is suspended, not charged: $20 is not, $5 is, $5.02 is renewed on.
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR, 0n)], [10_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 5 * HOUR + 36_000)
+    expect(firstStopOf(measure([cycleEnd("ii-1", 24 * HOUR + 1, 0n)], [20_000_000n, 5_000_000n]), 10_020_000n, 30 * MIN)).toBe(24 * HOUR + 1 + Math.floor((5_020_000 * HOUR) / 2_000_000))
   })
 
   it("land on the same instants when the engine restarts between them", () => {
