@@ -92,6 +92,12 @@ interface Workload {
   deleting: boolean
   /** Pods with a create or delete request in flight (or waiting to retry). */
   readonly busy: Set<string>
+  /**
+   * Pods whose delete gave up (refused: 403, an admission webhook; or retried
+   * `request_attempts_max` times): not sent again until the engine's next `deleteWorkload`
+   * (the watchdog repeats it every tick), so a refusal is never re-sent in a loop.
+   */
+  readonly deleteStalled: Set<string>
   /** Pods whose write was answered but whose watch event has not arrived: resourceVersion awaited. */
   readonly awaiting: Map<string, { readonly rv: string; readonly seq: number }>
   replacements: number
@@ -299,7 +305,9 @@ export class KubernetesCluster implements ClusterPort {
     const w = this.workloads.get(name)
     if (w === undefined) return
     w.deleting = true
-    // Repeated (the watchdog asks again each tick): a delete goes only where none is under way.
+    // Repeated (the watchdog asks again each tick): a delete goes only where none is under way,
+    // and a delete that gave up is sent again here, once per command, never from an event.
+    w.deleteStalled.clear()
     this.deleteRemaining(w)
     // Nothing to wait for: the event still comes later, never inside the caller's dispatch.
     if (this.concluded(w)) this.clock.schedule(this.clock.now(), () => this.finishIfGone(w), { lane: Lane.world, key: name })
@@ -431,6 +439,7 @@ export class KubernetesCluster implements ClusterPort {
       started_at: null,
       deleting: false,
       busy: new Set(),
+      deleteStalled: new Set(),
       awaiting: new Map(),
       replacements: 0,
       terminatingSince: new Map(),
@@ -648,18 +657,34 @@ export class KubernetesCluster implements ClusterPort {
         this.await(w, pod, deleted.metadata?.resourceVersion)
         this.refresh(w)
       },
+      // 404: the API server says the pod is gone, whatever the cache says (a watch gap).
       refused: (status) => {
         if (status !== 404) return false
         w.busy.delete(pod)
-        this.refresh(w)
+        this.goneOnServer(w, pod)
         return true
       },
       retry: () => this.deletePod(w, pod, attempt + 1, force),
       gaveUp: () => {
         w.busy.delete(pod)
+        w.deleteStalled.add(pod)
         this.refresh(w)
       }
     })
+  }
+
+  /**
+   * A delete answered 404: the pod is gone, though the cache (behind: a watch gap) still shows
+   * it. Taken as the watch's DELETED would be, so a deleting workload concludes and nothing
+   * sends the delete again; the DELETED the watch delivers later finds no pod in the cache and
+   * is ignored, and a relist agrees.
+   */
+  private goneOnServer(w: Workload, pod: string): void {
+    const cached = this.cache.get(pod)
+    if (cached === undefined) return this.refresh(w)
+    this.cache.delete(pod)
+    w.awaiting.delete(pod)
+    this.podGone(cached, true)
   }
 
   /** A write was answered: the workload is not settled until the watch shows that version. */
@@ -819,8 +844,8 @@ export class KubernetesCluster implements ClusterPort {
         const name = object.metadata?.name
         if (name === undefined) return
         if (type === "DELETED") {
-          this.cache.delete(name)
-          this.podGone(object, true)
+          // A pod not in the cache was already taken as gone (a delete answered 404).
+          if (this.cache.delete(name)) this.podGone(object, true)
         } else {
           this.cache.set(name, object)
           this.podChanged(object, true)
@@ -934,7 +959,7 @@ export class KubernetesCluster implements ClusterPort {
     if (w.discovered && w.phase === "pending" && replacement && (podStateOf(pod) === "pending" || podStateOf(pod) === "started")) w.preempted = true
     // A pod the kubelet preempted (Failed, reason Preempting) stays until deleted: we delete it
     // and create its replacement once it is gone.
-    if (podStateOf(pod) === "disrupted" && !isTerminating(pod) && pod.status?.phase === "Failed" && !w.deleting && !w.busy.has(name)) this.deletePod(w, name, 1)
+    if (podStateOf(pod) === "disrupted" && !isTerminating(pod) && pod.status?.phase === "Failed" && !w.deleting && !w.busy.has(name) && !w.deleteStalled.has(name)) this.deletePod(w, name, 1)
     this.refresh(w, report)
   }
 
@@ -942,6 +967,7 @@ export class KubernetesCluster implements ClusterPort {
     const w = this.ownerOf(pod)
     const name = pod.metadata!.name!
     this.saw(w, pod)
+    w.deleteStalled.delete(name)
     // Gone without our asking: whatever it was doing, it holds no GPUs now.
     this.stopped(w, podStoppedAt(pod, true))
     if (!w.deleting && !w.lost && w.phase !== "failed") {
@@ -1039,7 +1065,7 @@ export class KubernetesCluster implements ClusterPort {
     const now = this.clock.now()
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
-      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod)) continue
+      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
       if (!isTerminating(cached)) {
         this.deletePod(w, pod, 1)
         continue
