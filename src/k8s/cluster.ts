@@ -101,6 +101,12 @@ interface Workload {
   /** Pods whose write was answered but whose watch event has not arrived: resourceVersion awaited. */
   readonly awaiting: Map<string, { readonly rv: string; readonly seq: number }>
   replacements: number
+  /**
+   * Pods whose predecessor was preempted and is gone: the driver owes each a replacement create
+   * (`ownWork`), until one exists. Kept while the driver is passive, so the engine that subscribes
+   * (or its `createWorkload`) finds the replacement still owed.
+   */
+  readonly replacing: Set<string>
   /** When we first saw each pod terminating (our clock): a silent kubelet is forced after a while. */
   readonly terminatingSince: Map<string, number>
   /** Found in the cluster (an earlier control plane created it), not created by this one. */
@@ -230,6 +236,19 @@ export class KubernetesCluster implements ClusterPort {
 
   private isStopped(): boolean {
     return this.state === "stopped"
+  }
+
+  /**
+   * Whether the driver writes on its own (replacement pods, deleting a kubelet-preempted pod,
+   * carrying a deletion on from its events): only while an engine is subscribed, that is while
+   * this replica leads (the supervisor subscribes when it starts and unsubscribes when it stops
+   * or is fenced). A standby's driver is passive: it keeps its cache warm and writes nothing, so
+   * it never creates a pod for an instance the leader has already terminated. The engine's own
+   * commands (`createWorkload`, `deleteWorkload`, volumes) are carried out either way: only a
+   * leader's supervisor sends them, and its reconciliation at start runs before it subscribes.
+   */
+  private get active(): boolean {
+    return this.handler !== null && !this.isStopped()
   }
 
   get watchState(): WatchState {
@@ -424,6 +443,10 @@ export class KubernetesCluster implements ClusterPort {
   subscribe(handler: (event: ClusterEvent) => void): () => void {
     if (this.handler !== null) throw new Error("KubernetesCluster has one subscriber at a time")
     this.handler = handler
+    // Active from now on: what the driver owes of its own (replacements, kubelet-preempted pods
+    // to delete) is done now. The supervisor subscribes after its reconciliation at start, so a
+    // workload of a resource it no longer owns is already being deleted and is left alone.
+    for (const w of [...this.workloads.values()]) this.ownWork(w)
     return () => {
       if (this.handler === handler) this.handler = null
     }
@@ -442,6 +465,7 @@ export class KubernetesCluster implements ClusterPort {
       deleteStalled: new Set(),
       awaiting: new Map(),
       replacements: 0,
+      replacing: new Set(),
       terminatingSince: new Map(),
       holds: init.discovered ? null : false,
       held_at: null,
@@ -627,6 +651,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`create pod ${pod}`, attempt, () => this.core.createNamespacedPod({ namespace: this.config.namespace, body }), {
       ok: (created) => {
         w.busy.delete(pod)
+        w.replacing.delete(pod)
         this.await(w, pod, created.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -634,6 +659,7 @@ export class KubernetesCluster implements ClusterPort {
       refused: (status) => {
         if (status !== 409) return false
         w.busy.delete(pod)
+        w.replacing.delete(pod)
         // Not in the cache yet: delete it by name once we know we are deleting.
         if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1)
         else this.refresh(w)
@@ -734,7 +760,11 @@ export class KubernetesCluster implements ClusterPort {
           this.clock.now() + delay_ms,
           () => {
             this.retriesWaiting--
-            if (!this.isStopped()) on.retry!()
+            if (this.isStopped()) return
+            // A retry is a new write: a driver that went passive meanwhile (its engine stopped
+            // or was fenced: the lease is lost) leaves it to the leader, whose reconcile asks again.
+            if (this.active) on.retry!()
+            else on.gaveUp?.()
           },
           { lane: Lane.world, key: `k8s:${what}` }
         )
@@ -951,6 +981,9 @@ export class KubernetesCluster implements ClusterPort {
     const name = pod.metadata!.name!
     if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
     this.saw(w, pod)
+    // It exists: whoever created it (this driver, or the leader while this one stood by), no
+    // replacement is owed for it any more.
+    w.replacing.delete(name)
     const state = podStateOf(pod)
     if (state === "disrupted" || state === "failed") this.stopped(w, podStoppedAt(pod, false))
     // A control plane that finds a replacement pod not yet started finds a preempted workload
@@ -959,7 +992,7 @@ export class KubernetesCluster implements ClusterPort {
     if (w.discovered && w.phase === "pending" && replacement && (podStateOf(pod) === "pending" || podStateOf(pod) === "started")) w.preempted = true
     // A pod the kubelet preempted (Failed, reason Preempting) stays until deleted: we delete it
     // and create its replacement once it is gone.
-    if (podStateOf(pod) === "disrupted" && !isTerminating(pod) && pod.status?.phase === "Failed" && !w.deleting && !w.busy.has(name) && !w.deleteStalled.has(name)) this.deletePod(w, name, 1)
+    this.ownWork(w)
     this.refresh(w, report)
   }
 
@@ -972,12 +1005,13 @@ export class KubernetesCluster implements ClusterPort {
     this.stopped(w, podStoppedAt(pod, true))
     if (!w.deleting && !w.lost && w.phase !== "failed") {
       if (podStateOf(pod) === "disrupted" && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
-        // Preempted or evicted: the same pod again, which the scheduler places when it can.
+        // Preempted or evicted: the same pod again, which the scheduler places when it can
+        // (by this driver only while it is active: see `ownWork`).
         w.replacements++
         const template = w.templates.get(name)!
         template.metadata!.annotations = { ...(template.metadata!.annotations ?? {}), [ANNOTATIONS.replacement]: String(w.replacements) }
-        this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod: name })
-        this.createPod(w, name, 1)
+        w.replacing.add(name)
+        this.ownWork(w)
       } else {
         w.lost = true
         this.report({ kind: "pod_lost", at: this.clock.now(), workload: w.name, pod: name })
@@ -986,11 +1020,31 @@ export class KubernetesCluster implements ClusterPort {
     this.refresh(w, report)
   }
 
+  /**
+   * What the driver does of its own for a workload, only while it is active: create the
+   * replacements it owes, delete the pods the kubelet preempted (they stay `Failed` until
+   * deleted). Idempotent: nothing is sent for a pod with a request under way.
+   */
+  private ownWork(w: Workload): void {
+    if (!this.active || this.workloads.get(w.name) !== w || w.deleting || w.lost || w.phase === "failed") return
+    for (const pod of w.pods) {
+      if (w.busy.has(pod) || w.awaiting.has(pod)) continue
+      const cached = this.cache.get(pod)
+      if (cached === undefined && w.replacing.has(pod)) {
+        this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
+        this.createPod(w, pod, 1)
+      } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {
+        this.deletePod(w, pod, 1)
+      }
+    }
+  }
+
   /** Recomputes a workload's phase from its pods, reports what changed, finishes a deletion. */
   private refresh(w: Workload, report = true): void {
     if (this.workloads.get(w.name) !== w) return
     if (w.deleting) {
-      this.deleteRemaining(w)
+      // Carrying a deletion on is the driver's own work: a passive driver leaves it to the leader.
+      if (this.active) this.deleteRemaining(w)
       return this.finishIfGone(w)
     }
     const states: Array<PodState | "missing"> = w.pods.map((pod) => {

@@ -4,16 +4,39 @@
  * writes, a replacement whose create gave up, a node clock behind the engine's, a standby that
  * remembers every workload the leader deleted, a request that never answers.
  */
+import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
 import type { KubernetesCluster } from "../../src/k8s/cluster.js"
+import type { KubernetesLimits } from "../../src/k8s/config.js"
+import { dollars } from "../../src/money.js"
+import type { GpuView } from "../../src/resources.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
+let engine: KubeEngine | null = null
 afterEach(async () => {
+  if (engine !== null) stopEngine(engine)
+  engine = null
   await world?.close()
   world = null
 })
+
+/** An engine on a leader's driver with one running H100 instance `gi-1` (billing from 0:01:30). */
+const withEngine = async (options: { readonly pod_stop_ms: number; readonly standby: boolean; readonly limits?: Partial<KubernetesLimits> }) => {
+  world = await K8sWorld.start({ regions: [{ name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: options.pod_stop_ms }], ...(options.limits === undefined ? {} : { limits: options.limits }) })
+  const w = world
+  const standby = options.standby ? await w.driver() : null
+  const leader = await w.driver()
+  engine = startEngine({ db: ":memory:", clock: w.clock, cluster: leader, gpu_rates: new Map([["H100", dollars("1.60")]]) })
+  const sup = engine.sup.sync
+  expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+  expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  const launch = (id: string) => expect(Either.isRight(sup.launchGpu({ account: "acme", id, kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
+  launch("gi-1")
+  return { w, leader, standby, sup, launch, view: (id = "gi-1") => Either.getOrThrow(sup.describe(id)) as GpuView }
+}
 
 const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
   name: "eco-gi-1",
@@ -92,4 +115,51 @@ describe("a refused pod delete is not re-sent in a loop", () => {
     expect(deletes(w)).toBe(1)
     expect(w.reports.filter((r) => r.kind === "pod_lost")).toEqual([])
   }, 30_000)
+})
+
+describe("a standby's driver is passive: it writes nothing until an engine subscribes", () => {
+  it("an instance terminated by the leader while preempted: the standby's driver creates no replacement for it", async () => {
+    const { w, sup, view } = await withEngine({ pod_stop_ms: 30 * S, standby: true })
+    await w.advance(60 * MIN)
+    w.kubelet.preempt("gi-1") // the victim terminates for 30 s
+    await w.advance(10 * S)
+    expect(view().status).toBe("preempted")
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(MIN)
+    expect(view().status).toBe("terminated")
+    // Capacity frees: a replacement, had anyone created one, would be placed and run now.
+    w.kubelet.resume("gi-1")
+    await w.advance(2 * MIN)
+    expect(w.pods()).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_replaced")).toEqual([])
+  })
+
+  it("a passive driver sees a preemption and writes nothing; subscribed, it creates the replacement it owes and deletes a kubelet-preempted pod", async () => {
+    world = await K8sWorld.start()
+    const w = world
+    const leader = await w.driver()
+    leader.subscribe(() => {})
+    leader.createWorkload(spec())
+    leader.createWorkload(spec({ name: "eco-gi-2", resource: "gi-2" }))
+    await w.advance(90 * S)
+    // The leader stops (its engine gone, the driver stopped); a standby's driver watches on.
+    leader.stop()
+    const standby = await w.driver()
+    const requests = () => w.server.requests.filter((r) => r.method !== "GET").length
+    const before = requests()
+    w.kubelet.preempt("gi-1") // DisruptionTarget, then deleted: a replacement is owed
+    w.server.update("pods", w.namespace, "eco-gi-2", (o) => (o.status = { ...o.status, phase: "Failed", reason: "Preempting", message: "Preempted in order to admit critical pod" }))
+    await w.advance(MIN)
+    expect(requests()).toBe(before)
+    expect(standby.phaseOf("eco-gi-1")).toBe("preempted")
+    expect(standby.phaseOf("eco-gi-2")).toBe("preempted")
+    expect(w.pods().map((p) => [p.metadata.name, p.status?.phase])).toEqual([["eco-gi-2", "Failed"]])
+    // An engine subscribes (this replica now leads): the driver does what it owes.
+    standby.subscribe(() => {})
+    await w.advance(0)
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.annotations!["ecolink.io/replacement"]])).toEqual([
+      ["eco-gi-1", "1"],
+      ["eco-gi-2", "1"]
+    ])
+  })
 })
