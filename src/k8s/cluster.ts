@@ -107,6 +107,10 @@ interface Workload {
    * (or its `createWorkload`) finds the replacement still owed.
    */
   readonly replacing: Set<string>
+  /** The timer that tries the driver's own writes again after one gave up (`ownRetryLater`), or null. */
+  ownRetryTimer: TimerHandle | null
+  /** Consecutive give-ups of the driver's own writes: the next wait doubles with each. */
+  ownGiveUps: number
   /** When we first saw each pod terminating (our clock): a silent kubelet is forced after a while. */
   readonly terminatingSince: Map<string, number>
   /** Found in the cluster (an earlier control plane created it), not created by this one. */
@@ -466,6 +470,8 @@ export class KubernetesCluster implements ClusterPort {
       awaiting: new Map(),
       replacements: 0,
       replacing: new Set(),
+      ownRetryTimer: null,
+      ownGiveUps: 0,
       terminatingSince: new Map(),
       holds: init.discovered ? null : false,
       held_at: null,
@@ -651,7 +657,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`create pod ${pod}`, attempt, () => this.core.createNamespacedPod({ namespace: this.config.namespace, body }), {
       ok: (created) => {
         w.busy.delete(pod)
-        w.replacing.delete(pod)
+        if (w.replacing.delete(pod)) w.ownGiveUps = 0
         this.await(w, pod, created.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -668,6 +674,8 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.createPod(w, pod, attempt + 1),
       gaveUp: () => {
         w.busy.delete(pod)
+        // A replacement is the driver's own: nobody else asks for it again.
+        if (w.replacing.has(pod)) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
@@ -680,6 +688,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
       ok: (deleted) => {
         w.busy.delete(pod)
+        if (!w.deleting) w.ownGiveUps = 0
         this.await(w, pod, deleted.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -694,6 +703,8 @@ export class KubernetesCluster implements ClusterPort {
       gaveUp: () => {
         w.busy.delete(pod)
         w.deleteStalled.add(pod)
+        // Not deleting: the delete of a kubelet-preempted pod, the driver's own.
+        if (!w.deleting) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
@@ -1037,6 +1048,29 @@ export class KubernetesCluster implements ClusterPort {
         this.deletePod(w, pod, 1)
       }
     }
+  }
+
+  /**
+   * One of the driver's own writes gave up (an API server restarting, say): `ownWork` runs again
+   * after `own_retry_ms_min`, doubling per consecutive give-up up to `own_retry_ms_max`, for as
+   * long as the workload is wanted (`ownWork` checks), so a preempted instance resumes once the
+   * API server answers again instead of waiting for its deadline.
+   */
+  private ownRetryLater(w: Workload): void {
+    if (w.ownRetryTimer !== null) return
+    const l = this.config.limits
+    const delay_ms = backoffMs(++w.ownGiveUps, l.own_retry_ms_min, l.own_retry_ms_max)
+    w.ownRetryTimer = this.clock.schedule(
+      this.clock.now() + delay_ms,
+      () => {
+        w.ownRetryTimer = null
+        if (this.isStopped() || this.workloads.get(w.name) !== w || w.deleting) return
+        // Only a victim's delete can have stalled while the workload is not being deleted.
+        w.deleteStalled.clear()
+        this.ownWork(w)
+      },
+      { lane: Lane.world, key: `k8s:own-retry:${w.name}` }
+    )
   }
 
   /** Recomputes a workload's phase from its pods, reports what changed, finishes a deletion. */

@@ -66,6 +66,14 @@ export interface KubernetesLimits {
   /** Replacement pods created for one workload (preemptions); beyond it the workload fails. */
   readonly pod_replacements_max: number
   /**
+   * The driver's own writes (a replacement pod, the delete of a kubelet-preempted pod) that gave
+   * up after `request_attempts_max` are tried again after this wait, doubling per consecutive
+   * give-up up to `own_retry_ms_max`, for as long as the workload is wanted: nothing else asks
+   * for them (the engine only knows the workload is preempted).
+   */
+  readonly own_retry_ms_min: number
+  readonly own_retry_ms_max: number
+  /**
    * A pod still terminating this long after we first saw it going (its node lost, its kubelet
    * silent) is deleted again with no grace period, at the engine's next delete (the watchdog
    * repeats it every tick), so a stopping resource always reaches `terminated`.
@@ -83,6 +91,8 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   request_backoff_ms_min: 250,
   request_backoff_ms_max: 10_000,
   pod_replacements_max: 100,
+  own_retry_ms_min: 10_000,
+  own_retry_ms_max: 60_000,
   pod_force_delete_after_ms: 10 * 60_000
 }
 
@@ -109,6 +119,7 @@ export const kubernetesConfig = (
   const l = full.limits
   if (!(l.pods_watch_backoff_ms_min > 0 && l.pods_watch_backoff_ms_min <= l.pods_watch_backoff_ms_max)) throw new Error("pods_watch_backoff_ms_min must be in (0, max]")
   if (!(l.request_backoff_ms_min > 0 && l.request_backoff_ms_min <= l.request_backoff_ms_max)) throw new Error("request_backoff_ms_min must be in (0, max]")
+  if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

@@ -163,3 +163,45 @@ describe("a standby's driver is passive: it writes nothing until an engine subsc
     ])
   })
 })
+
+describe("a replacement whose create gave up is asked for again", () => {
+  it("an API server refusing creates (503) when the victim goes: the replacement is created on the driver's slow retry, and the instance resumes", async () => {
+    const { w, leader, view } = await withEngine({ pod_stop_ms: 30 * S, standby: false })
+    await w.advance(60 * MIN)
+    w.kubelet.preempt("gi-1")
+    await w.advance(10 * S)
+    expect(view().status).toBe("preempted")
+    // Five 503s: the victim is gone 30 s after the preemption, and the test limits give up
+    // after 1 + 2 + 4 + 4 s.
+    const failure = w.server.inject({ method: "POST", path: "/pods", status: 503, times: 5 })
+    await w.advance(40 * S)
+    expect(failure.times).toBe(0)
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => (r.kind === "request_failed" ? r.final : null))).toEqual([false, false, false, false, true])
+    expect(w.pods()).toEqual([])
+    // own_retry_ms_min (10 s) after it gave up, the driver asks again.
+    await w.advance(MIN)
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.annotations!["ecolink.io/replacement"]])).toEqual([["eco-gi-1", "1"]])
+    w.kubelet.resume("gi-1")
+    await w.advance(2 * MIN)
+    expect(leader.phaseOf("eco-gi-1")).toBe("running")
+    expect(view().status).toBe("running")
+  })
+
+  it("the slow retry doubles up to own_retry_ms_max while the API server refuses, and stops once the instance is deleted", async () => {
+    const { w, d } = await open({ limits: { own_retry_ms_min: 10 * S, own_retry_ms_max: 40 * S } })
+    await running(w, d)
+    w.server.inject({ method: "POST", path: "/pods", status: 503, times: 1_000 })
+    w.kubelet.preempt("gi-1")
+    await w.advance(5 * MIN)
+    const failed = () => w.reports.filter((r) => r.kind === "request_failed" && r.what === "create pod eco-gi-1")
+    // Each round is five attempts (1 + 2 + 4 + 4 s); the next starts 10, 20, 40, 40 s after one gave up.
+    const rounds = failed().filter((_, i) => i % 5 === 0)
+    expect(rounds.map((r) => (r.at - START_MS) / S)).toEqual([90, 111, 142, 193, 244, 295, 346])
+    d.deleteWorkload("eco-gi-1")
+    await w.advance(0)
+    const after = failed().length
+    await w.advance(10 * MIN)
+    expect(failed().length).toBe(after)
+    expect(d.list()).toEqual([])
+  })
+})
