@@ -205,6 +205,21 @@ export class KubernetesCluster implements ClusterPort {
   private retriesWaiting = 0
   /** A relist failed: the next attempt after the backoff lists again instead of watching. */
   private relistPending = false
+  /**
+   * The last instant (engine clock) the cache was known current: the last list, or the last
+   * event or BOOKMARK of a watch that was not replaying. No stop learned late is dated earlier.
+   */
+  private liveAt = Number.NEGATIVE_INFINITY
+  /**
+   * The watch was re-opened after a drop and has sent no BOOKMARK yet: what it delivers may be
+   * the gap's events, replayed, so it is learned late.
+   */
+  private replaying = false
+  /**
+   * While the driver takes in what it learns late (a relist, a watch replaying a gap, the first
+   * list at start): the instant its view was last current (`liveAt` then). Null: learned live.
+   */
+  private lateSince: number | null = null
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
@@ -831,8 +846,24 @@ export class KubernetesCluster implements ClusterPort {
     }
     if (this.isStopped()) return
     this.relistPending = false
+    // Everything the list shows that the cache did not is learned late (at start: never seen).
+    this.lateSince = this.liveAt
+    try {
+      this.takeList(list.items, listSeq, report)
+    } finally {
+      this.lateSince = null
+    }
+    this.liveAt = this.clock.now()
+    this.rv = list.metadata?.resourceVersion ?? ""
+    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
+    this.notifyProgress()
+    this.openWatch(false)
+  }
+
+  /** Replaces the cache with a list's pods, handling every difference as the watch would have. */
+  private takeList(items: ReadonlyArray<V1Pod>, listSeq: number, report: boolean): void {
     const seen = new Set<string>()
-    for (const pod of list.items) {
+    for (const pod of items) {
       const name = pod.metadata?.name
       if (name === undefined) continue
       seen.add(name)
@@ -849,14 +880,16 @@ export class KubernetesCluster implements ClusterPort {
     // Answers that came before this list are covered by it.
     for (const w of this.workloads.values()) for (const [pod, a] of [...w.awaiting]) if (a.seq < listSeq) w.awaiting.delete(pod)
     for (const w of [...this.workloads.values()]) this.refresh(w, report)
-    this.rv = list.metadata?.resourceVersion ?? ""
-    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
-    this.notifyProgress()
-    this.openWatch()
   }
 
-  private openWatch(): void {
+  /**
+   * `resumed`: re-opened from the last resourceVersion after the stream dropped, so it first
+   * replays what happened meanwhile; it is taken as live from its first BOOKMARK on (the API
+   * server sends one about every minute, and the test server on demand).
+   */
+  private openWatch(resumed: boolean): void {
     if (this.isStopped()) return
+    this.replaying = resumed
     this.state = "watching"
     this.connected = false
     const session = ++this.session
@@ -880,10 +913,13 @@ export class KubernetesCluster implements ClusterPort {
         }
         if (type === "BOOKMARK") {
           this.rv = object.metadata?.resourceVersion ?? this.rv
+          this.replaying = false
+          this.liveAt = this.clock.now()
           return
         }
         const name = object.metadata?.name
         if (name === undefined) return
+        this.lateSince = this.replaying ? this.liveAt : null
         if (type === "DELETED") {
           // A pod not in the cache was already taken as gone (a delete answered 404).
           if (this.cache.delete(name)) this.podGone(object, true)
@@ -892,6 +928,7 @@ export class KubernetesCluster implements ClusterPort {
           this.podChanged(object, true)
         }
         this.rv = object.metadata?.resourceVersion ?? this.rv
+        if (!this.replaying) this.liveAt = this.clock.now()
       } catch (e) {
         // The client swallows exceptions thrown by a watch callback: a defect here (or in
         // the supervisor, which runs inside `emit`) must still stop the process loudly.
@@ -899,6 +936,7 @@ export class KubernetesCluster implements ClusterPort {
           throw e
         })
       } finally {
+        this.lateSince = null
         this.notifyProgress()
       }
     }
@@ -946,7 +984,7 @@ export class KubernetesCluster implements ClusterPort {
         this.backoffTimer = null
         if (this.isStopped()) return
         if (this.relistPending) void this.relist(true)
-        else this.openWatch()
+        else this.openWatch(true)
       },
       { lane: Lane.world, key: "k8s:pods-watch" }
     )
@@ -1123,19 +1161,24 @@ export class KubernetesCluster implements ClusterPort {
   /**
    * The workload's pods stopped holding their GPUs; `dated` is when a pod's own record says so
    * (cluster wall time in whole seconds, `podStoppedAt`), or null if it does not. Dated when the
-   * driver learned it, as the event it sends then is, unless the record puts the stop in an
-   * earlier second (learned late: a re-opened watch, a relist, a control plane that was not
-   * running): then at the start of that second, the earliest instant it may have been, but never
-   * before this driver saw the pods start. Cluster and engine clocks are both wall time (UTC
-   * milliseconds); a skew between them moves a stop learned late by as much, within those
-   * bounds. A workload stops once until its pods hold their GPUs again; our own deletes are no
+   * driver learned it, as the event it sends then is, unless the driver learned it late (a
+   * relist, a re-opened watch replaying its gap, the first list at start: `lateSince`) and the
+   * record puts the stop in an earlier second: then at the start of that second, the earliest
+   * instant it may have been, but never before this driver saw the pods start, nor before its
+   * view was last current. Cluster and engine clocks are both wall time (UTC milliseconds); a
+   * skew between them moves a stop learned late by as much, within those bounds, and never
+   * moves a stop heard live. A workload stops once until its pods hold their GPUs again; our own deletes are no
    * stop of theirs (the engine stopped billing when it asked).
    */
   private stopped(w: Workload, dated: number | null): void {
     if (w.holds === false || w.deleting) return
     const now = this.clock.now()
-    const late = dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
-    const at = late ? Math.max(dated, w.held_at ?? dated) : now
+    // The record dates the stop only when the driver learned it late: a node's clock running
+    // behind must not backdate a stop heard on time, and even learned late, no stop is dated
+    // before the driver last had a current view (it would have heard of it then).
+    const since = this.lateSince
+    const late = since !== null && dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
+    const at = late ? Math.max(dated, since, w.held_at ?? dated) : now
     const until = late ? Math.max(dated + KUBE_TIME_PRECISION_MS - 1, at) : now
     const last = w.stops.at(-1)
     assert(last === undefined || last.until <= at, () => `workload ${w.name}: stop at ${at} before the last one (until ${last!.until})`)

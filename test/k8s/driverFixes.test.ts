@@ -11,6 +11,7 @@ import type { KubernetesCluster } from "../../src/k8s/cluster.js"
 import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { dollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
+import { kubeTime } from "./apiServer.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
@@ -203,5 +204,40 @@ describe("a replacement whose create gave up is asked for again", () => {
     await w.advance(10 * MIN)
     expect(failed().length).toBe(after)
     expect(d.list()).toEqual([])
+  })
+})
+
+describe("a node clock behind the engine's does not backdate a stop", () => {
+  /** The kubelet reports the container failed, stamped with its own clock `behind_ms` slow. */
+  const failSkewed = (w: K8sWorld, behind_ms: number): void => {
+    const skewed = kubeTime(w.clock.now() - behind_ms)
+    w.server.update("pods", w.namespace, "eco-gi-1", (o) => {
+      o.status = { ...o.status, phase: "Failed", conditions: [], containerStatuses: [{ name: "workload", ready: false, restartCount: 0, image: "x", imageID: "", state: { terminated: { exitCode: 1, reason: "Error", startedAt: skewed, finishedAt: skewed } } }] }
+    })
+  }
+
+  it("a failure heard live from a node 20 min behind: billed to when it was heard (59 min), not to the node's stamp (39 min)", async () => {
+    const { w, view } = await withEngine({ pod_stop_ms: 0, standby: false })
+    await w.advance(60 * MIN)
+    failSkewed(w, 20 * MIN)
+    await w.advance(S)
+    expect(view().status).toBe("failed")
+    expect(view().billable_ms).toBe(59 * MIN) // billed from loading at 0:01
+  })
+
+  it("replayed after a watch gap, a skewed stop is dated no earlier than the driver's last current view (its last bookmark)", async () => {
+    const { w, d, events } = await open({ limits: { pods_watch_backoff_ms_min: 4 * MIN, pods_watch_backoff_ms_max: 4 * MIN } })
+    await running(w, d)
+    await w.advance(510 * S)
+    w.server.bookmark() // the driver's view is current at 0:10:00
+    await w.settle()
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(d, () => d.watchState === "backoff")
+    await w.advance(MIN)
+    failSkewed(w, 20 * MIN) // at 0:11:00, stamped 23:51:00 the day before
+    await w.advance(4 * MIN)
+    expect(d.watchState).toBe("watching")
+    expect(events.slice(2)).toEqual([{ type: "pod.failed", resource: "gi-1", at: t(600 + 240), ended_at: t(600) }])
+    expect(d.firstStopAt("eco-gi-1", t(0))).toBe(t(600))
   })
 })
