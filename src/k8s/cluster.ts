@@ -220,6 +220,11 @@ export class KubernetesCluster implements ClusterPort {
    * list at start): the instant its view was last current (`liveAt` then). Null: learned live.
    */
   private lateSince: number | null = null
+  /**
+   * Workloads whose pods all went while the driver was passive, oldest first: at most
+   * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
+   */
+  private readonly goneWhilePassive = new Set<string>()
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
@@ -462,6 +467,8 @@ export class KubernetesCluster implements ClusterPort {
   subscribe(handler: (event: ClusterEvent) => void): () => void {
     if (this.handler !== null) throw new Error("KubernetesCluster has one subscriber at a time")
     this.handler = handler
+    // The engine reconciled (its full scan at start) what this driver kept: it decides now.
+    this.goneWhilePassive.clear()
     // Active from now on: what the driver owes of its own (replacements, kubelet-preempted pods
     // to delete) is done now. The supervisor subscribes after its reconciliation at start, so a
     // workload of a resource it no longer owns is already being deleted and is left alone.
@@ -1067,6 +1074,38 @@ export class KubernetesCluster implements ClusterPort {
       }
     }
     this.refresh(w, report)
+    if (!this.active) this.rememberGone(w)
+  }
+
+  /**
+   * A passive driver (a standby's) sees the leader delete its workloads as pods gone without
+   * asking, and nobody deletes them here: without a bound it would keep every workload the
+   * leader ever ran. It keeps the newest `passive_gone_workloads_max` whose pods are all gone
+   * (a new leader may still ask them a stop's date, or find a replacement owed) and forgets the
+   * oldest; one that has pods again (a replacement) is kept however old.
+   */
+  private rememberGone(w: Workload): void {
+    if (this.workloads.get(w.name) !== w || w.deleting || !this.concluded(w)) return
+    this.goneWhilePassive.delete(w.name)
+    this.goneWhilePassive.add(w.name)
+    while (this.goneWhilePassive.size > this.config.limits.passive_gone_workloads_max) {
+      const oldest = this.goneWhilePassive.values().next().value!
+      this.goneWhilePassive.delete(oldest)
+      const old = this.workloads.get(oldest)
+      if (old !== undefined && !old.deleting && this.concluded(old)) this.forget(old)
+    }
+  }
+
+  /**
+   * Drops a workload without a word: only a passive driver does, and the engine that subscribes
+   * next scans every workload at its start, so no change is recorded for it either.
+   */
+  private forget(w: Workload): void {
+    this.workloads.delete(w.name)
+    this.changes.delete(w.name)
+    for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
+    if (w.ownRetryTimer !== null) this.clock.clearTimeout(w.ownRetryTimer)
+    w.ownRetryTimer = null
   }
 
   /**

@@ -74,6 +74,13 @@ export interface KubernetesLimits {
   readonly own_retry_ms_min: number
   readonly own_retry_ms_max: number
   /**
+   * Workloads whose pods are all gone that a passive driver (a standby's: no engine subscribed)
+   * keeps, newest first; beyond, the oldest is forgotten. Nobody deletes them on a standby (the
+   * leader deletes its own workloads, which the standby sees go as lost pods), and they are kept
+   * at all for what a new leader may ask of them (`firstStopAt`, a replacement still owed).
+   */
+  readonly passive_gone_workloads_max: number
+  /**
    * A pod still terminating this long after we first saw it going (its node lost, its kubelet
    * silent) is deleted again with no grace period, at the engine's next delete (the watchdog
    * repeats it every tick), so a stopping resource always reaches `terminated`.
@@ -93,6 +100,7 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   pod_replacements_max: 100,
   own_retry_ms_min: 10_000,
   own_retry_ms_max: 60_000,
+  passive_gone_workloads_max: 1_000,
   pod_force_delete_after_ms: 10 * 60_000
 }
 

@@ -241,3 +241,19 @@ describe("a node clock behind the engine's does not backdate a stop", () => {
     expect(d.firstStopAt("eco-gi-1", t(0))).toBe(t(600))
   })
 })
+
+describe("a standby's driver does not keep every workload the leader deleted", () => {
+  it("keeps at most passive_gone_workloads_max whose pods are all gone, the newest; a workload with pods is kept", async () => {
+    const { w, sup, standby, leader, launch } = await withEngine({ pod_stop_ms: 0, standby: true, limits: { passive_gone_workloads_max: 2 } })
+    for (let i = 2; i <= 7; i++) launch(`gi-${i}`)
+    await w.advance(10 * MIN)
+    for (let i = 1; i <= 6; i++) {
+      expect(Either.isRight(sup.terminate(`gi-${i}`))).toBe(true)
+      await w.advance(S)
+    }
+    await w.advance(10 * MIN)
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-7"])
+    expect(leader.list().map((x) => x.name)).toEqual(["eco-gi-7"])
+    expect(standby!.list().map((x) => x.name)).toEqual(["eco-gi-5", "eco-gi-6", "eco-gi-7"])
+  })
+})
