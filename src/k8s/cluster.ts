@@ -152,6 +152,8 @@ const statusOf = (e: unknown): number | null => {
   if (typeof o?.statusCode === "number") return o.statusCode
   return null
 }
+/** A request unanswered after `request_timeout_ms`: no status, so retriable like a network error. */
+class RequestTimeout extends Error {}
 /** Retriable: the server is busy or broken, or the request never got an answer. */
 const retriable = (status: number | null): boolean => status === null || status === 429 || status >= 500
 
@@ -812,15 +814,36 @@ export class KubernetesCluster implements ClusterPort {
       const run = (): void => {
         this.inFlight++
         this.requests_started++
-        call()
-          .then(resolve, reject)
-          .finally(() => {
-            this.inFlight--
-            const next = this.queue.shift()
-            if (next !== undefined) next()
-            // Let the caller's continuation run before anyone is told the driver is idle.
-            else void Promise.resolve().then(() => this.checkIdle())
-          })
+        // Ends the request once: its answer, its error or its timeout, whichever comes first.
+        let ended = false
+        const end = (): boolean => {
+          if (ended) return false
+          ended = true
+          this.clock.clearTimeout(timer)
+          this.inFlight--
+          const next = this.queue.shift()
+          if (next !== undefined) next()
+          // Let the caller's continuation run before anyone is told the driver is idle.
+          else void Promise.resolve().then(() => this.checkIdle())
+          return true
+        }
+        // A hung API server (or connection) must not keep a pod busy for ever: past
+        // `request_timeout_ms` the request has failed like a network error and is retried.
+        const timer = this.clock.schedule(
+          this.clock.now() + l.request_timeout_ms,
+          () => {
+            if (end()) reject(new RequestTimeout(`no answer in ${l.request_timeout_ms} ms`))
+          },
+          { lane: Lane.world, key: "k8s:request-timeout" }
+        )
+        call().then(
+          (result) => {
+            if (end()) resolve(result)
+          },
+          (e: unknown) => {
+            if (end()) reject(e)
+          }
+        )
       }
       if (this.inFlight < l.requests_in_flight_max) run()
       else this.queue.push(run)

@@ -58,6 +58,13 @@ export interface KubernetesLimits {
   readonly requests_in_flight_max: number
   /** Requests waiting for a slot; more is a programmer error (a runaway loop), not load. */
   readonly requests_queued_max: number
+  /**
+   * The longest the driver waits for an answer to one request (a create, a delete, a list; not
+   * the watch, which has `pods_watch_timeout_s`), on the engine clock: a request still
+   * unanswered then has failed like a network error (retried, its slot freed), and its late
+   * answer is ignored.
+   */
+  readonly request_timeout_ms: number
   /** Attempts of one create or delete (pod, service, claim) that fails with a retriable error (5xx, network). */
   readonly request_attempts_max: number
   /** First wait before retrying a create or delete; doubles per attempt. */
@@ -94,6 +101,7 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   pods_watch_timeout_s: 300,
   requests_in_flight_max: 32,
   requests_queued_max: 100_000,
+  request_timeout_ms: 30_000,
   request_attempts_max: 5,
   request_backoff_ms_min: 250,
   request_backoff_ms_max: 10_000,
@@ -128,6 +136,7 @@ export const kubernetesConfig = (
   if (!(l.pods_watch_backoff_ms_min > 0 && l.pods_watch_backoff_ms_min <= l.pods_watch_backoff_ms_max)) throw new Error("pods_watch_backoff_ms_min must be in (0, max]")
   if (!(l.request_backoff_ms_min > 0 && l.request_backoff_ms_min <= l.request_backoff_ms_max)) throw new Error("request_backoff_ms_min must be in (0, max]")
   if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
+  if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

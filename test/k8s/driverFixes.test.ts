@@ -257,3 +257,25 @@ describe("a standby's driver does not keep every workload the leader deleted", (
     expect(standby!.list().map((x) => x.name)).toEqual(["eco-gi-5", "eco-gi-6", "eco-gi-7"])
   })
 })
+
+describe("a request the API server never answers", () => {
+  it("times out after request_timeout_ms on the engine clock, frees its pod, and is retried: one pod results", async () => {
+    const { w, d } = await open({ limits: { request_timeout_ms: 10 * S } })
+    w.server.inject({ method: "POST", path: "/pods", status: 0, hang: true, times: 1 })
+    d.createWorkload(spec())
+    const posts = () => w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/pods")).length
+    for (let i = 0; i < 500 && posts() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(posts()).toBe(1)
+    // The world never settles while a request hangs: step the clock past the timeout without waiting.
+    const settle = w.clock.settle
+    w.clock.settle = async () => {}
+    await w.clock.advance(10 * S)
+    w.clock.settle = settle
+    await w.advance(2 * S)
+    expect(posts()).toBe(2)
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-1"])
+    expect(w.reports.filter((r) => r.kind === "request_failed")).toEqual([{ kind: "request_failed", at: t(10), what: "create pod eco-gi-1", status: null, final: false }])
+    await w.advance(90 * S)
+    expect(d.phaseOf("eco-gi-1")).toBe("running")
+  }, 20_000)
+})
