@@ -92,9 +92,25 @@ interface Workload {
   deleting: boolean
   /** Pods with a create or delete request in flight (or waiting to retry). */
   readonly busy: Set<string>
+  /**
+   * Pods whose delete gave up (refused: 403, an admission webhook; or retried
+   * `request_attempts_max` times): not sent again until the engine's next `deleteWorkload`
+   * (the watchdog repeats it every tick), so a refusal is never re-sent in a loop.
+   */
+  readonly deleteStalled: Set<string>
   /** Pods whose write was answered but whose watch event has not arrived: resourceVersion awaited. */
   readonly awaiting: Map<string, { readonly rv: string; readonly seq: number }>
   replacements: number
+  /**
+   * Pods whose predecessor was preempted and is gone: the driver owes each a replacement create
+   * (`ownWork`), until one exists. Kept while the driver is passive, so the engine that subscribes
+   * (or its `createWorkload`) finds the replacement still owed.
+   */
+  readonly replacing: Set<string>
+  /** The timer that tries the driver's own writes again after one gave up (`ownRetryLater`), or null. */
+  ownRetryTimer: TimerHandle | null
+  /** Consecutive give-ups of the driver's own writes: the next wait doubles with each. */
+  ownGiveUps: number
   /** When we first saw each pod terminating (our clock): a silent kubelet is forced after a while. */
   readonly terminatingSince: Map<string, number>
   /** Found in the cluster (an earlier control plane created it), not created by this one. */
@@ -136,6 +152,8 @@ const statusOf = (e: unknown): number | null => {
   if (typeof o?.statusCode === "number") return o.statusCode
   return null
 }
+/** A request unanswered after `request_timeout_ms`: no status, so retriable like a network error. */
+class RequestTimeout extends Error {}
 /** Retriable: the server is busy or broken, or the request never got an answer. */
 const retriable = (status: number | null): boolean => status === null || status === 429 || status >= 500
 
@@ -189,6 +207,26 @@ export class KubernetesCluster implements ClusterPort {
   private retriesWaiting = 0
   /** A relist failed: the next attempt after the backoff lists again instead of watching. */
   private relistPending = false
+  /**
+   * The last instant (engine clock) the cache was known current: the last list, or the last
+   * event or BOOKMARK of a watch that was not replaying. No stop learned late is dated earlier.
+   */
+  private liveAt = Number.NEGATIVE_INFINITY
+  /**
+   * The watch was re-opened after a drop and has sent no BOOKMARK yet: what it delivers may be
+   * the gap's events, replayed, so it is learned late.
+   */
+  private replaying = false
+  /**
+   * While the driver takes in what it learns late (a relist, a watch replaying a gap, the first
+   * list at start): the instant its view was last current (`liveAt` then). Null: learned live.
+   */
+  private lateSince: number | null = null
+  /**
+   * Workloads whose pods all went while the driver was passive, oldest first: at most
+   * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
+   */
+  private readonly goneWhilePassive = new Set<string>()
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
@@ -224,6 +262,19 @@ export class KubernetesCluster implements ClusterPort {
 
   private isStopped(): boolean {
     return this.state === "stopped"
+  }
+
+  /**
+   * Whether the driver writes on its own (replacement pods, deleting a kubelet-preempted pod,
+   * carrying a deletion on from its events): only while an engine is subscribed, that is while
+   * this replica leads (the supervisor subscribes when it starts and unsubscribes when it stops
+   * or is fenced). A standby's driver is passive: it keeps its cache warm and writes nothing, so
+   * it never creates a pod for an instance the leader has already terminated. The engine's own
+   * commands (`createWorkload`, `deleteWorkload`, volumes) are carried out either way: only a
+   * leader's supervisor sends them, and its reconciliation at start runs before it subscribes.
+   */
+  private get active(): boolean {
+    return this.handler !== null && !this.isStopped()
   }
 
   get watchState(): WatchState {
@@ -299,7 +350,9 @@ export class KubernetesCluster implements ClusterPort {
     const w = this.workloads.get(name)
     if (w === undefined) return
     w.deleting = true
-    // Repeated (the watchdog asks again each tick): a delete goes only where none is under way.
+    // Repeated (the watchdog asks again each tick): a delete goes only where none is under way,
+    // and a delete that gave up is sent again here, once per command, never from an event.
+    w.deleteStalled.clear()
     this.deleteRemaining(w)
     // Nothing to wait for: the event still comes later, never inside the caller's dispatch.
     if (this.concluded(w)) this.clock.schedule(this.clock.now(), () => this.finishIfGone(w), { lane: Lane.world, key: name })
@@ -416,6 +469,12 @@ export class KubernetesCluster implements ClusterPort {
   subscribe(handler: (event: ClusterEvent) => void): () => void {
     if (this.handler !== null) throw new Error("KubernetesCluster has one subscriber at a time")
     this.handler = handler
+    // The engine reconciled (its full scan at start) what this driver kept: it decides now.
+    this.goneWhilePassive.clear()
+    // Active from now on: what the driver owes of its own (replacements, kubelet-preempted pods
+    // to delete) is done now. The supervisor subscribes after its reconciliation at start, so a
+    // workload of a resource it no longer owns is already being deleted and is left alone.
+    for (const w of [...this.workloads.values()]) this.ownWork(w)
     return () => {
       if (this.handler === handler) this.handler = null
     }
@@ -431,8 +490,12 @@ export class KubernetesCluster implements ClusterPort {
       started_at: null,
       deleting: false,
       busy: new Set(),
+      deleteStalled: new Set(),
       awaiting: new Map(),
       replacements: 0,
+      replacing: new Set(),
+      ownRetryTimer: null,
+      ownGiveUps: 0,
       terminatingSince: new Map(),
       holds: init.discovered ? null : false,
       held_at: null,
@@ -618,6 +681,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`create pod ${pod}`, attempt, () => this.core.createNamespacedPod({ namespace: this.config.namespace, body }), {
       ok: (created) => {
         w.busy.delete(pod)
+        if (w.replacing.delete(pod)) w.ownGiveUps = 0
         this.await(w, pod, created.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -625,6 +689,7 @@ export class KubernetesCluster implements ClusterPort {
       refused: (status) => {
         if (status !== 409) return false
         w.busy.delete(pod)
+        w.replacing.delete(pod)
         // Not in the cache yet: delete it by name once we know we are deleting.
         if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1)
         else this.refresh(w)
@@ -633,6 +698,8 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.createPod(w, pod, attempt + 1),
       gaveUp: () => {
         w.busy.delete(pod)
+        // A replacement is the driver's own: nobody else asks for it again.
+        if (w.replacing.has(pod)) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
@@ -645,21 +712,40 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
       ok: (deleted) => {
         w.busy.delete(pod)
+        if (!w.deleting) w.ownGiveUps = 0
         this.await(w, pod, deleted.metadata?.resourceVersion)
         this.refresh(w)
       },
+      // 404: the API server says the pod is gone, whatever the cache says (a watch gap).
       refused: (status) => {
         if (status !== 404) return false
         w.busy.delete(pod)
-        this.refresh(w)
+        this.goneOnServer(w, pod)
         return true
       },
       retry: () => this.deletePod(w, pod, attempt + 1, force),
       gaveUp: () => {
         w.busy.delete(pod)
+        w.deleteStalled.add(pod)
+        // Not deleting: the delete of a kubelet-preempted pod, the driver's own.
+        if (!w.deleting) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
+  }
+
+  /**
+   * A delete answered 404: the pod is gone, though the cache (behind: a watch gap) still shows
+   * it. Taken as the watch's DELETED would be, so a deleting workload concludes and nothing
+   * sends the delete again; the DELETED the watch delivers later finds no pod in the cache and
+   * is ignored, and a relist agrees.
+   */
+  private goneOnServer(w: Workload, pod: string): void {
+    const cached = this.cache.get(pod)
+    if (cached === undefined) return this.refresh(w)
+    this.cache.delete(pod)
+    w.awaiting.delete(pod)
+    this.podGone(cached, true)
   }
 
   /** A write was answered: the workload is not settled until the watch shows that version. */
@@ -709,7 +795,11 @@ export class KubernetesCluster implements ClusterPort {
           this.clock.now() + delay_ms,
           () => {
             this.retriesWaiting--
-            if (!this.isStopped()) on.retry!()
+            if (this.isStopped()) return
+            // A retry is a new write: a driver that went passive meanwhile (its engine stopped
+            // or was fenced: the lease is lost) leaves it to the leader, whose reconcile asks again.
+            if (this.active) on.retry!()
+            else on.gaveUp?.()
           },
           { lane: Lane.world, key: `k8s:${what}` }
         )
@@ -724,15 +814,36 @@ export class KubernetesCluster implements ClusterPort {
       const run = (): void => {
         this.inFlight++
         this.requests_started++
-        call()
-          .then(resolve, reject)
-          .finally(() => {
-            this.inFlight--
-            const next = this.queue.shift()
-            if (next !== undefined) next()
-            // Let the caller's continuation run before anyone is told the driver is idle.
-            else void Promise.resolve().then(() => this.checkIdle())
-          })
+        // Ends the request once: its answer, its error or its timeout, whichever comes first.
+        let ended = false
+        const end = (): boolean => {
+          if (ended) return false
+          ended = true
+          this.clock.clearTimeout(timer)
+          this.inFlight--
+          const next = this.queue.shift()
+          if (next !== undefined) next()
+          // Let the caller's continuation run before anyone is told the driver is idle.
+          else void Promise.resolve().then(() => this.checkIdle())
+          return true
+        }
+        // A hung API server (or connection) must not keep a pod busy for ever: past
+        // `request_timeout_ms` the request has failed like a network error and is retried.
+        const timer = this.clock.schedule(
+          this.clock.now() + l.request_timeout_ms,
+          () => {
+            if (end()) reject(new RequestTimeout(`no answer in ${l.request_timeout_ms} ms`))
+          },
+          { lane: Lane.world, key: "k8s:request-timeout" }
+        )
+        call().then(
+          (result) => {
+            if (end()) resolve(result)
+          },
+          (e: unknown) => {
+            if (end()) reject(e)
+          }
+        )
       }
       if (this.inFlight < l.requests_in_flight_max) run()
       else this.queue.push(run)
@@ -765,8 +876,24 @@ export class KubernetesCluster implements ClusterPort {
     }
     if (this.isStopped()) return
     this.relistPending = false
+    // Everything the list shows that the cache did not is learned late (at start: never seen).
+    this.lateSince = this.liveAt
+    try {
+      this.takeList(list.items, listSeq, report)
+    } finally {
+      this.lateSince = null
+    }
+    this.liveAt = this.clock.now()
+    this.rv = list.metadata?.resourceVersion ?? ""
+    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
+    this.notifyProgress()
+    this.openWatch(false)
+  }
+
+  /** Replaces the cache with a list's pods, handling every difference as the watch would have. */
+  private takeList(items: ReadonlyArray<V1Pod>, listSeq: number, report: boolean): void {
     const seen = new Set<string>()
-    for (const pod of list.items) {
+    for (const pod of items) {
       const name = pod.metadata?.name
       if (name === undefined) continue
       seen.add(name)
@@ -783,14 +910,16 @@ export class KubernetesCluster implements ClusterPort {
     // Answers that came before this list are covered by it.
     for (const w of this.workloads.values()) for (const [pod, a] of [...w.awaiting]) if (a.seq < listSeq) w.awaiting.delete(pod)
     for (const w of [...this.workloads.values()]) this.refresh(w, report)
-    this.rv = list.metadata?.resourceVersion ?? ""
-    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
-    this.notifyProgress()
-    this.openWatch()
   }
 
-  private openWatch(): void {
+  /**
+   * `resumed`: re-opened from the last resourceVersion after the stream dropped, so it first
+   * replays what happened meanwhile; it is taken as live from its first BOOKMARK on (the API
+   * server sends one about every minute, and the test server on demand).
+   */
+  private openWatch(resumed: boolean): void {
     if (this.isStopped()) return
+    this.replaying = resumed
     this.state = "watching"
     this.connected = false
     const session = ++this.session
@@ -814,18 +943,22 @@ export class KubernetesCluster implements ClusterPort {
         }
         if (type === "BOOKMARK") {
           this.rv = object.metadata?.resourceVersion ?? this.rv
+          this.replaying = false
+          this.liveAt = this.clock.now()
           return
         }
         const name = object.metadata?.name
         if (name === undefined) return
+        this.lateSince = this.replaying ? this.liveAt : null
         if (type === "DELETED") {
-          this.cache.delete(name)
-          this.podGone(object, true)
+          // A pod not in the cache was already taken as gone (a delete answered 404).
+          if (this.cache.delete(name)) this.podGone(object, true)
         } else {
           this.cache.set(name, object)
           this.podChanged(object, true)
         }
         this.rv = object.metadata?.resourceVersion ?? this.rv
+        if (!this.replaying) this.liveAt = this.clock.now()
       } catch (e) {
         // The client swallows exceptions thrown by a watch callback: a defect here (or in
         // the supervisor, which runs inside `emit`) must still stop the process loudly.
@@ -833,6 +966,7 @@ export class KubernetesCluster implements ClusterPort {
           throw e
         })
       } finally {
+        this.lateSince = null
         this.notifyProgress()
       }
     }
@@ -880,7 +1014,7 @@ export class KubernetesCluster implements ClusterPort {
         this.backoffTimer = null
         if (this.isStopped()) return
         if (this.relistPending) void this.relist(true)
-        else this.openWatch()
+        else this.openWatch(true)
       },
       { lane: Lane.world, key: "k8s:pods-watch" }
     )
@@ -926,6 +1060,9 @@ export class KubernetesCluster implements ClusterPort {
     const name = pod.metadata!.name!
     if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
     this.saw(w, pod)
+    // It exists: whoever created it (this driver, or the leader while this one stood by), no
+    // replacement is owed for it any more.
+    w.replacing.delete(name)
     const state = podStateOf(pod)
     if (state === "disrupted" || state === "failed") this.stopped(w, podStoppedAt(pod, false))
     // A control plane that finds a replacement pod not yet started finds a preempted workload
@@ -934,7 +1071,7 @@ export class KubernetesCluster implements ClusterPort {
     if (w.discovered && w.phase === "pending" && replacement && (podStateOf(pod) === "pending" || podStateOf(pod) === "started")) w.preempted = true
     // A pod the kubelet preempted (Failed, reason Preempting) stays until deleted: we delete it
     // and create its replacement once it is gone.
-    if (podStateOf(pod) === "disrupted" && !isTerminating(pod) && pod.status?.phase === "Failed" && !w.deleting && !w.busy.has(name)) this.deletePod(w, name, 1)
+    this.ownWork(w)
     this.refresh(w, report)
   }
 
@@ -942,29 +1079,106 @@ export class KubernetesCluster implements ClusterPort {
     const w = this.ownerOf(pod)
     const name = pod.metadata!.name!
     this.saw(w, pod)
+    w.deleteStalled.delete(name)
     // Gone without our asking: whatever it was doing, it holds no GPUs now.
     this.stopped(w, podStoppedAt(pod, true))
     if (!w.deleting && !w.lost && w.phase !== "failed") {
       if (podStateOf(pod) === "disrupted" && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
-        // Preempted or evicted: the same pod again, which the scheduler places when it can.
+        // Preempted or evicted: the same pod again, which the scheduler places when it can
+        // (by this driver only while it is active: see `ownWork`).
         w.replacements++
         const template = w.templates.get(name)!
         template.metadata!.annotations = { ...(template.metadata!.annotations ?? {}), [ANNOTATIONS.replacement]: String(w.replacements) }
-        this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod: name })
-        this.createPod(w, name, 1)
+        w.replacing.add(name)
+        this.ownWork(w)
       } else {
         w.lost = true
         this.report({ kind: "pod_lost", at: this.clock.now(), workload: w.name, pod: name })
       }
     }
     this.refresh(w, report)
+    if (!this.active) this.rememberGone(w)
+  }
+
+  /**
+   * A passive driver (a standby's) sees the leader delete its workloads as pods gone without
+   * asking, and nobody deletes them here: without a bound it would keep every workload the
+   * leader ever ran. It keeps the newest `passive_gone_workloads_max` whose pods are all gone
+   * (a new leader may still ask them a stop's date, or find a replacement owed) and forgets the
+   * oldest; one that has pods again (a replacement) is kept however old.
+   */
+  private rememberGone(w: Workload): void {
+    if (this.workloads.get(w.name) !== w || w.deleting || !this.concluded(w)) return
+    this.goneWhilePassive.delete(w.name)
+    this.goneWhilePassive.add(w.name)
+    while (this.goneWhilePassive.size > this.config.limits.passive_gone_workloads_max) {
+      const oldest = this.goneWhilePassive.values().next().value!
+      this.goneWhilePassive.delete(oldest)
+      const old = this.workloads.get(oldest)
+      if (old !== undefined && !old.deleting && this.concluded(old)) this.forget(old)
+    }
+  }
+
+  /**
+   * Drops a workload without a word: only a passive driver does, and the engine that subscribes
+   * next scans every workload at its start, so no change is recorded for it either.
+   */
+  private forget(w: Workload): void {
+    this.workloads.delete(w.name)
+    this.changes.delete(w.name)
+    for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
+    if (w.ownRetryTimer !== null) this.clock.clearTimeout(w.ownRetryTimer)
+    w.ownRetryTimer = null
+  }
+
+  /**
+   * What the driver does of its own for a workload, only while it is active: create the
+   * replacements it owes, delete the pods the kubelet preempted (they stay `Failed` until
+   * deleted). Idempotent: nothing is sent for a pod with a request under way.
+   */
+  private ownWork(w: Workload): void {
+    if (!this.active || this.workloads.get(w.name) !== w || w.deleting || w.lost || w.phase === "failed") return
+    for (const pod of w.pods) {
+      if (w.busy.has(pod) || w.awaiting.has(pod)) continue
+      const cached = this.cache.get(pod)
+      if (cached === undefined && w.replacing.has(pod)) {
+        this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
+        this.createPod(w, pod, 1)
+      } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {
+        this.deletePod(w, pod, 1)
+      }
+    }
+  }
+
+  /**
+   * One of the driver's own writes gave up (an API server restarting, say): `ownWork` runs again
+   * after `own_retry_ms_min`, doubling per consecutive give-up up to `own_retry_ms_max`, for as
+   * long as the workload is wanted (`ownWork` checks), so a preempted instance resumes once the
+   * API server answers again instead of waiting for its deadline.
+   */
+  private ownRetryLater(w: Workload): void {
+    if (w.ownRetryTimer !== null) return
+    const l = this.config.limits
+    const delay_ms = backoffMs(++w.ownGiveUps, l.own_retry_ms_min, l.own_retry_ms_max)
+    w.ownRetryTimer = this.clock.schedule(
+      this.clock.now() + delay_ms,
+      () => {
+        w.ownRetryTimer = null
+        if (this.isStopped() || this.workloads.get(w.name) !== w || w.deleting) return
+        // Only a victim's delete can have stalled while the workload is not being deleted.
+        w.deleteStalled.clear()
+        this.ownWork(w)
+      },
+      { lane: Lane.world, key: `k8s:own-retry:${w.name}` }
+    )
   }
 
   /** Recomputes a workload's phase from its pods, reports what changed, finishes a deletion. */
   private refresh(w: Workload, report = true): void {
     if (this.workloads.get(w.name) !== w) return
     if (w.deleting) {
-      this.deleteRemaining(w)
+      // Carrying a deletion on is the driver's own work: a passive driver leaves it to the leader.
+      if (this.active) this.deleteRemaining(w)
       return this.finishIfGone(w)
     }
     const states: Array<PodState | "missing"> = w.pods.map((pod) => {
@@ -1009,19 +1223,24 @@ export class KubernetesCluster implements ClusterPort {
   /**
    * The workload's pods stopped holding their GPUs; `dated` is when a pod's own record says so
    * (cluster wall time in whole seconds, `podStoppedAt`), or null if it does not. Dated when the
-   * driver learned it, as the event it sends then is, unless the record puts the stop in an
-   * earlier second (learned late: a re-opened watch, a relist, a control plane that was not
-   * running): then at the start of that second, the earliest instant it may have been, but never
-   * before this driver saw the pods start. Cluster and engine clocks are both wall time (UTC
-   * milliseconds); a skew between them moves a stop learned late by as much, within those
-   * bounds. A workload stops once until its pods hold their GPUs again; our own deletes are no
+   * driver learned it, as the event it sends then is, unless the driver learned it late (a
+   * relist, a re-opened watch replaying its gap, the first list at start: `lateSince`) and the
+   * record puts the stop in an earlier second: then at the start of that second, the earliest
+   * instant it may have been, but never before this driver saw the pods start, nor before its
+   * view was last current. Cluster and engine clocks are both wall time (UTC milliseconds); a
+   * skew between them moves a stop learned late by as much, within those bounds, and never
+   * moves a stop heard live. A workload stops once until its pods hold their GPUs again; our own deletes are no
    * stop of theirs (the engine stopped billing when it asked).
    */
   private stopped(w: Workload, dated: number | null): void {
     if (w.holds === false || w.deleting) return
     const now = this.clock.now()
-    const late = dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
-    const at = late ? Math.max(dated, w.held_at ?? dated) : now
+    // The record dates the stop only when the driver learned it late: a node's clock running
+    // behind must not backdate a stop heard on time, and even learned late, no stop is dated
+    // before the driver last had a current view (it would have heard of it then).
+    const since = this.lateSince
+    const late = since !== null && dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
+    const at = late ? Math.max(dated, since, w.held_at ?? dated) : now
     const until = late ? Math.max(dated + KUBE_TIME_PRECISION_MS - 1, at) : now
     const last = w.stops.at(-1)
     assert(last === undefined || last.until <= at, () => `workload ${w.name}: stop at ${at} before the last one (until ${last!.until})`)
@@ -1039,7 +1258,7 @@ export class KubernetesCluster implements ClusterPort {
     const now = this.clock.now()
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
-      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod)) continue
+      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
       if (!isTerminating(cached)) {
         this.deletePod(w, pod, 1)
         continue

@@ -58,6 +58,13 @@ export interface KubernetesLimits {
   readonly requests_in_flight_max: number
   /** Requests waiting for a slot; more is a programmer error (a runaway loop), not load. */
   readonly requests_queued_max: number
+  /**
+   * The longest the driver waits for an answer to one request (a create, a delete, a list; not
+   * the watch, which has `pods_watch_timeout_s`), on the engine clock: a request still
+   * unanswered then has failed like a network error (retried, its slot freed), and its late
+   * answer is ignored.
+   */
+  readonly request_timeout_ms: number
   /** Attempts of one create or delete (pod, service, claim) that fails with a retriable error (5xx, network). */
   readonly request_attempts_max: number
   /** First wait before retrying a create or delete; doubles per attempt. */
@@ -65,6 +72,21 @@ export interface KubernetesLimits {
   readonly request_backoff_ms_max: number
   /** Replacement pods created for one workload (preemptions); beyond it the workload fails. */
   readonly pod_replacements_max: number
+  /**
+   * The driver's own writes (a replacement pod, the delete of a kubelet-preempted pod) that gave
+   * up after `request_attempts_max` are tried again after this wait, doubling per consecutive
+   * give-up up to `own_retry_ms_max`, for as long as the workload is wanted: nothing else asks
+   * for them (the engine only knows the workload is preempted).
+   */
+  readonly own_retry_ms_min: number
+  readonly own_retry_ms_max: number
+  /**
+   * Workloads whose pods are all gone that a passive driver (a standby's: no engine subscribed)
+   * keeps, newest first; beyond, the oldest is forgotten. Nobody deletes them on a standby (the
+   * leader deletes its own workloads, which the standby sees go as lost pods), and they are kept
+   * at all for what a new leader may ask of them (`firstStopAt`, a replacement still owed).
+   */
+  readonly passive_gone_workloads_max: number
   /**
    * A pod still terminating this long after we first saw it going (its node lost, its kubelet
    * silent) is deleted again with no grace period, at the engine's next delete (the watchdog
@@ -79,10 +101,14 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   pods_watch_timeout_s: 300,
   requests_in_flight_max: 32,
   requests_queued_max: 100_000,
+  request_timeout_ms: 30_000,
   request_attempts_max: 5,
   request_backoff_ms_min: 250,
   request_backoff_ms_max: 10_000,
   pod_replacements_max: 100,
+  own_retry_ms_min: 10_000,
+  own_retry_ms_max: 60_000,
+  passive_gone_workloads_max: 1_000,
   pod_force_delete_after_ms: 10 * 60_000
 }
 
@@ -109,6 +135,8 @@ export const kubernetesConfig = (
   const l = full.limits
   if (!(l.pods_watch_backoff_ms_min > 0 && l.pods_watch_backoff_ms_min <= l.pods_watch_backoff_ms_max)) throw new Error("pods_watch_backoff_ms_min must be in (0, max]")
   if (!(l.request_backoff_ms_min > 0 && l.request_backoff_ms_min <= l.request_backoff_ms_max)) throw new Error("request_backoff_ms_min must be in (0, max]")
+  if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
+  if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

@@ -120,6 +120,8 @@ export interface InjectedFailure {
   /** Only requests bearing this token (`Authorization: Bearer …`). */
   readonly token?: string
   readonly status: number
+  /** Never answer instead (the socket stays open until the server closes): a hung API server. */
+  readonly hang?: boolean
   /** How many requests it hits; Infinity until cleared. */
   times: number
 }
@@ -409,6 +411,7 @@ export class KubeApiServer {
       )
       if (failure !== undefined) {
         failure.times--
+        if (failure.hang === true) return
         fail(failure.status, failure.status >= 500 ? "InternalError" : "BadRequest", `injected failure ${failure.status}`)
       }
       const discovery = this.discovery(url.pathname)
