@@ -21,17 +21,20 @@ const inference = [
 const warnings = (r: ReturnType<typeof run>) =>
   r.output.notifications.filter((n) => n.kind === "balance_warning").map((n) => [n.at, n.severity, (n.text as string).match(/about (\d+)/)![1]])
 
-/** Every threshold at its instant before `zero`, in order, then the stop for credit_depleted at `zero`, and a clean run. */
+/** Every threshold's warning, at its instant before `zero`, in order: what `warnings` reads of a full run-down. */
+const runDown = (zero: number) => [
+  [at(zero - 60 * MIN), "warning", "60"],
+  [at(zero - 30 * MIN), "warning", "30"],
+  [at(zero - 20 * MIN), "warning", "20"],
+  [at(zero - 10 * MIN), "critical", "10"],
+  [at(zero - 5 * MIN), "critical", "5"],
+  [at(zero - 3 * MIN), "critical", "3"],
+  [at(zero - 1 * MIN), "critical", "1"]
+]
+
+/** A full run-down before `zero`, then the stop for credit_depleted at `zero`, and a clean run. */
 const expectFullRunDown = (r: ReturnType<typeof run>, zero: number): void => {
-  expect(warnings(r)).toEqual([
-    [at(zero - 60 * MIN), "warning", "60"],
-    [at(zero - 30 * MIN), "warning", "30"],
-    [at(zero - 20 * MIN), "warning", "20"],
-    [at(zero - 10 * MIN), "critical", "10"],
-    [at(zero - 5 * MIN), "critical", "5"],
-    [at(zero - 3 * MIN), "critical", "3"],
-    [at(zero - 1 * MIN), "critical", "1"]
-  ])
+  expect(warnings(r)).toEqual(runDown(zero))
   expect(r.output.notifications.at(-1)).toMatchObject({ at: at(zero), kind: "terminated", text: "Instance terminated: credit balance depleted." })
   expect(r.output.invariants.ok).toBe(true)
 }
@@ -192,15 +195,7 @@ describe("low-balance warnings", () => {
       [at(deadline), "partial_hold", "$5.02 credit can cover 2.5 more hours. Recharge to continue."],
       [at(stop), "terminated", "Instance terminated: credit balance depleted."]
     ])
-    expect(warnings(late).filter((w) => (w[0] as string) > at(deadline))).toEqual([
-      [at(stop - 60 * MIN), "warning", "60"],
-      [at(stop - 30 * MIN), "warning", "30"],
-      [at(stop - 20 * MIN), "warning", "20"],
-      [at(stop - 10 * MIN), "critical", "10"],
-      [at(stop - 5 * MIN), "critical", "5"],
-      [at(stop - 3 * MIN), "critical", "3"],
-      [at(stop - 1 * MIN), "critical", "1"]
-    ])
+    expect(warnings(late).filter((w) => (w[0] as string) > at(deadline))).toEqual(runDown(stop))
     expect(late.output.invariants).toEqual({ ok: true, violations: [] })
     // The ids no longer decide anything: the money and what the user is told differ only in
     // the GPU instance's name (the transitions and resources are listed by id).
@@ -221,15 +216,7 @@ describe("low-balance warnings", () => {
       )
     )
     const stop = 24 * HOUR + 30 * MIN
-    expect(warnings(r)).toEqual([
-      [at(stop - 60 * MIN), "warning", "60"],
-      [at(stop - 30 * MIN), "warning", "30"],
-      [at(stop - 20 * MIN), "warning", "20"],
-      [at(stop - 10 * MIN), "critical", "10"],
-      [at(stop - 5 * MIN), "critical", "5"],
-      [at(stop - 3 * MIN), "critical", "3"],
-      [at(stop - 1 * MIN), "critical", "1"]
-    ])
+    expect(warnings(r)).toEqual(runDown(stop))
     expect(r.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
       [at(24 * HOUR), "partial_hold", "$1.00 credit can cover 0.5 more hours. Recharge to continue."],
       [at(stop), "terminated", "Instance terminated: credit balance depleted."]
@@ -285,15 +272,7 @@ describe("low-balance warnings", () => {
       )
     )
     const stop = 24 * HOUR + 30 * MIN
-    expect(warnings(r)).toEqual([
-      [at(stop - 60 * MIN), "warning", "60"],
-      [at(stop - 30 * MIN), "warning", "30"],
-      [at(stop - 20 * MIN), "warning", "20"],
-      [at(stop - 10 * MIN), "critical", "10"],
-      [at(stop - 5 * MIN), "critical", "5"],
-      [at(stop - 3 * MIN), "critical", "3"],
-      [at(stop - 1 * MIN), "critical", "1"]
-    ])
+    expect(warnings(r)).toEqual(runDown(stop))
     expect(r.output.ledger.slice(1).map((row) => [row.at, row.kind, row.amount, row.balance_after, row.resource])).toEqual([
       [at(30 * MIN), "gpu_usage", "-48.00", "10.02", "ii-1"],
       [at(24 * HOUR), "storage_billing", "-10.00", "0.02", "d-1"]
