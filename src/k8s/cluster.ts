@@ -18,7 +18,9 @@
  *   is `pod.preempted`; once the victim is gone the driver creates a replacement pod of the
  *   same name, and `pod.running` follows when every replacement is Ready. A pod deleted
  *   out from under us (not asked for, not a preemption) fails its workload: `pod.failed`,
- *   as the reconciler would conclude from a missing pod.
+ *   as the reconciler would conclude from a missing pod. Names are reused, so every delete of
+ *   a pod the driver has seen carries its uid as a precondition (409: that pod is gone, and
+ *   the replacement of its name is left alone), and events about a uid known gone are stale.
  * - Stops: every time a workload's pods stop holding their GPUs the driver remembers when
  *   (`firstStopAt`), dated when it learned it or, learned late, from the pod's own record
  *   (`podStoppedAt`: DisruptionTarget, a container's finishedAt, a deletionTimestamp), and a
@@ -171,6 +173,12 @@ const SEEN_VERSIONS_MAX = 4_096
  * and a stop found late is then dated at a later one: billed more, never less.
  */
 const STOPS_REMEMBERED_MAX = 128
+/**
+ * Uids of pods known to be gone (a DELETED event, a delete answered 404 or 409, a list without
+ * them), so a stale or replayed event about one is not taken for the pod now bearing its name
+ * (a replacement). Bounded: the oldest are forgotten first.
+ */
+const GONE_UIDS_MAX = 4_096
 
 export class KubernetesCluster implements ClusterPort {
   private readonly core: CoreV1Api
@@ -203,6 +211,8 @@ export class KubernetesCluster implements ClusterPort {
   private listedVolumes: ReadonlyArray<string> = []
   private listingVolumes = false
   private readonly seen = new Set<string>()
+  /** Pod uids known to be gone (`GONE_UIDS_MAX`): events about them are stale. */
+  private readonly goneUids = new Set<string>()
   /** Creates and deletes waiting on the clock to be retried. */
   private retriesWaiting = 0
   /** A relist failed: the next attempt after the backoff lists again instead of watching. */
@@ -691,7 +701,7 @@ export class KubernetesCluster implements ClusterPort {
         w.busy.delete(pod)
         w.replacing.delete(pod)
         // Not in the cache yet: delete it by name once we know we are deleting.
-        if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1)
+        if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1, false, undefined)
         else this.refresh(w)
         return true
       },
@@ -705,10 +715,17 @@ export class KubernetesCluster implements ClusterPort {
     })
   }
 
-  /** `force`: no grace period, for a pod whose kubelet never confirmed its graceful delete. */
-  private deletePod(w: Workload, pod: string, attempt: number, force = false): void {
+  /**
+   * `force`: no grace period, for a pod whose kubelet never confirmed its graceful delete.
+   * `uid`: the pod the driver saw, sent as a precondition, so the delete never reaches another
+   * pod of the same name (a replacement created since, by this driver or another control plane,
+   * which a stale cache or a retry would otherwise delete). Undefined only for a pod never seen
+   * (a create answered 409 while the workload is being deleted): deleted by name.
+   */
+  private deletePod(w: Workload, pod: string, attempt: number, force: boolean, uid: string | undefined): void {
     w.busy.add(pod)
-    const request = () => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}) })
+    const body = uid === undefined ? {} : { body: { preconditions: { uid } } }
+    const request = () => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}), ...body })
     this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
       ok: (deleted) => {
         w.busy.delete(pod)
@@ -716,14 +733,18 @@ export class KubernetesCluster implements ClusterPort {
         this.await(w, pod, deleted.metadata?.resourceVersion)
         this.refresh(w)
       },
-      // 404: the API server says the pod is gone, whatever the cache says (a watch gap).
+      // 404: the API server says the pod is gone, whatever the cache says (a watch gap). 409 to a
+      // uid precondition: the name is another pod's (a replacement), so the one we meant is gone
+      // too, and the other is left alone. Unless the workload is being deleted: that pod is
+      // ours to delete as well, by name, as a pod we have not seen yet is.
       refused: (status) => {
-        if (status !== 404) return false
+        if (status !== 404 && !(status === 409 && uid !== undefined)) return false
         w.busy.delete(pod)
-        this.goneOnServer(w, pod)
+        if (status === 409 && w.deleting) this.deletePod(w, pod, 1, force, undefined)
+        this.goneOnServer(w, pod, uid)
         return true
       },
-      retry: () => this.deletePod(w, pod, attempt + 1, force),
+      retry: () => this.deletePod(w, pod, attempt + 1, force, uid),
       gaveUp: () => {
         w.busy.delete(pod)
         w.deleteStalled.add(pod)
@@ -740,9 +761,12 @@ export class KubernetesCluster implements ClusterPort {
    * sends the delete again; the DELETED the watch delivers later finds no pod in the cache and
    * is ignored, and a relist agrees.
    */
-  private goneOnServer(w: Workload, pod: string): void {
+  private goneOnServer(w: Workload, pod: string, uid: string | undefined): void {
+    if (uid !== undefined) this.markGone(uid)
     const cached = this.cache.get(pod)
-    if (cached === undefined) return this.refresh(w)
+    // The cache may show a newer pod of that name by now: that one is not known gone.
+    if (cached === undefined || (uid !== undefined && uidOf(cached) !== undefined && uidOf(cached) !== uid)) return this.refresh(w)
+    this.markGone(uidOf(cached))
     this.cache.delete(pod)
     w.awaiting.delete(pod)
     this.podGone(cached, true)
@@ -762,6 +786,14 @@ export class KubernetesCluster implements ClusterPort {
     if (w.awaiting.get(name)?.rv === rv) w.awaiting.delete(name)
     this.seen.add(`${name}@${rv}`)
     if (this.seen.size > SEEN_VERSIONS_MAX) this.seen.delete(this.seen.values().next().value!)
+  }
+
+  /** A pod uid is gone for good (uids are never reused): later events about it are stale. */
+  private markGone(uid: string | undefined): void {
+    if (uid === undefined) return
+    this.goneUids.delete(uid)
+    this.goneUids.add(uid)
+    if (this.goneUids.size > GONE_UIDS_MAX) this.goneUids.delete(this.goneUids.values().next().value!)
   }
 
   /**
@@ -899,11 +931,13 @@ export class KubernetesCluster implements ClusterPort {
       seen.add(name)
       const before = this.cache.get(name)
       if (before?.metadata?.resourceVersion === pod.metadata?.resourceVersion && before !== undefined) continue
+      if (before !== undefined && uidOf(before) !== uidOf(pod)) this.markGone(uidOf(before))
       this.cache.set(name, pod)
       this.podChanged(pod, report)
     }
     for (const [name, pod] of [...this.cache.entries()].sort(([a], [b]) => (a < b ? -1 : 1))) {
       if (seen.has(name)) continue
+      this.markGone(uidOf(pod))
       this.cache.delete(name)
       this.podGone(pod, report)
     }
@@ -950,10 +984,23 @@ export class KubernetesCluster implements ClusterPort {
         const name = object.metadata?.name
         if (name === undefined) return
         this.lateSince = this.replaying ? this.liveAt : null
-        if (type === "DELETED") {
+        const uid = uidOf(object)
+        const cached = this.cache.get(name)
+        // The cache shows another pod of this name. A DELETED is then about an earlier pod (the
+        // watch delivers a name's DELETED before its next ADDED), and leaves the cached one; any
+        // other event is about a later pod, so the cached one is gone.
+        const other = cached !== undefined && uid !== undefined && uidOf(cached) !== undefined && uidOf(cached) !== uid
+        if (uid !== undefined && this.goneUids.has(uid)) {
+          // About a pod known to be gone (stale, or replayed): never about the pod of this name now.
+        } else if (type === "DELETED") {
+          this.markGone(uid)
           // A pod not in the cache was already taken as gone (a delete answered 404).
-          if (this.cache.delete(name)) this.podGone(object, true)
+          if (cached !== undefined && !other) {
+            this.cache.delete(name)
+            this.podGone(object, true)
+          }
         } else {
+          if (other) this.markGone(uidOf(cached))
           this.cache.set(name, object)
           this.podChanged(object, true)
         }
@@ -1145,7 +1192,7 @@ export class KubernetesCluster implements ClusterPort {
         this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
         this.createPod(w, pod, 1)
       } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {
-        this.deletePod(w, pod, 1)
+        this.deletePod(w, pod, 1, false, uidOf(cached))
       }
     }
   }
@@ -1260,12 +1307,12 @@ export class KubernetesCluster implements ClusterPort {
       const cached = this.cache.get(pod)
       if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
       if (!isTerminating(cached)) {
-        this.deletePod(w, pod, 1)
+        this.deletePod(w, pod, 1, false, uidOf(cached))
         continue
       }
       const since = w.terminatingSince.get(pod) ?? now
       w.terminatingSince.set(pod, since)
-      if (now - since >= this.config.limits.pod_force_delete_after_ms) this.deletePod(w, pod, 1, true)
+      if (now - since >= this.config.limits.pod_force_delete_after_ms) this.deletePod(w, pod, 1, true, uidOf(cached))
     }
   }
 
@@ -1287,6 +1334,9 @@ export class KubernetesCluster implements ClusterPort {
     this.handler?.(event)
   }
 }
+
+/** A pod's uid, as the API server assigned it (absent only from objects it never stored). */
+const uidOf = (pod: V1Pod): string | undefined => pod.metadata?.uid ?? undefined
 
 /** What a replacement of `pod` is created from: its metadata and spec, not its placement. */
 const templateOf = (pod: V1Pod): V1Pod => {

@@ -121,6 +121,10 @@ describe("the Kubernetes API test server", () => {
     await core.createNamespacedPod({ namespace: NS, body: pod("b") })
     const refused = await status(core.deleteNamespacedPod({ name: "b", namespace: NS, body: { preconditions: { uid: "other" } } }))
     expect(refused.body).toMatchObject({ reason: "Conflict", code: 409 })
+    expect(server.objects("pods", NS).map((p) => p.metadata.name)).toEqual(["b"])
+    // The pod's own uid is accepted.
+    await core.deleteNamespacedPod({ name: "b", namespace: NS, body: { preconditions: { uid: server.object("pods", NS, "b")!.metadata.uid! } } })
+    expect(server.objects("pods", NS)).toEqual([])
   })
 
   it("watches: initial ADDED without a resourceVersion, only later events from one, label filters, BOOKMARKs on demand", async () => {
