@@ -1130,6 +1130,8 @@ export class GpuSupervisor implements PaymentHost {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
     const replicasBefore = replicaStatuses(entry)
+    // Counted before anything can throw: once the actor moved, a rollback leaves memory ahead.
+    this.changes++
     step()
     const intents = this.intents
     this.intents = []
@@ -1156,7 +1158,6 @@ export class GpuSupervisor implements PaymentHost {
       else this.stopping.delete(entry.id)
     }
     this.dirty.add(entry.id)
-    this.changes++
     this.reconciler.changed(entry.id)
     this.track(entry)
     this.lowBalance.burnChanged(accountOf(entry))

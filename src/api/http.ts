@@ -175,7 +175,9 @@ const send = (reply: FastifyReply, o: Outcome): FastifyReply => {
  */
 export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Outcome): FastifyReply => {
   const key = idempotencyKeyOf(request)
-  if (key === null) return send(reply, runOrRefusal(run))
+  // One unit of work either way: its writes commit together, and a replica that lost its
+  // leader term writes nothing (src/ledger/store.ts).
+  if (key === null) return send(reply, ctx.engine.sup.unitOfWork(() => runOrRefusal(run)))
   const outcome = ctx.engine.sup.unitOfWork((): Outcome & { replayed: boolean } => {
     const replay = storedAnswer(ctx, account, key)
     if (replay !== null) return replay

@@ -5,9 +5,12 @@
  * closes. Requests get the standby's 503 `not_leader`.
  */
 import { afterEach, describe, expect, it } from "vitest"
+import { buildApp } from "../../src/api/app.js"
 import { openEngine } from "../../src/api/engine.js"
+import { seededSecrets } from "../../src/api/secrets.js"
 import { VirtualClock } from "../../src/clock.js"
 import { NotLeader } from "../../src/errors.js"
+import { LedgerStore } from "../../src/ledger/store.js"
 import { dollars } from "../../src/money.js"
 import { SimCluster } from "../../sim/cluster.js"
 import { tmpDb } from "../helpers.js"
@@ -70,6 +73,39 @@ describe("the leader term in SQLite", () => {
     expect(a.engine.sup.fenced).toBe(true)
     expect(b.engine.sup.sync.credit("acme", "adjustment", dollars("7.00"), "new leader")._tag).toBe("Right")
     expect(b.engine.ledger.ledgerRows().map((r) => [r.kind, r.amount_micros, r.description])).toEqual([["adjustment", 7_000_000n, "new leader"]])
+    a.close()
+    b.close()
+  })
+})
+
+describe("the leader term over HTTP", () => {
+  it("refuses a deposed leader's key, invite and revoke writes, as every other route's", async () => {
+    // Proves every write route runs in a unit of work (found by review: POST /api-keys,
+    // POST /team/invites without an Idempotency-Key and DELETE /api-keys/:id wrote outside
+    // one, so past the term check). A leads; B claims a newer term while A's lease timer never
+    // fired; A's routes answer 503 not_leader and B's file gains nothing.
+    const db = tmpDb()
+    const clock = new VirtualClock(START_MS)
+    const a = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const app = await buildApp({ engine: a.engine, secrets: seededSecrets("fence"), operatorKey: "op_test_0123456789abcdefghijklmnopqrstuvwxyz", logger: false, rateLimit: { max: 10_000, window_ms: 60_000 }, docs: false, publicUrl: "https://x.test" })
+    const signup = await app.inject({ method: "POST", url: "/accounts", payload: { email: "ada@example.com" } })
+    expect(signup.statusCode).toBe(201)
+    const { secret, id: keyId } = JSON.parse(signup.body).api_key as { secret: string; id: string }
+    const b = LedgerStore.open(db, { claim_leader_term: true })
+    const auth = { authorization: `Bearer ${secret}` }
+    const answers = [
+      await app.inject({ method: "POST", url: "/api-keys", headers: auth, payload: { name: "late" } }),
+      await app.inject({ method: "POST", url: "/team/invites", headers: auth, payload: { email: "bob@example.com" } }),
+      await app.inject({ method: "DELETE", url: `/api-keys/${keyId}`, headers: auth })
+    ]
+    expect(answers.map((r) => [r.statusCode, JSON.parse(r.body).error])).toEqual([
+      [503, "not_leader"],
+      [503, "not_leader"],
+      [503, "not_leader"]
+    ])
+    expect(b.db.prepare(`SELECT name, revoked_at FROM api_keys`).all()).toEqual([{ name: "default", revoked_at: null }])
+    expect(b.db.prepare(`SELECT count(*) AS n FROM api_invites`).get()).toEqual({ n: 0 })
+    await app.close()
     a.close()
     b.close()
   })

@@ -250,7 +250,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
       const row = ctx.api.key(id)
       if (row === undefined || row.account !== auth.account) throw new HttpError(404, "key_not_found", `key ${id} not found`)
       if (row.user_id !== auth.user_id && auth.role !== "owner") throw new HttpError(403, "forbidden", "a member may revoke only the keys they created")
-      if (row.revoked_at === null) ctx.api.revokeKey(auth.account, id, now())
+      if (row.revoked_at === null) ctx.engine.sup.unitOfWork(() => ctx.api.revokeKey(auth.account, id, now()))
       ctx.auth.forget(id)
       return keyJson(ctx.api.key(id)!)
     }
