@@ -243,6 +243,8 @@ export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" |
 /** The supervisor, as the payments module sees it: units of work and the two money rows. */
 export interface PaymentHost {
   unitOfWork<T>(fn: () => T): T
+  /** A unit of work for the provider's answers and the retry timer: one a newer leader fenced does nothing. */
+  background(fn: () => void): void
   /**
    * A `topup` (+) or card `refund` row naming the payment (− a refund made, + the credit back
    * of one that failed); marks the account touched (and credited).
@@ -480,7 +482,7 @@ export class PaymentBook {
 
   private recordIntent(payment_id: string, r: IntentResult): void {
     if (this.stopped) return
-    this.host.unitOfWork(() => {
+    this.host.background(() => {
       const at = this.clock.now()
       const p = this.payment(payment_id)
       assert(p !== undefined, () => `provider answer for unknown payment ${payment_id}`)
@@ -496,7 +498,7 @@ export class PaymentBook {
 
   private recordCard(account: string, payment_method: string, r: CardResult): void {
     if (this.stopped) return
-    this.host.unitOfWork(() => {
+    this.host.background(() => {
       const card = this.autoRecharge(account)
       this.journal.append(this.clock.now(), "card_saved", { account, ok: r.ok })
       if (card === undefined || card.payment_method !== payment_method || !r.ok) return
@@ -708,7 +710,7 @@ export class PaymentBook {
         at,
         () => {
           this.retryTimers.delete(account)
-          this.host.unitOfWork(() => {
+          this.host.background(() => {
             this.journal.append(this.clock.now(), "auto_recharge_retry", { account })
             this.host.touch(account)
           })

@@ -257,7 +257,7 @@ export class GpuSupervisor implements PaymentHost {
       journal,
       spendable: (account) => this.spendable(account),
       measureBurn: (account, at) => this.measureBurn(account, at),
-      unitOfWork: (fn) => this.unitOfWork(fn),
+      unitOfWork: (fn) => this.background(fn),
       afterUnitOf: (accounts) => this.payments?.afterUnit(accounts)
     })
     const raise = (intent: Intent): void => {
@@ -461,6 +461,21 @@ export class GpuSupervisor implements PaymentHost {
     }
     if (this.committedCalls.length > 0) for (const call of this.committedCalls.splice(0)) call()
     return result
+  }
+
+  /**
+   * A unit of work the engine starts itself (a timer, a cluster event, a provider's answer).
+   * Once another replica holds a newer leader term it does nothing: the unit that finds out
+   * fences the supervisor (`unitOfWork`), and the `NotLeader` goes no further, where a
+   * request's would answer 503. Otherwise it would escape a timer or a watch handler and stop
+   * the process, where the replica should stand by.
+   */
+  background(fn: () => void): void {
+    try {
+      this.unitOfWork(fn)
+    } catch (e) {
+      if (!(e instanceof NotLeader)) throw e
+    }
   }
 
   /**
@@ -864,6 +879,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   private armStorageBilling(): void {
+    if (this.stopped) return
     const next = nextMark(this.clock.now(), policy.STORAGE_BILLING_INTERVAL_MS)
     this.storageTimer = this.clock.schedule(next, () => this.onStorageBilling(), { lane: Lane.engine, key: "storage" })
   }
@@ -877,7 +893,7 @@ export class GpuSupervisor implements PaymentHost {
     this.storageTimer = null
     const ids = [...this.live.values()].filter((e) => e.kind === "storage").map((e) => e.id).sort()
     if (ids.length > 0) {
-      this.unitOfWork(() => {
+      this.background(() => {
         const at = this.clock.now()
         this.journal.append(at, "storage_billing", { count: ids.length })
         for (const id of ids) {
@@ -978,6 +994,7 @@ export class GpuSupervisor implements PaymentHost {
 
   /** One clock timer for the earliest aggregation bucket to close. */
   private armMeteringFlush(): void {
+    if (this.stopped) return
     const due = this.metering.nextFlushAt()
     if (due === undefined || this.meteringTimer?.at === due) return
     if (this.meteringTimer !== null) this.clock.clearTimeout(this.meteringTimer.handle)
@@ -985,7 +1002,7 @@ export class GpuSupervisor implements PaymentHost {
       due,
       () => {
         this.meteringTimer = null
-        this.unitOfWork(() => {
+        this.background(() => {
           for (const bucket of this.metering.flush(this.clock.now())) this.lowBalance.touch(bucket.account)
           this.armMeteringFlush()
         })
@@ -1342,7 +1359,7 @@ export class GpuSupervisor implements PaymentHost {
     const entry = this.live.get(id)
     if (entry === undefined || entry.kind !== "gpu") return
     entry.alarm = null
-    this.unitOfWork(() => {
+    this.background(() => {
       const at = this.clock.now()
       this.journal.append(at, "alarm", { id, ...alarm })
       // What the deadline settles must be what the pod ran: look at it first.
@@ -1360,7 +1377,7 @@ export class GpuSupervisor implements PaymentHost {
     const entry = this.live.get(id)
     if (entry === undefined || entry.kind !== "inference") return
     entry.alarm = null
-    this.unitOfWork(() => {
+    this.background(() => {
       const at = this.clock.now()
       // What the cycle settles must be what the replicas ran: look at them first. A partial
       // cycle whose end that moved (a stop found late) ends at the new end instead (its alarm
@@ -1481,6 +1498,8 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   private armWatchdog(): void {
+    // A fenced supervisor arms nothing: its background unit did nothing, and nothing follows.
+    if (this.stopped) return
     const next = nextMark(this.clock.now(), policy.WATCHDOG_INTERVAL_MS)
     this.watchdogTimer = this.clock.schedule(next, () => this.onWatchdog(), { lane: Lane.engine, key: "watchdog" })
   }
@@ -1495,7 +1514,7 @@ export class GpuSupervisor implements PaymentHost {
     const gpu = (id: string) => this.live.get(id) as Extract<LiveEntry, { kind: "gpu" }>
     const stuck = [...this.pending].filter((id) => isStuckPending(gpu(id).actor.getSnapshot().context, at)).sort()
     const stopping = [...this.stopping].sort()
-    this.unitOfWork(() => {
+    this.background(() => {
       // Level-triggered, every tick: what the machines believe is made to agree with what the
       // cluster shows, so a lost pod event is healed within one watchdog interval. A pending
       // GPU resource is left to SPEC §3's stuck-pending rule below.
@@ -1524,7 +1543,7 @@ export class GpuSupervisor implements PaymentHost {
   private onClusterEvent(event: ClusterEvent): void {
     const [id, region] = event.resource.split("@") as [string, string | undefined]
     const entry = this.live.get(id)
-    this.unitOfWork(() => {
+    this.background(() => {
       this.journal.append(event.at, event.type, event)
       if (entry === undefined) return
       // A stop the world learned late carries when it happened: billing ends there.

@@ -110,3 +110,29 @@ describe("the leader term over HTTP", () => {
     b.close()
   })
 })
+
+describe("a deposed leader's own timers", () => {
+  it("fence it without escaping: the alarm that finds the newer term does nothing, and nothing is armed again", () => {
+    // Proves background units (alarms, the watchdog, cluster events, provider answers) swallow
+    // NotLeader once they have fenced the supervisor (found by review: it escaped the timer
+    // and would have stopped the process where the replica should stand by). A runs gi-1;
+    // B claims a newer term; A's clock reaches gi-1's warnings and deadline.
+    const db = tmpDb()
+    const clockA = new VirtualClock(START_MS)
+    const a = openEngine({ db, clock: clockA, cluster: new SimCluster(clockA, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    a.engine.sup.sync.openAccount("acme")
+    a.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+    expect(a.engine.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 1 })._tag).toBe("Right")
+    const clockB = new VirtualClock(START_MS)
+    const b = openEngine({ db, clock: clockB, cluster: new SimCluster(clockB, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const before = JSON.stringify(b.engine.ledger.ledgerRows(), (_, v) => (typeof v === "bigint" ? v.toString() : v))
+    expect(() => clockA.advanceTo(START_MS + 2 * HOUR)).not.toThrow()
+    expect(a.engine.sup.fenced).toBe(true)
+    // Only the simulated world's own pod timers may remain; none of the engine's is armed again.
+    clockA.advanceTo(START_MS + 24 * HOUR)
+    expect(clockA.pending).toBe(0)
+    expect(JSON.stringify(b.engine.ledger.ledgerRows(), (_, v) => (typeof v === "bigint" ? v.toString() : v))).toBe(before)
+    a.close()
+    b.close()
+  })
+})
