@@ -1162,7 +1162,9 @@ export class KubernetesCluster implements ClusterPort {
       const oldest = this.goneWhilePassive.values().next().value!
       this.goneWhilePassive.delete(oldest)
       const old = this.workloads.get(oldest)
-      if (old !== undefined && !old.deleting && this.concluded(old)) this.forget(old)
+      // One with a replacement owed is kept: the next leader creates it (`ownWork`), where a
+      // forgotten one would be found without pods and its instance failed.
+      if (old !== undefined && !old.deleting && this.concluded(old) && old.replacing.size === 0) this.forget(old)
     }
   }
 

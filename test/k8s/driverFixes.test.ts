@@ -256,6 +256,24 @@ describe("a standby's driver does not keep every workload the leader deleted", (
     expect(leader.list().map((x) => x.name)).toEqual(["eco-gi-7"])
     expect(standby!.list().map((x) => x.name)).toEqual(["eco-gi-5", "eco-gi-6", "eco-gi-7"])
   })
+
+  it("never forgets a workload whose replacement it owes, however many go", async () => {
+    // Found by review: with more gone workloads than the bound (a mass preemption while the
+    // leader dies), the oldest was forgotten with its replacement owed; the next leader found
+    // no pods and failed the instance instead of resuming it.
+    const { w, standby, launch } = await withEngine({ pod_stop_ms: 0, standby: true, limits: { passive_gone_workloads_max: 1 } })
+    launch("gi-2")
+    await w.advance(10 * MIN)
+    stopEngine(engine!)
+    engine = null
+    for (const id of ["gi-1", "gi-2"]) expect(w.kubelet.preempt(id)).toEqual({ ok: true })
+    await w.advance(1 * MIN)
+    expect(w.pods()).toEqual([])
+    expect(standby!.list().map((x) => [x.name, x.phase])).toEqual([
+      ["eco-gi-1", "preempted"],
+      ["eco-gi-2", "preempted"]
+    ])
+  })
 })
 
 describe("a request the API server never answers", () => {
