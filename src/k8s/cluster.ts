@@ -223,10 +223,13 @@ export class KubernetesCluster implements ClusterPort {
    */
   private liveAt = Number.NEGATIVE_INFINITY
   /**
-   * The watch was re-opened after a drop and has sent no BOOKMARK yet: what it delivers may be
-   * the gap's events, replayed, so it is learned late.
+   * The watch was re-opened after a drop and has sent no BOOKMARK yet, within
+   * `pods_watch_replay_window_ms` of opening: what it delivers may be the gap's events,
+   * replayed, so it is learned late.
    */
   private replaying = false
+  /** When the current watch was opened (engine clock). */
+  private watchOpenedAt = Number.NEGATIVE_INFINITY
   /**
    * While the driver takes in what it learns late (a relist, a watch replaying a gap, the first
    * list at start): the instant its view was last current (`liveAt` then). Null: learned live.
@@ -954,6 +957,7 @@ export class KubernetesCluster implements ClusterPort {
   private openWatch(resumed: boolean): void {
     if (this.isStopped()) return
     this.replaying = resumed
+    this.watchOpenedAt = this.clock.now()
     this.state = "watching"
     this.connected = false
     const session = ++this.session
@@ -983,6 +987,8 @@ export class KubernetesCluster implements ClusterPort {
         }
         const name = object.metadata?.name
         if (name === undefined) return
+        // The replay comes first, at once: past the window the watch is live, bookmark or not.
+        if (this.replaying && this.clock.now() - this.watchOpenedAt > this.config.limits.pods_watch_replay_window_ms) this.replaying = false
         this.lateSince = this.replaying ? this.liveAt : null
         const uid = uidOf(object)
         const cached = this.cache.get(name)

@@ -52,6 +52,12 @@ export interface KubernetesLimits {
   readonly pods_watch_backoff_ms_min: number
   /** The longest wait between two attempts to re-open the pod watch. */
   readonly pods_watch_backoff_ms_max: number
+  /**
+   * A re-opened watch first replays what happened while it was down: what it delivers within
+   * this long of opening is taken as learned late (dated from the pods' records), what comes
+   * later as live, even if the API server sends no BOOKMARK (a hint it may never give).
+   */
+  readonly pods_watch_replay_window_ms: number
   /** Server-side watch timeout asked for (`timeoutSeconds`): the stream is re-opened after it. */
   readonly pods_watch_timeout_s: number
   /** Requests to the API server in flight at once; more wait in a queue. */
@@ -98,6 +104,7 @@ export interface KubernetesLimits {
 export const DEFAULT_LIMITS: KubernetesLimits = {
   pods_watch_backoff_ms_min: 500,
   pods_watch_backoff_ms_max: 30_000,
+  pods_watch_replay_window_ms: 10_000,
   pods_watch_timeout_s: 300,
   requests_in_flight_max: 32,
   requests_queued_max: 100_000,
@@ -137,6 +144,7 @@ export const kubernetesConfig = (
   if (!(l.request_backoff_ms_min > 0 && l.request_backoff_ms_min <= l.request_backoff_ms_max)) throw new Error("request_backoff_ms_min must be in (0, max]")
   if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
   if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
+  if (!(l.pods_watch_replay_window_ms >= 0)) throw new Error("pods_watch_replay_window_ms must not be negative")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

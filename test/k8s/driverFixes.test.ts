@@ -240,6 +240,23 @@ describe("a node clock behind the engine's does not backdate a stop", () => {
     expect(events.slice(2)).toEqual([{ type: "pod.failed", resource: "gi-1", at: t(600 + 240), ended_at: t(600) }])
     expect(d.firstStopAt("eco-gi-1", t(0))).toBe(t(600))
   })
+
+  it("after a re-opened watch's replay window, a stop is live even with no BOOKMARK from the server", async () => {
+    // Found by review: a watch re-opened after a drop counted as replaying until its first
+    // BOOKMARK, which an API server may never send; every stop heard live after it was then
+    // dated from the node's stamp, as far back as the drop (here 0:10:00, 10 minutes early).
+    const { w, d, events } = await open({ limits: { pods_watch_backoff_ms_min: MIN, pods_watch_backoff_ms_max: MIN } })
+    await running(w, d)
+    await w.advance(510 * S)
+    w.server.dropWatches({ abrupt: true }) // at 0:10:00
+    await waitFor(d, () => d.watchState === "backoff")
+    await w.advance(MIN)
+    expect(d.watchState).toBe("watching") // re-opened at 0:11:00, nothing to replay
+    await w.advance(9 * MIN)
+    failSkewed(w, 20 * MIN) // at 0:20:00, heard at once, stamped 0:00:00
+    await w.advance(S)
+    expect(events.slice(2)).toEqual([{ type: "pod.failed", resource: "gi-1", at: t(1200) }])
+  })
 })
 
 describe("a standby's driver does not keep every workload the leader deleted", () => {
