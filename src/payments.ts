@@ -609,7 +609,9 @@ export class PaymentBook {
       at,
       severity: "warning",
       kind: "card_refund_failed",
-      text: policy.texts.cardRefundFailed(formatDollars(amount_micros), policy.cardRefundFailureWhy(e.status, e.failure_reason), resumed),
+      // A failure told before the top-up itself was credited (events come in any order): its
+      // money is not in the balance yet, and the text says when it will be.
+      text: policy.texts.cardRefundFailed(formatDollars(amount_micros), policy.cardRefundFailureWhy(e.status, e.failure_reason), resumed, this.payment(p.id)?.status === "succeeded"),
       data: { payment: p.id, refund: e.refund_id, status: e.status, reason: e.failure_reason, credited: formatDollars(moved), auto_recharge: resumed ? "resumed" : null }
     })
     return moved > 0n ? "refund_reversed" : "nothing"

@@ -192,8 +192,8 @@ export const texts = {
    * docs/POLICY.md): the money never reached the card, so it stays in the wallet. `resumed`:
    * the auto-recharge pause that refund set is over.
    */
-  cardRefundFailed: (dollars: string, why: string, resumed: boolean) =>
-    `A refund of $${dollars} to your card did not go through: ${why}. The $${dollars} stays in your credit balance.${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
+  cardRefundFailed: (dollars: string, why: string, resumed: boolean, topUpCredited: boolean) =>
+    `A refund of $${dollars} to your card did not go through: ${why}. ${topUpCredited ? `The $${dollars} stays in your credit balance.` : `The $${dollars} stays yours: it reaches your credit balance with the top-up, once the payment provider confirms it.`}${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {

@@ -331,7 +331,7 @@ describe("refunds that fail at Stripe", () => {
     expect(failureNotes(w)).toEqual([
       [
         "warning",
-        "A refund of $10.00 to your card did not go through: it was canceled. The $10.00 stays in your credit balance.",
+        "A refund of $10.00 to your card did not go through: it was canceled. The $10.00 stays yours: it reaches your credit balance with the top-up, once the payment provider confirms it.",
         { payment: "pay_00000001", refund: refund.id, status: "canceled", reason: "merchant_request", credited: "0.00", auto_recharge: null }
       ]
     ])
