@@ -493,8 +493,11 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   // before the credit, in the run-down it ends).
   for (const n of facts.notifications) {
     if (n.kind !== "terminated" || !(n.data ?? "").includes("credit_depleted")) continue
-    const earliest = rundownAt(n.account, n.at - 1)
-    const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= n.at && rundownAt(n.account, w.at) >= earliest)
+    // The stop is decided when the resource leaves running for it; its notice may come later,
+    // when its pods are gone, after the settlement's refund that started a new run-down.
+    const decided = (transitionsByResource.get(n.resource ?? "") ?? []).find((t) => t.reason === "credit_depleted")?.at ?? n.at
+    const earliest = rundownAt(n.account, decided - 1)
+    const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= decided && rundownAt(n.account, w.at) >= earliest)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
   }
 
