@@ -40,10 +40,11 @@
  * Determinism: every timestamp and every wait is the injected EngineClock's; the driver
  * never reads the wall clock.
  */
-import { CoreV1Api, KubeConfig, Watch, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
+import { CoreV1Api, KubeConfig, Watch, type ConfigurationOptions, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
 import { assert } from "../errors.js"
+import { abortable } from "./abortable.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
 import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
 import { isTerminating, KUBE_TIME_PRECISION_MS, podStateOf, podStoppedAt, workloadPhaseOf, type PodState } from "./podState.js"
@@ -409,7 +410,7 @@ export class KubernetesCluster implements ClusterPort {
     // A sweep can wait an hour: the list is not added to a queue that is already full.
     if (this.listingVolumes || this.isStopped() || this.queue.length >= this.config.limits.requests_queued_max) return
     this.listingVolumes = true
-    this.request(() => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR })).then(
+    this.request((options) => this.core.listNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR }, options)).then(
       (list) => {
         this.listingVolumes = false
         if (this.isStopped()) return
@@ -585,7 +586,7 @@ export class KubernetesCluster implements ClusterPort {
       metadata: { name, namespace: this.config.namespace, labels: { [LABELS.managed]: "true", [LABELS.instance]: labelValue(instance) }, annotations: { [ANNOTATIONS.resource]: instance } },
       spec: { selector: { [LABELS.instance]: labelValue(instance) }, ports: [{ name: "http", port: this.config.inference_port, targetPort: this.config.inference_port }] }
     }
-    this.write(`create service ${name}`, attempt, () => this.core.createNamespacedService({ namespace: this.config.namespace, body }), {
+    this.write(`create service ${name}`, attempt, (options) => this.core.createNamespacedService({ namespace: this.config.namespace, body }, options), {
       ok: () => {},
       // 409: it exists (a replica of the same instance, or an earlier control plane made it).
       refused: (status) => status === 409,
@@ -600,7 +601,7 @@ export class KubernetesCluster implements ClusterPort {
     if ([...this.workloads.values()].some((w) => w.service === instance)) return
     const name = serviceNameOf(instance)
     this.services.delete(name)
-    this.write(`delete service ${name}`, 1, () => this.core.deleteNamespacedService({ name, namespace: this.config.namespace }), { ok: () => {}, refused: (status) => status === 404 })
+    this.write(`delete service ${name}`, 1, (options) => this.core.deleteNamespacedService({ name, namespace: this.config.namespace }, options), { ok: () => {}, refused: (status) => status === 404 })
   }
 
   // ── persistent volume claims ──────────────────────────────────────────────────────────
@@ -639,7 +640,7 @@ export class KubernetesCluster implements ClusterPort {
     assert(c.volume !== null && c.want === "present", () => `create of claim ${c.name} without a volume to create`)
     c.doing = "create"
     const body = this.claimFor(c.volume)
-    this.write(`create persistentvolumeclaim ${c.name}`, attempt, () => this.core.createNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, body }), {
+    this.write(`create persistentvolumeclaim ${c.name}`, attempt, (options) => this.core.createNamespacedPersistentVolumeClaim({ namespace: this.config.namespace, body }, options), {
       ok: () => this.claimDone(c, true),
       // 409 AlreadyExists: the claim is there (an earlier ensure, another control plane).
       refused: (status) => {
@@ -654,7 +655,7 @@ export class KubernetesCluster implements ClusterPort {
 
   private deleteClaim(c: Claim, attempt: number): void {
     c.doing = "delete"
-    this.write(`delete persistentvolumeclaim ${c.name}`, attempt, () => this.core.deleteNamespacedPersistentVolumeClaim({ name: c.name, namespace: this.config.namespace }), {
+    this.write(`delete persistentvolumeclaim ${c.name}`, attempt, (options) => this.core.deleteNamespacedPersistentVolumeClaim({ name: c.name, namespace: this.config.namespace }, options), {
       ok: () => this.claimDone(c, true),
       // 404: gone already. The API server keeps a claim a pod still mounts until that pod is
       // gone (the `kubernetes.io/pvc-protection` finalizer): accepted is enough for us.
@@ -691,7 +692,7 @@ export class KubernetesCluster implements ClusterPort {
   private createPod(w: Workload, pod: string, attempt: number): void {
     w.busy.add(pod)
     const body = w.templates.get(pod)!
-    this.write(`create pod ${pod}`, attempt, () => this.core.createNamespacedPod({ namespace: this.config.namespace, body }), {
+    this.write(`create pod ${pod}`, attempt, (options) => this.core.createNamespacedPod({ namespace: this.config.namespace, body }, options), {
       ok: (created) => {
         w.busy.delete(pod)
         if (w.replacing.delete(pod)) w.ownGiveUps = 0
@@ -728,7 +729,7 @@ export class KubernetesCluster implements ClusterPort {
   private deletePod(w: Workload, pod: string, attempt: number, force: boolean, uid: string | undefined): void {
     w.busy.add(pod)
     const body = uid === undefined ? {} : { body: { preconditions: { uid } } }
-    const request = () => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}), ...body })
+    const request = (options: ConfigurationOptions) => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}), ...body }, options)
     this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
       ok: (deleted) => {
         w.busy.delete(pod)
@@ -808,7 +809,7 @@ export class KubernetesCluster implements ClusterPort {
   private write<T>(
     what: string,
     attempt: number,
-    call: () => Promise<T>,
+    call: (options: ConfigurationOptions) => Promise<T>,
     on: { ok: (result: T) => void; refused: (status: number) => boolean; retry?: () => void; gaveUp?: () => void }
   ): void {
     this.request(call).then(
@@ -842,7 +843,12 @@ export class KubernetesCluster implements ClusterPort {
     )
   }
 
-  private request<T>(call: () => Promise<T>): Promise<T> {
+  /**
+   * `call` sends the request with the options it is given, which carry an AbortSignal: when the
+   * request times out its HTTP request is cancelled (the connection closed), so a hung API
+   * server never holds more than `requests_in_flight_max` connections of this driver.
+   */
+  private request<T>(call: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
     const l = this.config.limits
     if (this.queue.length >= l.requests_queued_max) throw new Error(`more than ${l.requests_queued_max} Kubernetes requests queued`)
     return new Promise<T>((resolve, reject) => {
@@ -862,16 +868,22 @@ export class KubernetesCluster implements ClusterPort {
           else void Promise.resolve().then(() => this.checkIdle())
           return true
         }
+        const controller = new AbortController()
         // A hung API server (or connection) must not keep a pod busy for ever: past
         // `request_timeout_ms` the request has failed like a network error and is retried.
+        // Its HTTP request is cancelled too: abandoned, it would keep its connection open
+        // while its retry opens another, and a hung server would collect
+        // `requests_in_flight_max` more of them every timeout, without bound.
         const timer = this.clock.schedule(
           this.clock.now() + l.request_timeout_ms,
           () => {
-            if (end()) reject(new RequestTimeout(`no answer in ${l.request_timeout_ms} ms`))
+            if (!end()) return
+            controller.abort()
+            reject(new RequestTimeout(`no answer in ${l.request_timeout_ms} ms`))
           },
           { lane: Lane.world, key: "k8s:request-timeout" }
         )
-        call().then(
+        call(abortable(controller.signal)).then(
           (result) => {
             if (end()) resolve(result)
           },
@@ -901,7 +913,7 @@ export class KubernetesCluster implements ClusterPort {
     const listSeq = ++this.seq
     let list
     try {
-      list = await this.request(() => this.core.listNamespacedPod({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR }))
+      list = await this.request((options) => this.core.listNamespacedPod({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR }, options))
     } catch (e) {
       if (this.isStopped()) return
       if (!report) throw e

@@ -14,7 +14,8 @@
  *   `renew_deadline_ms < lease_duration_ms`, it has stopped before any standby can take over:
  *   two supervisors never run at once (the margin is the difference, minus one request's
  *   latency).
- * - Every request is bounded by `request_timeout_ms` on the clock; a late answer is ignored.
+ * - Every request is bounded by `request_timeout_ms` on the clock: then its HTTP request is
+ *   cancelled (its connection closed), so a late answer never comes.
  * - `stop()` releases the lease (holder emptied), so a standby takes over at its next try
  *   instead of waiting out the lease.
  *
@@ -22,8 +23,9 @@
  * `onStartedLeading` rehydrate from SQLite and reconcile (the supervisor's `start`); on
  * `onStoppedLeading` drop it at once (`stop`, which writes nothing).
  */
-import { CoordinationV1Api, KubeConfig, V1MicroTime, type V1Lease } from "@kubernetes/client-node"
+import { CoordinationV1Api, KubeConfig, V1MicroTime, type ConfigurationOptions, type V1Lease } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
+import { abortable } from "./abortable.js"
 
 export interface LeaderElectionConfig {
   readonly namespace: string
@@ -123,10 +125,10 @@ export class LeaderElector {
     await this.idle()
     this.busy = true
     try {
-      const lease = await this.bounded(this.api.readNamespacedLease({ name: this.config.lease_name, namespace: this.config.namespace }))
+      const lease = await this.bounded((options) => this.api.readNamespacedLease({ name: this.config.lease_name, namespace: this.config.namespace }, options))
       if (lease.spec?.holderIdentity !== this.config.identity) return
       const spec = { ...lease.spec, holderIdentity: "", leaseDurationSeconds: 1, renewTime: new V1MicroTime(this.clock.now()) }
-      await this.bounded(this.api.replaceNamespacedLease({ name: this.config.lease_name, namespace: this.config.namespace, body: { ...lease, spec } }))
+      await this.bounded((options) => this.api.replaceNamespacedLease({ name: this.config.lease_name, namespace: this.config.namespace, body: { ...lease, spec } }, options))
     } catch (e) {
       this.report({ kind: "request_failed", at: this.clock.now(), status: statusOf(e) })
     } finally {
@@ -180,7 +182,7 @@ export class LeaderElector {
     const { namespace, lease_name: name, identity } = this.config
     let lease: V1Lease | null
     try {
-      lease = await this.bounded(this.api.readNamespacedLease({ name, namespace }))
+      lease = await this.bounded((options) => this.api.readNamespacedLease({ name, namespace }, options))
     } catch (e) {
       if (statusOf(e) !== 404) throw e
       lease = null
@@ -189,7 +191,7 @@ export class LeaderElector {
     const now = this.clock.now()
     if (lease === null) {
       try {
-        await this.bounded(this.api.createNamespacedLease({ namespace, body: { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name, namespace }, spec: this.record(now, now, 0) } }))
+        await this.bounded((options) => this.api.createNamespacedLease({ namespace, body: { apiVersion: "coordination.k8s.io/v1", kind: "Lease", metadata: { name, namespace }, spec: this.record(now, now, 0) } }, options))
       } catch (e) {
         if (statusOf(e) === 409) return // another candidate created it first
         throw e
@@ -215,7 +217,11 @@ export class LeaderElector {
     const acquired = holder === identity && lease.spec?.acquireTime != null ? new V1MicroTime(lease.spec.acquireTime) : new V1MicroTime(now)
     try {
       await this.bounded(
-        this.api.replaceNamespacedLease({ name, namespace, body: { ...lease, metadata: { ...lease.metadata, resourceVersion: lease.metadata?.resourceVersion }, spec: { ...this.record(acquired.getTime(), now, transitions) } } })
+        (options) =>
+          this.api.replaceNamespacedLease(
+            { name, namespace, body: { ...lease, metadata: { ...lease.metadata, resourceVersion: lease.metadata?.resourceVersion }, spec: { ...this.record(acquired.getTime(), now, transitions) } } },
+            options
+          )
       )
     } catch (e) {
       if (statusOf(e) === 409) return // someone wrote it since we read it: try again next period
@@ -262,15 +268,24 @@ export class LeaderElector {
     this.callbacks.onStoppedLeading()
   }
 
-  /** The request, or a Timeout after `request_timeout_ms` on the engine clock (its late answer ignored). */
-  private bounded<T>(request: Promise<T>): Promise<T> {
+  /**
+   * The request, or a Timeout after `request_timeout_ms` on the engine clock. Then its HTTP
+   * request is cancelled: abandoned, its connection would stay open while a hung API server
+   * collects one more every retry period.
+   */
+  private bounded<T>(call: (options: ConfigurationOptions) => Promise<T>): Promise<T> {
     this.requests_started++
+    const controller = new AbortController()
     return new Promise<T>((resolve, reject) => {
-      const timer = this.clock.schedule(this.clock.now() + this.config.request_timeout_ms, () => reject(new Timeout("lease request timed out")), {
-        lane: Lane.engine,
-        key: `lease-timeout:${this.config.identity}`
-      })
-      request.then(
+      const timer = this.clock.schedule(
+        this.clock.now() + this.config.request_timeout_ms,
+        () => {
+          controller.abort()
+          reject(new Timeout("lease request timed out"))
+        },
+        { lane: Lane.engine, key: `lease-timeout:${this.config.identity}` }
+      )
+      call(abortable(controller.signal)).then(
         (v) => {
           this.clock.clearTimeout(timer)
           resolve(v)

@@ -28,7 +28,8 @@
  * Test hooks: in-process reads and writes (`object`, `objects`, `update`, `remove`,
  * `deletePod`) for the scripted kubelet, a synchronous listener of every change, dropping
  * every watch stream (cleanly or abruptly), compacting the history so old resourceVersions
- * get 410, BOOKMARKs on demand (the harness's "caught up" barrier), injected failures, and a
+ * get 410, BOOKMARKs on demand (the harness's "caught up" barrier), injected failures or
+ * requests never answered (`hung` counts those whose client closed the connection), and a
  * log of requests.
  *
  * Timestamps on objects come from the injected `now()` (the test's virtual clock), so what
@@ -272,6 +273,11 @@ export class KubeApiServer {
   private readonly listeners: Array<(change: Change) => void> = []
   private readonly failures: InjectedFailure[] = []
   readonly requests: RequestRecord[] = []
+  /**
+   * Requests an injected `hang` left unanswered, and how many of them the client gave up on:
+   * their connection closed before any answer (a client that cancels a request it timed out).
+   */
+  readonly hung = { requests: 0, closed: 0 }
   private readonly historyMax: number
   expiredAs: "event" | "status"
   url = ""
@@ -411,7 +417,11 @@ export class KubeApiServer {
       )
       if (failure !== undefined) {
         failure.times--
-        if (failure.hang === true) return
+        if (failure.hang === true) {
+          this.hung.requests++
+          res.on("close", () => this.hung.closed++)
+          return
+        }
         fail(failure.status, failure.status >= 500 ? "InternalError" : "BadRequest", `injected failure ${failure.status}`)
       }
       const discovery = this.discovery(url.pathname)

@@ -2,7 +2,8 @@
  * Defects found in review of the Kubernetes driver, each reproduced against the API test
  * server and the scripted kubelet: a refused delete re-sent without end, a standby driver that
  * writes, a replacement whose create gave up, a node clock behind the engine's, a standby that
- * remembers every workload the leader deleted, a request that never answers.
+ * remembers every workload the leader deleted, a request that never answers, and one that
+ * was abandoned at its timeout but never cancelled.
  */
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
@@ -312,5 +313,38 @@ describe("a request the API server never answers", () => {
     expect(w.reports.filter((r) => r.kind === "request_failed")).toEqual([{ kind: "request_failed", at: t(10), what: "create pod eco-gi-1", status: null, final: false }])
     await w.advance(90 * S)
     expect(d.phaseOf("eco-gi-1")).toBe("running")
+  }, 20_000)
+
+  it("cancels the HTTP request when it times out: the API server sees every hung connection closed", async () => {
+    // Found by review: a request past request_timeout_ms counted as failed and was retried, but
+    // its HTTP request was never cancelled, so its connection stayed open. While the API server
+    // hung, every timeout left up to requests_in_flight_max more open connections, without bound.
+    const { w, d } = await open({ limits: { request_timeout_ms: 10 * S } })
+    w.server.inject({ method: "POST", path: "/pods", status: 0, hang: true, times: 3 })
+    for (const id of ["gi-1", "gi-2", "gi-3"]) d.createWorkload(spec({ name: `eco-${id}`, resource: id, gpu_count: 1 }))
+    const realTime = async (holds: () => boolean): Promise<void> => {
+      for (let i = 0; i < 500 && !holds(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    await realTime(() => w.server.hung.requests === 3)
+    expect(w.server.hung).toEqual({ requests: 3, closed: 0 })
+    // The world never settles while a request hangs: step the clock without waiting. Just before
+    // the timeout the connections are open: nothing else closes them.
+    const settle = w.clock.settle
+    w.clock.settle = async () => {}
+    await w.clock.advance(10 * S - 1)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(w.server.hung).toEqual({ requests: 3, closed: 0 })
+    await w.clock.advance(1)
+    w.clock.settle = settle
+    await realTime(() => w.server.hung.closed === 3)
+    expect(w.server.hung).toEqual({ requests: 3, closed: 3 })
+    // The retries are answered: one pod each, as without the cancel.
+    await w.advance(2 * S)
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-1", "eco-gi-2", "eco-gi-3"])
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => r.kind === "request_failed" && [r.at, r.what, r.status, r.final])).toEqual([
+      [t(10), "create pod eco-gi-1", null, false],
+      [t(10), "create pod eco-gi-2", null, false],
+      [t(10), "create pod eco-gi-3", null, false]
+    ])
   }, 20_000)
 })

@@ -103,6 +103,35 @@ describe("leader election on a Lease", () => {
     expect(lease(w)).toMatchObject({ holderIdentity: "b", acquireTime: "2026-03-01T00:00:26.000000Z", leaseTransitions: 1 })
   })
 
+  it("a lease request past request_timeout_ms is cancelled: the API server sees its connection closed", async () => {
+    // Found by review: a timed-out lease request was abandoned, not cancelled, so while the
+    // API server hung every retry period left one more connection open, without bound.
+    const w = await setup()
+    const a = replica(w, "a")
+    a.elector.start()
+    await w.advance(10 * S)
+    w.server.inject({ token: "a", path: "/leases", status: 0, hang: true, times: 1 })
+    const realTime = async (holds: () => boolean): Promise<void> => {
+      for (let i = 0; i < 500 && !holds(); i++) await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+    // The world never settles while a request hangs: step the clock without waiting.
+    const settle = w.clock.settle
+    w.clock.settle = async () => {}
+    await w.clock.advance(2 * S) // the renewal at 12 s reads the lease: no answer
+    await realTime(() => w.server.hung.requests === 1)
+    await w.clock.advance(2 * S - 1)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(w.server.hung).toEqual({ requests: 1, closed: 0 })
+    await w.clock.advance(1) // 14 s: request_timeout_ms (2 s) has passed
+    w.clock.settle = settle
+    await realTime(() => w.server.hung.closed === 1)
+    expect(w.server.hung).toEqual({ requests: 1, closed: 1 })
+    // The next renewal is answered, within the renew deadline: a still leads.
+    await w.advance(10 * S)
+    expect(log).toEqual([[0, "a", "started"]])
+    expect(a.elector.leading).toBe(true)
+  })
+
   it("a leader cut off from the API server stops at its renew deadline, before a standby may take over", async () => {
     const w = await setup()
     const a = replica(w, "a")
