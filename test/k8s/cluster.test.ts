@@ -9,11 +9,10 @@ import { afterEach, describe, expect, it } from "vitest"
 import { kubernetesConfig } from "../../src/k8s/config.js"
 import { kubernetesClusterLayer } from "../../src/k8s/world.js"
 import { Cluster } from "../../src/services.js"
-import type { ClusterEvent, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
-import type { KubernetesCluster } from "../../src/k8s/cluster.js"
+import type { ClusterEvent, VolumeSpec } from "../../src/cluster.js"
 import { claimNameOf, podNamesOf } from "../../src/k8s/names.js"
 import { podStateOf, podStoppedAt, workloadPhaseOf, type WorkloadMemory } from "../../src/k8s/podState.js"
-import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { K8sWorld, START_MS, runUntilReady, startWithDriver, waitFor, workloadSpec } from "./harness.js"
 
 let world: K8sWorld | null = null
 afterEach(async () => {
@@ -21,38 +20,19 @@ afterEach(async () => {
   world = null
 })
 
-const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
-  name: "eco-gi-1",
-  resource: "gi-1",
-  account: "acme",
-  region: "us-east",
-  gpu: "H100",
-  gpu_count: 2,
-  node_count: 1,
-  image: null,
-  volumes: [],
-  service: null,
-  ...over
-})
+const spec = workloadSpec
 
 /** Seconds after the start, for readable event lists. */
 const t = (s: number): number => START_MS + s * 1000
 const S = 1000
 
-const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}): Promise<{ w: K8sWorld; d: KubernetesCluster; events: ClusterEvent[] }> => {
-  world = await K8sWorld.start(options)
-  const d = await world.driver()
-  const events: ClusterEvent[] = []
-  d.subscribe((e) => events.push(e))
-  return { w: world, d, events }
+const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}) => {
+  const started = await startWithDriver(options)
+  world = started.w
+  return started
 }
 
-/** Runs a workload up to Ready: pull 60 s, start 30 s (the default region). */
-const running = async (w: K8sWorld, d: KubernetesCluster, s: WorkloadSpec = spec()): Promise<void> => {
-  d.createWorkload(s)
-  await w.advance(90 * S)
-  expect(d.phaseOf(s.name)).toBe("running")
-}
+const running = runUntilReady
 
 describe("the Kubernetes driver creates the right pods", () => {
   it("one pod per GPU instance: deterministic name, labels, nvidia.com/gpu, region selector, preemptible class", async () => {

@@ -7,13 +7,11 @@
  */
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
-import type { KubernetesCluster } from "../../src/k8s/cluster.js"
 import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { dollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
 import { kubeTime } from "./apiServer.js"
-import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { K8sWorld, START_MS, runUntilReady, startWithDriver, waitFor, workloadSpec } from "./harness.js"
 import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -40,37 +38,19 @@ const withEngine = async (options: { readonly pod_stop_ms: number; readonly stan
   return { w, leader, standby, sup, launch, view: (id = "gi-1") => Either.getOrThrow(sup.describe(id)) as GpuView }
 }
 
-const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
-  name: "eco-gi-1",
-  resource: "gi-1",
-  account: "acme",
-  region: "us-east",
-  gpu: "H100",
-  gpu_count: 2,
-  node_count: 1,
-  image: null,
-  volumes: [],
-  service: null,
-  ...over
-})
+const spec = workloadSpec
 
 const t = (s: number): number => START_MS + s * 1000
 const S = 1000
 const MIN = 60 * S
 
-const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}): Promise<{ w: K8sWorld; d: KubernetesCluster; events: ClusterEvent[] }> => {
-  world = await K8sWorld.start(options)
-  const d = await world.driver()
-  const events: ClusterEvent[] = []
-  d.subscribe((e) => events.push(e))
-  return { w: world, d, events }
+const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}) => {
+  const started = await startWithDriver(options)
+  world = started.w
+  return started
 }
 
-const running = async (w: K8sWorld, d: KubernetesCluster, s: WorkloadSpec = spec()): Promise<void> => {
-  d.createWorkload(s)
-  await w.advance(90 * S)
-  expect(d.phaseOf(s.name)).toBe("running")
-}
+const running = runUntilReady
 
 const deletes = (w: K8sWorld): number => w.server.requests.filter((r) => r.method === "DELETE" && r.path.includes("/pods/")).length
 

@@ -14,6 +14,8 @@
 import { Clock as EffectClock, Duration, Effect, Scheduler } from "effect"
 import { KubeConfig } from "@kubernetes/client-node"
 import { before, Lane, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
+import { expect } from "vitest"
+import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
 import { KubernetesCluster, type DriverReport } from "../../src/k8s/cluster.js"
 import { kubernetesConfig, type KubernetesClusterConfig, type KubernetesLimits } from "../../src/k8s/config.js"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
@@ -130,6 +132,37 @@ const nextProgress = (driver: KubernetesCluster): Promise<void> =>
   })
 
 /** Waits (on the driver's progress, a few wall seconds at most) until `predicate` holds. */
+/** A GPU instance's workload as the supervisor asks for one: acme's `gi-1`, 2 H100s in us-east, unless `over` says otherwise. */
+export const workloadSpec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
+  name: "eco-gi-1",
+  resource: "gi-1",
+  account: "acme",
+  region: "us-east",
+  gpu: "H100",
+  gpu_count: 2,
+  node_count: 1,
+  image: null,
+  volumes: [],
+  service: null,
+  ...over
+})
+
+/** A world with one driver subscribed, and the events it sends. */
+export const startWithDriver = async (options: Parameters<typeof K8sWorld.start>[0] = {}): Promise<{ w: K8sWorld; d: KubernetesCluster; events: ClusterEvent[] }> => {
+  const w = await K8sWorld.start(options)
+  const d = await w.driver()
+  const events: ClusterEvent[] = []
+  d.subscribe((e) => events.push(e))
+  return { w, d, events }
+}
+
+/** Runs a workload up to Ready: pull 60 s, start 30 s (the default region). */
+export const runUntilReady = async (w: K8sWorld, d: KubernetesCluster, s: WorkloadSpec = workloadSpec()): Promise<void> => {
+  d.createWorkload(s)
+  await w.advance(90_000)
+  expect(d.phaseOf(s.name)).toBe("running")
+}
+
 export const waitFor = async (driver: KubernetesCluster, predicate: () => boolean): Promise<void> => {
   for (let i = 0; i < SETTLE_ROUNDS_MAX && !predicate(); i++) await nextProgress(driver)
   if (!predicate()) throw new Error("condition never held")

@@ -10,7 +10,7 @@ import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
 import { dollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
 import type { KubeObject } from "./apiServer.js"
-import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { K8sWorld, START_MS, waitFor, workloadSpec } from "./harness.js"
 import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -26,19 +26,7 @@ const S = 1000
 const MIN = 60 * S
 const t = (s: number): number => START_MS + s * 1000
 
-const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => ({
-  name: "eco-gi-1",
-  resource: "gi-1",
-  account: "acme",
-  region: "us-east",
-  gpu: "H100",
-  gpu_count: 1,
-  node_count: 1,
-  image: null,
-  volumes: [],
-  service: null,
-  ...over
-})
+const spec = (over: Partial<WorkloadSpec> = {}): WorkloadSpec => workloadSpec({ gpu_count: 1, ...over })
 
 /** What another control plane creates for a victim: the same pod (name, labels, spec), a new object. */
 const replacementOf = (victim: KubeObject): KubeObject => {
