@@ -60,6 +60,9 @@ export interface IdempotencyRow {
 /** Bound on the rows one purge deletes, so a purge never stalls a request. */
 const IDEMPOTENCY_PURGE_BATCH_MAX = 1_000
 
+/** Revoked API keys an account keeps listed as its history (`revokeKey`). */
+export const REVOKED_KEYS_KEPT = 1_000
+
 export class ApiStore {
   private readonly s: ReturnType<typeof prepare>
 
@@ -106,8 +109,15 @@ export class ApiStore {
   }
 
   /** Revokes a live key of `account`; false if there is none (unknown, revoked, another account's). */
+  /**
+   * Revokes a key; the account's revoked keys stay listed as its history, the newest
+   * `REVOKED_KEYS_KEPT` of them: older ones are deleted here, so making and revoking keys
+   * cannot grow the list and the table without end (and nothing locks the account out).
+   */
   revokeKey(account: string, id: string, at: number): boolean {
-    return this.s.revokeKey.run(at, id, account).changes === 1
+    const revoked = this.s.revokeKey.run(at, id, account).changes === 1
+    if (revoked) this.s.pruneRevoked.run(account, account, REVOKED_KEYS_KEPT)
+    return revoked
   }
 
   // ── invites ───────────────────────────────────────────────────────────────────────────
@@ -165,6 +175,10 @@ const prepare = (db: Database.Database) => ({
   key: db.prepare(`SELECT * FROM api_keys WHERE id = ?`),
   keysOf: db.prepare(`SELECT * FROM api_keys WHERE account = ? ORDER BY rowid`),
   revokeKey: db.prepare(`UPDATE api_keys SET revoked_at = ? WHERE id = ? AND account = ? AND revoked_at IS NULL`),
+  pruneRevoked: db.prepare(
+    `DELETE FROM api_keys WHERE account = ? AND revoked_at IS NOT NULL AND rowid NOT IN
+       (SELECT rowid FROM api_keys WHERE account = ? AND revoked_at IS NOT NULL ORDER BY revoked_at DESC, rowid DESC LIMIT ?)`
+  ),
   insertInvite: db.prepare(
     `INSERT INTO api_invites (id, account, email, role, secret, invited_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
   ),

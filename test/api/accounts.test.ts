@@ -84,6 +84,26 @@ describe("sign-up and keys", () => {
     expect((await w.req("POST", "/api-keys", { key: a.key, body: { name: "over again" } })).status).toBe(409)
   })
 
+  it("keeps the newest 1,000 revoked keys as history: making and revoking cannot grow the list for ever", async () => {
+    // Proves revoked keys are bounded without locking the account out: a revoke beyond 1,000
+    // revoked keys deletes the oldest revoked one; live keys are never touched.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const insert = w.opened.engine.ledger.db.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at, revoked_at) VALUES (?, ?, ?, 'old', zeroblob(32), 0, ?)`)
+    for (let i = 0; i < 1_000; i++) insert.run(`old${String(i).padStart(4, "0")}`, a.account, a.user, i + 1)
+    const made = await w.req("POST", "/api-keys", { key: a.key, body: { name: "rotated" } })
+    expect(made.status).toBe(201)
+    expect((await w.req("DELETE", `/api-keys/${made.body.id}`, { key: a.key })).status).toBe(200)
+    const listed = (await w.req("GET", "/api-keys", { key: a.key })).body.data as Array<{ id: string; name: string; revoked_at: string | null }>
+    expect(listed).toHaveLength(1_001)
+    expect(listed.filter((k) => k.revoked_at === null).map((k) => k.name)).toEqual(["default"])
+    expect(listed.some((k) => k.id === "old0000")).toBe(false)
+    expect(listed.some((k) => k.id === "old0001")).toBe(true)
+    expect(listed.some((k) => k.id === made.body.id)).toBe(true)
+    // The pruned key answers 401 like any revoked one.
+    expect((await w.req("GET", "/api-keys", { key: `eco_old0000_${"A".repeat(43)}` })).status).toBe(401)
+  })
+
   it("answers 401 for a missing, malformed, mistyped, revoked or other-scheme key", async () => {
     // Proves every wrong credential gives the same 401 body, with a request id.
     w = await world()
