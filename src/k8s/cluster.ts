@@ -240,7 +240,7 @@ export class KubernetesCluster implements ClusterPort {
    * Workloads whose pods all went while the driver was passive, oldest first: at most
    * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
    */
-  private readonly goneWhilePassive = new Set<string>()
+  private readonly goneWhilePassive = new Map<string, number>()
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
@@ -1174,15 +1174,23 @@ export class KubernetesCluster implements ClusterPort {
    */
   private rememberGone(w: Workload): void {
     if (this.workloads.get(w.name) !== w || w.deleting || !this.concluded(w)) return
+    const now = this.clock.now()
     this.goneWhilePassive.delete(w.name)
-    this.goneWhilePassive.add(w.name)
+    this.goneWhilePassive.set(w.name, now)
     while (this.goneWhilePassive.size > this.config.limits.passive_gone_workloads_max) {
-      const oldest = this.goneWhilePassive.values().next().value!
-      this.goneWhilePassive.delete(oldest)
-      const old = this.workloads.get(oldest)
-      // One with a replacement owed is kept: the next leader creates it (`ownWork`), where a
-      // forgotten one would be found without pods and its instance failed.
-      if (old !== undefined && !old.deleting && this.concluded(old) && old.replacing.size === 0) this.forget(old)
+      // The oldest that can go: one with a replacement owed is kept (the next leader creates
+      // it, where a forgotten one would be found without pods and its instance failed) until
+      // that is long overdue (a leader that lived on made it, or gave up on the workload).
+      let dropped = false
+      for (const [name, gone_at] of this.goneWhilePassive) {
+        const old = this.workloads.get(name)
+        if (old !== undefined && !old.deleting && this.concluded(old) && old.replacing.size > 0 && now - gone_at < PASSIVE_REPLACEMENT_OWED_MS) continue
+        this.goneWhilePassive.delete(name)
+        if (old !== undefined && !old.deleting && this.concluded(old)) this.forget(old)
+        dropped = true
+        break
+      }
+      if (!dropped) break
     }
   }
 
@@ -1354,6 +1362,13 @@ export class KubernetesCluster implements ClusterPort {
     this.handler?.(event)
   }
 }
+
+/**
+ * How long a passive driver keeps a gone workload whose replacement it owes beyond
+ * `passive_gone_workloads_max`: a leader that lived on made the replacement long before (the
+ * standby would have seen it), or gave the workload up.
+ */
+const PASSIVE_REPLACEMENT_OWED_MS = 60 * 60_000
 
 /** A pod's uid, as the API server assigned it (absent only from objects it never stored). */
 const uidOf = (pod: V1Pod): string | undefined => pod.metadata?.uid ?? undefined

@@ -255,22 +255,30 @@ describe("a standby's driver does not keep every workload the leader deleted", (
     expect(standby!.list().map((x) => x.name)).toEqual(["eco-gi-5", "eco-gi-6", "eco-gi-7"])
   })
 
-  it("never forgets a workload whose replacement it owes, however many go", async () => {
+  it("keeps a workload whose replacement it owes past the bound, until that is an hour overdue", async () => {
     // Found by review: with more gone workloads than the bound (a mass preemption while the
     // leader dies), the oldest was forgotten with its replacement owed; the next leader found
     // no pods and failed the instance instead of resuming it.
     const { w, standby, launch } = await withEngine({ pod_stop_ms: 0, standby: true, limits: { passive_gone_workloads_max: 1 } })
     launch("gi-2")
+    launch("gi-3")
     await w.advance(10 * MIN)
     stopEngine(engine!)
     engine = null
     for (const id of ["gi-1", "gi-2"]) expect(w.kubelet.preempt(id)).toEqual({ ok: true })
     await w.advance(1 * MIN)
-    expect(w.pods()).toEqual([])
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-3"])
     expect(standby!.list().map((x) => [x.name, x.phase])).toEqual([
       ["eco-gi-1", "preempted"],
-      ["eco-gi-2", "preempted"]
+      ["eco-gi-2", "preempted"],
+      ["eco-gi-3", "running"]
     ])
+    // An hour on, those replacements are long overdue (a leader that lived on would have made
+    // them): the next workload to go past the bound lets them be forgotten, and the bound holds.
+    await w.advance(60 * MIN)
+    expect(w.kubelet.preempt("gi-3")).toEqual({ ok: true })
+    await w.advance(1 * MIN)
+    expect(standby!.list().map((x) => [x.name, x.phase])).toEqual([["eco-gi-3", "preempted"]])
   })
 })
 
