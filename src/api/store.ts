@@ -108,9 +108,9 @@ export class ApiStore {
     return this.s.keysOf.all(account) as KeyRow[]
   }
 
-  /** Revokes a live key of `account`; false if there is none (unknown, revoked, another account's). */
   /**
-   * Revokes a key; the account's revoked keys stay listed as its history, the newest
+   * Revokes a live key of `account`; false if there is none (unknown, revoked, another
+   * account's). Revoked keys stay listed as the account's history, the newest
    * `REVOKED_KEYS_KEPT` of them: older ones are deleted here, so making and revoking keys
    * cannot grow the list and the table without end (and nothing locks the account out).
    */
