@@ -10,6 +10,7 @@ import { dollars } from "../src/money.js"
 import { SimCluster } from "../sim/cluster.js"
 import { startSimEngine, stopEngine } from "../sim/runner.js"
 import { at, HOUR, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
+import { LOST_BEFORE_DEADLINE, LOST_FAILURE, LOST_PREEMPT_AND_RESUME, THREE_LOST } from "./lostEvents.js"
 
 const ledger = (r: ReturnType<typeof run>) => r.output.ledger.map((row) => [row.at, row.kind, row.amount, row.balance_after, row.resource])
 const texts = (r: ReturnType<typeof run>) => r.output.notifications.map((n) => [n.at, n.severity, n.kind, n.text])
@@ -271,7 +272,7 @@ describe("the reconciler on every watchdog tick", () => {
     // tick at 1:05 sees the failed pod, fails the instance and settles 1 h 2 min of a 2 h hold:
     // the world dates the failure, so the 3 minutes the engine did not know of are not billed.
     // The transition is logged at 1:02 (what was billed), the refund row at 1:05 (when booked).
-    const file = timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H2M", do: "pod_fail", id: "gi-1" }])
+    const file = timelineFile(LOST_FAILURE)
     const r = run(file)
     expect(moves(r)).toEqual([
       [at(0), "pending", "loading", null],
@@ -292,13 +293,7 @@ describe("the reconciler on every watchdog tick", () => {
     // (the world's firstStopAt), logs the preemption at 1:01 and the resume at 1:05, and
     // 1 h 26 min of 1 h 30 min is billed (refund $0.906667 of $3.20).
     const r = run(
-      timelineFile([
-        launch(),
-        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 2 },
-        { at: "PT1H1M", do: "preempt", id: "gi-1" },
-        { at: "PT1H4M", do: "resume", id: "gi-1" },
-        { at: "PT1H30M", do: "terminate", id: "gi-1" }
-      ])
+      timelineFile(LOST_PREEMPT_AND_RESUME)
     )
     expect(moves(r).slice(2, 4)).toEqual([
       [at(61 * MIN), "running", "preempted", "reconciled"],
@@ -316,14 +311,7 @@ describe("the reconciler on every watchdog tick", () => {
     // 1:03): billed to 1:01, not 1:03 (61 min of a 4 h hold). A preemption and a resume at the
     // same instant, both seen: nothing is invented at the next tick, 3 h are billed.
     const unseen = run(
-      timelineFile([
-        launch({ estimated_duration_hours: 4 }),
-        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 3 },
-        { at: "PT1H1M", do: "preempt", id: "gi-1" },
-        { at: "PT1H2M", do: "resume", id: "gi-1" },
-        { at: "PT1H3M", do: "preempt", id: "gi-1" },
-        { at: "PT3H", do: "terminate", id: "gi-1" }
-      ])
+      timelineFile(THREE_LOST)
     )
     expect(ledger(unseen).filter((x) => x[4] === "gi-1").at(-1)).toEqual([at(3 * HOUR), "refund", "4.773333", "98.373333", "gi-1"])
     expect(unseen.output.invariants.ok).toBe(true)
@@ -342,7 +330,7 @@ describe("the reconciler on every watchdog tick", () => {
   it("looks at the pod before a deadline settles it: a preemption missed at 1:57 is not billed to 2:00", () => {
     // Proves the deadline reconciles first (the deadline and the watchdog tick share 2:00, and
     // the deadline's alarm fires first): 1 h 57 min of a 2 h hold is billed, refund $0.08.
-    const r = run(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H57M", do: "preempt", id: "gi-1" }]))
+    const r = run(timelineFile(LOST_BEFORE_DEADLINE))
     expect(ledger(r).filter((x) => x[4] === "gi-1")).toEqual([
       [at(0), "gpu_usage", "-3.20", "96.80", "gi-1"],
       [at(120 * MIN), "refund", "0.08", "96.88", "gi-1"]

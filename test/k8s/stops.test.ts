@@ -18,6 +18,7 @@ import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 import { runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+import { LOST_BEFORE_DEADLINE, LOST_FAILURE, LOST_PREEMPT_AND_RESUME, THREE_LOST } from "../lostEvents.js"
 
 let world: K8sWorld | null = null
 let engine: KubeEngine | null = null
@@ -158,7 +159,7 @@ describe("the simulated world's dated stops, in the Kubernetes world", () => {
 
   it("a pod failure whose event was lost: billed to the failure (1:02), not to the 1:05 tick that found it", async () => {
     // The reconciler's stoppedSince: the driver saw the failure at 1:02 though the engine did not.
-    const r = await same(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H2M", do: "pod_fail", id: "gi-1" }]))
+    const r = await same(timelineFile(LOST_FAILURE))
     expect(refunds(r)).toEqual([[iso(65 * MIN), "1.546667"]])
   })
 
@@ -166,13 +167,7 @@ describe("the simulated world's dated stops, in the Kubernetes world", () => {
     // The reconciler's interruptedAt: running as the engine thinks, but the driver saw a stop
     // since billing began (the victim's) and a replacement pod that runs now.
     const r = await same(
-      timelineFile([
-        launch(),
-        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 2 },
-        { at: "PT1H1M", do: "preempt", id: "gi-1" },
-        { at: "PT1H4M", do: "resume", id: "gi-1" },
-        { at: "PT1H30M", do: "terminate", id: "gi-1" }
-      ])
+      timelineFile(LOST_PREEMPT_AND_RESUME)
     )
     expect(r.output.transitions.filter((t) => t.resource === "gi-1" && t.reason === "reconciled").map((t) => [t.at, t.to])).toEqual([
       [iso(61 * MIN), "preempted"],
@@ -184,21 +179,14 @@ describe("the simulated world's dated stops, in the Kubernetes world", () => {
   it("three lost events (preempted, resumed on a replacement pod, preempted again): billed to the first stop", async () => {
     // firstStopAt answers the first of several stops since billing began: 61 min of a 4 h hold.
     const r = await same(
-      timelineFile([
-        launch({ estimated_duration_hours: 4 }),
-        { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 3 },
-        { at: "PT1H1M", do: "preempt", id: "gi-1" },
-        { at: "PT1H2M", do: "resume", id: "gi-1" },
-        { at: "PT1H3M", do: "preempt", id: "gi-1" },
-        { at: "PT3H", do: "terminate", id: "gi-1" }
-      ])
+      timelineFile(THREE_LOST)
     )
     expect(refunds(r)).toEqual([[iso(3 * HOUR), "4.773333"]])
   })
 
   it("a preemption missed at 1:57: the 2:00 deadline looks at the pod first and bills to 1:57", async () => {
     // Reconciler.reconcileOne before the deadline settles: 1 h 57 min of 2 h, refund $0.08.
-    const r = await same(timelineFile([launch(), { at: "PT1H", do: "miss_pod_events", id: "gi-1", count: 1 }, { at: "PT1H57M", do: "preempt", id: "gi-1" }]))
+    const r = await same(timelineFile(LOST_BEFORE_DEADLINE))
     expect(refunds(r)).toEqual([[iso(120 * MIN), "0.08"]])
   })
 
