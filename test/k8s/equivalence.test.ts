@@ -10,10 +10,9 @@ import { afterEach, describe, expect, it } from "vitest"
 import { runTimeline } from "../../sim/runner.js"
 import { decode, DRILL_RESTARTS, DRILL_TIMELINE, tmpDb } from "../helpers.js"
 import { restoreWallClock, spyOnWallClock } from "../wallClockSpy.js"
-import { runTimelineInKubernetes } from "./timelineWorld.js"
+import { expectSameAsSimulated, runTimelineInKubernetes } from "./timelineWorld.js"
 
 const EXAMPLES = join(import.meta.dirname, "..", "..", "sim", "examples")
-const json = (x: unknown): string => JSON.stringify(x, (_, v) => (typeof v === "bigint" ? v.toString() : v), 1)
 
 describe("sim/examples in the Kubernetes world", () => {
   for (const file of readdirSync(EXAMPLES).filter((f) => f.endsWith(".json")).sort()) {
@@ -22,10 +21,7 @@ describe("sim/examples in the Kubernetes world", () => {
       const sim = runTimeline(timeline)
       const k8s = await runTimelineInKubernetes(timeline)
       try {
-        expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
-        expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
-        expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
-        expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+        expectSameAsSimulated(k8s, sim)
         expect(sim.output.invariants.ok).toBe(true)
       } finally {
         await k8s.finish()
@@ -42,10 +38,7 @@ describe("the crash drill in the Kubernetes world", () => {
       // Each start lists the pods (no watch is opened without a list): one driver per restart.
       const lists = k8s.world.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/pods") && r.query["watch"] !== "true").length
       expect(lists).toBe(1 + (drill.restartAt?.length ?? 0) + (drill.outages?.length ?? 0))
-      expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
-      expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
-      expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
-      expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+      expectSameAsSimulated(k8s, sim)
     } finally {
       await k8s.finish()
     }

@@ -17,7 +17,7 @@ import type { GpuView } from "../../src/resources.js"
 import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
-import { runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 import { LOST_BEFORE_DEADLINE, LOST_FAILURE, LOST_PREEMPT_AND_RESUME, THREE_LOST } from "../lostEvents.js"
 
 let world: K8sWorld | null = null
@@ -136,7 +136,6 @@ describe("a stop the watch delivers late is billed to the pod's own record of it
 })
 
 describe("the simulated world's dated stops, in the Kubernetes world", () => {
-  const json = (x: unknown): string => JSON.stringify(x, (_, v) => (typeof v === "bigint" ? v.toString() : v), 1)
   /** Runs a timeline file in both worlds; they must agree. Returns the simulated run, for exact rows. */
   const same = async (file: unknown, drill: { readonly outages?: ReadonlyArray<{ at_ms: number; duration_ms: number }> } = {}) => {
     const timeline = decode(file)
@@ -145,10 +144,7 @@ describe("the simulated world's dated stops, in the Kubernetes world", () => {
     const sim = runTimeline(timeline, options())
     const k8s = await runTimelineInKubernetes(timeline, options())
     try {
-      expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
-      expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
-      expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
-      expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
+      expectSameAsSimulated(k8s, sim)
     } finally {
       await k8s.finish()
     }

@@ -13,13 +13,14 @@
  * only the world's hands (the scripted kubelet) differ.
  */
 import { Runtime } from "effect"
+import { expect } from "vitest"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
 import * as policy from "../../src/policy.js"
 import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
-import { applyInput, startSimEngine, stopEngine as stopSimEngine, type Engine, type Rejected, type TimelineWorld } from "../../sim/runner.js"
+import { applyInput, startSimEngine, stopEngine as stopSimEngine, type Engine, type Rejected, type RunResult, type TimelineWorld } from "../../sim/runner.js"
 import type { Timeline, TimelineEvent } from "../../sim/timeline.js"
 import { isoInstant } from "../../sim/iso.js"
 import { K8sWorld, type SteppedClock } from "./harness.js"
@@ -121,6 +122,17 @@ export interface KubeRunResult {
   readonly rejected: ReadonlyArray<Rejected>
   readonly world: K8sWorld
   readonly engine: KubeEngine
+}
+
+/** Money, notices and states as text (bigints as decimal strings), one field a line: readable diffs. */
+const json = (x: unknown): string => JSON.stringify(x, (_, v) => (typeof v === "bigint" ? v.toString() : v), 1)
+
+/** The Kubernetes world told the same story as the simulated one: ledger, notifications, transitions and refusals, to the byte. */
+export const expectSameAsSimulated = (k8s: KubeRunResult, sim: RunResult): void => {
+  expect(json(k8s.ledger.ledgerRows())).toBe(json(sim.facts.rows))
+  expect(json(k8s.ledger.notifications())).toBe(json(sim.facts.notifications))
+  expect(json(k8s.ledger.transitions())).toBe(json(sim.facts.transitions))
+  expect(json(k8s.rejected)).toBe(json(sim.output.rejected))
 }
 
 /**
