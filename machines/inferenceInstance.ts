@@ -255,9 +255,13 @@ export const inferenceInstanceMachine = setup({
 })
 
 export type InferenceSnapshot = SnapshotFrom<typeof inferenceInstanceMachine>
-export type InferenceStatus = "pending" | "loading" | "running" | "terminating" | "terminated" | "failed"
+export type InferenceStatus = "pending" | "loading" | "running" | "preempted" | "terminating" | "terminated" | "failed"
 
-/** The instance's status as the manual shows it: the best of its replicas while active. */
+/**
+ * The instance's status as the manual shows it: the best of its replicas while active. With
+ * nothing running or loading and a replica preempted, the instance is `preempted` (as a GPU
+ * instance is), not `pending`: it has run and waits for capacity to come back.
+ */
 export const inferenceStatusOf = (snapshot: { value: unknown; context: InferenceContext }): InferenceStatus => {
   const v = snapshot.value as string
   if (v === "terminating") return "terminating"
@@ -265,6 +269,7 @@ export const inferenceStatusOf = (snapshot: { value: unknown; context: Inference
   const statuses = Object.values(snapshot.context.replicas).map((r) => r.status)
   if (statuses.includes("running")) return "running"
   if (statuses.includes("loading")) return "loading"
+  if (statuses.includes("preempted")) return "preempted"
   return "pending"
 }
 

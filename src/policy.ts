@@ -81,11 +81,12 @@ export const INFERENCE_CYCLE_MS = 24 * MS_PER_HOUR
 /** HuggingFace- and platform-backed models run this many replicas, one per region. */
 export const INFERENCE_REPLICAS_MULTI_REGION = 2
 /**
- * Decision: a partial hold must cover at least one minute of running. Below that the balance
- * is dust: the instance stops with `credit_depleted` as at $0, instead of renewing every few
- * milliseconds on rounding leftovers.
+ * Decision: a partial hold must cover at least one second of running (billing's own unit).
+ * Below that the balance is dust: the instance stops with `credit_depleted` as at $0, instead
+ * of renewing every few milliseconds on rounding leftovers. (It was one minute, which for a
+ * large instance left dollars unused: the manual holds "whatever the balance covers" above $0.)
  */
-export const INFERENCE_PARTIAL_HOLD_MIN_MS = MS_PER_MINUTE
+export const INFERENCE_PARTIAL_HOLD_MIN_MS = MS_PER_SECOND
 export const MODEL_SOURCES = ["huggingface", "platform", "shared_fs"] as const
 export const MODEL_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.\/-]{0,127}$/
 
@@ -245,8 +246,13 @@ export const cardRefundFailureWhy = (status: "failed" | "canceled", failure_reas
 export const unitsLabel = (gpu_count: number, node_count: number): string =>
   node_count > 1 ? `${node_count} nodes × ${gpu_count} GPU${gpu_count === 1 ? "" : "s"}` : `${gpu_count} GPU${gpu_count === 1 ? "" : "s"}`
 
-/** Hours a window covers, to one decimal, in integer arithmetic ("5.6"). Display only. */
+/**
+ * Hours a window covers, to one decimal, rounded down, in integer arithmetic ("5.6"). Under
+ * 0.1 h, to two decimals, rounded down but at least 0.01 ("0.05" for 3 minutes, "0.01" for
+ * 20 s), so a window that runs is never shown as "0.0". Display only.
+ */
 export const hoursToTenths = (window_ms: number): string => {
   const tenths = Math.floor(window_ms / (MS_PER_HOUR / 10))
+  if (tenths === 0 && window_ms > 0) return `0.0${Math.max(1, Math.floor(window_ms / (MS_PER_HOUR / 100)))}`
   return `${Math.floor(tenths / 10)}.${tenths % 10}`
 }

@@ -685,9 +685,16 @@ export class GpuSupervisor implements PaymentHost {
     if (req.source === "shared_fs") {
       if (req.filesystem == null) return invalid("filesystem_required", "filesystem", "a shared_fs model names the shared filesystem its weights are on")
       const fs = this.storageEntry(req.filesystem)
-      if (fs === undefined || accountOf(fs) !== req.account || fs.actor.getSnapshot().context.kind !== "shared_fs" || fs.actor.getSnapshot().status !== "active") {
+      if (fs === undefined || accountOf(fs) !== req.account || fs.actor.getSnapshot().status !== "active") {
         return Either.left(new NotFound({ code: "resource_not_found", id: req.filesystem }))
       }
+      // Answered as a launch that names a drive among its filesystems is (checkAttachments).
+      if (fs.actor.getSnapshot().context.kind !== "shared_fs") {
+        return Either.left(new ValidationError({ code: "wrong_storage_kind", field: "filesystem", message: `${req.filesystem} is not a shared filesystem` }))
+      }
+    } else if (req.filesystem != null) {
+      // Only a shared_fs model's weights are on a filesystem; one named for another source would be kept and never used.
+      return invalid("unexpected_filesystem", "filesystem", `a ${req.source} model does not name a filesystem; only a shared_fs model does`)
     }
     if (this.catalog.gpuRate(req.gpu) === undefined) return invalid("unknown_gpu", "gpu", `no GPU type ${req.gpu} in the catalog`)
     if (!Number.isSafeInteger(req.gpu_count) || req.gpu_count < 1 || req.gpu_count > policy.GPU_COUNT_MAX) {
@@ -709,8 +716,13 @@ export class GpuSupervisor implements PaymentHost {
     if (!this.visible(account, caller) || this.ledger.model(account, model) === undefined) {
       return Either.left(new NotFound({ code: "model_not_found", id: model }))
     }
-    const active = (e: LiveEntry) => ["pending", "loading", "running"].includes(statusOf(e))
-    const user = [...this.live.values()].find((e) => e.kind === "inference" && accountOf(e) === account && e.actor.getSnapshot().context.model === model && active(e))
+    const active = (e: LiveEntry) => ["pending", "loading", "running", "preempted"].includes(statusOf(e))
+    // The smallest id names the user, so the answer does not hang on the order actors were loaded.
+    const users = [...(this.byAccount.get(account) ?? [])].filter((id) => {
+      const e = this.live.get(id)
+      return e !== undefined && e.kind === "inference" && e.actor.getSnapshot().context.model === model && active(e)
+    })
+    const user = users.length === 0 ? undefined : { id: users.reduce((a, b) => (b < a ? b : a)) }
     if (user !== undefined) {
       return Either.left(new Conflict({ code: "invalid_state", id: model, status: "in_use", message: `model ${model} is in use by instance ${user.id}; delete the instance first` }))
     }

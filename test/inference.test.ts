@@ -179,6 +179,43 @@ describe("the 24-hour cycle", () => {
   })
 })
 
+describe("a partial hold of a little credit", () => {
+  it("renews on a balance worth less than a minute of a large instance, not stopping it with money left", () => {
+    // Proves the seed's "> $0: partial hold — whatever the balance covers": 2 × 8 GPUs at
+    // $6.408333/h burn $102.533328/h; $1.50 is left after the first cycle, 52.665 s of it. It
+    // used to stop at 24:00 "for credit" with $1.50 unspent (a one-minute dust floor); only
+    // less than one second's worth is dust now.
+    const big = { at: "PT0S", do: "register_model", account: "acme", model: "big", source: "huggingface", gpu: "H100", gpu_count: 8 }
+    const catalog = { ...twoRegions, gpus: { H100: { hourly_rate: "6.408333" } } }
+    const r = run(
+      timelineFile([big, launchII({ model: "big" })], { catalog, until: "P2D", accounts: { acme: { balance: "2462.299872" } } })
+    )
+    const stop = 24 * HOUR + 52_665
+    expect(rows(r)).toEqual([
+      [at(0), "gpu_usage", "-2460.799872", "1.50"],
+      [at(24 * HOUR), "gpu_usage", "-1.50", "0.00"],
+      // The window is rounded down to the millisecond; what that millisecond's part did not use comes back.
+      [at(stop), "refund", "0.000023", "0.000023"]
+    ])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.text])).toEqual([
+      [at(24 * HOUR), "$1.50 credit can cover 0.01 more hours. Recharge to continue."],
+      [at(stop), "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.resources["ii-1"]).toMatchObject({ status: "terminated", termination_reason: "credit_depleted", cycle: 2 })
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("says how many hours to two decimals when it covers less than a tenth of one, never 0.0", () => {
+    // Proves the notice: $0.10 at $2/h covers 3 minutes, "0.05 more hours" (it read "0.0").
+    const r = run(file([launchII()], { until: "P2D", accounts: { acme: { balance: "48.10" } } }))
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.text])).toEqual([
+      [at(24 * HOUR), "$0.10 credit can cover 0.05 more hours. Recharge to continue."],
+      [at(24 * HOUR + 3 * MIN), "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.ledger.find((x) => x.kind === "gpu_usage" && x.at === at(24 * HOUR))?.description).toContain("covers 0.05 h")
+  })
+})
+
 describe("requests to a stopped instance", () => {
   // acme's ii-1 has $48: one full cycle of two replicas at $1.00/h, so its 24 h boundary finds
   // $0 and stops it with credit_depleted; its pods take 5 min to go (still `terminating`).
@@ -296,6 +333,68 @@ describe("launch, terminate and the registry", () => {
       [at(2 * HOUR), "refund", "45.00", "97.00"]
     ])
     expect(r.output.resources["ii-1"]).toMatchObject({ status: "failed", termination_reason: "failed" })
+  })
+})
+
+describe("the registry and the instance's status", () => {
+  it("shows an instance whose every replica is preempted as preempted, not pending, and keeps its model", () => {
+    // Proves the instance's status follows its replicas: preempted (it has run and waits for
+    // capacity) until one resumes, and deleting the model it uses is refused meanwhile.
+    const r = run(
+      file([
+        launchII(),
+        { at: "PT1H", do: "preempt", id: "ii-1", region: "eu-west" },
+        { at: "PT2H", do: "preempt", id: "ii-1", region: "us-east" },
+        { at: "PT2H30M", do: "delete_model", account: "acme", model: "llama" },
+        { at: "PT3H", do: "resume", id: "ii-1", region: "us-east" }
+      ], { until: "PT4H", accounts: { acme: { balance: "100.00" } } })
+    )
+    expect(r.output.transitions.filter((t) => t.resource === "ii-1").map((t) => [t.at, t.from, t.to])).toEqual([
+      [at(0), "pending", "loading"],
+      [at(0), "loading", "running"],
+      [at(2 * HOUR), "running", "preempted"],
+      [at(3 * HOUR), "preempted", "running"]
+    ])
+    expect(r.output.rejected.map((x) => [x.at, x.status, x.error, x.message])).toEqual([
+      [at(2 * HOUR + 30 * MIN), 409, "invalid_state", "model llama is in use by instance ii-1; delete the instance first"]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("names the same instance in a model's 409 with or without a restart: the smallest id", () => {
+    // Proves the answer does not hang on the order actors were loaded (launch order before a
+    // restart, id order after one): ii-b launched first, ii-a is named either way.
+    const events = [
+      { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-b", model: "llama" },
+      { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-a", model: "llama" },
+      { at: "PT2H", do: "delete_model", account: "acme", model: "llama" }
+    ]
+    const timeline = file(events, { until: "PT3H", accounts: { acme: { balance: "200.00" } } })
+    const straight = run(timeline)
+    const restarted = run(timeline, { db: tmpDb(), restartAt: [Date.parse(START) + HOUR] })
+    expect(straight.output.rejected.map((x) => x.message)).toEqual(["model llama is in use by instance ii-a; delete the instance first"])
+    expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
+  })
+
+  it("refuses a shared_fs model on a cloud drive as a launch does (400), and a filesystem named for another source", () => {
+    // Proves the wrong kind is a 400 wrong_storage_kind, not a 404 as if the drive did not exist.
+    const storage = { storage: { cloud_drive: { daily_rate_per_gb: "0.10" }, shared_fs: { daily_rate_per_gb: "0.10" } } }
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "create_drive", account: "acme", id: "dr-1", size_gb: 10, region: "us-east" },
+          { at: "PT0S", do: "create_filesystem", account: "acme", id: "fs-1", size_gb: 10, region: "us-east" },
+          { at: "PT1M", do: "register_model", account: "acme", model: "on-drive", source: "shared_fs", filesystem: "dr-1", gpu: "H100", gpu_count: 1 },
+          { at: "PT1M", do: "register_model", account: "acme", model: "hf", source: "huggingface", filesystem: "fs-1", gpu: "H100", gpu_count: 1 },
+          { at: "PT1M", do: "register_model", account: "acme", model: "on-fs", source: "shared_fs", filesystem: "fs-1", gpu: "H100", gpu_count: 1 }
+        ],
+        { catalog: { ...twoRegions, ...storage }, until: "PT1H", accounts: { acme: { balance: "100.00" } } }
+      )
+    )
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error, x.message])).toEqual([
+      [2, 400, "wrong_storage_kind", "dr-1 is not a shared filesystem"],
+      [3, 400, "unexpected_filesystem", "a huggingface model does not name a filesystem; only a shared_fs model does"]
+    ])
   })
 })
 

@@ -201,7 +201,8 @@ describe("the invariant checker, on the low-balance rules", () => {
   it("keeps the warnings already sent when a top-up too small to re-arm any comes before the stop", () => {
     // Proves no false alarm: $40 covers 30 min of two replicas at $40/h each; every warning down
     // to 1 minute is sent; a $1 top-up 10 s before the end buys 45 s, above no threshold, so
-    // the engine rightly sends nothing more and stops at 24:30. That top-up starts no new run-down.
+    // the engine rightly sends no more warnings: at 24:30 it renews on a partial hold of the $1
+    // ("0.01 more hours") and stops at 24:30:45. That top-up starts no new run-down.
     const catalog = {
       gpus: { H100: { hourly_rate: "40.00" } },
       regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
@@ -218,7 +219,8 @@ describe("the invariant checker, on the low-balance rules", () => {
     )
     const kinds = r.output.notifications.map((n) => [String(n.at).slice(11, 19), n.kind])
     expect(kinds.filter(([, kind]) => kind === "balance_warning").at(-1)).toEqual(["00:29:00", "balance_warning"])
-    expect(kinds.at(-1)).toEqual(["00:30:00", "terminated"])
+    expect(kinds.slice(-2)).toEqual([["00:30:00", "partial_hold"], ["00:30:45", "terminated"]])
+    expect(r.output.notifications.at(-2)?.text).toBe("$1.00 credit can cover 0.01 more hours. Recharge to continue.")
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 })

@@ -59,7 +59,7 @@ describe("low-balance warnings", () => {
   it("foresee the second of two renewals at one instant stopping when the first takes the whole balance", () => {
     // Proves renewals are played in the engine's order: inf-a and inf-b end their cycles at 24:01;
     // inf-a renews first, on a partial hold of everything, so inf-b has only its own refund
-    // and stops. The account is warned before 24:01, not surprised by inf-b's stop.
+    // ($0.000139, half a second's worth: below a partial hold's least second) and stops. The account is warned before 24:01, not surprised by inf-b's stop.
     const oneRegion = { gpus: { H100: { hourly_rate: "1.00" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } } }
     const r = run(
       timelineFile(
@@ -70,7 +70,7 @@ describe("low-balance warnings", () => {
           { at: "PT1H", do: "preempt", id: "inf-a", region: "us-east" },
           { at: "PT11H", do: "resume", id: "inf-a", region: "us-east" },
           { at: "PT2H", do: "preempt", id: "inf-b", region: "us-east" },
-          { at: "PT2H0M6S", do: "resume", id: "inf-b", region: "us-east" }
+          { at: "PT2H0M0.5S", do: "resume", id: "inf-b", region: "us-east" }
         ],
         { catalog: oneRegion, until: "P2D", accounts: { acme: { balance: "48.016" } } }
       )
@@ -110,9 +110,10 @@ describe("low-balance warnings", () => {
 
   it("are armed again when unused credit comes back: the stop it postpones is warned of again", () => {
     // Proves a hold's refund is a credit (docs/POLICY.md): ii-1 ($2/h) cannot renew at 24:00
-    // on $0.02, and all seven thresholds are sent for that. At 23:59:30 the user terminates
-    // gi-1, whose unused $14.008333 comes back; ii-1 renews on a partial hold of $14.028333
-    // (7.0 h) and stops at 31:00:50. Before, no warning came before that stop.
+    // on $0.0005 (0.9 s, below a partial hold's least second), and all seven thresholds are
+    // sent for that. At 23:59:30 the user terminates gi-1, whose unused $14.008333 comes back;
+    // ii-1 renews on a partial hold of $14.008833 (7.0 h) and stops at 31:00:15.899. Before,
+    // no warning came before that stop.
     const r = run(
       timelineFile(
         [
@@ -120,16 +121,16 @@ describe("low-balance warnings", () => {
           { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 38 },
           { at: "PT23H59M30S", do: "terminate", id: "gi-1" }
         ],
-        { catalog, until: "P2D", accounts: { acme: { balance: "86.02" } } }
+        { catalog, until: "P2D", accounts: { acme: { balance: "86.0005" } } }
       )
     )
     const first = 24 * HOUR
-    const stop = 31 * HOUR + 50_999 // $14.028333 at $2/h: 7 h 0 min 50.999 s
+    const stop = 31 * HOUR + 15_899 // $14.008833 at $2/h: 7 h 0 min 15.899 s (25,215,899.4 ms, rounded down)
     const thresholds = [60, 30, 20, 10, 5, 3, 1]
     expect(warnings(r).map((w) => [w[0], w[2]])).toEqual([...thresholds.map((m) => [at(first - m * MIN), String(m)]), ...thresholds.map((m) => [at(stop - m * MIN), String(m)])])
     expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
       [at(first - 30_000), "gi-1", "Instance terminated at your request."],
-      [at(first), "ii-1", "$14.028333 credit can cover 7.0 more hours. Recharge to continue."],
+      [at(first), "ii-1", "$14.008833 credit can cover 7.0 more hours. Recharge to continue."],
       [at(stop), "ii-1", "Instance terminated: credit balance depleted."]
     ])
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
@@ -254,9 +255,10 @@ describe("low-balance warnings", () => {
 
   it("foresee the midnight storage charge that leaves a cycle end nothing to renew on", () => {
     // Proves the forecast charges storage at each midnight before a renewal: ii-1 ($2/h)
-    // launches at 00:30 and holds $48 of $58.02; the $10.00 charge of d-1 at 00:00 the next
-    // day leaves $0.02, so ii-1 stops at its cycle end at 24:30. Before, the forecast renewed
-    // it on $10.02 and the warnings began at the charge, with "30 minutes": no 60-minute one.
+    // launches at 00:30 and holds $48 of $58.0005; the $10.00 charge of d-1 at 00:00 the next
+    // day leaves $0.0005 (0.9 s, below a partial hold's least second), so ii-1 stops at its
+    // cycle end at 24:30. Before, the forecast renewed it on $10.0005 and the warnings began at
+    // the charge, with "30 minutes": no 60-minute one.
     const r = run(
       timelineFile(
         [
@@ -267,15 +269,15 @@ describe("low-balance warnings", () => {
         {
           catalog: { ...catalog, storage: { cloud_drive: { daily_rate_per_gb: "0.10" }, shared_fs: { daily_rate_per_gb: "0.10" } } },
           until: "P2D",
-          accounts: { acme: { balance: "58.02" } }
+          accounts: { acme: { balance: "58.0005" } }
         }
       )
     )
     const stop = 24 * HOUR + 30 * MIN
     expect(warnings(r)).toEqual(runDown(stop))
     expect(r.output.ledger.slice(1).map((row) => [row.at, row.kind, row.amount, row.balance_after, row.resource])).toEqual([
-      [at(30 * MIN), "gpu_usage", "-48.00", "10.02", "ii-1"],
-      [at(24 * HOUR), "storage_billing", "-10.00", "0.02", "d-1"]
+      [at(30 * MIN), "gpu_usage", "-48.00", "10.0005", "ii-1"],
+      [at(24 * HOUR), "storage_billing", "-10.00", "0.0005", "d-1"]
     ])
     expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
       [at(stop), "ii-1", "Instance terminated: credit balance depleted."],

@@ -26,17 +26,22 @@ const launch = async (who: { key: string }): Promise<string> => {
 
 beforeAll(async () => {
   w = await world()
-  // $76.80 is exactly one full cycle: $1.60/h × 1 GPU × 2 replicas × 24 h. The 24 h boundary
-  // finds nothing left worth a partial hold, so the engine stops the instance (credit_depleted).
+  // $76.80 is exactly one full cycle: $1.60/h × 1 GPU × 2 replicas × 24 h. At the 24 h
+  // boundary what the replicas did not use while their images were pulled comes back and
+  // renews a partial hold of a few minutes; at its end nothing is left, and the engine stops
+  // the instance (credit_depleted).
   a = await w.signup("a@example.com", "76.80")
   b = await w.signup("b@example.com", "200.00")
   depleted = await launch(a)
   terminated = await launch(b)
   w.advance(HOUR)
   expect((await w.req("DELETE", `/inference-instances/${terminated}`, { key: b.key })).status).toBe(200)
-  // Up to the boundary's instant exactly: the engine's cycle end has fired, and the requests
-  // below come at that same instant, after the stop.
   w.advance(23 * HOUR)
+  const partial = await w.req("GET", `/inference-instances/${depleted}`, { key: a.key })
+  if (partial.body.status !== "running") throw new Error(`after 24 h: ${partial.status} ${partial.text}`)
+  // Up to the partial hold's end exactly: the engine's cycle end has fired, and the requests
+  // below come at that same instant, after the stop.
+  w.advance(Date.parse(partial.body.cycle_ends_at) - w.clock.now())
 })
 afterAll(async () => w.close())
 
