@@ -15,7 +15,7 @@
  * (`nextAlarm`). That survives `getPersistedSnapshot()` (pending `after` timers do not,
  * statelyai/xstate#5331) and keeps XState's wall-clock bookkeeping out of the run.
  */
-import { and, assertEvent, assign, setup, type SnapshotFrom } from "xstate"
+import { and, assertEvent, assign, enqueueActions, setup, type SnapshotFrom } from "xstate"
 import {
   DURATION_WARNINGS,
   MS_PER_HOUR,
@@ -64,6 +64,14 @@ export interface GpuInstanceContext extends GpuInstanceInput {
   readonly termination_reason: TerminationReason | null
   /** When the stop was requested (the compare-and-swap to `terminating`). */
   readonly stop_requested_at: number | null
+  /**
+   * Present only when the stop was requested while the world's view of the pods was behind (a
+   * Kubernetes watch gap: `world_behind`): the pods may have stopped before, unheard, so the
+   * hold settles at `pod.deleted`, whose `ended_at` dates such a stop. `stretch_since` is where
+   * the billable stretch the stop closed began (null if none was open): billing ends at that
+   * earlier stop, never before the stretch began.
+   */
+  readonly settle_at_deleted?: { readonly stretch_since: number | null }
 }
 
 export type PodState = "running" | "not_running" | "missing"
@@ -78,10 +86,15 @@ export type GpuInstanceEvent =
    */
   | { type: "pod.preempted"; at: number; ended_at?: number }
   | { type: "pod.failed"; at: number; ended_at?: number }
-  | { type: "pod.deleted"; at: number }
+  /** `ended_at`: the pods had stopped before a stop requested while the world was behind (`settle_at_deleted`). */
+  | { type: "pod.deleted"; at: number; ended_at?: number }
   | { type: "extend"; at: number; hours: number }
-  | { type: "terminate"; at: number }
-  | { type: "deadline"; at: number; credit_depleted: boolean }
+  /**
+   * `world_behind`: the world may not have heard every change to the pods yet (a watch gap), so
+   * the hold settles when the pods are known gone (`settle_at_deleted`), not now.
+   */
+  | { type: "terminate"; at: number; world_behind?: boolean }
+  | { type: "deadline"; at: number; credit_depleted: boolean; world_behind?: boolean }
   | { type: "duration_warning"; at: number; minutes: number }
   | { type: "watchdog"; at: number; pod: PodState }
 
@@ -163,10 +176,28 @@ export const gpuInstanceMachine = setup({
     }),
     requestStop: assign(({ context, event }, params: { reason: TerminationReason }) =>
       context.termination_reason !== null ? {} : { termination_reason: params.reason, stop_requested_at: event.at }
-    )
+    ),
+    // Before `stopBilling` closes the stretch: where it began, should a stop heard later end it.
+    deferSettleIfBehind: assign(({ context, event }) =>
+      (event.type === "terminate" || event.type === "deadline") && event.world_behind === true ? { settle_at_deleted: { stretch_since: context.billing_since } } : {}
+    ),
+    /**
+     * The stop was requested while the world was behind, and the pods had stopped before it
+     * (`ended_at`, learned since): the stretch the stop closed ends there instead, as a stop
+     * heard late would have ended it (`billingEndOf`).
+     */
+    endBillingAtStop: assign(({ context, event }) => {
+      assertEvent(event, "pod.deleted")
+      const deferred = context.settle_at_deleted
+      const requested_at = context.stop_requested_at
+      if (deferred === undefined || requested_at === null) return {}
+      const end = billingEndOf({ billing_since: deferred.stretch_since }, { at: requested_at, ended_at: event.ended_at })
+      return { billable_ms: context.billable_ms - (requested_at - end) }
+    })
   },
   guards: {
     creditDepleted: ({ event }) => event.type === "deadline" && event.credit_depleted,
+    settleDeferred: ({ context }) => context.settle_at_deleted !== undefined,
     stuckPending: ({ context, event }) => isStuckPending(context, event.at),
     podIsRunning: ({ event }) => event.type === "watchdog" && event.pod === "running",
     warningIsArmed: ({ context, event }) => event.type === "duration_warning" && context.warnings_pending.includes(event.minutes),
@@ -193,12 +224,12 @@ export const gpuInstanceMachine = setup({
       entry: ["placeHold", "createPod"],
       initial: "pending",
       on: {
-        terminate: { target: "terminating", actions: [{ type: "requestStop", params: { reason: "user_requested" } }] },
+        terminate: { target: "terminating", actions: [{ type: "requestStop", params: { reason: "user_requested" } }, "deferSettleIfBehind"] },
         extend: { actions: [{ type: "extendHold", params: ({ event }) => ({ hours: event.hours }) }, "addHours"] },
         "pod.failed": { target: "failed" },
         deadline: [
-          { guard: "creditDepleted", target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }] },
-          { target: "terminating", actions: [{ type: "requestStop", params: { reason: "duration_expired" } }] }
+          { guard: "creditDepleted", target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }, "deferSettleIfBehind"] },
+          { target: "terminating", actions: [{ type: "requestStop", params: { reason: "duration_expired" } }, "deferSettleIfBehind"] }
         ],
         duration_warning: [
           {
@@ -247,10 +278,20 @@ export const gpuInstanceMachine = setup({
     },
     terminating: {
       // The stop was recorded first (the compare-and-swap of the manual's
-      // `terminating_requested`): billing ends now and the hold settles exactly once.
-      entry: ["stopBilling", "settle", "deletePod"],
+      // `terminating_requested`): billing ends now and the hold settles exactly once: now, or,
+      // when the world was behind, once the pods are known gone and what they did is heard.
+      entry: [
+        "stopBilling",
+        enqueueActions(({ context, enqueue }) => {
+          if (context.settle_at_deleted === undefined) enqueue("settle")
+        }),
+        "deletePod"
+      ],
       on: {
-        "pod.deleted": { target: "terminated" }
+        "pod.deleted": [
+          { guard: "settleDeferred", target: "terminated", actions: ["endBillingAtStop", "settle"] },
+          { target: "terminated" }
+        ]
       }
     },
     terminated: {

@@ -56,12 +56,21 @@ export type ClusterEvent =
   | { readonly type: "pod.running"; readonly resource: string; readonly at: number; readonly started_at: number | null }
   | { readonly type: "pod.preempted"; readonly resource: string; readonly at: number; readonly ended_at?: number }
   | { readonly type: "pod.failed"; readonly resource: string; readonly at: number; readonly ended_at?: number }
-  | { readonly type: "pod.deleted"; readonly resource: string; readonly at: number }
+  /**
+   * `ended_at`: a world whose view was behind when the delete was asked (`viewBehind`) sends
+   * `pod.deleted` once it has caught up, with the instant its pods had stopped holding their
+   * GPUs before the delete, when it learned of such a stop meanwhile (dated as above).
+   */
+  | { readonly type: "pod.deleted"; readonly resource: string; readonly at: number; readonly ended_at?: number }
 
 export interface ClusterPort {
   /** Creates the workload's pods. A second create of the same name is a no-op. */
   createWorkload(spec: WorkloadSpec): void
-  /** Deletes the workload's pods; `pod.deleted` follows once they are gone. Idempotent. */
+  /**
+   * Deletes the workload's pods; `pod.deleted` follows once they are gone. Idempotent. Asked
+   * while the world's view is behind (`viewBehind`), `pod.deleted` waits until it has caught up,
+   * and carries `ended_at` if the pods had stopped before the delete was asked.
+   */
   deleteWorkload(name: string): void
   /** Makes sure the storage volume exists; its data survives every workload. Idempotent. */
   ensureVolume(volume: VolumeSpec): void
@@ -89,6 +98,14 @@ export interface ClusterPort {
    * say. A lookup over a few instants.
    */
   firstStopAt(name: string, from: number): number | null
+  /**
+   * Optional: whether a change to the pods may have happened that the world has not heard of
+   * yet (the Kubernetes driver's watch is down, relisting, or replaying the gap after it
+   * re-opened). A stop the engine asks for then cannot be billed up to a stop the pods made
+   * unheard: it settles at `pod.deleted`, which dates that stop (`ended_at`). A world that
+   * always hears its pods at once (the simulated one) leaves it out: never behind.
+   */
+  viewBehind?(): boolean
   /**
    * Just the phase of `get(name)`, or undefined: the reconciler asks it of every live
    * resource on every watchdog tick, so it must be a lookup, not a copy.

@@ -644,11 +644,12 @@ export class GpuSupervisor implements PaymentHost {
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
-        this.journal.append(at, "terminate", { id })
+        const behind = this.worldBehind()
+        this.journal.append(at, "terminate", { id, ...behind })
         // What the stop settles must be what the pods ran: look at them first (a preemption
         // whose event has not come yet is billed only up to when it happened).
         this.reconciler.reconcileOne(id)
-        this.dispatch(found.right, { type: "terminate", at })
+        this.dispatch(found.right, { type: "terminate", at, ...behind })
         return viewOfEntry(found.right, at)
       })
     )
@@ -1379,7 +1380,7 @@ export class GpuSupervisor implements PaymentHost {
       if (alarm.event === "duration_warning") {
         this.dispatch(entry, { type: "duration_warning", at, minutes: alarm.minutes })
       } else {
-        this.dispatch(entry, { type: "deadline", at, credit_depleted: this.creditDepleted(entry.actor.getSnapshot().context, at) })
+        this.dispatch(entry, { type: "deadline", at, credit_depleted: this.creditDepleted(entry.actor.getSnapshot().context, at), ...this.worldBehind() })
       }
     })
   }
@@ -1552,6 +1553,16 @@ export class GpuSupervisor implements PaymentHost {
     this.armWatchdog()
   }
 
+  /**
+   * Whether a stop requested now must wait for the world to catch up before it settles: its
+   * view of the pods is behind (a Kubernetes watch gap), so they may have stopped unheard, and
+   * `pod.deleted` will date it (docs/KUBERNETES.md, "A stop asked for during a watch gap"). The
+   * simulated world is never behind: its stops settle when requested, as always.
+   */
+  private worldBehind(): { readonly world_behind?: true } {
+    return this.cluster.viewBehind?.() === true ? { world_behind: true } : {}
+  }
+
   private onClusterEvent(event: ClusterEvent): void {
     const [id, region] = event.resource.split("@") as [string, string | undefined]
     const entry = this.live.get(id)
@@ -1561,7 +1572,8 @@ export class GpuSupervisor implements PaymentHost {
       // A stop the world learned late carries when it happened: billing ends there.
       const ended = "ended_at" in event && event.ended_at !== undefined ? { ended_at: event.ended_at } : {}
       if (entry.kind === "inference" && region !== undefined) {
-        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at, ...ended })
+        // An inference instance settles when it stops, whatever its replicas' deletes tell later.
+        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at, ...(event.type === "pod.deleted" ? {} : ended) })
       } else if (entry.kind === "gpu" && region === undefined) {
         this.dispatch(entry, { type: event.type, at: event.at, ...ended })
       }

@@ -276,6 +276,33 @@ describe("stopping", () => {
     expect(snapshot.context.billable_ms).toBe(2 * HOUR)
   })
 
+  it("asked to stop while the world is behind, settles at pod.deleted, billed to the stop that event dates", () => {
+    // Proves a terminate with world_behind closes billing at once but asks for no settlement; the
+    // pod.deleted that dates an earlier stop (ended_at) ends the closed stretch there, then settles.
+    const [terminating, actions] = step(running(), { type: "terminate", at: 62 * MINUTE, world_behind: true })
+    expect(terminating.value).toBe("terminating")
+    expect(names(actions)).toEqual(["deletePod"])
+    expect(terminating.context).toMatchObject({ stop_requested_at: 62 * MINUTE, billing_since: null, billable_ms: 61 * MINUTE, settle_at_deleted: { stretch_since: LOADING_AT } })
+    const [snapshot, deletedActions] = step(terminating, { type: "pod.deleted", at: 64 * MINUTE, ended_at: 61 * MINUTE })
+    expect(snapshot.value).toBe("terminated")
+    expect(names(deletedActions)).toEqual(["settle", "notifyTerminated"])
+    expect(snapshot.context.billable_ms).toBe(60 * MINUTE)
+    // Without a dated stop, or with one before the stretch began, the stop request ends it.
+    expect(step(terminating, { type: "pod.deleted", at: 64 * MINUTE })[0].context.billable_ms).toBe(61 * MINUTE)
+    expect(step(terminating, { type: "pod.deleted", at: 64 * MINUTE, ended_at: 0 })[0].context.billable_ms).toBe(0)
+  })
+
+  it("asked to stop while the world is behind and already preempted: the settlement waits, the billed time does not change", () => {
+    // Proves nothing is re-dated when no stretch was open at the request (a deadline here).
+    const preempted = step(running(), { type: "pod.preempted", at: 30 * MINUTE })[0]
+    const [terminating, actions] = step(preempted, { type: "deadline", at: DEADLINE_AT, credit_depleted: false, world_behind: true })
+    expect(names(actions)).toEqual(["deletePod"])
+    expect(terminating.context.settle_at_deleted).toEqual({ stretch_since: null })
+    const [snapshot, deletedActions] = step(terminating, { type: "pod.deleted", at: DEADLINE_AT + MINUTE, ended_at: 20 * MINUTE })
+    expect(names(deletedActions)).toEqual(["settle", "notifyTerminated"])
+    expect(snapshot.context.billable_ms).toBe(29 * MINUTE)
+  })
+
   it("fails from loading on pod.failed, settling, deleting and notifying", () => {
     // Proves pod.failed → failed (final) with reason "failed", billing closed at the failure.
     const loading = run({ type: "pod.loading", at: LOADING_AT })

@@ -25,7 +25,9 @@
  *   (`firstStopAt`), dated when it learned it or, learned late, from the pod's own record
  *   (`podStoppedAt`: DisruptionTarget, a container's finishedAt, a deletionTimestamp), and a
  *   late `pod.preempted`/`pod.failed` carries that date (`ended_at`), so nothing is billed
- *   after the stop however late the engine hears of it.
+ *   after the stop however late the engine hears of it. A workload deleted while the view is
+ *   behind (`viewBehind`: a watch gap) concludes once the gap has told how its pods ended, and
+ *   its `pod.deleted` carries a stop they made before the delete: the engine settles there.
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -93,6 +95,20 @@ interface Workload {
   lost: boolean
   started_at: number | null
   deleting: boolean
+  /**
+   * When the engine asked for the deletion while the driver's view was behind (`viewBehind`),
+   * or null: its pods may have stopped before, unheard, so `pod.deleted` waits for what the gap
+   * tells of them and carries the stop it dates (`stopBeforeDelete`).
+   */
+  deleteBehindAt: number | null
+  /** A stop of its pods before a delete asked while behind, learned late (`stopped`), or null. */
+  stopBeforeDelete: number | null
+  /**
+   * Uids of its pods the API server said were gone (a delete answered 404 or 409) during such a
+   * deletion, before the watch delivered their last version: `pod.deleted` waits for it, or for
+   * a current view (`finishIfGone`).
+   */
+  readonly goneUnheard: Set<string>
   /** Pods with a create or delete request in flight (or waiting to retry). */
   readonly busy: Set<string>
   /**
@@ -300,6 +316,17 @@ export class KubernetesCluster implements ClusterPort {
     return this.state === "watching" && this.connected
   }
 
+  /**
+   * Whether a change to the pods may be unheard yet: no watch open (waiting to re-open, or
+   * listing), or one re-opened after a drop still replaying the gap (until its first BOOKMARK or
+   * the end of `pods_watch_replay_window_ms`). A deletion asked for then sends `pod.deleted` only
+   * once the gap has told what it knows of the pods (`finishIfGone`).
+   */
+  viewBehind(): boolean {
+    if (this.state === "backoff" || this.state === "listing") return true
+    return this.state === "watching" && this.replaying && this.clock.now() - this.watchOpenedAt <= this.config.limits.pods_watch_replay_window_ms
+  }
+
   /** The resourceVersion the cache reflects (the last list, event or bookmark). Opaque. */
   observedResourceVersion(): string {
     return this.rv
@@ -363,6 +390,7 @@ export class KubernetesCluster implements ClusterPort {
   deleteWorkload(name: string): void {
     const w = this.workloads.get(name)
     if (w === undefined) return
+    if (!w.deleting && this.viewBehind()) w.deleteBehindAt = this.clock.now()
     w.deleting = true
     // Repeated (the watchdog asks again each tick): a delete goes only where none is under way,
     // and a delete that gave up is sent again here, once per command, never from an event.
@@ -503,6 +531,9 @@ export class KubernetesCluster implements ClusterPort {
       lost: false,
       started_at: null,
       deleting: false,
+      deleteBehindAt: null,
+      stopBeforeDelete: null,
+      goneUnheard: new Set(),
       busy: new Set(),
       deleteStalled: new Set(),
       awaiting: new Map(),
@@ -771,6 +802,10 @@ export class KubernetesCluster implements ClusterPort {
     // The cache may show a newer pod of that name by now: that one is not known gone.
     if (cached === undefined || (uid !== undefined && uidOf(cached) !== undefined && uidOf(cached) !== uid)) return this.refresh(w)
     this.markGone(uidOf(cached))
+    // Deleted while the view is behind: the pod may have stopped in the gap, which only its last
+    // version tells, and the watch will replay it (`heardGone`).
+    const gone = uidOf(cached)
+    if (w.deleteBehindAt !== null && gone !== undefined && this.viewBehind()) w.goneUnheard.add(gone)
     this.cache.delete(pod)
     w.awaiting.delete(pod)
     this.podGone(cached, true)
@@ -958,6 +993,9 @@ export class KubernetesCluster implements ClusterPort {
     }
     // Answers that came before this list are covered by it.
     for (const w of this.workloads.values()) for (const [pod, a] of [...w.awaiting]) if (a.seq < listSeq) w.awaiting.delete(pod)
+    // A list shows no pod that is gone: the last version of one the API server said was gone in
+    // a gap will not come (a 410 lost the history), and its stop, if any, is dated no earlier.
+    for (const w of this.workloads.values()) w.goneUnheard.clear()
     for (const w of [...this.workloads.values()]) this.refresh(w, report)
   }
 
@@ -993,8 +1031,10 @@ export class KubernetesCluster implements ClusterPort {
         }
         if (type === "BOOKMARK") {
           this.rv = object.metadata?.resourceVersion ?? this.rv
+          const replayed = this.replaying
           this.replaying = false
           this.liveAt = this.clock.now()
+          if (replayed) this.caughtUp()
           return
         }
         const name = object.metadata?.name
@@ -1010,6 +1050,7 @@ export class KubernetesCluster implements ClusterPort {
         const other = cached !== undefined && uid !== undefined && uidOf(cached) !== undefined && uidOf(cached) !== uid
         if (uid !== undefined && this.goneUids.has(uid)) {
           // About a pod known to be gone (stale, or replayed): never about the pod of this name now.
+          this.heardGone(name, uid, object, type === "DELETED")
         } else if (type === "DELETED") {
           this.markGone(uid)
           // A pod not in the cache was already taken as gone (a delete answered 404).
@@ -1138,6 +1179,32 @@ export class KubernetesCluster implements ClusterPort {
     // and create its replacement once it is gone.
     this.ownWork(w)
     this.refresh(w, report)
+  }
+
+  /**
+   * An event about a pod known to be gone. Stale, it changes nothing; but a pod the API server
+   * said was gone while the watch was away (`goneUnheard`) is heard here at last, in the replay:
+   * its versions may date a stop before the deletion was asked, and its DELETED is its last.
+   */
+  private heardGone(name: string, uid: string, pod: V1Pod, gone: boolean): void {
+    const w = this.workloads.get(this.podOwner.get(name) ?? "")
+    if (w === undefined || !w.goneUnheard.has(uid)) return
+    this.stopped(w, podStoppedAt(pod, gone))
+    if (!gone) return
+    w.goneUnheard.delete(uid)
+    this.finishIfGone(w)
+  }
+
+  /**
+   * The re-opened watch has replayed its gap (its first BOOKMARK): every pod's last version has
+   * come by now, so deletions that waited for one conclude, in name order.
+   */
+  private caughtUp(): void {
+    const waiting = [...this.workloads.values()].filter((w) => w.goneUnheard.size > 0).sort((a, b) => (a.name < b.name ? -1 : 1))
+    for (const w of waiting) {
+      w.goneUnheard.clear()
+      this.finishIfGone(w)
+    }
   }
 
   private podGone(pod: V1Pod, report: boolean): void {
@@ -1308,13 +1375,20 @@ export class KubernetesCluster implements ClusterPort {
    * stop of theirs (the engine stopped billing when it asked).
    */
   private stopped(w: Workload, dated: number | null): void {
-    if (w.holds === false || w.deleting) return
+    if (w.holds === false) return
     const now = this.clock.now()
     // The record dates the stop only when the driver learned it late: a node's clock running
     // behind must not backdate a stop heard on time, and even learned late, no stop is dated
     // before the driver last had a current view (it would have heard of it then).
     const since = this.lateSince
     const late = since !== null && dated !== null && dated + KUBE_TIME_PRECISION_MS <= now
+    if (w.deleting) {
+      // Our own deletes are no stop of theirs (the engine stopped billing when it asked). But a
+      // delete asked while the view was behind may learn late that the pods had stopped before
+      // it: a record whose whole second ended by then (`pod.deleted` carries it).
+      const before = late && w.deleteBehindAt !== null && dated + KUBE_TIME_PRECISION_MS <= w.deleteBehindAt
+      if (!before) return
+    }
     const at = late ? Math.max(dated, since, w.held_at ?? dated) : now
     const until = late ? Math.max(dated + KUBE_TIME_PRECISION_MS - 1, at) : now
     const last = w.stops.at(-1)
@@ -1322,6 +1396,7 @@ export class KubernetesCluster implements ClusterPort {
     w.stops.push({ at, until })
     if (w.stops.length > STOPS_REMEMBERED_MAX) w.stops.shift()
     w.holds = false
+    if (w.deleting) w.stopBeforeDelete = at
   }
 
   /**
@@ -1351,11 +1426,16 @@ export class KubernetesCluster implements ClusterPort {
 
   private finishIfGone(w: Workload): void {
     if (this.workloads.get(w.name) !== w || !this.concluded(w)) return
+    // A pod taken as gone in a gap: its last version, which the replay brings, may date a stop
+    // the engine settles at. Waited for while the view is behind (a relist or the replay's end
+    // gives up on it: `takeList`, `caughtUp`, or the window's end at the next delete's ask).
+    if (w.goneUnheard.size > 0 && this.viewBehind()) return
     this.workloads.delete(w.name)
     this.changes.set(w.name, w.resource)
     for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
     this.dropServiceIfUnused(w.service)
-    this.emit({ type: "pod.deleted", resource: w.resource, at: this.clock.now() })
+    const dated = w.stopBeforeDelete === null ? {} : { ended_at: w.stopBeforeDelete }
+    this.emit({ type: "pod.deleted", resource: w.resource, at: this.clock.now(), ...dated })
   }
 
   private emit(event: ClusterEvent): void {

@@ -135,6 +135,132 @@ describe("a stop the watch delivers late is billed to the pod's own record of it
   })
 })
 
+describe("a stop asked for while the watch is down settles once the driver has heard the gap", () => {
+  /** The instance's one hold: open, or settled with consumed + refunded = held. */
+  const holdOf = () => {
+    const h = engine!.ledger.hold("hold:gi-1")!
+    if (h.status === "open") return [h.status, h.settled_at, h.consumed_micros, h.refunded_micros]
+    expect(h.consumed_micros! - h.overage_micros! + h.refunded_micros!).toBe(h.held_micros)
+    return [h.status, h.settled_at! - START_MS, formatDollars(h.consumed_micros!), formatDollars(h.refunded_micros!)]
+  }
+
+  it("preempted at 1:01 unseen, terminated at 1:02: billed to the DisruptionTarget (60 min), settled when the watch is back (1:04)", async () => {
+    // The watch drops at 1:00:00 and is back at 1:04:00; the pod is preempted at 1:01:00 (its
+    // victim gone at once) and the user terminates at 1:02:00, while the driver still shows it
+    // running. Settled at the terminate, the stop would bill 61 min ($1.626667) for a pod that
+    // held its GPUs 60; the hold waits for pod.deleted, which the replayed gap dates.
+    const { w, driver, sup, view, rows, moves, notices } = await open()
+    await w.advance(60 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(1 * MIN)
+    expect(driver.phaseOf("eco-gi-1")).toBe("running")
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(0)
+    expect(view()).toMatchObject({ status: "terminating", termination_reason: "user_requested" })
+    expect(holdOf()).toEqual(["open", null, null, null])
+    await w.advance(2 * MIN)
+    expect(driver.watchConnected).toBe(true)
+    expect(view()).toMatchObject({ status: "terminated", termination_reason: "user_requested", billable_ms: 60 * MIN })
+    expect(rows()).toEqual([
+      [0, "adjustment", "100.00", null],
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [64 * MIN, "refund", "1.60", "gi-1"]
+    ])
+    expect(holdOf()).toEqual(["settled", 64 * MIN, "1.60", "1.60"])
+    expect(moves().slice(2)).toEqual([
+      [62 * MIN, "running", "terminating", "user_requested"],
+      [64 * MIN, "terminating", "terminated", "user_requested"]
+    ])
+    expect(notices()).toEqual([[64 * MIN, "terminated"]])
+    expect(w.pods()).toEqual([])
+  })
+
+  it("preempted at 1:59 unseen, the 2:01 deadline in the gap: billed to the DisruptionTarget (118 min), settled when the watch is back", async () => {
+    // Billing from 0:01 gives a 2:01 deadline. The watch drops at 1:58 and is back at 2:02; the
+    // pod is preempted at 1:59. The deadline finds the pod running as far as the driver knows:
+    // settled then, it would consume the whole $3.20 for 120 min of a pod that ran 118.
+    const { w, driver, view, rows, moves, notices } = await open()
+    await w.advance(118 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(2 * MIN)
+    expect(view()).toMatchObject({ status: "terminating", termination_reason: "duration_expired" })
+    await w.advance(1 * MIN)
+    expect(view()).toMatchObject({ status: "terminated", termination_reason: "duration_expired", billable_ms: 118 * MIN })
+    expect(rows().slice(1)).toEqual([
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [122 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 118 * MIN)), "gi-1"]
+    ])
+    expect(rows()[2]![2]).toBe("0.053333")
+    expect(holdOf()).toEqual(["settled", 122 * MIN, "3.146667", "0.053333"])
+    expect(moves().slice(2)).toEqual([
+      [121 * MIN, "running", "terminating", "duration_expired"],
+      [122 * MIN, "terminating", "terminated", "duration_expired"]
+    ])
+    expect(notices().filter(([, kind]) => kind !== "duration_warning")).toEqual([[122 * MIN, "terminated"]])
+  })
+
+  it("preempted unseen with a replacement owed (capacity back at once), terminated in the gap: no replacement, one settlement, billed to the preemption", async () => {
+    // The victim goes at 1:01:00 and the preemptor's GPUs free at 1:01:30, so a replacement
+    // would run at once; the user terminates at 1:02:00. When the watch is back the driver
+    // learns of the preemption while deleting: it creates no replacement, and the hold
+    // settles once, at pod.deleted, never again (later ticks, the kubelet's resume).
+    const { w, driver, sup, view, rows, notices } = await open()
+    await w.advance(60 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(30_000)
+    expect(w.kubelet.resume("gi-1")).toEqual({ ok: true })
+    await w.advance(30_000)
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(20 * MIN)
+    expect(view()).toMatchObject({ status: "terminated", billable_ms: 60 * MIN })
+    expect(rows().slice(1)).toEqual([
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [64 * MIN, "refund", "1.60", "gi-1"]
+    ])
+    expect(holdOf()).toEqual(["settled", 64 * MIN, "1.60", "1.60"])
+    expect(notices()).toEqual([[64 * MIN, "terminated"]])
+    expect(w.pods()).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_replaced" || r.kind === "pod_lost")).toEqual([])
+  })
+
+  it("preempted and seen, its replacement owed, terminated in a later gap: settled once, to the preemption", async () => {
+    // Preempted at 1:01:00 with the watch up (the engine stops billing then); the watch drops at
+    // 1:05:00 and the user terminates at 1:06:00, while the replacement pod waits for capacity.
+    // Nothing is left to date, so the deferred settlement bills the same 60 min, once.
+    const { w, driver, sup, view, rows, notices } = await open()
+    await w.advance(61 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(4 * MIN)
+    expect(view().status).toBe("preempted")
+    expect(w.pods().map((p) => p.metadata.annotations!["ecolink.io/replacement"])).toEqual(["1"])
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(20 * MIN)
+    expect(view()).toMatchObject({ status: "terminated", billable_ms: 60 * MIN })
+    expect(rows().slice(1)).toEqual([
+      [0, "gpu_usage", "-3.20", "gi-1"],
+      [69 * MIN, "refund", "1.60", "gi-1"]
+    ])
+    expect(holdOf()).toEqual(["settled", 69 * MIN, "1.60", "1.60"])
+    expect(notices()).toEqual([
+      [61 * MIN, "preempted"],
+      [69 * MIN, "terminated"]
+    ])
+    expect(w.pods()).toEqual([])
+  })
+})
+
 describe("the simulated world's dated stops, in the Kubernetes world", () => {
   /** Runs a timeline file in both worlds; they must agree. Returns the simulated run, for exact rows. */
   const same = async (file: unknown, drill: { readonly outages?: ReadonlyArray<{ at_ms: number; duration_ms: number }> } = {}) => {

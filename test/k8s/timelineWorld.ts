@@ -76,6 +76,9 @@ export class MissEvents implements ClusterPort {
   podsOf(name: string) {
     return this.inner.podsOf?.(name) ?? []
   }
+  viewBehind() {
+    return this.inner.viewBehind?.() ?? false
+  }
   list() {
     return this.inner.list()
   }
