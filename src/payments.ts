@@ -33,9 +33,11 @@
  *   (saving the same card again keeps the backoff) or waiting after a failure of the
  *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
- *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause ends
- *   when the balance is back at the threshold (a manual top-up), the settings are saved
- *   again, or the refunds of the payment that paused it all failed (no money went back).
+ *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause is
+ *   held by the payment whose refund set it and by every payment refunded while it lasts
+ *   (`auto_recharge_paused_by`). It ends when the balance is back at the threshold (a manual
+ *   top-up), the settings are saved again, or a refund fails and none of the payments holding
+ *   it has a refund left standing (no money went back to any card).
  * - A refund that failed or was canceled notifies the account once (`card_refund_failed`).
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
@@ -221,7 +223,10 @@ export interface AutoRechargeRecord {
   readonly declines: number
   readonly last_decline_at: number | null
   readonly retry_at: number | null
-  /** The payment whose refund at the provider paused auto-recharge, or null. */
+  /**
+   * The payment whose refund at the provider paused auto-recharge, or null. The payments
+   * refunded while the pause lasts hold it too (`auto_recharge_paused_by`).
+   */
   readonly paused_by: string | null
 }
 
@@ -371,6 +376,7 @@ export class PaymentBook {
         this.journal.append(at, "set_auto_recharge", settings === null ? { account, off: true } : { account, threshold_micros: settings.threshold_micros.toString(), amount_micros: settings.amount_micros.toString(), payment_method: settings.payment_method })
         if (settings === null) {
           this.s.deleteAutoRecharge.run(account)
+          this.s.clearPausedBy.run(account)
           this.recharging.delete(account)
           return null
         }
@@ -384,6 +390,8 @@ export class PaymentBook {
           customer: sameCard ? before.customer : null,
           at
         })
+        // Saving the settings ends a pause (the upsert clears `paused_by`), and with it its holders.
+        this.s.clearPausedBy.run(account)
         this.recharging.add(account)
         if (!sameCard) {
           const idempotency_key = `ecolink-${account}-card-${settings.payment_method}`
@@ -590,8 +598,8 @@ export class PaymentBook {
   /**
    * A refund that failed or was canceled at the provider, once per refund id: its money comes
    * back to the wallet if it was booked as refunded (a failure that comes before its
-   * charge.refunded is remembered, and that refund then books nothing), the pause it set on
-   * auto-recharge ends if no refund of the payment is left, and the account is told.
+   * charge.refunded is remembered, and that refund then books nothing), the auto-recharge
+   * pause it held ends if no payment holding it has a refund left, and the account is told.
    */
   private refundFailed(p: PaymentRecord, e: Extract<PaymentEvent, { type: "refund.failed" }>): EventOutcome {
     if (this.s.failure.get(e.refund_id) !== undefined) return "nothing"
@@ -618,27 +626,44 @@ export class PaymentBook {
   }
 
   /**
-   * The pause a refund set on auto-recharge ends when the payment it refunded has no refund
-   * left at the provider: no money went back to the card, so charging it again undoes nothing.
+   * A pause that the failed refund's payment held ends when no payment holding it has a refund
+   * left at the provider: no money went back to any card, so charging one again undoes
+   * nothing. While another refund still stands, of this payment or of another one refunded
+   * while the pause lasted, the card that money went back to is still not charged.
    */
   private resumeAfterFailedRefund(p: PaymentRecord): boolean {
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.paused_by !== p.id) return false
-    if ((this.s.refundedOfPayment.get(p.id) as { refunded_micros: bigint }).refunded_micros > 0n) return false
-    this.s.setPaused.run(null, p.account)
+    if (card === undefined || card.paused_by === null) return false
+    if (this.s.pausedByPayment.get(p.account, p.id) === undefined) return false
+    if (this.s.pauseStanding.get(p.account) !== undefined) return false
+    this.unpause(p.account)
     this.host.touch(p.account)
     return true
+  }
+
+  /** The pause ends, and no payment holds it any more. */
+  private unpause(account: string): void {
+    this.s.setPaused.run(null, account)
+    this.s.clearPausedBy.run(account)
   }
 
   /**
    * A refund at the provider pauses the account's auto-recharge (if it has one and the refund
    * left it below its threshold), with a notification: charging the card again at once would
-   * undo the refund an operator or the customer just asked for (docs/POLICY.md).
+   * undo the refund an operator or the customer just asked for (docs/POLICY.md). A refund
+   * made while it is paused holds the pause too, without a second notification.
    */
   private pauseAfterRefund(p: PaymentRecord, refunded: Micros): void {
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.paused_by !== null || this.host.spendable(p.account) >= card.threshold_micros) return
+    if (card === undefined) return
+    if (card.paused_by !== null) {
+      this.s.addPausedBy.run(p.account, p.id)
+      return
+    }
+    if (this.host.spendable(p.account) >= card.threshold_micros) return
+    this.s.clearPausedBy.run(p.account)
     this.s.setPaused.run(p.id, p.account)
+    this.s.addPausedBy.run(p.account, p.id)
     this.notifier.notify({
       account: p.account,
       resource: null,
@@ -735,7 +760,7 @@ export class PaymentBook {
     if (card === undefined) return
     if (this.host.spendable(account) >= card.threshold_micros) {
       // Back at the threshold: a pause after a refund ends here.
-      if (card.paused_by !== null) this.s.setPaused.run(null, account)
+      if (card.paused_by !== null) this.unpause(account)
       return
     }
     if (card.customer === null || card.pending_payment !== null || card.paused_by !== null) return
@@ -789,7 +814,13 @@ const prepare = (db: LedgerStore["db"]) => {
       `SELECT count(*) AS n FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'failed'
          AND created_at >= coalesce((SELECT max(created_at) FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'succeeded'), 0)`
     ),
-    refundedOfPayment: rows(`SELECT coalesce(sum(refunded_micros), 0) AS refunded_micros FROM payment_refunds WHERE payment_id = ?`),
+    pausedByPayment: db.prepare(`SELECT 1 FROM auto_recharge_paused_by WHERE account = ? AND payment_id = ?`),
+    /** A payment holding the account's pause that still has a refund booked. */
+    pauseStanding: db.prepare(
+      `SELECT 1 FROM auto_recharge_paused_by h JOIN payment_refunds r ON r.payment_id = h.payment_id WHERE h.account = ? AND r.refunded_micros > 0 LIMIT 1`
+    ),
+    addPausedBy: db.prepare(`INSERT INTO auto_recharge_paused_by (account, payment_id) VALUES (?, ?) ON CONFLICT DO NOTHING`),
+    clearPausedBy: db.prepare(`DELETE FROM auto_recharge_paused_by WHERE account = ?`),
     failure: db.prepare(`SELECT 1 FROM payment_refund_failures WHERE refund_id = ?`),
     failedOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS failed_micros FROM payment_refund_failures WHERE charge_id = ?`),
     insertFailure: db.prepare(

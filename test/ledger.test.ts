@@ -67,7 +67,8 @@ describe("migrations", () => {
       { version: 7, name: "idempotency: the answer's replayed headers" },
       { version: 8, name: "payments: refunds that fail at the provider" },
       { version: 9, name: "leader term: a fencing token for replicas sharing the file" },
-      { version: 10, name: "payments: forget refund events read before refund failures were" }
+      { version: 10, name: "payments: forget refund events read before refund failures were" },
+      { version: 11, name: "auto-recharge: every payment whose refund holds a pause" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -81,6 +82,7 @@ describe("migrations", () => {
       "api_settings",
       "api_users",
       "auto_recharge",
+      "auto_recharge_paused_by",
       "holds",
       "journal",
       "leader_term",
@@ -116,7 +118,7 @@ describe("migrations", () => {
     expect(store.model("acme", "llama")?.gpu).toBe("H100")
   })
 
-  it("upgrade a version-7 database's booked card refunds to the failed-refund rule, keeping what they booked, and forget ignored refund events", () => {
+  it("upgrade a version-7 database's booked card refunds to the failed-refund rule, keeping what they booked, forget ignored refund events, and keep a pause held by its payment", () => {
     // Proves migration 8: a charge booked before it starts with the refunds made and reported
     // equal to what it booked, so its rows and a later failure of one of its refunds add up.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
@@ -131,6 +133,8 @@ describe("migrations", () => {
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 15000000, 0)`).run()
     old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 25000000, 'succeeded', 'pi_1', 0, 0)`).run()
     old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES ('ch_1', 'pay_00000001', 10000000)`).run()
+    // Migration 11: the pause that refund set is held by its payment.
+    old.prepare(`INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, updated_at, paused_by) VALUES ('acme', 20000000, 20000000, 'pm_card_visa', 0, 'pay_00000001')`).run()
     // Migration 10: events of failed refunds the old engine ignored are forgotten, so a resend
     // from Stripe's dashboard books them; every other event stays a duplicate.
     const event = old.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, 0, ?)`)
@@ -146,14 +150,15 @@ describe("migrations", () => {
       { charge_id: "ch_1", payment_id: "pay_00000001", refunded_micros: 10_000_000, gross_micros: 10_000_000, reported_micros: 10_000_000 }
     ])
     expect(store.db.prepare(`SELECT count(*) AS n FROM payment_refund_failures`).get()).toEqual({ n: 0 })
+    expect(store.db.prepare(`SELECT account, payment_id FROM auto_recharge_paused_by`).all()).toEqual([{ account: "acme", payment_id: "pay_00000001" }])
     expect(store.db.prepare(`SELECT id FROM payment_events ORDER BY id`).all()).toEqual([{ id: "evt_other" }, { id: "evt_paid" }])
   })
 
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(10)
-    expect(schemaVersions(store)).toHaveLength(10)
+    expect(migrate(store.db)).toBe(11)
+    expect(schemaVersions(store)).toHaveLength(11)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -179,9 +184,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (11, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (12, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 11 is newer than this engine knows \(10\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 12 is newer than this engine knows \(11\)/)
   })
 })
 

@@ -319,6 +319,24 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       DELETE FROM payment_events
       WHERE outcome = 'ignored' AND type IN ('charge.refund.updated', 'refund.updated', 'refund.failed');
     `
+  },
+  {
+    version: 11,
+    name: "auto-recharge: every payment whose refund holds a pause",
+    // src/payments.ts. A pause is held by the refund that set it (`paused_by`) and by every
+    // refund made while it lasts, of any payment of the account; a refund that fails ends it
+    // only when none of the payments named here has a refund left standing (looked up by
+    // payment, hence the index). A pause set before this migration is held by the payment that
+    // set it.
+    sql: `
+      CREATE TABLE auto_recharge_paused_by (
+        account     TEXT NOT NULL REFERENCES accounts(id),
+        payment_id  TEXT NOT NULL REFERENCES payments(id),
+        PRIMARY KEY (account, payment_id)
+      ) STRICT;
+      INSERT INTO auto_recharge_paused_by (account, payment_id) SELECT account, paused_by FROM auto_recharge WHERE paused_by IS NOT NULL;
+      CREATE INDEX payment_refunds_by_payment ON payment_refunds(payment_id);
+    `
   }
 ]
 

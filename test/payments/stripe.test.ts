@@ -415,6 +415,62 @@ describe("refunds that fail at Stripe", () => {
       "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
     ])
   })
+  it("keep the auto-recharge pause while a refund made during it still stands, of another payment, and end it when that one fails too", async () => {
+    // Proves the Decision in docs/POLICY.md: pay_00000002's refund pauses auto-recharge and
+    // pay_00000001's refund, made while paused, holds the pause too. When pay_00000002's refund
+    // fails, $5 still went back to the card of pay_00000001, so the card is not charged though
+    // the balance ($21) is under the $30 threshold; when that refund fails as well, no refund
+    // holding the pause stands, the pause ends and the card is charged at once (pay_00000003).
+    const { w, server } = await setup()
+    const a = await w.signup("jon@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "30.00", amount: "20.00", payment_method: "pm_card_refundFail" } })
+    const book = w.opened.engine.sup.payments!
+    const charged = async (n: number) => {
+      await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
+      await server.flush()
+    }
+    await charged(1)
+    await charged(2)
+    const client = customer(server)
+    const second = await client.refunds.create({ payment_intent: book.payment("pay_00000002")!.intent_id! })
+    expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+    const first = await client.refunds.create({ payment_intent: book.payment("pay_00000001")!.intent_id!, amount: 500 })
+    expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe("pay_00000002")
+    const taken = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-14.00", description: "correction" } })
+    expect([taken.status, taken.body.balance]).toEqual([201, "1.00"])
+    server.failRefund(second.id)
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"]
+    ])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "21.00" })
+    expect(book.autoRecharge(a.account)!.paused_by).toBe("pay_00000002")
+    w.advance(MIN)
+    expect(book.payments()).toHaveLength(2)
+    server.failRefund(first.id)
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"]
+    ])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe(null)
+    await charged(3)
+    expect(ledgerOf(w, a.account).slice(2)).toEqual([
+      ["refund", "-20.00", "pay_00000002"],
+      ["refund", "-5.00", "pay_00000001"],
+      ["adjustment", "-14.00", null],
+      ["refund", "20.00", "pay_00000002"],
+      ["refund", "5.00", "pay_00000001"],
+      ["topup", "20.00", "pay_00000003"]
+    ])
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind === "auto_recharge_paused")).toHaveLength(1)
+    expect(failureNotes(w).map((n) => n[1])).toEqual([
+      "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance.",
+      "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
+    ])
+  })
 })
 
 describe("webhook signatures", () => {
