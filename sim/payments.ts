@@ -122,6 +122,7 @@ export class SimPayments implements PaymentsPort {
         amount_cents: intent.amount_cents,
         amount_refunded_cents: reported,
         previous_refunded_cents: previous,
+        created_ms: this.clock.now(),
         payment_id: intent.payment_id
       },
       () => {

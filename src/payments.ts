@@ -15,9 +15,10 @@
  *   what the provider really refunded, as far as its events have told us:
  *     booked = made − failed, at least 0 and at most the payment's amount, where
  *     made   = the larger of Σ sizes of the refunds made (each `charge.refunded` names one: its
- *              `amount_refunded` less `previous_attributes.amount_refunded`, once per event id)
- *              and the largest cumulative `amount_refunded` reported (events without
- *              `previous_attributes`);
+ *              `amount_refunded` less `previous_attributes.amount_refunded`, once per event id;
+ *              on a charge booked before migration 8, the lump booked then plus the part of each
+ *              size above it: `refundMade`) and the largest cumulative `amount_refunded`
+ *              reported (events without `previous_attributes`);
  *     failed = Σ amounts of the charge's refunds that failed or were canceled, once per refund id
  *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes).
  *   Each input only grows its own term (a sum over distinct ids, a maximum), so any order and
@@ -108,6 +109,8 @@ export type PaymentEvent =
        * event does not say (then only the cumulative amount counts).
        */
       readonly previous_refunded_cents: number | null
+      /** When the provider made the event (Stripe's `created`, on its clock), or null if it does not say. */
+      readonly created_ms: number | null
       readonly payment_id: string | null
     }
   | {
@@ -176,7 +179,8 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     if (charge_id === null || intent_id === null || amount === null || refunded === null || refunded > amount) return null
     const before = (e.data as { previous_attributes?: unknown }).previous_attributes
     const previous = typeof before === "object" && before !== null ? int((before as Record<string, unknown>)["amount_refunded"]) : null
-    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, previous_refunded_cents: previous, payment_id }
+    const created = int((e as { created?: unknown }).created)
+    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, previous_refunded_cents: previous, created_ms: created === null ? null : created * 1000, payment_id }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) {
     // Only a refund that ended unsuccessfully matters here: one made (pending or succeeded) was
@@ -240,6 +244,13 @@ interface RefundRecord {
   readonly gross_micros: Micros
   /** The largest cumulative `amount_refunded` reported. */
   readonly reported_micros: Micros
+  /**
+   * What code older than migration 8 booked as refunded, by the charge's cumulative amount and
+   * not refund by refund (counted in `gross_micros` since), or 0; `legacy_at`: when it last
+   * booked it (src/ledger/migrations.ts, migration 12).
+   */
+  readonly legacy_micros: Micros
+  readonly legacy_at: number | null
 }
 
 /** What handling one event did, for the journal and the webhook's answer. */
@@ -276,6 +287,31 @@ const checkAmount = (amount_micros: Micros, field: string): ValidationError | nu
   }
   if (amount_micros % policy.MICROS_PER_CENT !== 0n) return new ValidationError({ code: "invalid_amount", field, message: `${field} must be whole cents` })
   return null
+}
+
+/**
+ * The size of the refund a `charge.refunded` reports: its `amount_refunded` less the one before
+ * (`previous_attributes`; 0 when the event does not say, and its cumulative amount counts
+ * instead). A charge whose refunds code older than migration 8 booked as one lump (the largest
+ * cumulative amount it saw: `legacy_micros`, counted in `gross_micros`) already counts every
+ * refund made before that booking: until a refund fails, the cumulative amount only grows, so
+ * such a refund lies under the lump (or wholly above it), and only its part above counts. Its
+ * event arriving after the upgrade then adds nothing. A refund made after the booking counts in
+ * full even under the lump (a refund in it failed since, and the charge got its amount back).
+ * Which came first compares the provider's clock (`created_ms`) with ours (`legacy_at`) within
+ * the webhook tolerance they are trusted to agree within; an event that does not say when it
+ * was made is taken as made before. (Migration 12 also marks a charge booked since migration 8
+ * left in that migration's state, amounts equal and no failure: the refunds seen fill its lump,
+ * so none lies under it unseen unless one failed unseen.)
+ */
+const refundMade = (charge: RefundRecord, e: Extract<PaymentEvent, { type: "charge.refunded" }>): Micros => {
+  if (e.previous_refunded_cents === null) return 0n
+  const after = microsOfCents(e.amount_refunded_cents)
+  const previous = microsOfCents(e.previous_refunded_cents)
+  const lumpClosed = charge.legacy_at === null ? null : charge.legacy_at + policy.WEBHOOK_TOLERANCE_S * 1000
+  const underLump = charge.legacy_micros > 0n && (lumpClosed === null || e.created_ms === null || e.created_ms <= lumpClosed)
+  const before = underLump && previous < charge.legacy_micros ? charge.legacy_micros : previous
+  return after > before ? after - before : 0n
 }
 
 export const backoffMs = (declines: number): number =>
@@ -546,8 +582,7 @@ export class PaymentBook {
     const charge = this.chargeOf(e.charge_id, p)
     if (charge === undefined) return "unmatched"
     const credited = this.succeed(this.payment(p.id)!)
-    const made = e.previous_refunded_cents === null ? 0n : microsOfCents(Math.max(0, e.amount_refunded_cents - e.previous_refunded_cents))
-    this.s.reportRefund.run(charge.gross_micros + made, microsOfCents(e.amount_refunded_cents), e.charge_id)
+    this.s.reportRefund.run(charge.gross_micros + refundMade(charge, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
     const moved = this.bookRefunds(p, e.charge_id)
     // A refund reported can only add to what is booked as refunded; a failure only takes back.
     assert(moved <= 0n, () => `charge.refunded ${e.id} credited ${moved} back`)
@@ -783,7 +818,7 @@ const prepare = (db: LedgerStore["db"]) => {
   // Money columns come back as bigint; instants and counts as numbers.
   const fixNumbers = (row: Record<string, unknown> | undefined) => {
     if (row === undefined) return row
-    for (const k of ["created_at", "updated_at", "declines", "last_decline_at", "retry_at"]) if (typeof row[k] === "bigint") row[k] = Number(row[k])
+    for (const k of ["created_at", "updated_at", "declines", "last_decline_at", "retry_at", "legacy_at"]) if (typeof row[k] === "bigint") row[k] = Number(row[k])
     return row
   }
   const rows = (sql: string) => {
@@ -806,7 +841,7 @@ const prepare = (db: LedgerStore["db"]) => {
     nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
-    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros FROM payment_refunds WHERE charge_id = ?`),
+    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at FROM payment_refunds WHERE charge_id = ?`),
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),

@@ -337,6 +337,28 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       INSERT INTO auto_recharge_paused_by (account, payment_id) SELECT account, paused_by FROM auto_recharge WHERE paused_by IS NOT NULL;
       CREATE INDEX payment_refunds_by_payment ON payment_refunds(payment_id);
     `
+  },
+  {
+    version: 12,
+    name: "payments: the refunds booked before migration 8, as one lump",
+    // src/payments.ts. Code older than migration 8 booked a charge's refunds by its largest
+    // cumulative amount_refunded, not refund by refund, and migration 8 started the charge's
+    // refunds made (`gross_micros`) at that amount. A charge.refunded of one of the refunds in
+    // it that arrives only after the upgrade (Stripe keeps no order, and retries a delivery
+    // for days) added its size again. The lump is kept here (`legacy_micros`, as booked at
+    // `legacy_at`, the instant of the payment's last refund row) so such an event counts only
+    // its part above it. Marked: every charge as migration 8 left it (its three amounts equal,
+    // no failure); a charge booked since in that state has no such event to come, as long as
+    // no refund of it failed unseen (src/payments.ts, `refundMade`).
+    sql: `
+      ALTER TABLE payment_refunds ADD COLUMN legacy_micros INTEGER NOT NULL DEFAULT 0 CHECK (legacy_micros >= 0);
+      ALTER TABLE payment_refunds ADD COLUMN legacy_at INTEGER;
+      UPDATE payment_refunds
+      SET legacy_micros = refunded_micros,
+          legacy_at = (SELECT max(at) FROM ledger WHERE kind = 'refund' AND resource = payment_refunds.payment_id)
+      WHERE refunded_micros > 0 AND gross_micros = refunded_micros AND reported_micros = refunded_micros
+        AND NOT EXISTS (SELECT 1 FROM payment_refund_failures f WHERE f.charge_id = payment_refunds.charge_id);
+    `
   }
 ]
 

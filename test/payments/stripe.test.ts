@@ -3,6 +3,7 @@
  * customer's client both talk to the Stripe-compatible test server, which sends signed
  * webhooks to the API's /webhooks/stripe over HTTP.
  */
+import Database from "better-sqlite3"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -10,6 +11,7 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
+import { MIGRATIONS } from "../../src/ledger/migrations.js"
 import { decodeStripeEvent, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
@@ -470,6 +472,86 @@ describe("refunds that fail at Stripe", () => {
       "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance.",
       "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
     ])
+  })
+})
+
+describe("refunds booked before migration 8", () => {
+  /**
+   * A $50 top-up refunded $10 (r1) and then $20 (r2) at Stripe, in a version-7 database: the
+   * engine of that version took r2's charge.refunded first (Stripe does not keep the order, and
+   * retries a delivery that failed for days) and booked the charge's cumulative $30 as
+   * refunded, as it did; r1's charge.refunded is still to come. The engine of today opens it.
+   */
+  const bookedByVersion7 = async () => {
+    const clock = new VirtualClock(START_MS)
+    const server = await startServer(clock)
+    const client = customer(server)
+    const pi = await client.paymentIntents.create({ amount: 5000, currency: "usd", metadata: { payment_id: "pay_00000001", account: "acme", kind: "topup" } })
+    await client.paymentIntents.confirm(pi.id, { payment_method: "pm_card_refundFail" })
+    const [charged, paid] = server.queue.splice(0)
+    const r1 = await client.refunds.create({ payment_intent: pi.id, amount: 1000 })
+    const r2 = await client.refunds.create({ payment_intent: pi.id, amount: 2000 })
+    const [e1, e2] = server.queue.splice(0)
+    expect([JSON.parse(e1!.payload).data.previous_attributes, JSON.parse(e2!.payload).data.previous_attributes]).toEqual([
+      { amount_refunded: 0, refunded: false },
+      { amount_refunded: 1000, refunded: false }
+    ])
+    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+    const old = new Database(db)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    for (const m of MIGRATIONS.filter((x) => x.version <= 7)) {
+      old.exec(m.sql)
+      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    }
+    old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 20000000, 0)`).run()
+    old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 50000000, 'succeeded', ?, 0, 0)`).run(pi.id)
+    const row = old.prepare(`INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, description) VALUES ('acme', ?, ?, ?, ?, 'pay_00000001', ?)`)
+    row.run(START_MS, "topup", 50_000_000, 50_000_000, "Top-up by card (pay_00000001)")
+    row.run(START_MS + MIN, "refund", -30_000_000, 20_000_000, "Refund to card of top-up pay_00000001")
+    old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, 'pay_00000001', 30000000)`).run(r2.charge as string)
+    const event = old.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`)
+    event.run(charged!.id, charged!.type, START_MS, "ignored")
+    event.run(paid!.id, paid!.type, START_MS, "credited")
+    event.run(e2!.id, e2!.type, START_MS + MIN, "refunded")
+    old.close()
+    clock.advanceTo(START_MS + 2 * MIN)
+    const env = await open(server, clock, db)
+    return { ...env, client, pi, r1, r2, e1: e1!, e2: e2! }
+  }
+  const refundsOf = (w: World) => ledgerOf(w, "acme").filter((r) => r[0] === "refund")
+
+  it("count a refund whose charge.refunded comes only after the upgrade once, and follow the refunds made after it", async () => {
+    // Proves migration 12 and the rule it feeds: r1 is in the $30 the old engine booked, so its
+    // late charge.refunded books nothing (before, it was added again: −$10 more than Stripe
+    // refunded). After the upgrade r2 fails at Stripe (its $20 comes back) and r3 of $15 is
+    // made, reported at a cumulative $25 that is under the $30 booked before: a refund made
+    // after the old engine's booking counts in full. Stripe refunded $25 (r1 and r3), whatever
+    // the order: balance $25.
+    for (const late of ["first", "last"] as const) {
+      const { w, server, client, pi, r2, e1, e2 } = await bookedByVersion7()
+      expect(w.opened.engine.ledger.balance("acme")).toBe(20_000_000n)
+      if (late === "first") expect(outcomes([await server.deliver(e1), await server.deliver(e2)])).toEqual([[200, "nothing"], [200, "duplicate"]])
+      w.advance(10 * MIN)
+      server.failRefund(r2.id)
+      await client.refunds.create({ payment_intent: pi.id, amount: 1500 })
+      const after = server.queue.splice(0)
+      expect(after.map((e) => e.type)).toEqual(["charge.refund.updated", "refund.updated", "refund.failed", "charge.refunded"])
+      expect(JSON.parse(after[3]!.payload).data).toMatchObject({ object: { amount_refunded: 2500 }, previous_attributes: { amount_refunded: 1000 } })
+      expect(outcomes([await server.deliver(after[0]!), await server.deliver(after[3]!)])).toEqual([
+        [200, "refund_reversed"],
+        [200, "refunded"]
+      ])
+      if (late === "last") expect(outcomes([await server.deliver(e1)])).toEqual([[200, "nothing"]])
+      expect([late, refundsOf(w)]).toEqual([
+        late,
+        [
+          ["refund", "-30.00", "pay_00000001"],
+          ["refund", "20.00", "pay_00000001"],
+          ["refund", "-15.00", "pay_00000001"]
+        ]
+      ])
+      expect(w.opened.engine.ledger.balance("acme")).toBe(25_000_000n)
+    }
   })
 })
 
