@@ -14,11 +14,20 @@
  *   `refund` rows (their `resource` is the payment id, like the top-up row's) always add up to
  *   what the provider really refunded, as far as its events have told us:
  *     booked = made − failed, at least 0 and at most the payment's amount, where
- *     made   = the larger of Σ sizes of the refunds made (each `charge.refunded` names one: its
- *              `amount_refunded` less `previous_attributes.amount_refunded`, once per event id;
- *              on a charge booked before migration 8, the lump booked then plus the part of each
- *              size above it: `refundMade`) and the largest cumulative `amount_refunded`
- *              reported (events without `previous_attributes`);
+ *     made   = the largest of
+ *              - Σ amounts of the refunds made, once per refund id, as the provider tells them
+ *                by id: a Refund object in `refund.created`, `refund.updated` or
+ *                `charge.refund.updated` (failed ones included: they were made first), or the
+ *                charge's `refunds` list in `charge.refunded` (API versions that include it);
+ *              - Σ sizes of the refunds made as `charge.refunded` tells them (each names one:
+ *                its `amount_refunded` less `previous_attributes.amount_refunded`, once per
+ *                event id; on a charge booked before migration 8, the lump booked then plus the
+ *                part of each size above it: `refundSize`);
+ *              - the largest cumulative `amount_refunded` reported.
+ *              Each is at most what the provider made, and the first two reach it once all of
+ *              their events are in: Stripe documents `previous_attributes` for `*.updated`
+ *              events only, and since API version 2024-10-28.acacia sends `refund.created` for
+ *              card refunds too, so either may be all there is (docs/POLICY.md);
  *     failed = Σ amounts of the charge's refunds that failed or were canceled, once per refund id
  *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes).
  *   Each input only grows its own term (a sum over distinct ids, a maximum), so any order and
@@ -111,6 +120,23 @@ export type PaymentEvent =
       readonly previous_refunded_cents: number | null
       /** When the provider made the event (Stripe's `created`, on its clock), or null if it does not say. */
       readonly created_ms: number | null
+      /** The charge's refunds listed in it (API versions before 2022-11-15 include them), at most REFUNDS_LISTED_MAX. */
+      readonly refunds: ReadonlyArray<{ readonly refund_id: string; readonly amount_cents: number }>
+      readonly payment_id: string | null
+    }
+  | {
+      readonly id: string
+      /**
+       * A refund the provider made (pending, requiring action or succeeded), told by its Refund
+       * object in `refund.created`, `refund.updated` or `charge.refund.updated` (`event_type`):
+       * it counts once per `refund_id`.
+       */
+      readonly type: "refund.made"
+      readonly event_type: string
+      readonly refund_id: string
+      readonly charge_id: string
+      readonly intent_id: string
+      readonly amount_cents: number
       readonly payment_id: string | null
     }
   | {
@@ -132,8 +158,14 @@ export type PaymentEvent =
     }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
 
-/** Stripe events whose object is a Refund; one in status `failed` or `canceled` gives money back. */
-const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["charge.refund.updated", "refund.updated", "refund.failed"])
+/**
+ * Stripe events whose object is a Refund: one in status `failed` or `canceled` gives money back;
+ * one in another status (`pending`, `requires_action`, `succeeded`) tells a refund made, by id.
+ */
+const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["refund.created", "charge.refund.updated", "refund.updated", "refund.failed"])
+
+/** The most refunds read from a charge's `refunds` list (Stripe embeds 10; the rest are told by their own events). */
+export const REFUNDS_LISTED_MAX = 100
 
 /**
  * Whether a failed charge was the card's fault (a decline: the customer must act) or the
@@ -180,23 +212,45 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     const before = (e.data as { previous_attributes?: unknown }).previous_attributes
     const previous = typeof before === "object" && before !== null ? int((before as Record<string, unknown>)["amount_refunded"]) : null
     const created = int((e as { created?: unknown }).created)
-    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, previous_refunded_cents: previous, created_ms: created === null ? null : created * 1000, payment_id }
+    // A listed refund we cannot read is left out: it is told again by its own events.
+    const list = typeof o["refunds"] === "object" && o["refunds"] !== null ? (o["refunds"] as Record<string, unknown>)["data"] : undefined
+    const refunds = (Array.isArray(list) ? list.slice(0, REFUNDS_LISTED_MAX) : []).flatMap((r: unknown) => {
+      const refund = (typeof r === "object" && r !== null ? r : {}) as Record<string, unknown>
+      const refund_id = str(refund["id"])
+      const cents = int(refund["amount"])
+      return refund_id === null || cents === null || cents === 0 || cents > amount ? [] : [{ refund_id, amount_cents: cents }]
+    })
+    return {
+      id: e.id,
+      type: e.type,
+      charge_id,
+      intent_id,
+      amount_cents: amount,
+      amount_refunded_cents: refunded,
+      previous_refunded_cents: previous,
+      created_ms: created === null ? null : created * 1000,
+      refunds,
+      payment_id
+    }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) {
-    // Only a refund that ended unsuccessfully matters here: one made (pending or succeeded) was
-    // booked from its charge.refunded. A refund of a charge without a PaymentIntent is not ours.
+    // A refund that ended unsuccessfully gives money back; one in any other status was made.
+    // A refund of a charge without a PaymentIntent is not ours.
     const status = o["status"]
-    if ((status !== "failed" && status !== "canceled") || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
+    const made = status === "pending" || status === "requires_action" || status === "succeeded"
+    const ended = status === "failed" || status === "canceled" ? status : null
+    if ((!made && ended === null) || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
     const refund_id = str(o["id"])
     const charge_id = str(o["charge"])
     const intent_id = str(o["payment_intent"])
     const amount = int(o["amount"])
-    // A failed refund we cannot tie to a charge and an amount (Stripe's `charge` may be null)
-    // is answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days
-    // and may disable the endpoint, top-up events with it.
+    // A refund we cannot tie to a charge and an amount (Stripe's `charge` may be null) is
+    // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
+    // may disable the endpoint, top-up events with it.
     if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id: e.id, type: "ignored", event_type: e.type }
+    if (ended === null) return { id: e.id, type: "refund.made", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
     const reason = o["failure_reason"]
-    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status, failure_reason: str(reason), payment_id }
+    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
   }
   return { id: e.id, type: "ignored", event_type: e.type }
 }
@@ -304,7 +358,7 @@ const checkAmount = (amount_micros: Micros, field: string): ValidationError | nu
  * left in that migration's state, amounts equal and no failure: the refunds seen fill its lump,
  * so none lies under it unseen unless one failed unseen.)
  */
-const refundMade = (charge: RefundRecord, e: Extract<PaymentEvent, { type: "charge.refunded" }>): Micros => {
+const refundSize = (charge: RefundRecord, e: Extract<PaymentEvent, { type: "charge.refunded" }>): Micros => {
   if (e.previous_refunded_cents === null) return 0n
   const after = microsOfCents(e.amount_refunded_cents)
   const previous = microsOfCents(e.previous_refunded_cents)
@@ -463,7 +517,7 @@ export class PaymentBook {
       // An event for a payment we do not know is answered (2xx: Stripe will not send it again)
       // but not recorded, so a resend from Stripe's dashboard can still match it later. Our
       // own payments are always known first: their row commits before the provider is called.
-      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" ? e.event_type : e.type, this.clock.now(), outcome)
+      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" || e.type === "refund.made" ? e.event_type : e.type, this.clock.now(), outcome)
       this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
       return outcome
     })
@@ -569,7 +623,7 @@ export class PaymentBook {
     // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
     // A refund larger than our payment cannot be of it either.
     const paid = e.type === "payment_intent.succeeded" || e.type === "charge.refunded" ? e.amount_cents : null
-    const refund = e.type === "refund.failed" ? e.amount_cents : null
+    const refund = e.type === "refund.failed" || e.type === "refund.made" ? e.amount_cents : null
     if ((paid !== null && paid !== centsOf(p.amount_micros)) || (refund !== null && refund > centsOf(p.amount_micros))) {
       this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: paid ?? refund })
       return "amount_mismatch"
@@ -577,15 +631,19 @@ export class PaymentBook {
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
     if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, e.declined) ? "failed" : "nothing"
     if (e.type === "refund.failed") return this.refundFailed(p, e)
-    // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
-    // (events come in any order); then the refund it reports is booked, if it is news.
+    // charge.refunded, refund.made: the charge was paid, so the top-up is credited first if it
+    // was not yet (events come in any order); then the refund reported is booked, if it is news.
     const charge = this.chargeOf(e.charge_id, p)
     if (charge === undefined) return "unmatched"
     const credited = this.succeed(this.payment(p.id)!)
-    this.s.reportRefund.run(charge.gross_micros + refundMade(charge, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
+    if (e.type === "refund.made") this.s.insertMade.run(e.refund_id, e.charge_id, p.id, microsOfCents(e.amount_cents))
+    else {
+      for (const r of e.refunds) this.s.insertMade.run(r.refund_id, e.charge_id, p.id, microsOfCents(r.amount_cents))
+      this.s.reportRefund.run(charge.gross_micros + refundSize(charge, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
+    }
     const moved = this.bookRefunds(p, e.charge_id)
     // A refund reported can only add to what is booked as refunded; a failure only takes back.
-    assert(moved <= 0n, () => `charge.refunded ${e.id} credited ${moved} back`)
+    assert(moved <= 0n, () => `${e.type} ${e.id} credited ${moved} back`)
     if (moved === 0n) return credited ? "credited" : "nothing"
     this.pauseAfterRefund(p, -moved)
     return "refunded"
@@ -608,7 +666,8 @@ export class PaymentBook {
   private bookRefunds(p: PaymentRecord, charge_id: string): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const failed = (this.s.failedOf.get(charge_id) as { failed_micros: bigint }).failed_micros
-    const made = charge.gross_micros > charge.reported_micros ? charge.gross_micros : charge.reported_micros
+    const known = (this.s.madeOf.get(charge_id) as { made_micros: bigint }).made_micros
+    const made = [charge.gross_micros, charge.reported_micros, known].reduce((a, b) => (a > b ? a : b))
     // Refunds made can add up to more than the charge when some failed (Stripe gives a failed
     // refund's amount back to the charge, to be refunded again): the cap comes after them.
     const net = made > failed ? made - failed : 0n
@@ -642,6 +701,8 @@ export class PaymentBook {
     const at = this.clock.now()
     const amount_micros = microsOfCents(e.amount_cents)
     this.s.insertFailure.run(e.refund_id, e.charge_id, p.id, amount_micros, e.status, e.failure_reason, at)
+    // A refund that failed was made first: it counts among the refunds told by id.
+    this.s.insertMade.run(e.refund_id, e.charge_id, p.id, amount_micros)
     this.journal.append(at, "card_refund_failed", { payment: p.id, refund: e.refund_id, charge: e.charge_id, amount_micros: amount_micros.toString(), status: e.status, reason: e.failure_reason })
     const moved = this.bookRefunds(p, e.charge_id)
     assert(moved >= 0n, () => `failed refund ${e.refund_id} booked ${moved}`)
@@ -858,6 +919,8 @@ const prepare = (db: LedgerStore["db"]) => {
     clearPausedBy: db.prepare(`DELETE FROM auto_recharge_paused_by WHERE account = ?`),
     failure: db.prepare(`SELECT 1 FROM payment_refund_failures WHERE refund_id = ?`),
     failedOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS failed_micros FROM payment_refund_failures WHERE charge_id = ?`),
+    madeOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS made_micros FROM payment_refunds_made WHERE charge_id = ?`),
+    insertMade: db.prepare(`INSERT INTO payment_refunds_made (refund_id, charge_id, payment_id, amount_micros) VALUES (?, ?, ?, ?) ON CONFLICT(refund_id) DO NOTHING`),
     insertFailure: db.prepare(
       `INSERT INTO payment_refund_failures (refund_id, charge_id, payment_id, amount_micros, status, failure_reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
     ),

@@ -69,7 +69,8 @@ describe("migrations", () => {
       { version: 9, name: "leader term: a fencing token for replicas sharing the file" },
       { version: 10, name: "payments: forget refund events read before refund failures were" },
       { version: 11, name: "auto-recharge: every payment whose refund holds a pause" },
-      { version: 12, name: "payments: the refunds booked before migration 8, as one lump" }
+      { version: 12, name: "payments: the refunds booked before migration 8, as one lump" },
+      { version: 13, name: "payments: refunds made, by refund id" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -93,6 +94,7 @@ describe("migrations", () => {
       "payment_events",
       "payment_refund_failures",
       "payment_refunds",
+      "payment_refunds_made",
       "payments",
       "resources",
       "schema_migrations",
@@ -144,6 +146,8 @@ describe("migrations", () => {
     const event = old.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, 0, ?)`)
     event.run("evt_refund_failed", "charge.refund.updated", "ignored")
     event.run("evt_refund_updated", "refund.updated", "ignored")
+    // Migration 13: a refund.created read as ignored (a refund made) is forgotten too.
+    event.run("evt_refund_created", "refund.created", "ignored")
     event.run("evt_paid", "payment_intent.succeeded", "credited")
     event.run("evt_other", "customer.created", "ignored")
     old.close()
@@ -159,7 +163,7 @@ describe("migrations", () => {
     expect(store.db.prepare(`SELECT id FROM payment_events ORDER BY id`).all()).toEqual([{ id: "evt_other" }, { id: "evt_paid" }])
   })
 
-  it("mark as a lump only charges in the state migration 8 left them in", () => {
+  it("mark as a lump only charges in the state migration 8 left them in, and count the failures known as refunds made", () => {
     // Proves migration 12's choice on a database that ran migration 8 already: a charge whose
     // refunds made, reported and booked agree and none failed is marked (it may be one the old
     // engine booked); one with a failure, or booked by sizes that differ from the cumulative
@@ -200,13 +204,18 @@ describe("migrations", () => {
       { charge_id: "ch_4", legacy_micros: 0, legacy_at: null },
       { charge_id: "ch_5", legacy_micros: 0, legacy_at: null }
     ])
+    // Migration 13: a refund that failed was made first; it counts among the refunds made by id.
+    expect(store.db.prepare(`SELECT refund_id, charge_id, amount_micros FROM payment_refunds_made ORDER BY refund_id`).all()).toEqual([
+      { refund_id: "re_2", charge_id: "ch_2", amount_micros: 10_000_000 },
+      { refund_id: "re_3", charge_id: "ch_3", amount_micros: 1_000_000 }
+    ])
   })
 
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(12)
-    expect(schemaVersions(store)).toHaveLength(12)
+    expect(migrate(store.db)).toBe(13)
+    expect(schemaVersions(store)).toHaveLength(13)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -232,9 +241,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (13, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (14, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 13 is newer than this engine knows \(12\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 14 is newer than this engine knows \(13\)/)
   })
 })
 

@@ -349,7 +349,7 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
     // `legacy_at`, the instant of the payment's last refund row) so such an event counts only
     // its part above it. Marked: every charge as migration 8 left it (its three amounts equal,
     // no failure); a charge booked since in that state has no such event to come, as long as
-    // no refund of it failed unseen (src/payments.ts, `refundMade`).
+    // no refund of it failed unseen (src/payments.ts, `refundSize`).
     sql: `
       ALTER TABLE payment_refunds ADD COLUMN legacy_micros INTEGER NOT NULL DEFAULT 0 CHECK (legacy_micros >= 0);
       ALTER TABLE payment_refunds ADD COLUMN legacy_at INTEGER;
@@ -358,6 +358,29 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
           legacy_at = (SELECT max(at) FROM ledger WHERE kind = 'refund' AND resource = payment_refunds.payment_id)
       WHERE refunded_micros > 0 AND gross_micros = refunded_micros AND reported_micros = refunded_micros
         AND NOT EXISTS (SELECT 1 FROM payment_refund_failures f WHERE f.charge_id = payment_refunds.charge_id);
+    `
+  },
+  {
+    version: 13,
+    name: "payments: refunds made, by refund id",
+    // src/payments.ts. A charge's refunds made are also counted refund by refund, as Stripe
+    // tells them by id (refund.created, refund.updated, charge.refund.updated, a charge's
+    // refunds list), since charge.refunded's previous_attributes is documented for *.updated
+    // events only. A refund that failed was made first: the failures known count from here.
+    // Refund events read before as ignored (a made refund booked nothing) are forgotten, as in
+    // migration 10, so a resend from Stripe's dashboard counts them.
+    sql: `
+      CREATE TABLE payment_refunds_made (
+        refund_id      TEXT PRIMARY KEY,
+        charge_id      TEXT NOT NULL,
+        payment_id     TEXT NOT NULL REFERENCES payments(id),
+        amount_micros  INTEGER NOT NULL CHECK (amount_micros > 0)
+      ) STRICT;
+      CREATE INDEX payment_refunds_made_by_charge ON payment_refunds_made(charge_id);
+      INSERT INTO payment_refunds_made (refund_id, charge_id, payment_id, amount_micros)
+        SELECT refund_id, charge_id, payment_id, amount_micros FROM payment_refund_failures;
+      DELETE FROM payment_events
+      WHERE outcome = 'ignored' AND type IN ('refund.created', 'charge.refund.updated', 'refund.updated');
     `
   }
 ]

@@ -12,7 +12,7 @@ import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
 import { MIGRATIONS } from "../../src/ledger/migrations.js"
-import { decodeStripeEvent, type PaymentsPort } from "../../src/payments.js"
+import { decodeStripeEvent, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -471,6 +471,118 @@ describe("refunds that fail at Stripe", () => {
     expect(failureNotes(w).map((n) => n[1])).toEqual([
       "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance.",
       "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
+    ])
+  })
+})
+
+describe("refunds told by id", () => {
+  it("follow a refund made after a failed one from its refund id when charge.refunded does not say what was refunded before", async () => {
+    // Proves the refunds made are counted by refund id too, once each: Stripe documents
+    // previous_attributes for *.updated events only, so a charge.refunded may not carry it.
+    // $10 refunded, that refund fails, $5 refunded: Stripe really refunded $5, but the
+    // cumulative amounts (10, then 5) alone say $10 made and $10 failed. Told by refund.created
+    // (API versions since 2024-10-28.acacia) or by the charge's refunds list (before
+    // 2022-11-15), and with every source at once (each refund then told three ways), any
+    // order ends at refund rows of −$5 and a balance of $20.
+    const sources = [
+      { sendsPreviousAttributes: false, sendsRefundCreated: true, listsRefunds: false },
+      { sendsPreviousAttributes: false, sendsRefundCreated: false, listsRefunds: true },
+      { sendsPreviousAttributes: true, sendsRefundCreated: true, listsRefunds: true }
+    ]
+    for (const source of sources) {
+      for (const order of ["forward", "reversed", "made first"] as const) {
+        const { w, server } = await setup()
+        Object.assign(server, source)
+        const a = await w.signup(`kim-${sources.indexOf(source)}-${order.replace(" ", "-")}@example.com`, "0")
+        const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+        const pi = r.body.payment.payment_intent as string
+        const client = customer(server)
+        await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+        await server.flush()
+        const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+        const made1 = server.queue.splice(0)
+        server.failRefund(first.id)
+        const failed = server.queue.splice(0)
+        await client.refunds.create({ payment_intent: pi, amount: 500 })
+        const made2 = server.queue.splice(0)
+        expect(made2.map((e) => e.type)).toEqual(source.sendsRefundCreated ? ["charge.refunded", "refund.created"] : ["charge.refunded"])
+        expect(JSON.parse(made2[0]!.payload).data.object.amount_refunded).toBe(500)
+        const events = order === "forward" ? [...made1, ...failed, ...made2] : order === "reversed" ? [...made1, ...failed, ...made2].reverse() : [...made2, ...made1, ...failed]
+        for (const e of [...events, ...events]) await server.deliver(e)
+        const refunds = ledgerOf(w, a.account).filter((x) => x[0] === "refund")
+        expect([source, order, refunds.reduce((sum, x) => sum + Math.round(Number(x[1]) * 100), 0), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([source, order, -500, "20.00"])
+        if (order === "forward") {
+          expect(refunds.map((x) => x[1])).toEqual(["-10.00", "10.00", "-5.00"])
+        }
+      }
+    }
+  })
+
+  it("are decoded from a Refund object in any status but failed or canceled, and from a charge's refunds list, leaving out what cannot be read", () => {
+    // Proves the decoder: refund.created, refund.updated and charge.refund.updated with a
+    // pending, requires_action or succeeded Refund tell a refund made; one without a charge or an
+    // amount is ignored (answered, not refused); a charge.refunded's list gives each refund it
+    // can read, at most REFUNDS_LISTED_MAX, and none when the API version lists none.
+    const refund = { id: "re_1", object: "refund", status: "succeeded", payment_intent: "pi_1", charge: "ch_1", amount: 500 }
+    for (const type of ["refund.created", "refund.updated", "charge.refund.updated"]) {
+      for (const status of ["pending", "requires_action", "succeeded"]) {
+        expect(decodeStripeEvent({ id: "evt_m", type, data: { object: { ...refund, status } } })).toEqual({
+          id: "evt_m",
+          type: "refund.made",
+          event_type: type,
+          refund_id: "re_1",
+          charge_id: "ch_1",
+          intent_id: "pi_1",
+          amount_cents: 500,
+          payment_id: null
+        })
+      }
+      for (const broken of [{ charge: null }, { amount: 0 }, { status: "unknown" }, { payment_intent: null }]) {
+        expect(decodeStripeEvent({ id: "evt_b", type, data: { object: { ...refund, ...broken } } })).toEqual({ id: "evt_b", type: "ignored", event_type: type })
+      }
+    }
+    const charge = { id: "ch_1", object: "charge", payment_intent: "pi_1", amount: 2500, amount_refunded: 1500 }
+    const listed = (data: unknown) => decodeStripeEvent({ id: "evt_c", type: "charge.refunded", created: 1_700_000_000, data: { object: { ...charge, refunds: { object: "list", data } } } })
+    expect(listed([refund, { ...refund, id: "re_2", amount: 1000, status: "failed" }, { id: "re_3" }, { ...refund, id: "re_4", amount: 2501 }, null])).toMatchObject({
+      type: "charge.refunded",
+      created_ms: 1_700_000_000_000,
+      previous_refunded_cents: null,
+      refunds: [
+        { refund_id: "re_1", amount_cents: 500 },
+        { refund_id: "re_2", amount_cents: 1000 }
+      ]
+    })
+    const many = Array.from({ length: REFUNDS_LISTED_MAX + 5 }, (_, i) => ({ ...refund, id: `re_${i}`, amount: 1 }))
+    expect(listed(many)).toMatchObject({ refunds: many.slice(0, REFUNDS_LISTED_MAX).map((r) => ({ refund_id: r.id, amount_cents: 1 })) })
+    expect(decodeStripeEvent({ id: "evt_c", type: "charge.refunded", data: { object: charge } })).toMatchObject({ refunds: [], created_ms: null })
+  })
+
+  it("count a refund once, however many of Stripe's events tell it", async () => {
+    // Proves once per refund: a $10 refund told by refund.created, refund.updated (succeeded),
+    // its charge.refunded with previous_attributes and the charge's refunds list, each twice,
+    // is one −$10 row.
+    const { w, server } = await setup()
+    Object.assign(server, { sendsRefundCreated: true, listsRefunds: true })
+    const a = await w.signup("lee@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const client = customer(server)
+    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    await server.flush()
+    const refund = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    const [refunded, created] = server.queue.splice(0)
+    const updated = { id: "evt_refund_updated", type: "refund.updated", payload: created!.payload.replace(created!.id, "evt_refund_updated").replace('"type": "refund.created"', '"type": "refund.updated"') }
+    expect(JSON.parse(updated.payload)).toMatchObject({ id: "evt_refund_updated", type: "refund.updated", data: { object: { id: refund.id, status: "succeeded" } } })
+    expect(outcomes([await server.deliver(created!), await server.deliver(updated), await server.deliver(refunded!), await server.deliver(created!), await server.deliver(refunded!)])).toEqual([
+      [200, "refunded"],
+      [200, "nothing"],
+      [200, "nothing"],
+      [200, "duplicate"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-10.00", "pay_00000001"]
     ])
   })
 })
