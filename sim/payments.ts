@@ -122,6 +122,9 @@ export class SimPayments implements PaymentsPort {
         amount_cents: intent.amount_cents,
         amount_refunded_cents: reported,
         previous_refunded_cents: previous,
+        created_ms: this.clock.now(),
+        // As Stripe's charge.refunded since API version 2022-11-15: no list of the charge's refunds.
+        refunds: [],
         payment_id: intent.payment_id
       },
       () => {
@@ -142,7 +145,9 @@ export class SimPayments implements PaymentsPort {
    * some refund event of a charge is not acknowledged yet, its refunds are counted by the rule
    * the engine books by (src/payments.ts): the refunds reported made (by size, or the largest
    * cumulative amount) less those reported failed, from 0 to the charge; once all are, by
-   * what the provider really refunded, so a wrong rule shows.
+   * what the provider really refunded, so a wrong rule shows. (This provider tells no refund by
+   * id but a failed one, so the engine's by-id term is the failed amount, and taking the larger
+   * with it before subtracting that amount changes nothing once the result is floored at 0.)
    */
   netByAccount(): Map<string, Micros> {
     const net = new Map<string, Micros>()

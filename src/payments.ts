@@ -14,10 +14,20 @@
  *   `refund` rows (their `resource` is the payment id, like the top-up row's) always add up to
  *   what the provider really refunded, as far as its events have told us:
  *     booked = made − failed, at least 0 and at most the payment's amount, where
- *     made   = the larger of Σ sizes of the refunds made (each `charge.refunded` names one: its
- *              `amount_refunded` less `previous_attributes.amount_refunded`, once per event id)
- *              and the largest cumulative `amount_refunded` reported (events without
- *              `previous_attributes`);
+ *     made   = the largest of
+ *              - Σ amounts of the refunds made, once per refund id, as the provider tells them
+ *                by id: a Refund object in `refund.created`, `refund.updated` or
+ *                `charge.refund.updated` (failed ones included: they were made first), or the
+ *                charge's `refunds` list in `charge.refunded` (API versions that include it);
+ *              - Σ sizes of the refunds made as `charge.refunded` tells them (each names one:
+ *                its `amount_refunded` less `previous_attributes.amount_refunded`, once per
+ *                event id; on a charge booked before migration 8, the lump booked then plus the
+ *                part of each size above it: `refundSize`);
+ *              - the largest cumulative `amount_refunded` reported.
+ *              Each is at most what the provider made, and the first two reach it once all of
+ *              their events are in: Stripe documents `previous_attributes` for `*.updated`
+ *              events only, and since API version 2024-10-28.acacia sends `refund.created` for
+ *              card refunds too, so either may be all there is (docs/POLICY.md);
  *     failed = Σ amounts of the charge's refunds that failed or were canceled, once per refund id
  *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes).
  *   Each input only grows its own term (a sum over distinct ids, a maximum), so any order and
@@ -33,9 +43,11 @@
  *   (saving the same card again keeps the backoff) or waiting after a failure of the
  *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
- *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause ends
- *   when the balance is back at the threshold (a manual top-up), the settings are saved
- *   again, or the refunds of the payment that paused it all failed (no money went back).
+ *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause is
+ *   held by the payment whose refund set it and by every payment refunded while it lasts
+ *   (`auto_recharge_paused_by`). It ends when the balance is back at the threshold (a manual
+ *   top-up), the settings are saved again, or a refund fails and none of the payments holding
+ *   it has a refund left standing (no money went back to any card).
  * - A refund that failed or was canceled notifies the account once (`card_refund_failed`).
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
@@ -106,6 +118,25 @@ export type PaymentEvent =
        * event does not say (then only the cumulative amount counts).
        */
       readonly previous_refunded_cents: number | null
+      /** When the provider made the event (Stripe's `created`, on its clock), or null if it does not say. */
+      readonly created_ms: number | null
+      /** The charge's refunds listed in it (API versions before 2022-11-15 include them), at most REFUNDS_LISTED_MAX. */
+      readonly refunds: ReadonlyArray<{ readonly refund_id: string; readonly amount_cents: number }>
+      readonly payment_id: string | null
+    }
+  | {
+      readonly id: string
+      /**
+       * A refund the provider made (pending, requiring action or succeeded), told by its Refund
+       * object in `refund.created`, `refund.updated` or `charge.refund.updated` (`event_type`):
+       * it counts once per `refund_id`.
+       */
+      readonly type: "refund.made"
+      readonly event_type: string
+      readonly refund_id: string
+      readonly charge_id: string
+      readonly intent_id: string
+      readonly amount_cents: number
       readonly payment_id: string | null
     }
   | {
@@ -127,8 +158,14 @@ export type PaymentEvent =
     }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
 
-/** Stripe events whose object is a Refund; one in status `failed` or `canceled` gives money back. */
-const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["charge.refund.updated", "refund.updated", "refund.failed"])
+/**
+ * Stripe events whose object is a Refund: one in status `failed` or `canceled` gives money back;
+ * one in another status (`pending`, `requires_action`, `succeeded`) tells a refund made, by id.
+ */
+const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["refund.created", "charge.refund.updated", "refund.updated", "refund.failed"])
+
+/** The most refunds read from a charge's `refunds` list (Stripe embeds 10; the rest are told by their own events). */
+export const REFUNDS_LISTED_MAX = 100
 
 /**
  * Whether a failed charge was the card's fault (a decline: the customer must act) or the
@@ -174,23 +211,46 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     if (charge_id === null || intent_id === null || amount === null || refunded === null || refunded > amount) return null
     const before = (e.data as { previous_attributes?: unknown }).previous_attributes
     const previous = typeof before === "object" && before !== null ? int((before as Record<string, unknown>)["amount_refunded"]) : null
-    return { id: e.id, type: e.type, charge_id, intent_id, amount_cents: amount, amount_refunded_cents: refunded, previous_refunded_cents: previous, payment_id }
+    const created = int((e as { created?: unknown }).created)
+    // A listed refund we cannot read is left out: it is told again by its own events.
+    const list = typeof o["refunds"] === "object" && o["refunds"] !== null ? (o["refunds"] as Record<string, unknown>)["data"] : undefined
+    const refunds = (Array.isArray(list) ? list.slice(0, REFUNDS_LISTED_MAX) : []).flatMap((r: unknown) => {
+      const refund = (typeof r === "object" && r !== null ? r : {}) as Record<string, unknown>
+      const refund_id = str(refund["id"])
+      const cents = int(refund["amount"])
+      return refund_id === null || cents === null || cents === 0 || cents > amount ? [] : [{ refund_id, amount_cents: cents }]
+    })
+    return {
+      id: e.id,
+      type: e.type,
+      charge_id,
+      intent_id,
+      amount_cents: amount,
+      amount_refunded_cents: refunded,
+      previous_refunded_cents: previous,
+      created_ms: created === null ? null : created * 1000,
+      refunds,
+      payment_id
+    }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) {
-    // Only a refund that ended unsuccessfully matters here: one made (pending or succeeded) was
-    // booked from its charge.refunded. A refund of a charge without a PaymentIntent is not ours.
+    // A refund that ended unsuccessfully gives money back; one in any other status was made.
+    // A refund of a charge without a PaymentIntent is not ours.
     const status = o["status"]
-    if ((status !== "failed" && status !== "canceled") || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
+    const made = status === "pending" || status === "requires_action" || status === "succeeded"
+    const ended = status === "failed" || status === "canceled" ? status : null
+    if ((!made && ended === null) || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
     const refund_id = str(o["id"])
     const charge_id = str(o["charge"])
     const intent_id = str(o["payment_intent"])
     const amount = int(o["amount"])
-    // A failed refund we cannot tie to a charge and an amount (Stripe's `charge` may be null)
-    // is answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days
-    // and may disable the endpoint, top-up events with it.
+    // A refund we cannot tie to a charge and an amount (Stripe's `charge` may be null) is
+    // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
+    // may disable the endpoint, top-up events with it.
     if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id: e.id, type: "ignored", event_type: e.type }
+    if (ended === null) return { id: e.id, type: "refund.made", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
     const reason = o["failure_reason"]
-    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status, failure_reason: str(reason), payment_id }
+    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
   }
   return { id: e.id, type: "ignored", event_type: e.type }
 }
@@ -221,7 +281,10 @@ export interface AutoRechargeRecord {
   readonly declines: number
   readonly last_decline_at: number | null
   readonly retry_at: number | null
-  /** The payment whose refund at the provider paused auto-recharge, or null. */
+  /**
+   * The payment whose refund at the provider paused auto-recharge, or null. The payments
+   * refunded while the pause lasts hold it too (`auto_recharge_paused_by`).
+   */
   readonly paused_by: string | null
 }
 
@@ -235,6 +298,13 @@ interface RefundRecord {
   readonly gross_micros: Micros
   /** The largest cumulative `amount_refunded` reported. */
   readonly reported_micros: Micros
+  /**
+   * What code older than migration 8 booked as refunded, by the charge's cumulative amount and
+   * not refund by refund (counted in `gross_micros` since), or 0; `legacy_at`: when it last
+   * booked it (src/ledger/migrations.ts, migration 12).
+   */
+  readonly legacy_micros: Micros
+  readonly legacy_at: number | null
 }
 
 /** What handling one event did, for the journal and the webhook's answer. */
@@ -271,6 +341,31 @@ const checkAmount = (amount_micros: Micros, field: string): ValidationError | nu
   }
   if (amount_micros % policy.MICROS_PER_CENT !== 0n) return new ValidationError({ code: "invalid_amount", field, message: `${field} must be whole cents` })
   return null
+}
+
+/**
+ * The size of the refund a `charge.refunded` reports: its `amount_refunded` less the one before
+ * (`previous_attributes`; 0 when the event does not say, and its cumulative amount counts
+ * instead). A charge whose refunds code older than migration 8 booked as one lump (the largest
+ * cumulative amount it saw: `legacy_micros`, counted in `gross_micros`) already counts every
+ * refund made before that booking: until a refund fails, the cumulative amount only grows, so
+ * such a refund lies under the lump (or wholly above it), and only its part above counts. Its
+ * event arriving after the upgrade then adds nothing. A refund made after the booking counts in
+ * full even under the lump (a refund in it failed since, and the charge got its amount back).
+ * Which came first compares the provider's clock (`created_ms`) with ours (`legacy_at`) within
+ * the webhook tolerance they are trusted to agree within; an event that does not say when it
+ * was made is taken as made before. (Migration 12 also marks a charge booked since migration 8
+ * left in that migration's state, amounts equal and no failure: the refunds seen fill its lump,
+ * so none lies under it unseen unless one failed unseen.)
+ */
+const refundSize = (charge: RefundRecord, e: Extract<PaymentEvent, { type: "charge.refunded" }>): Micros => {
+  if (e.previous_refunded_cents === null) return 0n
+  const after = microsOfCents(e.amount_refunded_cents)
+  const previous = microsOfCents(e.previous_refunded_cents)
+  const lumpClosed = charge.legacy_at === null ? null : charge.legacy_at + policy.WEBHOOK_TOLERANCE_S * 1000
+  const underLump = charge.legacy_micros > 0n && (lumpClosed === null || e.created_ms === null || e.created_ms <= lumpClosed)
+  const before = underLump && previous < charge.legacy_micros ? charge.legacy_micros : previous
+  return after > before ? after - before : 0n
 }
 
 export const backoffMs = (declines: number): number =>
@@ -371,6 +466,7 @@ export class PaymentBook {
         this.journal.append(at, "set_auto_recharge", settings === null ? { account, off: true } : { account, threshold_micros: settings.threshold_micros.toString(), amount_micros: settings.amount_micros.toString(), payment_method: settings.payment_method })
         if (settings === null) {
           this.s.deleteAutoRecharge.run(account)
+          this.s.clearPausedBy.run(account)
           this.recharging.delete(account)
           return null
         }
@@ -384,6 +480,8 @@ export class PaymentBook {
           customer: sameCard ? before.customer : null,
           at
         })
+        // Saving the settings ends a pause (the upsert clears `paused_by`), and with it its holders.
+        this.s.clearPausedBy.run(account)
         this.recharging.add(account)
         if (!sameCard) {
           const idempotency_key = `ecolink-${account}-card-${settings.payment_method}`
@@ -419,7 +517,7 @@ export class PaymentBook {
       // An event for a payment we do not know is answered (2xx: Stripe will not send it again)
       // but not recorded, so a resend from Stripe's dashboard can still match it later. Our
       // own payments are always known first: their row commits before the provider is called.
-      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" ? e.event_type : e.type, this.clock.now(), outcome)
+      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" || e.type === "refund.made" ? e.event_type : e.type, this.clock.now(), outcome)
       this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
       return outcome
     })
@@ -525,7 +623,7 @@ export class PaymentBook {
     // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
     // A refund larger than our payment cannot be of it either.
     const paid = e.type === "payment_intent.succeeded" || e.type === "charge.refunded" ? e.amount_cents : null
-    const refund = e.type === "refund.failed" ? e.amount_cents : null
+    const refund = e.type === "refund.failed" || e.type === "refund.made" ? e.amount_cents : null
     if ((paid !== null && paid !== centsOf(p.amount_micros)) || (refund !== null && refund > centsOf(p.amount_micros))) {
       this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: paid ?? refund })
       return "amount_mismatch"
@@ -533,16 +631,19 @@ export class PaymentBook {
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
     if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, e.declined) ? "failed" : "nothing"
     if (e.type === "refund.failed") return this.refundFailed(p, e)
-    // charge.refunded: the charge was paid, so the top-up is credited first if it was not yet
-    // (events come in any order); then the refund it reports is booked, if it is news.
+    // charge.refunded, refund.made: the charge was paid, so the top-up is credited first if it
+    // was not yet (events come in any order); then the refund reported is booked, if it is news.
     const charge = this.chargeOf(e.charge_id, p)
     if (charge === undefined) return "unmatched"
     const credited = this.succeed(this.payment(p.id)!)
-    const made = e.previous_refunded_cents === null ? 0n : microsOfCents(Math.max(0, e.amount_refunded_cents - e.previous_refunded_cents))
-    this.s.reportRefund.run(charge.gross_micros + made, microsOfCents(e.amount_refunded_cents), e.charge_id)
+    if (e.type === "refund.made") this.s.insertMade.run(e.refund_id, e.charge_id, p.id, microsOfCents(e.amount_cents))
+    else {
+      for (const r of e.refunds) this.s.insertMade.run(r.refund_id, e.charge_id, p.id, microsOfCents(r.amount_cents))
+      this.s.reportRefund.run(charge.gross_micros + refundSize(charge, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
+    }
     const moved = this.bookRefunds(p, e.charge_id)
     // A refund reported can only add to what is booked as refunded; a failure only takes back.
-    assert(moved <= 0n, () => `charge.refunded ${e.id} credited ${moved} back`)
+    assert(moved <= 0n, () => `${e.type} ${e.id} credited ${moved} back`)
     if (moved === 0n) return credited ? "credited" : "nothing"
     this.pauseAfterRefund(p, -moved)
     return "refunded"
@@ -565,7 +666,8 @@ export class PaymentBook {
   private bookRefunds(p: PaymentRecord, charge_id: string): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const failed = (this.s.failedOf.get(charge_id) as { failed_micros: bigint }).failed_micros
-    const made = charge.gross_micros > charge.reported_micros ? charge.gross_micros : charge.reported_micros
+    const known = (this.s.madeOf.get(charge_id) as { made_micros: bigint }).made_micros
+    const made = [charge.gross_micros, charge.reported_micros, known].reduce((a, b) => (a > b ? a : b))
     // Refunds made can add up to more than the charge when some failed (Stripe gives a failed
     // refund's amount back to the charge, to be refunded again): the cap comes after them.
     const net = made > failed ? made - failed : 0n
@@ -590,8 +692,8 @@ export class PaymentBook {
   /**
    * A refund that failed or was canceled at the provider, once per refund id: its money comes
    * back to the wallet if it was booked as refunded (a failure that comes before its
-   * charge.refunded is remembered, and that refund then books nothing), the pause it set on
-   * auto-recharge ends if no refund of the payment is left, and the account is told.
+   * charge.refunded is remembered, and that refund then books nothing), the auto-recharge
+   * pause it held ends if no payment holding it has a refund left, and the account is told.
    */
   private refundFailed(p: PaymentRecord, e: Extract<PaymentEvent, { type: "refund.failed" }>): EventOutcome {
     if (this.s.failure.get(e.refund_id) !== undefined) return "nothing"
@@ -599,6 +701,8 @@ export class PaymentBook {
     const at = this.clock.now()
     const amount_micros = microsOfCents(e.amount_cents)
     this.s.insertFailure.run(e.refund_id, e.charge_id, p.id, amount_micros, e.status, e.failure_reason, at)
+    // A refund that failed was made first: it counts among the refunds told by id.
+    this.s.insertMade.run(e.refund_id, e.charge_id, p.id, amount_micros)
     this.journal.append(at, "card_refund_failed", { payment: p.id, refund: e.refund_id, charge: e.charge_id, amount_micros: amount_micros.toString(), status: e.status, reason: e.failure_reason })
     const moved = this.bookRefunds(p, e.charge_id)
     assert(moved >= 0n, () => `failed refund ${e.refund_id} booked ${moved}`)
@@ -618,27 +722,44 @@ export class PaymentBook {
   }
 
   /**
-   * The pause a refund set on auto-recharge ends when the payment it refunded has no refund
-   * left at the provider: no money went back to the card, so charging it again undoes nothing.
+   * A pause that the failed refund's payment held ends when no payment holding it has a refund
+   * left at the provider: no money went back to any card, so charging one again undoes
+   * nothing. While another refund still stands, of this payment or of another one refunded
+   * while the pause lasted, the card that money went back to is still not charged.
    */
   private resumeAfterFailedRefund(p: PaymentRecord): boolean {
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.paused_by !== p.id) return false
-    if ((this.s.refundedOfPayment.get(p.id) as { refunded_micros: bigint }).refunded_micros > 0n) return false
-    this.s.setPaused.run(null, p.account)
+    if (card === undefined || card.paused_by === null) return false
+    if (this.s.pausedByPayment.get(p.account, p.id) === undefined) return false
+    if (this.s.pauseStanding.get(p.account) !== undefined) return false
+    this.unpause(p.account)
     this.host.touch(p.account)
     return true
+  }
+
+  /** The pause ends, and no payment holds it any more. */
+  private unpause(account: string): void {
+    this.s.setPaused.run(null, account)
+    this.s.clearPausedBy.run(account)
   }
 
   /**
    * A refund at the provider pauses the account's auto-recharge (if it has one and the refund
    * left it below its threshold), with a notification: charging the card again at once would
-   * undo the refund an operator or the customer just asked for (docs/POLICY.md).
+   * undo the refund an operator or the customer just asked for (docs/POLICY.md). A refund
+   * made while it is paused holds the pause too, without a second notification.
    */
   private pauseAfterRefund(p: PaymentRecord, refunded: Micros): void {
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.paused_by !== null || this.host.spendable(p.account) >= card.threshold_micros) return
+    if (card === undefined) return
+    if (card.paused_by !== null) {
+      this.s.addPausedBy.run(p.account, p.id)
+      return
+    }
+    if (this.host.spendable(p.account) >= card.threshold_micros) return
+    this.s.clearPausedBy.run(p.account)
     this.s.setPaused.run(p.id, p.account)
+    this.s.addPausedBy.run(p.account, p.id)
     this.notifier.notify({
       account: p.account,
       resource: null,
@@ -735,7 +856,7 @@ export class PaymentBook {
     if (card === undefined) return
     if (this.host.spendable(account) >= card.threshold_micros) {
       // Back at the threshold: a pause after a refund ends here.
-      if (card.paused_by !== null) this.s.setPaused.run(null, account)
+      if (card.paused_by !== null) this.unpause(account)
       return
     }
     if (card.customer === null || card.pending_payment !== null || card.paused_by !== null) return
@@ -758,7 +879,7 @@ const prepare = (db: LedgerStore["db"]) => {
   // Money columns come back as bigint; instants and counts as numbers.
   const fixNumbers = (row: Record<string, unknown> | undefined) => {
     if (row === undefined) return row
-    for (const k of ["created_at", "updated_at", "declines", "last_decline_at", "retry_at"]) if (typeof row[k] === "bigint") row[k] = Number(row[k])
+    for (const k of ["created_at", "updated_at", "declines", "last_decline_at", "retry_at", "legacy_at"]) if (typeof row[k] === "bigint") row[k] = Number(row[k])
     return row
   }
   const rows = (sql: string) => {
@@ -781,7 +902,7 @@ const prepare = (db: LedgerStore["db"]) => {
     nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
-    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros FROM payment_refunds WHERE charge_id = ?`),
+    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at FROM payment_refunds WHERE charge_id = ?`),
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),
@@ -789,9 +910,17 @@ const prepare = (db: LedgerStore["db"]) => {
       `SELECT count(*) AS n FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'failed'
          AND created_at >= coalesce((SELECT max(created_at) FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status = 'succeeded'), 0)`
     ),
-    refundedOfPayment: rows(`SELECT coalesce(sum(refunded_micros), 0) AS refunded_micros FROM payment_refunds WHERE payment_id = ?`),
+    pausedByPayment: db.prepare(`SELECT 1 FROM auto_recharge_paused_by WHERE account = ? AND payment_id = ?`),
+    /** A payment holding the account's pause that still has a refund booked. */
+    pauseStanding: db.prepare(
+      `SELECT 1 FROM auto_recharge_paused_by h JOIN payment_refunds r ON r.payment_id = h.payment_id WHERE h.account = ? AND r.refunded_micros > 0 LIMIT 1`
+    ),
+    addPausedBy: db.prepare(`INSERT INTO auto_recharge_paused_by (account, payment_id) VALUES (?, ?) ON CONFLICT DO NOTHING`),
+    clearPausedBy: db.prepare(`DELETE FROM auto_recharge_paused_by WHERE account = ?`),
     failure: db.prepare(`SELECT 1 FROM payment_refund_failures WHERE refund_id = ?`),
     failedOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS failed_micros FROM payment_refund_failures WHERE charge_id = ?`),
+    madeOf: rows(`SELECT coalesce(sum(amount_micros), 0) AS made_micros FROM payment_refunds_made WHERE charge_id = ?`),
+    insertMade: db.prepare(`INSERT INTO payment_refunds_made (refund_id, charge_id, payment_id, amount_micros) VALUES (?, ?, ?, ?) ON CONFLICT(refund_id) DO NOTHING`),
     insertFailure: db.prepare(
       `INSERT INTO payment_refund_failures (refund_id, charge_id, payment_id, amount_micros, status, failure_reason, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?)`
     ),

@@ -67,7 +67,10 @@ describe("migrations", () => {
       { version: 7, name: "idempotency: the answer's replayed headers" },
       { version: 8, name: "payments: refunds that fail at the provider" },
       { version: 9, name: "leader term: a fencing token for replicas sharing the file" },
-      { version: 10, name: "payments: forget refund events read before refund failures were" }
+      { version: 10, name: "payments: forget refund events read before refund failures were" },
+      { version: 11, name: "auto-recharge: every payment whose refund holds a pause" },
+      { version: 12, name: "payments: the refunds booked before migration 8, as one lump" },
+      { version: 13, name: "payments: refunds made, by refund id" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -81,6 +84,7 @@ describe("migrations", () => {
       "api_settings",
       "api_users",
       "auto_recharge",
+      "auto_recharge_paused_by",
       "holds",
       "journal",
       "leader_term",
@@ -90,6 +94,7 @@ describe("migrations", () => {
       "payment_events",
       "payment_refund_failures",
       "payment_refunds",
+      "payment_refunds_made",
       "payments",
       "resources",
       "schema_migrations",
@@ -116,7 +121,7 @@ describe("migrations", () => {
     expect(store.model("acme", "llama")?.gpu).toBe("H100")
   })
 
-  it("upgrade a version-7 database's booked card refunds to the failed-refund rule, keeping what they booked, and forget ignored refund events", () => {
+  it("upgrade a version-7 database's booked card refunds to the failed-refund rule, keeping what they booked, forget ignored refund events, and keep a pause held by its payment", () => {
     // Proves migration 8: a charge booked before it starts with the refunds made and reported
     // equal to what it booked, so its rows and a later failure of one of its refunds add up.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
@@ -131,29 +136,86 @@ describe("migrations", () => {
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 15000000, 0)`).run()
     old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 25000000, 'succeeded', 'pi_1', 0, 0)`).run()
     old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES ('ch_1', 'pay_00000001', 10000000)`).run()
+    const row = old.prepare(`INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, description) VALUES ('acme', ?, ?, ?, ?, 'pay_00000001', 'card')`)
+    row.run(0, "topup", 25_000_000, 25_000_000)
+    row.run(60_000, "refund", -10_000_000, 15_000_000)
+    // Migration 11: the pause that refund set is held by its payment.
+    old.prepare(`INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, updated_at, paused_by) VALUES ('acme', 20000000, 20000000, 'pm_card_visa', 0, 'pay_00000001')`).run()
     // Migration 10: events of failed refunds the old engine ignored are forgotten, so a resend
     // from Stripe's dashboard books them; every other event stays a duplicate.
     const event = old.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, 0, ?)`)
     event.run("evt_refund_failed", "charge.refund.updated", "ignored")
     event.run("evt_refund_updated", "refund.updated", "ignored")
+    // Migration 13: a refund.created read as ignored (a refund made) is forgotten too.
+    event.run("evt_refund_created", "refund.created", "ignored")
     event.run("evt_paid", "payment_intent.succeeded", "credited")
     event.run("evt_other", "customer.created", "ignored")
     old.close()
     const store = LedgerStore.open(file)
     stores.push(store)
     expect(schemaVersions(store)).toEqual(ALL_VERSIONS())
-    expect(store.db.prepare(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros FROM payment_refunds`).all()).toEqual([
-      { charge_id: "ch_1", payment_id: "pay_00000001", refunded_micros: 10_000_000, gross_micros: 10_000_000, reported_micros: 10_000_000 }
+    // Migration 12: the $10 the old engine booked by the cumulative amount is a lump, as of its row.
+    expect(store.db.prepare(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at FROM payment_refunds`).all()).toEqual([
+      { charge_id: "ch_1", payment_id: "pay_00000001", refunded_micros: 10_000_000, gross_micros: 10_000_000, reported_micros: 10_000_000, legacy_micros: 10_000_000, legacy_at: 60_000 }
     ])
     expect(store.db.prepare(`SELECT count(*) AS n FROM payment_refund_failures`).get()).toEqual({ n: 0 })
+    expect(store.db.prepare(`SELECT account, payment_id FROM auto_recharge_paused_by`).all()).toEqual([{ account: "acme", payment_id: "pay_00000001" }])
     expect(store.db.prepare(`SELECT id FROM payment_events ORDER BY id`).all()).toEqual([{ id: "evt_other" }, { id: "evt_paid" }])
+  })
+
+  it("mark as a lump only charges in the state migration 8 left them in, and count the failures known as refunds made", () => {
+    // Proves migration 12's choice on a database that ran migration 8 already: a charge whose
+    // refunds made, reported and booked agree and none failed is marked (it may be one the old
+    // engine booked); one with a failure, or booked by sizes that differ from the cumulative
+    // amount, or with nothing booked, is the rule's since migration 8 and is left as it is.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const old = new Database(file)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    for (const m of MIGRATIONS.filter((x) => x.version <= 11)) {
+      old.exec(m.sql)
+      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    }
+    old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 0, 0)`).run()
+    const payment = old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES (?, 'acme', 'topup', 50000000, 'succeeded', ?, 0, 0)`)
+    const charge = old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros, gross_micros, reported_micros) VALUES (?, ?, ?, ?, ?)`)
+    const row = old.prepare(`INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, description) VALUES ('acme', ?, 'refund', -1, 0, ?, 'card')`)
+    for (const [n, refunded, gross, reported] of [
+      [1, 10, 10, 10],
+      [2, 5, 15, 10],
+      [3, 10, 10, 10],
+      [4, 10, 5, 10],
+      [5, 0, 0, 0]
+    ] as const) {
+      payment.run(`pay_${n}`, `pi_${n}`)
+      charge.run(`ch_${n}`, `pay_${n}`, refunded * 1_000_000, gross * 1_000_000, reported * 1_000_000)
+      row.run(n * 1_000, `pay_${n}`)
+    }
+    old.prepare(`INSERT INTO payment_refund_failures (refund_id, charge_id, payment_id, amount_micros, status, failed_at) VALUES ('re_2', 'ch_2', 'pay_2', 10000000, 'failed', 0)`).run()
+    old.prepare(`INSERT INTO payment_refund_failures (refund_id, charge_id, payment_id, amount_micros, status, failed_at) VALUES ('re_3', 'ch_3', 'pay_3', 1000000, 'canceled', 0)`).run()
+    old.close()
+    const store = LedgerStore.open(file)
+    stores.push(store)
+    expect(store.db.prepare(`SELECT charge_id, legacy_micros, legacy_at FROM payment_refunds ORDER BY charge_id`).all()).toEqual([
+      { charge_id: "ch_1", legacy_micros: 10_000_000, legacy_at: 1_000 },
+      { charge_id: "ch_2", legacy_micros: 0, legacy_at: null },
+      { charge_id: "ch_3", legacy_micros: 0, legacy_at: null },
+      { charge_id: "ch_4", legacy_micros: 0, legacy_at: null },
+      { charge_id: "ch_5", legacy_micros: 0, legacy_at: null }
+    ])
+    // Migration 13: a refund that failed was made first; it counts among the refunds made by id.
+    expect(store.db.prepare(`SELECT refund_id, charge_id, amount_micros FROM payment_refunds_made ORDER BY refund_id`).all()).toEqual([
+      { refund_id: "re_2", charge_id: "ch_2", amount_micros: 10_000_000 },
+      { refund_id: "re_3", charge_id: "ch_3", amount_micros: 1_000_000 }
+    ])
   })
 
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(10)
-    expect(schemaVersions(store)).toHaveLength(10)
+    expect(migrate(store.db)).toBe(13)
+    expect(schemaVersions(store)).toHaveLength(13)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -179,9 +241,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (11, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (14, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 11 is newer than this engine knows \(10\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 14 is newer than this engine knows \(13\)/)
   })
 })
 

@@ -319,6 +319,69 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       DELETE FROM payment_events
       WHERE outcome = 'ignored' AND type IN ('charge.refund.updated', 'refund.updated', 'refund.failed');
     `
+  },
+  {
+    version: 11,
+    name: "auto-recharge: every payment whose refund holds a pause",
+    // src/payments.ts. A pause is held by the refund that set it (`paused_by`) and by every
+    // refund made while it lasts, of any payment of the account; a refund that fails ends it
+    // only when none of the payments named here has a refund left standing (looked up by
+    // payment, hence the index). A pause set before this migration is held by the payment that
+    // set it.
+    sql: `
+      CREATE TABLE auto_recharge_paused_by (
+        account     TEXT NOT NULL REFERENCES accounts(id),
+        payment_id  TEXT NOT NULL REFERENCES payments(id),
+        PRIMARY KEY (account, payment_id)
+      ) STRICT;
+      INSERT INTO auto_recharge_paused_by (account, payment_id) SELECT account, paused_by FROM auto_recharge WHERE paused_by IS NOT NULL;
+      CREATE INDEX payment_refunds_by_payment ON payment_refunds(payment_id);
+    `
+  },
+  {
+    version: 12,
+    name: "payments: the refunds booked before migration 8, as one lump",
+    // src/payments.ts. Code older than migration 8 booked a charge's refunds by its largest
+    // cumulative amount_refunded, not refund by refund, and migration 8 started the charge's
+    // refunds made (`gross_micros`) at that amount. A charge.refunded of one of the refunds in
+    // it that arrives only after the upgrade (Stripe keeps no order, and retries a delivery
+    // for days) added its size again. The lump is kept here (`legacy_micros`, as booked at
+    // `legacy_at`, the instant of the payment's last refund row) so such an event counts only
+    // its part above it. Marked: every charge as migration 8 left it (its three amounts equal,
+    // no failure); a charge booked since in that state has no such event to come, as long as
+    // no refund of it failed unseen (src/payments.ts, `refundSize`).
+    sql: `
+      ALTER TABLE payment_refunds ADD COLUMN legacy_micros INTEGER NOT NULL DEFAULT 0 CHECK (legacy_micros >= 0);
+      ALTER TABLE payment_refunds ADD COLUMN legacy_at INTEGER;
+      UPDATE payment_refunds
+      SET legacy_micros = refunded_micros,
+          legacy_at = (SELECT max(at) FROM ledger WHERE kind = 'refund' AND resource = payment_refunds.payment_id)
+      WHERE refunded_micros > 0 AND gross_micros = refunded_micros AND reported_micros = refunded_micros
+        AND NOT EXISTS (SELECT 1 FROM payment_refund_failures f WHERE f.charge_id = payment_refunds.charge_id);
+    `
+  },
+  {
+    version: 13,
+    name: "payments: refunds made, by refund id",
+    // src/payments.ts. A charge's refunds made are also counted refund by refund, as Stripe
+    // tells them by id (refund.created, refund.updated, charge.refund.updated, a charge's
+    // refunds list), since charge.refunded's previous_attributes is documented for *.updated
+    // events only. A refund that failed was made first: the failures known count from here.
+    // Refund events read before as ignored (a made refund booked nothing) are forgotten, as in
+    // migration 10, so a resend from Stripe's dashboard counts them.
+    sql: `
+      CREATE TABLE payment_refunds_made (
+        refund_id      TEXT PRIMARY KEY,
+        charge_id      TEXT NOT NULL,
+        payment_id     TEXT NOT NULL REFERENCES payments(id),
+        amount_micros  INTEGER NOT NULL CHECK (amount_micros > 0)
+      ) STRICT;
+      CREATE INDEX payment_refunds_made_by_charge ON payment_refunds_made(charge_id);
+      INSERT INTO payment_refunds_made (refund_id, charge_id, payment_id, amount_micros)
+        SELECT refund_id, charge_id, payment_id, amount_micros FROM payment_refund_failures;
+      DELETE FROM payment_events
+      WHERE outcome = 'ignored' AND type IN ('refund.created', 'charge.refund.updated', 'refund.updated');
+    `
   }
 ]
 

@@ -3,6 +3,7 @@
  * customer's client both talk to the Stripe-compatible test server, which sends signed
  * webhooks to the API's /webhooks/stripe over HTTP.
  */
+import Database from "better-sqlite3"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -10,7 +11,8 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
-import { decodeStripeEvent, type PaymentsPort } from "../../src/payments.js"
+import { MIGRATIONS } from "../../src/ledger/migrations.js"
+import { decodeStripeEvent, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -414,6 +416,254 @@ describe("refunds that fail at Stripe", () => {
     expect(failureNotes(w).map((n) => n[1])).toEqual([
       "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
     ])
+  })
+  it("keep the auto-recharge pause while a refund made during it still stands, of another payment, and end it when that one fails too", async () => {
+    // Proves the Decision in docs/POLICY.md: pay_00000002's refund pauses auto-recharge and
+    // pay_00000001's refund, made while paused, holds the pause too. When pay_00000002's refund
+    // fails, $5 still went back to the card of pay_00000001, so the card is not charged though
+    // the balance ($21) is under the $30 threshold; when that refund fails as well, no refund
+    // holding the pause stands, the pause ends and the card is charged at once (pay_00000003).
+    const { w, server } = await setup()
+    const a = await w.signup("jon@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "30.00", amount: "20.00", payment_method: "pm_card_refundFail" } })
+    const book = w.opened.engine.sup.payments!
+    const charged = async (n: number) => {
+      await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
+      await server.flush()
+    }
+    await charged(1)
+    await charged(2)
+    const client = customer(server)
+    const second = await client.refunds.create({ payment_intent: book.payment("pay_00000002")!.intent_id! })
+    expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+    const first = await client.refunds.create({ payment_intent: book.payment("pay_00000001")!.intent_id!, amount: 500 })
+    expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe("pay_00000002")
+    const taken = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-14.00", description: "correction" } })
+    expect([taken.status, taken.body.balance]).toEqual([201, "1.00"])
+    server.failRefund(second.id)
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"]
+    ])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "21.00" })
+    expect(book.autoRecharge(a.account)!.paused_by).toBe("pay_00000002")
+    w.advance(MIN)
+    expect(book.payments()).toHaveLength(2)
+    server.failRefund(first.id)
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "nothing"]
+    ])
+    expect(book.autoRecharge(a.account)!.paused_by).toBe(null)
+    await charged(3)
+    expect(ledgerOf(w, a.account).slice(2)).toEqual([
+      ["refund", "-20.00", "pay_00000002"],
+      ["refund", "-5.00", "pay_00000001"],
+      ["adjustment", "-14.00", null],
+      ["refund", "20.00", "pay_00000002"],
+      ["refund", "5.00", "pay_00000001"],
+      ["topup", "20.00", "pay_00000003"]
+    ])
+    expect(w.opened.engine.ledger.notifications().filter((n) => n.kind === "auto_recharge_paused")).toHaveLength(1)
+    expect(failureNotes(w).map((n) => n[1])).toEqual([
+      "A refund of $20.00 to your card did not go through: the card has expired or was canceled. The $20.00 stays in your credit balance.",
+      "A refund of $5.00 to your card did not go through: the card has expired or was canceled. The $5.00 stays in your credit balance. Auto-recharge, paused by that refund, is on again."
+    ])
+  })
+})
+
+describe("refunds told by id", () => {
+  it("follow a refund made after a failed one from its refund id when charge.refunded does not say what was refunded before", async () => {
+    // Proves the refunds made are counted by refund id too, once each: Stripe documents
+    // previous_attributes for *.updated events only, so a charge.refunded may not carry it.
+    // $10 refunded, that refund fails, $5 refunded: Stripe really refunded $5, but the
+    // cumulative amounts (10, then 5) alone say $10 made and $10 failed. Told by refund.created
+    // (API versions since 2024-10-28.acacia) or by the charge's refunds list (before
+    // 2022-11-15), and with every source at once (each refund then told three ways), any
+    // order ends at refund rows of −$5 and a balance of $20.
+    const sources = [
+      { sendsPreviousAttributes: false, sendsRefundCreated: true, listsRefunds: false },
+      { sendsPreviousAttributes: false, sendsRefundCreated: false, listsRefunds: true },
+      { sendsPreviousAttributes: true, sendsRefundCreated: true, listsRefunds: true }
+    ]
+    for (const source of sources) {
+      for (const order of ["forward", "reversed", "made first"] as const) {
+        const { w, server } = await setup()
+        Object.assign(server, source)
+        const a = await w.signup(`kim-${sources.indexOf(source)}-${order.replace(" ", "-")}@example.com`, "0")
+        const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+        const pi = r.body.payment.payment_intent as string
+        const client = customer(server)
+        await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+        await server.flush()
+        const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+        const made1 = server.queue.splice(0)
+        server.failRefund(first.id)
+        const failed = server.queue.splice(0)
+        await client.refunds.create({ payment_intent: pi, amount: 500 })
+        const made2 = server.queue.splice(0)
+        expect(made2.map((e) => e.type)).toEqual(source.sendsRefundCreated ? ["charge.refunded", "refund.created"] : ["charge.refunded"])
+        expect(JSON.parse(made2[0]!.payload).data.object.amount_refunded).toBe(500)
+        const events = order === "forward" ? [...made1, ...failed, ...made2] : order === "reversed" ? [...made1, ...failed, ...made2].reverse() : [...made2, ...made1, ...failed]
+        for (const e of [...events, ...events]) await server.deliver(e)
+        const refunds = ledgerOf(w, a.account).filter((x) => x[0] === "refund")
+        expect([source, order, refunds.reduce((sum, x) => sum + Math.round(Number(x[1]) * 100), 0), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([source, order, -500, "20.00"])
+        if (order === "forward") {
+          expect(refunds.map((x) => x[1])).toEqual(["-10.00", "10.00", "-5.00"])
+        }
+      }
+    }
+  })
+
+  it("are decoded from a Refund object in any status but failed or canceled, and from a charge's refunds list, leaving out what cannot be read", () => {
+    // Proves the decoder: refund.created, refund.updated and charge.refund.updated with a
+    // pending, requires_action or succeeded Refund tell a refund made; one without a charge or an
+    // amount is ignored (answered, not refused); a charge.refunded's list gives each refund it
+    // can read, at most REFUNDS_LISTED_MAX, and none when the API version lists none.
+    const refund = { id: "re_1", object: "refund", status: "succeeded", payment_intent: "pi_1", charge: "ch_1", amount: 500 }
+    for (const type of ["refund.created", "refund.updated", "charge.refund.updated"]) {
+      for (const status of ["pending", "requires_action", "succeeded"]) {
+        expect(decodeStripeEvent({ id: "evt_m", type, data: { object: { ...refund, status } } })).toEqual({
+          id: "evt_m",
+          type: "refund.made",
+          event_type: type,
+          refund_id: "re_1",
+          charge_id: "ch_1",
+          intent_id: "pi_1",
+          amount_cents: 500,
+          payment_id: null
+        })
+      }
+      for (const broken of [{ charge: null }, { amount: 0 }, { status: "unknown" }, { payment_intent: null }]) {
+        expect(decodeStripeEvent({ id: "evt_b", type, data: { object: { ...refund, ...broken } } })).toEqual({ id: "evt_b", type: "ignored", event_type: type })
+      }
+    }
+    const charge = { id: "ch_1", object: "charge", payment_intent: "pi_1", amount: 2500, amount_refunded: 1500 }
+    const listed = (data: unknown) => decodeStripeEvent({ id: "evt_c", type: "charge.refunded", created: 1_700_000_000, data: { object: { ...charge, refunds: { object: "list", data } } } })
+    expect(listed([refund, { ...refund, id: "re_2", amount: 1000, status: "failed" }, { id: "re_3" }, { ...refund, id: "re_4", amount: 2501 }, null])).toMatchObject({
+      type: "charge.refunded",
+      created_ms: 1_700_000_000_000,
+      previous_refunded_cents: null,
+      refunds: [
+        { refund_id: "re_1", amount_cents: 500 },
+        { refund_id: "re_2", amount_cents: 1000 }
+      ]
+    })
+    const many = Array.from({ length: REFUNDS_LISTED_MAX + 5 }, (_, i) => ({ ...refund, id: `re_${i}`, amount: 1 }))
+    expect(listed(many)).toMatchObject({ refunds: many.slice(0, REFUNDS_LISTED_MAX).map((r) => ({ refund_id: r.id, amount_cents: 1 })) })
+    expect(decodeStripeEvent({ id: "evt_c", type: "charge.refunded", data: { object: charge } })).toMatchObject({ refunds: [], created_ms: null })
+  })
+
+  it("count a refund once, however many of Stripe's events tell it", async () => {
+    // Proves once per refund: a $10 refund told by refund.created, refund.updated (succeeded),
+    // its charge.refunded with previous_attributes and the charge's refunds list, each twice,
+    // is one −$10 row.
+    const { w, server } = await setup()
+    Object.assign(server, { sendsRefundCreated: true, listsRefunds: true })
+    const a = await w.signup("lee@example.com", "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const client = customer(server)
+    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    await server.flush()
+    const refund = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    const [refunded, created] = server.queue.splice(0)
+    const updated = { id: "evt_refund_updated", type: "refund.updated", payload: created!.payload.replace(created!.id, "evt_refund_updated").replace('"type": "refund.created"', '"type": "refund.updated"') }
+    expect(JSON.parse(updated.payload)).toMatchObject({ id: "evt_refund_updated", type: "refund.updated", data: { object: { id: refund.id, status: "succeeded" } } })
+    expect(outcomes([await server.deliver(created!), await server.deliver(updated), await server.deliver(refunded!), await server.deliver(created!), await server.deliver(refunded!)])).toEqual([
+      [200, "refunded"],
+      [200, "nothing"],
+      [200, "nothing"],
+      [200, "duplicate"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-10.00", "pay_00000001"]
+    ])
+  })
+})
+
+describe("refunds booked before migration 8", () => {
+  /**
+   * A $50 top-up refunded $10 (r1) and then $20 (r2) at Stripe, in a version-7 database: the
+   * engine of that version took r2's charge.refunded first (Stripe does not keep the order, and
+   * retries a delivery that failed for days) and booked the charge's cumulative $30 as
+   * refunded, as it did; r1's charge.refunded is still to come. The engine of today opens it.
+   */
+  const bookedByVersion7 = async () => {
+    const clock = new VirtualClock(START_MS)
+    const server = await startServer(clock)
+    const client = customer(server)
+    const pi = await client.paymentIntents.create({ amount: 5000, currency: "usd", metadata: { payment_id: "pay_00000001", account: "acme", kind: "topup" } })
+    await client.paymentIntents.confirm(pi.id, { payment_method: "pm_card_refundFail" })
+    const [charged, paid] = server.queue.splice(0)
+    const r1 = await client.refunds.create({ payment_intent: pi.id, amount: 1000 })
+    const r2 = await client.refunds.create({ payment_intent: pi.id, amount: 2000 })
+    const [e1, e2] = server.queue.splice(0)
+    expect([JSON.parse(e1!.payload).data.previous_attributes, JSON.parse(e2!.payload).data.previous_attributes]).toEqual([
+      { amount_refunded: 0, refunded: false },
+      { amount_refunded: 1000, refunded: false }
+    ])
+    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+    const old = new Database(db)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    for (const m of MIGRATIONS.filter((x) => x.version <= 7)) {
+      old.exec(m.sql)
+      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    }
+    old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 20000000, 0)`).run()
+    old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 50000000, 'succeeded', ?, 0, 0)`).run(pi.id)
+    const row = old.prepare(`INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, description) VALUES ('acme', ?, ?, ?, ?, 'pay_00000001', ?)`)
+    row.run(START_MS, "topup", 50_000_000, 50_000_000, "Top-up by card (pay_00000001)")
+    row.run(START_MS + MIN, "refund", -30_000_000, 20_000_000, "Refund to card of top-up pay_00000001")
+    old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, 'pay_00000001', 30000000)`).run(r2.charge as string)
+    const event = old.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`)
+    event.run(charged!.id, charged!.type, START_MS, "ignored")
+    event.run(paid!.id, paid!.type, START_MS, "credited")
+    event.run(e2!.id, e2!.type, START_MS + MIN, "refunded")
+    old.close()
+    clock.advanceTo(START_MS + 2 * MIN)
+    const env = await open(server, clock, db)
+    return { ...env, client, pi, r1, r2, e1: e1!, e2: e2! }
+  }
+  const refundsOf = (w: World) => ledgerOf(w, "acme").filter((r) => r[0] === "refund")
+
+  it("count a refund whose charge.refunded comes only after the upgrade once, and follow the refunds made after it", async () => {
+    // Proves migration 12 and the rule it feeds: r1 is in the $30 the old engine booked, so its
+    // late charge.refunded books nothing (before, it was added again: −$10 more than Stripe
+    // refunded). After the upgrade r2 fails at Stripe (its $20 comes back) and r3 of $15 is
+    // made, reported at a cumulative $25 that is under the $30 booked before: a refund made
+    // after the old engine's booking counts in full. Stripe refunded $25 (r1 and r3), whatever
+    // the order: balance $25.
+    for (const late of ["first", "last"] as const) {
+      const { w, server, client, pi, r2, e1, e2 } = await bookedByVersion7()
+      expect(w.opened.engine.ledger.balance("acme")).toBe(20_000_000n)
+      if (late === "first") expect(outcomes([await server.deliver(e1), await server.deliver(e2)])).toEqual([[200, "nothing"], [200, "duplicate"]])
+      w.advance(10 * MIN)
+      server.failRefund(r2.id)
+      await client.refunds.create({ payment_intent: pi.id, amount: 1500 })
+      const after = server.queue.splice(0)
+      expect(after.map((e) => e.type)).toEqual(["charge.refund.updated", "refund.updated", "refund.failed", "charge.refunded"])
+      expect(JSON.parse(after[3]!.payload).data).toMatchObject({ object: { amount_refunded: 2500 }, previous_attributes: { amount_refunded: 1000 } })
+      expect(outcomes([await server.deliver(after[0]!), await server.deliver(after[3]!)])).toEqual([
+        [200, "refund_reversed"],
+        [200, "refunded"]
+      ])
+      if (late === "last") expect(outcomes([await server.deliver(e1)])).toEqual([[200, "nothing"]])
+      expect([late, refundsOf(w)]).toEqual([
+        late,
+        [
+          ["refund", "-30.00", "pay_00000001"],
+          ["refund", "20.00", "pay_00000001"],
+          ["refund", "-15.00", "pay_00000001"]
+        ]
+      ])
+      expect(w.opened.engine.ledger.balance("acme")).toBe(25_000_000n)
+    }
   })
 })
 

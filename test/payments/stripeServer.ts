@@ -9,7 +9,11 @@
  *   POST /v1/refunds                       (a refund from the dashboard)
  *
  * A refund is made `succeeded` and the charge's `amount_refunded` grows by it, with a
- * `charge.refunded` whose `previous_attributes` say what it was before (as Stripe's do).
+ * `charge.refunded` whose `previous_attributes` say what it was before (as Stripe's do,
+ * though Stripe documents them for `*.updated` events only: `sendsPreviousAttributes`), a
+ * `refund.created` when the endpoint gets it (`sendsRefundCreated`: Stripe sends it for card
+ * refunds since API version 2024-10-28.acacia), and the charge's refunds listed in the
+ * charge when the endpoint's API version includes them (`listsRefunds`: before 2022-11-15).
  * `failRefund` is what Stripe does later to a refund the card's bank refuses (a refund of a
  * `pm_card_refundFail` charge at Stripe goes `succeeded` → `failed` with
  * `expired_or_canceled_card`): the refund turns `failed` (or `canceled`), the charge's
@@ -73,6 +77,12 @@ export class StripeTestServer {
   private readonly idempotent = new Map<string, { status: number; body: string }>()
   /** The next this many requests get 503 before they are looked at (an outage at Stripe). */
   unavailable = 0
+  /** A `charge.refunded` says the charge's `amount_refunded` before it (`previous_attributes`). */
+  sendsPreviousAttributes = true
+  /** A refund made is also told by its Refund object in a `refund.created`. */
+  sendsRefundCreated = false
+  /** A charge in an event lists its refunds (`refunds.data`). */
+  listsRefunds = false
   private readonly server: http.Server
   private seq = 0
   port = 0
@@ -159,7 +169,8 @@ export class StripeTestServer {
       failure_reason: null
     }
     this.refunds.set(refund["id"] as string, refund)
-    this.event("charge.refunded", { ...charge }, previous)
+    this.event("charge.refunded", this.snapshot(charge), this.sendsPreviousAttributes ? previous : undefined)
+    if (this.sendsRefundCreated) this.event("refund.created", { ...refund })
     return this.ok(refund)
   }
 
@@ -269,6 +280,13 @@ export class StripeTestServer {
     this.event("charge.succeeded", { ...charge })
     this.event("payment_intent.succeeded", { ...pi })
     return this.ok(pi)
+  }
+
+  /** The charge as an event carries it: with its refunds listed when `listsRefunds`. */
+  private snapshot(charge: Obj): Obj {
+    if (!this.listsRefunds) return { ...charge }
+    const data = [...this.refunds.values()].filter((r) => r["charge"] === charge["id"]).map((r) => ({ ...r }))
+    return { ...charge, refunds: { object: "list", data, has_more: false, total_count: data.length, url: `/v1/charges/${String(charge["id"])}/refunds` } }
   }
 
   private event(type: string, object: Obj, previous_attributes?: Obj): void {
