@@ -144,11 +144,19 @@ export const inferenceInstanceMachine = setup({
     notifyPartialHold: (_, _params: { hold_micros: string; window_ms: number }) => {},
     notifyTerminated: () => {},
     // Pure updates.
+    /**
+     * Tells a replica what its pod did. `deleteAsked`: whether the engine has asked for the
+     * replicas' deletion (it does so only when the instance stops). A pod deleted without our
+     * asking (`kubectl delete pod`, a node drained without a disruption mark) is lost: that
+     * replica has failed, as a GPU instance fails on a pod that vanished (docs/POLICY.md,
+     * Failover), never `deleted`, which no failover counts and no reconciliation looks at again.
+     */
     forwardToReplica: sendTo(
       ({ event }) => (event.type === "replica.pod" ? replicaId(event.region) : "none"),
-      ({ event }) => {
+      ({ event }, params: { deleteAsked: boolean }) => {
         assertEvent(event, "replica.pod")
-        return { type: `pod.${event.pod}` as const, at: event.at, ...(event.ended_at === undefined ? {} : { ended_at: event.ended_at }) }
+        const pod = event.pod === "deleted" && !params.deleteAsked ? "failed" : event.pod
+        return { type: `pod.${pod}` as const, at: event.at, ...(event.ended_at === undefined ? {} : { ended_at: event.ended_at }) }
       }
     ),
     trackReplica: assign(({ context, event }) => {
@@ -220,7 +228,7 @@ export const inferenceInstanceMachine = setup({
         "createPods"
       ],
       on: {
-        "replica.pod": { actions: ["forwardToReplica"] },
+        "replica.pod": { actions: [{ type: "forwardToReplica", params: { deleteAsked: false } }] },
         "replica.status": [
           // Failover: while one replica serves, a failed one is just not billed. When the
           // last one fails, the instance has failed.
@@ -242,7 +250,7 @@ export const inferenceInstanceMachine = setup({
     terminating: {
       entry: ["stopBilling", "settleCycle", "deletePods"],
       on: {
-        "replica.pod": { actions: ["forwardToReplica"] },
+        "replica.pod": { actions: [{ type: "forwardToReplica", params: { deleteAsked: true } }] },
         "replica.status": [{ guard: "lastReplicaDeleted", target: "terminated", actions: ["trackReplica"] }, { actions: ["trackReplica"] }]
       }
     },

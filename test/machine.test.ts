@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest"
-import { initialTransition, transition } from "xstate"
+import { createActor, initialTransition, transition } from "xstate"
 import {
   billableMsAt,
   gpuInstanceMachine,
@@ -9,6 +9,7 @@ import {
   type GpuInstanceInput,
   type GpuInstanceSnapshot
 } from "../machines/gpuInstance.js"
+import { inferenceInstanceMachine, inferenceStatusOf, type InferenceEvent, type InferenceInput } from "../machines/inferenceInstance.js"
 import { storageMachine, storageStatusOf, type StorageEvent } from "../machines/storage.js"
 
 const MINUTE = 60_000
@@ -431,5 +432,78 @@ describe("the storage machine", () => {
       { type: "restore", at: 4 }
     ])
     expect([storageStatusOf(s), s.context.attached_to, s.context.suspended_from]).toEqual(["in_use", ["gi-1"], []])
+  })
+})
+
+describe("an inference instance's replicas", () => {
+  /** Two replicas (eu-west, us-east) of 1 GPU at $1.60/h, launched at t=0. */
+  const inferenceInput: InferenceInput = {
+    id: "ii-1",
+    account: "acc-1",
+    model: "llama",
+    source: "huggingface",
+    gpu: "H100",
+    gpu_count: 1,
+    regions: ["eu-west", "us-east"],
+    hourly_rate_micros: "1600000",
+    first_hold_micros: "76800000",
+    created_at: 0
+  }
+
+  /**
+   * The instance as an actor (its replicas are child actors, which `transition()` does not run),
+   * with its intents recorded by name and instant instead of carried out.
+   */
+  const launched = () => {
+    const intents: string[] = []
+    const record = (name: string) => ({ event }: { event: InferenceEvent }) => void intents.push(`${name}@${event.at}`)
+    const machine = inferenceInstanceMachine.provide({
+      actions: { placeHold: () => void intents.push("placeHold"), settleCycle: record("settleCycle"), deletePods: record("deletePods"), notifyTerminated: record("notifyTerminated") }
+    })
+    const actor = createActor(machine, { input: inferenceInput }).start()
+    for (const region of inferenceInput.regions) {
+      actor.send({ type: "replica.pod", region, pod: "loading", at: 1 * MINUTE })
+      actor.send({ type: "replica.pod", region, pod: "running", at: 2 * MINUTE })
+    }
+    return { actor, intents, replica: (region: string) => actor.getSnapshot().context.replicas[region]! }
+  }
+
+  it("takes a replica's pod deleted without our asking, while active, as that replica's failure: failover, then the instance fails on the last", () => {
+    // Proves an unasked pod.deleted (kubectl delete pod) fails its replica (not `deleted`, which
+    // lastReplicaFails never counted): eu-west serves on; when it fails too, the instance fails,
+    // its cycle settled once, its pods deleted, instead of renewing a hold with nothing serving.
+    const { actor, intents, replica } = launched()
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 60 * MINUTE })
+    expect(actor.getSnapshot().value).toBe("active")
+    expect(inferenceStatusOf(actor.getSnapshot())).toBe("running")
+    expect(replica("us-east")).toEqual({ status: "failed", billing_since: null, cycle_billable_ms: 59 * MINUTE })
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "failed", at: 70 * MINUTE })
+    expect(actor.getSnapshot().value).toBe("failed")
+    expect(actor.getSnapshot().context.termination_reason).toBe("failed")
+    expect(replica("eu-west")).toEqual({ status: "failed", billing_since: null, cycle_billable_ms: 69 * MINUTE })
+    expect(intents).toEqual(["placeHold", `settleCycle@${70 * MINUTE}`, `deletePods@${70 * MINUTE}`, `notifyTerminated@${70 * MINUTE}`])
+  })
+
+  it("keeps a failed replica failed when its pod is then deleted without our asking, so the last failure still fails the instance", () => {
+    // Proves the failed pod's removal (kubectl delete of a Failed pod) does not turn a failed
+    // replica into `deleted`: the other replica's failure is still the last one.
+    const { actor, intents, replica } = launched()
+    actor.send({ type: "replica.pod", region: "us-east", pod: "failed", at: 30 * MINUTE })
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 40 * MINUTE })
+    expect(replica("us-east").status).toBe("failed")
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "failed", at: 50 * MINUTE })
+    expect(actor.getSnapshot().value).toBe("failed")
+    expect(intents.filter((i) => i.startsWith("settleCycle"))).toEqual([`settleCycle@${50 * MINUTE}`])
+  })
+
+  it("still ends a replica `deleted` when its deletion was asked for (the instance stopping)", () => {
+    // Proves the unasked rule leaves a stop alone: terminate, then each pod.deleted → terminated.
+    const { actor, intents, replica } = launched()
+    actor.send({ type: "terminate", at: 60 * MINUTE })
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 61 * MINUTE })
+    expect([actor.getSnapshot().value, replica("us-east").status]).toEqual(["terminating", "deleted"])
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "deleted", at: 61 * MINUTE })
+    expect(actor.getSnapshot().value).toBe("terminated")
+    expect(intents).toEqual(["placeHold", `settleCycle@${60 * MINUTE}`, `deletePods@${60 * MINUTE}`, `notifyTerminated@${61 * MINUTE}`])
   })
 })

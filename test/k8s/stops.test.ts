@@ -13,7 +13,7 @@
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import { costMicros, dollars, formatDollars } from "../../src/money.js"
-import type { GpuView } from "../../src/resources.js"
+import type { GpuView, InferenceView } from "../../src/resources.js"
 import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
@@ -54,6 +54,42 @@ const open = async () => {
     rows: () => e.ledger.ledgerRows().map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros), r.resource]),
     moves: () => e.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
     notices: () => e.ledger.notifications().map((n) => [n.at - START_MS, n.kind])
+  }
+}
+
+/**
+ * One inference instance: two replicas (eu-west, us-east) of 1 × H100 at $1.60/h, a $76.80
+ * hold, billed from 0:01:00 (pull 60 s, then loading), or from 0:00 with `instant` pods.
+ */
+const openInference = async (options: { readonly balance?: string; readonly instant?: boolean } = {}) => {
+  const pull_ms = options.instant === true ? 0 : 60_000
+  const region = (name: string) => ({ name, nodes: 2, gpus_per_node: 8, image_pull_ms: pull_ms, container_start_ms: options.instant === true ? 0 : 30_000, pod_stop_ms: 0 })
+  world = await K8sWorld.start({ regions: [region("eu-west"), region("us-east")], limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
+  const w = world
+  const driver = await w.driver()
+  engine = startEngine({ db: ":memory:", clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+  const e = engine
+  const sup = e.sup.sync
+  expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+  expect(Either.isRight(sup.credit("acme", "adjustment", dollars(options.balance ?? "100.00"), "Opening balance"))).toBe(true)
+  expect(Either.isRight(sup.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+  expect(Either.isRight(sup.launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+  return {
+    w,
+    driver,
+    sup,
+    view: () => Either.getOrThrow(sup.describe("inf-1")) as InferenceView,
+    rows: () => e.ledger.ledgerRows().filter((r) => r.resource === "inf-1").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
+    /** Transitions of the instance and its replicas (`inf-1@<region>`). */
+    moves: () => e.ledger.transitions().filter((t) => t.resource.startsWith("inf-1")).map((t) => [t.at - START_MS, t.resource, t.from_state, t.to_state, t.reason]),
+    notices: () => e.ledger.notifications().map((n) => [n.at - START_MS, n.kind]),
+    /** Cycle `n`'s hold: open, or settled with consumed + refunded = held. */
+    holdOf: (n: number) => {
+      const h = e.ledger.hold(`hold:inf-1:${n}`)!
+      if (h.status === "open") return [h.status, h.settled_at, h.consumed_micros, h.refunded_micros]
+      expect(h.consumed_micros! - h.overage_micros! + h.refunded_micros!).toBe(h.held_micros)
+      return [h.status, h.settled_at! - START_MS, formatDollars(h.consumed_micros!), formatDollars(h.refunded_micros!)]
+    }
   }
 }
 
@@ -107,31 +143,53 @@ describe("a stop the watch delivers late is billed to the pod's own record of it
     // Two replicas (us-east, eu-west) of 1 × H100 at $1.60/h: a $76.80 hold. us-east is
     // preempted at 1:01 while the watch is down (heard at 1:04); the instance is deleted at
     // 1:10. Billed: eu-west 69 min, us-east 60 min (not 63): 129 min, $3.44.
-    const region = (name: string) => ({ name, nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: 0 })
-    world = await K8sWorld.start({ regions: [region("eu-west"), region("us-east")], limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
-    const w = world
-    const driver = await w.driver()
-    engine = startEngine({ db: ":memory:", clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
-    const sup = engine.sup.sync
-    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
-    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
-    expect(Either.isRight(sup.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
-    expect(Either.isRight(sup.launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+    const { w, driver, sup, rows } = await openInference()
     await w.advance(60 * MIN)
     w.server.dropWatches({ abrupt: true })
     await waitFor(driver, () => driver.watchState === "backoff")
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
     await w.advance(9 * MIN)
-    expect(engine.ledger.transitions().filter((t) => t.resource === "inf-1@us-east").map((t) => [t.at - START_MS, t.to_state]).at(-1)).toEqual([61 * MIN, "preempted"])
+    expect(engine!.ledger.transitions().filter((t) => t.resource === "inf-1@us-east").map((t) => [t.at - START_MS, t.to_state]).at(-1)).toEqual([61 * MIN, "preempted"])
     expect(Either.isRight(sup.terminate("inf-1"))).toBe(true)
     await w.advance(0)
-    const rows = engine.ledger.ledgerRows().filter((r) => r.resource === "inf-1").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)])
-    expect(rows).toEqual([
+    expect(rows()).toEqual([
       [0, "gpu_usage", "-76.80"],
       [70 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 129 * MIN))]
     ])
-    expect(rows[1]![2]).toBe("73.36")
+    expect(rows()[1]![2]).toBe("73.36")
+  })
+})
+
+describe("an inference replica's pod deleted out from under it", () => {
+  it("kubectl delete pod: that replica failed, the other serves; its failure fails the instance, settled once, no hold renewed", async () => {
+    // us-east's pod is deleted at 1:00 by hand (no DisruptionTarget: no preemption, no
+    // replacement), eu-west's fails at 1:10. As for a GPU instance whose pod vanishes, the
+    // replica has failed: failover to eu-west, then the last failure fails the instance.
+    // Billed: us-east 59 min, eu-west 69 min: 128 min of a $76.80 hold, and no second cycle.
+    const { w, view, rows, moves, notices, holdOf } = await openInference()
+    await w.advance(60 * MIN)
+    const pod = w.pods().find((p) => p.metadata.annotations!["ecolink.io/resource"] === "inf-1@us-east")!.metadata.name
+    expect(w.server.deletePod(w.namespace, pod)).toBeDefined()
+    await w.advance(10 * MIN)
+    expect(view()).toMatchObject({ status: "running", regions: [{ region: "eu-west", status: "running" }, { region: "us-east", status: "failed" }] })
+    expect(w.kubelet.fail("inf-1@eu-west")).toEqual({ ok: true })
+    await w.advance(26 * HOUR)
+    expect(view()).toMatchObject({ status: "failed", termination_reason: "failed" })
+    expect(moves().slice(6)).toEqual([
+      [60 * MIN, "inf-1@us-east", "running", "failed", null],
+      [70 * MIN, "inf-1@eu-west", "running", "failed", null],
+      [70 * MIN, "inf-1", "running", "failed", "failed"]
+    ])
+    expect(rows()).toEqual([
+      [0, "gpu_usage", "-76.80"],
+      [70 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 128 * MIN))]
+    ])
+    expect(rows()[1]![2]).toBe("73.386667")
+    expect(holdOf(1)).toEqual(["settled", 70 * MIN, "3.413333", "73.386667"])
+    expect(engine!.ledger.hold("hold:inf-1:2")).toBeUndefined()
+    expect(notices()).toEqual([[70 * MIN, "terminated"]])
+    expect(w.pods()).toEqual([])
   })
 })
 
