@@ -123,6 +123,16 @@ export const billableMsAt = (ctx: GpuInstanceContext, at: number): number =>
 export const billingEndOf = (ctx: Pick<GpuInstanceContext, "billing_since">, event: { readonly at: number; readonly ended_at?: number }): number =>
   event.ended_at === undefined || ctx.billing_since === null ? event.at : Math.min(event.at, Math.max(ctx.billing_since, event.ended_at))
 
+/**
+ * A stop requested while the world was behind (`settle_at_deleted`) closed the stretch open
+ * since `stretch_since` at the request; `pod.deleted` dates an earlier stop of the pods
+ * (`ended_at`, learned since): the milliseconds billed past it, given back before the hold
+ * settles, as a stop heard late would have ended the stretch (`billingEndOf`). 0 with no such
+ * stop, or no stretch open at the request. For an inference replica too (its stretch).
+ */
+export const billedPastStop = (stretch_since: number | null, requested_at: number, ended_at: number | undefined): number =>
+  requested_at - billingEndOf({ billing_since: stretch_since }, { at: requested_at, ended_at })
+
 /** GPUs held while running: per node × nodes. */
 export const gpuUnits = (ctx: Pick<GpuInstanceInput, "gpu_count" | "node_count">): number => ctx.gpu_count * ctx.node_count
 
@@ -191,8 +201,7 @@ export const gpuInstanceMachine = setup({
       const deferred = context.settle_at_deleted
       const requested_at = context.stop_requested_at
       if (deferred === undefined || requested_at === null) return {}
-      const end = billingEndOf({ billing_since: deferred.stretch_since }, { at: requested_at, ended_at: event.ended_at })
-      return { billable_ms: context.billable_ms - (requested_at - end) }
+      return { billable_ms: context.billable_ms - billedPastStop(deferred.stretch_since, requested_at, event.ended_at) }
     })
   },
   guards: {

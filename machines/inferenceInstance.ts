@@ -9,9 +9,9 @@
  *   active (replicas pending/loading/running/preempted/failed) → terminating → terminated
  *   active → failed (every replica failed)
  */
-import { assertEvent, assign, enqueueActions, sendTo, setup, type SnapshotFrom } from "xstate"
+import { and, assertEvent, assign, enqueueActions, sendTo, setup, type SnapshotFrom } from "xstate"
 import { BILLABLE_STATES, MS_PER_HOUR, type TerminationReason } from "../src/policy.js"
-import { billingEndOf } from "./gpuInstance.js"
+import { billedPastStop, billingEndOf } from "./gpuInstance.js"
 import { replicaMachine, type ReplicaStatus, type ReplicaStatusEvent } from "./inferenceReplica.js"
 
 export type ModelSource = "huggingface" | "platform" | "shared_fs"
@@ -55,6 +55,15 @@ export interface InferenceContext extends InferenceInput {
   readonly cycle: Cycle
   readonly termination_reason: TerminationReason | null
   readonly stop_requested_at: number | null
+  /**
+   * Present only when the stop was requested while the world's view of the pods was behind (a
+   * Kubernetes watch gap: `world_behind`), as on a GPU instance: a replica's pod may have
+   * stopped before, unheard, so the cycle's hold settles once every replica's `pod.deleted` has
+   * come, each dating such a stop (`ended_at`). `stretch_since`: where each replica's billable
+   * stretch the stop closed began (null if none was open): billing ends at that earlier stop,
+   * never before the stretch began.
+   */
+  readonly settle_at_deleted?: { readonly stretch_since: Readonly<Record<string, number | null>> }
 }
 
 export interface Renewal {
@@ -67,8 +76,13 @@ export type InferenceEvent =
   /** `ended_at` as on a GPU instance's pod events: a stop the world dates before `at`. */
   | { type: "replica.pod"; region: string; pod: "loading" | "running" | "preempted" | "failed" | "deleted"; at: number; ended_at?: number }
   | ReplicaStatusEvent
-  | { type: "cycle_end"; at: number; renewal: Renewal | null }
-  | { type: "terminate"; at: number }
+  /**
+   * `world_behind` (on a stop: a terminate, or a cycle end that cannot renew): the world may not
+   * have heard every change to the pods yet (a watch gap), so the cycle settles when the
+   * replicas' pods are known gone (`settle_at_deleted`), not now.
+   */
+  | { type: "cycle_end"; at: number; renewal: Renewal | null; world_behind?: boolean }
+  | { type: "terminate"; at: number; world_behind?: boolean }
 
 const BILLABLE: ReadonlySet<string> = new Set(BILLABLE_STATES)
 
@@ -200,13 +214,34 @@ export const inferenceInstanceMachine = setup({
     stopBilling: assign(({ context, event }) => ({ replicas: closeStretches(context.replicas, event.at) })),
     requestStop: assign(({ context, event }, params: { reason: TerminationReason }) =>
       context.termination_reason !== null ? {} : { termination_reason: params.reason, stop_requested_at: event.at }
-    )
+    ),
+    // Before `stopBilling` closes the stretches: where each began, should a stop heard later end it.
+    deferSettleIfBehind: assign(({ context, event }) =>
+      (event.type === "terminate" || event.type === "cycle_end") && event.world_behind === true
+        ? { settle_at_deleted: { stretch_since: Object.fromEntries(context.regions.map((region) => [region, context.replicas[region]?.billing_since ?? null])) } }
+        : {}
+    ),
+    /**
+     * A replica's pods are gone after a stop requested while the world was behind, and had
+     * stopped before it (`ended_at`, learned since): that replica's stretch the stop closed ends
+     * there instead, as a stop heard late would have ended it.
+     */
+    endReplicaBillingAtStop: assign(({ context, event }) => {
+      assertEvent(event, "replica.status")
+      const deferred = context.settle_at_deleted
+      const requested_at = context.stop_requested_at
+      const r = context.replicas[event.region]
+      if (deferred === undefined || requested_at === null || r === undefined || event.status !== "deleted") return {}
+      const past_ms = billedPastStop(deferred.stretch_since[event.region] ?? null, requested_at, event.ended_at)
+      return past_ms === 0 ? {} : { replicas: { ...context.replicas, [event.region]: { ...r, cycle_billable_ms: r.cycle_billable_ms - past_ms } } }
+    })
   },
   guards: {
     renews: ({ event }) => event.type === "cycle_end" && event.renewal !== null,
     renewsPartially: ({ event }) => event.type === "cycle_end" && event.renewal?.kind === "partial",
     lastReplicaFails: ({ context, event }) => event.type === "replica.status" && event.status === "failed" && othersAre(context, event.region, "failed"),
-    lastReplicaDeleted: ({ context, event }) => event.type === "replica.status" && event.status === "deleted" && othersAre(context, event.region, "deleted")
+    lastReplicaDeleted: ({ context, event }) => event.type === "replica.status" && event.status === "deleted" && othersAre(context, event.region, "deleted"),
+    settleDeferred: ({ context }) => context.settle_at_deleted !== undefined
   }
 }).createMachine({
   id: "inferenceInstance",
@@ -242,16 +277,28 @@ export const inferenceInstanceMachine = setup({
           },
           { guard: "renews", actions: ["settleCycle", "startCycle", "placeHold"] },
           // The balance is $0: no new hold can be placed, so the instance stops.
-          { target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }] }
+          { target: "terminating", actions: [{ type: "requestStop", params: { reason: "credit_depleted" } }, "deferSettleIfBehind"] }
         ],
-        terminate: { target: "terminating", actions: [{ type: "requestStop", params: { reason: "user_requested" } }] }
+        terminate: { target: "terminating", actions: [{ type: "requestStop", params: { reason: "user_requested" } }, "deferSettleIfBehind"] }
       }
     },
     terminating: {
-      entry: ["stopBilling", "settleCycle", "deletePods"],
+      // Billing ends at the stop and the cycle settles exactly once: now, or, when the world was
+      // behind, once every replica's pods are known gone and what they did is heard.
+      entry: [
+        "stopBilling",
+        enqueueActions(({ context, enqueue }) => {
+          if (context.settle_at_deleted === undefined) enqueue("settleCycle")
+        }),
+        "deletePods"
+      ],
       on: {
         "replica.pod": { actions: [{ type: "forwardToReplica", params: { deleteAsked: true } }] },
-        "replica.status": [{ guard: "lastReplicaDeleted", target: "terminated", actions: ["trackReplica"] }, { actions: ["trackReplica"] }]
+        "replica.status": [
+          { guard: and(["lastReplicaDeleted", "settleDeferred"]), target: "terminated", actions: ["trackReplica", "endReplicaBillingAtStop", "settleCycle"] },
+          { guard: "lastReplicaDeleted", target: "terminated", actions: ["trackReplica"] },
+          { actions: ["trackReplica", "endReplicaBillingAtStop"] }
+        ]
       }
     },
     terminated: { type: "final", entry: ["notifyTerminated"] },

@@ -17,7 +17,8 @@ export type ReplicaEvent =
   /** `ended_at`: when the pod stopped, if the world dates it earlier than `at` (learned late). */
   | { type: "pod.preempted"; at: number; ended_at?: number }
   | { type: "pod.failed"; at: number; ended_at?: number }
-  | { type: "pod.deleted"; at: number }
+  /** `ended_at`: its pods had stopped before a stop the instance asked while the world was behind. */
+  | { type: "pod.deleted"; at: number; ended_at?: number }
 
 export interface ReplicaStatusEvent {
   readonly type: "replica.status"

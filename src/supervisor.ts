@@ -1400,8 +1400,11 @@ export class GpuSupervisor implements PaymentHost {
       const cycle = entry.actor.getSnapshot().context.cycle
       if (cycle.partial && (cycle.ends_at > at || partialWaits(entry.actor.getSnapshot().context))) return
       const renewal = this.renewalFor(entry.actor.getSnapshot().context, at)
-      this.journal.append(at, "cycle_end", { id, renewal })
-      this.dispatch(entry, { type: "cycle_end", at, renewal })
+      // A cycle end that cannot renew stops the instance: while the world is behind, it settles
+      // once the replicas' pods are known gone, as a terminate does.
+      const behind = this.worldBehind()
+      this.journal.append(at, "cycle_end", { id, renewal, ...behind })
+      this.dispatch(entry, { type: "cycle_end", at, renewal, ...behind })
     })
   }
 
@@ -1572,8 +1575,7 @@ export class GpuSupervisor implements PaymentHost {
       // A stop the world learned late carries when it happened: billing ends there.
       const ended = "ended_at" in event && event.ended_at !== undefined ? { ended_at: event.ended_at } : {}
       if (entry.kind === "inference" && region !== undefined) {
-        // An inference instance settles when it stops, whatever its replicas' deletes tell later.
-        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at, ...(event.type === "pod.deleted" ? {} : ended) })
+        this.dispatch(entry, { type: "replica.pod", region, pod: podPhaseOf(event.type), at: event.at, ...ended })
       } else if (entry.kind === "gpu" && region === undefined) {
         this.dispatch(entry, { type: event.type, at: event.at, ...ended })
       }

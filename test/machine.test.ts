@@ -496,14 +496,50 @@ describe("an inference instance's replicas", () => {
     expect(intents.filter((i) => i.startsWith("settleCycle"))).toEqual([`settleCycle@${50 * MINUTE}`])
   })
 
+  it("asked to stop while the world is behind, settles once every replica's pod.deleted has come, each billed to the stop it dates", () => {
+    // Proves a terminate with world_behind closes billing at once but asks for no settlement;
+    // each replica's pod.deleted ends that replica's closed stretch at the stop it dates
+    // (ended_at), never before the stretch began, and the last one settles the cycle, once.
+    const { actor, intents, replica } = launched()
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "preempted", at: 30 * MINUTE })
+    actor.send({ type: "terminate", at: 62 * MINUTE, world_behind: true })
+    expect(actor.getSnapshot().value).toBe("terminating")
+    expect(actor.getSnapshot().context.settle_at_deleted).toEqual({ stretch_since: { "eu-west": null, "us-east": 1 * MINUTE } })
+    expect(intents).toEqual(["placeHold", `deletePods@${62 * MINUTE}`])
+    expect([replica("eu-west").cycle_billable_ms, replica("us-east").cycle_billable_ms]).toEqual([29 * MINUTE, 61 * MINUTE])
+    // eu-west had stopped billing before the request: a date on its deletion changes nothing.
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "deleted", at: 64 * MINUTE, ended_at: 20 * MINUTE })
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 64 * MINUTE, ended_at: 61 * MINUTE })
+    expect(actor.getSnapshot().value).toBe("terminated")
+    expect([replica("eu-west").cycle_billable_ms, replica("us-east").cycle_billable_ms]).toEqual([29 * MINUTE, 60 * MINUTE])
+    expect(intents).toEqual(["placeHold", `deletePods@${62 * MINUTE}`, `settleCycle@${64 * MINUTE}`, `notifyTerminated@${64 * MINUTE}`])
+  })
+
+  it("stopped for credit at a cycle end while the world is behind: the same deferral, never unbilled before the stretch began", () => {
+    // Proves the cycle end that cannot renew defers as a terminate does, and that an ended_at
+    // before the stretch began (a stop before the cycle) bills nothing of this cycle, not less.
+    const { actor, intents, replica } = launched()
+    actor.send({ type: "cycle_end", at: 24 * HOUR, renewal: null, world_behind: true })
+    expect(actor.getSnapshot().context.termination_reason).toBe("credit_depleted")
+    expect(intents).toEqual(["placeHold", `deletePods@${24 * HOUR}`])
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 24 * HOUR + 2 * MINUTE, ended_at: 0 })
+    expect(actor.getSnapshot().value).toBe("terminating")
+    actor.send({ type: "replica.pod", region: "eu-west", pod: "deleted", at: 24 * HOUR + 2 * MINUTE, ended_at: 24 * HOUR - MINUTE })
+    expect(actor.getSnapshot().value).toBe("terminated")
+    expect([replica("eu-west").cycle_billable_ms, replica("us-east").cycle_billable_ms]).toEqual([24 * HOUR - 2 * MINUTE, 0])
+    expect(intents.slice(2)).toEqual([`settleCycle@${24 * HOUR + 2 * MINUTE}`, `notifyTerminated@${24 * HOUR + 2 * MINUTE}`])
+  })
+
   it("still ends a replica `deleted` when its deletion was asked for (the instance stopping)", () => {
     // Proves the unasked rule leaves a stop alone: terminate, then each pod.deleted → terminated.
     const { actor, intents, replica } = launched()
     actor.send({ type: "terminate", at: 60 * MINUTE })
-    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 61 * MINUTE })
+    actor.send({ type: "replica.pod", region: "us-east", pod: "deleted", at: 61 * MINUTE, ended_at: 30 * MINUTE })
     expect([actor.getSnapshot().value, replica("us-east").status]).toEqual(["terminating", "deleted"])
     actor.send({ type: "replica.pod", region: "eu-west", pod: "deleted", at: 61 * MINUTE })
     expect(actor.getSnapshot().value).toBe("terminated")
     expect(intents).toEqual(["placeHold", `settleCycle@${60 * MINUTE}`, `deletePods@${60 * MINUTE}`, `notifyTerminated@${61 * MINUTE}`])
+    // With a current view, a date on a deletion changes nothing: the cycle settled at the stop.
+    expect(replica("us-east").cycle_billable_ms).toBe(59 * MINUTE)
   })
 })

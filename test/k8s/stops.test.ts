@@ -319,6 +319,80 @@ describe("a stop asked for while the watch is down settles once the driver has h
   })
 })
 
+describe("an inference instance stopped while the watch is down settles once each replica's pod.deleted has come", () => {
+  it("one replica preempted at 1:01 unseen, terminated at 1:02: us-east billed to 1:01, eu-west to 1:02, settled when the watch is back (1:04)", async () => {
+    // The watch drops at 1:00:00 and is back at 1:04:00; us-east is preempted at 1:01:00 (its
+    // victim gone at once) and the user terminates at 1:02:00, while the driver still shows both
+    // replicas running. Settled at the terminate, the cycle would bill us-east 61 min for a pod
+    // that held its GPU 60 (122 min in all, refund $73.546667 at 1:02); it waits for each
+    // replica's pod.deleted instead: us-east's dates the preemption, eu-west's none.
+    const { w, driver, sup, view, rows, moves, notices, holdOf } = await openInference()
+    await w.advance(60 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
+    await w.advance(1 * MIN)
+    expect(driver.phaseOf("eco-inf-1@us-east")).toBe("running")
+    expect(Either.isRight(sup.terminate("inf-1"))).toBe(true)
+    await w.advance(0)
+    expect(view()).toMatchObject({ status: "terminating", termination_reason: "user_requested" })
+    expect(holdOf(1)).toEqual(["open", null, null, null])
+    await w.advance(2 * MIN)
+    expect(driver.watchConnected).toBe(true)
+    expect(view()).toMatchObject({ status: "terminated", termination_reason: "user_requested" })
+    expect(rows()).toEqual([
+      [0, "gpu_usage", "-76.80"],
+      [64 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 121 * MIN))]
+    ])
+    expect(holdOf(1)).toEqual(["settled", 64 * MIN, "3.226667", "73.573333"])
+    expect(moves().slice(6)).toEqual([
+      [62 * MIN, "inf-1", "running", "terminating", "user_requested"],
+      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's.
+      [64 * MIN, "inf-1@us-east", "running", "deleted", null],
+      [64 * MIN, "inf-1@eu-west", "running", "deleted", null],
+      [64 * MIN, "inf-1", "terminating", "terminated", "user_requested"]
+    ])
+    expect(notices()).toEqual([[64 * MIN, "terminated"]])
+    expect(w.pods()).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_replaced" || r.kind === "pod_lost")).toEqual([])
+  })
+
+  it("one replica preempted at 23:59 unseen, the 24:00 cycle end stops it for credit in the gap: billed to the preemption, settled when the watch is back", async () => {
+    // A $76.80 balance, both replicas billing from 0:00: the first cycle's end finds $0 to renew
+    // on and stops the instance (credit_depleted). The watch drops at 23:58 and is back at 24:02;
+    // us-east is preempted at 23:59. Settled at the cycle end, the whole $76.80 is consumed for
+    // a replica that held its GPU a minute less; settled at the pods' deletion, $0.026667 of it
+    // comes back.
+    const { w, driver, view, rows, moves, notices, holdOf } = await openInference({ balance: "76.80", instant: true })
+    await w.advance(24 * HOUR - 2 * MIN)
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
+    await w.advance(1 * MIN)
+    expect(view()).toMatchObject({ status: "terminating", termination_reason: "credit_depleted" })
+    expect(holdOf(1)).toEqual(["open", null, null, null])
+    await w.advance(2 * MIN)
+    expect(view()).toMatchObject({ status: "terminated", termination_reason: "credit_depleted" })
+    expect(rows()).toEqual([
+      [0, "gpu_usage", "-76.80"],
+      [24 * HOUR + 2 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 2 * 24 * HOUR - 1 * MIN))]
+    ])
+    expect(holdOf(1)).toEqual(["settled", 24 * HOUR + 2 * MIN, "76.773333", "0.026667"])
+    expect(engine!.ledger.hold("hold:inf-1:2")).toBeUndefined()
+    expect(moves().slice(-4)).toEqual([
+      [24 * HOUR, "inf-1", "running", "terminating", "credit_depleted"],
+      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's.
+      [24 * HOUR + 2 * MIN, "inf-1@us-east", "running", "deleted", null],
+      [24 * HOUR + 2 * MIN, "inf-1@eu-west", "running", "deleted", null],
+      [24 * HOUR + 2 * MIN, "inf-1", "terminating", "terminated", "credit_depleted"]
+    ])
+    expect(notices().filter(([, kind]) => kind === "terminated")).toEqual([[24 * HOUR + 2 * MIN, "terminated"]])
+    expect(w.pods()).toEqual([])
+  })
+})
+
 describe("the simulated world's dated stops, in the Kubernetes world", () => {
   /** Runs a timeline file in both worlds; they must agree. Returns the simulated run, for exact rows. */
   const same = async (file: unknown, drill: { readonly outages?: ReadonlyArray<{ at_ms: number; duration_ms: number }> } = {}) => {
