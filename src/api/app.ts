@@ -10,8 +10,9 @@
  *   `{"error":"unauthorized"}`, 403 `forbidden` for an owner-only route.
  * - Rate limits per API key (@fastify/rate-limit, counted on the engine clock), by client
  *   address for requests without a valid key: 429 `rate_limited` with `retry-after`.
- * - Every body is JSON, validated by the route's schema with no coercion and no silent
- *   stripping: an unknown field is a 400 naming it.
+ * - Every body is JSON, at most `BODY_LIMIT_BYTES` and `BODY_DEPTH_MAX` levels deep (checked
+ *   on the text before parsing), validated by the route's schema with no coercion and no
+ *   silent stripping: an unknown field is a 400 naming it.
  * - One error handler: engine refusals through `errorStatus`, Fastify's errors by code, 404
  *   JSON for unknown routes; a defect is a logged 500 and calls `onDefect`.
  * - OpenAPI 3.1 at `GET /openapi.json`, Swagger UI at `/docs`.
@@ -77,7 +78,44 @@ const CHARSET_RE = /;\s*charset\s*=\s*"?([^";\s]+)/i
 export const RATE_LIMIT_DEFAULT: RateLimitOptions = { max: 600, window_ms: 60_000 }
 /** Largest request body: 1 MiB. */
 export const BODY_LIMIT_BYTES = 1_048_576
+/**
+ * Deepest nesting of objects and arrays a JSON body may have (`{}` is 1, `{"a":[1]}` is 2).
+ * The API's deepest schema needs 5 (a chat message's content parts); 64 leaves room for what
+ * OpenAI clients send in fields we ignore. A body of 1 MiB could nest half a million deep,
+ * and everything that walks a body by recursion (the Idempotency-Key fingerprint, schema
+ * validation) would overflow the stack on it: a 500, and a process that stops on a defect.
+ */
+export const BODY_DEPTH_MAX = 64
 export const OPERATOR_KEY_LENGTH_MIN = 32
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const OPEN_BRACE = 0x7b
+const CLOSE_BRACE = 0x7d
+const OPEN_BRACKET = 0x5b
+const CLOSE_BRACKET = 0x5d
+
+/**
+ * True when the JSON text nests objects and arrays more than `max` deep (`{}` and `[]` are 1),
+ * read on the text before it is parsed: one loop, no recursion, so a hostile body reaches
+ * neither `JSON.parse` (whose own limit would answer it as invalid JSON) nor anything that
+ * walks the parsed value by recursion. Brackets inside strings do not count.
+ */
+export const nestedDeeperThan = (json: string, max: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i)
+    if (inString) {
+      if (c === BACKSLASH) i++
+      else if (c === QUOTE) inString = false
+    } else if (c === QUOTE) inString = true
+    else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      if (++depth > max) return true
+    } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) depth--
+  }
+  return false
+}
 
 export const buildApp = async (options: AppOptions): Promise<FastifyInstance> => {
   const secrets = options.secrets ?? cryptoSecrets
@@ -115,6 +153,17 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   app.decorateRequest("auth", null)
   // Bodies are JSON only; a text/plain body is 415, not a string handed to a route.
   app.removeContentTypeParser("text/plain")
+  // The depth bound, then Fastify's own JSON parser (prototype poisoning refused), before any
+  // hook, schema or route sees the body.
+  const parseJson = app.getDefaultJsonParser("error", "error")
+  app.removeContentTypeParser("application/json")
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (request, text, done) => {
+    if (nestedDeeperThan(text as string, BODY_DEPTH_MAX)) {
+      done(new HttpError(400, "invalid_request", `the body nests objects and arrays more than ${BODY_DEPTH_MAX} deep`, "body"), undefined)
+      return
+    }
+    parseJson(request, text as string, done)
+  })
   app.addSchema(ErrorSchema)
 
   app.addHook("onRequest", async (request, reply) => {

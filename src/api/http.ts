@@ -130,7 +130,11 @@ export interface Outcome {
   readonly headers?: Readonly<Record<string, string>>
 }
 
-/** JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. */
+/**
+ * JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. It
+ * recurses: a body reaches it at most `BODY_DEPTH_MAX` levels deep (the JSON parser in app.ts
+ * refuses deeper ones), and the other parts (method, route, path parameters) are flat.
+ */
 const canonical = (v: unknown): string => {
   if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`
   if (v !== null && typeof v === "object") {

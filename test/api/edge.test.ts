@@ -5,6 +5,7 @@
  */
 import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
+import { BODY_DEPTH_MAX, BODY_LIMIT_BYTES } from "../../src/api/app.js"
 import { ALL_ROUTES, ledgerOf, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
 
 let w: World
@@ -100,6 +101,37 @@ describe("bad input is never a 500", () => {
     expect((await w.req("GET", "/v1/models?api-version=2024-01-01", { key: a.key })).status).toBe(200)
   })
 })
+
+  it("a body nested deeper than BODY_DEPTH_MAX is a 400 on every route, Idempotency-Key or not, and never reaches a defect", async () => {
+    // Proves the depth bound before parsing: 64 levels are served, 65 are refused, and a 1 MiB
+    // body of brackets (half a million levels, which overflowed the recursive Idempotency-Key
+    // fingerprint: a 500 and a process stopped on the defect) is a plain 400.
+    const defects: unknown[] = []
+    w = await world({ onDefect: (e) => defects.push(e) })
+    const a = await w.signup("a@example.com")
+    const json = { "content-type": "application/json" }
+    const tooDeep = { error: "invalid_request", message: `the body nests objects and arrays more than ${BODY_DEPTH_MAX} deep`, field: "body" }
+    // The body is level 1; `metadata` (an unknown field /v1 ignores) nests `levels` arrays in it.
+    const chat = (levels: number) => `{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}],"metadata":${"[".repeat(levels)}${"]".repeat(levels)}}`
+    const served = await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(BODY_DEPTH_MAX - 1), headers: { ...json, "idempotency-key": "deep-64" } })
+    expect(served.status).toBe(200)
+    // Brackets inside strings (escaped quotes included) are text, not nesting.
+    const inText = { model: "llama-3-8b", messages: [{ role: "user", content: `${"[".repeat(200)}\\"${"{".repeat(200)}` }] }
+    expect((await w.req("POST", "/v1/chat/completions", { key: a.key, body: inText })).status).toBe(200)
+    const before = stateOf(w)
+    const brackets = Math.floor((BODY_LIMIT_BYTES - 200) / 2)
+    const answers = [
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(BODY_DEPTH_MAX), headers: { ...json, "idempotency-key": "deep-65" } }),
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(brackets), headers: { ...json, "idempotency-key": "deep-max" } }),
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(brackets), headers: json }),
+      await w.req("POST", "/gpu-instances", { key: a.key, raw: "[".repeat(brackets) + "]".repeat(brackets), headers: { ...json, "idempotency-key": "deep-launch" } }),
+      await w.req("POST", "/api-keys", { key: a.key, raw: `{"name":${"{".repeat(BODY_DEPTH_MAX)}${"}".repeat(BODY_DEPTH_MAX)}}`, headers: json }),
+      await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, raw: `{"amount":"1.00","description":${"[".repeat(BODY_DEPTH_MAX)}${"]".repeat(BODY_DEPTH_MAX)}}`, headers: json })
+    ]
+    expect(answers.map((r) => [r.status, r.body])).toEqual(answers.map(() => [400, tooDeep]))
+    expect(stateOf(w)).toBe(before)
+    expect(defects).toEqual([])
+  })
 
 describe("defects", () => {
   it("a defect (here: the database gone) is a 500 internal_error with a request id, logged, and reported to onDefect", async () => {
