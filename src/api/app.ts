@@ -24,7 +24,6 @@ import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
 import { NotLeader } from "../errors.js"
-import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
@@ -168,11 +167,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
 
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-ecolink-request-id", request.id)
-    // A replica that lost its lease answers as a standby does until its app has closed.
-    if (ctx.engine.sup.fenced) {
-      reply.header("retry-after", String(policy.NOT_LEADER_RETRY_AFTER_S))
-      throw new NotLeader()
-    }
+    // A replica that lost its lease answers as a standby does until its app has closed
+    // (`retry-after` comes with the 503, from `engineHttp`).
+    if (ctx.engine.sup.fenced) throw new NotLeader()
     request.auth = ctx.auth.identify(request.headers.authorization)
   })
   app.addHook("preParsing", async (request) => {
@@ -190,8 +187,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   app.setErrorHandler((error, request, reply) => {
     let status: number
     let body: ErrorBody
+    let headers: Readonly<Record<string, string>> | undefined
     if (error instanceof HttpError) ({ status, body } = { status: error.status, body: error.body() })
-    else if (isEngineError(error)) ({ status, body } = engineHttp(error))
+    else if (isEngineError(error)) ({ status, body, headers } = engineHttp(error))
     else {
       const mapped = fastifyHttp(error as FastifyError)
       if (mapped !== null) ({ status, body } = mapped)
@@ -202,6 +200,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
         return
       }
     }
+    for (const [name, value] of Object.entries(headers ?? {})) reply.header(name, value)
     void reply.code(status).send(body)
   })
   app.setNotFoundHandler((request, reply) => {

@@ -6,7 +6,8 @@
 import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
 import { BODY_DEPTH_MAX, BODY_LIMIT_BYTES } from "../../src/api/app.js"
-import { ALL_ROUTES, ledgerOf, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
+import { NO_HEALTHY_POD_RETRY_AFTER_S } from "../../src/policy.js"
+import { ALL_ROUTES, ledgerOf, MIN, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
 
 let w: World
 afterEach(async () => w.close())
@@ -232,6 +233,30 @@ describe("Idempotency-Key on /v1", () => {
     // The replay is the same answer, headers included: the region that served it.
     expect([again.headers["idempotent-replayed"], again.headers["x-ecolink-region"]]).toEqual(["true", "us-east"])
     expect(ledgerOf(w, a.account).filter((r) => r[0] === "api_usage")).toHaveLength(1)
+  })
+
+  it("a 503 no_healthy_pod says when to retry and is not stored: the same key runs again once a replica runs", async () => {
+    // Proves a 5xx is an answer of the moment, not of the request (found by review: the 503
+    // of an instance still starting was replayed for 24 hours under its Idempotency-Key).
+    w = await world()
+    const a = await w.signup("a@example.com")
+    await w.req("POST", "/models", { key: a.key, body: { name: "m", source: "huggingface", gpu: "H100", gpu_count: 1 } })
+    const ii = (await w.req("POST", "/inference-instances", { key: a.key, body: { model: "m" } })).body.id as string
+    const body = { model: `m:${ii}`, messages: [{ role: "user", content: "x" }] }
+    const headers = { "idempotency-key": "while-starting" }
+    const starting = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([starting.status, starting.body, starting.headers["retry-after"], starting.headers["idempotent-replayed"]]).toEqual([
+      503,
+      { error: "no_healthy_pod", message: `no healthy pod serves model m:${ii} at this moment` },
+      String(NO_HEALTHY_POD_RETRY_AFTER_S),
+      undefined
+    ])
+    expect(w.opened.engine.ledger.db.prepare(`SELECT count(*) AS n FROM api_idempotency`).get()).toEqual({ n: 0 })
+    w.advance(2 * MIN)
+    const served = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([served.status, served.headers["idempotent-replayed"], served.headers["retry-after"]]).toEqual([200, undefined, undefined])
+    const again = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([again.status, again.headers["idempotent-replayed"], again.text]).toEqual([200, "true", served.text])
   })
 })
 
