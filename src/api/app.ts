@@ -142,7 +142,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),
     bodyLimit: BODY_LIMIT_BYTES,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },
     frameworkErrors: (error, request, reply) => {
       reply.header("x-ecolink-request-id", request.id)
       const mapped = fastifyHttp(error) ?? { status: 400, body: { error: "invalid_url", message: "the URL is not valid" } }
