@@ -86,6 +86,28 @@ export const BODY_LIMIT_BYTES = 1_048_576
  */
 export const BODY_DEPTH_MAX = 64
 export const OPERATOR_KEY_LENGTH_MIN = 32
+/**
+ * The longest a client may take to send one whole request, headers and body (Node's
+ * `server.requestTimeout`; Fastify's default is none): a client that trickles bytes is
+ * answered 408 and its connection closed, instead of holding it open for ever. A request is
+ * at most `BODY_LIMIT_BYTES`; 30 s is a slow link's time for it many times over. Node checks
+ * it every 30 s (`connectionsCheckingInterval`), so a trickle is cut within a minute.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000
+/**
+ * A connection silent this long is closed, even while its request runs (Node's socket
+ * timeout, Fastify's `connectionTimeout`; its default is none). Receiving a request is bound
+ * by `REQUEST_TIMEOUT_MS` and an idle keep-alive connection by `KEEP_ALIVE_TIMEOUT_MS`; this
+ * bounds the wait for an answer. Above the longest a route awaits: a top-up awaits Stripe,
+ * whose client gives up on a call at 80 s and tries 3 times (`max_network_retries` 2).
+ */
+export const CONNECTION_TIMEOUT_MS = 300_000
+/**
+ * An idle keep-alive connection is closed after this (Fastify's default, named). Above the
+ * 60 s idle timeout of common load balancers, so the balancer closes an idle connection first,
+ * never the server under a request the balancer just sent on it.
+ */
+export const KEEP_ALIVE_TIMEOUT_MS = 72_000
 
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
@@ -142,6 +164,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),
     bodyLimit: BODY_LIMIT_BYTES,
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    connectionTimeout: CONNECTION_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },
     frameworkErrors: (error, request, reply) => {
       reply.header("x-ecolink-request-id", request.id)
@@ -149,6 +174,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       void (reply as FastifyReply).code(mapped.status).send(mapped.body)
     }
   })
+  // Fastify sets requestTimeout after making the server, so Node's default for the headers
+  // (the smaller of 60 s and requestTimeout) did not see it: the headers get the same bound.
+  app.server.headersTimeout = REQUEST_TIMEOUT_MS
   app.decorateRequest("auth", null)
   // Bodies are JSON only; a text/plain body is 415, not a string handed to a route.
   app.removeContentTypeParser("text/plain")

@@ -5,7 +5,7 @@
  */
 import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
-import { BODY_DEPTH_MAX, BODY_LIMIT_BYTES } from "../../src/api/app.js"
+import { BODY_DEPTH_MAX, BODY_LIMIT_BYTES, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS } from "../../src/api/app.js"
 import { NO_HEALTHY_POD_RETRY_AFTER_S } from "../../src/policy.js"
 import { ALL_ROUTES, ledgerOf, MIN, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
 
@@ -133,6 +133,18 @@ describe("bad input is never a 500", () => {
     expect(stateOf(w)).toBe(before)
     expect(defects).toEqual([])
   })
+
+describe("timeouts", () => {
+  it("a request must arrive whole within REQUEST_TIMEOUT_MS; idle and keep-alive connections are bounded too", async () => {
+    // Proves the server's bounds (found by review: Fastify's default requestTimeout is 0, so a
+    // client trickling a body held its connection for ever): 30 s for a request's headers and
+    // body, 300 s of silence on a connection, 72 s for an idle keep-alive one.
+    w = await world()
+    const s = w.app.server
+    expect([s.requestTimeout, s.headersTimeout, s.timeout, s.keepAliveTimeout]).toEqual([REQUEST_TIMEOUT_MS, REQUEST_TIMEOUT_MS, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS])
+    expect([REQUEST_TIMEOUT_MS, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS]).toEqual([30_000, 300_000, 72_000])
+  })
+})
 
 describe("defects", () => {
   it("a defect (here: the database gone) is a 500 internal_error with a request id, logged, and reported to onDefect", async () => {
