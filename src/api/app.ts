@@ -12,7 +12,7 @@
  *   address for requests without a valid key: 429 `rate_limited` with `retry-after`.
  * - Every body is JSON, at most `BODY_LIMIT_BYTES` and `BODY_DEPTH_MAX` levels deep (checked
  *   on the text before parsing), validated by the route's schema with no coercion and no
- *   silent stripping: an unknown field is a 400 naming it.
+ *   silent stripping: an unknown field is a 400 naming it, also on a route that takes no body.
  * - One error handler: engine refusals through `errorStatus`, Fastify's errors by code, 404
  *   JSON for unknown routes; a defect is a logged 500 and calls `onDefect`.
  * - OpenAPI 3.1 at `GET /openapi.json`, Swagger UI at `/docs`.
@@ -108,6 +108,13 @@ export const CONNECTION_TIMEOUT_MS = 300_000
  * never the server under a request the balancer just sent on it.
  */
 export const KEEP_ALIVE_TIMEOUT_MS = 72_000
+
+/** The body sent to a route that takes none: nothing for `{}`, else the 400 a schema would give. */
+const refuseBody = (body: unknown): void => {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) throw new HttpError(400, "invalid_request", "body must be object", "body")
+  const field = Object.keys(body)[0]
+  if (field !== undefined) throw new HttpError(400, "invalid_request", `unknown field ${field}`, field)
+}
 
 const QUOTE = 0x22
 const BACKSLASH = 0x5c
@@ -210,6 +217,16 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     // Bodies are read as UTF-8 (JSON's encoding, RFC 8259); another charset would be misread.
     const charset = CHARSET_RE.exec(request.headers["content-type"] ?? "")?.[1]?.toLowerCase()
     if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") throw new HttpError(415, "unsupported_media_type", "send the body as application/json in UTF-8")
+  })
+
+  // A route without a body schema takes no body, and refuses one as the others refuse an
+  // unknown field: `{}` is no body, a field is a 400 naming it, anything but an object is a
+  // 400 too. (Fastify parses a body on every POST and DELETE; without a schema nothing
+  // looked at it, so `{"x": 1}` on POST /notifications/read-all was a 200.) Unknown routes
+  // stay 404.
+  app.addHook("preValidation", async (request) => {
+    if (request.body === undefined || request.is404 || request.routeOptions.schema?.body !== undefined) return
+    refuseBody(request.body)
   })
 
   app.setErrorHandler((error, request, reply) => {

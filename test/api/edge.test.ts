@@ -103,6 +103,46 @@ describe("bad input is never a 500", () => {
   })
 })
 
+  it("a POST or DELETE that takes no body refuses one as the others refuse an unknown field; {} is no body", async () => {
+    // Proves one rule for every body-less route (found by review: {"x":1} on POST
+    // /notifications/read-all was a 200, where the docs say an unknown field is a 400), taken
+    // from the OpenAPI document so a new route is covered; nothing ran, unknown routes stay 404.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const paths = (await w.req("GET", "/openapi.json")).body.paths as Record<string, Record<string, { requestBody?: unknown }>>
+    const bodyless = Object.entries(paths).flatMap(([path, methods]) =>
+      Object.entries(methods)
+        .filter(([method, op]) => (method === "post" || method === "delete") && op.requestBody === undefined)
+        .map(([method]) => [method.toUpperCase(), path.replace(/\{[^}]*\}/g, "zz")] as const)
+    )
+    expect(bodyless.map(([m, p]) => `${m} ${p}`)).toEqual([
+      "POST /invites/zz/accept",
+      "DELETE /api-keys/zz",
+      "DELETE /gpu-instances/zz",
+      "DELETE /gpu-clusters/zz",
+      "DELETE /inference-instances/zz",
+      "DELETE /models/zz",
+      "DELETE /cloud-drives/zz",
+      "DELETE /shared-filesystems/zz",
+      "POST /notifications/zz/read",
+      "POST /notifications/read-all"
+    ])
+    const before = stateOf(w)
+    const json = { "content-type": "application/json" }
+    for (const [method, url] of bodyless) {
+      const answers = [await w.req(method, url, { key: a.key, raw: '{"x":1}', headers: json }), await w.req(method, url, { key: a.key, raw: "[]", headers: json })]
+      expect([method, url, ...answers.map((r) => [r.status, r.body])]).toEqual([
+        method,
+        url,
+        [400, { error: "invalid_request", message: "unknown field x", field: "x" }],
+        [400, { error: "invalid_request", message: "body must be object", field: "body" }]
+      ])
+    }
+    expect(stateOf(w)).toBe(before)
+    expect(await w.req("POST", "/notifications/read-all", { key: a.key, raw: "{}", headers: json })).toMatchObject({ status: 200, body: { marked: 0 } })
+    expect((await w.req("POST", "/no/such/route", { key: a.key, raw: '{"x":1}', headers: json })).status).toBe(404)
+  })
+
   it("a body nested deeper than BODY_DEPTH_MAX is a 400 on every route, Idempotency-Key or not, and never reaches a defect", async () => {
     // Proves the depth bound before parsing: 64 levels are served, 65 are refused, and a 1 MiB
     // body of brackets (half a million levels, which overflowed the recursive Idempotency-Key
