@@ -17,6 +17,9 @@
  *   rational number of micros and rounded once to the nearest micro, half up (the engine's
  *   rule, `roundHalfUp` in money.ts). `seconds` may carry at most 3 decimals: it is turned
  *   into whole milliseconds, exactly, before pricing.
+ * - **Decision: a priced request is never free.** A cost above 0 that rounds to 0 is
+ *   charged `REQUEST_COST_MIN_MICROS` (1 micro): every served request that uses a priced
+ *   unit writes its row. Only an exact cost of 0 (a price of "0", no units used) is free.
  * - **A unit the model has no price for** (images sent to a token-priced LLM, say) is
  *   refused with 400 `unit_not_priced` naming the field: usage is never billed at an
  *   implied $0, and the OpenAI-compatible API refuses a request the model cannot serve.
@@ -62,8 +65,8 @@
  *   above). The error's
  *   `required_micros` is the least spendable balance that would have admitted the request
  *   (`max(cost, 1)`), its `balance_micros` the spendable balance.
- * - **A request that costs 0 micros** (a free model, or usage that rounds to nothing)
- *   writes no row: the ledger never holds zero-amount rows.
+ * - **A request that costs 0 micros** (a free model, a user instance, no units used) writes
+ *   no row: the ledger never holds zero-amount rows.
  *
  * Aggregation (`aggregate: true`, the manual's "or aggregated for bulk visibility"):
  *
@@ -116,6 +119,14 @@ export const CATALOG_MODELS_MAX = 10_000
 export const AGGREGATION_WINDOW_MS = MS_PER_MINUTE
 /** Open aggregation buckets held in memory before the process stops loudly (a flush timer that never fired). */
 export const PENDING_BUCKETS_MAX = 1_000_000
+
+/**
+ * Decision: the least a request that uses priced units costs. Its exact cost rounds half up
+ * to the micro, but never down to nothing: a served request is never free unless its price
+ * is (a price of "0", a user instance's request). Before, a request under half a micro (an
+ * embedding of a few words at $0.02 per 1M tokens) cost $0 and wrote no row, however many.
+ */
+export const REQUEST_COST_MIN_MICROS = 1n
 
 /** Token prices are per million tokens; the cost's exact rational has this denominator. */
 const TOKENS_PER_PRICE_UNIT = 1_000_000n
@@ -264,7 +275,9 @@ export const requestCostMicros = (price: ModelPrice, usage: Usage): Micros => {
     BigInt(usage.output_tokens) * (price.output_per_1m_tokens ?? 0n) +
     BigInt(usage.images) * (price.per_image ?? 0n) * TOKENS_PER_PRICE_UNIT +
     BigInt(usage.media_ms) * (price.per_second ?? 0n) * MS_SCALE
-  return roundHalfUp(numerator, TOKENS_PER_PRICE_UNIT)
+  if (numerator === 0n) return 0n
+  const rounded = roundHalfUp(numerator, TOKENS_PER_PRICE_UNIT)
+  return rounded < REQUEST_COST_MIN_MICROS ? REQUEST_COST_MIN_MICROS : rounded
 }
 
 /** "12.5" for 12,500 ms: whole milliseconds as seconds, no trailing zeros. */

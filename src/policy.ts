@@ -158,6 +158,12 @@ export const OPENING_BALANCE_DESCRIPTION = "Opening balance"
 // ── Replicas (docs/KUBERNETES.md) ────────────────────────────────────────────────────────
 /** `retry-after` (seconds) of a 503 `not_leader`, from a standby or a fenced leader: about one lease retry period. */
 export const NOT_LEADER_RETRY_AFTER_S = 2
+/**
+ * `retry-after` (seconds) of a 503 `no_healthy_pod`: a user instance with no replica running
+ * (starting, restarting after a failure, preempted) gets one back in tens of seconds to a few
+ * minutes; an OpenAI client honours it (up to 60 s) on its own retries.
+ */
+export const NO_HEALTHY_POD_RETRY_AFTER_S = 10
 
 // ── The simulated world's defaults (TIMELINE.md: "Omitted, they have documented defaults") ──
 export const SIM_IMAGE_PULL_DEFAULT = "PT1M"

@@ -70,7 +70,8 @@ describe("migrations", () => {
       { version: 10, name: "payments: forget refund events read before refund failures were" },
       { version: 11, name: "auto-recharge: every payment whose refund holds a pause" },
       { version: 12, name: "payments: the refunds booked before migration 8, as one lump" },
-      { version: 13, name: "payments: refunds made, by refund id" }
+      { version: 13, name: "payments: refunds made, by refund id" },
+      { version: 14, name: "API keys: the order of revocations" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -211,11 +212,44 @@ describe("migrations", () => {
     ])
   })
 
+  it("upgrade a version-13 database's revoked API keys to numbered revocations, per account, in (revoked_at, rowid) order", () => {
+    // Proves migration 14: every revoked key gets its account's revocation number, ties on
+    // revoked_at by row; live keys get none.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const old = new Database(file)
+    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+    for (const m of MIGRATIONS.filter((x) => x.version <= 13)) {
+      old.exec(m.sql)
+      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+    }
+    old.exec(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 0, 0), ('beta', 0, 0)`)
+    old.exec(`INSERT INTO api_users (id, email, created_at) VALUES ('usr-1', 'a@example.com', 0)`)
+    const key = old.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at, revoked_at) VALUES (?, ?, 'usr-1', 'k', zeroblob(32), 0, ?)`)
+    key.run("a-late", "acme", 20)
+    key.run("a-live", "acme", null)
+    key.run("a-tie-1", "acme", 10)
+    key.run("b-only", "beta", 30)
+    key.run("a-tie-2", "acme", 10)
+    old.close()
+    const store = LedgerStore.open(file)
+    stores.push(store)
+    expect(schemaVersions(store)).toEqual(ALL_VERSIONS())
+    expect(store.db.prepare(`SELECT id, revoked_seq FROM api_keys ORDER BY rowid`).all()).toEqual([
+      { id: "a-late", revoked_seq: 3 },
+      { id: "a-live", revoked_seq: null },
+      { id: "a-tie-1", revoked_seq: 1 },
+      { id: "b-only", revoked_seq: 1 },
+      { id: "a-tie-2", revoked_seq: 2 }
+    ])
+  })
+
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(13)
-    expect(schemaVersions(store)).toHaveLength(13)
+    expect(migrate(store.db)).toBe(14)
+    expect(schemaVersions(store)).toHaveLength(14)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -241,9 +275,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (14, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (15, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 14 is newer than this engine knows \(13\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 15 is newer than this engine knows \(14\)/)
   })
 })
 

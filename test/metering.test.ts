@@ -10,6 +10,7 @@ import {
   MODEL_ID_LENGTH_MAX,
   parseModelCatalog,
   parseModelPrice,
+  REQUEST_COST_MIN_MICROS,
   requestCostMicros,
   SECONDS_PER_REQUEST_MAX,
   TOKENS_PER_REQUEST_MAX,
@@ -122,28 +123,45 @@ describe("pricing", () => {
     expect(right(metering.charge(req({ model: "half", input_tokens: 3 }))).charged_micros).toBe(2n)
     // 0.5 + 0.5 = 1 exactly; rounding each part first would give 2.
     expect(right(metering.charge(req({ model: "half", input_tokens: 1, output_tokens: 1 }))).charged_micros).toBe(1n)
-    // 1 input token at $0.15/1M is 0.15 micro: rounds to 0, so the request writes no row.
-    expect(right(metering.charge(req({ model: "llama-3-8b", input_tokens: 1 })))).toEqual({ charged_micros: 0n, balance_after_micros: 999_996n, region: null })
     expect(apiRows(ledger).map((r) => [r.amount_micros, r.balance_after_micros, r.description])).toEqual([
       [-1n, 999_999n, "API usage: half, 1 in / 0 out tokens"],
       [-2n, 999_997n, "API usage: half, 3 in / 0 out tokens"],
       [-1n, 999_996n, "API usage: half, 1 in / 1 out tokens"]
     ])
-    expect(requestCostMicros({ input_per_1m_tokens: 499_999n }, { input_tokens: 1, output_tokens: 0, images: 0, media_ms: 0 })).toBe(0n)
-    expect(requestCostMicros({ input_per_1m_tokens: 500_001n }, { input_tokens: 1, output_tokens: 0, images: 0, media_ms: 0 })).toBe(1n)
+    expect(requestCostMicros({ input_per_1m_tokens: 1_499_999n }, { input_tokens: 1, output_tokens: 0, images: 0, media_ms: 0 })).toBe(1n)
+    expect(requestCostMicros({ input_per_1m_tokens: 1_500_000n }, { input_tokens: 1, output_tokens: 0, images: 0, media_ms: 0 })).toBe(2n)
+  })
+
+  it("never prices a request that uses a priced unit at $0: under half a micro is REQUEST_COST_MIN_MICROS, an exact 0 stays free", () => {
+    // Proves the Decision (docs/POLICY.md, API usage): 1 input token at $0.15/1M (0.15 micro)
+    // and 0.499 s at 1 micro/s round to 0 and are charged 1 micro, each with its row; a price
+    // of "0", or no units used, is an exact 0 and writes no row.
+    const { ledger, metering } = setup({ [ACME]: 1_000_000n })
+    expect(right(metering.charge(req({ model: "llama-3-8b", input_tokens: 1 })))).toEqual({ charged_micros: REQUEST_COST_MIN_MICROS, balance_after_micros: 999_999n, region: null })
+    expect(right(metering.charge(req({ model: "tick", seconds: 0.499 }))).charged_micros).toBe(1n)
+    expect(right(metering.charge(req({ model: "llama-3-8b" }))).charged_micros).toBe(0n)
+    expect(apiRows(ledger).map((r) => [r.amount_micros, r.balance_after_micros, r.description])).toEqual([
+      [-1n, 999_999n, "API usage: llama-3-8b, 1 in / 0 out tokens"],
+      [-1n, 999_998n, "API usage: tick, 0.499 s"]
+    ])
+    const usage = { input_tokens: 1, output_tokens: 0, images: 0, media_ms: 0 }
+    expect(requestCostMicros({ input_per_1m_tokens: 1n }, usage)).toBe(1n)
+    expect(requestCostMicros({ input_per_1m_tokens: 0n }, { ...usage, input_tokens: 1_000_000 })).toBe(0n)
+    expect(requestCostMicros({ input_per_1m_tokens: 150_000n }, { ...usage, input_tokens: 0 })).toBe(0n)
   })
 
   it("charges images and seconds, seconds to the millisecond", () => {
-    // Proves 2 images at $0.04 = 80,000 micros, 12.345 s at $0.006/s = 74,070 micros, and 0.5 s at 1 micro/s rounds half up to 1.
+    // Proves 2 images at $0.04 = 80,000 micros, 12.345 s at $0.006/s = 74,070 micros, and 0.5 s at 1 micro/s rounds half up to 1, 1.499 s down to 1.
     const { ledger, metering } = setup({ [ACME]: 1_000_000n })
     expect(right(metering.charge(req({ model: "sdxl", images: 2 }))).charged_micros).toBe(80_000n)
     expect(right(metering.charge(req({ model: "whisper", seconds: 12.345 }))).charged_micros).toBe(74_070n)
     expect(right(metering.charge(req({ model: "tick", seconds: 0.5 }))).charged_micros).toBe(1n)
-    expect(right(metering.charge(req({ model: "tick", seconds: 0.499 }))).charged_micros).toBe(0n)
+    expect(right(metering.charge(req({ model: "tick", seconds: 1.499 }))).charged_micros).toBe(1n)
     expect(apiRows(ledger).map((r) => [r.amount_micros, r.balance_after_micros, r.resource, r.description])).toEqual([
       [-80_000n, 920_000n, "sdxl", "API usage: sdxl, 2 images"],
       [-74_070n, 845_930n, "whisper", "API usage: whisper, 12.345 s"],
-      [-1n, 845_929n, "tick", "API usage: tick, 0.5 s"]
+      [-1n, 845_929n, "tick", "API usage: tick, 0.5 s"],
+      [-1n, 845_928n, "tick", "API usage: tick, 1.499 s"]
     ])
   })
 })

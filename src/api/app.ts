@@ -10,8 +10,9 @@
  *   `{"error":"unauthorized"}`, 403 `forbidden` for an owner-only route.
  * - Rate limits per API key (@fastify/rate-limit, counted on the engine clock), by client
  *   address for requests without a valid key: 429 `rate_limited` with `retry-after`.
- * - Every body is JSON, validated by the route's schema with no coercion and no silent
- *   stripping: an unknown field is a 400 naming it.
+ * - Every body is JSON, at most `BODY_LIMIT_BYTES` and `BODY_DEPTH_MAX` levels deep (checked
+ *   on the text before parsing), validated by the route's schema with no coercion and no
+ *   silent stripping: an unknown field is a 400 naming it, also on a route that takes no body.
  * - One error handler: engine refusals through `errorStatus`, Fastify's errors by code, 404
  *   JSON for unknown routes; a defect is a logged 500 and calls `onDefect`.
  * - OpenAPI 3.1 at `GET /openapi.json`, Swagger UI at `/docs`.
@@ -23,7 +24,6 @@ import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
 import { NotLeader } from "../errors.js"
-import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
@@ -77,7 +77,73 @@ const CHARSET_RE = /;\s*charset\s*=\s*"?([^";\s]+)/i
 export const RATE_LIMIT_DEFAULT: RateLimitOptions = { max: 600, window_ms: 60_000 }
 /** Largest request body: 1 MiB. */
 export const BODY_LIMIT_BYTES = 1_048_576
+/**
+ * Deepest nesting of objects and arrays a JSON body may have (`{}` is 1, `{"a":[1]}` is 2).
+ * The API's deepest schema needs 5 (a chat message's content parts); 64 leaves room for what
+ * OpenAI clients send in fields we ignore. A body of 1 MiB could nest half a million deep,
+ * and everything that walks a body by recursion (the Idempotency-Key fingerprint, schema
+ * validation) would overflow the stack on it: a 500, and a process that stops on a defect.
+ */
+export const BODY_DEPTH_MAX = 64
 export const OPERATOR_KEY_LENGTH_MIN = 32
+/**
+ * The longest a client may take to send one whole request, headers and body (Node's
+ * `server.requestTimeout`; Fastify's default is none): a client that trickles bytes is
+ * answered 408 and its connection closed, instead of holding it open for ever. A request is
+ * at most `BODY_LIMIT_BYTES`; 30 s is a slow link's time for it many times over. Node checks
+ * it every 30 s (`connectionsCheckingInterval`), so a trickle is cut within a minute.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000
+/**
+ * A connection silent this long is closed, even while its request runs (Node's socket
+ * timeout, Fastify's `connectionTimeout`; its default is none). Receiving a request is bound
+ * by `REQUEST_TIMEOUT_MS` and an idle keep-alive connection by `KEEP_ALIVE_TIMEOUT_MS`; this
+ * bounds the wait for an answer. Above the longest a route awaits: a top-up awaits Stripe,
+ * whose client gives up on a call at 80 s and tries 3 times (`max_network_retries` 2).
+ */
+export const CONNECTION_TIMEOUT_MS = 300_000
+/**
+ * An idle keep-alive connection is closed after this (Fastify's default, named). Above the
+ * 60 s idle timeout of common load balancers, so the balancer closes an idle connection first,
+ * never the server under a request the balancer just sent on it.
+ */
+export const KEEP_ALIVE_TIMEOUT_MS = 72_000
+
+/** The body sent to a route that takes none: nothing for `{}`, else the 400 a schema would give. */
+const refuseBody = (body: unknown): void => {
+  if (body === null || typeof body !== "object" || Array.isArray(body)) throw new HttpError(400, "invalid_request", "body must be object", "body")
+  const field = Object.keys(body)[0]
+  if (field !== undefined) throw new HttpError(400, "invalid_request", `unknown field ${field}`, field)
+}
+
+const QUOTE = 0x22
+const BACKSLASH = 0x5c
+const OPEN_BRACE = 0x7b
+const CLOSE_BRACE = 0x7d
+const OPEN_BRACKET = 0x5b
+const CLOSE_BRACKET = 0x5d
+
+/**
+ * True when the JSON text nests objects and arrays more than `max` deep (`{}` and `[]` are 1),
+ * read on the text before it is parsed: one loop, no recursion, so a hostile body reaches
+ * neither `JSON.parse` (whose own limit would answer it as invalid JSON) nor anything that
+ * walks the parsed value by recursion. Brackets inside strings do not count.
+ */
+export const nestedDeeperThan = (json: string, max: number): boolean => {
+  let depth = 0
+  let inString = false
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i)
+    if (inString) {
+      if (c === BACKSLASH) i++
+      else if (c === QUOTE) inString = false
+    } else if (c === QUOTE) inString = true
+    else if (c === OPEN_BRACE || c === OPEN_BRACKET) {
+      if (++depth > max) return true
+    } else if (c === CLOSE_BRACE || c === CLOSE_BRACKET) depth--
+  }
+  return false
+}
 
 export const buildApp = async (options: AppOptions): Promise<FastifyInstance> => {
   const secrets = options.secrets ?? cryptoSecrets
@@ -105,25 +171,40 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),
     bodyLimit: BODY_LIMIT_BYTES,
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false } },
+    requestTimeout: REQUEST_TIMEOUT_MS,
+    connectionTimeout: CONNECTION_TIMEOUT_MS,
+    keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },
     frameworkErrors: (error, request, reply) => {
       reply.header("x-ecolink-request-id", request.id)
       const mapped = fastifyHttp(error) ?? { status: 400, body: { error: "invalid_url", message: "the URL is not valid" } }
       void (reply as FastifyReply).code(mapped.status).send(mapped.body)
     }
   })
+  // Fastify sets requestTimeout after making the server, so Node's default for the headers
+  // (the smaller of 60 s and requestTimeout) did not see it: the headers get the same bound.
+  app.server.headersTimeout = REQUEST_TIMEOUT_MS
   app.decorateRequest("auth", null)
   // Bodies are JSON only; a text/plain body is 415, not a string handed to a route.
   app.removeContentTypeParser("text/plain")
+  // The depth bound, then Fastify's own JSON parser (prototype poisoning refused), before any
+  // hook, schema or route sees the body.
+  const parseJson = app.getDefaultJsonParser("error", "error")
+  app.removeContentTypeParser("application/json")
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (request, text, done) => {
+    if (nestedDeeperThan(text as string, BODY_DEPTH_MAX)) {
+      done(new HttpError(400, "invalid_request", `the body nests objects and arrays more than ${BODY_DEPTH_MAX} deep`, "body"), undefined)
+      return
+    }
+    parseJson(request, text as string, done)
+  })
   app.addSchema(ErrorSchema)
 
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-ecolink-request-id", request.id)
-    // A replica that lost its lease answers as a standby does until its app has closed.
-    if (ctx.engine.sup.fenced) {
-      reply.header("retry-after", String(policy.NOT_LEADER_RETRY_AFTER_S))
-      throw new NotLeader()
-    }
+    // A replica that lost its lease answers as a standby does until its app has closed
+    // (`retry-after` comes with the 503, from `engineHttp`).
+    if (ctx.engine.sup.fenced) throw new NotLeader()
     request.auth = ctx.auth.identify(request.headers.authorization)
   })
   app.addHook("preParsing", async (request) => {
@@ -138,11 +219,22 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") throw new HttpError(415, "unsupported_media_type", "send the body as application/json in UTF-8")
   })
 
+  // A route without a body schema takes no body, and refuses one as the others refuse an
+  // unknown field: `{}` is no body, a field is a 400 naming it, anything but an object is a
+  // 400 too. (Fastify parses a body on every POST and DELETE; without a schema nothing
+  // looked at it, so `{"x": 1}` on POST /notifications/read-all was a 200.) Unknown routes
+  // stay 404.
+  app.addHook("preValidation", async (request) => {
+    if (request.body === undefined || request.is404 || request.routeOptions.schema?.body !== undefined) return
+    refuseBody(request.body)
+  })
+
   app.setErrorHandler((error, request, reply) => {
     let status: number
     let body: ErrorBody
+    let headers: Readonly<Record<string, string>> | undefined
     if (error instanceof HttpError) ({ status, body } = { status: error.status, body: error.body() })
-    else if (isEngineError(error)) ({ status, body } = engineHttp(error))
+    else if (isEngineError(error)) ({ status, body, headers } = engineHttp(error))
     else {
       const mapped = fastifyHttp(error as FastifyError)
       if (mapped !== null) ({ status, body } = mapped)
@@ -153,6 +245,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
         return
       }
     }
+    for (const [name, value] of Object.entries(headers ?? {})) reply.header(name, value)
     void reply.code(status).send(body)
   })
   app.setNotFoundHandler((request, reply) => {

@@ -7,6 +7,7 @@
  */
 import type { FastifyError } from "fastify"
 import { errorStatus, isEngineError, Refusal, type EngineError } from "../errors.js"
+import * as policy from "../policy.js"
 
 export interface ErrorBody {
   readonly error: string
@@ -36,11 +37,15 @@ export const UNAUTHORIZED_MESSAGE = "missing, malformed, revoked or unknown API 
 
 export { isEngineError }
 
-/** An engine refusal as an answer: `errorStatus` decides status and code, once. */
-export const engineHttp = (e: EngineError): { readonly status: number; readonly body: ErrorBody } => {
+/**
+ * An engine refusal as an answer: `errorStatus` decides status and code, once. A 503 says
+ * when to retry (`retry-after`, seconds, from policy): the refusal is of this moment.
+ */
+export const engineHttp = (e: EngineError): { readonly status: number; readonly body: ErrorBody; readonly headers?: Readonly<Record<string, string>> } => {
   const mapped = errorStatus(e)
   const body: ErrorBody = e._tag === "ValidationError" ? { error: mapped.error, message: mapped.message, field: e.field } : { error: mapped.error, message: mapped.message }
-  return { status: mapped.status, body }
+  const retryAfter = e._tag === "NotLeader" ? policy.NOT_LEADER_RETRY_AFTER_S : e._tag === "NoHealthyPod" ? policy.NO_HEALTHY_POD_RETRY_AFTER_S : null
+  return retryAfter === null ? { status: mapped.status, body } : { status: mapped.status, body, headers: { "retry-after": String(retryAfter) } }
 }
 
 interface AjvError {

@@ -126,11 +126,15 @@ export interface Outcome {
   readonly content_type?: string
   /** Replaced by null in the stored record: secrets are shown once, never stored. */
   readonly secret_path?: ReadonlyArray<string>
-  /** Headers a replay sends again (`REPLAYED_HEADERS` the first answer carried). */
+  /** Headers of the answer: a 503's `retry-after`, or on a replay the `REPLAYED_HEADERS` the first answer carried. */
   readonly headers?: Readonly<Record<string, string>>
 }
 
-/** JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. */
+/**
+ * JSON with keys sorted, so `{"a":1,"b":2}` and `{"b":2,"a":1}` are the same request. It
+ * recurses: a body reaches it at most `BODY_DEPTH_MAX` levels deep (the JSON parser in app.ts
+ * refuses deeper ones), and the other parts (method, route, path parameters) are flat.
+ */
 const canonical = (v: unknown): string => {
   if (Array.isArray(v)) return `[${v.map(canonical).join(",")}]`
   if (v !== null && typeof v === "object") {
@@ -160,6 +164,7 @@ export const outcomeOfError = (e: unknown): Outcome => {
 
 const send = (reply: FastifyReply, o: Outcome): FastifyReply => {
   reply.code(o.status)
+  for (const [name, value] of Object.entries(o.headers ?? {})) reply.header(name, value)
   if (o.content_type !== undefined) reply.type(o.content_type)
   return reply.send(o.body)
 }
@@ -171,7 +176,7 @@ const send = (reply: FastifyReply, o: Outcome): FastifyReply => {
  * writes; a repeat with the same request answers the stored answer (header
  * `idempotent-replayed: true`) and does nothing; the same key with another request is 422
  * `idempotency_key_reused`. Requests refused before the handler (401, 400 schema, 429) are
- * not recorded.
+ * not recorded, nor is a 5xx answer (503 `no_healthy_pod`: a repeat runs again).
  */
 export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Outcome): FastifyReply => {
   const key = idempotencyKeyOf(request)
@@ -182,7 +187,9 @@ export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: Fast
     const replay = storedAnswer(ctx, account, key)
     if (replay !== null) return replay
     const fresh = runOrRefusal(run)
-    remember(ctx, account, key, fresh, reply)
+    // A 5xx is an answer of this moment (no healthy pod yet, a fenced replica), not of the
+    // request: the client retries with the same key and it runs again.
+    if (fresh.status < 500) remember(ctx, account, key, fresh, reply)
     return { ...fresh, replayed: false }
   })
   return answer(reply, outcome)
@@ -265,10 +272,7 @@ const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: 
 }
 
 const answer = (reply: FastifyReply, outcome: Outcome & { replayed: boolean }): FastifyReply => {
-  if (outcome.replayed) {
-    reply.header("idempotent-replayed", "true")
-    for (const [name, value] of Object.entries(outcome.headers ?? {})) reply.header(name, value)
-  }
+  if (outcome.replayed) reply.header("idempotent-replayed", "true")
   return send(reply, outcome)
 }
 

@@ -23,6 +23,8 @@ export interface KeyRow {
   readonly secret_sha256: Buffer
   readonly created_at: number
   readonly revoked_at: number | null
+  /** The account's count of revocations when this key was revoked (1, 2, …); null while live. */
+  readonly revoked_seq: number | null
 }
 
 export interface MemberRow {
@@ -96,7 +98,7 @@ export class ApiStore {
   }
 
   // ── API keys ──────────────────────────────────────────────────────────────────────────
-  insertKey(k: Omit<KeyRow, "revoked_at">): void {
+  insertKey(k: Omit<KeyRow, "revoked_at" | "revoked_seq">): void {
     this.s.insertKey.run(k.id, k.account, k.user_id, k.name, k.secret_sha256, k.created_at)
   }
 
@@ -109,14 +111,16 @@ export class ApiStore {
   }
 
   /**
-   * Revokes a live key of `account`; false if there is none (unknown, revoked, another
-   * account's). Revoked keys stay listed as the account's history, the newest
-   * `REVOKED_KEYS_KEPT` of them: older ones are deleted here, so making and revoking keys
-   * cannot grow the list and the table without end (and nothing locks the account out).
+   * Revokes a live key of `account` and answers its row as revoked; undefined if there is
+   * none (unknown, revoked, another account's). Revoked keys stay listed as the account's
+   * history, the newest `REVOKED_KEYS_KEPT` revocations: older ones are deleted here, so
+   * making and revoking keys cannot grow the list and the table without end (and nothing
+   * locks the account out). "Newest" is the order of revocation (`revoked_seq`), never a tie
+   * on `revoked_at`, so the key just revoked is always kept.
    */
-  revokeKey(account: string, id: string, at: number): boolean {
-    const revoked = this.s.revokeKey.run(at, id, account).changes === 1
-    if (revoked) this.s.pruneRevoked.run(account, account, REVOKED_KEYS_KEPT)
+  revokeKey(account: string, id: string, at: number): KeyRow | undefined {
+    const revoked = this.s.revokeKey.get(at, account, id, account) as KeyRow | undefined
+    if (revoked !== undefined) this.s.pruneRevoked.run(account, revoked.revoked_seq! - REVOKED_KEYS_KEPT)
     return revoked
   }
 
@@ -174,11 +178,11 @@ const prepare = (db: Database.Database) => ({
   insertKey: db.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?, ?)`),
   key: db.prepare(`SELECT * FROM api_keys WHERE id = ?`),
   keysOf: db.prepare(`SELECT * FROM api_keys WHERE account = ? ORDER BY rowid`),
-  revokeKey: db.prepare(`UPDATE api_keys SET revoked_at = ? WHERE id = ? AND account = ? AND revoked_at IS NULL`),
-  pruneRevoked: db.prepare(
-    `DELETE FROM api_keys WHERE account = ? AND revoked_at IS NOT NULL AND rowid NOT IN
-       (SELECT rowid FROM api_keys WHERE account = ? AND revoked_at IS NOT NULL ORDER BY revoked_at DESC, rowid DESC LIMIT ?)`
+  revokeKey: db.prepare(
+    `UPDATE api_keys SET revoked_at = ?, revoked_seq = (SELECT coalesce(max(revoked_seq), 0) + 1 FROM api_keys WHERE account = ?)
+     WHERE id = ? AND account = ? AND revoked_at IS NULL RETURNING *`
   ),
+  pruneRevoked: db.prepare(`DELETE FROM api_keys WHERE account = ? AND revoked_seq <= ?`),
   insertInvite: db.prepare(
     `INSERT INTO api_invites (id, account, email, role, secret, invited_by, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
   ),

@@ -91,6 +91,28 @@ export const ledgerJson = (r: LedgerRow) => ({
   description: r.description
 })
 
+/**
+ * How a field of a notification's `data` is written in an answer: its name there and its
+ * value. The engine stores what its own readers use (micros, epoch milliseconds: the
+ * invariant checker reads them, and the simulator's output has no `data`), and the answer
+ * follows this module's one encoding. One name has one meaning in every kind that uses it.
+ */
+const DATA_FIELDS: Readonly<Record<string, (value: unknown) => readonly [string, unknown]>> = {
+  // partial_hold: the hold in micros (a string) and the run it covers in milliseconds.
+  hold: (v) => ["hold", formatDollars(BigInt(v as string))],
+  window_ms: (v) => ["window_seconds", seconds(v as number)],
+  // duration_warning's deadline, auto_recharge_declined / _failed's next attempt: instants.
+  deadline_at: (v) => ["deadline_at", isoOrNull(v as number | null)],
+  retry_at: (v) => ["retry_at", isoOrNull(v as number | null)]
+}
+
+/** A notification's stored `data` (JSON text) as the API answers it: money in dollars, instants ISO, durations in seconds. */
+export const notificationDataJson = (data: string | null): Record<string, unknown> | null => {
+  if (data === null) return null
+  const stored = JSON.parse(data) as Record<string, unknown>
+  return Object.fromEntries(Object.entries(stored).map(([name, value]) => DATA_FIELDS[name]?.(value) ?? [name, value]))
+}
+
 export const notificationJson = (n: {
   readonly id: number
   readonly at: number
@@ -107,7 +129,7 @@ export const notificationJson = (n: {
   kind: n.kind,
   text: n.text,
   resource: n.resource,
-  data: n.data === null ? null : (JSON.parse(n.data) as Record<string, unknown>),
+  data: notificationDataJson(n.data),
   read: n.read_at !== null,
   read_at: isoOrNull(n.read_at)
 })
@@ -209,7 +231,12 @@ export const NotificationSchema = obj({
   kind: str,
   text: str,
   resource: nullableStr,
-  data: { type: ["object", "null"], additionalProperties: true },
+  data: {
+    type: ["object", "null"],
+    additionalProperties: true,
+    description:
+      "by kind (docs/API.md): duration_warning {minutes, deadline_at}; balance_warning {minutes}; partial_hold {hold (dollars), window_seconds, cycle}; terminated {termination_reason}; auto_recharge_declined and auto_recharge_failed {payment, code, retry_at}; auto_recharge_paused {payment}; card_refund_failed {payment, refund, status, reason, credited (dollars), auto_recharge}; null for the others"
+  },
   read: { type: "boolean" },
   read_at: nullableInstant
 })

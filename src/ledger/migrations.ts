@@ -382,6 +382,22 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       DELETE FROM payment_events
       WHERE outcome = 'ignored' AND type IN ('refund.created', 'charge.refund.updated', 'refund.updated');
     `
+  },
+  {
+    version: 14,
+    name: "API keys: the order of revocations",
+    // src/api/store.ts (`revokeKey`). An account keeps its newest revoked keys, and "newest"
+    // must be the order they were revoked in: `revoked_at` ties within a millisecond, and
+    // ranked by row on a tie, the key just revoked could be the one pruned. Each revocation
+    // takes the account's next number; keys revoked before take theirs in (revoked_at, rowid)
+    // order, the best guess there is.
+    sql: `
+      ALTER TABLE api_keys ADD COLUMN revoked_seq INTEGER CHECK (revoked_seq IS NULL OR revoked_seq > 0);
+      UPDATE api_keys SET revoked_seq = ranked.n
+      FROM (SELECT rowid AS r, row_number() OVER (PARTITION BY account ORDER BY revoked_at, rowid) AS n FROM api_keys WHERE revoked_at IS NOT NULL) AS ranked
+      WHERE api_keys.rowid = ranked.r;
+      CREATE INDEX api_keys_by_revocation ON api_keys(account, revoked_seq) WHERE revoked_seq IS NOT NULL;
+    `
   }
 ]
 

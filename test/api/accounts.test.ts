@@ -5,7 +5,8 @@
  */
 import { createHash } from "node:crypto"
 import { afterEach, describe, expect, it } from "vitest"
-import { OPERATOR_KEY, ledgerOf, stateOf, world, type World } from "./harness.js"
+import { ApiStore, REVOKED_KEYS_KEPT } from "../../src/api/store.js"
+import { OPERATOR_KEY, START, ledgerOf, stateOf, world, type World } from "./harness.js"
 
 let w: World
 afterEach(async () => w.close())
@@ -89,8 +90,10 @@ describe("sign-up and keys", () => {
     // revoked keys deletes the oldest revoked one; live keys are never touched.
     w = await world()
     const a = await w.signup("a@example.com")
-    const insert = w.opened.engine.ledger.db.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at, revoked_at) VALUES (?, ?, ?, 'old', zeroblob(32), 0, ?)`)
-    for (let i = 0; i < 1_000; i++) insert.run(`old${String(i).padStart(4, "0")}`, a.account, a.user, i + 1)
+    const insert = w.opened.engine.ledger.db.prepare(
+      `INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at, revoked_at, revoked_seq) VALUES (?, ?, ?, 'old', zeroblob(32), 0, ?, ?)`
+    )
+    for (let i = 0; i < 1_000; i++) insert.run(`old${String(i).padStart(4, "0")}`, a.account, a.user, i + 1, i + 1)
     const made = await w.req("POST", "/api-keys", { key: a.key, body: { name: "rotated" } })
     expect(made.status).toBe(201)
     expect((await w.req("DELETE", `/api-keys/${made.body.id}`, { key: a.key })).status).toBe(200)
@@ -102,6 +105,34 @@ describe("sign-up and keys", () => {
     expect(listed.some((k) => k.id === made.body.id)).toBe(true)
     // The pruned key answers 401 like any revoked one.
     expect((await w.req("GET", "/api-keys", { key: `eco_old0000_${"A".repeat(43)}` })).status).toBe(401)
+  })
+
+  it("answers and keeps the key just revoked when 1,000 revocations share its millisecond", async () => {
+    // Proves the prune ranks revocations by their order, not by revoked_at then row (found by
+    // review: on a tie the key just revoked, made before the others, was pruned, and the
+    // revoke that had committed answered 500, a defect that stops the server).
+    const defects: unknown[] = []
+    w = await world({ onDefect: (e) => defects.push(e) })
+    const a = await w.signup("a@example.com")
+    const { secret: _, ...target } = (await w.req("POST", "/api-keys", { key: a.key, body: { name: "target" } })).body
+    // 1,000 keys made after it and revoked at this same instant, through the API's own store.
+    const store = new ApiStore(w.opened.engine.ledger.db)
+    const now = w.clock.now()
+    for (let i = 0; i < REVOKED_KEYS_KEPT; i++) {
+      const id = `old${String(i).padStart(4, "0")}`
+      store.insertKey({ id, account: a.account, user_id: a.user, name: "old", secret_sha256: Buffer.alloc(32), created_at: now })
+      store.revokeKey(a.account, id, now)
+    }
+    const revoked = await w.req("DELETE", `/api-keys/${target.id}`, { key: a.key })
+    expect([revoked.status, revoked.body]).toEqual([200, { ...target, revoked_at: START }])
+    const listed = (await w.req("GET", "/api-keys", { key: a.key })).body.data as Array<{ id: string }>
+    expect(listed).toHaveLength(1 + REVOKED_KEYS_KEPT)
+    expect([listed.some((k) => k.id === target.id), listed.some((k) => k.id === "old0000"), listed.some((k) => k.id === "old0001")]).toEqual([true, false, true])
+    // A second DELETE answers the same revoked key and changes nothing.
+    const before = stateOf(w)
+    expect(await w.req("DELETE", `/api-keys/${target.id}`, { key: a.key })).toMatchObject({ status: 200, body: revoked.body })
+    expect(stateOf(w)).toBe(before)
+    expect(defects).toEqual([])
   })
 
   it("answers 401 for a missing, malformed, mistyped, revoked or other-scheme key", async () => {

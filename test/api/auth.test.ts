@@ -53,7 +53,7 @@ describe("Authenticator.identify", () => {
     expect(auth.identify("Basic abc")).toBeNull()
     expect(auth.identify(`Bearer ${"a".repeat(600)}`)).toBeNull()
     expect(auth.identify("Bearer ecoop_operator-secret")).toBeNull()
-    expect(api.revokeKey("acme", KEY_ID, 1)).toBe(true)
+    expect(api.revokeKey("acme", KEY_ID, 1)).toMatchObject({ id: KEY_ID, revoked_at: 1, revoked_seq: 1 })
     auth.forget(KEY_ID)
     expect(auth.identify(`Bearer ${KEY}`)).toBeNull()
   })

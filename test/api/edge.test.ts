@@ -5,7 +5,9 @@
  */
 import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
-import { ALL_ROUTES, ledgerOf, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
+import { BODY_DEPTH_MAX, BODY_LIMIT_BYTES, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS, REQUEST_TIMEOUT_MS } from "../../src/api/app.js"
+import { NO_HEALTHY_POD_RETRY_AFTER_S } from "../../src/policy.js"
+import { ALL_ROUTES, ledgerOf, MIN, OPERATOR_KEY, stateOf, world, type World } from "./harness.js"
 
 let w: World
 afterEach(async () => w.close())
@@ -98,6 +100,89 @@ describe("bad input is never a 500", () => {
     }
     expect(stateOf(w)).toBe(before)
     expect((await w.req("GET", "/v1/models?api-version=2024-01-01", { key: a.key })).status).toBe(200)
+  })
+})
+
+  it("a POST or DELETE that takes no body refuses one as the others refuse an unknown field; {} is no body", async () => {
+    // Proves one rule for every body-less route (found by review: {"x":1} on POST
+    // /notifications/read-all was a 200, where the docs say an unknown field is a 400), taken
+    // from the OpenAPI document so a new route is covered; nothing ran, unknown routes stay 404.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const paths = (await w.req("GET", "/openapi.json")).body.paths as Record<string, Record<string, { requestBody?: unknown }>>
+    const bodyless = Object.entries(paths).flatMap(([path, methods]) =>
+      Object.entries(methods)
+        .filter(([method, op]) => (method === "post" || method === "delete") && op.requestBody === undefined)
+        .map(([method]) => [method.toUpperCase(), path.replace(/\{[^}]*\}/g, "zz")] as const)
+    )
+    expect(bodyless.map(([m, p]) => `${m} ${p}`)).toEqual([
+      "POST /invites/zz/accept",
+      "DELETE /api-keys/zz",
+      "DELETE /gpu-instances/zz",
+      "DELETE /gpu-clusters/zz",
+      "DELETE /inference-instances/zz",
+      "DELETE /models/zz",
+      "DELETE /cloud-drives/zz",
+      "DELETE /shared-filesystems/zz",
+      "POST /notifications/zz/read",
+      "POST /notifications/read-all"
+    ])
+    const before = stateOf(w)
+    const json = { "content-type": "application/json" }
+    for (const [method, url] of bodyless) {
+      const answers = [await w.req(method, url, { key: a.key, raw: '{"x":1}', headers: json }), await w.req(method, url, { key: a.key, raw: "[]", headers: json })]
+      expect([method, url, ...answers.map((r) => [r.status, r.body])]).toEqual([
+        method,
+        url,
+        [400, { error: "invalid_request", message: "unknown field x", field: "x" }],
+        [400, { error: "invalid_request", message: "body must be object", field: "body" }]
+      ])
+    }
+    expect(stateOf(w)).toBe(before)
+    expect(await w.req("POST", "/notifications/read-all", { key: a.key, raw: "{}", headers: json })).toMatchObject({ status: 200, body: { marked: 0 } })
+    expect((await w.req("POST", "/no/such/route", { key: a.key, raw: '{"x":1}', headers: json })).status).toBe(404)
+  })
+
+  it("a body nested deeper than BODY_DEPTH_MAX is a 400 on every route, Idempotency-Key or not, and never reaches a defect", async () => {
+    // Proves the depth bound before parsing: 64 levels are served, 65 are refused, and a 1 MiB
+    // body of brackets (half a million levels, which overflowed the recursive Idempotency-Key
+    // fingerprint: a 500 and a process stopped on the defect) is a plain 400.
+    const defects: unknown[] = []
+    w = await world({ onDefect: (e) => defects.push(e) })
+    const a = await w.signup("a@example.com")
+    const json = { "content-type": "application/json" }
+    const tooDeep = { error: "invalid_request", message: `the body nests objects and arrays more than ${BODY_DEPTH_MAX} deep`, field: "body" }
+    // The body is level 1; `metadata` (an unknown field /v1 ignores) nests `levels` arrays in it.
+    const chat = (levels: number) => `{"model":"llama-3-8b","messages":[{"role":"user","content":"hi"}],"metadata":${"[".repeat(levels)}${"]".repeat(levels)}}`
+    const served = await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(BODY_DEPTH_MAX - 1), headers: { ...json, "idempotency-key": "deep-64" } })
+    expect(served.status).toBe(200)
+    // Brackets inside strings (escaped quotes included) are text, not nesting.
+    const inText = { model: "llama-3-8b", messages: [{ role: "user", content: `${"[".repeat(200)}\\"${"{".repeat(200)}` }] }
+    expect((await w.req("POST", "/v1/chat/completions", { key: a.key, body: inText })).status).toBe(200)
+    const before = stateOf(w)
+    const brackets = Math.floor((BODY_LIMIT_BYTES - 200) / 2)
+    const answers = [
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(BODY_DEPTH_MAX), headers: { ...json, "idempotency-key": "deep-65" } }),
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(brackets), headers: { ...json, "idempotency-key": "deep-max" } }),
+      await w.req("POST", "/v1/chat/completions", { key: a.key, raw: chat(brackets), headers: json }),
+      await w.req("POST", "/gpu-instances", { key: a.key, raw: "[".repeat(brackets) + "]".repeat(brackets), headers: { ...json, "idempotency-key": "deep-launch" } }),
+      await w.req("POST", "/api-keys", { key: a.key, raw: `{"name":${"{".repeat(BODY_DEPTH_MAX)}${"}".repeat(BODY_DEPTH_MAX)}}`, headers: json }),
+      await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, raw: `{"amount":"1.00","description":${"[".repeat(BODY_DEPTH_MAX)}${"]".repeat(BODY_DEPTH_MAX)}}`, headers: json })
+    ]
+    expect(answers.map((r) => [r.status, r.body])).toEqual(answers.map(() => [400, tooDeep]))
+    expect(stateOf(w)).toBe(before)
+    expect(defects).toEqual([])
+  })
+
+describe("timeouts", () => {
+  it("a request must arrive whole within REQUEST_TIMEOUT_MS; idle and keep-alive connections are bounded too", async () => {
+    // Proves the server's bounds (found by review: Fastify's default requestTimeout is 0, so a
+    // client trickling a body held its connection for ever): 30 s for a request's headers and
+    // body, 300 s of silence on a connection, 72 s for an idle keep-alive one.
+    w = await world()
+    const s = w.app.server
+    expect([s.requestTimeout, s.headersTimeout, s.timeout, s.keepAliveTimeout]).toEqual([REQUEST_TIMEOUT_MS, REQUEST_TIMEOUT_MS, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS])
+    expect([REQUEST_TIMEOUT_MS, CONNECTION_TIMEOUT_MS, KEEP_ALIVE_TIMEOUT_MS]).toEqual([30_000, 300_000, 72_000])
   })
 })
 
@@ -200,6 +285,30 @@ describe("Idempotency-Key on /v1", () => {
     // The replay is the same answer, headers included: the region that served it.
     expect([again.headers["idempotent-replayed"], again.headers["x-ecolink-region"]]).toEqual(["true", "us-east"])
     expect(ledgerOf(w, a.account).filter((r) => r[0] === "api_usage")).toHaveLength(1)
+  })
+
+  it("a 503 no_healthy_pod says when to retry and is not stored: the same key runs again once a replica runs", async () => {
+    // Proves a 5xx is an answer of the moment, not of the request (found by review: the 503
+    // of an instance still starting was replayed for 24 hours under its Idempotency-Key).
+    w = await world()
+    const a = await w.signup("a@example.com")
+    await w.req("POST", "/models", { key: a.key, body: { name: "m", source: "huggingface", gpu: "H100", gpu_count: 1 } })
+    const ii = (await w.req("POST", "/inference-instances", { key: a.key, body: { model: "m" } })).body.id as string
+    const body = { model: `m:${ii}`, messages: [{ role: "user", content: "x" }] }
+    const headers = { "idempotency-key": "while-starting" }
+    const starting = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([starting.status, starting.body, starting.headers["retry-after"], starting.headers["idempotent-replayed"]]).toEqual([
+      503,
+      { error: "no_healthy_pod", message: `no healthy pod serves model m:${ii} at this moment` },
+      String(NO_HEALTHY_POD_RETRY_AFTER_S),
+      undefined
+    ])
+    expect(w.opened.engine.ledger.db.prepare(`SELECT count(*) AS n FROM api_idempotency`).get()).toEqual({ n: 0 })
+    w.advance(2 * MIN)
+    const served = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([served.status, served.headers["idempotent-replayed"], served.headers["retry-after"]]).toEqual([200, undefined, undefined])
+    const again = await w.req("POST", "/v1/chat/completions", { key: a.key, body, headers })
+    expect([again.status, again.headers["idempotent-replayed"], again.text]).toEqual([200, "true", served.text])
   })
 })
 

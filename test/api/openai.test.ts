@@ -8,7 +8,7 @@ import OpenAI from "openai"
 import { afterEach, describe, expect, it } from "vitest"
 import { complete } from "../../src/api/synthetic.js"
 import { formatDollars, roundHalfUp } from "../../src/money.js"
-import { MIN, world, type World } from "./harness.js"
+import { MIN, stateOf, world, type World } from "./harness.js"
 
 let w: World
 afterEach(async () => w.close())
@@ -113,10 +113,43 @@ describe("the openai client", () => {
     expect(text.choices[0]).toEqual({ index: 0, text: complete(`my-llm:${ii}`, "Once upon a time", 3).text, logprobs: null, finish_reason: "length" })
     const models = await openai.models.list()
     expect(models.data.map((m) => m.id)).toEqual(["embed-small", "llama-3-8b", "unpriced-model", `my-llm:${ii}`])
-    // Embeddings of 4 tokens at $0.02/1M round to $0 (no row); the user instance's requests are paid by its hold.
-    expect(apiRows(a.account)).toEqual([])
+    // Embeddings of 4 and 3 tokens at $0.02/1M (0.08 and 0.06 micro) cost the least a request
+    // costs, 1 micro each (docs/POLICY.md); the user instance's requests are paid by its hold.
+    expect(apiRows(a.account)).toEqual([
+      ["-0.000001", "embed-small", "API usage: embed-small, 4 in / 0 out tokens"],
+      ["-0.000001", "embed-small", "API usage: embed-small, 3 in / 0 out tokens"]
+    ])
     await w.req("DELETE", `/inference-instances/${ii}`, { key: a.key })
     const gone = await openai.completions.create({ model: `my-llm:${ii}`, prompt: "x" }).catch((e: InstanceType<typeof OpenAI.APIError>) => e)
     expect((gone as InstanceType<typeof OpenAI.APIError>).status).toBe(404)
+  })
+})
+
+describe("/v1/embeddings is never free", () => {
+  it("refuses an empty input (400 naming it) and charges every served request at least a micro", async () => {
+    // Proves the fix of an unbilled amplification (found by review): 2,048 empty strings at
+    // 256 dimensions cost $0 (0 tokens) and answered 11 MB, stored whole under its
+    // Idempotency-Key. Empty inputs are refused before anything runs or is stored (OpenAI
+    // refuses them too); a served request below half a micro costs REQUEST_COST_MIN_MICROS.
+    w = await world()
+    const a = await w.signup("a@example.com", "1.00")
+    const embed = (input: unknown, headers: Record<string, string> = {}) => w.req("POST", "/v1/embeddings", { key: a.key, body: { model: "embed-small", input, dimensions: 256 }, headers })
+    const before = stateOf(w)
+    const refusals = [await embed(""), await embed(Array(2_048).fill(""), { "idempotency-key": "amplify" }), await embed(["one", ""]), await embed([])]
+    expect(refusals.map((r) => [r.status, r.body])).toEqual([
+      [400, { error: "invalid_request", message: "input must NOT have fewer than 1 characters", field: "input" }],
+      [400, { error: "invalid_request", message: "input.0 must NOT have fewer than 1 characters", field: "input.0" }],
+      [400, { error: "invalid_request", message: "input.1 must NOT have fewer than 1 characters", field: "input.1" }],
+      [400, { error: "invalid_request", message: "input must NOT have fewer than 1 items", field: "input" }]
+    ])
+    expect(stateOf(w)).toBe(before)
+    // 2 tokens at $0.02/1M is 0.04 micro: 1 micro. 2,048 tokens is 40.96 micros: 41.
+    const small = await embed("hello world")
+    const many = await embed(Array(2_048).fill("a"))
+    expect([small.status, small.body.usage, many.status, many.body.usage]).toEqual([200, { prompt_tokens: 2, total_tokens: 2 }, 200, { prompt_tokens: 2_048, total_tokens: 2_048 }])
+    expect(apiRows(a.account)).toEqual([
+      ["-0.000001", "embed-small", "API usage: embed-small, 2 in / 0 out tokens"],
+      ["-0.000041", "embed-small", "API usage: embed-small, 2048 in / 0 out tokens"]
+    ])
   })
 })

@@ -3,6 +3,7 @@
  * notifications over HTTP, each with its exact answers and ledger rows.
  */
 import { afterEach, describe, expect, it } from "vitest"
+import { notificationDataJson } from "../../src/api/views.js"
 import { HOUR, ledgerOf, MIN, stateOf, world, type World } from "./harness.js"
 
 let w: World
@@ -230,5 +231,30 @@ describe("billing and notifications", () => {
     const missing = await w.req("POST", "/notifications/999999/read", { key: a.key })
     expect(missing.status).toBe(404)
     expect(missing.body).toEqual({ error: "notification_not_found", message: "notification 999999 not found" })
+  })
+
+  it("writes a notification's data in the API's encoding: dollars, ISO instants, whole seconds", async () => {
+    // Proves docs/API.md "Money … Instants … durations" holds for `data` too (found by review:
+    // partial_hold's hold was micro-dollars "1653333" with window_ms, deadline_at and retry_at
+    // epoch ms), while the engine keeps storing what its own readers use.
+    w = await world()
+    const a = await w.signup("a@example.com", "80.00")
+    await w.req("POST", "/models", { key: a.key, body: { name: "m", source: "huggingface", gpu: "H100", gpu_count: 1 } })
+    const ii = (await w.req("POST", "/inference-instances", { key: a.key, body: { model: "m" } })).body.id as string
+    const gi = (await w.req("POST", "/gpu-instances", { key: a.key, body: { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 } })).body.id as string
+    // $80 − $76.80 (24 h × 2 replicas) − $1.60: the second cycle renews on a partial hold.
+    w.advance(24 * HOUR + MIN)
+    const notes = (await w.req("GET", "/notifications?limit=100", { key: a.key })).body.data as Array<{ kind: string; resource: string | null; data: unknown }>
+    const first = (kind: string) => notes.filter((n) => n.kind === kind).at(-1)
+    expect([first("duration_warning"), first("partial_hold")]).toMatchObject([
+      { resource: gi, data: { minutes: 30, deadline_at: "2026-03-01T01:01:00.000Z" } },
+      { resource: ii, data: { hold: "1.653333", window_seconds: 1_859, cycle: 2 } }
+    ])
+    const stored = w.opened.engine.ledger.notifications().filter((n) => n.kind === "partial_hold").map((n) => n.data)
+    expect(stored).toEqual(['{"hold":"1653333","window_ms":1859999,"cycle":2}'])
+    // Every field the engine writes, as an answer shows it (an auto-recharge's retry_at too).
+    expect(notificationDataJson('{"payment":"pay_1","code":"card_declined","retry_at":1772327700000}')).toEqual({ payment: "pay_1", code: "card_declined", retry_at: "2026-03-01T01:15:00.000Z" })
+    expect(notificationDataJson('{"payment":"pay_1","credited":"10.00","auto_recharge":null}')).toEqual({ payment: "pay_1", credited: "10.00", auto_recharge: null })
+    expect(notificationDataJson(null)).toBeNull()
   })
 })

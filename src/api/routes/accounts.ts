@@ -8,7 +8,7 @@
  * made, the owner any). Secrets are answered once and stored as SHA-256.
  */
 import type { FastifyInstance } from "fastify"
-import { Conflict } from "../../errors.js"
+import { assert, Conflict } from "../../errors.js"
 import { formatDollars } from "../../money.js"
 import { call, idempotent, idParams, keyOf, spec, type ApiContext, type KeyAuth } from "../http.js"
 import { HttpError } from "../errors.js"
@@ -53,7 +53,7 @@ const InviteSchema = obj({
   expires_at: { type: "string", format: "date-time" }
 })
 
-const keyJson = (k: Omit<KeyRow, "secret_sha256">) => ({
+const keyJson = (k: Pick<KeyRow, "id" | "name" | "user_id" | "created_at" | "revoked_at">) => ({
   id: k.id,
   name: k.name,
   prefix: keyPrefix(k.id),
@@ -247,12 +247,19 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     async (request) => {
       const auth: KeyAuth = keyOf(request)
       const id = (request.params as { id: string }).id
-      const row = ctx.api.key(id)
-      if (row === undefined || row.account !== auth.account) throw new HttpError(404, "key_not_found", `key ${id} not found`)
-      if (row.user_id !== auth.user_id && auth.role !== "owner") throw new HttpError(403, "forbidden", "a member may revoke only the keys they created")
-      if (row.revoked_at === null) ctx.engine.sup.unitOfWork(() => ctx.api.revokeKey(auth.account, id, now()))
+      // One unit of work reads the key and revokes it, and the answer is the row the revoke
+      // wrote: the prune after it may delete old revoked keys, never the one answered.
+      const answer = ctx.engine.sup.unitOfWork(() => {
+        const row = ctx.api.key(id)
+        if (row === undefined || row.account !== auth.account) throw new HttpError(404, "key_not_found", `key ${id} not found`)
+        if (row.user_id !== auth.user_id && auth.role !== "owner") throw new HttpError(403, "forbidden", "a member may revoke only the keys they created")
+        if (row.revoked_at !== null) return row
+        const revoked = ctx.api.revokeKey(auth.account, id, now())
+        assert(revoked !== undefined, () => `live key ${id} read in this unit of work was not revoked`)
+        return revoked
+      })
       ctx.auth.forget(id)
-      return keyJson(ctx.api.key(id)!)
+      return keyJson(answer)
     }
   )
 }

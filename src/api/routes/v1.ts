@@ -44,6 +44,8 @@ const model = { type: "string", minLength: 1, maxLength: MODEL_ID_LENGTH_MAX } a
 const maxTokens = { type: "integer", minimum: 1, maximum: COMPLETION_TOKENS_MAX } as const
 const streamOptions = { type: ["object", "null"], properties: { include_usage: { type: "boolean" } } } as const
 const text = { type: "string", maxLength: 1_000_000 } as const
+/** OpenAI refuses an empty input to embed too: it has no tokens to bill and still costs a vector. */
+const embeddingText = { ...text, minLength: 1 } as const
 
 const contentPart = {
   type: "object",
@@ -96,7 +98,9 @@ const embeddingBody = {
   required: ["model", "input"],
   properties: {
     model,
-    input: { anyOf: [text, { type: "array", minItems: 1, maxItems: INPUTS_MAX, items: text }] },
+    // One schema for both forms (string keywords bind strings, array keywords arrays), so a
+    // refusal names the input at fault (`input.3`), where anyOf would say "must be string".
+    input: { type: ["string", "array"], minLength: 1, maxLength: text.maxLength, minItems: 1, maxItems: INPUTS_MAX, items: embeddingText },
     encoding_format: { type: "string", enum: ["float", "base64"] },
     dimensions: { type: "integer", minimum: 1, maximum: EMBEDDING_DIMENSIONS_MAX }
   }
