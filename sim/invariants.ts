@@ -92,6 +92,9 @@ export const INVARIANT_NAMES: Record<number, string> = {
 
 const BILLABLE: ReadonlySet<string> = new Set(policy.BILLABLE_STATES)
 const STOPPING: ReadonlySet<string> = new Set(["terminating", "terminated", "failed"])
+/** States a resource stops in for good: it burns nothing more and no warning can be about it. */
+const STOPPED_STATES: ReadonlySet<string> = new Set(["terminating", "terminated", "failed", "deleted"])
+
 /** One micro-dollar of rounding per settlement (SPEC §9.3). */
 const ROUNDING_MICROS = 1n
 
@@ -499,6 +502,27 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     const earliest = rundownAt(n.account, decided - 1)
     const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= decided && rundownAt(n.account, w.at) >= earliest)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
+  }
+
+  // 6. A low-balance warning warns of a stop still to come (SPEC §9.6: "before the termination
+  // they warn of"): when it is sent, one of the account's resources has not stopped yet. (The
+  // order and once-per-run-down checks above cannot see a warning sent after the account's
+  // last resource stopped.) A stop and a warning at one instant may come in either order.
+  const liveSpans = new Map<string, Array<{ readonly from: number; readonly to: number }>>()
+  for (const r of facts.resources) {
+    const stop = (transitionsByResource.get(r.id) ?? []).find((t) => STOPPED_STATES.has(t.to_state))?.at ?? Infinity
+    const spans = liveSpans.get(r.account)
+    const span = { from: r.context.created_at, to: stop }
+    if (spans === undefined) liveSpans.set(r.account, [span])
+    else spans.push(span)
+  }
+  for (const [account, list] of balanceWarningsByAccount) {
+    const spans = liveSpans.get(account) ?? []
+    for (const n of list) {
+      if (!spans.some((s) => s.from <= n.at && n.at <= s.to)) {
+        violate(6, { account, at: n.at, message: "low-balance warning sent when none of the account's resources was left to stop" })
+      }
+    }
   }
 
   // 2. Every hold settled exactly once, consumed + refunded == held; its rows add up.

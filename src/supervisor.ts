@@ -1174,7 +1174,8 @@ export class GpuSupervisor implements PaymentHost {
     // Each region of an inference instance has its own status (SPEC §4): logged as `id@region`.
     for (const [region, status] of Object.entries(replicaStatuses(entry))) {
       const was = replicasBefore[region] ?? "pending"
-      if (status !== was) this.ledger.recordTransition({ at: stoppedAt, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: cause })
+      // A move into `failed` carries its reason, as an instance's does (docs/TIMELINE-EXTENSIONS.md).
+      if (status !== was) this.ledger.recordTransition({ at: stoppedAt, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: status === "failed" ? "failed" : cause })
     }
     if (before !== null && after !== before) {
       this.ledger.recordTransition({ at: stoppedAt, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })

@@ -333,6 +333,12 @@ describe("launch, terminate and the registry", () => {
       [at(2 * HOUR), "refund", "45.00", "97.00"]
     ])
     expect(r.output.resources["ii-1"]).toMatchObject({ status: "failed", termination_reason: "failed" })
+    // Each move into failed names its reason, a replica's as an instance's.
+    expect(r.output.transitions.filter((t) => t.to === "failed").map((t) => [t.at, t.resource, t.reason])).toEqual([
+      [at(HOUR), "ii-1@us-east", "failed"],
+      [at(2 * HOUR), "ii-1@eu-west", "failed"],
+      [at(2 * HOUR), "ii-1", "failed"]
+    ])
   })
 })
 

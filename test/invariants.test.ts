@@ -198,6 +198,20 @@ describe("the invariant checker, on the low-balance rules", () => {
     expect(fired(unwarned)).toEqual([6])
   })
 
+  it("catches a low-balance warning sent after the account's last resource stopped (6)", () => {
+    // Proves "before the termination they warn of" for the account's warnings too: move the
+    // 1-minute warning to an hour after the only instance was stopped at $0.
+    const example = JSON.parse(readFileSync(new URL("../sim/examples/low-balance.json", import.meta.url), "utf8"))
+    const facts = run(example).facts
+    expect(checkInvariants(facts)).toEqual([])
+    const stop = facts.notifications.find((n) => n.kind === "terminated")!
+    const last = facts.notifications.filter((n) => n.kind === "balance_warning").at(-1)!
+    const notifications = facts.notifications.map((n) => (n === last ? { ...n, at: stop.at + 3_600_000 } : n)).sort((a, b) => a.at - b.at || a.id - b.id)
+    expect(checkInvariants({ ...facts, notifications }).map((v) => [v.invariant, v.at, v.message])).toEqual([
+      [6, new Date(stop.at + 3_600_000).toISOString(), "low-balance warning sent when none of the account's resources was left to stop"]
+    ])
+  })
+
   it("keeps the warnings already sent when a top-up too small to re-arm any comes before the stop", () => {
     // Proves no false alarm: $40 covers 30 min of two replicas at $40/h each; every warning down
     // to 1 minute is sent; a $1 top-up 10 s before the end buys 45 s, above no threshold, so
