@@ -177,8 +177,8 @@ describe("an inference replica's pod deleted out from under it", () => {
     await w.advance(26 * HOUR)
     expect(view()).toMatchObject({ status: "failed", termination_reason: "failed" })
     expect(moves().slice(6)).toEqual([
-      [60 * MIN, "inf-1@us-east", "running", "failed", null],
-      [70 * MIN, "inf-1@eu-west", "running", "failed", null],
+      [60 * MIN, "inf-1@us-east", "running", "failed", "failed"],
+      [70 * MIN, "inf-1@eu-west", "running", "failed", "failed"],
       [70 * MIN, "inf-1", "running", "failed", "failed"]
     ])
     expect(rows()).toEqual([
