@@ -1375,13 +1375,14 @@ export class GpuSupervisor implements PaymentHost {
     entry.alarm = null
     this.background(() => {
       const at = this.clock.now()
-      this.journal.append(at, "alarm", { id, ...alarm })
+      const behind = alarm.event === "deadline" ? this.worldBehind() : {}
+      this.journal.append(at, "alarm", { id, ...alarm, ...behind })
       // What the deadline settles must be what the pod ran: look at it first.
       if (alarm.event === "deadline") this.reconciler.reconcileOne(id)
       if (alarm.event === "duration_warning") {
         this.dispatch(entry, { type: "duration_warning", at, minutes: alarm.minutes })
       } else {
-        this.dispatch(entry, { type: "deadline", at, credit_depleted: this.creditDepleted(entry.actor.getSnapshot().context, at), ...this.worldBehind() })
+        this.dispatch(entry, { type: "deadline", at, credit_depleted: this.creditDepleted(entry.actor.getSnapshot().context, at), ...behind })
       }
     })
   }
@@ -1469,8 +1470,10 @@ export class GpuSupervisor implements PaymentHost {
       if (entry.kind === "gpu") {
         const ctx = entry.actor.getSnapshot().context
         // Its deadline gives back what the hold will not have used by then (billing as now, a
-        // preempted one too): money a cycle end at or after it renews on.
-        if (ctx.deadline_at !== null) {
+        // preempted one too): money a cycle end at or after it renews on. Not once its stop was
+        // asked for: the stop settles the hold (its refund is in the balance already, or comes
+        // at a pod.deleted a watch gap defers: when, nobody can foresee).
+        if (ctx.deadline_at !== null && ctx.stop_requested_at === null) {
           const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, ctx.deadline_at))
           const refund_micros = holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed) - consumed
           renewals.push({ kind: "deadline", id, ends_at: ctx.deadline_at, refund_micros, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })

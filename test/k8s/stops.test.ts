@@ -261,6 +261,42 @@ describe("a stop asked for while the watch is down settles once the driver has h
       [122 * MIN, "terminating", "terminated", "duration_expired"]
     ])
     expect(notices().filter(([, kind]) => kind !== "duration_warning")).toEqual([[122 * MIN, "terminated"]])
+    // The journal says why the deadline did not settle at once, as a terminate's entry does.
+    const deadline = engine!.ledger.journalEntries().find((e) => e.kind === "alarm" && (JSON.parse(e.payload as string) as { event: string }).event === "deadline")!
+    expect([deadline.at - START_MS, JSON.parse(deadline.payload as string)]).toEqual([121 * MIN, { id: "gi-1", at: START_MS + 121 * MIN, event: "deadline", world_behind: true }])
+  })
+
+  it("warns of a stop in full while a terminated instance's settlement waits for the API server: its refund is not foreseen at its deadline", async () => {
+    // inf-1 (2 replicas, $76.80 a cycle), gi-1 (2 h) and gi-2 (48 h, so the pooled estimate is
+    // far off) hold all of $156.80. The API server fails every request from 0:30 and gi-1 is
+    // terminated at 0:31: its settlement waits for pod.deleted. inf-1 cannot renew at 24:00 and
+    // every threshold comes before that. The forecast used to count gi-1's unused hold back at
+    // its 2:01 deadline, money that never came: one 60-minute warning at 23:44:30, then nothing.
+    const region = (name: string) => ({ name, nodes: 2, gpus_per_node: 8, image_pull_ms: 0, container_start_ms: 0, pod_stop_ms: 0 })
+    world = await K8sWorld.start({ regions: [region("eu-west"), region("us-east")], limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
+    const w = world
+    const driver = await w.driver()
+    engine = startEngine({ db: ":memory:", clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+    const e = engine
+    const sup = e.sup.sync
+    sup.openAccount("acme")
+    sup.credit("acme", "adjustment", dollars("156.80"), "Opening balance")
+    expect(Either.isRight(sup.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+    expect(Either.isRight(sup.launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+    for (const [id, region, hours] of [["gi-1", "us-east", 2], ["gi-2", "eu-west", 48]] as const) {
+      expect(Either.isRight(sup.launchGpu({ account: "acme", id, kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region, estimated_duration_hours: hours, image: null }))).toBe(true)
+    }
+    await w.advance(30 * MIN)
+    w.server.inject({ status: 503, times: Infinity })
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState !== "watching")
+    await w.advance(1 * MIN)
+    expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
+    await w.advance(26 * HOUR - (w.clock.now() - START_MS))
+    expect(e.ledger.hold("hold:gi-1")!.status).toBe("open")
+    const warnings = e.ledger.notifications().filter((n) => n.kind === "balance_warning").map((n) => [n.at - START_MS, JSON.parse(n.data ?? "{}").minutes])
+    expect(warnings).toEqual([60, 30, 20, 10, 5, 3, 1].map((m) => [24 * HOUR - m * MIN, m]))
+    expect(e.ledger.transitions().filter((t) => t.resource === "inf-1" && t.to_state === "terminating").map((t) => [t.at - START_MS, t.reason])).toEqual([[24 * HOUR, "credit_depleted"]])
   })
 
   it("preempted unseen with a replacement owed (capacity back at once), terminated in the gap: no replacement, one settlement, billed to the preemption", async () => {
