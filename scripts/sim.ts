@@ -23,6 +23,19 @@ const usage =
   "  --outage drop the engine after the work of AT and start a new one on the same ledger file\n" +
   "  (--db FILE, or a fresh file in the temporary directory, named on stderr)."
 
+/**
+ * What is wrong with `--db FILE`, as the one line to print, or null. SQLite gives two names a
+ * meaning of their own: `:memory:` is a ledger that dies with its engine (so a restart or an
+ * outage would start the next engine on nothing). A run opens its accounts on a fresh ledger:
+ * an existing file would clash with them.
+ */
+const dbProblem = (db: string, drills: boolean): string | null => {
+  if (db === ":memory:") return drills ? `--db :memory: cannot be used with --restart-at or --outage: an in-memory ledger dies with its engine; name a file or leave --db out` : null
+  if (existsSync(db)) return `--db ${db}: exists: the simulator writes a fresh ledger; remove it or name another file`
+  if (!existsSync(dirname(resolve(db)))) return `--db ${db}: its directory does not exist`
+  return null
+}
+
 const main = (): number => {
   let args
   try {
@@ -84,17 +97,17 @@ const main = (): number => {
     }
     outages.push({ at_ms, duration_ms })
   }
-  // The ledger is a SQLite file, a fresh one unless --db names one; it stays for inspection.
-  const db = args.values.db ?? join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite")
-  if (args.values.db === undefined) process.stderr.write(`ledger: ${db}\n`)
-  else {
-    // A run opens its accounts on a fresh ledger: an existing file would clash with them.
-    const problem = existsSync(db) ? "exists: the simulator writes a fresh ledger; remove it or name another file" : !existsSync(dirname(resolve(db))) ? "its directory does not exist" : null
+  // Every check of the command line comes before the run: a refused command runs nothing.
+  if (args.values.db !== undefined) {
+    const problem = dbProblem(args.values.db, restartAt.length + outages.length > 0)
     if (problem !== null) {
-      process.stderr.write(`--db ${db}: ${problem}\n`)
+      process.stderr.write(`${problem}\n`)
       return 2
     }
   }
+  // The ledger is a SQLite file, a fresh one unless --db names one; it stays for inspection.
+  const db = args.values.db ?? join(mkdtempSync(join(tmpdir(), "ecolink-sim-")), "ledger.sqlite")
+  if (args.values.db === undefined) process.stderr.write(`ledger: ${db}\n`)
   let result
   try {
     result = runTimeline(timeline, { db, restartAt, outages })
