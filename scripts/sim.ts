@@ -26,10 +26,12 @@ const usage =
 /**
  * What is wrong with `--db FILE`, as the one line to print, or null. SQLite gives two names a
  * meaning of their own: `:memory:` is a ledger that dies with its engine (so a restart or an
- * outage would start the next engine on nothing). A run opens its accounts on a fresh ledger:
- * an existing file would clash with them.
+ * outage would start the next engine on nothing) and `""` a temporary database of each
+ * connection's own (so every engine, restarted or not, would). A run opens its accounts on a
+ * fresh ledger: an existing file would clash with them.
  */
 const dbProblem = (db: string, drills: boolean): string | null => {
+  if (db === "") return `--db must name a file: SQLite gives an empty name a temporary database of each connection's own`
   if (db === ":memory:") return drills ? `--db :memory: cannot be used with --restart-at or --outage: an in-memory ledger dies with its engine; name a file or leave --db out` : null
   if (existsSync(db)) return `--db ${db}: exists: the simulator writes a fresh ledger; remove it or name another file`
   if (!existsSync(dirname(resolve(db)))) return `--db ${db}: its directory does not exist`

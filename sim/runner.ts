@@ -242,7 +242,8 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
 export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
   const db = options.db ?? ":memory:"
   const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
-  if (outages.length > 0 && db === ":memory:") throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
+  // SQLite's `:memory:` dies with its connection, and `""` is a temporary database per connection.
+  if (outages.length > 0 && (db === ":memory:" || db === "")) throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
   const stepsPerCommit = options.stepsPerCommit ?? SIM_STEPS_PER_COMMIT
   if (!Number.isSafeInteger(stepsPerCommit) || stepsPerCommit < 1) throw new Error(`stepsPerCommit must be a positive integer, got ${stepsPerCommit}`)
 

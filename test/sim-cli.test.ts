@@ -32,4 +32,9 @@ describe("npm run sim --db", () => {
     expectRefused(sim(path, "--db", ":memory:", "--outage", "PT1H/PT10M"), "--db :memory: cannot be used with --restart-at or --outage")
     expect(sim(path, "--db", ":memory:").status).toBe(0)
   })
+
+  it("refuses an empty name", () => {
+    // Proves F2: SQLite gives "" a temporary database per connection; it used to pass the checks.
+    expectRefused(sim(goodFile(), "--db", ""), "--db must name a file")
+  })
 })
