@@ -14,7 +14,7 @@ import { parseArgs } from "node:util"
 import { Either } from "effect"
 import { parseAt, parseDurationMs } from "../sim/iso.js"
 import { summarize } from "../sim/report.js"
-import { checkDeterminism, runTimeline } from "../sim/runner.js"
+import { checkDeterminism, drillProblem, runTimeline, type Drill } from "../sim/runner.js"
 import { parseTimeline } from "../sim/timeline.js"
 
 const usage =
@@ -79,6 +79,7 @@ const main = (): number => {
   }
   const timeline = parsed.right
   const restartAt: number[] = []
+  const drills: Drill[] = []
   for (const r of args.values["restart-at"] ?? []) {
     const at = parseAt(r, timeline.start_ms)
     if (at === undefined) {
@@ -86,6 +87,7 @@ const main = (): number => {
       return 2
     }
     restartAt.push(at)
+    drills.push({ at_ms: at, duration_ms: 0, label: `--restart-at ${r}` })
   }
   const outages: Array<{ at_ms: number; duration_ms: number }> = []
   for (const o of args.values.outage ?? []) {
@@ -98,6 +100,13 @@ const main = (): number => {
       return 2
     }
     outages.push({ at_ms, duration_ms })
+    drills.push({ at_ms, duration_ms, label: `--outage ${o}` })
+  }
+  // A drill the run would skip or move must not be reported as passed.
+  const drillError = drillProblem(timeline, drills)
+  if (drillError !== null) {
+    process.stderr.write(`${drillError}\n`)
+    return 2
   }
   // Every check of the command line comes before the run: a refused command runs nothing.
   if (args.values.db !== undefined) {

@@ -239,9 +239,37 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
   }
 }
 
+/** A crash drill: the engine dropped after the work of `at_ms`, back `duration_ms` later (0: a restart). */
+export interface Drill {
+  readonly at_ms: number
+  readonly duration_ms: number
+  /** How the drill was asked for, to name it in a problem (`--restart-at PT1H`); else its kind and instant. */
+  readonly label?: string
+}
+
+/**
+ * Why the drills cannot happen as asked, or null. A drill must fall within the run (from its
+ * start to `until`, both included) and outside every outage before it: a drill after `until`
+ * never happened, one before the start or inside an outage would happen at another instant,
+ * and either way the run would report a crash drill it did not do.
+ */
+export const drillProblem = (timeline: Pick<Timeline, "start_ms" | "until_ms">, drills: ReadonlyArray<Drill>): string | null => {
+  const labelOf = (d: Drill): string => d.label ?? `${d.duration_ms === 0 ? "restart" : "outage"} at ${isoInstant(d.at_ms)}`
+  let down: Drill | null = null
+  for (const d of [...drills].sort((a, b) => a.at_ms - b.at_ms)) {
+    if (d.at_ms < timeline.start_ms) return `${labelOf(d)}: before the run's start (${isoInstant(timeline.start_ms)})`
+    if (d.at_ms > timeline.until_ms) return `${labelOf(d)}: after the run's end (until ${isoInstant(timeline.until_ms)}), so it would never happen; lengthen until or move it`
+    if (down !== null && d.at_ms < down.at_ms + down.duration_ms) return `${labelOf(d)}: inside ${labelOf(down)}, while the engine is already down`
+    if (down === null || d.at_ms + d.duration_ms > down.at_ms + down.duration_ms) down = d
+  }
+  return null
+}
+
 export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
   const db = options.db ?? ":memory:"
   const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
+  const drillError = drillProblem(timeline, outages)
+  if (drillError !== null) throw new Error(drillError)
   // SQLite's `:memory:` dies with its connection, and `""` is a temporary database per connection.
   if (outages.length > 0 && (db === ":memory:" || db === "")) throw new Error("restarts need a database file: an in-memory ledger dies with its engine")
   const stepsPerCommit = options.stepsPerCommit ?? SIM_STEPS_PER_COMMIT
@@ -307,7 +335,6 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     if (++steps % stepsPerCommit === 0) engine.sup.commitBatch()
   }
   for (const outage of outages) {
-    if (outage.at_ms > timeline.until_ms) break
     clock.advanceTo(Math.max(outage.at_ms, clock.now()), step)
     engine?.sup.commitBatch()
     if (engine !== null) stopEngine(engine)

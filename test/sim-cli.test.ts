@@ -6,7 +6,8 @@ import { spawnSync } from "node:child_process"
 import { writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
-import { launch, timelineFile, tmpDb } from "./helpers.js"
+import { runTimeline } from "../sim/runner.js"
+import { decode, launch, timelineFile, tmpDb } from "./helpers.js"
 
 const ROOT = join(import.meta.dirname, "..")
 const sim = (...args: string[]) => spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "scripts", "sim.ts"), ...args], { cwd: ROOT, encoding: "utf8" })
@@ -36,5 +37,25 @@ describe("npm run sim --db", () => {
   it("refuses an empty name", () => {
     // Proves F2: SQLite gives "" a temporary database per connection; it used to pass the checks.
     expectRefused(sim(goodFile(), "--db", ""), "--db must name a file")
+  })
+})
+
+describe("npm run sim --restart-at and --outage", () => {
+  it("refuses a drill outside the run or inside an outage, instead of skipping or moving it", () => {
+    // Proves F10: a restart after until was dropped and the run exited 0, a crash drill that
+    // never happened reported as passed; one inside an outage silently happened later.
+    const path = goodFile()
+    expectRefused(sim(path, "--restart-at", "P99D"), "--restart-at P99D: after the run's end (until 2026-03-02T00:00:00.000Z), so it would never happen")
+    expectRefused(sim(path, "--outage", "P2D/PT10M"), "--outage P2D/PT10M: after the run's end")
+    expectRefused(sim(path, "--restart-at", "2026-02-28T00:00:00Z"), "--restart-at 2026-02-28T00:00:00Z: before the run's start (2026-03-01T00:00:00.000Z)")
+    expectRefused(sim(path, "--outage", "PT1H/PT1H", "--restart-at", "PT1H30M"), "--restart-at PT1H30M: inside --outage PT1H/PT1H, while the engine is already down")
+    // At the very end, and right as an outage ends, a drill still happens.
+    expect(sim(path, "--outage", "PT1H/PT1H", "--restart-at", "PT2H", "--restart-at", "P1D").status).toBe(0)
+  })
+
+  it("makes the runner refuse such a drill too", () => {
+    // Proves a library caller cannot get a vacuous crash drill either.
+    const timeline = decode(timelineFile([launch()]))
+    expect(() => runTimeline(timeline, { db: tmpDb(), restartAt: [timeline.until_ms + 1] })).toThrow(/after the run's end/)
   })
 })
