@@ -5,6 +5,12 @@
 import { uniformInt } from "pure-rand/distribution/uniformInt"
 import { xoroshiro128plus } from "pure-rand/generator/xoroshiro128plus"
 
+/**
+ * The largest seed: xoroshiro128plus takes a 32-bit integer (`seed | 0`), so the seeds from 0
+ * to 2^32 − 1 are all the distinct worlds there are; a larger one would wrap onto one of them.
+ */
+export const PRNG_SEED_MAX = 2 ** 32 - 1
+
 export class Prng {
   private readonly rng: ReturnType<typeof xoroshiro128plus>
 

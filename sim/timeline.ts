@@ -9,6 +9,7 @@ import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import type { SimRegion } from "./cluster.js"
 import { parseAt, parseDurationMs, parseInstantMs } from "./iso.js"
+import { PRNG_SEED_MAX } from "./prng.js"
 
 const Dollars = Schema.String.pipe(
   Schema.pattern(/^-?\d{1,12}(\.\d{1,6})?$/, { message: () => "a decimal string of dollars with at most 6 decimals, like \"1.60\"" })
@@ -26,6 +27,10 @@ const At = Schema.String.pipe(
 const Id = Schema.String.pipe(Schema.pattern(policy.RESOURCE_ID_RE, { message: () => "an id of letters, digits, '.', '_' or '-' (at most 63)" }))
 const Count = (max: number) => Schema.Int.pipe(Schema.between(1, max))
 const Probability = Schema.Number.pipe(Schema.between(0, 1))
+/** Only the seeds the PRNG tells apart: a larger one was silently cut to 32 bits (4294967338 ran as 42). */
+const Seed = Schema.Number.pipe(
+  Schema.filter((n) => Number.isInteger(n) && n >= 0 && n <= PRNG_SEED_MAX, { message: () => `an integer from 0 to ${PRNG_SEED_MAX} (the simulator's PRNG takes a 32-bit seed)` })
+)
 
 const Region = Schema.Struct({
   nodes: Count(10_000),
@@ -181,7 +186,7 @@ const FIELDS_OF: ReadonlyMap<string, ReadonlySet<string>> = new Map(
 
 const TimelineFile = Schema.Struct({
   start: Schema.String.pipe(Schema.filter((s) => parseInstantMs(s) !== undefined, { message: () => "an ISO-8601 instant like 2026-03-01T00:00:00Z" })),
-  seed: Schema.optionalWith(Schema.Int, { default: () => 0 }),
+  seed: Schema.optionalWith(Seed, { default: () => 0 }),
   until: Schema.optional(At),
   catalog: Catalog,
   /** Extension: `"per_minute"` aggregates API usage into one row per account, model and minute. */
