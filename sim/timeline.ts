@@ -32,30 +32,53 @@ const Seed = Schema.Number.pipe(
   Schema.filter((n) => Number.isInteger(n) && n >= 0 && n <= PRNG_SEED_MAX, { message: () => `an integer from 0 to ${PRNG_SEED_MAX} (the simulator's PRNG takes a 32-bit seed)` })
 )
 
-const Region = Schema.Struct({
-  nodes: Count(10_000),
-  gpus_per_node: Count(policy.GPU_COUNT_MAX),
-  image_pull: Schema.optional(Duration),
-  image_pull_jitter: Schema.optional(Duration),
-  container_start: Schema.optional(Duration),
-  pod_stop: Schema.optional(Duration),
-  pull_failure_probability: Schema.optional(Probability),
-  preemption_mean_interval: Schema.optional(Duration),
-  preemption_duration: Schema.optional(Duration)
-})
+/**
+ * A short picture of a value for a message: a file that is not the right shape must not be
+ * printed back whole (a root array once dumped the whole file on one line).
+ */
+const ACTUAL_TEXT_MAX = 40
+const actualOf = (value: unknown): string => {
+  if (Array.isArray(value)) return "an array"
+  if (value === null) return "null"
+  if (typeof value === "object") return "an object"
+  const text = JSON.stringify(value) ?? String(value)
+  return text.length > ACTUAL_TEXT_MAX ? `${text.slice(0, ACTUAL_TEXT_MAX)}…` : text
+}
+/** `schema`'s message when the value is not even of its shape: `Expected <what>, actual <value>`, not its AST. */
+const shaped = <S extends Schema.Annotable.All>(schema: S, what: string): S =>
+  schema.annotations({ message: (issue: ParseResult.ParseIssue) => `Expected ${what}, actual ${actualOf(issue.actual)}` }) as S
 
-const Catalog = Schema.Struct({
-  gpus: Schema.Record({ key: Schema.String, value: Schema.Struct({ hourly_rate: PositiveDollars }) }),
-  regions: Schema.Record({ key: Schema.String, value: Region }),
-  storage: Schema.optional(
-    Schema.Struct({
-      cloud_drive: Schema.optional(Schema.Struct({ daily_rate_per_gb: NonNegativeDollars })),
-      shared_fs: Schema.optional(Schema.Struct({ daily_rate_per_gb: NonNegativeDollars }))
-    })
-  ),
-  /** Platform models and their per-request prices (`null` for a model without a price). */
-  models: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.NullOr(Schema.Record({ key: Schema.String, value: Schema.String })) }))
-})
+const Region = shaped(
+  Schema.Struct({
+    nodes: Count(10_000),
+    gpus_per_node: Count(policy.GPU_COUNT_MAX),
+    image_pull: Schema.optional(Duration),
+    image_pull_jitter: Schema.optional(Duration),
+    container_start: Schema.optional(Duration),
+    pod_stop: Schema.optional(Duration),
+    pull_failure_probability: Schema.optional(Probability),
+    preemption_mean_interval: Schema.optional(Duration),
+    preemption_duration: Schema.optional(Duration)
+  }),
+  "an object of region fields"
+)
+const Gpu = shaped(Schema.Struct({ hourly_rate: PositiveDollars }), "an object { hourly_rate }")
+const StorageRate = shaped(Schema.Struct({ daily_rate_per_gb: NonNegativeDollars }), "an object { daily_rate_per_gb }")
+const Storage = shaped(Schema.Struct({ cloud_drive: Schema.optional(StorageRate), shared_fs: Schema.optional(StorageRate) }), "an object { cloud_drive?, shared_fs? }")
+
+const Catalog = shaped(
+  Schema.Struct({
+    gpus: shaped(Schema.Record({ key: Schema.String, value: Gpu }), "an object of GPU types"),
+    regions: shaped(Schema.Record({ key: Schema.String, value: Region }), "an object of regions"),
+    storage: Schema.optional(Storage),
+    /**
+     * Platform models and their per-request prices (`null` for a model without a price), each
+     * decoded by the engine's own `parseModelCatalog`, which names the field at fault.
+     */
+    models: Schema.optional(shaped(Schema.Record({ key: Schema.String, value: Schema.Unknown }), "an object of models"))
+  }),
+  "an object { gpus, regions, storage?, models? }"
+)
 
 const base = { at: At }
 
@@ -184,6 +207,21 @@ const FIELDS_OF: ReadonlyMap<string, ReadonlySet<string>> = new Map(
   [...EVENT_SCHEMAS].map(([kind, schema]) => [kind, new Set(Object.keys((schema as unknown as { fields: Record<string, unknown> }).fields))])
 )
 
+const Payments = shaped(Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability) }), "an object { webhook_delay?, duplicate_probability? }")
+const Account = shaped(
+  Schema.Struct({
+    balance: NonNegativeDollars.pipe(
+      Schema.filter((s) => dollars(s) <= policy.WALLET_BALANCE_MAX_MICROS, { message: () => `at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)} (a wallet's limit)` })
+    )
+  }),
+  "an object { balance }"
+)
+
+/** One message for the union, not its first member's ("Expected \"per_request\"" for "per_minute" too). */
+const UsageRows = Schema.Literal("per_request", "per_minute").annotations({
+  message: (issue: ParseResult.ParseIssue) => ({ message: `Expected "per_request" or "per_minute", actual ${actualOf(issue.actual)}`, override: true })
+})
+
 const TimelineFile = Schema.Struct({
   start: Schema.String.pipe(Schema.filter((s) => parseInstantMs(s) !== undefined, { message: () => "an ISO-8601 instant like 2026-03-01T00:00:00Z" })),
   seed: Schema.optionalWith(Seed, { default: () => 0 }),
@@ -191,29 +229,46 @@ const TimelineFile = Schema.Struct({
   catalog: Catalog,
   /** Extension: `"per_minute"` aggregates API usage into one row per account, model and minute. */
   /** Extension: the simulated payment provider's webhook delay and duplicate deliveries. */
-  payments: Schema.optional(Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability) })),
-  api_usage_rows: Schema.optionalWith(Schema.Literal("per_request", "per_minute"), { default: () => "per_request" as const }),
-  accounts: Schema.Record({
-    key: Id,
-    value: Schema.Struct({
-      balance: NonNegativeDollars.pipe(
-        Schema.filter((s) => dollars(s) <= policy.WALLET_BALANCE_MAX_MICROS, { message: () => `at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)} (a wallet's limit)` })
-      )
-    })
-  }),
-  events: Schema.Array(Schema.Unknown).pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
+  payments: Schema.optional(Payments),
+  api_usage_rows: Schema.optionalWith(UsageRows, { default: () => "per_request" as const }),
+  accounts: shaped(Schema.Record({ key: Id, value: Account }), "an object of accounts by id"),
+  events: shaped(Schema.Array(Schema.Unknown), "an array of events").pipe(Schema.maxItems(policy.TIMELINE_EVENTS_MAX))
 })
 
-const issuesOf = (error: ParseResult.ParseError, prefix: ReadonlyArray<PropertyKey> = []): string[] =>
-  ParseResult.ArrayFormatter.formatErrorSync(error).map((i) => {
-    const path = [...prefix, ...i.path]
-    return `${path.length > 0 ? path.join(".") : "(root)"}: ${i.message}`
-  })
+/**
+ * An optional field is `X | undefined` and a nullable one `X | null`: a bad value fails each
+ * member, so besides the real problem inside it Effect reports "Expected undefined, actual …"
+ * at the field and at each optional object around it. That is noise wherever a problem at or
+ * below the same path says what is wrong.
+ */
+const isAlternativeNoise = (message: string): boolean => message.startsWith("Expected undefined, actual ") || message.startsWith("Expected null, actual ")
+const within = (path: ReadonlyArray<PropertyKey>, outer: ReadonlyArray<PropertyKey>): boolean => path.length >= outer.length && outer.every((k, n) => k === path[n])
+
+/** Effect's "Expected …, actual <value>" with a long value shortened (no message prints a whole object back). */
+const shortened = (message: string): string => {
+  const at = message.indexOf(", actual ")
+  if (at < 0 || message.length - at - 9 <= ACTUAL_TEXT_MAX) return message
+  const actual = message.slice(at + 9)
+  const picture = actual.startsWith("[") ? "an array" : actual.startsWith("{") ? "an object" : `${actual.slice(0, ACTUAL_TEXT_MAX)}…`
+  return `${message.slice(0, at)}, actual ${picture}`
+}
+
+const issuesOf = (error: ParseResult.ParseError, prefix: ReadonlyArray<PropertyKey> = []): string[] => {
+  const issues = ParseResult.ArrayFormatter.formatErrorSync(error)
+  return issues
+    .filter((i) => !(isAlternativeNoise(i.message) && issues.some((j) => j !== i && within(j.path, i.path))))
+    .map((i) => {
+      const path = [...prefix, ...i.path]
+      return `${path.length > 0 ? path.join(".") : "(root)"}: ${shortened(i.message)}`
+    })
+}
 
 /** Decodes one event against the schema of its own `do`, so errors name that kind's fields. */
 const decodeEvent = (input: unknown, index: number): Either.Either<TimelineEventInput, string[]> => {
-  const kind = typeof input === "object" && input !== null ? (input as { do?: unknown }).do : undefined
+  if (typeof input !== "object" || input === null || Array.isArray(input)) return Either.left([`events.${index}: Expected an event (an object { at, do, … }), actual ${actualOf(input)}`])
+  const kind = (input as { do?: unknown }).do
   const schema = typeof kind === "string" ? EVENT_SCHEMAS.get(kind) : undefined
+  if (kind === undefined) return Either.left([`events.${index}.do: is missing`])
   if (schema === undefined) {
     return Either.left([`events.${index}.do: unknown event kind ${JSON.stringify(kind)} (known: ${[...EVENT_SCHEMAS.keys()].join(", ")})`])
   }
@@ -257,6 +312,9 @@ const ms = (text: string | undefined, fallback: string): number => parseDuration
 
 /** Decodes a parsed JSON value into a timeline, or every problem found with its path. */
 export const decodeTimeline = (input: unknown): Either.Either<Timeline, TimelineError> => {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    return Either.left(new TimelineError([`(root): Expected a timeline (an object { start, catalog, accounts, events, … }), actual ${actualOf(input)}`]))
+  }
   const decoded = Schema.decodeUnknownEither(TimelineFile, { errors: "all" })(input)
   const issues: string[] = Either.isLeft(decoded) ? issuesOf(decoded.left) : []
   const rawEvents = Either.isRight(decoded) ? decoded.right.events : Array.isArray((input as { events?: unknown })?.events) ? ((input as { events: unknown[] }).events.slice(0, policy.TIMELINE_EVENTS_MAX)) : []
@@ -288,8 +346,10 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   for (const e of ordered) if (e.at_ms > until_ms) issues.push(`events.${e.index}.at: after until (${new Date(until_ms).toISOString()}); lengthen until or remove the event`)
   if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
+  // parseModelCatalog names its fields from `models`: `models.<id>.<price field>`, or
+  // `models.<id>.` for a price that is not an object.
   const prices = parseModelCatalog((file.catalog.models ?? {}) as Record<string, ModelPriceJson>)
-  if (Either.isLeft(prices)) issues.push(`catalog.models.${prices.left.field}: ${prices.left.message}`)
+  if (Either.isLeft(prices)) issues.push(`catalog.${prices.left.field.replace(/\.$/, "")}: ${prices.left.message}`)
   if (issues.length > 0 || Either.isLeft(prices)) return Either.left(new TimelineError(dedupe(issues)))
 
   const regions: SimRegion[] = Object.entries(file.catalog.regions).map(([name, r]) => ({
