@@ -4,7 +4,7 @@
  * events are in the order they apply (time, then file order).
  */
 import { Either, ParseResult, Schema } from "effect"
-import { parseModelCatalog, type ModelPrice, type ModelPriceJson } from "../src/metering.js"
+import { parseModelCatalog, PRICE_FIELDS, type ModelPrice, type ModelPriceJson } from "../src/metering.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import type { SimRegion } from "./cluster.js"
@@ -236,6 +236,52 @@ const TimelineFile = Schema.Struct({
 })
 
 /**
+ * The keys each object of a file may hold outside its events (whose kinds have their own
+ * check): `fields` a fixed set (a struct's), `entries` any name (a map of regions, accounts…)
+ * each of the inner shape; null, a value not looked into. Taken from the schemas' own fields,
+ * so a field added to a schema is known here too.
+ */
+type Shape = { readonly fields: ReadonlyMap<string, Shape | null> } | { readonly entries: Shape | null }
+const fieldsOf = (schema: { readonly fields: Readonly<Record<string, unknown>> }, nested: Readonly<Record<string, Shape>> = {}): Shape => ({
+  fields: new Map(Object.keys(schema.fields).map((k) => [k, nested[k] ?? null]))
+})
+const FILE_SHAPE: Shape = fieldsOf(TimelineFile, {
+  catalog: fieldsOf(Catalog, {
+    gpus: { entries: fieldsOf(Gpu) },
+    regions: { entries: fieldsOf(Region) },
+    storage: fieldsOf(Storage, { cloud_drive: fieldsOf(StorageRate), shared_fs: fieldsOf(StorageRate) }),
+    models: { entries: { fields: new Map(PRICE_FIELDS.map((k) => [k, null])) } }
+  }),
+  payments: fieldsOf(Payments),
+  accounts: { entries: fieldsOf(Account) }
+})
+
+/** A key starting with `_` is a comment, wherever it is (the examples' `_why`). */
+const isComment = (key: string): boolean => key.startsWith("_")
+
+/**
+ * `value` without its comment keys, as far as `shape` reaches; each key `shape` does not know
+ * is a problem: a typo (`untill`, `image_pul`, `cloud_drvie`) would otherwise be ignored and
+ * the run would quietly use a default. A value of another type is left for the schema to refuse.
+ */
+const withoutComments = (value: unknown, shape: Shape | null, path: string, issues: string[]): unknown => {
+  if (shape === null || typeof value !== "object" || value === null || Array.isArray(value)) return value
+  const kept: Array<[string, unknown]> = []
+  for (const [key, inner] of Object.entries(value)) {
+    if (isComment(key)) continue
+    if ("entries" in shape) {
+      kept.push([key, withoutComments(inner, shape.entries, `${path}${key}.`, issues)])
+    } else if (shape.fields.has(key)) {
+      kept.push([key, withoutComments(inner, shape.fields.get(key)!, `${path}${key}.`, issues)])
+    } else {
+      issues.push(`${path}${key}: is unexpected (known: ${[...shape.fields.keys()].join(", ")})`)
+    }
+  }
+  // fromEntries defines each key as the file's own ("__proto__" too), never through a setter.
+  return Object.fromEntries(kept)
+}
+
+/**
  * An optional field is `X | undefined` and a nullable one `X | null`: a bad value fails each
  * member, so besides the real problem inside it Effect reports "Expected undefined, actual …"
  * at the field and at each optional object around it. That is noise wherever a problem at or
@@ -276,7 +322,7 @@ const decodeEvent = (input: unknown, index: number): Either.Either<TimelineEvent
   // would otherwise launch without the storage. (Checked here against the kind's field names:
   // the schema's own excess-property check costs half of decoding a large fleet.)
   const fields = FIELDS_OF.get(kind as string)!
-  const unexpected = Object.keys(input as object).filter((k) => !fields.has(k)).map((k) => `events.${index}.${k}: is unexpected`)
+  const unexpected = Object.keys(input as object).filter((k) => !fields.has(k) && !isComment(k)).map((k) => `events.${index}.${k}: is unexpected`)
   const decoded = Schema.decodeUnknownEither(schema, { errors: "all" })(input) as Either.Either<TimelineEventInput, ParseResult.ParseError>
   if (unexpected.length > 0) return Either.left([...unexpected, ...(Either.isLeft(decoded) ? issuesOf(decoded.left, ["events", index]) : [])])
   return Either.mapLeft(decoded, (e) => issuesOf(e, ["events", index]))
@@ -315,9 +361,11 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (typeof input !== "object" || input === null || Array.isArray(input)) {
     return Either.left(new TimelineError([`(root): Expected a timeline (an object { start, catalog, accounts, events, … }), actual ${actualOf(input)}`]))
   }
-  const decoded = Schema.decodeUnknownEither(TimelineFile, { errors: "all" })(input)
-  const issues: string[] = Either.isLeft(decoded) ? issuesOf(decoded.left) : []
-  const rawEvents = Either.isRight(decoded) ? decoded.right.events : Array.isArray((input as { events?: unknown })?.events) ? ((input as { events: unknown[] }).events.slice(0, policy.TIMELINE_EVENTS_MAX)) : []
+  const issues: string[] = []
+  const file_input = withoutComments(input, FILE_SHAPE, "", issues) as Record<string, unknown>
+  const decoded = Schema.decodeUnknownEither(TimelineFile, { errors: "all" })(file_input)
+  if (Either.isLeft(decoded)) issues.push(...issuesOf(decoded.left))
+  const rawEvents = Either.isRight(decoded) ? decoded.right.events : Array.isArray(file_input["events"]) ? (file_input["events"] as unknown[]).slice(0, policy.TIMELINE_EVENTS_MAX) : []
   const eventInputs: TimelineEventInput[] = []
   rawEvents.forEach((raw, index) => {
     const e = decodeEvent(raw, index)
@@ -327,7 +375,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (Either.isLeft(decoded) || issues.length > 0) return Either.left(new TimelineError(dedupe(issues)))
   const file = decoded.right
   // A key that is not an id is dropped by the record's schema, not refused: refuse it here.
-  for (const key of Object.keys((input as { accounts: object }).accounts)) {
+  for (const key of Object.keys(file_input["accounts"] as object)) {
     if (!Object.hasOwn(file.accounts, key)) issues.push(`accounts.${key}: an id of letters, digits, '.', '_' or '-' (at most 63)`)
   }
   const start_ms = parseInstantMs(file.start)!

@@ -2,10 +2,20 @@
  * The timeline decoder (sim/timeline.ts) refuses what no run can mean, each problem on one
  * line with its exact path in the file, and takes every shipped timeline as it is.
  */
+import { readdirSync, readFileSync } from "node:fs"
+import { join } from "node:path"
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
 import { decodeTimeline } from "../sim/timeline.js"
-import { launch, timelineFile } from "./helpers.js"
+import { launch, run, timelineFile } from "./helpers.js"
+
+const ROOT = join(import.meta.dirname, "..")
+const shipped = ["sim/examples", "test/regressions"].flatMap((dir) =>
+  readdirSync(join(ROOT, dir))
+    .filter((f) => f.endsWith(".json"))
+    .sort()
+    .map((f) => join(dir, f))
+)
 
 /** The decoder's problems for `file` (an empty list when it decodes). */
 const problems = (file: unknown): ReadonlyArray<string> => {
@@ -49,5 +59,54 @@ describe("problem paths", () => {
       [null, ["(root): Expected a timeline (an object { start, catalog, accounts, events, … }), actual null"]]
     ]
     for (const [file, expected] of cases) expect(problems(file)).toEqual(expected)
+  })
+})
+
+describe("unknown keys outside events", () => {
+  const good = timelineFile([launch()]) as { catalog: Record<string, unknown> } & Record<string, unknown>
+  const region = { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
+
+  it("are refused at the top level, in the catalog and its entries, in payments and in accounts", () => {
+    // Proves F7: a typo was ignored and the run quietly used a default (`untill`: the run ended a
+    // day after the last event; `image_pul`: the default pull; `cloud_drvie`: storage unpriced).
+    const cases: Array<[unknown, string]> = [
+      [{ ...good, untill: "PT1H" }, "untill: is unexpected (known: start, seed, until, catalog, payments, api_usage_rows, accounts, events)"],
+      [{ ...good, catalog: { ...good.catalog, regions: { "us-east": { ...region, image_pul: "PT5M" } } } }, "catalog.regions.us-east.image_pul: is unexpected (known: nodes, gpus_per_node, image_pull,"],
+      [{ ...good, payments: { duplicate_probabilty: 0.5 } }, "payments.duplicate_probabilty: is unexpected (known: webhook_delay, duplicate_probability)"],
+      [{ ...good, catalog: { ...good.catalog, storage: { cloud_drvie: { daily_rate_per_gb: "0.01" } } } }, "catalog.storage.cloud_drvie: is unexpected (known: cloud_drive, shared_fs)"],
+      [{ ...good, catalog: { ...good.catalog, storage: { cloud_drive: { daily_rate: "0.01" } } } }, "catalog.storage.cloud_drive.daily_rate: is unexpected (known: daily_rate_per_gb)"],
+      [{ ...good, catalog: { ...good.catalog, model: {} } }, "catalog.model: is unexpected (known: gpus, regions, storage, models)"],
+      [{ ...good, catalog: { ...good.catalog, gpus: { H100: { hourly_rate: "1.60", vram_gb: 80 } } } }, "catalog.gpus.H100.vram_gb: is unexpected (known: hourly_rate)"],
+      [{ ...good, catalog: { ...good.catalog, models: { m: { input_per_1k_tokens: "0.15" } } } }, "catalog.models.m.input_per_1k_tokens: is unexpected (known: input_per_1m_tokens, output_per_1m_tokens, per_image, per_second)"],
+      [{ ...good, accounts: { acme: { balance: "1.00", currency: "usd" } } }, "accounts.acme.currency: is unexpected (known: balance)"]
+    ]
+    for (const [file, message] of cases) expect(problems(file)).toContainEqual(expect.stringContaining(message))
+  })
+
+  it("starting with _ are comments anywhere, and change nothing", () => {
+    // Proves the allow-list: the examples' top-level `_why`, and the same anywhere else.
+    const plain = timelineFile([launch(), { at: "PT1H", do: "terminate", id: "gi-1" }], {
+      catalog: { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": region }, storage: { cloud_drive: { daily_rate_per_gb: "0.004" } }, models: { m: { per_image: "0.01" } } },
+      payments: { webhook_delay: "PT1S" }
+    })
+    const commented = timelineFile([{ ...launch(), _note: "the launch" }, { at: "PT1H", do: "terminate", id: "gi-1", _: 1 }], {
+      _why: "comments everywhere",
+      catalog: {
+        _: "catalog",
+        gpus: { _about: "prices", H100: { hourly_rate: "1.60", _source: "list" } },
+        regions: { _r: 1, "us-east": { ...region, _pull: "fast" } },
+        storage: { _s: null, cloud_drive: { daily_rate_per_gb: "0.004", _unit: "GB-day" } },
+        models: { _m: "not a model", m: { per_image: "0.01", _unit: "image" } }
+      },
+      payments: { webhook_delay: "PT1S", _p: true },
+      accounts: { _a: "not an account", acme: { balance: "100.00", _owner: "finance" } }
+    })
+    expect(problems(commented)).toEqual([])
+    expect(JSON.stringify(run(commented).output)).toBe(JSON.stringify(run(plain).output))
+  })
+
+  it("leave every shipped timeline as it decodes", () => {
+    // Proves the examples and regression files (with their `_why`) still decode untouched.
+    for (const path of shipped) expect([path, problems(JSON.parse(readFileSync(join(ROOT, path), "utf8")))]).toEqual([path, []])
   })
 })
