@@ -9,6 +9,7 @@
  */
 import { Lane, type EngineClock } from "../src/clock.js"
 import type { CardResult, EventOutcome, IntentRequest, IntentResult, PaymentEvent, PaymentsPort } from "../src/payments.js"
+import { errorStatus, NotFound } from "../src/errors.js"
 import { microsOfCents } from "../src/payments.js"
 import type { Micros } from "../src/money.js"
 import type { WorldOutcome } from "./cluster.js"
@@ -29,7 +30,8 @@ export const SIM_WEBHOOK_ATTEMPTS_MAX = 1_000
  * The provider of a timeline's world. It has its own seeded source, so adding payments to a
  * timeline leaves the cluster's random draws (and so every other output) as they were.
  */
-export const simPaymentsFor = (clock: EngineClock, seed: number, options: SimPaymentsOptions): SimPayments => new SimPayments(clock, new Prng(seed ^ 0x5eed_9a7), options)
+export const simPaymentsFor = (clock: EngineClock, seed: number, options: SimPaymentsOptions, accounts: Iterable<string>): SimPayments =>
+  new SimPayments(clock, new Prng(seed ^ 0x5eed_9a7), options, new Set(accounts))
 
 interface SimRefund {
   readonly id: string
@@ -73,7 +75,9 @@ export class SimPayments implements PaymentsPort {
   constructor(
     private readonly clock: EngineClock,
     private readonly prng: Prng,
-    private readonly options: SimPaymentsOptions
+    private readonly options: SimPaymentsOptions,
+    /** The timeline's accounts: the provider has a customer for each, and for no one else. */
+    private readonly accounts: ReadonlySet<string>
   ) {}
 
   createIntent(req: IntentRequest, done: (r: IntentResult) => void): void {
@@ -88,8 +92,13 @@ export class SimPayments implements PaymentsPort {
     this.later(`card:${req.account}`, () => done({ ok: true, customer: `cus_${req.account}`, payment_method: req.payment_method }))
   }
 
-  /** The account's card declines its next `count` charges. */
+  /**
+   * The account's card declines its next `count` charges. An account the timeline does not
+   * have is refused as the engine refuses one (404 `account_not_found`), not remembered: a
+   * typo would otherwise decline nothing, silently.
+   */
   declineNext(account: string, count: number): WorldOutcome {
+    if (!this.accounts.has(account)) return { ok: false, ...errorStatus(new NotFound({ code: "account_not_found", id: account })) }
     this.declines.set(account, (this.declines.get(account) ?? 0) + count)
     return { ok: true }
   }

@@ -277,7 +277,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
 
   const clock = new VirtualClock(timeline.start_ms)
   const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
-  const payments = simPaymentsFor(clock, timeline.seed, timeline.payments)
+  const payments = simPaymentsFor(clock, timeline.seed, timeline.payments, timeline.accounts.map((a) => a.id))
   const startEngine = (): Engine =>
     startSimEngine({
       payments,

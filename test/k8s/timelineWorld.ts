@@ -161,7 +161,7 @@ export const runTimelineInKubernetes = async (
     }
   }
   const world = await K8sWorld.start({ start_ms: timeline.start_ms, regions: timeline.regions })
-  const payments = simPaymentsFor(world.clock, timeline.seed, timeline.payments)
+  const payments = simPaymentsFor(world.clock, timeline.seed, timeline.payments, timeline.accounts.map((a) => a.id))
   let driver = await world.driver()
   let cluster = new MissEvents(driver)
   const start = (): KubeEngine => startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
