@@ -59,6 +59,9 @@ interface SimIntent {
   refunded_acked_cents: number
 }
 
+/** What the simulated provider says of a declined card (Stripe's text for `card_declined`). */
+export const SIM_DECLINE_MESSAGE = "Your card was declined."
+
 /** Why a simulated refund fails: Stripe's test card `pm_card_refundFail` fails its refunds so. */
 export const SIM_REFUND_FAILURE_REASON = "expired_or_canceled_card"
 
@@ -221,7 +224,7 @@ export class SimPayments implements PaymentsPort {
     // intent is created fine and the customer's confirmation then fails.
     const result: IntentResult =
       declined && offSession
-        ? { ok: false, intent_id: id, code: "card_declined", message: "Your card was declined.", declined: true }
+        ? { ok: false, intent_id: id, code: "card_declined", message: SIM_DECLINE_MESSAGE, declined: true }
         : { ok: true, intent_id: id, client_secret: `${id}_secret`, status: offSession ? "succeeded" : "requires_payment_method" }
     this.byKey.set(req.idempotency_key, result)
     this.later(req.idempotency_key, () => done(result))

@@ -15,10 +15,11 @@ import type { ClusterPort } from "../src/cluster.js"
 import { assert, errorStatus, type EngineError } from "../src/errors.js"
 import type { LedgerStore } from "../src/ledger/store.js"
 import type { ModelPrice } from "../src/metering.js"
+import type { PaymentBook } from "../src/payments.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, ReconcileAudit, sqliteNotifierAndJournal } from "../src/services.js"
-import { simPaymentsFor, type SimPayments } from "./payments.js"
+import { SIM_DECLINE_MESSAGE, simPaymentsFor, type SimPayments } from "./payments.js"
 import { INFERENCE_KIND, replicaResource, STORAGE_KINDS } from "../src/resources.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../src/supervisor.js"
 import type { StorageSnapshot } from "../machines/storage.js"
@@ -160,7 +161,7 @@ export interface Refusal {
  * (`SupervisorApi.sync`): the same code as its Effects, without a fiber per input; a defect
  * still throws out of the run. `sup` is null while the control plane is down (503).
  */
-export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: TimelineWorld): Refusal | null => {
+export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: TimelineWorld, onTopUp?: (payment_id: string) => void): Refusal | null => {
   const call = <A>(command: (sync: SupervisorSync) => Either.Either<A, EngineError>): Refusal | null => {
     if (sup === null) return { status: 503, error: "engine_unavailable", message: "the control plane is down" }
     const result = command(sup.sync)
@@ -204,7 +205,11 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
     case "top_up": {
       const amount = dollars(e.amount)
       if (amount < policy.TOP_UP_MIN_MICROS || amount > policy.TOP_UP_MAX_MICROS) return { status: 400, error: "invalid_amount", message: "a top-up is $1 to $1,000 per transaction" }
-      return call(() => sup!.payments!.startTopUp(e.account, amount))
+      return call(() => {
+        const started = sup!.payments!.startTopUp(e.account, amount)
+        if (Either.isRight(started)) onTopUp?.(started.right.id)
+        return started
+      })
     }
     case "set_auto_recharge":
       return call(() => sup!.payments!.setAutoRecharge(e.account, { threshold_micros: dollars(e.threshold), amount_micros: dollars(e.amount), payment_method: e.payment_method ?? "pm_card_visa" }))
@@ -265,6 +270,32 @@ export const drillProblem = (timeline: Pick<Timeline, "start_ms" | "until_ms">, 
   return null
 }
 
+/** A top-up the engine took: its input and the payment it wrote. */
+export interface TopUpStarted {
+  readonly event: TimelineEvent
+  readonly payment_id: string
+}
+
+/**
+ * The top-ups whose payment failed, as the refusals they are: TIMELINE.md reports a refused
+ * input with its code, and a declined card refuses a top-up as the API does (402
+ * `payment_failed` with the provider's message, src/api/routes/payments.ts). The engine takes
+ * the input, and learns of the decline when the provider's `payment_intent.payment_failed`
+ * arrives (at the same instant by default, or `webhook_delay` later), so this reads the
+ * payments as the engine left them: a top-up whose failure it has not heard of by the end is
+ * not reported. The simulated provider fails a top-up only by declining the card.
+ */
+export const declinedTopUps = (book: PaymentBook | null, started: ReadonlyArray<TopUpStarted>): Rejected[] =>
+  started.flatMap(({ event, payment_id }) => {
+    const payment = book?.payment(payment_id)
+    if (payment?.status !== "failed") return []
+    return [{ at: isoInstant(event.at_ms), event: event.index, do: event.do, status: 402, error: "payment_failed", message: `${SIM_DECLINE_MESSAGE} (payment ${payment_id}: ${payment.failure_code ?? "failed"})` }]
+  })
+
+/** `rejected` with `late` among them, in the order the inputs applied (by instant, then file position). */
+export const withLateRefusals = (rejected: ReadonlyArray<Rejected>, late: ReadonlyArray<Rejected>): ReadonlyArray<Rejected> =>
+  late.length === 0 ? rejected : [...rejected, ...late].sort((a, b) => Date.parse(a.at) - Date.parse(b.at) || a.event - b.event)
+
 export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunResult => {
   const db = options.db ?? ":memory:"
   const outages = [...(options.restartAt ?? []).map((at_ms) => ({ at_ms, duration_ms: 0 })), ...(options.outages ?? [])].sort((a, b) => a.at_ms - b.at_ms)
@@ -307,8 +338,9 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
     missEvents: (id, count) => cluster.missEvents(id, count),
     payments
   }
+  const topUps: TopUpStarted[] = []
   const apply = (e: TimelineEvent): void => {
-    const refusal = applyInput(e, engine?.sup ?? null, world)
+    const refusal = applyInput(e, engine?.sup ?? null, world, (payment_id) => topUps.push({ event: e, payment_id }))
     if (refusal !== null) reject(e, refusal)
   }
 
@@ -352,10 +384,11 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const engine_down = outages.filter((o) => o.duration_ms > 0).map((o) => ({ from_ms: o.at_ms, to_ms: Math.min(o.at_ms + o.duration_ms, timeline.until_ms) }))
   const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount(), engine_down, world_phases: cluster.phaseHistory() }
   const engine_events = last.ledger.journalLength()
+  const refused = withLateRefusals(rejected, declinedTopUps(last.sup.payments, topUps))
   stopEngine(last)
   options.onPhase?.("read")
   const violations = checkInvariants(facts)
-  const output = render(facts, rejected, violations)
+  const output = render(facts, refused, violations)
   options.onPhase?.("checked")
   return { output, facts, engine_events }
 }

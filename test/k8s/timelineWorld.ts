@@ -20,7 +20,18 @@ import * as policy from "../../src/policy.js"
 import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
-import { applyInput, startSimEngine, stopEngine as stopSimEngine, type Engine, type Rejected, type RunResult, type TimelineWorld } from "../../sim/runner.js"
+import {
+  applyInput,
+  declinedTopUps,
+  startSimEngine,
+  stopEngine as stopSimEngine,
+  withLateRefusals,
+  type Engine,
+  type Rejected,
+  type RunResult,
+  type TimelineWorld,
+  type TopUpStarted
+} from "../../sim/runner.js"
 import type { Timeline, TimelineEvent } from "../../sim/timeline.js"
 import { isoInstant } from "../../sim/iso.js"
 import { K8sWorld, type SteppedClock } from "./harness.js"
@@ -181,8 +192,9 @@ export const runTimelineInKubernetes = async (
     missEvents: (id, count) => cluster.missEvents(id, count),
     payments
   }
+  const topUps: TopUpStarted[] = []
   const apply = (e: TimelineEvent): void => {
-    const refusal = applyInput(e, engine?.sup ?? null, hands)
+    const refusal = applyInput(e, engine?.sup ?? null, hands, (payment_id) => topUps.push({ event: e, payment_id }))
     if (refusal !== null) rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, ...refusal })
   }
 
@@ -210,7 +222,8 @@ export const runTimelineInKubernetes = async (
   last.sup.settleApiUsage()
   return {
     ledger: last.ledger,
-    rejected,
+    // A top-up the card declined is refused too, as in the simulated runner.
+    rejected: withLateRefusals(rejected, declinedTopUps(last.sup.payments, topUps)),
     world,
     engine: last,
     finish: async () => {
