@@ -74,7 +74,8 @@ const main = (): number => {
   }
   const parsed = parseTimeline(text)
   if (Either.isLeft(parsed)) {
-    process.stderr.write(`${file}: ${parsed.left.message}\n`)
+    // One line per problem, each whole on its own (file: path: what is wrong), like a compiler's.
+    for (const issue of parsed.left.issues) process.stderr.write(`${file}: ${issue}\n`)
     return 2
   }
   const timeline = parsed.right

@@ -59,3 +59,18 @@ describe("npm run sim --restart-at and --outage", () => {
     expect(() => runTimeline(timeline, { db: tmpDb(), restartAt: [timeline.until_ms + 1] })).toThrow(/after the run's end/)
   })
 })
+
+describe("npm run sim on a bad file", () => {
+  it("prints each problem on one line of its own, naming the file and the field", () => {
+    // Proves a bad file's problems are one self-contained line each (no header line to pair
+    // them with), and that nothing runs: no ledger path, no output.
+    const path = join(tmpDb().replace(/ledger\.sqlite$/, ""), "bad.json")
+    writeFileSync(path, JSON.stringify({ ...timelineFile([launch({ gpu_cont: 1 })]), untill: "PT1H" }))
+    const out = sim(path)
+    expect({ status: out.status, stdout: out.stdout, stderr: out.stderr }).toEqual({
+      status: 2,
+      stdout: "",
+      stderr: `${path}: untill: is unexpected (known: start, seed, until, catalog, payments, api_usage_rows, accounts, events)\n${path}: events.0.gpu_cont: is unexpected\n`
+    })
+  })
+})
