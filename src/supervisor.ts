@@ -125,7 +125,12 @@ export interface SupervisorApi extends SupervisorCommands {
    * with `NotLeader` (503): the replica lost its lease (src/api/kubernetesServer.ts).
    */
   fence(): void
-  /** True once `fence` was called. */
+  /**
+   * True once `fence` was called, or once another process took a newer leader term on the
+   * database (src/ledger/store.ts `holdsLeaderTerm`), which fences it here and now: a process
+   * that was superseded answers every request 503 `not_leader`, reads too, instead of serving
+   * balances cached before its successor wrote.
+   */
   readonly fenced: boolean
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6), and why a stopped one stopped. */
   userInstance(account: string, model: string, id: string): UserInstanceState
@@ -394,6 +399,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   get fenced(): boolean {
+    if (!this.deposed && !this.ledger.holdsLeaderTerm()) this.fence()
     return this.deposed
   }
 

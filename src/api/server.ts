@@ -250,7 +250,13 @@ export const startServer = async (
   if (config.kubernetes !== null) return startKubernetesServer(config, options)
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
-  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config) })
+  // Newest wins: this process takes the next leader term, and one started after it on the same
+  // file supersedes it (src/ledger/store.ts): its next write is refused, and every request
+  // answers 503 not_leader (SupervisorApi.fenced).
+  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
+  const on_superseded = () => log(`another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
+  const ledger_options = { claim_leader_term: true, on_superseded }
+  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options })
   const operator_key_generated = config.operator_key === null
   const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
   let app: FastifyInstance | null = null

@@ -115,13 +115,16 @@ export interface OpenOptions {
    */
   readonly synchronous?: "FULL" | "NORMAL" | "OFF"
   /**
-   * A replica that leads (src/api/kubernetesServer.ts) takes the next leader term when it
-   * opens the file, and every later transaction first checks that no replica took a newer
-   * one: if one did, it throws `NotLeader` and writes nothing (a fencing token, checked in
-   * the transaction that writes, so no write of a deposed leader lands after its successor's
-   * claim). Off for a single process.
+   * Every live process takes the next leader term when it opens the file (`npm start` and
+   * each Kubernetes replica that starts leading), and every later transaction first checks
+   * that no process took a newer one: if one did, it throws `NotLeader` and writes nothing (a
+   * fencing token, checked under the write lock of the transaction that writes, so no write
+   * of a superseded process lands after its successor's claim). The newest process wins: a
+   * second `npm start` on the same file supersedes the first. Off in the simulator.
    */
   readonly claim_leader_term?: boolean
+  /** Called once, when this connection first finds that another one took a newer leader term. */
+  readonly on_superseded?: () => void
 }
 
 /**
@@ -153,10 +156,11 @@ const PENDING_ROWS_MAX = 2_048
 
 export class LedgerStore {
   private readonly s: ReturnType<typeof prepare>
-  private readonly tx: (fn: () => unknown) => unknown
+  private readonly tx: Database.Transaction<(fn: () => unknown) => unknown>
   /**
-   * Write-through cache of wallet balances: this store is the database's only writer, so a
-   * balance read back is the one it last wrote. Dropped whole when a transaction rolls back.
+   * Write-through cache of wallet balances: this store is the database's only writer (a live
+   * one holds the leader term, and stops on the first sign of a newer one), so a balance read
+   * back is the one it last wrote. Dropped whole when a transaction rolls back.
    */
   private readonly balances = new Map<string, Micros>()
   /** Balances changed inside the open transaction, written once just before it commits. */
@@ -185,8 +189,15 @@ export class LedgerStore {
 
   /** The leader term this connection claimed (`claim_leader_term`), or null. */
   private term: number | null = null
+  /** Set once another connection took a newer term: this one writes nothing more. */
+  private superseded = false
+  /** `PRAGMA data_version` when the term was last found ours: it moves only when another connection commits. */
+  private seenDataVersion = -1
 
-  private constructor(readonly db: Database.Database) {
+  private constructor(
+    readonly db: Database.Database,
+    private readonly onSuperseded: (() => void) | undefined
+  ) {
     this.s = prepare(db)
     this.tx = db.transaction((fn: () => unknown) => fn())
   }
@@ -194,20 +205,21 @@ export class LedgerStore {
   /** Takes the next leader term (`OpenOptions.claim_leader_term`). */
   private claimLeaderTerm(): void {
     this.term = (this.db.prepare(`UPDATE leader_term SET term = term + 1 WHERE id = 1 RETURNING term`).get() as { term: number }).term
+    this.seenDataVersion = this.s.dataVersion.get() as number
   }
 
   /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
   static open(path: string, options: OpenOptions = {}): LedgerStore {
     const db = new Database(path)
     try {
+      // Live processes may share the file for a moment (a successor starting while the
+      // process it supersedes still writes): wait for the other's write lock, migrations
+      // included, rather than fail at once.
+      if (options.claim_leader_term === true) db.pragma(`busy_timeout = ${LEADER_BUSY_TIMEOUT_MS}`)
       configureConnection(db, options)
       migrate(db)
-      const store = new LedgerStore(db)
-      if (options.claim_leader_term === true) {
-        // Replicas share the file: wait a moment for a deposed leader's last transaction.
-        db.pragma(`busy_timeout = ${LEADER_BUSY_TIMEOUT_MS}`)
-        store.claimLeaderTerm()
-      }
+      const store = new LedgerStore(db, options.on_superseded)
+      if (options.claim_leader_term === true) store.claimLeaderTerm()
       return store
     } catch (e) {
       // A database this engine refuses (a newer schema, say) is not left open behind it.
@@ -218,6 +230,30 @@ export class LedgerStore {
 
   close(): void {
     if (this.db.open) this.db.close()
+  }
+
+  /**
+   * True while no other connection took a newer leader term than this one's (always true for
+   * a connection that claimed none). Cheap enough for every request: the term is read again
+   * only when `data_version` says another connection committed since the last look. The first
+   * `false` marks this store superseded (`on_superseded`).
+   */
+  holdsLeaderTerm(): boolean {
+    if (this.term === null) return true
+    if (this.superseded) return false
+    if (this.db.inTransaction || !this.db.open) return true
+    const version = this.s.dataVersion.get() as number
+    if (version === this.seenDataVersion) return true
+    this.seenDataVersion = version
+    if ((this.s.leaderTerm.get() as { term: number }).term === this.term) return true
+    this.supersede()
+    return false
+  }
+
+  private supersede(): void {
+    if (this.superseded) return
+    this.superseded = true
+    this.onSuperseded?.()
   }
 
   /**
@@ -267,8 +303,15 @@ export class LedgerStore {
   transaction<T>(fn: () => T): T {
     if (this.db.inTransaction) return fn()
     try {
-      return this.tx(() => {
-        if (this.term !== null && this.term !== (this.s.leaderTerm.get() as { term: number }).term) throw new NotLeader()
+      // A term holder takes the write lock at BEGIN (IMMEDIATE), so the term it reads stays
+      // the latest until it commits: a successor's claim waits for it, or comes first and is
+      // seen here. A deferred BEGIN would read the term in a snapshot, and a claim committed
+      // between that read and the first write would fail the write with SQLITE_BUSY_SNAPSHOT.
+      return (this.term === null ? this.tx : this.tx.immediate)(() => {
+        if (this.term !== null && (this.superseded || this.term !== (this.s.leaderTerm.get() as { term: number }).term)) {
+          this.supersede()
+          throw new NotLeader()
+        }
         const result = fn()
         this.writeBalances()
         return result
@@ -617,6 +660,7 @@ const prepare = (db: Database.Database) => {
   const columns = <S extends Database.Statement>(stmt: S): S => stmt.raw(true) as S
   return {
     leaderTerm: db.prepare(`SELECT term FROM leader_term WHERE id = 1`),
+    dataVersion: db.prepare(`PRAGMA data_version`).pluck(),
     insertAccount: db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, ?)`),
     accountExists: db.prepare(`SELECT 1 FROM accounts WHERE id = ?`),
     balance: money(db.prepare(`SELECT balance_micros FROM accounts WHERE id = ?`)),
