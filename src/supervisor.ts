@@ -1684,7 +1684,12 @@ const fromEither = <A, E>(e: Either.Either<A, E>): Effect.Effect<A, E> => (Eithe
 export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock | Catalog | Notifier | Journal | import("effect/Scope").Scope> = Effect.gen(function* () {
   const payments = yield* Effect.serviceOption(Payments)
   const audit = Option.isSome(yield* Effect.serviceOption(ReconcileAudit))
-  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
+  const ledger = yield* Ledger
+  const clock = yield* Clock
+  // A live clock starts no earlier than the latest instant the database holds, so a restart on
+  // a wall clock that is behind never writes before what was written (src/clock.ts).
+  clock.notBefore?.(ledger.latestInstant())
+  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())

@@ -1,17 +1,24 @@
 /**
  * What an operator relies on when the control plane runs on a SQLite file: one process
- * writes it at a time, and the newest wins.
+ * writes it at a time (newest wins), and its clock never writes before what the file holds.
  */
 import { afterEach, describe, expect, it } from "vitest"
+import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { parseConfig, startServer, type RunningServer } from "../src/api/server.js"
+import { LiveClock } from "../src/clock.js"
 import { LedgerStore } from "../src/ledger/store.js"
-import { tmpDb } from "./helpers.js"
+import { dollars } from "../src/money.js"
+import { SimCluster } from "../sim/cluster.js"
+import { MIN, tmpDb } from "./helpers.js"
 
 const OPERATOR_KEY = "op_test_0123456789abcdefghijklmnopqrstuvwxyz"
+const REGION = { name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }
 
 const servers: RunningServer[] = []
+const engines: OpenedEngine[] = []
 afterEach(async () => {
   for (const s of servers.splice(0)) await s.close()
+  for (const e of engines.splice(0)) e.close()
 })
 
 const configFor = (db: string) => parseConfig(["--db", db, "--port", "0", "--log-level", "silent", "--operator-key", OPERATOR_KEY, "--rate-limit", "0"], {})
@@ -75,5 +82,51 @@ describe("two processes on one SQLite file", () => {
     } finally {
       b.close()
     }
+  })
+})
+
+describe("a live clock behind the database", () => {
+  it("stands still at the database's latest instant: a restart 10 minutes behind settles no hold before it was placed", async () => {
+    // Proves the review's finding fixed (a restart with the wall clock 10 minutes behind wrote
+    // transitions out of order and settled a hold before it was placed): the wall-time source
+    // is injected; the engine launches at T and stops at T + 2 min; it restarts at T − 10 min
+    // in a new simulated world, whose reconciliation finds the pod gone and fails the instance.
+    const db = tmpDb()
+    const T = Date.parse("2026-03-01T12:00:00Z")
+    let wall_ms = T
+    const lines: string[] = []
+    const open = () => {
+      const clock = new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) })
+      const opened = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+      engines.push(opened)
+      return opened
+    }
+    const first = open()
+    expect(first.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
+    first.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+    expect(first.engine.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 1 })._tag).toBe("Right")
+    wall_ms = T + 2 * MIN
+    await new Promise((r) => setTimeout(r, 50))
+    first.close()
+
+    wall_ms = T - 10 * MIN
+    const second = open()
+    expect(second.engine.clock.now()).toBe(T + 2 * MIN)
+    const view = second.engine.sup.sync.describe("gi-1")
+    expect(view._tag === "Right" && view.right.status).toBe("failed")
+    wall_ms = T - 5 * MIN
+    expect(second.engine.clock.now()).toBe(T + 2 * MIN)
+
+    const ledger = second.engine.ledger
+    const hold = ledger.holds()[0]!
+    expect(hold.status).toBe("settled")
+    expect(hold.settled_at! >= hold.placed_at).toBe(true)
+    const inOrder = (ats: ReadonlyArray<number>) => ats.every((at, i) => i === 0 || at >= ats[i - 1]!)
+    expect(inOrder(ledger.transitions().map((t) => t.at))).toBe(true)
+    expect(inOrder(ledger.journalEntries().map((e) => e.at))).toBe(true)
+    expect(inOrder(ledger.ledgerRows().map((r) => r.at))).toBe(true)
+    expect(lines).toEqual([
+      `live clock: the wall clock is ${12 * MIN} ms behind the engine's latest instant (2026-03-01T12:02:00.000Z); engine time stands still until it catches up`
+    ])
   })
 })

@@ -193,6 +193,11 @@ export class LedgerStore {
   private superseded = false
   /** `PRAGMA data_version` when the term was last found ours: it moves only when another connection commits. */
   private seenDataVersion = -1
+  /**
+   * The latest instant of a row this store wrote (journal, ledger, transitions, notifications),
+   * kept once `latestInstant` was asked (a live clock's store) for the clock mark at `close`.
+   */
+  private latestAt: number | null = null
 
   private constructor(
     readonly db: Database.Database,
@@ -228,8 +233,18 @@ export class LedgerStore {
     }
   }
 
+  /** Closes the connection; a live clock's store first marks the latest instant it wrote (`latestInstant`). */
   close(): void {
-    if (this.db.open) this.db.close()
+    if (!this.db.open) return
+    if (this.latestAt !== null && !this.superseded && !this.db.inTransaction) {
+      try {
+        this.transaction(() => this.s.closeClockMark.run(this.latestAt))
+      } catch (e) {
+        // Superseded: the successor owns the mark now.
+        if (!(e instanceof NotLeader)) throw e
+      }
+    }
+    this.db.close()
   }
 
   /**
@@ -254,6 +269,29 @@ export class LedgerStore {
     if (this.superseded) return
     this.superseded = true
     this.onSuperseded?.()
+  }
+
+  /**
+   * The latest instant the database holds: the clock mark's, or a later one of a row written
+   * after it (journal, ledger, transitions, notifications, scanned by id from the mark). Moves
+   * the mark up to them, and from now on keeps the latest instant this store writes, to mark
+   * it at `close`, so the next start scans only what was written after (everything, after a
+   * crash). A live clock starts no earlier than this (src/clock.ts `notBefore`).
+   */
+  latestInstant(): number {
+    const at = this.transaction(() => {
+      this.drain()
+      const mark = this.s.clockMarkScan.get() as { at: number }
+      this.s.setClockMark.run(mark.at)
+      return mark.at
+    })
+    this.latestAt = at
+    return at
+  }
+
+  /** Keeps the latest instant written, for the clock mark (only once `latestInstant` was asked). */
+  private wrote(at: number): void {
+    if (this.latestAt !== null && at > this.latestAt) this.latestAt = at
   }
 
   /**
@@ -388,6 +426,7 @@ export class LedgerStore {
     // Inside a transaction the wallet row is written once, before the commit.
     if (this.db.inTransaction) this.dirtyBalances.add(row.account)
     else this.s.setBalance.run(balance_after, row.account)
+    this.wrote(row.at)
     if (this.batchOpen) {
       this.pending.ledger.push(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
       this.waited()
@@ -531,6 +570,7 @@ export class LedgerStore {
   // ── notifications, transitions, resources, journal ───────────────────────────────────
   notify(n: NotificationInput): void {
     const data = n.data == null ? null : JSON.stringify(n.data)
+    this.wrote(n.at)
     if (this.batchOpen) {
       this.pending.notifications.push(n.account, n.resource, n.at, n.severity, n.kind, n.text, data)
       this.waited()
@@ -538,6 +578,7 @@ export class LedgerStore {
   }
 
   recordTransition(t: { at: number; resource: string; from_state: string | null; to_state: string; reason: string | null }): void {
+    this.wrote(t.at)
     if (this.batchOpen) {
       this.pending.transitions.push(t.at, t.resource, t.from_state, t.to_state, t.reason)
       this.waited()
@@ -618,6 +659,7 @@ export class LedgerStore {
   }
 
   journal(at: number, kind: string, payload: unknown): void {
+    this.wrote(at)
     if (this.batchOpen) {
       this.pending.journal.push(at, kind, JSON.stringify(payload))
       this.waited()
@@ -650,6 +692,16 @@ export class LedgerStore {
   }
 }
 
+/** Moves the clock mark to the last row of each table, at the instant `at` (an SQL expression). */
+const CLOCK_MARK_UPDATE = (at: string): string =>
+  `UPDATE clock_mark SET
+     journal_seq = coalesce((SELECT max(seq) FROM journal), 0),
+     ledger_id = coalesce((SELECT max(id) FROM ledger), 0),
+     transition_id = coalesce((SELECT max(id) FROM transitions), 0),
+     notification_id = coalesce((SELECT max(id) FROM notifications), 0),
+     at = ${at}
+   WHERE id = 1`
+
 /** The integer columns of `ledger` and `holds` that are not money. */
 const LEDGER_NUMBERS = ["id", "at"] as const
 const HOLD_NUMBERS = ["placed_at", "settled_at"] as const
@@ -661,6 +713,18 @@ const prepare = (db: Database.Database) => {
   return {
     leaderTerm: db.prepare(`SELECT term FROM leader_term WHERE id = 1`),
     dataVersion: db.prepare(`PRAGMA data_version`).pluck(),
+    // The latest instant: the mark's, or a later one of a row after it (rowid range scans).
+    clockMarkScan: db.prepare(
+      `SELECT max(m.at,
+         coalesce((SELECT max(at) FROM journal WHERE seq > m.journal_seq), m.at),
+         coalesce((SELECT max(at) FROM ledger WHERE id > m.ledger_id), m.at),
+         coalesce((SELECT max(at) FROM transitions WHERE id > m.transition_id), m.at),
+         coalesce((SELECT max(at) FROM notifications WHERE id > m.notification_id), m.at)) AS at
+       FROM clock_mark m WHERE m.id = 1`
+    ),
+    setClockMark: db.prepare(CLOCK_MARK_UPDATE("?")),
+    // At close: every row is at or before the latest instant this store wrote, or the mark's.
+    closeClockMark: db.prepare(CLOCK_MARK_UPDATE("max(at, ?)")),
     insertAccount: db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, ?)`),
     accountExists: db.prepare(`SELECT 1 FROM accounts WHERE id = ?`),
     balance: money(db.prepare(`SELECT balance_micros FROM accounts WHERE id = ?`)),
