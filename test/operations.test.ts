@@ -1,10 +1,11 @@
 /**
  * What an operator relies on when the control plane runs on a SQLite file: one process
- * writes it at a time (newest wins), and its clock never writes before what the file holds.
+ * writes it at a time (newest wins), its clock never writes before what the file holds, and
+ * its commits are durable.
  */
 import { afterEach, describe, expect, it } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
-import { parseConfig, startServer, type RunningServer } from "../src/api/server.js"
+import { ConfigError, parseConfig, startServer, type RunningServer } from "../src/api/server.js"
 import { LiveClock } from "../src/clock.js"
 import { LedgerStore } from "../src/ledger/store.js"
 import { dollars } from "../src/money.js"
@@ -21,7 +22,7 @@ afterEach(async () => {
   for (const e of engines.splice(0)) e.close()
 })
 
-const configFor = (db: string) => parseConfig(["--db", db, "--port", "0", "--log-level", "silent", "--operator-key", OPERATOR_KEY, "--rate-limit", "0"], {})
+const configFor = (db: string, env: Record<string, string> = {}) => parseConfig(["--db", db, "--port", "0", "--log-level", "silent", "--operator-key", OPERATOR_KEY, "--rate-limit", "0"], env)
 
 const start = async (db: string, lines: string[]): Promise<RunningServer> => {
   const server = await startServer(configFor(db), { log: (line) => lines.push(line) })
@@ -128,5 +129,33 @@ describe("a live clock behind the database", () => {
     expect(lines).toEqual([
       `live clock: the wall clock is ${12 * MIN} ms behind the engine's latest instant (2026-03-01T12:02:00.000Z); engine time stands still until it catches up`
     ])
+  })
+})
+
+describe("durability", () => {
+  it("syncs every commit (FULL) by default; NORMAL only when the operator asks; the simulator's OFF stays its own", async () => {
+    // Proves the ledger no longer loses acknowledged commits to a power loss by default
+    // (synchronous NORMAL was hard-coded): SQLite reports 2 for FULL, 1 for NORMAL, 0 for OFF.
+    const synchronous = (store: LedgerStore) => store.db.pragma("synchronous", { simple: true })
+    const server = await start(tmpDb(), [])
+    expect(synchronous(server.opened!.engine.ledger)).toBe(2)
+    const plain = LedgerStore.open(tmpDb())
+    const normal = LedgerStore.open(tmpDb(), { synchronous: "NORMAL" })
+    const off = LedgerStore.open(tmpDb(), { synchronous: "OFF" })
+    expect([synchronous(plain), synchronous(normal), synchronous(off)]).toEqual([2, 1, 0])
+    for (const s of [plain, normal, off]) s.close()
+    expect(configFor(tmpDb()).sqlite_synchronous).toBe("FULL")
+    expect(configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "NORMAL" }).sqlite_synchronous).toBe("NORMAL")
+    const normalServer = await startServer(configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "NORMAL" }), { log: () => {} })
+    servers.push(normalServer)
+    expect(synchronous(normalServer.opened!.engine.ledger)).toBe(1)
+  })
+
+  it("refuses an unknown ECOLINK_SQLITE_SYNCHRONOUS", () => {
+    // Proves a typo (or OFF, which can corrupt the file on an OS crash) stops the start (exit 2 in scripts/start.ts).
+    for (const bad of ["OFF", "full", "EXTRA", ""]) {
+      expect(() => configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: bad })).toThrow(ConfigError)
+    }
+    expect(() => configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "OFF" })).toThrow(`ECOLINK_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got "OFF"`)
   })
 })

@@ -108,12 +108,23 @@ export interface ModelRecord {
   readonly created_at: number
 }
 
+/**
+ * SQLite `synchronous` in WAL mode, and what each can lose (docs/ENGINE.md "Durability"):
+ * - `FULL` (the default): the WAL is synced at every commit. A commit that returned survives
+ *   a power loss or an OS crash. The ledger's setting: a webhook credit acknowledged to Stripe
+ *   is never redelivered, so it must not be rolled back.
+ * - `NORMAL`: the WAL is synced only at checkpoints. A process crash loses nothing, but a power
+ *   loss or an OS crash can roll back the last commits (the database stays consistent). Faster
+ *   commits, for an operator who accepts that.
+ * - `OFF`: nothing is synced; an OS crash can corrupt the file. The simulator's, whose runs can
+ *   always be made again.
+ */
+export const SYNCHRONOUS_MODES = ["FULL", "NORMAL", "OFF"] as const
+export type Synchronous = (typeof SYNCHRONOUS_MODES)[number]
+
 export interface OpenOptions {
-  /**
-   * SQLite `synchronous`: `NORMAL` (the WAL default, durable at checkpoints) for the control
-   * plane; the simulator may pass `OFF`, since a simulation can always be run again.
-   */
-  readonly synchronous?: "FULL" | "NORMAL" | "OFF"
+  /** SQLite `synchronous` (see `Synchronous`): `FULL` unless given. */
+  readonly synchronous?: Synchronous
   /**
    * Every live process takes the next leader term when it opens the file (`npm start` and
    * each Kubernetes replica that starts leading), and every later transaction first checks
@@ -141,7 +152,9 @@ const LEADER_BUSY_TIMEOUT_MS = 2_000
 /** How every ledger connection is set up (the bench's floors open theirs the same way). */
 export const configureConnection = (db: Database.Database, options: OpenOptions = {}): void => {
   db.pragma("journal_mode = WAL")
-  db.pragma(`synchronous = ${options.synchronous ?? "NORMAL"}`)
+  const synchronous = options.synchronous ?? "FULL"
+  assert(SYNCHRONOUS_MODES.includes(synchronous), () => `synchronous must be one of ${SYNCHRONOUS_MODES.join(", ")}, got ${String(synchronous)}`)
+  db.pragma(`synchronous = ${synchronous}`)
   db.pragma("foreign_keys = ON")
   db.pragma(`cache_size = -${PAGE_CACHE_KIB}`)
 }
