@@ -1,8 +1,9 @@
 /**
  * What an operator relies on when the control plane runs on a SQLite file: one process
- * writes it at a time (newest wins), its clock never writes before what the file holds, and
- * its commits are durable.
+ * writes it at a time (newest wins), its clock never writes before what the file holds, its
+ * commits are durable, and the file is its owner's alone.
  */
+import { chmodSync, statSync, writeFileSync } from "node:fs"
 import { afterEach, describe, expect, it } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { ConfigError, parseConfig, startServer, type RunningServer } from "../src/api/server.js"
@@ -157,5 +158,34 @@ describe("durability", () => {
       expect(() => configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: bad })).toThrow(ConfigError)
     }
     expect(() => configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "OFF" })).toThrow(`ECOLINK_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got "OFF"`)
+  })
+})
+
+describe("the database file's mode", () => {
+  const modeOf = (path: string) => statSync(path).mode & 0o777
+
+  it("is 0600 for the database, its -wal and its -shm, whatever the umask", async () => {
+    // Proves the file holding invite secrets and the demo key is no longer world-readable (it was 0644).
+    const db = tmpDb()
+    const umask = process.umask(0o022)
+    try {
+      const server = await start(db, [])
+      expect((await call(server, "GET", "/billing/balance", server.demo!.key)).status).toBe(200)
+      expect([modeOf(db), modeOf(`${db}-wal`), modeOf(`${db}-shm`)]).toEqual([0o600, 0o600, 0o600])
+    } finally {
+      process.umask(umask)
+    }
+  })
+
+  it("narrows a database file an earlier version left readable by others", () => {
+    // Proves an upgraded installation gets the same protection, not only a fresh one.
+    const db = tmpDb()
+    LedgerStore.open(db).close()
+    chmodSync(db, 0o644)
+    writeFileSync(`${db}-shm`, "")
+    chmodSync(`${db}-shm`, 0o644)
+    const store = LedgerStore.open(db)
+    expect([modeOf(db), modeOf(`${db}-shm`)]).toEqual([0o600, 0o600])
+    store.close()
   })
 })

@@ -6,6 +6,7 @@
  * better-sqlite3 is synchronous, so is this store. Expected failures (a hold the balance
  * cannot cover) come back as `Either` values; broken invariants throw.
  */
+import { chmodSync, closeSync, constants, fstatSync, fchmodSync, openSync } from "node:fs"
 import Database from "better-sqlite3"
 import { Either } from "effect"
 import { assert, Conflict, InsufficientBalance, NotLeader } from "../errors.js"
@@ -139,6 +140,13 @@ export interface OpenOptions {
 }
 
 /**
+ * The mode of a database file this store creates: its owner's alone (it holds API key hashes,
+ * invite secrets and the demo key). SQLite gives the `-wal` and `-shm` files the database
+ * file's mode.
+ */
+export const DATABASE_FILE_MODE = 0o600
+
+/**
  * The page cache of a ledger connection, in KiB: 64 MiB instead of SQLite's 2 MiB. The ledger
  * and notification indexes are keyed by account, so consecutive rows land on pages far apart;
  * with 2 MiB a simulator batch evicts and re-reads them (full fleet: 0.3 s less in inserts and
@@ -157,6 +165,32 @@ export const configureConnection = (db: Database.Database, options: OpenOptions 
   db.pragma(`synchronous = ${synchronous}`)
   db.pragma("foreign_keys = ON")
   db.pragma(`cache_size = -${PAGE_CACHE_KIB}`)
+}
+
+/**
+ * Creates the database file owner-only before SQLite opens it, and narrows one that already
+ * exists to its owner (a file an earlier version made 0644), with its `-wal` and `-shm`.
+ * Another user's file, which this process may not chmod, is left as it is.
+ */
+const makePrivate = (path: string): void => {
+  if (path === ":memory:" || path === "" || path.startsWith("file:")) return
+  const fd = openSync(path, constants.O_RDONLY | constants.O_CREAT, DATABASE_FILE_MODE)
+  try {
+    const mode = fstatSync(fd).mode & 0o777
+    if ((mode & 0o077) !== 0) fchmodSync(fd, mode & 0o700)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EPERM") throw e
+  } finally {
+    closeSync(fd)
+  }
+  for (const suffix of ["-wal", "-shm"]) {
+    try {
+      chmodSync(`${path}${suffix}`, DATABASE_FILE_MODE)
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      if (code !== "ENOENT" && code !== "EPERM") throw e
+    }
+  }
 }
 
 /**
@@ -228,6 +262,7 @@ export class LedgerStore {
 
   /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
   static open(path: string, options: OpenOptions = {}): LedgerStore {
+    makePrivate(path)
     const db = new Database(path)
     try {
       // Live processes may share the file for a moment (a successor starting while the
