@@ -5,7 +5,8 @@
  *   (due time, lane, key, sequence number), each at its own due time, one at a time, and
  *   the work a timer causes finishes before the next fires. The same object serves XState
  *   (`createActor(machine, { clock })`) and Effect (`Layer.setClock(clock.effectClock)`).
- * - `LiveClock`: wall time and Node timers. It is the only code that reads the wall clock.
+ * - `LiveClock`: wall time and Node timers, never going back. It is the only code that reads
+ *   the wall clock.
  *
  * Lanes make ties independent of history: timeline inputs fire before the world's events,
  * which fire before the engine's own alarms, whatever order they were scheduled in. Within
@@ -41,6 +42,11 @@ export interface EngineClock {
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle
   /** Effect's view of the same clock, for `Layer.setClock`. */
   readonly effectClock: EffectClock.Clock
+  /**
+   * Live clocks only: from now on, never answer less than `at_ms` (at start, the latest
+   * instant the database holds). A virtual clock has none: a simulation sets its own time.
+   */
+  notBefore?(at_ms: number): void
   /**
    * The Effect scheduler that goes with it, if not Effect's default. The virtual clock runs a
    * fiber woken by one of its timers at once, inside that timer, so the fiber's work happens
@@ -277,13 +283,33 @@ export interface LiveClockOptions {
    * demos and tests, not production.
    */
   readonly speed?: number
+  /** The wall clock, in ms since the Unix epoch (default `Date.now`; tests inject their own). */
+  readonly wall?: () => number
+  /** Where the clock says that the wall clock is behind it (default: a line on stderr). */
+  readonly log?: (line: string) => void
 }
 
-/** The production clock: wall time and Node's timers. The one place the wall clock is read. */
+/**
+ * The production clock: wall time and Node's timers. The one place the wall clock is read.
+ *
+ * It never goes back. It answers the largest instant it answered before (or was told,
+ * `notBefore`) while the wall clock reads less: a clock set back by NTP or by hand, or a
+ * restart on a wall clock behind the database's latest instant (another machine's clock, a
+ * fast-clock demo database). Time then stands still until the wall clock catches up, and it
+ * says so once, with how far behind the wall clock is. Otherwise rows would be written before
+ * rows already written: a transition out of order, a hold settled before it was placed.
+ * Timers due meanwhile fire when the engine time reaches them, once the wall clock has.
+ */
 export class LiveClock implements EngineClock {
   readonly effectClock: EffectClock.Clock = makeEffectClock(this)
   private readonly speed: number
+  private readonly wall: () => number
+  private readonly log: (line: string) => void
   private readonly wall_origin_ms: number
+  /** The largest instant answered or given (`notBefore`): `now()` never answers less. */
+  private floor_ms = Number.MIN_SAFE_INTEGER
+  /** Whether the wall clock is behind `floor_ms` now (said once per stretch). */
+  private behind = false
 
   constructor(options: LiveClockOptions = {}) {
     const speed = options.speed ?? 1
@@ -291,12 +317,36 @@ export class LiveClock implements EngineClock {
       throw new Error(`LiveClock speed must be from 1 to ${LIVE_CLOCK_SPEED_MAX}, got ${speed}`)
     }
     this.speed = speed
+    this.wall = options.wall ?? (() => Date.now())
+    this.log = options.log ?? ((line) => void process.stderr.write(`${line}\n`))
     // At speed 1 engine time is wall time: no origin needed (and no extra wall read).
-    this.wall_origin_ms = speed === 1 ? 0 : Date.now()
+    this.wall_origin_ms = speed === 1 ? 0 : this.wall()
   }
 
   now(): number {
-    const wall = Date.now()
+    const read = this.read()
+    if (read >= this.floor_ms) {
+      this.floor_ms = read
+      this.behind = false
+      return read
+    }
+    if (!this.behind) {
+      this.behind = true
+      this.log(
+        `live clock: the wall clock is ${this.floor_ms - read} ms behind the engine's latest instant (${new Date(this.floor_ms).toISOString()}); ` +
+          "engine time stands still until it catches up"
+      )
+    }
+    return this.floor_ms
+  }
+
+  notBefore(at_ms: number): void {
+    if (at_ms > this.floor_ms) this.floor_ms = at_ms
+  }
+
+  /** Engine time as the wall clock gives it, which may be behind what `now()` answered. */
+  private read(): number {
+    const wall = this.wall()
     return this.speed === 1 ? wall : this.wall_origin_ms + Math.floor((wall - this.wall_origin_ms) * this.speed)
   }
 
@@ -310,11 +360,15 @@ export class LiveClock implements EngineClock {
     timer.node = null
   }
 
-  /** Long delays (a 30-day deadline) are armed in hops no longer than Node allows. */
+  /**
+   * Long delays (a 30-day deadline) are armed in hops no longer than Node allows. The wait is
+   * measured on the wall clock's reading, not `now()`: while time stands still, a timer due
+   * just after it waits for the wall clock to get there, instead of waking again and again.
+   */
   schedule(at_ms: number, fn: () => void): TimerHandle {
     const timer: LiveTimer = { node: null }
     const arm = (): void => {
-      const delay_ms = Math.max(0, Math.ceil((at_ms - this.now()) / this.speed))
+      const delay_ms = Math.max(0, Math.ceil((at_ms - this.read()) / this.speed))
       timer.node = globalThis.setTimeout(() => {
         if (at_ms > this.now()) return arm()
         timer.node = null

@@ -125,7 +125,12 @@ export interface SupervisorApi extends SupervisorCommands {
    * with `NotLeader` (503): the replica lost its lease (src/api/kubernetesServer.ts).
    */
   fence(): void
-  /** True once `fence` was called. */
+  /**
+   * True once `fence` was called, or once another process took a newer leader term on the
+   * database (src/ledger/store.ts `holdsLeaderTerm`), which fences it here and now: a process
+   * that was superseded answers every request 503 `not_leader`, reads too, instead of serving
+   * balances cached before its successor wrote.
+   */
   readonly fenced: boolean
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6), and why a stopped one stopped. */
   userInstance(account: string, model: string, id: string): UserInstanceState
@@ -394,6 +399,7 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   get fenced(): boolean {
+    if (!this.deposed && !this.ledger.holdsLeaderTerm()) this.fence()
     return this.deposed
   }
 
@@ -1678,7 +1684,12 @@ const fromEither = <A, E>(e: Either.Either<A, E>): Effect.Effect<A, E> => (Eithe
 export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock | Catalog | Notifier | Journal | import("effect/Scope").Scope> = Effect.gen(function* () {
   const payments = yield* Effect.serviceOption(Payments)
   const audit = Option.isSome(yield* Effect.serviceOption(ReconcileAudit))
-  const sup = new GpuSupervisor(yield* Ledger, yield* Cluster, yield* Clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
+  const ledger = yield* Ledger
+  const clock = yield* Clock
+  // A live clock starts no earlier than the latest instant the database holds, so a restart on
+  // a wall clock that is behind never writes before what was written (src/clock.ts).
+  clock.notBefore?.(ledger.latestInstant())
+  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())

@@ -2,7 +2,7 @@ import { Clock, Duration, Effect, Exit, Fiber, Layer, Option, Runtime, Scope } f
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { createActor, setup } from "xstate"
-import { Lane, type TimerHandle, VirtualClock } from "../src/clock.js"
+import { Lane, LiveClock, type TimerHandle, VirtualClock } from "../src/clock.js"
 import { clockLayer } from "../src/services.js"
 
 /** Lets Effect's scheduler run what a fired timer resumed (it resumes fibers asynchronously). */
@@ -398,5 +398,65 @@ describe("the engine's clock layer", () => {
     clock.advanceTo(10_000_000)
     expect(Option.isNone(Effect.runSync(Fiber.poll(fiber)))).toBe(true)
     expect(clock.pending).toBe(0)
+  })
+})
+
+describe("LiveClock never goes back", () => {
+  it("stands still while the wall clock is behind what it answered, says so once, and follows the wall clock again once it is past", () => {
+    // Proves the live clock is monotonic (it returned raw Date.now()): the wall-time source is injected.
+    let wall_ms = 1_000_000
+    const lines: string[] = []
+    const clock = new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) })
+    expect(clock.now()).toBe(1_000_000)
+    wall_ms = 1_000_000 - 600_000
+    expect(clock.now()).toBe(1_000_000)
+    wall_ms += 300_000
+    expect(clock.now()).toBe(1_000_000)
+    expect(lines).toEqual([
+      "live clock: the wall clock is 600000 ms behind the engine's latest instant (1970-01-01T00:16:40.000Z); engine time stands still until it catches up"
+    ])
+    wall_ms = 1_000_005
+    expect(clock.now()).toBe(1_000_005)
+    // A second stretch behind is said again.
+    wall_ms = 1_000_001
+    expect(clock.now()).toBe(1_000_005)
+    expect(lines).toHaveLength(2)
+    expect(lines[1]).toContain("is 4 ms behind")
+  })
+
+  it("starts no earlier than notBefore (the database's latest instant), at any speed", () => {
+    // Proves a restart on a wall clock behind the database answers the database's instant until the wall clock passes it.
+    let wall_ms = 5_000
+    const lines: string[] = []
+    const clock = new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) })
+    clock.notBefore(9_000)
+    clock.notBefore(8_000)
+    expect(clock.now()).toBe(9_000)
+    wall_ms = 9_500
+    expect(clock.now()).toBe(9_500)
+    expect(lines).toEqual([expect.stringContaining("is 4000 ms behind")])
+
+    let fastWall_ms = 0
+    const fast = new LiveClock({ speed: 10, wall: () => fastWall_ms, log: () => {} })
+    fast.notBefore(1_000)
+    expect(fast.now()).toBe(1_000)
+    fastWall_ms = 200
+    expect(fast.now()).toBe(2_000)
+  })
+
+  it("fires a timer due while time stands still once the wall clock reaches it, without waking in between", async () => {
+    // Proves timers wait on the wall clock's reading: due 30 ms after a floor 30 ms ahead, the timer fires after ~60 ms, once.
+    const shift_ms = -30
+    const clock = new LiveClock({ wall: () => Date.now() + shift_ms, log: () => {} })
+    const floor = clock.now() + 30
+    clock.notBefore(floor)
+    let fired_at: number | null = null
+    clock.schedule(floor + 30, () => (fired_at = clock.now()))
+    expect(clock.now()).toBe(floor)
+    await new Promise((r) => setTimeout(r, 20))
+    expect(fired_at).toBeNull()
+    await new Promise((r) => setTimeout(r, 200))
+    expect(fired_at).not.toBeNull()
+    expect(fired_at!).toBeGreaterThanOrEqual(floor + 30)
   })
 })

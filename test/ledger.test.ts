@@ -71,7 +71,8 @@ describe("migrations", () => {
       { version: 11, name: "auto-recharge: every payment whose refund holds a pause" },
       { version: 12, name: "payments: the refunds booked before migration 8, as one lump" },
       { version: 13, name: "payments: refunds made, by refund id" },
-      { version: 14, name: "API keys: the order of revocations" }
+      { version: 14, name: "API keys: the order of revocations" },
+      { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -86,6 +87,7 @@ describe("migrations", () => {
       "api_users",
       "auto_recharge",
       "auto_recharge_paused_by",
+      "clock_mark",
       "holds",
       "journal",
       "leader_term",
@@ -248,8 +250,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(14)
-    expect(schemaVersions(store)).toHaveLength(14)
+    expect(migrate(store.db)).toBe(15)
+    expect(schemaVersions(store)).toHaveLength(15)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -275,9 +277,37 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (15, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (16, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 15 is newer than this engine knows \(14\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 16 is newer than this engine knows \(15\)/)
+  })
+})
+
+describe("latestInstant", () => {
+  it("is the latest instant of the journal, ledger, transitions and notifications, and moves the clock mark so the next start scans only what came after", () => {
+    // Proves the live clock's floor (src/clock.ts notBefore) is exact and cheap: the mark's
+    // instant, or a later row after it; a clean close marks the latest instant it wrote.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const first = LedgerStore.open(file)
+    expect(first.latestInstant()).toBe(0)
+    right(first.openAccount(ACCOUNT, 0))
+    first.post({ account: ACCOUNT, at: 1_000, kind: "topup", amount_micros: 1n, description: "Top-up" })
+    first.journal(500, "probe", {})
+    first.recordTransition({ at: 2_000, resource: "gi-1", from_state: null, to_state: "pending", reason: null })
+    first.notify({ account: ACCOUNT, resource: null, at: 1_500, severity: "info", kind: "probe", text: "probe" })
+    first.close()
+    const mark = (store: LedgerStore) => store.db.prepare(`SELECT journal_seq, ledger_id, transition_id, notification_id, at FROM clock_mark`).get()
+    const second = LedgerStore.open(file)
+    stores.push(second)
+    expect(mark(second)).toEqual({ journal_seq: 1, ledger_id: 1, transition_id: 1, notification_id: 1, at: 2_000 })
+    // A row written after the mark by a process that did not mark (a crash): found by the scan from the mark.
+    second.db.prepare(`INSERT INTO notifications (account, resource, at, severity, kind, text) VALUES (?, NULL, 9000, 'info', 'late', 'late')`).run(ACCOUNT)
+    // A row under the mark cannot be later than it; one written so by hand is not looked at.
+    second.db.prepare(`UPDATE journal SET at = 99000 WHERE seq = 1`).run()
+    expect(second.latestInstant()).toBe(9_000)
+    expect(mark(second)).toEqual({ journal_seq: 1, ledger_id: 1, transition_id: 1, notification_id: 2, at: 9_000 })
   })
 })
 

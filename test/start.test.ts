@@ -3,9 +3,16 @@
  * again on the same file it rehydrates instead of crediting the demo twice, and prints the
  * same demo key.
  */
+import { spawn } from "node:child_process"
+import { existsSync } from "node:fs"
+import { join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { startServerProcess } from "./api/spawn.js"
 import { tmpDb } from "./helpers.js"
+
+const ROOT = join(import.meta.dirname, "..")
+/** Bound on an `npm start` (npm, then tsx compiling the server) and on its shutdown. */
+const NPM_START_TIMEOUT_MS = 30_000
 
 describe("npm start", () => {
   it("serves on a SQLite file, prints the URL and demo key, stops on SIGTERM, and restarts idempotently", async () => {
@@ -40,4 +47,51 @@ describe("npm start", () => {
     // Proves a bad flag stops the start before anything opens.
     await expect(startServerProcess(["--db", tmpDb(), "--clock-speed", "fast"])).rejects.toThrow(/start exited 2.*--clock-speed must be a number from 1 to 100000/s)
   })
+
+  it("as `npm start` itself: SIGTERM to npm's process reaches the server, which closes cleanly and checkpoints its -wal", async () => {
+    // Proves the review's finding fixed: `npm start` ran `sh -c "tsx scripts/start.ts"`; npm
+    // forwarded SIGTERM to sh, which died without passing it on, and the server ran on as an
+    // orphan, still answering, its -wal left behind. Now the script execs node itself.
+    const db = tmpDb()
+    const npm = spawn("npm", ["start", "--", "--db", db, "--port", "0"], {
+      cwd: ROOT,
+      env: { ...process.env, ECOLINK_LOG_LEVEL: "warn" },
+      stdio: ["ignore", "pipe", "pipe"],
+      // Its own process group, so that whatever it leaves behind can be stopped here.
+      detached: true
+    })
+    let out = ""
+    let err = ""
+    npm.stdout!.on("data", (d) => (out += String(d)))
+    npm.stderr!.on("data", (d) => (err += String(d)))
+    const exited = new Promise<number | null>((r) => npm.on("exit", (code) => r(code)))
+    const within = <T>(p: Promise<T>, what: string): Promise<T> =>
+      Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what} timed out; stdout: ${out}; stderr: ${err}`)), NPM_START_TIMEOUT_MS))])
+    try {
+      const url = await within(
+        new Promise<string>((resolve, reject) => {
+          npm.stdout!.on("data", () => {
+            const found = /listening: (http:\/\/\S+)/.exec(out)?.[1]
+            if (found !== undefined && out.includes("demo key:")) resolve(found)
+          })
+          void exited.then((code) => reject(new Error(`npm start exited ${code}; stdout: ${out}; stderr: ${err}`)))
+        }),
+        "npm start"
+      )
+      expect((await fetch(`${url}/openapi.json`)).status).toBe(200)
+      expect(existsSync(`${db}-wal`)).toBe(true)
+      process.kill(npm.pid!, "SIGTERM")
+      expect(await within(exited, "the shutdown")).toBe(0)
+      expect(err).toContain("SIGTERM: closing")
+      await expect(fetch(`${url}/openapi.json`)).rejects.toThrow()
+      // The last connection's close checkpointed the WAL into the database and removed it.
+      expect(existsSync(`${db}-wal`)).toBe(false)
+    } finally {
+      try {
+        process.kill(-npm.pid!, "SIGKILL")
+      } catch {
+        // The group is gone: nothing was left behind.
+      }
+    }
+  }, 2 * NPM_START_TIMEOUT_MS)
 })

@@ -95,7 +95,7 @@ export const startKubernetesServer = async (
     // The engine and its routes are ready before the standby stops listening: the port is
     // refused only for the moment between the standby's close and the leader's listen.
     // A newer leader term fences this engine's writes even if its lease timer never fired.
-    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options: { claim_leader_term: true } })
+    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options: { claim_leader_term: true, synchronous: config.sqlite_synchronous } })
     leader = opened
     try {
       if (config.demo) demo = seedDemo(opened.engine, secrets)

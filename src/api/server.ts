@@ -21,6 +21,7 @@
  * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
  * | --cluster FILE | ECOLINK_CLUSTER | required with a kubeconfig: regions, namespace, lease (docs/KUBERNETES.md) |
  * | --identity NAME | POD_NAME | host name and process id (this replica in the leader lease) |
+ * | (none) | ECOLINK_SQLITE_SYNCHRONOUS | FULL (every commit durable); NORMAL (docs/ENGINE.md "Durability") |
  * | --stripe-key K | STRIPE_SECRET_KEY | none: no payment routes (top-ups, auto-recharge, webhook) |
  * | --stripe-webhook-secret S | STRIPE_WEBHOOK_SECRET | required with a Stripe key |
  * | --stripe-api URL | STRIPE_API_URL | https://api.stripe.com (a Stripe-compatible server, for tests) |
@@ -59,6 +60,8 @@ export interface ServerConfig {
   readonly stripe: { readonly api_key: string; readonly webhook_secret: string; readonly api_url: string } | null
   /** The Kubernetes world: a kubeconfig file and the cluster description file, or null. */
   readonly kubernetes: { readonly kubeconfig: string; readonly cluster_file: string; readonly identity: string } | null
+  /** SQLite `synchronous` of the ledger (src/ledger/store.ts `Synchronous`). */
+  readonly sqlite_synchronous: "FULL" | "NORMAL"
 }
 
 export class ConfigError extends Error {}
@@ -123,6 +126,10 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   }
   const stripe_api = pick("stripe-api", "STRIPE_API_URL") ?? "https://api.stripe.com"
   if (!/^https?:[/][/][^/\s]+[/]?$/.test(stripe_api)) throw new ConfigError(`--stripe-api must be http(s)://host[:port], got ${JSON.stringify(stripe_api)}`)
+  const sqlite_synchronous = env["ECOLINK_SQLITE_SYNCHRONOUS"] ?? "FULL"
+  if (sqlite_synchronous !== "FULL" && sqlite_synchronous !== "NORMAL") {
+    throw new ConfigError(`ECOLINK_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got ${JSON.stringify(sqlite_synchronous)}`)
+  }
   return {
     stripe: stripe_key === undefined ? null : { api_key: stripe_key, webhook_secret: stripe_webhook_secret!, api_url: stripe_api.replace(/[/]$/, "") },
     kubernetes:
@@ -137,7 +144,8 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     public_url: pick("public-url", "ECOLINK_PUBLIC_URL") ?? null,
     rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
     log_level,
-    demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0"
+    demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0",
+    sqlite_synchronous
   }
 }
 
@@ -250,7 +258,13 @@ export const startServer = async (
   if (config.kubernetes !== null) return startKubernetesServer(config, options)
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
-  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config) })
+  // Newest wins: this process takes the next leader term, and one started after it on the same
+  // file supersedes it (src/ledger/store.ts): its next write is refused, and every request
+  // answers 503 not_leader (SupervisorApi.fenced).
+  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
+  const on_superseded = () => log(`another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
+  const ledger_options = { claim_leader_term: true, synchronous: config.sqlite_synchronous, on_superseded }
+  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options })
   const operator_key_generated = config.operator_key === null
   const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
   let app: FastifyInstance | null = null

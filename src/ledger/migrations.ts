@@ -398,6 +398,27 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       WHERE api_keys.rowid = ranked.r;
       CREATE INDEX api_keys_by_revocation ON api_keys(account, revoked_seq) WHERE revoked_seq IS NOT NULL;
     `
+  },
+  {
+    version: 15,
+    name: "clock mark: the latest instant the database holds, and up to which rows",
+    // src/ledger/store.ts (`latestInstant`). A live clock never starts before the latest
+    // instant the database holds (src/clock.ts `notBefore`). Every row of the journal, the
+    // ledger, the transitions and the notifications up to the ids marked here is at or before
+    // `at`, so the latest instant is the larger of `at` and the rows after the mark: a scan of
+    // what was written since, not of the whole history. The first live start after this
+    // migration scans everything once.
+    sql: `
+      CREATE TABLE clock_mark (
+        id               INTEGER PRIMARY KEY CHECK (id = 1),
+        journal_seq      INTEGER NOT NULL,
+        ledger_id        INTEGER NOT NULL,
+        transition_id    INTEGER NOT NULL,
+        notification_id  INTEGER NOT NULL,
+        at               INTEGER NOT NULL
+      ) STRICT;
+      INSERT INTO clock_mark (id, journal_seq, ledger_id, transition_id, notification_id, at) VALUES (1, 0, 0, 0, 0, 0);
+    `
   }
 ]
 

@@ -6,6 +6,7 @@
  * better-sqlite3 is synchronous, so is this store. Expected failures (a hold the balance
  * cannot cover) come back as `Either` values; broken invariants throw.
  */
+import { chmodSync, closeSync, constants, fstatSync, fchmodSync, openSync } from "node:fs"
 import Database from "better-sqlite3"
 import { Either } from "effect"
 import { assert, Conflict, InsufficientBalance, NotLeader } from "../errors.js"
@@ -108,21 +109,42 @@ export interface ModelRecord {
   readonly created_at: number
 }
 
+/**
+ * SQLite `synchronous` in WAL mode, and what each can lose (docs/ENGINE.md "Durability"):
+ * - `FULL` (the default): the WAL is synced at every commit. A commit that returned survives
+ *   a power loss or an OS crash. The ledger's setting: a webhook credit acknowledged to Stripe
+ *   is never redelivered, so it must not be rolled back.
+ * - `NORMAL`: the WAL is synced only at checkpoints. A process crash loses nothing, but a power
+ *   loss or an OS crash can roll back the last commits (the database stays consistent). Faster
+ *   commits, for an operator who accepts that.
+ * - `OFF`: nothing is synced; an OS crash can corrupt the file. The simulator's, whose runs can
+ *   always be made again.
+ */
+export const SYNCHRONOUS_MODES = ["FULL", "NORMAL", "OFF"] as const
+export type Synchronous = (typeof SYNCHRONOUS_MODES)[number]
+
 export interface OpenOptions {
+  /** SQLite `synchronous` (see `Synchronous`): `FULL` unless given. */
+  readonly synchronous?: Synchronous
   /**
-   * SQLite `synchronous`: `NORMAL` (the WAL default, durable at checkpoints) for the control
-   * plane; the simulator may pass `OFF`, since a simulation can always be run again.
-   */
-  readonly synchronous?: "FULL" | "NORMAL" | "OFF"
-  /**
-   * A replica that leads (src/api/kubernetesServer.ts) takes the next leader term when it
-   * opens the file, and every later transaction first checks that no replica took a newer
-   * one: if one did, it throws `NotLeader` and writes nothing (a fencing token, checked in
-   * the transaction that writes, so no write of a deposed leader lands after its successor's
-   * claim). Off for a single process.
+   * Every live process takes the next leader term when it opens the file (`npm start` and
+   * each Kubernetes replica that starts leading), and every later transaction first checks
+   * that no process took a newer one: if one did, it throws `NotLeader` and writes nothing (a
+   * fencing token, checked under the write lock of the transaction that writes, so no write
+   * of a superseded process lands after its successor's claim). The newest process wins: a
+   * second `npm start` on the same file supersedes the first. Off in the simulator.
    */
   readonly claim_leader_term?: boolean
+  /** Called once, when this connection first finds that another one took a newer leader term. */
+  readonly on_superseded?: () => void
 }
+
+/**
+ * The mode of a database file this store creates: its owner's alone (it holds API key hashes,
+ * invite secrets and the demo key). SQLite gives the `-wal` and `-shm` files the database
+ * file's mode.
+ */
+export const DATABASE_FILE_MODE = 0o600
 
 /**
  * The page cache of a ledger connection, in KiB: 64 MiB instead of SQLite's 2 MiB. The ledger
@@ -138,9 +160,37 @@ const LEADER_BUSY_TIMEOUT_MS = 2_000
 /** How every ledger connection is set up (the bench's floors open theirs the same way). */
 export const configureConnection = (db: Database.Database, options: OpenOptions = {}): void => {
   db.pragma("journal_mode = WAL")
-  db.pragma(`synchronous = ${options.synchronous ?? "NORMAL"}`)
+  const synchronous = options.synchronous ?? "FULL"
+  assert(SYNCHRONOUS_MODES.includes(synchronous), () => `synchronous must be one of ${SYNCHRONOUS_MODES.join(", ")}, got ${String(synchronous)}`)
+  db.pragma(`synchronous = ${synchronous}`)
   db.pragma("foreign_keys = ON")
   db.pragma(`cache_size = -${PAGE_CACHE_KIB}`)
+}
+
+/**
+ * Creates the database file owner-only before SQLite opens it, and narrows one that already
+ * exists to its owner (a file an earlier version made 0644), with its `-wal` and `-shm`.
+ * Another user's file, which this process may not chmod, is left as it is.
+ */
+const makePrivate = (path: string): void => {
+  if (path === ":memory:" || path === "" || path.startsWith("file:")) return
+  const fd = openSync(path, constants.O_RDONLY | constants.O_CREAT, DATABASE_FILE_MODE)
+  try {
+    const mode = fstatSync(fd).mode & 0o777
+    if ((mode & 0o077) !== 0) fchmodSync(fd, mode & 0o700)
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EPERM") throw e
+  } finally {
+    closeSync(fd)
+  }
+  for (const suffix of ["-wal", "-shm"]) {
+    try {
+      chmodSync(`${path}${suffix}`, DATABASE_FILE_MODE)
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code
+      if (code !== "ENOENT" && code !== "EPERM") throw e
+    }
+  }
 }
 
 /**
@@ -153,10 +203,11 @@ const PENDING_ROWS_MAX = 2_048
 
 export class LedgerStore {
   private readonly s: ReturnType<typeof prepare>
-  private readonly tx: (fn: () => unknown) => unknown
+  private readonly tx: Database.Transaction<(fn: () => unknown) => unknown>
   /**
-   * Write-through cache of wallet balances: this store is the database's only writer, so a
-   * balance read back is the one it last wrote. Dropped whole when a transaction rolls back.
+   * Write-through cache of wallet balances: this store is the database's only writer (a live
+   * one holds the leader term, and stops on the first sign of a newer one), so a balance read
+   * back is the one it last wrote. Dropped whole when a transaction rolls back.
    */
   private readonly balances = new Map<string, Micros>()
   /** Balances changed inside the open transaction, written once just before it commits. */
@@ -185,8 +236,20 @@ export class LedgerStore {
 
   /** The leader term this connection claimed (`claim_leader_term`), or null. */
   private term: number | null = null
+  /** Set once another connection took a newer term: this one writes nothing more. */
+  private superseded = false
+  /** `PRAGMA data_version` when the term was last found ours: it moves only when another connection commits. */
+  private seenDataVersion = -1
+  /**
+   * The latest instant of a row this store wrote (journal, ledger, transitions, notifications),
+   * kept once `latestInstant` was asked (a live clock's store) for the clock mark at `close`.
+   */
+  private latestAt: number | null = null
 
-  private constructor(readonly db: Database.Database) {
+  private constructor(
+    readonly db: Database.Database,
+    private readonly onSuperseded: (() => void) | undefined
+  ) {
     this.s = prepare(db)
     this.tx = db.transaction((fn: () => unknown) => fn())
   }
@@ -194,20 +257,22 @@ export class LedgerStore {
   /** Takes the next leader term (`OpenOptions.claim_leader_term`). */
   private claimLeaderTerm(): void {
     this.term = (this.db.prepare(`UPDATE leader_term SET term = term + 1 WHERE id = 1 RETURNING term`).get() as { term: number }).term
+    this.seenDataVersion = this.s.dataVersion.get() as number
   }
 
   /** Opens (creating if needed) the database at `path` (`:memory:` in tests only), WAL, migrated. */
   static open(path: string, options: OpenOptions = {}): LedgerStore {
+    makePrivate(path)
     const db = new Database(path)
     try {
+      // Live processes may share the file for a moment (a successor starting while the
+      // process it supersedes still writes): wait for the other's write lock, migrations
+      // included, rather than fail at once.
+      if (options.claim_leader_term === true) db.pragma(`busy_timeout = ${LEADER_BUSY_TIMEOUT_MS}`)
       configureConnection(db, options)
       migrate(db)
-      const store = new LedgerStore(db)
-      if (options.claim_leader_term === true) {
-        // Replicas share the file: wait a moment for a deposed leader's last transaction.
-        db.pragma(`busy_timeout = ${LEADER_BUSY_TIMEOUT_MS}`)
-        store.claimLeaderTerm()
-      }
+      const store = new LedgerStore(db, options.on_superseded)
+      if (options.claim_leader_term === true) store.claimLeaderTerm()
       return store
     } catch (e) {
       // A database this engine refuses (a newer schema, say) is not left open behind it.
@@ -216,8 +281,65 @@ export class LedgerStore {
     }
   }
 
+  /** Closes the connection; a live clock's store first marks the latest instant it wrote (`latestInstant`). */
   close(): void {
-    if (this.db.open) this.db.close()
+    if (!this.db.open) return
+    if (this.latestAt !== null && !this.superseded && !this.db.inTransaction) {
+      try {
+        this.transaction(() => this.s.closeClockMark.run(this.latestAt))
+      } catch (e) {
+        // Superseded: the successor owns the mark now.
+        if (!(e instanceof NotLeader)) throw e
+      }
+    }
+    this.db.close()
+  }
+
+  /**
+   * True while no other connection took a newer leader term than this one's (always true for
+   * a connection that claimed none). Cheap enough for every request: the term is read again
+   * only when `data_version` says another connection committed since the last look. The first
+   * `false` marks this store superseded (`on_superseded`).
+   */
+  holdsLeaderTerm(): boolean {
+    if (this.term === null) return true
+    if (this.superseded) return false
+    if (this.db.inTransaction || !this.db.open) return true
+    const version = this.s.dataVersion.get() as number
+    if (version === this.seenDataVersion) return true
+    this.seenDataVersion = version
+    if ((this.s.leaderTerm.get() as { term: number }).term === this.term) return true
+    this.supersede()
+    return false
+  }
+
+  private supersede(): void {
+    if (this.superseded) return
+    this.superseded = true
+    this.onSuperseded?.()
+  }
+
+  /**
+   * The latest instant the database holds: the clock mark's, or a later one of a row written
+   * after it (journal, ledger, transitions, notifications, scanned by id from the mark). Moves
+   * the mark up to them, and from now on keeps the latest instant this store writes, to mark
+   * it at `close`, so the next start scans only what was written after (everything, after a
+   * crash). A live clock starts no earlier than this (src/clock.ts `notBefore`).
+   */
+  latestInstant(): number {
+    const at = this.transaction(() => {
+      this.drain()
+      const mark = this.s.clockMarkScan.get() as { at: number }
+      this.s.setClockMark.run(mark.at)
+      return mark.at
+    })
+    this.latestAt = at
+    return at
+  }
+
+  /** Keeps the latest instant written, for the clock mark (only once `latestInstant` was asked). */
+  private wrote(at: number): void {
+    if (this.latestAt !== null && at > this.latestAt) this.latestAt = at
   }
 
   /**
@@ -267,8 +389,15 @@ export class LedgerStore {
   transaction<T>(fn: () => T): T {
     if (this.db.inTransaction) return fn()
     try {
-      return this.tx(() => {
-        if (this.term !== null && this.term !== (this.s.leaderTerm.get() as { term: number }).term) throw new NotLeader()
+      // A term holder takes the write lock at BEGIN (IMMEDIATE), so the term it reads stays
+      // the latest until it commits: a successor's claim waits for it, or comes first and is
+      // seen here. A deferred BEGIN would read the term in a snapshot, and a claim committed
+      // between that read and the first write would fail the write with SQLITE_BUSY_SNAPSHOT.
+      return (this.term === null ? this.tx : this.tx.immediate)(() => {
+        if (this.term !== null && (this.superseded || this.term !== (this.s.leaderTerm.get() as { term: number }).term)) {
+          this.supersede()
+          throw new NotLeader()
+        }
         const result = fn()
         this.writeBalances()
         return result
@@ -345,6 +474,7 @@ export class LedgerStore {
     // Inside a transaction the wallet row is written once, before the commit.
     if (this.db.inTransaction) this.dirtyBalances.add(row.account)
     else this.s.setBalance.run(balance_after, row.account)
+    this.wrote(row.at)
     if (this.batchOpen) {
       this.pending.ledger.push(row.account, row.at, row.kind, row.amount_micros, balance_after, row.resource ?? null, row.hold_id ?? null, row.description)
       this.waited()
@@ -488,6 +618,7 @@ export class LedgerStore {
   // ── notifications, transitions, resources, journal ───────────────────────────────────
   notify(n: NotificationInput): void {
     const data = n.data == null ? null : JSON.stringify(n.data)
+    this.wrote(n.at)
     if (this.batchOpen) {
       this.pending.notifications.push(n.account, n.resource, n.at, n.severity, n.kind, n.text, data)
       this.waited()
@@ -495,6 +626,7 @@ export class LedgerStore {
   }
 
   recordTransition(t: { at: number; resource: string; from_state: string | null; to_state: string; reason: string | null }): void {
+    this.wrote(t.at)
     if (this.batchOpen) {
       this.pending.transitions.push(t.at, t.resource, t.from_state, t.to_state, t.reason)
       this.waited()
@@ -575,6 +707,7 @@ export class LedgerStore {
   }
 
   journal(at: number, kind: string, payload: unknown): void {
+    this.wrote(at)
     if (this.batchOpen) {
       this.pending.journal.push(at, kind, JSON.stringify(payload))
       this.waited()
@@ -607,6 +740,16 @@ export class LedgerStore {
   }
 }
 
+/** Moves the clock mark to the last row of each table, at the instant `at` (an SQL expression). */
+const CLOCK_MARK_UPDATE = (at: string): string =>
+  `UPDATE clock_mark SET
+     journal_seq = coalesce((SELECT max(seq) FROM journal), 0),
+     ledger_id = coalesce((SELECT max(id) FROM ledger), 0),
+     transition_id = coalesce((SELECT max(id) FROM transitions), 0),
+     notification_id = coalesce((SELECT max(id) FROM notifications), 0),
+     at = ${at}
+   WHERE id = 1`
+
 /** The integer columns of `ledger` and `holds` that are not money. */
 const LEDGER_NUMBERS = ["id", "at"] as const
 const HOLD_NUMBERS = ["placed_at", "settled_at"] as const
@@ -617,6 +760,19 @@ const prepare = (db: Database.Database) => {
   const columns = <S extends Database.Statement>(stmt: S): S => stmt.raw(true) as S
   return {
     leaderTerm: db.prepare(`SELECT term FROM leader_term WHERE id = 1`),
+    dataVersion: db.prepare(`PRAGMA data_version`).pluck(),
+    // The latest instant: the mark's, or a later one of a row after it (rowid range scans).
+    clockMarkScan: db.prepare(
+      `SELECT max(m.at,
+         coalesce((SELECT max(at) FROM journal WHERE seq > m.journal_seq), m.at),
+         coalesce((SELECT max(at) FROM ledger WHERE id > m.ledger_id), m.at),
+         coalesce((SELECT max(at) FROM transitions WHERE id > m.transition_id), m.at),
+         coalesce((SELECT max(at) FROM notifications WHERE id > m.notification_id), m.at)) AS at
+       FROM clock_mark m WHERE m.id = 1`
+    ),
+    setClockMark: db.prepare(CLOCK_MARK_UPDATE("?")),
+    // At close: every row is at or before the latest instant this store wrote, or the mark's.
+    closeClockMark: db.prepare(CLOCK_MARK_UPDATE("max(at, ?)")),
     insertAccount: db.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES (?, 0, ?)`),
     accountExists: db.prepare(`SELECT 1 FROM accounts WHERE id = ?`),
     balance: money(db.prepare(`SELECT balance_micros FROM accounts WHERE id = ?`)),
