@@ -22,7 +22,7 @@ import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease } fr
 import * as policy from "../policy.js"
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
-import { cryptoSecrets, newSecret, type SecretsPort } from "./secrets.js"
+import { cryptoSecrets, type SecretsPort } from "./secrets.js"
 import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, type ServerConfig } from "./server.js"
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
@@ -46,6 +46,9 @@ export const startKubernetesServer = async (
   options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
 ): Promise<RunningServer> => {
   const k8s = config.kubernetes!
+  // parseConfig refuses the Kubernetes world without one: every replica shares it.
+  if (config.operator_key === null) throw new ConfigError("the Kubernetes world needs ECOLINK_OPERATOR_KEY (or --operator-key)")
+  const operator_key = config.operator_key
   const secrets = options.secrets ?? cryptoSecrets
   const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
   let parsed: unknown
@@ -60,8 +63,6 @@ export const startKubernetesServer = async (
   const kc = loadKubeconfig(k8s.kubeconfig)
   const report = (r: DriverReport | LeaderReport) => log(JSON.stringify({ level: "info", msg: "kubernetes", ...r }))
   const cluster = await startKubernetesCluster(kc, clock, world.right.cluster, report)
-  const operator_key_generated = config.operator_key === null
-  const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
 
   // What this replica serves now, and the port it keeps across leadership changes.
   let serving: { readonly app: FastifyInstance; readonly opened: OpenedEngine | null } | null = null
@@ -173,7 +174,7 @@ export const startKubernetesServer = async (
     },
     url,
     operator_key,
-    operator_key_generated,
+    operator_key_generated: false,
     get demo() {
       return demo
     },

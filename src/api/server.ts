@@ -12,7 +12,7 @@
  * | --db FILE | ECOLINK_DB | data/ecolink.sqlite |
  * | --port N | PORT | 8080 (0: any free port) |
  * | --host H | HOST | 127.0.0.1 |
- * | --operator-key K | ECOLINK_OPERATOR_KEY | generated for this run, printed |
+ * | --operator-key K | ECOLINK_OPERATOR_KEY | generated for this run, printed (required with a kubeconfig) |
  * | --clock-speed X | ECOLINK_CLOCK_SPEED | 1 (engine ms per wall ms) |
  * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links) |
  * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
@@ -119,6 +119,11 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     throw new ConfigError("--kubeconfig needs --cluster FILE (or ECOLINK_CLUSTER): the regions, namespace and lease of the Kubernetes world")
   }
   if (kubeconfig === undefined && cluster_file !== undefined) throw new ConfigError("--cluster needs --kubeconfig FILE (or KUBECONFIG)")
+  // Every replica must answer the same operator key: one generated per replica would change
+  // with every failover, and no operator could know the standby's.
+  if (kubeconfig !== undefined && operator_key === null) {
+    throw new ConfigError("the Kubernetes world needs ECOLINK_OPERATOR_KEY (or --operator-key): every replica must share one operator key (a generated one would change at each failover)")
+  }
   const stripe_key = pick("stripe-key", "STRIPE_SECRET_KEY")
   const stripe_webhook_secret = pick("stripe-webhook-secret", "STRIPE_WEBHOOK_SECRET")
   if ((stripe_key === undefined) !== (stripe_webhook_secret === undefined)) {

@@ -48,7 +48,8 @@ describe("npm start in the Kubernetes world", () => {
       JSON.stringify({ namespace: NAMESPACE, regions: { "us-east": { nodes: 2, gpus_per_node: 8 } }, leader_election: { lease_duration_ms: 3_000, renew_deadline_ms: 2_000, retry_period_ms: 500 } })
     )
     const args = (identity: string) => ["--db", db, "--port", "0", "--kubeconfig", kubeconfig, "--cluster", clusterFile, "--identity", identity]
-    const a: Started = await startServerProcess(args("replica-a"))
+    const env = { ECOLINK_OPERATOR_KEY: "op_test_0123456789abcdefghijklmnopqrstuvwxyz" }
+    const a: Started = await startServerProcess(args("replica-a"), env)
     cleanups.push(() => a.stop("SIGKILL"))
     expect(a.stdout()).toContain("Kubernetes")
     expect(a.stdout()).toContain("replica replica-a, leading")
@@ -65,7 +66,7 @@ describe("npm start in the Kubernetes world", () => {
       return r.status === "running" ? r : undefined
     })
 
-    const b: Started = await startServerProcess(args("replica-b"), {}, { demoKey: false })
+    const b: Started = await startServerProcess(args("replica-b"), env, { demoKey: false })
     cleanups.push(() => b.stop("SIGKILL"))
     expect(b.stdout()).toContain("replica replica-b, standby")
     const standby = await fetch(`${b.url}/gpu-instances/${id}`, { headers: auth })
