@@ -14,7 +14,7 @@
  * | --host H | HOST | 127.0.0.1 |
  * | --operator-key K | ECOLINK_OPERATOR_KEY | generated for this run, printed (required with a kubeconfig) |
  * | --clock-speed X | ECOLINK_CLOCK_SPEED | 1 (engine ms per wall ms) |
- * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links) |
+ * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links; an absolute http(s) URL) |
  * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
  * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
  * | --no-demo | ECOLINK_DEMO=0 | the demo account is seeded |
@@ -25,6 +25,8 @@
  * | --stripe-key K | STRIPE_SECRET_KEY | none: no payment routes (top-ups, auto-recharge, webhook) |
  * | --stripe-webhook-secret S | STRIPE_WEBHOOK_SECRET | required with a Stripe key |
  * | --stripe-api URL | STRIPE_API_URL | https://api.stripe.com (a Stripe-compatible server, for tests) |
+ *
+ * An empty or blank value is refused, never read as unset; so is a secret with spaces around it.
  *
  * With a kubeconfig the Kubernetes world replaces the simulated cluster, and the replica runs
  * the supervisor only while it holds the leader lease (`startKubernetesServer`).
@@ -68,6 +70,17 @@ export class ConfigError extends Error {}
 
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"]
 
+/** An absolute http(s) URL an invite link can be built on: `<base>/invites/<token>`. */
+const isBaseUrl = (raw: string): boolean => {
+  let url: URL
+  try {
+    url = new URL(raw)
+  } catch {
+    return false
+  }
+  return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "" && url.search === "" && url.hash === "" && !/\s/.test(raw)
+}
+
 /** Flags, then environment variables, then defaults. Throws `ConfigError` on a bad value. */
 export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>>): ServerConfig => {
   let values: Record<string, string | boolean | undefined>
@@ -96,7 +109,23 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   } catch (e) {
     throw new ConfigError((e as Error).message)
   }
-  const pick = (flag: string, variable: string): string | undefined => (values[flag] as string | undefined) ?? env[variable]
+  // A value given empty or blank is refused, never read as "unset" nor used: `HOST=` bound
+  // every interface, `ECOLINK_DB=` opened the working directory, an empty Stripe secret
+  // failed every webhook.
+  const given = (name: string, raw: string | undefined): string | undefined => {
+    if (raw !== undefined && raw.trim() === "") throw new ConfigError(`${name} is empty`)
+    return raw
+  }
+  const pick = (flag: string, variable: string): string | undefined => {
+    const fromFlag = values[flag] as string | undefined
+    return given(fromFlag === undefined ? variable : `--${flag}`, fromFlag ?? env[variable])
+  }
+  /** A secret pasted with a space or a newline around it would match nothing: refused. */
+  const secret = (flag: string, variable: string): string | undefined => {
+    const raw = pick(flag, variable)
+    if (raw !== undefined && raw !== raw.trim()) throw new ConfigError(`--${flag} (${variable}) has spaces or a line break around it`)
+    return raw
+  }
   const whole = (name: string, raw: string | undefined, fallback: number, max: number): number => {
     if (raw === undefined) return fallback
     if (!/^\d{1,9}$/.test(raw) || Number(raw) > max) throw new ConfigError(`${name} must be a whole number from 0 to ${max}, got ${JSON.stringify(raw)}`)
@@ -107,14 +136,14 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   if (!/^\d+(\.\d+)?$/.test(speedRaw ?? "1") || !(clock_speed >= 1 && clock_speed <= LIVE_CLOCK_SPEED_MAX)) {
     throw new ConfigError(`--clock-speed must be a number from 1 to ${LIVE_CLOCK_SPEED_MAX}, got ${JSON.stringify(speedRaw)}`)
   }
-  const operator_key = pick("operator-key", "ECOLINK_OPERATOR_KEY") ?? null
+  const operator_key = secret("operator-key", "ECOLINK_OPERATOR_KEY") ?? null
   if (operator_key !== null && operator_key.length < OPERATOR_KEY_LENGTH_MIN) throw new ConfigError(`the operator key must be at least ${OPERATOR_KEY_LENGTH_MIN} characters`)
   const log_level = pick("log-level", "ECOLINK_LOG_LEVEL") ?? "info"
   if (!LOG_LEVELS.includes(log_level)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(", ")}`)
   // KUBECONFIG alone (set on many a developer's machine) does not leave the simulated world:
   // it counts only with a cluster file. The --kubeconfig flag without one is an error.
   const cluster_file = pick("cluster", "ECOLINK_CLUSTER")
-  const kubeconfig = (values["kubeconfig"] as string | undefined) ?? (cluster_file === undefined ? undefined : env["KUBECONFIG"])
+  const kubeconfig = given("--kubeconfig", values["kubeconfig"] as string | undefined) ?? (cluster_file === undefined ? undefined : given("KUBECONFIG", env["KUBECONFIG"]))
   if (kubeconfig !== undefined && cluster_file === undefined) {
     throw new ConfigError("--kubeconfig needs --cluster FILE (or ECOLINK_CLUSTER): the regions, namespace and lease of the Kubernetes world")
   }
@@ -124,8 +153,8 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   if (kubeconfig !== undefined && operator_key === null) {
     throw new ConfigError("the Kubernetes world needs ECOLINK_OPERATOR_KEY (or --operator-key): every replica must share one operator key (a generated one would change at each failover)")
   }
-  const stripe_key = pick("stripe-key", "STRIPE_SECRET_KEY")
-  const stripe_webhook_secret = pick("stripe-webhook-secret", "STRIPE_WEBHOOK_SECRET")
+  const stripe_key = secret("stripe-key", "STRIPE_SECRET_KEY")
+  const stripe_webhook_secret = secret("stripe-webhook-secret", "STRIPE_WEBHOOK_SECRET")
   if ((stripe_key === undefined) !== (stripe_webhook_secret === undefined)) {
     throw new ConfigError("Stripe needs both --stripe-key (STRIPE_SECRET_KEY) and --stripe-webhook-secret (STRIPE_WEBHOOK_SECRET)")
   }
@@ -134,6 +163,10 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   const sqlite_synchronous = env["ECOLINK_SQLITE_SYNCHRONOUS"] ?? "FULL"
   if (sqlite_synchronous !== "FULL" && sqlite_synchronous !== "NORMAL") {
     throw new ConfigError(`ECOLINK_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got ${JSON.stringify(sqlite_synchronous)}`)
+  }
+  const public_url = pick("public-url", "ECOLINK_PUBLIC_URL") ?? null
+  if (public_url !== null && !isBaseUrl(public_url)) {
+    throw new ConfigError(`--public-url (ECOLINK_PUBLIC_URL) must be an absolute http(s) URL without query or fragment (the base of invite links), got ${JSON.stringify(public_url)}`)
   }
   return {
     stripe: stripe_key === undefined ? null : { api_key: stripe_key, webhook_secret: stripe_webhook_secret!, api_url: stripe_api.replace(/[/]$/, "") },
@@ -146,7 +179,7 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     host: pick("host", "HOST") ?? "127.0.0.1",
     operator_key,
     clock_speed,
-    public_url: pick("public-url", "ECOLINK_PUBLIC_URL") ?? null,
+    public_url,
     rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
     log_level,
     demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0",

@@ -23,7 +23,10 @@ const Ms = Schema.Int.pipe(Schema.between(1, 24 * policy.MS_PER_HOUR))
 /** The cluster description file (JSON): regions are static facts the engine's admission needs. */
 const ClusterFile = Schema.Struct({
   namespace: Schema.optional(Name),
-  regions: Schema.Record({ key: Name, value: Schema.Struct({ nodes: Count(100_000), gpus_per_node: Count(policy.GPU_COUNT_MAX) }) }),
+  // At least one: without a region every launch is refused, and the replica would serve that.
+  regions: Schema.Record({ key: Name, value: Schema.Struct({ nodes: Count(100_000), gpus_per_node: Count(policy.GPU_COUNT_MAX) }) }).pipe(
+    Schema.filter((regions) => Object.keys(regions).length > 0, { message: () => "at least one region" })
+  ),
   region_label: Schema.optional(Schema.String),
   gpu_label: Schema.optional(Schema.NullOr(Schema.String)),
   gpu_resource: Schema.optional(Schema.String),
@@ -51,10 +54,19 @@ export interface KubernetesWorldConfig {
   readonly leader_election: Omit<LeaderElectionConfig, "namespace" | "identity">
 }
 
-/** Decodes the cluster description (parsed JSON), or says what is wrong, path by path. */
+/** Decodes the cluster description (parsed JSON), or says what is wrong, path by path, on one line. */
 export const decodeKubernetesWorld = (input: unknown): Either.Either<KubernetesWorldConfig, string> => {
   const decoded = Schema.decodeUnknownEither(ClusterFile, { errors: "all" })(input)
-  if (Either.isLeft(decoded)) return Either.left(ParseResult.TreeFormatter.formatErrorSync(decoded.left))
+  // One line, the first issue of each path as `path: message` (an optional field also fails
+  // its `undefined` branch: noise), so an operator reads it in a start's one-line refusal.
+  if (Either.isLeft(decoded)) {
+    const issues = new Map<string, string>()
+    for (const issue of ParseResult.ArrayFormatter.formatErrorSync(decoded.left)) {
+      const path = issue.path.length === 0 ? "the file" : issue.path.join(".")
+      if (!issues.has(path)) issues.set(path, issue.message)
+    }
+    return Either.left([...issues].map(([path, message]) => `${path}: ${message}`).join("; "))
+  }
   const f = decoded.right
   try {
     const { regions, leader_election, ...rest } = f

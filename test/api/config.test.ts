@@ -29,3 +29,38 @@ describe("parseConfig: the Kubernetes world", () => {
     expect(parseConfig([], {}).operator_key).toBe(null)
   })
 })
+
+describe("parseConfig: values that look set but are not usable", () => {
+  it("refuses an empty or blank value instead of taking it: HOST, ECOLINK_DB, the Stripe secrets, and the rest", () => {
+    // Found by review: `HOST=` bound every interface, `ECOLINK_DB=` opened the working
+    // directory, and a blank STRIPE_WEBHOOK_SECRET with a Stripe key made every webhook a 400
+    // (paid top-ups never credited).
+    const stripe = { STRIPE_SECRET_KEY: "sk_test_x", STRIPE_WEBHOOK_SECRET: "whsec_x" }
+    expect(refused([], { HOST: "" })).toBe("HOST is empty")
+    expect(refused(["--host", " "], {})).toBe("--host is empty")
+    expect(refused([], { ECOLINK_DB: "" })).toBe("ECOLINK_DB is empty")
+    expect(refused([], { ...stripe, STRIPE_WEBHOOK_SECRET: "" })).toBe("STRIPE_WEBHOOK_SECRET is empty")
+    expect(refused([], { ...stripe, STRIPE_WEBHOOK_SECRET: "  \n" })).toBe("STRIPE_WEBHOOK_SECRET is empty")
+    expect(refused([], { ...stripe, STRIPE_SECRET_KEY: "" })).toBe("STRIPE_SECRET_KEY is empty")
+    expect(refused([], { PORT: "" })).toBe("PORT is empty")
+    expect(refused([], { ECOLINK_OPERATOR_KEY: "" })).toBe("ECOLINK_OPERATOR_KEY is empty")
+    expect(refused(KUBE.slice(0, 4), { ECOLINK_OPERATOR_KEY: OPERATOR_KEY, POD_NAME: "" })).toBe("POD_NAME is empty")
+    expect(refused(["--cluster", "/etc/c.json"], { ECOLINK_OPERATOR_KEY: OPERATOR_KEY, KUBECONFIG: "" })).toBe("KUBECONFIG is empty")
+    // KUBECONFIG alone is still ignored, even empty (a developer's shell).
+    expect(parseConfig([], { KUBECONFIG: "" }).kubernetes).toBe(null)
+    expect(parseConfig([], stripe).stripe).toEqual({ api_key: "sk_test_x", webhook_secret: "whsec_x", api_url: "https://api.stripe.com" })
+  })
+
+  it("refuses a secret with spaces or a line break around it: it would match nothing", () => {
+    expect(refused([], { STRIPE_SECRET_KEY: "sk_test_x", STRIPE_WEBHOOK_SECRET: "whsec_x\n" })).toMatch(/STRIPE_WEBHOOK_SECRET.*spaces or a line break/)
+    expect(refused([], { ECOLINK_OPERATOR_KEY: ` ${OPERATOR_KEY}` })).toMatch(/ECOLINK_OPERATOR_KEY.*spaces or a line break/)
+  })
+
+  it("takes ECOLINK_PUBLIC_URL only as an absolute http(s) URL: it is the base of invite links", () => {
+    for (const bad of ["example.com", "/invites", "ftp://example.com", "https://", "https://example.com/?a=1", "https://example.com/#x", "http://exa mple.com"]) {
+      expect(refused([], { ECOLINK_PUBLIC_URL: bad })).toMatch(/--public-url \(ECOLINK_PUBLIC_URL\) must be an absolute http\(s\) URL/)
+    }
+    expect(parseConfig([], { ECOLINK_PUBLIC_URL: "https://api.example.com/ecolink/" }).public_url).toBe("https://api.example.com/ecolink/")
+    expect(parseConfig(["--public-url", "http://10.0.0.1:8080"], {}).public_url).toBe("http://10.0.0.1:8080")
+  })
+})

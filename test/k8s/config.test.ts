@@ -43,16 +43,21 @@ describe("the cluster description file", () => {
   })
 
   it("takes a StorageClass per storage kind, null for the cluster's default, and refuses a name Kubernetes would not", () => {
-    const decoded = decodeKubernetesWorld({ regions: {}, cloud_drive_storage_class: "premium-rwo.csi", shared_fs_storage_class: null })
+    const decoded = decodeKubernetesWorld({ regions: { "us-east": { nodes: 1, gpus_per_node: 8 } }, cloud_drive_storage_class: "premium-rwo.csi", shared_fs_storage_class: null })
     expect(Either.isRight(decoded)).toBe(true)
     const c = Either.getOrThrow(decoded).cluster
     expect([c.cloud_drive_storage_class, c.shared_fs_storage_class]).toEqual(["premium-rwo.csi", null])
-    expect(Either.isLeft(decodeKubernetesWorld({ regions: {}, shared_fs_storage_class: "Shared_FS" }))).toBe(true)
+    expect(Either.isLeft(decodeKubernetesWorld({ regions: { "us-east": { nodes: 1, gpus_per_node: 8 } }, shared_fs_storage_class: "Shared_FS" }))).toBe(true)
   })
 
   it("refuses what would break the engine: no GPUs per node, a lease that lapses before its leader gives up", () => {
     expect(Either.isLeft(decodeKubernetesWorld({ regions: { "us-east": { nodes: 4, gpus_per_node: 0 } } }))).toBe(true)
-    expect(Either.getLeft(decodeKubernetesWorld({ regions: {}, leader_election: { lease_duration_ms: 5_000 } }))).toEqual(
+    // Found by review: no region at all was accepted, and every launch then refused.
+    expect(Either.getLeft(decodeKubernetesWorld({ regions: {} }))).toEqual(Either.getLeft(Either.left("regions: at least one region")))
+    expect(Either.getLeft(decodeKubernetesWorld({ regions: { a: { nodes: 0, gpus_per_node: 8 } }, inference_port: "80" }))).toEqual(
+      Either.getLeft(Either.left("regions.a.nodes: Expected a number between 1 and 100000, actual 0; inference_port: Expected number, actual \"80\""))
+    )
+    expect(Either.getLeft(decodeKubernetesWorld({ regions: { "us-east": { nodes: 1, gpus_per_node: 8 } }, leader_election: { lease_duration_ms: 5_000 } }))).toEqual(
       Either.getLeft(Either.left("leader_election: need retry_period_ms < renew_deadline_ms < lease_duration_ms, the last in whole seconds"))
     )
   })
