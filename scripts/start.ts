@@ -46,7 +46,15 @@ const main = async (): Promise<void> => {
   }
   process.on("SIGTERM", () => stop(0, "SIGTERM"))
   process.on("SIGINT", () => stop(0, "SIGINT"))
-  server = await startServer(config, { onDefect: () => stop(70, "defect") })
+  try {
+    server = await startServer(config, { onDefect: () => stop(70, "defect") })
+  } catch (e) {
+    // A file the configuration names (the cluster file, the kubeconfig) is read only now,
+    // still before anything opens: the same one-line refusal and exit code as a bad flag.
+    if (!(e instanceof ConfigError)) throw e
+    process.stderr.write(`npm start: ${e.message}\n`)
+    process.exit(2)
+  }
   process.stdout.write(
     [
       "EcoLink control plane",

@@ -4,8 +4,8 @@
  * same demo key.
  */
 import { spawn } from "node:child_process"
-import { existsSync } from "node:fs"
-import { join } from "node:path"
+import { existsSync, writeFileSync } from "node:fs"
+import { dirname, join } from "node:path"
 import { describe, expect, it } from "vitest"
 import { startServerProcess } from "./api/spawn.js"
 import { tmpDb } from "./helpers.js"
@@ -41,6 +41,33 @@ describe("npm start", () => {
     expect(invite.status).toBe(201)
     expect(((await invite.json()) as { invite_url: string }).invite_url.startsWith(`${second.url}/invites/inv-`)).toBe(true)
     expect(await second.stop("SIGINT")).toBe(0)
+  })
+
+  it("refuses a Kubernetes world whose files are bad with exit code 2 and one line, before making anything", async () => {
+    // Found by review: a missing kubeconfig or a bad leader_election in the cluster file was
+    // found after parsing: exit 1 with a stack trace, the database's directory already made.
+    const dir = dirname(tmpDb())
+    const db = join(dir, "made-only-when-started", "ledger.sqlite")
+    const good = join(dir, "cluster.json")
+    writeFileSync(good, JSON.stringify({ namespace: "ecolink", regions: { "us-east": { nodes: 1, gpus_per_node: 8 } } }))
+    const badLease = join(dir, "bad-lease.json")
+    writeFileSync(badLease, JSON.stringify({ namespace: "ecolink", regions: { "us-east": { nodes: 1, gpus_per_node: 8 } }, leader_election: { lease_duration_ms: 1_500 } }))
+    const env = { ECOLINK_OPERATOR_KEY: "op_test_0123456789abcdefghijklmnopqrstuvwxyz" }
+    const kubeconfig = join(dir, "kubeconfig.yaml")
+    writeFileSync(kubeconfig, "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n")
+    const refusal = async (args: ReadonlyArray<string>): Promise<string> => {
+      const e = await startServerProcess(["--db", db, "--port", "0", ...args], env).then(
+        () => expect.fail("started"),
+        (e: Error) => e.message
+      )
+      expect(e).toMatch(/^start exited 2; stdout: ; stderr: npm start: [^\n]*\n$/)
+      return e.replace(/^start exited 2; stdout: ; stderr: npm start: /, "").trim()
+    }
+    expect(await refusal(["--kubeconfig", "/nonexistent", "--cluster", good])).toMatch(/^--kubeconfig \/nonexistent: ENOENT/)
+    expect(await refusal(["--kubeconfig", kubeconfig, "--cluster", badLease])).toBe(
+      `--cluster ${badLease}: leader_election: need retry_period_ms < renew_deadline_ms < lease_duration_ms, the last in whole seconds`
+    )
+    expect(existsSync(dirname(db))).toBe(false)
   })
 
   it("refuses a bad configuration with exit code 2", async () => {

@@ -16,9 +16,10 @@ import { readFileSync } from "node:fs"
 import { Either } from "effect"
 import Fastify, { type FastifyInstance } from "fastify"
 import { LiveClock } from "../clock.js"
+import type { KubeConfig } from "@kubernetes/client-node"
 import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
 import type { LeaderReport } from "../k8s/leader.js"
-import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease } from "../k8s/world.js"
+import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease, type KubernetesWorldConfig } from "../k8s/world.js"
 import * as policy from "../policy.js"
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
@@ -41,16 +42,21 @@ const standbyApp = async (identity: string): Promise<FastifyInstance> => {
   return app
 }
 
-export const startKubernetesServer = async (
-  config: ServerConfig,
-  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
-): Promise<RunningServer> => {
+/** The Kubernetes world's files, read and checked before anything opens. */
+export interface KubernetesFiles {
+  readonly world: KubernetesWorldConfig
+  readonly kubeconfig: KubeConfig
+}
+
+/**
+ * Reads the cluster file and the kubeconfig, or throws `ConfigError` with one line saying
+ * what is wrong: called before the database's directory is made, the driver started or the
+ * lease tried, so a bad file exits 2 with nothing created (it used to exit 1 with a stack).
+ */
+export const readKubernetesFiles = (config: ServerConfig): KubernetesFiles => {
   const k8s = config.kubernetes!
   // parseConfig refuses the Kubernetes world without one: every replica shares it.
   if (config.operator_key === null) throw new ConfigError("the Kubernetes world needs ECOLINK_OPERATOR_KEY (or --operator-key)")
-  const operator_key = config.operator_key
-  const secrets = options.secrets ?? cryptoSecrets
-  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
   let parsed: unknown
   try {
     parsed = JSON.parse(readFileSync(k8s.cluster_file, "utf8"))
@@ -59,10 +65,31 @@ export const startKubernetesServer = async (
   }
   const world = decodeKubernetesWorld(parsed)
   if (Either.isLeft(world)) throw new ConfigError(`--cluster ${k8s.cluster_file}: ${world.left}`)
+  let kubeconfig: KubeConfig
+  try {
+    kubeconfig = loadKubeconfig(k8s.kubeconfig)
+  } catch (e) {
+    throw new ConfigError(`--kubeconfig ${k8s.kubeconfig}: ${(e as Error).message.split("\n")[0]}`)
+  }
+  // client-node refuses a kubeconfig without a current cluster only at its first request.
+  if (kubeconfig.getCurrentCluster() === null) throw new ConfigError(`--kubeconfig ${k8s.kubeconfig}: no current context with a cluster`)
+  return { world: world.right, kubeconfig }
+}
+
+export const startKubernetesServer = async (
+  config: ServerConfig,
+  files: KubernetesFiles,
+  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
+): Promise<RunningServer> => {
+  const k8s = config.kubernetes!
+  const operator_key = config.operator_key!
+  const secrets = options.secrets ?? cryptoSecrets
+  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
+  const world = files.world
   const clock = new LiveClock({ speed: config.clock_speed })
-  const kc = loadKubeconfig(k8s.kubeconfig)
+  const kc = files.kubeconfig
   const report = (r: DriverReport | LeaderReport) => log(JSON.stringify({ level: "info", msg: "kubernetes", ...r }))
-  const cluster = await startKubernetesCluster(kc, clock, world.right.cluster, report)
+  const cluster = await startKubernetesCluster(kc, clock, world.cluster, report)
 
   // What this replica serves now, and the port it keeps across leadership changes.
   let serving: { readonly app: FastifyInstance; readonly opened: OpenedEngine | null } | null = null
@@ -142,7 +169,7 @@ export const startKubernetesServer = async (
   const elector = superviseUnderLease(
     kc,
     clock,
-    { namespace: world.right.cluster.namespace, identity: k8s.identity, ...world.right.leader_election },
+    { namespace: world.cluster.namespace, identity: k8s.identity, ...world.leader_election },
     () => {
       const mine = ++terms
       term = mine
@@ -181,7 +208,7 @@ export const startKubernetesServer = async (
     get live_resources() {
       return live_resources
     },
-    world: `Kubernetes (${k8s.kubeconfig}, namespace ${world.right.cluster.namespace}), replica ${k8s.identity}, ${elector.leading ? "leading" : "standby"}`,
+    world: `Kubernetes (${k8s.kubeconfig}, namespace ${world.cluster.namespace}), replica ${k8s.identity}, ${elector.leading ? "leading" : "standby"}`,
     close: () =>
       (closing ??= (async () => {
         closed = true

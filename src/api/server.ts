@@ -43,7 +43,7 @@ import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiKey, sha256, type SecretsPort } from "./secrets.js"
 import { ApiStore } from "./store.js"
-import { startKubernetesServer } from "./kubernetesServer.js"
+import { readKubernetesFiles, startKubernetesServer } from "./kubernetesServer.js"
 import { StripePayments } from "../stripePayments.js"
 
 export interface ServerConfig {
@@ -292,8 +292,10 @@ export const startServer = async (
   options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
 ): Promise<RunningServer> => {
   const secrets = options.secrets ?? cryptoSecrets
+  // The Kubernetes world's files are read first: a bad one is a ConfigError with nothing made.
+  const kubernetes = config.kubernetes === null ? null : readKubernetesFiles(config)
   if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true })
-  if (config.kubernetes !== null) return startKubernetesServer(config, options)
+  if (kubernetes !== null) return startKubernetesServer(config, kubernetes, options)
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
   // Newest wins: this process takes the next leader term, and one started after it on the same
