@@ -6,7 +6,7 @@
 import { chmodSync, statSync, writeFileSync } from "node:fs"
 import { afterEach, describe, expect, it } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
-import { ConfigError, parseConfig, startServer, type RunningServer } from "../src/api/server.js"
+import { ConfigError, parseConfig, serverLogger, startServer, type RunningServer } from "../src/api/server.js"
 import { LiveClock } from "../src/clock.js"
 import { LedgerStore } from "../src/ledger/store.js"
 import { dollars } from "../src/money.js"
@@ -25,8 +25,10 @@ afterEach(async () => {
 
 const configFor = (db: string, env: Record<string, string> = {}) => parseConfig(["--db", db, "--port", "0", "--log-level", "silent", "--operator-key", OPERATOR_KEY, "--rate-limit", "0"], env)
 
+/** The server's error lines (its one logger, src/api/server.ts `serverLogger`), as their messages. */
 const start = async (db: string, lines: string[]): Promise<RunningServer> => {
-  const server = await startServer(configFor(db), { log: (line) => lines.push(line) })
+  const logger = serverLogger({ log_level: "error" }, { write: (line: string) => void lines.push((JSON.parse(line) as { msg: string }).msg) })
+  const server = await startServer(configFor(db), { logger })
   servers.push(server)
   return server
 }
@@ -147,7 +149,7 @@ describe("durability", () => {
     for (const s of [plain, normal, off]) s.close()
     expect(configFor(tmpDb()).sqlite_synchronous).toBe("FULL")
     expect(configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "NORMAL" }).sqlite_synchronous).toBe("NORMAL")
-    const normalServer = await startServer(configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "NORMAL" }), { log: () => {} })
+    const normalServer = await startServer(configFor(tmpDb(), { ECOLINK_SQLITE_SYNCHRONOUS: "NORMAL" }), {})
     servers.push(normalServer)
     expect(synchronous(normalServer.opened!.engine.ledger)).toBe(1)
   })

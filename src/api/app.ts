@@ -22,7 +22,7 @@
 import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
 import { NotLeader } from "../errors.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
@@ -56,6 +56,8 @@ export interface AppOptions {
   readonly operatorKey?: string | null
   /** Fastify's logger: false (tests), true, or pino options. */
   readonly logger?: FastifyServerOptions["logger"]
+  /** A pino logger to log requests to instead (`npm start`: the process's one logger); wins over `logger`. */
+  readonly loggerInstance?: FastifyBaseLogger
   /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per key. */
   readonly rateLimit?: RateLimitOptions | false
   /** Base of invite links, or a function answering it (known only once listening). Default `http://localhost`. */
@@ -166,7 +168,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   let requests = 0
 
   const app = Fastify({
-    logger: options.logger ?? false,
+    ...(options.loggerInstance === undefined ? { logger: options.logger ?? false } : { loggerInstance: options.loggerInstance }),
     genReqId: () => `${requestPrefix}${++requests}`,
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),

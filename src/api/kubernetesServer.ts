@@ -15,6 +15,7 @@
 import { readFileSync } from "node:fs"
 import { Either } from "effect"
 import Fastify, { type FastifyInstance } from "fastify"
+import type { Logger } from "pino"
 import { LiveClock } from "../clock.js"
 import type { KubeConfig } from "@kubernetes/client-node"
 import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
@@ -23,15 +24,15 @@ import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease, typ
 import * as policy from "../policy.js"
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
-import { cryptoSecrets, type SecretsPort } from "./secrets.js"
-import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, type ServerConfig } from "./server.js"
+import { cryptoSecrets } from "./secrets.js"
+import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
 export const FIRST_LEADERSHIP_WAIT_MS = 5_000
 
-const standbyApp = async (identity: string): Promise<FastifyInstance> => {
+const standbyApp = async (identity: string, logger: Logger): Promise<FastifyInstance> => {
   let seq = 0
-  const app = Fastify({ logger: false })
+  const app = Fastify({ loggerInstance: logger }) as unknown as FastifyInstance
   app.all("/*", async (_request, reply) =>
     reply
       .code(503)
@@ -76,20 +77,37 @@ export const readKubernetesFiles = (config: ServerConfig): KubernetesFiles => {
   return { world: world.right, kubeconfig }
 }
 
+/** The lease's reports, at the level an operator should see them: a failing request is a warning. */
+const logLeaderReport = (logger: Logger, r: LeaderReport): void => {
+  if (r.kind === "acquired") logger.info(r, "lease acquired")
+  else if (r.kind === "lost") logger.warn(r, `lease lost (${r.reason})`)
+  else logger.warn(r, "lease request failed")
+}
+
+/** The driver's reports: retries and lost pods are warnings, a request given up an error. */
+const logDriverReport = (logger: Logger, r: DriverReport): void => {
+  if (r.kind === "request_failed") logger[r.final ? "error" : "warn"](r, `kubernetes request failed: ${r.what}`)
+  else if (r.kind === "pod_lost") logger.warn(r, `pod lost: ${r.pod}`)
+  else if (r.kind === "watch_restarted") logger.info(r, `pod watch restarted (${r.reason})`)
+  else if (r.kind === "relisted") logger.info(r, "pods relisted")
+  else logger.info(r, `pod replaced: ${r.pod}`)
+}
+
 export const startKubernetesServer = async (
   config: ServerConfig,
   files: KubernetesFiles,
-  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
+  options: StartOptions & { readonly logger: Logger }
 ): Promise<RunningServer> => {
   const k8s = config.kubernetes!
   const operator_key = config.operator_key!
   const secrets = options.secrets ?? cryptoSecrets
-  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
+  const logger = options.logger.child({ identity: k8s.identity })
   const world = files.world
   const clock = new LiveClock({ speed: config.clock_speed })
   const kc = files.kubeconfig
-  const report = (r: DriverReport | LeaderReport) => log(JSON.stringify({ level: "info", msg: "kubernetes", ...r }))
-  const cluster = await startKubernetesCluster(kc, clock, world.cluster, report)
+  const driverLog = logger.child({ component: "driver" })
+  const leaseLog = logger.child({ component: "lease" })
+  const cluster = await startKubernetesCluster(kc, clock, world.cluster, (r) => logDriverReport(driverLog, r))
 
   // What this replica serves now, and the port it keeps across leadership changes.
   let serving: { readonly app: FastifyInstance; readonly opened: OpenedEngine | null } | null = null
@@ -132,7 +150,7 @@ export const startKubernetesServer = async (
         engine: opened.engine,
         secrets,
         operatorKey: operator_key,
-        logger: config.log_level === "silent" ? false : { level: config.log_level },
+        loggerInstance: logger,
         rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
         publicUrl: config.public_url ?? `http://${config.host}:${port}`,
         ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
@@ -141,7 +159,7 @@ export const startKubernetesServer = async (
       await stopServing()
       serving = { app, opened }
       await listen(app)
-      log(JSON.stringify({ level: "info", msg: "leading: supervisor started, API serving", identity: k8s.identity }))
+      logger.info({ term: mine }, "leading: supervisor started, API serving")
     } catch (e) {
       opened.close()
       throw e
@@ -150,17 +168,17 @@ export const startKubernetesServer = async (
   const standBy = async (): Promise<void> => {
     await stopServing()
     if (closed) return
-    const app = await standbyApp(k8s.identity)
+    const app = await standbyApp(k8s.identity, logger)
     serving = { app, opened: null }
     await listen(app)
-    log(JSON.stringify({ level: "info", msg: "standby: another replica leads", identity: k8s.identity }))
+    logger.info("standby: another replica leads")
   }
 
   // Leadership callbacks are synchronous; the transitions they start run one after another.
   let transitions: Promise<void> = standBy()
   const next = (step: () => Promise<void>): void => {
     transitions = transitions.then(step).catch((e: unknown) => {
-      log(JSON.stringify({ level: "error", msg: "leadership transition failed", error: String(e) }))
+      logger.error({ err: e }, "leadership transition failed")
       options.onDefect?.(e)
     })
   }
@@ -179,12 +197,13 @@ export const startKubernetesServer = async (
         stop: () => {
           if (term === mine) term = null
           leader?.engine.sup.fence()
+          logger.warn({ term: mine }, "fenced: the lease is lost, this replica's supervisor writes nothing more; standing by")
           leader = null
           next(standBy)
         }
       }
     },
-    report
+    (r) => logLeaderReport(leaseLog, r)
   )
   await transitions
   // Wait a little for the lease, so a lone replica prints its demo key; a standby returns.

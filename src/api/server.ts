@@ -36,6 +36,7 @@ import { hostname } from "node:os"
 import { dirname, resolve } from "node:path"
 import { parseArgs } from "node:util"
 import type { FastifyInstance } from "fastify"
+import { pino, type DestinationStream, type Logger } from "pino"
 import { SimCluster, type SimRegion } from "../../sim/cluster.js"
 import { LiveClock, LIVE_CLOCK_SPEED_MAX } from "../clock.js"
 import { dollars, formatDollars } from "../money.js"
@@ -287,22 +288,35 @@ export interface RunningServer {
   close(): Promise<void>
 }
 
-export const startServer = async (
-  config: ServerConfig,
-  options: { readonly secrets?: SecretsPort; readonly onDefect?: (e: unknown) => void; readonly log?: (line: string) => void } = {}
-): Promise<RunningServer> => {
+export interface StartOptions {
+  /** Randomness for keys and secrets; default the OS CSPRNG. */
+  readonly secrets?: SecretsPort
+  /** Called with a defect (a bug, a broken invariant): `npm start` stops the process. */
+  readonly onDefect?: (e: unknown) => void
+  /** The process's one logger; default `serverLogger(config)`, JSON lines on stdout. */
+  readonly logger?: Logger
+}
+
+/**
+ * The process's one logger: pino, JSON lines on stdout, each with its numeric level and its
+ * time. Fastify's request log and the Kubernetes world's reports (lease, driver, fencing) go
+ * through it, so one collector reads them all (`--log-level silent`: none).
+ */
+export const serverLogger = (config: Pick<ServerConfig, "log_level">, destination?: DestinationStream): Logger => pino({ level: config.log_level }, destination)
+
+export const startServer = async (config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> => {
   const secrets = options.secrets ?? cryptoSecrets
   // The Kubernetes world's files are read first: a bad one is a ConfigError with nothing made.
   const kubernetes = config.kubernetes === null ? null : readKubernetesFiles(config)
   if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true })
-  if (kubernetes !== null) return startKubernetesServer(config, kubernetes, options)
+  const logger = options.logger ?? serverLogger(config)
+  if (kubernetes !== null) return startKubernetesServer(config, kubernetes, { ...options, logger })
   const clock = new LiveClock({ speed: config.clock_speed })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
   // Newest wins: this process takes the next leader term, and one started after it on the same
   // file supersedes it (src/ledger/store.ts): its next write is refused, and every request
   // answers 503 not_leader (SupervisorApi.fenced).
-  const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`))
-  const on_superseded = () => log(`another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
+  const on_superseded = () => logger.error({ db: config.db }, `another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
   const ledger_options = { claim_leader_term: true, synchronous: config.sqlite_synchronous, on_superseded }
   const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options })
   const operator_key_generated = config.operator_key === null
@@ -317,7 +331,7 @@ export const startServer = async (
       engine: opened.engine,
       secrets,
       operatorKey: operator_key,
-      logger: config.log_level === "silent" ? false : { level: config.log_level },
+      loggerInstance: logger,
       rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
       publicUrl: config.public_url ?? (() => listening),
       ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
