@@ -1,7 +1,8 @@
 /**
  * `npm start`: the control plane. The engine on an embedded SQLite file with the built-in
  * simulated cluster on the live clock, the HTTP API listening, a demo account with credit and
- * a demo API key (the same on every start), printed with the URL. It serves until SIGTERM or
+ * a demo API key (the same on every start), printed with the URL (and the operator key when
+ * one was generated for the run; a configured one is never printed). It serves until SIGTERM or
  * SIGINT, then stops taking requests, lets the supervisor post what it holds in memory, and
  * closes SQLite. A defect (a broken invariant) stops it too, with exit code 70.
  *
@@ -65,7 +66,12 @@ const main = async (): Promise<void> => {
       ...(server.demo === null
         ? []
         : [`  account:   ${DEMO_ACCOUNT}, balance $${server.demo.balance}`, `  demo key:  ${server.demo.key}`]),
-      `  operator:  ${server.operator_key}${server.operator_key_generated ? " (generated for this run; set ECOLINK_OPERATOR_KEY to keep one)" : ""}`,
+      // A configured operator key is a secret from the operator's own store: never echoed to a
+      // console or a log collector. Only one generated for this run is shown (the simulated
+      // world; the Kubernetes world requires one configured).
+      server.operator_key_generated
+        ? `  operator:  ${server.operator_key} (generated for this run; set ECOLINK_OPERATOR_KEY to keep one)`
+        : "  operator:  the configured key (--operator-key or ECOLINK_OPERATOR_KEY; not shown)",
       "",
       ...(server.demo === null ? [] : [`Try: curl -H "Authorization: Bearer ${server.demo.key}" ${server.url}/billing/balance`, ""])
     ].join("\n")

@@ -20,6 +20,7 @@ describe("npm start", () => {
     const db = tmpDb()
     const first = await startServerProcess(["--db", db, "--port", "0"])
     expect(first.stdout()).toContain(`ledger:    ${db} (SQLite, WAL, schema migrated)`)
+    expect(first.stdout()).toMatch(/operator: {2}ecoop_\S+ \(generated for this run; set ECOLINK_OPERATOR_KEY to keep one\)/)
     expect(first.stdout()).toContain("account:   demo, balance $100.00")
     const r = await fetch(`${first.url}/billing/balance`, { headers: { authorization: `Bearer ${first.demoKey}` } })
     expect(r.status).toBe(200)
@@ -41,6 +42,15 @@ describe("npm start", () => {
     expect(invite.status).toBe(201)
     expect(((await invite.json()) as { invite_url: string }).invite_url.startsWith(`${second.url}/invites/inv-`)).toBe(true)
     expect(await second.stop("SIGINT")).toBe(0)
+  })
+
+  it("prints the operator key only when it generated one for the run", async () => {
+    // Found by review: a key set in ECOLINK_OPERATOR_KEY was echoed to the console (a log collector).
+    const key = "op_configured_0123456789abcdefghijklmnopqrstuvwxyz"
+    const configured = await startServerProcess(["--db", tmpDb(), "--port", "0", "--no-demo"], { ECOLINK_OPERATOR_KEY: key }, { demoKey: false })
+    expect(await configured.stop("SIGTERM")).toBe(0)
+    expect(configured.stdout()).toContain("operator:  the configured key (--operator-key or ECOLINK_OPERATOR_KEY; not shown)")
+    expect(configured.stdout() + configured.stderr()).not.toContain(key)
   })
 
   it("refuses a Kubernetes world whose files are bad with exit code 2 and one line, before making anything", async () => {

@@ -22,7 +22,7 @@
 import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from "fastify"
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify"
 import { NotLeader } from "../errors.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
@@ -71,6 +71,13 @@ export interface AppOptions {
   readonly stripeWebhookSecret?: string
   /** Called with a defect (a bug, a broken invariant) after its 500 is sent. */
   readonly onDefect?: (error: unknown) => void
+}
+
+/** Fastify's logger option with the redacting request serializer (`REQUEST_LOG_SERIALIZERS`). */
+const loggerOptions = (logger: NonNullable<FastifyServerOptions["logger"]>): FastifyServerOptions["logger"] => {
+  if (logger === false) return false
+  const given = logger === true ? {} : logger
+  return { ...given, serializers: { ...(given.serializers ?? {}), ...REQUEST_LOG_SERIALIZERS } }
 }
 
 /** The charset parameter of a Content-Type header. */
@@ -147,6 +154,69 @@ export const nestedDeeperThan = (json: string, max: number): boolean => {
   return false
 }
 
+/** What stands in a logged URL for a secret. */
+export const REDACTED = "[redacted]"
+/** A query parameter whose name says it carries a secret (`?api-key=`, `?token=`, …). */
+const SECRET_PARAM_RE = /key|secret|token|passw|auth|signature|credential/i
+/** Secrets recognisable by their shape wherever they appear: our API and operator keys, Stripe's. */
+const SECRET_SHAPES: ReadonlyArray<[RegExp, string]> = [
+  [/\b(eco_[a-z2-7]{12}_)[A-Za-z0-9_-]+/g, `$1${REDACTED}`],
+  [/\becoop_[A-Za-z0-9_-]+/g, `ecoop_${REDACTED}`],
+  [/\b((?:sk|rk)_(?:test|live)_|whsec_)[A-Za-z0-9]+/g, `$1${REDACTED}`]
+]
+
+/**
+ * A request URL as it may be logged: an invite token's secret (`/invites/<id>.<secret>/accept`,
+ * the one route with a secret in its path), the value of a query parameter named like a
+ * secret, and anything shaped like a key are replaced by `[redacted]`. The invite id stays, so
+ * a log still says which invite was used.
+ */
+export const redactUrl = (url: string): string => {
+  const q = url.indexOf("?")
+  let path = q === -1 ? url : url.slice(0, q)
+  // Only a literal dot splits the id from the secret; anything else is redacted whole.
+  path = path.replace(/^(\/invites\/)([^/]*)/, (_, head: string, token: string) => {
+    const dot = token.indexOf(".")
+    return `${head}${dot > 0 ? `${token.slice(0, dot)}.` : ""}${REDACTED}`
+  })
+  let query = q === -1 ? "" : url.slice(q)
+  if (query.length > 1) {
+    query = `?${query
+      .slice(1)
+      .split("&")
+      .map((pair) => {
+        const eq = pair.indexOf("=")
+        if (eq === -1) return pair
+        let name = pair.slice(0, eq)
+        try {
+          name = decodeURIComponent(name)
+        } catch {
+          // A malformed escape: matched as it is.
+        }
+        return SECRET_PARAM_RE.test(name) ? `${pair.slice(0, eq)}=${REDACTED}` : pair
+      })
+      .join("&")}`
+  }
+  let redacted = path + query
+  for (const [re, replacement] of SECRET_SHAPES) redacted = redacted.replace(re, replacement)
+  return redacted
+}
+
+/**
+ * pino serializers for the request log: Fastify's own `req` fields, with the URL redacted
+ * (`redactUrl`). `npm start`'s logger carries them (serverLogger), and `buildApp` adds them to
+ * whatever logger it is given, so no request log line holds a secret from a path or a query.
+ */
+export const REQUEST_LOG_SERIALIZERS = {
+  req: (request: FastifyRequest) => ({
+    method: request.method,
+    url: redactUrl(request.url),
+    host: request.host,
+    remoteAddress: request.ip,
+    remotePort: request.socket?.remotePort
+  })
+}
+
 export const buildApp = async (options: AppOptions): Promise<FastifyInstance> => {
   const secrets = options.secrets ?? cryptoSecrets
   const operatorKey = options.operatorKey ?? null
@@ -168,7 +238,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   let requests = 0
 
   const app = Fastify({
-    ...(options.loggerInstance === undefined ? { logger: options.logger ?? false } : { loggerInstance: options.loggerInstance }),
+    ...(options.loggerInstance !== undefined
+      ? { loggerInstance: options.loggerInstance.child({}, { serializers: REQUEST_LOG_SERIALIZERS }) }
+      : { logger: loggerOptions(options.logger ?? false) }),
     genReqId: () => `${requestPrefix}${++requests}`,
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),

@@ -40,7 +40,7 @@ import { pino, type DestinationStream, type Logger } from "pino"
 import { SimCluster, type SimRegion } from "../../sim/cluster.js"
 import { LiveClock, LIVE_CLOCK_SPEED_MAX } from "../clock.js"
 import { dollars, formatDollars } from "../money.js"
-import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT } from "./app.js"
+import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT, REQUEST_LOG_SERIALIZERS } from "./app.js"
 import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiKey, sha256, type SecretsPort } from "./secrets.js"
 import { ApiStore } from "./store.js"
@@ -299,10 +299,11 @@ export interface StartOptions {
 
 /**
  * The process's one logger: pino, JSON lines on stdout, each with its numeric level and its
- * time. Fastify's request log and the Kubernetes world's reports (lease, driver, fencing) go
- * through it, so one collector reads them all (`--log-level silent`: none).
+ * time. Fastify's request log (URLs redacted: `redactUrl`) and the Kubernetes world's reports
+ * (lease, driver, fencing) go through it, so one collector reads them all (`--log-level silent`: none).
  */
-export const serverLogger = (config: Pick<ServerConfig, "log_level">, destination?: DestinationStream): Logger => pino({ level: config.log_level }, destination)
+export const serverLogger = (config: Pick<ServerConfig, "log_level">, destination?: DestinationStream): Logger =>
+  pino({ level: config.log_level, serializers: REQUEST_LOG_SERIALIZERS }, destination)
 
 export const startServer = async (config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> => {
   const secrets = options.secrets ?? cryptoSecrets
