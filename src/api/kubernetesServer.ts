@@ -25,7 +25,7 @@ import * as policy from "../policy.js"
 import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets } from "./secrets.js"
-import { ConfigError, DEMO_CATALOG, paymentsOf, seedDemo, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
+import { applyDemo, ConfigError, DEMO_CATALOG, paymentsOf, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
 export const FIRST_LEADERSHIP_WAIT_MS = 5_000
@@ -144,7 +144,7 @@ export const startKubernetesServer = async (
     const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options: { claim_leader_term: true, synchronous: config.sqlite_synchronous } })
     leader = opened
     try {
-      if (config.demo) demo = seedDemo(opened.engine, secrets)
+      demo = applyDemo(config, opened.engine, secrets, logger)
       live_resources = opened.engine.ledger.liveResources().length
       const app = await buildApp({
         engine: opened.engine,

@@ -17,7 +17,7 @@
  * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links; an absolute http(s) URL) |
  * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
  * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
- * | --no-demo | ECOLINK_DEMO=0 | the demo account is seeded |
+ * | --demo, --no-demo | ECOLINK_DEMO (true/false/1/0) | seeded in the simulated world, not in the Kubernetes world |
  * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
  * | --cluster FILE | ECOLINK_CLUSTER | required with a kubeconfig: regions, namespace, lease (docs/KUBERNETES.md) |
  * | --identity NAME | POD_NAME | host name and process id (this replica in the leader lease) |
@@ -58,6 +58,7 @@ export interface ServerConfig {
   /** Requests a minute per key; 0 turns rate limiting off. */
   readonly rate_limit: number
   readonly log_level: string
+  /** Seed the demo account and key (`seedDemo`); false revokes the demo account's keys (`revokeDemo`). */
   readonly demo: boolean
   /** Stripe: the secret key, the webhook signing secret and the API's address; null: no payments. */
   readonly stripe: { readonly api_key: string; readonly webhook_secret: string; readonly api_url: string } | null
@@ -70,6 +71,14 @@ export interface ServerConfig {
 export class ConfigError extends Error {}
 
 const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"]
+
+/** A boolean environment variable: true, false, 1 or 0 (any case); anything else is refused. */
+const parseBoolean = (name: string, raw: string): boolean => {
+  const value = raw.trim().toLowerCase()
+  if (value === "true" || value === "1") return true
+  if (value === "false" || value === "0") return false
+  throw new ConfigError(`${name} must be true, false, 1 or 0, got ${JSON.stringify(raw)}`)
+}
 
 /** An absolute http(s) URL an invite link can be built on: `<base>/invites/<token>`. */
 const isBaseUrl = (raw: string): boolean => {
@@ -97,6 +106,7 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
         "public-url": { type: "string" },
         "rate-limit": { type: "string" },
         "log-level": { type: "string" },
+        demo: { type: "boolean" },
         "no-demo": { type: "boolean" },
         kubeconfig: { type: "string" },
         "stripe-key": { type: "string" },
@@ -165,6 +175,12 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
   if (sqlite_synchronous !== "FULL" && sqlite_synchronous !== "NORMAL") {
     throw new ConfigError(`ECOLINK_SQLITE_SYNCHRONOUS must be FULL or NORMAL, got ${JSON.stringify(sqlite_synchronous)}`)
   }
+  // The demo account (free credit, a key printed on every start) is for `npm start` on a
+  // laptop: the Kubernetes world never seeds it unless asked. The variable is read strictly:
+  // `ECOLINK_DEMO=false` used to seed it (only "0" turned it off).
+  if (values["demo"] === true && values["no-demo"] === true) throw new ConfigError("--demo and --no-demo contradict each other")
+  const demoEnv = given("ECOLINK_DEMO", env["ECOLINK_DEMO"])
+  const demo = values["demo"] === true ? true : values["no-demo"] === true ? false : demoEnv === undefined ? kubeconfig === undefined : parseBoolean("ECOLINK_DEMO", demoEnv)
   const public_url = pick("public-url", "ECOLINK_PUBLIC_URL") ?? null
   if (public_url !== null && !isBaseUrl(public_url)) {
     throw new ConfigError(`--public-url (ECOLINK_PUBLIC_URL) must be an absolute http(s) URL without query or fragment (the base of invite links), got ${JSON.stringify(public_url)}`)
@@ -183,7 +199,7 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     public_url,
     rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
     log_level,
-    demo: values["no-demo"] !== true && env["ECOLINK_DEMO"] !== "0",
+    demo,
     sqlite_synchronous
   }
 }
@@ -273,6 +289,31 @@ export const seedDemo = (engine: Engine, secrets: SecretsPort): { readonly key: 
     return { key: key!, balance: formatDollars(engine.ledger.balance(DEMO_ACCOUNT)) }
   })
 
+/**
+ * With the demo off, the demo account keeps its credit but no key answers for it: every live
+ * key of the `demo` account (the printed one, and any made with it) is revoked. Before, a
+ * `--no-demo` start on a database seeded earlier left the printed key working. Answers the
+ * ids revoked (none on a database that never had the demo).
+ */
+export const revokeDemo = (engine: Engine): ReadonlyArray<string> =>
+  engine.sup.unitOfWork(() => {
+    const api = new ApiStore(engine.ledger.db)
+    const now = engine.clock.now()
+    return api
+      .keysOf(DEMO_ACCOUNT)
+      .filter((k) => k.revoked_at === null)
+      .map((k) => api.revokeKey(DEMO_ACCOUNT, k.id, now)?.id)
+      .filter((id): id is string => id !== undefined)
+  })
+
+/** `seedDemo` or `revokeDemo` as configured, the revocation logged (it changes what answers). */
+export const applyDemo = (config: Pick<ServerConfig, "demo">, engine: Engine, secrets: SecretsPort, logger: Logger): RunningServer["demo"] => {
+  if (config.demo) return seedDemo(engine, secrets)
+  const revoked = revokeDemo(engine)
+  if (revoked.length > 0) logger.warn({ account: DEMO_ACCOUNT, key_ids: revoked }, `demo off: revoked the ${DEMO_ACCOUNT} account's API keys`)
+  return null
+}
+
 export interface RunningServer {
   readonly app: FastifyInstance
   /** The engine this process runs now; null on a Kubernetes standby replica. */
@@ -326,7 +367,7 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
   // Invite links need the address, known only once listening (with --port 0, say).
   let listening = `http://${config.host}:${config.port}`
   try {
-    const demo = config.demo ? seedDemo(opened.engine, secrets) : null
+    const demo = applyDemo(config, opened.engine, secrets, logger)
     const live_resources = opened.engine.ledger.liveResources().length
     app = await buildApp({
       engine: opened.engine,

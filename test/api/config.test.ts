@@ -64,3 +64,24 @@ describe("parseConfig: values that look set but are not usable", () => {
     expect(parseConfig(["--public-url", "http://10.0.0.1:8080"], {}).public_url).toBe("http://10.0.0.1:8080")
   })
 })
+
+describe("parseConfig: the demo account", () => {
+  it("is seeded by `npm start` as the README says, never by the Kubernetes world unless asked, and ECOLINK_DEMO is read strictly", () => {
+    // Found by review: a Kubernetes leader started as docs/KUBERNETES.md says made `demo` with
+    // $100 and printed its key, and ECOLINK_DEMO=false still seeded it (only "0" did not).
+    const kube = { ECOLINK_OPERATOR_KEY: OPERATOR_KEY }
+    expect(parseConfig([], {}).demo).toBe(true)
+    expect(parseConfig(KUBE, kube).demo).toBe(false)
+    expect(parseConfig([...KUBE, "--demo"], kube).demo).toBe(true)
+    expect(parseConfig(KUBE, { ...kube, ECOLINK_DEMO: "true" }).demo).toBe(true)
+    for (const [value, demo] of [["false", false], ["FALSE", false], ["0", false], ["true", true], ["1", true], ["True", true]] as const) {
+      expect([value, parseConfig([], { ECOLINK_DEMO: value }).demo]).toEqual([value, demo])
+    }
+    for (const value of ["no", "off", "yes", "2", "flase"]) expect(refused([], { ECOLINK_DEMO: value })).toBe(`ECOLINK_DEMO must be true, false, 1 or 0, got ${JSON.stringify(value)}`)
+    expect(refused([], { ECOLINK_DEMO: "" })).toBe("ECOLINK_DEMO is empty")
+    // A flag wins over the variable; the two flags together are refused.
+    expect(parseConfig(["--no-demo"], { ECOLINK_DEMO: "true" }).demo).toBe(false)
+    expect(parseConfig(["--demo"], { ECOLINK_DEMO: "false" }).demo).toBe(true)
+    expect(refused(["--demo", "--no-demo"])).toBe("--demo and --no-demo contradict each other")
+  })
+})

@@ -48,7 +48,8 @@ describe("npm start in the Kubernetes world", () => {
       JSON.stringify({ namespace: NAMESPACE, regions: { "us-east": { nodes: 2, gpus_per_node: 8 } }, leader_election: { lease_duration_ms: 3_000, renew_deadline_ms: 2_000, retry_period_ms: 500 } })
     )
     const args = (identity: string) => ["--db", db, "--port", "0", "--kubeconfig", kubeconfig, "--cluster", clusterFile, "--identity", identity]
-    const env = { ECOLINK_OPERATOR_KEY: "op_test_0123456789abcdefghijklmnopqrstuvwxyz" }
+    // The demo account is off in this world unless asked: the test uses its key.
+    const env = { ECOLINK_OPERATOR_KEY: "op_test_0123456789abcdefghijklmnopqrstuvwxyz", ECOLINK_DEMO: "true" }
     const a: Started = await startServerProcess(args("replica-a"), env)
     cleanups.push(() => a.stop("SIGKILL"))
     expect(a.stdout()).toContain("Kubernetes")
