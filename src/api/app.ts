@@ -71,6 +71,12 @@ export interface AppOptions {
   readonly stripeWebhookSecret?: string
   /** Called with a defect (a bug, a broken invariant) after its 500 is sent. */
   readonly onDefect?: (error: unknown) => void
+  /**
+   * Why this replica should get no traffic now, beyond what the app sees itself (a fenced
+   * supervisor, a closed database): the Kubernetes world answers `not_leading` once its lease
+   * is lost. null: ready. `GET /readyz` asks it.
+   */
+  readonly notReady?: () => string | null
 }
 
 /** Fastify's logger option with the redacting request serializer (`REQUEST_LOG_SERIALIZERS`). */
@@ -79,6 +85,25 @@ const loggerOptions = (logger: NonNullable<FastifyServerOptions["logger"]>): Fas
   const given = logger === true ? {} : logger
   return { ...given, serializers: { ...(given.serializers ?? {}), ...REQUEST_LOG_SERIALIZERS } }
 }
+
+/** The route config of a health probe: public, answered when fenced, not rate limited. */
+export const PROBE_CONFIG = { auth: "public", probe: true, rateLimit: false } as const
+const HEALTH_SCHEMA = { type: "object", additionalProperties: false, required: ["status"], properties: { status: { type: "string", enum: ["ok"] } } }
+const READY_SCHEMA = { type: "object", additionalProperties: false, required: ["status"], properties: { status: { type: "string", enum: ["ready"] } } }
+const NOT_READY_SCHEMA = {
+  type: "object",
+  additionalProperties: false,
+  required: ["error", "reason", "message"],
+  properties: { error: { type: "string", enum: ["not_ready"] }, reason: { type: "string" }, message: { type: "string" } }
+}
+/** Why a replica is not ready, for `GET /readyz`'s 503. */
+const NOT_READY_MESSAGES: Readonly<Record<string, string>> = {
+  standby: "this replica is on standby: another replica holds the leader lease",
+  not_leading: "this replica lost the leader lease",
+  fenced: "this replica was fenced: another replica leads",
+  database_closed: "this replica's database is closed"
+}
+export const notReadyBody = (reason: string) => ({ error: "not_ready", reason, message: NOT_READY_MESSAGES[reason] ?? reason })
 
 /** The charset parameter of a Content-Type header. */
 const CHARSET_RE = /;\s*charset\s*=\s*"?([^";\s]+)/i
@@ -276,6 +301,8 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
 
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-ecolink-request-id", request.id)
+    // A probe answers for the replica whatever its state: that is its purpose.
+    if (request.routeOptions.config.probe === true) return
     // A replica that lost its lease answers as a standby does until its app has closed
     // (`retry-after` comes with the 503, from `engineHttp`).
     if (ctx.engine.sup.fenced) throw new NotLeader()
@@ -358,6 +385,34 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
         new HttpError(429, "rate_limited", `more than ${context.max} requests in ${rateLimit.window_ms / 1000} s; retry after ${Math.ceil(context.ttl / 1000)} s`)
     })
   }
+
+  // Health probes, after the rate limiter so their `rateLimit: false` counts: a kubelet or a
+  // load balancer probing every few seconds must never be refused 429, nor use a client's
+  // budget. Unauthenticated, and logged only at warn (a probe every 10 s is noise at info).
+  // Operations' routes, not the customer API: left out of the OpenAPI document (docs/API.md has them).
+  const notReady = (): string | null => {
+    if (ctx.engine.sup.fenced) return "fenced"
+    if (!ctx.engine.ledger.db.open) return "database_closed"
+    return options.notReady?.() ?? null
+  }
+  app.get(
+    "/healthz",
+    { schema: { hide: true, response: { 200: HEALTH_SCHEMA } }, config: PROBE_CONFIG, logLevel: "warn" },
+    async () => ({ status: "ok" })
+  )
+  app.get(
+    "/readyz",
+    {
+      schema: { hide: true, response: { 200: READY_SCHEMA, 503: NOT_READY_SCHEMA } },
+      config: PROBE_CONFIG,
+      logLevel: "warn"
+    },
+    async (_request, reply) => {
+      const reason = notReady()
+      if (reason === null) return { status: "ready" }
+      return reply.code(503).send(notReadyBody(reason))
+    }
+  )
 
   app.get(
     "/openapi.json",

@@ -22,6 +22,8 @@ declare module "fastify" {
   interface FastifyContextConfig {
     auth?: AuthRule
     role?: "owner"
+    /** A health probe (`/healthz`, `/readyz`): answered even by a fenced replica, never rate limited. */
+    probe?: true
   }
 }
 

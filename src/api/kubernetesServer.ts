@@ -7,10 +7,12 @@
  * each competes for a coordination.k8s.io Lease, and only the holder runs a supervisor and
  * serves the API. A replica that does not lead listens on its port all the same and answers
  * every request 503 `not_leader` with `retry-after`, so a load balancer or a client retries
- * elsewhere. Leadership changes are serialised: a new leader rehydrates from SQLite and
- * reconciles with the cluster before it serves (SupervisorApi start); a replica that stops
- * leading fences its supervisor at once, in the elector's callback (it writes nothing more,
- * and every request gets 503 `not_leader`), then stops serving and drops it.
+ * elsewhere; but `GET /healthz` 200 (alive) and `GET /readyz` 503 `standby` (not ready), so a
+ * kubelet keeps it running and a Service sends it nothing. Leadership changes are
+ * serialised: a new leader rehydrates from SQLite and reconciles with the cluster before it
+ * serves (SupervisorApi start); a replica that stops leading fences its supervisor at once,
+ * in the elector's callback (it writes nothing more, and every request gets 503
+ * `not_leader`), then stops serving and drops it.
  */
 import { readFileSync } from "node:fs"
 import { Either } from "effect"
@@ -22,7 +24,7 @@ import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
 import type { LeaderReport } from "../k8s/leader.js"
 import { decodeKubernetesWorld, startKubernetesCluster, superviseUnderLease, type KubernetesWorldConfig } from "../k8s/world.js"
 import * as policy from "../policy.js"
-import { buildApp, RATE_LIMIT_DEFAULT } from "./app.js"
+import { buildApp, notReadyBody, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets } from "./secrets.js"
 import { applyDemo, ConfigError, DEMO_CATALOG, paymentsOf, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
@@ -33,6 +35,9 @@ export const FIRST_LEADERSHIP_WAIT_MS = 5_000
 const standbyApp = async (identity: string, logger: Logger): Promise<FastifyInstance> => {
   let seq = 0
   const app = Fastify({ loggerInstance: logger }) as unknown as FastifyInstance
+  // Alive, not ready: a kubelet keeps the standby running and a Service sends it nothing.
+  app.get("/healthz", { logLevel: "warn" }, async () => ({ status: "ok" }))
+  app.get("/readyz", { logLevel: "warn" }, async (_request, reply) => reply.code(503).send(notReadyBody("standby")))
   app.all("/*", async (_request, reply) =>
     reply
       .code(503)
@@ -154,7 +159,8 @@ export const startKubernetesServer = async (
         rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
         publicUrl: config.public_url ?? `http://${config.host}:${port}`,
         ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
-        ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })
+        ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect }),
+        notReady: () => (term === mine ? null : "not_leading")
       })
       await stopServing()
       serving = { app, opened }

@@ -33,3 +33,24 @@ describe("a Kubernetes replica's log", () => {
     }
   }, 30_000)
 })
+
+describe("a Kubernetes replica's probes", () => {
+  it("the leader is alive and ready; a standby is alive (200) but not ready (503 standby), and every other path is 503", async () => {
+    // Found by review: a standby answered 503 on every path, so a liveness probe would have
+    // restarted it over and over.
+    world = await replicas()
+    const a = await world.start("replica-a")
+    await until("a leading", () => a.lines.find((l) => l.msg.startsWith("leading")))
+    const b = await world.start("replica-b")
+    await until("b standing by", () => b.lines.find((l) => l.msg.startsWith("standby")))
+    const get = async (url: string) => {
+      const r = await fetch(url)
+      return [r.status, await r.json()]
+    }
+    expect(await get(`${a.running.url}/healthz`)).toEqual([200, { status: "ok" }])
+    expect(await get(`${a.running.url}/readyz`)).toEqual([200, { status: "ready" }])
+    expect(await get(`${b.running.url}/healthz`)).toEqual([200, { status: "ok" }])
+    expect(await get(`${b.running.url}/readyz`)).toEqual([503, { error: "not_ready", reason: "standby", message: "this replica is on standby: another replica holds the leader lease" }])
+    expect((await get(`${b.running.url}/account`))[0]).toBe(503)
+  }, 30_000)
+})
