@@ -19,6 +19,7 @@ import { Either } from "effect"
 import Fastify, { type FastifyInstance } from "fastify"
 import type { Logger } from "pino"
 import { LiveClock } from "../clock.js"
+import { NotLeader } from "../errors.js"
 import type { KubeConfig } from "@kubernetes/client-node"
 import { loadKubeconfig, type DriverReport } from "../k8s/cluster.js"
 import type { LeaderReport } from "../k8s/leader.js"
@@ -85,7 +86,13 @@ export const readKubernetesFiles = (config: ServerConfig): KubernetesFiles => {
 /** The lease's reports, at the level an operator should see them: a failing request is a warning. */
 const logLeaderReport = (logger: Logger, r: LeaderReport): void => {
   if (r.kind === "acquired") logger.info(r, "lease acquired")
-  else if (r.kind === "lost") logger.warn(r, `lease lost (${r.reason})`)
+  else if (r.kind === "lost" && r.reason === "fenced") {
+    logger.error(
+      r,
+      "lease given up: another replica claimed a newer leader term on the database while this one held the lease, so this one was fenced; " +
+        "it stands by until the lease is released or expires, then leads with a fresh term. Two replicas with the same identity (--identity, POD_NAME) do this: give each its own"
+    )
+  } else if (r.kind === "lost") logger.warn(r, `lease lost (${r.reason})`)
   else logger.warn(r, "lease request failed")
 }
 
@@ -167,6 +174,7 @@ export const startKubernetesServer = async (
       await listen(app)
       logger.info({ term: mine }, "leading: supervisor started, API serving")
     } catch (e) {
+      if (leader === opened) leader = null
       opened.close()
       throw e
     }
@@ -200,6 +208,21 @@ export const startKubernetesServer = async (
       next(() => lead(mine))
       next(async () => ledOnce())
       return {
+        // Asked before each renewal: is this term's engine fenced by a newer term? An empty
+        // unit of work checks the database's term even when nothing was written since.
+        fenced: () => {
+          const l = leader
+          if (closed || l === null || term !== mine) return false
+          if (!l.engine.sup.fenced) {
+            try {
+              l.engine.sup.unitOfWork(() => undefined)
+            } catch (e) {
+              // NotLeader has fenced it (read below); anything else is a defect.
+              if (!(e instanceof NotLeader)) throw e
+            }
+          }
+          return l.engine.sup.fenced
+        },
         stop: () => {
           if (term === mine) term = null
           leader?.engine.sup.fence()

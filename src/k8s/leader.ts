@@ -18,6 +18,11 @@
  *   cancelled (its connection closed), so a late answer never comes.
  * - `stop()` releases the lease (holder emptied), so a standby takes over at its next try
  *   instead of waiting out the lease.
+ * - A leader whose writes were fenced (`LeaderCallbacks.fenced`: another replica claimed a
+ *   newer term on the database, which happens when two replicas share one identity) steps
+ *   down and competes again, taking a lease that names itself only once it is released or
+ *   expired; it leads again with a fresh term. Before, it renewed a lease it could not serve
+ *   under, and answered 503 for ever.
  *
  * The callbacks are where the wiring starts and stops the supervisor: on
  * `onStartedLeading` rehydrate from SQLite and reconcile (the supervisor's `start`); on
@@ -54,14 +59,23 @@ export const DEFAULT_LEADER_ELECTION: Omit<LeaderElectionConfig, "namespace" | "
 export interface LeaderCallbacks {
   onStartedLeading(): void
   onStoppedLeading(): void
+  /**
+   * Asked before each renewal while leading: true when this replica's writes were fenced by a
+   * newer leader term (another replica claimed the database while this one held the lease).
+   * It then steps down (`lost`, reason `fenced`) and stays a candidate that takes a lease
+   * naming its own identity for another's until it is released or expires: see `yielded`.
+   */
+  fenced?(): boolean
   /** Whoever holds the lease now, when that changes as we see it ("" when released). */
   onNewLeader?(identity: string): void
 }
 
 export type LeaderReport =
   | { readonly kind: "acquired"; readonly at: number; readonly transitions: number }
-  | { readonly kind: "lost"; readonly at: number; readonly reason: "renew_deadline" | "taken" | "stopped" }
+  | { readonly kind: "lost"; readonly at: number; readonly reason: LostReason }
   | { readonly kind: "request_failed"; readonly at: number; readonly status: number | null }
+
+export type LostReason = "renew_deadline" | "taken" | "stopped" | "fenced"
 
 const statusOf = (e: unknown): number | null => {
   const o = e as { code?: unknown } | null
@@ -82,6 +96,14 @@ export class LeaderElector {
   private observedAt = 0
   private observedHolder: string | null = null
   private lastRenewAt = 0
+  /**
+   * Set when this replica stepped down because it was fenced (`LeaderCallbacks.fenced`),
+   * cleared when it next acquires. Meanwhile a lease held under its own identity is not its
+   * own: another replica was started with the same identity (a misconfiguration) and holds
+   * it. Taking it back at once, as client-go does with a lease naming itself (a restart),
+   * would fence that one in turn, and the two would take turns every retry period.
+   */
+  private yielded = false
   private readonly idleWaiters: Array<() => void> = []
   requests_started = 0
 
@@ -166,6 +188,13 @@ export class LeaderElector {
 
   private async tick(): Promise<void> {
     if (!this.running || this.busy) return
+    // Outside the request's try: a defect in the callback is no failed request, it stops the
+    // process. Renewing would keep a lease this replica cannot serve under: it would answer
+    // 503 for ever (the lease still its own), and nobody else could take over.
+    if (this.leading_ && this.callbacks.fenced?.() === true) {
+      this.yielded = true
+      this.lose("fenced")
+    }
     this.busy = true
     const began = this.clock.now()
     try {
@@ -208,13 +237,14 @@ export class LeaderElector {
       this.callbacks.onNewLeader?.(holder)
     }
     const duration_ms = (lease.spec?.leaseDurationSeconds ?? this.config.lease_duration_ms / 1000) * 1000
-    const heldByOther = holder !== "" && holder !== identity
+    const own = holder === identity && !this.yielded
+    const heldByOther = holder !== "" && !own
     if (heldByOther && now < this.observedAt + duration_ms) {
       if (this.leading_) this.lose("taken")
       return
     }
-    const transitions = (lease.spec?.leaseTransitions ?? 0) + (holder === identity ? 0 : 1)
-    const acquired = holder === identity && lease.spec?.acquireTime != null ? new V1MicroTime(lease.spec.acquireTime) : new V1MicroTime(now)
+    const transitions = (lease.spec?.leaseTransitions ?? 0) + (own ? 0 : 1)
+    const acquired = own && lease.spec?.acquireTime != null ? new V1MicroTime(lease.spec.acquireTime) : new V1MicroTime(now)
     try {
       await this.bounded(
         (options) =>
@@ -242,6 +272,7 @@ export class LeaderElector {
 
   private renewed(at: number, transitions: number): void {
     this.lastRenewAt = at
+    this.yielded = false
     if (this.deadlineTimer !== null) this.clock.clearTimeout(this.deadlineTimer)
     this.deadlineTimer = this.clock.schedule(at + this.config.renew_deadline_ms, () => this.onRenewDeadline(), { lane: Lane.engine, key: `lease-deadline:${this.config.identity}` })
     if (this.observedHolder !== this.config.identity) {
@@ -259,7 +290,7 @@ export class LeaderElector {
     if (this.leading_ && this.clock.now() - this.lastRenewAt >= this.config.renew_deadline_ms) this.lose("renew_deadline")
   }
 
-  private lose(reason: "renew_deadline" | "taken" | "stopped"): void {
+  private lose(reason: LostReason): void {
     if (!this.leading_) return
     this.leading_ = false
     if (this.deadlineTimer !== null) this.clock.clearTimeout(this.deadlineTimer)

@@ -116,6 +116,8 @@ export const kubernetesClusterLayer = (
 /** A running supervisor (an engine scope): dropped without writing anything. */
 export interface Running {
   stop(): void
+  /** True once its writes were fenced by a newer leader term: the replica steps down (`LeaderCallbacks.fenced`). */
+  fenced?(): boolean
 }
 
 /**
@@ -145,7 +147,8 @@ export const superviseUnderLease = (
         const r = running
         running = null
         r?.stop()
-      }
+      },
+      fenced: () => running?.fenced?.() ?? false
     },
     report
   )

@@ -54,3 +54,31 @@ describe("a Kubernetes replica's probes", () => {
     expect((await get(`${b.running.url}/account`))[0]).toBe(503)
   }, 30_000)
 })
+
+describe("two replicas started with one identity (a misconfiguration)", () => {
+  it("the one fenced by the other's newer term steps down, says why, and serves again once the other stops", async () => {
+    // Found by review: both took the lease as their own; the one fenced by the other's newer
+    // leader term renewed on, and after the other stopped it answered 503 for ever with
+    // nothing in the log.
+    world = await replicas()
+    const a = await world.start("dup")
+    await until("a leading", () => a.lines.find((l) => l.msg.startsWith("leading")))
+    const b = await world.start("dup")
+    await until("b leading", () => b.lines.find((l) => l.msg.startsWith("leading")))
+    // a's next try finds its engine fenced (an empty unit of work meets the newer term).
+    const given = await until("a steps down", () => a.lines.find((l) => l.msg.startsWith("lease given up")))
+    expect(given).toMatchObject({ level: 50, kind: "lost", reason: "fenced", identity: "dup" })
+    expect(given.msg).toContain("Two replicas with the same identity (--identity, POD_NAME)")
+    await until("a standing by", () => a.lines.find((l) => l.msg.startsWith("standby") && l.time >= given.time))
+    const ready = async (url: string) => (await fetch(`${url}/readyz`)).status
+    expect([await ready(a.running.url), await ready(b.running.url)]).toEqual([503, 200])
+    // Not taken back while b renews it under the same identity.
+    await new Promise((r) => setTimeout(r, 1_500))
+    expect([await ready(a.running.url), await ready(b.running.url)]).toEqual([503, 200])
+
+    await b.running.close() // releases the lease
+    await until("a ready again", async () => ((await ready(a.running.url)) === 200 ? true : undefined))
+    const r = await fetch(`${a.running.url}/operator/accounts/nobody`, { headers: { authorization: "Bearer op_test_0123456789abcdefghijklmnopqrstuvwxyz" } })
+    expect(r.status).toBe(404)
+  }, 40_000)
+})

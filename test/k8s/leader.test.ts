@@ -36,12 +36,19 @@ interface Replica {
 /** The log of who started and stopped leading, at which second. */
 const log: Array<[number, string, "started" | "stopped"]> = []
 
-const replica = (w: K8sWorld, id: string, hooks: { started?: () => void; stopped?: () => void } = {}, timing: Partial<LeaderElectionConfig> = {}): Replica => {
+/** `identity` defaults to the replica's name; two replicas given one identity are a misconfiguration. */
+const replica = (
+  w: K8sWorld,
+  id: string,
+  hooks: { started?: () => void; stopped?: () => void; fenced?: () => boolean } = {},
+  timing: Partial<LeaderElectionConfig> = {},
+  identity: string = id
+): Replica => {
   const reports: LeaderReport[] = []
   const elector = new LeaderElector(
     w.kubeConfig(id),
     w.clock,
-    { namespace: w.namespace, identity: id, ...DEFAULT_LEADER_ELECTION, ...timing },
+    { namespace: w.namespace, identity, ...DEFAULT_LEADER_ELECTION, ...timing },
     {
       onStartedLeading: () => {
         log.push([(w.clock.now() - START_MS) / S, id, "started"])
@@ -50,7 +57,8 @@ const replica = (w: K8sWorld, id: string, hooks: { started?: () => void; stopped
       onStoppedLeading: () => {
         log.push([(w.clock.now() - START_MS) / S, id, "stopped"])
         hooks.stopped?.()
-      }
+      },
+      ...(hooks.fenced === undefined ? {} : { fenced: hooks.fenced })
     },
     (r) => reports.push(r)
   )
@@ -169,6 +177,61 @@ describe("leader election on a Lease", () => {
       [10, "b", "started"]
     ])
     expect(lease(w)).toMatchObject({ holderIdentity: "b", leaseTransitions: 1 })
+  })
+
+  it("a leader fenced by a newer term steps down, and leads again with a fresh term once the lease is released, not before", async () => {
+    // Found by review: two replicas started with one identity both took the lease as their
+    // own; the one the other's newer leader term fenced kept renewing a lease it could not
+    // serve under, and after the other stopped it answered 503 for ever. Now the fenced one
+    // steps down and does not take the lease back while the other renews it under the same
+    // identity (the two would fence each other in turns), but as soon as it is released.
+    const w = await setup()
+    let fenced = false
+    const a1 = replica(w, "a1", { started: () => (fenced = false), fenced: () => fenced }, {}, "a")
+    const a2 = replica(w, "a2", {}, {}, "a")
+    a1.elector.start()
+    await w.advance(10 * S)
+    a2.elector.start() // 10 s: the lease names its identity, so it takes it as its own
+    await w.advance(1 * S)
+    expect(a1.elector.leading && a2.elector.leading).toBe(true)
+    fenced = true // a2's engine claimed the newer term: a1's next unit of work was refused
+    await w.advance(30 * S)
+    expect(log).toEqual([
+      [0, "a1", "started"],
+      [10, "a2", "started"],
+      [12, "a1", "stopped"]
+    ])
+    expect(a1.reports.filter((r) => r.kind === "lost")).toEqual([{ kind: "lost", at: START_MS + 12 * S, reason: "fenced" }])
+    await a2.elector.stop() // 41 s: released
+    await w.advance(5 * S)
+    expect(log.slice(3)).toEqual([
+      [41, "a2", "stopped"],
+      [42, "a1", "started"]
+    ])
+    expect(a1.elector.leading).toBe(true)
+    expect(lease(w)).toMatchObject({ holderIdentity: "a", acquireTime: "2026-03-01T00:00:42.000000Z" })
+  })
+
+  it("a fenced leader whose twin crashed takes the lease back once it has not changed for its duration", async () => {
+    const w = await setup()
+    let fenced = false
+    const a1 = replica(w, "a1", { started: () => (fenced = false), fenced: () => fenced }, {}, "a")
+    const a2 = replica(w, "a2", {}, {}, "a")
+    a1.elector.start()
+    a2.elector.start()
+    await w.advance(10 * S)
+    fenced = true
+    await w.advance(10 * S)
+    a2.elector.halt() // 20 s: renewed at 20 s, then nothing
+    await w.advance(30 * S)
+    // a1 stepped down at its next try (12 s); it saw a2's last renewal (at 20 s, after a1's
+    // own read at 20 s) at 22 s, so the lease was 15 s old at 37 s: a1 took it at 38 s.
+    expect(log).toEqual([
+      [0, "a1", "started"],
+      [0, "a2", "started"],
+      [12, "a1", "stopped"],
+      [38, "a1", "started"]
+    ])
   })
 
   it("two candidates racing to create the lease: exactly one leads (the other's create is refused with 409)", async () => {
