@@ -23,6 +23,10 @@ const main = async (): Promise<void> => {
     process.stderr.write(`npm start: ${e.message}\n`)
     process.exit(2)
   }
+  // The start in progress: a defect or a signal during it (a Kubernetes replica waits up to
+  // FIRST_LEADERSHIP_WAIT_MS for the lease, and may lead meanwhile) closes what it started
+  // once it has started, so a lease taken is released; before, the process exited at once.
+  let starting: Promise<RunningServer> | null = null
   let server: RunningServer | null = null
   let stopping = false
   const stop = (code: number, why: string): void => {
@@ -37,7 +41,8 @@ const main = async (): Promise<void> => {
       process.exit(1)
     }, SHUTDOWN_TIMEOUT_MS)
     timer.unref()
-    void (server?.close() ?? Promise.resolve()).then(
+    const started = server ?? starting
+    void (started === null ? Promise.resolve() : Promise.resolve(started).then((s) => s.close(), () => undefined)).then(
       () => process.exit(code),
       (e: unknown) => {
         process.stderr.write(`shutdown failed: ${String(e)}\n`)
@@ -48,7 +53,8 @@ const main = async (): Promise<void> => {
   process.on("SIGTERM", () => stop(0, "SIGTERM"))
   process.on("SIGINT", () => stop(0, "SIGINT"))
   try {
-    server = await startServer(config, { onDefect: () => stop(70, "defect") })
+    starting = startServer(config, { onDefect: () => stop(70, "defect") })
+    server = await starting
   } catch (e) {
     // A file the configuration names (the cluster file, the kubeconfig) is read only now,
     // still before anything opens: the same one-line refusal and exit code as a bad flag.
@@ -56,6 +62,8 @@ const main = async (): Promise<void> => {
     process.stderr.write(`npm start: ${e.message}\n`)
     process.exit(2)
   }
+  // Stopped while starting: `stop` closes it and exits; no banner for a server going away.
+  if (stopping) return
   process.stdout.write(
     [
       "EcoLink control plane",

@@ -6,6 +6,7 @@
  * the standby takes over, rehydrates and serves the same instance, billed once.
  */
 import { writeFileSync } from "node:fs"
+import Database from "better-sqlite3"
 import { dirname, join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock } from "../../src/clock.js"
@@ -85,5 +86,30 @@ describe("npm start in the Kubernetes world", () => {
     const ledger = (await (await fetch(`${b.url}/billing/transactions?resource=${id}`, { headers: auth })).json()) as { data: Array<{ kind: string; amount: string }> }
     expect(ledger.data.map((r) => [r.kind, r.amount])).toEqual([["gpu_usage", "-1.60"]])
     expect(server.objects("pods", NAMESPACE).map((p) => p.metadata.name)).toEqual([`eco-${id}`])
+  }, 60_000)
+
+  it("a defect in the first seconds of a start still releases the lease before the process exits", async () => {
+    // Found by review: a defect while `startServer` was still waiting for the lease stopped
+    // the process at once (`server` still null), leaving the lease held: the standbys waited
+    // out its duration. Here the database has a schema newer than the engine: leading fails.
+    const clock = new LiveClock()
+    const server = await KubeApiServer.start({ now: () => clock.now() })
+    cleanups.push(() => server.close())
+    const db = tmpDb()
+    const future = new Database(db)
+    future.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT; INSERT INTO schema_migrations VALUES (999, 'future')`)
+    future.close()
+    const kubeconfig = writeKubeconfig(server, { namespace: NAMESPACE, dir: dirname(db) })
+    const clusterFile = join(dirname(db), "cluster.json")
+    writeFileSync(clusterFile, JSON.stringify({ namespace: NAMESPACE, regions: { "us-east": { nodes: 2, gpus_per_node: 8 } }, leader_election: { lease_duration_ms: 30_000, renew_deadline_ms: 20_000, retry_period_ms: 500 } }))
+    const failed = await startServerProcess(["--db", db, "--port", "0", "--kubeconfig", kubeconfig, "--cluster", clusterFile, "--identity", "replica-a"], {
+      ECOLINK_OPERATOR_KEY: "op_test_0123456789abcdefghijklmnopqrstuvwxyz"
+    }).then(
+      () => expect.fail("started"),
+      (e: Error) => e.message
+    )
+    expect(failed).toMatch(/^start exited 70;.*defect: closing/s)
+    // The lease was taken, then released (holder emptied) before the exit.
+    expect(server.object("leases", NAMESPACE, "ecolink-engine")?.spec).toMatchObject({ holderIdentity: "", leaseTransitions: 0 })
   }, 60_000)
 })
