@@ -1,8 +1,10 @@
 /** Shared builders for tests that run timelines through the whole engine. */
+import Database from "better-sqlite3"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Either } from "effect"
+import { MIGRATIONS } from "../src/ledger/migrations.js"
 import { runTimeline, type RunOptions, type RunResult } from "../sim/runner.js"
 import { decodeTimeline, type Timeline } from "../sim/timeline.js"
 
@@ -86,3 +88,17 @@ export const DRILL_TIMELINE = timelineFile(
 export const DRILL_RESTARTS: ReadonlyArray<number> = [30_000, 61_000, 16 * MIN, 45 * MIN, 65 * MIN, 65 * MIN + 10_000, 90 * MIN, 2 * HOUR + 31 * MIN, 3 * HOUR].map(
   (d) => Date.parse(START) + d
 )
+
+/**
+ * A database file as an older engine left it: `MIGRATIONS` up to `version` applied and recorded,
+ * open for the test to fill before it closes it and lets `migrate` upgrade it.
+ */
+export const databaseAtVersion = (file: string, version: number): Database.Database => {
+  const old = new Database(file)
+  old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+  for (const m of MIGRATIONS.filter((x) => x.version <= version)) {
+    old.exec(m.sql)
+    old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
+  }
+  return old
+}

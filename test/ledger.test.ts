@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { InvariantViolation } from "../src/errors.js"
 import { migrate, MIGRATIONS } from "../src/ledger/migrations.js"
 import { LedgerStore } from "../src/ledger/store.js"
+import { databaseAtVersion } from "./helpers.js"
 
 const ACCOUNT = "acc-1"
 
@@ -110,10 +111,7 @@ describe("migrations", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
-    const old = new Database(file)
-    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
-    old.exec(MIGRATIONS[0]!.sql)
-    old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (1, ?)`).run(MIGRATIONS[0]!.name)
+    const old = databaseAtVersion(file, 1)
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 5, 0)`).run()
     old.close()
     const store = LedgerStore.open(file)
@@ -130,12 +128,7 @@ describe("migrations", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
-    const old = new Database(file)
-    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
-    for (const m of MIGRATIONS.filter((x) => x.version <= 7)) {
-      old.exec(m.sql)
-      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
-    }
+    const old = databaseAtVersion(file, 7)
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 15000000, 0)`).run()
     old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 25000000, 'succeeded', 'pi_1', 0, 0)`).run()
     old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES ('ch_1', 'pay_00000001', 10000000)`).run()
@@ -174,12 +167,7 @@ describe("migrations", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
-    const old = new Database(file)
-    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
-    for (const m of MIGRATIONS.filter((x) => x.version <= 11)) {
-      old.exec(m.sql)
-      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
-    }
+    const old = databaseAtVersion(file, 11)
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 0, 0)`).run()
     const payment = old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES (?, 'acme', 'topup', 50000000, 'succeeded', ?, 0, 0)`)
     const charge = old.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros, gross_micros, reported_micros) VALUES (?, ?, ?, ?, ?)`)
@@ -220,12 +208,7 @@ describe("migrations", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
-    const old = new Database(file)
-    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
-    for (const m of MIGRATIONS.filter((x) => x.version <= 13)) {
-      old.exec(m.sql)
-      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
-    }
+    const old = databaseAtVersion(file, 13)
     old.exec(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 0, 0), ('beta', 0, 0)`)
     old.exec(`INSERT INTO api_users (id, email, created_at) VALUES ('usr-1', 'a@example.com', 0)`)
     const key = old.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at, revoked_at) VALUES (?, ?, 'usr-1', 'k', zeroblob(32), 0, ?)`)

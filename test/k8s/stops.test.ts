@@ -29,6 +29,12 @@ afterEach(async () => {
   engine = null
 })
 
+/** The API server drops every watch; resolves once the driver waits to re-open (WATCH_DOWN_MS). */
+const dropWatch = async (w: K8sWorld, driver: Awaited<ReturnType<K8sWorld["driver"]>>): Promise<void> => {
+  w.server.dropWatches({ abrupt: true })
+  await waitFor(driver, () => driver.watchState === "backoff")
+}
+
 const RATE = dollars("1.60")
 /** The watch stays down this long once dropped: long enough for a stop to be worth money. */
 const WATCH_DOWN_MS = 4 * MIN
@@ -99,8 +105,7 @@ describe("a stop the watch delivers late is billed to the pod's own record of it
     // its victim gone at once. Heard at 1:04, billed to 1:01: 60 min of GPU ($1.60), not 63 min.
     const { w, driver, sup, view, rows, moves, notices } = await open()
     await w.advance(60 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     w.kubelet.preempt("gi-1")
     await w.advance(3 * MIN)
@@ -145,8 +150,7 @@ describe("a stop the watch delivers late is billed to the pod's own record of it
     // 1:10. Billed: eu-west 69 min, us-east 60 min (not 63): 129 min, $3.44.
     const { w, driver, sup, rows } = await openInference()
     await w.advance(60 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
     await w.advance(9 * MIN)
@@ -209,8 +213,7 @@ describe("a stop asked for while the watch is down settles once the driver has h
     // held its GPUs 60; the hold waits for pod.deleted, which the replayed gap dates.
     const { w, driver, sup, view, rows, moves, notices } = await open()
     await w.advance(60 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
     await w.advance(1 * MIN)
@@ -242,8 +245,7 @@ describe("a stop asked for while the watch is down settles once the driver has h
     // settled then, it would consume the whole $3.20 for 120 min of a pod that ran 118.
     const { w, driver, view, rows, moves, notices } = await open()
     await w.advance(118 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
     await w.advance(2 * MIN)
@@ -306,8 +308,7 @@ describe("a stop asked for while the watch is down settles once the driver has h
     // settles once, at pod.deleted, never again (later ticks, the kubelet's resume).
     const { w, driver, sup, view, rows, notices } = await open()
     await w.advance(60 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
     await w.advance(30_000)
@@ -336,8 +337,7 @@ describe("a stop asked for while the watch is down settles once the driver has h
     await w.advance(4 * MIN)
     expect(view().status).toBe("preempted")
     expect(w.pods().map((p) => p.metadata.annotations!["ecolink.io/replacement"])).toEqual(["1"])
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(Either.isRight(sup.terminate("gi-1"))).toBe(true)
     await w.advance(20 * MIN)
@@ -364,8 +364,7 @@ describe("an inference instance stopped while the watch is down settles once eac
     // replica's pod.deleted instead: us-east's dates the preemption, eu-west's none.
     const { w, driver, sup, view, rows, moves, notices, holdOf } = await openInference()
     await w.advance(60 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
     await w.advance(1 * MIN)
@@ -402,8 +401,7 @@ describe("an inference instance stopped while the watch is down settles once eac
     // comes back.
     const { w, driver, view, rows, moves, notices, holdOf } = await openInference({ balance: "76.80", instant: true })
     await w.advance(24 * HOUR - 2 * MIN)
-    w.server.dropWatches({ abrupt: true })
-    await waitFor(driver, () => driver.watchState === "backoff")
+    await dropWatch(w, driver)
     await w.advance(1 * MIN)
     expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
     await w.advance(1 * MIN)

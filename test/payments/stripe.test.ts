@@ -3,7 +3,6 @@
  * customer's client both talk to the Stripe-compatible test server, which sends signed
  * webhooks to the API's /webhooks/stripe over HTTP.
  */
-import Database from "better-sqlite3"
 import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -11,13 +10,12 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
-import { MIGRATIONS } from "../../src/ledger/migrations.js"
 import { decodeStripeEvent, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
 import { startServerProcess } from "../api/spawn.js"
-import { tmpDb } from "../helpers.js"
+import { databaseAtVersion, tmpDb } from "../helpers.js"
 
 interface Env {
   readonly w: World
@@ -70,6 +68,24 @@ const until = async (cond: () => boolean, what: string): Promise<void> => {
 }
 
 const outcomes = (replies: Array<{ status: number; body: string }>) => replies.map((r) => [r.status, (JSON.parse(r.body) as { outcome?: string; error?: string }).outcome ?? JSON.parse(r.body).error])
+
+/**
+ * A new account whose auto-recharge ($20 a charge below `threshold`, on a card whose refunds
+ * fail when told to) has charged twice from $0; `charged(n)` waits for the n-th charge's credit.
+ */
+const rechargedTwice = async (email: string, threshold: string) => {
+  const { w, server } = await setup()
+  const a = await w.signup(email, "0")
+  await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold, amount: "20.00", payment_method: "pm_card_refundFail" } })
+  const book = w.opened.engine.sup.payments!
+  const charged = async (n: number) => {
+    await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
+    await server.flush()
+  }
+  await charged(1)
+  await charged(2)
+  return { w, server, a, book, charged }
+}
 
 describe("top-ups", () => {
   it("credit the wallet once, when Stripe confirms the payment, however often the event comes", async () => {
@@ -379,16 +395,7 @@ describe("refunds that fail at Stripe", () => {
     // under the $25 threshold); when it fails, no money went back to the card, so the pause
     // ends even though the credit back leaves the balance under the threshold ($2 + $20, after
     // the operator took $18 meanwhile), and the card is charged at once (pay_00000003).
-    const { w, server } = await setup()
-    const a = await w.signup("ike@example.com", "0")
-    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "25.00", amount: "20.00", payment_method: "pm_card_refundFail" } })
-    const book = w.opened.engine.sup.payments!
-    const charged = async (n: number) => {
-      await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
-      await server.flush()
-    }
-    await charged(1)
-    await charged(2)
+    const { w, server, a, book, charged } = await rechargedTwice("ike@example.com", "25.00")
     expect(ledgerOf(w, a.account)).toEqual([
       ["topup", "20.00", "pay_00000001"],
       ["topup", "20.00", "pay_00000002"]
@@ -423,16 +430,7 @@ describe("refunds that fail at Stripe", () => {
     // fails, $5 still went back to the card of pay_00000001, so the card is not charged though
     // the balance ($21) is under the $30 threshold; when that refund fails as well, no refund
     // holding the pause stands, the pause ends and the card is charged at once (pay_00000003).
-    const { w, server } = await setup()
-    const a = await w.signup("jon@example.com", "0")
-    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "30.00", amount: "20.00", payment_method: "pm_card_refundFail" } })
-    const book = w.opened.engine.sup.payments!
-    const charged = async (n: number) => {
-      await until(() => book.payments().filter((p) => p.status === "pending").length === 1 && book.payments().length === n, `charge ${n}`)
-      await server.flush()
-    }
-    await charged(1)
-    await charged(2)
+    const { w, server, a, book, charged } = await rechargedTwice("jon@example.com", "30.00")
     const client = customer(server)
     const second = await client.refunds.create({ payment_intent: book.payment("pay_00000002")!.intent_id! })
     expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
@@ -609,12 +607,7 @@ describe("refunds booked before migration 8", () => {
       { amount_refunded: 1000, refunded: false }
     ])
     const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
-    const old = new Database(db)
-    old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
-    for (const m of MIGRATIONS.filter((x) => x.version <= 7)) {
-      old.exec(m.sql)
-      old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)
-    }
+    const old = databaseAtVersion(db, 7)
     old.prepare(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 20000000, 0)`).run()
     old.prepare(`INSERT INTO payments (id, account, kind, amount_micros, status, intent_id, created_at, updated_at) VALUES ('pay_00000001', 'acme', 'topup', 50000000, 'succeeded', ?, 0, 0)`).run(pi.id)
     const row = old.prepare(`INSERT INTO ledger (account, at, kind, amount_micros, balance_after_micros, resource, description) VALUES ('acme', ?, ?, ?, ?, 'pay_00000001', ?)`)
