@@ -292,6 +292,24 @@ describe("latestInstant", () => {
     expect(second.latestInstant()).toBe(9_000)
     expect(mark(second)).toEqual({ journal_seq: 1, ledger_id: 1, transition_id: 1, notification_id: 2, at: 9_000 })
   })
+
+  it("marks at close only as best effort: another writer holding the database cannot keep the connection open", () => {
+    // Found by review: the mark's write at close, refused with BUSY (another connection held
+    // the write lock past the busy timeout), threw out of close(): the server's shutdown
+    // failed, the connection stayed open and the WAL was never checkpointed.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const store = LedgerStore.open(file, { claim_leader_term: true })
+    expect(store.latestInstant()).toBe(0)
+    store.journal(4_000, "probe", {})
+    const outside = new Database(file)
+    outside.exec("BEGIN IMMEDIATE")
+    expect(() => store.close()).not.toThrow()
+    expect(store.db.open).toBe(false)
+    outside.exec("COMMIT")
+    outside.close()
+  })
 })
 
 describe("accounts and rows", () => {

@@ -183,11 +183,14 @@ export const nestedDeeperThan = (json: string, max: number): boolean => {
 export const REDACTED = "[redacted]"
 /** A query parameter whose name says it carries a secret (`?api-key=`, `?token=`, …). */
 const SECRET_PARAM_RE = /key|secret|token|passw|auth|signature|credential/i
-/** Secrets recognisable by their shape wherever they appear: our API and operator keys, Stripe's. */
+/**
+ * Secrets recognisable by their shape wherever they appear: our API and operator keys, Stripe's.
+ * No word boundary before them: a percent-encoded space (`Bearer%20eco_…`) ends in a digit.
+ */
 const SECRET_SHAPES: ReadonlyArray<[RegExp, string]> = [
-  [/\b(eco_[a-z2-7]{12}_)[A-Za-z0-9_-]+/g, `$1${REDACTED}`],
-  [/\becoop_[A-Za-z0-9_-]+/g, `ecoop_${REDACTED}`],
-  [/\b((?:sk|rk)_(?:test|live)_|whsec_)[A-Za-z0-9]+/g, `$1${REDACTED}`]
+  [/(eco_[a-z2-7]{12}_)[A-Za-z0-9_-]+/g, `$1${REDACTED}`],
+  [/ecoop_[A-Za-z0-9_-]+/g, `ecoop_${REDACTED}`],
+  [/((?:sk|rk)_(?:test|live)_|whsec_)[A-Za-z0-9]+/g, `$1${REDACTED}`]
 ]
 
 /**

@@ -2,6 +2,7 @@
  * The Kubernetes world's control plane in this process (src/api/kubernetesServer.ts): what a
  * replica logs, answers and writes as it leads, stands by and loses the lease.
  */
+import Database from "better-sqlite3"
 import { afterEach, describe, expect, it } from "vitest"
 import { replicas, until, type Replicas } from "./kubeReplicas.js"
 
@@ -81,4 +82,25 @@ describe("two replicas started with one identity (a misconfiguration)", () => {
     const r = await fetch(`${a.running.url}/operator/accounts/nobody`, { headers: { authorization: "Bearer op_test_0123456789abcdefghijklmnopqrstuvwxyz" } })
     expect(r.status).toBe(404)
   }, 40_000)
+})
+
+describe("a writer outside holding the database", () => {
+  it("does not break the leader's fencing check: the leader keeps its lease and serves again once the lock is gone", async () => {
+    // Found by review: the check before each renewal ran an empty unit of work, which takes the
+    // write lock; held by another connection past the 2 s busy timeout, it failed with BUSY,
+    // broke the supervisor (every later unit a defect) and escaped the lease's timer.
+    world = await replicas()
+    const a = await world.start("replica-a")
+    await until("leading", () => a.lines.find((l) => l.msg.startsWith("leading")))
+    const outside = new Database(world.db)
+    outside.exec("BEGIN IMMEDIATE")
+    // Several renewals (every 500 ms) with the lock held past the busy timeout.
+    await new Promise((r) => setTimeout(r, 3_000))
+    outside.exec("COMMIT")
+    outside.close()
+    expect(a.lines.filter((l) => l.level >= 50 || l.msg.startsWith("fenced") || l.msg.startsWith("lease lost"))).toEqual([])
+    expect((await fetch(`${a.running.url}/readyz`)).status).toBe(200)
+    const signup = await fetch(`${a.running.url}/accounts`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ email: "after@example.com" }) })
+    expect(signup.status).toBe(201)
+  }, 30_000)
 })

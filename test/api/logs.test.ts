@@ -45,5 +45,7 @@ describe("the request log", () => {
     expect(redactUrl("/api-keys/eco_abcdefghijkl_AAAA-bbbb_cccc")).toBe("/api-keys/eco_abcdefghijkl_[redacted]")
     expect(redactUrl("/x?q=ecoop_AbC123&s=sk_live_XyZ&w=whsec_123")).toBe("/x?q=ecoop_[redacted]&s=sk_live_[redacted]&w=whsec_[redacted]")
     expect(redactUrl("/gpu-instances/gi-abc")).toBe("/gpu-instances/gi-abc")
+    // Found by review: a percent-encoded space before a key is a digit, no word boundary.
+    expect(redactUrl("/x?q=Bearer%20eco_abcdefghijkl_SECRET")).toBe("/x?q=Bearer%20eco_abcdefghijkl_[redacted]")
   })
 })
