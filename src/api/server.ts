@@ -373,7 +373,9 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
       engine: opened.engine,
       secrets,
       operatorKey: operator_key,
-      loggerInstance: logger,
+      // Silent, no request logger at all: pino at level silent still makes a child logger for
+      // every request (the read route's throughput, BENCHMARKS.md).
+      ...(config.log_level === "silent" ? { logger: false } : { loggerInstance: logger }),
       rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
       publicUrl: config.public_url ?? (() => listening),
       ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
