@@ -16,6 +16,10 @@ import { SimCluster } from "../../sim/cluster.js"
 import { tmpDb } from "../helpers.js"
 import { HOUR, MIN, START_MS, stateOf, world, type World } from "./harness.js"
 
+/** An engine on `db` that took the file's next leader term, as a Kubernetes replica's does. */
+const leaderOn = (db: string, clock: VirtualClock) =>
+  openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+
 const REGION = { name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 0, image_pull_jitter_ms: 0, container_start_ms: 0, pod_stop_ms: 0, pull_failure_probability: 0, preemption_mean_interval_ms: 0, preemption_duration_ms: 0 }
 
 let w: World | null = null
@@ -64,8 +68,7 @@ describe("the leader term in SQLite", () => {
     // of work is refused before it writes, and A stops; B goes on.
     const db = tmpDb()
     const clock = new VirtualClock(START_MS)
-    const open = () =>
-      openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const open = () => leaderOn(db, clock)
     const a = open()
     expect(a.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
     const b = open()
@@ -83,8 +86,7 @@ describe("the leader term in SQLite", () => {
     // time, or within 1,000 asks at one instant; a write is refused at once whatever the count.
     const db = tmpDb()
     const clock = new VirtualClock(START_MS)
-    const open = () =>
-      openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const open = () => leaderOn(db, clock)
     const a = open()
     expect(a.engine.sup.fenced).toBe(false)
     const b = open()
@@ -110,7 +112,7 @@ describe("the leader term over HTTP", () => {
     // fired; A's routes answer 503 not_leader and B's file gains nothing.
     const db = tmpDb()
     const clock = new VirtualClock(START_MS)
-    const a = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const a = leaderOn(db, clock)
     // The door (`fenced`, which reads the term too) is blinded, as for requests already past
     // it when B claims: what refuses them must be their unit of work.
     const sup = new Proxy(a.engine.sup, { get: (target, name) => (name === "fenced" ? false : Reflect.get(target, name, target)) })
@@ -147,12 +149,12 @@ describe("a deposed leader's own timers", () => {
     // B claims a newer term; A's clock reaches gi-1's warnings and deadline.
     const db = tmpDb()
     const clockA = new VirtualClock(START_MS)
-    const a = openEngine({ db, clock: clockA, cluster: new SimCluster(clockA, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const a = leaderOn(db, clockA)
     a.engine.sup.sync.openAccount("acme")
     a.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
     expect(a.engine.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 1 })._tag).toBe("Right")
     const clockB = new VirtualClock(START_MS)
-    const b = openEngine({ db, clock: clockB, cluster: new SimCluster(clockB, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+    const b = leaderOn(db, clockB)
     const before = JSON.stringify(b.engine.ledger.ledgerRows(), (_, v) => (typeof v === "bigint" ? v.toString() : v))
     expect(() => clockA.advanceTo(START_MS + 2 * HOUR)).not.toThrow()
     expect(a.engine.sup.fenced).toBe(true)
