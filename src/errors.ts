@@ -92,7 +92,18 @@ export class NotLeader extends Data.TaggedError("NotLeader")<{}> {
   }
 }
 
-export type EngineError = InsufficientBalance | InstanceCreditDepleted | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod | NotLeader
+/**
+ * 503: another connection held the database's write lock past the busy timeout (an operator's
+ * tool, a backup, a replica that has not claimed its term yet), so this unit of work could not
+ * begin. It wrote nothing and no actor moved: an answer of this moment, not a defect.
+ */
+export class DatabaseBusy extends Data.TaggedError("DatabaseBusy")<{}> {
+  override get message(): string {
+    return "the database is busy with another writer; retry"
+  }
+}
+
+export type EngineError = InsufficientBalance | InstanceCreditDepleted | ValidationError | NotFound | Conflict | ModelNotPriced | NoHealthyPod | NotLeader | DatabaseBusy
 
 /** Every tag of `EngineError`, checked by the compiler: a new engine error cannot fall through to a 500. */
 const ENGINE_TAGS: ReadonlySet<string> = new Set(
@@ -104,7 +115,8 @@ const ENGINE_TAGS: ReadonlySet<string> = new Set(
     Conflict: true,
     ModelNotPriced: true,
     NoHealthyPod: true,
-    NotLeader: true
+    NotLeader: true,
+    DatabaseBusy: true
   } satisfies Record<EngineError["_tag"], true>)
 )
 
@@ -139,6 +151,8 @@ export const errorStatus = (e: EngineError): { readonly status: number; readonly
       return { status: 503, error: "no_healthy_pod", message: e.message }
     case "NotLeader":
       return { status: 503, error: "not_leader", message: e.message }
+    case "DatabaseBusy":
+      return { status: 503, error: "database_busy", message: e.message }
   }
 }
 

@@ -164,6 +164,8 @@ export const NOT_LEADER_RETRY_AFTER_S = 2
  * minutes; an OpenAI client honours it (up to 60 s) on its own retries.
  */
 export const NO_HEALTHY_POD_RETRY_AFTER_S = 10
+/** `retry-after` (seconds) of a 503 `database_busy`: another writer held the database past the busy timeout. */
+export const DATABASE_BUSY_RETRY_AFTER_S = 1
 
 // ── The simulated world's defaults (TIMELINE.md: "Omitted, they have documented defaults") ──
 export const SIM_IMAGE_PULL_DEFAULT = "PT1M"

@@ -3,6 +3,7 @@
  * writes it at a time (newest wins), its clock never writes before what the file holds, its
  * commits are durable, and the file is its owner's alone.
  */
+import Database from "better-sqlite3"
 import { chmodSync, statSync, writeFileSync } from "node:fs"
 import { afterEach, describe, expect, it } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
@@ -41,6 +42,31 @@ const call = async (server: RunningServer, method: string, path: string, key: st
   })
   return { status: r.status, body: (await r.json()) as Record<string, any> }
 }
+
+describe("another writer holding the database", () => {
+  it("gets a write a 503 database_busy with retry-after, changes nothing, and the server serves on once the lock is gone", async () => {
+    // Found by review: BEGIN refused with SQLITE_BUSY (another connection held the write lock
+    // past the 2 s busy timeout) was a defect: a 500, and the supervisor stopped for good.
+    const db = tmpDb()
+    const lines: string[] = []
+    const server = await start(db, lines)
+    const demoKey = server.demo!.key
+    const outside = new Database(db)
+    outside.exec("BEGIN IMMEDIATE")
+    const r = await fetch(`${server.url}/operator/accounts/demo/adjustments`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${OPERATOR_KEY}`, "content-type": "application/json" },
+      body: JSON.stringify({ amount: "10.00", description: "while busy" })
+    })
+    outside.exec("COMMIT")
+    outside.close()
+    expect([r.status, r.headers.get("retry-after"), await r.json()]).toEqual([503, "1", { error: "database_busy", message: "the database is busy with another writer; retry" }])
+    expect((await call(server, "GET", "/billing/balance", demoKey)).body).toEqual({ balance: "100.00" })
+    expect((await call(server, "POST", "/operator/accounts/demo/adjustments", OPERATOR_KEY, { amount: "10.00", description: "after" })).status).toBe(201)
+    expect((await call(server, "GET", "/billing/balance", demoKey)).body).toEqual({ balance: "110.00" })
+    expect(lines).toEqual([])
+  })
+})
 
 describe("two processes on one SQLite file", () => {
   it("the newest wins: the first answers 503 not_leader to reads and writes, says why once, and the ledger stays conserved", async () => {

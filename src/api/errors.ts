@@ -44,7 +44,11 @@ export { isEngineError }
 export const engineHttp = (e: EngineError): { readonly status: number; readonly body: ErrorBody; readonly headers?: Readonly<Record<string, string>> } => {
   const mapped = errorStatus(e)
   const body: ErrorBody = e._tag === "ValidationError" ? { error: mapped.error, message: mapped.message, field: e.field } : { error: mapped.error, message: mapped.message }
-  const retryAfter = e._tag === "NotLeader" ? policy.NOT_LEADER_RETRY_AFTER_S : e._tag === "NoHealthyPod" ? policy.NO_HEALTHY_POD_RETRY_AFTER_S : null
+  const retryAfter =
+    e._tag === "NotLeader" ? policy.NOT_LEADER_RETRY_AFTER_S
+    : e._tag === "NoHealthyPod" ? policy.NO_HEALTHY_POD_RETRY_AFTER_S
+    : e._tag === "DatabaseBusy" ? policy.DATABASE_BUSY_RETRY_AFTER_S
+    : null
   return retryAfter === null ? { status: mapped.status, body } : { status: mapped.status, body, headers: { "retry-after": String(retryAfter) } }
 }
 

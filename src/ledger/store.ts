@@ -9,7 +9,7 @@
 import { chmodSync, closeSync, constants, fstatSync, fchmodSync, openSync } from "node:fs"
 import Database from "better-sqlite3"
 import { Either } from "effect"
-import { assert, Conflict, InsufficientBalance, NotLeader } from "../errors.js"
+import { assert, Conflict, DatabaseBusy, InsufficientBalance, NotLeader } from "../errors.js"
 import type { Micros } from "../money.js"
 import type { Severity } from "../policy.js"
 import { migrate, type LedgerRowKind } from "./migrations.js"
@@ -389,12 +389,14 @@ export class LedgerStore {
   /** Runs `fn` in a transaction; inside an open one it simply runs (the outer one commits). */
   transaction<T>(fn: () => T): T {
     if (this.db.inTransaction) return fn()
+    let began = false
     try {
       // A term holder takes the write lock at BEGIN (IMMEDIATE), so the term it reads stays
       // the latest until it commits: a successor's claim waits for it, or comes first and is
       // seen here. A deferred BEGIN would read the term in a snapshot, and a claim committed
       // between that read and the first write would fail the write with SQLITE_BUSY_SNAPSHOT.
       return (this.term === null ? this.tx : this.tx.immediate)(() => {
+        began = true
         if (this.term !== null && (this.superseded || this.term !== (this.s.leaderTerm.get() as { term: number }).term)) {
           this.supersede()
           throw new NotLeader()
@@ -405,6 +407,9 @@ export class LedgerStore {
       }) as T
     } catch (e) {
       this.forgetCaches()
+      // BEGIN itself refused (another connection held the write lock past the busy timeout):
+      // nothing ran, nothing was written, so it is a refusal of this moment, not a defect.
+      if (!began && typeof (e as { code?: unknown }).code === "string" && (e as { code: string }).code.startsWith("SQLITE_BUSY")) throw new DatabaseBusy()
       throw e
     }
   }
