@@ -5,6 +5,7 @@
  */
 import Database from "better-sqlite3"
 import { chmodSync, statSync, writeFileSync } from "node:fs"
+import { dirname, join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { ConfigError, parseConfig, serverLogger, startServer, type RunningServer } from "../src/api/server.js"
@@ -200,6 +201,18 @@ describe("the database file's mode", () => {
       const server = await start(db, [])
       expect((await call(server, "GET", "/billing/balance", server.demo!.key)).status).toBe(200)
       expect([modeOf(db), modeOf(`${db}-wal`), modeOf(`${db}-shm`)]).toEqual([0o600, 0o600, 0o600])
+    } finally {
+      process.umask(umask)
+    }
+  })
+
+  it("is 0700 for a directory the server makes for the database", async () => {
+    // Proves the directory beside the file is not listable by others either (it was 0755).
+    const db = join(dirname(tmpDb()), "made", "by", "server", "ledger.sqlite")
+    const umask = process.umask(0o022)
+    try {
+      await start(db, [])
+      expect([modeOf(dirname(db)), modeOf(dirname(dirname(db)))]).toEqual([0o700, 0o700])
     } finally {
       process.umask(umask)
     }

@@ -350,7 +350,8 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
   const secrets = options.secrets ?? cryptoSecrets
   // The Kubernetes world's files are read first: a bad one is a ConfigError with nothing made.
   const kubernetes = config.kubernetes === null ? null : readKubernetesFiles(config)
-  if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true })
+  // A directory it makes for the database is its owner's alone, as the file is (0600).
+  if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true, mode: 0o700 })
   const logger = options.logger ?? serverLogger(config)
   if (kubernetes !== null) return startKubernetesServer(config, kubernetes, { ...options, logger })
   const clock = new LiveClock({ speed: config.clock_speed })
