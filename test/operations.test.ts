@@ -6,7 +6,7 @@
 import Database from "better-sqlite3"
 import { chmodSync, statSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
-import { afterEach, describe, expect, it } from "vitest"
+import { afterEach, describe, expect, it, vi } from "vitest"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { ConfigError, parseConfig, serverLogger, startServer, type RunningServer } from "../src/api/server.js"
 import { LiveClock } from "../src/clock.js"
@@ -117,6 +117,27 @@ describe("two processes on one SQLite file", () => {
 })
 
 describe("a live clock behind the database", () => {
+  it("says so in the server's log, a warning like the process's others (not plain text on stderr)", async () => {
+    // Proves the server hands its logger to its clock: the database is first written an hour
+    // ahead of the wall clock (as a fast-clock demo leaves it), then served at the real time.
+    const db = tmpDb()
+    const now = Date.now()
+    const spy = vi.spyOn(Date, "now").mockReturnValue(now + 60 * MIN)
+    try {
+      const ahead = await startServer(configFor(db), { logger: serverLogger({ log_level: "silent" }) })
+      await ahead.close()
+    } finally {
+      spy.mockRestore()
+    }
+    const lines: Array<{ level: number; msg: string }> = []
+    const logger = serverLogger({ log_level: "warn" }, { write: (line: string) => void lines.push(JSON.parse(line) as { level: number; msg: string }) })
+    const server = await startServer(configFor(db), { logger })
+    servers.push(server)
+    expect((await call(server, "GET", "/billing/balance", server.demo!.key)).status).toBe(200)
+    expect(lines.filter((l) => l.msg.startsWith("live clock:")).map((l) => l.level)).toEqual([40])
+  })
+
+
   it("stands still at the database's latest instant: a restart 10 minutes behind settles no hold before it was placed", async () => {
     // Proves the review's finding fixed (a restart with the wall clock 10 minutes behind wrote
     // transitions out of order and settled a hold before it was placed): the wall-time source

@@ -114,7 +114,8 @@ export const startKubernetesServer = async (
   const secrets = options.secrets ?? cryptoSecrets
   const logger = options.logger.child({ identity: k8s.identity })
   const world = files.world
-  const clock = new LiveClock({ speed: config.clock_speed })
+  // The clock's one warning (the wall clock behind the database) goes to the process's log.
+  const clock = new LiveClock({ speed: config.clock_speed, log: (line) => logger.warn(line) })
   const kc = files.kubeconfig
   const driverLog = logger.child({ component: "driver" })
   const leaseLog = logger.child({ component: "lease" })

@@ -354,7 +354,8 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
   if (config.db !== ":memory:") mkdirSync(dirname(config.db), { recursive: true, mode: 0o700 })
   const logger = options.logger ?? serverLogger(config)
   if (kubernetes !== null) return startKubernetesServer(config, kubernetes, { ...options, logger })
-  const clock = new LiveClock({ speed: config.clock_speed })
+  // The clock's one warning (the wall clock behind the database) goes to the process's log.
+  const clock = new LiveClock({ speed: config.clock_speed, log: (line) => logger.warn(line) })
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
   // Newest wins: this process takes the next leader term, and one started after it on the same
   // file supersedes it (src/ledger/store.ts): its next write is refused, and every request
