@@ -747,9 +747,9 @@ export class GpuSupervisor implements PaymentHost {
       const e = this.live.get(id)
       return e !== undefined && e.kind === "inference" && e.actor.getSnapshot().context.model === model && active(e)
     })
-    const user = users.length === 0 ? undefined : { id: users.reduce((a, b) => (b < a ? b : a)) }
-    if (user !== undefined) {
-      return Either.left(new Conflict({ code: "invalid_state", id: model, status: "in_use", message: `model ${model} is in use by instance ${user.id}; delete the instance first` }))
+    if (users.length > 0) {
+      const user = users.reduce((a, b) => (b < a ? b : a))
+      return Either.left(new Conflict({ code: "invalid_state", id: model, status: "in_use", message: `model ${model} is in use by instance ${user}; delete the instance first` }))
     }
     return Either.right(
       this.unitOfWork(() => {
