@@ -30,7 +30,7 @@ import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAU
 import type { ApiContext } from "./http.js"
 import { base32, cryptoSecrets, type SecretsPort } from "./secrets.js"
 import { ApiStore } from "./store.js"
-import { clockRateLimitStore } from "./rateLimit.js"
+import { addressKey, clockRateLimitStore } from "./rateLimit.js"
 import { ErrorSchema } from "./views.js"
 import { accountRoutes } from "./routes/accounts.js"
 import { billingRoutes } from "./routes/billing.js"
@@ -58,7 +58,7 @@ export interface AppOptions {
   readonly logger?: FastifyServerOptions["logger"]
   /** A pino logger to log requests to instead (`npm start`: the process's one logger); wins over `logger`. */
   readonly loggerInstance?: FastifyBaseLogger
-  /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per key. */
+  /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per account. */
   readonly rateLimit?: RateLimitOptions | false
   /** Base of invite links, or a function answering it (known only once listening). Default `http://localhost`. */
   readonly publicUrl?: string | (() => string)
@@ -388,8 +388,10 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       timeWindow: rateLimit.window_ms,
       hook: "onRequest",
       store: clockRateLimitStore(options.engine.clock),
+      // Per account, not per key: an account may hold up to KEYS_PER_ACCOUNT_MAX keys, and
+      // each one its own budget would multiply the limit by a thousand.
       keyGenerator: (request) =>
-        request.auth?.kind === "key" ? `key:${request.auth.key_id}` : request.auth?.kind === "operator" ? "operator" : `ip:${request.ip}`,
+        request.auth?.kind === "key" ? `account:${request.auth.account}` : request.auth?.kind === "operator" ? "operator" : addressKey(request.ip),
       errorResponseBuilder: (_request, context) =>
         new HttpError(429, "rate_limited", `more than ${context.max} requests in ${rateLimit.window_ms / 1000} s; retry after ${Math.ceil(context.ttl / 1000)} s`)
     })

@@ -1,13 +1,21 @@
 /**
  * A store for @fastify/rate-limit that counts on the engine's clock instead of reading the
- * wall clock itself: fixed windows per key (an API key's id, or the client address for
- * requests without a valid key), in a bounded map. On the live clock it behaves as the
- * plugin's own store; on a virtual clock the tests get exact `retry-after` values.
+ * wall clock itself: fixed windows per caller (an account, the operator, or the client address
+ * of a request without a valid key). On the live clock it behaves as the plugin's own store;
+ * on a virtual clock the tests get exact `retry-after` values.
+ *
+ * Windows are held in two bounded maps: one for callers with a key, one for client addresses.
+ * When a map is full the window started longest ago is forgotten (its count starts again), so
+ * requests from many addresses, which cost nothing to make, can only flush each other's
+ * windows, never an account's.
  */
 import type { EngineClock } from "../clock.js"
 
-/** Keys counted at once; the least recently started window is forgotten first. */
+/** Windows counted at once per map (callers with a key; client addresses). */
 export const RATE_LIMIT_KEYS_MAX = 100_000
+
+/** The store's key for a request without a valid key: its client address. */
+export const addressKey = (ip: string): string => `ip:${ip}`
 
 interface Window {
   current: number
@@ -18,16 +26,23 @@ type Callback = (err: Error | null, res: { current: number; ttl: number }) => vo
 
 export const clockRateLimitStore = (clock: EngineClock) =>
   class ClockRateLimitStore {
-    private readonly windows = new Map<string, Window>()
+    private readonly callers = new Map<string, Window>()
+    private readonly addresses = new Map<string, Window>()
+
+    private windowsOf(key: string): Map<string, Window> {
+      return key.startsWith("ip:") ? this.addresses : this.callers
+    }
 
     incr(key: string, cb: Callback, timeWindow: number): void {
       const now = clock.now()
-      let w = this.windows.get(key)
+      const windows = this.windowsOf(key)
+      let w = windows.get(key)
       if (w === undefined || w.started_at + timeWindow <= now) {
-        if (w !== undefined) this.windows.delete(key)
-        if (this.windows.size >= RATE_LIMIT_KEYS_MAX) this.windows.delete(this.windows.keys().next().value!)
+        // Deleted and set again, so the map's order stays the order the windows started in.
+        if (w !== undefined) windows.delete(key)
+        if (windows.size >= RATE_LIMIT_KEYS_MAX) windows.delete(windows.keys().next().value!)
         w = { current: 0, started_at: now }
-        this.windows.set(key, w)
+        windows.set(key, w)
       }
       w.current++
       cb(null, { current: w.current, ttl: w.started_at + timeWindow - now })
@@ -35,7 +50,7 @@ export const clockRateLimitStore = (clock: EngineClock) =>
 
     read(key: string, cb: Callback, timeWindow: number): void {
       const now = clock.now()
-      const w = this.windows.get(key)
+      const w = this.windowsOf(key).get(key)
       if (w === undefined || w.started_at + timeWindow <= now) cb(null, { current: 0, ttl: 0 })
       else cb(null, { current: w.current, ttl: w.started_at + timeWindow - now })
     }

@@ -15,7 +15,7 @@
  * | --operator-key K | ECOLINK_OPERATOR_KEY | generated for this run, printed (required with a kubeconfig) |
  * | --clock-speed X | ECOLINK_CLOCK_SPEED | 1 (engine ms per wall ms) |
  * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links; an absolute http(s) URL) |
- * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per key (0: off) |
+ * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per account (0: off) |
  * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
  * | --demo, --no-demo | ECOLINK_DEMO (true/false/1/0) | seeded in the simulated world, not in the Kubernetes world |
  * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
@@ -55,7 +55,7 @@ export interface ServerConfig {
   readonly operator_key: string | null
   readonly clock_speed: number
   readonly public_url: string | null
-  /** Requests a minute per key; 0 turns rate limiting off. */
+  /** Requests a minute per account; 0 turns rate limiting off. */
   readonly rate_limit: number
   readonly log_level: string
   /** Seed the demo account and key (`seedDemo`); false revokes the demo account's keys (`revokeDemo`). */

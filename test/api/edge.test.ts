@@ -1,7 +1,7 @@
 /**
  * The rules at the edge, for every route alike: request ids, structured logs, the one error
  * shape for every kind of bad input (never a 500), unknown routes, Idempotency-Key, rate
- * limits per key, and the OpenAPI document and docs page.
+ * limits per account, and the OpenAPI document and docs page.
  */
 import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
@@ -313,21 +313,26 @@ describe("Idempotency-Key on /v1", () => {
 })
 
 describe("rate limits", () => {
-  it("per key: the 4th request in a window is 429 with retry-after; another key is not affected; the window passes", async () => {
-    // Proves @fastify/rate-limit keyed by API key, counted on the engine clock.
+  it("per account: the 4th request in a window is 429 with retry-after, whichever of its keys sends it; another account is not affected; the window passes", async () => {
+    // Proves @fastify/rate-limit keyed by account (not by key: a new key is no new budget), counted on the engine clock.
     w = await world({ rateLimit: { max: 3, window_ms: 60_000 } })
     const a = await w.signup("a@example.com")
     const b = await w.signup("b@example.com")
-    for (let i = 0; i < 3; i++) expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(200)
+    const second = await w.req("POST", "/api-keys", { key: a.key, body: { name: "second" } })
+    expect(second.status).toBe(201)
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(200)
+    expect((await w.req("GET", "/billing/balance", { key: second.body.secret })).status).toBe(200)
     w.advance(20_000)
-    const limited = await w.req("GET", "/billing/balance", { key: a.key })
+    const limited = await w.req("GET", "/billing/balance", { key: second.body.secret })
     expect(limited.status).toBe(429)
     expect(limited.headers["retry-after"]).toBe("40")
     expect(limited.body).toEqual({ error: "rate_limited", message: "more than 3 requests in 60 s; retry after 40 s" })
     expect(limited.headers["x-ecolink-request-id"]).toMatch(/^req_/)
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(429)
     expect((await w.req("GET", "/billing/balance", { key: b.key })).status).toBe(200)
     w.advance(40_000)
     expect((await w.req("GET", "/billing/balance", { key: a.key })).status).toBe(200)
+    expect((await w.req("GET", "/billing/balance", { key: second.body.secret })).status).toBe(200)
   })
 })
 
