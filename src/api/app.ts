@@ -19,6 +19,7 @@
  *
  * The API holds no business rule: the routes decode, call the supervisor, and encode.
  */
+import { STATUS_CODES } from "node:http"
 import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
@@ -230,6 +231,14 @@ export const redactUrl = (url: string): string => {
   return redacted
 }
 
+/** Status, code and message of a request Node's HTTP parser refused (`clientErrorHandler`). */
+const clientErrorAnswer = (code: string | undefined): readonly [number, string, string] =>
+  code === "ERR_HTTP_REQUEST_TIMEOUT"
+    ? [408, "request_timeout", `the request took longer than ${REQUEST_TIMEOUT_MS / 1000} s to arrive`]
+    : code === "HPE_HEADER_OVERFLOW"
+    ? [431, "headers_too_large", "the request's headers are larger than the API accepts"]
+    : [400, "malformed_request", "the request is not valid HTTP"]
+
 /**
  * pino serializers for the request log: Fastify's own `req` fields, with the URL redacted
  * (`redactUrl`). `npm start`'s logger carries them (serverLogger), and `buildApp` adds them to
@@ -277,6 +286,21 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     connectionTimeout: CONNECTION_TIMEOUT_MS,
     keepAliveTimeout: KEEP_ALIVE_TIMEOUT_MS,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: true, allErrors: false, allowUnionTypes: true } },
+    // Requests Node's HTTP parser refuses before Fastify sees them (a header block over Node's
+    // limit, a malformed request line, a request slower than requestTimeout) get the API's one
+    // error shape and a request id too, written on the socket, which then closes.
+    clientErrorHandler: (error, socket) => {
+      if ((error as NodeJS.ErrnoException).code === "ECONNRESET" || socket.destroyed) return
+      const [status, code, message] = clientErrorAnswer((error as NodeJS.ErrnoException).code)
+      const body = JSON.stringify({ error: code, message })
+      if (socket.writable) {
+        socket.write(
+          `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+            `x-ecolink-request-id: ${requestPrefix}${++requests}\r\nConnection: close\r\n\r\n${body}`
+        )
+      }
+      socket.destroy(error)
+    },
     frameworkErrors: (error, request, reply) => {
       reply.header("x-ecolink-request-id", request.id)
       const mapped = fastifyHttp(error) ?? { status: 400, body: { error: "invalid_url", message: "the URL is not valid" } }
