@@ -82,13 +82,14 @@ export class NoHealthyPod extends Data.TaggedError("NoHealthyPod")<{
 }
 
 /**
- * 503: this control-plane replica lost its leader lease (docs/KUBERNETES.md): its supervisor
- * was fenced and writes nothing more, since another replica may write the database now. A
- * request that was already in flight gets this; the standby that follows answers the same code.
+ * 503: another control-plane process leads this database now: a Kubernetes replica lost its
+ * leader lease (docs/KUBERNETES.md), or a process started later on the same file took a newer
+ * leader term (docs/ENGINE.md). This one's supervisor was fenced and writes nothing more. A
+ * request that was already in flight gets this; a standby replica answers the same code.
  */
 export class NotLeader extends Data.TaggedError("NotLeader")<{}> {
   override get message(): string {
-    return "this control-plane replica lost the leader lease; retry"
+    return "another control-plane process leads this database now (this one lost its leader lease or term); retry"
   }
 }
 

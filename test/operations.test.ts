@@ -106,7 +106,7 @@ describe("two processes on one SQLite file", () => {
     const a = await start(db, lines)
     const b = LedgerStore.open(db, { claim_leader_term: true })
     try {
-      expect(() => a.opened!.engine.sup.unitOfWork(() => a.opened!.engine.ledger.journal(a.opened!.engine.clock.now(), "probe", {}))).toThrow(/lost the leader lease/)
+      expect(() => a.opened!.engine.sup.unitOfWork(() => a.opened!.engine.ledger.journal(a.opened!.engine.clock.now(), "probe", {}))).toThrow(/lost its leader lease or term/)
       expect(a.opened!.engine.sup.fenced).toBe(true)
       expect(lines).toHaveLength(1)
       expect(b.journalEntries().filter((e) => e.kind === "probe")).toEqual([])

@@ -28,7 +28,7 @@ afterEach(async () => {
   w = null
 })
 
-const NOT_LEADER = { error: "not_leader", message: "this control-plane replica lost the leader lease; retry" }
+const NOT_LEADER = { error: "not_leader", message: "another control-plane process leads this database now (this one lost its leader lease or term); retry" }
 
 describe("a fenced supervisor", () => {
   it("answers 503 not_leader and writes nothing more: no deadline, no terminate, no usage", async () => {
