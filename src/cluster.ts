@@ -92,12 +92,24 @@ export interface ClusterPort {
    * only up to the first stop. The simulated world keeps every stop instant. The Kubernetes
    * driver keeps the stops it saw, each dated when it learned it or, learned late, from the
    * pod's own record (a `DisruptionTarget`'s `lastTransitionTime`, a container's
-   * `state.terminated.finishedAt`, a `deletionTimestamp`), in whole seconds: a stop in the
-   * second `from` falls in is answered as `from` (docs/KUBERNETES.md, "Dating a stop"). It
-   * forgets them with the workload, and a new driver knows only what the pods it lists still
-   * say. A lookup over a few instants.
+   * `state.terminated.finishedAt`, a `deletionTimestamp`) or, for a pod gone with none of
+   * these, its Events, in whole seconds: a stop in the second `from` falls in is answered as
+   * `from` (docs/KUBERNETES.md, "Dating a stop"). It forgets them with the workload, and a new
+   * driver knows only what the pods it lists still say (and what `recallGone` finds in the
+   * Events). A lookup over a few instants.
    */
   firstStopAt(name: string, from: number): number | null
+  /**
+   * Optional: how a started workload the world does not know ended, when its pods all went while
+   * no control plane watched them (an engine outage: a new control plane never saw them), from
+   * what the world still keeps of their end (Kubernetes Events); null if it keeps nothing, and the
+   * engine takes the workload for lost, as before. `from`: when billing began, the instant its
+   * pods were known to run: nothing from before counts, and no stop is dated earlier (nor later
+   * than now). A preemption is the world's to resume, as one it saw: from then on `phaseOf` says
+   * `preempted` and `firstStopAt` dates it, and the engine's next `createWorkload` of it creates
+   * the replacement pods. The simulated world never loses sight of its workloads and leaves it out.
+   */
+  recallGone?(workload: Pick<WorkloadSpec, "name" | "resource" | "account" | "region" | "node_count" | "service">, from: number): RecalledStop | null
   /**
    * Optional: whether a change to the pods may have happened that the world has not heard of
    * yet (the Kubernetes driver's watch is down, relisting, or replaying the gap after it
@@ -140,6 +152,12 @@ export interface ClusterPort {
   regionNames(): ReadonlyArray<string>
   /** Delivers pod events; returns the unsubscribe function. One subscriber at a time. */
   subscribe(handler: (event: ClusterEvent) => void): () => void
+}
+
+/** How a workload whose pods went unseen ended (`ClusterPort.recallGone`): `ended_at` dates the stop. */
+export interface RecalledStop {
+  readonly phase: "preempted" | "failed"
+  readonly ended_at: number
 }
 
 /** One pod of a workload as the cluster describes it (`ClusterPort.podsOf`). */

@@ -9,7 +9,7 @@ import type { GpuInstanceContext, GpuInstanceEvent, GpuStatus } from "../machine
 import { gpuStatusOf } from "../machines/gpuInstance.js"
 import type { InferenceEvent } from "../machines/inferenceInstance.js"
 import type { EngineClock } from "./clock.js"
-import { podNameFor, type ClusterPort, type WorkloadPhase } from "./cluster.js"
+import { podNameFor, type ClusterPort, type RecalledStop, type WorkloadPhase, type WorkloadSpec } from "./cluster.js"
 import { assert } from "./errors.js"
 import { podsOf, replicaSpec, statusOf, type WorkloadEntry } from "./liveEntry.js"
 import * as policy from "./policy.js"
@@ -214,11 +214,33 @@ export class Reconciler {
     // events they cause will. A pending resource whose create was lost is created again.
     if (correction === "createPod") return this.host.createPod(entry.actor.getSnapshot().context, at)
     if (correction === "deletePod") return this.host.cluster.deleteWorkload(podNameFor(id))
+    const ctx = entry.actor.getSnapshot().context
+    // Started, and its pods gone unseen (an outage): the world may still know how they ended.
+    const recalled =
+      correction === "pod.failed" && phase === "missing" && ctx.billing_since !== null
+        ? this.recall({ name: podNameFor(id), resource: id, account: ctx.account, region: ctx.region, node_count: ctx.node_count, service: null }, ctx.billing_since)
+        : null
+    if (recalled !== null) {
+      this.host.journal.append(at, "reconcile", { id, status, phase, recalled: recalled.phase, interrupted_at: recalled.ended_at })
+      this.host.dispatch(entry, { type: recalled.phase === "preempted" ? "pod.preempted" : "pod.failed", at, ...(recalled.ended_at < at ? { ended_at: recalled.ended_at } : {}) }, "reconciled")
+      // Preempted: its replacement is made from the spec the engine creates it from.
+      if (recalled.phase === "preempted") this.host.createPod(ctx, at)
+      return
+    }
     this.host.journal.append(at, "reconcile", { id, status, phase })
     // A preemption or failure found late is billed only up to when the world says it happened.
     const since = this.stoppedSince(podNameFor(id), entry.actor.getSnapshot().context.billing_since)
     const dated = (correction === "pod.preempted" || correction === "pod.failed") && phase === (correction === "pod.preempted" ? "preempted" : "failed") && since !== null && since < at
     this.host.dispatch(entry, (dated ? { type: correction, at, ended_at: since } : { type: correction, at }) as GpuInstanceEvent, "reconciled")
+  }
+
+  /**
+   * How a started workload whose pods the world lost sight of ended, if the world still knows
+   * (`ClusterPort.recallGone`: a preemption or a loss, dated); null otherwise, and the workload
+   * has failed, dated when found, as before. `from`: when its billing began.
+   */
+  private recall(workload: Pick<WorkloadSpec, "name" | "resource" | "account" | "region" | "node_count" | "service">, from: number): RecalledStop | null {
+    return this.host.cluster.recallGone?.(workload, from) ?? null
   }
 
   /** Deletes the workloads the cluster runs for no live resource of ours (`orphans`, sorted), each journaled (the operator's report). */
@@ -266,8 +288,15 @@ export class Reconciler {
         if (workload === undefined) send("deleted")
         else this.host.cluster.deleteWorkload(name)
       } else if (phase === "missing") {
+        const billing_since = ctx.replicas[region]?.billing_since ?? null
+        // Started, and its pod gone unseen (an outage): the world may still know how it ended.
+        const recalled = (replica === "loading" || replica === "running") && billing_since !== null ? this.recall(replicaSpec(ctx, region), billing_since) : null
         if (replica === "pending") this.host.cluster.createWorkload(replicaSpec(ctx, region))
-        else if (replica !== "failed") send("failed")
+        else if (recalled !== null) {
+          send(recalled.phase, recalled.ended_at)
+          // Preempted: its replacement is made from the replica's spec.
+          if (recalled.phase === "preempted") this.host.cluster.createWorkload(replicaSpec(ctx, region))
+        } else if (replica !== "failed") send("failed")
       } else if (phase !== replica && phase !== "pending") {
         send(phase)
       } else if (replica === "running" && phase === "running") {

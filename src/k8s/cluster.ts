@@ -28,6 +28,10 @@
  *   after the stop however late the engine hears of it. A workload deleted while the view is
  *   behind (`viewBehind`: a watch gap) concludes once the gap has told how its pods ended, and
  *   its `pod.deleted` carries a stop they made before the delete: the engine settles there.
+ * - A pod found gone with nothing of its stop in its last version (a relist after a watch gap),
+ *   or never seen at all (the first list after an engine outage: `recallGone`), is looked up in
+ *   the namespace's Events (`podEvents.ts`, one list per relist or start): a preemption or
+ *   eviction dates the stop and is a preemption (a replacement follows), a kill dates the loss.
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -44,11 +48,12 @@
  */
 import { CoreV1Api, KubeConfig, Watch, type ConfigurationOptions, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
-import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
+import type { ClusterEvent, ClusterPort, RecalledStop, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
 import { assert } from "../errors.js"
 import { abortable } from "./abortable.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
 import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
+import { podEndOf, podStopEventOf, type PodEnd, type PodStopEvent } from "./podEvents.js"
 import { isTerminating, KUBE_TIME_PRECISION_MS, podStateOf, podStoppedAt, workloadPhaseOf, type PodState } from "./podState.js"
 
 /** What the driver tells the operator: retries given up, orphans, watch restarts. */
@@ -196,6 +201,10 @@ const STOPS_REMEMBERED_MAX = 128
  * (a replacement). Bounded: the oldest are forgotten first.
  */
 const GONE_UIDS_MAX = 4_096
+/** The Events the driver lists: those about pods (the API server's field selector for Events). */
+const POD_EVENTS_SELECTOR = "involvedObject.kind=Pod"
+/** Phases of a workload that had started: a pod taken from one of them is a preemption, not a silent replacement. */
+const STARTED: ReadonlySet<WorkloadPhase> = new Set(["loading", "running", "preempted"])
 
 export class KubernetesCluster implements ClusterPort {
   private readonly core: CoreV1Api
@@ -257,6 +266,12 @@ export class KubernetesCluster implements ClusterPort {
    * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
    */
   private readonly goneWhilePassive = new Map<string, number>()
+  /**
+   * What the Events listed with the first list said of pods it did not show (gone before this
+   * driver started: an engine outage), for the engine's reconciliation at start (`recallGone`).
+   * At most `events_listed_max`; dropped when an engine subscribes (it has reconciled by then).
+   */
+  private recallable: ReadonlyArray<PodStopEvent> = []
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
@@ -366,7 +381,14 @@ export class KubernetesCluster implements ClusterPort {
     if (existing !== undefined) {
       // Level-triggered: a create the engine repeats re-creates pods whose create was lost.
       if (!existing.deleting && !existing.lost && existing.phase !== "failed") {
-        for (const pod of existing.pods) if (!this.cache.has(pod) && !existing.busy.has(pod) && !existing.awaiting.has(pod)) this.createPod(existing, pod, 1)
+        existing.pods.forEach((pod, i) => {
+          // A pod never seen (a workload recalled from its Events, `recallGone`) is made from the
+          // engine's spec: a replacement, if one is owed for it.
+          if (!existing.templates.has(pod) && podNamesOf(spec.name, spec.node_count)[i] === pod) existing.templates.set(pod, this.replacementOf(existing, this.podFor(spec, pod, i), pod))
+          if (this.cache.has(pod) || existing.busy.has(pod) || existing.awaiting.has(pod) || !existing.templates.has(pod)) return
+          if (existing.replacing.has(pod)) this.report({ kind: "pod_replaced", at: this.clock.now(), workload: existing.name, pod })
+          this.createPod(existing, pod, 1)
+        })
       }
       return
     }
@@ -476,6 +498,45 @@ export class KubernetesCluster implements ClusterPort {
     return null
   }
 
+  /**
+   * How a started workload this driver does not know ended, from the Events listed with its first
+   * list (its pods were gone by then: they went while no control plane watched), or null if they
+   * say nothing of one of its pods (the engine takes it for lost, dated when found, as before).
+   * No control plane saw these pods, so no uid is known: an event counts from `from` on, when the
+   * engine knew the pods ran (every earlier pod of the name was gone by then: `podEndOf`). Every
+   * pod preempted or evicted: a preemption, dated at the first; the driver tracks the workload as
+   * preempted from then on and owes each pod a replacement, made from the spec of the engine's
+   * next `createWorkload` of it. Any pod killed otherwise: a loss, dated at the first stop. Never
+   * dated before `from`, nor after now.
+   */
+  recallGone(workload: Pick<WorkloadSpec, "name" | "resource" | "account" | "region" | "node_count" | "service">, from: number): RecalledStop | null {
+    const count = workload.node_count
+    if (this.workloads.has(workload.name) || this.recallable.length === 0 || !(Number.isSafeInteger(count) && count >= 1 && count <= ANNOTATION_NODE_COUNT_MAX)) return null
+    const pods = podNamesOf(workload.name, count)
+    const grace_ms = this.config.termination_grace_s * 1_000
+    const ends: PodEnd[] = []
+    for (const pod of pods) {
+      const end = podEndOf(this.recallable, { name: pod, uid: null, grace_ms }, from)
+      // A pod of which nothing is kept went unexplained: the workload is lost, as before.
+      if (end === null) return null
+      ends.push(end)
+    }
+    const lost = ends.some((e) => e.kind === "killed")
+    const first = Math.min(...ends.map((e) => e.at))
+    const now = this.clock.now()
+    const ended_at = Math.min(Math.max(first, from), now)
+    if (lost) return { phase: "failed", ended_at }
+    const { name, resource, account, region, service } = workload
+    const w = this.track({ name, resource, account, region, service, pods, templates: new Map(), discovered: true })
+    w.phase = "preempted"
+    w.preempted = true
+    w.holds = false
+    w.stops.push({ at: ended_at, until: Math.min(Math.max(first + KUBE_TIME_PRECISION_MS - 1, ended_at), now) })
+    w.replacements = 1
+    for (const pod of pods) w.replacing.add(pod)
+    return { phase: "preempted", ended_at }
+  }
+
   phaseOf(name: string): WorkloadPhase | undefined {
     return this.workloads.get(name)?.phase
   }
@@ -513,6 +574,7 @@ export class KubernetesCluster implements ClusterPort {
     this.handler = handler
     // The engine reconciled (its full scan at start) what this driver kept: it decides now.
     this.goneWhilePassive.clear()
+    this.recallable = []
     // Active from now on: what the driver owes of its own (replacements, kubelet-preempted pods
     // to delete) is done now. The supervisor subscribes after its reconciliation at start, so a
     // workload of a resource it no longer owns is already being deleted and is left alone.
@@ -550,6 +612,13 @@ export class KubernetesCluster implements ClusterPort {
     this.changes.set(w.name, w.resource)
     for (const pod of w.pods) this.podOwner.set(pod, w.name)
     return w
+  }
+
+  /** `template`, annotated as the workload's latest replacement if a replacement of `pod` is owed. */
+  private replacementOf(w: Workload, template: V1Pod, pod: string): V1Pod {
+    if (!w.replacing.has(pod)) return template
+    template.metadata!.annotations = { ...(template.metadata!.annotations ?? {}), [ANNOTATIONS.replacement]: String(w.replacements) }
+    return template
   }
 
   private podFor(spec: WorkloadSpec, pod: string, index: number): V1Pod {
@@ -957,23 +1026,63 @@ export class KubernetesCluster implements ClusterPort {
       return this.scheduleWatch("dropped")
     }
     if (this.isStopped()) return
+    const listedAt = this.clock.now()
+    const ends = await this.podEnds(list.items, report)
+    if (this.isStopped()) return
     this.relistPending = false
     // Everything the list shows that the cache did not is learned late (at start: never seen).
     this.lateSince = this.liveAt
     try {
-      this.takeList(list.items, listSeq, report)
+      this.takeList(list.items, listSeq, report, ends)
     } finally {
       this.lateSince = null
     }
-    this.liveAt = this.clock.now()
+    this.liveAt = listedAt
     this.rv = list.metadata?.resourceVersion ?? ""
     if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
     this.notifyProgress()
     this.openWatch(false)
   }
 
+  /**
+   * What the namespace's Events say of the pods a list shows gone, by pod name (`podEvents.ts`).
+   * A relist lists them only when one of ours is gone with nothing of its stop in its last version
+   * (neither stopped nor terminating): an event names its pod by uid (or, the taint manager's,
+   * counts from the driver's last current view on). The first list always does, for the engine's
+   * reconciliation at start (`recallGone`): a new control plane does not know which pods went.
+   * Best-effort, as Events are: a list that fails is reported and nothing is learned from it.
+   */
+  private async podEnds(items: ReadonlyArray<V1Pod>, report: boolean): Promise<ReadonlyMap<string, PodEnd>> {
+    const listed = new Set(items.map((pod) => pod.metadata?.name))
+    const unrecorded = report ? [...this.cache.entries()].filter(([name, pod]) => !listed.has(name) && podStoppedAt(pod, true) === null) : []
+    if (report && unrecorded.length === 0) return new Map()
+    const events = await this.listStopEvents()
+    if (!report) {
+      this.recallable = events.filter((e) => !listed.has(e.pod))
+      return new Map()
+    }
+    const ends = new Map<string, PodEnd>()
+    for (const [name, pod] of unrecorded) {
+      const grace_s = pod.spec?.terminationGracePeriodSeconds ?? this.config.termination_grace_s
+      const end = podEndOf(events, { name, uid: uidOf(pod) ?? null, grace_ms: grace_s * 1_000 }, this.liveAt)
+      if (end !== null) ends.set(name, end)
+    }
+    return ends
+  }
+
+  /** One list of the namespace's pod Events (at most `events_listed_max`): those that say a pod stopped. */
+  private async listStopEvents(): Promise<PodStopEvent[]> {
+    try {
+      const list = await this.request((options) => this.core.listNamespacedEvent({ namespace: this.config.namespace, fieldSelector: POD_EVENTS_SELECTOR, limit: this.config.limits.events_listed_max }, options))
+      return list.items.map(podStopEventOf).filter((e): e is PodStopEvent => e !== null)
+    } catch (e) {
+      if (!this.isStopped()) this.report({ kind: "request_failed", at: this.clock.now(), what: "list events", status: statusOf(e), final: true })
+      return []
+    }
+  }
+
   /** Replaces the cache with a list's pods, handling every difference as the watch would have. */
-  private takeList(items: ReadonlyArray<V1Pod>, listSeq: number, report: boolean): void {
+  private takeList(items: ReadonlyArray<V1Pod>, listSeq: number, report: boolean, ends: ReadonlyMap<string, PodEnd>): void {
     const seen = new Set<string>()
     for (const pod of items) {
       const name = pod.metadata?.name
@@ -989,7 +1098,7 @@ export class KubernetesCluster implements ClusterPort {
       if (seen.has(name)) continue
       this.markGone(uidOf(pod))
       this.cache.delete(name)
-      this.podGone(pod, report)
+      this.podGone(pod, report, ends.get(name) ?? null)
     }
     // Answers that came before this list are covered by it.
     for (const w of this.workloads.values()) for (const [pod, a] of [...w.awaiting]) if (a.seq < listSeq) w.awaiting.delete(pod)
@@ -1207,15 +1316,25 @@ export class KubernetesCluster implements ClusterPort {
     }
   }
 
-  private podGone(pod: V1Pod, report: boolean): void {
+  /**
+   * `end`: what the cluster's Events say of how the pod ended (`podEnds`, a relist), for a pod
+   * whose last version says nothing of its stop.
+   */
+  private podGone(pod: V1Pod, report: boolean, end: PodEnd | null = null): void {
     const w = this.ownerOf(pod)
     const name = pod.metadata!.name!
     this.saw(w, pod)
     w.deleteStalled.delete(name)
+    const record = podStoppedAt(pod, true)
+    const told = record === null ? end : null
     // Gone without our asking: whatever it was doing, it holds no GPUs now.
-    this.stopped(w, podStoppedAt(pod, true))
+    this.stopped(w, record ?? told?.at ?? null)
     if (!w.deleting && !w.lost && w.phase !== "failed") {
-      if (podStateOf(pod) === "disrupted" && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
+      const disrupted = podStateOf(pod) === "disrupted" || told?.kind === "preempted"
+      if (disrupted && w.replacements < this.config.limits.pod_replacements_max && w.templates.has(name)) {
+        // A preemption only its Events told of: the workload is preempted, as the victim's
+        // DisruptionTarget would have made it had the driver seen that version.
+        if (told?.kind === "preempted" && STARTED.has(w.phase)) w.preempted = true
         // Preempted or evicted: the same pod again, which the scheduler places when it can
         // (by this driver only while it is active: see `ownWork`).
         w.replacements++
@@ -1283,7 +1402,8 @@ export class KubernetesCluster implements ClusterPort {
     for (const pod of w.pods) {
       if (w.busy.has(pod) || w.awaiting.has(pod)) continue
       const cached = this.cache.get(pod)
-      if (cached === undefined && w.replacing.has(pod)) {
+      // A recalled workload's replacement waits for the engine's spec (`createWorkload`).
+      if (cached === undefined && w.replacing.has(pod) && w.templates.has(pod)) {
         this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
         this.createPod(w, pod, 1)
       } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {

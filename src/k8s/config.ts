@@ -99,6 +99,12 @@ export interface KubernetesLimits {
    * repeats it every tick), so a stopping resource always reaches `terminated`.
    */
   readonly pod_force_delete_after_ms: number
+  /**
+   * Events one list asks for (`limit`): the driver lists the namespace's pod Events once per start
+   * and per relist that finds a pod gone with no record of its stop (docs/KUBERNETES.md, "Dating a
+   * stop"). Beyond, the rest are not read, and a stop they alone told of is dated when found.
+   */
+  readonly events_listed_max: number
 }
 
 export const DEFAULT_LIMITS: KubernetesLimits = {
@@ -116,7 +122,8 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   own_retry_ms_min: 10_000,
   own_retry_ms_max: 60_000,
   passive_gone_workloads_max: 1_000,
-  pod_force_delete_after_ms: 10 * 60_000
+  pod_force_delete_after_ms: 10 * 60_000,
+  events_listed_max: 10_000
 }
 
 /** The configuration with every default filled in, checked. */
@@ -145,6 +152,7 @@ export const kubernetesConfig = (
   if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
   if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
   if (!(l.pods_watch_replay_window_ms >= 0)) throw new Error("pods_watch_replay_window_ms must not be negative")
+  if (!(Number.isSafeInteger(l.events_listed_max) && l.events_listed_max >= 1)) throw new Error("events_listed_max must be a positive integer")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

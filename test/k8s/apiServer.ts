@@ -12,8 +12,13 @@
  *   `deletionTimestamp` and goes when its last such pod is gone), and
  *   coordination.k8s.io/v1 leases: create, get, list, replace (PUT, optimistic concurrency on
  *   `metadata.resourceVersion` → 409 Conflict), JSON merge patch, delete (with preconditions).
+ * - core/v1 events, written in-process by the scheduler and kubelet of the tests (`recordEvent`,
+ *   named `<object>.<hex>` as the recorders name them), listed with the field selectors the API
+ *   server allows on Events (`involvedObject.kind`, `involvedObject.uid`, `reason`, …; any other
+ *   400), and gone `event_ttl_ms` (1 h) after they were written, as the API server's TTL does.
  * - list with `labelSelector` (equality, inequality, existence, `in`, `notin`) and
- *   `fieldSelector` (`metadata.name`, `metadata.namespace`); the list's resourceVersion.
+ *   `fieldSelector` (`metadata.name`, `metadata.namespace`, any dotted path on the others);
+ *   `limit` and `continue` (chunks in key order); the list's resourceVersion.
  * - watch (`?watch=true` or `watch=1`, or `/watch/` paths are not served): from a
  *   resourceVersion (events after it, replayed from a bounded history), or without one
  *   (synthetic ADDED for what exists, then changes); chunked newline-delimited JSON events
@@ -72,8 +77,31 @@ const RESOURCES: ReadonlyArray<ResourceType> = [
   { group: "", version: "v1", plural: "pods", singular: "pod", kind: "Pod", shortNames: ["po"], subresources: ["status"] },
   { group: "", version: "v1", plural: "services", singular: "service", kind: "Service", shortNames: ["svc"], subresources: ["status"] },
   { group: "", version: "v1", plural: "persistentvolumeclaims", singular: "persistentvolumeclaim", kind: "PersistentVolumeClaim", shortNames: ["pvc"], subresources: ["status"] },
-  { group: "coordination.k8s.io", version: "v1", plural: "leases", singular: "lease", kind: "Lease", shortNames: [], subresources: [] }
+  { group: "coordination.k8s.io", version: "v1", plural: "leases", singular: "lease", kind: "Lease", shortNames: [], subresources: [] },
+  { group: "", version: "v1", plural: "events", singular: "event", kind: "Event", shortNames: ["ev"], subresources: [] }
 ]
+
+/**
+ * The fields a field selector may name on core/v1 Events, as the API server's event strategy
+ * allows (`ToSelectableFields`); any other is refused 400 (`field label not supported`), as there.
+ */
+const EVENT_SELECTABLE_FIELDS: ReadonlySet<string> = new Set([
+  "metadata.name",
+  "metadata.namespace",
+  "involvedObject.kind",
+  "involvedObject.namespace",
+  "involvedObject.name",
+  "involvedObject.uid",
+  "involvedObject.apiVersion",
+  "involvedObject.resourceVersion",
+  "involvedObject.fieldPath",
+  "reason",
+  "reportingComponent",
+  "source",
+  "type"
+])
+/** How long the API server keeps an Event (`--event-ttl`, 1 h by default): it is gone after. */
+export const EVENT_TTL_MS_DEFAULT = 60 * 60_000
 const VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 
 export type WatchEventType = "ADDED" | "MODIFIED" | "DELETED" | "BOOKMARK" | "ERROR"
@@ -134,6 +162,8 @@ export interface ApiServerOptions {
   readonly history_events_max?: number
   /** How a too-old resourceVersion is refused on watch: an ERROR event (default) or HTTP 410. */
   readonly expired_as?: "event" | "status"
+  /** How long an Event is kept after it was written (`--event-ttl`). */
+  readonly event_ttl_ms?: number
 }
 
 /** Bound on the request body the server reads: a test object is a few kilobytes. */
@@ -279,6 +309,8 @@ export class KubeApiServer {
    */
   readonly hung = { requests: 0, closed: 0 }
   private readonly historyMax: number
+  /** Events written in one millisecond, so that two get two names (the recorders use nanoseconds). */
+  private eventSeq = 0
   expiredAs: "event" | "status"
   url = ""
 
@@ -349,6 +381,16 @@ export class KubeApiServer {
   /** Creates an object from inside (a test planting a stray pod). */
   create(plural: string, namespace: string, body: KubeObject): KubeObject {
     return this.createObject(this.type(plural), namespace, clone(body))
+  }
+
+  /**
+   * Writes an Event about an object, as a recorder does (`POST …/events`): `event` without its
+   * metadata, which the server fills (a name `<involved object>.<hex>`, the namespace, a uid).
+   */
+  recordEvent(namespace: string, event: Omit<KubeObject, "metadata">): KubeObject {
+    const involved = (event.involvedObject as { name?: string } | undefined)?.name ?? "event"
+    const name = `${involved}.${(BigInt(Math.trunc(this.options.now())) * 1_000_000n + BigInt(++this.eventSeq)).toString(16)}`
+    return this.createObject(this.type("events"), namespace, { apiVersion: "v1", kind: "Event", ...clone(event), metadata: { name, namespace } })
   }
 
   /** Every change, synchronously, after watchers were told. */
@@ -532,8 +574,29 @@ export class KubeApiServer {
   private list(type: ResourceType, namespace: string | null, query: Record<string, string>): KubeObject {
     const selector = parseLabelSelector(query.labelSelector)
     const fields = parseFieldSelector(query.fieldSelector)
-    const items = this.objects(type.plural, namespace ?? undefined).filter((o) => matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o))
-    return { kind: `${type.kind}List`, apiVersion: apiVersionOf(type), metadata: { resourceVersion: String(this.rv) } as unknown as KubeMeta, items }
+    if (type.plural === "events") {
+      for (const f of fields) if (!EVENT_SELECTABLE_FIELDS.has(f.path)) fail(400, "BadRequest", `field label not supported: ${f.path}`)
+      this.expireEvents()
+    }
+    const all = this.objects(type.plural, namespace ?? undefined).filter((o) => matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o))
+    // Chunks in key order: `continue` carries the last key sent (opaque to clients, as the real token is).
+    const after = query.continue === undefined || query.continue === "" ? null : Buffer.from(query.continue, "base64").toString("utf8")
+    const from = after === null ? all : all.filter((o) => `${o.metadata.namespace}/${o.metadata.name}` > after)
+    const limit = query.limit === undefined ? 0 : Number(query.limit)
+    const items = limit > 0 ? from.slice(0, limit) : from
+    const last = items.at(-1)
+    const more = items.length < from.length && last !== undefined
+    const metadata = { resourceVersion: String(this.rv), ...(more ? { continue: Buffer.from(`${last.metadata.namespace}/${last.metadata.name}`).toString("base64") } : {}) }
+    return { kind: `${type.kind}List`, apiVersion: apiVersionOf(type), metadata: metadata as unknown as KubeMeta, items }
+  }
+
+  /** The API server's event TTL: an Event written `event_ttl_ms` ago or more is gone. */
+  private expireEvents(): void {
+    const ttl_ms = this.options.event_ttl_ms ?? EVENT_TTL_MS_DEFAULT
+    for (const e of this.objects("events")) {
+      const written = Date.parse(String(e.metadata.creationTimestamp))
+      if (written + ttl_ms <= this.options.now()) this.remove("events", e.metadata.namespace!, e.metadata.name)
+    }
   }
 
   private createObject(type: ResourceType, namespace: string, body: KubeObject): KubeObject {

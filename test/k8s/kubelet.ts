@@ -18,6 +18,12 @@
  * (missing, or being deleted): such a pod waits, Unschedulable, and is placed the moment its
  * last claim is created. So a driver that forgot a claim would see its pod stuck, not running.
  *
+ * It writes the Events a real scheduler and kubelet write when they take a pod (core/v1, in the
+ * shapes the API server returns): the scheduler's `Preempted` on a preemption victim (through
+ * events.k8s.io/v1: an `eventTime`, no first/lastTimestamp), and the kubelet's `Killing` for each
+ * container of a pod it stops because it is being deleted (a preemption victim, `kubectl delete`,
+ * the driver's own deletes). A pod that fails (`fail`) or vanishes (`lose`) gets none.
+ *
  * A pod being deleted (a `deletionTimestamp`) is removed after the region's `pod_stop_ms`.
  * Timers run on the world lane, keyed by the workload's name, like the simulated cluster's,
  * so ties at one instant break the same way in both worlds.
@@ -76,6 +82,8 @@ const ok: WorldOutcome = { ok: true }
 const refuse = (error: string, message: string): WorldOutcome => ({ ok: false, status: 409, error, message })
 
 export const PREEMPTION_REASON = "PreemptionByScheduler"
+/** The uid of the (make-believe) higher-priority pod the scheduler's `Preempted` Event names. */
+export const PREEMPTOR_UID = "00000000-0000-4000-8000-0000000ffff1"
 
 export class ScriptedKubelet {
   private readonly regions = new Map<string, RegionState>()
@@ -119,10 +127,12 @@ export class ScriptedKubelet {
     g.reservation = [...g.pods.values()].filter((n): n is number => n !== null)
     g.resumed = false
     for (const pod of [...g.pods.keys()].sort()) {
-      this.server.update("pods", this.options.namespace, pod, (o) => {
+      const victim = this.server.update("pods", this.options.namespace, pod, (o) => {
         o.status = { ...o.status, conditions: [...(o.status?.conditions ?? []), { type: "DisruptionTarget", status: "True", reason: PREEMPTION_REASON, message: "Preempted by a higher priority pod", lastTransitionTime: kubeTime(this.clock.now()) }] }
       })
       this.server.deletePod(this.options.namespace, pod)
+      // The scheduler writes its Event once the victim's delete went through.
+      this.preemptedEvent(victim)
     }
     return ok
   }
@@ -266,6 +276,7 @@ export class ScriptedKubelet {
     if (g === undefined) return
     this.cancel(g)
     if (this.regions.get(g.region)?.silent === true) return
+    this.killingEvents(pod)
     const stop_ms = this.regions.get(g.region)?.spec.pod_stop_ms ?? 0
     this.clock.schedule(this.clock.now() + stop_ms, () => this.server.remove("pods", this.options.namespace, pod.metadata.name), { lane: Lane.world, key: g.key })
   }
@@ -425,6 +436,50 @@ export class ScriptedKubelet {
     }
   }
 
+  // ── the Events a scheduler and a kubelet write ────────────────────────────────────────
+  /**
+   * The scheduler's Event on a preemption victim (`Eventf(victim, preemptor, Normal, "Preempted",
+   * "Preempting", "Preempted by pod %v on node %v", …)` through events.k8s.io/v1), as core/v1
+   * shows it: `eventTime` in microseconds, null first/lastTimestamp, the preemptor as `related`.
+   */
+  private preemptedEvent(victim: KubeObject): void {
+    this.server.recordEvent(this.options.namespace, {
+      involvedObject: podRef(victim),
+      reason: "Preempted",
+      message: `Preempted by pod ${PREEMPTOR_UID} on node ${String(victim.spec?.nodeName ?? "")}`,
+      source: {},
+      firstTimestamp: null,
+      lastTimestamp: null,
+      type: "Normal",
+      eventTime: microTime(this.clock.now()),
+      action: "Preempting",
+      related: { kind: "Pod", namespace: this.options.namespace, name: "preemptor", uid: PREEMPTOR_UID, apiVersion: "v1" },
+      reportingComponent: "default-scheduler",
+      reportingInstance: "default-scheduler-control-plane"
+    })
+  }
+
+  /** The kubelet's Event for each container it stops ("Stopping container <name>"), core/v1 style. */
+  private killingEvents(pod: KubeObject): void {
+    const node = String(pod.spec?.nodeName ?? "")
+    const now = kubeTime(this.clock.now())
+    for (const name of containerNames(pod)) {
+      this.server.recordEvent(this.options.namespace, {
+        involvedObject: { ...podRef(pod), fieldPath: `spec.containers{${name}}` },
+        reason: "Killing",
+        message: `Stopping container ${name}`,
+        source: { component: "kubelet", host: node },
+        firstTimestamp: now,
+        lastTimestamp: now,
+        count: 1,
+        type: "Normal",
+        eventTime: null,
+        reportingComponent: "kubelet",
+        reportingInstance: node
+      })
+    }
+  }
+
   private after(g: Gang, delay_ms: number, fn: () => void): void {
     this.cancel(g)
     g.timer = this.clock.schedule(
@@ -450,6 +505,19 @@ export class ScriptedKubelet {
     return undefined
   }
 }
+
+/** An Event's `involvedObject` for a pod: kind, name, namespace, uid, as the recorders take it from the object. */
+const podRef = (pod: KubeObject): Record<string, string> => ({
+  kind: "Pod",
+  namespace: pod.metadata.namespace ?? "",
+  name: pod.metadata.name,
+  uid: pod.metadata.uid ?? "",
+  apiVersion: "v1",
+  resourceVersion: pod.metadata.resourceVersion ?? ""
+})
+
+/** A MicroTime (RFC 3339 with microseconds), as events.k8s.io writers stamp `eventTime`. */
+const microTime = (ms: number): string => new Date(ms).toISOString().replace(/Z$/, "000Z")
 
 const containerNames = (pod: KubeObject): string[] => ((pod.spec?.containers ?? []) as Array<{ name: string }>).map((c) => c.name)
 const imageOf = (pod: KubeObject, name: string): string => ((pod.spec?.containers ?? []) as Array<{ name: string; image: string }>).find((c) => c.name === name)?.image ?? ""

@@ -81,6 +81,9 @@ export class MissEvents implements ClusterPort {
   firstStopAt(name: string, from: number) {
     return this.inner.firstStopAt(name, from)
   }
+  recallGone(workload: Parameters<NonNullable<ClusterPort["recallGone"]>>[0], from: number) {
+    return this.inner.recallGone?.(workload, from) ?? null
+  }
   phaseOf(name: string) {
     return this.inner.phaseOf(name)
   }
