@@ -166,6 +166,19 @@ export const NOT_LEADER_RETRY_AFTER_S = 2
 export const NO_HEALTHY_POD_RETRY_AFTER_S = 10
 /** `retry-after` (seconds) of a 503 `database_busy`: another writer held the database past the busy timeout. */
 export const DATABASE_BUSY_RETRY_AFTER_S = 1
+/**
+ * How often (engine ms) the engine asks again for the database's write lock while its own
+ * units of work (alarms, cluster events, payment answers) wait for it: another connection held
+ * it past the busy timeout (src/backlog.ts, docs/ENGINE.md "When another connection holds the
+ * database"). Each ask takes no time (it does not wait for the lock), so the process serves on.
+ */
+export const DATABASE_BUSY_RETRY_MS = 1_000
+/**
+ * The most units of work (and timers) that may wait for the database at once. Past it the
+ * engine stops, as after a defect, and a restart recovers from the database: hours of a held
+ * lock at a busy fleet's rate, far more than a backup or an operator's shell takes.
+ */
+export const DATABASE_BUSY_BACKLOG_MAX = 100_000
 
 // ── The simulated world's defaults (TIMELINE.md: "Omitted, they have documented defaults") ──
 export const SIM_IMAGE_PULL_DEFAULT = "PT1M"

@@ -29,6 +29,22 @@ export class Payments extends Context.Tag("ecolink/Payments")<Payments, import("
  */
 export class ReconcileAudit extends Context.Tag("ecolink/ReconcileAudit")<ReconcileAudit, true>() {}
 
+/**
+ * Where the engine tells the operator what they should know (the process's log: pino in
+ * `npm start`). Absent, lines go to stderr. Fields first, then the message, as pino takes them.
+ */
+export interface EngineLogPort {
+  warn(fields: Readonly<Record<string, unknown>>, message: string): void
+  info(fields: Readonly<Record<string, unknown>>, message: string): void
+}
+export class EngineLog extends Context.Tag("ecolink/EngineLog")<EngineLog, EngineLogPort>() {}
+
+/** The engine's log without a logger: one line on stderr each, the fields as JSON. */
+export const stderrLog: EngineLogPort = {
+  warn: (fields, message) => void process.stderr.write(`${message} ${JSON.stringify(fields)}\n`),
+  info: (fields, message) => void process.stderr.write(`${message} ${JSON.stringify(fields)}\n`)
+}
+
 export interface NotifierPort {
   notify(n: NotificationInput): void
 }

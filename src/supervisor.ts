@@ -66,7 +66,7 @@ import {
   type StorageView
 } from "./resources.js"
 import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
-import { assert, Conflict, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
+import { assert, Conflict, DatabaseBusy, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
 import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
@@ -75,8 +75,9 @@ import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError, type UserInstanceInfo } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
-import { Catalog, Clock, Cluster, Journal, Ledger, Notifier, Payments, ReconcileAudit, type CatalogPort, type JournalPort, type NotifierPort } from "./services.js"
+import { Catalog, Clock, Cluster, EngineLog, Journal, Ledger, Notifier, Payments, ReconcileAudit, stderrLog, type CatalogPort, type EngineLogPort, type JournalPort, type NotifierPort } from "./services.js"
 import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
+import { Backlog } from "./backlog.js"
 
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
 export interface SupervisorCommands {
@@ -233,18 +234,39 @@ export class GpuSupervisor implements PaymentHost {
   private batching = false
   /** Card payments (issue 6), delegated to src/payments.ts; null without a provider. */
   readonly payments: PaymentBook | null
+  /** What waits while another connection holds the database (src/backlog.ts). */
+  private readonly backlog: Backlog
+  /**
+   * The world's clock as the engine's units read it (`Backlog.clock`): the same, except while a
+   * unit that waited for the database runs, when it answers the instant the unit came due.
+   */
+  private readonly clock: EngineClock
 
   constructor(
     private readonly ledger: LedgerStore,
     private readonly cluster: ClusterPort,
-    private readonly clock: EngineClock,
+    worldClock: EngineClock,
     private readonly catalog: CatalogPort,
     private readonly notifier: NotifierPort,
     private readonly journal: JournalPort,
     paymentsPort: PaymentsPort | null = null,
     /** `ReconcileAudit`: check every incremental reconcile against a full scan (tests). */
-    audit = false
+    audit = false,
+    log: EngineLogPort = stderrLog
   ) {
+    this.backlog = new Backlog(worldClock, {
+      background: (fn) => this.background(fn),
+      writeLockFree: () => this.ledger.writeLockFree(),
+      overflow: (message) => {
+        // Memory is as the database has it (nothing that waits has run): stop writing, as
+        // after a defect, and let a restart recover.
+        this.broken = message
+        this.stop()
+        throw new Error(message)
+      },
+      log
+    })
+    const clock = (this.clock = this.backlog.clock)
     this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
     this.reconciler = new Reconciler(
       {
@@ -436,6 +458,8 @@ export class GpuSupervisor implements PaymentHost {
       entry.actor.stop()
     }
     this.lowBalance.stop()
+    // What waits for the database is not run: the next start recovers from the database.
+    this.backlog.stop()
     this.live.clear()
     this.withPods.clear()
     this.pending.clear()
@@ -448,6 +472,9 @@ export class GpuSupervisor implements PaymentHost {
     assert(this.broken === null, () => `unit of work after a unit rolled back (${String(this.broken)}): restart from the database`)
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
+    // The engine's own units wait for the database (src/backlog.ts): a write that came after
+    // them must not commit before them, so it is refused as if the lock were still held.
+    if (this.backlog.holds) throw new DatabaseBusy()
     let result: T
     const changes = this.changes
     try {
@@ -493,12 +520,23 @@ export class GpuSupervisor implements PaymentHost {
    * fences the supervisor (`unitOfWork`), and the `NotLeader` goes no further, where a
    * request's would answer 503. Otherwise it would escape a timer or a watch handler and stop
    * the process, where the replica should stand by.
+   *
+   * Refused the database (`DatabaseBusy`: another connection held the write lock past the busy
+   * timeout, so nothing of `fn` ran), it waits in the backlog and runs once the lock is free,
+   * as of the instant it read now, in order with everything the engine starts after it
+   * (src/backlog.ts); so does a unit started while others wait. Before, the `DatabaseBusy`
+   * escaped the timer or the watch handler and stopped the process.
    */
   background(fn: () => void): void {
+    // Inside a unit of work (the simulator's clock step) it is part of that unit: nothing waits.
+    const own = this.depth === 0
+    if (own && this.backlog.holds) return this.backlog.join(fn)
+    const at = own ? this.clock.now() : 0
     try {
       this.unitOfWork(fn)
     } catch (e) {
-      if (!(e instanceof NotLeader)) throw e
+      if (own && e instanceof DatabaseBusy) this.backlog.refused(fn, at)
+      else if (!(e instanceof NotLeader)) throw e
     }
   }
 
@@ -929,7 +967,10 @@ export class GpuSupervisor implements PaymentHost {
   private onStorageBilling(): void {
     this.storageTimer = null
     const ids = [...this.live.values()].filter((e) => e.kind === "storage").map((e) => e.id).sort()
-    if (ids.length > 0) {
+    // The days restores paid are forgotten once the midnight's unit has read them: if it waits
+    // for the database (src/backlog.ts), they wait with it.
+    if (ids.length === 0) this.paidByRestore.clear()
+    else {
       this.background(() => {
         const at = this.clock.now()
         this.journal.append(at, "storage_billing", { count: ids.length })
@@ -948,9 +989,9 @@ export class GpuSupervisor implements PaymentHost {
           }
           this.chargeStorageDay(ctx, at, ctx.attached_to.length > 0)
         }
+        this.paidByRestore.clear()
       })
     }
-    this.paidByRestore.clear()
     this.armStorageBilling()
   }
 
@@ -1021,9 +1062,10 @@ export class GpuSupervisor implements PaymentHost {
   }
 
   settleApiUsage(): void {
-    // After a unit rolled back (see `unitOfWork`), or once fenced, nothing more is written:
-    // usage still in an open minute is lost with the rest of memory, as in a crash.
-    if (this.broken !== null || this.deposed) return
+    // After a unit rolled back (see `unitOfWork`), once fenced, or while units wait for the
+    // database (they are not run at shutdown), nothing more is written: usage still in an open
+    // minute is lost with the rest of memory, as in a crash.
+    if (this.broken !== null || this.deposed || this.backlog.holds) return
     this.unitOfWork(() => {
       for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })
@@ -1596,8 +1638,10 @@ export class GpuSupervisor implements PaymentHost {
 
   private onClusterEvent(event: ClusterEvent): void {
     const [id, region] = event.resource.split("@") as [string, string | undefined]
-    const entry = this.live.get(id)
     this.background(() => {
+      // Looked up when the unit runs: one that waited for the database (src/backlog.ts) finds
+      // what the units before it left.
+      const entry = this.live.get(id)
       this.journal.append(event.at, event.type, event)
       if (entry === undefined) return
       // A stop the world learned late carries when it happened: billing ends there.
@@ -1712,7 +1756,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
   // A live clock starts no earlier than the latest instant the database holds, so a restart on
   // a wall clock that is behind never writes before what was written (src/clock.ts).
   clock.notBefore?.(ledger.latestInstant())
-  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit)
+  const log = Option.getOrElse(yield* Effect.serviceOption(EngineLog), () => stderrLog)
+  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit, log)
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())

@@ -11,7 +11,7 @@ import type { EngineError } from "../errors.js"
 import type { LedgerStore, OpenOptions } from "../ledger/store.js"
 import type { ModelPrice } from "../metering.js"
 import type { Micros } from "../money.js"
-import { Catalog, catalogLayer, Clock, clockLayer, Cluster, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal, type CatalogPort } from "../services.js"
+import { Catalog, catalogLayer, Clock, clockLayer, Cluster, EngineLog, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal, type CatalogPort, type EngineLogPort } from "../services.js"
 import type { PaymentsPort } from "../payments.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../supervisor.js"
 
@@ -57,6 +57,8 @@ export interface WorldConfig {
   readonly ledger_options?: OpenOptions
   /** The payment provider (StripePayments in production); absent: no payment routes. */
   readonly payments?: PaymentsPort
+  /** Where the engine tells the operator what they should know (the process's logger); absent: stderr. */
+  readonly log?: EngineLogPort
 }
 
 export interface OpenedEngine {
@@ -73,6 +75,7 @@ export const openEngine = (world: WorldConfig): OpenedEngine => {
     clockLayer(world.clock),
     Layer.succeed(Cluster, world.cluster),
     world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
+    world.log === undefined ? Layer.empty : Layer.succeed(EngineLog, world.log),
     catalogLayer(world.gpu_rates, world.model_prices ?? new Map(), false, world.storage_rates ?? new Map())
   )
   const engineLayer = supervisorLayer.pipe(

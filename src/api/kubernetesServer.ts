@@ -27,7 +27,7 @@ import * as policy from "../policy.js"
 import { buildApp, notReadyBody, RATE_LIMIT_DEFAULT } from "./app.js"
 import { openEngine, type OpenedEngine } from "./engine.js"
 import { cryptoSecrets } from "./secrets.js"
-import { applyDemo, ConfigError, DEMO_CATALOG, paymentsOf, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
+import { applyDemo, ConfigError, DEMO_CATALOG, engineLog, paymentsOf, type RunningServer, type ServerConfig, type StartOptions } from "./server.js"
 
 /** How long `startServer` waits for this replica to lead before it returns as a standby. */
 export const FIRST_LEADERSHIP_WAIT_MS = 5_000
@@ -153,7 +153,7 @@ export const startKubernetesServer = async (
     // The engine and its routes are ready before the standby stops listening: the port is
     // refused only for the moment between the standby's close and the leader's listen.
     // A newer leader term fences this engine's writes even if its lease timer never fired.
-    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options: { claim_leader_term: true, synchronous: config.sqlite_synchronous } })
+    const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options: { claim_leader_term: true, synchronous: config.sqlite_synchronous }, log: engineLog(logger) })
     leader = opened
     try {
       demo = applyDemo(config, opened.engine, secrets, logger)

@@ -46,6 +46,7 @@ import { cryptoSecrets, formatApiKey, KEY_ID_CHARS, base32, newSecret, parseApiK
 import { ApiStore } from "./store.js"
 import { readKubernetesFiles, startKubernetesServer } from "./kubernetesServer.js"
 import { StripePayments } from "../stripePayments.js"
+import type { EngineLogPort } from "../services.js"
 
 export interface ServerConfig {
   readonly db: string
@@ -346,6 +347,12 @@ export interface StartOptions {
 export const serverLogger = (config: Pick<ServerConfig, "log_level">, destination?: DestinationStream): Logger =>
   pino({ level: config.log_level, serializers: REQUEST_LOG_SERIALIZERS }, destination)
 
+/** The engine's lines (src/services.ts `EngineLogPort`) in the process's one logger. */
+export const engineLog = (logger: Logger): EngineLogPort => ({
+  warn: (fields, message) => logger.warn(fields, message),
+  info: (fields, message) => logger.info(fields, message)
+})
+
 export const startServer = async (config: ServerConfig, options: StartOptions = {}): Promise<RunningServer> => {
   const secrets = options.secrets ?? cryptoSecrets
   // The Kubernetes world's files are read first: a bad one is a ConfigError with nothing made.
@@ -362,7 +369,7 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
   // answers 503 not_leader (SupervisorApi.fenced).
   const on_superseded = () => logger.error({ db: config.db }, `another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
   const ledger_options = { claim_leader_term: true, synchronous: config.sqlite_synchronous, on_superseded }
-  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options })
+  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options, log: engineLog(logger) })
   const operator_key_generated = config.operator_key === null
   const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
   let app: FastifyInstance | null = null

@@ -201,6 +201,9 @@ const makePrivate = (path: string): void => {
  */
 const PENDING_ROWS_MAX = 2_048
 
+/** SQLite refused a lock another connection holds (`SQLITE_BUSY` and its extended codes). */
+const isBusy = (e: unknown): boolean => typeof (e as { code?: unknown }).code === "string" && (e as { code: string }).code.startsWith("SQLITE_BUSY")
+
 export class LedgerStore {
   private readonly s: ReturnType<typeof prepare>
   private readonly tx: Database.Transaction<(fn: () => unknown) => unknown>
@@ -409,8 +412,31 @@ export class LedgerStore {
       this.forgetCaches()
       // BEGIN itself refused (another connection held the write lock past the busy timeout):
       // nothing ran, nothing was written, so it is a refusal of this moment, not a defect.
-      if (!began && typeof (e as { code?: unknown }).code === "string" && (e as { code: string }).code.startsWith("SQLITE_BUSY")) throw new DatabaseBusy()
+      if (!began && isBusy(e)) throw new DatabaseBusy()
       throw e
+    }
+  }
+
+  /**
+   * Whether the write lock is free now: asked without waiting for it (busy timeout 0 for the
+   * ask), so a process whose units of work wait for another connection's lock (src/backlog.ts)
+   * is not held up for the busy timeout at every retry. The lock is taken and given back at
+   * once; nothing is written. Free may not last: the unit that follows waits the busy timeout
+   * as every unit does, and may still be refused.
+   */
+  writeLockFree(): boolean {
+    assert(!this.db.inTransaction, () => "writeLockFree inside a transaction")
+    const wait_ms = this.db.pragma("busy_timeout", { simple: true }) as number
+    this.db.pragma("busy_timeout = 0")
+    try {
+      this.db.exec("BEGIN IMMEDIATE")
+      this.db.exec("ROLLBACK")
+      return true
+    } catch (e) {
+      if (isBusy(e)) return false
+      throw e
+    } finally {
+      this.db.pragma(`busy_timeout = ${wait_ms}`)
     }
   }
 
