@@ -238,7 +238,8 @@ export class GpuSupervisor implements PaymentHost {
   private readonly backlog: Backlog
   /**
    * The world's clock as the engine's units read it (`Backlog.clock`): the same, except while a
-   * unit that waited for the database runs, when it answers the instant the unit came due.
+   * unit that waited for the database runs, when it answers the instant the unit came due. The
+   * world's clock itself where nothing can wait (a ledger without a leader term: the simulator).
    */
   private readonly clock: EngineClock
 
@@ -266,7 +267,9 @@ export class GpuSupervisor implements PaymentHost {
       },
       log
     })
-    const clock = (this.clock = this.backlog.clock)
+    // Only a connection holding a leader term (every live process) is refused at BEGIN; any other
+    // (the simulator's) never is, so its units read the world's clock straight, at no cost.
+    const clock = (this.clock = ledger.claimedLeaderTerm ? this.backlog.clock : worldClock)
     this.payments = paymentsPort === null ? null : new PaymentBook(ledger, clock, notifier, journal, paymentsPort, this)
     this.reconciler = new Reconciler(
       {

@@ -257,6 +257,11 @@ export class LedgerStore {
     this.tx = db.transaction((fn: () => unknown) => fn())
   }
 
+  /** Whether this connection claimed a leader term (`OpenOptions.claim_leader_term`): only such a one is refused at BEGIN (`DatabaseBusy`). */
+  get claimedLeaderTerm(): boolean {
+    return this.term !== null
+  }
+
   /** Takes the next leader term (`OpenOptions.claim_leader_term`). */
   private claimLeaderTerm(): void {
     this.term = (this.db.prepare(`UPDATE leader_term SET term = term + 1 WHERE id = 1 RETURNING term`).get() as { term: number }).term
