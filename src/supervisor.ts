@@ -1067,8 +1067,10 @@ export class GpuSupervisor implements PaymentHost {
   settleApiUsage(): void {
     // After a unit rolled back (see `unitOfWork`), once fenced, or while units wait for the
     // database (they are not run at shutdown), nothing more is written: usage still in an open
-    // minute is lost with the rest of memory, as in a crash.
-    if (this.broken !== null || this.deposed || this.backlog.holds) return
+    // minute is lost with the rest of memory, as in a crash. With no minute open (per-request
+    // rows, the default) there is nothing to post, and no transaction is begun: a shutdown
+    // does not wait for a lock another connection holds.
+    if (this.broken !== null || this.deposed || this.backlog.holds || this.metering.pendingBuckets === 0) return
     this.unitOfWork(() => {
       for (const bucket of this.metering.flushAll(this.clock.now())) this.lowBalance.touch(bucket.account)
     })

@@ -15,6 +15,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { buildApp } from "../src/api/app.js"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { seededSecrets } from "../src/api/secrets.js"
+import { parseConfig, startServer } from "../src/api/server.js"
 import { VirtualClock } from "../src/clock.js"
 import { LedgerStore } from "../src/ledger/store.js"
 import { dollars, formatDollars } from "../src/money.js"
@@ -232,5 +233,24 @@ describe("a background unit of work that finds the database busy", () => {
     expect(successor.hold("hold:gi-1")?.status).toBe("open")
     expect(e.lines.map(([level]) => level)).toEqual(["warn"])
     expect((await e.request("GET", "/operator/accounts/acme")).body).toMatchObject({ error: "not_leader" })
+  })
+})
+
+describe("shutdown while another connection holds the write lock", () => {
+  it("npm start's server still closes its database: no API usage minute is open, so nothing waits for the lock", async () => {
+    // Found by review: close posted the open minute's API usage in a transaction even when none
+    // was open; with the lock held that BEGIN was refused, close rejected before the database
+    // closed, and a Kubernetes replica kept its lease until it expired.
+    const db = tmpDb()
+    const config = parseConfig(["--db", db, "--port", "0", "--no-demo"], { ECOLINK_LOG_LEVEL: "silent" })
+    const server = await startServer(config)
+    const other = new Database(db)
+    closers.push(() => other.close())
+    other.exec("BEGIN IMMEDIATE")
+    const ledger = server.opened!.engine.ledger
+    ledger.db.pragma("busy_timeout = 50")
+    await server.close()
+    expect(ledger.db.open).toBe(false)
+    other.exec("ROLLBACK")
   })
 })

@@ -260,10 +260,15 @@ export const startKubernetesServer = async (
         const opened = serving?.opened ?? null
         await serving?.app.close()
         serving = null
-        opened?.engine.sup.settleApiUsage()
-        opened?.close()
-        await elector.stop({ release: true })
-        cluster.stop()
+        try {
+          opened?.engine.sup.settleApiUsage()
+        } finally {
+          // Whatever the posting met (the database busy past its timeout), the database closes
+          // and the lease is given up, so a standby takes over at once, not when it expires.
+          opened?.close()
+          await elector.stop({ release: true })
+          cluster.stop()
+        }
       })())
   }
 }

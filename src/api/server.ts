@@ -405,8 +405,13 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
       close: () =>
         (closing ??= (async () => {
           await app!.close()
-          opened.engine.sup.settleApiUsage()
-          opened.close()
+          try {
+            opened.engine.sup.settleApiUsage()
+          } finally {
+            // Closed whatever the posting met (another connection holding the write lock past
+            // the busy timeout: the open minute is lost, as in a crash, and close rejects).
+            opened.close()
+          }
         })())
     }
     return running
