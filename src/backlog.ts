@@ -53,6 +53,9 @@ interface Waiting {
   readonly handle: TimerHandle | null
   /** Set when its timer is cleared while it waits: it is dropped, unrun. */
   cancelled: boolean
+  /** A timer's lane and key (clock.ts order of one instant); a unit of work: -1, before any timer armed for its instant. */
+  readonly lane: number
+  readonly key: string
 }
 
 export class Backlog {
@@ -95,19 +98,25 @@ export class Backlog {
     this.clock = {
       now: () => this.pinned ?? world.now(),
       setTimeout: (fn, delay_ms) => {
-        const handle: TimerHandle = world.setTimeout(() => this.fire(handle, fn), delay_ms)
+        const due = world.now() + delay_ms
+        const handle: TimerHandle = world.setTimeout(() => this.fire(handle, fn, Lane.engine, "", due), delay_ms)
         return handle
       },
       clearTimeout: (handle) => this.clearTimeout(handle),
       schedule: (at_ms: number, fn: () => void, options?: ScheduleOptions) => {
-        if (this.draining && at_ms <= world.now()) return this.waitFor(at_ms, fn)
-        const handle: TimerHandle = world.schedule(at_ms, () => this.fire(handle, fn), options)
+        if (this.draining && at_ms <= world.now()) return this.waitFor(at_ms, fn, options?.lane ?? Lane.engine, options?.key ?? "")
+        const handle: TimerHandle = world.schedule(at_ms, () => this.fire(handle, fn, options?.lane ?? Lane.engine, options?.key ?? "", at_ms), options)
         return handle
       },
       effectClock: world.effectClock,
       ...(world.effectScheduler === undefined ? {} : { effectScheduler: world.effectScheduler }),
       ...(world.notBefore === undefined ? {} : { notBefore: (at_ms: number) => world.notBefore!(at_ms) })
     }
+  }
+
+  /** True while a unit that waited runs as of an instant the world's clock has passed: what it reads of the world may be later than its instant. */
+  get catchingUp(): boolean {
+    return this.pinned !== null && this.pinned < this.world.now()
   }
 
   /** True while something waits and nothing of it runs (or what runs was refused): what comes next must wait behind it. */
@@ -117,7 +126,7 @@ export class Backlog {
 
   /** A unit the engine started while others wait: it waits behind them, as of now (in a run, as of the running one's instant). */
   join(fn: () => void): void {
-    this.put({ at: this.clock.now(), run: () => this.host.background(fn), handle: null, cancelled: false })
+    this.put({ at: this.clock.now(), run: () => this.host.background(fn), handle: null, cancelled: false, lane: -1, key: "" })
   }
 
   /**
@@ -126,7 +135,7 @@ export class Backlog {
    * backlog stops there; otherwise it is the first to wait, and the engine starts waiting.
    */
   refused(fn: () => void, at: number): void {
-    const waiting: Waiting = { at, run: () => this.host.background(fn), handle: null, cancelled: false }
+    const waiting: Waiting = { at, run: () => this.host.background(fn), handle: null, cancelled: false, lane: -1, key: "" }
     if (this.draining) {
       this.stalled = true
       return this.put(waiting)
@@ -168,9 +177,16 @@ export class Backlog {
     this.host.overflow(`more than ${policy.DATABASE_BUSY_BACKLOG_MAX} units of work waiting for the database: the engine stops; a restart recovers from the database`)
   }
 
-  private fire(handle: TimerHandle, fn: () => void): void {
+  /**
+   * A timer of the engine's comes due. While something waits it waits too, as of the instant it
+   * was due (`due`), not when it fired: the live clock fires late while a refused BEGIN blocks
+   * the event loop for the busy timeout. Never before what waits ahead of it, so the instants
+   * of what waits never decrease.
+   */
+  private fire(handle: TimerHandle, fn: () => void, lane: number, key: string, due: number): void {
     if (!this.holds) return fn()
-    this.put({ at: this.world.now(), run: fn, handle, cancelled: false })
+    const last = this.waiting.length > this.head ? this.waiting[this.waiting.length - 1]!.at : due
+    this.put({ at: Math.max(Math.trunc(due), last), run: fn, handle, cancelled: false, lane, key })
   }
 
   /**
@@ -179,17 +195,19 @@ export class Backlog {
    * by that instant (no earlier than the running one's), and runs as of it in this run, where
    * the world's clock would fire it late, as of the moment it does.
    */
-  private waitFor(at_ms: number, fn: () => void): TimerHandle {
+  private waitFor(at_ms: number, fn: () => void, lane: number, key: string): TimerHandle {
     this.bound()
     const handle = { backlog: ++this.tokensMade } as unknown as TimerHandle
     this.tokens.add(handle)
-    const waiting: Waiting = { at: Math.max(Math.trunc(at_ms), this.clock.now()), run: fn, handle, cancelled: false }
+    const waiting: Waiting = { at: Math.max(Math.trunc(at_ms), this.clock.now()), run: fn, handle, cancelled: false, lane, key }
     // After everything due at or before it (binary search: the instants never decrease).
     let lo = this.head + this.insertAt
     let hi = this.waiting.length
     while (lo < hi) {
       const mid = (lo + hi) >>> 1
-      if (this.waiting[mid]!.at <= waiting.at) lo = mid + 1
+      const w = this.waiting[mid]!
+      // The world clock's order within an instant: lane, then key; a new timer after its equals.
+      if (w.at < waiting.at || (w.at === waiting.at && (w.lane < lane || (w.lane === lane && w.key <= key)))) lo = mid + 1
       else hi = mid
     }
     this.waiting.splice(lo, 0, waiting)

@@ -29,6 +29,12 @@ export interface ReconcilerHost {
   dispatch(entry: WorkloadEntry, event: GpuInstanceEvent | InferenceEvent, cause: "reconciled"): void
   /** Creates a pending GPU resource's pod again (its create was lost). */
   createPod(ctx: GpuInstanceContext, at: number): void
+  /**
+   * True while the unit runs as of an instant the world has passed (src/backlog.ts): what the
+   * cluster shows now may have happened after `at`, so only a stop the world dates at or before
+   * `at` is applied; the rest is told by the world's own events, which wait behind this unit.
+   */
+  catchingUp?(): boolean
 }
 
 export class Reconciler {
@@ -199,6 +205,11 @@ export class Reconciler {
     const workload = this.host.cluster.get(podNameFor(id))
     const phase = workload?.phase ?? "missing"
     const correction = this.gpuCorrection(status, phase)
+    if (this.host.catchingUp?.() === true) {
+      const since = this.stoppedSince(podNameFor(id), entry.actor.getSnapshot().context.billing_since)
+      const datedStop = (correction === "pod.preempted" || correction === "pod.failed") && phase === (correction === "pod.preempted" ? "preempted" : "failed") && since !== null && since <= at
+      if (!datedStop && correction !== "deletePod") return
+    }
     if (correction === null) {
       // Running, as the engine thinks, but stopped and restarted unseen: unbill the gap by
       // telling the machine both (the stop dated when it happened, the restart now: as a heal,
@@ -278,6 +289,10 @@ export class Reconciler {
       const replica = ctx.replicas[region]?.status ?? "pending"
       const phase = workload?.phase ?? "missing"
       const send = (pod: "loading" | "running" | "preempted" | "failed" | "deleted", ended_at: number | null = null) => {
+        if (this.host.catchingUp?.() === true) {
+          const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? this.stoppedSince(name, ctx.replicas[region]?.billing_since ?? null) : null)
+          if (since === null || since > at) return
+        }
         this.host.journal.append(at, "reconcile", { id: entry.id, region, replica, phase, ...(ended_at === null ? {} : { interrupted_at: ended_at }) })
         // As for a GPU resource: a stop found late is billed only up to when the world dates it.
         const since = ended_at ?? (pod === phase && (pod === "preempted" || pod === "failed") ? this.stoppedSince(name, ctx.replicas[region]?.billing_since ?? null) : null)

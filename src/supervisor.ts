@@ -279,7 +279,8 @@ export class GpuSupervisor implements PaymentHost {
         withPods: this.withPods,
         isLive: (id) => this.live.has(id),
         dispatch: (entry, event, cause) => this.dispatch(entry, event, cause),
-        createPod: (ctx, at) => this.carryOut({ type: "createPod", ctx }, at)
+        createPod: (ctx, at) => this.carryOut({ type: "createPod", ctx }, at),
+        catchingUp: () => this.backlog.catchingUp
       },
       audit
     )
@@ -1610,6 +1611,9 @@ export class GpuSupervisor implements PaymentHost {
       // cluster shows, so a lost pod event is healed within one watchdog interval. A pending
       // GPU resource is left to SPEC §3's stuck-pending rule below.
       this.reconcile("tick")
+      // Run as of an instant the world has passed (src/backlog.ts): the pods' state now is not
+      // theirs at `at`; the next tick on time applies the stuck-pending rule and confirms stops.
+      if (this.backlog.catchingUp) return
       if (stuck.length > 0 || stopping.length > 0) {
         for (const id of stuck) {
           // The rule's input, with what the cluster says about the pods (a world that can

@@ -16,7 +16,8 @@ import { buildApp } from "../src/api/app.js"
 import { openEngine, type OpenedEngine } from "../src/api/engine.js"
 import { seededSecrets } from "../src/api/secrets.js"
 import { parseConfig, startServer } from "../src/api/server.js"
-import { VirtualClock } from "../src/clock.js"
+import { Backlog } from "../src/backlog.js"
+import { VirtualClock, type EngineClock } from "../src/clock.js"
 import { LedgerStore } from "../src/ledger/store.js"
 import { dollars, formatDollars } from "../src/money.js"
 import * as policy from "../src/policy.js"
@@ -33,10 +34,10 @@ afterEach(async () => {
 })
 
 /** An engine as `npm start` runs one, on a clock the test moves, its log lines kept. */
-const live = async (start_ms: number) => {
+const live = async (start_ms: number, regions: ReadonlyArray<typeof REGION> = [REGION]) => {
   const db = tmpDb()
   const clock = new VirtualClock(start_ms)
-  const cluster = new SimCluster(clock, [REGION], 7)
+  const cluster = new SimCluster(clock, [...regions], 7)
   const lines: Array<readonly [string, string]> = []
   const opened: OpenedEngine = openEngine({
     db,
@@ -73,7 +74,7 @@ const live = async (start_ms: number) => {
     notifications: ledger.notifications().map((n) => [new Date(n.at).toISOString(), n.kind, n.text])
   })
   // Timers fire one by one, each its own unit of work, as on a live clock (no simulator step).
-  return { db, clock, cluster, sup, request, lock, state, lines, advanceTo: (at_ms: number) => clock.advanceTo(at_ms) }
+  return { db, clock, cluster, sup, ledger, request, lock, state, lines, advanceTo: (at_ms: number) => clock.advanceTo(at_ms) }
 }
 
 describe("a background unit of work that finds the database busy", () => {
@@ -245,12 +246,167 @@ describe("shutdown while another connection holds the write lock", () => {
     const config = parseConfig(["--db", db, "--port", "0", "--no-demo"], { ECOLINK_LOG_LEVEL: "silent" })
     const server = await startServer(config)
     const other = new Database(db)
-    closers.push(() => other.close())
+    closers.push(() => void other.close())
     other.exec("BEGIN IMMEDIATE")
     const ledger = server.opened!.engine.ledger
     ledger.db.pragma("busy_timeout = 50")
     await server.close()
     expect(ledger.db.open).toBe(false)
     other.exec("ROLLBACK")
+  })
+})
+
+const TWO_REGIONS = [{ ...REGION, name: "eu-west" }, REGION]
+
+describe("the catch-up keeps the engine's order of one instant", () => {
+  it("a GPU deadline armed by a waiting 1-minute warning settles before an inference cycle end of the same instant (alarm:0 before alarm:1)", async () => {
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const D = T0 + 24 * HOUR
+    const run = async (held: boolean) => {
+      const e = await live(T0, TWO_REGIONS)
+      e.sup.sync.openAccount("acme")
+      // $38.40 GPU hold + $76.80 inference hold + $60 left: the cycle renews in full only with
+      // the GPU's refund (preempted 12 h: $19.20 back at its deadline).
+      e.sup.sync.credit("acme", "adjustment", dollars("175.20"), "Opening balance")
+      expect(e.sup.sync.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 })._tag).toBe("Right")
+      expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 24 })._tag).toBe("Right")
+      expect(e.sup.sync.launchInference({ account: "acme", id: "ii-1", model: "llama" })._tag).toBe("Right")
+      e.clock.advanceTo(T0 + HOUR)
+      expect(e.cluster.preempt("gi-1").ok).toBe(true)
+      e.clock.advanceTo(T0 + 13 * HOUR)
+      expect(e.cluster.resume("gi-1").ok).toBe(true)
+      e.clock.advanceTo(D - 90_000)
+      const release = held ? e.lock() : () => {}
+      e.clock.advanceTo(D + 2_000)
+      release()
+      e.clock.advanceTo(D + 5_000)
+      return e.state().rows
+    }
+    const prompt = await run(false)
+    const late = await run(true)
+    // The prompt run: the deadline's refund lands first, then the cycle renews in full.
+    expect(prompt.filter((r) => r[0] === new Date(D).toISOString()).map((r) => [r[1], r[2], r[4]])).toEqual([
+      ["refund", "19.20", "gi-1"],
+      ["gpu_usage", "-76.80", "ii-1"]
+    ])
+    expect(late).toEqual(prompt)
+  })
+})
+
+describe("a unit run late applies only what the world dates at or before its own instant (found by review: it dated later changes at its instant)", () => {
+  it("a GPU deadline that waited ends duration_expired, as on time, though its pod failed after the deadline while the lock was held (it used to end failed)", async () => {
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const D = T0 + 2 * HOUR
+    const run = async (held: boolean) => {
+      const e = await live(T0, TWO_REGIONS)
+      e.sup.sync.openAccount("acme")
+      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2 })._tag).toBe("Right")
+      e.clock.advanceTo(D - 10_000)
+      const release = held ? e.lock() : () => {}
+      e.clock.advanceTo(D + 1_000)
+      // The pod fails 1 s after the deadline: in the prompt run it was deleted at the deadline.
+      e.cluster.failPod("gi-1")
+      e.clock.advanceTo(D + 2_000)
+      release()
+      e.clock.advanceTo(D + 5_000)
+      const view = e.sup.sync.describe("gi-1")
+      return {
+        transitions: e.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [new Date(t.at).toISOString(), t.from_state, t.to_state, t.reason]),
+        reason: (view as { right?: { termination_reason?: string } }).right?.termination_reason,
+        notices: e.ledger.notifications().filter((n) => n.kind === "terminated").map((n) => n.text)
+      }
+    }
+    const prompt = await run(false)
+    const late = await run(true)
+    expect(prompt.reason).toBe("duration_expired")
+    expect(late.reason).toBe(prompt.reason)
+    expect(late.notices).toEqual(prompt.notices)
+  })
+
+  it("an inference cycle end that waited bills the 5 min a replica ran after it before its preemption (they used to go unbilled)", async () => {
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const C = T0 + 24 * HOUR
+    const run = async (held: boolean) => {
+      const e = await live(T0, TWO_REGIONS)
+      e.sup.sync.openAccount("acme")
+      e.sup.sync.credit("acme", "adjustment", dollars("500.00"), "Opening balance")
+      expect(e.sup.sync.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 })._tag).toBe("Right")
+      expect(e.sup.sync.launchInference({ account: "acme", id: "ii-1", model: "llama" })._tag).toBe("Right")
+      e.clock.advanceTo(C - 10_000)
+      const release = held ? e.lock() : () => {}
+      e.clock.advanceTo(C + 5 * MIN)
+      expect(e.cluster.preempt("ii-1@us-east").ok).toBe(true)
+      e.clock.advanceTo(C + 10 * MIN)
+      release()
+      e.clock.advanceTo(C + 2 * HOUR)
+      expect(e.sup.sync.terminate("ii-1")._tag).toBe("Right")
+      e.clock.advanceTo(C + 2 * HOUR + 1_000)
+      return { rows: e.state().rows, preempted: e.ledger.notifications().filter((n) => n.kind === "preempted").map((n) => new Date(n.at).toISOString()) }
+    }
+    const prompt = await run(false)
+    const late = await run(true)
+    expect(late.rows).toEqual(prompt.rows)
+  })
+})
+
+describe("a watchdog tick that waited does not bill a resume before it happened", () => {
+  it("a GPU instance preempted at 0:30 resumes at 0:37 while the lock is held: billed from 0:37, as on time (the waiting 0:35 tick used to date the resume at 0:35)", async () => {
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const run = async (held: boolean) => {
+      const e = await live(T0, TWO_REGIONS)
+      e.sup.sync.openAccount("acme")
+      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2 })._tag).toBe("Right")
+      e.clock.advanceTo(T0 + 30 * MIN)
+      expect(e.cluster.preempt("gi-1").ok).toBe(true)
+      e.clock.advanceTo(T0 + 34 * MIN + 50_000)
+      const release = held ? e.lock() : () => {}
+      e.clock.advanceTo(T0 + 37 * MIN)
+      expect(e.cluster.resume("gi-1").ok).toBe(true)
+      e.clock.advanceTo(T0 + 41 * MIN)
+      release()
+      e.clock.advanceTo(T0 + 60 * MIN)
+      expect(e.sup.sync.terminate("gi-1")._tag).toBe("Right")
+      e.clock.advanceTo(T0 + 60 * MIN + 1_000)
+      return {
+        rows: e.state().rows,
+        transitions: e.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [new Date(t.at).toISOString(), t.from_state, t.to_state])
+      }
+    }
+    const prompt = await run(false)
+    const late = await run(true)
+    expect(late.transitions).toEqual(prompt.transitions)
+    expect(late.rows).toEqual(prompt.rows)
+  })
+})
+
+
+describe("the backlog on its own", () => {
+  it("a timer that fires late while units wait (the event loop blocked by a refused BEGIN) runs as of the instant it was due", () => {
+    // Found by review: it ran as of when it fired, so a deadline due at X settled as of X + 2 s.
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const virtual = new VirtualClock(T0)
+    // A live clock whose timers fire 2 s late: the event loop was blocked for the busy timeout.
+    const world: EngineClock = { ...virtual, now: () => virtual.now(), setTimeout: (fn, ms) => virtual.setTimeout(fn, ms + 2_000), clearTimeout: (h) => virtual.clearTimeout(h), schedule: (at, fn, o) => virtual.schedule(at + 2_000, fn, o), effectClock: virtual.effectClock }
+    let free = false
+    const ran: Array<readonly [string, number]> = []
+    const backlog: Backlog = new Backlog(world, {
+      background: (fn) => (free ? fn() : backlog.refused(fn, backlog.clock.now())),
+      writeLockFree: () => free,
+      overflow: (message) => {
+        throw new Error(message)
+      },
+      log: { warn: () => {}, info: () => {} }
+    })
+    backlog.refused(() => ran.push(["refused", backlog.clock.now()]), T0)
+    backlog.clock.schedule(T0 + 10_000, () => ran.push(["deadline", backlog.clock.now()]))
+    virtual.advanceTo(T0 + 12_000)
+    free = true
+    virtual.advanceTo(T0 + 20_000)
+    expect(ran).toEqual([
+      ["refused", T0],
+      ["deadline", T0 + 10_000]
+    ])
   })
 })
