@@ -30,8 +30,9 @@
  *   its `pod.deleted` carries a stop they made before the delete: the engine settles there.
  * - A pod found gone with nothing of its stop in its last version (a relist after a watch gap),
  *   or never seen at all (the first list after an engine outage: `recallGone`), is looked up in
- *   the namespace's Events (`podEvents.ts`, one list per relist or start): a preemption or
- *   eviction dates the stop and is a preemption (a replacement follows), a kill dates the loss.
+ *   the namespace's Events (`podEvents.ts`, one round of lists per relist or start: one list per
+ *   stop reason, every page, `events_listed_max` events read at most): a preemption or eviction
+ *   dates the stop and is a preemption (a replacement follows), a kill dates the loss.
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -46,14 +47,14 @@
  * Determinism: every timestamp and every wait is the injected EngineClock's; the driver
  * never reads the wall clock.
  */
-import { CoreV1Api, KubeConfig, Watch, type ConfigurationOptions, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
+import { CoreV1Api, KubeConfig, Watch, type ConfigurationOptions, type CoreV1EventList, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
 import type { ClusterEvent, ClusterPort, RecalledStop, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
 import { assert } from "../errors.js"
 import { abortable } from "./abortable.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
 import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
-import { podEndOf, podStopEventOf, type PodEnd, type PodStopEvent } from "./podEvents.js"
+import { podEndOf, podStopEventOf, STOP_EVENT_REASONS, type PodEnd, type PodStopEvent } from "./podEvents.js"
 import { isTerminating, KUBE_TIME_PRECISION_MS, podStateOf, podStoppedAt, workloadPhaseOf, type PodState } from "./podState.js"
 
 /** What the driver tells the operator: retries given up, orphans, watch restarts. */
@@ -201,8 +202,14 @@ const STOPS_REMEMBERED_MAX = 128
  * (a replacement). Bounded: the oldest are forgotten first.
  */
 const GONE_UIDS_MAX = 4_096
-/** The Events the driver lists: those about pods (the API server's field selector for Events). */
-const POD_EVENTS_SELECTOR = "involvedObject.kind=Pod"
+/**
+ * The Events the driver lists for one stop reason: those about pods with that reason. Both are
+ * field selectors the API server allows on core/v1 Events (`involvedObject.kind`, `reason`; a
+ * comma is their AND), so it filters them, and the driver reads only the events it can use: the
+ * routine ones (Scheduled, Pulling, Started…) of every pod in the namespace would otherwise fill
+ * the bound, in name order, before any `eco-…` pod's stop.
+ */
+const stopEventsSelector = (reason: string): string => `involvedObject.kind=Pod,reason=${reason}`
 /** Phases of a workload that had started: a pod taken from one of them is a preemption, not a silent replacement. */
 const STARTED: ReadonlySet<WorkloadPhase> = new Set(["loading", "running", "preempted"])
 
@@ -269,7 +276,7 @@ export class KubernetesCluster implements ClusterPort {
   /**
    * What the Events listed with the first list said of pods it did not show (gone before this
    * driver started: an engine outage), for the engine's reconciliation at start (`recallGone`).
-   * At most `events_listed_max`; dropped when an engine subscribes (it has reconciled by then).
+   * At most `events_listed_max` were read; dropped when an engine subscribes (it has reconciled by then).
    */
   private recallable: ReadonlyArray<PodStopEvent> = []
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
@@ -1070,15 +1077,47 @@ export class KubernetesCluster implements ClusterPort {
     return ends
   }
 
-  /** One list of the namespace's pod Events (at most `events_listed_max`): those that say a pod stopped. */
+  /**
+   * One round of lists of the namespace's pod stop Events: one list per reason `podEvents.ts`
+   * reads (`STOP_EVENT_REASONS`, preemptions first, `Killing` last), each followed page by page
+   * (`events_page_max` a page, `continue`) until it ends or `events_listed_max` events in all were
+   * read. A list that fails (403 without RBAC, a 5xx, a timeout, 410 for a `continue` too old) is
+   * reported and ends the round: what was read is kept, and the lists after it (kills last) are
+   * not tried, so a hung API server costs one timeout, not one per reason.
+   */
   private async listStopEvents(): Promise<PodStopEvent[]> {
-    try {
-      const list = await this.request((options) => this.core.listNamespacedEvent({ namespace: this.config.namespace, fieldSelector: POD_EVENTS_SELECTOR, limit: this.config.limits.events_listed_max }, options))
-      return list.items.map(podStopEventOf).filter((e): e is PodStopEvent => e !== null)
-    } catch (e) {
-      if (!this.isStopped()) this.report({ kind: "request_failed", at: this.clock.now(), what: "list events", status: statusOf(e), final: true })
-      return []
+    const l = this.config.limits
+    const stops: PodStopEvent[] = []
+    let read = 0
+    for (const reason of STOP_EVENT_REASONS) {
+      let token: string | null = null
+      do {
+        const limit = Math.min(l.events_page_max, l.events_listed_max - read)
+        const _continue: string | undefined = token ?? undefined
+        let page: CoreV1EventList
+        try {
+          page = await this.request((options) => this.core.listNamespacedEvent({ namespace: this.config.namespace, fieldSelector: stopEventsSelector(reason), limit, _continue }, options))
+        } catch (e) {
+          if (!this.isStopped()) this.report({ kind: "request_failed", at: this.clock.now(), what: "list events", status: statusOf(e), final: true })
+          return stops
+        }
+        if (this.isStopped()) return stops
+        // A server that sent more than asked does not move the bound.
+        const items = page.items.slice(0, limit)
+        read += items.length
+        for (const e of items) {
+          const stop = podStopEventOf(e)
+          if (stop !== null) stops.push(stop)
+        }
+        token = page.metadata?._continue || null
+        // A page that read nothing yet promises more makes no progress: the round ends, as at the
+        // bound, before a later reason (a kill) could be read without this one's rest.
+        if (token !== null && items.length === 0) return stops
+      } while (token !== null && read < l.events_listed_max)
+      assert(read <= l.events_listed_max, () => `read ${read} events, more than events_listed_max ${l.events_listed_max}`)
+      if (read === l.events_listed_max) return stops
     }
+    return stops
   }
 
   /** Replaces the cache with a list's pods, handling every difference as the watch would have. */

@@ -100,11 +100,17 @@ export interface KubernetesLimits {
    */
   readonly pod_force_delete_after_ms: number
   /**
-   * Events one list asks for (`limit`): the driver lists the namespace's pod Events once per start
-   * and per relist that finds a pod gone with no record of its stop (docs/KUBERNETES.md, "Dating a
-   * stop"). Beyond, the rest are not read, and a stop they alone told of is dated when found.
+   * Events one round of lists reads in all: the driver lists the namespace's pod stop Events (one
+   * list per reason, every page) once per start and per relist that finds a pod gone with no record
+   * of its stop (docs/KUBERNETES.md, "A pod gone unseen: its Events"). Beyond, the rest are not
+   * read, and a stop they alone told of is dated when found.
    */
   readonly events_listed_max: number
+  /**
+   * Events one page of those lists asks for (`limit`; a `continue` token brings the next): the
+   * API server reads and the driver holds one page at a time. 500 is client-go's pager's default.
+   */
+  readonly events_page_max: number
 }
 
 export const DEFAULT_LIMITS: KubernetesLimits = {
@@ -123,7 +129,8 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   own_retry_ms_max: 60_000,
   passive_gone_workloads_max: 1_000,
   pod_force_delete_after_ms: 10 * 60_000,
-  events_listed_max: 10_000
+  events_listed_max: 10_000,
+  events_page_max: 500
 }
 
 /** The configuration with every default filled in, checked. */
@@ -153,6 +160,7 @@ export const kubernetesConfig = (
   if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
   if (!(l.pods_watch_replay_window_ms >= 0)) throw new Error("pods_watch_replay_window_ms must not be negative")
   if (!(Number.isSafeInteger(l.events_listed_max) && l.events_listed_max >= 1)) throw new Error("events_listed_max must be a positive integer")
+  if (!(Number.isSafeInteger(l.events_page_max) && l.events_page_max >= 1)) throw new Error("events_page_max must be a positive integer")
   if (!(l.requests_in_flight_max >= 1 && l.request_attempts_max >= 1)) throw new Error("requests_in_flight_max and request_attempts_max must be at least 1")
   for (const r of full.regions) {
     if (!(Number.isSafeInteger(r.nodes) && r.nodes > 0 && Number.isSafeInteger(r.gpus_per_node) && r.gpus_per_node > 0)) throw new Error(`region ${r.name}: nodes and gpus_per_node must be positive integers`)

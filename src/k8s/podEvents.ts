@@ -40,6 +40,15 @@ export const TAINT_EVICTION_REASON = "TaintManagerEviction"
 const TAINT_EVICTION_MARK = "Marking for deletion"
 /** The kubelet's reason when it stops a container. */
 export const KILLING_REASON = "Killing"
+/**
+ * Every reason `podStopEventOf` reads, in the order the driver lists them (one list each, by the
+ * API server's `reason` field selector): the preemption and eviction reasons first, `Killing`
+ * last. A round cut short (its bound reached, a list failed) then only ever misses kills, which
+ * are the most numerous (every container stop of every pod in the namespace) and the least
+ * telling: a pod whose kill was not read is dated when found, as before, and never has its
+ * preemption taken for a kill, because a kill counts only once every preemption reason was read.
+ */
+export const STOP_EVENT_REASONS: ReadonlyArray<string> = [...PREEMPTION_REASONS, TAINT_EVICTION_REASON, KILLING_REASON]
 
 export type PodEndKind = "preempted" | "killed"
 

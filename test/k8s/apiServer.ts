@@ -14,11 +14,15 @@
  *   `metadata.resourceVersion` → 409 Conflict), JSON merge patch, delete (with preconditions).
  * - core/v1 events, written in-process by the scheduler and kubelet of the tests (`recordEvent`,
  *   named `<object>.<hex>` as the recorders name them), listed with the field selectors the API
- *   server allows on Events (`involvedObject.kind`, `involvedObject.uid`, `reason`, …; any other
- *   400), and gone `event_ttl_ms` (1 h) after they were written, as the API server's TTL does.
+ *   server allows on Events (`involvedObject.kind`, `involvedObject.uid`, `reason`, `source`, …,
+ *   comma-joined: all must hold; any other field 400), and gone `event_ttl_ms` (1 h) after they
+ *   were written, as the API server's TTL does.
  * - list with `labelSelector` (equality, inequality, existence, `in`, `notin`) and
- *   `fieldSelector` (`metadata.name`, `metadata.namespace`, any dotted path on the others);
- *   `limit` and `continue` (chunks in key order); the list's resourceVersion.
+ *   `fieldSelector` (`=`, `==`, `!=`, comma-joined; `metadata.name`, `metadata.namespace`, any
+ *   dotted path on kinds other than Events; one it cannot parse 400); `limit` and `continue`
+ *   (pages of matching objects in key order, namespace/name; a token as the API server's:
+ *   base64url JSON of the resourceVersion and the next key, 400 if it is not one, 410 once
+ *   `compact` passed its resourceVersion); the list's resourceVersion.
  * - watch (`?watch=true` or `watch=1`, or `/watch/` paths are not served): from a
  *   resourceVersion (events after it, replayed from a bounded history), or without one
  *   (synthetic ADDED for what exists, then changes); chunked newline-delimited JSON events
@@ -82,23 +86,26 @@ const RESOURCES: ReadonlyArray<ResourceType> = [
 ]
 
 /**
- * The fields a field selector may name on core/v1 Events, as the API server's event strategy
- * allows (`ToSelectableFields`); any other is refused 400 (`field label not supported`), as there.
+ * The fields a field selector may name on core/v1 Events, and where each is read, as the API
+ * server has them: its field label conversion for v1 Events (`AddFieldLabelConversionsForEvent`,
+ * pkg/apis/core/v1/conversion.go) refuses any other with 400 `field label not supported: <f>`,
+ * and its event strategy (`EventToSelectableFields`, pkg/registry/core/event/strategy.go) reads
+ * `source` as the source's component and every unset field as "" (so `reason=` matches none set).
  */
-const EVENT_SELECTABLE_FIELDS: ReadonlySet<string> = new Set([
-  "metadata.name",
-  "metadata.namespace",
-  "involvedObject.kind",
-  "involvedObject.namespace",
-  "involvedObject.name",
-  "involvedObject.uid",
-  "involvedObject.apiVersion",
-  "involvedObject.resourceVersion",
-  "involvedObject.fieldPath",
-  "reason",
-  "reportingComponent",
-  "source",
-  "type"
+const EVENT_SELECTABLE_FIELDS: ReadonlyMap<string, string> = new Map([
+  ["metadata.name", "metadata.name"],
+  ["metadata.namespace", "metadata.namespace"],
+  ["involvedObject.kind", "involvedObject.kind"],
+  ["involvedObject.namespace", "involvedObject.namespace"],
+  ["involvedObject.name", "involvedObject.name"],
+  ["involvedObject.uid", "involvedObject.uid"],
+  ["involvedObject.apiVersion", "involvedObject.apiVersion"],
+  ["involvedObject.resourceVersion", "involvedObject.resourceVersion"],
+  ["involvedObject.fieldPath", "involvedObject.fieldPath"],
+  ["reason", "reason"],
+  ["reportingComponent", "reportingComponent"],
+  ["source", "source.component"],
+  ["type", "type"]
 ])
 /** How long the API server keeps an Event (`--event-ttl`, 1 h by default): it is gone after. */
 export const EVENT_TTL_MS_DEFAULT = 60 * 60_000
@@ -148,6 +155,8 @@ export interface InjectedFailure {
   readonly path?: string
   /** Only requests bearing this token (`Authorization: Bearer …`). */
   readonly token?: string
+  /** Only requests whose query has these parameters with these values (one list of several). */
+  readonly query?: Readonly<Record<string, string>>
   readonly status: number
   /** Never answer instead (the socket stays open until the server closes): a hung API server. */
   readonly hang?: boolean
@@ -191,7 +200,8 @@ type Requirement =
   | { readonly op: "in" | "notin"; readonly key: string; readonly values: ReadonlyArray<string> }
   | { readonly op: "exists" | "!exists"; readonly key: string }
 type Selector = ReadonlyArray<Requirement>
-type FieldSelector = ReadonlyArray<{ readonly path: string; readonly op: "=" | "!="; readonly value: string }>
+/** A field selector: its requirements, ANDed; `read` gives the field's value on an object. */
+type FieldSelector = ReadonlyArray<{ readonly path: string; readonly op: "=" | "!="; readonly value: string; readonly read: (o: KubeObject) => string | undefined }>
 
 /** Splits on commas that are not inside parentheses (`a in (x,y),b=c`). */
 const splitTop = (s: string): string[] => {
@@ -224,6 +234,14 @@ export const parseLabelSelector = (s: string | undefined): Selector => {
   })
 }
 
+/** An object's key in the store, and the order of lists: namespace/name. */
+const keyOf = (o: KubeObject): string => `${o.metadata.namespace}/${o.metadata.name}`
+
+/** The version the API server's continue token carries (`meta.k8s.io/v1`). */
+const CONTINUE_VERSION = "meta.k8s.io/v1"
+/** A continue token as the API server makes one: base64url of `{"v","rv","start"}`, the next page's first key. */
+const continueToken = (rv: number, start: string): string => Buffer.from(JSON.stringify({ v: CONTINUE_VERSION, rv, start })).toString("base64url")
+
 const matchesLabels = (selector: Selector, labels: Readonly<Record<string, string>> | undefined): boolean =>
   selector.every((r) => {
     const v = labels?.[r.key]
@@ -243,14 +261,25 @@ const matchesLabels = (selector: Selector, labels: Readonly<Record<string, strin
     }
   })
 
-const parseFieldSelector = (s: string | undefined): FieldSelector => {
+/**
+ * A field selector as the API server parses it: comma-separated requirements (`a=b`, `a==b`,
+ * `a!=b`), all of which must hold. One it cannot parse is 400; on Events, a field the API server
+ * does not select on is 400 `field label not supported` (list and watch alike).
+ */
+const parseFieldSelector = (plural: string, s: string | undefined): FieldSelector => {
   if (s === undefined || s.trim() === "") return []
   return s.split(",").map((part) => {
     const ne = /^([^!=]+)!=(.*)$/.exec(part)
-    if (ne !== null) return { path: ne[1]!.trim(), op: "!=" as const, value: ne[2]!.trim() }
-    const eq = /^([^!=]+)==?(.*)$/.exec(part)
-    if (eq === null) throw new Error(`bad field selector ${part}`)
-    return { path: eq[1]!.trim(), op: "=" as const, value: eq[2]!.trim() }
+    const eq = ne === null ? /^([^!=]+)==?(.*)$/.exec(part) : null
+    const m = ne ?? eq
+    if (m === null) return fail(400, "BadRequest", `invalid field selector: ${s}: ${part}: no operator`)
+    const path = m[1]!.trim()
+    const value = m[2]!.trim()
+    const op = ne !== null ? ("!=" as const) : ("=" as const)
+    if (plural !== "events") return { path, op, value, read: (o: KubeObject) => fieldOf(o, path) }
+    const at = EVENT_SELECTABLE_FIELDS.get(path)
+    if (at === undefined) return fail(400, "BadRequest", `field label not supported: ${path}`)
+    return { path, op, value, read: (o: KubeObject) => fieldOf(o, at) ?? "" }
   })
 }
 
@@ -260,8 +289,7 @@ const fieldOf = (o: KubeObject, path: string): string | undefined => {
   return cur === undefined || cur === null ? undefined : String(cur)
 }
 
-const matchesFields = (fields: FieldSelector, o: KubeObject): boolean =>
-  fields.every((f) => (f.op === "=" ? fieldOf(o, f.path) === f.value : fieldOf(o, f.path) !== f.value))
+const matchesFields = (fields: FieldSelector, o: KubeObject): boolean => fields.every((f) => (f.op === "=" ? f.read(o) === f.value : f.read(o) !== f.value))
 
 /** JSON merge patch (RFC 7386): objects merge, null deletes, anything else replaces. */
 const mergePatch = (target: unknown, patch: unknown): unknown => {
@@ -455,7 +483,8 @@ export class KubeApiServer {
     try {
       const body = await readBody(req)
       const failure = this.failures.find(
-        (f) => f.times > 0 && (f.method === undefined || f.method === method) && (f.path === undefined || url.pathname.includes(f.path)) && (f.token === undefined || f.token === token)
+        (f) => f.times > 0 && (f.method === undefined || f.method === method) && (f.path === undefined || url.pathname.includes(f.path)) && (f.token === undefined || f.token === token) &&
+          Object.entries(f.query ?? {}).every(([k, v]) => query[k] === v)
       )
       if (failure !== undefined) {
         failure.times--
@@ -573,21 +602,42 @@ export class KubeApiServer {
 
   private list(type: ResourceType, namespace: string | null, query: Record<string, string>): KubeObject {
     const selector = parseLabelSelector(query.labelSelector)
-    const fields = parseFieldSelector(query.fieldSelector)
-    if (type.plural === "events") {
-      for (const f of fields) if (!EVENT_SELECTABLE_FIELDS.has(f.path)) fail(400, "BadRequest", `field label not supported: ${f.path}`)
-      this.expireEvents()
-    }
-    const all = this.objects(type.plural, namespace ?? undefined).filter((o) => matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o))
-    // Chunks in key order: `continue` carries the last key sent (opaque to clients, as the real token is).
-    const after = query.continue === undefined || query.continue === "" ? null : Buffer.from(query.continue, "base64").toString("utf8")
-    const from = after === null ? all : all.filter((o) => `${o.metadata.namespace}/${o.metadata.name}` > after)
-    const limit = query.limit === undefined ? 0 : Number(query.limit)
+    const fields = parseFieldSelector(type.plural, query.fieldSelector)
+    const start = this.continueStart(query)
+    if (type.plural === "events") this.expireEvents()
+    // Chunks in key order (namespace/name), as etcd keeps them: a page holds the first `limit`
+    // objects from `start` that match, however many that skips, and `continue` says where the
+    // next begins. Unlike the API server's, a later page is read from the current objects, not
+    // from a snapshot at the first page's resourceVersion.
+    const from = this.objects(type.plural, namespace ?? undefined).filter((o) => (start === null || keyOf(o) >= start) && matchesLabels(selector, o.metadata.labels) && matchesFields(fields, o))
+    const limit = query.limit === undefined || query.limit === "" ? 0 : Number(query.limit)
+    if (!(Number.isSafeInteger(limit) && limit >= 0)) fail(400, "BadRequest", `invalid limit: ${query.limit}`)
     const items = limit > 0 ? from.slice(0, limit) : from
     const last = items.at(-1)
     const more = items.length < from.length && last !== undefined
-    const metadata = { resourceVersion: String(this.rv), ...(more ? { continue: Buffer.from(`${last.metadata.namespace}/${last.metadata.name}`).toString("base64") } : {}) }
+    const metadata = { resourceVersion: String(this.rv), ...(more ? { continue: continueToken(this.rv, `${keyOf(last)}\u0000`) } : {}) }
     return { kind: `${type.kind}List`, apiVersion: apiVersionOf(type), metadata: metadata as unknown as KubeMeta, items }
+  }
+
+  /**
+   * Where a list's `continue` token says its page begins (a key), or null without one. As the API
+   * server: a token it cannot decode is 400, one given with a resourceVersion is 400, and one
+   * whose resourceVersion was compacted is 410 Expired.
+   */
+  private continueStart(query: Record<string, string>): string | null {
+    if (query.continue === undefined || query.continue === "") return null
+    if (query.resourceVersion !== undefined && query.resourceVersion !== "") fail(400, "BadRequest", "specifying resource version is not allowed when using continue")
+    let token: { v?: unknown; rv?: unknown; start?: unknown }
+    try {
+      token = JSON.parse(Buffer.from(query.continue, "base64url").toString("utf8")) as typeof token
+    } catch {
+      return fail(400, "BadRequest", `continue key is not valid: ${query.continue}`)
+    }
+    if (token.v !== CONTINUE_VERSION || typeof token.rv !== "number" || typeof token.start !== "string" || token.start === "") fail(400, "BadRequest", `continue key is not valid: ${query.continue}`)
+    if ((token.rv as number) < this.compactedRv) {
+      fail(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+    }
+    return token.start as string
   }
 
   /** The API server's event TTL: an Event written `event_ttl_ms` ago or more is gone. */
@@ -763,13 +813,15 @@ export class KubeApiServer {
     if (from !== null && (!Number.isSafeInteger(from) || from < 0)) fail(400, "BadRequest", `invalid resource version: ${rvParam}`)
     const expired = from !== null && from < this.compactedRv
     if (expired && this.expiredAs === "status") fail(410, "Expired", `too old resource version: ${from} (${this.compactedRv})`)
+    // Refused (400) before the stream opens, as a list's are.
+    const fields = parseFieldSelector(type.plural, query.fieldSelector)
     res.writeHead(200, { "Content-Type": "application/json", "Cache-Control": "no-cache, private" })
     res.flushHeaders()
     const w: Watcher = {
       plural: type.plural,
       namespace,
       selector: parseLabelSelector(query.labelSelector),
-      fields: parseFieldSelector(query.fieldSelector),
+      fields,
       bookmarks: query.allowWatchBookmarks === "true" || query.allowWatchBookmarks === "1",
       res,
       token,

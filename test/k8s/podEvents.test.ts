@@ -18,6 +18,7 @@ import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
 import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
+import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
@@ -116,12 +117,53 @@ describe("the API test server keeps Events as the API server does", () => {
     now = START_MS + 60 * MIN
     expect((await core.listNamespacedEvent({ namespace: NS })).items).toEqual([])
   })
+
+  it("selects by reason, ANDs comma-joined selectors, reads `source` as its component, and pages a selection in name order across `continue` (a bad token 400, a compacted one 410), as the API server does", async () => {
+    server = await KubeApiServer.start({ now: () => START_MS })
+    const kc = new KubeConfig()
+    kc.loadFromFile(writeKubeconfig(server, { namespace: NS }))
+    const core = kc.makeApiClient(CoreV1Api)
+    const about = (kind: string, name: string, reason: string, component = "kubelet") =>
+      server!.recordEvent(NS, { involvedObject: { kind, namespace: NS, name, apiVersion: "v1" }, reason, message: "", source: { component }, type: "Normal", firstTimestamp: "2026-03-01T00:00:00Z" })
+    // Written out of name order: a list gives them in name order all the same.
+    for (const name of ["pod-c", "pod-a", "pod-e", "pod-b", "pod-d"]) about("Pod", name, "Killing")
+    for (const name of ["pod-a", "pod-b", "pod-c"]) about("Pod", name, "Started")
+    about("Pod", "pod-f", "Preempted", "default-scheduler")
+    about("Node", "node-1", "Killing")
+    const names = (list: { items: CoreV1Event[] }) => list.items.map((e) => `${e.involvedObject.name}/${e.reason}`)
+    expect(names(await core.listNamespacedEvent({ namespace: NS, fieldSelector: "involvedObject.kind=Pod,reason=Preempted" }))).toEqual(["pod-f/Preempted"])
+    expect(names(await core.listNamespacedEvent({ namespace: NS, fieldSelector: "reason=Killing" }))).toEqual(["node-1/Killing", "pod-a/Killing", "pod-b/Killing", "pod-c/Killing", "pod-d/Killing", "pod-e/Killing"])
+    expect(names(await core.listNamespacedEvent({ namespace: NS, fieldSelector: "involvedObject.kind=Pod,reason!=Killing,source=kubelet" }))).toEqual(["pod-a/Started", "pod-b/Started", "pod-c/Started"])
+    // Pages of the selection only: two of the pods' Killing at a time, the routine ones skipped.
+    const selector = "involvedObject.kind=Pod,reason=Killing"
+    const pages: string[][] = []
+    let token: string | undefined = undefined
+    do {
+      const page: Awaited<ReturnType<typeof core.listNamespacedEvent>> = await core.listNamespacedEvent({ namespace: NS, fieldSelector: selector, limit: 2, _continue: token })
+      pages.push(names(page))
+      token = page.metadata?._continue
+    } while (token !== undefined && pages.length < 10)
+    expect(pages).toEqual([["pod-a/Killing", "pod-b/Killing"], ["pod-c/Killing", "pod-d/Killing"], ["pod-e/Killing"]])
+    const refusal = (p: Promise<unknown>) => p.then(
+      () => null,
+      (e: { code?: number; body?: string }) => [e.code, JSON.parse(e.body ?? "{}").reason]
+    )
+    expect(await refusal(core.listNamespacedEvent({ namespace: NS, fieldSelector: "involvedObject.kind=Pod,message=x" }))).toEqual([400, "BadRequest"])
+    expect(await refusal(core.listNamespacedEvent({ namespace: NS, fieldSelector: "reason" }))).toEqual([400, "BadRequest"])
+    expect(await refusal(core.listNamespacedEvent({ namespace: NS, limit: 2, _continue: "not-a-token" }))).toEqual([400, "BadRequest"])
+    // A token names the resourceVersion of its first page: once the store is compacted past it
+    // (a write, then a compaction), its snapshot is gone.
+    const first = await core.listNamespacedEvent({ namespace: NS, fieldSelector: selector, limit: 2 })
+    about("Pod", "pod-g", "Killing")
+    server.compact()
+    expect(await refusal(core.listNamespacedEvent({ namespace: NS, fieldSelector: selector, limit: 2, _continue: first.metadata!._continue! }))).toEqual([410, "Expired"])
+  })
 })
 
 /** The engine on a database file over a driver, its ledger read back as it stands, and an outage that drops both. */
-const open = async () => {
+const open = async (limits: Partial<KubernetesLimits> = {}) => {
   const db = tmpDb()
-  world = await K8sWorld.start({ limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS } })
+  world = await K8sWorld.start({ limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS, ...limits } })
   const w = world
   let driver = await w.driver()
   const start = () => startEngine({ db, clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
@@ -384,7 +426,9 @@ describe("a pod gone in a watch gap whose history was compacted (a relist) is da
     const { w, gap } = await open()
     const lists = () => w.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/events")).map((r) => r.query)
     // The first list (at start) always reads them: a new control plane does not know what went.
-    expect(lists()).toEqual([{ fieldSelector: "involvedObject.kind=Pod", limit: "10000" }])
+    // One round: a list per stop reason, preemptions first, each a page of at most 500.
+    const round = ["Preempted", "Preempting", "Evicted", "TaintManagerEviction", "Killing"].map((reason) => ({ fieldSelector: `involvedObject.kind=Pod,reason=${reason}`, limit: "500" }))
+    expect(lists()).toEqual(round)
     await w.advance(60 * MIN)
     await gap()
     // Something else changes in the gap (a Service of another's), and the history is compacted.
@@ -392,11 +436,120 @@ describe("a pod gone in a watch gap whose history was compacted (a relist) is da
     w.server.compact()
     await w.advance(WATCH_DOWN_MS)
     expect(w.reports.filter((r) => r.kind === "relisted").length).toBe(1)
-    expect(lists().length).toBe(1)
+    expect(lists()).toEqual(round)
     await gap()
     expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
     w.server.compact()
     await w.advance(WATCH_DOWN_MS)
-    expect(lists().length).toBe(2)
+    expect(lists()).toEqual([...round, ...round])
+  })
+})
+
+describe("in a busy namespace the driver reads only the stop Events, one list per reason, every page, at most events_listed_max in all", () => {
+  /** A busy namespace in small: 40 events read in all at most, 15 a page. */
+  const SMALL: Partial<KubernetesLimits> = { events_listed_max: 40, events_page_max: 15 }
+  /** Events of another's pods, named before ours ("batch-…" < "eco-…"), as the kubelet writes them. */
+  const others = (w: K8sWorld, pods: number, reasons: ReadonlyArray<string>) => {
+    const at = new Date(w.clock.now()).toISOString().replace(/\.\d+Z$/, "Z")
+    for (let i = 0; i < pods; i++) {
+      const name = `batch-${String(i).padStart(3, "0")}`
+      for (const reason of reasons) {
+        w.server.recordEvent(w.namespace, {
+          involvedObject: { kind: "Pod", namespace: w.namespace, name, uid: `uid-${name}`, apiVersion: "v1" },
+          reason,
+          message: "",
+          source: { component: "kubelet" },
+          firstTimestamp: at,
+          lastTimestamp: at,
+          count: 1,
+          type: "Normal"
+        })
+      }
+    }
+  }
+  const ROUTINE = ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+  const eventLists = (w: K8sWorld) =>
+    w.server.requests
+      .filter((r) => r.method === "GET" && r.path.endsWith("/events"))
+      .map((r) => [r.query.fieldSelector!.replace("involvedObject.kind=Pod,reason=", ""), Number(r.query.limit), r.query.continue === undefined ? "" : "continue"])
+
+  it("more routine events of others than events_listed_max: our pod preempted during an outage is still a preemption dated when it happened (the first page of all pod Events held none of ours)", async () => {
+    // Billed from 0:01; the engine is down from 0:50 to 1:30. At 0:55 the namespace's other pods
+    // write 150 routine events (30 pods × Scheduled…Started), all named before ours; at 1:00 ours
+    // is preempted. A list of every pod Event cut at 40 reads only those: a loss billed to 1:30.
+    const { w, view, moves, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [55 * MIN, () => others(w, 30, ROUTINE)],
+      [60 * MIN, () => expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })]
+    ])
+    expect(w.server.objects("events", w.namespace).filter((e) => ROUTINE.includes(String(e.reason))).length).toBe(150)
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 59 * MIN })
+    expect(moves().slice(2)).toEqual([[60 * MIN, "running", "preempted", "reconciled"]])
+    expect(w.reports.filter((r) => r.kind === "pod_lost")).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_replaced").map((r) => r.at - START_MS)).toEqual([90 * MIN])
+  })
+
+  it("follows `continue` pages to our Preempted on a later page, and stops at events_listed_max events read in all (the kills of others cut)", async () => {
+    // At 0:55 twenty other pods are preempted (20 Preempted, named before ours) and a hundred
+    // killed; ours is preempted at 1:00. The round: Preempted in two pages (15, then 5 + ours),
+    // nothing of the other preemption reasons, then Killing until 40 are read: 15, then 4.
+    const { w, view, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [55 * MIN, () => others(w, 20, ["Preempted"])],
+      [55 * MIN, () => others(w, 100, ["Killing"])],
+      [60 * MIN, () => expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })]
+    ])
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 59 * MIN })
+    // The first driver's round at 0:00 read nothing; the second's, at 1:30:
+    expect(eventLists(w).slice(5)).toEqual([
+      ["Preempted", 15, ""],
+      ["Preempted", 15, "continue"],
+      ["Preempting", 15, ""],
+      ["Evicted", 15, ""],
+      ["TaintManagerEviction", 15, ""],
+      ["Killing", 15, ""],
+      ["Killing", 4, "continue"]
+    ])
+    // 15 + 6 Preempted, then 15 + 4 Killing: 40, the bound.
+    expect(15 + 6 + 15 + 4).toBe(SMALL.events_listed_max)
+  })
+
+  it("the bound is on what is read: our pod's kill past it is not read, a loss billed until found, as with no Event", async () => {
+    // Ours is deleted by hand at 1:00 (its Killing named after the hundred others' of 0:55): the
+    // round stops at 40 events read, before it, and the stop is dated when found (1:30).
+    const { w, view, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [55 * MIN, () => others(w, 100, ["Killing"])],
+      [60 * MIN, () => w.server.deletePod(w.namespace, "eco-gi-1")]
+    ])
+    expect(view()).toMatchObject({ status: "failed", billable_ms: 89 * MIN })
+    expect(eventLists(w).slice(5).map(([, limit]) => limit)).toEqual([15, 15, 15, 15, 15, 15, 10])
+  })
+
+  it("a list that fails mid-round (503 on the kills) is reported once and ends the round; what was read before still dates the preemption", async () => {
+    const { w, view, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [59 * MIN, () => void w.server.inject({ method: "GET", path: "/events", query: { fieldSelector: "involvedObject.kind=Pod,reason=Killing" }, status: 503 })],
+      [60 * MIN, () => expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })]
+    ])
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 59 * MIN })
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.what, r.status])).toEqual([[90 * MIN, "list events", 503]])
+    expect(eventLists(w).slice(5).map(([reason]) => reason)).toEqual(["Preempted", "Preempting", "Evicted", "TaintManagerEviction", "Killing"])
+  })
+
+  it("no RBAC to list events (403): one list, one report, and the pod gone is a loss billed until found, as before", async () => {
+    const { w, view, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [59 * MIN, () => void w.server.inject({ method: "GET", path: "/events", status: 403 })],
+      [60 * MIN, () => expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })]
+    ])
+    expect(view()).toMatchObject({ status: "failed", billable_ms: 89 * MIN })
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.what, r.status])).toEqual([["list events", 403]])
+    expect(eventLists(w).length).toBe(5 + 1)
   })
 })
