@@ -635,6 +635,17 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
     const deadline = first_billable === null ? null : first_billable + ctx.hours_committed * policy.MS_PER_HOUR
     if (deadline !== null) {
+      // §9.7 and §9.4 allow the watchdog lag past a deadline; the simulator's deadline alarm has
+      // none, unless the engine was down then: elsewhere a duration_expired stop is at the
+      // deadline exactly, and no overage is owed. (Found by mutation: a deadline alarm 30 s
+      // late passed every property run.)
+      const downNearDeadline = (facts.engine_down ?? []).some((d) => d.from_ms < deadline + policy.WATCHDOG_LAG_MS && deadline <= d.to_ms)
+      if (!downNearDeadline && ctx.termination_reason === "duration_expired" && stop !== undefined && stop.at !== deadline) {
+        violate(7, { account: r.account, resource: r.id, at: stop.at, message: `stopped for duration_expired at ${isoInstant(stop.at)}, deadline ${isoInstant(deadline)}, no outage` })
+      }
+      if (!downNearDeadline && hold.status === "settled" && (hold.overage_micros ?? 0n) > 0n) {
+        violate(4, { account: r.account, resource: r.id, at: hold.settled_at, message: `overage $${formatDollars(hold.overage_micros ?? 0n)} with no outage at the deadline` })
+      }
       const stopAt = stop?.at ?? facts.end_ms
       if (stopAt > deadline + policy.WATCHDOG_LAG_MS) {
         violate(7, { account: r.account, resource: r.id, at: stopAt, message: `ran ${stopAt - deadline} ms past its deadline ${isoInstant(deadline)}` })
@@ -698,5 +709,22 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
   }
 
+  // §5 (SPEC §4: a renewal holds in full if the balance covers it, else "partial (all of the
+  // balance …)"): an inference renewal hold below the full one leaves nothing spendable. Found
+  // by mutation: a partial hold of the balance less one micro, and a renewal that did not count
+  // the cycle's own refund, passed every property run.
+  for (const r of facts.resources) {
+    if (r.kind !== "inference_instance") continue
+    const full = BigInt(r.context.hourly_rate_micros) * BigInt(r.context.gpu_count) * BigInt(r.context.regions.length) * 24n
+    const hs = [...(holdsByResource.get(r.id) ?? [])].sort((a, b) => a.placed_at - b.placed_at || (a.id < b.id ? -1 : 1))
+    hs.forEach((h, i) => {
+      if (i === 0 || h.held_micros >= full) return
+      const row = (rowsByHold.get(h.id) ?? []).find((x) => x.kind === "gpu_usage" && x.at === h.placed_at && x.amount_micros === -h.held_micros)
+      if (row === undefined) return
+      // Per-minute API usage admitted before the hold but posted after it (within its minute) was not spendable.
+      const pending = (rowsByAccount.get(r.account) ?? []).filter((x) => x.kind === "api_usage" && x.at > h.placed_at && x.at <= h.placed_at + 60_000).reduce((sum, x) => sum - x.amount_micros, 0n)
+      if (row.balance_after_micros > pending) violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `partial hold ${h.id} of $${formatDollars(h.held_micros)} left $${formatDollars(row.balance_after_micros)} unheld` })
+    })
+  }
   return violations
 }

@@ -6,7 +6,7 @@
 import { readFileSync } from "node:fs"
 import { join } from "node:path"
 import { describe, expect, it } from "vitest"
-import { at, MIN, run, timelineFile } from "./helpers.js"
+import { at, launch, MIN, run, timelineFile } from "./helpers.js"
 
 const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "examples", "api-usage.json"), "utf8"))
 
@@ -73,6 +73,27 @@ describe("sim/examples/api-usage-per-minute.json", () => {
     ])
     expect(r.output.rejected.map((x) => [x.at, x.status, x.error])).toEqual([[at(90_000), 402, "insufficient_balance"]])
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("refuses a launch the balance covers only before the open minute's usage is posted (402)", () => {
+    // Proves a launch's hold is admitted against the spendable balance, as requests are: $10
+    // less a $9 request still in its minute leaves $1 for a $3.20 hold. Found by mutation:
+    // admitting against the wallet alone passed every test, and the minute's row then took
+    // the balance to −$2.20.
+    const r = run(
+      timelineFile([{ at: "PT0S", do: "api_request", account: "acme", model: "chat", input_tokens: 1_000_000 }, { ...launch({ estimated_duration_hours: 2 }), at: "PT10S" }], {
+        until: "PT3H",
+        api_usage_rows: "per_minute",
+        catalog: { ...(timelineFile([]).catalog as Record<string, unknown>), models: { chat: { input_per_1m_tokens: "9.00", output_per_1m_tokens: "0" } } },
+        accounts: { acme: { balance: "10.00" } }
+      })
+    )
+    expect(r.output.rejected.map((x) => [x.at, x.status, x.error])).toEqual([[at(10_000), 402, "insufficient_balance"]])
+    expect(r.output.ledger.map((x) => [x.at, x.kind, x.amount, x.balance_after])).toEqual([
+      [at(0), "adjustment", "10.00", "10.00"],
+      [at(MIN), "api_usage", "-9.00", "1.00"]
+    ])
+    expect(r.output.invariants.ok).toBe(true)
   })
 })
 

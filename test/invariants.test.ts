@@ -124,6 +124,21 @@ describe("the invariant checker", () => {
     const transitions = f.transitions.map((t) => (t.resource === "gi-1" && (t.to_state === "terminating" || t.to_state === "terminated") ? { ...t, at: t.at + 5 * 60_000 } : t))
     expect(fired({ ...f, transitions })).toContain(7)
   })
+
+  it("catches a deadline stop late within the watchdog lag, and an overage, where no outage explains them (7, 4)", () => {
+    // Proves the simulator's deadline is exact: its alarm has no lag unless the engine was down
+    // (found by mutation: a deadline alarm 30 s late, with its overage row, passed every check).
+    const facts = run(
+      timelineFile([launch({ estimated_duration_hours: 1 })], { until: "PT2H" })
+    ).facts
+    expect(checkInvariants(facts)).toEqual([])
+    const late = facts.transitions.map((t) => (t.resource === "gi-1" && (t.to_state === "terminating" || t.to_state === "terminated") ? { ...t, at: t.at + 30_000 } : t))
+    expect(checkInvariants({ ...facts, transitions: late }).map((v) => [v.invariant, v.message])).toContainEqual([7, "stopped for duration_expired at 2026-03-01T01:00:30.000Z, deadline 2026-03-01T01:00:00.000Z, no outage"])
+    const overage = facts.holds.map((h) => (h.resource === "gi-1" ? { ...h, overage_micros: 13_333n } : h))
+    expect(checkInvariants({ ...facts, holds: overage }).map((v) => [v.invariant, v.message])).toContainEqual([4, "overage $0.013333 with no outage at the deadline"])
+    // With the engine down across the deadline, the lag is allowed again.
+    expect(checkInvariants({ ...facts, transitions: late, engine_down: [{ from_ms: facts.start_ms + 59 * 60_000, to_ms: facts.start_ms + 61 * 60_000 }] }).filter((v) => v.message.includes("no outage"))).toEqual([])
+  })
 })
 
 describe("the invariant checker, on inference instances", () => {
@@ -143,6 +158,19 @@ describe("the invariant checker, on inference instances", () => {
     ])
     expect(checkInvariants(resize(1, 307_599_984n)).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
       "cycle hold hold:ii-1:2 of $379.599984; a full one is $307.599984"
+    ])
+  })
+
+  it("catches a partial renewal hold that leaves part of the balance unheld (5)", () => {
+    // Proves SPEC §4's "partial (all of the balance)": the seeds' $72 renewal holding $71.999999
+    // (found by mutation: it passed every check).
+    const example = JSON.parse(readFileSync(new URL("../sim/examples/inference-partial-hold.json", import.meta.url), "utf8"))
+    const facts = run(example).facts
+    const partial = facts.holds.filter((h) => h.resource === "ii-1").sort((a, b) => a.placed_at - b.placed_at)[1]!
+    const rows = facts.rows.map((r) => (r.hold_id === partial.id && r.kind === "gpu_usage" && r.at === partial.placed_at ? { ...r, amount_micros: r.amount_micros + 1n, balance_after_micros: r.balance_after_micros + 1n } : r))
+    const holds = facts.holds.map((h) => (h.id === partial.id ? { ...h, held_micros: h.held_micros - 1n } : h))
+    expect(checkInvariants({ ...facts, rows, holds }).filter((v) => v.invariant === 5).map((v) => v.message)).toEqual([
+      `partial hold ${partial.id} of $71.999999 left $0.000001 unheld`
     ])
   })
 })

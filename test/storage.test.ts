@@ -14,6 +14,28 @@ const example = JSON.parse(readFileSync(join(import.meta.dirname, "..", "sim", "
 const iso = (s: string) => new Date(s).toISOString()
 
 describe("storage", () => {
+  it("a top-up landing at the very midnight the daily charge runs restores suspended storage and charges that day once", () => {
+    // Proves a suspended drive is not charged by the midnight worker itself (the restore that
+    // the top-up makes pays the day): found by mutation, charging suspended storage at midnight
+    // passed every test, and here it charged the day twice.
+    const r = run(
+      timelineFile([{ at: "PT1H", do: "create_drive", account: "acme", id: "dr-1", size_gb: 100, region: "us-east" }, { at: "P2D", do: "top_up", account: "acme", amount: "5.00" }], {
+        until: "P2DT1H",
+        catalog: { ...(timelineFile([]).catalog as Record<string, unknown>), storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.01" } } },
+        accounts: { acme: { balance: "0.50" } }
+      })
+    )
+    expect(r.output.ledger.map((x) => [x.at, x.kind, x.amount, x.balance_after, x.resource])).toEqual([
+      [iso("2026-03-01T00:00:00Z"), "adjustment", "0.50", "0.50", null],
+      [iso("2026-03-03T00:00:00Z"), "topup", "5.00", "5.50", "pay_00000001"],
+      [iso("2026-03-03T00:00:00Z"), "storage_billing", "-1.00", "4.50", "dr-1"]
+    ])
+    expect(r.output.notifications.map((n) => [n.at, n.kind])).toEqual([
+      [iso("2026-03-02T00:00:00Z"), "storage_suspended"],
+      [iso("2026-03-03T00:00:00Z"), "storage_restored"]
+    ])
+  })
+
   it("charges size_gb × daily rate at 00:00 UTC, one row naming the resource, attached or idle", () => {
     // Proves the daily charge: 100 GB × $0.004 = $0.40 and 500 GB × $0.006 = $3.00 a day.
     const r = run(example)
