@@ -207,6 +207,15 @@ export interface WorldOptions {
 
 export const START_MS = Date.parse("2026-03-01T00:00:00Z")
 
+/** A timeline catalog for inference across two regions: H100 at $1.00/h, pods start at once. */
+export const TWO_REGIONS_AT_ONE_DOLLAR = {
+  gpus: { H100: { hourly_rate: "1.00" } },
+  regions: {
+    "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" },
+    "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
+  }
+}
+
 export const DEFAULT_REGIONS: ReadonlyArray<KubeletRegion> = [
   { name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: 0 }
 ]

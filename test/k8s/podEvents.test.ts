@@ -20,7 +20,7 @@ import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
 import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
-import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { K8sWorld, START_MS, TWO_REGIONS_AT_ONE_DOLLAR, waitFor } from "./harness.js"
 import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -246,13 +246,7 @@ describe("a pod preempted while no control plane ran is a preemption, dated when
 
   it("an inference replica preempted during the outage: that replica billed to its preemption and resumed, the other billed throughout, as in the simulated world", async () => {
     // Two replicas at $1.00/h (a $48 hold): eu-west bills 90 min, us-east 30 + 20 min.
-    const catalog = {
-      gpus: { H100: { hourly_rate: "1.00" } },
-      regions: {
-        "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" },
-        "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
-      }
-    }
+    const catalog = TWO_REGIONS_AT_ONE_DOLLAR
     const r = await same(
       timelineFile(
         [

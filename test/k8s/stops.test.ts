@@ -16,7 +16,7 @@ import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView, InferenceView } from "../../src/resources.js"
 import { runTimeline } from "../../sim/runner.js"
 import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
-import { K8sWorld, START_MS, waitFor } from "./harness.js"
+import { K8sWorld, START_MS, TWO_REGIONS_AT_ONE_DOLLAR, waitFor } from "./harness.js"
 import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 import { LOST_BEFORE_DEADLINE, LOST_FAILURE, LOST_PREEMPT_AND_RESUME, THREE_LOST } from "../lostEvents.js"
 
@@ -480,13 +480,7 @@ describe("the simulated world's dated stops, in the Kubernetes world", () => {
 
   it("an inference replica preempted and resumed unseen: its gap is not billed, the other replica's time is", async () => {
     // Two replicas at $1.00/h: eu-west bills 90 min, us-east 61 + 25 min; 176 min of a $48 hold.
-    const catalog = {
-      gpus: { H100: { hourly_rate: "1.00" } },
-      regions: {
-        "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" },
-        "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
-      }
-    }
+    const catalog = TWO_REGIONS_AT_ONE_DOLLAR
     const r = await same(
       timelineFile(
         [
