@@ -74,7 +74,12 @@ const live = async (start_ms: number, regions: ReadonlyArray<typeof REGION> = [R
     notifications: ledger.notifications().map((n) => [new Date(n.at).toISOString(), n.kind, n.text])
   })
   // Timers fire one by one, each its own unit of work, as on a live clock (no simulator step).
-  return { db, clock, cluster, sup, ledger, request, lock, state, lines, advanceTo: (at_ms: number) => clock.advanceTo(at_ms) }
+  /** Opens the account `acme` with `balance` dollars (an adjustment row, "Opening balance"). */
+  const open = (balance: string): void => {
+    sup.sync.openAccount("acme")
+    sup.sync.credit("acme", "adjustment", dollars(balance), "Opening balance")
+  }
+  return { db, clock, cluster, sup, ledger, request, lock, state, lines, open, advanceTo: (at_ms: number) => clock.advanceTo(at_ms) }
 }
 
 describe("a background unit of work that finds the database busy", () => {
@@ -86,8 +91,7 @@ describe("a background unit of work that finds the database busy", () => {
     const DEADLINE = T0 + 2 * HOUR
     const run = async (held: boolean) => {
       const e = await live(T0)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      e.open("10.00")
       expect(e.sup.sync.launchGpu({ ...GPU, id: "gi-1", estimated_duration_hours: 2 })._tag).toBe("Right")
       e.advanceTo(T0 + 30 * MIN)
       expect(e.cluster.preempt("gi-1").ok).toBe(true)
@@ -150,8 +154,7 @@ describe("a background unit of work that finds the database busy", () => {
     const MIDNIGHT = Date.parse("2026-03-02T00:00:00.000Z")
     const run = async (held: boolean) => {
       const e = await live(T0)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("20.00"), "Opening balance")
+      e.open("20.00")
       expect(e.sup.sync.createStorage({ account: "acme", id: "d-1", kind: "cloud_drive", size_gb: 10, region: "us-east" })._tag).toBe("Right")
       expect(e.sup.sync.launchGpu({ ...GPU, id: "gi-1", estimated_duration_hours: 10 })._tag).toBe("Right")
       e.advanceTo(T0 + HOUR)
@@ -189,8 +192,7 @@ describe("a background unit of work that finds the database busy", () => {
     const DEADLINE = T0 + HOUR
     const run = async (held: boolean) => {
       const e = await live(T0)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      e.open("10.00")
       expect(e.sup.sync.launchGpu({ ...GPU, id: "gi-1", estimated_duration_hours: 1 })._tag).toBe("Right")
       e.advanceTo(T0 + 10 * MIN)
       expect(e.cluster.preempt("gi-1").ok).toBe(true)
@@ -219,8 +221,7 @@ describe("a background unit of work that finds the database busy", () => {
     const T0 = Date.parse("2026-03-01T00:00:00.000Z")
     const DEADLINE = T0 + HOUR
     const e = await live(T0)
-    e.sup.sync.openAccount("acme")
-    e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+    e.open("10.00")
     expect(e.sup.sync.launchGpu({ ...GPU, id: "gi-1", estimated_duration_hours: 1 })._tag).toBe("Right")
     e.advanceTo(DEADLINE - 10_000)
     const release = e.lock()
@@ -264,10 +265,9 @@ describe("the catch-up keeps the engine's order of one instant", () => {
     const D = T0 + 24 * HOUR
     const run = async (held: boolean) => {
       const e = await live(T0, TWO_REGIONS)
-      e.sup.sync.openAccount("acme")
       // $38.40 GPU hold + $76.80 inference hold + $60 left: the cycle renews in full only with
       // the GPU's refund (preempted 12 h: $19.20 back at its deadline).
-      e.sup.sync.credit("acme", "adjustment", dollars("175.20"), "Opening balance")
+      e.open("175.20")
       expect(e.sup.sync.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 })._tag).toBe("Right")
       expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 24 })._tag).toBe("Right")
       expect(e.sup.sync.launchInference({ account: "acme", id: "ii-1", model: "llama" })._tag).toBe("Right")
@@ -299,8 +299,7 @@ describe("a unit run late applies only what the world dates at or before its own
     const D = T0 + 2 * HOUR
     const run = async (held: boolean) => {
       const e = await live(T0, TWO_REGIONS)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      e.open("10.00")
       expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2 })._tag).toBe("Right")
       e.clock.advanceTo(D - 10_000)
       const release = held ? e.lock() : () => {}
@@ -329,8 +328,7 @@ describe("a unit run late applies only what the world dates at or before its own
     const C = T0 + 24 * HOUR
     const run = async (held: boolean) => {
       const e = await live(T0, TWO_REGIONS)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("500.00"), "Opening balance")
+      e.open("500.00")
       expect(e.sup.sync.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 })._tag).toBe("Right")
       expect(e.sup.sync.launchInference({ account: "acme", id: "ii-1", model: "llama" })._tag).toBe("Right")
       e.clock.advanceTo(C - 10_000)
@@ -355,8 +353,7 @@ describe("a watchdog tick that waited does not bill a resume before it happened"
     const T0 = Date.parse("2026-03-01T00:00:00.000Z")
     const run = async (held: boolean) => {
       const e = await live(T0, TWO_REGIONS)
-      e.sup.sync.openAccount("acme")
-      e.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+      e.open("10.00")
       expect(e.sup.sync.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2 })._tag).toBe("Right")
       e.clock.advanceTo(T0 + 30 * MIN)
       expect(e.cluster.preempt("gi-1").ok).toBe(true)
