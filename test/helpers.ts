@@ -34,6 +34,13 @@ export const decode = (file: unknown): Timeline => {
 export const run = (file: unknown, options?: RunOptions): RunResult => runTimeline(decode(file), { auditReconcile: true, ...options })
 
 /** `PT…` offsets as ISO instants after START, for exact assertions. */
+/**
+ * Lets the event loop turn once. A property test runs thousands of simulations; run as one
+ * synchronous call it blocks the vitest worker past its 60 s RPC timeout
+ * ("Timeout calling onTaskUpdate", and the run can hang), so each run awaits this first.
+ */
+export const breathe = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
 export const at = (offset_ms: number): string => new Date(Date.parse(START) + offset_ms).toISOString()
 
 export const MIN = 60_000

@@ -12,7 +12,7 @@ import { join } from "node:path"
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { timelineArb } from "./arbitraries.js"
-import { run } from "./helpers.js"
+import { breathe, run } from "./helpers.js"
 
 const RUNS = Number(process.env.PROPERTY_RUNS ?? 200)
 const REGRESSIONS = join(import.meta.dirname, "regressions")
@@ -27,9 +27,12 @@ export const failureOf = (file: unknown): string | null => {
 }
 
 describe("random timelines", () => {
-  it(`keep every invariant and are deterministic (${RUNS} runs)`, () => {
-    const result = fc.check(
-      fc.property(timelineArb, (file) => failureOf(file) === null),
+  it(`keep every invariant and are deterministic (${RUNS} runs)`, async () => {
+    const result = await fc.check(
+      fc.asyncProperty(timelineArb, async (file) => {
+        await breathe()
+        return failureOf(file) === null
+      }),
       { numRuns: RUNS }
     )
     if (result.failed && result.counterexample !== null) {

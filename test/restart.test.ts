@@ -7,7 +7,7 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
 import { timelineArb } from "./arbitraries.js"
-import { DRILL_RESTARTS, DRILL_TIMELINE as rich, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
+import { breathe, DRILL_RESTARTS, DRILL_TIMELINE as rich, launch, MIN, run, START, timelineFile, tmpDb } from "./helpers.js"
 
 /**
  * Missed watch events are left out of the equivalence: a restarted supervisor reconciles
@@ -38,10 +38,11 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
     expect(Object.values(straight.output.resources).map((r) => r.status).sort()).toEqual(["failed", "failed", "terminated", "terminated"])
   })
 
-  it("gives the same output as an uninterrupted run for random timelines and restart instants", () => {
+  it("gives the same output as an uninterrupted run for random timelines and restart instants", async () => {
     // Proves recovery is not an accident of one timeline: 25 random fleets, 1-4 restarts each.
-    fc.assert(
-      fc.property(timelineArb.map(withoutMissedEvents), fc.array(fc.integer({ min: 0, max: 36 * 3_600 }), { minLength: 1, maxLength: 4 }), (file, offsets) => {
+    await fc.assert(
+      fc.asyncProperty(timelineArb.map(withoutMissedEvents), fc.array(fc.integer({ min: 0, max: 36 * 3_600 }), { minLength: 1, maxLength: 4 }), async (file, offsets) => {
+        await breathe()
         const straight = run(file)
         const restarted = run(file, { db: tmpDb(), restartAt: offsets.map((s) => Date.parse(START) + s * 1_000) })
         expect(JSON.stringify(restarted.output)).toBe(JSON.stringify(straight.output))
@@ -50,7 +51,7 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
     )
   })
 
-  it("keeps every invariant for random timelines with short engine outages, half of them aimed at a deadline", () => {
+  it("keeps every invariant for random timelines with short engine outages, half of them aimed at a deadline", async () => {
     // Proves the overage path: an outage shorter than the watchdog lag over a deadline bills
     // the instance to its late stop (SPEC §9.4, §9.7), and the checker allows the lag only
     // there. Found by mutation: with no outage in any property run, an overage row of the
@@ -64,8 +65,9 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
       const region = file.catalog.regions[String(launch.region)]!
       return secondsOf(launch.at) + secondsOf(region.image_pull) + secondsOf(region.container_start) + Number(launch.estimated_duration_hours) * 3_600
     }
-    fc.assert(
-      fc.property(timelineArb.map(withoutMissedEvents), outageArb, (file, [random, length, second, aim]) => {
+    await fc.assert(
+      fc.asyncProperty(timelineArb.map(withoutMissedEvents), outageArb, async (file, [random, length, second, aim]) => {
+        await breathe()
         // Half the runs aim the outage at the first launch's deadline (it may have queued, or
         // been refused: then it lands elsewhere), so the late stop and its overage happen.
         const deadline = aim ? foreseenDeadline(file) : null
