@@ -299,6 +299,11 @@ export interface LiveClockOptions {
  * says so once, with how far behind the wall clock is. Otherwise rows would be written before
  * rows already written: a transition out of order, a hold settled before it was placed.
  * Timers due meanwhile fire when the engine time reaches them, once the wall clock has.
+ *
+ * A fast clock (`speed` above 1, a demo) is not wall time, so it does not wait for it: told
+ * an instant ahead of it (`notBefore`, at start: a database run fast before), it jumps there
+ * and runs on at its speed. Otherwise restarting a fast demo stood still for as long as the
+ * demo had run before.
  */
 export class LiveClock implements EngineClock {
   readonly effectClock: EffectClock.Clock = makeEffectClock(this)
@@ -306,6 +311,8 @@ export class LiveClock implements EngineClock {
   private readonly wall: () => number
   private readonly log: (line: string) => void
   private readonly wall_origin_ms: number
+  /** A fast clock's engine instant at `wall_origin_ms` (moved forward by `notBefore`). */
+  private engine_origin_ms: number
   /** The largest instant answered or given (`notBefore`): `now()` never answers less. */
   private floor_ms = Number.MIN_SAFE_INTEGER
   /** Whether the wall clock is behind `floor_ms` now (said once per stretch). */
@@ -321,6 +328,7 @@ export class LiveClock implements EngineClock {
     this.log = options.log ?? ((line) => void process.stderr.write(`${line}\n`))
     // At speed 1 engine time is wall time: no origin needed (and no extra wall read).
     this.wall_origin_ms = speed === 1 ? 0 : this.wall()
+    this.engine_origin_ms = this.wall_origin_ms
   }
 
   now(): number {
@@ -334,20 +342,25 @@ export class LiveClock implements EngineClock {
       this.behind = true
       this.log(
         `live clock: the wall clock is ${this.floor_ms - read} ms behind the engine's latest instant (${new Date(this.floor_ms).toISOString()}); ` +
-          "engine time stands still until it catches up"
+          "engine time stands still until it catches up" +
+          (this.speed === 1 ? " (a database run with --clock-speed runs on from its latest instant when started with --clock-speed again)" : "")
       )
     }
     return this.floor_ms
   }
 
   notBefore(at_ms: number): void {
+    if (this.speed !== 1) {
+      const ahead_ms = at_ms - this.read()
+      if (ahead_ms > 0) this.engine_origin_ms += ahead_ms
+    }
     if (at_ms > this.floor_ms) this.floor_ms = at_ms
   }
 
   /** Engine time as the wall clock gives it, which may be behind what `now()` answered. */
   private read(): number {
     const wall = this.wall()
-    return this.speed === 1 ? wall : this.wall_origin_ms + Math.floor((wall - this.wall_origin_ms) * this.speed)
+    return this.speed === 1 ? wall : this.engine_origin_ms + Math.floor((wall - this.wall_origin_ms) * this.speed)
   }
 
   setTimeout(fn: () => void, delay_ms: number): TimerHandle {

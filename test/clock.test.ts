@@ -413,7 +413,7 @@ describe("LiveClock never goes back", () => {
     wall_ms += 300_000
     expect(clock.now()).toBe(1_000_000)
     expect(lines).toEqual([
-      "live clock: the wall clock is 600000 ms behind the engine's latest instant (1970-01-01T00:16:40.000Z); engine time stands still until it catches up"
+      "live clock: the wall clock is 600000 ms behind the engine's latest instant (1970-01-01T00:16:40.000Z); engine time stands still until it catches up (a database run with --clock-speed runs on from its latest instant when started with --clock-speed again)"
     ])
     wall_ms = 1_000_005
     expect(clock.now()).toBe(1_000_005)
@@ -424,8 +424,10 @@ describe("LiveClock never goes back", () => {
     expect(lines[1]).toContain("is 4 ms behind")
   })
 
-  it("starts no earlier than notBefore (the database's latest instant), at any speed", () => {
-    // Proves a restart on a wall clock behind the database answers the database's instant until the wall clock passes it.
+  it("starts no earlier than notBefore (the database's latest instant); a fast clock runs on from it", () => {
+    // Proves a restart on a wall clock behind the database answers the database's instant until
+    // the wall clock passes it, and a fast demo clock restarted on a database it ran ahead
+    // continues from the database's instant at its speed instead of standing still.
     let wall_ms = 5_000
     const lines: string[] = []
     const clock = new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) })
@@ -435,13 +437,20 @@ describe("LiveClock never goes back", () => {
     wall_ms = 9_500
     expect(clock.now()).toBe(9_500)
     expect(lines).toEqual([expect.stringContaining("is 4000 ms behind")])
+    expect(lines[0]).toContain("started with --clock-speed again")
 
     let fastWall_ms = 0
-    const fast = new LiveClock({ speed: 10, wall: () => fastWall_ms, log: () => {} })
-    fast.notBefore(1_000)
-    expect(fast.now()).toBe(1_000)
+    const fastLines: string[] = []
+    const fast = new LiveClock({ speed: 10, wall: () => fastWall_ms, log: (line) => fastLines.push(line) })
+    // Ten days ahead of the wall clock: a demo database that ran at speed 10 for a day.
+    fast.notBefore(10 * 86_400_000)
+    expect(fast.now()).toBe(10 * 86_400_000)
     fastWall_ms = 200
-    expect(fast.now()).toBe(2_000)
+    expect(fast.now()).toBe(10 * 86_400_000 + 2_000)
+    // An instant behind it changes nothing.
+    fast.notBefore(1_000)
+    expect(fast.now()).toBe(10 * 86_400_000 + 2_000)
+    expect(fastLines).toEqual([])
   })
 
   it("fires a timer due while time stands still once the wall clock reaches it, without waking in between", async () => {
