@@ -178,7 +178,7 @@ describe("a live clock behind the database", () => {
     expect(inOrder(ledger.journalEntries().map((e) => e.at))).toBe(true)
     expect(inOrder(ledger.ledgerRows().map((r) => r.at))).toBe(true)
     expect(lines).toEqual([
-      `live clock: the wall clock is ${12 * MIN} ms behind the engine's latest instant (2026-03-01T12:02:00.000Z); engine time stands still until it catches up`
+      `live clock: the wall clock is ${12 * MIN} ms behind the engine's latest instant (2026-03-01T12:02:00.000Z); engine time stands still until it catches up (a database run with --clock-speed runs on from its latest instant when started with --clock-speed again)`
     ])
   })
 })
