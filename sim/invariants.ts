@@ -289,10 +289,13 @@ interface FactIndex {
   /** `storage_billing` rows, by the resource they charge. */
   readonly storageChargesByResource: Map<string, LedgerRow[]>
   /**
-   * Instants of the credits of each account, sorted: money into the wallet (topups, positive
-   * adjustments, a hold's unused part given back, a failed card refund returned).
+   * Instants at which each account's run-down may end, sorted: its credits (money into the
+   * wallet: topups, positive adjustments, a hold's unused part given back, a failed card
+   * refund returned) and the stops for good of its GPU resources and inference instances
+   * (the first move into terminating, terminated or failed), after which the engine arms
+   * its sent warnings again.
    */
-  readonly creditsByAccount: Map<string, number[]>
+  readonly rundownEndsByAccount: Map<string, number[]>
   readonly holdsById: Map<string, Hold>
   readonly holdsByAccount: Map<string, Hold[]>
   readonly holdsByResource: Map<string, Hold[]>
@@ -315,7 +318,7 @@ const indexFacts = (facts: RunFacts): FactIndex => {
     rowsByAccount: new Map(),
     rowsByHold: new Map(),
     storageChargesByResource: new Map(),
-    creditsByAccount: new Map(),
+    rundownEndsByAccount: new Map(),
     holdsById: new Map(),
     holdsByAccount: new Map(),
     holdsByResource: new Map(),
@@ -330,9 +333,8 @@ const indexFacts = (facts: RunFacts): FactIndex => {
     if (r.hold_id !== null) push(index.rowsByHold, r.hold_id, r)
     if (r.kind === "storage_billing" && r.resource !== null) push(index.storageChargesByResource, r.resource, r)
     // The credit back of a refund to the card that failed at the provider is a credit too.
-    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment" || r.kind === "refund")) push(index.creditsByAccount, r.account, r.at)
+    if (r.amount_micros > 0n && (r.kind === "topup" || r.kind === "adjustment" || r.kind === "refund")) push(index.rundownEndsByAccount, r.account, r.at)
   }
-  for (const list of index.creditsByAccount.values()) list.sort((a, b) => a - b)
   for (const h of facts.holds) {
     index.holdsById.set(h.id, h)
     push(index.holdsByAccount, h.account, h)
@@ -344,7 +346,13 @@ const indexFacts = (facts: RunFacts): FactIndex => {
     else if (n.kind === "balance_warning") push(index.balanceWarningsByAccount, n.account, n)
     else if (n.kind === "terminated") push(index.terminatedNoticesByResource, n.resource ?? "", n)
   }
-  for (const r of facts.resources) index.resourceById.set(r.id, r)
+  for (const r of facts.resources) {
+    index.resourceById.set(r.id, r)
+    if (r.kind === "storage") continue
+    const stop = (index.transitionsByResource.get(r.id) ?? []).find((t) => STOPPING.has(t.to_state))
+    if (stop !== undefined) push(index.rundownEndsByAccount, r.account, stop.at)
+  }
+  for (const list of index.rundownEndsByAccount.values()) list.sort((a, b) => a - b)
   return index
 }
 
@@ -366,7 +374,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     rowsByAccount,
     rowsByHold,
     storageChargesByResource,
-    creditsByAccount,
+    rundownEndsByAccount,
     holdsById,
     holdsByAccount,
     holdsByResource,
@@ -448,13 +456,14 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
 
   // 6. Low-balance warnings (SPEC §7): within one run-down (between two credits of the
-  // account), thresholds strictly in firing order, so none twice.
-  // A credit starts a new run-down only if a warning follows it before the next credit: a
-  // top-up too small to lift the account above any threshold re-arms nothing (SPEC §7), and
+  // account, or stops for good of its resources), thresholds strictly in firing order, so
+  // none twice.
+  // A credit or a stop starts a new run-down only if a warning follows it before the next one:
+  // a top-up too small to lift the account above any threshold re-arms nothing (SPEC §7), and
   // the warnings already sent still stand for the stop that follows. (The price: a credit
   // that should have re-armed a threshold, followed by no warning at all, is not caught here.)
   const rundownCredits = new Map<string, number[]>()
-  for (const [account, credits] of creditsByAccount) {
+  for (const [account, credits] of rundownEndsByAccount) {
     const warned = (balanceWarningsByAccount.get(account) ?? []).map((w) => w.at)
     let w = 0
     const kept: number[] = []

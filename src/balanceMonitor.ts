@@ -175,8 +175,11 @@ const nextMidnightAfter = (at: number): number => (Math.floor(at / policy.STORAG
 export class BalanceMonitor {
   /** Accounts whose money or burn changed in this unit of work. */
   private readonly touched = new Set<string>()
-  /** Accounts credited in this unit of work: their sent warnings may be armed again. */
-  private readonly credited = new Set<string>()
+  /**
+   * Accounts whose run-down may have ended in this unit of work (a credit, or a resource that
+   * stopped for good): their sent warnings may be armed again.
+   */
+  private readonly rearmed = new Set<string>()
   private readonly burnCache = new Map<string, BurnMeasure>()
   private readonly alarms = new Map<string, { readonly at: number; readonly handle: TimerHandle }>()
 
@@ -190,7 +193,18 @@ export class BalanceMonitor {
   /** Money came in: look again, and a warned threshold the account is lifted above is armed again. */
   credit(account: string): void {
     this.touched.add(account)
-    this.credited.add(account)
+    this.rearmed.add(account)
+  }
+
+  /**
+   * One of the account's GPU resources or inference instances stopped for good (terminating,
+   * terminated or failed): the run-down toward its end is over, so a warned threshold the
+   * account is now clearly above is armed again, for the next stop (SPEC §7: the warnings
+   * "give you time to adjust usage before things get terminated", each termination).
+   */
+  resourceStopped(account: string): void {
+    this.burnChanged(account)
+    this.rearmed.add(account)
   }
 
   /** One of the account's resources changed: its burn is measured again. */
@@ -206,8 +220,8 @@ export class BalanceMonitor {
     const accounts = this.touched.size === 1 ? [this.touched.values().next().value as string] : [...this.touched].sort()
     this.touched.clear()
     this.host.afterUnitOf?.(accounts)
-    for (const account of accounts) this.look(account, this.credited.has(account))
-    this.credited.clear()
+    for (const account of accounts) this.look(account, this.rearmed.has(account))
+    this.rearmed.clear()
   }
 
   /** Cancels every alarm and forgets everything (the supervisor stops). */
@@ -216,10 +230,10 @@ export class BalanceMonitor {
     this.alarms.clear()
     this.burnCache.clear()
     this.touched.clear()
-    this.credited.clear()
+    this.rearmed.clear()
   }
 
-  private look(account: string, credited: boolean): void {
+  private look(account: string, rearm: boolean): void {
     const { clock, ledger } = this.host
     const at = clock.now()
     let cached = this.burnCache.get(account)
@@ -243,7 +257,7 @@ export class BalanceMonitor {
     const funds = spendable > 0n ? spendable : 0n
     const pooled = burn === 0n ? null : zeroAt(at, microMs(funds) + cached.unconsumed - burn * BigInt(at - cached.at), burn)
     const zero = pooled === null ? stopAt : stopAt === null ? pooled : Math.min(pooled, stopAt)
-    const plan = planWarnings(at, zero, before, credited)
+    const plan = planWarnings(at, zero, before, rearm)
     if (plan.now !== null) {
       const minutes = plan.now
       const severity = policy.BALANCE_WARNINGS.find((w) => w.minutes === minutes)!.severity

@@ -13,10 +13,10 @@ import { BALANCE_WARNINGS, MS_PER_HOUR, MS_PER_SECOND, MS_PER_MINUTE } from "./p
 /**
  * A threshold already warned is armed again only when the account is lifted clearly above
  * it by a credit (money coming into the wallet: a top-up, an adjustment, the unused part of
- * a hold given back; a resource that stops or is preempted without giving money back
- * lengthens the run-down but re-arms nothing, see `planWarnings`); the margin absorbs the
- * one-micro rounding of consumption so a recomputation a moment after a warning never
- * re-arms it.
+ * a hold given back) or by the stop for good of one of its resources (the run-down toward
+ * that stop is over); a preemption, which lowers the burn for a while, lengthens the
+ * run-down but re-arms nothing (see `planWarnings`). The margin absorbs the one-micro
+ * rounding of consumption so a recomputation a moment after a warning never re-arms it.
  */
 export const REARM_MARGIN_MS = MS_PER_SECOND
 
@@ -46,16 +46,18 @@ export interface WarningPlan {
 
 /**
  * Which warnings to send, skip or arm at `now`, given when the money runs out and whether
- * the account was credited since the last look.
+ * the account's run-down may have ended since the last look (`rearm`: a credit, or one of
+ * its resources stopped for good).
  * Decision: when the account is already below several unsent thresholds (a large launch on
  * a small balance), only the tightest is sent and the larger ones count as passed: the user
  * hears the one that is true now, in threshold order.
  */
-export const planWarnings = (now: number, zero: number | null, warnedBefore: ReadonlyArray<number>, credited: boolean): WarningPlan => {
+export const planWarnings = (now: number, zero: number | null, warnedBefore: ReadonlyArray<number>, rearm: boolean): WarningPlan => {
   const remaining = zero === null ? Infinity : zero - now
-  // Only a credit (money into the wallet) arms a sent threshold again (SPEC §7): a burn that
-  // falls with no money back (a preemption) lengthens the run-down but does not start a new one.
-  const kept = credited ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore
+  // Only a credit (money into the wallet, SPEC §7) or a resource's stop for good arms a sent
+  // threshold again: a burn that falls for a while (a preemption) lengthens the run-down but
+  // does not start a new one.
+  const kept = rearm ? warnedBefore.filter((m) => remaining <= m * MS_PER_MINUTE + REARM_MARGIN_MS) : warnedBefore
   // The monitor asks after every unit of work that touches the account, so the usual answer
   // (nothing to send, nothing changed) allocates no new list: `warned` is then `warnedBefore`.
   let added: number[] | null = null

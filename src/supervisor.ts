@@ -1253,7 +1253,8 @@ export class GpuSupervisor implements PaymentHost {
       this.ledger.recordTransition({ at: stoppedAt, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })
     }
     const stopping = (s: string | null) => s === "terminating" || s === "terminated" || s === "failed"
-    if (entry.kind !== "storage" && stopping(after) && !stopping(before)) this.detachStorageOf(entry.id, storageOf(entry), at)
+    const stoppedNow = entry.kind !== "storage" && stopping(after) && !stopping(before)
+    if (stoppedNow) this.detachStorageOf(entry.id, storageOf(entry), at)
     if (entry.kind === "gpu") {
       if (after === "pending") this.pending.add(entry.id)
       else this.pending.delete(entry.id)
@@ -1263,7 +1264,8 @@ export class GpuSupervisor implements PaymentHost {
     this.dirty.add(entry.id)
     this.reconciler.changed(entry.id)
     this.track(entry)
-    this.lowBalance.burnChanged(accountOf(entry))
+    if (stoppedNow) this.lowBalance.resourceStopped(accountOf(entry))
+    else this.lowBalance.burnChanged(accountOf(entry))
     this.rearm(entry)
     while (this.deferred.length > 0) this.deferred.shift()!()
   }

@@ -136,6 +136,50 @@ describe("low-balance warnings", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("are armed again when a resource stops: the next instance's stop for credit is warned of too", () => {
+    // Proves a stop for good ends a run-down (docs/POLICY.md): ii-1 and ii-2 ($2/h each) hold
+    // $48 each of $156. At 24:00 ii-1 renews in full and ii-2 on a partial hold of the $12 left
+    // (6 h), stops at 30:00 after its seven warnings, and ii-1 stops at 48:00 when it cannot
+    // renew. Before, the thresholds stayed used after ii-2's stop: ii-1 was stopped 18 h later
+    // with no warning at all (found replaying the manual's rules).
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "llama", source: "platform", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-1", model: "llama" },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-2", model: "llama" }
+        ],
+        { catalog, until: "P2DT2H", accounts: { acme: { balance: "156.00" } } }
+      )
+    )
+    expect(warnings(r)).toEqual([...runDown(30 * HOUR), ...runDown(48 * HOUR)])
+    expect(r.output.notifications.filter((n) => n.kind !== "balance_warning").map((n) => [n.at, n.resource, n.text])).toEqual([
+      [at(24 * HOUR), "ii-2", "$12.00 credit can cover 6.0 more hours. Recharge to continue."],
+      [at(30 * HOUR), "ii-2", "Instance terminated: credit balance depleted."],
+      [at(48 * HOUR), "ii-1", "Instance terminated: credit balance depleted."]
+    ])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
+  it("are armed again when a GPU instance reaches its deadline: its warning leaves the next stop's thresholds unused", () => {
+    // Proves the same for a stop at a deadline: gi-1 ($60/h, 1 h, prepaid) beside ii-1 ($2/h)
+    // on $110 leaves $2; the pooled estimate warns "60 minutes" at 00:46:27.096 as gi-1's hold
+    // runs down (docs/POLICY.md: a GPU instance's unconsumed hold counts as funds), and gi-1
+    // stops at its deadline at 01:00. At 24:00 ii-1 renews on a partial hold of the $2 (1 h)
+    // and stops at 25:00. Before, that stop got six warnings: the 60-minute one counted as sent.
+    const r = run(
+      timelineFile(
+        [
+          ...inference,
+          { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "A100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 }
+        ],
+        { catalog: { ...catalog, gpus: { ...catalog.gpus, A100: { hourly_rate: "60.00" } } }, until: "P1DT2H", accounts: { acme: { balance: "110.00" } } }
+      )
+    )
+    expect(warnings(r)).toEqual([[at(46 * MIN + 27_096), "warning", "60"], ...runDown(25 * HOUR)])
+    expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("may send a threshold again after a credit at the instant it was sent", () => {
     // Proves the checker orders a warning and a credit at one instant as the engine may: at
     // 00:50 a request leaves $0 beside gi-1's last 10 minutes ("10" is sent), then the
@@ -209,7 +253,8 @@ describe("low-balance warnings", () => {
     // partial hold of the $1.00 left, 30 min, and stops at 24:30. gi-1's 30-hour hold keeps
     // the pooled estimate far later, so before, the forecast saw only "renews" and the first
     // warning was the 30-minute one at 24:00: the 60-minute warning never came. Now the
-    // run-down is the same as without gi-1.
+    // run-down is the same as without gi-1. Once ii-1 stopped, the account's money is gi-1's
+    // hold alone, which runs out at its deadline (30:00): a new run-down, warned again.
     const r = run(
       timelineFile(
         [...inference, { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 30 }],
@@ -217,7 +262,7 @@ describe("low-balance warnings", () => {
       )
     )
     const stop = 24 * HOUR + 30 * MIN
-    expect(warnings(r)).toEqual(runDown(stop))
+    expect(warnings(r)).toEqual([...runDown(stop), ...runDown(30 * HOUR)])
     expect(r.output.notifications.filter((n) => n.resource === "ii-1").map((n) => [n.at, n.kind, n.text])).toEqual([
       [at(24 * HOUR), "partial_hold", "$1.00 credit can cover 0.5 more hours. Recharge to continue."],
       [at(stop), "terminated", "Instance terminated: credit balance depleted."]
