@@ -101,6 +101,9 @@ const logDriverReport = (logger: Logger, r: DriverReport): void => {
   else if (r.kind === "pod_lost") logger.warn(r, `pod lost: ${r.pod}`)
   else if (r.kind === "watch_restarted") logger.info(r, `pod watch restarted (${r.reason})`)
   else if (r.kind === "relisted") logger.info(r, "pods relisted")
+  else if (r.kind === "events_cut") {
+    logger.warn(r, `pod stop Events cut at events_listed_max (${r.read} read; ${r.unread_from} and the reasons after it not all read): a pod gone unseen among them is billed until found`)
+  }
   else logger.info(r, `pod replaced: ${r.pod}`)
 }
 

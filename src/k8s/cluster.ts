@@ -64,6 +64,12 @@ export type DriverReport =
   | { readonly kind: "request_failed"; readonly at: number; readonly what: string; readonly status: number | null; readonly final: boolean }
   | { readonly kind: "pod_lost"; readonly at: number; readonly workload: string; readonly pod: string }
   | { readonly kind: "pod_replaced"; readonly at: number; readonly workload: string; readonly pod: string }
+  /**
+   * A round of pod stop Event lists ended at `events_listed_max` with more to read: from
+   * `unread_from` on (that reason's rest, and the reasons after it), a pod gone unseen is
+   * billed until found, as with no Event. Raise the bound if this comes often.
+   */
+  | { readonly kind: "events_cut"; readonly at: number; readonly read: number; readonly unread_from: string }
 
 export type WatchState = "new" | "listing" | "watching" | "backoff" | "stopped"
 
@@ -1115,7 +1121,11 @@ export class KubernetesCluster implements ClusterPort {
         if (token !== null && items.length === 0) return stops
       } while (token !== null && read < l.events_listed_max)
       assert(read <= l.events_listed_max, () => `read ${read} events, more than events_listed_max ${l.events_listed_max}`)
-      if (read === l.events_listed_max) return stops
+      if (read === l.events_listed_max) {
+        const last = reason === STOP_EVENT_REASONS[STOP_EVENT_REASONS.length - 1]
+        if (token !== null || !last) this.report({ kind: "events_cut", at: this.clock.now(), read, unread_from: reason })
+        return stops
+      }
     }
     return stops
   }

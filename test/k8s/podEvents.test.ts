@@ -482,6 +482,8 @@ describe("in a busy namespace the driver reads only the stop Events, one list pe
     expect(moves().slice(2)).toEqual([[60 * MIN, "running", "preempted", "reconciled"]])
     expect(w.reports.filter((r) => r.kind === "pod_lost")).toEqual([])
     expect(w.reports.filter((r) => r.kind === "pod_replaced").map((r) => r.at - START_MS)).toEqual([90 * MIN])
+    // The stop Events alone are far below the bound: nothing was cut.
+    expect(w.reports.filter((r) => r.kind === "events_cut")).toEqual([])
   })
 
   it("follows `continue` pages to our Preempted on a later page, and stops at events_listed_max events read in all (the kills of others cut)", async () => {
@@ -521,6 +523,8 @@ describe("in a busy namespace the driver reads only the stop Events, one list pe
     ])
     expect(view()).toMatchObject({ status: "failed", billable_ms: 89 * MIN })
     expect(eventLists(w).slice(5).map(([, limit]) => limit)).toEqual([15, 15, 15, 15, 15, 15, 10])
+    // The operator is told the round was cut, and where (the kills' rest was not read).
+    expect(w.reports.filter((r) => r.kind === "events_cut")).toEqual([{ kind: "events_cut", at: START_MS + 90 * MIN, read: 40, unread_from: "Killing" }])
   })
 
   it("a list that fails mid-round (503 on the kills) is reported once and ends the round; what was read before still dates the preemption", async () => {
