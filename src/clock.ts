@@ -75,7 +75,15 @@ export const before = (a: Timer, b: Timer): boolean => {
 /** A timer in the virtual clock's heap: where it sits, so that a cancelled one leaves at once. */
 interface HeapTimer extends Timer {
   index: number
+  /** The key of the input this timer is or follows (`FOLLOW_UP`), or null. */
+  readonly input: string | null
 }
+
+/**
+ * Between an input's key and its follow-ups' world keys: below every character a key holds,
+ * so an input's follow-ups sort after it and before the next input.
+ */
+const FOLLOW_UP = "\u0001"
 
 /**
  * A binary min-heap of timers. A cancelled timer is taken out at once (`remove`), so the heap
@@ -174,6 +182,8 @@ export class VirtualClock implements EngineClock {
   private seq = 0
   private readonly heap = new TimerHeap()
   private live = 0
+  /** The timer whose function runs now, or null. */
+  private firing: HeapTimer | null = null
   readonly effectClock: EffectClock.Clock
   readonly effectScheduler: Scheduler.Scheduler = Scheduler.make((task) => task(), () => false)
 
@@ -194,7 +204,7 @@ export class VirtualClock implements EngineClock {
 
   setTimeout(fn: () => void, delay_ms: number): TimerHandle {
     // A wait without end (Effect's `Duration.infinity`) is a timer that never fires.
-    if (delay_ms === Infinity) return { due_ms: Infinity, lane: 0, key: "", seq: -1, fn: null } as unknown as TimerHandle
+    if (delay_ms === Infinity) return { due_ms: Infinity, lane: 0, key: "", seq: -1, fn: null, input: null } as unknown as TimerHandle
     return this.schedule(this.now_ms + Math.max(0, Math.ceil(delay_ms || 0)), fn)
   }
 
@@ -207,16 +217,27 @@ export class VirtualClock implements EngineClock {
     }
   }
 
+  /**
+   * An input's own consequences in the world at its instant (a pod that starts at once, a
+   * payment's answer and webhook without delay) follow it at once: scheduled at the current
+   * instant on the world's lane by an input (or by one of its follow-ups), a timer goes on the
+   * input's lane right after that input, before the next one (TIMELINE.md: "Events at the same
+   * instant apply in file order"). The world's other timers of the instant come after every
+   * input, as before.
+   */
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
     if (!Number.isFinite(at_ms)) throw new Error(`cannot schedule at ${at_ms}`)
-    const timer: HeapTimer = {
-      due_ms: Math.max(Math.trunc(at_ms), this.now_ms),
-      lane: options?.lane ?? Lane.engine,
-      key: options?.key ?? "",
-      seq: this.seq++,
-      fn,
-      index: -1
+    const due_ms = Math.max(Math.trunc(at_ms), this.now_ms)
+    let lane: number = options?.lane ?? Lane.engine
+    let key = options?.key ?? ""
+    let input: string | null = lane === Lane.input ? key : null
+    const cause = this.firing
+    if (lane === Lane.world && due_ms === this.now_ms && cause !== null && cause.input !== null && cause.due_ms === due_ms) {
+      input = cause.input
+      lane = Lane.input
+      key = `${input}${FOLLOW_UP}${key}`
     }
+    const timer: HeapTimer = { due_ms, lane, key, seq: this.seq++, fn, index: -1, input }
     this.heap.push(timer)
     this.live++
     return timer as unknown as TimerHandle
@@ -252,7 +273,12 @@ export class VirtualClock implements EngineClock {
           if (++fired > VIRTUAL_CLOCK_FIRES_PER_ADVANCE_MAX) {
             throw new Error(`virtual clock fired more than ${VIRTUAL_CLOCK_FIRES_PER_ADVANCE_MAX} timers in one advance`)
           }
-          fn()
+          this.firing = top
+          try {
+            fn()
+          } finally {
+            this.firing = null
+          }
         }
       })
     }

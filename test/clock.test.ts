@@ -189,6 +189,30 @@ describe("VirtualClock.advanceTo", () => {
     expect(fired).toEqual(["engine-1", "input-added", "engine-2"])
   })
 
+  it("fires an input's world timers at its own instant right after it, before the next input; the world's others after every input", () => {
+    // Proves file order for what inputs make happen (docs/POLICY.md, Time and order): the world
+    // timer input 1 schedules at its instant (and the one that schedules in turn) comes before
+    // input 2; one it schedules later, one an engine timer schedules, and one armed earlier, come after.
+    const clock = new VirtualClock(0)
+    const fired: string[] = []
+    clock.schedule(100, () => fired.push("world-armed-earlier"), { lane: Lane.world, key: "a" })
+    clock.schedule(100, () => {
+      fired.push("input-1")
+      clock.schedule(100, () => {
+        fired.push("input-1/world")
+        clock.schedule(100, () => fired.push("input-1/world/world"), { lane: Lane.world, key: "z" })
+      }, { lane: Lane.world, key: "b" })
+      clock.schedule(101, () => fired.push("input-1/world-later"), { lane: Lane.world, key: "b" })
+    }, { lane: Lane.input, key: "000000001" })
+    clock.schedule(100, () => fired.push("input-2"), { lane: Lane.input, key: "000000002" })
+    clock.schedule(100, () => {
+      fired.push("engine")
+      clock.schedule(100, () => fired.push("engine/world"), { lane: Lane.world, key: "0" })
+    })
+    clock.advanceTo(101)
+    expect(fired).toEqual(["input-1", "input-1/world", "input-1/world/world", "input-2", "world-armed-earlier", "engine", "engine/world", "input-1/world-later"])
+  })
+
   it("calls the step wrapper once per distinct instant, with that instant", () => {
     // Proves the simulator can wrap one clock step (one SQLite transaction) per instant.
     const clock = new VirtualClock(0)

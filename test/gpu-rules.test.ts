@@ -181,9 +181,10 @@ describe("stopping", () => {
   })
 
   it("settles once when the user and the deadline stop the instance at the same instant", () => {
-    // Proves the compare-and-swap of the stop: two stoppers, one settlement, one notice.
+    // Proves the compare-and-swap of the stop: two stoppers, one settlement, one notice. (The
+    // second terminate, after the first's pod stopped at once, finds the instance terminated.)
     const r = run(timelineFile([launch(), { at: "PT2H", do: "terminate", id: "gi-1" }, { at: "PT2H", do: "terminate", id: "gi-1" }]))
-    expect(r.output.rejected).toEqual([])
+    expect(r.output.rejected.map((x) => [x.event, x.status, x.error])).toEqual([[2, 409, "instance_not_active"]])
     expect(moves(r).slice(2)).toEqual([
       [at(2 * HOUR), "running", "terminating", "user_requested"],
       [at(2 * HOUR), "terminating", "terminated", "user_requested"]
