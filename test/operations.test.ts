@@ -138,6 +138,36 @@ describe("a live clock behind the database", () => {
   })
 
 
+  it("a fast clock restarted runs on from where it stopped, not from the last row written", () => {
+    // Proves the review's finding fixed (an operator's restart of a --clock-speed 600 demo): the
+    // clock got to 09:07 with the last row written at 08:02; restarted, it began at 08:02, and
+    // an instance `GET` had shown billed for an hour was billed 34 s. The mark at close is the
+    // clock's instant, and the fast clock runs on from it.
+    const db = tmpDb()
+    const T = Date.parse("2026-03-01T08:00:00Z")
+    let wall_ms = T
+    const open = () => {
+      const clock = new LiveClock({ speed: 600, wall: () => wall_ms, log: () => {} })
+      const opened = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+      engines.push(opened)
+      return opened
+    }
+    const first = open()
+    expect(first.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
+    first.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
+    // Six wall seconds at speed 600: an engine hour, nothing written.
+    wall_ms = T + 6_000
+    expect(first.engine.clock.now()).toBe(T + 60 * MIN)
+    first.close()
+
+    // Started again a wall second later: the clock goes on from 09:00 at its speed.
+    wall_ms = T + 7_000
+    const second = open()
+    expect(second.engine.clock.now()).toBe(T + 60 * MIN)
+    wall_ms = T + 8_000
+    expect(second.engine.clock.now()).toBe(T + 70 * MIN)
+  })
+
   it("stands still at the database's latest instant: a restart 10 minutes behind settles no hold before it was placed", async () => {
     // Proves the review's finding fixed (a restart with the wall clock 10 minutes behind wrote
     // transitions out of order and settled a hold before it was placed): the wall-time source

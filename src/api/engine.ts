@@ -92,6 +92,9 @@ export const openEngine = (world: WorldConfig): OpenedEngine => {
     close: () => {
       if (closed) return
       closed = true
+      // The clock mark keeps how far the clock got, not only the last row's instant.
+      const engine = engineOf(runtime)
+      if (engine.ledger.db.open) engine.ledger.reached(world.clock.now())
       Effect.runSync(Scope.close(scope, Exit.void))
     }
   }

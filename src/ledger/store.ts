@@ -352,6 +352,16 @@ export class LedgerStore {
   }
 
   /**
+   * The engine's clock reached `at` (a live process, as it closes): the clock mark written at
+   * `close` is at least that, so the next start's clock begins no earlier, though nothing was
+   * written since. Without it a fast clock (`--clock-speed`) restarted at the last write, and
+   * what `GET` had answered as billed since was billed again from there.
+   */
+  reached(at: number): void {
+    this.wrote(at)
+  }
+
+  /**
    * Group commit for the simulator: `beginBatch` opens a transaction that every unit of work
    * joins until `commitBatch`. A simulation commits many clock steps at once (a commit costs
    * far more than the rows in it); the live control plane never batches.
