@@ -85,6 +85,10 @@ describe("model registry and inference instances", () => {
     const fs = await w.req("POST", "/models", { key: a.key, body: { name: "pinned", source: "shared_fs", gpu: "H100", gpu_count: 1 } })
     expect(fs.status).toBe(400)
     expect(fs.body).toEqual({ error: "filesystem_required", message: "a shared_fs model names the shared filesystem its weights are on", field: "filesystem" })
+    // The field named is the body's (`name`), not the engine's (`model`).
+    const bad = await w.req("POST", "/models", { key: a.key, body: { name: "foo:bar", source: "huggingface", gpu: "H100", gpu_count: 1 } })
+    expect([bad.status, bad.body]).toEqual([400, { error: "invalid_model", message: "a model name is 1-128 letters, digits, '.', '_', '/' or '-'", field: "name" }])
+    expect(stateOf(w)).toBe(before)
   })
 
   it("lists the platform's models with their prices", async () => {
@@ -126,6 +130,12 @@ describe("storage", () => {
     expect(del.status).toBe(200)
     expect(del.body).toMatchObject({ id: d.body.id, status: "deleted", in_use: false })
     expect((await w.req("GET", "/cloud-drives", { key: a.key })).body.data.map((v: { status: string }) => v.status)).toEqual(["deleted"])
+    // Deleted, it is still shown: a second delete is a conflict with its state (as a second
+    // terminate of a terminated instance), not a 404; another account's still gets the 404.
+    const again = await w.req("DELETE", `/cloud-drives/${d.body.id}`, { key: a.key })
+    expect([again.status, again.body]).toEqual([409, { error: "invalid_state", message: `${d.body.id} is already deleted` }])
+    const b = await w.signup("b@example.com")
+    expect((await w.req("DELETE", `/cloud-drives/${d.body.id}`, { key: b.key })).status).toBe(404)
   })
 
   it("a shared filesystem is in_use while any instance mounts it", async () => {

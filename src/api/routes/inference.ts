@@ -4,7 +4,8 @@
  * so a model is addressed as `/models/<name>` with the rest of the path as its name.
  */
 import type { FastifyInstance } from "fastify"
-import { NotFound } from "../../errors.js"
+import { Effect } from "effect"
+import { NotFound, ValidationError } from "../../errors.js"
 import type { ModelPrice } from "../../metering.js"
 import { formatDollars } from "../../money.js"
 import * as policy from "../../policy.js"
@@ -124,7 +125,9 @@ export const inferenceRoutes = (app: FastifyInstance, ctx: ApiContext): void => 
       const auth = keyOf(request)
       const b = request.body as { name: string; source: (typeof policy.MODEL_SOURCES)[number]; filesystem?: string | null; gpu: string; gpu_count: number }
       return idempotent(ctx, request, reply, auth.account, () => {
-        call(ctx, ctx.engine.sup.registerModel({ account: auth.account, model: b.name, source: b.source, filesystem: b.filesystem ?? null, gpu: b.gpu, gpu_count: b.gpu_count }, callerOf(auth)))
+        const registered = ctx.engine.sup.registerModel({ account: auth.account, model: b.name, source: b.source, filesystem: b.filesystem ?? null, gpu: b.gpu, gpu_count: b.gpu_count }, callerOf(auth))
+        // The engine names the model `model` (the timeline's field); this body names it `name`.
+        call(ctx, Effect.mapError(registered, (e) => (e instanceof ValidationError && e.field === "model" ? new ValidationError({ code: e.code, field: "name", message: e.message }) : e)))
         return { status: 201, body: modelJson(ctx.engine.ledger.model(auth.account, b.name)!) }
       })
     }
