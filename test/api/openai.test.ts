@@ -101,6 +101,8 @@ describe("the openai client", () => {
     const openai = await clientFor(a.key)
     const pending = await openai.chat.completions.create({ model: `my-llm:${ii}`, messages: [{ role: "user", content: "x" }] }).catch((e: InstanceType<typeof OpenAI.APIError>) => e)
     expect([(pending as InstanceType<typeof OpenAI.APIError>).status, (pending as InstanceType<typeof OpenAI.APIError>).error]).toEqual([503, "no_healthy_pod"])
+    // Pending, it cannot be called, so it is not listed.
+    expect((await openai.models.list()).data.map((m) => m.id)).toEqual(["embed-small", "llama-3-8b", "unpriced-model"])
     w.advance(2 * MIN)
     const emb = await openai.embeddings.create({ model: "embed-small", input: ["one two three", "four"] })
     expect(emb.data.map((d) => d.embedding.length)).toEqual([16, 16])

@@ -153,6 +153,9 @@ describe("storage", () => {
     const mismatch = await w.req("POST", "/gpu-instances", { key: a.key, body: { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1, filesystems: [fs.body.id] } })
     expect(mismatch.status).toBe(400)
     expect(mismatch.body).toEqual({ error: "storage_region_mismatch", message: `${fs.body.id} is in us-west, the instance in us-east`, field: "filesystems" })
+    // Named twice: the engine's own code (docs/POLICY.md), not the schema's generic one.
+    const twice = await w.req("POST", "/gpu-instances", { key: a.key, body: { gpu: "H100", gpu_count: 1, region: "us-west", estimated_duration_hours: 1, filesystems: [fs.body.id, fs.body.id] } })
+    expect([twice.status, twice.body]).toEqual([400, { error: "duplicate_storage", message: `${fs.body.id} is listed more than once`, field: "filesystems" }])
   })
 })
 

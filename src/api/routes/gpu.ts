@@ -43,7 +43,7 @@ const launchBody = (cluster: boolean) => ({
       ? {}
       : {
           drive: { type: ["string", "null"], minLength: 1, maxLength: 100, description: "a cloud drive of yours to attach" },
-          filesystems: { type: "array", maxItems: 16, uniqueItems: true, items: name, description: "shared filesystems of yours to mount" }
+          filesystems: { type: "array", maxItems: 16, items: name, description: "shared filesystems of yours to mount, each once (400 duplicate_storage)" }
         })
   }
 })

@@ -241,7 +241,8 @@ export const v1Routes = (app: FastifyInstance, ctx: ApiContext): void => {
       while (instances.length < V1_MODELS_INSTANCES_MAX) {
         const views: ReadonlyArray<InferenceView> = call(ctx, ctx.engine.sup.list(auth.account, { kinds: ["inference_instance"], after, limit: 100 }, callerOf(auth))) as ReadonlyArray<InferenceView>
         for (const v of views) {
-          if (ctx.engine.sup.userInstance(auth.account, v.model, v.id).status === "active") {
+          // Running: at least one region serves it now (a pending or wholly preempted one answers 503).
+          if (ctx.engine.sup.userInstance(auth.account, v.model, v.id).healthy_regions.length > 0) {
             instances.push({ id: `${v.model}:${v.id}`, object: "model", created: Math.floor(v.created_at / 1000), owned_by: auth.account })
           }
         }
