@@ -52,6 +52,16 @@ const main = async (): Promise<void> => {
   }
   process.on("SIGTERM", () => stop(0, "SIGTERM"))
   process.on("SIGINT", () => stop(0, "SIGINT"))
+  // A defect outside a request (a timer's or a payment answer's unit of work threw; its
+  // transaction rolled back) stops the process like one inside a request: the stack on
+  // stderr, then the orderly close and exit code 70. Before, Node printed it and exited 1
+  // without closing SQLite or releasing a lease.
+  const defect = (e: unknown): void => {
+    process.stderr.write(`defect: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`)
+    stop(70, "defect")
+  }
+  process.on("uncaughtException", defect)
+  process.on("unhandledRejection", defect)
   try {
     starting = startServer(config, { onDefect: () => stop(70, "defect") })
     server = await starting

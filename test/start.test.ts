@@ -44,6 +44,19 @@ describe("npm start", () => {
     expect(await second.stop("SIGINT")).toBe(0)
   })
 
+  it("stops on a defect outside any request with exit code 70, closing SQLite (its -wal checkpointed)", async () => {
+    // Proves a defect in a background unit (a timer's, a payment answer's) takes the same
+    // orderly stop as one in a request: found by review, a provider answer that broke a UNIQUE
+    // constraint killed the process with Node's trace and exit 1, SQLite left open.
+    const db = tmpDb()
+    const server = await startServerProcess(["--db", db, "--port", "0"], { NODE_OPTIONS: `--import=${join(ROOT, "test", "fixtures", "plant-defect.mjs")}` })
+    expect(existsSync(`${db}-wal`)).toBe(true)
+    expect(await server.stop("SIGUSR2")).toBe(70)
+    expect(server.stderr()).toContain("defect: Error: planted defect in a background unit")
+    expect(server.stderr()).toContain("defect: closing")
+    expect(existsSync(`${db}-wal`)).toBe(false)
+  })
+
   it("prints the operator key only when it generated one for the run", async () => {
     // Found by review: a key set in ECOLINK_OPERATOR_KEY was echoed to the console (a log collector).
     const key = "op_configured_0123456789abcdefghijklmnopqrstuvwxyz"
