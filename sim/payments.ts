@@ -7,10 +7,11 @@
  * It keeps its own books (what it charged, what it refunded, what the engine acknowledged) so
  * the invariant checker can reconcile the provider's side with the ledger to the cent.
  */
+import { Either } from "effect"
 import { Lane, type EngineClock } from "../src/clock.js"
-import type { CardResult, EventOutcome, IntentRequest, IntentResult, PaymentEvent, PaymentsPort } from "../src/payments.js"
+import type { CardResult, EventOutcome, IntentRequest, IntentResult, PaymentBook, PaymentEvent, PaymentsPort, RefundListing, RefundTold } from "../src/payments.js"
 import { errorStatus, NotFound } from "../src/errors.js"
-import { microsOfCents } from "../src/payments.js"
+import { LISTED_REFUND, microsOfCents } from "../src/payments.js"
 import type { Micros } from "../src/money.js"
 import type { WorldOutcome } from "./cluster.js"
 import { Prng } from "./prng.js"
@@ -20,11 +21,35 @@ export interface SimPaymentsOptions {
   readonly webhook_delay_ms: number
   /** Each webhook is delivered a second time with this probability (Stripe's at-least-once). */
   readonly duplicate_probability: number
+  /**
+   * A `charge.refunded` carries `previous_attributes.amount_refunded` (true), or, as on an
+   * endpoint of an API version from 2022-11-15 to before 2024-10-28.acacia that Stripe sends
+   * none (it documents them for `*.updated` events only), only the cumulative amount: the
+   * engine then lists the charge's refunds (`listRefunds`).
+   */
+  readonly previous_attributes: boolean
 }
 
 /** Redelivery of a webhook the engine did not take (it was down): every minute, this many times. */
 export const SIM_WEBHOOK_RETRY_MS = 60_000
 export const SIM_WEBHOOK_ATTEMPTS_MAX = 1_000
+
+/**
+ * Where the provider's webhooks go: the engine's book while it is up (`book()`), through
+ * `PaymentBook.receive` (which may list a charge's refunds first); null while the engine is
+ * down, or an event it could not book, and the provider delivers it again later.
+ */
+export const webhookTo =
+  (book: () => PaymentBook | null | undefined) =>
+  (e: PaymentEvent, answer: (outcome: EventOutcome | null) => void): void => {
+    const b = book()
+    if (b === null || b === undefined) return answer(null)
+    b.receive(e, (r) => {
+      // A defect booking it is the run's: it stops the simulation loudly.
+      if (Either.isLeft(r)) throw r.left
+      answer(r.right.booked && r.right.listing_failed === null ? r.right.outcome : null)
+    })
+  }
 
 /**
  * The provider of a timeline's world. It has its own seeded source, so adding payments to a
@@ -41,6 +66,10 @@ interface SimRefund {
   made_acked: boolean
   /** The engine took the event that said it failed. */
   failed_acked: boolean
+  /** The engine booked a list of the charge's refunds with this one in it: it knows it made, by id. */
+  listed: boolean
+  /** …and with it failed. */
+  failed_listed: boolean
 }
 
 interface SimIntent {
@@ -66,14 +95,17 @@ export const SIM_DECLINE_MESSAGE = "Your card was declined."
 export const SIM_REFUND_FAILURE_REASON = "expired_or_canceled_card"
 
 export class SimPayments implements PaymentsPort {
-  /** Where webhooks go; returns null while the engine is down (the provider retries). */
-  deliver: (e: PaymentEvent) => EventOutcome | null = () => null
+  /** Where webhooks go (`webhookTo`); answers null while the engine is down (the provider retries). */
+  deliver: (e: PaymentEvent, answer: (outcome: EventOutcome | null) => void) => void = (_, answer) => answer(null)
   private readonly intents = new Map<string, SimIntent>()
+  private readonly byCharge = new Map<string, SimIntent>()
   private readonly order: string[] = []
   private readonly byKey = new Map<string, IntentResult>()
   private readonly declines = new Map<string, number>()
   private events = 0
   private refundCount = 0
+  /** The charge's refunds as a list answered just now hands them to the engine (see `listRefunds`). */
+  private answering: { readonly charge_id: string; readonly refunds: ReadonlyArray<SimRefund> } | null = null
 
   constructor(
     private readonly clock: EngineClock,
@@ -120,7 +152,7 @@ export class SimPayments implements PaymentsPort {
     const left = intent.amount_cents - intent.refunded_cents
     const cents = amount_cents ?? left
     if (cents <= 0 || cents > left) return { ok: false, status: 400, error: "invalid_amount", message: `a refund of ${intent.payment_id} is 1 to ${left} cents` }
-    const refund: SimRefund = { id: `re_sim_${++this.refundCount}`, cents, status: "succeeded", made_acked: false, failed_acked: false }
+    const refund: SimRefund = { id: `re_sim_${++this.refundCount}`, cents, status: "succeeded", made_acked: false, failed_acked: false, listed: false, failed_listed: false }
     intent.refunds.push(refund)
     const previous = intent.refunded_cents
     intent.refunded_cents += cents
@@ -133,7 +165,7 @@ export class SimPayments implements PaymentsPort {
         intent_id: intent.id,
         amount_cents: intent.amount_cents,
         amount_refunded_cents: reported,
-        previous_refunded_cents: previous,
+        previous_refunded_cents: this.options.previous_attributes ? previous : null,
         created_ms: this.clock.now(),
         // As Stripe's charge.refunded since API version 2022-11-15: no list of the charge's refunds.
         refunds: [],
@@ -143,6 +175,13 @@ export class SimPayments implements PaymentsPort {
         intent.paid_acked = true
         refund.made_acked = true
         intent.refunded_acked_cents = Math.max(intent.refunded_acked_cents, reported)
+        // The engine booked the charge's refunds listed for this event with it.
+        if (this.answering?.charge_id === intent.charge_id) {
+          for (const r of this.answering.refunds) {
+            r.listed = true
+            if (r.status === "failed") r.failed_listed = true
+          }
+        }
       }
     )
     if (fail_after_ms !== null) {
@@ -154,25 +193,51 @@ export class SimPayments implements PaymentsPort {
   /**
    * The provider's net by account, in micros: what it charged, less what it really refunded
    * (the charge's `amount_refunded`), as far as the engine acknowledged the webhooks. While
-   * some refund event of a charge is not acknowledged yet, its refunds are counted by the rule
-   * the engine books by (src/payments.ts): the refunds reported made (by size, or the largest
-   * cumulative amount) less those reported failed, from 0 to the charge; once all are, by
-   * what the provider really refunded, so a wrong rule shows. (This provider tells no refund by
-   * id but a failed one, so the engine's by-id term is the failed amount, and taking the larger
-   * with it before subtracting that amount changes nothing once the result is floored at 0.)
+   * some refund of a charge is not known to the engine yet (neither its `charge.refunded`
+   * acknowledged nor a list with it booked, or its failure not told), its refunds are counted
+   * by the rule the engine books by (src/payments.ts): the refunds reported made (by size when
+   * `charge.refunded` carries `previous_attributes`, by id when listed or told failed, or the
+   * largest cumulative amount) less those known failed, from 0 to the charge; once all are,
+   * by what the provider really refunded, so a wrong rule shows.
    */
   netByAccount(): Map<string, Micros> {
     const net = new Map<string, Micros>()
+    const sum = (refunds: ReadonlyArray<SimRefund>, counts: (r: SimRefund) => boolean) => refunds.reduce((total, r) => total + (counts(r) ? r.cents : 0), 0)
     for (const id of this.order) {
       const i = this.intents.get(id)!
-      const settled = i.refunds.every((r) => r.made_acked && (r.status !== "failed" || r.failed_acked))
-      const made = Math.max(i.refunded_acked_cents, i.refunds.reduce((sum, r) => sum + (r.made_acked ? r.cents : 0), 0))
-      const failed = i.refunds.reduce((sum, r) => sum + (r.failed_acked ? r.cents : 0), 0)
+      const settled = i.refunds.every((r) => (r.made_acked || r.listed) && (r.status !== "failed" || r.failed_acked || r.failed_listed))
+      const sizes = this.options.previous_attributes ? sum(i.refunds, (r) => r.made_acked) : 0
+      const byId = sum(i.refunds, (r) => r.listed || r.failed_acked)
+      const made = Math.max(i.refunded_acked_cents, sizes, byId)
+      const failed = sum(i.refunds, (r) => r.failed_acked || r.failed_listed)
       const refunded = settled ? i.refunded_cents : Math.min(i.amount_cents, Math.max(0, made - failed))
       const cents = (i.paid_acked ? i.amount_cents : 0) - refunded
       net.set(i.account, (net.get(i.account) ?? 0n) + microsOfCents(cents))
     }
     return net
+  }
+
+  /**
+   * The charge's refunds, oldest first, as Stripe's `GET /v1/refunds?charge=…` has them when
+   * the answer comes (on the world's lane, at once: never inside the caller's call). The
+   * engine books them in that answer; while it does, the provider notes which refunds the
+   * engine now knows by id (`answering`, read when the event that asked is acknowledged).
+   */
+  listRefunds(charge_id: string, done: (r: RefundListing) => void): void {
+    this.later(`list:${charge_id}`, () => {
+      const intent = this.byCharge.get(charge_id)
+      const refunds = intent?.refunds ?? []
+      const told = refunds.map((r): RefundTold => {
+        const common = { id: `${r.id}@list`, event_type: LISTED_REFUND, refund_id: r.id, charge_id, intent_id: intent!.id, amount_cents: r.cents, payment_id: null }
+        return r.status === "failed" ? { ...common, type: "refund.failed", status: "failed", failure_reason: SIM_REFUND_FAILURE_REASON } : { ...common, type: "refund.made" }
+      })
+      this.answering = { charge_id, refunds }
+      try {
+        done({ ok: true, refunds: told })
+      } finally {
+        this.answering = null
+      }
+    })
   }
 
   /** The refund fails at the provider: the charge gets its amount back, and the engine is told. */
@@ -220,6 +285,7 @@ export class SimPayments implements PaymentsPort {
       refunded_acked_cents: 0
     })
     this.order.push(id)
+    this.byCharge.set(`ch_sim_${n}`, this.intents.get(id)!)
     // An off-session decline is the answer itself (Stripe raises a card error); a top-up's
     // intent is created fine and the customer's confirmation then fails.
     const result: IntentResult =
@@ -257,14 +323,14 @@ export class SimPayments implements PaymentsPort {
   private schedule(e: PaymentEvent, at: number, attempt: number, acked: () => void): void {
     this.clock.schedule(
       at,
-      () => {
-        const outcome = this.deliver(e)
-        if (outcome === null) {
-          if (attempt < SIM_WEBHOOK_ATTEMPTS_MAX) this.schedule(e, this.clock.now() + SIM_WEBHOOK_RETRY_MS, attempt + 1, acked)
-          return
-        }
-        if (outcome !== "unmatched") acked()
-      },
+      () =>
+        this.deliver(e, (outcome) => {
+          if (outcome === null) {
+            if (attempt < SIM_WEBHOOK_ATTEMPTS_MAX) this.schedule(e, this.clock.now() + SIM_WEBHOOK_RETRY_MS, attempt + 1, acked)
+            return
+          }
+          if (outcome !== "unmatched") acked()
+        }),
       { lane: Lane.world, key: `webhook:${e.id}:${at}` }
     )
   }

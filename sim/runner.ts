@@ -19,7 +19,7 @@ import type { PaymentBook } from "../src/payments.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, ReconcileAudit, sqliteNotifierAndJournal } from "../src/services.js"
-import { SIM_DECLINE_MESSAGE, simPaymentsFor, type SimPayments } from "./payments.js"
+import { SIM_DECLINE_MESSAGE, simPaymentsFor, webhookTo, type SimPayments } from "./payments.js"
 import { INFERENCE_KIND, replicaResource, STORAGE_KINDS } from "../src/resources.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../src/supervisor.js"
 import type { StorageSnapshot } from "../machines/storage.js"
@@ -324,7 +324,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   let engine: Engine | null = startEngine()
   const rejected: Rejected[] = []
   // Webhooks reach the engine while it is up; while it is down the provider retries.
-  payments.deliver = (event) => engine?.sup.payments?.handleEvent(event) ?? null
+  payments.deliver = webhookTo(() => engine?.sup.payments)
 
   const reject = (e: TimelineEvent, refusal: Refusal): void => {
     rejected.push({ at: isoInstant(e.at_ms), event: e.index, do: e.do, ...refusal })

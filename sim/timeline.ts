@@ -207,7 +207,10 @@ const FIELDS_OF: ReadonlyMap<string, ReadonlySet<string>> = new Map(
   [...EVENT_SCHEMAS].map(([kind, schema]) => [kind, new Set(Object.keys((schema as unknown as { fields: Record<string, unknown> }).fields))])
 )
 
-const Payments = shaped(Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability) }), "an object { webhook_delay?, duplicate_probability? }")
+const Payments = shaped(
+  Schema.Struct({ webhook_delay: Schema.optional(Duration), duplicate_probability: Schema.optional(Probability), previous_attributes: Schema.optional(Schema.Boolean) }),
+  "an object { webhook_delay?, duplicate_probability?, previous_attributes? }"
+)
 const Account = shaped(
   Schema.Struct({
     balance: NonNegativeDollars.pipe(
@@ -339,7 +342,7 @@ export interface Timeline {
   readonly storage_rates: ReadonlyMap<string, Micros>
   readonly aggregate_api_usage: boolean
   /** The simulated payment provider (defaults: webhooks at once, never twice). */
-  readonly payments: { readonly webhook_delay_ms: number; readonly duplicate_probability: number }
+  readonly payments: { readonly webhook_delay_ms: number; readonly duplicate_probability: number; readonly previous_attributes: boolean }
   readonly regions: ReadonlyArray<SimRegion>
   /** Sorted by id, so that accounts open in the same order whatever the file's key order. */
   readonly accounts: ReadonlyArray<{ readonly id: string; readonly balance_micros: Micros }>
@@ -425,7 +428,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
       })
     ),
     aggregate_api_usage: file.api_usage_rows === "per_minute",
-    payments: { webhook_delay_ms: ms(file.payments?.webhook_delay, "PT0S"), duplicate_probability: file.payments?.duplicate_probability ?? 0 },
+    payments: { webhook_delay_ms: ms(file.payments?.webhook_delay, "PT0S"), duplicate_probability: file.payments?.duplicate_probability ?? 0, previous_attributes: file.payments?.previous_attributes ?? true },
     regions,
     accounts: Object.entries(file.accounts)
       .map(([id, a]) => ({ id, balance_micros: dollars(a.balance) }))

@@ -17,8 +17,9 @@
  *     made   = the largest of
  *              - Σ amounts of the refunds made, once per refund id, as the provider tells them
  *                by id: a Refund object in `refund.created`, `refund.updated` or
- *                `charge.refund.updated` (failed ones included: they were made first), or the
- *                charge's `refunds` list in `charge.refunded` (API versions that include it);
+ *                `charge.refund.updated` (failed ones included: they were made first), the
+ *                charge's `refunds` list in `charge.refunded` (API versions that include it),
+ *                or the charge's refunds the provider lists when asked (below);
  *              - Σ sizes of the refunds made as `charge.refunded` tells them (each names one:
  *                its `amount_refunded` less `previous_attributes.amount_refunded`, once per
  *                event id; on a charge booked before migration 8, the lump booked then plus the
@@ -29,7 +30,8 @@
  *              events only, and since API version 2024-10-28.acacia sends `refund.created` for
  *              card refunds too, so either may be all there is (docs/POLICY.md);
  *     failed = Σ amounts of the charge's refunds that failed or were canceled, once per refund id
- *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes).
+ *              (`charge.refund.updated`, `refund.updated` or `refund.failed`, whichever comes,
+ *              or the provider's list).
  *   Each input only grows its own term (a sum over distinct ids, a maximum), so any order and
  *   any number of deliveries end at the same amount booked (the rows on the way there follow
  *   the order). A change of `booked` is one row: −x when a refund is made, +x (`Failed refund
@@ -37,6 +39,19 @@
  *   cumulative amount alone: after a failure, Stripe's cumulative `amount_refunded` can be
  *   lower than one reported before it (a new refund after a failed one), so a stale higher
  *   value and a fresh lower one cannot be told apart; a refund's size can (docs/POLICY.md).
+ * - A `charge.refunded` that tells neither the charge's refunds nor `previous_attributes`
+ *   (`needsListing`: an API version from 2022-11-15 to before 2024-10-28.acacia, an endpoint
+ *   without `refund.created`, and Stripe leaving `previous_attributes` out) leaves only the
+ *   cumulative amount, which would book a refund made after a failed one short. So the
+ *   engine asks the provider for the authoritative state first (`receive`:
+ *   `PaymentsPort.listRefunds`, every page, within REFUND_LIST_DEADLINE_MS) and books each
+ *   listed refund by id, oldest first, as its own Refund event would (made; failed or
+ *   canceled, with its notification), then the event. Every refund made is in some
+ *   `charge.refunded` whose list names it, so once the events are in, the by-id term is what
+ *   the provider made. Without an answer (a timeout, the network, a 5xx) the event is booked
+ *   as far as it tells, not recorded, and answered 502: Stripe delivers it again, and that
+ *   delivery (or a later such event of the charge) lists and completes it. A list the
+ *   provider refuses for good (an invalid request) is booked as the event tells, as before.
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
  *   off-session charge, never a second while one of the account's auto-recharges is in flight
  *   (even one made under settings since turned off), none while backing off after a decline
@@ -91,7 +106,27 @@ export interface PaymentsPort {
   chargeOffSession(req: IntentRequest, done: (r: IntentResult) => void): void
   /** A customer for the account (idempotent per account) with `payment_method` attached as its default. */
   saveCard(req: { readonly account: string; readonly payment_method: string; readonly idempotency_key: string }, done: (r: CardResult) => void): void
+  /**
+   * The charge's refunds as the provider has them now, in every status, oldest first, at most
+   * REFUND_LIST_MAX (Stripe: `GET /v1/refunds?charge=…`, every page): what a `charge.refunded`
+   * that tells too little is completed from (`needsListing`).
+   */
+  listRefunds(charge_id: string, done: (r: RefundListing) => void): void
 }
+
+/** A refund the provider told by its Refund object: made (by id), or failed or canceled. */
+export type RefundTold = Extract<PaymentEvent, { readonly type: "refund.made" | "refund.failed" }>
+
+/**
+ * The provider's answer to `listRefunds`: the refunds it could read, or why there is none.
+ * `transient`: the failure may pass (no answer in time, the network, a 5xx, a rate limit, a
+ * key being rotated), so the event is worth delivering again; not so when the provider refused
+ * the request itself (Stripe's `invalid_request_error`: no such charge on this account or in
+ * this mode), which no retry changes.
+ */
+export type RefundListing =
+  | { readonly ok: true; readonly refunds: ReadonlyArray<RefundTold> }
+  | { readonly ok: false; readonly code: string; readonly message: string; readonly transient: boolean }
 
 /** A provider event, decoded once at the boundary (the webhook route, the simulator). */
 export type PaymentEvent =
@@ -168,6 +203,14 @@ const REFUND_OBJECT_EVENTS: ReadonlySet<string> = new Set(["refund.created", "ch
 export const REFUNDS_LISTED_MAX = 100
 
 /**
+ * The most refunds of one charge read from the provider's list (`listRefunds`; Stripe pages
+ * 100 at a time, so at most 10 requests). A charge has far fewer: every refund is at least a
+ * cent of at most $1,000. Beyond it the oldest are left out, each still counted by its own
+ * events and the cumulative amount.
+ */
+export const REFUND_LIST_MAX = 1_000
+
+/**
  * Whether a failed charge was the card's fault (a decline: the customer must act) or the
  * provider's, from Stripe's error `type` and `code` (a PaymentIntent's `last_payment_error`,
  * or an API error): a `card_error` is a decline (`card_declined` with its `decline_code`,
@@ -179,6 +222,11 @@ export const REFUNDS_LISTED_MAX = 100
  */
 export const isCardDecline = (type: string | null, code: string | null): boolean => (type === null || type === "card_error") && code !== "processing_error"
 
+/** A count Stripe sends (cents, seconds), or null when it is not a non-negative integer. */
+const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
+/** A non-empty string Stripe sends (an id, a code), or null. */
+const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
+
 /** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
 export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   const e = raw as { id?: unknown; type?: unknown; data?: { object?: Record<string, unknown> } }
@@ -186,8 +234,6 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   const o = e.data?.object
   const meta = (typeof o === "object" && o !== null && typeof o["metadata"] === "object" && o["metadata"] !== null ? o["metadata"] : {}) as Record<string, unknown>
   const payment_id = typeof meta["payment_id"] === "string" ? (meta["payment_id"] as string) : null
-  const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
-  const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
   // An event without an object to read (Stripe's own have one) is not ours to act on.
   if (typeof o !== "object" || o === null) return { id: e.id, type: "ignored", event_type: e.type }
   if (e.type === "payment_intent.succeeded") {
@@ -233,27 +279,63 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
       payment_id
     }
   }
-  if (REFUND_OBJECT_EVENTS.has(e.type)) {
-    // A refund that ended unsuccessfully gives money back; one in any other status was made.
-    // A refund of a charge without a PaymentIntent is not ours.
-    const status = o["status"]
-    const made = status === "pending" || status === "requires_action" || status === "succeeded"
-    const ended = status === "failed" || status === "canceled" ? status : null
-    if ((!made && ended === null) || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
-    const refund_id = str(o["id"])
-    const charge_id = str(o["charge"])
-    const intent_id = str(o["payment_intent"])
-    const amount = int(o["amount"])
-    // A refund we cannot tie to a charge and an amount (Stripe's `charge` may be null) is
-    // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
-    // may disable the endpoint, top-up events with it.
-    if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id: e.id, type: "ignored", event_type: e.type }
-    if (ended === null) return { id: e.id, type: "refund.made", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
-    const reason = o["failure_reason"]
-    return { id: e.id, type: "refund.failed", event_type: e.type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
-  }
+  if (REFUND_OBJECT_EVENTS.has(e.type)) return decodeRefund(e.id, e.type, o)
   return { id: e.id, type: "ignored", event_type: e.type }
 }
+
+/**
+ * A Refund object, in an event (`event_type`, its id `id`) or listed by the provider: a refund
+ * made when its status is pending, requires_action or succeeded, failed when failed or
+ * canceled; ignored otherwise, or when it cannot be tied to a PaymentIntent, a charge and an
+ * amount.
+ */
+const decodeRefund = (id: string, event_type: string, o: Record<string, unknown>): PaymentEvent => {
+  const meta = (typeof o["metadata"] === "object" && o["metadata"] !== null ? o["metadata"] : {}) as Record<string, unknown>
+  const payment_id = typeof meta["payment_id"] === "string" ? (meta["payment_id"] as string) : null
+  // A refund that ended unsuccessfully gives money back; one in any other status was made.
+  // A refund of a charge without a PaymentIntent is not ours.
+  const status = o["status"]
+  const made = status === "pending" || status === "requires_action" || status === "succeeded"
+  const ended = status === "failed" || status === "canceled" ? status : null
+  if ((!made && ended === null) || o["payment_intent"] === null || o["payment_intent"] === undefined) return { id, type: "ignored", event_type }
+  const refund_id = str(o["id"])
+  const charge_id = str(o["charge"])
+  const intent_id = str(o["payment_intent"])
+  const amount = int(o["amount"])
+  // A refund we cannot tie to a charge and an amount (Stripe's `charge` may be null) is
+  // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
+  // may disable the endpoint, top-up events with it.
+  if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id, type: "ignored", event_type }
+  if (ended === null) return { id, type: "refund.made", event_type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
+  const reason = o["failure_reason"]
+  return { id, type: "refund.failed", event_type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
+}
+
+/** What a listed refund is told as (`event_type`, and its `id`: `<refund id>@list`). */
+export const LISTED_REFUND = "refunds.list"
+
+/**
+ * The refunds of `charge_id` the provider listed (Stripe's Refund objects, in the order
+ * given), decoded at the boundary like the Refund of an event: those of another charge, and
+ * those that cannot be read, are left out. At most REFUND_LIST_MAX.
+ */
+export const decodeListedRefunds = (charge_id: string, raw: ReadonlyArray<unknown>): ReadonlyArray<RefundTold> =>
+  raw.slice(0, REFUND_LIST_MAX).flatMap((r: unknown) => {
+    if (typeof r !== "object" || r === null) return []
+    const o = r as Record<string, unknown>
+    const told = decodeRefund(`${String(o["id"])}@list`, LISTED_REFUND, o)
+    return (told.type === "refund.made" || told.type === "refund.failed") && told.charge_id === charge_id ? [told] : []
+  })
+
+/**
+ * Whether a `charge.refunded` tells too little to book its refund exactly: neither the
+ * charge's refunds (API versions from 2022-11-15 do not list them) nor the amount refunded
+ * before it (`previous_attributes`, which Stripe documents for `*.updated` events only). Its
+ * cumulative `amount_refunded` alone cannot tell a refund made after a failed one from a stale
+ * report (docs/POLICY.md), so the engine lists the charge's refunds at the provider first.
+ */
+export const needsListing = (e: PaymentEvent): e is Extract<PaymentEvent, { type: "charge.refunded" }> =>
+  e.type === "charge.refunded" && e.refunds.length === 0 && e.previous_refunded_cents === null
 
 // ── what the engine side offers ─────────────────────────────────────────────────────────
 export type PaymentKind = "topup" | "auto_recharge"
@@ -309,6 +391,16 @@ interface RefundRecord {
 
 /** What handling one event did, for the journal and the webhook's answer. */
 export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "refund_reversed" | "failed" | "nothing" | "ignored" | "amount_mismatch"
+
+/**
+ * What taking one delivered event did (`PaymentBook.receive`): booked, with its outcome and,
+ * when the refunds it needed could not be listed for now (`listing_failed`, a transient
+ * failure), booked only as far as the event tells and not recorded; or nothing at all, the
+ * book having stopped before the provider answered.
+ */
+export type Received =
+  | { readonly booked: true; readonly outcome: EventOutcome; readonly listing_failed: { readonly code: string; readonly message: string } | null }
+  | { readonly booked: false }
 
 /** The supervisor, as the payments module sees it: units of work and the two money rows. */
 export interface PaymentHost {
@@ -509,16 +601,51 @@ export class PaymentBook {
     return (this.s.billing.get(account) as { invoiced: number } | undefined)?.invoiced === 1
   }
 
-  /** Books one provider event, exactly once by event id and by payment status. */
-  handleEvent(e: PaymentEvent): EventOutcome {
+  /**
+   * Takes one provider event as the webhook delivers it. A `charge.refunded` that tells too
+   * little to book exactly (`needsListing`) is completed from the charge's refunds listed at
+   * the provider (`PaymentsPort.listRefunds`, asked for before the event is booked, so nothing
+   * waits inside a unit of work); any other event, and a repeat, is booked at once. `done` gets
+   * what was booked (`Received`), or what was thrown booking it (the webhook answers it as it
+   * answers any error). Without an answer from the provider (a transient failure) the event is
+   * booked as far as it tells and not recorded: the webhook answers non-2xx, and Stripe's retry
+   * (or a later event of the charge) completes it.
+   */
+  receive(e: PaymentEvent, done: (r: Either.Either<Received, unknown>) => void): void {
+    const book = (listing: RefundListing | null): void => {
+      let outcome: EventOutcome
+      try {
+        outcome = this.handleEvent(e, listing)
+      } catch (error) {
+        return done(Either.left(error))
+      }
+      done(Either.right({ booked: true, outcome, listing_failed: listing === null || listing.ok || !listing.transient ? null : { code: listing.code, message: listing.message } }))
+    }
+    if (!needsListing(e) || this.s.event.get(e.id) !== undefined) return book(null)
+    this.port.listRefunds(e.charge_id, (listing) => (this.stopped ? done(Either.right({ booked: false })) : book(listing)))
+  }
+
+  /**
+   * Books one provider event, exactly once by event id and by payment status. `listing`: the
+   * charge's refunds the provider listed for a `charge.refunded` that tells too little (null
+   * when none was asked for); booked first, each as its own Refund event would book it. A
+   * listing that failed leaves the event unrecorded, so a delivery again books the rest.
+   */
+  handleEvent(e: PaymentEvent, listing: RefundListing | null = null): EventOutcome {
     return this.host.unitOfWork(() => {
       if (this.s.event.get(e.id) !== undefined) return "duplicate"
-      const outcome = this.apply(e)
+      const outcome = this.apply(e, listing?.ok === true ? listing.refunds : [])
       // An event for a payment we do not know is answered (2xx: Stripe will not send it again)
       // but not recorded, so a resend from Stripe's dashboard can still match it later. Our
       // own payments are always known first: their row commits before the provider is called.
-      if (outcome !== "unmatched") this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" || e.type === "refund.made" ? e.event_type : e.type, this.clock.now(), outcome)
-      this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome })
+      // An event whose listing failed for a while is booked as far as it tells (each of its
+      // terms only grows, so booking it again changes nothing) and not recorded either: the
+      // webhook answers 502 and Stripe's retry lists the refunds again. One the provider
+      // refused to list for good is booked as far as it tells, as before there was a list.
+      const complete = listing === null || listing.ok || !listing.transient
+      if (outcome !== "unmatched" && complete) this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" || e.type === "refund.made" ? e.event_type : e.type, this.clock.now(), outcome)
+      const listed = listing === null ? {} : listing.ok ? { listed: listing.refunds.length } : { listing_failed: listing.code }
+      this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome, ...listed })
       return outcome
     })
   }
@@ -615,7 +742,7 @@ export class PaymentBook {
     return this.payment(byId.id)
   }
 
-  private apply(e: PaymentEvent): EventOutcome {
+  private apply(e: PaymentEvent, listed: ReadonlyArray<RefundTold>): EventOutcome {
     if (e.type === "ignored") return "ignored"
     const p = this.find(e.intent_id, e.payment_id)
     if (p === undefined) return "unmatched"
@@ -633,20 +760,54 @@ export class PaymentBook {
     if (e.type === "refund.failed") return this.refundFailed(p, e)
     // charge.refunded, refund.made: the charge was paid, so the top-up is credited first if it
     // was not yet (events come in any order); then the refund reported is booked, if it is news.
-    const charge = this.chargeOf(e.charge_id, p)
-    if (charge === undefined) return "unmatched"
+    if (this.chargeOf(e.charge_id, p) === undefined) return "unmatched"
     const credited = this.succeed(this.payment(p.id)!)
-    if (e.type === "refund.made") this.s.insertMade.run(e.refund_id, e.charge_id, p.id, microsOfCents(e.amount_cents))
-    else {
-      for (const r of e.refunds) this.s.insertMade.run(r.refund_id, e.charge_id, p.id, microsOfCents(r.amount_cents))
-      this.s.reportRefund.run(charge.gross_micros + refundSize(charge, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
+    if (e.type === "refund.made") {
+      this.s.insertMade.run(e.refund_id, e.charge_id, p.id, microsOfCents(e.amount_cents))
+      const moved = this.bookMade(p, e)
+      return moved < 0n ? "refunded" : credited ? "credited" : "nothing"
     }
+    // The charge's refunds the provider listed come first, oldest first, each booked as its own
+    // Refund event would book it (a failure with its notification); what the event tells
+    // itself (a cumulative amount older than the list) then adds nothing the list did not.
+    let listedMoved = 0n
+    for (const r of listed) listedMoved += this.bookListed(p, e.charge_id, r)
+    for (const r of e.refunds) this.s.insertMade.run(r.refund_id, e.charge_id, p.id, microsOfCents(r.amount_cents))
+    const reported = this.s.refund.get(e.charge_id) as unknown as RefundRecord
+    this.s.reportRefund.run(reported.gross_micros + refundSize(reported, e), microsOfCents(e.amount_refunded_cents), e.charge_id)
+    // Net, what the event did: more refunded, less (a failure the list told), or neither.
+    const moved = listedMoved + this.bookMade(p, e)
+    return moved < 0n ? "refunded" : moved > 0n ? "refund_reversed" : credited ? "credited" : "nothing"
+  }
+
+  /**
+   * Books what a refund reported made (its id, size or cumulative amount, recorded by the
+   * caller) adds to the charge's refunds, pausing auto-recharge if it moved money; returns the
+   * amount booked (≤ 0).
+   */
+  private bookMade(p: PaymentRecord, e: { readonly type: string; readonly id: string; readonly charge_id: string }): Micros {
     const moved = this.bookRefunds(p, e.charge_id)
     // A refund reported can only add to what is booked as refunded; a failure only takes back.
     assert(moved <= 0n, () => `${e.type} ${e.id} credited ${moved} back`)
-    if (moved === 0n) return credited ? "credited" : "nothing"
-    this.pauseAfterRefund(p, -moved)
-    return "refunded"
+    if (moved < 0n) this.pauseAfterRefund(p, -moved)
+    return moved
+  }
+
+  /**
+   * One refund of the charge `charge_id` the provider listed, booked by its id as a Refund
+   * event would book it: made (counted once per id), or failed or canceled (`recordFailure`).
+   * One that names another charge, or is larger than the payment, is not of it and books
+   * nothing. Returns the amount booked.
+   */
+  private bookListed(p: PaymentRecord, charge_id: string, r: RefundTold): Micros {
+    if (r.charge_id !== charge_id) return 0n
+    if (r.amount_cents > centsOf(p.amount_micros)) {
+      this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: r.amount_cents })
+      return 0n
+    }
+    if (r.type === "refund.failed") return this.recordFailure(p, r)
+    this.s.insertMade.run(r.refund_id, r.charge_id, p.id, microsOfCents(r.amount_cents))
+    return this.bookMade(p, r)
   }
 
   /** The charge's refund record, made for the payment if new; undefined if it is another payment's. */
@@ -698,6 +859,16 @@ export class PaymentBook {
   private refundFailed(p: PaymentRecord, e: Extract<PaymentEvent, { type: "refund.failed" }>): EventOutcome {
     if (this.s.failure.get(e.refund_id) !== undefined) return "nothing"
     if (this.chargeOf(e.charge_id, p) === undefined) return "unmatched"
+    return this.recordFailure(p, e) > 0n ? "refund_reversed" : "nothing"
+  }
+
+  /**
+   * A failure of a refund of the payment's charge, recorded once per refund id (an event's or
+   * a listed one's), booked, and told; returns the amount credited back (0 when it was known,
+   * or its refund was never booked).
+   */
+  private recordFailure(p: PaymentRecord, e: Extract<PaymentEvent, { type: "refund.failed" }>): Micros {
+    if (this.s.failure.get(e.refund_id) !== undefined) return 0n
     const at = this.clock.now()
     const amount_micros = microsOfCents(e.amount_cents)
     this.s.insertFailure.run(e.refund_id, e.charge_id, p.id, amount_micros, e.status, e.failure_reason, at)
@@ -718,7 +889,7 @@ export class PaymentBook {
       text: policy.texts.cardRefundFailed(formatDollars(amount_micros), policy.cardRefundFailureWhy(e.status, e.failure_reason), resumed, this.payment(p.id)?.status === "succeeded"),
       data: { payment: p.id, refund: e.refund_id, status: e.status, reason: e.failure_reason, credited: formatDollars(moved), auto_recharge: resumed ? "resumed" : null }
     })
-    return moved > 0n ? "refund_reversed" : "nothing"
+    return moved
   }
 
   /**

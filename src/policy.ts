@@ -136,6 +136,13 @@ export const AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS = 2 * MS_PER_HOUR
  */
 export const AUTO_RECHARGE_BURST_MAX = 3
 export const AUTO_RECHARGE_BURST_WINDOW_MS = 1 * MS_PER_HOUR
+/**
+ * How long a webhook waits for the provider to list a charge's refunds (every page) when a
+ * `charge.refunded` tells too little to book (src/payments.ts, `needsListing`). Stripe wants
+ * its webhooks answered promptly, and retries one answered late or not 2xx; past this the
+ * event is booked as far as it tells and answered 502, so Stripe's retry completes it.
+ */
+export const REFUND_LIST_DEADLINE_MS = 5_000
 /** Webhook signatures older than this (engine clock) are refused (stripe-node's default). */
 export const WEBHOOK_TOLERANCE_S = 300
 /** The currency of every card payment. */

@@ -5,7 +5,8 @@
  * payment row, so a call repeated after a crash gets the same object back from Stripe.
  */
 import Stripe from "stripe"
-import { isCardDecline, type CardResult, type IntentRequest, type IntentResult, type PaymentsPort } from "./payments.js"
+import { decodeListedRefunds, isCardDecline, REFUND_LIST_MAX, type CardResult, type IntentRequest, type IntentResult, type PaymentsPort, type RefundListing } from "./payments.js"
+import * as policy from "./policy.js"
 
 export interface StripeConfig {
   readonly api_key: string
@@ -94,5 +95,32 @@ export class StripePayments implements PaymentsPort {
       return { ok: true, customer: customer.id, payment_method: req.payment_method }
     }
     run().then(done, (e: unknown) => done({ ok: false, code: (e as { code?: string }).code ?? "provider_error", message: (e as Error).message }))
+  }
+
+  /**
+   * `GET /v1/refunds?charge=…`, 100 a page (Stripe's most), every page up to REFUND_LIST_MAX
+   * refunds, within REFUND_LIST_DEADLINE_MS in all (a webhook waits for it). Stripe lists the
+   * newest first; the port answers the oldest first. A failure is transient (worth the
+   * webhook's retry) unless Stripe refused the request itself (`StripeInvalidRequestError`, a
+   * 400 or 404: no such charge on this key's account or mode), which no retry changes.
+   */
+  listRefunds(charge_id: string, done: (r: RefundListing) => void): void {
+    let timer: ReturnType<typeof setTimeout> | undefined
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`Stripe did not list the refunds of ${charge_id} within ${policy.REFUND_LIST_DEADLINE_MS} ms`)), policy.REFUND_LIST_DEADLINE_MS)
+    })
+    const listed = this.stripe.refunds.list({ charge: charge_id, limit: 100 }, { timeout: policy.REFUND_LIST_DEADLINE_MS }).autoPagingToArray({ limit: REFUND_LIST_MAX })
+    Promise.race([listed, deadline]).then(
+      (refunds) => {
+        clearTimeout(timer)
+        done({ ok: true, refunds: [...decodeListedRefunds(charge_id, refunds)].reverse() })
+      },
+      (e: unknown) => {
+        clearTimeout(timer)
+        const err = e as { type?: string; code?: string; message?: string }
+        const transient = err.type !== "StripeInvalidRequestError"
+        done({ ok: false, code: nonEmpty(err.code) ?? "provider_error", message: err.message ?? "the payment provider did not list the refunds", transient })
+      }
+    )
   }
 }

@@ -47,7 +47,7 @@ describe("problem paths", () => {
       [withCatalog({ storage: { cloud_drive: { daily_rate_per_gb: 0.004 } } }), ["catalog.storage.cloud_drive.daily_rate_per_gb: Expected string, actual 0.004"]],
       [withCatalog({ storage: { cloud_drive: 5 } }), ["catalog.storage.cloud_drive: Expected an object { daily_rate_per_gb }, actual 5"]],
       [{ ...good, payments: { webhook_delay: "1 minute" } }, ["payments.webhook_delay: an ISO-8601 duration like PT1M30S or P1DT2H"]],
-      [{ ...good, payments: 5 }, ["payments: Expected an object { webhook_delay?, duplicate_probability? }, actual 5"]],
+      [{ ...good, payments: 5 }, ["payments: Expected an object { webhook_delay?, duplicate_probability?, previous_attributes? }, actual 5"]],
       [{ ...good, accounts: [{ id: "acme", balance: "100.00" }] }, ["accounts: Expected an object of accounts by id, actual an array"]],
       [{ ...good, events: {} }, ["events: Expected an array of events, actual an object"]],
       [{ ...good, api_usage_rows: "hourly" }, ['api_usage_rows: Expected "per_request" or "per_minute", actual "hourly"']],
@@ -72,7 +72,7 @@ describe("unknown keys outside events", () => {
     const cases: Array<[unknown, string]> = [
       [{ ...good, untill: "PT1H" }, "untill: is unexpected (known: start, seed, until, catalog, payments, api_usage_rows, accounts, events)"],
       [{ ...good, catalog: { ...good.catalog, regions: { "us-east": { ...region, image_pul: "PT5M" } } } }, "catalog.regions.us-east.image_pul: is unexpected (known: nodes, gpus_per_node, image_pull,"],
-      [{ ...good, payments: { duplicate_probabilty: 0.5 } }, "payments.duplicate_probabilty: is unexpected (known: webhook_delay, duplicate_probability)"],
+      [{ ...good, payments: { duplicate_probabilty: 0.5 } }, "payments.duplicate_probabilty: is unexpected (known: webhook_delay, duplicate_probability, previous_attributes)"],
       [{ ...good, catalog: { ...good.catalog, storage: { cloud_drvie: { daily_rate_per_gb: "0.01" } } } }, "catalog.storage.cloud_drvie: is unexpected (known: cloud_drive, shared_fs)"],
       [{ ...good, catalog: { ...good.catalog, storage: { cloud_drive: { daily_rate: "0.01" } } } }, "catalog.storage.cloud_drive.daily_rate: is unexpected (known: daily_rate_per_gb)"],
       [{ ...good, catalog: { ...good.catalog, model: {} } }, "catalog.model: is unexpected (known: gpus, regions, storage, models)"],

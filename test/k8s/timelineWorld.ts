@@ -17,7 +17,7 @@ import { expect } from "vitest"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
 import * as policy from "../../src/policy.js"
-import { simPaymentsFor, type SimPayments } from "../../sim/payments.js"
+import { simPaymentsFor, webhookTo, type SimPayments } from "../../sim/payments.js"
 import { Lane } from "../../src/clock.js"
 import type { WorldOutcome } from "../../sim/cluster.js"
 import {
@@ -181,7 +181,7 @@ export const runTimelineInKubernetes = async (
   const start = (): KubeEngine => startEngine({ db: options.db ?? ":memory:", clock: world.clock, cluster, timeline, payments })
   let engine: KubeEngine | null = start()
   // While the engine is down the provider gets no answer and redelivers later (as in the simulated runner).
-  payments.deliver = (event) => engine?.sup.payments?.handleEvent(event) ?? null
+  payments.deliver = webhookTo(() => engine?.sup.payments)
   const first = engine
   const rejected: Rejected[] = []
   const k = world.kubelet

@@ -10,7 +10,7 @@ import fc from "fast-check"
 import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
-import { decodeStripeEvent, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
+import { decodeListedRefunds, decodeStripeEvent, LISTED_REFUND, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -510,7 +510,11 @@ describe("refunds told by id", () => {
         const refunds = ledgerOf(w, a.account).filter((x) => x[0] === "refund")
         expect([source, order, refunds.reduce((sum, x) => sum + Math.round(Number(x[1]) * 100), 0), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([source, order, -500, "20.00"])
         if (order === "forward") {
-          expect(refunds.map((x) => x[1])).toEqual(["-10.00", "10.00", "-5.00"])
+          // A charge.refunded with neither previous_attributes nor the charge's refunds makes
+          // the engine list the refunds at Stripe: delivered after all three happened, the first
+          // one's list already says r1 failed and r2 was made, and books the end at once.
+          const listed = !source.sendsPreviousAttributes && !source.listsRefunds
+          expect(refunds.map((x) => x[1])).toEqual(listed ? ["-5.00"] : ["-10.00", "10.00", "-5.00"])
         }
       }
     }
@@ -553,6 +557,12 @@ describe("refunds told by id", () => {
     const many = Array.from({ length: REFUNDS_LISTED_MAX + 5 }, (_, i) => ({ ...refund, id: `re_${i}`, amount: 1 }))
     expect(listed(many)).toMatchObject({ refunds: many.slice(0, REFUNDS_LISTED_MAX).map((r) => ({ refund_id: r.id, amount_cents: 1 })) })
     expect(decodeStripeEvent({ id: "evt_c", type: "charge.refunded", data: { object: charge } })).toMatchObject({ refunds: [], created_ms: null })
+    // A listed refund (GET /v1/refunds) reads like an event's: of this charge only, in the order given.
+    const failed = { ...refund, id: "re_2", status: "canceled", failure_reason: "merchant_request" }
+    expect(decodeListedRefunds("ch_1", [refund, { ...refund, id: "re_9", charge: "ch_2" }, { ...refund, status: "unknown" }, 7, failed])).toEqual([
+      { id: "re_1@list", type: "refund.made", event_type: LISTED_REFUND, refund_id: "re_1", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, payment_id: null },
+      { id: "re_2@list", type: "refund.failed", event_type: LISTED_REFUND, refund_id: "re_2", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, status: "canceled", failure_reason: "merchant_request", payment_id: null }
+    ])
   })
 
   it("count a refund once, however many of Stripe's events tell it", async () => {
@@ -582,6 +592,136 @@ describe("refunds told by id", () => {
       ["topup", "25.00", "pay_00000001"],
       ["refund", "-10.00", "pay_00000001"]
     ])
+  })
+})
+
+describe("refunds listed at Stripe", () => {
+  /**
+   * The endpoint of the known limit: an API version from 2022-11-15 to before
+   * 2024-10-28.acacia (a charge in an event lists no refunds), not subscribed to
+   * `refund.created`, and Stripe leaving `previous_attributes` out of `charge.refunded` (it
+   * documents them for `*.updated` events only). A $25 top-up paid and credited, $10 refunded
+   * (r1), and r1 failed at the card's bank; their events are returned undelivered.
+   */
+  const refundFailed = async (email: string) => {
+    const { w, server } = await setup()
+    Object.assign(server, { sendsPreviousAttributes: false, sendsRefundCreated: false, listsRefunds: false })
+    const a = await w.signup(email, "0")
+    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+    const pi = r.body.payment.payment_intent as string
+    const client = customer(server)
+    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+    await server.flush()
+    const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    const made1 = server.queue.splice(0)
+    server.failRefund(first.id)
+    const failed = server.queue.splice(0)
+    expect([made1.map((e) => e.type), failed.map((e) => e.type)]).toEqual([["charge.refunded"], ["charge.refund.updated", "refund.updated", "refund.failed"]])
+    return { w, server, a, pi, client, made1, failed }
+  }
+  /** …and then $5 refunded (r2): Stripe really refunded $5. r2's charge.refunded is `made2`. */
+  const refundedAfterFailure = async (email: string) => {
+    const env = await refundFailed(email)
+    await env.client.refunds.create({ payment_intent: env.pi, amount: 500 })
+    const made2 = env.server.queue.splice(0)
+    expect(made2.map((e) => JSON.parse(e.payload).data)).toEqual([{ object: expect.objectContaining({ amount_refunded: 500 }) }])
+    return { ...env, made2 }
+  }
+  const refundCents = (w: World, account: string) => ledgerOf(w, account).filter((x) => x[0] === "refund").map((x) => Math.round(Number(x[1]) * 100))
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0)
+
+  it("book a refund made after a failed one when charge.refunded tells only the cumulative amount, in any order", async () => {
+    // Proves the defect is gone. The cumulative amounts (10, then 5 after r1 failed and r2 was
+    // made) alone say $10 made and $10 failed: booked $0, the wallet kept the $5 the card got
+    // back. Now a charge.refunded that tells neither its refunds nor the amount before it makes
+    // the engine list the charge's refunds at Stripe (GET /v1/refunds?charge=…) and book each by
+    // id: r1 made and failed, r2 made. Every order of the three (delivered twice) ends at refund
+    // rows of −$5 and a balance of $20.
+    const orders = [
+      [0, 1, 2],
+      [0, 2, 1],
+      [1, 0, 2],
+      [1, 2, 0],
+      [2, 0, 1],
+      [2, 1, 0]
+    ]
+    for (const order of orders) {
+      const { w, server, a, made1, failed, made2 } = await refundedAfterFailure(`mia${order.join("")}@example.com`)
+      const groups = [made1, failed, made2]
+      for (const i of [...order, ...order]) for (const e of groups[i]!) expect((await server.deliver(e)).status).toBe(200)
+      expect([order, sum(refundCents(w, a.account)), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([order, -500, "20.00"])
+      expect(server.lists.every((q) => new URLSearchParams(q).get("limit") === "100")).toBe(true)
+    }
+  })
+
+  it("book what the event says and answer 502 when the list fails, so Stripe's retry or a later event completes it", async () => {
+    // Proves the choice on a failed list. r1's events come first (its charge.refunded lists r1
+    // failed: nothing booked). r2's charge.refunded arrives while Stripe answers 503: the event
+    // books what it tells (the cumulative $5, under the $10 already reported: nothing), is not
+    // recorded, and is answered 502 payment_provider_error, so Stripe delivers it again; that
+    // delivery lists the refunds and books r2 (it is not a "duplicate"). Or a later
+    // charge.refunded of the same charge (r3, $2) lists them and completes it.
+    for (const completedBy of ["retry", "later event"] as const) {
+      const { w, server, a, pi, client, made1, failed } = await refundFailed(`ned-${completedBy.replace(" ", "-")}@example.com`)
+      const replies = []
+      for (const e of [...made1, ...failed]) replies.push(await server.deliver(e))
+      expect(outcomes(replies)).toEqual([
+        [200, "nothing"],
+        [200, "nothing"],
+        [200, "nothing"],
+        [200, "nothing"]
+      ])
+      await client.refunds.create({ payment_intent: pi, amount: 500 })
+      const [made2] = server.queue.splice(0)
+      server.unavailable = 1
+      const down = await server.deliver(made2!)
+      expect([down.status, JSON.parse(down.body).error]).toEqual([502, "payment_provider_error"])
+      expect(refundCents(w, a.account)).toEqual([])
+      if (completedBy === "retry") {
+        expect(outcomes([await server.deliver(made2!), await server.deliver(made2!)])).toEqual([
+          [200, "refunded"],
+          [200, "duplicate"]
+        ])
+        expect([refundCents(w, a.account), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([[-500], "20.00"])
+      } else {
+        await client.refunds.create({ payment_intent: pi, amount: 200 })
+        expect(outcomes(await server.flush())).toEqual([[200, "refunded"]])
+        expect([refundCents(w, a.account), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([[-500, -200], "18.00"])
+      }
+    }
+  })
+
+  it("book what the event says and answer 200 when Stripe refuses the list for good", async () => {
+    // Proves the other side of the choice: Stripe refusing the request itself (404 "No such
+    // charge": a key of another account or mode than the endpoint's) is not worth a retry, so
+    // the event is booked as it tells (its cumulative $5) and recorded, answered 200 as before
+    // there was a list, and the refusal journaled.
+    const { w, server, a, made2 } = await refundedAfterFailure("pia@example.com")
+    const event = JSON.parse(made2[0]!.payload) as { id: string; data: { object: Record<string, unknown> } }
+    event.id = "evt_elsewhere"
+    event.data.object["id"] = "ch_elsewhere"
+    const elsewhere = { id: event.id, type: "charge.refunded", payload: JSON.stringify(event) }
+    expect(outcomes([await server.deliver(elsewhere), await server.deliver(elsewhere)])).toEqual([
+      [200, "refunded"],
+      [200, "duplicate"]
+    ])
+    expect(refundCents(w, a.account)).toEqual([-500])
+    expect(w.opened.engine.ledger.journalEntries().filter((j) => j.kind === "payment_event" && j.payload.includes("evt_elsewhere")).map((j) => JSON.parse(j.payload))).toEqual([
+      { id: "evt_elsewhere", type: "charge.refunded", outcome: "refunded", listing_failed: "resource_missing" }
+    ])
+  })
+
+  it("read every page of a charge's refunds, oldest refund last", async () => {
+    // Proves the list is paged to the end (Stripe gives at most 100 a page, newest first): after
+    // r1 ($10, failed) and r2 ($5), 100 refunds of 1 cent; r1 and r2, the oldest, are on the
+    // second page. Stripe really refunded $6; without that page the engine would not know r2
+    // (it would book $10 made by id less $10 failed, plus the 100 cents: $1).
+    const { w, server, a, pi, client, made1, failed, made2 } = await refundedAfterFailure("oli@example.com")
+    for (let i = 0; i < 100; i++) await client.refunds.create({ payment_intent: pi, amount: 1 })
+    const last = server.queue.splice(0).at(-1)!
+    for (const e of [...made1, ...failed, ...made2, last]) expect((await server.deliver(e)).status).toBe(200)
+    expect([sum(refundCents(w, a.account)), (await w.req("GET", "/billing/balance", { key: a.key })).body.balance]).toEqual([-600, "19.00"])
+    expect(server.lists.some((q) => new URLSearchParams(q).has("starting_after"))).toBe(true)
   })
 })
 
@@ -740,7 +880,8 @@ describe("a crash between charge and credit", () => {
     const answerLost: PaymentsPort = {
       createIntent: (req, done) => stripe.createIntent(req, done),
       saveCard: (req, done) => stripe.saveCard(req, done),
-      chargeOffSession: (req) => stripe.chargeOffSession(req, () => void sent++)
+      chargeOffSession: (req) => stripe.chargeOffSession(req, () => void sent++),
+      listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
     }
     const first = await world({ stripeWebhookSecret: server.secret }, { payments: answerLost, clock, db })
     const a = await first.signup("gil@example.com", "0")

@@ -7,6 +7,8 @@
  *   POST /v1/customers, POST /v1/customers/:id
  *   POST /v1/payment_methods/:id/attach
  *   POST /v1/refunds                       (a refund from the dashboard)
+ *   GET  /v1/refunds?charge=…              (a charge's refunds, newest first, paged as Stripe pages:
+ *                                           `limit` 1–100, default 10; `starting_after`/`ending_before`)
  *
  * A refund is made `succeeded` and the charge's `amount_refunded` grows by it, with a
  * `charge.refunded` whose `previous_attributes` say what it was before (as Stripe's do,
@@ -83,6 +85,8 @@ export class StripeTestServer {
   sendsRefundCreated = false
   /** A charge in an event lists its refunds (`refunds.data`). */
   listsRefunds = false
+  /** The `GET /v1/refunds` requests seen (their query strings), for tests that count pages. */
+  readonly lists: string[] = []
   private readonly server: http.Server
   private seq = 0
   port = 0
@@ -109,7 +113,9 @@ export class StripeTestServer {
         const key = req.headers["idempotency-key"]
         const cacheKey = typeof key === "string" ? `${req.method} ${req.url} ${key}` : null
         const cached = cacheKey === null ? undefined : this.idempotent.get(cacheKey)
-        const answer = cached ?? this.route(req.method ?? "GET", req.url ?? "/", parseForm(body))
+        const [path, query] = (req.url ?? "/").split("?", 2) as [string, string | undefined]
+        // Stripe reads a GET's parameters from its query string, a POST's from its form body.
+        const answer = cached ?? (req.method === "GET" ? this.read(path, query ?? "") : this.route(req.method ?? "POST", req.url ?? "/", parseForm(body)))
         if (cacheKey !== null && cached === undefined) this.idempotent.set(cacheKey, answer)
         res.writeHead(answer.status, { "content-type": "application/json", "request-id": `req_${++this.seq}` })
         res.end(answer.body)
@@ -157,16 +163,28 @@ export class StripeTestServer {
     const previous = { amount_refunded: charge["amount_refunded"], refunded: charge["refunded"] }
     charge["amount_refunded"] = (charge["amount_refunded"] as number) + amount
     charge["refunded"] = charge["amount_refunded"] === charge["amount"]
+    // A Refund as Stripe returns it (stripe-node 23's `Refund`); `failure_reason` and
+    // `failure_balance_transaction` appear once it fails.
+    const id = `re_${++this.seq}`
     const refund: Obj = {
-      id: `re_${++this.seq}`,
+      id,
       object: "refund",
       amount,
+      balance_transaction: `txn_${id.slice(3)}`,
       charge: charge["id"],
-      payment_intent: charge["payment_intent"],
+      created: Math.floor(this.now() / 1000),
       currency: "usd",
+      customer: null,
+      customer_account: null,
+      destination_details: { card: { reference_status: "pending", reference_type: "acquirer_reference_number", type: "refund" }, type: "card" },
       metadata: {},
+      payment_intent: charge["payment_intent"],
+      payment_method: null,
+      reason: null,
+      receipt_number: null,
+      source_transfer_reversal: null,
       status: "succeeded",
-      failure_reason: null
+      transfer_reversal: null
     }
     this.refunds.set(refund["id"] as string, refund)
     this.event("charge.refunded", this.snapshot(charge), this.sendsPreviousAttributes ? previous : undefined)
@@ -194,6 +212,32 @@ export class StripeTestServer {
     this.event("refund.updated", { ...refund }, previous)
     if (status === "failed") this.event("refund.failed", { ...refund }, previous)
     return this.queue.slice(before).map((e) => e.id)
+  }
+
+  /**
+   * `GET /v1/refunds`: the refunds made (of the charge `charge`, or of the PaymentIntent
+   * `payment_intent`), in every status, newest first, one page of `limit` (1–100, default 10)
+   * after the refund `starting_after` (or before `ending_before`), as Stripe lists them:
+   * `{object: "list", url: "/v1/refunds", has_more, data}`. A charge Stripe does not have is
+   * `resource_missing`.
+   */
+  private read(path: string, query: string): { status: number; body: string } {
+    if (path !== "/v1/refunds") return this.error(404, "invalid_request_error", "resource_missing", `no route GET ${path}`)
+    this.lists.push(query)
+    const q = new URLSearchParams(query)
+    const limit = q.has("limit") ? Number(q.get("limit")) : 10
+    if (!Number.isInteger(limit) || limit < 1 || limit > 100) return this.error(400, "invalid_request_error", "parameter_invalid_integer", "Invalid integer: limit must be from 1 to 100")
+    const charge = q.get("charge")
+    const intent = q.get("payment_intent")
+    if (charge !== null && !this.charges.has(charge)) return this.error(404, "invalid_request_error", "resource_missing", `No such charge: '${charge}'`)
+    // Ids grow with time here, so the insertion order is the creation order.
+    const all = [...this.refunds.values()].filter((r) => (charge === null || r["charge"] === charge) && (intent === null || r["payment_intent"] === intent)).reverse()
+    const cursor = q.get("starting_after") ?? q.get("ending_before")
+    const at = cursor === null ? -1 : all.findIndex((r) => r["id"] === cursor)
+    if (cursor !== null && at < 0) return this.error(404, "invalid_request_error", "resource_missing", `No such refund: '${cursor}'`)
+    const page = q.has("ending_before") ? all.slice(Math.max(0, at - limit), at) : all.slice(at + 1, at + 1 + limit)
+    const has_more = q.has("ending_before") ? at - limit > 0 : at + 1 + limit < all.length
+    return this.ok({ object: "list", url: "/v1/refunds", has_more, data: page.map((r) => ({ ...r })) })
   }
 
   private route(method: string, url: string, params: Obj): { status: number; body: string } {

@@ -11,7 +11,7 @@ import type { FastifyInstance } from "fastify"
 import { Either } from "effect"
 import Stripe from "stripe"
 import { formatDollars, parseDollars, type Micros } from "../../money.js"
-import { decodeStripeEvent, type PaymentBook, type PaymentRecord } from "../../payments.js"
+import { decodeStripeEvent, type PaymentBook, type PaymentRecord, type Received } from "../../payments.js"
 import * as policy from "../../policy.js"
 import { HttpError } from "../errors.js"
 import { idempotentAsync, keyOf, limitOf, spec, type ApiContext } from "../http.js"
@@ -165,7 +165,20 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
         }
         const decoded = decodeStripeEvent(event)
         if (decoded === null) throw new HttpError(400, "invalid_event", "the event is not one this endpoint can read", "body")
-        return { received: true, outcome: book.handleEvent(decoded) }
+        // A charge.refunded that tells too little waits here for Stripe to list the charge's
+        // refunds (at most REFUND_LIST_DEADLINE_MS); every other event is booked at once.
+        const received = await new Promise<Either.Either<Received, unknown>>((resolve) => book.receive(decoded, resolve))
+        if (Either.isLeft(received)) throw received.left
+        const r = received.right
+        if (!r.booked) throw new HttpError(503, "engine_stopping", "the engine stopped before the payment provider answered; nothing was booked: deliver the event again")
+        // Like a top-up Stripe could not create (502 payment_provider_error): the provider's
+        // failure is answered as one, and Stripe, which retries a webhook not answered 2xx,
+        // delivers the event again; it was booked as far as it tells and not recorded, so that
+        // delivery lists the refunds and books the rest (docs/POLICY.md).
+        if (r.listing_failed !== null) {
+          throw new HttpError(502, "payment_provider_error", `the payment provider did not list the charge's refunds (${r.listing_failed.message}); the event was booked as far as it tells, deliver it again`)
+        }
+        return { received: true, outcome: r.outcome }
       }
     )
   })
