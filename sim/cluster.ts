@@ -9,7 +9,7 @@
  * supervisor's reconciliation heals that on start.
  */
 import { Lane, type EngineClock, type TimerHandle } from "../src/clock.js"
-import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../src/cluster.js"
+import type { ClusterEvent, ClusterPort, PlacedWorkload, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../src/cluster.js"
 import { Prng } from "./prng.js"
 
 export interface SimRegion {
@@ -158,6 +158,43 @@ export class SimCluster implements ClusterPort {
     }
   }
 
+  // ── a new process's cluster (npm start restarted on the same database) ──────────────
+  /**
+   * Takes up the workloads the last process's cluster ran, from the engine's record of them
+   * (`RestoreWorkloads`, given at start before the reconciliation): each in the phase the engine
+   * last saw, holding its GPUs as before. This cluster lives in the control plane's memory, but
+   * it stands for one that does not: it kept running while the control plane was down. So a
+   * `running` pod runs on; a `loading` one runs from when its container start was due (at once,
+   * if that is past); a `preempted` one keeps its GPUs until the world resumes it (with random
+   * preemptions on, `preemption_duration_ms` from now: when the preemption began is not in the
+   * record). The record does not say which nodes held a workload: they are chosen again, the
+   * largest workloads first (first fit). One that first fit cannot place again (a tight packing
+   * it would not have found) is placed all the same, on the nodes with the most free GPUs,
+   * which go below zero: it was running, so the GPUs it holds are taken again. The region's free
+   * GPUs add up as before; which node has them may differ by what was moved. Only an empty
+   * cluster restores; events go to the subscriber from then on, as before.
+   */
+  restore(placed: ReadonlyArray<PlacedWorkload>): void {
+    if (this.workloads.size > 0 || this.history.size > 0) throw new Error("SimCluster.restore: only a cluster that has run nothing takes up another's workloads")
+    const largestFirst = [...placed].sort((a, b) => b.spec.gpu_count - a.spec.gpu_count || b.spec.node_count - a.spec.node_count || (a.spec.name < b.spec.name ? -1 : 1))
+    for (const { spec, phase, loading_at } of largestFirst) {
+      const region = this.regions.get(spec.region)
+      // A region this cluster no longer has: its workloads are lost, as the reconciliation finds.
+      if (region === undefined) continue
+      if (this.workloads.has(spec.name)) throw new Error(`SimCluster.restore: workload ${spec.name} given twice`)
+      const nodes = this.fit(region, spec) ?? this.roomiest(region, spec.node_count)
+      for (const n of nodes) region.free[n]! -= spec.gpu_count
+      const w: Workload = { spec, phase, nodes, started_at: loading_at, stops: [], timer: null, deleting: false }
+      this.workloads.set(spec.name, w)
+      this.byResource.set(spec.resource, spec.name)
+      this.record(spec.resource, phase)
+      this.changes.set(spec.name, spec.resource)
+      if (phase === "loading") this.containerStarts(w, (loading_at ?? this.clock.now()) + region.spec.container_start_ms)
+      else if (phase === "running") this.armRandomPreemption(w)
+      else if (region.spec.preemption_mean_interval_ms > 0) this.resumesAfter(w, region.spec.preemption_duration_ms)
+    }
+  }
+
   // ── the world's own events (timeline: preempt, resume, pod_fail, region_down/up) ────
   preempt(resource: string): WorldOutcome {
     const w = this.workloadOf(resource)
@@ -176,12 +213,7 @@ export class SimCluster implements ClusterPort {
     const region = this.regions.get(w.spec.region)!
     this.cancel(w)
     // The image is on the node already: only the container starts again.
-    w.timer = this.at(region.spec.container_start_ms, w.spec.name, () => {
-      w.timer = null
-      this.setPhase(w, "running")
-      this.emit({ type: "pod.running", resource, at: this.clock.now(), started_at: w.started_at })
-      this.armRandomPreemption(w)
-    })
+    this.containerStarts(w, this.clock.now() + region.spec.container_start_ms)
     return ok
   }
 
@@ -329,13 +361,19 @@ export class SimCluster implements ClusterPort {
       this.setPhase(w, "loading")
       w.started_at = this.clock.now()
       this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
-      w.timer = this.at(s.container_start_ms, w.spec.name, () => {
-        w.timer = null
-        this.setPhase(w, "running")
-        this.emit({ type: "pod.running", resource: w.spec.resource, at: this.clock.now(), started_at: w.started_at })
-        this.armRandomPreemption(w)
-      })
+      this.containerStarts(w, this.clock.now() + s.container_start_ms)
     })
+  }
+
+  /** The workload's container has started at `at_ms`: it runs from then. */
+  private containerStarts(w: Workload, at_ms: number): void {
+    const runs = (): void => {
+      w.timer = null
+      this.setPhase(w, "running")
+      this.emit({ type: "pod.running", resource: w.spec.resource, at: this.clock.now(), started_at: w.started_at })
+      this.armRandomPreemption(w)
+    }
+    w.timer = this.clock.schedule(at_ms, runs, { lane: Lane.world, key: w.spec.name })
   }
 
   private armRandomPreemption(w: Workload): void {
@@ -345,12 +383,22 @@ export class SimCluster implements ClusterPort {
     const after_ms = this.prng.int(0, 2 * s.preemption_mean_interval_ms)
     w.timer = this.at(after_ms, w.spec.name, () => {
       w.timer = null
-      if (this.preempt(w.spec.resource).ok) {
-        w.timer = this.at(s.preemption_duration_ms, w.spec.name, () => {
-          w.timer = null
-          this.resume(w.spec.resource)
-        })
-      }
+      if (this.preempt(w.spec.resource).ok) this.resumesAfter(w, s.preemption_duration_ms)
     })
+  }
+
+  /** A random preemption ends: the workload resumes `duration_ms` from now. */
+  private resumesAfter(w: Workload, duration_ms: number): void {
+    w.timer = this.at(duration_ms, w.spec.name, () => {
+      w.timer = null
+      this.resume(w.spec.resource)
+    })
+  }
+
+  /** The `count` nodes with the most free GPUs (the lowest-numbered among equals), in node order. */
+  private roomiest(region: RegionState, count: number): number[] {
+    const nodes = region.free.map((_, n) => n).sort((a, b) => region.free[b]! - region.free[a]! || a - b).slice(0, count)
+    if (nodes.length < count) throw new Error(`a workload of ${count} nodes in a region of ${region.free.length}`)
+    return nodes.sort((a, b) => a - b)
   }
 }

@@ -154,6 +154,19 @@ export interface ClusterPort {
   subscribe(handler: (event: ClusterEvent) => void): () => void
 }
 
+/**
+ * A workload the engine last saw placed, from a live resource's snapshot (`placedWorkloads`):
+ * what a world that keeps its pods only in the control plane's memory (the built-in simulated
+ * cluster of `npm start`) takes up again when a new process starts on the same database
+ * (`RestoreWorkloads`). `phase`: the phase the engine last saw its pods in.
+ */
+export interface PlacedWorkload {
+  readonly spec: WorkloadSpec
+  readonly phase: "loading" | "running" | "preempted"
+  /** When its containers started (it entered `loading`), as the engine recorded it; null if the record does not say. */
+  readonly loading_at: number | null
+}
+
 /** How a workload whose pods went unseen ended (`ClusterPort.recallGone`): `ended_at` dates the stop. */
 export interface RecalledStop {
   readonly phase: "preempted" | "failed"

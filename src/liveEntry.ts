@@ -4,11 +4,11 @@
  * workloads, its account). Nothing here changes an entry.
  */
 import type { Actor } from "xstate"
-import { gpuStatusOf, type gpuInstanceMachine } from "../machines/gpuInstance.js"
+import { gpuStatusOf, type GpuInstanceContext, type gpuInstanceMachine } from "../machines/gpuInstance.js"
 import { inferenceStatusOf, type InferenceContext, type inferenceInstanceMachine } from "../machines/inferenceInstance.js"
 import { storageStatusOf, type storageMachine } from "../machines/storage.js"
 import type { TimerHandle } from "./clock.js"
-import { podNameFor, type WorkloadSpec } from "./cluster.js"
+import { podNameFor, type PlacedWorkload, type WorkloadSpec } from "./cluster.js"
 import { replicaResource } from "./resources.js"
 
 type GpuActor = Actor<typeof gpuInstanceMachine>
@@ -74,4 +74,49 @@ export const replicaSpec = (ctx: InferenceContext, region: string): WorkloadSpec
     volumes: ctx.filesystem == null ? [] : [ctx.filesystem],
     service: ctx.id
   }
+}
+
+/** The workload of a GPU resource: one pod per node, each with `gpu_count` GPUs and the storage it mounts. */
+export const gpuSpec = (ctx: GpuInstanceContext): WorkloadSpec => ({
+  name: podNameFor(ctx.id),
+  resource: ctx.id,
+  account: ctx.account,
+  region: ctx.region,
+  gpu: ctx.gpu,
+  gpu_count: ctx.gpu_count,
+  node_count: ctx.node_count,
+  image: ctx.image,
+  volumes: [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])].sort(),
+  service: null
+})
+
+/** The phases in which a pod was placed and had started, as the engine last saw it: what a restored world takes up. */
+const PLACED: ReadonlySet<string> = new Set(["loading", "running", "preempted"])
+
+/**
+ * The workloads a live resource's snapshot says were placed and had started (`PlacedWorkload`),
+ * with the phase the engine last saw: a GPU resource's pods while it is loading, running or
+ * preempted; an active inference instance's replicas that are. None for a resource still
+ * `pending` (its create may not have gone through: the start-up reconciliation creates it
+ * again) or `terminating` (its delete was asked before the stop, and went through while the
+ * control plane was down: the reconciliation confirms it gone).
+ */
+export const placedWorkloads = (entry: WorkloadEntry): PlacedWorkload[] => {
+  if (entry.kind === "gpu") {
+    const snapshot = entry.actor.getSnapshot()
+    const status = gpuStatusOf(snapshot)
+    if (!PLACED.has(status)) return []
+    return [{ spec: gpuSpec(snapshot.context), phase: status as PlacedWorkload["phase"], loading_at: snapshot.context.started_at }]
+  }
+  const snapshot = entry.actor.getSnapshot()
+  if (snapshot.value !== "active") return []
+  const ctx = snapshot.context
+  const placed: PlacedWorkload[] = []
+  for (const region of ctx.regions) {
+    const replica = ctx.replicas[region]
+    if (replica === undefined || !PLACED.has(replica.status)) continue
+    // A loading replica's billable stretch began when its containers started.
+    placed.push({ spec: replicaSpec(ctx, region), phase: replica.status as PlacedWorkload["phase"], loading_at: replica.status === "loading" ? replica.billing_since : null })
+  }
+  return placed
 }

@@ -7,7 +7,7 @@
  * in one transaction.
  */
 import { Context, Effect, Layer } from "effect"
-import type { ClusterPort } from "./cluster.js"
+import type { ClusterPort, PlacedWorkload } from "./cluster.js"
 import type { EngineClock } from "./clock.js"
 import { LedgerStore, type OpenOptions } from "./ledger/store.js"
 import type { ModelPrice } from "./metering.js"
@@ -28,6 +28,17 @@ export class Payments extends Context.Tag("ecolink/Payments")<Payments, import("
  * loudly if the incremental one (`GpuSupervisor.reconcile`) saw anything else.
  */
 export class ReconcileAudit extends Context.Tag("ecolink/ReconcileAudit")<ReconcileAudit, true>() {}
+
+/**
+ * Present only for a world whose workloads live in the control plane's own memory: the built-in
+ * simulated cluster of `npm start`, which a new process starts empty. The supervisor tells it,
+ * at start and before the start-up reconciliation looks for them, which workloads the live
+ * resources' snapshots say were placed (`placedWorkloads`), so that they run on across a
+ * restart as pods in a real cluster do (docs/ENGINE.md, Recovery). A world whose pods outlive
+ * the control plane (Kubernetes) and the simulator's drills (one cluster across restarts)
+ * leave it out.
+ */
+export class RestoreWorkloads extends Context.Tag("ecolink/RestoreWorkloads")<RestoreWorkloads, (placed: ReadonlyArray<PlacedWorkload>) => void>() {}
 
 /**
  * Where the engine tells the operator what they should know (the process's log: pino in

@@ -65,17 +65,17 @@ import {
   type ResourceView,
   type StorageView
 } from "./resources.js"
-import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type VolumeSpec } from "./cluster.js"
+import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, type PlacedWorkload, type VolumeSpec } from "./cluster.js"
 import { assert, Conflict, DatabaseBusy, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
-import { accountOf, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
+import { accountOf, gpuSpec, placedWorkloads, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError, type UserInstanceInfo } from "./metering.js"
 import { costMicros, formatDollars, holdMicros, type Micros } from "./money.js"
 import * as policy from "./policy.js"
-import { Catalog, Clock, Cluster, EngineLog, Journal, Ledger, Notifier, Payments, ReconcileAudit, stderrLog, type CatalogPort, type EngineLogPort, type JournalPort, type NotifierPort } from "./services.js"
+import { Catalog, Clock, Cluster, EngineLog, Journal, Ledger, Notifier, Payments, ReconcileAudit, RestoreWorkloads, stderrLog, type CatalogPort, type EngineLogPort, type JournalPort, type NotifierPort } from "./services.js"
 import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
 import { Backlog } from "./backlog.js"
 
@@ -253,7 +253,9 @@ export class GpuSupervisor implements PaymentHost {
     paymentsPort: PaymentsPort | null = null,
     /** `ReconcileAudit`: check every incremental reconcile against a full scan (tests). */
     audit = false,
-    log: EngineLogPort = stderrLog
+    log: EngineLogPort = stderrLog,
+    /** `RestoreWorkloads`: a world that starts empty takes up the workloads the snapshots say were placed. */
+    private readonly restoreWorkloads: ((placed: ReadonlyArray<PlacedWorkload>) => void) | null = null
   ) {
     this.backlog = new Backlog(worldClock, {
       background: (fn) => this.background(fn),
@@ -390,6 +392,9 @@ export class GpuSupervisor implements PaymentHost {
         this.lowBalance.touch(accountOf(entry))
         this.rearm(entry)
       }
+      // Before the reconciliation looks for them: otherwise every started resource of a world
+      // that begins empty would be found without its pods, and failed (docs/ENGINE.md, Recovery).
+      if (this.restoreWorkloads !== null) this.restoreWorkloads([...this.withPods.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).flatMap(placedWorkloads))
       this.reconcile("start")
     })
     this.unsubscribe = this.cluster.subscribe((event) => this.onClusterEvent(event))
@@ -1328,18 +1333,7 @@ export class GpuSupervisor implements PaymentHost {
         return
       }
       case "createPod":
-        this.cluster.createWorkload({
-          name: podNameFor(ctx.id),
-          resource: ctx.id,
-          account: ctx.account,
-          region: ctx.region,
-          gpu: ctx.gpu,
-          gpu_count: ctx.gpu_count,
-          node_count: ctx.node_count,
-          image: ctx.image,
-          volumes: [...(ctx.drive == null ? [] : [ctx.drive]), ...(ctx.filesystems ?? [])].sort(),
-          service: null
-        })
+        this.cluster.createWorkload(gpuSpec(ctx))
         return
       case "deletePod":
         this.cluster.deleteWorkload(podNameFor(ctx.id))
@@ -1774,7 +1768,8 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
   // a wall clock that is behind never writes before what was written (src/clock.ts).
   clock.notBefore?.(ledger.latestInstant())
   const log = Option.getOrElse(yield* Effect.serviceOption(EngineLog), () => stderrLog)
-  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit, log)
+  const restore = Option.getOrNull(yield* Effect.serviceOption(RestoreWorkloads))
+  const sup = new GpuSupervisor(ledger, yield* Cluster, clock, yield* Catalog, yield* Notifier, yield* Journal, Option.getOrNull(payments), audit, log, restore)
   yield* Effect.acquireRelease(
     Effect.sync(() => sup.start()),
     () => Effect.sync(() => sup.stop())

@@ -57,6 +57,37 @@ describe("npm start", () => {
     expect(existsSync(`${db}-wal`)).toBe(false)
   })
 
+  it("leaves a running GPU instance running across a clean restart (the simulated cluster's pods outlive the process)", async () => {
+    // Found by review: every restart failed every running instance ("Instance failed: its pod
+    // did not start or stopped unexpectedly"), because the new process's simulated cluster
+    // started empty. test/api/restart.test.ts checks the billing to the micro-dollar.
+    const db = tmpDb()
+    const args = ["--db", db, "--port", "0", "--clock-speed", "600"]
+    const first = await startServerProcess(args)
+    const call = async (server: typeof first, method: string, path: string, body?: unknown) => {
+      const r = await fetch(`${server.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${server.demoKey}`, ...(body === undefined ? {} : { "content-type": "application/json" }) },
+        ...(body === undefined ? {} : { body: JSON.stringify(body) })
+      })
+      return (await r.json()) as Record<string, any>
+    }
+    const id = (await call(first, "POST", "/gpu-instances", { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 24 })).id as string
+    const until = Date.now() + NPM_START_TIMEOUT_MS
+    while ((await call(first, "GET", `/gpu-instances/${id}`)).status !== "running" && Date.now() < until) await new Promise((r) => setTimeout(r, 20))
+    expect((await call(first, "GET", `/gpu-instances/${id}`)).status).toBe("running")
+    expect(await first.stop("SIGTERM")).toBe(0)
+
+    const second = await startServerProcess(args)
+    try {
+      const view = await call(second, "GET", `/gpu-instances/${id}`)
+      expect([view.status, view.termination_reason]).toEqual(["running", null])
+      expect((await call(second, "GET", "/notifications")).data).toEqual([])
+    } finally {
+      expect(await second.stop("SIGTERM")).toBe(0)
+    }
+  })
+
   it("prints the operator key only when it generated one for the run", async () => {
     // Found by review: a key set in ECOLINK_OPERATOR_KEY was echoed to the console (a log collector).
     const key = "op_configured_0123456789abcdefghijklmnopqrstuvwxyz"

@@ -5,13 +5,13 @@
  * and the API tests use); the API never builds a supervisor any other way.
  */
 import { Cause, Context, Effect, Exit, Layer, Option, Runtime, Scope } from "effect"
-import type { ClusterPort } from "../cluster.js"
+import type { ClusterPort, PlacedWorkload } from "../cluster.js"
 import type { EngineClock } from "../clock.js"
 import type { EngineError } from "../errors.js"
 import type { LedgerStore, OpenOptions } from "../ledger/store.js"
 import type { ModelPrice } from "../metering.js"
 import type { Micros } from "../money.js"
-import { Catalog, catalogLayer, Clock, clockLayer, Cluster, EngineLog, Ledger, ledgerLayer, Payments, sqliteNotifierAndJournal, type CatalogPort, type EngineLogPort } from "../services.js"
+import { Catalog, catalogLayer, Clock, clockLayer, Cluster, EngineLog, Ledger, ledgerLayer, Payments, RestoreWorkloads, sqliteNotifierAndJournal, type CatalogPort, type EngineLogPort } from "../services.js"
 import type { PaymentsPort } from "../payments.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi } from "../supervisor.js"
 
@@ -59,6 +59,12 @@ export interface WorldConfig {
   readonly payments?: PaymentsPort
   /** Where the engine tells the operator what they should know (the process's logger); absent: stderr. */
   readonly log?: EngineLogPort
+  /**
+   * For a cluster that starts empty with the process (`npm start`'s simulated one): takes up the
+   * workloads the database's snapshots say were placed, before the start-up reconciliation
+   * (`RestoreWorkloads`). Absent: the cluster keeps its own (Kubernetes, the simulator's drills).
+   */
+  readonly restoreWorkloads?: (placed: ReadonlyArray<PlacedWorkload>) => void
 }
 
 export interface OpenedEngine {
@@ -76,6 +82,7 @@ export const openEngine = (world: WorldConfig): OpenedEngine => {
     Layer.succeed(Cluster, world.cluster),
     world.payments === undefined ? Layer.empty : Layer.succeed(Payments, world.payments),
     world.log === undefined ? Layer.empty : Layer.succeed(EngineLog, world.log),
+    world.restoreWorkloads === undefined ? Layer.empty : Layer.succeed(RestoreWorkloads, world.restoreWorkloads),
     catalogLayer(world.gpu_rates, world.model_prices ?? new Map(), false, world.storage_rates ?? new Map())
   )
   const engineLayer = supervisorLayer.pipe(

@@ -38,7 +38,7 @@ import { parseArgs } from "node:util"
 import type { FastifyInstance } from "fastify"
 import { pino, type DestinationStream, type Logger } from "pino"
 import { SimCluster, type SimRegion } from "../../sim/cluster.js"
-import { LiveClock, LIVE_CLOCK_SPEED_MAX } from "../clock.js"
+import { LiveClock, LIVE_CLOCK_SPEED_MAX, type EngineClock } from "../clock.js"
 import { dollars, formatDollars } from "../money.js"
 import { buildApp, OPERATOR_KEY_LENGTH_MIN, RATE_LIMIT_DEFAULT, REQUEST_LOG_SERIALIZERS } from "./app.js"
 import { openEngine, type Engine, type OpenedEngine } from "./engine.js"
@@ -337,6 +337,8 @@ export interface StartOptions {
   readonly onDefect?: (e: unknown) => void
   /** The process's one logger; default `serverLogger(config)`, JSON lines on stdout. */
   readonly logger?: Logger
+  /** The simulated world's clock; default the live clock at `config.clock_speed` (tests give a virtual one they move). */
+  readonly clock?: EngineClock
 }
 
 /**
@@ -362,14 +364,26 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
   const logger = options.logger ?? serverLogger(config)
   if (kubernetes !== null) return startKubernetesServer(config, kubernetes, { ...options, logger })
   // The clock's one warning (the wall clock behind the database) goes to the process's log.
-  const clock = new LiveClock({ speed: config.clock_speed, log: (line) => logger.warn(line) })
+  const clock = options.clock ?? new LiveClock({ speed: config.clock_speed, log: (line) => logger.warn(line) })
+  // The simulated cluster lives in this process, and starts empty: it takes up the workloads the
+  // database says were placed (`restoreWorkloads`), so that a restart leaves them running, as a
+  // real cluster's pods outlive its control plane (docs/ENGINE.md, Recovery).
   const cluster = new SimCluster(clock, DEMO_REGIONS, 1)
   // Newest wins: this process takes the next leader term, and one started after it on the same
   // file supersedes it (src/ledger/store.ts): its next write is refused, and every request
   // answers 503 not_leader (SupervisorApi.fenced).
   const on_superseded = () => logger.error({ db: config.db }, `another process opened ${config.db}; this one stops serving (every request answers 503 not_leader)`)
   const ledger_options = { claim_leader_term: true, synchronous: config.sqlite_synchronous, on_superseded }
-  const opened = openEngine({ db: config.db, clock, cluster, ...DEMO_CATALOG, ...paymentsOf(config), ledger_options, log: engineLog(logger) })
+  const opened = openEngine({
+    db: config.db,
+    clock,
+    cluster,
+    ...DEMO_CATALOG,
+    ...paymentsOf(config),
+    ledger_options,
+    log: engineLog(logger),
+    restoreWorkloads: (placed) => cluster.restore(placed)
+  })
   const operator_key_generated = config.operator_key === null
   const operator_key = config.operator_key ?? `ecoop_${newSecret(secrets)}`
   let app: FastifyInstance | null = null
