@@ -8,7 +8,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { afterEach, describe, expect, it } from "vitest"
 import { runTimeline } from "../../sim/runner.js"
-import { decode, DRILL_RESTARTS, DRILL_TIMELINE, tmpDb } from "../helpers.js"
+import { decode, DRILL_RESTARTS, DRILL_TIMELINE, timelineFile, tmpDb } from "../helpers.js"
 import { restoreWallClock, spyOnWallClock } from "../wallClockSpy.js"
 import { expectSameAsSimulated, runTimelineInKubernetes } from "./timelineWorld.js"
 
@@ -23,6 +23,30 @@ describe("sim/examples in the Kubernetes world", () => {
       try {
         expectSameAsSimulated(k8s, sim)
         expect(sim.output.invariants.ok).toBe(true)
+      } finally {
+        await k8s.finish()
+      }
+    })
+  }
+})
+
+describe("one instant in the Kubernetes world", () => {
+  // Found by review: the virtual clock put an input's same-instant consequences before the next
+  // input (file order), but the Kubernetes world's stepped clock did not, and its kubelet moves
+  // pods from the HTTP it answers, after the input's timer returned: the two worlds differed.
+  const catalog = { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } } }
+  const launch = { at: "PT0S", do: "launch_gpu_instance", account: "acme", id: "g", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 }
+  for (const [name, balance, events] of [
+    ["a launch after a top-up at its instant sees the money", "0.00", [{ at: "PT0S", do: "top_up", account: "acme", amount: "5.00" }, launch]],
+    ["a preempt after a PT0S launch at its instant finds it running", "10.00", [launch, { at: "PT0S", do: "preempt", id: "g" }]]
+  ] as const) {
+    it(`${name}, as in the simulated world`, async () => {
+      const timeline = decode(timelineFile(events as unknown as ReadonlyArray<Record<string, unknown>>, { catalog, accounts: { acme: { balance } }, until: "PT3H" }))
+      const sim = runTimeline(timeline)
+      const k8s = await runTimelineInKubernetes(timeline)
+      try {
+        expect(sim.output.rejected).toEqual([])
+        expectSameAsSimulated(k8s, sim)
       } finally {
         await k8s.finish()
       }

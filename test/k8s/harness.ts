@@ -13,7 +13,7 @@
  */
 import { Clock as EffectClock, Duration, Effect, Scheduler } from "effect"
 import { KubeConfig } from "@kubernetes/client-node"
-import { before, Lane, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
+import { before, placeTimer, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
 import { expect } from "vitest"
 import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
 import { KubernetesCluster, type DriverReport } from "../../src/k8s/cluster.js"
@@ -29,7 +29,13 @@ export class SteppedClock implements EngineClock {
   private now_ms: number
   private seq = 0
   /** Few timers live at once in these tests: a sorted array is enough. */
-  private readonly timers: Timer[] = []
+  private readonly timers: SteppedTimer[] = []
+  /**
+   * The timer that fired last, while it fires and while the world settles what it caused (the
+   * scripted kubelet schedules its pod moves from the HTTP it answers): an input's own
+   * consequences at its instant follow it, as in VirtualClock (`placeTimer`).
+   */
+  private cause: SteppedTimer | null = null
   readonly effectClock: EffectClock.Clock
   readonly effectScheduler: Scheduler.Scheduler = Scheduler.make((task) => task(), () => false)
   settle: () => Promise<void> = async () => {}
@@ -66,7 +72,8 @@ export class SteppedClock implements EngineClock {
   }
 
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
-    const t: Timer = { due_ms: Math.max(Math.trunc(at_ms), this.now_ms), lane: options?.lane ?? Lane.engine, key: options?.key ?? "", seq: this.seq++, fn }
+    const due_ms = Math.max(Math.trunc(at_ms), this.now_ms)
+    const t: SteppedTimer = { due_ms, ...placeTimer(this.cause, this.now_ms, due_ms, options), seq: this.seq++, fn }
     let i = this.timers.length
     while (i > 0 && before(t, this.timers[i - 1]!)) i--
     this.timers.splice(i, 0, t)
@@ -84,6 +91,7 @@ export class SteppedClock implements EngineClock {
     let fired = 0
     for (;;) {
       await this.settle()
+      this.cause = null
       this.drop()
       const top = this.timers[0]
       if (top === undefined || top.due_ms > target_ms) break
@@ -92,8 +100,10 @@ export class SteppedClock implements EngineClock {
       const fn = top.fn!
       top.fn = null
       if (++fired > STEPPED_FIRES_PER_ADVANCE_MAX) throw new Error(`more than ${STEPPED_FIRES_PER_ADVANCE_MAX} timers in one advance`)
+      this.cause = top
       fn()
     }
+    this.cause = null
     this.now_ms = target_ms
   }
 
@@ -104,6 +114,11 @@ export class SteppedClock implements EngineClock {
   private drop(): void {
     while (this.timers.length > 0 && this.timers[0]!.fn === null) this.timers.shift()
   }
+}
+
+/** A timer of the stepped clock: placed as VirtualClock places its own (`placeTimer`). */
+interface SteppedTimer extends Timer {
+  readonly input: string | null
 }
 
 /** Something whose HTTP the world waits for: a driver, a leader elector. */
