@@ -885,8 +885,12 @@ export class GpuSupervisor implements PaymentHost {
     if (entry === undefined || entry.kind !== "storage" || !this.visible(accountOf(entry), caller) || entry.actor.getSnapshot().status !== "active") {
       // A deleted one is still shown (GET answers it `deleted`): deleting it again is a
       // conflict with its state, as a second terminate of a terminated instance is, not a 404.
+      // Deleted in this batch, it is still in memory (its machine done) until the flush.
       const stored = entry === undefined ? this.ledger.resource(id) : undefined
-      if (stored !== undefined && STORAGE_KINDS.includes(stored.kind) && stored.status === "deleted" && this.visible(stored.account, caller)) {
+      const deleted =
+        entry !== undefined ? entry.kind === "storage" && statusOf(entry) === "deleted" && this.visible(accountOf(entry), caller)
+        : stored !== undefined && STORAGE_KINDS.includes(stored.kind) && stored.status === "deleted" && this.visible(stored.account, caller)
+      if (deleted) {
         return Either.left(new Conflict({ code: "invalid_state", id, status: "deleted", message: `${id} is already deleted` }))
       }
       return Either.left(new NotFound({ code: "resource_not_found", id }))

@@ -258,6 +258,26 @@ describe("storage", () => {
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("refuses a second delete of deleted storage 409, in the batch that deleted it and after, restarted or not", () => {
+    // Found by review: in a simulator batch the deleted drive stays in memory until the commit,
+    // and the second delete answered 404 there but 409 after a restart (and through the API).
+    const file = timelineFile(
+      [
+        { at: "PT0S", do: "create_drive", account: "acme", id: "d1", size_gb: 10, region: "us-east" },
+        { at: "PT0S", do: "delete_storage", id: "d1" },
+        { at: "PT0S", do: "delete_storage", id: "d1" },
+        { at: "PT1M", do: "delete_storage", id: "d1" }
+      ],
+      { until: "PT2H", catalog: { ...(timelineFile([]).catalog as Record<string, unknown>), storage: { cloud_drive: { daily_rate_per_gb: "0.004" }, shared_fs: { daily_rate_per_gb: "0.006" } } } }
+    )
+    const straight = run(file)
+    expect(straight.output.rejected.map((r) => [r.event, r.status, r.error, r.message])).toEqual([
+      [2, 409, "invalid_state", "d1 is already deleted"],
+      [3, 409, "invalid_state", "d1 is already deleted"]
+    ])
+    expect(JSON.stringify(run(file, { db: tmpDb(), restartAt: [START_MS + 30_000] }).output)).toBe(JSON.stringify(straight.output))
+  })
+
   it("finishes with the same output when the engine restarts around midnight", () => {
     // Proves storage actors and the daily worker come back from the snapshot on time.
     const straight = run(example)
