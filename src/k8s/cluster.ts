@@ -1122,8 +1122,9 @@ export class KubernetesCluster implements ClusterPort {
       } while (token !== null && read < l.events_listed_max)
       assert(read <= l.events_listed_max, () => `read ${read} events, more than events_listed_max ${l.events_listed_max}`)
       if (read === l.events_listed_max) {
-        const last = reason === STOP_EVENT_REASONS[STOP_EVENT_REASONS.length - 1]
-        if (token !== null || !last) this.report({ kind: "events_cut", at: this.clock.now(), read, unread_from: reason })
+        // This reason's rest if its list was cut, else the next reason's (none after the last).
+        const unread_from = token !== null ? reason : STOP_EVENT_REASONS[STOP_EVENT_REASONS.indexOf(reason) + 1]
+        if (unread_from !== undefined) this.report({ kind: "events_cut", at: this.clock.now(), read, unread_from })
         return stops
       }
     }

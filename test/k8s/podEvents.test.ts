@@ -512,6 +512,25 @@ describe("in a busy namespace the driver reads only the stop Events, one list pe
     expect(15 + 6 + 15 + 4).toBe(SMALL.events_listed_max)
   })
 
+  it("a round that reaches the bound just as a reason's list ends reports the reasons after it as unread", async () => {
+    // 39 other pods preempted and ours: the Preempted list is exactly 40, the bound, in pages of
+    // 15, 15 and 10 with nothing after; the preemption is dated, and the cut names Preempting,
+    // the first reason not read (found by review: it named Preempted, which was read whole).
+    const { w, view, outage } = await open(SMALL)
+    await w.advance(50 * MIN)
+    await outage(90 * MIN, [
+      [55 * MIN, () => others(w, 39, ["Preempted"])],
+      [60 * MIN, () => expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })]
+    ])
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 59 * MIN })
+    expect(eventLists(w).slice(5)).toEqual([
+      ["Preempted", 15, ""],
+      ["Preempted", 15, "continue"],
+      ["Preempted", 10, "continue"]
+    ])
+    expect(w.reports.filter((r) => r.kind === "events_cut")).toEqual([{ kind: "events_cut", at: START_MS + 90 * MIN, read: 40, unread_from: "Preempting" }])
+  })
+
   it("the bound is on what is read: our pod's kill past it is not read, a loss billed until found, as with no Event", async () => {
     // Ours is deleted by hand at 1:00 (its Killing named after the hundred others' of 0:55): the
     // round stops at 40 events read, before it, and the stop is dated when found (1:30).
