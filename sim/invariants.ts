@@ -11,8 +11,8 @@ import type { GpuInstanceContext } from "../machines/gpuInstance.js"
 import type { InferenceContext } from "../machines/inferenceInstance.js"
 import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
-import { costMicros, formatDollars, holdMicros, type Micros } from "../src/money.js"
-import * as policy from "../src/policy.js"
+import { formatDollars, type Micros } from "../src/money.js"
+import { holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
 import { isoInstant } from "./iso.js"
 
 export type ResourceFacts =
@@ -90,7 +90,7 @@ export const INVARIANT_NAMES: Record<number, string> = {
   9: "payments_reconcile"
 }
 
-const BILLABLE: ReadonlySet<string> = new Set(policy.BILLABLE_STATES)
+const BILLABLE: ReadonlySet<string> = new Set(SPEC_BILLABLE_STATES)
 const STOPPING: ReadonlySet<string> = new Set(["terminating", "terminated", "failed"])
 /** States a resource stops in for good: it burns nothing more and no warning can be about it. */
 const STOPPED_STATES: ReadonlySet<string> = new Set(["terminating", "terminated", "failed", "deleted"])
@@ -149,24 +149,24 @@ const checkInference = (
       f.violate(2, { account: r.account, resource: r.id, message: `cycle hold ${h.id} is ${h.status} while the instance is ${r.status}` })
     }
     const end = h.settled_at ?? f.end_ms
-    const full = hourly * BigInt(policy.INFERENCE_CYCLE_MS / policy.MS_PER_HOUR)
+    const full = hourly * BigInt(SPEC_INFERENCE_CYCLE_MS / MS_PER_HOUR)
     // The hold as SPEC §4 sizes it: the first is the full `rate × GPUs × replicas × 24` the
     // launch was admitted on; a renewal is that, or a partial hold of less.
     if (i === 0 ? h.held_micros !== full : h.held_micros > full) {
       f.violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `cycle hold ${h.id} of $${formatDollars(h.held_micros)}; a full one is $${formatDollars(full)}` })
     }
     const ms = ctx.regions.reduce((sum, region) => sum + billableWithin(f.transitionsByResource.get(`${r.id}@${region}`) ?? [], ctx.created_at, h.placed_at, end), 0)
-    const expected = costMicros(rate, ctx.gpu_count, ms)
+    const expected = usageMicros(rate, ctx.gpu_count, ms)
     if (h.held_micros === full) {
       // A full hold covers 24 h of every replica.
-      if (end - h.placed_at > policy.INFERENCE_CYCLE_MS + policy.WATCHDOG_LAG_MS) {
-        f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${policy.INFERENCE_CYCLE_MS} ms` })
+      if (end - h.placed_at > SPEC_INFERENCE_CYCLE_MS + SPEC_WATCHDOG_LAG_MS) {
+        f.violate(7, { account: r.account, resource: r.id, at: end, message: `cycle of ${h.id} ran ${end - h.placed_at} ms on a hold that covers ${SPEC_INFERENCE_CYCLE_MS} ms` })
       }
     } else {
       // A partial hold runs until consumed (SPEC §4), however long its replicas take: it ends
       // when they have consumed it (within the watchdog lag), not at a moment set at its start,
       // neither past it nor, when it renews, before.
-      const lag = costMicros(rate, ctx.gpu_count, ctx.regions.length * policy.WATCHDOG_LAG_MS)
+      const lag = usageMicros(rate, ctx.gpu_count, ctx.regions.length * SPEC_WATCHDOG_LAG_MS)
       if (expected > h.held_micros + lag) {
         f.violate(7, { account: r.account, resource: r.id, at: end, message: `partial cycle of ${h.id} consumed $${formatDollars(expected)} on a hold of $${formatDollars(h.held_micros)}` })
       }
@@ -200,7 +200,7 @@ const checkStorageDays = (
   r: Extract<ResourceFacts, { kind: "storage" }>,
   f: { charged: ReadonlySet<number>; transitions: ReadonlyArray<Transition>; end_ms: number; engine_down: ReadonlyArray<{ readonly from_ms: number; readonly to_ms: number }>; violate: Violate }
 ): void => {
-  const day = policy.STORAGE_BILLING_INTERVAL_MS
+  const day = SPEC_STORAGE_DAY_MS
   for (let midnight = Math.floor(r.context.created_at / day) * day + day; midnight < f.end_ms; midnight += day) {
     if (f.charged.has(midnight) || f.engine_down.some((d) => d.from_ms < midnight && midnight <= d.to_ms)) continue
     let status = "available"
@@ -394,7 +394,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   const lagBound = (resource: string | null): Micros => {
     const r = resource === null ? undefined : resourceById.get(resource)
     if (r === undefined || r.kind === "storage") return 0n
-    return costMicros(BigInt(r.context.hourly_rate_micros), unitsOf(r), policy.WATCHDOG_LAG_MS) + ROUNDING_MICROS
+    return usageMicros(BigInt(r.context.hourly_rate_micros), unitsOf(r), SPEC_WATCHDOG_LAG_MS) + ROUNDING_MICROS
   }
 
   // 1. Conservation, 4. never below zero but for bounded overage, 5. holds covered when placed.
@@ -567,7 +567,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       const transitions = transitionsByResource.get(r.id) ?? []
       const restoredAt = new Set(transitions.filter((t) => t.from_state === "suspended" && t.to_state !== "deleted").map((t) => t.at))
       for (const c of charges) {
-        const dayOf = c.at - (c.at % policy.STORAGE_BILLING_INTERVAL_MS)
+        const dayOf = c.at - (c.at % SPEC_STORAGE_DAY_MS)
         if ((c.at !== dayOf && !restoredAt.has(c.at)) || c.amount_micros !== day_micros || days.has(dayOf)) {
           violate(1, { account: r.account, resource: r.id, at: c.at, message: `storage charge $${formatDollars(c.amount_micros)} at ${isoInstant(c.at)} is not one day of ${r.context.size_gb} GB, at midnight or at a restore` })
         }
@@ -627,7 +627,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       since = t.at
     }
     if (hold.status === "settled") {
-      const expected = costMicros(rate, units, billable_ms)
+      const expected = usageMicros(rate, units, billable_ms)
       const consumed = hold.consumed_micros ?? 0n
       const diff = consumed > expected ? consumed - expected : expected - consumed
       if (diff > ROUNDING_MICROS) {
@@ -636,19 +636,19 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     }
 
     // 7. Deadline = started_at + committed hours; the stop comes by then (+ the watchdog lag).
-    if (holdMicros(rate, units, ctx.hours_committed) !== hold.held_micros) {
+    if (holdOfHours(rate, units, ctx.hours_committed) !== hold.held_micros) {
       violate(7, { account: r.account, resource: r.id, at: hold.placed_at, message: `held $${formatDollars(hold.held_micros)} is not ${ctx.hours_committed} h × rate × ${units} GPUs` })
     }
     if (ctx.started_at !== first_billable) {
       violate(7, { account: r.account, resource: r.id, at: first_billable ?? ctx.started_at, message: `started_at ${ctx.started_at === null ? "null" : isoInstant(ctx.started_at)} but the first billable transition is at ${first_billable === null ? "none" : isoInstant(first_billable)}` })
     }
-    const deadline = first_billable === null ? null : first_billable + ctx.hours_committed * policy.MS_PER_HOUR
+    const deadline = first_billable === null ? null : first_billable + ctx.hours_committed * MS_PER_HOUR
     if (deadline !== null) {
       // §9.7 and §9.4 allow the watchdog lag past a deadline; the simulator's deadline alarm has
       // none, unless the engine was down then: elsewhere a duration_expired stop is at the
       // deadline exactly, and no overage is owed. (Found by mutation: a deadline alarm 30 s
       // late passed every property run.)
-      const downNearDeadline = (facts.engine_down ?? []).some((d) => d.from_ms < deadline + policy.WATCHDOG_LAG_MS && deadline <= d.to_ms)
+      const downNearDeadline = (facts.engine_down ?? []).some((d) => d.from_ms < deadline + SPEC_WATCHDOG_LAG_MS && deadline <= d.to_ms)
       if (!downNearDeadline && ctx.termination_reason === "duration_expired" && stop !== undefined && stop.at !== deadline) {
         violate(7, { account: r.account, resource: r.id, at: stop.at, message: `stopped for duration_expired at ${isoInstant(stop.at)}, deadline ${isoInstant(deadline)}, no outage` })
       }
@@ -656,7 +656,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
         violate(4, { account: r.account, resource: r.id, at: hold.settled_at, message: `overage $${formatDollars(hold.overage_micros ?? 0n)} with no outage at the deadline` })
       }
       const stopAt = stop?.at ?? facts.end_ms
-      if (stopAt > deadline + policy.WATCHDOG_LAG_MS) {
+      if (stopAt > deadline + SPEC_WATCHDOG_LAG_MS) {
         violate(7, { account: r.account, resource: r.id, at: stopAt, message: `ran ${stopAt - deadline} ms past its deadline ${isoInstant(deadline)}` })
       }
       if (ctx.termination_reason === "duration_expired" && stop !== undefined && stop.at < deadline) {
@@ -687,8 +687,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       }
       seen.set(key, data.minutes)
       sent.add(`${key}:${data.minutes}`)
-      const due = data.deadline_at - data.minutes * policy.MS_PER_MINUTE
-      if (w.at < due || w.at > due + policy.WATCHDOG_LAG_MS) {
+      const due = data.deadline_at - data.minutes * MS_PER_MINUTE
+      if (w.at < due || w.at > due + SPEC_WATCHDOG_LAG_MS) {
         violate(6, { account: r.account, resource: r.id, at: w.at, message: `${data.minutes}-minute warning sent at ${isoInstant(w.at)}, due ${isoInstant(due)}` })
       }
       if (stopKnownAt !== undefined && w.at > stopKnownAt) {
@@ -702,9 +702,9 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     if (deadline !== null) {
       const until = stopKnownAt ?? facts.end_ms
       const down = facts.engine_down ?? []
-      for (const { minutes } of policy.DURATION_WARNINGS) {
-        const due = deadline - minutes * policy.MS_PER_MINUTE
-        if (due >= until || down.some((d) => d.from_ms < due && due <= d.to_ms + policy.WATCHDOG_LAG_MS)) continue
+      for (const minutes of SPEC_DURATION_WARNING_MINUTES) {
+        const due = deadline - minutes * MS_PER_MINUTE
+        if (due >= until || down.some((d) => d.from_ms < due && due <= d.to_ms + SPEC_WATCHDOG_LAG_MS)) continue
         if (!sent.has(`${deadline}:${minutes}`)) {
           violate(6, { account: r.account, resource: r.id, at: due, message: `no ${minutes}-minute warning for the deadline ${isoInstant(deadline)}` })
         }

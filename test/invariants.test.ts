@@ -5,6 +5,8 @@
 import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { checkInvariants, type RunFacts } from "../sim/invariants.js"
+import { nearestHalfUp, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "../sim/oracle.js"
+import * as policy from "../src/policy.js"
 import { launch, run, timelineFile } from "./helpers.js"
 
 const clean = (): RunFacts =>
@@ -264,5 +266,27 @@ describe("the invariant checker, on the low-balance rules", () => {
     expect(kinds.slice(-2)).toEqual([["00:30:00", "partial_hold"], ["00:30:45", "terminated"]])
     expect(r.output.notifications.at(-2)?.text).toBe("$1.00 credit can cover 0.01 more hours. Recharge to continue.")
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+})
+
+describe("the invariant checker's own numbers", () => {
+  it("are SPEC's, and src/policy.ts states the same", () => {
+    // Proves the oracle is independent and in step: a constant changed on one side only fails here first.
+    expect(SPEC_BALANCE_WARNING_MINUTES).toEqual([60, 30, 20, 10, 5, 3, 1])
+    expect(policy.BALANCE_WARNINGS.map((w) => w.minutes)).toEqual(SPEC_BALANCE_WARNING_MINUTES)
+    expect(policy.DURATION_WARNINGS.map((w) => w.minutes)).toEqual(SPEC_DURATION_WARNING_MINUTES)
+    expect([...policy.BILLABLE_STATES]).toEqual(SPEC_BILLABLE_STATES)
+    expect(policy.WATCHDOG_LAG_MS).toBe(SPEC_WATCHDOG_LAG_MS)
+    expect(policy.INFERENCE_CYCLE_MS).toBe(SPEC_INFERENCE_CYCLE_MS)
+    expect(policy.STORAGE_BILLING_INTERVAL_MS).toBe(SPEC_STORAGE_DAY_MS)
+  })
+
+  it("round as SPEC's rule says, whatever src/money.ts does", () => {
+    // Proves the checker's rounding: nearest micro, an exact half up.
+    expect(nearestHalfUp(5n, 2n)).toBe(3n)
+    expect(nearestHalfUp(7n, 3n)).toBe(2n)
+    expect(nearestHalfUp(8n, 3n)).toBe(3n)
+    expect(usageMicros(1_600_000n, 1, 1)).toBe(0n) // 0.44 micro
+    expect(usageMicros(1_800_000n, 1, 1)).toBe(1n) // exactly 0.5 micro
   })
 })
