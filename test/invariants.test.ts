@@ -68,6 +68,20 @@ describe("the invariant checker", () => {
     expect(fired({ ...f, transitions })).toEqual([3, 7])
   })
 
+  it("catches a consumption one micro off billable time × rate, rounded once half up (3)", () => {
+    // Proves the rounding is checked exactly, not within a micro: gi-2 consumed one micro more and
+    // was refunded one less, its rows and balances in step, so only the amount itself is wrong.
+    const f = clean()
+    const hold = f.holds.find((h) => h.resource === "gi-2")!
+    const refund = f.rows.find((r) => r.hold_id === hold.id && r.kind === "refund")!
+    const holds = f.holds.map((h) => (h === hold ? { ...h, consumed_micros: h.consumed_micros! + 1n, refunded_micros: h.refunded_micros! - 1n } : h))
+    const rows = f.rows.map((r) => (r.id < refund.id || r.account !== refund.account ? r : { ...r, amount_micros: r === refund ? r.amount_micros - 1n : r.amount_micros, balance_after_micros: r.balance_after_micros - 1n }))
+    const accounts = f.accounts.map((a) => (a.id === refund.account ? { ...a, balance_micros: a.balance_micros - 1n } : a))
+    expect(checkInvariants({ ...f, holds, rows, accounts }).map((v) => [v.invariant, v.resource, v.message])).toEqual([
+      [3, "gi-2", "consumed $1.600001, but 3600000 ms billable × rate × 1 GPUs is $1.60"]
+    ])
+  })
+
   it("catches billing while the world had the pod preempted, though the engine's log agrees with its billing (7)", () => {
     // Proves the check against the world's log: the shape of a stop the engine learned late and
     // logged late (its transitions and its charge agree), here the world preempting gi-1 five
