@@ -12,7 +12,8 @@ import type { InferenceContext } from "../machines/inferenceInstance.js"
 import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { formatDollars, type Micros } from "../src/money.js"
-import { holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
+import { checkApiUsage } from "./apiUsageCheck.js"
+import { type ApiPrice, type ApiRequestFact, holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
 import { isoInstant } from "./iso.js"
 
 export type ResourceFacts =
@@ -67,6 +68,25 @@ export interface RunFacts {
    * keeps none. Invariant 7 checks the engine billed only while the world held the GPUs.
    */
   readonly world_phases?: ReadonlyMap<string, ReadonlyArray<{ readonly at: number; readonly phase: string }>>
+  /**
+   * The `/v1` requests the engine admitted (a refused one writes nothing), what each used, the
+   * price catalog, and how rows are posted: `api_usage` rows are checked against them (SPEC §6).
+   * Absent for a world that does not record them.
+   */
+  readonly api_usage?: ApiUsageFacts
+}
+
+export interface ApiUsageFacts {
+  /** One row per request, or one per account, model and minute (TIMELINE-EXTENSIONS `api_usage_rows`). */
+  readonly rows: "per_request" | "per_minute"
+  /** Platform models by id: their prices, or null (registered, not priced). A model not here is a user instance's. */
+  readonly prices: ReadonlyMap<string, ApiPrice | null>
+  readonly requests: ReadonlyArray<ApiRequestFact>
+  /**
+   * Instants after whose work the engine was dropped (restarts and outages), sorted: an open
+   * aggregation minute's pending usage is lost with the engine's memory (docs/ENGINE.md).
+   */
+  readonly engine_stops_ms: ReadonlyArray<number>
 }
 
 export interface Violation {
@@ -129,7 +149,7 @@ export const billableWithin = (transitions: ReadonlyArray<Transition>, created_a
   return ms
 }
 
-type Violate = (invariant: number, v: { account?: string | null; resource?: string | null; at?: number | null; message: string }) => void
+export type Violate = (invariant: number, v: { account?: string | null; resource?: string | null; at?: number | null; message: string }) => void
 
 /**
  * An inference instance: one hold per 24-hour cycle (SPEC §4), each settled once; what each
@@ -446,6 +466,9 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       violate(1, { account: account.id, message: `topups − refunds − consumed − usage ± adjustments − open holds = $${formatDollars(expected)}, balance is $${formatDollars(account.balance_micros)}` })
     }
   }
+
+  // 3. API usage (SPEC §6): each api_usage row is what its requests cost, by the checker's own arithmetic.
+  if (facts.api_usage !== undefined) checkApiUsage(facts.api_usage, facts.rows, facts.end_ms, violate)
 
   // 9. The provider's side and ours reconcile to the cent: per account, Σ charged − Σ refunded
   // at the provider == Σ topup rows − Σ refund-to-card rows in the ledger.

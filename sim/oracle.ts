@@ -26,6 +26,10 @@ export const SPEC_WATCHDOG_LAG_MS = 1 * MS_PER_MINUTE
 export const SPEC_INFERENCE_CYCLE_MS = 24 * MS_PER_HOUR
 /** SPEC §5: storage is charged once a day, at 00:00 UTC. */
 export const SPEC_STORAGE_DAY_MS = 24 * MS_PER_HOUR
+/** SPEC §6 / docs/POLICY.md "API usage": aggregated rows are one per account, model and minute. */
+export const SPEC_API_AGGREGATION_MS = MS_PER_MINUTE
+/** Token prices are per 1M tokens (TIMELINE.md's `input_per_1m_tokens`, `output_per_1m_tokens`). */
+const TOKENS_PER_PRICE = 1_000_000n
 
 /**
  * The exact rational `numerator / denominator` (numerator ≥ 0, denominator > 0) rounded to the
@@ -48,3 +52,56 @@ export const usageMicros = (rate_micros_per_hour: bigint, units: number, duratio
 
 /** A hold as SPEC §2 sizes it: whole hours × hourly rate × GPUs (× nodes or replicas). Exact. */
 export const holdOfHours = (rate_micros_per_hour: bigint, units: number, hours: number): bigint => rate_micros_per_hour * BigInt(units) * BigInt(hours)
+
+/** A model's prices in micros, as the catalog states them (per 1M tokens, per image, per second). */
+export interface ApiPrice {
+  readonly input_per_1m_tokens?: bigint
+  readonly output_per_1m_tokens?: bigint
+  readonly per_image?: bigint
+  readonly per_second?: bigint
+}
+
+/** One `/v1` request the engine admitted, with what it used (TIMELINE.md's `api_request`). */
+export interface ApiRequestFact {
+  readonly at: number
+  readonly account: string
+  readonly model: string
+  readonly input_tokens?: number | undefined
+  readonly output_tokens?: number | undefined
+  readonly images?: number | undefined
+  readonly seconds?: number | undefined
+}
+
+/** Seconds with at most 3 decimals as whole milliseconds, or null when they have more (the engine refuses those). */
+export const secondsAsMs = (seconds: number): number | null => {
+  const ms = Math.round(seconds * MS_PER_SECOND)
+  return ms / MS_PER_SECOND === seconds ? ms : null
+}
+
+/**
+ * The cost of one request (SPEC §6, docs/POLICY.md "API usage"): tokens × price per 1M tokens,
+ * plus images × price per image, plus seconds × price per second, as one exact amount, rounded
+ * once to the micro, half up; a cost above $0 that rounds to $0 is one micro (POLICY's "a priced
+ * request is never free"). A unit used without a price is not a cost: the answer says which
+ * (the engine must have refused the request). `seconds` with more than 3 decimals likewise.
+ */
+export const apiRequestMicros = (price: ApiPrice, req: ApiRequestFact): { readonly micros: bigint } | { readonly unpriced: string } => {
+  const input = BigInt(req.input_tokens ?? 0)
+  const output = BigInt(req.output_tokens ?? 0)
+  const images = BigInt(req.images ?? 0)
+  const ms = req.seconds === undefined ? 0 : secondsAsMs(req.seconds)
+  if (ms === null) return { unpriced: "seconds (more than 3 decimals)" }
+  if (input > 0n && price.input_per_1m_tokens === undefined) return { unpriced: "input_tokens" }
+  if (output > 0n && price.output_per_1m_tokens === undefined) return { unpriced: "output_tokens" }
+  if (images > 0n && price.per_image === undefined) return { unpriced: "images" }
+  if (ms > 0 && price.per_second === undefined) return { unpriced: "seconds" }
+  // Micros × 1,000,000: a token costs price / 1M micros, an image `per_image`, a millisecond `per_second` / 1000.
+  const exact =
+    input * (price.input_per_1m_tokens ?? 0n) +
+    output * (price.output_per_1m_tokens ?? 0n) +
+    images * (price.per_image ?? 0n) * TOKENS_PER_PRICE +
+    BigInt(ms) * (price.per_second ?? 0n) * (TOKENS_PER_PRICE / BigInt(MS_PER_SECOND))
+  if (exact === 0n) return { micros: 0n }
+  const rounded = nearestHalfUp(exact, TOKENS_PER_PRICE)
+  return { micros: rounded === 0n ? 1n : rounded }
+}

@@ -25,7 +25,8 @@ import { layer as supervisorLayer, Supervisor, type SupervisorApi, type Supervis
 import type { StorageSnapshot } from "../machines/storage.js"
 import type { InferenceSnapshot, ModelSource } from "../machines/inferenceInstance.js"
 import { SimCluster, type WorldOutcome } from "./cluster.js"
-import { checkInvariants, type ResourceFacts, type RunFacts, type Violation } from "./invariants.js"
+import { type ApiUsageFacts, checkInvariants, type ResourceFacts, type RunFacts, type Violation } from "./invariants.js"
+import type { ApiRequestFact } from "./oracle.js"
 import { isoInstant, parseDurationMs } from "./iso.js"
 import type { Timeline, TimelineEvent } from "./timeline.js"
 
@@ -382,7 +383,7 @@ export const runTimeline = (timeline: Timeline, options: RunOptions = {}): RunRe
   const last: Engine = engine ?? startEngine()
   options.onPhase?.("ran")
   const engine_down = outages.filter((o) => o.duration_ms > 0).map((o) => ({ from_ms: o.at_ms, to_ms: Math.min(o.at_ms + o.duration_ms, timeline.until_ms) }))
-  const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount(), engine_down, world_phases: cluster.phaseHistory() }
+  const facts = { ...collectFacts(last.ledger, timeline), provider_net: payments.netByAccount(), engine_down, world_phases: cluster.phaseHistory(), api_usage: apiUsageFacts(timeline, rejected, outages) }
   const engine_events = last.ledger.journalLength()
   const refused = withLateRefusals(rejected, declinedTopUps(last.sup.payments, topUps))
   stopEngine(last)
@@ -420,6 +421,25 @@ const feedInputs = (clock: VirtualClock, events: ReadonlyArray<TimelineEvent>, a
     )
   }
   scheduleFrom(0)
+}
+
+/**
+ * The `/v1` requests the engine admitted (the timeline's `api_request` inputs it did not refuse:
+ * a refusal writes nothing), with the catalog's prices, for the checker to price them itself.
+ */
+const apiUsageFacts = (timeline: Timeline, rejected: ReadonlyArray<Rejected>, outages: ReadonlyArray<{ readonly at_ms: number }>): ApiUsageFacts => {
+  const refused = new Set(rejected.filter((r) => r.do === "api_request").map((r) => r.event))
+  const requests: ApiRequestFact[] = []
+  for (const e of timeline.events) {
+    if (e.do !== "api_request" || refused.has(e.index)) continue
+    requests.push({ at: e.at_ms, account: e.account, model: e.model, input_tokens: e.input_tokens, output_tokens: e.output_tokens, images: e.images, seconds: e.seconds })
+  }
+  return {
+    rows: timeline.aggregate_api_usage ? "per_minute" : "per_request",
+    prices: timeline.model_prices,
+    requests,
+    engine_stops_ms: outages.map((o) => o.at_ms)
+  }
 }
 
 /** What the run left in SQLite, read back whole: the invariant checker and the output use nothing else. */

@@ -5,7 +5,8 @@
 import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { checkInvariants, type RunFacts } from "../sim/invariants.js"
-import { nearestHalfUp, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "../sim/oracle.js"
+import { apiRequestMicros, nearestHalfUp, SPEC_API_AGGREGATION_MS, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "../sim/oracle.js"
+import { AGGREGATION_WINDOW_MS, REQUEST_COST_MIN_MICROS } from "../src/metering.js"
 import * as policy from "../src/policy.js"
 import { launch, run, timelineFile } from "./helpers.js"
 
@@ -283,6 +284,97 @@ describe("the invariant checker, on the low-balance rules", () => {
   })
 })
 
+describe("the invariant checker, on API usage", () => {
+  const apiCatalog = {
+    gpus: { H100: { hourly_rate: "1.60" } },
+    regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } },
+    models: { chat: { input_per_1m_tokens: "0.15", output_per_1m_tokens: "0.60" }, speak: { per_second: "0.000003" }, draw: { per_image: "0.04" } }
+  }
+  const apiRun = (rows: "per_request" | "per_minute"): RunFacts =>
+    run(
+      timelineFile(
+        [
+          // 1,200 × $0.15 + 301 × $0.60 per 1M = 360.6 micros: rounds up to $0.000361.
+          { at: "PT10S", do: "api_request", account: "acme", model: "chat", input_tokens: 1_200, output_tokens: 301 },
+          { at: "PT20S", do: "api_request", account: "acme", model: "chat", input_tokens: 3, output_tokens: 0 },
+          // 0.5 s × $0.000003 = 1.5 micros: exactly half, rounds up to 2.
+          { at: "PT30S", do: "api_request", account: "acme", model: "speak", seconds: 0.5 },
+          { at: "PT1M5S", do: "api_request", account: "acme", model: "draw", images: 2 }
+        ],
+        { catalog: apiCatalog, until: "PT5M", api_usage_rows: rows }
+      )
+    ).facts
+  /** The facts with the first `api_usage` row of `model` debiting `by` micros more (balances follow). */
+  const misprice = (f: RunFacts, model: string, by: bigint): RunFacts => {
+    const row = f.rows.find((r) => r.kind === "api_usage" && r.resource === model)!
+    const rows = f.rows.map((r) => (r.id < row.id || r.account !== row.account ? r : { ...r, amount_micros: r.id === row.id ? r.amount_micros - by : r.amount_micros, balance_after_micros: r.balance_after_micros - by }))
+    const accounts = f.accounts.map((a) => (a.id === row.account ? { ...a, balance_micros: a.balance_micros - by } : a))
+    return { ...f, rows, accounts }
+  }
+
+  it("passes rows that are what their requests cost, per request and per minute", () => {
+    // Proves no false alarm: the rounding half up (360.6 → 361, 1.5 → 2) and the floor of one micro (0.45 → 1).
+    const perRequest = apiRun("per_request")
+    expect(perRequest.rows.filter((r) => r.kind === "api_usage").map((r) => [r.resource, r.amount_micros])).toEqual([
+      ["chat", -361n],
+      ["chat", -1n],
+      ["speak", -2n],
+      ["draw", -80_000n]
+    ])
+    expect(checkInvariants(perRequest)).toEqual([])
+    const perMinute = apiRun("per_minute")
+    expect(perMinute.rows.filter((r) => r.kind === "api_usage").map((r) => [r.resource, r.amount_micros])).toEqual([
+      ["chat", -362n],
+      ["speak", -2n],
+      ["draw", -80_000n]
+    ])
+    expect(checkInvariants(perMinute)).toEqual([])
+  })
+
+  it("catches a row one micro off its requests' cost, in either mode (3)", () => {
+    // Proves the amount is recomputed, not summed: conservation alone balances a wrong row.
+    expect(checkInvariants(misprice(apiRun("per_request"), "speak", -1n)).map((v) => [v.invariant, v.resource, v.message])).toEqual([
+      [3, "speak", "api_usage rows for speak at 2026-03-01T00:00:30.000Z: $0.000001; its 1 request price to $0.000002"]
+    ])
+    expect(checkInvariants(misprice(apiRun("per_minute"), "chat", 1n)).map((v) => [v.invariant, v.resource, v.message])).toEqual([
+      [3, "chat", "api_usage rows for chat at 2026-03-01T00:01:00.000Z: $0.000363; its 2 requests price to $0.000362"]
+    ])
+  })
+
+  it("catches a row no request made, and a request whose row is missing (3)", () => {
+    // Proves the rows are matched to requests both ways: by account, model and instant.
+    const f = apiRun("per_request")
+    const draw = f.rows.find((r) => r.kind === "api_usage" && r.resource === "draw")!
+    const moved = { ...f, rows: f.rows.map((r) => (r === draw ? { ...r, at: r.at + 1_000 } : r)) }
+    expect(checkInvariants(moved).map((v) => v.message)).toEqual([
+      "api_usage rows for draw at 2026-03-01T00:01:05.000Z: none; its 1 request price to $0.08",
+      "api_usage rows for draw at 2026-03-01T00:01:06.000Z: $0.08; its 0 requests price to none"
+    ])
+  })
+
+  it("catches a request admitted that the engine must refuse: a unit without a price (3)", () => {
+    // Proves the checker prices from the catalog itself: images sent to a token-priced model cost nothing it can name.
+    const f = apiRun("per_request")
+    const requests = [...f.api_usage!.requests, { at: f.start_ms + 40_000, account: "acme", model: "chat", images: 1 }]
+    expect(checkInvariants({ ...f, api_usage: { ...f.api_usage!, requests } }).map((v) => v.message)).toEqual([
+      "request to chat admitted, but it used images, which the model has no price for"
+    ])
+  })
+
+  it("lets a per-minute row be missing only where the engine stopped inside its minute", () => {
+    // Proves the restart excuse is narrow: the open minute's usage is lost with the engine's memory (docs/ENGINE.md).
+    const f = apiRun("per_minute")
+    const speak = f.rows.find((r) => r.kind === "api_usage" && r.resource === "speak")!
+    const rows = f.rows.filter((r) => r !== speak).map((r) => (r.id > speak.id && r.account === speak.account ? { ...r, balance_after_micros: r.balance_after_micros - speak.amount_micros } : r))
+    const accounts = f.accounts.map((a) => ({ ...a, balance_micros: a.balance_micros - speak.amount_micros }))
+    const lost = { ...f, rows, accounts }
+    expect(checkInvariants(lost).map((v) => v.message)).toEqual(["api_usage rows for speak at 2026-03-01T00:01:00.000Z: none; its 1 request price to $0.000002"])
+    expect(checkInvariants({ ...lost, api_usage: { ...lost.api_usage!, engine_stops_ms: [f.start_ms + 45_000] } })).toEqual([])
+    // A stop after the minute's row was due excuses nothing.
+    expect(checkInvariants({ ...lost, api_usage: { ...lost.api_usage!, engine_stops_ms: [f.start_ms + 61_000] } })).toHaveLength(1)
+  })
+})
+
 describe("the invariant checker's own numbers", () => {
   it("are SPEC's, and src/policy.ts states the same", () => {
     // Proves the oracle is independent and in step: a constant changed on one side only fails here first.
@@ -293,14 +385,19 @@ describe("the invariant checker's own numbers", () => {
     expect(policy.WATCHDOG_LAG_MS).toBe(SPEC_WATCHDOG_LAG_MS)
     expect(policy.INFERENCE_CYCLE_MS).toBe(SPEC_INFERENCE_CYCLE_MS)
     expect(policy.STORAGE_BILLING_INTERVAL_MS).toBe(SPEC_STORAGE_DAY_MS)
+    expect(AGGREGATION_WINDOW_MS).toBe(SPEC_API_AGGREGATION_MS)
+    expect(REQUEST_COST_MIN_MICROS).toBe(1n)
   })
 
   it("round as SPEC's rule says, whatever src/money.ts does", () => {
-    // Proves the checker's rounding: nearest micro, an exact half up.
+    // Proves the checker's rounding: nearest micro, an exact half up; a priced request never free.
     expect(nearestHalfUp(5n, 2n)).toBe(3n)
     expect(nearestHalfUp(7n, 3n)).toBe(2n)
     expect(nearestHalfUp(8n, 3n)).toBe(3n)
     expect(usageMicros(1_600_000n, 1, 1)).toBe(0n) // 0.44 micro
     expect(usageMicros(1_800_000n, 1, 1)).toBe(1n) // exactly 0.5 micro
+    expect(apiRequestMicros({ input_per_1m_tokens: 20_000n }, { at: 0, account: "a", model: "m", input_tokens: 3 })).toEqual({ micros: 1n })
+    expect(apiRequestMicros({ per_second: 3n }, { at: 0, account: "a", model: "m", seconds: 0.5 })).toEqual({ micros: 2n })
+    expect(apiRequestMicros({ per_second: 3n }, { at: 0, account: "a", model: "m", seconds: 0.0005 })).toEqual({ unpriced: "seconds (more than 3 decimals)" })
   })
 })
