@@ -53,48 +53,61 @@ interface Slot {
   readonly found: LedgerRow[]
 }
 
-/** One slot per (account, model, instant), made on first use. */
-const slotsOf = () => {
-  const slots = new Map<string, Slot>()
-  const slot = (account: string, model: string, at: number): Slot => {
-    // The account's length first keeps the key unambiguous whatever the ids hold.
-    const key = `${at}|${account.length}|${account}|${model}`
-    let s = slots.get(key)
-    if (s === undefined) slots.set(key, (s = { account, model, at, wanted: [], found: [] }))
-    return s
+/**
+ * Values by (account, model, instant), made on first use. Nested maps rather than one string key:
+ * a full fleet has hundreds of thousands of requests and rows, and printing every instant into a
+ * key cost more than all the rest of the check.
+ */
+class ByAccountModelInstant<V> {
+  private readonly byAccount = new Map<string, Map<string, Map<number, V>>>()
+  constructor(private readonly make: (account: string, model: string, at: number) => V) {}
+
+  get(account: string, model: string, at: number): V {
+    let byModel = this.byAccount.get(account)
+    if (byModel === undefined) this.byAccount.set(account, (byModel = new Map()))
+    let byAt = byModel.get(model)
+    if (byAt === undefined) byModel.set(model, (byAt = new Map()))
+    let value = byAt.get(at)
+    if (value === undefined) byAt.set(at, (value = this.make(account, model, at)))
+    return value
   }
-  return { slots, slot }
+
+  *values(): IterableIterator<V> {
+    for (const byModel of this.byAccount.values()) for (const byAt of byModel.values()) yield* byAt.values()
+  }
 }
 
+type Slots = ByAccountModelInstant<Slot>
+
 /** Adds the rows the requests call for to their slots. */
-const addExpected = (api: ApiUsageFacts, costs: ReadonlyArray<bigint>, end_ms: number, slot: (account: string, model: string, at: number) => Slot): void => {
+const addExpected = (api: ApiUsageFacts, costs: ReadonlyArray<bigint>, end_ms: number, slots: Slots): void => {
   if (api.rows === "per_request") {
     api.requests.forEach((req, i) => {
-      if (costs[i]! > 0n) slot(req.account, req.model, req.at).wanted.push({ micros: costs[i]!, requests: 1, may_be_lost: false })
+      if (costs[i]! > 0n) slots.get(req.account, req.model, req.at).wanted.push({ micros: costs[i]!, requests: 1, may_be_lost: false })
     })
     return
   }
   // A bucket is (account, model, minute, engine): a restarted engine opens a new bucket for
-  // what comes after its start, and the old one's pending usage is lost.
+  // what comes after its start, and the old one's pending usage is lost. One set of buckets per engine.
   const stops = api.engine_stops_ms
-  const buckets = new Map<string, { account: string; model: string; minute: number; next_stop: number | undefined; micros: bigint; requests: number }>()
+  type Bucket = { readonly account: string; readonly model: string; readonly minute: number; readonly next_stop: number | undefined; micros: bigint; requests: number }
+  const engines: Array<ByAccountModelInstant<Bucket>> = []
   api.requests.forEach((req, i) => {
     if (costs[i]! === 0n) return
-    const minute = req.at - (req.at % SPEC_API_AGGREGATION_MS)
     // The engine stops before the request (`s < at`); the next one, if any, is at or after it.
     let epoch = 0
     while (epoch < stops.length && stops[epoch]! < req.at) epoch++
-    const key = `${epoch}|${minute}|${req.account.length}|${req.account}|${req.model}`
-    const bucket = buckets.get(key)
-    if (bucket === undefined) buckets.set(key, { account: req.account, model: req.model, minute, next_stop: stops[epoch], micros: costs[i]!, requests: 1 })
-    else {
-      bucket.micros += costs[i]!
-      bucket.requests += 1
-    }
+    const buckets = (engines[epoch] ??= new ByAccountModelInstant((account, model, minute) => ({ account, model, minute, next_stop: stops[epoch], micros: 0n, requests: 0 })))
+    const bucket = buckets.get(req.account, req.model, req.at - (req.at % SPEC_API_AGGREGATION_MS))
+    bucket.micros += costs[i]!
+    bucket.requests += 1
   })
-  for (const b of buckets.values()) {
-    const at = Math.min(b.minute + SPEC_API_AGGREGATION_MS, end_ms)
-    slot(b.account, b.model, at).wanted.push({ micros: b.micros, requests: b.requests, may_be_lost: b.next_stop !== undefined && b.next_stop <= at })
+  for (const buckets of engines) {
+    if (buckets === undefined) continue
+    for (const b of buckets.values()) {
+      const at = Math.min(b.minute + SPEC_API_AGGREGATION_MS, end_ms)
+      slots.get(b.account, b.model, at).wanted.push({ micros: b.micros, requests: b.requests, may_be_lost: b.next_stop !== undefined && b.next_stop <= at })
+    }
   }
 }
 
@@ -108,12 +121,76 @@ const take = (left: LedgerRow[], micros: bigint): boolean => {
 
 const dollarsList = (amounts: ReadonlyArray<bigint>): string => (amounts.length === 0 ? "none" : amounts.map((a) => `$${formatDollars(a)}`).join(", "))
 
-export const checkApiUsage = (api: ApiUsageFacts, rows: ReadonlyArray<LedgerRow>, end_ms: number, violate: Violate): void => {
-  const costs = apiRequestCosts(api, violate)
-  const { slots, slot } = slotsOf()
-  addExpected(api, costs, end_ms, slot)
-  for (const r of rows) if (r.kind === "api_usage") slot(r.account, r.resource ?? "", r.at).found.push(r)
+/** Checks the `api_usage` rows against the requests, whose costs (`apiRequestCosts`) are given. */
+/** A row the requests call for, in the order the engine posts them. */
+interface Due {
+  readonly account: string
+  readonly model: string
+  readonly at: number
+  readonly micros: bigint
+}
+
+/**
+ * The rows the requests call for, in the order the engine posts them when nothing stopped it:
+ * one per priced request in request order; or per minute (requests come in time order), each
+ * minute's buckets by account, then model (src/metering.ts), at the minute's end or the run's.
+ */
+const dueInOrder = (api: ApiUsageFacts, costs: ReadonlyArray<bigint>, end_ms: number): Due[] => {
+  const due: Due[] = []
+  if (api.rows === "per_request") {
+    api.requests.forEach((req, i) => {
+      if (costs[i]! > 0n) due.push({ account: req.account, model: req.model, at: req.at, micros: costs[i]! })
+    })
+    return due
+  }
+  let minute = -1
+  let open = new Map<string, { account: string; model: string; micros: bigint }>()
+  const close = (): void => {
+    const at = Math.min(minute + SPEC_API_AGGREGATION_MS, end_ms)
+    const buckets = [...open.values()].sort((a, b) => (a.account !== b.account ? (a.account < b.account ? -1 : 1) : a.model < b.model ? -1 : a.model > b.model ? 1 : 0))
+    for (const b of buckets) due.push({ account: b.account, model: b.model, at, micros: b.micros })
+    open = new Map()
+  }
+  api.requests.forEach((req, i) => {
+    if (costs[i]! === 0n) return
+    const m = req.at - (req.at % SPEC_API_AGGREGATION_MS)
+    if (m !== minute) {
+      if (open.size > 0) close()
+      minute = m
+    }
+    const key = `${req.account}\u0000${req.model}`
+    const bucket = open.get(key)
+    if (bucket === undefined) open.set(key, { account: req.account, model: req.model, micros: costs[i]! })
+    else bucket.micros += costs[i]!
+  })
+  if (open.size > 0) close()
+  return due
+}
+
+/** Whether the ledger's `api_usage` rows are exactly `due`, one for one, in order. */
+const postedInOrder = (due: ReadonlyArray<Due>, rows: ReadonlyArray<LedgerRow>): boolean => {
+  let i = 0
+  for (const r of rows) {
+    if (r.kind !== "api_usage") continue
+    const d = due[i++]
+    if (d === undefined || d.at !== r.at || d.account !== r.account || d.model !== r.resource || -r.amount_micros !== d.micros) return false
+  }
+  return i === due.length
+}
+
+/**
+ * Checks the `api_usage` rows against the requests, whose costs (`apiRequestCosts`) are given.
+ * The usual run posts them in a foreseeable order, checked in one pass; otherwise (an engine
+ * stop, a late flush, or a wrong row) they are matched by account, model and instant.
+ */
+export const checkApiUsage = (api: ApiUsageFacts, costs: ReadonlyArray<bigint>, rows: ReadonlyArray<LedgerRow>, end_ms: number, violate: Violate): void => {
+  if ((api.rows === "per_request" || api.engine_stops_ms.length === 0) && postedInOrder(dueInOrder(api, costs, end_ms), rows)) return
+  const slots: Slots = new ByAccountModelInstant((account, model, at) => ({ account, model, at, wanted: [], found: [] }))
+  addExpected(api, costs, end_ms, slots)
+  for (const r of rows) if (r.kind === "api_usage") slots.get(r.account, r.resource ?? "", r.at).found.push(r)
   for (const s of slots.values()) {
+    // The usual slot: one row, one row called for, the same amount.
+    if (s.found.length === 1 && s.wanted.length === 1 && s.found[0]!.amount_micros === -s.wanted[0]!.micros) continue
     // Rows and requests' rows match as multisets of amounts; a lost minute's row may be absent.
     const left = [...s.found]
     const missing = s.wanted.filter((w) => !w.may_be_lost && !take(left, w.micros))

@@ -12,7 +12,7 @@ import type { InferenceContext } from "../machines/inferenceInstance.js"
 import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { formatDollars, type Micros } from "../src/money.js"
-import { checkApiUsage } from "./apiUsageCheck.js"
+import { apiRequestCosts, checkApiUsage } from "./apiUsageCheck.js"
 import { type ApiPrice, type ApiRequestFact, holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
 import { isoInstant } from "./iso.js"
 
@@ -468,7 +468,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
 
   // 3. API usage (SPEC §6): each api_usage row is what its requests cost, by the checker's own arithmetic.
-  if (facts.api_usage !== undefined) checkApiUsage(facts.api_usage, facts.rows, facts.end_ms, violate)
+  const apiCosts = facts.api_usage === undefined ? [] : apiRequestCosts(facts.api_usage, violate)
+  if (facts.api_usage !== undefined) checkApiUsage(facts.api_usage, apiCosts, facts.rows, facts.end_ms, violate)
 
   // 9. The provider's side and ours reconcile to the cent: per account, Σ charged − Σ refunded
   // at the provider == Σ topup rows − Σ refund-to-card rows in the ledger.
