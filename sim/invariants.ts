@@ -13,6 +13,7 @@ import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { formatDollars, type Micros } from "../src/money.js"
 import { apiRequestCosts, checkApiUsage } from "./apiUsageCheck.js"
+import { checkBalanceWarnings } from "./balanceWarningsCheck.js"
 import { type ApiPrice, type ApiRequestFact, holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
 import { isoInstant } from "./iso.js"
 
@@ -542,6 +543,9 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     const warned = (balanceWarningsByAccount.get(n.account) ?? []).some((w) => w.at <= decided && rundownAt(n.account, w.at) >= earliest)
     if (!warned) violate(6, { account: n.account, resource: n.resource, at: n.at, message: "stopped for credit_depleted without a low-balance warning first" })
   }
+
+  // 6. Each low-balance warning tells the truth, on time; none owed before a credit stop is missing.
+  checkBalanceWarnings({ facts, rowsByAccount, rowsByHold, holdsByResource, transitionsByResource, balanceWarningsByAccount, terminatedNoticesByResource, apiCosts, rundownAt }, violate)
 
   // 6. A low-balance warning warns of a stop still to come (SPEC §9.6: "before the termination
   // they warn of"): when it is sent, one of the account's resources has not stopped yet. (The

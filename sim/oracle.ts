@@ -20,6 +20,8 @@ export const SPEC_BILLABLE_STATES: ReadonlyArray<string> = ["loading", "running"
 export const SPEC_DURATION_WARNING_MINUTES: ReadonlyArray<number> = [30, 20, 10, 5, 1]
 /** SPEC §7: low-balance warnings at 60, 30, 20 min remaining (warning) and 10, 5, 3, 1 min (critical). */
 export const SPEC_BALANCE_WARNING_MINUTES: ReadonlyArray<number> = [60, 30, 20, 10, 5, 3, 1]
+/** SPEC §3: the watchdog runs every 5 minutes (and reconciles each live resource with the cluster). */
+export const SPEC_WATCHDOG_INTERVAL_MS = 5 * MS_PER_MINUTE
 /** SPEC §3: "Watchdog lag of up to about a minute"; docs/POLICY.md fixes it at 1 minute. */
 export const SPEC_WATCHDOG_LAG_MS = 1 * MS_PER_MINUTE
 /** SPEC §4: an inference hold covers 24 h; renewed every 24 h of running. */

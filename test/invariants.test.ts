@@ -253,6 +253,9 @@ describe("the invariant checker, on the low-balance rules", () => {
     const last = facts.notifications.filter((n) => n.kind === "balance_warning").at(-1)!
     const notifications = facts.notifications.map((n) => (n === last ? { ...n, at: stop.at + 3_600_000 } : n)).sort((a, b) => a.at - b.at || a.id - b.id)
     expect(checkInvariants({ ...facts, notifications }).map((v) => [v.invariant, v.at, v.message])).toEqual([
+      // What it says is not true either: nothing burns then (and the stop came without it).
+      [6, new Date(stop.at + 3_600_000).toISOString(), `1-minute balance warning at ${new Date(stop.at + 3_600_000).toISOString()}, when nothing of the account burned and nothing could stop`],
+      [6, new Date(stop.at - 60_000).toISOString(), `stopped for credit_depleted at ${new Date(stop.at).toISOString()}, nothing of the account changing since 2026-03-02T01:30:00.000Z, without a warning of 1 minute or less by ${new Date(stop.at - 60_000).toISOString()}`],
       [6, new Date(stop.at + 3_600_000).toISOString(), "low-balance warning sent when none of the account's resources was left to stop"]
     ])
   })
@@ -281,6 +284,73 @@ describe("the invariant checker, on the low-balance rules", () => {
     expect(kinds.slice(-2)).toEqual([["00:30:00", "partial_hold"], ["00:30:45", "terminated"]])
     expect(r.output.notifications.at(-2)?.text).toBe("$1.00 credit can cover 0.01 more hours. Recharge to continue.")
     expect(r.output.invariants).toEqual({ ok: true, violations: [] })
+  })
+})
+
+describe("the invariant checker, on what the low-balance warnings say", () => {
+  const example = (): RunFacts => run(JSON.parse(readFileSync(new URL("../sim/examples/low-balance.json", import.meta.url), "utf8"))).facts
+  /** A GPU-only account: $0.04 holds 4 h of one GPU at $0.01/h and leaves $0, so the money runs out at the deadline. */
+  const gpuOnly = (): RunFacts =>
+    run(
+      timelineFile([launch({ estimated_duration_hours: 4 })], {
+        catalog: { gpus: { H100: { hourly_rate: "0.01" } }, regions: { "us-east": { nodes: 1, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } } },
+        accounts: { acme: { balance: "0.04" } },
+        until: "PT5H"
+      })
+    ).facts
+  const warningAt = (f: RunFacts, minutes: number) => f.notifications.find((n) => n.kind === "balance_warning" && JSON.parse(n.data ?? "{}").minutes === minutes)!
+  const moved = (f: RunFacts, minutes: number, by_ms: number): RunFacts => {
+    const w = warningAt(f, minutes)
+    return { ...f, notifications: f.notifications.map((n) => (n === w ? { ...n, at: n.at + by_ms } : n)).sort((a, b) => a.at - b.at || a.id - b.id) }
+  }
+  const dropped = (f: RunFacts, minutes: number): RunFacts => ({ ...f, notifications: f.notifications.filter((n) => n !== warningAt(f, minutes)) })
+  const seen = (f: RunFacts) => checkInvariants(f).map((v) => [v.invariant, v.at, v.message])
+
+  it("passes warnings sent exactly as the money runs down, with and without inference", () => {
+    // Proves no false alarm: each warning of the GPU-only account lands m minutes before its
+    // deadline, where the hold runs out; the example's before the partial hold runs out.
+    const f = gpuOnly()
+    expect(f.notifications.filter((n) => n.kind === "balance_warning").map((n) => new Date(n.at).toISOString().slice(11, 19))).toEqual(["03:00:00", "03:30:00", "03:40:00", "03:50:00", "03:55:00", "03:57:00", "03:59:00"])
+    expect(checkInvariants(f)).toEqual([])
+    expect(checkInvariants(example())).toEqual([])
+  })
+
+  it("catches a warning a minute late where the money is in the wallet and the holds (6)", () => {
+    // Proves (a) and (c): at 03:31 nothing changed, so the 30-minute warning can only be an alarm,
+    // and the pooled money runs out at 04:00, 29 minutes later; 03:00 to 03:31 is not 60 − 30 minutes.
+    expect(seen(moved(gpuOnly(), 30, 60_000))).toEqual([
+      [6, "2026-03-01T03:31:00.000Z", "30-minute balance warning at 2026-03-01T03:31:00.000Z, but at the burn then the money runs out at 2026-03-01T04:00:00.000Z, 1740000 ms later"],
+      [6, "2026-03-01T03:31:00.000Z", "30-minute balance warning at 2026-03-01T03:31:00.000Z after the 60-minute one at 2026-03-01T03:00:00.000Z, nothing of the account changing between"],
+      [6, "2026-03-01T03:40:00.000Z", "20-minute balance warning at 2026-03-01T03:40:00.000Z after the 30-minute one at 2026-03-01T03:31:00.000Z, nothing of the account changing between"]
+    ])
+  })
+
+  it("catches a warning late before a credit stop: the money held lasts less than it says (6)", () => {
+    // Proves (a) with inference and (b): the partial hold of $1 at 25:30 burns at $2/h; at 25:41 it
+    // lasts 19 minutes, and the 20-minute moment of the stop at 26:00 passed unwarned.
+    expect(seen(moved(example(), 20, 60_000))).toEqual([
+      [6, "2026-03-02T01:41:00.000Z", "20-minute balance warning at 2026-03-02T01:41:00.000Z, but the wallet and the running holds last to 2026-03-02T02:00:00.000Z, only 1140000 ms"],
+      [6, "2026-03-02T01:50:00.000Z", "10-minute balance warning at 2026-03-02T01:50:00.000Z after the 20-minute one at 2026-03-02T01:41:00.000Z, nothing of the account changing between"],
+      [6, "2026-03-02T01:40:00.000Z", "stopped for credit_depleted at 2026-03-02T02:00:00.000Z, nothing of the account changing since 2026-03-02T01:30:00.000Z, without a warning of 20 minutes or less by 2026-03-02T01:40:00.000Z"]
+    ])
+  })
+
+  it("catches a threshold skipped on the way to a credit stop (6)", () => {
+    // Proves (b) and (c): without the 5-minute warning, 01:55 passed unwarned, and 3 follows 10.
+    expect(seen(dropped(example(), 5))).toEqual([
+      [6, "2026-03-02T01:57:00.000Z", "3-minute balance warning at 2026-03-02T01:57:00.000Z after the 10-minute one at 2026-03-02T01:50:00.000Z, nothing of the account changing between"],
+      [6, "2026-03-02T01:55:00.000Z", "stopped for credit_depleted at 2026-03-02T02:00:00.000Z, nothing of the account changing since 2026-03-02T01:30:00.000Z, without a warning of 5 minutes or less by 2026-03-02T01:55:00.000Z"]
+    ])
+  })
+
+  it("owes nothing for a moment before the account's last change, nor where the engine was down", () => {
+    // Proves the limits of (b): a warning dropped before the $1 top-up at 01:05 (the 60-minute one)
+    // is not asked for by the stop, only by the order check it already had; an outage over the
+    // 5-minute moment excuses it.
+    const f = example()
+    expect(seen(dropped(f, 60))).toEqual([])
+    const down = { ...dropped(f, 5), engine_down: [{ from_ms: Date.parse("2026-03-02T01:54:00Z"), to_ms: Date.parse("2026-03-02T01:56:00Z") }] }
+    expect(seen(down)).toEqual([])
   })
 })
 
