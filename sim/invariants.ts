@@ -545,7 +545,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   }
 
   // 6. Each low-balance warning tells the truth, on time; none owed before a credit stop is missing.
-  checkBalanceWarnings({ facts, rowsByAccount, rowsByHold, holdsByResource, transitionsByResource, balanceWarningsByAccount, terminatedNoticesByResource, apiCosts, rundownAt }, violate)
+  checkBalanceWarnings({ facts, rowsByAccount, rowsByHold, holdsByResource, transitionsByResource, balanceWarningsByAccount, terminatedNoticesByResource, apiCosts }, violate)
 
   // 6. A low-balance warning warns of a stop still to come (SPEC §9.6: "before the termination
   // they warn of"): when it is sent, one of the account's resources has not stopped yet. (The
