@@ -4,7 +4,8 @@
  * missed watch events, region outages, storage, inference instances, and `/v1` traffic priced
  * per token, per image and per second) at random times with random rates, GPU counts and
  * durations. Small pools of ids and accounts make the inputs collide often, which is where
- * the bugs live.
+ * the bugs live. Instants and region durations are mostly whole seconds (often whole minutes,
+ * to meet the timers), and sometimes any millisecond, as ISO durations allow (`PT0.001S`).
  */
 import fc from "fast-check"
 import { dollars, formatDollars } from "../src/money.js"
@@ -15,10 +16,18 @@ const ACCOUNTS = ["acme", "beta", "zed"]
 const REGIONS = ["us-east", "eu-west"]
 
 const dollarsArb = (min: number, max: number) => fc.bigInt({ min: BigInt(min), max: BigInt(max) }).map(formatDollars)
-const seconds = (max: number) => fc.integer({ min: 0, max }).map((s) => `PT${s}S`)
-/** Offsets with a bias to whole minutes, so inputs often share an instant with timers. */
-const offsetSeconds = fc.oneof(fc.integer({ min: 0, max: 86_400 }), fc.integer({ min: 0, max: 1_440 }).map((m) => m * 60))
-const offset = offsetSeconds.map((s) => `PT${s}S`)
+/** `PT90S`, or `PT90.25S` with milliseconds: ISO-8601 durations carry up to 3 decimals of a second (sim/iso.ts). */
+const durationText = (ms: number): string => `PT${Math.floor(ms / 1_000)}${ms % 1_000 === 0 ? "" : `.${String(ms % 1_000).padStart(3, "0")}`}S`
+/**
+ * Milliseconds up to `max_s` seconds: mostly whole seconds, sometimes any millisecond, so that
+ * inputs, pod moves and timers also fall between seconds (`PT0.001S` in TIMELINE-EXTENSIONS.md)
+ * and a rule that only holds on whole seconds shows.
+ */
+const msUpTo = (max_s: number) => fc.oneof({ weight: 3, arbitrary: fc.integer({ min: 0, max: max_s }).map((s) => s * 1_000) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: max_s * 1_000 }) })
+const seconds = (max: number) => msUpTo(max).map(durationText)
+/** Offsets (ms) with a bias to whole minutes, so inputs often share an instant with timers. */
+const offsetMs = fc.oneof(msUpTo(86_400), fc.integer({ min: 0, max: 1_440 }).map((m) => m * 60_000))
+const offset = offsetMs.map(durationText)
 
 const regionArb = fc.record({
   nodes: fc.integer({ min: 1, max: 3 }),
@@ -28,7 +37,8 @@ const regionArb = fc.record({
   pod_stop: seconds(120)
 })
 
-const hours = (max: number) => fc.integer({ min: 0, max: max * 3_600 })
+/** A wait of up to `max` hours, in ms. */
+const hours = (max: number) => msUpTo(max * 3_600)
 
 /** Follow-ups of one resource, at offsets after its launch, so they meet it alive. */
 const followUp = (id: string) =>
@@ -52,9 +62,9 @@ const launchArb = (id: string) =>
 
 /** One resource's story: a launch at some instant, then a few things that happen to it. */
 const storyArb = (id: string) =>
-  fc.tuple(offsetSeconds, launchArb(id), fc.array(followUp(id), { maxLength: 5 })).map(([t0, launch, rest]) => [
-    { at: `PT${t0}S`, ...launch },
-    ...rest.map(({ after, ...e }) => ({ at: `PT${t0 + after}S`, ...e }))
+  fc.tuple(offsetMs, launchArb(id), fc.array(followUp(id), { maxLength: 5 })).map(([t0, launch, rest]) => [
+    { at: durationText(t0), ...launch },
+    ...rest.map(({ after, ...e }) => ({ at: durationText(t0 + after), ...e }))
   ])
 
 const INFERENCE_IDS = ["ii-0", "ii-1"]
@@ -63,7 +73,7 @@ const INFERENCE_IDS = ["ii-0", "ii-1"]
 const inferenceStoryArb = (id: string) =>
   fc
     .tuple(
-      offsetSeconds,
+      offsetMs,
       fc.constantFrom(...ACCOUNTS),
       fc.constantFrom("H100", "A100"),
       fc.integer({ min: 1, max: 2 }),
@@ -78,10 +88,10 @@ const inferenceStoryArb = (id: string) =>
       )
     )
     .map(([t0, account, gpu, gpu_count, source, rest]) => [
-      { at: `PT${t0}S`, do: "register_model", account, model: `m-${id}`, source, gpu, gpu_count, ...(source === "shared_fs" ? { filesystem: "fs-0" } : {}) },
-      { at: `PT${t0}S`, do: "launch_inference_instance", account, id, model: `m-${id}` },
+      { at: durationText(t0), do: "register_model", account, model: `m-${id}`, source, gpu, gpu_count, ...(source === "shared_fs" ? { filesystem: "fs-0" } : {}) },
+      { at: durationText(t0), do: "launch_inference_instance", account, id, model: `m-${id}` },
       ...rest.map(({ after, ...e }) =>
-        e.do === "api_request" ? { at: `PT${t0 + after}S`, do: "api_request", account, model: `m-${id}:${id}`, input_tokens: e.input_tokens } : { at: `PT${t0 + after}S`, ...e, id }
+        e.do === "api_request" ? { at: durationText(t0 + after), do: "api_request", account, model: `m-${id}:${id}`, input_tokens: e.input_tokens } : { at: durationText(t0 + after), ...e, id }
       )
     ])
 
@@ -129,7 +139,7 @@ const runDownArb = (hourly_rate: string) =>
       fc.integer({ min: 1, max: 2 }),
       fc.constantFrom("huggingface", "platform"),
       fc.integer({ min: 100, max: 300 }),
-      fc.integer({ min: 0, max: 12 * 3_600 }),
+      msUpTo(12 * 3_600),
       fc.array(
         fc.oneof(
           fc.record({ after: hours(60), do: fc.constant("top_up"), amount: dollarsArb(1_000_000, 100_000_000) }),
@@ -145,11 +155,9 @@ const runDownArb = (hourly_rate: string) =>
       return {
         balance: formatDollars((day * BigInt(percent_of_a_day)) / 100n),
         events: [
-          { at: `PT${t0}S`, do: "register_model", account: "lo", model: "m-lo", source, gpu: "H100", gpu_count },
-          { at: `PT${t0}S`, do: "launch_inference_instance", account: "lo", id: "ii-lo", model: "m-lo" },
-          ...rest.map(({ after, ...e }) =>
-            e.do === "top_up" ? { at: `PT${t0 + after}S`, ...e, account: "lo" } : e.do === "api_request" ? { at: `PT${t0 + after}S`, ...e, account: "lo" } : { at: `PT${t0 + after}S`, ...e, id: "ii-lo" }
-          )
+          { at: durationText(t0), do: "register_model", account: "lo", model: "m-lo", source, gpu: "H100", gpu_count },
+          { at: durationText(t0), do: "launch_inference_instance", account: "lo", id: "ii-lo", model: "m-lo" },
+          ...rest.map(({ after, ...e }) => ({ at: durationText(t0 + after), ...e, ...(e.do === "top_up" || e.do === "api_request" ? { account: "lo" } : { id: "ii-lo" }) }))
         ]
       }
     })

@@ -57,13 +57,17 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
     // there. Found by mutation: with no outage in any property run, an overage row of the
     // wrong sign and a credit stop that ignored the balance passed them all.
     const outageArb = fc.tuple(fc.integer({ min: 0, max: 60 * 3_600 }), fc.integer({ min: 1, max: 59 }), fc.option(fc.tuple(fc.integer({ min: 60, max: 6 * 3_600 }), fc.integer({ min: 1, max: 59 }))), fc.boolean())
-    const secondsOf = (d: unknown): number => Number(/^PT(\d+)S$/.exec(String(d))?.[1] ?? 0)
-    /** The first GPU launch's deadline as the file foresees it (if it runs at once), in seconds after START. */
+    /** Milliseconds of a `PT<s>[.fff]S` duration (the generator's only form), 0 for none. */
+    const msOf = (d: unknown): number => {
+      const m = /^PT(\d+)(?:\.(\d{1,3}))?S$/.exec(String(d))
+      return m === null ? 0 : Number(m[1]) * 1_000 + Number((m[2] ?? "").padEnd(3, "0"))
+    }
+    /** The first GPU launch's deadline as the file foresees it (if it runs at once), in ms after START. */
     const foreseenDeadline = (file: { catalog: { regions: Record<string, { image_pull: string; container_start: string }> }; events: ReadonlyArray<Record<string, unknown>> }): number | null => {
       const launch = file.events.find((e) => e.do === "launch_gpu_instance" || e.do === "launch_gpu_cluster")
       if (launch === undefined) return null
       const region = file.catalog.regions[String(launch.region)]!
-      return secondsOf(launch.at) + secondsOf(region.image_pull) + secondsOf(region.container_start) + Number(launch.estimated_duration_hours) * 3_600
+      return msOf(launch.at) + msOf(region.image_pull) + msOf(region.container_start) + Number(launch.estimated_duration_hours) * 3_600_000
     }
     await fc.assert(
       fc.asyncProperty(timelineArb.map(withoutMissedEvents), outageArb, async (file, [random, length, second, aim]) => {
@@ -71,8 +75,8 @@ describe("a supervisor dropped and started again on the same SQLite file", () =>
         // Half the runs aim the outage at the first launch's deadline (it may have queued, or
         // been refused: then it lands elsewhere), so the late stop and its overage happen.
         const deadline = aim ? foreseenDeadline(file) : null
-        const first = deadline === null || deadline - 30 > 60 * 3_600 ? random : Math.max(0, deadline - 30)
-        const at_ms = Date.parse(START) + first * 1_000
+        const first_ms = deadline === null || deadline - 30_000 > 60 * 3_600_000 ? random * 1_000 : Math.max(0, deadline - 30_000)
+        const at_ms = Date.parse(START) + first_ms
         const outages = [{ at_ms, duration_ms: length * 1_000 }, ...(second === null ? [] : [{ at_ms: at_ms + (length + second[0]) * 1_000, duration_ms: second[1] * 1_000 }])]
         const r = run(file, { db: tmpDb(), outages })
         expect(r.output.invariants).toEqual({ ok: true, violations: [] })
