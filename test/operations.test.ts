@@ -25,6 +25,13 @@ afterEach(async () => {
   for (const e of engines.splice(0)) e.close()
 })
 
+/** The engine on `db` in a new simulated world (one H100 region) on a live `clock`, closed after the test. */
+const liveEngine = (db: string, clock: LiveClock): OpenedEngine => {
+  const opened = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
+  engines.push(opened)
+  return opened
+}
+
 const configFor = (db: string, env: Record<string, string> = {}) => parseConfig(["--db", db, "--port", "0", "--log-level", "silent", "--operator-key", OPERATOR_KEY, "--rate-limit", "0"], env)
 
 /** The server's error lines (its one logger, src/api/server.ts `serverLogger`), as their messages. */
@@ -146,12 +153,7 @@ describe("a live clock behind the database", () => {
     const db = tmpDb()
     const T = Date.parse("2026-03-01T08:00:00Z")
     let wall_ms = T
-    const open = () => {
-      const clock = new LiveClock({ speed: 600, wall: () => wall_ms, log: () => {} })
-      const opened = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
-      engines.push(opened)
-      return opened
-    }
+    const open = () => liveEngine(db, new LiveClock({ speed: 600, wall: () => wall_ms, log: () => {} }))
     const first = open()
     expect(first.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
     first.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")
@@ -177,12 +179,7 @@ describe("a live clock behind the database", () => {
     const T = Date.parse("2026-03-01T12:00:00Z")
     let wall_ms = T
     const lines: string[] = []
-    const open = () => {
-      const clock = new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) })
-      const opened = openEngine({ db, clock, cluster: new SimCluster(clock, [REGION], 7), gpu_rates: new Map([["H100", dollars("1.60")]]), ledger_options: { claim_leader_term: true } })
-      engines.push(opened)
-      return opened
-    }
+    const open = () => liveEngine(db, new LiveClock({ wall: () => wall_ms, log: (line) => lines.push(line) }))
     const first = open()
     expect(first.engine.sup.sync.openAccount("acme")._tag).toBe("Right")
     first.engine.sup.sync.credit("acme", "adjustment", dollars("10.00"), "Opening balance")

@@ -24,6 +24,16 @@ interface Env {
   readonly clock: VirtualClock
 }
 
+/** Every order three events can arrive in (Stripe keeps no order). */
+const ORDERS_OF_THREE: ReadonlyArray<ReadonlyArray<number>> = [
+  [0, 1, 2],
+  [0, 2, 1],
+  [1, 0, 2],
+  [1, 2, 0],
+  [2, 0, 1],
+  [2, 1, 0]
+]
+
 const envs: Env[] = []
 const servers: StripeTestServer[] = []
 
@@ -360,15 +370,7 @@ describe("refunds that fail at Stripe", () => {
     // that refund fails (0), $5 refunded (5). Stripe really refunded $5, whatever order the
     // three events come in and however often: the refund rows add up to −$5 and the balance
     // is $20. In order, the rows are −10, +10, −5.
-    const orders = [
-      [0, 1, 2],
-      [0, 2, 1],
-      [1, 0, 2],
-      [1, 2, 0],
-      [2, 0, 1],
-      [2, 1, 0]
-    ]
-    for (const order of orders) {
+    for (const order of ORDERS_OF_THREE) {
       const { w, server, a, pi, client, paid, refund, refunded } = await paidAndRefunded(`hal${order.join("")}@example.com`, 1000)
       for (const e of paid) await server.deliver(e)
       server.failRefund(refund.id)
@@ -637,15 +639,7 @@ describe("refunds listed at Stripe", () => {
     // the engine list the charge's refunds at Stripe (GET /v1/refunds?charge=…) and book each by
     // id: r1 made and failed, r2 made. Every order of the three (delivered twice) ends at refund
     // rows of −$5 and a balance of $20.
-    const orders = [
-      [0, 1, 2],
-      [0, 2, 1],
-      [1, 0, 2],
-      [1, 2, 0],
-      [2, 0, 1],
-      [2, 1, 0]
-    ]
-    for (const order of orders) {
+    for (const order of ORDERS_OF_THREE) {
       const { w, server, a, made1, failed, made2 } = await refundedAfterFailure(`mia${order.join("")}@example.com`)
       const groups = [made1, failed, made2]
       for (const i of [...order, ...order]) for (const e of groups[i]!) expect((await server.deliver(e)).status).toBe(200)
