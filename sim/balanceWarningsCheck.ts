@@ -65,7 +65,7 @@ const ownerOf = (resource: string): string => {
 }
 
 /** Index of the first element of sorted `list` greater than `at` (elements ≤ `at` come before it). */
-const upperBound = (list: ReadonlyArray<number>, at: number): number => {
+export const upperBound = (list: ReadonlyArray<number>, at: number): number => {
   let lo = 0
   let hi = list.length
   while (lo < hi) {

@@ -13,7 +13,7 @@ import type { StorageContext } from "../machines/storage.js"
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import { formatDollars, type Micros } from "../src/money.js"
 import { apiRequestCosts, checkApiUsage } from "./apiUsageCheck.js"
-import { checkBalanceWarnings } from "./balanceWarningsCheck.js"
+import { checkBalanceWarnings, upperBound } from "./balanceWarningsCheck.js"
 import { type ApiPrice, type ApiRequestFact, holdOfHours, MS_PER_HOUR, MS_PER_MINUTE, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "./oracle.js"
 import { isoInstant } from "./iso.js"
 
@@ -506,18 +506,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
     rundownCredits.set(account, kept)
   }
   // A run-down is counted by those credits at or before an instant (sorted; a binary search).
-  const rundownAt = (account: string, at: number): number => {
-    const credits = rundownCredits.get(account)
-    if (credits === undefined) return 0
-    let lo = 0
-    let hi = credits.length
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1
-      if (credits[mid]! <= at) lo = mid + 1
-      else hi = mid
-    }
-    return lo
-  }
+  const rundownAt = (account: string, at: number): number => upperBound(rundownCredits.get(account) ?? [], at)
   // A warning at the very instant of a credit may have come before it (an earlier unit of work
   // at that instant) or after it: only two warnings that no credit can separate share a run-down.
   for (const [account, list] of balanceWarningsByAccount) {

@@ -475,6 +475,27 @@ describe("refunds that fail at Stripe", () => {
   })
 })
 
+/**
+ * A $25 top-up paid (on a card whose refunds fail) and credited, on a Stripe that tells refunds
+ * as `source` says; $10 refunded (r1), and r1 failed at the card's bank. Their events are
+ * returned undelivered.
+ */
+const paidThenRefundFailed = async (email: string, source: { readonly sendsPreviousAttributes: boolean; readonly sendsRefundCreated: boolean; readonly listsRefunds: boolean }) => {
+  const { w, server } = await setup()
+  Object.assign(server, source)
+  const a = await w.signup(email, "0")
+  const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+  const pi = r.body.payment.payment_intent as string
+  const client = customer(server)
+  await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+  await server.flush()
+  const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+  const made1 = server.queue.splice(0)
+  server.failRefund(first.id)
+  const failed = server.queue.splice(0)
+  return { w, server, a, pi, client, made1, failed }
+}
+
 describe("refunds told by id", () => {
   it("follow a refund made after a failed one from its refund id when charge.refunded does not say what was refunded before", async () => {
     // Proves the refunds made are counted by refund id too, once each: Stripe documents
@@ -491,18 +512,7 @@ describe("refunds told by id", () => {
     ]
     for (const source of sources) {
       for (const order of ["forward", "reversed", "made first"] as const) {
-        const { w, server } = await setup()
-        Object.assign(server, source)
-        const a = await w.signup(`kim-${sources.indexOf(source)}-${order.replace(" ", "-")}@example.com`, "0")
-        const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-        const pi = r.body.payment.payment_intent as string
-        const client = customer(server)
-        await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
-        await server.flush()
-        const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
-        const made1 = server.queue.splice(0)
-        server.failRefund(first.id)
-        const failed = server.queue.splice(0)
+        const { w, server, a, pi, client, made1, failed } = await paidThenRefundFailed(`kim-${sources.indexOf(source)}-${order.replace(" ", "-")}@example.com`, source)
         await client.refunds.create({ payment_intent: pi, amount: 500 })
         const made2 = server.queue.splice(0)
         expect(made2.map((e) => e.type)).toEqual(source.sendsRefundCreated ? ["charge.refunded", "refund.created"] : ["charge.refunded"])
@@ -606,18 +616,7 @@ describe("refunds listed at Stripe", () => {
    * (r1), and r1 failed at the card's bank; their events are returned undelivered.
    */
   const refundFailed = async (email: string) => {
-    const { w, server } = await setup()
-    Object.assign(server, { sendsPreviousAttributes: false, sendsRefundCreated: false, listsRefunds: false })
-    const a = await w.signup(email, "0")
-    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-    const pi = r.body.payment.payment_intent as string
-    const client = customer(server)
-    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
-    await server.flush()
-    const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
-    const made1 = server.queue.splice(0)
-    server.failRefund(first.id)
-    const failed = server.queue.splice(0)
+    const { w, server, a, pi, client, made1, failed } = await paidThenRefundFailed(email, { sendsPreviousAttributes: false, sendsRefundCreated: false, listsRefunds: false })
     expect([made1.map((e) => e.type), failed.map((e) => e.type)]).toEqual([["charge.refunded"], ["charge.refund.updated", "refund.updated", "refund.failed"]])
     return { w, server, a, pi, client, made1, failed }
   }
