@@ -223,10 +223,31 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
 
   // (b) Every threshold crossed in the quiet stretch before a credit_depleted stop was warned
   // of, where the logs show it was not sent in the run-down (see `surelyUnsent`).
+  /** The accounts' `/v1` requests by instant (`account@at`), made only if some stop asks. */
+  let requestsAt: Set<string> | null = null
+  /**
+   * Whether something of the account besides the stopped resource's own settlement changed at
+   * the stop's instant (a request, a charge, a refund, another resource's move): it may have
+   * come first and spent what the stop was foreseen on, so the stop was not foreseen. (Found by
+   * review: a request at a cycle end that took the last $5 made the checker ask for warnings of
+   * a stop the engine rightly could not foresee.)
+   */
+  const changedBesides = (v: AccountView, account: string, id: string, t: number): boolean => {
+    if ((input.rowsByAccount.get(account) ?? []).some((x) => x.at === t && x.resource !== id)) return true
+    requestsAt ??= new Set((facts.api_usage?.requests ?? []).map((q) => `${q.account}@${q.at}`))
+    if (requestsAt.has(`${account}@${t}`)) return true
+    return v.resources.some((o) => {
+      if (o.id === id) return false
+      if (o.context.created_at === t) return true
+      const logs = o.kind === "inference_instance" ? [o.id, ...o.context.regions.map((region) => `${o.id}@${region}`)] : [o.id]
+      return logs.some((log) => (input.transitionsByResource.get(log) ?? []).some((x) => x.at === t))
+    })
+  }
   for (const r of facts.resources) {
     const decided = (input.transitionsByResource.get(r.id) ?? []).find((t) => t.reason === "credit_depleted")?.at
     if (decided === undefined) continue
     const v = views.get(r.account)!
+    if (changedBesides(v, r.account, r.id, decided)) continue
     const quietFrom = lastChangeBefore(v, decided)
     const warnings = input.balanceWarningsByAccount.get(r.account) ?? []
     for (const minutes of SPEC_BALANCE_WARNING_MINUTES) {

@@ -635,7 +635,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       violate(2, { account: r.account, resource: r.id, at: stop?.at ?? hold.settled_at ?? null, message: `resource is ${r.status} but its hold is ${hold.status}` })
     }
 
-    // 3. Consumed = billable time (from the transitions log) × rate × GPUs, to one unit.
+    // 3. Consumed = billable time (from the transitions log) × rate × GPUs, rounded once (sim/oracle.ts): exact.
     let state = "pending"
     let since = ctx.created_at
     let billable_ms = 0
