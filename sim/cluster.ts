@@ -57,6 +57,47 @@ export type WorldOutcome = { readonly ok: true } | { readonly ok: false; readonl
 const ok: WorldOutcome = { ok: true }
 const refuse = (error: string, message: string): WorldOutcome => ({ ok: false, status: 409, error, message })
 
+/** Bound on the steps of `packRegion`'s search: past it, the restore places what is left by most free GPUs. */
+const PACK_STEPS_MAX = 1_000_000
+
+/**
+ * A packing of `workloads` (largest first) on nodes with `free` GPUs each: for each, `node_count`
+ * distinct nodes with `gpu_count` free, none going below zero; found by depth-first search, the
+ * lowest-numbered nodes first. Empty if none was found within PACK_STEPS_MAX steps.
+ */
+export const packRegion = (free: ReadonlyArray<number>, workloads: ReadonlyArray<WorkloadSpec>): Map<string, number[]> => {
+  const left = [...free]
+  const chosen: number[][] = []
+  let steps = 0
+  const place = (i: number): boolean => {
+    if (i === workloads.length) return true
+    const w = workloads[i]!
+    const nodes: number[] = []
+    const pick = (from: number): boolean => {
+      if (++steps > PACK_STEPS_MAX) return false
+      if (nodes.length === w.node_count) {
+        for (const n of nodes) left[n]! -= w.gpu_count
+        chosen[i] = [...nodes]
+        if (place(i + 1)) return true
+        for (const n of nodes) left[n]! += w.gpu_count
+        return false
+      }
+      for (let n = from; n <= left.length - (w.node_count - nodes.length); n++) {
+        if (left[n]! < w.gpu_count) continue
+        nodes.push(n)
+        if (pick(n + 1)) return true
+        nodes.pop()
+        if (steps > PACK_STEPS_MAX) return false
+      }
+      return false
+    }
+    return pick(0)
+  }
+  const packed = new Map<string, number[]>()
+  if (place(0)) workloads.forEach((w, i) => packed.set(w.name, chosen[i]!))
+  return packed
+}
+
 export class SimCluster implements ClusterPort {
   private readonly regions = new Map<string, RegionState>()
   private readonly workloads = new Map<string, Workload>()
@@ -167,22 +208,29 @@ export class SimCluster implements ClusterPort {
    * `running` pod runs on; a `loading` one runs from when its container start was due (at once,
    * if that is past); a `preempted` one keeps its GPUs until the world resumes it (with random
    * preemptions on, `preemption_duration_ms` from now: when the preemption began is not in the
-   * record). The record does not say which nodes held a workload: they are chosen again, the
-   * largest workloads first (first fit). One that first fit cannot place again (a tight packing
-   * it would not have found) is placed all the same, on the nodes with the most free GPUs,
-   * which go below zero: it was running, so the GPUs it holds are taken again. The region's free
-   * GPUs add up as before; which node has them may differ by what was moved. Only an empty
-   * cluster restores; events go to the subscriber from then on, as before.
+   * record). The record does not say which nodes held a workload: they are chosen again by a
+   * search for a packing of each region's workloads on its nodes (`packRegion`): one exists,
+   * since they ran together. (Before, they were placed largest first by first fit, which can miss
+   * a tight packing first fit made in arrival order: a node went below zero and another showed a
+   * GPU free that was taken, and a new pod ran on it, over the region's capacity.) Only if the
+   * search gives up (`PACK_STEPS_MAX`) is a workload placed on the nodes with the most free
+   * GPUs, below zero. Only an empty cluster restores; events go to the subscriber from then on,
+   * as before.
    */
   restore(placed: ReadonlyArray<PlacedWorkload>): void {
     if (this.workloads.size > 0 || this.history.size > 0) throw new Error("SimCluster.restore: only a cluster that has run nothing takes up another's workloads")
     const largestFirst = [...placed].sort((a, b) => b.spec.gpu_count - a.spec.gpu_count || b.spec.node_count - a.spec.node_count || (a.spec.name < b.spec.name ? -1 : 1))
+    // Where each goes: a packing of each region's workloads on its nodes, searched for whole.
+    const packed = new Map<string, number[]>()
+    for (const [name, region] of [...this.regions].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      for (const [workload, nodes] of packRegion(region.free, largestFirst.filter((p) => p.spec.region === name).map((p) => p.spec))) packed.set(workload, nodes)
+    }
     for (const { spec, phase, loading_at } of largestFirst) {
       const region = this.regions.get(spec.region)
       // A region this cluster no longer has: its workloads are lost, as the reconciliation finds.
       if (region === undefined) continue
       if (this.workloads.has(spec.name)) throw new Error(`SimCluster.restore: workload ${spec.name} given twice`)
-      const nodes = this.fit(region, spec) ?? this.roomiest(region, spec.node_count)
+      const nodes = packed.get(spec.name) ?? this.fit(region, spec) ?? this.roomiest(region, spec.node_count)
       for (const n of nodes) region.free[n]! -= spec.gpu_count
       const w: Workload = { spec, phase, nodes, started_at: loading_at, stops: [], timer: null, deleting: false }
       this.workloads.set(spec.name, w)

@@ -18,7 +18,7 @@ import { DEMO_REGIONS, parseConfig, serverLogger, startServer, type RunningServe
 import { VirtualClock } from "../../src/clock.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
 import { formatDollars } from "../../src/money.js"
-import { SimCluster, type SimRegion } from "../../sim/cluster.js"
+import { packRegion, SimCluster, type SimRegion } from "../../sim/cluster.js"
 import type { PlacedWorkload } from "../../src/cluster.js"
 import { HOUR, MIN, tmpDb } from "../helpers.js"
 
@@ -276,21 +276,38 @@ describe("SimCluster.restore", () => {
     expect(cluster.list().map((w) => [w.resource, w.phase])).toEqual([["gi-1", "running"]])
   })
 
-  it("places every workload it is given, one that first fit cannot place again included", () => {
-    // Proves no running workload is lost to a different placement: 4, 4, 3, 3, 3 and 3 GPUs
-    // filled two 10-GPU nodes as 4+3+3 each; first fit, largest first, puts 4+4 and 3+3+3 and
-    // has no node for the last 3, which goes on the roomiest node all the same.
+  it("places every workload it is given on a packing that fits, one first fit cannot find included", () => {
+    // Proves no running workload is lost to a different placement, and no node is
+    // over-committed: 4, 4, 3, 3, 3 and 3 GPUs filled two 10-GPU nodes as 4+3+3 each; first
+    // fit, largest first, puts 4+4 and 3+3+3 and has no node for the last 3. Found by review:
+    // that one went on the roomiest node, 1 GPU over there and 1 shown free on the other, and a
+    // new 1-GPU pod ran on it, 21 GPUs in a 20-GPU region. The search finds 4+3+3 twice.
     const region: SimRegion = { ...DEMO_REGIONS[0]!, nodes: 2, gpus_per_node: 10 }
     const clock = new VirtualClock(T0)
     const cluster = new SimCluster(clock, [region], 1)
     const sizes = [4, 4, 3, 3, 3, 3]
     cluster.restore(sizes.map((gpus, i) => placed(`gi-${i}`, gpus)))
     expect(cluster.list().map((w) => w.phase)).toEqual(sizes.map(() => "running"))
-    // The region's 20 GPUs are all taken again, so a new 2-GPU pod waits. (Per node it is 1 GPU
-    // over on one and 1 free on the other: the total is restored, not which node held what.)
-    cluster.createWorkload({ ...placed("gi-new", 2).spec })
+    // The region's 20 GPUs are all taken again, on both nodes: a new 1-GPU pod waits.
+    cluster.createWorkload({ ...placed("gi-new", 1).spec })
     clock.advanceTo(T0 + HOUR)
     expect(cluster.phaseOf("eco-gi-new")).toBe("pending")
+  })
+
+  it("packs a region's workloads with none over a node's GPUs, multi-node ones included", () => {
+    // Proves the search: the review's case (four 8-GPU nodes filled as 8 | 4+2+2 | 3+3+2 | 8),
+    // and a 2-node workload that needs two nodes with room at once.
+    const spec = (name: string, gpu_count: number, node_count = 1) => ({ ...placed(name, gpu_count, node_count).spec })
+    const fits = (free: number[], specs: ReturnType<typeof spec>[]) => {
+      const packed = packRegion(free, specs)
+      const left = [...free]
+      for (const s of specs) for (const n of packed.get(s.name) ?? []) left[n]! -= s.gpu_count
+      return [packed.size, left.every((g) => g >= 0), specs.every((s) => new Set(packed.get(s.name)).size === s.node_count)]
+    }
+    expect(fits([8, 8, 8, 8], [8, 8, 4, 3, 3, 2, 2, 2].map((g, i) => spec(`w${i}`, g)))).toEqual([8, true, true])
+    expect(fits([8, 8, 8, 8], [spec("gc", 6, 2), spec("a", 5), spec("b", 5), spec("c", 2), spec("d", 2), spec("e", 2), spec("f", 2)])).toEqual([7, true, true])
+    // One more GPU than the region has: no packing.
+    expect(packRegion([8, 8], [spec("a", 8), spec("b", 8), spec("c", 1)]).size).toBe(0)
   })
 
   it("refuses a cluster that has run anything, and a workload given twice", () => {
