@@ -223,8 +223,16 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
 
   // (b) Every threshold crossed in the quiet stretch before a credit_depleted stop was warned
   // of, where the logs show it was not sent in the run-down (see `surelyUnsent`).
-  /** The accounts' `/v1` requests by instant (`account@at`), made only if some stop asks. */
-  let requestsAt: Set<string> | null = null
+  /** The instants of `/v1` requests of the accounts with a credit stop, made only if some stop asks. */
+  let requestsAt: Map<string, Set<number>> | null = null
+  const requestInstants = (): Map<string, Set<number>> => {
+    const byAccount = new Map<string, Set<number>>()
+    for (const r of facts.resources) {
+      if ((input.transitionsByResource.get(r.id) ?? []).some((t) => t.reason === "credit_depleted")) byAccount.set(r.account, new Set())
+    }
+    for (const q of facts.api_usage?.requests ?? []) byAccount.get(q.account)?.add(q.at)
+    return byAccount
+  }
   /**
    * Whether something of the account besides the stopped resource's own settlement changed at
    * the stop's instant (a request, a charge, a refund, another resource's move): it may have
@@ -234,8 +242,8 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
    */
   const changedBesides = (v: AccountView, account: string, id: string, t: number): boolean => {
     if ((input.rowsByAccount.get(account) ?? []).some((x) => x.at === t && x.resource !== id)) return true
-    requestsAt ??= new Set((facts.api_usage?.requests ?? []).map((q) => `${q.account}@${q.at}`))
-    if (requestsAt.has(`${account}@${t}`)) return true
+    requestsAt ??= requestInstants()
+    if (requestsAt.get(account)?.has(t) === true) return true
     return v.resources.some((o) => {
       if (o.id === id) return false
       if (o.context.created_at === t) return true
