@@ -42,6 +42,8 @@ interface Workload {
   readonly stops: number[]
   timer: TimerHandle | null
   deleting: boolean
+  /** A restored pending one's: when its pull began (the engine asked for it), so it is not started over. */
+  pull_from: number | null
 }
 
 interface RegionState {
@@ -134,7 +136,7 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false })
+    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: null })
     this.record(spec.resource, "pending")
     this.changes.set(spec.name, spec.resource)
     this.byResource.set(spec.resource, spec.name)
@@ -206,7 +208,9 @@ export class SimCluster implements ClusterPort {
    * last saw, holding its GPUs as before. This cluster lives in the control plane's memory, but
    * it stands for one that does not: it kept running while the control plane was down. So a
    * `running` pod runs on; a `loading` one runs from when its container start was due (at once,
-   * if that is past); a `preempted` one keeps its GPUs until the world resumes it (with random
+   * if that is past); a `pending` one goes back in its region's queue, in the order it was asked
+   * for, its pull counted from then (`pull_from`); a `preempted` one keeps its GPUs until the
+   * world resumes it (with random
    * preemptions on, `preemption_duration_ms` from now: when the preemption began is not in the
    * record). The record does not say which nodes held a workload: they are chosen again by a
    * search for a packing of each region's workloads on its nodes (`packRegion`): one exists,
@@ -217,8 +221,15 @@ export class SimCluster implements ClusterPort {
    * GPUs, below zero. Only an empty cluster restores; events go to the subscriber from then on,
    * as before.
    */
-  restore(placed: ReadonlyArray<PlacedWorkload>): void {
+  restore(given: ReadonlyArray<PlacedWorkload>): void {
+    let placed = given
     if (this.workloads.size > 0 || this.history.size > 0) throw new Error("SimCluster.restore: only a cluster that has run nothing takes up another's workloads")
+    // A pod still pending (pulling, or waiting for room) goes back in its region's queue, in the
+    // order it was asked for, once the started ones hold their GPUs again; its pull counts from
+    // when it was asked for. (Found by review: created again from scratch, a pod stopped while
+    // pulling could be failed by the watchdog's stuck-pending rule, which counts from creation.)
+    const pending = placed.filter((p) => p.phase === "pending").sort((a, b) => (a.created_at ?? 0) - (b.created_at ?? 0) || (a.spec.name < b.spec.name ? -1 : 1))
+    placed = placed.filter((p) => p.phase !== "pending")
     const largestFirst = [...placed].sort((a, b) => b.spec.gpu_count - a.spec.gpu_count || b.spec.node_count - a.spec.node_count || (a.spec.name < b.spec.name ? -1 : 1))
     // Where each goes: a packing of each region's workloads on its nodes, searched for whole.
     const packed = new Map<string, number[]>()
@@ -232,7 +243,7 @@ export class SimCluster implements ClusterPort {
       if (this.workloads.has(spec.name)) throw new Error(`SimCluster.restore: workload ${spec.name} given twice`)
       const nodes = packed.get(spec.name) ?? this.fit(region, spec) ?? this.roomiest(region, spec.node_count)
       for (const n of nodes) region.free[n]! -= spec.gpu_count
-      const w: Workload = { spec, phase, nodes, started_at: loading_at, stops: [], timer: null, deleting: false }
+      const w: Workload = { spec, phase, nodes, started_at: loading_at, stops: [], timer: null, deleting: false, pull_from: null }
       this.workloads.set(spec.name, w)
       this.byResource.set(spec.resource, spec.name)
       this.record(spec.resource, phase)
@@ -241,6 +252,17 @@ export class SimCluster implements ClusterPort {
       else if (phase === "running") this.armRandomPreemption(w)
       else if (region.spec.preemption_mean_interval_ms > 0) this.resumesAfter(w, region.spec.preemption_duration_ms)
     }
+    for (const { spec, created_at } of pending) {
+      const region = this.regions.get(spec.region)
+      if (region === undefined) continue
+      if (this.workloads.has(spec.name)) throw new Error(`SimCluster.restore: workload ${spec.name} given twice`)
+      this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: created_at ?? null })
+      this.record(spec.resource, "pending")
+      this.changes.set(spec.name, spec.resource)
+      this.byResource.set(spec.resource, spec.name)
+      region.queue.push(spec.name)
+    }
+    for (const [, region] of [...this.regions].sort(([a], [b]) => (a < b ? -1 : 1))) this.placeQueued(region)
   }
 
   // ── the world's own events (timeline: preempt, resume, pod_fail, region_down/up) ────
@@ -403,14 +425,21 @@ export class SimCluster implements ClusterPort {
     const s = region.spec
     const pull_ms = s.image_pull_ms + (s.image_pull_jitter_ms > 0 ? this.prng.int(0, s.image_pull_jitter_ms) : 0)
     const pullFails = this.prng.chance(s.pull_failure_probability)
-    w.timer = this.at(pull_ms, w.spec.name, () => {
-      w.timer = null
-      if (pullFails) return this.fail(w)
-      this.setPhase(w, "loading")
-      w.started_at = this.clock.now()
-      this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
-      this.containerStarts(w, this.clock.now() + s.container_start_ms)
-    })
+    // A restored pending pod's pull began before the restart (`pull_from`): it ends when it would have.
+    const pulled_at = Math.max(this.clock.now(), (w.pull_from ?? this.clock.now()) + pull_ms)
+    w.pull_from = null
+    w.timer = this.clock.schedule(
+      pulled_at,
+      () => {
+        w.timer = null
+        if (pullFails) return this.fail(w)
+        this.setPhase(w, "loading")
+        w.started_at = this.clock.now()
+        this.emit({ type: "pod.loading", resource: w.spec.resource, at: this.clock.now() })
+        this.containerStarts(w, this.clock.now() + s.container_start_ms)
+      },
+      { lane: Lane.world, key: w.spec.name }
+    )
   }
 
   /** The workload's container has started at `at_ms`: it runs from then. */

@@ -162,9 +162,12 @@ export interface ClusterPort {
  */
 export interface PlacedWorkload {
   readonly spec: WorkloadSpec
-  readonly phase: "loading" | "running" | "preempted"
+  /** `pending`: created, its image still pulling (or waiting for room) when the engine last looked. */
+  readonly phase: "pending" | "loading" | "running" | "preempted"
   /** When its containers started (it entered `loading`), as the engine recorded it; null if the record does not say. */
   readonly loading_at: number | null
+  /** A pending one's: when the engine asked for it (its resource's creation), so its pull is not started over. */
+  readonly created_at?: number
 }
 
 /** How a workload whose pods went unseen ended (`ClusterPort.recallGone`): `ended_at` dates the stop. */

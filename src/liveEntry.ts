@@ -90,23 +90,23 @@ export const gpuSpec = (ctx: GpuInstanceContext): WorkloadSpec => ({
   service: null
 })
 
-/** The phases in which a pod was placed and had started, as the engine last saw it: what a restored world takes up. */
-const PLACED: ReadonlySet<string> = new Set(["loading", "running", "preempted"])
+/** The phases in which the engine last saw a pod it had created: what a restored world takes up. */
+const PLACED: ReadonlySet<string> = new Set(["pending", "loading", "running", "preempted"])
 
 /**
- * The workloads a live resource's snapshot says were placed and had started (`PlacedWorkload`),
- * with the phase the engine last saw: a GPU resource's pods while it is loading, running or
- * preempted; an active inference instance's replicas that are. None for a resource still
- * `pending` (its create may not have gone through: the start-up reconciliation creates it
- * again) or `terminating` (its delete was asked before the stop, and went through while the
- * control plane was down: the reconciliation confirms it gone).
+ * The workloads a live resource's snapshot says the engine created (`PlacedWorkload`), with
+ * the phase it last saw: a GPU resource's pods while it is pending, loading, running or
+ * preempted; an active inference instance's replicas that are. A pending one's pull began when
+ * the resource was created (an inference replica's, at the latest then). None for a resource
+ * `terminating` (its delete was asked before the stop, and went through while the control
+ * plane was down: the reconciliation confirms it gone).
  */
 export const placedWorkloads = (entry: WorkloadEntry): PlacedWorkload[] => {
   if (entry.kind === "gpu") {
     const snapshot = entry.actor.getSnapshot()
     const status = gpuStatusOf(snapshot)
     if (!PLACED.has(status)) return []
-    return [{ spec: gpuSpec(snapshot.context), phase: status as PlacedWorkload["phase"], loading_at: snapshot.context.started_at }]
+    return [{ spec: gpuSpec(snapshot.context), phase: status as PlacedWorkload["phase"], loading_at: snapshot.context.started_at, created_at: snapshot.context.created_at }]
   }
   const snapshot = entry.actor.getSnapshot()
   if (snapshot.value !== "active") return []
@@ -116,7 +116,7 @@ export const placedWorkloads = (entry: WorkloadEntry): PlacedWorkload[] => {
     const replica = ctx.replicas[region]
     if (replica === undefined || !PLACED.has(replica.status)) continue
     // A loading replica's billable stretch began when its containers started.
-    placed.push({ spec: replicaSpec(ctx, region), phase: replica.status as PlacedWorkload["phase"], loading_at: replica.status === "loading" ? replica.billing_since : null })
+    placed.push({ spec: replicaSpec(ctx, region), phase: replica.status as PlacedWorkload["phase"], loading_at: replica.status === "loading" ? replica.billing_since : null, created_at: ctx.created_at })
   }
   return placed
 }

@@ -252,6 +252,32 @@ describe("npm start restarted on the same database, with the built-in simulated 
   })
 })
 
+describe("npm start restarted while a pod pulled its image", () => {
+  it("goes on with the pull begun before the stop: not failed as stuck pending, billed from when it loads", async () => {
+    // Found by review: a pod still pulling at the stop was created again at the restart and
+    // pulled from scratch; restarted at 19:45 after the launch, the watchdog's tick at 20:00
+    // found it pending more than 15 minutes and failed it. Its pull, begun at the launch, ends
+    // by the restart: it loads then (billed from then, as a heal is) and runs 30 s later.
+    const db = tmpDb()
+    const first = await start(db, T0)
+    const { gi, ii } = await launch(first)
+    first.advanceTo(T0 + 10_000)
+    expect((await first.req("GET", `/gpu-instances/${gi}`)).body.status).toBe("pending")
+    await first.close()
+
+    const back = T0 + 19 * MIN + 45_000
+    const second = await start(db, back)
+    second.advanceTo(T0 + 25 * MIN)
+    expect((await second.req("GET", `/gpu-instances/${gi}`)).body).toMatchObject({ status: "running", billable_seconds: 5 * 60 + 15 })
+    expect((await second.req("GET", `/inference-instances/${ii}`)).body.status).toBe("running")
+    expect(failures(second.ledger)).toEqual([])
+    expect(second.ledger.transitions().filter((t) => t.resource === gi).map((t) => [t.at - T0, t.from_state, t.to_state])).toEqual([
+      [back - T0, "pending", "loading"],
+      [back - T0 + 30_000, "loading", "running"]
+    ])
+  })
+})
+
 describe("SimCluster.restore", () => {
   const placed = (resource: string, gpu_count: number, node_count = 1, phase: PlacedWorkload["phase"] = "running"): PlacedWorkload => ({
     spec: { name: `eco-${resource}`, resource, account: "acme", region: "us-east", gpu: "H100", gpu_count, node_count, image: null, volumes: [], service: null },
