@@ -136,12 +136,17 @@ export class SimCluster implements ClusterPort {
     if (this.workloads.has(spec.name)) return // the name is taken: "already exists", not a second pod
     const region = this.regions.get(spec.region)
     if (region === undefined) throw new Error(`workload ${spec.name} in unknown region ${spec.region}`)
-    this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: null })
-    this.record(spec.resource, "pending")
-    this.changes.set(spec.name, spec.resource)
-    this.byResource.set(spec.resource, spec.name)
+    this.add({ spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: null })
     region.queue.push(spec.name)
     this.placeQueued(region)
+  }
+
+  /** A workload the cluster takes in, in its phase: known by name and resource, its phase logged. */
+  private add(w: Workload): void {
+    this.workloads.set(w.spec.name, w)
+    this.byResource.set(w.spec.resource, w.spec.name)
+    this.record(w.spec.resource, w.phase)
+    this.changes.set(w.spec.name, w.spec.resource)
   }
 
   deleteWorkload(name: string): void {
@@ -221,16 +226,14 @@ export class SimCluster implements ClusterPort {
    * GPUs, below zero. Only an empty cluster restores; events go to the subscriber from then on,
    * as before.
    */
-  restore(given: ReadonlyArray<PlacedWorkload>): void {
-    let placed = given
+  restore(placed: ReadonlyArray<PlacedWorkload>): void {
     if (this.workloads.size > 0 || this.history.size > 0) throw new Error("SimCluster.restore: only a cluster that has run nothing takes up another's workloads")
     // A pod still pending (pulling, or waiting for room) goes back in its region's queue, in the
     // order it was asked for, once the started ones hold their GPUs again; its pull counts from
     // when it was asked for. (Found by review: created again from scratch, a pod stopped while
     // pulling could be failed by the watchdog's stuck-pending rule, which counts from creation.)
     const pending = placed.filter((p) => p.phase === "pending").sort((a, b) => (a.created_at ?? 0) - (b.created_at ?? 0) || (a.spec.name < b.spec.name ? -1 : 1))
-    placed = placed.filter((p) => p.phase !== "pending")
-    const largestFirst = [...placed].sort((a, b) => b.spec.gpu_count - a.spec.gpu_count || b.spec.node_count - a.spec.node_count || (a.spec.name < b.spec.name ? -1 : 1))
+    const largestFirst = placed.filter((p) => p.phase !== "pending").sort((a, b) => b.spec.gpu_count - a.spec.gpu_count || b.spec.node_count - a.spec.node_count || (a.spec.name < b.spec.name ? -1 : 1))
     // Where each goes: a packing of each region's workloads on its nodes, searched for whole.
     const packed = new Map<string, number[]>()
     for (const [name, region] of [...this.regions].sort(([a], [b]) => (a < b ? -1 : 1))) {
@@ -244,10 +247,7 @@ export class SimCluster implements ClusterPort {
       const nodes = packed.get(spec.name) ?? this.fit(region, spec) ?? this.roomiest(region, spec.node_count)
       for (const n of nodes) region.free[n]! -= spec.gpu_count
       const w: Workload = { spec, phase, nodes, started_at: loading_at, stops: [], timer: null, deleting: false, pull_from: null }
-      this.workloads.set(spec.name, w)
-      this.byResource.set(spec.resource, spec.name)
-      this.record(spec.resource, phase)
-      this.changes.set(spec.name, spec.resource)
+      this.add(w)
       if (phase === "loading") this.containerStarts(w, (loading_at ?? this.clock.now()) + region.spec.container_start_ms)
       else if (phase === "running") this.armRandomPreemption(w)
       else if (region.spec.preemption_mean_interval_ms > 0) this.resumesAfter(w, region.spec.preemption_duration_ms)
@@ -256,10 +256,7 @@ export class SimCluster implements ClusterPort {
       const region = this.regions.get(spec.region)
       if (region === undefined) continue
       if (this.workloads.has(spec.name)) throw new Error(`SimCluster.restore: workload ${spec.name} given twice`)
-      this.workloads.set(spec.name, { spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: created_at ?? null })
-      this.record(spec.resource, "pending")
-      this.changes.set(spec.name, spec.resource)
-      this.byResource.set(spec.resource, spec.name)
+      this.add({ spec, phase: "pending", nodes: null, started_at: null, stops: [], timer: null, deleting: false, pull_from: created_at ?? null })
       region.queue.push(spec.name)
     }
     for (const [, region] of [...this.regions].sort(([a], [b]) => (a < b ? -1 : 1))) this.placeQueued(region)

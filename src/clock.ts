@@ -85,30 +85,21 @@ interface HeapTimer extends Timer {
  */
 const FOLLOW_UP = "\u0001"
 
-/** What places a timer among the others of its instant: its lane and key, and the input it is or follows. */
-export interface TimerPlace {
-  readonly lane: number
-  readonly key: string
-  /** The key of the input this timer is or follows, or null. */
-  readonly input: string | null
-}
-
 /**
- * Where a timer due at `due_ms` goes, scheduled at `now_ms` while `cause` fires (or settles
- * its consequences): an input's own consequences in the world at its instant (a pod that starts
- * at once, a payment's answer and webhook without delay), scheduled on the world's lane by an
- * input or one of its follow-ups, go on the input's lane right after that input, before the
- * next one (TIMELINE.md: "Events at the same instant apply in file order"). The world's other
- * timers of the instant come after every input. Every virtual clock places timers so.
+ * The input a timer due at `due_ms`, scheduled on `lane` at `now_ms` while `cause` fires (or
+ * settles its consequences), follows, or null: an input's own consequences in the world at its
+ * instant (a pod that starts at once, a payment's answer and webhook without delay), scheduled
+ * on the world's lane by an input or one of its follow-ups, go on the input's lane right after
+ * that input (`followUpKey`), before the next one (TIMELINE.md: "Events at the same instant
+ * apply in file order"). The world's other timers of the instant come after every input. Every
+ * virtual clock places timers so. (It answers a key, not a placement, so that scheduling a
+ * timer allocates nothing more than the timer.)
  */
-export const placeTimer = (cause: { readonly due_ms: number; readonly input: string | null } | null, now_ms: number, due_ms: number, options?: ScheduleOptions): TimerPlace => {
-  const lane: number = options?.lane ?? Lane.engine
-  const key = options?.key ?? ""
-  if (lane === Lane.world && due_ms === now_ms && cause !== null && cause.input !== null && cause.due_ms === due_ms) {
-    return { lane: Lane.input, key: `${cause.input}${FOLLOW_UP}${key}`, input: cause.input }
-  }
-  return { lane, key, input: lane === Lane.input ? key : null }
-}
+export const followedInput = (cause: { readonly due_ms: number; readonly input: string | null } | null, now_ms: number, due_ms: number, lane: number): string | null =>
+  lane === Lane.world && due_ms === now_ms && cause !== null && cause.input !== null && cause.due_ms === due_ms ? cause.input : null
+
+/** A follow-up's key: right after its input's, before the next input's. */
+export const followUpKey = (input: string, key: string): string => `${input}${FOLLOW_UP}${key}`
 
 /**
  * A binary min-heap of timers. A cancelled timer is taken out at once (`remove`), so the heap
@@ -242,11 +233,17 @@ export class VirtualClock implements EngineClock {
     }
   }
 
-  /** An input's own consequences at its instant follow it at once (`placeTimer`). */
+  /** An input's own consequences at its instant follow it at once (`followedInput`). */
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
     if (!Number.isFinite(at_ms)) throw new Error(`cannot schedule at ${at_ms}`)
     const due_ms = Math.max(Math.trunc(at_ms), this.now_ms)
-    const timer: HeapTimer = { due_ms, ...placeTimer(this.firing, this.now_ms, due_ms, options), seq: this.seq++, fn, index: -1 }
+    const lane: number = options?.lane ?? Lane.engine
+    const key = options?.key ?? ""
+    const follows = followedInput(this.firing, this.now_ms, due_ms, lane)
+    const timer: HeapTimer =
+      follows === null
+        ? { due_ms, lane, key, input: lane === Lane.input ? key : null, seq: this.seq++, fn, index: -1 }
+        : { due_ms, lane: Lane.input, key: followUpKey(follows, key), input: follows, seq: this.seq++, fn, index: -1 }
     this.heap.push(timer)
     this.live++
     return timer as unknown as TimerHandle

@@ -13,7 +13,7 @@
  */
 import { Clock as EffectClock, Duration, Effect, Scheduler } from "effect"
 import { KubeConfig } from "@kubernetes/client-node"
-import { before, placeTimer, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
+import { before, followedInput, followUpKey, Lane, type EngineClock, type ScheduleOptions, type Timer, type TimerHandle } from "../../src/clock.js"
 import { expect } from "vitest"
 import type { ClusterEvent, WorkloadSpec } from "../../src/cluster.js"
 import { KubernetesCluster, type DriverReport } from "../../src/k8s/cluster.js"
@@ -33,7 +33,7 @@ export class SteppedClock implements EngineClock {
   /**
    * The timer that fired last, while it fires and while the world settles what it caused (the
    * scripted kubelet schedules its pod moves from the HTTP it answers): an input's own
-   * consequences at its instant follow it, as in VirtualClock (`placeTimer`).
+   * consequences at its instant follow it, as in VirtualClock (`followedInput`).
    */
   private cause: SteppedTimer | null = null
   readonly effectClock: EffectClock.Clock
@@ -73,7 +73,13 @@ export class SteppedClock implements EngineClock {
 
   schedule(at_ms: number, fn: () => void, options?: ScheduleOptions): TimerHandle {
     const due_ms = Math.max(Math.trunc(at_ms), this.now_ms)
-    const t: SteppedTimer = { due_ms, ...placeTimer(this.cause, this.now_ms, due_ms, options), seq: this.seq++, fn }
+    const lane: number = options?.lane ?? Lane.engine
+    const key = options?.key ?? ""
+    const follows = followedInput(this.cause, this.now_ms, due_ms, lane)
+    const t: SteppedTimer =
+      follows === null
+        ? { due_ms, lane, key, input: lane === Lane.input ? key : null, seq: this.seq++, fn }
+        : { due_ms, lane: Lane.input, key: followUpKey(follows, key), input: follows, seq: this.seq++, fn }
     let i = this.timers.length
     while (i > 0 && before(t, this.timers[i - 1]!)) i--
     this.timers.splice(i, 0, t)
@@ -116,7 +122,7 @@ export class SteppedClock implements EngineClock {
   }
 }
 
-/** A timer of the stepped clock: placed as VirtualClock places its own (`placeTimer`). */
+/** A timer of the stepped clock: placed as VirtualClock places its own (`followedInput`). */
 interface SteppedTimer extends Timer {
   readonly input: string | null
 }
