@@ -341,6 +341,18 @@ export const needsListing = (e: PaymentEvent): e is Extract<PaymentEvent, { type
 export type PaymentKind = "topup" | "auto_recharge"
 export type PaymentStatus = "creating" | "pending" | "succeeded" | "failed"
 
+/**
+ * A manual top-up's attempt, as an Idempotency-Key sees it (src/api/http.ts `idempotentAsync`):
+ * the payment an earlier attempt with the key began and never answered, or null; and what to
+ * record, with the payment row, of the payment this attempt begins.
+ */
+export interface TopUpAttempt {
+  readonly resume: string | null
+  readonly began: (payment_id: string) => void
+}
+
+const FIRST_ATTEMPT: TopUpAttempt = { resume: null, began: () => {} }
+
 export interface PaymentRecord {
   readonly id: string
   readonly account: string
@@ -506,8 +518,27 @@ export class PaymentBook {
    * A manual top-up: writes the payment row, asks the provider for a PaymentIntent, and
    * answers it (the customer confirms it with `client_secret`). No money moves here.
    */
-  topUp(account: string, amount_micros: Micros): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError>> {
-    const begun = this.beginTopUp(account, amount_micros)
+  topUp(
+    account: string,
+    amount_micros: Micros,
+    attempt: TopUpAttempt = FIRST_ATTEMPT
+  ): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError>> {
+    const earlier = attempt.resume === null ? undefined : this.payment(attempt.resume)
+    // A top-up an earlier attempt began, whose answer a crash lost (the client never saw its
+    // client_secret): asked again with the same idempotency key, the provider answers the same
+    // PaymentIntent, so the retry answers that payment rather than begin a second one. Only a
+    // success is recorded here: the restart re-sends a payment still `creating` itself
+    // (`start`), and a failure of this call (an outage, a concurrent call with the same key) is
+    // the retry's 502, not the payment's. One that failed is not resumed: the retry pays anew.
+    if (earlier !== undefined && earlier.account === account && earlier.kind === "topup" && earlier.status !== "failed") {
+      return new Promise((resolve) => {
+        this.port.createIntent(this.requestOf(earlier, null), (intent) => {
+          if (intent.ok) this.recordIntent(earlier.id, intent)
+          resolve(Either.right({ payment: this.payment(earlier.id)!, intent }))
+        })
+      })
+    }
+    const begun = this.beginTopUp(account, amount_micros, attempt.began)
     if (Either.isLeft(begun)) return Promise.resolve(Either.left(begun.left))
     const payment = begun.right
     return new Promise((resolve) => {
@@ -518,15 +549,25 @@ export class PaymentBook {
     })
   }
 
-  /** The first half of a top-up (the simulator calls it and lets the provider answer later). */
-  beginTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError> {
+  /**
+   * The first half of a top-up (the simulator calls it and lets the provider answer later).
+   * `began` runs in the unit of work that writes the payment row, so what it records commits
+   * with it.
+   */
+  beginTopUp(account: string, amount_micros: Micros, began?: (payment_id: string) => void): Either.Either<PaymentRecord, NotFound | ValidationError> {
     if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
     const bad = checkAmount(amount_micros, "amount")
     if (bad !== null) return Either.left(bad)
     if (this.ledger.balance(account) + amount_micros > policy.WALLET_BALANCE_MAX_MICROS) {
       return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: `a wallet holds at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)}` }))
     }
-    return Either.right(this.host.unitOfWork(() => this.insertPayment(account, "topup", amount_micros)))
+    return Either.right(
+      this.host.unitOfWork(() => {
+        const payment = this.insertPayment(account, "topup", amount_micros)
+        began?.(payment.id)
+        return payment
+      })
+    )
   }
 
   /** A top-up whose provider answer comes through `done` (the simulator's path). */

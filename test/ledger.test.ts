@@ -73,7 +73,8 @@ describe("migrations", () => {
       { version: 12, name: "payments: the refunds booked before migration 8, as one lump" },
       { version: 13, name: "payments: refunds made, by refund id" },
       { version: 14, name: "API keys: the order of revocations" },
-      { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" }
+      { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" },
+      { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -233,8 +234,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(15)
-    expect(schemaVersions(store)).toHaveLength(15)
+    expect(migrate(store.db)).toBe(16)
+    expect(schemaVersions(store)).toHaveLength(16)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -260,9 +261,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (16, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (17, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 16 is newer than this engine knows \(15\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 17 is newer than this engine knows \(16\)/)
   })
 })
 

@@ -5,13 +5,13 @@
  */
 import type { FastifyReply, FastifyRequest } from "fastify"
 import type { Effect } from "effect"
-import type { EngineError } from "../errors.js"
+import { assert, type EngineError } from "../errors.js"
 import type { Auth, Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, HttpError, isEngineError, type ErrorBody } from "./errors.js"
 import type { SecretsPort } from "./secrets.js"
 import { sha256 } from "./secrets.js"
-import type { ApiStore } from "./store.js"
+import type { ApiStore, IdempotencyRow } from "./store.js"
 
 export type AuthRule = "account" | "operator" | "public"
 
@@ -198,25 +198,52 @@ export const idempotent = (ctx: ApiContext, request: FastifyRequest, reply: Fast
 }
 
 /**
+ * What `idempotentAsync` tells the work it runs: the payment an earlier request with the key
+ * began and never answered (a crash came between), or null; and `began`, which records with
+ * the key the payment this request begins. Call it in the unit of work that writes the
+ * payment, so the two commit together.
+ */
+export interface AsyncAttempt {
+  readonly resume: string | null
+  readonly began: (payment: string) => void
+}
+
+const UNKEYED: AsyncAttempt = { resume: null, began: () => {} }
+
+/**
  * The same rule for a POST whose work awaits the outside world (a payment provider): the
  * stored answer is looked up first, the work runs outside any transaction, and its answer is
  * stored when it comes. A repeat that arrives while the first is still running waits for it
  * and then answers what it stored, so two requests with one key never both run. An answer of
  * 5xx (the provider could not be reached) is not stored: the client retries with the same key.
+ * The payment the work begins is recorded with the key before the provider is called (status
+ * 0, no answer yet): a retry after a crash that lost the answer is handed that payment to
+ * answer (`AsyncAttempt.resume`), so the key never pays twice.
  */
-export const idempotentAsync = async (ctx: ApiContext, request: FastifyRequest, reply: FastifyReply, account: string, run: () => Promise<Outcome>): Promise<FastifyReply> => {
+export const idempotentAsync = async (
+  ctx: ApiContext,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  account: string,
+  run: (attempt: AsyncAttempt) => Promise<Outcome>
+): Promise<FastifyReply> => {
   const key = idempotencyKeyOf(request)
-  if (key === null) return send(reply, await runOrRefusalAsync(run))
+  if (key === null) return send(reply, await runOrRefusalAsync(() => run(UNKEYED)))
   const flights = inFlight(ctx)
   const flight = `${account}\u0000${key.raw}`
   // Wait until no request with this key runs. A failure that is not stored (5xx) wakes every
   // waiter; the first to get here runs again and the others wait for it, so two requests with
   // one key still never both run. (No await between this loop and `flights.set` below.)
   for (let running = flights.get(flight); running !== undefined; running = flights.get(flight)) await running
-  const replay = ctx.engine.sup.unitOfWork(() => storedAnswer(ctx, account, key))
-  if (replay !== null) return answer(reply, replay)
+  const stored = ctx.engine.sup.unitOfWork(() => storedRecord(ctx, account, key))
+  if (stored !== null && stored.status !== UNANSWERED) return answer(reply, replayOf(stored))
+  const attempt: AsyncAttempt = {
+    resume: stored?.payment ?? null,
+    began: (payment) =>
+      ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: UNANSWERED, content_type: "application/json", body: "", created_at: ctx.engine.clock.now(), headers: null, payment })
+  }
   const running = (async (): Promise<Outcome> => {
-    const fresh = await runOrRefusalAsync(run)
+    const fresh = await runOrRefusalAsync(() => run(attempt))
     if (fresh.status < 500) ctx.engine.sup.unitOfWork(() => remember(ctx, account, key, fresh, reply))
     return fresh
   })()
@@ -244,14 +271,29 @@ const idempotencyKeyOf = (request: FastifyRequest): IdempotencyKey | null => {
   return { raw, fingerprint }
 }
 
+/** The status of a record whose request began its work but has no answer yet (`idempotentAsync`). */
+const UNANSWERED = 0
+
 /** The stored answer to replay, or null to run; 422 when the key was used for another request. */
 const storedAnswer = (ctx: ApiContext, account: string, key: IdempotencyKey): (Outcome & { replayed: boolean }) | null => {
+  const stored = storedRecord(ctx, account, key)
+  // Only a payment route leaves a record without an answer, and its key cannot match another route.
+  assert(stored === null || stored.status !== UNANSWERED, () => `unanswered idempotency record ${key.raw} on a synchronous route`)
+  return stored === null ? null : replayOf(stored)
+}
+
+/** The key's record within retention, or null; 422 when the key was used for another request. */
+const storedRecord = (ctx: ApiContext, account: string, key: IdempotencyKey): IdempotencyRow | null => {
   const now = ctx.engine.clock.now()
   const stored = ctx.api.idempotency(account, key.raw)
   if (stored === undefined || stored.created_at + IDEMPOTENCY_RETENTION_MS <= now) return null
   if (stored.request_sha256 !== key.fingerprint) {
     throw new HttpError(422, "idempotency_key_reused", "this Idempotency-Key was used with a different request; use a new key")
   }
+  return stored
+}
+
+const replayOf = (stored: IdempotencyRow): Outcome & { replayed: boolean } => {
   const body = stored.content_type === "application/json" ? (JSON.parse(stored.body) as unknown) : stored.body
   const headers = stored.headers === null ? {} : { headers: JSON.parse(stored.headers) as Record<string, string> }
   return { status: stored.status, body, content_type: stored.content_type, ...headers, replayed: true }
@@ -270,7 +312,7 @@ const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: 
     return value === undefined ? [] : [[h, String(value)] as const]
   })
   const headers = set.length === 0 ? null : JSON.stringify(Object.fromEntries(set))
-  ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now, headers })
+  ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now, headers, payment: null })
 }
 
 const answer = (reply: FastifyReply, outcome: Outcome & { replayed: boolean }): FastifyReply => {

@@ -57,6 +57,11 @@ export interface IdempotencyRow {
   readonly created_at: number
   /** The answer's headers a replay sends again (JSON object), or null. */
   readonly headers: string | null
+  /**
+   * The payment the request began (a top-up), recorded with the payment row before the
+   * provider is called; with status 0 the answer is not known yet (`idempotentAsync`).
+   */
+  readonly payment: string | null
 }
 
 /** Bound on the rows one purge deletes, so a purge never stalls a request. */
@@ -148,7 +153,7 @@ export class ApiStore {
   }
 
   saveIdempotency(r: IdempotencyRow): void {
-    this.s.insertIdempotency.run(r.account, r.key, r.request_sha256, r.status, r.content_type, r.body, r.created_at, r.headers)
+    this.s.insertIdempotency.run(r.account, r.key, r.request_sha256, r.status, r.content_type, r.body, r.created_at, r.headers, r.payment)
   }
 
   /** Forgets records created before `before` (at most a bounded batch per call). */
@@ -191,7 +196,7 @@ const prepare = (db: Database.Database) => ({
   acceptInvite: db.prepare(`UPDATE api_invites SET accepted_at = ?, accepted_by = ? WHERE id = ? AND accepted_at IS NULL`),
   idempotency: db.prepare(`SELECT * FROM api_idempotency WHERE account = ? AND key = ?`),
   insertIdempotency: db.prepare(
-    `INSERT OR REPLACE INTO api_idempotency (account, key, request_sha256, status, content_type, body, created_at, headers) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+    `INSERT OR REPLACE INTO api_idempotency (account, key, request_sha256, status, content_type, body, created_at, headers, payment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
   ),
   purgeIdempotency: db.prepare(
     `DELETE FROM api_idempotency WHERE rowid IN (SELECT rowid FROM api_idempotency WHERE created_at < ? ORDER BY created_at LIMIT ?)`

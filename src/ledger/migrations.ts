@@ -419,6 +419,17 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       ) STRICT;
       INSERT INTO clock_mark (id, journal_seq, ledger_id, transition_id, notification_id, at) VALUES (1, 0, 0, 0, 0, 0);
     `
+  },
+  {
+    version: 16,
+    name: "idempotency: the payment a top-up's key began, before its answer",
+    // src/api/http.ts (`idempotentAsync`). A top-up with an Idempotency-Key records the key with
+    // its payment row, in the same transaction, before the provider is called (status 0: no
+    // answer yet). A retry after a crash that lost the answer answers that payment, never a
+    // second one.
+    sql: `
+      ALTER TABLE api_idempotency ADD COLUMN payment TEXT;
+    `
   }
 ]
 

@@ -202,6 +202,44 @@ describe("top-ups", () => {
     expect(server.intents.size).toBe(1)
   })
 
+  it("answer a retry after a crash that lost the answer with the payment its key began: one PaymentIntent, confirmable once", async () => {
+    // Proves idempotentAsync's record of the payment a key began: the PaymentIntent reached
+    // Stripe but the engine died before its answer was stored (the client got nothing). The
+    // client's retry with the same Idempotency-Key answers that payment and its client_secret,
+    // never a second payment; the customer pays it once.
+    const clock = new VirtualClock(START_MS)
+    const server = await startServer(clock)
+    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+    const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+    let sent = 0
+    const answerLost: PaymentsPort = {
+      createIntent: (req) => stripe.createIntent(req, () => void sent++),
+      saveCard: (req, done) => stripe.saveCard(req, done),
+      chargeOffSession: (req, done) => stripe.chargeOffSession(req, done),
+      listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
+    }
+    const first = await world({ stripeWebhookSecret: server.secret }, { payments: answerLost, clock, db })
+    const a = await first.signup("lou@example.com", "0")
+    const headers = { "idempotency-key": "top-up-lou" }
+    void first.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "30.00" }, headers })
+    await until(() => sent === 1, "the PaymentIntent at Stripe")
+    await first.close()
+
+    const { w } = await open(server, clock, db)
+    const retry = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "30.00" }, headers })
+    expect([retry.status, retry.headers["idempotent-replayed"], retry.body.payment.id, retry.body.payment.amount, retry.body.payment.status]).toEqual([201, undefined, "pay_00000001", "30.00", "pending"])
+    expect(server.intents.size).toBe(1)
+    const [intent_id] = [...server.intents.keys()]
+    expect(retry.body.payment.payment_intent).toBe(intent_id)
+    const replay = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "30.00" }, headers })
+    expect([replay.status, replay.headers["idempotent-replayed"], replay.body]).toEqual([201, "true", retry.body])
+    expect(w.opened.engine.sup.payments!.payments().map((p) => [p.id, p.status])).toEqual([["pay_00000001", "pending"]])
+    expect(retry.body.client_secret).toBe(server.intents.get(intent_id!)!["client_secret"])
+    await customer(server).paymentIntents.confirm(intent_id!, { payment_method: "pm_card_visa" })
+    await server.flush()
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "30.00", "pay_00000001"]])
+  })
+
   it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
     // Proves the engine credits only what it asked for: a signed event whose amount differs
     // from the row (a bug or a tampered integration) moves no money and is journaled.

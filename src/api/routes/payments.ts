@@ -55,8 +55,8 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
       const account = keyOf(request).account
       const amount = dollarsOf("amount", (request.body as { amount: string }).amount)
       // A repeat with the same Idempotency-Key answers the first PaymentIntent, never a second.
-      return idempotentAsync(ctx, request, reply, account, async () => {
-        const { payment, intent } = fromEither(await book.topUp(account, amount))
+      return idempotentAsync(ctx, request, reply, account, async (attempt) => {
+        const { payment, intent } = fromEither(await book.topUp(account, amount, attempt))
         if (!intent.ok) {
           if (intent.declined) throw new HttpError(402, "payment_failed", intent.message)
           // Not the customer's doing: an outage or an error at the provider. Nothing was charged
