@@ -29,12 +29,20 @@ const main = async (): Promise<void> => {
   let starting: Promise<RunningServer> | null = null
   let server: RunningServer | null = null
   let stopping = false
+  let exitCode = 0
   const stop = (code: number, why: string): void => {
+    if (stopping && code === 70) {
+      // A defect while closing (a timer's unit of work threw; it rolled back): the close goes
+      // on, and the exit code says a defect happened. Before, it exited 1 at once.
+      exitCode = 70
+      return
+    }
     if (stopping) {
       process.stderr.write(`${why} again: exiting now\n`)
       process.exit(1)
     }
     stopping = true
+    exitCode = code
     process.stderr.write(`${why}: closing (no new requests, supervisor persists, SQLite closes)\n`)
     const timer = setTimeout(() => {
       process.stderr.write(`shutdown took more than ${SHUTDOWN_TIMEOUT_MS} ms: exiting\n`)
@@ -43,7 +51,7 @@ const main = async (): Promise<void> => {
     timer.unref()
     const started = server ?? starting
     void (started === null ? Promise.resolve() : Promise.resolve(started).then((s) => s.close(), () => undefined)).then(
-      () => process.exit(code),
+      () => process.exit(exitCode),
       (e: unknown) => {
         process.stderr.write(`shutdown failed: ${String(e)}\n`)
         process.exit(1)

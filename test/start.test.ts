@@ -57,6 +57,18 @@ describe("npm start", () => {
     expect(existsSync(`${db}-wal`)).toBe(false)
   })
 
+  it("finishes the orderly close when a defect comes during it, and exits 70", async () => {
+    // Found by review: a defect while a SIGTERM's close ran took the second-signal path,
+    // "defect again: exiting now", exit 1, with SQLite still open.
+    const db = tmpDb()
+    const server = await startServerProcess(["--db", db, "--port", "0"], { NODE_OPTIONS: `--import=${join(ROOT, "test", "fixtures", "plant-defect-at-stop.mjs")}` })
+    expect(await server.stop("SIGTERM")).toBe(70)
+    expect(server.stderr()).toContain("SIGTERM: closing")
+    expect(server.stderr()).toContain("defect: Error: planted defect during the close")
+    expect(server.stderr()).not.toContain("exiting now")
+    expect(existsSync(`${db}-wal`)).toBe(false)
+  })
+
   it("leaves a running GPU instance running across a clean restart (the simulated cluster's pods outlive the process)", async () => {
     // Found by review: every restart failed every running instance ("Instance failed: its pod
     // did not start or stopped unexpectedly"), because the new process's simulated cluster
