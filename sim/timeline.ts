@@ -448,13 +448,34 @@ const dedupe = (issues: ReadonlyArray<string>): string[] => {
   })
 }
 
-/** Parses JSON text and decodes it. */
+/**
+ * Why `text` is not JSON, on one line, with the line and column where the parser stopped when
+ * it says (Node 20's JSON.parse names only a character offset, and quotes a piece of the text,
+ * newlines and all, for some errors): a timeline is written by hand, and "at position 4817"
+ * does not point at a line.
+ */
+const notJson = (text: string, error: Error): string => {
+  if (text.trim() === "") return "not JSON: the file is empty"
+  const position = /at position (\d+)/.exec(error.message)
+  const where = position === null ? "" : ` (${lineAndColumn(text, Number(position[1]))})`
+  return `not JSON: ${error.message.replace(/\s*\n\s*/g, " ")}${where}`
+}
+
+/** `line L, column C` (both from 1) of a character offset in `text`. */
+const lineAndColumn = (text: string, offset: number): string => {
+  const before = text.slice(0, offset)
+  const line_start = before.lastIndexOf("\n") + 1
+  return `line ${before.split("\n").length}, column ${offset - line_start + 1}`
+}
+
+/** Parses JSON text and decodes it. A UTF-8 byte order mark (editors on Windows write one) is not part of the JSON. */
 export const parseTimeline = (text: string): Either.Either<Timeline, TimelineError> => {
+  const json_text = text.startsWith("\uFEFF") ? text.slice(1) : text
   let json: unknown
   try {
-    json = JSON.parse(text)
+    json = JSON.parse(json_text)
   } catch (e) {
-    return Either.left(new TimelineError([`not JSON: ${(e as Error).message}`]))
+    return Either.left(new TimelineError([notJson(json_text, e as Error)]))
   }
   return decodeTimeline(json)
 }

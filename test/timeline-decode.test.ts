@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
-import { decodeTimeline } from "../sim/timeline.js"
+import { decodeTimeline, parseTimeline } from "../sim/timeline.js"
 import { launch, run, timelineFile } from "./helpers.js"
 
 const ROOT = join(import.meta.dirname, "..")
@@ -30,6 +30,35 @@ describe("seed", () => {
     for (const seed of [4_294_967_296, 4_294_967_338, 1.1805916207174113e21, -1, 1.5]) expect([seed, problems(timelineFile([launch()], { seed }))]).toEqual([seed, [message]])
     for (const seed of [0, 42, 4_294_967_295]) expect([seed, problems(timelineFile([launch()], { seed }))]).toEqual([seed, []])
     expect(problems(timelineFile([launch()], { seed: "x" }))).toEqual(['seed: Expected number, actual "x"'])
+  })
+})
+
+describe("a file that is not JSON", () => {
+  const parseProblems = (text: string): ReadonlyArray<string> => {
+    const parsed = parseTimeline(text)
+    return Either.isLeft(parsed) ? parsed.left.issues : []
+  }
+
+  it("is refused on one line that says where the parser stopped, by line and column", () => {
+    // Proves a syntax error points at a line a developer can open (Node 20 names only the
+    // character offset), and that a message quoting the text stays on one line: the quoted
+    // piece's newlines used to break the CLI's one line per problem.
+    expect(parseProblems('{\n  "start": "2026-03-01T00:00:00Z",\n  "events": [\n    {"at": "PT0S", "do": "terminate" "id": "x"}\n  ]\n}\n')).toEqual([
+      "not JSON: Expected ',' or '}' after property value in JSON at position 88 (line 4, column 38)"
+    ])
+    const [quoted] = parseProblems('{\n\n  "a": x}')
+    expect(quoted).toMatch(/^not JSON: Unexpected token 'x'/)
+    expect(quoted).not.toContain("\n")
+    expect(parseProblems("")).toEqual(["not JSON: the file is empty"])
+    expect(parseProblems(" \n")).toEqual(["not JSON: the file is empty"])
+  })
+
+  it("is read past a UTF-8 byte order mark, which is not part of the JSON", () => {
+    // Proves a timeline saved with a BOM (as editors on Windows save it) runs as without one: it
+    // was refused with "Unexpected token '\uFEFF'" over two lines.
+    const text = JSON.stringify(timelineFile([launch()]), null, 2)
+    expect(parseProblems(`\uFEFF${text}`)).toEqual([])
+    expect(Either.getOrThrow(parseTimeline(`\uFEFF${text}`))).toEqual(Either.getOrThrow(parseTimeline(text)))
   })
 })
 
