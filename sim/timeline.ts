@@ -384,7 +384,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   const start_ms = parseInstantMs(file.start)!
   const events = eventInputs.map((e, index) => {
     const at_ms = parseAt(e.at, start_ms)!
-    if (at_ms < start_ms) issues.push(`events.${index}.at: before start`)
+    if (at_ms < start_ms) issues.push(`events.${index}.at: ${e.at} is before start (${new Date(start_ms).toISOString()})`)
     return { ...e, at_ms, index }
   })
   // Same instant → file order (TIMELINE.md); a stable sort keeps it.
@@ -395,7 +395,12 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (until_ms < start_ms) issues.push("until: before start")
   // An event after `until` would never run, and say nothing: refuse the file instead.
   for (const e of ordered) if (e.at_ms > until_ms) issues.push(`events.${e.index}.at: after until (${new Date(until_ms).toISOString()}); lengthen until or remove the event`)
-  if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
+  if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) {
+    const days = policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24
+    // Without `until`, the run's end comes from the last event: name that event, not a field the file does not have.
+    if (file.until !== undefined) issues.push(`until: a timeline spans at most ${days} days`)
+    else issues.push(`events.${ordered[ordered.length - 1]!.index}.at: without until the run ends one day after the last event, at ${new Date(until_ms).toISOString()}, and a timeline spans at most ${days} days`)
+  }
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
   // parseModelCatalog names its fields from `models`: `models.<id>.<price field>`, or
   // `models.<id>.` for a price that is not an object.

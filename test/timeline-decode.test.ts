@@ -91,6 +91,18 @@ describe("problem paths", () => {
   })
 })
 
+describe("the run's span", () => {
+  it("names the event that makes it too long when the file has no until, and what an early event is before", () => {
+    // Proves a developer is pointed at what is in the file: a run without `until` that ended past
+    // 400 days because of one far event was refused with "until: …", a field the file lacks, and
+    // an event before start did not say which instants it was compared with.
+    const { until: _until, ...noUntil } = timelineFile([launch(), { at: "P999W", do: "terminate", id: "gi-1" }]) as Record<string, unknown>
+    expect(problems(noUntil)).toEqual(["events.1.at: without until the run ends one day after the last event, at 2045-04-24T00:00:00.000Z, and a timeline spans at most 400 days"])
+    expect(problems(timelineFile([launch()], { until: "P999W" }))).toEqual(["until: a timeline spans at most 400 days"])
+    expect(problems(timelineFile([launch({ at: "2026-02-28T23:00:00Z" })]))).toEqual(["events.0.at: 2026-02-28T23:00:00Z is before start (2026-03-01T00:00:00.000Z)"])
+  })
+})
+
 describe("unknown keys outside events", () => {
   const good = timelineFile([launch()]) as { catalog: Record<string, unknown> } & Record<string, unknown>
   const region = { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }
