@@ -43,6 +43,15 @@ describe("a world event naming an inference instance", () => {
     ])
     expect(r.output.transitions.filter((t) => t.at === at(2 * HOUR)).map((t) => [t.resource, t.to])).toEqual([["ii-1@us-east", "preempted"]])
   })
+
+  it("in miss_pod_events without a replica is refused, not taken for a watch that then misses nothing", () => {
+    // Proves `miss_pod_events` naming the instance (its pod events are its replicas', `ii-1@us-east`)
+    // says so: it was taken without a word, and the watch then missed nothing.
+    const r = run(file([launchII(), { at: "PT1H", do: "miss_pod_events", id: "ii-1", count: 1 }]))
+    expect(r.output.rejected.map(({ event, status, error, message }) => ({ event, status, error, message }))).toEqual([
+      { event: 2, status: 400, error: "region_required", message: "ii-1 is an inference instance: its pod events are its replicas', so name one (ii-1@eu-west, ii-1@us-east)" }
+    ])
+  })
 })
 
 describe("the 24-hour cycle", () => {
