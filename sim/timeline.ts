@@ -16,12 +16,21 @@ const Dollars = Schema.String.pipe(
 )
 const PositiveDollars = Dollars.pipe(Schema.filter((s) => dollars(s) > 0n, { message: () => "a positive amount" }))
 const NonNegativeDollars = Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" }))
+/**
+ * Why a duration with months or years in its date part is refused (sim/iso.ts): `P1M` reads as
+ * a minute to many a writer, and is a month, whose length depends on the calendar.
+ */
+const calendarHint = (issue: ParseResult.ParseIssue): string => {
+  const text = issue.actual
+  if (typeof text !== "string" || !/^P[^T]*[YM]/.test(text)) return ""
+  return ` (${text} counts months or years, which have no fixed length: minutes are PT…M, days P…D)`
+}
 const Duration = Schema.String.pipe(
-  Schema.filter((s) => parseDurationMs(s) !== undefined, { message: () => "an ISO-8601 duration like PT1M30S or P1DT2H" })
+  Schema.filter((s) => parseDurationMs(s) !== undefined, { message: (issue) => `an ISO-8601 duration like PT1M30S or P1DT2H${calendarHint(issue)}` })
 )
 const At = Schema.String.pipe(
   Schema.filter((s) => parseDurationMs(s) !== undefined || parseInstantMs(s) !== undefined, {
-    message: () => "an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)"
+    message: (issue) => `an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)${calendarHint(issue)}`
   })
 )
 const Id = Schema.String.pipe(Schema.pattern(policy.RESOURCE_ID_RE, { message: () => "an id of letters, digits, '.', '_' or '-' (at most 63)" }))

@@ -91,6 +91,20 @@ describe("problem paths", () => {
   })
 })
 
+describe("a duration in months", () => {
+  it("is refused with why, since P1M reads as a minute and is a month", () => {
+    // Proves the commonest slip in a hand-written timeline is named: `P1M` (a month) for `PT1M`
+    // was refused only as "an ISO-8601 duration", which it is.
+    expect(problems(timelineFile([launch({ at: "P1M" })]))).toEqual([
+      "events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z) (P1M counts months or years, which have no fixed length: minutes are PT…M, days P…D)"
+    ])
+    expect(problems(timelineFile([launch()], { payments: { webhook_delay: "P1Y2DT1M" } }))).toEqual([
+      "payments.webhook_delay: an ISO-8601 duration like PT1M30S or P1DT2H (P1Y2DT1M counts months or years, which have no fixed length: minutes are PT…M, days P…D)"
+    ])
+    expect(problems(timelineFile([launch({ at: "PT1H30" })]))).toEqual(["events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)"])
+  })
+})
+
 describe("the run's span", () => {
   it("names the event that makes it too long when the file has no until, and what an early event is before", () => {
     // Proves a developer is pointed at what is in the file: a run without `until` that ended past
