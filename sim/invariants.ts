@@ -333,6 +333,45 @@ interface FactIndex {
   readonly resourceById: Map<string, ResourceFacts>
 }
 
+/** Per-minute API requests by account, in the order they were admitted (the timeline's): instants and costs. */
+type PerMinuteRequests = ReadonlyMap<string, { readonly ats: number[]; readonly micros: bigint[] }>
+
+const perMinuteRequestsOf = (facts: RunFacts, costs: ReadonlyArray<bigint>): PerMinuteRequests => {
+  const byAccount = new Map<string, { ats: number[]; micros: bigint[] }>()
+  const api = facts.api_usage
+  if (api === undefined || api.rows !== "per_minute") return byAccount
+  api.requests.forEach((req, i) => {
+    let list = byAccount.get(req.account)
+    if (list === undefined) byAccount.set(req.account, (list = { ats: [], micros: [] }))
+    list.ats.push(req.at)
+    list.micros.push(costs[i]!)
+  })
+  return byAccount
+}
+
+/**
+ * Per-minute API usage of `account` admitted by an inference renewal at `at_ms` and not posted
+ * yet (src/metering.ts `spendableMicros`), from the requests, not the rows: a request at the
+ * renewal's instant is an input and comes before it, and the row of the minute ending then is
+ * posted after it (the metering flush follows the alarms of its instant), so both are pending
+ * there; a request whose engine stopped before the renewal was lost with it. (Counted from rows
+ * posted after the renewal's instant, the minute ending at that instant was missed, and so was a
+ * row a restart at that instant lost: a renewal that held all that was spendable was reported.)
+ */
+const pendingApiUsageAt = (facts: RunFacts, requests: PerMinuteRequests, account: string, at_ms: number): bigint => {
+  const list = requests.get(account)
+  if (list === undefined) return 0n
+  const stops = facts.api_usage?.engine_stops_ms ?? []
+  let sum = 0n
+  // Only a request of the minute before `at_ms` can still be pending.
+  for (let i = upperBound(list.ats, at_ms) - 1; i >= 0 && list.ats[i]! >= at_ms - MS_PER_MINUTE; i--) {
+    const req_at = list.ats[i]!
+    const row_at = Math.min(req_at - (req_at % MS_PER_MINUTE) + MS_PER_MINUTE, facts.end_ms)
+    if (row_at >= at_ms && !stops.some((s) => req_at <= s && s < at_ms)) sum += list.micros[i]!
+  }
+  return sum
+}
+
 /**
  * A card refund row (not a hold's): − when a top-up is refunded at the provider, + when that
  * refund failed there and its money came back (src/payments.ts). A payment's card refund rows
@@ -745,6 +784,7 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   // balance …)"): an inference renewal hold below the full one leaves nothing spendable. Found
   // by mutation: a partial hold of the balance less one micro, and a renewal that did not count
   // the cycle's own refund, passed every property run.
+  const perMinute = perMinuteRequestsOf(facts, apiCosts)
   for (const r of facts.resources) {
     if (r.kind !== "inference_instance") continue
     const full = BigInt(r.context.hourly_rate_micros) * BigInt(r.context.gpu_count) * BigInt(r.context.regions.length) * 24n
@@ -753,8 +793,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
       if (i === 0 || h.held_micros >= full) return
       const row = (rowsByHold.get(h.id) ?? []).find((x) => x.kind === "gpu_usage" && x.at === h.placed_at && x.amount_micros === -h.held_micros)
       if (row === undefined) return
-      // Per-minute API usage admitted before the hold but posted after it (within its minute) was not spendable.
-      const pending = (rowsByAccount.get(r.account) ?? []).filter((x) => x.kind === "api_usage" && x.at > h.placed_at && x.at <= h.placed_at + 60_000).reduce((sum, x) => sum - x.amount_micros, 0n)
+      // Per-minute API usage admitted before the hold but not posted yet was not spendable.
+      const pending = pendingApiUsageAt(facts, perMinute, r.account, h.placed_at)
       if (row.balance_after_micros > pending) violate(5, { account: r.account, resource: r.id, at: h.placed_at, message: `partial hold ${h.id} of $${formatDollars(h.held_micros)} left $${formatDollars(row.balance_after_micros)} unheld` })
     })
   }

@@ -173,6 +173,20 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
   const outcome = (o: WorldOutcome): Refusal | null => (o.ok ? null : { status: o.status, error: o.error, message: o.message })
   // With a region, a pod event hits that region's replica of an inference instance.
   const podTarget = (x: { id: string; region?: string | undefined }): string => (x.region === undefined ? x.id : replicaResource(x.id, x.region))
+  // An inference instance's pods are its replicas: without a region the world finds no pod by its
+  // id, and "no pod runs for ii-1" of an instance that runs (or a watch that misses nothing)
+  // would send a reader the wrong way. The instance's regions, if `id` is one the engine knows.
+  const inferenceRegions = (id: string): ReadonlyArray<string> | null => {
+    if (sup === null) return null
+    const view = sup.sync.describe(id)
+    return Either.isRight(view) && view.right.kind === INFERENCE_KIND ? view.right.regions.map((r) => r.region) : null
+  }
+  const podOutcome = (x: { id: string; region?: string | undefined }, o: WorldOutcome): Refusal | null => {
+    const refusal = outcome(o)
+    const regions = refusal === null || x.region !== undefined ? null : inferenceRegions(x.id)
+    if (regions === null) return refusal
+    return { status: 400, error: "region_required", message: `${x.id} is an inference instance: ${e.do} hits one replica, so name its region (${regions.join(", ")})` }
+  }
   switch (e.do) {
     case "launch_gpu_instance":
       return call((s) =>
@@ -221,11 +235,11 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
         world.payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT), e.fail_after === undefined ? null : parseDurationMs(e.fail_after)!)
       )
     case "preempt":
-      return outcome(world.preempt(podTarget(e)))
+      return podOutcome(e, world.preempt(podTarget(e)))
     case "resume":
-      return outcome(world.resume(podTarget(e)))
+      return podOutcome(e, world.resume(podTarget(e)))
     case "pod_fail":
-      return outcome(world.failPod(podTarget(e)))
+      return podOutcome(e, world.failPod(podTarget(e)))
     case "register_model":
       return call((s) => s.registerModel({ account: e.account, model: e.model, source: e.source as ModelSource, filesystem: e.filesystem ?? null, gpu: e.gpu, gpu_count: e.gpu_count }))
     case "delete_model":
@@ -238,8 +252,13 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
       return outcome(world.regionDown(e.region))
     case "region_up":
       return outcome(world.regionUp(e.region))
-    case "miss_pod_events":
+    case "miss_pod_events": {
+      const regions = inferenceRegions(e.id)
+      if (regions !== null) {
+        return { status: 400, error: "region_required", message: `${e.id} is an inference instance: its pod events are its replicas', so name one (${regions.map((r) => replicaResource(e.id, r)).join(", ")})` }
+      }
       return outcome(world.missEvents(e.id, e.count ?? 3))
+    }
     default:
       return { status: 501, error: "unsupported_event", message: `event kind ${e.do} arrives with a later capability of the engine` }
   }

@@ -16,12 +16,21 @@ const Dollars = Schema.String.pipe(
 )
 const PositiveDollars = Dollars.pipe(Schema.filter((s) => dollars(s) > 0n, { message: () => "a positive amount" }))
 const NonNegativeDollars = Dollars.pipe(Schema.filter((s) => dollars(s) >= 0n, { message: () => "not negative" }))
+/**
+ * Why a duration with months or years in its date part is refused (sim/iso.ts): `P1M` reads as
+ * a minute to many a writer, and is a month, whose length depends on the calendar.
+ */
+const calendarHint = (issue: ParseResult.ParseIssue): string => {
+  const text = issue.actual
+  if (typeof text !== "string" || !/^P[^T]*[YM]/.test(text)) return ""
+  return ` (${text} counts months or years, which have no fixed length: minutes are PT…M, days P…D)`
+}
 const Duration = Schema.String.pipe(
-  Schema.filter((s) => parseDurationMs(s) !== undefined, { message: () => "an ISO-8601 duration like PT1M30S or P1DT2H" })
+  Schema.filter((s) => parseDurationMs(s) !== undefined, { message: (issue) => `an ISO-8601 duration like PT1M30S or P1DT2H${calendarHint(issue)}` })
 )
 const At = Schema.String.pipe(
   Schema.filter((s) => parseDurationMs(s) !== undefined || parseInstantMs(s) !== undefined, {
-    message: () => "an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)"
+    message: (issue) => `an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)${calendarHint(issue)}`
   })
 )
 const Id = Schema.String.pipe(Schema.pattern(policy.RESOURCE_ID_RE, { message: () => "an id of letters, digits, '.', '_' or '-' (at most 63)" }))
@@ -384,7 +393,7 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   const start_ms = parseInstantMs(file.start)!
   const events = eventInputs.map((e, index) => {
     const at_ms = parseAt(e.at, start_ms)!
-    if (at_ms < start_ms) issues.push(`events.${index}.at: before start`)
+    if (at_ms < start_ms) issues.push(`events.${index}.at: ${e.at} is before start (${new Date(start_ms).toISOString()})`)
     return { ...e, at_ms, index }
   })
   // Same instant → file order (TIMELINE.md); a stable sort keeps it.
@@ -395,7 +404,12 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (until_ms < start_ms) issues.push("until: before start")
   // An event after `until` would never run, and say nothing: refuse the file instead.
   for (const e of ordered) if (e.at_ms > until_ms) issues.push(`events.${e.index}.at: after until (${new Date(until_ms).toISOString()}); lengthen until or remove the event`)
-  if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) issues.push(`until: a timeline spans at most ${policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24} days`)
+  if (until_ms - start_ms > policy.TIMELINE_SPAN_MS_MAX) {
+    const days = policy.TIMELINE_SPAN_MS_MAX / policy.MS_PER_HOUR / 24
+    // Without `until`, the run's end comes from the last event: name that event, not a field the file does not have.
+    if (file.until !== undefined) issues.push(`until: a timeline spans at most ${days} days`)
+    else issues.push(`events.${ordered[ordered.length - 1]!.index}.at: without until the run ends one day after the last event, at ${new Date(until_ms).toISOString()}, and a timeline spans at most ${days} days`)
+  }
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
   // parseModelCatalog names its fields from `models`: `models.<id>.<price field>`, or
   // `models.<id>.` for a price that is not an object.
@@ -448,13 +462,34 @@ const dedupe = (issues: ReadonlyArray<string>): string[] => {
   })
 }
 
-/** Parses JSON text and decodes it. */
+/**
+ * Why `text` is not JSON, on one line, with the line and column where the parser stopped when
+ * it says (Node 20's JSON.parse names only a character offset, and quotes a piece of the text,
+ * newlines and all, for some errors): a timeline is written by hand, and "at position 4817"
+ * does not point at a line.
+ */
+const notJson = (text: string, error: Error): string => {
+  if (text.trim() === "") return "not JSON: the file is empty"
+  const position = /at position (\d+)/.exec(error.message)
+  const where = position === null ? "" : ` (${lineAndColumn(text, Number(position[1]))})`
+  return `not JSON: ${error.message.replace(/\s*\n\s*/g, " ")}${where}`
+}
+
+/** `line L, column C` (both from 1) of a character offset in `text`. */
+const lineAndColumn = (text: string, offset: number): string => {
+  const before = text.slice(0, offset)
+  const line_start = before.lastIndexOf("\n") + 1
+  return `line ${before.split("\n").length}, column ${offset - line_start + 1}`
+}
+
+/** Parses JSON text and decodes it. A UTF-8 byte order mark (editors on Windows write one) is not part of the JSON. */
 export const parseTimeline = (text: string): Either.Either<Timeline, TimelineError> => {
+  const json_text = text.startsWith("\uFEFF") ? text.slice(1) : text
   let json: unknown
   try {
-    json = JSON.parse(text)
+    json = JSON.parse(json_text)
   } catch (e) {
-    return Either.left(new TimelineError([`not JSON: ${(e as Error).message}`]))
+    return Either.left(new TimelineError([notJson(json_text, e as Error)]))
   }
   return decodeTimeline(json)
 }

@@ -19,6 +19,41 @@ const launchII = (extra: Record<string, unknown> = {}) => ({ at: "PT0S", do: "la
 const file = (events: Record<string, unknown>[], extra: Record<string, unknown> = {}) => timelineFile([register, ...events], { catalog: twoRegions, until: "P3D", ...extra })
 const rows = (r: ReturnType<typeof run>) => r.output.ledger.slice(1).map((x) => [x.at, x.kind, x.amount, x.balance_after])
 
+describe("a world event naming an inference instance", () => {
+  it("without a region is refused for the region it needs, not as an instance with no pod", () => {
+    // Proves a preempt, resume or pod_fail that names a running instance but not the region of
+    // a replica says what is missing: it was 409 no_pod "no pod runs for ii-1" while the
+    // instance ran. A GPU instance, and an id no one launched, are refused as before.
+    const r = run(
+      file([
+        launchII(),
+        { at: "PT1H", do: "preempt", id: "ii-1" },
+        { at: "PT1H", do: "resume", id: "ii-1" },
+        { at: "PT1H", do: "pod_fail", id: "ii-1" },
+        { at: "PT1H", do: "preempt", id: "nope" },
+        { at: "PT2H", do: "preempt", id: "ii-1", region: "us-east" }
+      ])
+    )
+    const needs = (kind: string) => ({ status: 400, error: "region_required", message: `ii-1 is an inference instance: ${kind} hits one replica, so name its region (eu-west, us-east)` })
+    expect(r.output.rejected.map(({ event, status, error, message }) => ({ event, status, error, message }))).toEqual([
+      { event: 2, ...needs("preempt") },
+      { event: 3, ...needs("resume") },
+      { event: 4, ...needs("pod_fail") },
+      { event: 5, status: 409, error: "no_pod", message: "no pod runs for nope" }
+    ])
+    expect(r.output.transitions.filter((t) => t.at === at(2 * HOUR)).map((t) => [t.resource, t.to])).toEqual([["ii-1@us-east", "preempted"]])
+  })
+
+  it("in miss_pod_events without a replica is refused, not taken for a watch that then misses nothing", () => {
+    // Proves `miss_pod_events` naming the instance (its pod events are its replicas', `ii-1@us-east`)
+    // says so: it was taken without a word, and the watch then missed nothing.
+    const r = run(file([launchII(), { at: "PT1H", do: "miss_pod_events", id: "ii-1", count: 1 }]))
+    expect(r.output.rejected.map(({ event, status, error, message }) => ({ event, status, error, message }))).toEqual([
+      { event: 2, status: 400, error: "region_required", message: "ii-1 is an inference instance: its pod events are its replicas', so name one (ii-1@eu-west, ii-1@us-east)" }
+    ])
+  })
+})
+
 describe("the 24-hour cycle", () => {
   it("renews on the seeds' $72 balance with a partial hold of all of it, covering 5.6 h, then stops", () => {
     // Proves the manual's example: full hold $307.60 (307.599984 in micros), partial $72, 5.6 h.

@@ -6,7 +6,7 @@ import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import { Either } from "effect"
 import { describe, expect, it } from "vitest"
-import { decodeTimeline } from "../sim/timeline.js"
+import { decodeTimeline, parseTimeline } from "../sim/timeline.js"
 import { launch, run, timelineFile } from "./helpers.js"
 
 const ROOT = join(import.meta.dirname, "..")
@@ -30,6 +30,35 @@ describe("seed", () => {
     for (const seed of [4_294_967_296, 4_294_967_338, 1.1805916207174113e21, -1, 1.5]) expect([seed, problems(timelineFile([launch()], { seed }))]).toEqual([seed, [message]])
     for (const seed of [0, 42, 4_294_967_295]) expect([seed, problems(timelineFile([launch()], { seed }))]).toEqual([seed, []])
     expect(problems(timelineFile([launch()], { seed: "x" }))).toEqual(['seed: Expected number, actual "x"'])
+  })
+})
+
+describe("a file that is not JSON", () => {
+  const parseProblems = (text: string): ReadonlyArray<string> => {
+    const parsed = parseTimeline(text)
+    return Either.isLeft(parsed) ? parsed.left.issues : []
+  }
+
+  it("is refused on one line that says where the parser stopped, by line and column", () => {
+    // Proves a syntax error points at a line a developer can open (Node 20 names only the
+    // character offset), and that a message quoting the text stays on one line: the quoted
+    // piece's newlines used to break the CLI's one line per problem.
+    expect(parseProblems('{\n  "start": "2026-03-01T00:00:00Z",\n  "events": [\n    {"at": "PT0S", "do": "terminate" "id": "x"}\n  ]\n}\n')).toEqual([
+      "not JSON: Expected ',' or '}' after property value in JSON at position 88 (line 4, column 38)"
+    ])
+    const [quoted] = parseProblems('{\n\n  "a": x}')
+    expect(quoted).toMatch(/^not JSON: Unexpected token 'x'/)
+    expect(quoted).not.toContain("\n")
+    expect(parseProblems("")).toEqual(["not JSON: the file is empty"])
+    expect(parseProblems(" \n")).toEqual(["not JSON: the file is empty"])
+  })
+
+  it("is read past a UTF-8 byte order mark, which is not part of the JSON", () => {
+    // Proves a timeline saved with a BOM (as editors on Windows save it) runs as without one: it
+    // was refused with "Unexpected token '\uFEFF'" over two lines.
+    const text = JSON.stringify(timelineFile([launch()]), null, 2)
+    expect(parseProblems(`\uFEFF${text}`)).toEqual([])
+    expect(Either.getOrThrow(parseTimeline(`\uFEFF${text}`))).toEqual(Either.getOrThrow(parseTimeline(text)))
   })
 })
 
@@ -59,6 +88,32 @@ describe("problem paths", () => {
       [null, ["(root): Expected a timeline (an object { start, catalog, accounts, events, … }), actual null"]]
     ]
     for (const [file, expected] of cases) expect(problems(file)).toEqual(expected)
+  })
+})
+
+describe("a duration in months", () => {
+  it("is refused with why, since P1M reads as a minute and is a month", () => {
+    // Proves the commonest slip in a hand-written timeline is named: `P1M` (a month) for `PT1M`
+    // was refused only as "an ISO-8601 duration", which it is.
+    expect(problems(timelineFile([launch({ at: "P1M" })]))).toEqual([
+      "events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z) (P1M counts months or years, which have no fixed length: minutes are PT…M, days P…D)"
+    ])
+    expect(problems(timelineFile([launch()], { payments: { webhook_delay: "P1Y2DT1M" } }))).toEqual([
+      "payments.webhook_delay: an ISO-8601 duration like PT1M30S or P1DT2H (P1Y2DT1M counts months or years, which have no fixed length: minutes are PT…M, days P…D)"
+    ])
+    expect(problems(timelineFile([launch({ at: "PT1H30" })]))).toEqual(["events.0.at: an ISO-8601 duration after start (PT2H) or an instant (2026-03-01T02:00:00Z)"])
+  })
+})
+
+describe("the run's span", () => {
+  it("names the event that makes it too long when the file has no until, and what an early event is before", () => {
+    // Proves a developer is pointed at what is in the file: a run without `until` that ended past
+    // 400 days because of one far event was refused with "until: …", a field the file lacks, and
+    // an event before start did not say which instants it was compared with.
+    const { until: _until, ...noUntil } = timelineFile([launch(), { at: "P999W", do: "terminate", id: "gi-1" }]) as Record<string, unknown>
+    expect(problems(noUntil)).toEqual(["events.1.at: without until the run ends one day after the last event, at 2045-04-24T00:00:00.000Z, and a timeline spans at most 400 days"])
+    expect(problems(timelineFile([launch()], { until: "P999W" }))).toEqual(["until: a timeline spans at most 400 days"])
+    expect(problems(timelineFile([launch({ at: "2026-02-28T23:00:00Z" })]))).toEqual(["events.0.at: 2026-02-28T23:00:00Z is before start (2026-03-01T00:00:00.000Z)"])
   })
 })
 
