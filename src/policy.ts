@@ -228,10 +228,25 @@ export const texts = {
   terminated: {
     duration_expired: "Instance terminated — duration reached.",
     credit_depleted: "Instance terminated: credit balance depleted.",
-    user_requested: "Instance terminated at your request.",
-    failed: "Instance failed: its pod did not start or stopped unexpectedly. Unused credit was refunded."
-  } satisfies Record<TerminationReason, string>
+    user_requested: "Instance terminated at your request."
+  } satisfies Record<Exclude<TerminationReason, "failed">, string>,
+  /** A failure's notice says why (`FailureCause`): a replay of the incident starts there. */
+  failed: {
+    not_started: `Instance failed: its pod did not start within ${PENDING_TIMEOUT_MS / MS_PER_MINUTE} minutes. Unused credit was refunded.`,
+    pod_failed: "Instance failed: its pod stopped unexpectedly. Unused credit was refunded.",
+    replicas_failed: "Instance failed: every replica stopped unexpectedly. Unused credit was refunded."
+  } satisfies Record<FailureCause, string>
 } as const
+
+/**
+ * Why an instance failed, in its `terminated` notice (text and `data.cause`): `not_started`,
+ * SPEC §3's watchdog (pending for more than 15 minutes, no pod running); `pod_failed`, its pod
+ * failed or vanished; `replicas_failed`, an inference instance's last replica failed.
+ */
+export type FailureCause = "not_started" | "pod_failed" | "replicas_failed"
+
+/** A `terminated` notice's text: a failure's says why. */
+export const terminatedText = (reason: TerminationReason, cause: FailureCause): string => (reason === "failed" ? texts.failed[cause] : texts.terminated[reason])
 
 export const TERMINATION_SEVERITY: Record<TerminationReason, Severity> = {
   duration_expired: "info",

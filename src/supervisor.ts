@@ -322,15 +322,17 @@ export class GpuSupervisor implements PaymentHost {
           raise({ type: "notify", ctx: context, severity: "warning", kind: "preempted", text: policy.texts.preempted(policy.gpuNoun(context.kind), context.id) }),
         notifyResumed: ({ context }) =>
           raise({ type: "notify", ctx: context, severity: "info", kind: "resumed", text: policy.texts.resumed(policy.gpuNoun(context.kind), context.id) }),
-        notifyTerminated: ({ context }) => {
+        notifyTerminated: ({ context, event }) => {
           const reason = context.termination_reason ?? "failed"
+          // A failure comes from a pod that failed or vanished, or from the watchdog's stuck-pending rule.
+          const cause: policy.FailureCause = event.type === "watchdog" ? "not_started" : "pod_failed"
           raise({
             type: "notify",
             ctx: context,
             severity: policy.TERMINATION_SEVERITY[reason],
             kind: "terminated",
-            text: policy.texts.terminated[reason],
-            data: { termination_reason: reason }
+            text: policy.terminatedText(reason, cause),
+            data: reason === "failed" ? { termination_reason: reason, cause } : { termination_reason: reason }
           })
         }
       }
@@ -364,13 +366,15 @@ export class GpuSupervisor implements PaymentHost {
           }),
         notifyTerminated: ({ context }) => {
           const reason = context.termination_reason ?? "failed"
+          // An inference instance fails only when its last replica does.
+          const cause: policy.FailureCause = "replicas_failed"
           raise({
             type: "notify",
             ctx: context,
             severity: policy.TERMINATION_SEVERITY[reason],
             kind: "terminated",
-            text: policy.texts.terminated[reason],
-            data: { termination_reason: reason }
+            text: policy.terminatedText(reason, cause),
+            data: reason === "failed" ? { termination_reason: reason, cause } : { termination_reason: reason }
           })
         }
       }

@@ -206,7 +206,7 @@ describe("stopping", () => {
       [at(5 * MIN), "loading", "failed", "failed"]
     ])
     expect(ledger(r).slice(2)).toEqual([[at(5 * MIN), "refund", "3.066667", "99.866667", "gi-1"]])
-    expect(texts(r)).toEqual([[at(5 * MIN), "critical", "terminated", "Instance failed: its pod did not start or stopped unexpectedly. Unused credit was refunded."]])
+    expect(texts(r)).toEqual([[at(5 * MIN), "critical", "terminated", "Instance failed: its pod stopped unexpectedly. Unused credit was refunded."]])
   })
 })
 
@@ -260,6 +260,10 @@ describe("the watchdog", () => {
     expect(ledger(r).filter((x) => x[4] === "no-room")).toEqual([
       [at(MIN), "gpu_usage", "-2.40", "78.40", "no-room"],
       [at(20 * MIN), "refund", "2.40", "80.80", "no-room"]
+    ])
+    // Its notice says why: the watchdog's rule, not a pod that stopped.
+    expect(texts(r).filter((n) => n[2] === "terminated" && n[0] === at(20 * MIN))).toEqual([
+      [at(20 * MIN), "critical", "terminated", "Instance failed: its pod did not start within 15 minutes. Unused credit was refunded."]
     ])
     // The healed instance is billed from the heal: 2 h from +20 min.
     expect(r.output.resources["healed"]).toMatchObject({ status: "terminated", started_at: at(20 * MIN), deadline_at: at(140 * MIN) })

@@ -374,6 +374,10 @@ describe("launch, terminate and the registry", () => {
       [at(2 * HOUR), "ii-1@eu-west", "failed"],
       [at(2 * HOUR), "ii-1", "failed"]
     ])
+    // The notice says why: every replica stopped, not "its pod".
+    expect(r.output.notifications.filter((n) => n.kind === "terminated").map((n) => [n.at, n.severity, n.text])).toEqual([
+      [at(2 * HOUR), "critical", "Instance failed: every replica stopped unexpectedly. Unused credit was refunded."]
+    ])
   })
 })
 
