@@ -1,24 +1,44 @@
 /** The readable summary `npm run sim` prints without --json. */
 import type { SimOutput } from "./runner.js"
 
+/** How each column lines up: text to the left, amounts to the right. */
+type Align = "left" | "right"
+
+/**
+ * Rows of cells as lines, each column as wide as its widest cell (ids of any length stay
+ * lined up); the last column is not padded. Indented two spaces, columns two apart.
+ */
+const table = (cellsOf: ReadonlyArray<ReadonlyArray<unknown>>, align: ReadonlyArray<Align> = []): string[] => {
+  const rows = cellsOf.map((row) => row.map(String))
+  const widths: number[] = []
+  for (const row of rows) row.forEach((cell, i) => (widths[i] = Math.max(widths[i] ?? 0, cell.length)))
+  return rows.map((row) => {
+    const cells = row.map((cell, i) => (i === row.length - 1 ? cell : align[i] === "right" ? cell.padStart(widths[i]!) : cell.padEnd(widths[i]!)))
+    return `  ${cells.join("  ")}`.trimEnd()
+  })
+}
+
 export const summarize = (output: SimOutput): string => {
   const lines: string[] = []
   lines.push(`Ledger (${output.ledger.length} rows)`)
-  for (const r of output.ledger) {
-    lines.push(`  ${r.at}  ${String(r.account).padEnd(10)} ${String(r.kind).padEnd(15)} ${String(r.amount).padStart(12)}  → ${String(r.balance_after).padStart(12)}  ${r.resource ?? ""}  ${r.description}`)
-  }
+  lines.push(
+    ...table(
+      output.ledger.map((r) => [r.at, r.account, r.kind, r.amount, `→ ${r.balance_after}`, r.resource ?? "", r.description]),
+      ["left", "left", "left", "right", "right"]
+    )
+  )
   lines.push(`Notifications (${output.notifications.length})`)
-  for (const n of output.notifications) lines.push(`  ${n.at}  ${String(n.severity).padEnd(8)} ${String(n.resource ?? "").padEnd(10)} ${n.text}`)
+  lines.push(...table(output.notifications.map((n) => [n.at, n.account, n.severity, n.kind, n.resource ?? "", n.text])))
   lines.push(`Transitions (${output.transitions.length})`)
-  for (const t of output.transitions) lines.push(`  ${t.at}  ${String(t.resource).padEnd(10)} ${t.from} → ${t.to}${t.reason ? ` (${t.reason})` : ""}`)
+  lines.push(...table(output.transitions.map((t) => [t.at, t.resource, `${t.from ?? "(new)"} → ${t.to}${t.reason ? ` (${t.reason})` : ""}`])))
   if (output.rejected.length > 0) {
     lines.push(`Rejected inputs (${output.rejected.length})`)
-    for (const r of output.rejected) lines.push(`  ${r.at}  event #${r.event} ${r.do}: ${r.status} ${r.error} — ${r.message}`)
+    lines.push(...table(output.rejected.map((r) => [r.at, `event #${r.event}`, r.do, `${r.status} ${r.error} — ${r.message}`])))
   }
   lines.push("Accounts")
-  for (const [id, a] of Object.entries(output.accounts)) lines.push(`  ${id.padEnd(10)} balance ${a.balance}`)
+  lines.push(...table(Object.entries(output.accounts).map(([id, a]) => [id, "balance", a.balance]), ["left", "left", "right"]))
   lines.push("Resources")
-  for (const [id, r] of Object.entries(output.resources)) lines.push(`  ${id.padEnd(10)} ${r.kind} ${r.status}${r.termination_reason ? ` (${r.termination_reason})` : ""}`)
+  lines.push(...table(Object.entries(output.resources).map(([id, r]) => [id, r.kind, `${r.status}${r.termination_reason ? ` (${r.termination_reason})` : ""}`])))
   if (output.invariants.ok) {
     lines.push("Invariants: all hold")
   } else {
