@@ -1,0 +1,132 @@
+/**
+ * Defects found in an operator's review of the Kubernetes world (docs/KUBERNETES.md), each
+ * reproduced against the API test server and the scripted kubelet.
+ */
+import { Either } from "effect"
+import { afterEach, describe, expect, it } from "vitest"
+import { costMicros, dollars, formatDollars } from "../../src/money.js"
+import type { GpuView, InferenceView } from "../../src/resources.js"
+import { tmpDb } from "../helpers.js"
+import { K8sWorld, START_MS } from "./harness.js"
+import type { KubeletRegion } from "./kubelet.js"
+import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+
+let world: K8sWorld | null = null
+let engine: KubeEngine | null = null
+afterEach(async () => {
+  if (engine !== null) stopEngine(engine)
+  engine = null
+  await world?.close()
+  world = null
+})
+
+const S = 1_000
+const MIN = 60 * S
+const RATE = dollars("1.60")
+
+/**
+ * An engine on a database file over a driver, and a control-plane outage that drops both
+ * (`outage(until, during)`: what happens in the cluster meanwhile, at its offsets from START).
+ */
+const open = async (regions: ReadonlyArray<KubeletRegion>) => {
+  const db = tmpDb()
+  world = await K8sWorld.start({ regions })
+  const w = world
+  let driver = await w.driver()
+  const start = () => startEngine({ db, clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+  engine = start()
+  const sup = () => engine!.sup.sync
+  expect(Either.isRight(sup().openAccount("acme"))).toBe(true)
+  expect(Either.isRight(sup().credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  return {
+    w,
+    sup,
+    moves: (prefix: string) => engine!.ledger.transitions().filter((t) => t.resource.startsWith(prefix)).map((t) => [t.at - START_MS, t.resource, t.from_state, t.to_state, t.reason]),
+    rows: (resource: string) => engine!.ledger.ledgerRows().filter((r) => r.resource === resource).map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
+    outage: async (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) => {
+      stopEngine(engine!)
+      engine = null
+      driver.stop()
+      for (const [at_ms, act] of during) {
+        await w.advanceTo(START_MS + at_ms)
+        act()
+      }
+      await w.advanceTo(START_MS + until_ms)
+      driver = await w.driver()
+      engine = start()
+      await w.settle()
+    }
+  }
+}
+
+describe("a preempted resource whose replacement was never made when the control plane stopped resumes, not fails", () => {
+  it("a GPU instance: the victim's grace period outlives the control plane; capacity back during the outage: resumed at the restart, billed from Ready", async () => {
+    // 1 × H100 at $1.60/h for 2 h, pods start at once, a victim takes 60 s to stop. Preempted at
+    // 0:15 (heard: billing stops); the control plane stops at 0:15:30, before the victim is gone
+    // (0:16), so nobody makes its replacement; capacity frees at 0:30; back at 0:40. The restarted
+    // driver finds no pod: before, the reconciliation took the instance for lost (failed at 0:40,
+    // refunded), though the cluster had only preempted it.
+    const { w, sup, moves, rows, outage } = await open([{ name: "us-east", nodes: 1, gpus_per_node: 8, image_pull_ms: 0, container_start_ms: 0, pod_stop_ms: 60 * S }])
+    expect(Either.isRight(sup().launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
+    await w.advance(15 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(30 * S)
+    expect((Either.getOrThrow(sup().describe("gi-1")) as GpuView).status).toBe("preempted")
+    await outage(40 * MIN, [[30 * MIN, () => expect(w.kubelet.resume("gi-1")).toEqual({ ok: true })]])
+    await w.advance(0)
+    expect(Either.getOrThrow(sup().describe("gi-1"))).toMatchObject({ status: "running", termination_reason: null, billable_ms: 15 * MIN })
+    expect(w.pods().map((p) => p.metadata.name)).toEqual(["eco-gi-1"])
+    // Billed 0:00–0:15, then from the restart (its replacement Ready at once) to the 2:00 deadline.
+    await w.advance(122 * MIN - (w.clock.now() - START_MS))
+    expect(moves("gi-1")).toEqual([
+      [0, "gi-1", "pending", "loading", null],
+      [0, "gi-1", "loading", "running", null],
+      [15 * MIN, "gi-1", "running", "preempted", null],
+      [40 * MIN, "gi-1", "preempted", "running", null],
+      [120 * MIN, "gi-1", "running", "terminating", "duration_expired"],
+      // Its pod takes 60 s to stop.
+      [121 * MIN, "gi-1", "terminating", "terminated", "duration_expired"]
+    ])
+    expect(rows("gi-1")).toEqual([
+      [0, "gpu_usage", "-3.20"],
+      [120 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 95 * MIN))]
+    ])
+  })
+
+  it("an inference replica: its replacement's create refused (503) until the control plane stopped: that replica resumes at the restart, no failover, no failure", async () => {
+    const region = (name: string): KubeletRegion => ({ name, nodes: 1, gpus_per_node: 8, image_pull_ms: 0, container_start_ms: 0, pod_stop_ms: 0 })
+    const { w, sup, moves, outage } = await open([region("eu-west"), region("us-east")])
+    expect(Either.isRight(sup().registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+    expect(Either.isRight(sup().launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+    await w.advance(15 * MIN)
+    const refusal = w.server.inject({ method: "POST", path: "/pods", status: 503 })
+    expect(w.kubelet.preempt("inf-1@us-east")).toEqual({ ok: true })
+    await w.advance(5 * MIN)
+    expect((Either.getOrThrow(sup().describe("inf-1")) as InferenceView).regions).toEqual([
+      { region: "eu-west", status: "running" },
+      { region: "us-east", status: "preempted" }
+    ])
+    await outage(40 * MIN, [
+      [25 * MIN, () => {
+        refusal.times = 0
+        w.server.clearFailures()
+      }],
+      [30 * MIN, () => expect(w.kubelet.resume("inf-1@us-east")).toEqual({ ok: true })]
+    ])
+    await w.advance(0)
+    expect(Either.getOrThrow(sup().describe("inf-1"))).toMatchObject({
+      status: "running",
+      termination_reason: null,
+      regions: [
+        { region: "eu-west", status: "running" },
+        { region: "us-east", status: "running" }
+      ]
+    })
+    expect(moves("inf-1@us-east")).toEqual([
+      [0, "inf-1@us-east", "pending", "loading", null],
+      [0, "inf-1@us-east", "loading", "running", null],
+      [15 * MIN, "inf-1@us-east", "running", "preempted", null],
+      [40 * MIN, "inf-1@us-east", "preempted", "running", null]
+    ])
+  })
+})
