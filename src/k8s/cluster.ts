@@ -138,6 +138,15 @@ interface Workload {
    * (or its `createWorkload`) finds the replacement still owed.
    */
   readonly replacing: Set<string>
+  /**
+   * Pods whose create the engine asked for and which gave up (`request_attempts_max` retriable
+   * failures: an API server restarting for longer than the backoffs, or a refusal): created again
+   * on the driver's slow retry (`ownWork`) while the workload is wanted, as a replacement is.
+   * Nobody else asks again: the reconciliation leaves a `pending` GPU resource to SPEC §3's
+   * 15-minute rule, which would fail it, and an inference replica whose pod never came stays
+   * `pending` for ever, its cycle's hold renewed every day.
+   */
+  readonly createOwed: Set<string>
   /** The timer that tries the driver's own writes again after one gave up (`ownRetryLater`), or null. */
   ownRetryTimer: TimerHandle | null
   /** Consecutive give-ups of the driver's own writes: the next wait doubles with each. */
@@ -614,6 +623,7 @@ export class KubernetesCluster implements ClusterPort {
       awaiting: new Map(),
       replacements: 0,
       replacing: new Set(),
+      createOwed: new Set(),
       ownRetryTimer: null,
       ownGiveUps: 0,
       terminatingSince: new Map(),
@@ -808,7 +818,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`create pod ${pod}`, attempt, (options) => this.core.createNamespacedPod({ namespace: this.config.namespace, body }, options), {
       ok: (created) => {
         w.busy.delete(pod)
-        if (w.replacing.delete(pod)) w.ownGiveUps = 0
+        if (w.replacing.delete(pod) || w.createOwed.delete(pod)) w.ownGiveUps = 0
         this.await(w, pod, created.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -817,6 +827,7 @@ export class KubernetesCluster implements ClusterPort {
         if (status !== 409) return false
         w.busy.delete(pod)
         w.replacing.delete(pod)
+        w.createOwed.delete(pod)
         // Not in the cache yet: delete it by name once we know we are deleting.
         if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1, false, undefined)
         else this.refresh(w)
@@ -825,8 +836,10 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.createPod(w, pod, attempt + 1),
       gaveUp: () => {
         w.busy.delete(pod)
-        // A replacement is the driver's own: nobody else asks for it again.
-        if (w.replacing.has(pod)) this.ownRetryLater(w)
+        // A replacement is the driver's own, and nobody else asks again for a pod the engine
+        // asked for either (`createOwed`): both are tried again on the slow retry.
+        if (!w.replacing.has(pod) && !w.deleting) w.createOwed.add(pod)
+        if (!w.deleting) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
@@ -1328,6 +1341,7 @@ export class KubernetesCluster implements ClusterPort {
     // It exists: whoever created it (this driver, or the leader while this one stood by), no
     // replacement is owed for it any more.
     w.replacing.delete(name)
+    w.createOwed.delete(name)
     const state = podStateOf(pod)
     if (state === "disrupted" || state === "failed") this.stopped(w, podStoppedAt(pod, false))
     // A control plane that finds a replacement pod not yet started finds a preempted workload
@@ -1455,6 +1469,8 @@ export class KubernetesCluster implements ClusterPort {
       // A recalled workload's replacement waits for the engine's spec (`createWorkload`).
       if (cached === undefined && w.replacing.has(pod) && w.templates.has(pod)) {
         this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
+        this.createPod(w, pod, 1)
+      } else if (cached === undefined && w.createOwed.has(pod) && w.templates.has(pod)) {
         this.createPod(w, pod, 1)
       } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {
         this.deletePod(w, pod, 1, false, uidOf(cached))

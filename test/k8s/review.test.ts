@@ -9,6 +9,7 @@ import type { GpuView, InferenceView } from "../../src/resources.js"
 import { tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS } from "./harness.js"
 import type { KubeletRegion } from "./kubelet.js"
+import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -28,9 +29,9 @@ const RATE = dollars("1.60")
  * An engine on a database file over a driver, and a control-plane outage that drops both
  * (`outage(until, during)`: what happens in the cluster meanwhile, at its offsets from START).
  */
-const open = async (regions: ReadonlyArray<KubeletRegion>) => {
+const open = async (regions: ReadonlyArray<KubeletRegion>, limits: Partial<KubernetesLimits> = {}) => {
   const db = tmpDb()
-  world = await K8sWorld.start({ regions })
+  world = await K8sWorld.start({ regions, limits })
   const w = world
   let driver = await w.driver()
   const start = () => startEngine({ db, clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
@@ -130,3 +131,68 @@ describe("a preempted resource whose replacement was never made when the control
     ])
   })
 })
+
+describe("a pod the engine asked for, whose create gave up, is created on the driver's slow retry", () => {
+  /** The API server refuses every pod create (503) for the first `brownout_ms`. */
+  const brownout = async (brownout_ms: number) => {
+    // The driver's production backoffs: 250 ms doubling, five attempts.
+    const o = await open([{ name: "us-east", nodes: 1, gpus_per_node: 8, image_pull_ms: 60 * S, container_start_ms: 30 * S, pod_stop_ms: 0 }], { request_backoff_ms_min: 250, request_backoff_ms_max: 10_000 })
+    const refusal = o.w.server.inject({ method: "POST", path: "/pods", status: 503 })
+    o.w.clock.schedule(START_MS + brownout_ms, () => {
+      refusal.times = 0
+      o.w.server.clearFailures()
+    })
+    return o
+  }
+  const creates = (w: K8sWorld) => w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/pods")).length
+
+  it("a GPU instance launched during a 10 s API server restart: its pod comes on the slow retry and runs (before: never created, failed at 0:20)", async () => {
+    // Five creates in 3.75 s (backoff 250 ms doubling), all refused: the create gives up. The
+    // reconciliation leaves a pending GPU resource to the 15-minute rule, so nothing asked again,
+    // and the watchdog failed the instance at 0:20, refunded in full: a launch lost to a brown-out.
+    const { w, sup, moves, rows } = await brownout(10 * S)
+    expect(Either.isRight(sup().launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
+    await w.advance(30 * MIN)
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.kind === "request_failed" && r.final])).toEqual([
+      [0, false],
+      [250, false],
+      [750, false],
+      [1_750, false],
+      [3_750, true]
+    ])
+    // Tried again own_retry_ms_min (10 s) after it gave up, once the API server answers.
+    expect(creates(w)).toBe(6)
+    expect(Either.getOrThrow(sup().describe("gi-1"))).toMatchObject({ status: "running", started_at: START_MS + 73_750 })
+    expect(moves("gi-1")).toEqual([
+      [73_750, "gi-1", "pending", "loading", null],
+      [103_750, "gi-1", "loading", "running", null]
+    ])
+    await w.advance(3 * 60 * MIN)
+    expect(Either.getOrThrow(sup().describe("gi-1"))).toMatchObject({ status: "terminated", termination_reason: "duration_expired", billable_ms: 120 * MIN })
+    expect(rows("gi-1")).toEqual([[0, "gpu_usage", "-3.20"]])
+  })
+
+  it("an inference replica launched then: it runs (before: pending for ever, a full hold taken and given back every day)", async () => {
+    const { w, sup } = await brownout(10 * S)
+    expect(Either.isRight(sup().registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+    expect(Either.isRight(sup().launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+    await w.advance(30 * MIN)
+    expect(Either.getOrThrow(sup().describe("inf-1"))).toMatchObject({ status: "running", regions: [{ region: "us-east", status: "running" }] })
+    expect(w.pods()).toHaveLength(1)
+  })
+
+  it("one still refused when the engine stops the instance is not created again: deleted, nothing runs", async () => {
+    const { w, sup } = await brownout(30 * MIN)
+    expect(Either.isRight(sup().launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
+    await w.advance(1 * MIN)
+    const tried = creates(w)
+    expect(Either.isRight(sup().terminate("gi-1"))).toBe(true)
+    await w.advance(60 * MIN)
+    expect(Either.getOrThrow(sup().describe("gi-1"))).toMatchObject({ status: "terminated", billable_ms: 0 })
+    expect(rows_refund(engine!)).toEqual([[1 * MIN, "refund", "3.20"]])
+    expect(creates(w)).toBe(tried)
+    expect(w.pods()).toEqual([])
+  })
+})
+
+const rows_refund = (e: KubeEngine) => e.ledger.ledgerRows().filter((r) => r.kind === "refund").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)])
