@@ -242,6 +242,8 @@ export class KubernetesCluster implements ClusterPort {
   private rv = ""
   private state: WatchState = "new"
   private abort: AbortController | null = null
+  /** Where the next watch's HTTP agent goes (`openWatch` sets it just before it opens one). */
+  private watchAgentSink: (agent: { destroy?(): void } | undefined) => void = () => {}
   private backoffTimer: TimerHandle | null = null
   private watchFailures = 0
   private connected = false
@@ -297,6 +299,8 @@ export class KubernetesCluster implements ClusterPort {
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
+  /** Pod watches opened, ever (for the test harness, as `requests_started`). */
+  watches_opened = 0
 
   constructor(
     kubeconfig: KubeConfig,
@@ -305,7 +309,19 @@ export class KubernetesCluster implements ClusterPort {
     private readonly report: (r: DriverReport) => void = () => {}
   ) {
     this.core = kubeconfig.makeApiClient(CoreV1Api)
-    this.watcher = new Watch(kubeconfig)
+    // The watch's own connection is reachable only through the agent client-node makes for it
+    // (`applyToFetchOptions` makes one per call, and `Watch.watch` calls it once, synchronously
+    // from `watch`): kept, so a watch that never connects, or whose stream outlives the server's
+    // promise to end it, can be cut (`watchAgent`).
+    const watchConfig = Object.create(kubeconfig) as KubeConfig
+    watchConfig.applyToFetchOptions = (opts) => {
+      const sink = this.watchAgentSink
+      return kubeconfig.applyToFetchOptions(opts).then((o) => {
+        sink(o.agent as { destroy?(): void } | undefined)
+        return o
+      })
+    }
+    this.watcher = new Watch(watchConfig)
     this.regions = new Map([...config.regions].sort((a, b) => (a.name < b.name ? -1 : 1)).map((r) => [r.name, { nodes: r.nodes, gpus_per_node: r.gpus_per_node }]))
   }
 
@@ -1185,9 +1201,44 @@ export class KubernetesCluster implements ClusterPort {
     const session = ++this.session
     let expired = false
     let ended = false
+    // The agent of this watch's connection, once client-node made it; destroying it cuts the
+    // connection (its socket), which ends the watch (`done`) however it hangs.
+    let agent: { destroy?(): void } | undefined
+    let cut = false
+    this.watches_opened++
+    this.watchAgentSink = (a) => {
+      agent = a
+      if (cut) a?.destroy?.()
+    }
+    const l = this.config.limits
+    /**
+     * A watch that never connects (an API server or load balancer that accepts the connection
+     * and never answers), or whose stream is still open past the `timeoutSeconds` the server
+     * promised to end it at (a half-open connection: the server's end gone without a reset, so
+     * no byte and no close ever comes): cut, and re-opened as a dropped one is. client-node's
+     * Watch sets no timeout of its own. Before, such a watch waited for ever: the cache froze
+     * while the driver said it was watching (`viewBehind` false), so stops went unheard,
+     * stops asked then settled at once on the stale view, and no replacement was made.
+     */
+    const bound = (kind: "connect" | "stream", at: number): TimerHandle =>
+      this.clock.schedule(
+        at,
+        () => {
+          if (ended || session !== this.session || this.isStopped()) return
+          if (kind === "connect" && this.connected) return
+          const what = kind === "connect" ? "watch pods (no answer)" : "watch pods (open past its timeout)"
+          this.report({ kind: "request_failed", at: this.clock.now(), what, status: null, final: false })
+          cut = true
+          agent?.destroy?.()
+          done(new RequestTimeout(`${what}: no answer`))
+        },
+        { lane: Lane.world, key: "k8s:pods-watch-bound" }
+      )
+    const timers = [bound("connect", this.clock.now() + l.request_timeout_ms), bound("stream", this.clock.now() + l.pods_watch_timeout_s * 1_000 + l.request_timeout_ms)]
     const done = (err: unknown): void => {
       if (ended || session !== this.session) return
       ended = true
+      for (const t of timers) this.clock.clearTimeout(t)
       this.abort = null
       this.connected = false
       if (this.isStopped()) return
@@ -1248,7 +1299,6 @@ export class KubernetesCluster implements ClusterPort {
         this.notifyProgress()
       }
     }
-    const l = this.config.limits
     this.watcher
       .watch(
         `/api/v1/namespaces/${encodeURIComponent(this.config.namespace)}/pods`,
@@ -1258,8 +1308,8 @@ export class KubernetesCluster implements ClusterPort {
       )
       .then(
         (controller) => {
-          if (ended || session !== this.session) return
-          if (this.isStopped()) return controller.abort()
+          // A watch given up on (cut, stopped, or superseded) that connected after all is closed.
+          if (ended || session !== this.session || this.isStopped()) return controller.abort()
           this.abort = controller
           this.watchFailures = 0
           this.connected = true

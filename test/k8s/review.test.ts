@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from "vitest"
 import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView, InferenceView } from "../../src/resources.js"
 import { tmpDb } from "../helpers.js"
-import { K8sWorld, START_MS } from "./harness.js"
+import { K8sWorld, START_MS, waitFor } from "./harness.js"
 import type { KubeletRegion } from "./kubelet.js"
 import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
@@ -196,3 +196,73 @@ describe("a pod the engine asked for, whose create gave up, is created on the dr
 })
 
 const rows_refund = (e: KubeEngine) => e.ledger.ledgerRows().filter((r) => r.kind === "refund").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)])
+
+describe("a pod watch that hangs is cut and re-opened, so the cache never freezes while the driver says it watches", () => {
+  /** One GPU instance (1 × H100 at $1.60/h, 2 h), billed from 0:01:00, on a driver whose watch ends every 5 min at most. */
+  const running = async () => {
+    world = await K8sWorld.start({ limits: { pods_watch_timeout_s: 300, request_timeout_ms: 30 * S } })
+    const w = world
+    const driver = await w.driver()
+    engine = startEngine({ db: ":memory:", clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
+    const sup = engine.sup.sync
+    expect(Either.isRight(sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(sup.credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+    expect(Either.isRight(sup.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
+    const e = engine
+    return {
+      w,
+      driver,
+      view: () => Either.getOrThrow(sup.describe("gi-1")) as GpuView,
+      moves: () => e.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
+      cuts: () => w.reports.filter((r) => r.kind === "request_failed" && r.what.startsWith("watch pods")).map((r) => [r.at - START_MS, r.kind === "request_failed" ? r.what : ""])
+    }
+  }
+
+  it("a half-open stream (the server's end gone, nothing more comes, no close): cut once the server's timeoutSeconds has passed; the preemption in it heard then, billed to when it happened", async () => {
+    // The watch opened at 0:00 asks the server to end it by 0:05:00; the test server's own end
+    // is on the wall clock and never comes here, so the driver cuts it at 0:05:30 (timeout +
+    // request_timeout_ms) and re-opens it 1 s later (its backoff), as it does every 5.5 min.
+    // Frozen at 0:20, the stream then open (since 0:16:33) is cut at 0:22:03; the preemption at
+    // 0:21 is replayed then.
+    // Before, a frozen stream was waited on for ever: the preemption never heard, the instance
+    // billed to its deadline, never resumed.
+    const { w, driver, view, moves, cuts } = await running()
+    await w.advance(20 * MIN)
+    expect(w.server.freezeWatches()).toBe(1)
+    await w.advance(1 * MIN)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(30 * S)
+    expect(view().status).toBe("running")
+    await w.advance(2 * MIN)
+    expect(driver.watchConnected).toBe(true)
+    expect(cuts().at(-1)).toEqual([22 * MIN + 3 * S, "watch pods (open past its timeout)"])
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 20 * MIN })
+    expect(moves().slice(2)).toEqual([[21 * MIN, "running", "preempted", null]])
+    // Its replacement is made, and runs once capacity frees.
+    expect(w.kubelet.resume("gi-1")).toEqual({ ok: true })
+    await w.advance(2 * MIN)
+    expect(view().status).toBe("running")
+  })
+
+  it("a re-open the API server never answers: given up after request_timeout_ms and tried again; the preemption in the gap heard, billed to when it happened", async () => {
+    // Dropped at 0:20 (re-opened after 1 s), that re-open hangs: no headers, no error. Before,
+    // the driver waited on it for ever, `watching` and not behind: nothing more was heard.
+    const { w, driver, view, moves, cuts } = await running()
+    await w.advance(20 * MIN)
+    w.server.inject({ method: "GET", path: "/pods", query: { watch: "true" }, status: 200, hang: true, times: 1 })
+    w.server.dropWatches({ abrupt: true })
+    await waitFor(driver, () => driver.watchState === "backoff")
+    await w.advance(10 * S)
+    expect(driver.watchState).toBe("watching")
+    expect(driver.watchConnected).toBe(false)
+    expect(w.kubelet.preempt("gi-1")).toEqual({ ok: true })
+    await w.advance(30 * S)
+    expect(driver.watchConnected).toBe(true)
+    // Given up 30 s after it was sent (20:01, its backoff after the drop).
+    expect(cuts().filter(([, what]) => what === "watch pods (no answer)")).toEqual([[20 * MIN + 31 * S, "watch pods (no answer)"]])
+    // The hung request's connection was closed, not left open.
+    expect(w.server.hung).toEqual({ requests: 1, closed: 1 })
+    expect(view()).toMatchObject({ status: "preempted", billable_ms: 19 * MIN + 10 * S })
+    expect(moves().slice(2)).toEqual([[20 * MIN + 10 * S, "running", "preempted", null]])
+  })
+})
