@@ -133,6 +133,16 @@ export const billingEndOf = (ctx: Pick<GpuInstanceContext, "billing_since">, eve
 export const billedPastStop = (stretch_since: number | null, requested_at: number, ended_at: number | undefined): number =>
   requested_at - billingEndOf({ billing_since: stretch_since }, { at: requested_at, ended_at })
 
+/**
+ * Where billing of the stretch open at a stop requested while the world was behind
+ * (`settle_at_deleted`) ended, once `pod.deleted` has told what the pods did (`ended_at`): the
+ * request, or the pods' earlier stop, never before the stretch began. Null when no stretch was
+ * open then. The instant the transitions log that stretch's end at, so that they say what was
+ * billed (SPEC §9.3). For an inference replica too (its stretch).
+ */
+export const deferredBillingEnd = (stretch_since: number | null, requested_at: number, ended_at: number | undefined): number | null =>
+  stretch_since === null ? null : requested_at - billedPastStop(stretch_since, requested_at, ended_at)
+
 /** GPUs held while running: per node × nodes. */
 export const gpuUnits = (ctx: Pick<GpuInstanceInput, "gpu_count" | "node_count">): number => ctx.gpu_count * ctx.node_count
 

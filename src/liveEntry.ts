@@ -4,7 +4,7 @@
  * workloads, its account). Nothing here changes an entry.
  */
 import type { Actor } from "xstate"
-import { gpuStatusOf, type GpuInstanceContext, type gpuInstanceMachine } from "../machines/gpuInstance.js"
+import { deferredBillingEnd, gpuStatusOf, type GpuInstanceContext, type gpuInstanceMachine } from "../machines/gpuInstance.js"
 import { inferenceStatusOf, type InferenceContext, type inferenceInstanceMachine } from "../machines/inferenceInstance.js"
 import { storageStatusOf, type storageMachine } from "../machines/storage.js"
 import type { TimerHandle } from "./clock.js"
@@ -55,6 +55,37 @@ const NO_REPLICAS: Readonly<Record<string, string>> = Object.freeze({})
 /** Statuses of an inference instance's replicas, by region; empty for a GPU resource. */
 export const replicaStatuses = (entry: LiveEntry): Readonly<Record<string, string>> =>
   entry.kind === "inference" ? Object.fromEntries(Object.entries(entry.actor.getSnapshot().context.replicas).map(([r, b]) => [r, b.status])) : NO_REPLICAS
+
+/**
+ * A stop requested while the world was behind settles at the pods' deletion (`settle_at_deleted`),
+ * which dates a stop of theirs before the request (`ended_at`): where the transitions must put
+ * the end of the billable stretch the request closed, as the machine is about to bill it. A GPU
+ * resource (`pod.deleted` while `terminating`): its move into `terminating`, logged at the request
+ * (`requested_at`), moves back to `at` when the pods stopped earlier; null otherwise. An inference
+ * replica (its `pod.deleted` while the instance is `terminating`): its move into `deleted` is
+ * logged at `at`, where its stretch's billing ended; null when none was open at the request.
+ * Read before the event is sent.
+ */
+export const deferredStopEnd = (
+  entry: LiveEntry,
+  event: { readonly type: string; readonly ended_at?: number; readonly region?: string }
+): { readonly kind: "gpu"; readonly requested_at: number; readonly at: number } | { readonly kind: "replica"; readonly at: number } | null => {
+  if (entry.kind === "storage" || statusOf(entry) !== "terminating") return null
+  if (entry.kind === "gpu") {
+    const ctx = entry.actor.getSnapshot().context
+    const requested_at = ctx.stop_requested_at
+    if (ctx.settle_at_deleted === undefined || requested_at === null) return null
+    const at = deferredBillingEnd(ctx.settle_at_deleted.stretch_since, requested_at, event.ended_at)
+    return at === null || at >= requested_at ? null : { kind: "gpu", requested_at, at }
+  }
+  const ctx = entry.actor.getSnapshot().context
+  const requested_at = ctx.stop_requested_at
+  const region = event.region
+  const replica = region === undefined ? undefined : ctx.replicas[region]
+  if (ctx.settle_at_deleted === undefined || requested_at === null || region === undefined || replica === undefined || replica.status === "deleted") return null
+  const at = deferredBillingEnd(ctx.settle_at_deleted.stretch_since[region] ?? null, requested_at, event.ended_at)
+  return at === null ? null : { kind: "replica", at }
+}
 
 /** A live resource that runs workloads: a GPU resource or an inference instance. */
 export type WorkloadEntry = Extract<LiveEntry, { kind: "gpu" | "inference" }>

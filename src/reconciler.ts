@@ -27,7 +27,7 @@ export interface ReconcilerHost {
   isLive(id: string): boolean
   /** Tells a machine what the cluster shows; the transition it causes gives `cause` as its reason. */
   dispatch(entry: WorkloadEntry, event: GpuInstanceEvent | InferenceEvent, cause: "reconciled"): void
-  /** Creates a pending GPU resource's pod again (its create was lost). */
+  /** Creates a GPU resource's pods again: pending (its create was lost) or preempted (its replacement was never made). */
   createPod(ctx: GpuInstanceContext, at: number): void
   /**
    * True while the unit runs as of an instant the world has passed (src/backlog.ts): what the
@@ -147,10 +147,18 @@ export class Reconciler {
     return orphans.sort()
   }
 
-  /** What a GPU resource's machine should be told, given its pods' phase; null when they agree. */
+  /**
+   * What a GPU resource's machine should be told, given its pods' phase; null when they agree.
+   * A resource that has no pod yet (`pending`) or waits for capacity (`preempted`: its victim is
+   * gone, its replacement owed) and whose pods are missing has its pods created again, never
+   * taken for lost: nothing is billed until they run. A `preempted` one's replacement is missing
+   * when the control plane stopped before making it (a crash or a deploy between the victim's
+   * deletion and the create, or a create the API server kept refusing): before, a restart then
+   * failed the instance, though the cluster had only preempted it.
+   */
   private gpuCorrection(status: GpuStatus, phase: WorkloadPhase | "missing"): GpuInstanceEvent["type"] | "createPod" | "deletePod" | null {
     if (status === "terminating") return phase === "missing" ? "pod.deleted" : "deletePod"
-    if (phase === "missing" || phase === "failed") return status === "pending" && phase === "missing" ? "createPod" : "pod.failed"
+    if (phase === "missing" || phase === "failed") return (status === "pending" || status === "preempted") && phase === "missing" ? "createPod" : "pod.failed"
     if (phase === "running" && status !== "running") return "pod.running"
     if (phase === "loading" && status === "pending") return "pod.loading"
     if (phase === "preempted" && (status === "running" || status === "loading")) return "pod.preempted"
@@ -306,7 +314,9 @@ export class Reconciler {
         const billing_since = ctx.replicas[region]?.billing_since ?? null
         // Started, and its pod gone unseen (an outage): the world may still know how it ended.
         const recalled = (replica === "loading" || replica === "running") && billing_since !== null ? this.recall(replicaSpec(ctx, region), billing_since) : null
-        if (replica === "pending") this.host.cluster.createWorkload(replicaSpec(ctx, region))
+        // Not started yet, or waiting for capacity (its replacement owed, never made): created
+        // again, as a GPU resource's pods are (`gpuCorrection`), not taken for a failed replica.
+        if (replica === "pending" || replica === "preempted") this.host.cluster.createWorkload(replicaSpec(ctx, region))
         else if (recalled !== null) {
           send(recalled.phase, recalled.ended_at)
           // Preempted: its replacement is made from the replica's spec.

@@ -69,7 +69,7 @@ import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, 
 import { assert, Conflict, DatabaseBusy, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
-import { accountOf, gpuSpec, placedWorkloads, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
+import { accountOf, deferredStopEnd, gpuSpec, placedWorkloads, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError, type UserInstanceInfo } from "./metering.js"
@@ -1244,10 +1244,18 @@ export class GpuSupervisor implements PaymentHost {
       : entry.kind === "gpu" ? billingEndOf(entry.actor.getSnapshot().context, event)
       : entry.kind === "inference" && event.type === "replica.pod" ? billingEndOf(entry.actor.getSnapshot().context.replicas[event.region] ?? { billing_since: null }, event)
       : event.at
-    this.run(entry, send, statusOf(entry), event.at, event, cause, stoppedAt)
+    // A stop requested while the world was behind (`settle_at_deleted`) was logged at the
+    // request; its pods' deletion tells where billing really ended (the request, or their own
+    // earlier stop), and the transitions are made to say so (SPEC §9.3): a GPU resource whose
+    // pods had stopped before the request is logged `preempted` from their stop to the request
+    // (as it would have been, heard in time); a replica's move into `deleted` is logged where its
+    // stretch's billing ended, as its cycle settles only now.
+    const deferred = event.type === "pod.deleted" || (event.type === "replica.pod" && event.pod === "deleted") ? deferredStopEnd(entry, event) : null
+    if (deferred?.kind === "gpu") this.ledger.splitTransition(entry.id, "terminating", deferred.requested_at, "preempted", deferred.at)
+    this.run(entry, send, statusOf(entry), event.at, event, cause, stoppedAt, deferred?.kind === "replica" ? deferred.at : stoppedAt)
   }
 
-  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null, stoppedAt = at): void {
+  private run(entry: LiveEntry, step: () => void, before: string | null, at: number, event?: GpuInstanceEvent | InferenceEvent | StorageEvent, cause: string | null = null, stoppedAt = at, replicaStoppedAt = stoppedAt): void {
     assert(this.depth > 0, () => "dispatch outside a unit of work")
     assert(this.intents.length === 0, () => "re-entrant dispatch")
     const replicasBefore = replicaStatuses(entry)
@@ -1266,7 +1274,7 @@ export class GpuSupervisor implements PaymentHost {
     for (const [region, status] of Object.entries(replicaStatuses(entry))) {
       const was = replicasBefore[region] ?? "pending"
       // A move into `failed` carries its reason, as an instance's does (docs/TIMELINE-EXTENSIONS.md).
-      if (status !== was) this.ledger.recordTransition({ at: stoppedAt, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: status === "failed" ? "failed" : cause })
+      if (status !== was) this.ledger.recordTransition({ at: replicaStoppedAt, resource: replicaResource(entry.id, region), from_state: was, to_state: status, reason: status === "failed" ? "failed" : cause })
     }
     if (before !== null && after !== before) {
       this.ledger.recordTransition({ at: stoppedAt, resource: entry.id, from_state: before, to_state: after, reason: reasonOf() })

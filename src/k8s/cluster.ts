@@ -138,6 +138,15 @@ interface Workload {
    * (or its `createWorkload`) finds the replacement still owed.
    */
   readonly replacing: Set<string>
+  /**
+   * Pods whose create the engine asked for and which gave up (`request_attempts_max` retriable
+   * failures: an API server restarting for longer than the backoffs, or a refusal): created again
+   * on the driver's slow retry (`ownWork`) while the workload is wanted, as a replacement is.
+   * Nobody else asks again: the reconciliation leaves a `pending` GPU resource to SPEC §3's
+   * 15-minute rule, which would fail it, and an inference replica whose pod never came stays
+   * `pending` for ever, its cycle's hold renewed every day.
+   */
+  readonly createOwed: Set<string>
   /** The timer that tries the driver's own writes again after one gave up (`ownRetryLater`), or null. */
   ownRetryTimer: TimerHandle | null
   /** Consecutive give-ups of the driver's own writes: the next wait doubles with each. */
@@ -233,6 +242,8 @@ export class KubernetesCluster implements ClusterPort {
   private rv = ""
   private state: WatchState = "new"
   private abort: AbortController | null = null
+  /** Where the next watch's HTTP agent goes (`openWatch` sets it just before it opens one). */
+  private watchAgentSink: (agent: { destroy?(): void } | undefined) => void = () => {}
   private backoffTimer: TimerHandle | null = null
   private watchFailures = 0
   private connected = false
@@ -288,6 +299,8 @@ export class KubernetesCluster implements ClusterPort {
   private readonly regions: Map<string, { readonly nodes: number; readonly gpus_per_node: number }>
   /** Requests started, ever: the test harness's "did anything new happen" counter. */
   requests_started = 0
+  /** Pod watches opened, ever (for the test harness, as `requests_started`). */
+  watches_opened = 0
 
   constructor(
     kubeconfig: KubeConfig,
@@ -296,7 +309,19 @@ export class KubernetesCluster implements ClusterPort {
     private readonly report: (r: DriverReport) => void = () => {}
   ) {
     this.core = kubeconfig.makeApiClient(CoreV1Api)
-    this.watcher = new Watch(kubeconfig)
+    // The watch's own connection is reachable only through the agent client-node makes for it
+    // (`applyToFetchOptions` makes one per call, and `Watch.watch` calls it once, synchronously
+    // from `watch`): kept, so a watch that never connects, or whose stream outlives the server's
+    // promise to end it, can be cut (`watchAgent`).
+    const watchConfig = Object.create(kubeconfig) as KubeConfig
+    watchConfig.applyToFetchOptions = (opts) => {
+      const sink = this.watchAgentSink
+      return kubeconfig.applyToFetchOptions(opts).then((o) => {
+        sink(o.agent as { destroy?(): void } | undefined)
+        return o
+      })
+    }
+    this.watcher = new Watch(watchConfig)
     this.regions = new Map([...config.regions].sort((a, b) => (a.name < b.name ? -1 : 1)).map((r) => [r.name, { nodes: r.nodes, gpus_per_node: r.gpus_per_node }]))
   }
 
@@ -614,6 +639,7 @@ export class KubernetesCluster implements ClusterPort {
       awaiting: new Map(),
       replacements: 0,
       replacing: new Set(),
+      createOwed: new Set(),
       ownRetryTimer: null,
       ownGiveUps: 0,
       terminatingSince: new Map(),
@@ -808,7 +834,7 @@ export class KubernetesCluster implements ClusterPort {
     this.write(`create pod ${pod}`, attempt, (options) => this.core.createNamespacedPod({ namespace: this.config.namespace, body }, options), {
       ok: (created) => {
         w.busy.delete(pod)
-        if (w.replacing.delete(pod)) w.ownGiveUps = 0
+        if (w.replacing.delete(pod) || w.createOwed.delete(pod)) w.ownGiveUps = 0
         this.await(w, pod, created.metadata?.resourceVersion)
         this.refresh(w)
       },
@@ -817,6 +843,7 @@ export class KubernetesCluster implements ClusterPort {
         if (status !== 409) return false
         w.busy.delete(pod)
         w.replacing.delete(pod)
+        w.createOwed.delete(pod)
         // Not in the cache yet: delete it by name once we know we are deleting.
         if (w.deleting && !this.cache.has(pod)) this.deletePod(w, pod, 1, false, undefined)
         else this.refresh(w)
@@ -825,8 +852,10 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.createPod(w, pod, attempt + 1),
       gaveUp: () => {
         w.busy.delete(pod)
-        // A replacement is the driver's own: nobody else asks for it again.
-        if (w.replacing.has(pod)) this.ownRetryLater(w)
+        // A replacement is the driver's own, and nobody else asks again for a pod the engine
+        // asked for either (`createOwed`): both are tried again on the slow retry.
+        if (!w.replacing.has(pod) && !w.deleting) w.createOwed.add(pod)
+        if (!w.deleting) this.ownRetryLater(w)
         this.refresh(w)
       }
     })
@@ -1172,9 +1201,44 @@ export class KubernetesCluster implements ClusterPort {
     const session = ++this.session
     let expired = false
     let ended = false
+    // The agent of this watch's connection, once client-node made it; destroying it cuts the
+    // connection (its socket), which ends the watch (`done`) however it hangs.
+    let agent: { destroy?(): void } | undefined
+    let cut = false
+    this.watches_opened++
+    this.watchAgentSink = (a) => {
+      agent = a
+      if (cut) a?.destroy?.()
+    }
+    const l = this.config.limits
+    /**
+     * A watch that never connects (an API server or load balancer that accepts the connection
+     * and never answers), or whose stream is still open past the `timeoutSeconds` the server
+     * promised to end it at (a half-open connection: the server's end gone without a reset, so
+     * no byte and no close ever comes): cut, and re-opened as a dropped one is. client-node's
+     * Watch sets no timeout of its own. Before, such a watch waited for ever: the cache froze
+     * while the driver said it was watching (`viewBehind` false), so stops went unheard,
+     * stops asked then settled at once on the stale view, and no replacement was made.
+     */
+    const bound = (kind: "connect" | "stream", at: number): TimerHandle =>
+      this.clock.schedule(
+        at,
+        () => {
+          if (ended || session !== this.session || this.isStopped()) return
+          if (kind === "connect" && this.connected) return
+          const what = kind === "connect" ? "watch pods (no answer)" : "watch pods (open past its timeout)"
+          this.report({ kind: "request_failed", at: this.clock.now(), what, status: null, final: false })
+          cut = true
+          agent?.destroy?.()
+          done(new RequestTimeout(`${what}: no answer`))
+        },
+        { lane: Lane.world, key: "k8s:pods-watch-bound" }
+      )
+    const timers = [bound("connect", this.clock.now() + l.request_timeout_ms), bound("stream", this.clock.now() + l.pods_watch_timeout_s * 1_000 + l.request_timeout_ms)]
     const done = (err: unknown): void => {
       if (ended || session !== this.session) return
       ended = true
+      for (const t of timers) this.clock.clearTimeout(t)
       this.abort = null
       this.connected = false
       if (this.isStopped()) return
@@ -1235,7 +1299,6 @@ export class KubernetesCluster implements ClusterPort {
         this.notifyProgress()
       }
     }
-    const l = this.config.limits
     this.watcher
       .watch(
         `/api/v1/namespaces/${encodeURIComponent(this.config.namespace)}/pods`,
@@ -1245,8 +1308,8 @@ export class KubernetesCluster implements ClusterPort {
       )
       .then(
         (controller) => {
-          if (ended || session !== this.session) return
-          if (this.isStopped()) return controller.abort()
+          // A watch given up on (cut, stopped, or superseded) that connected after all is closed.
+          if (ended || session !== this.session || this.isStopped()) return controller.abort()
           this.abort = controller
           this.watchFailures = 0
           this.connected = true
@@ -1328,6 +1391,7 @@ export class KubernetesCluster implements ClusterPort {
     // It exists: whoever created it (this driver, or the leader while this one stood by), no
     // replacement is owed for it any more.
     w.replacing.delete(name)
+    w.createOwed.delete(name)
     const state = podStateOf(pod)
     if (state === "disrupted" || state === "failed") this.stopped(w, podStoppedAt(pod, false))
     // A control plane that finds a replacement pod not yet started finds a preempted workload
@@ -1455,6 +1519,8 @@ export class KubernetesCluster implements ClusterPort {
       // A recalled workload's replacement waits for the engine's spec (`createWorkload`).
       if (cached === undefined && w.replacing.has(pod) && w.templates.has(pod)) {
         this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
+        this.createPod(w, pod, 1)
+      } else if (cached === undefined && w.createOwed.has(pod) && w.templates.has(pod)) {
         this.createPod(w, pod, 1)
       } else if (cached !== undefined && podStateOf(cached) === "disrupted" && !isTerminating(cached) && cached.status?.phase === "Failed" && !w.deleteStalled.has(pod)) {
         this.deletePod(w, pod, 1, false, uidOf(cached))

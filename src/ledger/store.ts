@@ -680,6 +680,25 @@ export class LedgerStore {
     } else this.s.insertTransition.run(t.at, t.resource, t.from_state, t.to_state, t.reason)
   }
 
+  /**
+   * Splits `resource`'s latest transition into `to_state`, logged at `at` (`from → to_state`), in
+   * two: `from → via` at `via_at` (no reason), then `via → to_state` at `at` with its reason,
+   * appended. For a stop requested while the world was behind: logged at the request, it learns
+   * at its settlement that the pods had stopped before (docs/KUBERNETES.md, "A stop asked for
+   * during a watch gap"), so the transitions say what was billed. `via_at` is no later than
+   * `at`, so the clock mark (every row up to its ids at or before its instant) stays true. Call it
+   * before logging anything after that transition.
+   */
+  splitTransition(resource: string, to_state: string, at: number, via: string, via_at: number): void {
+    assert(via_at <= at, () => `transition of ${resource} into ${to_state} split at ${via_at}, after ${at}`)
+    // A row still waiting in the batch is inserted first: the update then finds it.
+    if (this.batchOpen) this.drain()
+    const row = this.s.lastTransitionInto.get(resource, to_state) as { id: number; at: number; reason: string | null } | undefined
+    assert(row !== undefined && row.at === at, () => `no transition of ${resource} into ${to_state} at ${at} to split`)
+    this.s.splitTransition.run(via_at, via, row.id)
+    this.recordTransition({ at, resource, from_state: via, to_state, reason: row.reason })
+  }
+
   saveResource(r: { id: string; account: string; kind: string; status: string; live: boolean; snapshot: string; at: number }): void {
     this.s.upsertResource.run(r.id, r.account, r.kind, r.status, r.live ? 1 : 0, r.snapshot, r.at, r.at)
   }
@@ -839,6 +858,8 @@ const prepare = (db: Database.Database) => {
     insertNotification: db.prepare(`INSERT INTO notifications (account, resource, at, severity, kind, text, data) VALUES (?, ?, ?, ?, ?, ?, ?)`),
     notifications: columns(db.prepare(`SELECT ${NOTIFICATION_COLUMNS} FROM notifications ORDER BY id`)),
     insertTransition: db.prepare(`INSERT INTO transitions (at, resource, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)`),
+    lastTransitionInto: db.prepare(`SELECT id, at, reason FROM transitions WHERE resource = ? AND to_state = ? ORDER BY id DESC LIMIT 1`),
+    splitTransition: db.prepare(`UPDATE transitions SET at = ?, to_state = ?, reason = NULL WHERE id = ?`),
     transitions: columns(db.prepare(`SELECT ${TRANSITION_COLUMNS} FROM transitions ORDER BY id`)),
     upsertResource: db.prepare(
       `INSERT INTO resources (id, account, kind, status, live, snapshot, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)

@@ -36,7 +36,8 @@
  *
  * Test hooks: in-process reads and writes (`object`, `objects`, `update`, `remove`,
  * `deletePod`) for the scripted kubelet, a synchronous listener of every change, dropping
- * every watch stream (cleanly or abruptly), compacting the history so old resourceVersions
+ * every watch stream (cleanly or abruptly) or freezing it (silent, left open: a half-open
+ * connection), compacting the history so old resourceVersions
  * get 410, BOOKMARKs on demand (the harness's "caught up" barrier), injected failures or
  * requests never answered (`hung` counts those whose client closed the connection), and a
  * log of requests.
@@ -139,6 +140,8 @@ interface Watcher {
   readonly res: ServerResponse
   readonly token: string | null
   closed: boolean
+  /** Frozen (`freezeWatches`): nothing more is written, and the connection stays open. */
+  silent: boolean
   timer: NodeJS.Timeout | null
 }
 
@@ -336,6 +339,8 @@ export class KubeApiServer {
    * their connection closed before any answer (a client that cancels a request it timed out).
    */
   readonly hung = { requests: 0, closed: 0 }
+  /** Watch requests received, and those of them an injected `hang` holds open now. */
+  readonly watches = { requests: 0, held: 0 }
   private readonly historyMax: number
   /** Events written in one millisecond, so that two get two names (the recorders use nanoseconds). */
   private eventSeq = 0
@@ -436,6 +441,25 @@ export class KubeApiServer {
   }
 
   /** Ends every watch stream: cleanly (`end`) or abruptly (the socket destroyed mid-stream). */
+  /**
+   * Every open watch goes silent and stays open: nothing more is written on it, not even a
+   * BOOKMARK or its end at `timeoutSeconds`, as a client sees a half-open connection (the
+   * server's end gone without a reset). Returns how many.
+   */
+  freezeWatches(): number {
+    const open = [...this.watchers].filter((w) => !w.closed && !w.silent)
+    for (const w of open) {
+      w.silent = true
+      if (w.timer !== null) clearTimeout(w.timer)
+    }
+    return open.length
+  }
+
+  /** Open watches frozen by `freezeWatches`. */
+  get frozenWatches(): number {
+    return [...this.watchers].filter((w) => !w.closed && w.silent).length
+  }
+
   dropWatches(options: { readonly abrupt?: boolean } = {}): number {
     const open = [...this.watchers].filter((w) => !w.closed)
     for (const w of open) this.endWatch(w, options.abrupt ?? false)
@@ -453,7 +477,7 @@ export class KubeApiServer {
   bookmark(): number {
     let sent = 0
     for (const w of this.watchers) {
-      if (w.closed || !w.bookmarks) continue
+      if (w.closed || w.silent || !w.bookmarks) continue
       const t = this.type(w.plural)
       this.send(w, "BOOKMARK", { kind: t.kind, apiVersion: apiVersionOf(t), metadata: { resourceVersion: String(this.rv) } as KubeMeta })
       sent++
@@ -480,6 +504,8 @@ export class KubeApiServer {
     const token = auth?.startsWith("Bearer ") ? auth.slice("Bearer ".length) : null
     const method = req.method ?? "GET"
     this.requests.push({ method, path: url.pathname, query, token })
+    const isWatch = query.watch === "true" || query.watch === "1"
+    if (isWatch) this.watches.requests++
     try {
       const body = await readBody(req)
       const failure = this.failures.find(
@@ -490,7 +516,11 @@ export class KubeApiServer {
         failure.times--
         if (failure.hang === true) {
           this.hung.requests++
-          res.on("close", () => this.hung.closed++)
+          if (isWatch) this.watches.held++
+          res.on("close", () => {
+            this.hung.closed++
+            if (isWatch) this.watches.held--
+          })
           return
         }
         fail(failure.status, failure.status >= 500 ? "InternalError" : "BadRequest", `injected failure ${failure.status}`)
@@ -826,6 +856,7 @@ export class KubeApiServer {
       res,
       token,
       closed: false,
+      silent: false,
       timer: null
     }
     if (expired) {
@@ -855,7 +886,7 @@ export class KubeApiServer {
   }
 
   private send(w: Watcher, type: WatchEventType, object: KubeObject): void {
-    if (w.closed) return
+    if (w.closed || w.silent) return
     w.res.write(`${JSON.stringify({ type, object })}\n`)
   }
 

@@ -435,19 +435,28 @@ describe("retries and restarts", () => {
     ])
   })
 
-  it("gives up after request_attempts_max and says so; the workload stays pending for the watchdog", async () => {
+  it("gives up after request_attempts_max and says so; the workload stays pending, and the driver's slow retry creates it once the API server answers", async () => {
     const { w, d } = await open()
     w.server.inject({ method: "POST", path: "/pods", status: 503 })
     d.createWorkload(spec())
-    await w.advance(60 * S)
-    expect(w.reports.map((r) => (r.kind === "request_failed" ? r.final : null))).toEqual([false, false, false, false, true])
+    // Attempts at 0, 1, 3, 7 and 11 s (TEST_LIMITS' backoff): the last gives up.
+    await w.advance(12 * S)
+    expect(w.reports.map((r) => (r.kind === "request_failed" ? [r.at - START_MS, r.final] : null))).toEqual([
+      [0, false],
+      [1 * S, false],
+      [3 * S, false],
+      [7 * S, false],
+      [11 * S, true]
+    ])
     expect(d.phaseOf("eco-gi-1")).toBe("pending")
     expect(w.pods()).toEqual([])
-    // The engine's level-triggered reconcile asks again: the create goes through.
+    // Nobody else asks again (the reconciliation leaves a pending GPU resource to the 15-minute
+    // rule): the driver tries again own_retry_ms_min (10 s) after the give-up, doubling while
+    // refused, and the create goes through once the API server answers.
     w.server.clearFailures()
-    d.createWorkload(spec())
-    await w.advance(90 * S)
+    await w.advance(10 * S + 90 * S)
     expect(d.phaseOf("eco-gi-1")).toBe("running")
+    expect(w.reports.filter((r) => r.kind === "request_failed")).toHaveLength(5)
   })
 
   it("a new control plane finds the pods of the last one: workloads rebuilt from annotations, no events for what it found", async () => {

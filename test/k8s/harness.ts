@@ -189,14 +189,40 @@ export const waitFor = async (driver: KubernetesCluster, predicate: () => boolea
   if (!predicate()) throw new Error("condition never held")
 }
 
+/** The driver's pod watch is one the server holds unanswered (an injected `hang`): its every request arrived, and one is held. */
+const watchHeld = (server: KubeApiServer, driver: KubernetesCluster): boolean =>
+  driver.watchState === "watching" && !driver.watchConnected && server.watches.held > 0 && server.watches.requests >= driver.watches_opened
+
 /** Waits until the driver's cache reflects the server's resourceVersion `rv` (or it is not watching). */
 export const caughtUp = async (server: KubeApiServer, driver: KubernetesCluster, rv: number): Promise<void> => {
   for (let i = 0; i < SETTLE_ROUNDS_MAX; i++) {
     if (driver.watchState === "backoff" || driver.watchState === "stopped" || driver.watchState === "new") return
+    // Its connect hangs at the server (an injected `hang`): nothing to catch up with until the
+    // driver gives it up, on the clock.
+    if (watchHeld(server, driver)) return
+    // Its stream is frozen (a half-open connection): nothing comes until the driver cuts it.
+    if (driver.watchConnected && server.frozenWatches > 0) return
     if (driver.watchConnected && Number(driver.observedResourceVersion()) >= rv) return
     const progress = nextProgress(driver)
     if (driver.watchConnected) server.bookmark()
-    await progress
+    if (driver.watchConnected) await progress
+    else {
+      // The server holds a watch unanswered: the driver's may be it once its request arrives,
+      // which is no progress of the driver's. Looked for on the wall clock meanwhile.
+      let poll: NodeJS.Timeout | null = null
+      const held = new Promise<void>((resolve) => {
+        const look = (): void => {
+          if (watchHeld(server, driver)) resolve()
+          else poll = setTimeout(look, 2)
+        }
+        look()
+      })
+      try {
+        await Promise.race([progress.catch(() => {}), held])
+      } finally {
+        if (poll !== null) clearTimeout(poll)
+      }
+    }
   }
   throw new Error("the driver's watch never caught up")
 }
@@ -241,8 +267,19 @@ export const DEFAULT_REGIONS: ReadonlyArray<KubeletRegion> = [
   { name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: 0 }
 ]
 
-/** Test limits: short backoffs, so a test's virtual seconds are few. */
-export const TEST_LIMITS: Partial<KubernetesLimits> = { pods_watch_backoff_ms_min: 1_000, pods_watch_backoff_ms_max: 8_000, request_backoff_ms_min: 1_000, request_backoff_ms_max: 4_000 }
+/**
+ * Test limits: short backoffs, so a test's virtual seconds are few. The test server ends a
+ * watch at `timeoutSeconds` on the wall clock, which a test's virtual days never reach: the
+ * driver's bound on a stream past it (on the engine clock) is set beyond any test's span too
+ * (23 days; a wall timer holds at most 24.8), so a watch is re-opened only when a test says.
+ */
+export const TEST_LIMITS: Partial<KubernetesLimits> = {
+  pods_watch_backoff_ms_min: 1_000,
+  pods_watch_backoff_ms_max: 8_000,
+  request_backoff_ms_min: 1_000,
+  request_backoff_ms_max: 4_000,
+  pods_watch_timeout_s: 2_000_000
+}
 
 export class K8sWorld {
   readonly drivers: KubernetesCluster[] = []

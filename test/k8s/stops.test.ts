@@ -14,7 +14,9 @@ import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
 import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView, InferenceView } from "../../src/resources.js"
-import { runTimeline } from "../../sim/runner.js"
+import { checkInvariants } from "../../sim/invariants.js"
+import { collectFacts, runTimeline } from "../../sim/runner.js"
+import type { Timeline } from "../../sim/timeline.js"
 import { at as iso, decode, HOUR, launch, MIN, START, timelineFile, tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS, TWO_REGIONS_AT_ONE_DOLLAR, waitFor } from "./harness.js"
 import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
@@ -28,6 +30,12 @@ afterEach(async () => {
   world = null
   engine = null
 })
+
+/**
+ * SPEC §9's invariant checker over what the run left in SQLite so far: it recomputes billable
+ * time from the transitions alone, so a transition logged where billing did not end is caught.
+ */
+const violations = () => checkInvariants(collectFacts(engine!.ledger, { start_ms: START_MS, until_ms: world!.clock.now() } as Timeline))
 
 /** The API server drops every watch; resolves once the driver waits to re-open (WATCH_DOWN_MS). */
 const dropWatch = async (w: K8sWorld, driver: Awaited<ReturnType<K8sWorld["driver"]>>): Promise<void> => {
@@ -231,10 +239,15 @@ describe("a stop asked for while the watch is down settles once the driver has h
       [64 * MIN, "refund", "1.60", "gi-1"]
     ])
     expect(holdOf()).toEqual(["settled", 64 * MIN, "1.60", "1.60"])
+    // The transitions say what was billed (SPEC §9.3): the pod held its GPU to 1:01, so the
+    // instance is logged preempted from then to the terminate (logged at 1:02 when asked, the
+    // stop learned at 1:04). Before, running until 1:02: 61 billable minutes by the log.
     expect(moves().slice(2)).toEqual([
-      [62 * MIN, "running", "terminating", "user_requested"],
+      [61 * MIN, "running", "preempted", null],
+      [62 * MIN, "preempted", "terminating", "user_requested"],
       [64 * MIN, "terminating", "terminated", "user_requested"]
     ])
+    expect(violations()).toEqual([])
     expect(notices()).toEqual([[64 * MIN, "terminated"]])
     expect(w.pods()).toEqual([])
   })
@@ -258,10 +271,14 @@ describe("a stop asked for while the watch is down settles once the driver has h
     ])
     expect(rows()[2]![2]).toBe("0.053333")
     expect(holdOf()).toEqual(["settled", 122 * MIN, "3.146667", "0.053333"])
+    // Preempted from 1:59, stopped at the deadline: the log a watch without a gap would have
+    // left (not `terminating` from 1:59, which would be a duration_expired stop before the deadline).
     expect(moves().slice(2)).toEqual([
-      [121 * MIN, "running", "terminating", "duration_expired"],
+      [119 * MIN, "running", "preempted", null],
+      [121 * MIN, "preempted", "terminating", "duration_expired"],
       [122 * MIN, "terminating", "terminated", "duration_expired"]
     ])
+    expect(violations()).toEqual([])
     expect(notices().filter(([, kind]) => kind !== "duration_warning")).toEqual([[122 * MIN, "terminated"]])
     // The journal says why the deadline did not settle at once, as a terminate's entry does.
     const deadline = engine!.ledger.journalEntries().find((e) => e.kind === "alarm" && (JSON.parse(e.payload as string) as { event: string }).event === "deadline")!
@@ -383,14 +400,38 @@ describe("an inference instance stopped while the watch is down settles once eac
     expect(holdOf(1)).toEqual(["settled", 64 * MIN, "3.226667", "73.573333"])
     expect(moves().slice(6)).toEqual([
       [62 * MIN, "inf-1", "running", "terminating", "user_requested"],
-      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's.
-      [64 * MIN, "inf-1@us-east", "running", "deleted", null],
-      [64 * MIN, "inf-1@eu-west", "running", "deleted", null],
+      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's. Each
+      // replica is logged out where its billing ended (SPEC §9.3: the cycle settles at 1:04):
+      // us-east at its preemption, eu-west at the terminate. Before, both ran to 1:04 by the log.
+      [61 * MIN, "inf-1@us-east", "running", "deleted", null],
+      [62 * MIN, "inf-1@eu-west", "running", "deleted", null],
       [64 * MIN, "inf-1", "terminating", "terminated", "user_requested"]
     ])
+    expect(violations()).toEqual([])
     expect(notices()).toEqual([[64 * MIN, "terminated"]])
     expect(w.pods()).toEqual([])
     expect(w.reports.filter((r) => r.kind === "pod_replaced" || r.kind === "pod_lost")).toEqual([])
+  })
+
+  it("terminated in a gap in which nothing stopped: billed to the terminate, and the transitions say so though the cycle settles at 1:04", async () => {
+    // The cycle's hold settles when the watch is back (1:04); the replicas' pods went then too,
+    // but billing ended at the terminate (1:02). Logged at their deletion, both replicas were
+    // running until 1:04 by the transitions: 126 billable minutes against 122 consumed.
+    const { w, driver, sup, rows, moves, holdOf } = await openInference()
+    await w.advance(60 * MIN)
+    await dropWatch(w, driver)
+    await w.advance(2 * MIN)
+    expect(Either.isRight(sup.terminate("inf-1"))).toBe(true)
+    await w.advance(2 * MIN)
+    expect(holdOf(1)).toEqual(["settled", 64 * MIN, formatDollars(costMicros(RATE, 1, 122 * MIN)), formatDollars(dollars("76.80") - costMicros(RATE, 1, 122 * MIN))])
+    expect(rows().at(-1)).toEqual([64 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 122 * MIN))])
+    expect(moves().slice(6)).toEqual([
+      [62 * MIN, "inf-1", "running", "terminating", "user_requested"],
+      [62 * MIN, "inf-1@eu-west", "running", "deleted", null],
+      [62 * MIN, "inf-1@us-east", "running", "deleted", null],
+      [64 * MIN, "inf-1", "terminating", "terminated", "user_requested"]
+    ])
+    expect(violations()).toEqual([])
   })
 
   it("one replica preempted at 23:59 unseen, the 24:00 cycle end stops it for credit in the gap: billed to the preemption, settled when the watch is back", async () => {
@@ -417,11 +458,13 @@ describe("an inference instance stopped while the watch is down settles once eac
     expect(engine!.ledger.hold("hold:inf-1:2")).toBeUndefined()
     expect(moves().slice(-4)).toEqual([
       [24 * HOUR, "inf-1", "running", "terminating", "credit_depleted"],
-      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's.
-      [24 * HOUR + 2 * MIN, "inf-1@us-east", "running", "deleted", null],
-      [24 * HOUR + 2 * MIN, "inf-1@eu-west", "running", "deleted", null],
+      // us-east's replayed DELETED (it went at the preemption) comes before eu-west's; each is
+      // logged out where its billing ended.
+      [24 * HOUR - 1 * MIN, "inf-1@us-east", "running", "deleted", null],
+      [24 * HOUR, "inf-1@eu-west", "running", "deleted", null],
       [24 * HOUR + 2 * MIN, "inf-1", "terminating", "terminated", "credit_depleted"]
     ])
+    expect(violations()).toEqual([])
     expect(notices().filter(([, kind]) => kind === "terminated")).toEqual([[24 * HOUR + 2 * MIN, "terminated"]])
     expect(w.pods()).toEqual([])
   })
