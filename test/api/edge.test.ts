@@ -388,6 +388,14 @@ describe("rate limits on public routes", () => {
     // The account's own budget is untouched by the sign-ups it carried.
     expect((await w.req("GET", "/account", { key })).status).toBe(200)
   })
+
+  it("count an IPv6 client by its /64: another address of the same network is no new budget", async () => {
+    // Proves the fix of a bypass (found by review): one host's /64 held 2^64 budgets.
+    w = await world({ rateLimit: { max: 2, window_ms: 60_000 } })
+    const signUp = async (n: number, remoteAddress: string) =>
+      (await w.app.inject({ method: "POST", url: "/accounts", payload: { email: `u${n}@example.com` }, remoteAddress })).statusCode
+    expect([await signUp(1, "2001:db8:0:1::1"), await signUp(2, "2001:db8:0:1::2"), await signUp(3, "2001:db8:0:1::3"), await signUp(4, "2001:db8:0:2::1")]).toEqual([201, 201, 429, 201])
+  })
 })
 
 describe("OpenAPI and docs", () => {
