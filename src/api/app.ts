@@ -8,8 +8,9 @@
  * - Who is calling (auth.ts) is decided in `onRequest`; a route's `config.auth` says what it
  *   needs, enforced in `preParsing` (so an unauthenticated body is never parsed): 401
  *   `{"error":"unauthorized"}`, 403 `forbidden` for an owner-only route.
- * - Rate limits per API key (@fastify/rate-limit, counted on the engine clock), by client
- *   address for requests without a valid key: 429 `rate_limited` with `retry-after`.
+ * - Rate limits per account (@fastify/rate-limit, counted on the engine clock), by client
+ *   address for requests without a valid key and on public routes: 429 `rate_limited` with
+ *   `retry-after`.
  * - Every body is JSON, at most `BODY_LIMIT_BYTES` and `BODY_DEPTH_MAX` levels deep (checked
  *   on the text before parsing), validated by the route's schema with no coercion and no
  *   silent stripping: an unknown field is a 400 naming it, also on a route that takes no body.
@@ -413,9 +414,14 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       hook: "onRequest",
       store: clockRateLimitStore(options.engine.clock),
       // Per account, not per key: an account may hold up to KEYS_PER_ACCOUNT_MAX keys, and
-      // each one its own budget would multiply the limit by a thousand.
+      // each one its own budget would multiply the limit by a thousand. A public route uses no
+      // key and is counted by address whatever it carries: counted against the key's account,
+      // each sign-up's new key paid for more sign-ups, and one address made accounts unbounded.
       keyGenerator: (request) =>
-        request.auth?.kind === "key" ? `account:${request.auth.account}` : request.auth?.kind === "operator" ? "operator" : addressKey(request.ip),
+        request.routeOptions.config.auth === "public" ? addressKey(request.ip)
+        : request.auth?.kind === "key" ? `account:${request.auth.account}`
+        : request.auth?.kind === "operator" ? "operator"
+        : addressKey(request.ip),
       errorResponseBuilder: (_request, context) =>
         new HttpError(429, "rate_limited", `more than ${context.max} requests in ${rateLimit.window_ms / 1000} s; retry after ${Math.ceil(context.ttl / 1000)} s`)
     })

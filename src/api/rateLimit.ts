@@ -14,8 +14,30 @@ import type { EngineClock } from "../clock.js"
 /** Windows counted at once per map (callers with a key; client addresses). */
 export const RATE_LIMIT_KEYS_MAX = 100_000
 
-/** The store's key for a request without a valid key: its client address. */
-export const addressKey = (ip: string): string => `ip:${ip}`
+/** An IPv4 client of a dual-stack socket, as Node names it (`::ffff:192.0.2.1`). */
+const IPV4_MAPPED_RE = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i
+
+/** The hextets of one side of an IPv6 `::`; an embedded IPv4 address counts as two. */
+const hextetsOf = (part: string): string[] => (part === "" ? [] : part.split(":").flatMap((h) => (h.includes(".") ? ["0", "0"] : [h])))
+
+/** The first 64 bits of an IPv6 address (`2001:db8:0:1`), the network one subscriber is given. */
+const ipv6Network = (ip: string): string => {
+  const [head = "", tail] = ip.split("%")[0]!.split("::")
+  const left = hextetsOf(head)
+  const right = tail === undefined ? [] : hextetsOf(tail)
+  const all = tail === undefined ? left : [...left, ...Array<string>(Math.max(0, 8 - left.length - right.length)).fill("0"), ...right]
+  return all.slice(0, 4).map((h) => parseInt(h, 16).toString(16)).join(":")
+}
+
+/**
+ * The store's key for a request without a valid key: its client address; for IPv6, its /64.
+ * A subscriber is given a whole /64 (2^64 addresses): a budget per address was no budget.
+ */
+export const addressKey = (ip: string): string => {
+  const mapped = IPV4_MAPPED_RE.exec(ip)
+  if (mapped !== null) return `ip:${mapped[1]}`
+  return ip.includes(":") ? `ip:${ipv6Network(ip)}::/64` : `ip:${ip}`
+}
 
 interface Window {
   current: number

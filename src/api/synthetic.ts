@@ -15,13 +15,18 @@
 import { createHash } from "node:crypto"
 
 const PIECE_RE = /'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu
+/**
+ * A contraction piece ('s, 'll, …), one token. Only the whole piece: a run of punctuation that
+ * merely starts with an apostrophe is punctuation (a 1 MB prompt `'!!!…` counted 1 token).
+ */
+const CONTRACTION_RE = /^'(?:[sdmt]|ll|ve|re)$/
 
 export const countTokens = (text: string): number => {
   let n = 0
   for (const m of text.matchAll(PIECE_RE)) {
     const piece = m[0]
     const body = piece.trimStart()
-    if (body.length === 0 || /^\p{N}+$/u.test(body) || /^'/.test(body)) n += 1
+    if (body.length === 0 || /^\p{N}+$/u.test(body) || CONTRACTION_RE.test(body)) n += 1
     else if (/^\p{L}+$/u.test(body)) n += Math.ceil([...body].length / 6)
     else n += Math.ceil([...body].length / 4)
   }

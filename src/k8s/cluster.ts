@@ -700,6 +700,11 @@ export class KubernetesCluster implements ClusterPort {
         tolerations: [{ key: c.gpu_resource, operator: "Exists", effect: "NoSchedule" }],
         terminationGracePeriodSeconds: c.termination_grace_s,
         enableServiceLinks: false,
+        // The container runs the customer's image in the engine's namespace: it gets no
+        // service account token, which the kubelet mounts by default (the namespace's default
+        // account, bound to the engine's Role when the engine runs as it, lists and deletes
+        // every account's pods and claims).
+        automountServiceAccountToken: false,
         containers: [
           {
             name: "workload",

@@ -214,6 +214,28 @@ describe("teams", () => {
     expect(already.body).toEqual({ error: "already_member", message: "bob@example.com is already a member of this account" })
   })
 
+  it("holds at most 1,000 pending invites: 409 too_many_invites changes nothing, and an expired one frees its place", async () => {
+    // Proves the bound on the list GET /team/invites answers whole (found by review): an owner
+    // could make invites at the rate limit for days and grow that answer without end.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const insert = w.opened.engine.ledger.db.prepare(
+      `INSERT INTO api_invites (id, account, email, role, secret, invited_by, created_at, expires_at) VALUES (?, ?, ?, 'member', 's', ?, ?, ?)`
+    )
+    const now = w.clock.now()
+    for (let i = 0; i < 999; i++) insert.run(`inv-bulk${String(i).padStart(4, "0")}`, owner.account, `p${i}@example.com`, owner.user, now, now + 24 * 3_600_000)
+    const last = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "last@example.com" } })
+    expect(last.status).toBe(201)
+    const before = stateOf(w)
+    const over = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "over@example.com" } })
+    expect([over.status, over.body]).toEqual([409, { error: "too_many_invites", message: "an account holds at most 1000 pending invites; one frees its place when it is accepted or expires" }])
+    expect(stateOf(w)).toBe(before)
+    expect((await w.req("GET", "/team/invites", { key: owner.key })).body.data.length).toBe(1_000)
+    // The bulk invites expire after a day: their places are free again.
+    w.advance(24 * 3_600_000)
+    expect((await w.req("POST", "/team/invites", { key: owner.key, body: { email: "over@example.com" } })).status).toBe(201)
+  })
+
   it("an invite expires after 7 days: 410", async () => {
     // Proves the invite's lifetime on the engine clock.
     w = await world()

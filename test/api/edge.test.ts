@@ -374,6 +374,30 @@ describe("rate limits", () => {
   })
 })
 
+describe("rate limits on public routes", () => {
+  it("count a sign-up by client address even when it carries an account's key, so keys of new accounts are no new budget for more", async () => {
+    // Proves the fix of a bypass (found by review): a public route counted a request with a
+    // valid key against that key's account, so each new account's key signed up 600 more a
+    // minute, and sign-ups from one address were unbounded.
+    w = await world({ rateLimit: { max: 2, window_ms: 60_000 } })
+    const first = await w.req("POST", "/accounts", { body: { email: "one@example.com" } })
+    const key = first.body.api_key.secret as string
+    const second = await w.req("POST", "/accounts", { key, body: { email: "two@example.com" } })
+    const third = await w.req("POST", "/accounts", { key, body: { email: "three@example.com" } })
+    expect([first.status, second.status, third.status, third.body.error]).toEqual([201, 201, 429, "rate_limited"])
+    // The account's own budget is untouched by the sign-ups it carried.
+    expect((await w.req("GET", "/account", { key })).status).toBe(200)
+  })
+
+  it("count an IPv6 client by its /64: another address of the same network is no new budget", async () => {
+    // Proves the fix of a bypass (found by review): one host's /64 held 2^64 budgets.
+    w = await world({ rateLimit: { max: 2, window_ms: 60_000 } })
+    const signUp = async (n: number, remoteAddress: string) =>
+      (await w.app.inject({ method: "POST", url: "/accounts", payload: { email: `u${n}@example.com` }, remoteAddress })).statusCode
+    expect([await signUp(1, "2001:db8:0:1::1"), await signUp(2, "2001:db8:0:1::2"), await signUp(3, "2001:db8:0:1::3"), await signUp(4, "2001:db8:0:2::1")]).toEqual([201, 201, 429, 201])
+  })
+})
+
 describe("OpenAPI and docs", () => {
   it("serves OpenAPI 3.1 with a request and response schema on every route, and no secret in key listings", async () => {
     // Proves GET /openapi.json documents every route, with bodies, answers and errors.

@@ -155,3 +155,20 @@ describe("/v1/embeddings is never free", () => {
     ])
   })
 })
+
+describe("/v1 prompts are billed for their length", () => {
+  it("counts a run of punctuation that starts with an apostrophe as punctuation, not as one contraction", async () => {
+    // Proves the fix of an underbilled prompt (found by review): a piece that began with `'`
+    // counted one token whatever its length, so a 1 MB prompt `'!!!…` was billed 8 tokens.
+    // Punctuation counts ⌈chars / 4⌉ (docs/API.md); a contraction ('s, 'll) is still one.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const run = `'${"!".repeat(999_999)}`
+    const chat = await w.req("POST", "/v1/chat/completions", { key: a.key, body: { model: "llama-3-8b", messages: [{ role: "user", content: run }], max_tokens: 1 } })
+    // 3 of framing + "user" (1) + 1,000,000 / 4 + 3 of priming.
+    expect([chat.status, chat.body.usage.prompt_tokens]).toEqual([200, 250_007])
+    const contractions = await w.req("POST", "/v1/completions", { key: a.key, body: { model: "llama-3-8b", prompt: "it's we'll", max_tokens: 1 } })
+    // "it", "'s", " we", "'ll".
+    expect([contractions.status, contractions.body.usage.prompt_tokens]).toEqual([200, 4])
+  })
+})

@@ -13,9 +13,17 @@ describe("the rate limiter's store", () => {
     incr("account:acct_1")
     incr("account:acct_1")
     incr(addressKey("10.0.0.1"))
-    for (let i = 0; i < RATE_LIMIT_KEYS_MAX; i++) incr(addressKey(`fd00::${i.toString(16)}`))
+    for (let i = 0; i < RATE_LIMIT_KEYS_MAX; i++) incr(addressKey(`fd00:${(i >> 16).toString(16)}:${(i & 0xffff).toString(16)}::1`))
     incr("account:acct_1")
     incr(addressKey("10.0.0.1"))
     expect([counts[0], counts[1], counts[2], counts.at(-2), counts.at(-1)]).toEqual([1, 2, 1, 3, 1])
+  })
+
+  it("counts an IPv6 client by its /64 and an IPv4 client of a dual-stack socket by its IPv4 address", () => {
+    // Proves the fix of a bypass (found by review): every IPv6 address had its own budget,
+    // and one subscriber's /64 holds 2^64 of them: sign-ups from one host were unbounded.
+    expect(
+      ["2001:db8:1:2::1", "2001:DB8:1:2:ffff:ffff:ffff:ffff", "2001:0db8:0001:0002::", "2001:db8:1:2::10.0.0.1", "2001:db8:1:3::1", "fe80::1%eth0", "fe80::2", "::1", "::ffff:192.0.2.1", "192.0.2.1", "192.0.2.2"].map(addressKey)
+    ).toEqual(["ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:3::/64", "ip:fe80:0:0:0::/64", "ip:fe80:0:0:0::/64", "ip:0:0:0:0::/64", "ip:192.0.2.1", "ip:192.0.2.1", "ip:192.0.2.2"])
   })
 })

@@ -35,7 +35,7 @@ const open = async (options: Parameters<typeof K8sWorld.start>[0] = {}) => {
 const running = runUntilReady
 
 describe("the Kubernetes driver creates the right pods", () => {
-  it("one pod per GPU instance: deterministic name, labels, nvidia.com/gpu, region selector, preemptible class", async () => {
+  it("one pod per GPU instance: deterministic name, labels, nvidia.com/gpu, region selector, preemptible class, no service account token", async () => {
     const { w, d } = await open()
     d.createWorkload(spec({ image: "acme/train:3" }))
     await w.settle()
@@ -63,6 +63,8 @@ describe("the Kubernetes driver creates the right pods", () => {
       nodeSelector: { "topology.kubernetes.io/region": "us-east" },
       tolerations: [{ key: "nvidia.com/gpu", operator: "Exists", effect: "NoSchedule" }],
       terminationGracePeriodSeconds: 30,
+      // The customer's container gets no service account token (found by review).
+      automountServiceAccountToken: false,
       containers: [{ name: "workload", image: "acme/train:3", resources: { requests: { "nvidia.com/gpu": "2" }, limits: { "nvidia.com/gpu": "2" } } }]
     })
     expect(pod!.spec.volumes).toBeUndefined()

@@ -24,6 +24,13 @@ export const EMAIL_LENGTH_MAX = 254
  * account's history; how fast they can pile up is bounded by the rate limit.
  */
 export const KEYS_PER_ACCOUNT_MAX = 1_000
+/**
+ * Pending invites one account may hold (an accepted or expired one frees its place).
+ * `GET /team/invites` answers them whole; without a bound an owner making invites at the
+ * rate limit (600 a minute, 7 days each) grew that answer to millions of rows, past what one
+ * answer can hold in memory or in V8's longest string: a 500, and a process that stops.
+ */
+export const PENDING_INVITES_MAX = 1_000
 /** No spaces, no control characters, one @: a local part of 1–64 and a domain of 1–189 characters. */
 const EMAIL_RE = "^[^\\s@\\u0000-\\u001f\\u007f]{1,64}@[^\\s@\\u0000-\\u001f\\u007f]{1,189}$"
 
@@ -174,6 +181,9 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
         const invited = ctx.api.userByEmail(address)
         if (invited !== undefined && ctx.api.roleOf(auth.account, invited.id) !== undefined) {
           throw new HttpError(409, "already_member", `${address} is already a member of this account`)
+        }
+        if (ctx.api.pendingInvites(auth.account, now()).length >= PENDING_INVITES_MAX) {
+          throw new HttpError(409, "too_many_invites", `an account holds at most ${PENDING_INVITES_MAX} pending invites; one frees its place when it is accepted or expires`)
         }
         const invite = { id: newId(ctx.secrets, "inv-"), account: auth.account, email: address, role: "member" as const, secret: newSecret(ctx.secrets), invited_by: auth.user_id, created_at: now(), expires_at: now() + INVITE_TTL_MS }
         ctx.api.insertInvite(invite)
