@@ -871,6 +871,13 @@ export class GpuSupervisor implements PaymentHost {
     if (this.cluster.region(req.region) === undefined) return invalid("unknown_region", "region", `no region ${req.region}`)
     const rate = this.catalog.storageRate(req.kind)
     if (rate === undefined) return invalid("storage_not_priced", "kind", `the catalog has no price for ${req.kind}`)
+    // Decision (docs/POLICY.md, Storage): storage is billed after the fact, at midnight, so
+    // creating it takes no hold; but the balance must cover one day of it and of the account's
+    // other storage that midnight charges. Otherwise the next midnight would suspend some of it
+    // at once, and an account at $0 could keep any amount of disk for nothing.
+    const day = rate * BigInt(req.size_gb) + this.storageDayMicros(req.account)
+    const spendable = this.spendable(req.account)
+    if (day > 0n && spendable < day) return Either.left(new InsufficientBalance({ account: req.account, required_micros: day, balance_micros: spendable }))
     return Either.right(
       this.unitOfWork(() => {
         const at = this.clock.now()
@@ -1016,6 +1023,21 @@ export class GpuSupervisor implements PaymentHost {
       })
     }
     this.armStorageBilling()
+  }
+
+  /** What the next midnight charges the account's storage (available or in use; not suspended). */
+  private storageDayMicros(account: string): Micros {
+    let day = 0n
+    // A sum of integers: the order the resources are visited does not change it.
+    for (const id of this.byAccount.get(account) ?? []) {
+      const entry = this.storageEntry(id)
+      if (entry === undefined) continue
+      const status = statusOf(entry)
+      if (status !== "available" && status !== "in_use") continue
+      const ctx = entry.actor.getSnapshot().context
+      day += BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+    }
+    return day
   }
 
   /** One day of storage: `size_gb × daily_rate`, one `storage_billing` row naming it. */

@@ -256,15 +256,17 @@ describe("the invariant checker, on storage", () => {
     const r = run(
       timelineFile(
         [
-          { at: "PT0S", do: "top_up", account: "acme", amount: "12.00" },
+          { at: "PT0S", do: "top_up", account: "acme", amount: "14.00" },
           { at: "PT1M", do: "create_drive", account: "acme", id: "a-drive", size_gb: 4, region: "us-east" },
           { at: "PT1M", do: "create_drive", account: "acme", id: "b-drive", size_gb: 10, region: "us-east" },
-          { at: "PT2M", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "10.00" }
+          { at: "PT2M", do: "set_auto_recharge", account: "acme", threshold: "5.00", amount: "10.00" },
+          // $2 spent before midnight (1 h × $2/h): $12 left for $14 of storage, so b-drive is suspended.
+          { at: "PT3M", do: "launch_gpu_instance", account: "acme", id: "gi-1", gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 1 }
         ],
         {
           until: "P2DT1H",
           accounts: { acme: { balance: "0.00" } },
-          catalog: { gpus: { H100: { hourly_rate: "1.60" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }, storage: { cloud_drive: { daily_rate_per_gb: "1.00" } } }
+          catalog: { gpus: { H100: { hourly_rate: "2.00" } }, regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }, storage: { cloud_drive: { daily_rate_per_gb: "1.00" } } }
         }
       )
     )

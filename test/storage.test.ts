@@ -19,21 +19,47 @@ describe("storage", () => {
     // the top-up makes pays the day): found by mutation, charging suspended storage at midnight
     // passed every test, and here it charged the day twice.
     const r = run(
-      timelineFile([{ at: "PT1H", do: "create_drive", account: "acme", id: "dr-1", size_gb: 100, region: "us-east" }, { at: "P2D", do: "top_up", account: "acme", amount: "5.00" }], {
-        until: "P2DT1H",
+      // The drive's first day is covered at its creation (the admission rule), not its second.
+      timelineFile([{ at: "PT1H", do: "create_drive", account: "acme", id: "dr-1", size_gb: 100, region: "us-east" }, { at: "P3D", do: "top_up", account: "acme", amount: "5.00" }], {
+        until: "P3DT1H",
         catalog: { ...(timelineFile([]).catalog as Record<string, unknown>), storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.01" } } },
-        accounts: { acme: { balance: "0.50" } }
+        accounts: { acme: { balance: "1.00" } }
       })
     )
     expect(r.output.ledger.map((x) => [x.at, x.kind, x.amount, x.balance_after, x.resource])).toEqual([
-      [iso("2026-03-01T00:00:00Z"), "adjustment", "0.50", "0.50", null],
-      [iso("2026-03-03T00:00:00Z"), "topup", "5.00", "5.50", "pay_00000001"],
-      [iso("2026-03-03T00:00:00Z"), "storage_billing", "-1.00", "4.50", "dr-1"]
+      [iso("2026-03-01T00:00:00Z"), "adjustment", "1.00", "1.00", null],
+      [iso("2026-03-02T00:00:00Z"), "storage_billing", "-1.00", "0.00", "dr-1"],
+      [iso("2026-03-04T00:00:00Z"), "topup", "5.00", "5.00", "pay_00000001"],
+      [iso("2026-03-04T00:00:00Z"), "storage_billing", "-1.00", "4.00", "dr-1"]
     ])
     expect(r.output.notifications.map((n) => [n.at, n.kind])).toEqual([
-      [iso("2026-03-02T00:00:00Z"), "storage_suspended"],
-      [iso("2026-03-03T00:00:00Z"), "storage_restored"]
+      [iso("2026-03-03T00:00:00Z"), "storage_suspended"],
+      [iso("2026-03-04T00:00:00Z"), "storage_restored"]
     ])
+  })
+
+  it("refuses storage whose first day, with the account's other storage, the balance cannot cover (402), and writes nothing", () => {
+    // Proves the admission Decision (docs/POLICY.md, Storage): storage takes no hold, but an
+    // account at $0 could otherwise keep any amount of disk for nothing (security review).
+    const r = run(
+      timelineFile(
+        [
+          { at: "PT1M", do: "create_drive", account: "acme", id: "dr-1", size_gb: 300, region: "us-east" },
+          { at: "PT2M", do: "create_drive", account: "acme", id: "dr-2", size_gb: 300, region: "us-east" },
+          { at: "PT3M", do: "create_filesystem", account: "acme", id: "fs-1", size_gb: 200, region: "us-east" }
+        ],
+        {
+          until: "PT1H",
+          catalog: { ...(timelineFile([]).catalog as Record<string, unknown>), storage: { cloud_drive: { daily_rate_per_gb: "0.01" }, shared_fs: { daily_rate_per_gb: "0.01" } } },
+          accounts: { acme: { balance: "5.00" } }
+        }
+      )
+    )
+    expect(r.output.rejected.map((x) => [x.at, x.do, x.status, x.error, x.message])).toEqual([
+      [iso("2026-03-01T00:02:00Z"), "create_drive", 402, "insufficient_balance", "balance $5.00 cannot cover $6.00"]
+    ])
+    expect(Object.keys(r.output.resources)).toEqual(["dr-1", "fs-1"])
+    expect(r.output.ledger.map((x) => x.kind)).toEqual(["adjustment"])
   })
 
   it("charges size_gb × daily rate at 00:00 UTC, one row naming the resource, attached or idle", () => {
@@ -103,19 +129,20 @@ describe("storage", () => {
     // and pays its day; the worker that fires next does not charge that day again.
     const w = await world()
     try {
-      const a = await w.signup("sam@example.com", "0.10")
+      const a = await w.signup("sam@example.com", "0.40")
       const sup = w.opened.engine.sup.sync
       expect(sup.createStorage({ account: a.account, id: "cd-1", kind: "cloud_drive", size_gb: 100, region: "us-east" })._tag).toBe("Right")
       const day = 24 * 3_600_000
-      const midnight = START_MS - (START_MS % day) + day
-      w.advance(midnight - START_MS) // the first midnight: $0.40 due on $0.10, suspended
+      const midnight = START_MS - (START_MS % day) + 2 * day
+      w.advance(midnight - START_MS) // the first midnight pays its $0.40; the second finds $0, suspended
       w.clock.advanceTo(midnight + day, (instant, fire) => {
         // Its own unit of work, committed (and the drive restored) before the timers due now.
         if (instant === midnight + day) expect(sup.credit(a.account, "adjustment", 5_000_000n, "Top-up at the stroke of midnight")._tag).toBe("Right")
         w.opened.engine.sup.unitOfWork(fire)
       })
       expect(ledgerOf(w, a.account)).toEqual([
-        ["adjustment", "0.10", null],
+        ["adjustment", "0.40", null],
+        ["storage_billing", "-0.40", "cd-1"],
         ["adjustment", "5.00", null],
         ["storage_billing", "-0.40", "cd-1"]
       ])
