@@ -102,6 +102,25 @@ export class ApiStore {
     return this.s.members.all(account) as MemberRow[]
   }
 
+  member(account: string, user_id: string): MemberRow | undefined {
+    return this.s.member.get(account, user_id) as MemberRow | undefined
+  }
+
+  /**
+   * Takes `user_id` out of `account` and revokes every live key of theirs there, in one go (the
+   * caller's unit of work); answers how many keys were revoked. Their keys for other accounts,
+   * and the account's resources (the account's, not the user's), are untouched.
+   */
+  removeMember(account: string, user_id: string, at: number): number {
+    this.s.deleteMember.run(account, user_id)
+    let revoked = 0
+    for (const key of this.keysOf(account)) {
+      if (key.user_id !== user_id || key.revoked_at !== null) continue
+      if (this.revokeKey(account, key.id, at) !== undefined) revoked++
+    }
+    return revoked
+  }
+
   // ── API keys ──────────────────────────────────────────────────────────────────────────
   insertKey(k: Omit<KeyRow, "revoked_at" | "revoked_seq">): void {
     this.s.insertKey.run(k.id, k.account, k.user_id, k.name, k.secret_sha256, k.created_at)
@@ -177,6 +196,8 @@ const prepare = (db: Database.Database) => ({
   user: db.prepare(`SELECT * FROM api_users WHERE id = ?`),
   insertMember: db.prepare(`INSERT INTO api_memberships (account, user_id, role, joined_at) VALUES (?, ?, ?, ?)`),
   role: db.prepare(`SELECT role FROM api_memberships WHERE account = ? AND user_id = ?`),
+  member: db.prepare(`SELECT m.user_id, u.email, m.role, m.joined_at FROM api_memberships m JOIN api_users u ON u.id = m.user_id WHERE m.account = ? AND m.user_id = ?`),
+  deleteMember: db.prepare(`DELETE FROM api_memberships WHERE account = ? AND user_id = ?`),
   members: db.prepare(
     `SELECT m.user_id, u.email, m.role, m.joined_at FROM api_memberships m JOIN api_users u ON u.id = m.user_id WHERE m.account = ? ORDER BY m.rowid`
   ),

@@ -236,6 +236,51 @@ describe("teams", () => {
     expect((await w.req("POST", "/team/invites", { key: owner.key, body: { email: "over@example.com" } })).status).toBe(201)
   })
 
+  it("the owner removes a member: their keys for the account fail at once, the rest of the team and their own account are untouched", async () => {
+    // Proves DELETE /team/members/:user_id (found by review: removing a member was not built, so
+    // someone who left kept the account's balance and resources for as long as their keys lived).
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const carol = await w.signup("carol@example.com", "0")
+    const join = async (who: { key: string }, email: string): Promise<string> => {
+      const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email } })
+      const accepted = await w.req("POST", `/invites/${(inv.body.invite_url as string).split("/invites/")[1]}/accept`, { key: who.key })
+      return accepted.body.api_key.secret as string
+    }
+    const bobInTeam = await join(bob, "bob@example.com")
+    const carolInTeam = await join(carol, "carol@example.com")
+    const bobSecond = (await w.req("POST", "/api-keys", { key: bobInTeam, body: { name: "ci" } })).body.secret as string
+    // A member may not remove another, nor anyone the owner; nobody is removed twice.
+    const byMember = await w.req("DELETE", `/team/members/${carol.user}`, { key: bobInTeam })
+    expect([byMember.status, byMember.body]).toEqual([403, { error: "forbidden", message: "only the owner may remove another member" }])
+    const theOwner = await w.req("DELETE", `/team/members/${owner.user}`, { key: owner.key })
+    expect([theOwner.status, theOwner.body]).toEqual([409, { error: "invalid_state", message: "the account's owner cannot be removed" }])
+    const before = stateOf(w)
+    const stranger = await w.req("DELETE", `/team/members/${carol.user}`, { key: bob.key })
+    expect([stranger.status, stranger.body]).toEqual([404, { error: "member_not_found", message: `no member ${carol.user} in this account` }])
+    expect(stateOf(w)).toBe(before)
+
+    const removed = await w.req("DELETE", `/team/members/${bob.user}`, { key: owner.key })
+    expect([removed.status, removed.body]).toEqual([
+      200,
+      { user_id: bob.user, email: "bob@example.com", role: "member", joined_at: "2026-03-01T00:00:00.000Z", removed_at: "2026-03-01T00:00:00.000Z", keys_revoked: 2 }
+    ])
+    for (const key of [bobInTeam, bobSecond]) expect((await w.req("GET", "/billing/balance", { key })).status).toBe(401)
+    expect((await w.req("GET", "/team/members", { key: owner.key })).body.data.map((m: { email: string }) => m.email)).toEqual(["owner@example.com", "carol@example.com"])
+    expect((await w.req("GET", "/api-keys", { key: owner.key })).body.data.filter((k: { user_id: string; revoked_at: string | null }) => k.user_id === bob.user).map((k: { revoked_at: string | null }) => k.revoked_at)).toEqual([
+      "2026-03-01T00:00:00.000Z",
+      "2026-03-01T00:00:00.000Z"
+    ])
+    expect((await w.req("GET", "/billing/balance", { key: carolInTeam })).body).toEqual({ balance: "100.00" })
+    expect((await w.req("GET", "/billing/balance", { key: bob.key })).body).toEqual({ balance: "0.00" })
+    expect((await w.req("DELETE", `/team/members/${bob.user}`, { key: owner.key })).status).toBe(404)
+    // A member may leave: carol removes herself.
+    const left = await w.req("DELETE", `/team/members/${carol.user}`, { key: carolInTeam })
+    expect([left.status, left.body.keys_revoked]).toEqual([200, 1])
+    expect((await w.req("GET", "/billing/balance", { key: carolInTeam })).status).toBe(401)
+  })
+
   it("an invite expires after 7 days: 410", async () => {
     // Proves the invite's lifetime on the engine clock.
     w = await world()

@@ -117,6 +117,7 @@ describe("bad input is never a 500", () => {
         .map(([method]) => [method.toUpperCase(), path.replace(/\{[^}]*\}/g, "zz")] as const)
     )
     expect(bodyless.map(([m, p]) => `${m} ${p}`)).toEqual([
+      "DELETE /team/members/zz",
       "POST /invites/zz/accept",
       "DELETE /api-keys/zz",
       "DELETE /gpu-instances/zz",

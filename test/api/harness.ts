@@ -152,6 +152,7 @@ export const ALL_ROUTES = [
   "post /accounts",
   "get /account",
   "get /team/members",
+  "delete /team/members/{user_id}",
   "post /team/invites",
   "get /team/invites",
   "post /invites/{token}/accept",

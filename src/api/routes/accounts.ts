@@ -51,6 +51,14 @@ const NewKeySchema = obj({
   secret: { type: ["string", "null"], description: "the whole key, shown once (null in a replay of an idempotent request)" }
 })
 const MemberSchema = obj({ user_id: { type: "string" }, email: { type: "string" }, role: { type: "string", enum: ["owner", "member"] }, joined_at: { type: "string", format: "date-time" } })
+const RemovedMemberSchema = obj({
+  user_id: { type: "string" },
+  email: { type: "string" },
+  role: { type: "string", enum: ["member"] },
+  joined_at: { type: "string", format: "date-time" },
+  removed_at: { type: "string", format: "date-time" },
+  keys_revoked: { type: "integer", description: "the member's keys for this account, revoked with the removal" }
+})
 const InviteSchema = obj({
   id: { type: "string" },
   email: { type: "string" },
@@ -153,6 +161,35 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
   app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) } }), async (request) => ({
     data: ctx.api.members(keyOf(request).account).map((m) => ({ user_id: m.user_id, email: m.email, role: m.role, joined_at: iso(m.joined_at) }))
   }))
+
+  app.delete(
+    "/team/members/:user_id",
+    spec({
+      tags,
+      summary: "Remove a member (the owner; a member may remove themselves): their keys for this account are revoked at once",
+      description: "The owner cannot be removed (409 invalid_state). Not a member of this account: 404 member_not_found.",
+      auth: "account",
+      params: idParams("user_id"),
+      response: { 200: RemovedMemberSchema }
+    }),
+    async (request) => {
+      const auth = keyOf(request)
+      const user_id = (request.params as { user_id: string }).user_id
+      // One unit of work: the membership and every key of the member go together.
+      const answer = ctx.engine.sup.unitOfWork(() => {
+        const member = ctx.api.member(auth.account, user_id)
+        if (member === undefined) throw new HttpError(404, "member_not_found", `no member ${user_id} in this account`)
+        if (user_id !== auth.user_id && auth.role !== "owner") throw new HttpError(403, "forbidden", "only the owner may remove another member")
+        if (member.role === "owner") throw new Conflict({ code: "invalid_state", id: user_id, status: "owner", message: "the account's owner cannot be removed" })
+        const keys_revoked = ctx.api.removeMember(auth.account, user_id, now())
+        return { user_id, email: member.email, role: member.role, joined_at: iso(member.joined_at), removed_at: iso(now()), keys_revoked }
+      })
+      // Keys are authenticated from a cache of their rows and roles: a removed member's keys
+      // must fail from the next request on.
+      ctx.auth.forget()
+      return answer
+    }
+  )
 
   const inviteJson = (i: { id: string; email: string; role: "member"; secret: string; created_at: number; expires_at: number }) => ({
     id: i.id,
