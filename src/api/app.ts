@@ -62,6 +62,11 @@ export interface AppOptions {
   readonly loggerInstance?: FastifyBaseLogger
   /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per account. */
   readonly rateLimit?: RateLimitOptions | false
+  /**
+   * Whose `X-Forwarded-For` names the client (Fastify's `trustProxy`): proxy hops, or the
+   * proxies' addresses and CIDR ranges. Default: nobody's, the connection's address counts.
+   */
+  readonly trustProxy?: number | ReadonlyArray<string>
   /** Base of invite links, or a function answering it (known only once listening). Default `http://localhost`. */
   readonly publicUrl?: string | (() => string)
   /** Swagger UI at /docs (OpenAPI JSON is always served). Default true. */
@@ -87,6 +92,14 @@ const loggerOptions = (logger: NonNullable<FastifyServerOptions["logger"]>): Fas
   const given = logger === true ? {} : logger
   return { ...given, serializers: { ...(given.serializers ?? {}), ...REQUEST_LOG_SERIALIZERS } }
 }
+
+/**
+ * Fastify's `trustProxy` for a number of hops (proxy-addr's trust function: the first `hops`
+ * addresses from the socket back are proxies; what a runtime integer does, which Fastify's
+ * types do not list) or a list of proxy addresses and CIDR ranges.
+ */
+const trustProxyOption = (trust: number | ReadonlyArray<string>): string[] | ((address: string, hop: number) => boolean) =>
+  typeof trust === "number" ? (_address, hop) => hop < trust : [...trust]
 
 /** The route config of a health probe: public, answered when fenced, not rate limited. */
 export const PROBE_CONFIG = { auth: "public", probe: true, rateLimit: false } as const
@@ -279,6 +292,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     ...(options.loggerInstance !== undefined
       ? { loggerInstance: options.loggerInstance.child({}, { serializers: REQUEST_LOG_SERIALIZERS }) }
       : { logger: loggerOptions(options.logger ?? false) }),
+    ...(options.trustProxy === undefined ? {} : { trustProxy: trustProxyOption(options.trustProxy) }),
     genReqId: () => `${requestPrefix}${++requests}`,
     requestIdHeader: false,
     logController: new LogController({ requestIdLogLabel: "request_id" }),

@@ -167,6 +167,7 @@ export const startKubernetesServer = async (
         operatorKey: operator_key,
         loggerInstance: logger,
         rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
+        ...(config.trust_proxy === null ? {} : { trustProxy: config.trust_proxy }),
         publicUrl: config.public_url ?? `http://${config.host}:${port}`,
         ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
         ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect }),

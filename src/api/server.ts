@@ -16,6 +16,7 @@
  * | --clock-speed X | ECOLINK_CLOCK_SPEED | 1 (engine ms per wall ms) |
  * | --public-url U | ECOLINK_PUBLIC_URL | http://HOST:PORT (invite links; an absolute http(s) URL) |
  * | --rate-limit N | ECOLINK_RATE_LIMIT | 600 requests a minute per account (0: off) |
+ * | --trust-proxy P | ECOLINK_TRUST_PROXY | none: the client address is the connection's (P: hops 1–10, or proxy addresses/CIDRs, comma-separated) |
  * | --log-level L | ECOLINK_LOG_LEVEL | info (silent: none) |
  * | --demo, --no-demo | ECOLINK_DEMO (true/false/1/0) | seeded in the simulated world, not in the Kubernetes world |
  * | --kubeconfig FILE | KUBECONFIG (read only with a cluster file) | none: the built-in simulated cluster |
@@ -32,6 +33,7 @@
  * the supervisor only while it holds the leader lease (`startKubernetesServer`).
  */
 import { mkdirSync } from "node:fs"
+import { isIP } from "node:net"
 import { hostname } from "node:os"
 import { dirname, resolve } from "node:path"
 import { parseArgs } from "node:util"
@@ -58,6 +60,8 @@ export interface ServerConfig {
   readonly public_url: string | null
   /** Requests a minute per account; 0 turns rate limiting off. */
   readonly rate_limit: number
+  /** Whose `X-Forwarded-For` names the client (`trustProxyOf`); null: nobody's. */
+  readonly trust_proxy: number | ReadonlyArray<string> | null
   readonly log_level: string
   /** Seed the demo account and key (`seedDemo`); false revokes the demo account's keys (`revokeDemo`). */
   readonly demo: boolean
@@ -92,6 +96,32 @@ const isBaseUrl = (raw: string): boolean => {
   return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "" && url.search === "" && url.hash === "" && !/\s/.test(raw)
 }
 
+/**
+ * Which proxies' `X-Forwarded-For` names the client (Fastify's `trustProxy`), for the rate
+ * limits counted by client address (sign-ups, the Stripe webhook, requests without a key):
+ * behind an ingress every client otherwise shares the ingress's one budget. A number of hops
+ * (1 to 10), or the proxies' addresses and CIDR ranges, comma-separated. Believing any sender
+ * (`true`) is refused: every client could then name a new address and a new budget per request.
+ */
+const trustProxyOf = (raw: string | undefined): number | ReadonlyArray<string> | null => {
+  if (raw === undefined) return null
+  const refused = () =>
+    new ConfigError(`--trust-proxy (ECOLINK_TRUST_PROXY) must be a number of proxy hops from 1 to 10, or the proxies' addresses or CIDR ranges, comma-separated, got ${JSON.stringify(raw)}`)
+  if (/^\d+$/.test(raw)) {
+    const hops = Number(raw)
+    if (hops < 1 || hops > 10) throw refused()
+    return hops
+  }
+  const items = raw.split(",").map((item) => item.trim())
+  for (const item of items) {
+    const [address = "", prefix, extra] = item.split("/")
+    const family = isIP(address)
+    if (family === 0 || extra !== undefined) throw refused()
+    if (prefix !== undefined && (!/^\d{1,3}$/.test(prefix) || Number(prefix) > (family === 4 ? 32 : 128))) throw refused()
+  }
+  return items
+}
+
 /** Flags, then environment variables, then defaults. Throws `ConfigError` on a bad value. */
 export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<string, string | undefined>>): ServerConfig => {
   let values: Record<string, string | boolean | undefined>
@@ -106,6 +136,7 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
         "clock-speed": { type: "string" },
         "public-url": { type: "string" },
         "rate-limit": { type: "string" },
+        "trust-proxy": { type: "string" },
         "log-level": { type: "string" },
         demo: { type: "boolean" },
         "no-demo": { type: "boolean" },
@@ -199,6 +230,7 @@ export const parseConfig = (argv: ReadonlyArray<string>, env: Readonly<Record<st
     clock_speed,
     public_url,
     rate_limit: whole("--rate-limit", pick("rate-limit", "ECOLINK_RATE_LIMIT"), RATE_LIMIT_DEFAULT.max, 1_000_000),
+    trust_proxy: trustProxyOf(pick("trust-proxy", "ECOLINK_TRUST_PROXY")),
     log_level,
     demo,
     sqlite_synchronous
@@ -400,6 +432,7 @@ export const startServer = async (config: ServerConfig, options: StartOptions = 
       // every request (the read route's throughput, BENCHMARKS.md).
       ...(config.log_level === "silent" ? { logger: false } : { loggerInstance: logger }),
       rateLimit: config.rate_limit === 0 ? false : { max: config.rate_limit, window_ms: RATE_LIMIT_DEFAULT.window_ms },
+      ...(config.trust_proxy === null ? {} : { trustProxy: config.trust_proxy }),
       publicUrl: config.public_url ?? (() => listening),
       ...(config.stripe === null ? {} : { stripeWebhookSecret: config.stripe.webhook_secret }),
       ...(options.onDefect === undefined ? {} : { onDefect: options.onDefect })

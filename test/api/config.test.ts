@@ -56,6 +56,20 @@ describe("parseConfig: values that look set but are not usable", () => {
     expect(refused([], { ECOLINK_OPERATOR_KEY: ` ${OPERATOR_KEY}` })).toMatch(/ECOLINK_OPERATOR_KEY.*spaces or a line break/)
   })
 
+  it("takes --trust-proxy as proxy hops (1–10) or proxy addresses and CIDR ranges, never as 'believe anyone'", () => {
+    // Behind an ingress every client shares the ingress's address, and so one rate-limit
+    // budget (security review); believing every sender would let any client pick its own.
+    expect(parseConfig([], {}).trust_proxy).toBe(null)
+    expect(parseConfig(["--trust-proxy", "1"], {}).trust_proxy).toBe(1)
+    expect(parseConfig([], { ECOLINK_TRUST_PROXY: "10.0.0.0/8, 192.168.1.7,fd00::/8" }).trust_proxy).toEqual(["10.0.0.0/8", "192.168.1.7", "fd00::/8"])
+    for (const bad of ["0", "11", "true", "10.0.0.0/33", "10.0.0.1/8/8", "ingress", "10.0.0.1,", "fd00::/129"]) {
+      expect([bad, refused(["--trust-proxy", bad])]).toEqual([
+        bad,
+        `--trust-proxy (ECOLINK_TRUST_PROXY) must be a number of proxy hops from 1 to 10, or the proxies' addresses or CIDR ranges, comma-separated, got ${JSON.stringify(bad)}`
+      ])
+    }
+  })
+
   it("takes ECOLINK_PUBLIC_URL only as an absolute http(s) URL: it is the base of invite links", () => {
     for (const bad of ["example.com", "/invites", "ftp://example.com", "https://", "https://example.com/?a=1", "https://example.com/#x", "http://exa mple.com"]) {
       expect(refused([], { ECOLINK_PUBLIC_URL: bad })).toMatch(/--public-url \(ECOLINK_PUBLIC_URL\) must be an absolute http\(s\) URL/)

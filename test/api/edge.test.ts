@@ -399,6 +399,24 @@ describe("rate limits on public routes", () => {
   })
 })
 
+describe("rate limits behind a proxy", () => {
+  it("count each client the trusted proxy names by its own address; a forwarded address from anyone else counts for nothing", async () => {
+    // Proves --trust-proxy (security review): behind an ingress every sign-up and webhook came
+    // from the ingress's address and shared one budget, so one client's junk throttled all.
+    const signUp = (n: number, remoteAddress: string, forwardedFor: string) =>
+      w.app.inject({ method: "POST", url: "/accounts", payload: { email: `p${n}@example.com` }, remoteAddress, headers: { "x-forwarded-for": forwardedFor } }).then((r) => r.statusCode)
+    w = await world({ rateLimit: { max: 2, window_ms: 60_000 }, trustProxy: ["10.0.0.0/8"] })
+    const ingress = "10.1.2.3"
+    expect([await signUp(1, ingress, "203.0.113.1"), await signUp(2, ingress, "203.0.113.1"), await signUp(3, ingress, "203.0.113.1"), await signUp(4, ingress, "203.0.113.2")]).toEqual([201, 201, 429, 201])
+    // Not a trusted proxy: its X-Forwarded-For is ignored, it is counted by its own address.
+    expect([await signUp(5, "198.51.100.9", "203.0.113.50"), await signUp(6, "198.51.100.9", "203.0.113.51"), await signUp(7, "198.51.100.9", "203.0.113.52")]).toEqual([201, 201, 429])
+    await w.close()
+    // Without the option, the ingress's clients share its one budget.
+    w = await world({ rateLimit: { max: 2, window_ms: 60_000 } })
+    expect([await signUp(8, ingress, "203.0.113.1"), await signUp(9, ingress, "203.0.113.2"), await signUp(10, ingress, "203.0.113.3")]).toEqual([201, 201, 429])
+  })
+})
+
 describe("OpenAPI and docs", () => {
   it("serves OpenAPI 3.1 with a request and response schema on every route, and no secret in key listings", async () => {
     // Proves GET /openapi.json documents every route, with bodies, answers and errors.
