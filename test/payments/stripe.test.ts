@@ -959,6 +959,24 @@ describe("payment routes", () => {
     }
   })
 
+  it("leave auto-recharge to the owner: a member's PUT or DELETE is 403 and changes nothing", async () => {
+    // Proves the owner-only rule (security review): a member sharing the wallet could choose
+    // the card it is refilled from, or turn the refill off under the owner's running resources.
+    const { w } = await setup()
+    const owner = await w.signup("olga@example.com", "10.00")
+    const bob = await w.signup("bob@example.com", "0")
+    const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })
+    const member = (await w.req("POST", `/invites/${(inv.body.invite_url as string).split("/invites/")[1]}/accept`, { key: bob.key })).body.api_key.secret as string
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: owner.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })).status).toBe(200)
+    const before = stateOf(w)
+    const put = await w.req("PUT", "/billing/auto-recharge", { key: member, body: { threshold: "1.00", amount: "500.00", payment_method: "pm_card_mastercard" } })
+    const off = await w.req("DELETE", "/billing/auto-recharge", { key: member })
+    for (const r of [put, off]) expect([r.status, r.body]).toEqual([403, { error: "forbidden", message: "only the account's owner may do this" }])
+    expect(stateOf(w)).toBe(before)
+    // A member still tops up the shared wallet with a card of their own.
+    expect((await w.req("POST", "/billing/top-ups", { key: member, body: { amount: "5.00" } })).status).toBe(201)
+  })
+
   it("turn auto-recharge off with DELETE, after which a low balance charges nothing", async () => {
     // Proves DELETE /billing/auto-recharge clears the settings the engine acts on.
     const { w, server } = await setup()

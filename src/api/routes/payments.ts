@@ -72,8 +72,11 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
     "/billing/auto-recharge",
     spec({
       tags,
-      summary: "Auto-recharge: charge the saved card `amount` when the balance falls below `threshold`",
+      summary: "Auto-recharge (owner only): charge the saved card `amount` when the balance falls below `threshold`",
       auth: "account",
+      // The card charged is the owner's business: a member sharing the wallet may spend it,
+      // not choose the card it is refilled from, nor turn the refill off (security review).
+      role: "owner",
       body: {
         type: "object",
         additionalProperties: false,
@@ -114,7 +117,7 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
 
   app.delete(
     "/billing/auto-recharge",
-    spec({ tags, summary: "Turn auto-recharge off (the saved card stays with Stripe)", auth: "account", response: { 200: obj({ auto_recharge: { type: "null" } }) } }),
+    spec({ tags, summary: "Turn auto-recharge off (owner only; the saved card stays with Stripe)", auth: "account", role: "owner", response: { 200: obj({ auto_recharge: { type: "null" } }) } }),
     async (request) => {
       fromEither(book.setAutoRecharge(keyOf(request).account, null))
       return { auto_recharge: null }
