@@ -60,8 +60,11 @@ export const paymentRoutes = async (app: FastifyInstance, ctx: ApiContext, book:
         if (!intent.ok) {
           if (intent.declined) throw new HttpError(402, "payment_failed", intent.message)
           // Not the customer's doing: an outage or an error at the provider. Nothing was charged
-          // (a PaymentIntent is charged only when the customer confirms it).
-          throw new HttpError(502, "payment_provider_error", `the payment provider did not create the payment (${intent.message}); nothing was charged, try again`)
+          // (a PaymentIntent is charged only when the customer confirms it). The answer names
+          // the provider's error code, not its message, which is written for us (an
+          // authentication error's shows the end of our secret key): that goes to the log.
+          request.log.warn({ payment: payment.id, code: intent.code, provider_message: intent.message }, "payment provider error on a top-up")
+          throw new HttpError(502, "payment_provider_error", `the payment provider did not create the payment (${intent.code}); nothing was charged, try again`)
         }
         return { status: 201, body: { payment: paymentJson(payment), client_secret: intent.client_secret } }
       })
