@@ -14,7 +14,8 @@
  * in the elector's callback (it writes nothing more, and every request gets 503
  * `not_leader`), then stops serving and drops it.
  */
-import { readFileSync } from "node:fs"
+import { existsSync, readFileSync } from "node:fs"
+import Database from "better-sqlite3"
 import { Either } from "effect"
 import Fastify, { type FastifyInstance } from "fastify"
 import type { Logger } from "pino"
@@ -79,7 +80,49 @@ export const readKubernetesFiles = (config: ServerConfig): KubernetesFiles => {
   }
   // client-node refuses a kubeconfig without a current cluster only at its first request.
   if (kubeconfig.getCurrentCluster() === null) throw new ConfigError(`--kubeconfig ${k8s.kubeconfig}: no current context with a cluster`)
+  const stranded = liveOutside(config.db, new Set(world.right.cluster.regions.map((r) => r.name)))
+  if (stranded.size > 0) {
+    const [region, ids] = [...stranded].sort(([a], [b]) => (a < b ? -1 : 1))[0]!
+    const shown = ids.slice(0, STRANDED_SHOWN_MAX).join(", ") + (ids.length > STRANDED_SHOWN_MAX ? `, and ${ids.length - STRANDED_SHOWN_MAX} more` : "")
+    throw new ConfigError(
+      `--cluster ${k8s.cluster_file}: no region ${region}, where ${ids.length} live resource${ids.length === 1 ? "" : "s"} of the database run${ids.length === 1 ? "s" : ""} (${shown}): ` +
+        `put the region back until they are stopped or deleted; the engine cannot reach their pods or volumes without it`
+    )
+  }
   return { world: world.right, kubeconfig }
+}
+
+/** Ids named in a start's refusal over a missing region; the rest are counted. */
+const STRANDED_SHOWN_MAX = 5
+
+/**
+ * The database's live resources in regions the cluster file does not name, by region, each
+ * list in id order (an inference instance counts in each of its regions). Read-only, before
+ * anything opens: a region removed from the file under running resources made the start's
+ * reconciliation throw on the first of them, and every replica crash in a loop with a stack.
+ * A database not created yet has none.
+ */
+const liveOutside = (db: string, regions: ReadonlySet<string>): Map<string, string[]> => {
+  const stranded = new Map<string, string[]>()
+  if (!existsSync(db)) return stranded
+  const conn = new Database(db, { readonly: true, fileMustExist: true })
+  try {
+    const hasTable = conn.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'resources'`).get() !== undefined
+    if (!hasTable) return stranded
+    for (const row of conn.prepare(`SELECT id, snapshot FROM resources WHERE live = 1 ORDER BY id`).iterate() as IterableIterator<{ id: string; snapshot: string }>) {
+      const context = (JSON.parse(row.snapshot) as { context?: { region?: unknown; regions?: unknown } }).context
+      const named = Array.isArray(context?.regions) ? context.regions : [context?.region]
+      for (const region of named) {
+        if (typeof region !== "string" || regions.has(region)) continue
+        const ids = stranded.get(region) ?? []
+        ids.push(row.id)
+        stranded.set(region, ids)
+      }
+    }
+  } finally {
+    conn.close()
+  }
+  return stranded
 }
 
 /** The lease's reports, at the level an operator should see them: a failing request is a warning. */

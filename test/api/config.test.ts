@@ -2,8 +2,14 @@
  * `parseConfig` (src/api/server.ts): what an operator's flags and environment variables
  * become, and which values are refused with `ConfigError` (exit 2 before anything opens).
  */
+import { writeFileSync } from "node:fs"
+import { dirname, join } from "node:path"
 import { describe, expect, it } from "vitest"
+import { readKubernetesFiles } from "../../src/api/kubernetesServer.js"
 import { ConfigError, parseConfig } from "../../src/api/server.js"
+import { LedgerStore } from "../../src/ledger/store.js"
+import { tmpDb } from "../helpers.js"
+import { writeKubeconfig } from "../k8s/apiServer.js"
 
 const OPERATOR_KEY = "op_test_0123456789abcdefghijklmnopqrstuvwxyz"
 /** The flags of a Kubernetes replica; the files need not exist for parsing. */
@@ -97,5 +103,38 @@ describe("parseConfig: the demo account", () => {
     expect(parseConfig(["--no-demo"], { ECOLINK_DEMO: "true" }).demo).toBe(false)
     expect(parseConfig(["--demo"], { ECOLINK_DEMO: "false" }).demo).toBe(true)
     expect(refused(["--demo", "--no-demo"])).toBe("--demo and --no-demo contradict each other")
+  })
+})
+
+describe("readKubernetesFiles: the cluster file against the database", () => {
+  it("refuses to start, in one line, when the cluster file lost a region where live resources run", () => {
+    // Found by review: a region removed from the file under running resources made the start's
+    // reconciliation throw on the first of them; every replica crashed in a loop with a stack.
+    const db = tmpDb()
+    const ledger = LedgerStore.open(db)
+    ledger.openAccount("acme", 0)
+    const snapshot = (context: Record<string, unknown>) => JSON.stringify({ status: "active", value: "running", context })
+    ledger.transaction(() => {
+      for (let i = 1; i <= 6; i++) ledger.saveResource({ id: `gi-${i}`, account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), at: 0 })
+      ledger.saveResource({ id: "gi-old", account: "acme", kind: "gpu_instance", status: "terminated", live: false, snapshot: snapshot({ region: "ap-south" }), at: 0 })
+      ledger.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["us-east", "eu-west"] }), at: 0 })
+      ledger.saveResource({ id: "cd-1", account: "acme", kind: "cloud_drive", status: "available", live: true, snapshot: snapshot({ region: "us-east" }), at: 0 })
+    })
+    ledger.close()
+    const dir = dirname(db)
+    const kubeconfig = writeKubeconfig({ url: "https://127.0.0.1:1" }, { dir })
+    const cluster = join(dir, "cluster.json")
+    const config = (regions: Record<string, unknown>) => {
+      writeFileSync(cluster, JSON.stringify({ namespace: "ecolink", regions }))
+      return parseConfig(["--db", db, "--kubeconfig", kubeconfig, "--cluster", cluster], { ECOLINK_OPERATOR_KEY: OPERATOR_KEY })
+    }
+    const region = { nodes: 2, gpus_per_node: 8 }
+    expect(() => readKubernetesFiles(config({ "us-east": region }))).toThrow(
+      new ConfigError(
+        `--cluster ${cluster}: no region eu-west, where 7 live resources of the database run (gi-1, gi-2, gi-3, gi-4, gi-5, and 2 more): put the region back until they are stopped or deleted; the engine cannot reach their pods or volumes without it`
+      )
+    )
+    // With the region back, and for a terminated resource's region, nothing is refused.
+    expect(readKubernetesFiles(config({ "us-east": region, "eu-west": region })).world.cluster.regions.map((r) => r.name)).toEqual(["us-east", "eu-west"])
   })
 })
