@@ -46,6 +46,20 @@ describe("sign-up and keys", () => {
     expect(stateOf(w)).toBe(before)
   })
 
+  it("refuses an email with an invisible character in it: 400, nobody signed up or invited", async () => {
+    // Found by review: `owner\u200b@example.com` signed up and looked like the owner in a
+    // team's member list; a bidirectional override shows an address reversed.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const before = stateOf(w)
+    for (const hidden of ["owner\u200b@example.com", "\u202eowner@example.com", "own\u00ader@example.com", "owner@exa\u2060mple.com", "\ufeffowner@example.com"]) {
+      const signup = await w.req("POST", "/accounts", { body: { email: hidden } })
+      const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: hidden } })
+      for (const r of [signup, invite]) expect([JSON.stringify(hidden), r.status, r.body.error, r.body.field]).toEqual([JSON.stringify(hidden), 400, "invalid_request", "email"])
+    }
+    expect(stateOf(w)).toBe(before)
+  })
+
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {
     // Proves /api-keys: the secret once, never in a list, revocation immediate.
     w = await world()

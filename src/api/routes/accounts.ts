@@ -31,8 +31,15 @@ export const KEYS_PER_ACCOUNT_MAX = 1_000
  * answer can hold in memory or in V8's longest string: a 500, and a process that stops.
  */
 export const PENDING_INVITES_MAX = 1_000
-/** No spaces, no control characters, one @: a local part of 1–64 and a domain of 1–189 characters. */
-const EMAIL_RE = "^[^\\s@\\u0000-\\u001f\\u007f]{1,64}@[^\\s@\\u0000-\\u001f\\u007f]{1,189}$"
+/**
+ * Characters an address must not hide: controls, and the invisible ones (soft hyphen,
+ * zero-width spaces and joiners, bidirectional marks and overrides, word joiners, BOM), which
+ * made `owner\u200b@example.com` look like the owner in a team's member list, or a reversed
+ * text read as another address (security review).
+ */
+const EMAIL_FORBIDDEN = "\\s@\\u0000-\\u001f\\u007f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff"
+/** One @: a local part of 1–64 and a domain of 1–189 characters, none of them `EMAIL_FORBIDDEN`. */
+const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
 
 const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, pattern: EMAIL_RE } as const
 const keyName = { type: "string", minLength: 1, maxLength: 100 } as const
