@@ -120,6 +120,8 @@ export const limitOf = (raw: string | undefined): number => {
 const IDEMPOTENCY_KEY_RE = /^[\x21-\x7e]{1,255}$/
 /** A record is kept a day; a repeat after that runs again. */
 export const IDEMPOTENCY_RETENTION_MS = 24 * 3_600_000
+/** The largest answer kept for a repeat (as much as the largest body a request may send). */
+export const IDEMPOTENT_ANSWER_MAX_BYTES = 1_048_576
 
 export interface Outcome {
   readonly status: number
@@ -312,6 +314,18 @@ const remember = (ctx: ApiContext, account: string, key: IdempotencyKey, fresh: 
     return value === undefined ? [] : [[h, String(value)] as const]
   })
   const headers = set.length === 0 ? null : JSON.stringify(Object.fromEntries(set))
+  const bytes = Buffer.byteLength(text)
+  if (bytes > IDEMPOTENT_ANSWER_MAX_BYTES) {
+    // Kept whole, an answer this large (2,048 embeddings: megabytes) let one account fill the
+    // disk at the rate limit for 24 hours (security review). The repeat is still never run
+    // again; it is told what happened instead.
+    const body = JSON.stringify({
+      error: "idempotent_answer_too_large",
+      message: `the first request with this Idempotency-Key was answered ${fresh.status} (and billed if it was a /v1 request), but its answer of ${bytes} bytes is too large to keep for a repeat; it was not run again: use a new key to ask again`
+    })
+    ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: 409, content_type: "application/json", body, created_at: now, headers: null, payment: null })
+    return
+  }
   ctx.api.saveIdempotency({ account, key: key.raw, request_sha256: key.fingerprint, status: fresh.status, content_type, body: text, created_at: now, headers, payment: null })
 }
 

@@ -156,6 +156,31 @@ describe("/v1/embeddings is never free", () => {
   })
 })
 
+describe("/v1 answers too large to keep for a repeat", () => {
+  it("answers the first request whole, and its repeat 409 idempotent_answer_too_large without running or billing it again", async () => {
+    // Proves the bound on what an Idempotency-Key keeps (security review): 2,048 embeddings
+    // answered megabytes, stored for 24 hours per request at the rate limit.
+    w = await world()
+    const a = await w.signup("a@example.com", "1.00")
+    const headers = { "idempotency-key": "big-embeddings" }
+    const embed = () => w.req("POST", "/v1/embeddings", { key: a.key, body: { model: "embed-small", input: Array(2_048).fill("a"), dimensions: 256 }, headers })
+    const first = await embed()
+    expect([first.status, first.body.data.length, first.body.usage]).toEqual([200, 2_048, { prompt_tokens: 2_048, total_tokens: 2_048 }])
+    const size = JSON.stringify(first.body).length
+    expect(size).toBeGreaterThan(1_048_576)
+    const repeat = await embed()
+    expect([repeat.status, repeat.headers["idempotent-replayed"], repeat.body]).toEqual([
+      409,
+      "true",
+      {
+        error: "idempotent_answer_too_large",
+        message: `the first request with this Idempotency-Key was answered 200 (and billed if it was a /v1 request), but its answer of ${size} bytes is too large to keep for a repeat; it was not run again: use a new key to ask again`
+      }
+    ])
+    expect(apiRows(a.account)).toEqual([["-0.000041", "embed-small", "API usage: embed-small, 2048 in / 0 out tokens"]])
+  })
+})
+
 describe("/v1 prompts are billed for their length", () => {
   it("counts a run of punctuation that starts with an apostrophe as punctuation, not as one contraction", async () => {
     // Proves the fix of an underbilled prompt (found by review): a piece that began with `'`
