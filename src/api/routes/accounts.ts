@@ -41,7 +41,9 @@ const EMAIL_FORBIDDEN = "\\s@\\u0000-\\u001f\\u007f\\u00ad\\u200b-\\u200f\\u202a
 /** One @: a local part of 1–64 and a domain of 1–189 characters, none of them `EMAIL_FORBIDDEN`. */
 const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
 
-const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, pattern: EMAIL_RE } as const
+// The address's form is checked by `normalEmail`, which says so in words; a schema `pattern`
+// answered the whole regular expression to the user.
+const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, description: "an email address: one @, no spaces, control or invisible characters" } as const
 const keyName = { type: "string", minLength: 1, maxLength: 100 } as const
 const nullableInstant = { type: ["string", "null"], format: "date-time" } as const
 
