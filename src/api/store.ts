@@ -108,11 +108,14 @@ export class ApiStore {
 
   /**
    * Takes `user_id` out of `account` and revokes every live key of theirs there, in one go (the
-   * caller's unit of work); answers how many keys were revoked. Their keys for other accounts,
-   * and the account's resources (the account's, not the user's), are untouched.
+   * caller's unit of work); answers how many keys were revoked. Invites to their email still
+   * pending there expire now: one sent twice and accepted once let them back in unasked. Their
+   * keys for other accounts, and the account's resources (the account's, not the user's), are
+   * untouched.
    */
   removeMember(account: string, user_id: string, at: number): number {
     this.s.deleteMember.run(account, user_id)
+    this.s.withdrawInvites.run(at, account, at, user_id)
     let revoked = 0
     for (const key of this.keysOf(account)) {
       if (key.user_id !== user_id || key.revoked_at !== null) continue
@@ -215,6 +218,9 @@ const prepare = (db: Database.Database) => ({
   invite: db.prepare(`SELECT * FROM api_invites WHERE id = ?`),
   pendingInvites: db.prepare(`SELECT * FROM api_invites WHERE account = ? AND accepted_at IS NULL AND expires_at > ? ORDER BY rowid`),
   acceptInvite: db.prepare(`UPDATE api_invites SET accepted_at = ?, accepted_by = ? WHERE id = ? AND accepted_at IS NULL`),
+  withdrawInvites: db.prepare(
+    `UPDATE api_invites SET expires_at = ? WHERE account = ? AND accepted_at IS NULL AND expires_at > ? AND email = (SELECT email FROM api_users WHERE id = ?)`
+  ),
   idempotency: db.prepare(`SELECT * FROM api_idempotency WHERE account = ? AND key = ?`),
   insertIdempotency: db.prepare(
     `INSERT OR REPLACE INTO api_idempotency (account, key, request_sha256, status, content_type, body, created_at, headers, payment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`

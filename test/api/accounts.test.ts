@@ -295,6 +295,28 @@ describe("teams", () => {
     expect((await w.req("GET", "/billing/balance", { key: carolInTeam })).status).toBe(401)
   })
 
+  it("a removed member cannot rejoin through an invite left pending from before: the removal withdraws it", async () => {
+    // Proves the removal closes every way back in (found by review): the owner sent bob two
+    // invites, he accepted one; after his removal the other, still pending, made him a member
+    // again with a fresh key, without the owner doing anything.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const tokenOf = async (): Promise<string> =>
+      ((await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })).body.invite_url as string).split("/invites/")[1]!
+    const [first, second] = [await tokenOf(), await tokenOf()]
+    expect((await w.req("POST", `/invites/${first}/accept`, { key: bob.key })).status).toBe(201)
+    expect((await w.req("DELETE", `/team/members/${bob.user}`, { key: owner.key })).status).toBe(200)
+    expect((await w.req("GET", "/team/invites", { key: owner.key })).body.data).toEqual([])
+    const before = stateOf(w)
+    const back = await w.req("POST", `/invites/${second}/accept`, { key: bob.key })
+    expect([back.status, back.body.error]).toEqual([410, "invite_expired"])
+    expect(stateOf(w)).toBe(before)
+    expect((await w.req("GET", "/team/members", { key: owner.key })).body.data.map((m: { email: string }) => m.email)).toEqual(["owner@example.com"])
+    // The owner can still invite him again, on purpose.
+    expect((await w.req("POST", `/invites/${await tokenOf()}/accept`, { key: bob.key })).status).toBe(201)
+  })
+
   it("an invite expires after 7 days: 410", async () => {
     // Proves the invite's lifetime on the engine clock.
     w = await world()

@@ -176,7 +176,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     spec({
       tags,
       summary: "Remove a member (the owner; a member may remove themselves): their keys for this account are revoked at once",
-      description: "The owner cannot be removed (409 invalid_state). Not a member of this account: 404 member_not_found.",
+      description: "Invites to their email still pending here expire with it. The owner cannot be removed (409 invalid_state). Not a member of this account: 404 member_not_found.",
       auth: "account",
       params: idParams("user_id"),
       response: { 200: RemovedMemberSchema }
