@@ -14,6 +14,9 @@ import type { EngineClock } from "../clock.js"
 /** Windows counted at once per map (callers with a key; client addresses). */
 export const RATE_LIMIT_KEYS_MAX = 100_000
 
+/** A client address with its port, as some proxies write it: `192.0.2.1:5678`, `[2001:db8::1]:5678`. */
+const WITH_PORT_RE = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9a-f:.%]+)\]):\d{1,5}$/i
+
 /** An IPv4 client of a dual-stack socket, as Node names it (`::ffff:192.0.2.1`). */
 const IPV4_MAPPED_RE = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i
 
@@ -33,7 +36,11 @@ const ipv6Network = (ip: string): string => {
  * The store's key for a request without a valid key: its client address; for IPv6, its /64.
  * A subscriber is given a whole /64 (2^64 addresses): a budget per address was no budget.
  */
-export const addressKey = (ip: string): string => {
+export const addressKey = (given: string): string => {
+  // A proxy that writes the client's port into X-Forwarded-For (`--trust-proxy`): the port
+  // is not the client, and read as IPv6 each port was a budget of its own.
+  const withPort = WITH_PORT_RE.exec(given)
+  const ip = withPort === null ? given : (withPort[1] ?? withPort[2]!)
   const mapped = IPV4_MAPPED_RE.exec(ip)
   if (mapped !== null) return `ip:${mapped[1]}`
   return ip.includes(":") ? `ip:${ipv6Network(ip)}::/64` : `ip:${ip}`

@@ -26,4 +26,9 @@ describe("the rate limiter's store", () => {
       ["2001:db8:1:2::1", "2001:DB8:1:2:ffff:ffff:ffff:ffff", "2001:0db8:0001:0002::", "2001:db8:1:2::10.0.0.1", "2001:db8:1:3::1", "fe80::1%eth0", "fe80::2", "::1", "::ffff:192.0.2.1", "192.0.2.1", "192.0.2.2"].map(addressKey)
     ).toEqual(["ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:3::/64", "ip:fe80:0:0:0::/64", "ip:fe80:0:0:0::/64", "ip:0:0:0:0::/64", "ip:192.0.2.1", "ip:192.0.2.1", "ip:192.0.2.2"])
   })
+
+  it("reads past the port a proxy writes with the client's address", () => {
+    // Found by review: behind --trust-proxy, `192.0.2.1:5678` read as IPv6 gave a budget per port.
+    expect(["192.0.2.1:5678", "192.0.2.1:80", "[2001:db8:1:2::1]:443", "[2001:db8:1:2::9]:8080"].map(addressKey)).toEqual(["ip:192.0.2.1", "ip:192.0.2.1", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64"])
+  })
 })
