@@ -340,6 +340,22 @@ export class K8sWorld {
     return this.clock.advanceTo(at_ms)
   }
 
+  /**
+   * A control-plane outage: `stop` takes the engine and its driver down now; `during` happens
+   * at its offsets (ms since START_MS); at `until_ms` `restart` brings them back and the world
+   * settles.
+   */
+  async outage(until_ms: number, during: ReadonlyArray<readonly [number, () => void]>, stop: () => void, restart: () => Promise<void>): Promise<void> {
+    stop()
+    for (const [at_ms, act] of during) {
+      await this.advanceTo(START_MS + at_ms)
+      act()
+    }
+    await this.advanceTo(START_MS + until_ms)
+    await restart()
+    await this.settle()
+  }
+
   pods(): ReturnType<KubeApiServer["objects"]> {
     return this.server.objects("pods", this.namespace)
   }

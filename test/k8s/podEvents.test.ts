@@ -184,19 +184,20 @@ const open = async (limits: Partial<KubernetesLimits> = {}) => {
     moves: () => engine!.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
     notices: () => engine!.ledger.notifications().map((n) => [n.at - START_MS, n.kind]),
     /** The engine and its driver are down from now until `until_ms` (since START); `during` happens at its offsets. */
-    outage: async (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) => {
-      stopEngine(engine!)
-      engine = null
-      driver.stop()
-      for (const [at_ms, act] of during) {
-        await w.advanceTo(START_MS + at_ms)
-        act()
-      }
-      await w.advanceTo(START_MS + until_ms)
-      driver = await w.driver()
-      engine = start()
-      await w.settle()
-    },
+    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) =>
+      w.outage(
+        until_ms,
+        during,
+        () => {
+          stopEngine(engine!)
+          engine = null
+          driver.stop()
+        },
+        async () => {
+          driver = await w.driver()
+          engine = start()
+        }
+      ),
     /** The watch drops now; it re-opens `WATCH_DOWN_MS` later (a relist if the history was compacted meanwhile). */
     gap: async () => {
       w.server.dropWatches({ abrupt: true })

@@ -44,19 +44,20 @@ const open = async (regions: ReadonlyArray<KubeletRegion>, limits: Partial<Kuber
     sup,
     moves: (prefix: string) => engine!.ledger.transitions().filter((t) => t.resource.startsWith(prefix)).map((t) => [t.at - START_MS, t.resource, t.from_state, t.to_state, t.reason]),
     rows: (resource: string) => engine!.ledger.ledgerRows().filter((r) => r.resource === resource).map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
-    outage: async (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) => {
-      stopEngine(engine!)
-      engine = null
-      driver.stop()
-      for (const [at_ms, act] of during) {
-        await w.advanceTo(START_MS + at_ms)
-        act()
-      }
-      await w.advanceTo(START_MS + until_ms)
-      driver = await w.driver()
-      engine = start()
-      await w.settle()
-    }
+    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) =>
+      w.outage(
+        until_ms,
+        during,
+        () => {
+          stopEngine(engine!)
+          engine = null
+          driver.stop()
+        },
+        async () => {
+          driver = await w.driver()
+          engine = start()
+        }
+      )
   }
 }
 

@@ -61,6 +61,26 @@ const open = async (server: StripeTestServer, clock: VirtualClock, db?: string):
   return env
 }
 
+/**
+ * A Stripe server and an engine on a file whose payments port sends every call to Stripe but
+ * never hears the answers to `lost` (the engine dies first); `sent()` counts those calls.
+ */
+const answersLost = async (lost: "createIntent" | "chargeOffSession") => {
+  const clock = new VirtualClock(START_MS)
+  const server = await startServer(clock)
+  const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
+  const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+  let sent = 0
+  const port: PaymentsPort = {
+    createIntent: (req, done) => stripe.createIntent(req, lost === "createIntent" ? () => void sent++ : done),
+    saveCard: (req, done) => stripe.saveCard(req, done),
+    chargeOffSession: (req, done) => stripe.chargeOffSession(req, lost === "chargeOffSession" ? () => void sent++ : done),
+    listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
+  }
+  const first = await world({ stripeWebhookSecret: server.secret }, { payments: port, clock, db })
+  return { clock, server, db, first, sent: () => sent }
+}
+
 const setup = async (): Promise<Env> => {
   const clock = new VirtualClock(START_MS)
   return open(await startServer(clock), clock)
@@ -208,22 +228,11 @@ describe("top-ups", () => {
     // Stripe but the engine died before its answer was stored (the client got nothing). The
     // client's retry with the same Idempotency-Key answers that payment and its client_secret,
     // never a second payment; the customer pays it once.
-    const clock = new VirtualClock(START_MS)
-    const server = await startServer(clock)
-    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
-    const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
-    let sent = 0
-    const answerLost: PaymentsPort = {
-      createIntent: (req) => stripe.createIntent(req, () => void sent++),
-      saveCard: (req, done) => stripe.saveCard(req, done),
-      chargeOffSession: (req, done) => stripe.chargeOffSession(req, done),
-      listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
-    }
-    const first = await world({ stripeWebhookSecret: server.secret }, { payments: answerLost, clock, db })
+    const { clock, server, db, first, sent } = await answersLost("createIntent")
     const a = await first.signup("lou@example.com", "0")
     const headers = { "idempotency-key": "top-up-lou" }
     void first.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "30.00" }, headers })
-    await until(() => sent === 1, "the PaymentIntent at Stripe")
+    await until(() => sent() === 1, "the PaymentIntent at Stripe")
     await first.close()
 
     const { w } = await open(server, clock, db)
@@ -904,21 +913,10 @@ describe("a crash between charge and credit", () => {
     // back (the engine died first), so the payment is still `creating`; the restarted engine
     // sends it again with the same idempotency key, Stripe answers the same PaymentIntent, and
     // the webhooks credit it once.
-    const clock = new VirtualClock(START_MS)
-    const server = await startServer(clock)
-    const db = join(mkdtempSync(join(tmpdir(), "ecolink-pay-")), "ledger.sqlite")
-    const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
-    let sent = 0
-    const answerLost: PaymentsPort = {
-      createIntent: (req, done) => stripe.createIntent(req, done),
-      saveCard: (req, done) => stripe.saveCard(req, done),
-      chargeOffSession: (req) => stripe.chargeOffSession(req, () => void sent++),
-      listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
-    }
-    const first = await world({ stripeWebhookSecret: server.secret }, { payments: answerLost, clock, db })
+    const { clock, server, db, first, sent } = await answersLost("chargeOffSession")
     const a = await first.signup("gil@example.com", "0")
     await first.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })
-    await until(() => sent === 1, "the charge at Stripe")
+    await until(() => sent() === 1, "the charge at Stripe")
     expect(first.opened.engine.sup.payments!.payments().map((p) => [p.id, p.status, p.intent_id])).toEqual([["pay_00000001", "creating", null]])
     await first.close()
 
