@@ -431,8 +431,11 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       // each one its own budget would multiply the limit by a thousand. A public route uses no
       // key and is counted by address whatever it carries: counted against the key's account,
       // each sign-up's new key paid for more sign-ups, and one address made accounts unbounded.
+      // The owner taking access away (a key, a member) has a budget of its own: a member who
+      // used up the account's could otherwise keep the owner from removing them.
       keyGenerator: (request) =>
         request.routeOptions.config.auth === "public" ? addressKey(request.ip)
+        : request.auth?.kind === "key" && request.auth.role === "owner" && request.routeOptions.config.lockout === true ? `owner:${request.auth.account}`
         : request.auth?.kind === "key" ? `account:${request.auth.account}`
         : request.auth?.kind === "operator" ? "operator"
         : addressKey(request.ip),

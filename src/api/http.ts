@@ -24,6 +24,12 @@ declare module "fastify" {
     role?: "owner"
     /** A health probe (`/healthz`, `/readyz`): answered even by a fenced replica, never rate limited. */
     probe?: true
+    /**
+     * A route that takes access away (revoking a key, removing a member): the owner's requests
+     * to it are counted in a budget of their own, so a member who uses up the account's cannot
+     * keep the owner from removing them.
+     */
+    lockout?: true
   }
 }
 
@@ -68,6 +74,8 @@ export interface Spec {
   readonly response: Record<number, unknown>
   /** Accepts `Idempotency-Key` (documented in the schema). */
   readonly idempotent?: boolean
+  /** Takes access away: the owner's requests have a rate-limit budget of their own (`FastifyContextConfig.lockout`). */
+  readonly lockout?: true
 }
 
 /** A route's `schema` and `config`: request and response schemas, error responses, auth rule. */
@@ -95,7 +103,7 @@ export const spec = (s: Spec) => ({
       : {}),
     response: { ...s.response, "4xx": ERROR_REF, "5xx": ERROR_REF }
   },
-  config: { auth: s.auth, ...(s.role === undefined ? {} : { role: s.role }) }
+  config: { auth: s.auth, ...(s.role === undefined ? {} : { role: s.role }), ...(s.lockout === undefined ? {} : { lockout: s.lockout }) }
 })
 
 export const idParams = (name = "id") => ({

@@ -399,6 +399,27 @@ describe("rate limits on public routes", () => {
   })
 })
 
+describe("rate limits and a rogue member", () => {
+  it("leave the owner a budget of their own to revoke keys and remove members when a member used up the account's", async () => {
+    // Proves the lockout budget (security review): a member at the account's limit made the
+    // owner's DELETE /api-keys (and now DELETE /team/members) 429, so the owner could not stop them.
+    w = await world({ rateLimit: { max: 3, window_ms: 60_000 } })
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })
+    const member = (await w.req("POST", `/invites/${(inv.body.invite_url as string).split("/invites/")[1]}/accept`, { key: bob.key })).body.api_key
+    // The owner's invite and the member's two requests use up the account's 3.
+    expect([(await w.req("GET", "/account", { key: member.secret })).status, (await w.req("GET", "/account", { key: member.secret })).status]).toEqual([200, 200])
+    expect((await w.req("GET", "/account", { key: member.secret })).status).toBe(429)
+    expect((await w.req("GET", "/account", { key: owner.key })).status).toBe(429)
+    // A member's own revocation is no way around the account's budget.
+    expect((await w.req("DELETE", `/api-keys/${member.id}`, { key: member.secret })).status).toBe(429)
+    const removed = await w.req("DELETE", `/team/members/${bob.user}`, { key: owner.key })
+    expect([removed.status, removed.body.keys_revoked]).toEqual([200, 1])
+    expect((await w.req("GET", "/account", { key: member.secret })).status).toBe(401)
+  })
+})
+
 describe("rate limits behind a proxy", () => {
   it("count each client the trusted proxy names by its own address; a forwarded address from anyone else counts for nothing", async () => {
     // Proves --trust-proxy (security review): behind an ingress every sign-up and webhook came

@@ -179,7 +179,8 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
       description: "Invites to their email still pending here expire with it. The owner cannot be removed (409 invalid_state). Not a member of this account: 404 member_not_found.",
       auth: "account",
       params: idParams("user_id"),
-      response: { 200: RemovedMemberSchema }
+      response: { 200: RemovedMemberSchema },
+      lockout: true
     }),
     async (request) => {
       const auth = keyOf(request)
@@ -299,7 +300,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
 
   app.delete(
     "/api-keys/:id",
-    spec({ tags: ["API keys"], summary: "Revoke a key (yours; the owner may revoke any)", auth: "account", params: idParams(), response: { 200: KeySchema } }),
+    spec({ tags: ["API keys"], summary: "Revoke a key (yours; the owner may revoke any)", auth: "account", params: idParams(), response: { 200: KeySchema }, lockout: true }),
     async (request) => {
       const auth: KeyAuth = keyOf(request)
       const id = (request.params as { id: string }).id
