@@ -250,6 +250,10 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     return intent_id === null ? null : { id: e.id, type: e.type, intent_id, payment_id, code, declined }
   }
   if (e.type === "charge.refunded") {
+    // A charge without a PaymentIntent (Stripe's legacy Charges API, another integration on
+    // the same Stripe account) is not ours, as its Refund is not: ignored, not refused. A 400
+    // made Stripe retry it for days, and may disable the endpoint, top-up events with it.
+    if (o["payment_intent"] === null || o["payment_intent"] === undefined) return { id: e.id, type: "ignored", event_type: e.type }
     const charge_id = str(o["id"])
     const intent_id = str(o["payment_intent"])
     const amount = int(o["amount"])

@@ -5,8 +5,8 @@
  * Token counting approximates a BPE tokenizer (cl100k) without its vocabulary: the text is
  * split by the cl100k pre-tokenizer pattern (words with their leading space, up to 3 digits,
  * runs of punctuation, whitespace), and a piece counts ⌈letters / 6⌉ tokens for a word, 1 for
- * digits or whitespace, ⌈chars / 4⌉ for punctuation. Chat prompts add OpenAI's documented
- * framing: 3 tokens per message (+1 for a `name`) and 3 for the reply's priming.
+ * digits, ⌈chars / 8⌉ for whitespace, ⌈chars / 4⌉ for punctuation. Chat prompts add OpenAI's
+ * documented framing: 3 tokens per message (+1 for a `name`) and 3 for the reply's priming.
  *
  * Completions: the text is words from a fixed lexicon, chosen by SHA-256 of (model, prompt);
  * each word counts one token, so `max_tokens` words end it with `finish_reason: "length"`,
@@ -20,13 +20,20 @@ const PIECE_RE = /'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}{1,3}| ?[^\s\p{L}\p{N}]+|
  * merely starts with an apostrophe is punctuation (a 1 MB prompt `'!!!…` counted 1 token).
  */
 const CONTRACTION_RE = /^'(?:[sdmt]|ll|ve|re)$/
+/**
+ * Whitespace characters per token. A run of whitespace is one piece whatever its length; counted
+ * 1 token, a 1 MB prompt of spaces was billed 8 tokens. Eight keeps what prose and indented code
+ * hold (a newline, a blank line, an indent of 8) at one token, as BPE merges them.
+ */
+const WHITESPACE_CHARS_PER_TOKEN = 8
 
 export const countTokens = (text: string): number => {
   let n = 0
   for (const m of text.matchAll(PIECE_RE)) {
     const piece = m[0]
     const body = piece.trimStart()
-    if (body.length === 0 || /^\p{N}+$/u.test(body) || CONTRACTION_RE.test(body)) n += 1
+    if (body.length === 0) n += Math.ceil(piece.length / WHITESPACE_CHARS_PER_TOKEN)
+    else if (/^\p{N}+$/u.test(body) || CONTRACTION_RE.test(body)) n += 1
     else if (/^\p{L}+$/u.test(body)) n += Math.ceil([...body].length / 6)
     else n += Math.ceil([...body].length / 4)
   }

@@ -196,4 +196,25 @@ describe("/v1 prompts are billed for their length", () => {
     // "it", "'s", " we", "'ll".
     expect([contractions.status, contractions.body.usage.prompt_tokens]).toEqual([200, 4])
   })
+
+  it("counts a run of whitespace by its length, not as one token", async () => {
+    // Proves the fix of an underbilled prompt (abuse review): a run of whitespace is one piece,
+    // counted 1 token whatever its length, so a 1 MB prompt of spaces (or newlines, or
+    // ideographic spaces) was billed 8 tokens, one micro. It counts ⌈chars / 8⌉ now; a newline,
+    // a blank line and an indent of 8 are still one token each.
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const prompt = async (content: string) => {
+      const r = await w.req("POST", "/v1/chat/completions", { key: a.key, body: { model: "llama-3-8b", messages: [{ role: "user", content }], max_tokens: 1 } })
+      return [r.status, r.body.usage.prompt_tokens]
+    }
+    // 3 of framing + "user" (1) + 1,000,000 / 8 + 3 of priming.
+    expect(await prompt(" ".repeat(1_000_000))).toEqual([200, 125_007])
+    expect(await prompt("\n".repeat(400_000))).toEqual([200, 50_000 + 7])
+    expect(await prompt("\u3000".repeat(300_000))).toEqual([200, 37_500 + 7])
+    // "def", " f", ":", "\n" + 7 spaces (the 8th goes with "return"), " return", "\n", "\n", "x".
+    expect(await prompt("def f:\n        return\n\nx")).toEqual([200, 8 + 7])
+    // 125,007 × $0.15/1M + 1 × $0.60/1M = 18,751.65 micros: $0.018752.
+    expect(apiRows(a.account)[0]).toEqual(["-0.018752", "llama-3-8b", "API usage: llama-3-8b, 125007 in / 1 out tokens"])
+  })
 })

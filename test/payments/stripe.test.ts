@@ -1234,6 +1234,20 @@ describe("events the engine cannot act on", () => {
     // A reason that is not text is left out, not a reason to refuse the money back.
     expect(decodeStripeEvent({ id: "evt_r", type: "refund.failed", data: { object: { ...refund, failure_reason: 7 } } })).toMatchObject({ type: "refund.failed", failure_reason: null })
   })
+
+  it("include the refund of a charge made without a PaymentIntent: answered 200 ignored, not 400", async () => {
+    // Proves (abuse review) that a charge.refunded of a legacy charge (Stripe's Charges API, or
+    // another integration on the same account: `payment_intent` null) is ignored like its
+    // Refund. It was 400 invalid_event, which Stripe retries for days and which may get the
+    // endpoint disabled, top-up events with it.
+    const { w, server, clock } = await setup()
+    const before = stateOf(w)
+    const legacy = { id: "ch_legacy", object: "charge", amount: 2500, amount_refunded: 2500, refunded: true, payment_intent: null, metadata: {} }
+    const payload = JSON.stringify({ id: "evt_legacy", object: "event", type: "charge.refunded", created: Math.floor(clock.now() / 1000), data: { object: legacy, previous_attributes: { amount_refunded: 0 } } })
+    const signature = Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) })
+    expect(outcomes([await server.deliver({ id: "evt_legacy", type: "charge.refunded", payload }, signature)])).toEqual([[200, "ignored"]])
+    expect(stateOf(w)).toBe(before)
+  })
 })
 
 describe("invoiced accounts (NET-30)", () => {
