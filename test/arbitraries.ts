@@ -101,7 +101,9 @@ const worldArb = fc.oneof(
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("delete_storage"), id: fc.constantFrom(...STORAGE) }) },
   // Tokens to any model: unpriced, unknown, and units a model has no price for are refused.
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
-  { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
+  // Any amount (refused unless whole cents, $1 to $1,000), or whole cents (taken).
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: fc.integer({ min: 100, max: 100_000 }).map((cents) => formatDollars(BigInt(cents) * 10_000n)) }) },
   { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
   // Stray inputs naming resources that may not exist (yet, or any more).
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("terminate", "preempt", "resume"), id: fc.constantFrom(...IDS) }) }
