@@ -27,11 +27,27 @@
  * (c) Two warnings in a row, both at quiet instants with no change between them, share one `zero`:
  *     the second is the threshold right after the first, sent exactly the difference of their
  *     minutes later (whatever `zero` is, so this holds with inference instances too).
+ * (d) (b) for a threshold a credit surely re-armed: a warning of it sent before the credit does
+ *     not stand for it. At an instant whose only changes of the account are credits (each unit
+ *     of work there re-arms, or is an alarm's look at the same state), the monitor's last look
+ *     re-armed each threshold m with `zero − now > m minutes + 1 s`. The checker bounds that
+ *     `zero` from below without the engine's forecast (`runOutAfterCredit`): `pooled` exactly,
+ *     and the first stop no sooner than the first cycle end (a full hold's placed_at + 24 h, a
+ *     partial one's when the replicas billing consume it); with one inference instance alive,
+ *     its renewal there is played pessimistically (storage charged every midnight, GPU refunds
+ *     left out, a partial hold timed on every replica). A threshold so re-armed is sent again
+ *     or a tighter one is (it is counted as sent only with a warning of it or tighter), by
+ *     T − m; here also when T − m is the account's last change itself, as long as that is a
+ *     change the logs show whole (a look at the state the stop is foreseen on follows it).
  *
  * Not checked: a threshold crossed in a quiet stretch that ends with a change, not a credit stop,
  * and no warning on either side of it in the stretch (the first warning of a run-down, skipped);
  * a warning sent at an instant something changed (several units of work at one instant, each a
- * look at a different state, cannot be told apart in the logs).
+ * look at a different state, cannot be told apart in the logs); a re-arm by a credit that shares
+ * its instant with another change (a cycle end's refund, a stop's settlement, a request), or one
+ * the lower bound cannot show (with two inference instances alive it stops at the first cycle
+ * end), or across an engine outage or restart before the stop; the forecast of inference stops
+ * itself (so (a) with an inference instance alive is a lower bound only).
  *
  * Instants and stretches the checker cannot read the engine's knowledge at are left out: an
  * engine outage or restart, and a resource's stop logged after the fact (a pod failure found
@@ -40,7 +56,18 @@
 import type { Hold, LedgerRow, Notification, Transition } from "../src/ledger/store.js"
 import type { ResourceFacts, RunFacts, Violate } from "./invariants.js"
 import { isoInstant } from "./iso.js"
-import { MS_PER_HOUR, MS_PER_MINUTE, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_WATCHDOG_INTERVAL_MS } from "./oracle.js"
+import {
+  MS_PER_HOUR,
+  MS_PER_MINUTE,
+  POLICY_PARTIAL_HOLD_MIN_MS,
+  POLICY_REARM_MARGIN_MS,
+  SPEC_BALANCE_WARNING_MINUTES,
+  SPEC_BILLABLE_STATES,
+  SPEC_INFERENCE_CYCLE_MS,
+  SPEC_STORAGE_DAY_MS,
+  SPEC_WATCHDOG_INTERVAL_MS,
+  usageMicros
+} from "./oracle.js"
 
 const BILLABLE: ReadonlySet<string> = new Set(SPEC_BILLABLE_STATES)
 const STOPPING: ReadonlySet<string> = new Set(["terminating", "terminated", "failed", "deleted"])
@@ -251,6 +278,10 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
       return logs.some((log) => (input.transitionsByResource.get(log) ?? []).some((x) => x.at === t))
     })
   }
+  /** Per account with a credit stop: the instants of its credits alone (`creditOnlyInstants`), made when a stop asks. */
+  const credits = new Map<string, ReadonlyArray<number>>()
+  /** Per account and credit instant: the least `zero` the monitor can have found after it (`runOutAfterCredit`). */
+  const runOuts = new Map<string, number>()
   for (const r of facts.resources) {
     const decided = (input.transitionsByResource.get(r.id) ?? []).find((t) => t.reason === "credit_depleted")?.at
     if (decided === undefined) continue
@@ -258,14 +289,129 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
     if (changedBesides(v, r.account, r.id, decided)) continue
     const quietFrom = lastChangeBefore(v, decided)
     const warnings = input.balanceWarningsByAccount.get(r.account) ?? []
+    // (d) The credit that surely re-armed each threshold, the latest before the quiet stretch.
+    let creditList = credits.get(r.account)
+    if (creditList === undefined) credits.set(r.account, (creditList = creditOnlyInstants(input, v, r.account, blurred)))
+    const rearmedAt = new Map<number, number>()
+    // The last change itself is a look at the state the stop is foreseen on: a threshold
+    // unsent then whose moment is that instant is sent then.
+    const lastIsChange = quietFrom > -Infinity && v.changes[upperBound(v.changes, quietFrom) - 1] === quietFrom && !blurred(v, quietFrom)
+    const owed = SPEC_BALANCE_WARNING_MINUTES.filter((m) => decided - m * MS_PER_MINUTE > quietFrom || (lastIsChange && decided - m * MS_PER_MINUTE === quietFrom))
+    for (let k = upperBound(creditList, quietFrom) - 1; k >= 0 && rearmedAt.size < owed.length; k--) {
+      const c = creditList[k]!
+      // An engine stop or outage between the credit and the stop: the checker does not follow
+      // the warned thresholds across it.
+      if (down.some((d) => d.to_ms >= c && d.from_ms <= decided) || stops.some((s) => s >= c && s <= decided)) break
+      const key = `${r.account}\u0000${c}`
+      let zero = runOuts.get(key)
+      if (zero === undefined) runOuts.set(key, (zero = runOutAfterCredit(input, pending, r.account, v, c)))
+      for (const m of owed) if (!rearmedAt.has(m) && zero - c > m * MS_PER_MINUTE + POLICY_REARM_MARGIN_MS) rearmedAt.set(m, c)
+    }
     for (const minutes of SPEC_BALANCE_WARNING_MINUTES) {
       const moment = decided - minutes * MS_PER_MINUTE
+      const credit = rearmedAt.get(minutes)
+      // Where the warnings before the credit do not count either, the plainer report below says it.
+      if (credit !== undefined && !(moment > quietFrom && surelyUnsent(warnings, minutes, moment))) {
+        if (surelyUnsent(warnings, minutes, moment, credit)) {
+          violate(6, { account: r.account, resource: r.id, at: moment, message: `stopped for credit_depleted at ${isoInstant(decided)}, nothing of the account changing since ${isoInstant(quietFrom)}, without a warning of ${minutes} minute${minutes === 1 ? "" : "s"} or less between the credit at ${isoInstant(credit)} that re-armed it and ${isoInstant(moment)}` })
+        }
+        continue
+      }
       if (moment <= quietFrom) continue
       if (surelyUnsent(warnings, minutes, moment)) {
         violate(6, { account: r.account, resource: r.id, at: moment, message: `stopped for credit_depleted at ${isoInstant(decided)}, nothing of the account changing since ${isoInstant(quietFrom)}, without a warning of ${minutes} minute${minutes === 1 ? "" : "s"} or less by ${isoInstant(moment)}` })
       }
     }
   }
+}
+
+/**
+ * The instants at which the account's only changes are credits (rows of money coming in, no
+ * other row, no transition of its resources, no request, no resource created), sorted; not
+ * blurred ones. Each unit of work at such an instant is a credit's (the monitor re-arms) or a
+ * clock alarm's look at the same state, so the last re-arming look saw the state the logs
+ * show after that instant.
+ */
+const creditOnlyInstants = (input: WarningCheckInput, v: AccountView, account: string, blurred: (v: AccountView, t: number) => boolean): number[] => {
+  const byInstant = new Map<number, { rows: number; credits: boolean }>()
+  for (const row of input.rowsByAccount.get(account) ?? []) {
+    const seen = byInstant.get(row.at)
+    if (seen === undefined) byInstant.set(row.at, { rows: 1, credits: row.amount_micros > 0n })
+    else {
+      seen.rows++
+      seen.credits &&= row.amount_micros > 0n
+    }
+  }
+  const instants: number[] = []
+  for (const [at, { rows, credits }] of byInstant) {
+    // `changes` holds one entry per row, transition, request and creation of the account.
+    if (credits && upperBound(v.changes, at) - upperBound(v.changes, at - 1) === rows && !blurred(v, at)) instants.push(at)
+  }
+  return instants.sort((a, b) => a - b)
+}
+
+/**
+ * A lower bound of the instant the money runs out, as the monitor found it at its last look at
+ * credit instant `c` (`zero = min(pooled, first stop)`; Infinity when nothing burns and nothing
+ * can stop), without the engine's forecast: `pooled` is recomputed exactly (`pooledAt`), and the
+ * first stop is bounded from below. The engine foresees a stop only at an inference instance's
+ * cycle end or at the end of a partial hold a renewal there places, so it is no sooner than the
+ * first cycle end: a full hold's `placed_at` + 24 h, a partial one's when its replicas billing
+ * now have consumed it (none billing: it waits, with no end). With one instance alive, its
+ * renewal there is played too, pessimistically (money coming back at GPU deadlines left out;
+ * every storage resource charged its day at every midnight before; what the cycle gives back
+ * rounded as billing does; a partial hold timed on every replica): on the balance then, a
+ * full hold means no stop foreseen; at least a least partial hold (one second of every
+ * replica), a stop no sooner than the partial hold lasts; less, the cycle end.
+ */
+const runOutAfterCredit = (input: WarningCheckInput, pending: PendingIndex, account: string, v: AccountView, c: number): number => {
+  const t = c + 1
+  // pooledAt reads the state before `t` (that after `c`) and lands on the same instant (±1 ms at $0).
+  const pooled = pooledAt(input, pending, account, v, t)
+  const pooledBound = pooled === null ? Infinity : pooled - 1
+  const alive = v.resources.filter((r) => r.kind === "inference_instance" && r.context.created_at < t && !stoppedBefore(input, r.id, t))
+  let firstEnd = Infinity
+  let only: { readonly end: number; readonly refund: bigint; readonly perReplica: bigint; readonly replicas: number; readonly full: bigint } | null = null
+  for (const r of alive) {
+    if (r.kind !== "inference_instance") continue
+    const ctx = r.context
+    const hold = [...(input.holdsByResource.get(r.id) ?? [])].filter((h) => h.placed_at < t).sort((a, b) => a.placed_at - b.placed_at).at(-1)
+    // No hold seen: nothing to bound the stop with.
+    if (hold === undefined) return c
+    const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
+    const full = perReplica * BigInt(ctx.regions.length) * BigInt(SPEC_INFERENCE_CYCLE_MS / MS_PER_HOUR)
+    const logs = ctx.regions.map((region) => input.transitionsByResource.get(`${r.id}@${region}`) ?? [])
+    const billing = logs.filter((log) => BILLABLE.has(stateBefore(log, t))).length
+    const billed = logs.reduce((ms, log) => ms + billableMs(log, ctx.created_at, hold.placed_at, c), 0)
+    let end: number
+    if (hold.held_micros >= full) end = hold.placed_at + SPEC_INFERENCE_CYCLE_MS
+    else if (billing === 0) end = Infinity
+    else {
+      const left = hold.held_micros * MICRO_MS_PER_MICRO - perReplica * BigInt(billed)
+      end = left <= 0n ? c : c + Number(left / (perReplica * BigInt(billing)))
+    }
+    firstEnd = Math.min(firstEnd, end)
+    if (alive.length === 1 && end < Infinity) {
+      const consumed = usageMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, billed + billing * (end - c))
+      only = { end, refund: hold.held_micros - consumed, perReplica, replicas: ctx.regions.length, full }
+    }
+  }
+  if (only === null || only.end <= c) return Math.min(pooledBound, firstEnd)
+  // One instance: its renewal at `end`, on what the wallet has then at the least.
+  let storage = 0n
+  for (const s of v.resources) {
+    if (s.kind !== "storage" || s.context.created_at >= t) continue
+    if ((input.transitionsByResource.get(s.id) ?? []).some((x) => x.at < t && x.to_state === "deleted")) continue
+    storage += BigInt(s.context.daily_rate_micros) * BigInt(s.context.size_gb)
+  }
+  const midnights = Math.floor(only.end / SPEC_STORAGE_DAY_MS) - Math.floor(c / SPEC_STORAGE_DAY_MS)
+  const spendable = balanceBefore(input.rowsByAccount.get(account) ?? [], t) - pendingBefore(input, pending, account, t)
+  const balance = spendable - storage * BigInt(midnights) + only.refund
+  if (balance >= only.full) return pooledBound
+  const everyReplica = only.perReplica * BigInt(only.replicas)
+  const least = (everyReplica * BigInt(POLICY_PARTIAL_HOLD_MIN_MS) + MICRO_MS_PER_MICRO - 1n) / MICRO_MS_PER_MICRO
+  if (balance < least) return Math.min(pooledBound, only.end)
+  return Math.min(pooledBound, only.end + Number((balance * MICRO_MS_PER_MICRO) / everyReplica))
 }
 
 /**
@@ -276,15 +422,17 @@ export const checkBalanceWarnings = (input: WarningCheckInput, violate: Violate)
  * `moment`, or the last such came before a warning of more. A credit since may have armed it
  * again, or not: one that leaves the account below it (a cycle end's refund spent at once on a
  * partial hold) re-arms nothing, and with an inference instance alive the checker cannot tell
- * which, so credits are not counted. (They were, as run-downs: the property test found a credit
- * stop after a preemption asked for a warning the engine rightly counted as sent;
- * test/regressions/checker-credit-rearmed-nothing.json.)
+ * which, so credits are not counted here. (They were, as run-downs: the property test found a
+ * credit stop after a preemption asked for a warning the engine rightly counted as sent;
+ * test/regressions/checker-credit-rearmed-nothing.json.) Only warnings after `after` count: (d)
+ * passes the instant of a credit that surely re-armed the threshold.
  */
-const surelyUnsent = (warnings: ReadonlyArray<Notification>, minutes: number, moment: number): boolean => {
+const surelyUnsent = (warnings: ReadonlyArray<Notification>, minutes: number, moment: number, after = -Infinity): boolean => {
   let last: Notification | undefined
   let larger_after = false
   for (const w of warnings) {
     if (w.at > moment) break
+    if (w.at <= after) continue
     if (minutesOf(w) <= minutes) {
       last = w
       larger_after = false

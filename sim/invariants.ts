@@ -535,7 +535,8 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   // A credit or a stop starts a new run-down only if a warning follows it before the next one:
   // a top-up too small to lift the account above any threshold re-arms nothing (SPEC §7), and
   // the warnings already sent still stand for the stop that follows. (The price: a credit
-  // that should have re-armed a threshold, followed by no warning at all, is not caught here.)
+  // that should have re-armed a threshold, followed by no warning at all, is not caught here;
+  // before a credit stop, sim/balanceWarningsCheck.ts (d) catches it where the re-arm is sure.)
   const rundownCredits = new Map<string, number[]>()
   for (const [account, credits] of rundownEndsByAccount) {
     const warned = (balanceWarningsByAccount.get(account) ?? []).map((w) => w.at)

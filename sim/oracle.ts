@@ -20,6 +20,13 @@ export const SPEC_BILLABLE_STATES: ReadonlyArray<string> = ["loading", "running"
 export const SPEC_DURATION_WARNING_MINUTES: ReadonlyArray<number> = [30, 20, 10, 5, 1]
 /** SPEC §7: low-balance warnings at 60, 30, 20 min remaining (warning) and 10, 5, 3, 1 min (critical). */
 export const SPEC_BALANCE_WARNING_MINUTES: ReadonlyArray<number> = [60, 30, 20, 10, 5, 3, 1]
+/**
+ * docs/POLICY.md "When the balance runs low": a credit re-arms a sent threshold when it lifts the
+ * account clearly (1 s) above it.
+ */
+export const POLICY_REARM_MARGIN_MS = MS_PER_SECOND
+/** docs/POLICY.md "Dust": a partial hold must cover at least one second of the replicas that bill. */
+export const POLICY_PARTIAL_HOLD_MIN_MS = MS_PER_SECOND
 /** SPEC §3: the watchdog runs every 5 minutes (and reconciles each live resource with the cluster). */
 export const SPEC_WATCHDOG_INTERVAL_MS = 5 * MS_PER_MINUTE
 /** SPEC §3: "Watchdog lag of up to about a minute"; docs/POLICY.md fixes it at 1 minute. */

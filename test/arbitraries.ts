@@ -101,7 +101,9 @@ const worldArb = fc.oneof(
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("delete_storage"), id: fc.constantFrom(...STORAGE) }) },
   // Tokens to any model: unpriced, unknown, and units a model has no price for are refused.
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("api_request"), account: fc.constantFrom(...ACCOUNTS), model: fc.constantFrom("chat", "draw", "unpriced", "nope"), input_tokens: fc.integer({ min: 0, max: 200_000 }), output_tokens: fc.integer({ min: 0, max: 200_000 }) }) },
-  { weight: 3, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
+  // Any amount (refused unless whole cents, $1 to $1,000), or whole cents (taken).
+  { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: dollarsArb(500_000, 1_200_000_000) }) },
+  { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constant("top_up"), account: fc.constantFrom(...ACCOUNTS), amount: fc.integer({ min: 100, max: 100_000 }).map((cents) => formatDollars(BigInt(cents) * 10_000n)) }) },
   { weight: 2, arbitrary: fc.record({ at: offset, do: fc.constantFrom("region_down", "region_up"), region: fc.constantFrom(...REGIONS) }) },
   // Stray inputs naming resources that may not exist (yet, or any more).
   { weight: 1, arbitrary: fc.record({ at: offset, do: fc.constantFrom("terminate", "preempt", "resume"), id: fc.constantFrom(...IDS) }) }
@@ -139,7 +141,9 @@ const eventsArb = fc
  * A run-down to its end: account `lo` opens with one to three days of an inference instance's
  * full hold (and a fraction more), so its cycles renew in full, then on a partial hold, and it
  * stops for `credit_depleted` within the run, warned at each threshold on the way; a top-up may
- * re-arm them, `/v1` traffic moves the instant the money runs out, a preemption lengthens it.
+ * re-arm them (one kind lands within the hour and a half before the money would run out, worth
+ * some minutes of the burn, so it re-arms thresholds already sent), `/v1` traffic moves the
+ * instant the money runs out, a preemption lengthens it.
  * (Found by mutation: with about one credit stop in 300 random timelines, a skipped or late
  * low-balance warning passed every property run.)
  */
@@ -152,7 +156,10 @@ const runDownArb = (hourly_rate: string) =>
       msUpTo(12 * 3_600),
       fc.array(
         fc.oneof(
-          fc.record({ after: hours(60), do: fc.constant("top_up"), amount: dollarsArb(1_000_000, 100_000_000) }),
+          // Whole cents, as a top-up must be (any other amount is refused: 400 invalid_amount).
+          fc.record({ after: hours(60), do: fc.constant("top_up"), amount: fc.integer({ min: 100, max: 10_000 }).map((cents) => formatDollars(BigInt(cents) * 10_000n)) }),
+          // A top-up within the warnings of the first run-down, worth some minutes of the burn.
+          fc.record({ before_run_out: msUpTo(90 * 60), do: fc.constant("top_up"), minutes: fc.integer({ min: 1, max: 120 }) }),
           fc.record({ after: hours(60), do: fc.constant("api_request"), model: fc.constant("chat"), input_tokens: fc.integer({ min: 1, max: 2_000_000 }) }),
           fc.record({ after: hours(60), do: fc.constantFrom("preempt", "resume"), region: fc.constantFrom(...REGIONS) })
         ),
@@ -162,12 +169,26 @@ const runDownArb = (hourly_rate: string) =>
     .map(([gpu_count, source, percent_of_a_day, t0, rest]) => {
       // Two replicas (two regions) × GPUs × rate × 24 h: one cycle's full hold.
       const day = dollars(hourly_rate) * BigInt(gpu_count) * 2n * 24n
+      // Where the money runs out if the replicas bill from the launch: the opening balance's days.
+      const runOut = percent_of_a_day * 864_000
+      // (Within the 60 hours the other inputs fall in, so before the run's end.)
+      const when = (e: (typeof rest)[number]): number => ("after" in e ? e.after : Math.min(60 * 3_600_000, Math.max(0, runOut - e.before_run_out)))
+      // Top-ups are whole cents, $1 to $1,000 (src/policy.ts): at least $1, whatever the minutes.
+      const worth = (minutes: number): string => {
+        const cents = (day * BigInt(minutes)) / 1_440n / 10_000n
+        return formatDollars((cents < 100n ? 100n : cents > 100_000n ? 100_000n : cents) * 10_000n)
+      }
       return {
         balance: formatDollars((day * BigInt(percent_of_a_day)) / 100n),
         events: [
           { at: durationText(t0), do: "register_model", account: "lo", model: "m-lo", source, gpu: "H100", gpu_count },
           { at: durationText(t0), do: "launch_inference_instance", account: "lo", id: "ii-lo", model: "m-lo" },
-          ...rest.map(({ after, ...e }) => ({ at: durationText(t0 + after), ...e, ...(e.do === "top_up" || e.do === "api_request" ? { account: "lo" } : { id: "ii-lo" }) }))
+          ...rest.map((e) => {
+            const at = durationText(t0 + when(e))
+            if ("minutes" in e) return { at, do: e.do, account: "lo", amount: worth(e.minutes) }
+            const { after: _after, ...rest_of } = e
+            return { at, ...rest_of, ...(e.do === "top_up" || e.do === "api_request" ? { account: "lo" } : { id: "ii-lo" }) }
+          })
         ]
       }
     })

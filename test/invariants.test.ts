@@ -5,7 +5,8 @@
 import { readFileSync } from "node:fs"
 import { describe, expect, it } from "vitest"
 import { checkInvariants, type RunFacts } from "../sim/invariants.js"
-import { apiRequestMicros, nearestHalfUp, SPEC_API_AGGREGATION_MS, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "../sim/oracle.js"
+import { apiRequestMicros, nearestHalfUp, POLICY_PARTIAL_HOLD_MIN_MS, POLICY_REARM_MARGIN_MS, SPEC_API_AGGREGATION_MS, SPEC_BALANCE_WARNING_MINUTES, SPEC_BILLABLE_STATES, SPEC_DURATION_WARNING_MINUTES, SPEC_INFERENCE_CYCLE_MS, SPEC_STORAGE_DAY_MS, SPEC_WATCHDOG_LAG_MS, usageMicros } from "../sim/oracle.js"
+import { REARM_MARGIN_MS } from "../src/lowBalance.js"
 import { AGGREGATION_WINDOW_MS, REQUEST_COST_MIN_MICROS } from "../src/metering.js"
 import * as policy from "../src/policy.js"
 import { at, HOUR, launch, run, START, timelineFile, tmpDb } from "./helpers.js"
@@ -386,6 +387,20 @@ describe("the invariant checker, on what the low-balance warnings say", () => {
     ])
   })
 
+  it("catches a threshold a top-up re-armed and the engine then skipped (6)", () => {
+    // Proves (d): the $1 top-up at 01:05 (a credit alone at its instant) lifts the account to a
+    // run-out at 02:00, 55 minutes on, so it re-arms 30; the stop at 02:00 then owes a 30-minute
+    // warning after the top-up. Dropped, the 30-minute one before the top-up does not stand for
+    // it. The checker plays the renewal at 01:30 itself: the partial hold's end there renews on
+    // the $1 (a cycle end alone would bound the run-out at 01:30, 25 minutes on, re-arming only 20).
+    const f = example()
+    const rearmed = f.notifications.filter((n) => n.kind === "balance_warning" && JSON.parse(n.data ?? "{}").minutes === 30).at(-1)!
+    expect(new Date(rearmed.at).toISOString()).toBe("2026-03-02T01:30:00.000Z")
+    expect(seen({ ...f, notifications: f.notifications.filter((n) => n !== rearmed) })).toEqual([
+      [6, "2026-03-02T01:30:00.000Z", "stopped for credit_depleted at 2026-03-02T02:00:00.000Z, nothing of the account changing since 2026-03-02T01:30:00.000Z, without a warning of 30 minutes or less between the credit at 2026-03-02T01:05:00.000Z that re-armed it and 2026-03-02T01:30:00.000Z"]
+    ])
+  })
+
   it("owes nothing for a moment before the account's last change, nor where the engine was down", () => {
     // Proves the limits of (b): a warning dropped before the $1 top-up at 01:05 (the 60-minute one)
     // is not asked for by the stop, only by the order check it already had; an outage over the
@@ -500,6 +515,8 @@ describe("the invariant checker's own numbers", () => {
     expect(policy.STORAGE_BILLING_INTERVAL_MS).toBe(SPEC_STORAGE_DAY_MS)
     expect(AGGREGATION_WINDOW_MS).toBe(SPEC_API_AGGREGATION_MS)
     expect(REQUEST_COST_MIN_MICROS).toBe(1n)
+    expect(REARM_MARGIN_MS).toBe(POLICY_REARM_MARGIN_MS)
+    expect(policy.INFERENCE_PARTIAL_HOLD_MIN_MS).toBe(POLICY_PARTIAL_HOLD_MIN_MS)
   })
 
   it("round as SPEC's rule says, whatever src/money.ts does", () => {
