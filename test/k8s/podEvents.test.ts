@@ -21,17 +21,17 @@ import { at as iso, decode, launch, MIN, START, timelineFile, tmpDb } from "../h
 import type { KubernetesLimits } from "../../src/k8s/config.js"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
 import { K8sWorld, START_MS, TWO_REGIONS_AT_ONE_DOLLAR, waitFor } from "./harness.js"
-import { expectSameAsSimulated, runTimelineInKubernetes, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+import { EngineOnDriver, expectSameAsSimulated, runTimelineInKubernetes } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
-let engine: KubeEngine | null = null
+let opened: EngineOnDriver | null = null
 let server: KubeApiServer | null = null
 afterEach(async () => {
-  if (engine !== null) stopEngine(engine)
+  opened?.stop()
   await world?.close()
   await server?.close()
   world = null
-  engine = null
+  opened = null
   server = null
 })
 
@@ -162,46 +162,27 @@ describe("the API test server keeps Events as the API server does", () => {
 
 /** The engine on a database file over a driver, its ledger read back as it stands, and an outage that drops both. */
 const open = async (limits: Partial<KubernetesLimits> = {}) => {
-  const db = tmpDb()
   world = await K8sWorld.start({ limits: { pods_watch_backoff_ms_min: WATCH_DOWN_MS, pods_watch_backoff_ms_max: WATCH_DOWN_MS, ...limits } })
   const w = world
-  let driver = await w.driver()
-  const start = () => startEngine({ db, clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
-  engine = start()
-  const sup = () => engine!.sup.sync
-  expect(Either.isRight(sup().openAccount("acme"))).toBe(true)
-  expect(Either.isRight(sup().credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  const o = (opened = await EngineOnDriver.open(w, new Map([["H100", RATE]]), tmpDb()))
+  const sup = () => o.sup
   // 1 × H100 at $1.60/h for 2 h: a $3.20 hold, billed from 0:01:00 (pull 60 s, then loading).
   expect(
     Either.isRight(sup().launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))
   ).toBe(true)
   return {
     w,
-    driver: () => driver,
+    driver: () => o.driver,
     sup,
     view: () => Either.getOrThrow(sup().describe("gi-1")) as GpuView,
-    rows: () => engine!.ledger.ledgerRows().map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros), r.resource]),
-    moves: () => engine!.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
-    notices: () => engine!.ledger.notifications().map((n) => [n.at - START_MS, n.kind]),
-    /** The engine and its driver are down from now until `until_ms` (since START); `during` happens at its offsets. */
-    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) =>
-      w.outage(
-        until_ms,
-        during,
-        () => {
-          stopEngine(engine!)
-          engine = null
-          driver.stop()
-        },
-        async () => {
-          driver = await w.driver()
-          engine = start()
-        }
-      ),
+    rows: () => o.current.ledger.ledgerRows().map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros), r.resource]),
+    moves: () => o.current.ledger.transitions().filter((t) => t.resource === "gi-1").map((t) => [t.at - START_MS, t.from_state, t.to_state, t.reason]),
+    notices: () => o.current.ledger.notifications().map((n) => [n.at - START_MS, n.kind]),
+    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) => o.outage(until_ms, during),
     /** The watch drops now; it re-opens `WATCH_DOWN_MS` later (a relist if the history was compacted meanwhile). */
     gap: async () => {
       w.server.dropWatches({ abrupt: true })
-      await waitFor(driver, () => driver.watchState === "backoff")
+      await waitFor(o.driver, () => o.driver.watchState === "backoff")
     }
   }
 }

@@ -10,13 +10,16 @@ import { tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS, waitFor } from "./harness.js"
 import type { KubeletRegion } from "./kubelet.js"
 import type { KubernetesLimits } from "../../src/k8s/config.js"
-import { startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
+import { EngineOnDriver, startEngine, stopEngine, type KubeEngine } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
 let engine: KubeEngine | null = null
+let opened: EngineOnDriver | null = null
 afterEach(async () => {
   if (engine !== null) stopEngine(engine)
   engine = null
+  opened?.stop()
+  opened = null
   await world?.close()
   world = null
 })
@@ -30,34 +33,16 @@ const RATE = dollars("1.60")
  * (`outage(until, during)`: what happens in the cluster meanwhile, at its offsets from START).
  */
 const open = async (regions: ReadonlyArray<KubeletRegion>, limits: Partial<KubernetesLimits> = {}) => {
-  const db = tmpDb()
   world = await K8sWorld.start({ regions, limits })
   const w = world
-  let driver = await w.driver()
-  const start = () => startEngine({ db, clock: w.clock, cluster: driver, gpu_rates: new Map([["H100", RATE]]) })
-  engine = start()
-  const sup = () => engine!.sup.sync
-  expect(Either.isRight(sup().openAccount("acme"))).toBe(true)
-  expect(Either.isRight(sup().credit("acme", "adjustment", dollars("100.00"), "Opening balance"))).toBe(true)
+  const o = (opened = await EngineOnDriver.open(w, new Map([["H100", RATE]]), tmpDb()))
   return {
     w,
-    sup,
-    moves: (prefix: string) => engine!.ledger.transitions().filter((t) => t.resource.startsWith(prefix)).map((t) => [t.at - START_MS, t.resource, t.from_state, t.to_state, t.reason]),
-    rows: (resource: string) => engine!.ledger.ledgerRows().filter((r) => r.resource === resource).map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
-    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) =>
-      w.outage(
-        until_ms,
-        during,
-        () => {
-          stopEngine(engine!)
-          engine = null
-          driver.stop()
-        },
-        async () => {
-          driver = await w.driver()
-          engine = start()
-        }
-      )
+    sup: () => o.sup,
+    engine: () => o.current,
+    moves: (prefix: string) => o.current.ledger.transitions().filter((t) => t.resource.startsWith(prefix)).map((t) => [t.at - START_MS, t.resource, t.from_state, t.to_state, t.reason]),
+    rows: (resource: string) => o.current.ledger.ledgerRows().filter((r) => r.resource === resource).map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
+    outage: (until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []) => o.outage(until_ms, during)
   }
 }
 
@@ -183,14 +168,14 @@ describe("a pod the engine asked for, whose create gave up, is created on the dr
   })
 
   it("one still refused when the engine stops the instance is not created again: deleted, nothing runs", async () => {
-    const { w, sup } = await brownout(30 * MIN)
+    const { w, sup, engine: current } = await brownout(30 * MIN)
     expect(Either.isRight(sup().launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
     await w.advance(1 * MIN)
     const tried = creates(w)
     expect(Either.isRight(sup().terminate("gi-1"))).toBe(true)
     await w.advance(60 * MIN)
     expect(Either.getOrThrow(sup().describe("gi-1"))).toMatchObject({ status: "terminated", billable_ms: 0 })
-    expect(rows_refund(engine!)).toEqual([[1 * MIN, "refund", "3.20"]])
+    expect(rows_refund(current())).toEqual([[1 * MIN, "refund", "3.20"]])
     expect(creates(w)).toBe(tried)
     expect(w.pods()).toEqual([])
   })

@@ -12,7 +12,7 @@
  * Inputs go through the same dispatch as the simulated world (`applyInput` in sim/runner.ts);
  * only the world's hands (the scripted kubelet) differ.
  */
-import { Runtime } from "effect"
+import { Either, Runtime } from "effect"
 import { expect } from "vitest"
 import type { ClusterEvent, ClusterPort, VolumeSpec, WorkloadSpec } from "../../src/cluster.js"
 import type { LedgerStore } from "../../src/ledger/store.js"
@@ -34,6 +34,7 @@ import {
 } from "../../sim/runner.js"
 import type { Timeline, TimelineEvent } from "../../sim/timeline.js"
 import { isoInstant } from "../../sim/iso.js"
+import type { KubernetesCluster } from "../../src/k8s/cluster.js"
 import { K8sWorld, type SteppedClock } from "./harness.js"
 
 /** The engine's watch misses the next N events of a resource (the timeline's `miss_pod_events`). */
@@ -133,6 +134,69 @@ export const startEngine = (world: {
 }
 
 export const stopEngine = (e: KubeEngine): void => stopSimEngine(e)
+
+/**
+ * An engine on a database file over a world's driver, with account `acme` opened at $100:
+ * what a test of the control plane's restarts needs. `outage` drops the engine and its driver
+ * and brings both back on the same file (`K8sWorld.outage`); `stop` ends it (afterEach).
+ */
+export class EngineOnDriver {
+  private engine: KubeEngine | null = null
+
+  private constructor(
+    readonly w: K8sWorld,
+    private readonly db: string,
+    private readonly gpu_rates: ReadonlyMap<string, bigint>,
+    private driverNow: KubernetesCluster
+  ) {
+    this.engine = this.start()
+  }
+
+  static async open(w: K8sWorld, gpu_rates: ReadonlyMap<string, bigint>, db: string): Promise<EngineOnDriver> {
+    const run = new EngineOnDriver(w, db, gpu_rates, await w.driver())
+    expect(Either.isRight(run.sup.openAccount("acme"))).toBe(true)
+    expect(Either.isRight(run.sup.credit("acme", "adjustment", 100_000_000n, "Opening balance"))).toBe(true)
+    return run
+  }
+
+  private start(): KubeEngine {
+    return startEngine({ db: this.db, clock: this.w.clock, cluster: this.driverNow, gpu_rates: this.gpu_rates })
+  }
+
+  /** The engine running now (a new one after each outage). */
+  get current(): KubeEngine {
+    return this.engine!
+  }
+
+  get sup(): KubeEngine["sup"]["sync"] {
+    return this.engine!.sup.sync
+  }
+
+  get driver(): KubernetesCluster {
+    return this.driverNow
+  }
+
+  /** The engine and its driver are down from now until `until_ms` (since START); `during` happens at its offsets. */
+  outage(until_ms: number, during: ReadonlyArray<readonly [number, () => void]> = []): Promise<void> {
+    return this.w.outage(
+      until_ms,
+      during,
+      () => {
+        this.stop()
+        this.driverNow.stop()
+      },
+      async () => {
+        this.driverNow = await this.w.driver()
+        this.engine = this.start()
+      }
+    )
+  }
+
+  stop(): void {
+    if (this.engine !== null) stopEngine(this.engine)
+    this.engine = null
+  }
+}
 
 export interface KubeRunResult {
   readonly ledger: LedgerStore
