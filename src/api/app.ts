@@ -62,6 +62,8 @@ export interface AppOptions {
   readonly loggerInstance?: FastifyBaseLogger
   /** false turns rate limiting off (benchmarks). Default: 600 requests a minute per account. */
   readonly rateLimit?: RateLimitOptions | false
+  /** Bytes of `/v1` answers an account may leave unread (default `UNDELIVERED_ANSWER_BYTES_MAX`; tests use less). */
+  readonly undeliveredAnswerBytesMax?: number
   /**
    * Whose `X-Forwarded-For` names the client (Fastify's `trustProxy`): proxy hops, or the
    * proxies' addresses and CIDR ranges. Default: nobody's, the connection's address counts.
@@ -157,6 +159,14 @@ export const CONNECTION_TIMEOUT_MS = 300_000
  * never the server under a request the balancer just sent on it.
  */
 export const KEEP_ALIVE_TIMEOUT_MS = 72_000
+/**
+ * Bytes of `/v1` answers an account's clients may leave unread (written, not taken off the
+ * connection) before its next `/v1` request is refused 429 `answers_undelivered`. A client
+ * that never reads kept each answer in the server's memory until the connection timed out:
+ * 2,048 embeddings answer about 11 MB for a micro-dollar, and ten unread took the process to
+ * 575 MB (abuse review). One account holds at most this plus one answer.
+ */
+export const UNDELIVERED_ANSWER_BYTES_MAX = 64 * 1_048_576
 
 /** The body sent to a route that takes none: nothing for `{}`, else the 400 a schema would give. */
 const refuseBody = (body: unknown): void => {
@@ -376,6 +386,35 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     const methods = [route.method].flat()
     if (route.schema?.body !== undefined || methods.every((m) => m === "GET" || m === "HEAD")) return
     route.preValidation = [...[route.preValidation ?? []].flat(), noBody]
+  })
+
+  // `/v1` answers written and not yet read, per account (`UNDELIVERED_ANSWER_BYTES_MAX`):
+  // attached to the `/v1` POST routes only, whose answers can be megabytes (2,048 embeddings).
+  const undelivered = new Map<string, number>()
+  const refuseIfUndelivered = async (request: FastifyRequest): Promise<void> => {
+    if (request.auth?.kind !== "key") return
+    const bytes = undelivered.get(request.auth.account) ?? 0
+    if (bytes > (options.undeliveredAnswerBytesMax ?? UNDELIVERED_ANSWER_BYTES_MAX)) {
+      throw new HttpError(429, "answers_undelivered", `this account's clients have not read ${bytes} bytes of /v1 answers yet; read them, or close those connections, before asking for more`)
+    }
+  }
+  const countUndelivered = async (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> => {
+    const bytes = typeof payload === "string" ? Buffer.byteLength(payload) : Buffer.isBuffer(payload) ? payload.length : 0
+    if (request.auth?.kind !== "key" || bytes === 0) return payload
+    const account = request.auth.account
+    undelivered.set(account, (undelivered.get(account) ?? 0) + bytes)
+    // Once: when the answer is out (written whole to the connection) or the connection is gone.
+    reply.raw.once("close", () => {
+      const left = (undelivered.get(account) ?? 0) - bytes
+      if (left > 0) undelivered.set(account, left)
+      else undelivered.delete(account)
+    })
+    return payload
+  }
+  app.addHook("onRoute", (route) => {
+    if (!route.url.startsWith("/v1/") || ![route.method].flat().includes("POST")) return
+    route.onRequest = [...[route.onRequest ?? []].flat(), refuseIfUndelivered]
+    route.onSend = [...[route.onSend ?? []].flat(), countUndelivered]
   })
 
   app.setErrorHandler((error, request, reply) => {

@@ -4,6 +4,7 @@
  * work, a broke account gets 402, an unknown model 404, and a user instance is addressed as
  * `<name>:<instance_id>` with its region in `x-ecolink-region`.
  */
+import { connect, type AddressInfo } from "node:net"
 import OpenAI from "openai"
 import { afterEach, describe, expect, it } from "vitest"
 import { complete } from "../../src/api/synthetic.js"
@@ -178,6 +179,50 @@ describe("/v1 answers too large to keep for a repeat", () => {
       }
     ])
     expect(apiRows(a.account)).toEqual([["-0.000041", "embed-small", "API usage: embed-small, 2048 in / 0 out tokens"]])
+  })
+})
+
+describe("/v1 answers a client leaves unread", () => {
+  it("refuse the account's next /v1 request 429 once too many bytes are unread, and take requests again once those connections are gone", async () => {
+    // Proves the bound on undelivered answers (abuse review): a client that sent embeddings
+    // requests and never read kept every 11 MB answer in the server's memory until the
+    // connection timed out, 300 s later. Here the bound is 1 MiB (the default is 64 MiB): the
+    // first unread answer is over it, whatever the kernel's buffers took of it.
+    w = await world({ undeliveredAnswerBytesMax: 1_048_576 })
+    const a = await w.signup("a@example.com", "10.00")
+    await w.app.listen({ port: 0, host: "127.0.0.1" })
+    const port = (w.app.server.address() as AddressInfo).port
+    const body = JSON.stringify({ model: "embed-small", input: Array(2_048).fill("a"), dimensions: 256, encoding_format: "float" })
+    const unread = [1, 2].map(() => {
+      const socket = connect(port, "127.0.0.1")
+      socket.pause()
+      socket.write(`POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${a.key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+      return socket
+    })
+    // The first is answered (and billed); the second, behind it, is refused: neither is read.
+    for (let i = 0; i < 400 && apiRows(a.account).length < 1; i++) await new Promise((r) => setTimeout(r, 10))
+    await new Promise((r) => setTimeout(r, 100))
+    expect(apiRows(a.account)).toHaveLength(1)
+    const chat = () =>
+      fetch(`http://127.0.0.1:${port}/v1/chat/completions`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${a.key}`, "content-type": "application/json" },
+        body: JSON.stringify({ model: "llama-3-8b", messages: [{ role: "user", content: "hi" }], max_tokens: 1 })
+      })
+    const refused = await chat()
+    const answer = (await refused.json()) as { error: string; message: string }
+    expect([refused.status, answer.error]).toEqual([429, "answers_undelivered"])
+    expect(answer.message).toMatch(/^this account's clients have not read \d+ bytes of \/v1 answers yet; read them, or close those connections, before asking for more$/)
+    expect(apiRows(a.account)).toHaveLength(1)
+    // Other routes are not held up, and once the connections are gone the account asks again.
+    expect((await fetch(`http://127.0.0.1:${port}/billing/balance`, { headers: { authorization: `Bearer ${a.key}` } })).status).toBe(200)
+    for (const socket of unread) socket.destroy()
+    let again = await chat()
+    for (let i = 0; i < 100 && again.status === 429; i++) {
+      await new Promise((r) => setTimeout(r, 10))
+      again = await chat()
+    }
+    expect(again.status).toBe(200)
   })
 })
 
