@@ -41,6 +41,9 @@ export interface StorageContext extends StorageInput {
 /** The instances suspended storage goes back to when restored (empty in an older snapshot). */
 export const suspendedFrom = (ctx: StorageContext): ReadonlyArray<string> => ctx.suspended_from ?? []
 
+/** One day of the storage, in micros: `size_gb × daily rate` (SPEC §5). */
+export const dayMicrosOf = (ctx: Pick<StorageInput, "daily_rate_micros" | "size_gb">): bigint => BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+
 export type StorageEvent =
   | { type: "attach"; at: number; instance: string }
   | { type: "detach"; at: number; instance: string }

@@ -534,20 +534,13 @@ export class PaymentBook {
     // success is recorded here: the restart re-sends a payment still `creating` itself
     // (`start`), and a failure of this call (an outage, a concurrent call with the same key) is
     // the retry's 502, not the payment's. One that failed is not resumed: the retry pays anew.
-    if (earlier !== undefined && earlier.account === account && earlier.kind === "topup" && earlier.status !== "failed") {
-      return new Promise((resolve) => {
-        this.port.createIntent(this.requestOf(earlier, null), (intent) => {
-          if (intent.ok) this.recordIntent(earlier.id, intent)
-          resolve(Either.right({ payment: this.payment(earlier.id)!, intent }))
-        })
-      })
-    }
-    const begun = this.beginTopUp(account, amount_micros, attempt.began)
+    const resumed = earlier !== undefined && earlier.account === account && earlier.kind === "topup" && earlier.status !== "failed"
+    const begun = resumed ? Either.right(earlier) : this.beginTopUp(account, amount_micros, attempt.began)
     if (Either.isLeft(begun)) return Promise.resolve(Either.left(begun.left))
     const payment = begun.right
     return new Promise((resolve) => {
       this.port.createIntent(this.requestOf(payment, null), (intent) => {
-        this.recordIntent(payment.id, intent)
+        if (intent.ok || !resumed) this.recordIntent(payment.id, intent)
         resolve(Either.right({ payment: this.payment(payment.id)!, intent }))
       })
     })

@@ -42,7 +42,7 @@ import {
   type InferenceSnapshot,
   type Renewal
 } from "../machines/inferenceInstance.js"
-import { storageMachine, suspendedFrom, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
+import { dayMicrosOf, storageMachine, suspendedFrom, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import {
   cycleHoldIdFor,
@@ -1010,7 +1010,7 @@ export class GpuSupervisor implements PaymentHost {
           if (status !== "available" && status !== "in_use") continue
           if (this.paidByRestore.get(id) === dayOf(at)) continue
           const ctx = entry.actor.getSnapshot().context
-          const amount = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+          const amount = dayMicrosOf(ctx)
           // Free storage (a $0 rate) writes no row: the ledger holds no zero-amount rows.
           if (amount === 0n) continue
           if (this.spendable(ctx.account) < amount) {
@@ -1035,7 +1035,7 @@ export class GpuSupervisor implements PaymentHost {
       const status = statusOf(entry)
       if (status !== "available" && status !== "in_use") continue
       const ctx = entry.actor.getSnapshot().context
-      day += BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+      day += dayMicrosOf(ctx)
     }
     return day
   }
@@ -1047,7 +1047,7 @@ export class GpuSupervisor implements PaymentHost {
       account: ctx.account,
       at,
       kind: "storage_billing",
-      amount_micros: -(rate * BigInt(ctx.size_gb)),
+      amount_micros: -dayMicrosOf(ctx),
       resource: ctx.id,
       description: policy.descriptions.storage(ctx.kind, ctx.id, ctx.size_gb, formatDollars(rate), attached)
     })
@@ -1080,7 +1080,7 @@ export class GpuSupervisor implements PaymentHost {
       const entry = this.storageEntry(id)
       if (entry === undefined || statusOf(entry) !== "suspended") continue
       const ctx = entry.actor.getSnapshot().context
-      const amount = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+      const amount = dayMicrosOf(ctx)
       if (amount > 0n) {
         if (this.spendable(account) < amount) continue
         this.chargeStorageDay(ctx, at, suspendedFrom(ctx).length > 0)
@@ -1574,7 +1574,7 @@ export class GpuSupervisor implements PaymentHost {
         // What the next midnight charges (onStorageBilling): available or in use, not free.
         const status = statusOf(entry)
         const ctx = entry.actor.getSnapshot().context
-        const daily_micros = BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
+        const daily_micros = dayMicrosOf(ctx)
         if ((status === "available" || status === "in_use") && daily_micros > 0n) (storage ??= []).push({ id, daily_micros })
         continue
       }

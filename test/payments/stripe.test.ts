@@ -89,6 +89,16 @@ const setup = async (): Promise<Env> => {
 /** The customer's browser: confirms a PaymentIntent with a card, through the real client. */
 const customer = (server: StripeTestServer) => new Stripe("pk_test_customer", { host: "127.0.0.1", port: server.port, protocol: "http", maxNetworkRetries: 0, telemetry: false })
 
+/** A new account at $0 whose $25 top-up the customer confirmed with `card` (its events still queued at the server). */
+const confirmedTopUp = async (env: { readonly w: World; readonly server: StripeTestServer }, email: string, card: string) => {
+  const a = await env.w.signup(email, "0")
+  const r = await env.w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
+  const pi = r.body.payment.payment_intent as string
+  const client = customer(env.server)
+  await client.paymentIntents.confirm(pi, { payment_method: card })
+  return { a, pi, client }
+}
+
 const until = async (cond: () => boolean, what: string): Promise<void> => {
   for (let i = 0; i < 400; i++) {
     if (cond()) return
@@ -285,11 +295,7 @@ describe("refunds at Stripe", () => {
     // Proves out-of-order delivery (refund before success), partial refunds adding up, a full
     // refund of the rest, and duplicate events: topup +25, refund −10, refund −15, exactly.
     const { w, server } = await setup()
-    const a = await w.signup("dan@example.com", "0")
-    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-    const pi = r.body.payment.payment_intent as string
-    const client = customer(server)
-    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    const { a, pi, client } = await confirmedTopUp({ w, server }, "dan@example.com", "pm_card_visa")
     await client.refunds.create({ payment_intent: pi, amount: 1000 })
     const [charged, succeeded, refunded] = server.queue.splice(0)
     expect([charged!.type, succeeded!.type, refunded!.type]).toEqual(["charge.succeeded", "payment_intent.succeeded", "charge.refunded"])
@@ -322,11 +328,7 @@ describe("refunds that fail at Stripe", () => {
   /** A $25 top-up paid and credited, then a refund of `cents` made at Stripe (its charge.refunded still queued). */
   const paidAndRefunded = async (email: string, cents: number) => {
     const env = await setup()
-    const a = await env.w.signup(email, "0")
-    const r = await env.w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-    const pi = r.body.payment.payment_intent as string
-    const client = customer(env.server)
-    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+    const { a, pi, client } = await confirmedTopUp(env, email, "pm_card_refundFail")
     const paid = env.server.queue.splice(0)
     const refund = await client.refunds.create({ payment_intent: pi, amount: cents })
     return { ...env, a, pi, client, paid, refund, refunded: env.server.queue.splice(0) }
@@ -531,11 +533,7 @@ describe("refunds that fail at Stripe", () => {
 const paidThenRefundFailed = async (email: string, source: { readonly sendsPreviousAttributes: boolean; readonly sendsRefundCreated: boolean; readonly listsRefunds: boolean }) => {
   const { w, server } = await setup()
   Object.assign(server, source)
-  const a = await w.signup(email, "0")
-  const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-  const pi = r.body.payment.payment_intent as string
-  const client = customer(server)
-  await client.paymentIntents.confirm(pi, { payment_method: "pm_card_refundFail" })
+  const { a, pi, client } = await confirmedTopUp({ w, server }, email, "pm_card_refundFail")
   await server.flush()
   const first = await client.refunds.create({ payment_intent: pi, amount: 1000 })
   const made1 = server.queue.splice(0)
@@ -631,11 +629,7 @@ describe("refunds told by id", () => {
     // is one −$10 row.
     const { w, server } = await setup()
     Object.assign(server, { sendsRefundCreated: true, listsRefunds: true })
-    const a = await w.signup("lee@example.com", "0")
-    const r = await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "25.00" } })
-    const pi = r.body.payment.payment_intent as string
-    const client = customer(server)
-    await client.paymentIntents.confirm(pi, { payment_method: "pm_card_visa" })
+    const { a, pi, client } = await confirmedTopUp({ w, server }, "lee@example.com", "pm_card_visa")
     await server.flush()
     const refund = await client.refunds.create({ payment_intent: pi, amount: 1000 })
     const [refunded, created] = server.queue.splice(0)
