@@ -4,9 +4,13 @@
  *
  * Token counting approximates a BPE tokenizer (cl100k) without its vocabulary: the text is
  * split by the cl100k pre-tokenizer pattern (words with their leading space, up to 3 digits,
- * runs of punctuation, whitespace), and a piece counts ⌈letters / 6⌉ tokens for a word, 1 for
- * digits, ⌈chars / 8⌉ for whitespace, ⌈chars / 4⌉ for punctuation. Chat prompts add OpenAI's
- * documented framing: 3 tokens per message (+1 for a `name`) and 3 for the reply's priming.
+ * runs of punctuation, whitespace), and a piece counts 1 for digits, ⌈chars / 8⌉ for whitespace,
+ * and for a word or a run of punctuation what its characters weigh (`weighed`): ⌈letters / 6⌉
+ * of the Latin alphabet, ⌈letters / 3⌉ of other alphabets (Cyrillic, Greek, Arabic, …), one
+ * token per character of the scripts a byte-level vocabulary barely merges (Han, kana, Hangul,
+ * Thai, the Indic scripts, …), ⌈chars / 4⌉ of ASCII punctuation and one per other symbol
+ * (emoji included). Chat prompts add OpenAI's documented framing: 3 tokens per message (+1 for
+ * a `name`) and 3 for the reply's priming.
  *
  * Completions: the text is words from a fixed lexicon, chosen by SHA-256 of (model, prompt);
  * each word counts one token, so `max_tokens` words end it with `finish_reason: "length"`,
@@ -27,6 +31,58 @@ const CONTRACTION_RE = /^'(?:[sdmt]|ll|ve|re)$/
  */
 const WHITESPACE_CHARS_PER_TOKEN = 8
 
+/**
+ * Scripts whose characters cl100k spends about a token each on (its vocabulary holds few of
+ * their merges): counted one token per character. Before, a word of them counted ⌈letters / 6⌉
+ * like English, and a sentence of Chinese, written without spaces, is one word: a prompt in
+ * Chinese or Japanese was billed 4 to 6 times less than its tokens.
+ */
+const DENSE_SCRIPT_RE =
+  /[\p{Script=Han}\p{Script=Hiragana}\p{Script=Katakana}\p{Script=Hangul}\p{Script=Bopomofo}\p{Script=Yi}\p{Script=Thai}\p{Script=Lao}\p{Script=Khmer}\p{Script=Myanmar}\p{Script=Tibetan}\p{Script=Devanagari}\p{Script=Bengali}\p{Script=Gurmukhi}\p{Script=Gujarati}\p{Script=Oriya}\p{Script=Tamil}\p{Script=Telugu}\p{Script=Kannada}\p{Script=Malayalam}\p{Script=Sinhala}\p{Script=Ethiopic}]/gu
+/** The Latin letters English-trained merges cover: Basic Latin to Latin Extended-B (not fullwidth or other look-alikes). */
+const LATIN_COMMON_MAX = 0x024f
+const LATIN_LETTERS_PER_TOKEN = 6
+/** Letters of other alphabets (Cyrillic, Greek, Armenian, Hebrew, Arabic, …) and Latin look-alikes past Extended-B. */
+const ALPHABET_LETTERS_PER_TOKEN = 3
+const ASCII_PUNCTUATION_PER_TOKEN = 4
+const ASCII_ONLY_RE = /^[\x00-\x7f]*$/
+
+/** Code points in `s` (a surrogate pair is one). */
+const codePoints = (s: string): number => {
+  let n = 0
+  for (let i = 0; i < s.length; i++) {
+    const unit = s.charCodeAt(i)
+    if (unit < 0xdc00 || unit > 0xdfff) n++
+  }
+  return n
+}
+
+/** Code units of `s` at or below `max` (for a `max` below the surrogates, the characters). */
+const unitsUpTo = (s: string, max: number): number => {
+  let n = 0
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) <= max) n++
+  return n
+}
+
+/**
+ * A word's or a punctuation run's tokens, by what its characters weigh. A word: ⌈Latin letters
+ * / 6⌉ + ⌈other letters / 3⌉ + one per letter of a dense script. A punctuation run: ⌈ASCII / 4⌉
+ * + one per other character (an emoji, a combining vowel sign, `—`). A pure ASCII piece takes
+ * the short way. Counted with `replace` and plain loops: a regular expression tried on each
+ * character took 0.3 s for a 1 MB prompt.
+ */
+const weighed = (body: string, letters: boolean): number => {
+  if (ASCII_ONLY_RE.test(body)) return Math.ceil(body.length / (letters ? LATIN_LETTERS_PER_TOKEN : ASCII_PUNCTUATION_PER_TOKEN))
+  if (!letters) {
+    const ascii = unitsUpTo(body, 0x7f)
+    return Math.ceil(ascii / ASCII_PUNCTUATION_PER_TOKEN) + codePoints(body) - ascii
+  }
+  const alphabetic = body.replace(DENSE_SCRIPT_RE, "")
+  const dense = codePoints(body) - codePoints(alphabetic)
+  const latin = unitsUpTo(alphabetic, LATIN_COMMON_MAX)
+  return Math.ceil(latin / LATIN_LETTERS_PER_TOKEN) + Math.ceil((codePoints(alphabetic) - latin) / ALPHABET_LETTERS_PER_TOKEN) + dense
+}
+
 export const countTokens = (text: string): number => {
   let n = 0
   for (const m of text.matchAll(PIECE_RE)) {
@@ -34,8 +90,7 @@ export const countTokens = (text: string): number => {
     const body = piece.trimStart()
     if (body.length === 0) n += Math.ceil(piece.length / WHITESPACE_CHARS_PER_TOKEN)
     else if (/^\p{N}+$/u.test(body) || CONTRACTION_RE.test(body)) n += 1
-    else if (/^\p{L}+$/u.test(body)) n += Math.ceil([...body].length / 6)
-    else n += Math.ceil([...body].length / 4)
+    else n += weighed(body, /^\p{L}+$/u.test(body))
   }
   return n
 }

@@ -262,4 +262,36 @@ describe("/v1 prompts are billed for their length", () => {
     // 125,007 × $0.15/1M + 1 × $0.60/1M = 18,751.65 micros: $0.018752.
     expect(apiRows(a.account)[0]).toEqual(["-0.018752", "llama-3-8b", "API usage: llama-3-8b, 125007 in / 1 out tokens"])
   })
+
+  it("counts Chinese, Japanese, Indic scripts and emoji a token per character, other alphabets a token per 3 letters", async () => {
+    // Proves the fix of underbilled prompts (abuse review): every letter counted like English,
+    // ⌈letters / 6⌉ a word, and a sentence of Chinese is one word (no spaces), so a prompt in
+    // Chinese or Japanese was billed 4 to 6 times less than cl100k's tokens; an emoji counted a
+    // quarter of a token, as punctuation. English counts as before (docs/API.md).
+    w = await world()
+    const a = await w.signup("a@example.com")
+    const prompt = async (content: string) => {
+      const r = await w.req("POST", "/v1/chat/completions", { key: a.key, body: { model: "llama-3-8b", messages: [{ role: "user", content }], max_tokens: 1 } })
+      return r.status === 200 ? [r.status, r.body.usage.prompt_tokens - 7] : [r.status, r.body]
+    }
+    // 15 Han characters and 2 fullwidth punctuation marks: 17 (was 2 + 2 = 4).
+    expect(await prompt("你好，世界！我们今天去公园散步吧。")).toEqual([200, 17])
+    // "こんにちは" 5, "、" 1, "世界" 2 (was 1 + 1 + 1).
+    expect(await prompt("こんにちは、世界")).toEqual([200, 8])
+    // "नमस्" (letters न म स and the sign ्, a mark: the pattern splits at marks) …: one per character.
+    expect(await prompt("नमस्ते")).toEqual([200, 6])
+    // "Привет" ⌈6 / 3⌉, "," ⌈1 / 4⌉, " как" 1, " дела" ⌈4 / 3⌉, "?" 1 (was 1 + 1 + 1 + 1 + 1).
+    expect(await prompt("Привет, как дела?")).toEqual([200, 7])
+    // Latin with accents is Latin: "naïve" 1, " café" 1, as before.
+    expect(await prompt("naïve café")).toEqual([200, 2])
+    // Three emoji, one per code point (was ⌈3 / 4⌉ = 1); fullwidth Latin look-alikes ⌈6 / 3⌉.
+    expect(await prompt("👍👍👍")).toEqual([200, 3])
+    expect(await prompt("ＡＢＣＤＥＦ")).toEqual([200, 2])
+    // English is unchanged: "Hello", ",", " world", "!".
+    expect(await prompt("Hello, world!")).toEqual([200, 4])
+    // 300,000 Han characters (900 kB) are 300,000 tokens (were 50,000):
+    // 300,007 × $0.15/1M + 1 × $0.60/1M = 45,001.65 micros, $0.045002.
+    expect(await prompt("中".repeat(300_000))).toEqual([200, 300_000])
+    expect(apiRows(a.account).at(-1)).toEqual(["-0.045002", "llama-3-8b", "API usage: llama-3-8b, 300007 in / 1 out tokens"])
+  })
 })
