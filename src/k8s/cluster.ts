@@ -192,6 +192,23 @@ const statusOf = (e: unknown): number | null => {
   if (typeof o?.statusCode === "number") return o.statusCode
   return null
 }
+/**
+ * How long a refusal asked us to wait (ms): its `Retry-After` header in seconds (what API Priority
+ * and Fairness sends with a 429), else its Status's `details.retryAfterSeconds`; null if neither.
+ * An HTTP-date form is not read (the API server sends seconds).
+ */
+export const retryAfterMsOf = (e: unknown): number | null => {
+  const o = e as { headers?: unknown; body?: unknown } | null
+  const headers = o?.headers
+  if (typeof headers === "object" && headers !== null) {
+    for (const [name, value] of Object.entries(headers as Record<string, unknown>)) {
+      if (name.toLowerCase() === "retry-after" && typeof value === "string" && /^\s*\d{1,9}\s*$/.test(value)) return Number(value) * 1_000
+    }
+  }
+  const details = (o?.body as { details?: { retryAfterSeconds?: unknown } } | undefined)?.details
+  const seconds = details?.retryAfterSeconds
+  return typeof seconds === "number" && Number.isInteger(seconds) && seconds >= 0 ? seconds * 1_000 : null
+}
 /** A request unanswered after `request_timeout_ms`: no status, so retriable like a network error. */
 class RequestTimeout extends Error {}
 /** Retriable: the server is busy or broken, or the request never got an answer. */
@@ -975,7 +992,8 @@ export class KubernetesCluster implements ClusterPort {
         const again = retriable(status) && attempt < l.request_attempts_max && on.retry !== undefined
         this.report({ kind: "request_failed", at: this.clock.now(), what, status, final: !again })
         if (!again) return on.gaveUp?.()
-        const delay_ms = backoffMs(attempt, l.request_backoff_ms_min, l.request_backoff_ms_max)
+        // No sooner than the server asked (`Retry-After`), up to `retry_after_ms_max`.
+        const delay_ms = Math.max(backoffMs(attempt, l.request_backoff_ms_min, l.request_backoff_ms_max), Math.min(retryAfterMsOf(e) ?? 0, l.retry_after_ms_max))
         // The pod stays busy while its retry waits on the clock; `idle()` does not wait for it.
         this.retriesWaiting++
         this.clock.schedule(
@@ -1070,7 +1088,7 @@ export class KubernetesCluster implements ClusterPort {
       if (!report) throw e
       this.report({ kind: "request_failed", at: this.clock.now(), what: "list pods", status: statusOf(e), final: false })
       this.relistPending = true
-      return this.scheduleWatch("dropped")
+      return this.scheduleWatch("dropped", retryAfterMsOf(e))
     }
     if (this.isStopped()) return
     const listedAt = this.clock.now()
@@ -1327,9 +1345,10 @@ export class KubernetesCluster implements ClusterPort {
   /**
    * After a 410 the cache is rebuilt from a list at once (the list's resourceVersion is
    * current, so it cannot expire again at once); a dropped stream, or a failed list, waits a
-   * backoff that doubles per consecutive failure up to `pods_watch_backoff_ms_max`.
+   * backoff that doubles per consecutive failure up to `pods_watch_backoff_ms_max`, and at least
+   * what a list refused with `Retry-After` asked (`retry_after_ms`).
    */
-  private scheduleWatch(reason: "dropped" | "expired"): void {
+  private scheduleWatch(reason: "dropped" | "expired", retry_after_ms: number | null = null): void {
     if (this.isStopped()) return
     const l = this.config.limits
     if (reason === "expired") {
@@ -1337,7 +1356,8 @@ export class KubernetesCluster implements ClusterPort {
       void this.relist(true)
       return
     }
-    const backoff_ms = backoffMs(++this.watchFailures, l.pods_watch_backoff_ms_min, l.pods_watch_backoff_ms_max)
+    // A list refused with `Retry-After` waits at least that long (up to `retry_after_ms_max`).
+    const backoff_ms = Math.max(backoffMs(++this.watchFailures, l.pods_watch_backoff_ms_min, l.pods_watch_backoff_ms_max), Math.min(retry_after_ms ?? 0, l.retry_after_ms_max))
     this.report({ kind: "watch_restarted", at: this.clock.now(), reason, backoff_ms })
     this.state = "backoff"
     this.notifyProgress()

@@ -76,6 +76,12 @@ export interface KubernetesLimits {
   /** First wait before retrying a create or delete; doubles per attempt. */
   readonly request_backoff_ms_min: number
   readonly request_backoff_ms_max: number
+  /**
+   * A refusal that says when to come back (`Retry-After`, in seconds, on a 429 from API Priority
+   * and Fairness or a 503) is retried no sooner, however short the backoff; a wait longer than
+   * this is cut to it, so a wrong header never parks a write for hours.
+   */
+  readonly retry_after_ms_max: number
   /** Replacement pods created for one workload (preemptions); beyond it the workload fails. */
   readonly pod_replacements_max: number
   /**
@@ -124,6 +130,7 @@ export const DEFAULT_LIMITS: KubernetesLimits = {
   request_attempts_max: 5,
   request_backoff_ms_min: 250,
   request_backoff_ms_max: 10_000,
+  retry_after_ms_max: 60_000,
   pod_replacements_max: 100,
   own_retry_ms_min: 10_000,
   own_retry_ms_max: 60_000,
@@ -156,6 +163,7 @@ export const kubernetesConfig = (
   const l = full.limits
   if (!(l.pods_watch_backoff_ms_min > 0 && l.pods_watch_backoff_ms_min <= l.pods_watch_backoff_ms_max)) throw new Error("pods_watch_backoff_ms_min must be in (0, max]")
   if (!(l.request_backoff_ms_min > 0 && l.request_backoff_ms_min <= l.request_backoff_ms_max)) throw new Error("request_backoff_ms_min must be in (0, max]")
+  if (!(l.retry_after_ms_max > 0)) throw new Error("retry_after_ms_max must be positive")
   if (!(l.own_retry_ms_min > 0 && l.own_retry_ms_min <= l.own_retry_ms_max)) throw new Error("own_retry_ms_min must be in (0, max]")
   if (!(l.request_timeout_ms > 0)) throw new Error("request_timeout_ms must be positive")
   if (!(l.pods_watch_replay_window_ms >= 0)) throw new Error("pods_watch_replay_window_ms must not be negative")

@@ -160,9 +160,16 @@ export interface InjectedFailure {
   readonly token?: string
   /** Only requests whose query has these parameters with these values (one list of several). */
   readonly query?: Readonly<Record<string, string>>
+  /** Only watches (true), or only other requests (false). */
+  readonly watch?: boolean
   readonly status: number
   /** Never answer instead (the socket stays open until the server closes): a hung API server. */
   readonly hang?: boolean
+  /**
+   * Seconds to come back after, as API Priority and Fairness says it with a 429: the
+   * `Retry-After` header and the Status's `details.retryAfterSeconds`.
+   */
+  readonly retryAfter?: number
   /** How many requests it hits; Infinity until cleared. */
   times: number
 }
@@ -509,7 +516,7 @@ export class KubeApiServer {
     try {
       const body = await readBody(req)
       const failure = this.failures.find(
-        (f) => f.times > 0 && (f.method === undefined || f.method === method) && (f.path === undefined || url.pathname.includes(f.path)) && (f.token === undefined || f.token === token) &&
+        (f) => f.times > 0 && (f.method === undefined || f.method === method) && (f.path === undefined || url.pathname.includes(f.path)) && (f.token === undefined || f.token === token) && (f.watch === undefined || f.watch === isWatch) &&
           Object.entries(f.query ?? {}).every(([k, v]) => query[k] === v)
       )
       if (failure !== undefined) {
@@ -522,6 +529,10 @@ export class KubeApiServer {
             if (isWatch) this.watches.held--
           })
           return
+        }
+        if (failure.retryAfter !== undefined) {
+          res.setHeader("Retry-After", String(failure.retryAfter))
+          fail(failure.status, failure.status === 429 ? "TooManyRequests" : "InternalError", "Too many requests, please try again later.", { retryAfterSeconds: failure.retryAfter })
         }
         fail(failure.status, failure.status >= 500 ? "InternalError" : "BadRequest", `injected failure ${failure.status}`)
       }

@@ -420,6 +420,27 @@ describe("watch robustness", () => {
       expect(lists.length).toBe(2)
     })
   }
+  it("a relist refused 429 with Retry-After waits what the server asked before it lists again", async () => {
+    // Proves the fix (operator review): the relist after a 410 that API Priority and Fairness
+    // refused was tried again after the driver's own backoff (1 s here), not the 5 s it asked.
+    const { w, d } = await open()
+    await running(w, d)
+    w.server.dropWatches()
+    w.server.expiredAs = "status"
+    w.server.inject({ method: "GET", path: "/pods", watch: false, status: 429, retryAfter: 5, times: 1 })
+    await w.settle()
+    // While nobody watches, a pod vanishes and the history is compacted: the watch is told 410.
+    await w.advance(500)
+    w.kubelet.lose("gi-1")
+    w.server.compact()
+    await w.advance(30 * S)
+    expect(w.reports.filter((r) => r.kind === "watch_restarted").map((r) => [r.reason, (r as { backoff_ms: number }).backoff_ms])).toEqual([
+      ["dropped", 1_000],
+      ["expired", 0],
+      ["dropped", 5_000]
+    ])
+    expect(d.watchConnected).toBe(true)
+  })
 })
 
 describe("retries and restarts", () => {
@@ -644,6 +665,36 @@ describe("storage: one PersistentVolumeClaim per drive or shared filesystem", ()
       { type: "pod.loading", resource: "gi-1", at: t(360) },
       { type: "pod.running", resource: "gi-1", at: t(390), started_at: t(360) }
     ])
+  })
+
+  it("a create refused 429 with Retry-After is retried no sooner than the server asked, and a wait past retry_after_ms_max is cut to it", async () => {
+    // Proves the fix (operator review): the driver retried a 429 of API Priority and Fairness
+    // after its own backoff (1 s, then 2 s here) whatever the server's Retry-After said, adding
+    // load to an API server that had asked for less.
+    const { w, d } = await open({ limits: { retry_after_ms_max: 20_000 } })
+    const posts = () => w.server.requests.filter((r) => r.method === "POST" && r.path.endsWith("/persistentvolumeclaims")).length
+    w.server.inject({ method: "POST", path: "/persistentvolumeclaims", status: 429, retryAfter: 7, times: 2 })
+    d.ensureVolume(drive())
+    const counts: number[] = []
+    for (const s of [6, 7, 13, 14]) {
+      await w.advance(t(s) - w.clock.now())
+      counts.push(posts())
+    }
+    // The first create at 0 s, its retries at 7 s and 14 s (not at 1 s and 3 s).
+    expect(counts).toEqual([1, 2, 2, 3])
+    expect(failures(w)).toEqual([0, 7].map((s) => ({ kind: "request_failed", at: t(s), what: "create persistentvolumeclaim eco-dr-1", status: 429, final: false })))
+    await w.advance(10 * S)
+    expect(claims(w).map((c) => c.metadata.name)).toEqual(["eco-dr-1"])
+
+    // An hour asked for: the retry comes after retry_after_ms_max (20 s), not after an hour.
+    w.server.inject({ method: "POST", path: "/persistentvolumeclaims", status: 429, retryAfter: 3_600, times: 1 })
+    d.ensureVolume(drive({ id: "dr-2" }))
+    await w.advance(19 * S)
+    expect(posts()).toBe(4)
+    await w.advance(2 * S)
+    expect(posts()).toBe(5)
+    await w.advance(10 * S)
+    expect(claims(w).map((c) => c.metadata.name)).toEqual(["eco-dr-1", "eco-dr-2"])
   })
 
   it("a create that fails is retried on the engine clock; one that gave up is asked again with the next workload mounting it", async () => {
