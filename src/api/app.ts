@@ -390,6 +390,10 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
 
   // `/v1` answers written and not yet read, per account (`UNDELIVERED_ANSWER_BYTES_MAX`):
   // attached to the `/v1` POST routes only, whose answers can be megabytes (2,048 embeddings).
+  // Read just before the handler, once the body is in: from there to the answer's count in
+  // onSend nothing waits (the handlers are synchronous), so no other request reads it between.
+  // Read when the headers came (onRequest), it let every request whose body was still on the
+  // way pass: five connections that sent their headers first left five answers unread.
   const undelivered = new Map<string, number>()
   const refuseIfUndelivered = async (request: FastifyRequest): Promise<void> => {
     if (request.auth?.kind !== "key") return
@@ -413,7 +417,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   }
   app.addHook("onRoute", (route) => {
     if (!route.url.startsWith("/v1/") || ![route.method].flat().includes("POST")) return
-    route.onRequest = [...[route.onRequest ?? []].flat(), refuseIfUndelivered]
+    route.preHandler = [...[route.preHandler ?? []].flat(), refuseIfUndelivered]
     route.onSend = [...[route.onSend ?? []].flat(), countUndelivered]
   })
 

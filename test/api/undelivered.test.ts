@@ -1,0 +1,67 @@
+/**
+ * The bound on `/v1` answers a client leaves unread (`UNDELIVERED_ANSWER_BYTES_MAX`), at the
+ * edges openai.test.ts does not reach: requests already under way when the first answer goes
+ * unread, and requests whose client is gone before their answer is written.
+ */
+import { connect, type AddressInfo, type Socket } from "node:net"
+import { afterEach, describe, expect, it } from "vitest"
+import { world, type World } from "./harness.js"
+
+let w: World
+afterEach(async () => w.close())
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+const apiRows = (account: string) => w.opened.engine.ledger.ledgerRows().filter((r) => r.account === account && r.kind === "api_usage")
+
+/** 2,048 embeddings of 256 floats: an answer of megabytes, over a bound of 1 MiB. */
+const BIG = JSON.stringify({ model: "embed-small", input: Array(2_048).fill("a"), dimensions: 256, encoding_format: "float" })
+
+/** A connection that sends a /v1 embeddings request's headers and all its body but the last byte, and reads nothing. */
+const held = (port: number, key: string): Socket => {
+  const socket = connect(port, "127.0.0.1")
+  socket.pause()
+  socket.write(`POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(BIG)}\r\n\r\n${BIG.slice(0, -1)}`)
+  return socket
+}
+
+/** Reads a held connection's answer until its status (and a refusal's error code) is known, then closes it. */
+const statusAndCode = (socket: Socket): Promise<string> =>
+  new Promise((resolve) => {
+    let text = ""
+    const done = (answer: string) => {
+      socket.destroy()
+      resolve(answer)
+    }
+    socket.on("data", (chunk: Buffer) => {
+      text += chunk.toString("latin1")
+      const status = /^HTTP\/1\.1 (\d{3})/.exec(text)?.[1]
+      if (status === "200") return done(status)
+      const code = /"error":"([a-z_]+)"/.exec(text)?.[1]
+      if (status !== undefined && code !== undefined) done(`${status} ${code}`)
+    })
+    socket.resume()
+  })
+
+describe("/v1 answers a client leaves unread", () => {
+  it("bound requests whose headers came before the first unread answer: they are refused when their body ends, not billed and answered", async () => {
+    // Proves the bound holds for requests already under way (review): the count was read when
+    // a request's headers arrived, so five connections that sent their headers first, then
+    // their bodies, all passed it and left five answers of megabytes unread.
+    w = await world({ undeliveredAnswerBytesMax: 1_048_576 })
+    const a = await w.signup("a@example.com", "10.00")
+    await w.app.listen({ port: 0, host: "127.0.0.1" })
+    const port = (w.app.server.address() as AddressInfo).port
+    const sockets = [1, 2, 3, 4, 5].map(() => held(port, a.key))
+    await sleep(300)
+    for (const socket of sockets) socket.write(BIG.slice(-1))
+    for (let i = 0; i < 400 && apiRows(a.account).length < 1; i++) await sleep(10)
+    await sleep(300)
+    expect(apiRows(a.account)).toHaveLength(1)
+    // Read now: one was answered, the four others refused with the code that says why.
+    const answers = await Promise.all(sockets.map(statusAndCode))
+    expect(answers.sort()).toEqual(["200", "429 answers_undelivered", "429 answers_undelivered", "429 answers_undelivered", "429 answers_undelivered"])
+    expect(apiRows(a.account)).toHaveLength(1)
+  })
+})
+
