@@ -404,7 +404,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   }
   const countUndelivered = async (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> => {
     const bytes = typeof payload === "string" ? Buffer.byteLength(payload) : Buffer.isBuffer(payload) ? payload.length : 0
-    if (request.auth?.kind !== "key" || bytes === 0) return payload
+    // A connection already gone has emitted its close: the bytes would never come off. (The
+    // refusal of a body cut short is sent after the hang-up; 43 bytes stayed per hang-up.)
+    if (request.auth?.kind !== "key" || bytes === 0 || reply.raw.destroyed) return payload
     const account = request.auth.account
     undelivered.set(account, (undelivered.get(account) ?? 0) + bytes)
     // Once: when the answer is out (written whole to the connection) or the connection is gone.
