@@ -26,6 +26,7 @@ import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify"
 import { NotLeader } from "../errors.js"
+import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
@@ -395,10 +396,12 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   // Read when the headers came (onRequest), it let every request whose body was still on the
   // way pass: five connections that sent their headers first left five answers unread.
   const undelivered = new Map<string, number>()
-  const refuseIfUndelivered = async (request: FastifyRequest): Promise<void> => {
+  const refuseIfUndelivered = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.auth?.kind !== "key") return
     const bytes = undelivered.get(request.auth.account) ?? 0
     if (bytes > (options.undeliveredAnswerBytesMax ?? UNDELIVERED_ANSWER_BYTES_MAX)) {
+      // SPEC §6: a 429 says when to ask again.
+      reply.header("retry-after", String(policy.ANSWERS_UNDELIVERED_RETRY_AFTER_S))
       throw new HttpError(429, "answers_undelivered", `this account's clients have not read ${bytes} bytes of /v1 answers yet; read them, or close those connections, before asking for more`)
     }
   }
