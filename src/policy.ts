@@ -181,6 +181,12 @@ export const DATABASE_BUSY_RETRY_AFTER_S = 1
  */
 export const ANSWERS_UNDELIVERED_RETRY_AFTER_S = 5
 /**
+ * `retry-after` (seconds) of a `/v1` request refused 503 `server_busy`: all accounts' clients
+ * together leave too many answers unread. The same wait as `ANSWERS_UNDELIVERED_RETRY_AFTER_S`:
+ * the answers leave as those clients read them or their connections are cut.
+ */
+export const SERVER_BUSY_RETRY_AFTER_S = 5
+/**
  * How often (engine ms) the engine asks again for the database's write lock while its own
  * units of work (alarms, cluster events, payment answers) wait for it: another connection held
  * it past the busy timeout (src/backlog.ts, docs/ENGINE.md "When another connection holds the

@@ -25,7 +25,7 @@ import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify"
-import { NotLeader } from "../errors.js"
+import { assert, NotLeader } from "../errors.js"
 import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
@@ -65,6 +65,8 @@ export interface AppOptions {
   readonly rateLimit?: RateLimitOptions | false
   /** Bytes of `/v1` answers an account may leave unread (default `UNDELIVERED_ANSWER_BYTES_MAX`; tests use less). */
   readonly undeliveredAnswerBytesMax?: number
+  /** Bytes of `/v1` answers all accounts together may leave unread (default `UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`; tests use less). */
+  readonly undeliveredAnswerBytesTotalMax?: number
   /**
    * Whose `X-Forwarded-For` names the client (Fastify's `trustProxy`): proxy hops, or the
    * proxies' addresses and CIDR ranges. Default: nobody's, the connection's address counts.
@@ -168,6 +170,12 @@ export const KEEP_ALIVE_TIMEOUT_MS = 72_000
  * 575 MB (abuse review). One account holds at most this plus one answer.
  */
 export const UNDELIVERED_ANSWER_BYTES_MAX = 64 * 1_048_576
+/**
+ * Bytes of `/v1` answers all accounts' clients together may leave unread before any `/v1`
+ * request is refused 503 `server_busy`: the bound per account alone let a hundred accounts hold
+ * 6 GiB. The process holds at most this plus one answer per `/v1` request in flight.
+ */
+export const UNDELIVERED_ANSWER_BYTES_TOTAL_MAX = 512 * 1_048_576
 
 /** The body sent to a route that takes none: nothing for `{}`, else the 400 a schema would give. */
 const refuseBody = (body: unknown): void => {
@@ -395,7 +403,11 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   // onSend nothing waits (the handlers are synchronous), so no other request reads it between.
   // Read when the headers came (onRequest), it let every request whose body was still on the
   // way pass: five connections that sent their headers first left five answers unread.
+  // The process's total too (`UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`): the account's own bound
+  // is checked first, so an account over its own is told so (429), and the others are told the
+  // server is busy (503), which is not theirs to fix.
   const undelivered = new Map<string, number>()
+  let undeliveredTotal = 0
   const refuseIfUndelivered = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.auth?.kind !== "key") return
     const bytes = undelivered.get(request.auth.account) ?? 0
@@ -403,6 +415,12 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       // SPEC §6: a 429 says when to ask again.
       reply.header("retry-after", String(policy.ANSWERS_UNDELIVERED_RETRY_AFTER_S))
       throw new HttpError(429, "answers_undelivered", `this account's clients have not read ${bytes} bytes of /v1 answers yet; read them, or close those connections, before asking for more`)
+    }
+    if (undeliveredTotal > (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) {
+      // The operator's concern, not the caller's: how much, and whose, is not the caller's to know.
+      request.log.warn({ undelivered_bytes: undeliveredTotal, accounts: undelivered.size }, "unread /v1 answers over the process's bound: /v1 refused 503 server_busy")
+      reply.header("retry-after", String(policy.SERVER_BUSY_RETRY_AFTER_S))
+      throw new HttpError(503, "server_busy", `the server holds too many /v1 answers its clients have not read yet; retry after ${policy.SERVER_BUSY_RETRY_AFTER_S} s`)
     }
   }
   const countUndelivered = async (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> => {
@@ -412,11 +430,14 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     if (request.auth?.kind !== "key" || bytes === 0 || reply.raw.destroyed) return payload
     const account = request.auth.account
     undelivered.set(account, (undelivered.get(account) ?? 0) + bytes)
+    undeliveredTotal += bytes
     // Once: when the answer is out (written whole to the connection) or the connection is gone.
     reply.raw.once("close", () => {
       const left = (undelivered.get(account) ?? 0) - bytes
+      assert(left >= 0 && undeliveredTotal >= bytes, () => `unread /v1 answers: ${bytes} bytes taken off ${account}'s ${left + bytes} and the process's ${undeliveredTotal}`)
       if (left > 0) undelivered.set(account, left)
       else undelivered.delete(account)
+      undeliveredTotal -= bytes
     })
     return payload
   }

@@ -1,11 +1,12 @@
 /**
  * The bound on `/v1` answers a client leaves unread (`UNDELIVERED_ANSWER_BYTES_MAX`), at the
  * edges openai.test.ts does not reach: requests already under way when the first answer goes
- * unread, and requests whose client is gone before their answer is written.
+ * unread, and requests whose client is gone before their answer is written; and the bound
+ * across all accounts (`UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`).
  */
 import { connect, type AddressInfo, type Socket } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
-import { world, type World } from "./harness.js"
+import { stateOf, world, type World } from "./harness.js"
 
 let w: World
 afterEach(async () => w.close())
@@ -91,5 +92,52 @@ describe("/v1 answers to a client already gone", () => {
       expect([again.status, await again.text()]).toEqual([200, expect.stringContaining('"object":"chat.completion"')])
     }
     expect(apiRows(a.account)).toHaveLength(3)
+  })
+})
+
+describe("/v1 answers all accounts' clients leave unread", () => {
+  it("past the process's bound, refuse every account's /v1 request 503 server_busy with retry-after, bill nothing, store nothing, and answer again once they are read", async () => {
+    // Proves the process-wide bound: per account alone, a hundred accounts could each leave
+    // 64 MiB unread and take the process to 6 GiB. Here the bound is 1 MiB for the process and
+    // the default 64 MiB per account: one unread answer of account A is over the first, under
+    // the second, so B (and A too) are told the server is busy, not that they are at fault.
+    w = await world({ undeliveredAnswerBytesTotalMax: 1_048_576 })
+    const a = await w.signup("a@example.com", "10.00")
+    const b = await w.signup("b@example.com", "10.00")
+    await w.app.listen({ port: 0, host: "127.0.0.1" })
+    const port = (w.app.server.address() as AddressInfo).port
+    const unread = held(port, a.key)
+    unread.write(BIG.slice(-1))
+    for (let i = 0; i < 400 && apiRows(a.account).length < 1; i++) await sleep(10)
+    await sleep(100)
+    expect(apiRows(a.account)).toHaveLength(1)
+    const body = JSON.stringify({ model: "llama-3-8b", messages: [{ role: "user", content: "hi" }], max_tokens: 1 })
+    const chat = (key: string) =>
+      fetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: "POST", headers: { authorization: `Bearer ${key}`, "content-type": "application/json", "idempotency-key": "k1" }, body })
+    const before = stateOf(w)
+    for (const key of [b.key, a.key]) {
+      const refused = await chat(key)
+      expect([refused.status, refused.headers.get("retry-after"), await refused.json()]).toEqual([
+        503,
+        "5",
+        { error: "server_busy", message: "the server holds too many /v1 answers its clients have not read yet; retry after 5 s" }
+      ])
+      expect(refused.headers.get("x-ecolink-request-id")).toMatch(/^req_/)
+    }
+    // Nothing billed, nothing remembered for the Idempotency-Key; the other routes answer.
+    expect(stateOf(w)).toBe(before)
+    expect(apiRows(b.account)).toHaveLength(0)
+    expect((await fetch(`http://127.0.0.1:${port}/billing/balance`, { headers: { authorization: `Bearer ${b.key}` } })).status).toBe(200)
+    // Once A's connection is gone, B asks again with the same key: run once, billed once.
+    unread.destroy()
+    let again = await chat(b.key)
+    for (let i = 0; i < 100 && again.status === 503; i++) {
+      await sleep(10)
+      again = await chat(b.key)
+    }
+    expect([again.status, again.headers.get("idempotent-replayed")]).toEqual([200, null])
+    const repeat = await chat(b.key)
+    expect([repeat.status, repeat.headers.get("idempotent-replayed")]).toEqual([200, "true"])
+    expect(apiRows(b.account)).toHaveLength(1)
   })
 })
