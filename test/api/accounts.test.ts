@@ -60,6 +60,25 @@ describe("sign-up and keys", () => {
     expect(stateOf(w)).toBe(before)
   })
 
+  it("refuses every invisible character, not only the listed ones: Arabic letter mark, tags, variation selectors, fillers, lone surrogates", async () => {
+    // Found by second review: the refused characters were a hand-made list, and the ones it
+    // missed signed up: an Arabic letter mark (a bidirectional mark like U+200F), Unicode tag
+    // characters (invisible ASCII look-alikes), variation selectors, the combining grapheme
+    // joiner, the Hangul filler, the Mongolian vowel separator. Each of them is a default
+    // ignorable code point, shown as nothing; a lone surrogate was stored as U+FFFD.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const before = stateOf(w)
+    for (const hidden of ["\u061cowner@example.com", "owner\u{e0041}@example.com", "owner\ufe0f@example.com", "own\u034fer@example.com", "owner\u3164@example.com", "owner@example\u180e.com", "owner\ud800@example.com"]) {
+      const signup = await w.req("POST", "/accounts", { body: { email: hidden } })
+      const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: hidden } })
+      for (const r of [signup, invite]) expect([JSON.stringify(hidden), r.status, r.body.error, r.body.field]).toEqual([JSON.stringify(hidden), 400, "invalid_request", "email"])
+    }
+    expect(stateOf(w)).toBe(before)
+    // Letters of every script are addresses still.
+    expect((await w.req("POST", "/accounts", { body: { email: "jos\u00e9@\u4f8b\u3048.jp" } })).status).toBe(201)
+  })
+
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {
     // Proves /api-keys: the secret once, never in a list, revocation immediate.
     w = await world()

@@ -40,6 +40,13 @@ export const PENDING_INVITES_MAX = 1_000
 const EMAIL_FORBIDDEN = "\\s@\\u0000-\\u001f\\u007f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff"
 /** One @: a local part of 1–64 and a domain of 1–189 characters, none of them `EMAIL_FORBIDDEN`. */
 const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
+/**
+ * Every character shown as nothing, by Unicode's own classes rather than a list: controls,
+ * format characters, default-ignorable code points, and lone surrogates (stored as U+FFFD).
+ * The list above missed the Arabic letter mark (a bidirectional mark), tag characters,
+ * variation selectors, the Hangul filler and more, and each of them signed up (second review).
+ */
+const EMAIL_INVISIBLE_RE = /[\p{Cc}\p{Cf}\p{Cs}\p{Default_Ignorable_Code_Point}]/u
 
 // The address's form is checked by `normalEmail`, which says so in words; a schema `pattern`
 // answered the whole regular expression to the user.
@@ -89,7 +96,7 @@ const keyJson = (k: Pick<KeyRow, "id" | "name" | "user_id" | "created_at" | "rev
 /** Lower case, then checked again: lowering can lengthen a string ("İ" becomes two characters). */
 const normalEmail = (e: string): string => {
   const address = e.trim().toLowerCase()
-  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
+  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address) || EMAIL_INVISIBLE_RE.test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
   return address
 }
 
