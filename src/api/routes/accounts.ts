@@ -174,7 +174,8 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     }
   )
 
-  app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) } }), async (request) => ({
+  // `lockout`: the owner reads here whom to remove; a member at the account's limit must not keep them from it.
+  app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) }, lockout: true }), async (request) => ({
     data: ctx.api.members(keyOf(request).account).map((m) => ({ user_id: m.user_id, email: m.email, role: m.role, joined_at: iso(m.joined_at) }))
   }))
 
@@ -301,7 +302,8 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     }
   )
 
-  app.get("/api-keys", spec({ tags: ["API keys"], summary: "The account's keys (never their secrets)", auth: "account", response: { 200: obj({ data: { type: "array", items: KeySchema } }) } }), async (request) => ({
+  // `lockout`: the owner reads here which keys to revoke.
+  app.get("/api-keys", spec({ tags: ["API keys"], summary: "The account's keys (never their secrets)", auth: "account", response: { 200: obj({ data: { type: "array", items: KeySchema } }) }, lockout: true }), async (request) => ({
     data: ctx.api.keysOf(keyOf(request).account).map(keyJson)
   }))
 
