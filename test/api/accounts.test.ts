@@ -79,6 +79,21 @@ describe("sign-up and keys", () => {
     expect((await w.req("POST", "/accounts", { body: { email: "jos\u00e9@\u4f8b\u3048.jp" } })).status).toBe(201)
   })
 
+  it("stores an email composed (NFC): the same address typed decomposed is the same account and the same invitee", async () => {
+    // Found by second review: `jose\u0301@example.com` (an e and a combining accent) shows as
+    // `josé@example.com` but was another string, so it signed up as a second account that
+    // passed for the first in a team's member list, and an invite to one was 403 for the other.
+    w = await world()
+    const jose = await w.signup("jos\u00e9@example.com")
+    const twin = await w.req("POST", "/accounts", { body: { email: "jose\u0301@example.com" } })
+    expect([twin.status, twin.body.error]).toEqual([409, "email_taken"])
+    const owner = await w.signup("owner@example.com")
+    const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "JOSE\u0301@example.com" } })
+    expect([invite.status, invite.body.email]).toEqual([201, "jos\u00e9@example.com"])
+    const accepted = await w.req("POST", `/invites/${(invite.body.invite_url as string).split("/invites/")[1]}/accept`, { key: jose.key })
+    expect(accepted.status).toBe(201)
+  })
+
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {
     // Proves /api-keys: the secret once, never in a list, revocation immediate.
     w = await world()

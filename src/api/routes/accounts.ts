@@ -93,9 +93,13 @@ const keyJson = (k: Pick<KeyRow, "id" | "name" | "user_id" | "created_at" | "rev
   revoked_at: k.revoked_at === null ? null : iso(k.revoked_at)
 })
 
-/** Lower case, then checked again: lowering can lengthen a string ("İ" becomes two characters). */
+/**
+ * Lower case and composed (NFC), then checked again: lowering can lengthen a string ("İ"
+ * becomes two characters). Composed, an address typed with a combining accent (`e` + U+0301)
+ * is the address it shows (`é`): it was another account that passed for the first.
+ */
 const normalEmail = (e: string): string => {
-  const address = e.trim().toLowerCase()
+  const address = e.trim().toLowerCase().normalize("NFC")
   if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address) || EMAIL_INVISIBLE_RE.test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
   return address
 }
