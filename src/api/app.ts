@@ -21,6 +21,7 @@
  * The API holds no business rule: the routes decode, call the supervisor, and encode.
  */
 import { STATUS_CODES } from "node:http"
+import type { Socket } from "node:net"
 import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
@@ -423,22 +424,40 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       throw new HttpError(503, "server_busy", `the server holds too many /v1 answers its clients have not read yet; retry after ${policy.SERVER_BUSY_RETRY_AFTER_S} s`)
     }
   }
+  // The counted answers of each connection not yet out, taken off when the connection closes:
+  // Node queues the answers of requests pipelined behind one not yet written, and never closes
+  // them when the connection goes (their bytes stayed counted for good). One listener per
+  // connection, however many answers wait on it.
+  const waitingOn = new WeakMap<Socket, Set<() => void>>()
   const countUndelivered = async (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> => {
     const bytes = typeof payload === "string" ? Buffer.byteLength(payload) : Buffer.isBuffer(payload) ? payload.length : 0
+    const socket: Socket | undefined = request.raw.socket ?? undefined
     // A connection already gone has emitted its close: the bytes would never come off. (The
     // refusal of a body cut short is sent after the hang-up; 43 bytes stayed per hang-up.)
-    if (request.auth?.kind !== "key" || bytes === 0 || reply.raw.destroyed) return payload
+    if (request.auth?.kind !== "key" || bytes === 0 || reply.raw.destroyed || socket?.destroyed === true) return payload
     const account = request.auth.account
     undelivered.set(account, (undelivered.get(account) ?? 0) + bytes)
     undeliveredTotal += bytes
+    let waiting = socket === undefined ? undefined : waitingOn.get(socket)
+    if (socket !== undefined && waiting === undefined) {
+      const answers = new Set<() => void>()
+      waitingOn.set(socket, answers)
+      socket.once("close", () => {
+        for (const out of answers) out()
+      })
+      waiting = answers
+    }
     // Once: when the answer is out (written whole to the connection) or the connection is gone.
-    reply.raw.once("close", () => {
+    const out = (): void => {
+      if (waiting?.delete(out) === false) return
       const left = (undelivered.get(account) ?? 0) - bytes
       assert(left >= 0 && undeliveredTotal >= bytes, () => `unread /v1 answers: ${bytes} bytes taken off ${account}'s ${left + bytes} and the process's ${undeliveredTotal}`)
       if (left > 0) undelivered.set(account, left)
       else undelivered.delete(account)
       undeliveredTotal -= bytes
-    })
+    }
+    waiting?.add(out)
+    reply.raw.once("close", out)
     return payload
   }
   app.addHook("onRoute", (route) => {

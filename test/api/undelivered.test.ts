@@ -95,6 +95,31 @@ describe("/v1 answers to a client already gone", () => {
   })
 })
 
+describe("/v1 answers queued behind an unread one on a connection that goes", () => {
+  it("are not counted once the connection is gone: requests pipelined behind an unread answer leave the count at 0", async () => {
+    // Proves the count cannot drift up (second review): Node queues the answers of requests
+    // pipelined behind one not yet written out, and when the connection goes it never closes
+    // them, so their bytes stayed counted for good. With a bound of 0, any byte left is a 429
+    // (or a 503, for the process's count).
+    w = await world({ undeliveredAnswerBytesMax: 0, undeliveredAnswerBytesTotalMax: 0 })
+    const a = await w.signup("a@example.com", "10.00")
+    await w.app.listen({ port: 0, host: "127.0.0.1" })
+    const port = (w.app.server.address() as AddressInfo).port
+    const small = JSON.stringify({ model: "llama-3-8b", messages: [{ role: "user", content: "hi" }], max_tokens: 1 })
+    const request = (path: string, body: string) => `POST ${path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${a.key}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+    const socket = connect(port, "127.0.0.1")
+    socket.pause()
+    socket.write(request("/v1/embeddings", BIG) + request("/v1/chat/completions", small).repeat(3))
+    for (let i = 0; i < 400 && apiRows(a.account).length < 1; i++) await sleep(10)
+    await sleep(300)
+    socket.destroy()
+    await sleep(300)
+    const again = await fetch(`http://127.0.0.1:${port}/v1/chat/completions`, { method: "POST", headers: { authorization: `Bearer ${a.key}`, "content-type": "application/json" }, body: small })
+    expect([again.status, await again.text()]).toEqual([200, expect.stringContaining('"object":"chat.completion"')])
+    expect(apiRows(a.account)).toHaveLength(2)
+  })
+})
+
 describe("/v1 answers all accounts' clients leave unread", () => {
   it("past the process's bound, refuse every account's /v1 request 503 server_busy with retry-after, bill nothing, store nothing, and answer again once they are read", async () => {
     // Proves the process-wide bound: per account alone, a hundred accounts could each leave
