@@ -174,6 +174,19 @@ export const NO_HEALTHY_POD_RETRY_AFTER_S = 10
 /** `retry-after` (seconds) of a 503 `database_busy`: another writer held the database past the busy timeout. */
 export const DATABASE_BUSY_RETRY_AFTER_S = 1
 /**
+ * `retry-after` (seconds) of a `/v1` request refused over answers left unread (429
+ * `answers_undelivered`): the account's clients have written answers they have not taken off
+ * their connections yet. A client reading at all takes megabytes in well under this; one that
+ * never reads is cut at the connection timeout, and the request after that is answered.
+ */
+export const ANSWERS_UNDELIVERED_RETRY_AFTER_S = 5
+/**
+ * `retry-after` (seconds) of a `/v1` request refused 503 `server_busy`: all accounts' clients
+ * together leave too many answers unread. The same wait as `ANSWERS_UNDELIVERED_RETRY_AFTER_S`:
+ * the answers leave as those clients read them or their connections are cut.
+ */
+export const SERVER_BUSY_RETRY_AFTER_S = 5
+/**
  * How often (engine ms) the engine asks again for the database's write lock while its own
  * units of work (alarms, cluster events, payment answers) wait for it: another connection held
  * it past the busy timeout (src/backlog.ts, docs/ENGINE.md "When another connection holds the

@@ -21,11 +21,13 @@
  * The API holds no business rule: the routes decode, call the supervisor, and encode.
  */
 import { STATUS_CODES } from "node:http"
+import type { Socket } from "node:net"
 import fastifyRateLimit from "@fastify/rate-limit"
 import fastifySwagger from "@fastify/swagger"
 import fastifySwaggerUi from "@fastify/swagger-ui"
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from "fastify"
-import { NotLeader } from "../errors.js"
+import { assert, NotLeader } from "../errors.js"
+import * as policy from "../policy.js"
 import { Authenticator } from "./auth.js"
 import type { Engine } from "./engine.js"
 import { engineHttp, fastifyHttp, HttpError, INTERNAL_ERROR, isEngineError, UNAUTHORIZED_MESSAGE as UNAUTHORIZED, type ErrorBody } from "./errors.js"
@@ -64,6 +66,8 @@ export interface AppOptions {
   readonly rateLimit?: RateLimitOptions | false
   /** Bytes of `/v1` answers an account may leave unread (default `UNDELIVERED_ANSWER_BYTES_MAX`; tests use less). */
   readonly undeliveredAnswerBytesMax?: number
+  /** Bytes of `/v1` answers all accounts together may leave unread (default `UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`; tests use less). */
+  readonly undeliveredAnswerBytesTotalMax?: number
   /**
    * Whose `X-Forwarded-For` names the client (Fastify's `trustProxy`): proxy hops, or the
    * proxies' addresses and CIDR ranges. Default: nobody's, the connection's address counts.
@@ -167,6 +171,12 @@ export const KEEP_ALIVE_TIMEOUT_MS = 72_000
  * 575 MB (abuse review). One account holds at most this plus one answer.
  */
 export const UNDELIVERED_ANSWER_BYTES_MAX = 64 * 1_048_576
+/**
+ * Bytes of `/v1` answers all accounts' clients together may leave unread before any `/v1`
+ * request is refused 503 `server_busy`: the bound per account alone let a hundred accounts hold
+ * 6 GiB. The process holds at most this plus one answer per `/v1` request in flight.
+ */
+export const UNDELIVERED_ANSWER_BYTES_TOTAL_MAX = 512 * 1_048_576
 
 /** The body sent to a route that takes none: nothing for `{}`, else the 400 a schema would give. */
 const refuseBody = (body: unknown): void => {
@@ -390,30 +400,69 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
 
   // `/v1` answers written and not yet read, per account (`UNDELIVERED_ANSWER_BYTES_MAX`):
   // attached to the `/v1` POST routes only, whose answers can be megabytes (2,048 embeddings).
+  // Read just before the handler, once the body is in: from there to the answer's count in
+  // onSend nothing waits (the handlers are synchronous), so no other request reads it between.
+  // Read when the headers came (onRequest), it let every request whose body was still on the
+  // way pass: five connections that sent their headers first left five answers unread.
+  // The process's total too (`UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`): the account's own bound
+  // is checked first, so an account over its own is told so (429), and the others are told the
+  // server is busy (503), which is not theirs to fix.
   const undelivered = new Map<string, number>()
-  const refuseIfUndelivered = async (request: FastifyRequest): Promise<void> => {
+  let undeliveredTotal = 0
+  const refuseIfUndelivered = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.auth?.kind !== "key") return
     const bytes = undelivered.get(request.auth.account) ?? 0
     if (bytes > (options.undeliveredAnswerBytesMax ?? UNDELIVERED_ANSWER_BYTES_MAX)) {
+      // SPEC §6: a 429 says when to ask again.
+      reply.header("retry-after", String(policy.ANSWERS_UNDELIVERED_RETRY_AFTER_S))
       throw new HttpError(429, "answers_undelivered", `this account's clients have not read ${bytes} bytes of /v1 answers yet; read them, or close those connections, before asking for more`)
     }
+    if (undeliveredTotal > (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) {
+      // The operator's concern, not the caller's: how much, and whose, is not the caller's to know.
+      request.log.warn({ undelivered_bytes: undeliveredTotal, accounts: undelivered.size }, "unread /v1 answers over the process's bound: /v1 refused 503 server_busy")
+      reply.header("retry-after", String(policy.SERVER_BUSY_RETRY_AFTER_S))
+      throw new HttpError(503, "server_busy", `the server holds too many /v1 answers its clients have not read yet; retry after ${policy.SERVER_BUSY_RETRY_AFTER_S} s`)
+    }
   }
+  // The counted answers of each connection not yet out, taken off when the connection closes:
+  // Node queues the answers of requests pipelined behind one not yet written, and never closes
+  // them when the connection goes (their bytes stayed counted for good). One listener per
+  // connection, however many answers wait on it.
+  const waitingOn = new WeakMap<Socket, Set<() => void>>()
   const countUndelivered = async (request: FastifyRequest, reply: FastifyReply, payload: unknown): Promise<unknown> => {
     const bytes = typeof payload === "string" ? Buffer.byteLength(payload) : Buffer.isBuffer(payload) ? payload.length : 0
-    if (request.auth?.kind !== "key" || bytes === 0) return payload
+    const socket: Socket | undefined = request.raw.socket ?? undefined
+    // A connection already gone has emitted its close: the bytes would never come off. (The
+    // refusal of a body cut short is sent after the hang-up; 43 bytes stayed per hang-up.)
+    if (request.auth?.kind !== "key" || bytes === 0 || reply.raw.destroyed || socket?.destroyed === true) return payload
     const account = request.auth.account
     undelivered.set(account, (undelivered.get(account) ?? 0) + bytes)
+    undeliveredTotal += bytes
+    let waiting = socket === undefined ? undefined : waitingOn.get(socket)
+    if (socket !== undefined && waiting === undefined) {
+      const answers = new Set<() => void>()
+      waitingOn.set(socket, answers)
+      socket.once("close", () => {
+        for (const out of answers) out()
+      })
+      waiting = answers
+    }
     // Once: when the answer is out (written whole to the connection) or the connection is gone.
-    reply.raw.once("close", () => {
+    const out = (): void => {
+      if (waiting?.delete(out) === false) return
       const left = (undelivered.get(account) ?? 0) - bytes
+      assert(left >= 0 && undeliveredTotal >= bytes, () => `unread /v1 answers: ${bytes} bytes taken off ${account}'s ${left + bytes} and the process's ${undeliveredTotal}`)
       if (left > 0) undelivered.set(account, left)
       else undelivered.delete(account)
-    })
+      undeliveredTotal -= bytes
+    }
+    waiting?.add(out)
+    reply.raw.once("close", out)
     return payload
   }
   app.addHook("onRoute", (route) => {
     if (!route.url.startsWith("/v1/") || ![route.method].flat().includes("POST")) return
-    route.onRequest = [...[route.onRequest ?? []].flat(), refuseIfUndelivered]
+    route.preHandler = [...[route.preHandler ?? []].flat(), refuseIfUndelivered]
     route.onSend = [...[route.onSend ?? []].flat(), countUndelivered]
   })
 

@@ -25,9 +25,10 @@ declare module "fastify" {
     /** A health probe (`/healthz`, `/readyz`): answered even by a fenced replica, never rate limited. */
     probe?: true
     /**
-     * A route that takes access away (revoking a key, removing a member): the owner's requests
-     * to it are counted in a budget of their own, so a member who uses up the account's cannot
-     * keep the owner from removing them.
+     * A route that takes access away (revoking a key, removing a member), or lists what to take
+     * (the keys, the members: their ids come from there): the owner's requests to it are counted
+     * in a budget of their own, so a member who uses up the account's cannot keep the owner from
+     * removing them.
      */
     lockout?: true
   }
@@ -74,7 +75,7 @@ export interface Spec {
   readonly response: Record<number, unknown>
   /** Accepts `Idempotency-Key` (documented in the schema). */
   readonly idempotent?: boolean
-  /** Takes access away: the owner's requests have a rate-limit budget of their own (`FastifyContextConfig.lockout`). */
+  /** Takes access away, or lists what to take (members, keys): the owner's requests have a rate-limit budget of their own (`FastifyContextConfig.lockout`). */
   readonly lockout?: true
 }
 

@@ -60,6 +60,40 @@ describe("sign-up and keys", () => {
     expect(stateOf(w)).toBe(before)
   })
 
+  it("refuses every invisible character, not only the listed ones: Arabic letter mark, tags, variation selectors, fillers, lone surrogates", async () => {
+    // Found by second review: the refused characters were a hand-made list, and the ones it
+    // missed signed up: an Arabic letter mark (a bidirectional mark like U+200F), Unicode tag
+    // characters (invisible ASCII look-alikes), variation selectors, the combining grapheme
+    // joiner, the Hangul filler, the Mongolian vowel separator. Each of them is a default
+    // ignorable code point, shown as nothing; a lone surrogate was stored as U+FFFD.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const before = stateOf(w)
+    for (const hidden of ["\u061cowner@example.com", "owner\u{e0041}@example.com", "owner\ufe0f@example.com", "own\u034fer@example.com", "owner\u3164@example.com", "owner@example\u180e.com", "owner\ud800@example.com"]) {
+      const signup = await w.req("POST", "/accounts", { body: { email: hidden } })
+      const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: hidden } })
+      for (const r of [signup, invite]) expect([JSON.stringify(hidden), r.status, r.body.error, r.body.field]).toEqual([JSON.stringify(hidden), 400, "invalid_request", "email"])
+    }
+    expect(stateOf(w)).toBe(before)
+    // Letters of every script are addresses still.
+    expect((await w.req("POST", "/accounts", { body: { email: "jos\u00e9@\u4f8b\u3048.jp" } })).status).toBe(201)
+  })
+
+  it("stores an email composed (NFC): the same address typed decomposed is the same account and the same invitee", async () => {
+    // Found by second review: `jose\u0301@example.com` (an e and a combining accent) shows as
+    // `josé@example.com` but was another string, so it signed up as a second account that
+    // passed for the first in a team's member list, and an invite to one was 403 for the other.
+    w = await world()
+    const jose = await w.signup("jos\u00e9@example.com")
+    const twin = await w.req("POST", "/accounts", { body: { email: "jose\u0301@example.com" } })
+    expect([twin.status, twin.body.error]).toEqual([409, "email_taken"])
+    const owner = await w.signup("owner@example.com")
+    const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "JOSE\u0301@example.com" } })
+    expect([invite.status, invite.body.email]).toEqual([201, "jos\u00e9@example.com"])
+    const accepted = await w.req("POST", `/invites/${(invite.body.invite_url as string).split("/invites/")[1]}/accept`, { key: jose.key })
+    expect(accepted.status).toBe(201)
+  })
+
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {
     // Proves /api-keys: the secret once, never in a list, revocation immediate.
     w = await world()

@@ -420,6 +420,30 @@ describe("rate limits and a rogue member", () => {
   })
 })
 
+describe("rate limits and a rogue member, with the owner not knowing their ids", () => {
+  it("let the owner list the members and the keys in their own budget, to learn what to revoke and whom to remove", async () => {
+    // Found by second review: the owner's budget of its own covered the DELETEs only, and their
+    // ids come from GET /team/members and GET /api-keys, which stayed in the account's budget:
+    // a member at the account's limit kept the owner from learning whom to remove.
+    w = await world({ rateLimit: { max: 3, window_ms: 60_000 } })
+    const owner = await w.signup("owner@example.com")
+    const bob = await w.signup("bob@example.com", "0")
+    const inv = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "bob@example.com" } })
+    const member = (await w.req("POST", `/invites/${(inv.body.invite_url as string).split("/invites/")[1]}/accept`, { key: bob.key })).body.api_key
+    for (let i = 0; i < 3; i++) await w.req("GET", "/account", { key: member.secret })
+    expect((await w.req("GET", "/account", { key: owner.key })).status).toBe(429)
+    // A member's own listing is no way around the account's budget.
+    expect((await w.req("GET", "/team/members", { key: member.secret })).status).toBe(429)
+    const members = await w.req("GET", "/team/members", { key: owner.key })
+    const keys = await w.req("GET", "/api-keys", { key: owner.key })
+    expect([members.status, keys.status]).toEqual([200, 200])
+    const rogue = (members.body.data as Array<{ user_id: string; email: string }>).find((m) => m.email === "bob@example.com")!
+    expect((keys.body.data as Array<{ id: string }>).map((k) => k.id)).toContain(member.id)
+    const removed = await w.req("DELETE", `/team/members/${rogue.user_id}`, { key: owner.key })
+    expect([removed.status, removed.body.keys_revoked]).toEqual([200, 1])
+  })
+})
+
 describe("rate limits behind a proxy", () => {
   it("count each client the trusted proxy names by its own address; a forwarded address from anyone else counts for nothing", async () => {
     // Proves --trust-proxy (security review): behind an ingress every sign-up and webhook came

@@ -211,7 +211,7 @@ describe("/v1 answers a client leaves unread", () => {
       })
     const refused = await chat()
     const answer = (await refused.json()) as { error: string; message: string }
-    expect([refused.status, answer.error]).toEqual([429, "answers_undelivered"])
+    expect([refused.status, answer.error, refused.headers.get("retry-after")]).toEqual([429, "answers_undelivered", "5"])
     expect(answer.message).toMatch(/^this account's clients have not read \d+ bytes of \/v1 answers yet; read them, or close those connections, before asking for more$/)
     expect(apiRows(a.account)).toHaveLength(1)
     // Other routes are not held up, and once the connections are gone the account asks again.

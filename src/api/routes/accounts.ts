@@ -40,6 +40,13 @@ export const PENDING_INVITES_MAX = 1_000
 const EMAIL_FORBIDDEN = "\\s@\\u0000-\\u001f\\u007f\\u00ad\\u200b-\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u2069\\ufeff"
 /** One @: a local part of 1–64 and a domain of 1–189 characters, none of them `EMAIL_FORBIDDEN`. */
 const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
+/**
+ * Every character shown as nothing, by Unicode's own classes rather than a list: controls,
+ * format characters, default-ignorable code points, and lone surrogates (stored as U+FFFD).
+ * The list above missed the Arabic letter mark (a bidirectional mark), tag characters,
+ * variation selectors, the Hangul filler and more, and each of them signed up (second review).
+ */
+const EMAIL_INVISIBLE_RE = /[\p{Cc}\p{Cf}\p{Cs}\p{Default_Ignorable_Code_Point}]/u
 
 // The address's form is checked by `normalEmail`, which says so in words; a schema `pattern`
 // answered the whole regular expression to the user.
@@ -86,10 +93,14 @@ const keyJson = (k: Pick<KeyRow, "id" | "name" | "user_id" | "created_at" | "rev
   revoked_at: k.revoked_at === null ? null : iso(k.revoked_at)
 })
 
-/** Lower case, then checked again: lowering can lengthen a string ("İ" becomes two characters). */
+/**
+ * Lower case and composed (NFC), then checked again: lowering can lengthen a string ("İ"
+ * becomes two characters). Composed, an address typed with a combining accent (`e` + U+0301)
+ * is the address it shows (`é`): it was another account that passed for the first.
+ */
 const normalEmail = (e: string): string => {
-  const address = e.trim().toLowerCase()
-  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
+  const address = e.trim().toLowerCase().normalize("NFC")
+  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address) || EMAIL_INVISIBLE_RE.test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
   return address
 }
 
@@ -167,7 +178,8 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     }
   )
 
-  app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) } }), async (request) => ({
+  // `lockout`: the owner reads here whom to remove; a member at the account's limit must not keep them from it.
+  app.get("/team/members", spec({ tags, summary: "The account's members", auth: "account", response: { 200: obj({ data: { type: "array", items: MemberSchema } }) }, lockout: true }), async (request) => ({
     data: ctx.api.members(keyOf(request).account).map((m) => ({ user_id: m.user_id, email: m.email, role: m.role, joined_at: iso(m.joined_at) }))
   }))
 
@@ -294,7 +306,8 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     }
   )
 
-  app.get("/api-keys", spec({ tags: ["API keys"], summary: "The account's keys (never their secrets)", auth: "account", response: { 200: obj({ data: { type: "array", items: KeySchema } }) } }), async (request) => ({
+  // `lockout`: the owner reads here which keys to revoke.
+  app.get("/api-keys", spec({ tags: ["API keys"], summary: "The account's keys (never their secrets)", auth: "account", response: { 200: obj({ data: { type: "array", items: KeySchema } }) }, lockout: true }), async (request) => ({
     data: ctx.api.keysOf(keyOf(request).account).map(keyJson)
   }))
 
