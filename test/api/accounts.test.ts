@@ -79,6 +79,23 @@ describe("sign-up and keys", () => {
     expect((await w.req("POST", "/accounts", { body: { email: "jos\u00e9@\u4f8b\u3048.jp" } })).status).toBe(201)
   })
 
+  it("refuses a key name with an invisible or direction-changing character: 400, no key made", async () => {
+    // Found by second review: a key's name is what the owner reads in GET /api-keys to choose
+    // which key to revoke, and `\u202e` showed `Test-key` reversed, a zero-width space two names
+    // as one; a member could pass a key of theirs for another. Letters of any script still do.
+    w = await world()
+    const owner = await w.signup("owner@example.com")
+    const before = stateOf(w)
+    for (const name of ["\u202eyek-tseT", "ci\u200bkey", "deploy\u{e0041}", "a\u0000b"]) {
+      const made = await w.req("POST", "/api-keys", { key: owner.key, body: { name } })
+      const signup = await w.req("POST", "/accounts", { body: { email: "new@example.com", key_name: name } })
+      expect([JSON.stringify(name), made.status, made.body.error, made.body.field, signup.status, signup.body.field]).toEqual([JSON.stringify(name), 400, "invalid_request", "name", 400, "key_name"])
+    }
+    expect(stateOf(w)).toBe(before)
+    const named = await w.req("POST", "/api-keys", { key: owner.key, body: { name: "clé de déploiement 生产" } })
+    expect([named.status, named.body.name]).toEqual([201, "clé de déploiement 生产"])
+  })
+
   it("stores an email composed (NFC): the same address typed decomposed is the same account and the same invitee", async () => {
     // Found by second review: `jose\u0301@example.com` (an e and a combining accent) shows as
     // `josé@example.com` but was another string, so it signed up as a second account that

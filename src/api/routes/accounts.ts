@@ -48,6 +48,16 @@ const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
  */
 const EMAIL_INVISIBLE_RE = /[\p{Cc}\p{Cf}\p{Cs}\p{Default_Ignorable_Code_Point}]/u
 
+/**
+ * A key's name as the owner reads it in the list of keys, to choose which to revoke: no
+ * character shown as nothing or that reorders the text around it (`EMAIL_INVISIBLE_RE`). A
+ * member could name a key `\u202Eyek-tseT` to show as another (second review).
+ */
+const checkKeyName = (name: string, field: string): string => {
+  if (EMAIL_INVISIBLE_RE.test(name)) throw new HttpError(400, "invalid_request", `${field} must not contain invisible or direction-changing characters`, field)
+  return name
+}
+
 // The address's form is checked by `normalEmail`, which says so in words; a schema `pattern`
 // answered the whole regular expression to the user.
 const email = { type: "string", minLength: 3, maxLength: EMAIL_LENGTH_MAX, description: "an email address: one @, no spaces, control or invisible characters" } as const
@@ -140,6 +150,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     async (request, reply) => {
       const body = request.body as { email: string; key_name?: string }
       const address = normalEmail(body.email)
+      const keyName = checkKeyName(body.key_name ?? "default", "key_name")
       const answer = ctx.engine.sup.unitOfWork(() => {
         if (ctx.api.userByEmail(address) !== undefined) throw new HttpError(409, "email_taken", "an account was already signed up with this email")
         const account = newId(ctx.secrets, "acct-")
@@ -147,7 +158,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
         call(ctx, ctx.engine.sup.openAccount(account))
         ctx.api.insertUser({ id: user, email: address, created_at: now() })
         ctx.api.addMember(account, user, "owner", now())
-        const api_key = createKey(account, user, body.key_name ?? "default")
+        const api_key = createKey(account, user, keyName)
         return {
           account: { id: account, balance: formatDollars(0n) },
           user: { id: user, email: address, role: "owner" as const },
@@ -301,7 +312,7 @@ export const accountRoutes = (app: FastifyInstance, ctx: ApiContext): void => {
     }),
     async (request, reply) => {
       const auth = keyOf(request)
-      const { name } = request.body as { name: string }
+      const name = checkKeyName((request.body as { name: string }).name, "name")
       return idempotent(ctx, request, reply, auth.account, () => ({ status: 201, body: createKey(auth.account, auth.user_id, name), secret_path: ["secret"] }))
     }
   )
