@@ -82,11 +82,14 @@ export const readKubernetesFiles = (config: ServerConfig): KubernetesFiles => {
   if (kubeconfig.getCurrentCluster() === null) throw new ConfigError(`--kubeconfig ${k8s.kubeconfig}: no current context with a cluster`)
   const stranded = liveOutside(config.db, new Set(world.right.cluster.regions.map((r) => r.name)))
   if (stranded.size > 0) {
-    const [region, ids] = [...stranded].sort(([a], [b]) => (a < b ? -1 : 1))[0]!
-    const shown = ids.slice(0, STRANDED_SHOWN_MAX).join(", ") + (ids.length > STRANDED_SHOWN_MAX ? `, and ${ids.length - STRANDED_SHOWN_MAX} more` : "")
+    // Every missing region at once: named one a start, the operator met the next at the next start.
+    const missing = [...stranded].sort(([a], [b]) => (a < b ? -1 : 1)).map(([region, ids]) => {
+      const shown = ids.slice(0, STRANDED_SHOWN_MAX).join(", ") + (ids.length > STRANDED_SHOWN_MAX ? `, and ${ids.length - STRANDED_SHOWN_MAX} more` : "")
+      return `no region ${region}, where ${ids.length} live resource${ids.length === 1 ? "" : "s"} of the database run${ids.length === 1 ? "s" : ""} (${shown})`
+    })
     throw new ConfigError(
-      `--cluster ${k8s.cluster_file}: no region ${region}, where ${ids.length} live resource${ids.length === 1 ? "" : "s"} of the database run${ids.length === 1 ? "s" : ""} (${shown}): ` +
-        `put the region back until they are stopped or deleted; the engine cannot reach their pods or volumes without it`
+      `--cluster ${k8s.cluster_file}: ${missing.join("; ")}: ` +
+        `put the region${missing.length === 1 ? "" : "s"} back until they are stopped or deleted; the engine cannot reach their pods or volumes without ${missing.length === 1 ? "it" : "them"}`
     )
   }
   return { world: world.right, kubeconfig }

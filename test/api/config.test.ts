@@ -134,6 +134,21 @@ describe("readKubernetesFiles: the cluster file against the database", () => {
         `--cluster ${cluster}: no region eu-west, where 7 live resources of the database run (gi-1, gi-2, gi-3, gi-4, gi-5, and 2 more): put the region back until they are stopped or deleted; the engine cannot reach their pods or volumes without it`
       )
     )
+    // Every missing region is named at once, not one a start (second review).
+    const db2 = tmpDb()
+    const other = LedgerStore.open(db2)
+    other.openAccount("acme", 0)
+    other.transaction(() => {
+      other.saveResource({ id: "gi-1", account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), at: 0 })
+      other.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["ap-south", "eu-west"] }), at: 0 })
+    })
+    other.close()
+    writeFileSync(cluster, JSON.stringify({ namespace: "ecolink", regions: { "us-east": region } }))
+    expect(() => readKubernetesFiles(parseConfig(["--db", db2, "--kubeconfig", kubeconfig, "--cluster", cluster], { ECOLINK_OPERATOR_KEY: OPERATOR_KEY }))).toThrow(
+      new ConfigError(
+        `--cluster ${cluster}: no region ap-south, where 1 live resource of the database runs (ii-1); no region eu-west, where 2 live resources of the database run (gi-1, ii-1): put the regions back until they are stopped or deleted; the engine cannot reach their pods or volumes without them`
+      )
+    )
     // With the region back, and for a terminated resource's region, nothing is refused.
     expect(readKubernetesFiles(config({ "us-east": region, "eu-west": region })).world.cluster.regions.map((r) => r.name)).toEqual(["us-east", "eu-west"])
   })
