@@ -14,11 +14,17 @@ import type { EngineClock } from "../clock.js"
 /** Windows counted at once per map (callers with a key; client addresses). */
 export const RATE_LIMIT_KEYS_MAX = 100_000
 
-/** A client address with its port, as some proxies write it: `192.0.2.1:5678`, `[2001:db8::1]:5678`. */
-const WITH_PORT_RE = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9a-f:.%]+)\]):\d{1,5}$/i
+/**
+ * A client address with its port, or in brackets, as some proxies write it: `192.0.2.1:5678`,
+ * `[2001:db8::1]:5678`, `[2001:db8::1]`.
+ */
+const WITH_PORT_RE = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9a-f:.%]+)\]):\d{1,5}$|^\[([0-9a-f:.%]+)\]$/i
 
-/** An IPv4 client of a dual-stack socket, as Node names it (`::ffff:192.0.2.1`). */
-const IPV4_MAPPED_RE = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i
+/**
+ * An IPv4 client of a dual-stack socket, as Node names it (`::ffff:192.0.2.1`), with the port
+ * a proxy may have written after it.
+ */
+const IPV4_MAPPED_RE = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})(?::\d{1,5})?$/i
 
 /** The hextets of one side of an IPv6 `::`; an embedded IPv4 address counts as two. */
 const hextetsOf = (part: string): string[] => (part === "" ? [] : part.split(":").flatMap((h) => (h.includes(".") ? ["0", "0"] : [h])))
@@ -40,7 +46,7 @@ export const addressKey = (given: string): string => {
   // A proxy that writes the client's port into X-Forwarded-For (`--trust-proxy`): the port
   // is not the client, and read as IPv6 each port was a budget of its own.
   const withPort = WITH_PORT_RE.exec(given)
-  const ip = withPort === null ? given : (withPort[1] ?? withPort[2]!)
+  const ip = withPort === null ? given : (withPort[1] ?? withPort[2] ?? withPort[3]!)
   const mapped = IPV4_MAPPED_RE.exec(ip)
   if (mapped !== null) return `ip:${mapped[1]}`
   return ip.includes(":") ? `ip:${ipv6Network(ip)}::/64` : `ip:${ip}`

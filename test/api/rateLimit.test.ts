@@ -31,4 +31,16 @@ describe("the rate limiter's store", () => {
     // Found by review: behind --trust-proxy, `192.0.2.1:5678` read as IPv6 gave a budget per port.
     expect(["192.0.2.1:5678", "192.0.2.1:80", "[2001:db8:1:2::1]:443", "[2001:db8:1:2::9]:8080"].map(addressKey)).toEqual(["ip:192.0.2.1", "ip:192.0.2.1", "ip:2001:db8:1:2::/64", "ip:2001:db8:1:2::/64"])
   })
+
+  it("reads an IPv6 address in brackets without a port, and a dual-stack IPv4 with one, as their own clients", () => {
+    // Found by second review: `[2001:db8::1]` gave the key `ip:NaN:…` and `::ffff:192.0.2.1:80`
+    // the key `ip:0:0:0:0::/64`: every client a proxy wrote so shared one budget, and one of
+    // them could use it up for all.
+    expect(["[2001:db8:1:2::1]", "[2001:db8:7:2::1]", "::ffff:192.0.2.1:80", "::ffff:198.51.100.7:443"].map(addressKey)).toEqual([
+      "ip:2001:db8:1:2::/64",
+      "ip:2001:db8:7:2::/64",
+      "ip:192.0.2.1",
+      "ip:198.51.100.7"
+    ])
+  })
 })
