@@ -409,6 +409,8 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   // server is busy (503), which is not theirs to fix.
   const undelivered = new Map<string, number>()
   let undeliveredTotal = 0
+  /** Whether the present spell over the process's bound was logged (set back once under it). */
+  let overTotalLogged = false
   const refuseIfUndelivered = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.auth?.kind !== "key") return
     const bytes = undelivered.get(request.auth.account) ?? 0
@@ -419,7 +421,9 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     }
     if (undeliveredTotal > (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) {
       // The operator's concern, not the caller's: how much, and whose, is not the caller's to know.
-      request.log.warn({ undelivered_bytes: undeliveredTotal, accounts: undelivered.size }, "unread /v1 answers over the process's bound: /v1 refused 503 server_busy")
+      // Logged once per spell over the bound, not once per refused request.
+      if (!overTotalLogged) request.log.warn({ undelivered_bytes: undeliveredTotal, accounts: undelivered.size }, "unread /v1 answers over the process's bound: /v1 refused 503 server_busy until they are read")
+      overTotalLogged = true
       reply.header("retry-after", String(policy.SERVER_BUSY_RETRY_AFTER_S))
       throw new HttpError(503, "server_busy", `the server holds too many /v1 answers its clients have not read yet; retry after ${policy.SERVER_BUSY_RETRY_AFTER_S} s`)
     }
@@ -455,6 +459,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       if (left > 0) undelivered.set(account, left)
       else undelivered.delete(account)
       undeliveredTotal -= bytes
+      if (undeliveredTotal <= (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) overTotalLogged = false
     }
     waiting?.add(out)
     reply.raw.once("close", out)

@@ -5,6 +5,7 @@
  * across all accounts (`UNDELIVERED_ANSWER_BYTES_TOTAL_MAX`).
  */
 import { connect, type AddressInfo, type Socket } from "node:net"
+import { Writable } from "node:stream"
 import { afterEach, describe, expect, it } from "vitest"
 import { stateOf, world, type World } from "./harness.js"
 
@@ -126,7 +127,15 @@ describe("/v1 answers all accounts' clients leave unread", () => {
     // 64 MiB unread and take the process to 6 GiB. Here the bound is 1 MiB for the process and
     // the default 64 MiB per account: one unread answer of account A is over the first, under
     // the second, so B (and A too) are told the server is busy, not that they are at fault.
-    w = await world({ undeliveredAnswerBytesTotalMax: 1_048_576 })
+    const lines: string[] = []
+    const stream = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(...String(chunk).split("\n").filter((l) => l.length > 0))
+        done()
+      }
+    })
+    const warnings = () => lines.map((l) => JSON.parse(l) as { level: number; msg: string }).filter((l) => l.level === 40).map((l) => l.msg)
+    w = await world({ undeliveredAnswerBytesTotalMax: 1_048_576, logger: { level: "warn", stream } })
     const a = await w.signup("a@example.com", "10.00")
     const b = await w.signup("b@example.com", "10.00")
     await w.app.listen({ port: 0, host: "127.0.0.1" })
@@ -149,6 +158,8 @@ describe("/v1 answers all accounts' clients leave unread", () => {
       ])
       expect(refused.headers.get("x-ecolink-request-id")).toMatch(/^req_/)
     }
+    // The operator is told once for the spell, not once per refused request.
+    expect(warnings()).toEqual(["unread /v1 answers over the process's bound: /v1 refused 503 server_busy until they are read"])
     // Nothing billed, nothing remembered for the Idempotency-Key; the other routes answer.
     expect(stateOf(w)).toBe(before)
     expect(apiRows(b.account)).toHaveLength(0)
