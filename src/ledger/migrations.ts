@@ -430,6 +430,29 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
     sql: `
       ALTER TABLE api_idempotency ADD COLUMN payment TEXT;
     `
+  },
+  {
+    version: 17,
+    name: "payments: disputes (chargebacks), by dispute id",
+    // src/payments.ts. A dispute's funds withdrawn from, and reinstated to, the merchant's
+    // balance at the provider, each the largest the provider has told (so a resend or a second
+    // event type of one dispute books nothing more); `disputed_micros` is what the charge's
+    // dispute rows (card `refund` rows) add up to, negated, at most the payment less what was
+    // refunded of it.
+    sql: `
+      CREATE TABLE payment_disputes (
+        dispute_id         TEXT PRIMARY KEY,
+        charge_id          TEXT NOT NULL,
+        payment_id         TEXT NOT NULL REFERENCES payments(id),
+        withdrawn_micros   INTEGER NOT NULL DEFAULT 0 CHECK (withdrawn_micros >= 0),
+        reinstated_micros  INTEGER NOT NULL DEFAULT 0 CHECK (reinstated_micros >= 0),
+        status             TEXT,
+        reason             TEXT,
+        updated_at         INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX payment_disputes_by_charge ON payment_disputes(charge_id);
+      ALTER TABLE payment_refunds ADD COLUMN disputed_micros INTEGER NOT NULL DEFAULT 0 CHECK (disputed_micros >= 0);
+    `
   }
 ]
 
