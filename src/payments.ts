@@ -55,7 +55,8 @@
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
  *   off-session charge, never a second while one of the account's auto-recharges is in flight
  *   (even one made under settings since turned off), none while backing off after a decline
- *   (saving the same card again keeps the backoff) or waiting after a failure of the
+ *   (saving the same card again keeps the backoff, also after the settings were deleted: it is
+ *   the account's, `auto_recharge_backoff`) or waiting after a failure of the
  *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
  *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause is
@@ -726,6 +727,12 @@ export class PaymentBook {
           customer: sameCard ? before.customer : null,
           at
         })
+        // Settings saved again after they were deleted take back the backoff of the same card
+        // (a different card starts afresh): deleting and saving them again is no way around it.
+        if (before === undefined) this.s.restoreBackoff.run(account)
+        this.s.forgetBackoff.run(account)
+        const restored = this.autoRecharge(account)!
+        if (restored.retry_at !== null && restored.retry_at > at) this.armRetry(account, restored.retry_at)
         // Saving the settings ends a pause (the upsert clears `paused_by`), and with it its holders.
         this.s.clearPausedBy.run(account)
         this.recharging.add(account)
@@ -1106,9 +1113,13 @@ export class PaymentBook {
 
   /**
    * Auto-recharge off, as the owner's DELETE does: the settings go, and so does any pause with
-   * its holders; a charge already in flight still books when it answers.
+   * its holders; the card's backoff stays (`auto_recharge_backoff`), and a charge already in
+   * flight still books when it answers.
    */
   private turnOffAutoRecharge(account: string): void {
+    // The backoff is the account's, not the settings': it outlives them (saveBackoff skips a
+    // card with none to keep).
+    this.s.saveBackoff.run(account)
     this.s.deleteAutoRecharge.run(account)
     this.s.clearPausedBy.run(account)
     this.recharging.delete(account)
@@ -1214,7 +1225,11 @@ export class PaymentBook {
     assert(swapped === 1, () => `payment ${p.id} changed under its credit`)
     const description = p.kind === "topup" ? policy.descriptions.topUpPayment(p.id) : policy.descriptions.autoRecharge(p.id)
     this.host.postPayment({ account: p.account, kind: "topup", amount_micros: p.amount_micros, resource: p.id, description })
-    if (p.kind === "auto_recharge") this.s.clearPending.run(p.id)
+    if (p.kind === "auto_recharge") {
+      this.s.clearPending.run(p.id)
+      // A success resets the count, also of settings turned off meanwhile.
+      this.s.forgetBackoff.run(p.account)
+    }
     return true
   }
 
@@ -1382,6 +1397,16 @@ const prepare = (db: LedgerStore["db"]) => {
          retry_at = CASE WHEN payment_method = excluded.payment_method THEN retry_at ELSE NULL END`
     ),
     deleteAutoRecharge: db.prepare(`DELETE FROM auto_recharge WHERE account = ?`),
+    saveBackoff: db.prepare(
+      `INSERT INTO auto_recharge_backoff (account, payment_method, declines, last_decline_at, retry_at)
+       SELECT account, payment_method, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ? AND (declines > 0 OR retry_at IS NOT NULL)
+       ON CONFLICT(account) DO UPDATE SET payment_method = excluded.payment_method, declines = excluded.declines, last_decline_at = excluded.last_decline_at, retry_at = excluded.retry_at`
+    ),
+    restoreBackoff: db.prepare(
+      `UPDATE auto_recharge SET declines = b.declines, last_decline_at = b.last_decline_at, retry_at = b.retry_at
+       FROM auto_recharge_backoff b WHERE auto_recharge.account = ? AND b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method`
+    ),
+    forgetBackoff: db.prepare(`DELETE FROM auto_recharge_backoff WHERE account = ?`),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),
     setPending: db.prepare(`UPDATE auto_recharge SET pending_payment = ? WHERE account = ?`),
     setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),

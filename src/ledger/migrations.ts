@@ -453,6 +453,23 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       CREATE INDEX payment_disputes_by_charge ON payment_disputes(charge_id);
       ALTER TABLE payment_refunds ADD COLUMN disputed_micros INTEGER NOT NULL DEFAULT 0 CHECK (disputed_micros >= 0);
     `
+  },
+  {
+    version: 18,
+    name: "auto-recharge: the backoff outlives the settings",
+    // src/payments.ts. The decline backoff (and the wait after a failure of the provider's) is
+    // the account's: turning auto-recharge off keeps it here, and saving the same card again
+    // takes it back, so deleting and saving the settings again does not charge a declining
+    // card at once. A different card starts afresh (docs/POLICY.md); a success forgets it.
+    sql: `
+      CREATE TABLE auto_recharge_backoff (
+        account          TEXT PRIMARY KEY REFERENCES accounts(id),
+        payment_method   TEXT NOT NULL,
+        declines         INTEGER NOT NULL CHECK (declines >= 0),
+        last_decline_at  INTEGER,
+        retry_at         INTEGER
+      ) STRICT;
+    `
   }
 ]
 

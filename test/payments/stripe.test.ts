@@ -1298,6 +1298,31 @@ describe("auto-recharge and the unit of work around it", () => {
     expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, retry_at: null, pending_payment: "pay_00000002" })
   })
 
+  it("keeps the backoff after a decline when the settings are deleted and saved again with the same card", async () => {
+    // Proves (abuse review) the backoff is the account's, not the settings': DELETE then PUT
+    // with the declined card does not charge it again at once (it did: the way around the
+    // backoff for a card tester); the retry comes when the backoff ends, and a second decline
+    // doubles it.
+    const { w, clock } = await setup()
+    const a = await w.signup("kit@example.com", "0")
+    const declining = { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclined" }
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.declines === 1, "the decline")
+    const declinedAt = clock.now()
+    expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN)
+    expect((await w.req("DELETE", "/billing/auto-recharge", { key: a.key })).status).toBe(200)
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })).status).toBe(200)
+    await until(() => book.autoRecharge(a.account)?.customer !== null, "the card saved again")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 1, retry_at: declinedAt + 15 * MIN })
+    await new Promise((r) => setTimeout(r, 50))
+    expect(book.payments()).toHaveLength(1)
+    w.advance(15 * MIN)
+    await until(() => book.autoRecharge(a.account)?.declines === 2, "the second decline")
+    expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN + 30 * MIN)
+    expect(book.payments()).toHaveLength(2)
+  })
+
   it("never calls Stripe for a charge whose unit of work rolls back", async () => {
     // Proves the off-session charge leaves only after its payment row commits: here the launch
     // that set it off fails as it writes its resource (a trigger stands in for a full disk), the
