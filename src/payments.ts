@@ -81,7 +81,7 @@
 import { Either } from "effect"
 import type { EngineClock, TimerHandle } from "./clock.js"
 import { Lane } from "./clock.js"
-import { assert, NotFound, ValidationError } from "./errors.js"
+import { assert, Conflict, NotFound, ValidationError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { formatDollars, type Micros } from "./money.js"
 import * as policy from "./policy.js"
@@ -645,7 +645,7 @@ export class PaymentBook {
     account: string,
     amount_micros: Micros,
     attempt: TopUpAttempt = FIRST_ATTEMPT
-  ): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError>> {
+  ): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError | Conflict>> {
     const earlier = attempt.resume === null ? undefined : this.payment(attempt.resume)
     // A top-up an earlier attempt began, whose answer a crash lost (the client never saw its
     // client_secret): asked again with the same idempotency key, the provider answers the same
@@ -670,12 +670,26 @@ export class PaymentBook {
    * `began` runs in the unit of work that writes the payment row, so what it records commits
    * with it.
    */
-  beginTopUp(account: string, amount_micros: Micros, began?: (payment_id: string) => void): Either.Either<PaymentRecord, NotFound | ValidationError> {
+  beginTopUp(account: string, amount_micros: Micros, began?: (payment_id: string) => void): Either.Either<PaymentRecord, NotFound | ValidationError | Conflict> {
     if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
     const bad = checkAmount(amount_micros, "amount")
     if (bad !== null) return Either.left(bad)
     if (this.ledger.balance(account) + amount_micros > policy.WALLET_BALANCE_MAX_MICROS) {
       return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: `a wallet holds at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)}` }))
+    }
+    // A PaymentIntent costs the account nothing to create: the ones awaiting confirmation are
+    // bounded (docs/POLICY.md). A retry of an earlier attempt's top-up (`topUp`'s resume) makes
+    // none and is not counted again.
+    const pending = Number((this.s.pendingTopUps.get(account, this.clock.now() - policy.TOP_UP_PENDING_WINDOW_MS) as { n: bigint }).n)
+    if (pending >= policy.TOP_UP_PENDING_MAX) {
+      return Either.left(
+        new Conflict({
+          code: "too_many_pending_top_ups",
+          id: account,
+          status: "pending",
+          message: `${pending} top-ups await confirmation: confirm or abandon one (a top-up counts for ${policy.TOP_UP_PENDING_WINDOW_MS / policy.MS_PER_HOUR} h) before starting another`
+        })
+      )
     }
     return Either.right(
       this.host.unitOfWork(() => {
@@ -687,7 +701,7 @@ export class PaymentBook {
   }
 
   /** A top-up whose provider answer comes through `done` (the simulator's path). */
-  startTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError> {
+  startTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError | Conflict> {
     const begun = this.beginTopUp(account, amount_micros)
     if (Either.isRight(begun)) this.send(begun.right)
     return begun
@@ -1387,6 +1401,8 @@ const prepare = (db: LedgerStore["db"]) => {
     ),
     autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge WHERE account = ?`),
     allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge ORDER BY account`),
+    /** The account's manual top-ups awaiting confirmation, made since the instant given (TOP_UP_PENDING_WINDOW_MS). */
+    pendingTopUps: rows(`SELECT count(*) AS n FROM payments WHERE account = ? AND kind = 'topup' AND status IN ('creating', 'pending') AND created_at > ?`),
     rechargeInFlight: db.prepare(`SELECT 1 FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status IN ('creating', 'pending') LIMIT 1`),
     upsertAutoRecharge: db.prepare(
       `INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, customer, updated_at) VALUES (@account, @threshold, @amount, @payment_method, @customer, @at)

@@ -143,6 +143,18 @@ export const AUTO_RECHARGE_BURST_WINDOW_MS = 1 * MS_PER_HOUR
  * event is booked as far as it tells and answered 502, so Stripe's retry completes it.
  */
 export const REFUND_LIST_DEADLINE_MS = 5_000
+/**
+ * Decision: an account has at most TOP_UP_PENDING_MAX manual top-ups awaiting confirmation
+ * (a PaymentIntent created, neither paid nor failed) made within TOP_UP_PENDING_WINDOW_MS; one
+ * more is 409 `too_many_pending_top_ups`. Each top-up creates a PaymentIntent at Stripe, and
+ * creating them costs an account nothing (it need not have a cent): without a bound, one
+ * account could make them at the rate limit, a card tester's tool and clutter in our Stripe
+ * account. A top-up older than the window counts no more (PaymentIntents do not expire at
+ * Stripe, and an abandoned one must not lock the account out); confirmed late, it is still
+ * credited.
+ */
+export const TOP_UP_PENDING_MAX = 10
+export const TOP_UP_PENDING_WINDOW_MS = 24 * MS_PER_HOUR
 /** Webhook signatures older than this (engine clock) are refused (stripe-node's default). */
 export const WEBHOOK_TOLERANCE_S = 300
 /** The currency of every card payment. */

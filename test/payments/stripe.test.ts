@@ -261,6 +261,35 @@ describe("top-ups", () => {
     expect(ledgerOf(w, a.account)).toEqual([["topup", "30.00", "pay_00000001"]])
   })
 
+  it("refuse an eleventh top-up awaiting confirmation with 409 too_many_pending_top_ups, until one is paid or a day passes", async () => {
+    // Proves (abuse review) the PaymentIntents an account makes are bounded: any account, even
+    // at $0, made them at the rate limit. Ten awaiting confirmation are fine; the eleventh is
+    // 409 and creates nothing at Stripe (nor a payment row); one paid frees a place; a day
+    // later the abandoned ones count no more. Another account is not affected.
+    const { w, server } = await setup()
+    const a = await w.signup("pam@example.com", "0")
+    const top = (key: string) => w.req("POST", "/billing/top-ups", { key, body: { amount: "5.00" } })
+    for (let i = 0; i < 10; i++) expect((await top(a.key)).status).toBe(201)
+    const refused = await top(a.key)
+    expect([refused.status, refused.body]).toEqual([
+      409,
+      { error: "too_many_pending_top_ups", message: "10 top-ups await confirmation: confirm or abandon one (a top-up counts for 24 h) before starting another" }
+    ])
+    const book = w.opened.engine.sup.payments!
+    expect([server.intents.size, book.payments().length]).toEqual([10, 10])
+    const other = await w.signup("pia@example.com", "0")
+    expect((await top(other.key)).status).toBe(201)
+    await customer(server).paymentIntents.confirm(book.payment("pay_00000001")!.intent_id!, { payment_method: "pm_card_visa" })
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect((await top(a.key)).status).toBe(201)
+    expect((await top(a.key)).status).toBe(409)
+    w.advance(24 * 60 * MIN)
+    expect((await top(a.key)).status).toBe(201)
+  })
+
   it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
     // Proves the engine credits only what it asked for: a signed event whose amount differs
     // from the row (a bug or a tampered integration) moves no money and is journaled.
