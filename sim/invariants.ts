@@ -378,8 +378,10 @@ const pendingApiUsageAt = (facts: RunFacts, requests: PerMinuteRequests, account
 
 /**
  * A card refund row (not a hold's): − when a top-up is refunded at the provider, + when that
- * refund failed there and its money came back (src/payments.ts). A payment's card refund rows
- * add up to what the provider really refunded.
+ * refund failed there and its money came back; − when the top-up is disputed (a chargeback:
+ * the provider's balance gave the money to the cardholder's bank), + when the dispute's money
+ * was reinstated (src/payments.ts). A payment's card refund rows add up to what the provider
+ * really refunded and kept disputed.
  */
 const isCardRefund = (r: LedgerRow): boolean => r.kind === "refund" && r.hold_id === null
 
@@ -516,8 +518,23 @@ export const checkInvariants = (facts: RunFacts): Violation[] => {
   if (facts.api_usage !== undefined) checkApiUsage(facts.api_usage, apiCosts, facts.rows, facts.end_ms, violate)
 
   // 9. The provider's side and ours reconcile to the cent: per account, Σ charged − Σ refunded
-  // at the provider == Σ topup rows − Σ refund-to-card rows in the ledger.
+  // − Σ disputed (withdrawn less reinstated) at the provider == Σ topup rows − Σ refund-to-card
+  // rows (refunds and disputes) in the ledger. And per payment, its refund and dispute rows
+  // together never give back more than it brought in, nor take more than it brought in.
   if (facts.provider_net !== undefined) {
+    const byPayment = new Map<string, { account: string; topup: Micros; card: Micros }>()
+    for (const r of facts.rows) {
+      if (r.resource === null || (r.kind !== "topup" && !isCardRefund(r))) continue
+      const p = byPayment.get(r.resource) ?? { account: r.account, topup: 0n, card: 0n }
+      if (r.kind === "topup") p.topup += r.amount_micros
+      else p.card += r.amount_micros
+      byPayment.set(r.resource, p)
+    }
+    for (const [payment, p] of [...byPayment].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (p.card > 0n || p.topup + p.card < 0n) {
+        violate(9, { account: p.account, resource: payment, message: `payment ${payment}: refund and dispute rows net $${formatDollars(p.card)} against its top-up of $${formatDollars(p.topup)}` })
+      }
+    }
     const ours = new Map<string, Micros>()
     for (const r of facts.rows) {
       if (r.kind === "topup" || isCardRefund(r)) ours.set(r.account, (ours.get(r.account) ?? 0n) + r.amount_micros)

@@ -1,8 +1,9 @@
 /**
  * The simulated payment provider: behaves like Stripe on the virtual clock. PaymentIntents
  * keyed by idempotency key (same key → same intent), cards that succeed or decline, refunds
- * (which may fail later, as a refund to an expired card does), and webhooks delivered after a
- * delay, sometimes twice, redelivered while the engine is down.
+ * (which may fail later, as a refund to an expired card does), disputes (chargebacks, which
+ * may be won later), and webhooks delivered after a delay, sometimes twice, redelivered while
+ * the engine is down.
  *
  * It keeps its own books (what it charged, what it refunded, what the engine acknowledged) so
  * the invariant checker can reconcile the provider's side with the ledger to the cent.
@@ -72,6 +73,21 @@ interface SimRefund {
   failed_listed: boolean
 }
 
+/**
+ * A dispute (chargeback) of a charge: its amount withdrawn from the provider's balance at once
+ * (`charge.dispute.funds_withdrawn`), all of it reinstated if the dispute is won
+ * (`charge.dispute.funds_reinstated`).
+ */
+interface SimDispute {
+  readonly id: string
+  readonly cents: number
+  won: boolean
+  /** The engine took an event that told the withdrawal (the withdrawal's, or the reinstatement's, which implies it). */
+  withdrawn_acked: boolean
+  /** The engine took the event that told the reinstatement. */
+  reinstated_acked: boolean
+}
+
 interface SimIntent {
   readonly id: string
   readonly payment_id: string
@@ -82,11 +98,16 @@ interface SimIntent {
   /** The charge's `amount_refunded`: its refunds that did not fail (Stripe takes a failed one back out). */
   refunded_cents: number
   readonly refunds: SimRefund[]
+  /** The charge's disputes (Stripe has at most one standing: a charge disputed again only after one was won). */
+  readonly disputes: SimDispute[]
   /** The engine took an event proving the payment (succeeded, or a refund of its charge). */
   paid_acked: boolean
   /** The largest cumulative refund the engine took in a `charge.refunded`. */
   refunded_acked_cents: number
 }
+
+/** The charge has a dispute not won: its money is with the cardholder's bank. */
+const disputeStands = (i: SimIntent): boolean => i.disputes.some((d) => !d.won)
 
 /** What the simulated provider says of a declined card (Stripe's text for `card_declined`). */
 export const SIM_DECLINE_MESSAGE = "Your card was declined."
@@ -104,6 +125,7 @@ export class SimPayments implements PaymentsPort {
   private readonly declines = new Map<string, number>()
   private events = 0
   private refundCount = 0
+  private disputeCount = 0
   /** The charge's refunds as a list answered just now hands them to the engine (see `listRefunds`). */
   private answering: { readonly charge_id: string; readonly refunds: ReadonlyArray<SimRefund> } | null = null
 
@@ -147,8 +169,10 @@ export class SimPayments implements PaymentsPort {
    */
   refund(account: string, payment_id: string | null, amount_cents: number | null, fail_after_ms: number | null = null): WorldOutcome {
     const candidates = this.order.map((id) => this.intents.get(id)!).filter((i) => i.account === account && i.status === "succeeded" && i.refunded_cents < i.amount_cents)
-    const intent = payment_id === null ? candidates[candidates.length - 1] : candidates.find((i) => i.payment_id === payment_id)
+    // Stripe refuses to refund a charge whose dispute stands (`charge_disputed`).
+    const intent = payment_id === null ? candidates.filter((i) => !disputeStands(i)).pop() : candidates.find((i) => i.payment_id === payment_id)
     if (intent === undefined) return { ok: false, status: 404, error: "payment_not_found", message: `no refundable payment of ${account}${payment_id === null ? "" : ` named ${payment_id}`}` }
+    if (disputeStands(intent)) return { ok: false, status: 409, error: "charge_disputed", message: `${intent.payment_id} has been charged back; it cannot be refunded` }
     const left = intent.amount_cents - intent.refunded_cents
     const cents = amount_cents ?? left
     if (cents <= 0 || cents > left) return { ok: false, status: 400, error: "invalid_amount", message: `a refund of ${intent.payment_id} is 1 to ${left} cents` }
@@ -191,6 +215,59 @@ export class SimPayments implements PaymentsPort {
   }
 
   /**
+   * The cardholder's bank disputes the payment `payment_id` (our id), or else the account's
+   * latest payment with something left that was neither refunded nor disputed: `amount_cents`,
+   * or all that is left (as card issuers correct a full-amount dispute of a partially refunded
+   * charge). The amount leaves the provider's balance at once (`charge.dispute.funds_withdrawn`);
+   * with `won_after_ms` the dispute is won that long after and all of it comes back
+   * (`charge.dispute.funds_reinstated`).
+   */
+  dispute(account: string, payment_id: string | null, amount_cents: number | null, won_after_ms: number | null = null): WorldOutcome {
+    const candidates = this.order.map((id) => this.intents.get(id)!).filter((i) => i.account === account && i.status === "succeeded" && i.refunded_cents < i.amount_cents)
+    const intent = payment_id === null ? candidates.filter((i) => !disputeStands(i)).pop() : candidates.find((i) => i.payment_id === payment_id)
+    if (intent === undefined) return { ok: false, status: 404, error: "payment_not_found", message: `no disputable payment of ${account}${payment_id === null ? "" : ` named ${payment_id}`}` }
+    if (disputeStands(intent)) return { ok: false, status: 409, error: "charge_disputed", message: `${intent.payment_id} is disputed already` }
+    const left = intent.amount_cents - intent.refunded_cents
+    const cents = amount_cents ?? left
+    if (cents <= 0 || cents > left) return { ok: false, status: 400, error: "invalid_amount", message: `a dispute of ${intent.payment_id} is 1 to ${left} cents` }
+    const dispute: SimDispute = { id: `du_sim_${++this.disputeCount}`, cents, won: false, withdrawn_acked: false, reinstated_acked: false }
+    intent.disputes.push(dispute)
+    const told = (event_type: string, reinstated: boolean): PaymentEvent => ({
+      id: this.eventId(),
+      type: "dispute",
+      event_type,
+      dispute_id: dispute.id,
+      charge_id: intent.charge_id,
+      intent_id: intent.id,
+      amount_cents: cents,
+      withdrawn_cents: cents,
+      reinstated_cents: reinstated ? cents : 0,
+      status: reinstated ? "won" : "needs_response",
+      reason: "fraudulent",
+      payment_id: null
+    })
+    this.emit(told("charge.dispute.funds_withdrawn", false), () => {
+      intent.paid_acked = true
+      dispute.withdrawn_acked = true
+    })
+    if (won_after_ms !== null) {
+      this.clock.schedule(
+        this.clock.now() + won_after_ms,
+        () => {
+          dispute.won = true
+          this.emit(told("charge.dispute.funds_reinstated", true), () => {
+            intent.paid_acked = true
+            dispute.withdrawn_acked = true
+            dispute.reinstated_acked = true
+          })
+        },
+        { lane: Lane.world, key: `dispute-won:${dispute.id}` }
+      )
+    }
+    return { ok: true }
+  }
+
+  /**
    * The provider's net by account, in micros: what it charged, less what it really refunded
    * (the charge's `amount_refunded`), as far as the engine acknowledged the webhooks. While
    * some refund of a charge is not known to the engine yet (neither its `charge.refunded`
@@ -198,7 +275,9 @@ export class SimPayments implements PaymentsPort {
    * by the rule the engine books by (src/payments.ts): the refunds reported made (by size when
    * `charge.refunded` carries `previous_attributes`, by id when listed or told failed, or the
    * largest cumulative amount) less those known failed, from 0 to the charge; once all are,
-   * by what the provider really refunded, so a wrong rule shows.
+   * by what the provider really refunded, so a wrong rule shows. Disputes: what the engine was
+   * told withdrawn less reinstated, at most what the refunds leave of the charge (the engine
+   * books a dispute no further; the simulated bank never disputes more than is left).
    */
   netByAccount(): Map<string, Micros> {
     const net = new Map<string, Micros>()
@@ -211,7 +290,9 @@ export class SimPayments implements PaymentsPort {
       const made = Math.max(i.refunded_acked_cents, sizes, byId)
       const failed = sum(i.refunds, (r) => r.failed_acked || r.failed_listed)
       const refunded = settled ? i.refunded_cents : Math.min(i.amount_cents, Math.max(0, made - failed))
-      const cents = (i.paid_acked ? i.amount_cents : 0) - refunded
+      const told = i.disputes.reduce((sum, d) => sum + (d.withdrawn_acked ? d.cents : 0) - (d.reinstated_acked ? d.cents : 0), 0)
+      const disputed = Math.min(told, i.amount_cents - refunded)
+      const cents = (i.paid_acked ? i.amount_cents : 0) - refunded - disputed
       net.set(i.account, (net.get(i.account) ?? 0n) + microsOfCents(cents))
     }
     return net
@@ -281,6 +362,7 @@ export class SimPayments implements PaymentsPort {
       charge_id: `ch_sim_${n}`,
       refunded_cents: 0,
       refunds: [],
+      disputes: [],
       paid_acked: false,
       refunded_acked_cents: 0
     })

@@ -234,6 +234,10 @@ export const applyInput = (e: TimelineEvent, sup: SupervisorApi | null, world: T
       return outcome(
         world.payments.refund(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT), e.fail_after === undefined ? null : parseDurationMs(e.fail_after)!)
       )
+    case "stripe_dispute":
+      return outcome(
+        world.payments.dispute(e.account, e.payment ?? null, e.amount === undefined ? null : Number(dollars(e.amount) / policy.MICROS_PER_CENT), e.won_after === undefined ? null : parseDurationMs(e.won_after)!)
+      )
     case "preempt":
       return podOutcome(e, world.preempt(podTarget(e)))
     case "resume":

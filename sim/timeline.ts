@@ -179,11 +179,20 @@ const StripeRefund = Schema.Struct({
   amount: Schema.optional(PositiveDollars),
   fail_after: Schema.optional(Duration)
 })
+/** `won_after`: the dispute is won that long after it is made, and its money comes back (docs/TIMELINE-EXTENSIONS.md). */
+const StripeDispute = Schema.Struct({
+  ...base,
+  do: Schema.Literal("stripe_dispute"),
+  account: Schema.String,
+  payment: Schema.optional(Schema.String),
+  amount: Schema.optional(PositiveDollars),
+  won_after: Schema.optional(Duration)
+})
 /** Event kinds TIMELINE.md names for capabilities not built yet: accepted, then refused with 501. */
 export const LATER_EVENT_KINDS = ["attach_storage", "detach_storage"] as const
 const LaterEvent = Schema.Struct({ ...base, do: Schema.Literal(...LATER_EVENT_KINDS) })
 
-const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, CreateStorage, DeleteStorage, SetAutoRecharge, CardDecline, StripeRefund, LaterEvent)
+const Event = Schema.Union(LaunchGpuInstance, LaunchGpuCluster, Extend, Terminate, TopUp, WorldPodEvent, RegionEvent, MissPodEvents, RegisterModel, DeleteModel, LaunchInference, ApiRequestEvent, CreateStorage, DeleteStorage, SetAutoRecharge, CardDecline, StripeRefund, StripeDispute, LaterEvent)
 export type TimelineEventInput = Schema.Schema.Type<typeof Event>
 
 /** The schema of each event kind, so an event is checked against its own kind only. */
@@ -209,6 +218,7 @@ const EVENT_SCHEMAS: ReadonlyMap<string, Schema.Schema.AnyNoContext> = new Map<s
   ["set_auto_recharge", SetAutoRecharge],
   ["card_decline", CardDecline],
   ["stripe_refund", StripeRefund],
+  ["stripe_dispute", StripeDispute],
   ...LATER_EVENT_KINDS.map((k) => [k, LaterEvent] as const)
 ])
 /** Each kind's field names (its Struct's), for the unexpected-field check. */

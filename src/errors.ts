@@ -57,7 +57,7 @@ export class NotFound extends Data.TaggedError("NotFound")<{
 
 /** 409: the request conflicts with the resource's state (extend a terminated instance…). */
 export class Conflict extends Data.TaggedError("Conflict")<{
-  readonly code: "instance_not_active" | "already_exists" | "invalid_state"
+  readonly code: "instance_not_active" | "already_exists" | "invalid_state" | "too_many_pending_top_ups"
   readonly id: string
   readonly status: string
   readonly message: string

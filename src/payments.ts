@@ -1,6 +1,6 @@
 /**
- * Payments (issue 6): card top-ups, auto-recharge from a saved card, and refunds issued at
- * the provider, booked into the wallet exactly once.
+ * Payments (issue 6): card top-ups, auto-recharge from a saved card, and refunds and disputes
+ * (chargebacks) at the provider, booked into the wallet exactly once.
  *
  * The rules this module keeps:
  * - A `payments` row is written (in its own unit of work, moving no money) before the provider
@@ -55,7 +55,8 @@
  * - Auto-recharge: after every unit of work, an account below its threshold gets one
  *   off-session charge, never a second while one of the account's auto-recharges is in flight
  *   (even one made under settings since turned off), none while backing off after a decline
- *   (saving the same card again keeps the backoff) or waiting after a failure of the
+ *   (saving the same card again keeps the backoff, also after the settings were deleted: it is
+ *   the account's, `auto_recharge_backoff`) or waiting after a failure of the
  *   provider's (not counted as a decline), at most AUTO_RECHARGE_BURST_MAX per window.
  * - A refund at the provider pauses auto-recharge: the card the money just went back to is
  *   not charged again at once for the dip the refund made (docs/POLICY.md). The pause is
@@ -64,6 +65,13 @@
  *   top-up), the settings are saved again, or a refund fails and none of the payments holding
  *   it has a refund left standing (no money went back to any card).
  * - A refund that failed or was canceled notifies the account once (`card_refund_failed`).
+ * - Disputes (chargebacks) are booked per charge like refunds, as card `refund` rows naming the
+ *   payment: disputed = Σ over the charge's disputes of (withdrawn − reinstated), each the
+ *   largest the provider told for the dispute id (`payment_disputes`), at most the payment less
+ *   what its refunds booked; booked in full even below $0, as a refund is. A dispute credits
+ *   the top-up first if its success has not come yet. The first withdrawal of a dispute notifies
+ *   (`payment_disputed`) and turns the account's auto-recharge off until the owner saves it
+ *   again; a reinstatement notifies (`payment_dispute_reinstated`) (docs/POLICY.md).
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
  * (never synchronously), so nothing the provider does runs inside the caller's transaction.
@@ -73,7 +81,7 @@
 import { Either } from "effect"
 import type { EngineClock, TimerHandle } from "./clock.js"
 import { Lane } from "./clock.js"
-import { assert, NotFound, ValidationError } from "./errors.js"
+import { assert, Conflict, NotFound, ValidationError } from "./errors.js"
 import type { LedgerStore } from "./ledger/store.js"
 import { formatDollars, type Micros } from "./money.js"
 import * as policy from "./policy.js"
@@ -191,6 +199,27 @@ export type PaymentEvent =
       readonly failure_reason: string | null
       readonly payment_id: string | null
     }
+  | {
+      readonly id: string
+      /**
+       * A dispute (chargeback) of the payment's charge, told by a Dispute object in any of
+       * Stripe's `charge.dispute.*` events (`event_type`): what the event proves the provider
+       * took from our balance for it (`withdrawn_cents`) and gave back (`reinstated_cents`),
+       * 0 when it proves nothing yet (an inquiry, a dispute not yet funded). Each counts once
+       * per `dispute_id`, as the largest told (`decodeDispute`).
+       */
+      readonly type: "dispute"
+      readonly event_type: string
+      readonly dispute_id: string
+      readonly charge_id: string
+      readonly intent_id: string
+      readonly amount_cents: number
+      readonly withdrawn_cents: number
+      readonly reinstated_cents: number
+      readonly status: string | null
+      readonly reason: string | null
+      readonly payment_id: string | null
+    }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
 
 /**
@@ -284,7 +313,73 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
     }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) return decodeRefund(e.id, e.type, o)
+  if (DISPUTE_EVENTS.has(e.type)) return decodeDispute(e.id, e.type, o)
   return { id: e.id, type: "ignored", event_type: e.type }
+}
+
+/** Stripe events whose object is a Dispute (stripe-node 23's `Event.Type`). */
+const DISPUTE_EVENTS: ReadonlySet<string> = new Set([
+  "charge.dispute.created",
+  "charge.dispute.updated",
+  "charge.dispute.closed",
+  "charge.dispute.funds_withdrawn",
+  "charge.dispute.funds_reinstated"
+])
+
+/** The most balance transactions read from a Dispute (Stripe lists "zero, one, or two"). */
+export const DISPUTE_BALANCE_TRANSACTIONS_MAX = 10
+
+/** An id Stripe sends as a string, or inside an expanded object. */
+const idOf = (v: unknown): string | null => str(v) ?? (typeof v === "object" && v !== null ? str((v as Record<string, unknown>)["id"]) : null)
+
+/**
+ * A Dispute object (stripe-node 23's `Dispute`: `id`, `charge`, `payment_intent`, `amount`,
+ * `currency`, `balance_transactions`, `status`, `reason`) in the event `event_type`. What it
+ * proves moved at the provider: its balance transactions in the dispute's currency, negative
+ * ones withdrawn (their `amount`, gross: the dispute fee is Stripe's `fee`, not the
+ * customer's), positive ones reinstated (after a dispute won; after one lost on a partially
+ * refunded payment, only the refunded part: Stripe's "partially won"); and without a readable
+ * one, the event type itself: `funds_withdrawn` withdrew the dispute's `amount`,
+ * `funds_reinstated` withdrew it and gave all of it back. A dispute of a charge without a
+ * PaymentIntent is not ours; one we cannot tie to a charge and an amount is ignored, not
+ * refused (a 4xx makes Stripe retry it for days), like a Refund.
+ */
+const decodeDispute = (id: string, event_type: string, o: Record<string, unknown>): PaymentEvent => {
+  const dispute_id = str(o["id"])
+  const charge_id = idOf(o["charge"])
+  const intent_id = idOf(o["payment_intent"])
+  const amount = int(o["amount"])
+  if (dispute_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id, type: "ignored", event_type }
+  const currency = str(o["currency"])
+  const listed = Array.isArray(o["balance_transactions"]) ? (o["balance_transactions"] as unknown[]).slice(0, DISPUTE_BALANCE_TRANSACTIONS_MAX) : []
+  let out = 0
+  let back = 0
+  for (const raw of listed) {
+    const bt = (typeof raw === "object" && raw !== null ? raw : {}) as Record<string, unknown>
+    const cents = bt["amount"]
+    // An amount in another currency (the merchant's settlement currency) is not comparable
+    // with the payment's: the event type stands for it.
+    if (typeof cents !== "number" || !Number.isSafeInteger(cents) || (currency !== null && str(bt["currency"]) !== null && str(bt["currency"]) !== currency)) continue
+    if (cents < 0) out += -cents
+    else back += cents
+  }
+  const typed = event_type === "charge.dispute.funds_withdrawn" || event_type === "charge.dispute.funds_reinstated" ? amount : 0
+  const withdrawn = Math.max(out, typed)
+  const reinstated = back > 0 ? back : event_type === "charge.dispute.funds_reinstated" ? withdrawn : 0
+  return {
+    id,
+    type: "dispute",
+    event_type,
+    dispute_id,
+    charge_id,
+    intent_id,
+    amount_cents: amount,
+    withdrawn_cents: withdrawn,
+    reinstated_cents: reinstated,
+    status: str(o["status"]),
+    reason: str(o["reason"]),
+    payment_id: null
+  }
 }
 
 /**
@@ -403,10 +498,34 @@ interface RefundRecord {
    */
   readonly legacy_micros: Micros
   readonly legacy_at: number | null
+  /** What the charge's dispute rows add up to, negated (at most the payment less `refunded_micros`). */
+  readonly disputed_micros: Micros
+}
+
+/** A dispute of a charge as booked (`payment_disputes`), by dispute id. */
+interface DisputeRecord {
+  readonly dispute_id: string
+  readonly charge_id: string
+  readonly payment_id: string
+  /** The largest amount the provider told withdrawn for it. */
+  readonly withdrawn_micros: Micros
+  /** The largest amount the provider told reinstated (given back) for it. */
+  readonly reinstated_micros: Micros
 }
 
 /** What handling one event did, for the journal and the webhook's answer. */
-export type EventOutcome = "duplicate" | "unmatched" | "credited" | "refunded" | "refund_reversed" | "failed" | "nothing" | "ignored" | "amount_mismatch"
+export type EventOutcome =
+  | "duplicate"
+  | "unmatched"
+  | "credited"
+  | "refunded"
+  | "refund_reversed"
+  | "disputed"
+  | "dispute_reinstated"
+  | "failed"
+  | "nothing"
+  | "ignored"
+  | "amount_mismatch"
 
 /**
  * What taking one delivered event did (`PaymentBook.receive`): booked, with its outcome and,
@@ -526,7 +645,7 @@ export class PaymentBook {
     account: string,
     amount_micros: Micros,
     attempt: TopUpAttempt = FIRST_ATTEMPT
-  ): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError>> {
+  ): Promise<Either.Either<{ payment: PaymentRecord; intent: IntentResult }, NotFound | ValidationError | Conflict>> {
     const earlier = attempt.resume === null ? undefined : this.payment(attempt.resume)
     // A top-up an earlier attempt began, whose answer a crash lost (the client never saw its
     // client_secret): asked again with the same idempotency key, the provider answers the same
@@ -551,12 +670,26 @@ export class PaymentBook {
    * `began` runs in the unit of work that writes the payment row, so what it records commits
    * with it.
    */
-  beginTopUp(account: string, amount_micros: Micros, began?: (payment_id: string) => void): Either.Either<PaymentRecord, NotFound | ValidationError> {
+  beginTopUp(account: string, amount_micros: Micros, began?: (payment_id: string) => void): Either.Either<PaymentRecord, NotFound | ValidationError | Conflict> {
     if (!this.ledger.hasAccount(account)) return Either.left(new NotFound({ code: "account_not_found", id: account }))
     const bad = checkAmount(amount_micros, "amount")
     if (bad !== null) return Either.left(bad)
     if (this.ledger.balance(account) + amount_micros > policy.WALLET_BALANCE_MAX_MICROS) {
       return Either.left(new ValidationError({ code: "invalid_amount", field: "amount", message: `a wallet holds at most $${formatDollars(policy.WALLET_BALANCE_MAX_MICROS)}` }))
+    }
+    // A PaymentIntent costs the account nothing to create: the ones awaiting confirmation are
+    // bounded (docs/POLICY.md). A retry of an earlier attempt's top-up (`topUp`'s resume) makes
+    // none and is not counted again.
+    const pending = Number((this.s.pendingTopUps.get(account, this.clock.now() - policy.TOP_UP_PENDING_WINDOW_MS) as { n: bigint }).n)
+    if (pending >= policy.TOP_UP_PENDING_MAX) {
+      return Either.left(
+        new Conflict({
+          code: "too_many_pending_top_ups",
+          id: account,
+          status: "pending",
+          message: `${pending} top-ups await confirmation: confirm or abandon one (a top-up counts for ${policy.TOP_UP_PENDING_WINDOW_MS / policy.MS_PER_HOUR} h) before starting another`
+        })
+      )
     }
     return Either.right(
       this.host.unitOfWork(() => {
@@ -568,7 +701,7 @@ export class PaymentBook {
   }
 
   /** A top-up whose provider answer comes through `done` (the simulator's path). */
-  startTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError> {
+  startTopUp(account: string, amount_micros: Micros): Either.Either<PaymentRecord, NotFound | ValidationError | Conflict> {
     const begun = this.beginTopUp(account, amount_micros)
     if (Either.isRight(begun)) this.send(begun.right)
     return begun
@@ -595,9 +728,7 @@ export class PaymentBook {
         const at = this.clock.now()
         this.journal.append(at, "set_auto_recharge", settings === null ? { account, off: true } : { account, threshold_micros: settings.threshold_micros.toString(), amount_micros: settings.amount_micros.toString(), payment_method: settings.payment_method })
         if (settings === null) {
-          this.s.deleteAutoRecharge.run(account)
-          this.s.clearPausedBy.run(account)
-          this.recharging.delete(account)
+          this.turnOffAutoRecharge(account)
           return null
         }
         const before = this.autoRecharge(account)
@@ -610,6 +741,12 @@ export class PaymentBook {
           customer: sameCard ? before.customer : null,
           at
         })
+        // Settings saved again after they were deleted take back the backoff of the same card
+        // (a different card starts afresh): deleting and saving them again is no way around it.
+        if (before === undefined) this.s.restoreBackoff.run(account)
+        this.s.forgetBackoff.run(account)
+        const restored = this.autoRecharge(account)!
+        if (restored.retry_at !== null && restored.retry_at > at) this.armRetry(account, restored.retry_at)
         // Saving the settings ends a pause (the upsert clears `paused_by`), and with it its holders.
         this.s.clearPausedBy.run(account)
         this.recharging.add(account)
@@ -681,7 +818,7 @@ export class PaymentBook {
       // webhook answers 502 and Stripe's retry lists the refunds again. One the provider
       // refused to list for good is booked as far as it tells, as before there was a list.
       const complete = listing === null || listing.ok || !listing.transient
-      if (outcome !== "unmatched" && complete) this.s.insertEvent.run(e.id, e.type === "ignored" || e.type === "refund.failed" || e.type === "refund.made" ? e.event_type : e.type, this.clock.now(), outcome)
+      if (outcome !== "unmatched" && complete) this.s.insertEvent.run(e.id, "event_type" in e ? e.event_type : e.type, this.clock.now(), outcome)
       const listed = listing === null ? {} : listing.ok ? { listed: listing.refunds.length } : { listing_failed: listing.code }
       this.journal.append(this.clock.now(), "payment_event", { id: e.id, type: e.type, outcome, ...listed })
       return outcome
@@ -796,6 +933,7 @@ export class PaymentBook {
     if (e.type === "payment_intent.succeeded") return this.succeed(p) ? "credited" : "nothing"
     if (e.type === "payment_intent.payment_failed") return this.fail(p, e.code, e.declined) ? "failed" : "nothing"
     if (e.type === "refund.failed") return this.refundFailed(p, e)
+    if (e.type === "dispute") return this.disputed(p, e)
     // charge.refunded, refund.made: the charge was paid, so the top-up is credited first if it
     // was not yet (events come in any order); then the refund reported is booked, if it is news.
     if (this.chargeOf(e.charge_id, p) === undefined) return "unmatched"
@@ -885,7 +1023,120 @@ export class PaymentBook {
       resource: p.id,
       description: moved < 0n ? policy.descriptions.cardRefund(p.id) : policy.descriptions.cardRefundFailed(p.id)
     })
+    // What a dispute of the charge may take is what the refunds leave of the payment.
+    this.bookDisputes(p, charge_id, null)
     return moved
+  }
+
+  /**
+   * A dispute (chargeback) event of the payment's charge: the charge was paid, so the top-up
+   * is credited first if it was not yet (events come in any order); then what the provider
+   * withdrew for the dispute is booked, and then what it reinstated, each the largest told for
+   * the dispute id (so a resend, or another `charge.dispute.*` of the same dispute, books
+   * nothing more). Withdrawn funds take the account's auto-recharge off (docs/POLICY.md).
+   */
+  private disputed(p: PaymentRecord, e: Extract<PaymentEvent, { type: "dispute" }>): EventOutcome {
+    if (this.chargeOf(e.charge_id, p) === undefined) return "unmatched"
+    const before = this.s.dispute.get(e.dispute_id) as unknown as DisputeRecord | undefined
+    // A dispute id is the provider's, of one charge: another payment's is not this one's.
+    if (before !== undefined && before.payment_id !== p.id) return "unmatched"
+    const credited = this.succeed(this.payment(p.id)!)
+    const at = this.clock.now()
+    if (microsOfCents(e.amount_cents) > p.amount_micros) {
+      this.journal.append(at, "dispute_exceeds_payment", { payment: p.id, dispute: e.dispute_id, ours_cents: centsOf(p.amount_micros), provider_cents: e.amount_cents })
+    }
+    const was = { withdrawn: before?.withdrawn_micros ?? 0n, reinstated: before?.reinstated_micros ?? 0n }
+    const told = { withdrawn: microsOfCents(e.withdrawn_cents), reinstated: microsOfCents(e.reinstated_cents) }
+    const withdrawn = told.withdrawn > was.withdrawn ? told.withdrawn : was.withdrawn
+    const reinstated = told.reinstated > was.reinstated ? told.reinstated : was.reinstated
+    this.s.upsertDispute.run({ dispute_id: e.dispute_id, charge_id: e.charge_id, payment_id: p.id, withdrawn: was.withdrawn, reinstated: was.reinstated, status: e.status, reason: e.reason, at })
+    this.journal.append(at, "payment_dispute", { payment: p.id, dispute: e.dispute_id, event: e.event_type, withdrawn_micros: withdrawn.toString(), reinstated_micros: reinstated.toString(), status: e.status })
+    // Withdrawn first, then reinstated, each its own row: an event that tells both (the
+    // reinstatement overtook the withdrawal) books −x and +x, and each notification says
+    // what its own step did.
+    this.s.setDisputeWithdrawn.run(withdrawn, at, e.dispute_id)
+    const taken = this.bookDisputes(p, e.charge_id, e.dispute_id)
+    assert(taken <= 0n, () => `dispute ${e.dispute_id} withdrawal credited ${taken}`)
+    if (was.withdrawn === 0n && withdrawn > 0n) this.noticeDispute(p, e, withdrawn, -taken)
+    this.s.setDisputeReinstated.run(reinstated, at, e.dispute_id)
+    const returned = this.bookDisputes(p, e.charge_id, e.dispute_id)
+    assert(returned >= 0n, () => `dispute ${e.dispute_id} reinstatement took ${returned}`)
+    if (was.reinstated === 0n && reinstated > 0n) {
+      this.notifier.notify({
+        account: p.account,
+        resource: null,
+        at,
+        severity: "info",
+        kind: "payment_dispute_reinstated",
+        text: policy.texts.paymentDisputeReinstated(formatDollars(reinstated < withdrawn ? reinstated : withdrawn), formatDollars(returned)),
+        data: { payment: p.id, dispute: e.dispute_id, reinstated: formatDollars(reinstated), returned: formatDollars(returned) }
+      })
+    }
+    const moved = taken + returned
+    return moved < 0n ? "disputed" : moved > 0n ? "dispute_reinstated" : credited ? "credited" : "nothing"
+  }
+
+  /**
+   * Tells the account its payment was disputed and what the dispute took from its credit, and
+   * takes its auto-recharge off: after a chargeback the card is not charged off-session again
+   * until the owner saves the settings again (docs/POLICY.md).
+   */
+  private noticeDispute(p: PaymentRecord, e: Extract<PaymentEvent, { type: "dispute" }>, withdrawn: Micros, taken: Micros): void {
+    const off = this.autoRecharge(p.account) !== undefined
+    if (off) {
+      this.journal.append(this.clock.now(), "auto_recharge_off", { account: p.account, dispute: e.dispute_id })
+      this.turnOffAutoRecharge(p.account)
+    }
+    this.notifier.notify({
+      account: p.account,
+      resource: null,
+      at: this.clock.now(),
+      severity: "critical",
+      kind: "payment_disputed",
+      text: policy.texts.paymentDisputed(formatDollars(withdrawn < p.amount_micros ? withdrawn : p.amount_micros), formatDollars(taken), off),
+      data: { payment: p.id, dispute: e.dispute_id, reason: e.reason, taken: formatDollars(taken), auto_recharge: off ? "off" : null }
+    })
+  }
+
+  /**
+   * Makes the charge's dispute rows add up to what its disputes took at the provider (withdrawn
+   * less reinstated, per dispute), at most what the refunds left of the payment, with one row
+   * for the difference. Returns the amount booked: negative when a dispute takes, positive when
+   * it gives back (or a refund took its place).
+   */
+  private bookDisputes(p: PaymentRecord, charge_id: string, dispute_id: string | null): Micros {
+    const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
+    const net = (this.s.disputedOf.get(charge_id) as { net_micros: bigint }).net_micros
+    const room = p.amount_micros - charge.refunded_micros
+    assert(room >= 0n, () => `refunds of ${p.id} above its amount`)
+    const target = net < room ? net : room
+    assert(target >= 0n, () => `dispute target ${target} of ${p.id} below 0`)
+    assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `dispute booked on ${p.id} before its credit`)
+    const moved = charge.disputed_micros - target
+    if (moved === 0n) return 0n
+    this.s.setDisputed.run(target, charge_id)
+    this.host.postPayment({
+      account: p.account,
+      kind: "refund",
+      amount_micros: moved,
+      resource: p.id,
+      description: moved < 0n ? policy.descriptions.disputeWithdrawn(p.id, dispute_id) : policy.descriptions.disputeReturned(p.id, dispute_id)
+    })
+    return moved
+  }
+
+  /**
+   * Auto-recharge off, as the owner's DELETE does: the settings go, and so does any pause with
+   * its holders; the card's backoff stays (`auto_recharge_backoff`), and a charge already in
+   * flight still books when it answers.
+   */
+  private turnOffAutoRecharge(account: string): void {
+    // The backoff is the account's, not the settings': it outlives them (saveBackoff skips a
+    // card with none to keep).
+    this.s.saveBackoff.run(account)
+    this.s.deleteAutoRecharge.run(account)
+    this.s.clearPausedBy.run(account)
+    this.recharging.delete(account)
   }
 
   /**
@@ -988,7 +1239,11 @@ export class PaymentBook {
     assert(swapped === 1, () => `payment ${p.id} changed under its credit`)
     const description = p.kind === "topup" ? policy.descriptions.topUpPayment(p.id) : policy.descriptions.autoRecharge(p.id)
     this.host.postPayment({ account: p.account, kind: "topup", amount_micros: p.amount_micros, resource: p.id, description })
-    if (p.kind === "auto_recharge") this.s.clearPending.run(p.id)
+    if (p.kind === "auto_recharge") {
+      this.s.clearPending.run(p.id)
+      // A success resets the count, also of settings turned off meanwhile.
+      this.s.forgetBackoff.run(p.account)
+    }
     return true
   }
 
@@ -1111,7 +1366,18 @@ const prepare = (db: LedgerStore["db"]) => {
     nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
-    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at FROM payment_refunds WHERE charge_id = ?`),
+    refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at, disputed_micros FROM payment_refunds WHERE charge_id = ?`),
+    setDisputed: db.prepare(`UPDATE payment_refunds SET disputed_micros = ? WHERE charge_id = ?`),
+    dispute: rows(`SELECT dispute_id, charge_id, payment_id, withdrawn_micros, reinstated_micros FROM payment_disputes WHERE dispute_id = ?`),
+    upsertDispute: db.prepare(
+      `INSERT INTO payment_disputes (dispute_id, charge_id, payment_id, withdrawn_micros, reinstated_micros, status, reason, updated_at)
+       VALUES (@dispute_id, @charge_id, @payment_id, @withdrawn, @reinstated, @status, @reason, @at)
+       ON CONFLICT(dispute_id) DO UPDATE SET status = coalesce(excluded.status, status), reason = coalesce(excluded.reason, reason), updated_at = excluded.updated_at`
+    ),
+    setDisputeWithdrawn: db.prepare(`UPDATE payment_disputes SET withdrawn_micros = ?, updated_at = ? WHERE dispute_id = ?`),
+    setDisputeReinstated: db.prepare(`UPDATE payment_disputes SET reinstated_micros = ?, updated_at = ? WHERE dispute_id = ?`),
+    /** What the charge's disputes took at the provider and kept: withdrawn less reinstated, per dispute. */
+    disputedOf: rows(`SELECT coalesce(sum(withdrawn_micros - min(reinstated_micros, withdrawn_micros)), 0) AS net_micros FROM payment_disputes WHERE charge_id = ?`),
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),
@@ -1135,6 +1401,8 @@ const prepare = (db: LedgerStore["db"]) => {
     ),
     autoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge WHERE account = ?`),
     allAutoRecharge: rows(`SELECT account, threshold_micros, amount_micros, payment_method, customer, pending_payment, declines, last_decline_at, retry_at, paused_by FROM auto_recharge ORDER BY account`),
+    /** The account's manual top-ups awaiting confirmation, made since the instant given (TOP_UP_PENDING_WINDOW_MS). */
+    pendingTopUps: rows(`SELECT count(*) AS n FROM payments WHERE account = ? AND kind = 'topup' AND status IN ('creating', 'pending') AND created_at > ?`),
     rechargeInFlight: db.prepare(`SELECT 1 FROM payments WHERE account = ? AND kind = 'auto_recharge' AND status IN ('creating', 'pending') LIMIT 1`),
     upsertAutoRecharge: db.prepare(
       `INSERT INTO auto_recharge (account, threshold_micros, amount_micros, payment_method, customer, updated_at) VALUES (@account, @threshold, @amount, @payment_method, @customer, @at)
@@ -1145,6 +1413,16 @@ const prepare = (db: LedgerStore["db"]) => {
          retry_at = CASE WHEN payment_method = excluded.payment_method THEN retry_at ELSE NULL END`
     ),
     deleteAutoRecharge: db.prepare(`DELETE FROM auto_recharge WHERE account = ?`),
+    saveBackoff: db.prepare(
+      `INSERT INTO auto_recharge_backoff (account, payment_method, declines, last_decline_at, retry_at)
+       SELECT account, payment_method, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ? AND (declines > 0 OR retry_at IS NOT NULL)
+       ON CONFLICT(account) DO UPDATE SET payment_method = excluded.payment_method, declines = excluded.declines, last_decline_at = excluded.last_decline_at, retry_at = excluded.retry_at`
+    ),
+    restoreBackoff: db.prepare(
+      `UPDATE auto_recharge SET declines = b.declines, last_decline_at = b.last_decline_at, retry_at = b.retry_at
+       FROM auto_recharge_backoff b WHERE auto_recharge.account = ? AND b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method`
+    ),
+    forgetBackoff: db.prepare(`DELETE FROM auto_recharge_backoff WHERE account = ?`),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),
     setPending: db.prepare(`UPDATE auto_recharge SET pending_payment = ? WHERE account = ?`),
     setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),

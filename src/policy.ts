@@ -143,6 +143,18 @@ export const AUTO_RECHARGE_BURST_WINDOW_MS = 1 * MS_PER_HOUR
  * event is booked as far as it tells and answered 502, so Stripe's retry completes it.
  */
 export const REFUND_LIST_DEADLINE_MS = 5_000
+/**
+ * Decision: an account has at most TOP_UP_PENDING_MAX manual top-ups awaiting confirmation
+ * (a PaymentIntent created, neither paid nor failed) made within TOP_UP_PENDING_WINDOW_MS; one
+ * more is 409 `too_many_pending_top_ups`. Each top-up creates a PaymentIntent at Stripe, and
+ * creating them costs an account nothing (it need not have a cent): without a bound, one
+ * account could make them at the rate limit, a card tester's tool and clutter in our Stripe
+ * account. A top-up older than the window counts no more (PaymentIntents do not expire at
+ * Stripe, and an abandoned one must not lock the account out); confirmed late, it is still
+ * credited.
+ */
+export const TOP_UP_PENDING_MAX = 10
+export const TOP_UP_PENDING_WINDOW_MS = 24 * MS_PER_HOUR
 /** Webhook signatures older than this (engine clock) are refused (stripe-node's default). */
 export const WEBHOOK_TOLERANCE_S = 300
 /** The currency of every card payment. */
@@ -236,6 +248,21 @@ export const texts = {
    */
   cardRefundFailed: (dollars: string, why: string, resumed: boolean, topUpCredited: boolean) =>
     `A refund of $${dollars} to your card did not go through: ${why}. ${topUpCredited ? `The $${dollars} stays in your credit balance.` : `The $${dollars} stays yours: it reaches your credit balance with the top-up, once the payment provider confirms it.`}${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
+  /**
+   * A payment was disputed (a chargeback) and the provider took its money back
+   * (src/payments.ts; docs/POLICY.md): `taken` left the credit balance, which is less than
+   * `disputed` when part of the payment had been refunded to the card already.
+   * `autoRechargeOff`: the dispute turned the account's auto-recharge off.
+   */
+  paymentDisputed: (disputed: string, taken: string, autoRechargeOff: boolean) =>
+    `A payment of $${disputed} was disputed with your bank; ${
+      taken === "0.00" ? "nothing was taken from your credit balance, as it had been refunded to your card already" : `$${taken} was taken from your credit balance`
+    }${taken !== "0.00" && taken !== disputed ? " (the rest had been refunded to your card already)" : ""}.${
+      autoRechargeOff ? " Auto-recharge is turned off: save your auto-recharge settings again to turn it back on." : ""
+    }`,
+  /** The provider gave a dispute's money back (the dispute was decided for us): `returned` came back to the credit balance. */
+  paymentDisputeReinstated: (reinstated: string, returned: string) =>
+    `Your bank closed the dispute of a payment of $${reinstated} in our favor; ${returned === "0.00" ? "your credit balance is unchanged" : `$${returned} was returned to your credit balance`}.`,
   /** The manual's words: "$X credit can cover Y more hours. Recharge to continue." */
   partialHold: (dollars: string, hours: string) => `$${dollars} credit can cover ${hours} more hours. Recharge to continue.`,
   terminated: {
@@ -285,7 +312,11 @@ export const descriptions = {
   autoRecharge: (payment: string) => `Auto-recharge by card (${payment})`,
   cardRefund: (payment: string) => `Refund to card of top-up ${payment}`,
   /** The credit back of a refund to the card that failed or was canceled at the provider. */
-  cardRefundFailed: (payment: string) => `Failed refund to card of top-up ${payment}, credit returned`
+  cardRefundFailed: (payment: string) => `Failed refund to card of top-up ${payment}, credit returned`,
+  /** A dispute (chargeback) of a top-up took its money at the provider (a − card `refund` row). */
+  disputeWithdrawn: (payment: string, dispute: string | null) => `Dispute (chargeback) of top-up ${payment}${dispute === null ? "" : ` (${dispute})`}`,
+  /** A dispute's money came back (won, or a refund of the payment took its place): a + card `refund` row. */
+  disputeReturned: (payment: string, dispute: string | null) => `Dispute of top-up ${payment}${dispute === null ? "" : ` (${dispute})`} returned, credit restored`
 } as const
 
 /**

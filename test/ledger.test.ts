@@ -74,7 +74,9 @@ describe("migrations", () => {
       { version: 13, name: "payments: refunds made, by refund id" },
       { version: 14, name: "API keys: the order of revocations" },
       { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" },
-      { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" }
+      { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" },
+      { version: 17, name: "payments: disputes (chargebacks), by dispute id" },
+      { version: 18, name: "auto-recharge: the backoff outlives the settings" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -88,6 +90,7 @@ describe("migrations", () => {
       "api_settings",
       "api_users",
       "auto_recharge",
+      "auto_recharge_backoff",
       "auto_recharge_paused_by",
       "clock_mark",
       "holds",
@@ -96,6 +99,7 @@ describe("migrations", () => {
       "ledger",
       "models",
       "notifications",
+      "payment_disputes",
       "payment_events",
       "payment_refund_failures",
       "payment_refunds",
@@ -234,8 +238,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(16)
-    expect(schemaVersions(store)).toHaveLength(16)
+    expect(migrate(store.db)).toBe(18)
+    expect(schemaVersions(store)).toHaveLength(18)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -261,9 +265,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (17, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (19, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 17 is newer than this engine knows \(16\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 19 is newer than this engine knows \(18\)/)
   })
 })
 

@@ -235,7 +235,7 @@ export const NotificationSchema = obj({
     type: ["object", "null"],
     additionalProperties: true,
     description:
-      "by kind (docs/API.md): duration_warning {minutes, deadline_at}; balance_warning {minutes}; partial_hold {hold (dollars), window_seconds, cycle}; terminated {termination_reason}, and for a failure cause (not_started, pod_failed, replicas_failed); auto_recharge_declined and auto_recharge_failed {payment, code, retry_at}; auto_recharge_paused {payment}; card_refund_failed {payment, refund, status, reason, credited (dollars), auto_recharge}; null for the others"
+      "by kind (docs/API.md): duration_warning {minutes, deadline_at}; balance_warning {minutes}; partial_hold {hold (dollars), window_seconds, cycle}; terminated {termination_reason}, and for a failure cause (not_started, pod_failed, replicas_failed); auto_recharge_declined and auto_recharge_failed {payment, code, retry_at}; auto_recharge_paused {payment}; card_refund_failed {payment, refund, status, reason, credited (dollars), auto_recharge}; payment_disputed {payment, dispute, reason, taken (dollars), auto_recharge}; payment_dispute_reinstated {payment, dispute, reinstated, returned (dollars)}; null for the others"
   },
   read: { type: "boolean" },
   read_at: nullableInstant

@@ -430,6 +430,46 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
     sql: `
       ALTER TABLE api_idempotency ADD COLUMN payment TEXT;
     `
+  },
+  {
+    version: 17,
+    name: "payments: disputes (chargebacks), by dispute id",
+    // src/payments.ts. A dispute's funds withdrawn from, and reinstated to, the merchant's
+    // balance at the provider, each the largest the provider has told (so a resend or a second
+    // event type of one dispute books nothing more); `disputed_micros` is what the charge's
+    // dispute rows (card `refund` rows) add up to, negated, at most the payment less what was
+    // refunded of it.
+    sql: `
+      CREATE TABLE payment_disputes (
+        dispute_id         TEXT PRIMARY KEY,
+        charge_id          TEXT NOT NULL,
+        payment_id         TEXT NOT NULL REFERENCES payments(id),
+        withdrawn_micros   INTEGER NOT NULL DEFAULT 0 CHECK (withdrawn_micros >= 0),
+        reinstated_micros  INTEGER NOT NULL DEFAULT 0 CHECK (reinstated_micros >= 0),
+        status             TEXT,
+        reason             TEXT,
+        updated_at         INTEGER NOT NULL
+      ) STRICT;
+      CREATE INDEX payment_disputes_by_charge ON payment_disputes(charge_id);
+      ALTER TABLE payment_refunds ADD COLUMN disputed_micros INTEGER NOT NULL DEFAULT 0 CHECK (disputed_micros >= 0);
+    `
+  },
+  {
+    version: 18,
+    name: "auto-recharge: the backoff outlives the settings",
+    // src/payments.ts. The decline backoff (and the wait after a failure of the provider's) is
+    // the account's: turning auto-recharge off keeps it here, and saving the same card again
+    // takes it back, so deleting and saving the settings again does not charge a declining
+    // card at once. A different card starts afresh (docs/POLICY.md); a success forgets it.
+    sql: `
+      CREATE TABLE auto_recharge_backoff (
+        account          TEXT PRIMARY KEY REFERENCES accounts(id),
+        payment_method   TEXT NOT NULL,
+        declines         INTEGER NOT NULL CHECK (declines >= 0),
+        last_decline_at  INTEGER,
+        retry_at         INTEGER
+      ) STRICT;
+    `
   }
 ]
 

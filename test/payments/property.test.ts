@@ -1,6 +1,7 @@
 /**
  * Property: random sequences of top-ups, usage (GPU holds and API requests), refunds at the
- * provider (some of which fail there later), declines and auto-recharge, with webhooks
+ * provider (some of which fail there later), disputes (chargebacks, some of which are won
+ * later), declines and auto-recharge, with webhooks
  * delayed, duplicated and reordered by the simulated provider, keep SPEC §9 conservation,
  * and the provider's side and ours reconcile to the cent
  * (invariant 9), whether `charge.refunded` carries `previous_attributes` or, as on an API
@@ -29,6 +30,14 @@ const event = fc.oneof(
     arbitrary: fc.record(
       // Some refunds fail at the provider later (at once, or up to 3 h on: all before `until`).
       { at: offset, do: fc.constant("stripe_refund"), account, amount: fc.option(cents(1, 5_000), { nil: undefined }), fail_after: fc.option(fc.integer({ min: 0, max: 3 * 60 }).map((m) => `PT${m}M`), { nil: undefined }) },
+      { requiredKeys: ["at", "do", "account"] }
+    )
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record(
+      // Some disputes are won later (at once, or up to 3 h on: all before `until`), their money reinstated.
+      { at: offset, do: fc.constant("stripe_dispute"), account, amount: fc.option(cents(1, 5_000), { nil: undefined }), won_after: fc.option(fc.integer({ min: 0, max: 3 * 60 }).map((m) => `PT${m}M`), { nil: undefined }) },
       { requiredKeys: ["at", "do", "account"] }
     )
   },
@@ -62,8 +71,19 @@ const refundAfterFailure = fc
     { at: `PT${at}M`, do: "stripe_refund", account, fail_after: `PT${fail_after}M` },
     { at: `PT${at + fail_after + gap}M`, do: "stripe_refund", account, ...(amount === undefined ? {} : { amount }) }
   ])
+/**
+ * A partial refund of the account's latest payment, then a dispute of what it left (as card
+ * issuers correct a full-amount dispute of a partially refunded charge), maybe won later: the
+ * dispute is booked at most what the refund left, in whatever order their webhooks arrive.
+ */
+const disputeAfterRefund = fc
+  .record({ at: fc.integer({ min: 0, max: 6 * 60 }), account, gap: fc.integer({ min: 0, max: 30 }), amount: cents(1, 2_000), won_after: fc.option(fc.integer({ min: 0, max: 120 }), { nil: undefined }) })
+  .map(({ at, account, gap, amount, won_after }) => [
+    { at: `PT${at}M`, do: "stripe_refund", account, amount },
+    { at: `PT${at + gap}M`, do: "stripe_dispute", account, ...(won_after === undefined ? {} : { won_after: `PT${won_after}M` }) }
+  ])
 const events = fc
-  .array(fc.oneof({ weight: 9, arbitrary: event.map((e) => [e]) }, { weight: 1, arbitrary: refundAfterFailure }), { minLength: 1, maxLength: 30 })
+  .array(fc.oneof({ weight: 9, arbitrary: event.map((e) => [e]) }, { weight: 1, arbitrary: refundAfterFailure }, { weight: 1, arbitrary: disputeAfterRefund }), { minLength: 1, maxLength: 30 })
   .map((chunks): Array<Record<string, unknown>> => chunks.flat())
 
 const fileOf = (events: ReadonlyArray<Record<string, unknown>>, delay: number, duplicates: number, previousAttributes: boolean) =>
@@ -82,7 +102,7 @@ describe("payments property", () => {
   it("keeps conservation and reconciles with the provider to the cent, restarts included", () => {
     // A failing case is shrunk by fast-check and saved under test/regressions/ (with its
     // restart instant), where regressions.test.ts runs it from then on.
-    const seen = { topup: 0, card_refund: 0, card_refund_failed: 0, auto_recharge: 0, declined: 0, listed: 0 }
+    const seen = { topup: 0, card_refund: 0, card_refund_failed: 0, auto_recharge: 0, declined: 0, listed: 0, disputed: 0, dispute_returned: 0 }
     const failureOf = (file: Record<string, unknown>, restartMin: number): string | null => {
       const first = run(file)
       if (!first.output.invariants.ok) return JSON.stringify(first.output.invariants.violations, null, 2)
@@ -91,6 +111,8 @@ describe("payments property", () => {
         if (r["kind"] === "refund" && String(r["amount"]).startsWith("-")) seen.card_refund++
         if (r["kind"] === "refund" && String(r["description"]).startsWith("Failed refund to card")) seen.card_refund_failed++
         if (String(r["description"]).startsWith("Auto-recharge")) seen.auto_recharge++
+        if (String(r["description"]).startsWith("Dispute (chargeback)")) seen.disputed++
+        if (r["kind"] === "refund" && String(r["description"]).startsWith("Dispute of")) seen.dispute_returned++
       }
       seen.declined += first.output.notifications.filter((n) => n["kind"] === "auto_recharge_declined").length
       if (file["payments"] !== undefined && (file["payments"] as { previous_attributes: boolean }).previous_attributes === false) seen.listed += first.output.ledger.filter((r) => r["kind"] === "refund").length
@@ -121,8 +143,8 @@ describe("payments property", () => {
     }
     expect(result.failed).toBe(false)
     // The runs exercised what they claim to: top-ups, refunds to the card and failed ones given
-    // back, auto-recharges, declines, and refunds booked where charge.refunded told only the
-    // cumulative amount.
+    // back, auto-recharges, declines, refunds booked where charge.refunded told only the
+    // cumulative amount, and disputes taken and given back.
     expect(Object.values(seen).every((n) => n > 0)).toBe(true)
   })
 

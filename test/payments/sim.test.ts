@@ -172,6 +172,46 @@ describe("the simulated provider", () => {
     expect(out.invariants).toEqual({ ok: true, violations: [] })
   })
 
+  it("takes a disputed top-up back once, below $0, and gives it back when the dispute is won", () => {
+    // Proves `stripe_dispute`: every webhook comes twice, and each dispute books once. The
+    // dispute of pay_00000001, made at once, takes its $20; pay_00000002 ($10, $6.40 of it held
+    // by a GPU instance) is taken in full, leaving −$6.40, and given back when it is won two
+    // hours later; a refund or a second dispute of the disputed charge is refused 409
+    // charge_disputed, as Stripe refuses them; invariant 9 reconciles the provider's side.
+    const out = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "top_up", account: "acme", amount: "20.00" },
+          { at: "PT0S", do: "stripe_dispute", account: "acme" },
+          { at: "PT1H", do: "top_up", account: "acme", amount: "10.00" },
+          launch({ at: "PT1H1M", estimated_duration_hours: 4 }),
+          { at: "PT1H2M", do: "stripe_dispute", account: "acme", payment: "pay_00000002", won_after: "PT2H" },
+          { at: "PT1H3M", do: "stripe_refund", account: "acme", payment: "pay_00000002" },
+          { at: "PT1H4M", do: "stripe_dispute", account: "acme", payment: "pay_00000002" }
+        ],
+        { catalog, until: "PT6H", accounts: { acme: { balance: "0.00" } }, payments: { webhook_delay: "PT10S", duplicate_probability: 1 } }
+      )
+    ).output
+    expect(out.ledger.map((r) => [String(r["at"]).slice(11, 19), r["kind"], r["amount"], r["balance_after"], r["resource"], r["description"]])).toEqual([
+      ["00:00:19", "topup", "20.00", "20.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["00:00:19", "refund", "-20.00", "0.00", "pay_00000001", "Dispute (chargeback) of top-up pay_00000001 (du_sim_1)"],
+      ["01:00:11", "topup", "10.00", "10.00", "pay_00000002", "Top-up by card (pay_00000002)"],
+      ["01:01:00", "gpu_usage", "-6.40", "3.60", "gi-1", "Credit hold for gi-1: 4 h × $1.60/h × 1 GPU"],
+      ["01:02:18", "refund", "-10.00", "-6.40", "pay_00000002", "Dispute (chargeback) of top-up pay_00000002 (du_sim_2)"],
+      ["03:02:15", "refund", "10.00", "3.60", "pay_00000002", "Dispute of top-up pay_00000002 (du_sim_2) returned, credit restored"]
+    ])
+    expect(out.rejected.map((r) => [r.do, r.status, r.error])).toEqual([
+      ["stripe_refund", 409, "charge_disputed"],
+      ["stripe_dispute", 409, "charge_disputed"]
+    ])
+    expect(out.notifications.filter((n) => String(n["kind"]).startsWith("payment_dispute")).map((n) => [String(n["at"]).slice(11, 19), n["kind"], n["text"]])).toEqual([
+      ["00:00:19", "payment_disputed", "A payment of $20.00 was disputed with your bank; $20.00 was taken from your credit balance."],
+      ["01:02:18", "payment_disputed", "A payment of $10.00 was disputed with your bank; $10.00 was taken from your credit balance."],
+      ["03:02:15", "payment_dispute_reinstated", "Your bank closed the dispute of a payment of $10.00 in our favor; $10.00 was returned to your credit balance."]
+    ])
+    expect(out.invariants).toEqual({ ok: true, violations: [] })
+  })
+
   it("pauses auto-recharge after a refund at the provider, until the balance is back at the threshold", () => {
     // Proves a card refund is not undone by an immediate recharge: the refund leaves $0, below
     // the $5 threshold, and no charge follows; a manual top-up to $10 ends the pause, and the

@@ -11,6 +11,7 @@ import Stripe from "stripe"
 import { afterEach, describe, expect, it } from "vitest"
 import { LiveClock, VirtualClock } from "../../src/clock.js"
 import { decodeListedRefunds, decodeStripeEvent, LISTED_REFUND, REFUNDS_LISTED_MAX, type PaymentsPort } from "../../src/payments.js"
+import { formatDollars } from "../../src/money.js"
 import { StripePayments } from "../../src/stripePayments.js"
 import { ledgerOf, MIN, OPERATOR_KEY, START_MS, stateOf, world, type World } from "../api/harness.js"
 import { StripeTestServer } from "./stripeServer.js"
@@ -258,6 +259,35 @@ describe("top-ups", () => {
     await customer(server).paymentIntents.confirm(intent_id!, { payment_method: "pm_card_visa" })
     await server.flush()
     expect(ledgerOf(w, a.account)).toEqual([["topup", "30.00", "pay_00000001"]])
+  })
+
+  it("refuse an eleventh top-up awaiting confirmation with 409 too_many_pending_top_ups, until one is paid or a day passes", async () => {
+    // Proves (abuse review) the PaymentIntents an account makes are bounded: any account, even
+    // at $0, made them at the rate limit. Ten awaiting confirmation are fine; the eleventh is
+    // 409 and creates nothing at Stripe (nor a payment row); one paid frees a place; a day
+    // later the abandoned ones count no more. Another account is not affected.
+    const { w, server } = await setup()
+    const a = await w.signup("pam@example.com", "0")
+    const top = (key: string) => w.req("POST", "/billing/top-ups", { key, body: { amount: "5.00" } })
+    for (let i = 0; i < 10; i++) expect((await top(a.key)).status).toBe(201)
+    const refused = await top(a.key)
+    expect([refused.status, refused.body]).toEqual([
+      409,
+      { error: "too_many_pending_top_ups", message: "10 top-ups await confirmation: confirm or abandon one (a top-up counts for 24 h) before starting another" }
+    ])
+    const book = w.opened.engine.sup.payments!
+    expect([server.intents.size, book.payments().length]).toEqual([10, 10])
+    const other = await w.signup("pia@example.com", "0")
+    expect((await top(other.key)).status).toBe(201)
+    await customer(server).paymentIntents.confirm(book.payment("pay_00000001")!.intent_id!, { payment_method: "pm_card_visa" })
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    expect((await top(a.key)).status).toBe(201)
+    expect((await top(a.key)).status).toBe(409)
+    w.advance(24 * 60 * MIN)
+    expect((await top(a.key)).status).toBe(201)
   })
 
   it("credit nothing when Stripe's succeeded event names another amount than our payment row", async () => {
@@ -541,6 +571,224 @@ const paidThenRefundFailed = async (email: string, source: { readonly sendsPrevi
   const failed = server.queue.splice(0)
   return { w, server, a, pi, client, made1, failed }
 }
+
+describe("disputes (chargebacks) at Stripe", () => {
+  const disputeRows = (w: World, account: string) =>
+    w.opened.engine.ledger
+      .ledgerRows()
+      .filter((x) => x.account === account)
+      .map((x) => [x.kind, formatDollars(x.amount_micros), formatDollars(x.balance_after_micros), x.resource, x.description])
+  const disputeNotes = (w: World) =>
+    w.opened.engine.ledger
+      .notifications()
+      .filter((n) => n.kind === "payment_disputed" || n.kind === "payment_dispute_reinstated")
+      .map((n) => [n.kind, n.severity, n.text])
+  const TAKEN_25 = ["payment_disputed", "critical", "A payment of $25.00 was disputed with your bank; $25.00 was taken from your credit balance."]
+  const deliverAll = async (server: StripeTestServer, events: ReadonlyArray<{ id: string; type: string; payload: string }>) => {
+    const replies = []
+    for (const e of events) replies.push(await server.deliver(e))
+    return outcomes(replies)
+  }
+
+  it("take the disputed top-up out of the wallet once, in full even below $0, whichever of Stripe's events tell it and however often", async () => {
+    // Proves the Decision in docs/POLICY.md: a $25 top-up spent down to $5, then charged back
+    // (Stripe's test card pm_card_createDispute): one −$25 card refund row naming the payment,
+    // leaving −$20 (a negative balance refuses every hold); charge.dispute.created already
+    // carries the withdrawal, so funds_withdrawn and any repeat book nothing; one critical
+    // notification.
+    const { w, server } = await setup()
+    const { a } = await confirmedTopUp({ w, server }, "dora@example.com", "pm_card_createDispute")
+    const events = server.queue.splice(0)
+    expect(events.map((e) => e.type)).toEqual(["charge.succeeded", "payment_intent.succeeded", "charge.dispute.created", "charge.dispute.funds_withdrawn"])
+    expect(await deliverAll(server, events.slice(0, 2))).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    const spent = await w.req("POST", `/operator/accounts/${a.account}/adjustments`, { key: OPERATOR_KEY, body: { amount: "-20.00", description: "GPU time" } })
+    expect(spent.status).toBe(201)
+    expect(await deliverAll(server, [events[2]!, events[3]!, events[3]!, events[2]!])).toEqual([
+      [200, "disputed"],
+      [200, "nothing"],
+      [200, "duplicate"],
+      [200, "duplicate"]
+    ])
+    const dispute = [...server.disputes.keys()][0]!
+    expect(disputeRows(w, a.account)).toEqual([
+      ["topup", "25.00", "25.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["adjustment", "-20.00", "5.00", null, "GPU time"],
+      ["refund", "-25.00", "-20.00", "pay_00000001", `Dispute (chargeback) of top-up pay_00000001 (${dispute})`]
+    ])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "-20.00" })
+    expect(disputeNotes(w)).toEqual([TAKEN_25])
+  })
+
+  it("credit a top-up whose dispute arrives before its payment_intent.succeeded, then take it back", async () => {
+    // Proves the Decision: a dispute proves the charge was paid, so, like charge.refunded, it
+    // credits the top-up first (+$25) and then books the dispute (−$25); the late succeeded
+    // event books nothing.
+    const { w, server } = await setup()
+    const { a } = await confirmedTopUp({ w, server }, "dirk@example.com", "pm_card_createDispute")
+    const [charged, succeeded, created, withdrawn] = server.queue.splice(0)
+    expect(await deliverAll(server, [withdrawn!, succeeded!, created!, charged!])).toEqual([
+      [200, "disputed"],
+      [200, "nothing"],
+      [200, "nothing"],
+      [200, "ignored"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-25.00", "pay_00000001"]
+    ])
+    expect(w.opened.engine.sup.payments!.payment("pay_00000001")!.status).toBe("succeeded")
+    expect(disputeNotes(w)).toEqual([TAKEN_25])
+  })
+
+  it("give the money back once when the dispute is won, in any order of Stripe's events", async () => {
+    // Proves charge.dispute.funds_reinstated (the merchant won) credits the $25 back once, by a
+    // +$25 row naming the payment, whatever order withdrawn, reinstated and closed arrive in:
+    // a reinstatement that overtakes the withdrawal books −$25 and +$25, and the end is $0.
+    for (const order of ORDERS_OF_THREE) {
+      const { w, server } = await setup()
+      const { a } = await confirmedTopUp({ w, server }, `dana${order.join("")}@example.com`, "pm_card_createDispute")
+      const [, succeeded, , withdrawn] = server.queue.splice(0)
+      expect(await deliverAll(server, [succeeded!])).toEqual([[200, "credited"]])
+      const dispute = [...server.disputes.keys()][0]!
+      const won = await customer(server).disputes.update(dispute, { evidence: { uncategorized_text: "winning_evidence" } })
+      expect(won.status).toBe("won")
+      const [reinstated, closed] = server.queue.splice(0)
+      expect([reinstated!.type, closed!.type]).toEqual(["charge.dispute.funds_reinstated", "charge.dispute.closed"])
+      const events = [withdrawn!, reinstated!, closed!]
+      await deliverAll(server, order.map((i) => events[i]!))
+      expect(await deliverAll(server, events)).toEqual([
+        [200, "duplicate"],
+        [200, "duplicate"],
+        [200, "duplicate"]
+      ])
+      const rows = ledgerOf(w, a.account)
+      expect([order, rows.slice(-1)[0], rows.length, (await w.req("GET", "/billing/balance", { key: a.key })).body]).toEqual([order, ["refund", "25.00", "pay_00000001"], 3, { balance: "25.00" }])
+      expect(rows.slice(1, 2)).toEqual([["refund", "-25.00", "pay_00000001"]])
+      expect([order, disputeNotes(w)]).toEqual([
+        order,
+        [TAKEN_25, ["payment_dispute_reinstated", "info", "Your bank closed the dispute of a payment of $25.00 in our favor; $25.00 was returned to your credit balance."]]
+      ])
+    }
+  })
+
+  it("take no more than the refund left of the payment, in either order, and keep the refunded part reinstated when the dispute is lost", async () => {
+    // Proves the cap: a $25 top-up refunded $10, then disputed for the full $25 (card issuers
+    // do): the dispute takes $15, never the refunded $10 again. Delivered the other way round,
+    // the dispute takes $25 and gives $10 back when the refund arrives: the end is the same.
+    // Lost, Stripe reinstates the refunded $10 ("partially won"): nothing more moves.
+    for (const disputeFirst of [false, true]) {
+      const { w, server } = await setup()
+      const { a, pi, client } = await confirmedTopUp({ w, server }, `dove${String(disputeFirst)}@example.com`, "pm_card_visa")
+      expect(await deliverAll(server, server.queue.splice(0))).toEqual([
+        [200, "ignored"],
+        [200, "credited"]
+      ])
+      await client.refunds.create({ payment_intent: pi, amount: 1000 })
+      const refunded = server.queue.splice(0)
+      const dispute = server.dispute(pi)
+      const disputed = server.queue.splice(0)
+      const replies = disputeFirst ? await deliverAll(server, [...disputed, ...refunded]) : await deliverAll(server, [...refunded, ...disputed])
+      expect(replies).toEqual(disputeFirst ? [[200, "disputed"], [200, "nothing"], [200, "refunded"]] : [[200, "refunded"], [200, "disputed"], [200, "nothing"]])
+      const rows = disputeRows(w, a.account).map((r) => r.slice(0, 3))
+      expect(rows).toEqual(
+        disputeFirst
+          ? [
+              ["topup", "25.00", "25.00"],
+              ["refund", "-25.00", "0.00"],
+              ["refund", "-10.00", "-10.00"],
+              ["refund", "10.00", "0.00"]
+            ]
+          : [
+              ["topup", "25.00", "25.00"],
+              ["refund", "-10.00", "15.00"],
+              ["refund", "-15.00", "0.00"]
+            ]
+      )
+      expect(disputeNotes(w)[0]![2]).toBe(
+        disputeFirst
+          ? "A payment of $25.00 was disputed with your bank; $25.00 was taken from your credit balance."
+          : "A payment of $25.00 was disputed with your bank; $15.00 was taken from your credit balance (the rest had been refunded to your card already)."
+      )
+      // Stripe refuses to refund a disputed charge.
+      await expect(client.refunds.create({ payment_intent: pi, amount: 100 })).rejects.toMatchObject({ code: "charge_disputed" })
+      const lost = await customer(server).disputes.close(dispute)
+      expect(lost.status).toBe("lost")
+      expect(await deliverAll(server, server.queue.splice(0))).toEqual([
+        [200, "nothing"],
+        [200, "nothing"]
+      ])
+      expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "0.00" })
+    }
+  })
+
+  it("turn auto-recharge off with a notification; the owner saving it again turns it back on", async () => {
+    // Proves the Decision: an auto-recharge charged back (pm_card_createDispute) takes its $20
+    // and turns auto-recharge off, so the balance left under the threshold ($0 < $5) charges
+    // the card no more; PUT again (another card) charges again.
+    const { w, server } = await setup()
+    const a = await w.signup("dyl@example.com", "0")
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_createDispute" } })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.payments().some((p) => p.status === "pending"), "the off-session charge")
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"],
+      [200, "disputed"],
+      [200, "nothing"]
+    ])
+    expect(book.autoRecharge(a.account)).toBeUndefined()
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "20.00", "pay_00000001"],
+      ["refund", "-20.00", "pay_00000001"]
+    ])
+    expect(disputeNotes(w)).toEqual([
+      [
+        "payment_disputed",
+        "critical",
+        "A payment of $20.00 was disputed with your bank; $20.00 was taken from your credit balance. Auto-recharge is turned off: save your auto-recharge settings again to turn it back on."
+      ]
+    ])
+    await new Promise((r) => setTimeout(r, 50))
+    expect([book.payments().length, server.intents.size]).toEqual([1, 1])
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { threshold: "5.00", amount: "20.00", payment_method: "pm_card_visa" } })).status).toBe(200)
+    await until(() => book.payments().length === 2, "the charge once saved again")
+  })
+
+  it("are decoded from Stripe's Dispute object: withdrawn and reinstated by balance transaction, else by event type", () => {
+    // Proves the boundary: an inquiry without money moved proves nothing; a withdrawal in the
+    // dispute's currency counts its gross amount (not Stripe's fee); one in another currency
+    // falls back on the event type; expanded charge and PaymentIntent objects are read by id; a
+    // dispute of a charge without a PaymentIntent is not ours (ignored, not refused).
+    const dispute = { id: "du_1", object: "dispute", amount: 2500, currency: "usd", charge: "ch_1", payment_intent: "pi_1", balance_transactions: [], status: "warning_needs_response", reason: "fraudulent" }
+    const decode = (type: string, o: Record<string, unknown>) => decodeStripeEvent({ id: "evt_d", type, data: { object: { ...dispute, ...o } } })
+    expect(decode("charge.dispute.created", {})).toEqual({
+      id: "evt_d",
+      type: "dispute",
+      event_type: "charge.dispute.created",
+      dispute_id: "du_1",
+      charge_id: "ch_1",
+      intent_id: "pi_1",
+      amount_cents: 2500,
+      withdrawn_cents: 0,
+      reinstated_cents: 0,
+      status: "warning_needs_response",
+      reason: "fraudulent",
+      payment_id: null
+    })
+    const out = { amount: -2500, currency: "usd", fee: 1500 }
+    const back = { amount: 1000, currency: "usd", fee: 0 }
+    expect(decode("charge.dispute.closed", { balance_transactions: [out, back], status: "lost" })).toMatchObject({ withdrawn_cents: 2500, reinstated_cents: 1000 })
+    expect(decode("charge.dispute.funds_withdrawn", { balance_transactions: [{ ...out, amount: -2300, currency: "eur" }] })).toMatchObject({ withdrawn_cents: 2500, reinstated_cents: 0 })
+    expect(decode("charge.dispute.funds_reinstated", {})).toMatchObject({ withdrawn_cents: 2500, reinstated_cents: 2500 })
+    expect(decode("charge.dispute.updated", { charge: { id: "ch_1" }, payment_intent: { id: "pi_1" } })).toMatchObject({ charge_id: "ch_1", intent_id: "pi_1" })
+    for (const broken of [{ payment_intent: null }, { charge: null }, { amount: 0 }, { amount: "2500" }, { id: 7 }]) {
+      expect(decode("charge.dispute.funds_withdrawn", broken)).toEqual({ id: "evt_d", type: "ignored", event_type: "charge.dispute.funds_withdrawn" })
+    }
+  })
+})
 
 describe("refunds told by id", () => {
   it("follow a refund made after a failed one from its refund id when charge.refunded does not say what was refunded before", async () => {
@@ -1077,6 +1325,31 @@ describe("auto-recharge and the unit of work around it", () => {
     await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: { ...declining, payment_method: "pm_card_visa" } })
     await until(() => book.payments().length === 2, "the charge on the new card")
     expect(book.autoRecharge(a.account)).toMatchObject({ declines: 0, retry_at: null, pending_payment: "pay_00000002" })
+  })
+
+  it("keeps the backoff after a decline when the settings are deleted and saved again with the same card", async () => {
+    // Proves (abuse review) the backoff is the account's, not the settings': DELETE then PUT
+    // with the declined card does not charge it again at once (it did: the way around the
+    // backoff for a card tester); the retry comes when the backoff ends, and a second decline
+    // doubles it.
+    const { w, clock } = await setup()
+    const a = await w.signup("kit@example.com", "0")
+    const declining = { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclined" }
+    await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })
+    const book = w.opened.engine.sup.payments!
+    await until(() => book.autoRecharge(a.account)?.declines === 1, "the decline")
+    const declinedAt = clock.now()
+    expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN)
+    expect((await w.req("DELETE", "/billing/auto-recharge", { key: a.key })).status).toBe(200)
+    expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })).status).toBe(200)
+    await until(() => book.autoRecharge(a.account)?.customer !== null, "the card saved again")
+    expect(book.autoRecharge(a.account)).toMatchObject({ declines: 1, retry_at: declinedAt + 15 * MIN })
+    await new Promise((r) => setTimeout(r, 50))
+    expect(book.payments()).toHaveLength(1)
+    w.advance(15 * MIN)
+    await until(() => book.autoRecharge(a.account)?.declines === 2, "the second decline")
+    expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN + 30 * MIN)
+    expect(book.payments()).toHaveLength(2)
   })
 
   it("never calls Stripe for a charge whose unit of work rolls back", async () => {

@@ -9,6 +9,19 @@
  *   POST /v1/refunds                       (a refund from the dashboard)
  *   GET  /v1/refunds?charge=…              (a charge's refunds, newest first, paged as Stripe pages:
  *                                           `limit` 1–100, default 10; `starting_after`/`ending_before`)
+ *   POST /v1/disputes/:id                  (evidence: `winning_evidence` wins, `losing_evidence` loses)
+ *   POST /v1/disputes/:id/close            (the merchant accepts the dispute: lost)
+ *
+ * Disputes (chargebacks) as Stripe makes them in test mode: a charge confirmed with
+ * `pm_card_createDispute` is disputed at once (reason `fraudulent`), and `dispute` disputes any
+ * charge (for an amount, e.g. the full charge after a partial refund, which card issuers do).
+ * A dispute (stripe-node 23's `Dispute`) takes its amount from the balance at once: a balance
+ * transaction of −amount (and Stripe's $15 fee) in `balance_transactions`, with
+ * `charge.dispute.created` and `charge.dispute.funds_withdrawn`. Won, Stripe gives it all back
+ * (a +amount transaction, `charge.dispute.funds_reinstated`, then `charge.dispute.closed`);
+ * lost, it keeps it, except the part of a full-amount dispute that had been refunded before
+ * (Stripe's "partially won": reinstated, status `lost`). A disputed charge cannot be refunded
+ * (`charge_disputed`) until its dispute is won.
  *
  * A refund is made `succeeded` and the charge's `amount_refunded` grows by it, with a
  * `charge.refunded` whose `previous_attributes` say what it was before (as Stripe's do,
@@ -74,6 +87,7 @@ export class StripeTestServer {
   readonly charges = new Map<string, Obj>()
   readonly refunds = new Map<string, Obj>()
   readonly customers = new Map<string, Obj>()
+  readonly disputes = new Map<string, Obj>()
   /** Requests seen per path, for tests that prove a retry did not create a second object. */
   readonly creates: string[] = []
   private readonly idempotent = new Map<string, { status: number; body: string }>()
@@ -157,6 +171,8 @@ export class StripeTestServer {
     const chargeId = intent?.["latest_charge"] ?? params["charge"]
     const charge = typeof chargeId === "string" ? this.charges.get(chargeId) : undefined
     if (charge === undefined) return this.error(404, "invalid_request_error", "resource_missing", "No such charge")
+    const standing = [...this.disputes.values()].some((d) => d["charge"] === charge["id"] && d["status"] !== "won")
+    if (standing) return this.error(400, "invalid_request_error", "charge_disputed", `Charge ${String(charge["id"])} has been charged back; refunds of it are not allowed`)
     const left = (charge["amount"] as number) - (charge["amount_refunded"] as number)
     const amount = params["amount"] === undefined ? left : Number(params["amount"])
     if (!(amount > 0 && amount <= left)) return this.error(400, "invalid_request_error", "amount_too_large", "Refund amount is greater than the charge's unrefunded amount")
@@ -262,6 +278,16 @@ export class StripeTestServer {
       return this.ok({ id: m[1], object: "payment_method", customer: params["customer"], type: "card" })
     }
     if (url === "/v1/refunds") return this.refund(params)
+    m = /^\/v1\/disputes\/([^/]+)(\/close)?$/.exec(url)
+    if (m !== null) {
+      const d = this.disputes.get(m[1]!)
+      if (d === undefined) return this.error(404, "invalid_request_error", "resource_missing", `No such dispute: '${m[1]!}'`)
+      if (d["status"] === "won" || d["status"] === "lost") return this.error(400, "invalid_request_error", "dispute_already_closed", "This dispute is already closed")
+      const evidence = (params["evidence"] as Obj | undefined)?.["uncategorized_text"]
+      if (m[2] === undefined && evidence !== "winning_evidence" && evidence !== "losing_evidence") return this.ok({ ...d })
+      this.closeDispute(d, m[2] === undefined && evidence === "winning_evidence")
+      return this.ok({ ...d })
+    }
     if (url === "/v1/payment_intents") {
       const amount = Number(params["amount"])
       if (!Number.isSafeInteger(amount) || amount < 50) return this.error(400, "invalid_request_error", "amount_too_small", "Amount must be at least $0.50 usd")
@@ -323,7 +349,74 @@ export class StripeTestServer {
     pi["latest_charge"] = charge["id"]
     this.event("charge.succeeded", { ...charge })
     this.event("payment_intent.succeeded", { ...pi })
+    // Stripe's test card that is disputed as soon as it is charged.
+    if (payment_method === "pm_card_createDispute") this.dispute(charge["id"] as string)
     return this.ok(pi)
+  }
+
+  /**
+   * The cardholder's bank disputes the charge (of the charge or PaymentIntent `id`) for
+   * `amount` (default: the charge's amount): a Dispute in `needs_response` whose withdrawal
+   * is in its `balance_transactions`, with `charge.dispute.created` and
+   * `charge.dispute.funds_withdrawn` queued. Returns the dispute's id.
+   */
+  dispute(id: string, options: { readonly amount?: number; readonly reason?: string } = {}): string {
+    const charge = this.charges.get(id) ?? this.charges.get(String(this.intents.get(id)?.["latest_charge"]))
+    if (charge === undefined) throw new Error(`no charge ${id} to dispute`)
+    const amount = options.amount ?? (charge["amount"] as number)
+    const dispute_id = `du_${++this.seq}`
+    const dispute: Obj = {
+      id: dispute_id,
+      object: "dispute",
+      amount,
+      balance_transactions: [this.balanceTransaction(dispute_id, -amount, 1500, `Chargeback withdrawal for ${String(charge["id"])}`, "dispute")],
+      charge: charge["id"],
+      created: Math.floor(this.now() / 1000),
+      currency: "usd",
+      enhanced_eligibility_types: [],
+      evidence: { uncategorized_text: null },
+      evidence_details: { due_by: Math.floor(this.now() / 1000) + 7 * 86_400, enhanced_eligibility: {}, has_evidence: false, past_due: false, submission_count: 0 },
+      intended_submission_method: null,
+      is_charge_refundable: false,
+      livemode: false,
+      metadata: {},
+      payment_intent: charge["payment_intent"],
+      reason: options.reason ?? "fraudulent",
+      status: "needs_response"
+    }
+    this.disputes.set(dispute_id, dispute)
+    charge["disputed"] = true
+    this.event("charge.dispute.created", this.copy(dispute))
+    this.event("charge.dispute.funds_withdrawn", this.copy(dispute))
+    return dispute_id
+  }
+
+  /**
+   * The dispute decided: won gives the whole amount back; lost keeps it, but for the part a
+   * full-amount dispute of a partially refunded charge disputed twice (Stripe reinstates it
+   * and marks the dispute lost, "partially won").
+   */
+  private closeDispute(d: Obj, won: boolean): void {
+    const charge = this.charges.get(d["charge"] as string)!
+    const amount = d["amount"] as number
+    const overlap = Math.max(0, Math.min(amount, amount + (charge["amount_refunded"] as number) - (charge["amount"] as number)))
+    const back = won ? amount : overlap
+    d["status"] = won ? "won" : "lost"
+    if (back > 0) {
+      ;(d["balance_transactions"] as Obj[]).push(this.balanceTransaction(d["id"] as string, back, 0, `Chargeback reversal for ${String(charge["id"])}`, "dispute_reversal"))
+      this.event("charge.dispute.funds_reinstated", this.copy(d))
+    }
+    this.event("charge.dispute.closed", this.copy(d))
+  }
+
+  private balanceTransaction(source: string, amount: number, fee: number, description: string, reporting_category: string): Obj {
+    const created = Math.floor(this.now() / 1000)
+    return { id: `txn_${++this.seq}`, object: "balance_transaction", amount, available_on: created, created, currency: "usd", description, fee, net: amount - fee, reporting_category, source, status: "pending", type: "adjustment" }
+  }
+
+  /** An object as an event carries it: a copy, so later changes do not reach queued events. */
+  private copy(o: Obj): Obj {
+    return JSON.parse(JSON.stringify(o)) as Obj
   }
 
   /** The charge as an event carries it: with its refunds listed when `listsRefunds`. */
