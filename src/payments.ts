@@ -1164,8 +1164,12 @@ export class PaymentBook {
     // A refund that failed was made first: it counts among the refunds told by id.
     this.s.insertMade.run(e.refund_id, e.charge_id, p.id, amount_micros)
     this.journal.append(at, "card_refund_failed", { payment: p.id, refund: e.refund_id, charge: e.charge_id, amount_micros: amount_micros.toString(), status: e.status, reason: e.failure_reason })
+    const disputedBefore = (this.s.refund.get(e.charge_id) as unknown as RefundRecord).disputed_micros
     const moved = this.bookRefunds(p, e.charge_id)
     assert(moved >= 0n, () => `failed refund ${e.refund_id} booked ${moved}`)
+    // A dispute of the payment capped by this refund takes what the failure gives back.
+    const toDispute = (this.s.refund.get(e.charge_id) as unknown as RefundRecord).disputed_micros - disputedBefore
+    assert(toDispute >= 0n && toDispute <= moved, () => `failed refund ${e.refund_id}: its dispute took ${toDispute} of ${moved}`)
     const resumed = this.resumeAfterFailedRefund(p)
     this.notifier.notify({
       account: p.account,
@@ -1175,8 +1179,14 @@ export class PaymentBook {
       kind: "card_refund_failed",
       // A failure told before the top-up itself was credited (events come in any order): its
       // money is not in the balance yet, and the text says when it will be.
-      text: policy.texts.cardRefundFailed(formatDollars(amount_micros), policy.cardRefundFailureWhy(e.status, e.failure_reason), resumed, this.payment(p.id)?.status === "succeeded"),
-      data: { payment: p.id, refund: e.refund_id, status: e.status, reason: e.failure_reason, credited: formatDollars(moved), auto_recharge: resumed ? "resumed" : null }
+      text: policy.texts.cardRefundFailed(
+        formatDollars(amount_micros),
+        policy.cardRefundFailureWhy(e.status, e.failure_reason),
+        resumed,
+        this.payment(p.id)?.status === "succeeded",
+        toDispute > 0n ? { kept: formatDollars(amount_micros - toDispute), taken: formatDollars(toDispute) } : null
+      ),
+      data: { payment: p.id, refund: e.refund_id, status: e.status, reason: e.failure_reason, credited: formatDollars(moved), ...(toDispute > 0n ? { to_dispute: formatDollars(toDispute) } : {}), auto_recharge: resumed ? "resumed" : null }
     })
     return moved
   }

@@ -244,10 +244,20 @@ export const texts = {
   /**
    * A refund to the card failed or was canceled at the provider (src/payments.ts;
    * docs/POLICY.md): the money never reached the card, so it stays in the wallet. `resumed`:
-   * the auto-recharge pause that refund set is over.
+   * the auto-recharge pause that refund set is over. `toDispute`: what of it a dispute of the
+   * same payment took instead (the bank took the whole payment back, and the refund had kept
+   * that part out of the dispute's reach), or null.
    */
-  cardRefundFailed: (dollars: string, why: string, resumed: boolean, topUpCredited: boolean) =>
-    `A refund of $${dollars} to your card did not go through: ${why}. ${topUpCredited ? `The $${dollars} stays in your credit balance.` : `The $${dollars} stays yours: it reaches your credit balance with the top-up, once the payment provider confirms it.`}${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
+  cardRefundFailed: (dollars: string, why: string, resumed: boolean, topUpCredited: boolean, toDispute: { readonly kept: string; readonly taken: string } | null = null) =>
+    `A refund of $${dollars} to your card did not go through: ${why}. ${
+      toDispute !== null
+        ? toDispute.kept === "0.00"
+          ? `The $${dollars} does not come back to your credit balance: your bank's dispute of that payment took it.`
+          : `$${toDispute.kept} stays in your credit balance; your bank's dispute of that payment took the other $${toDispute.taken}.`
+        : topUpCredited
+        ? `The $${dollars} stays in your credit balance.`
+        : `The $${dollars} stays yours: it reaches your credit balance with the top-up, once the payment provider confirms it.`
+    }${resumed ? " Auto-recharge, paused by that refund, is on again." : ""}`,
   /**
    * A payment was disputed (a chargeback) and the provider took its money back
    * (src/payments.ts; docs/POLICY.md): `taken` left the credit balance, which is less than

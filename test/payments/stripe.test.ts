@@ -724,6 +724,38 @@ describe("disputes (chargebacks) at Stripe", () => {
     }
   })
 
+  it("a refund that fails after the dispute it capped: its money goes to the dispute, and the notice says so", async () => {
+    // Found by review: $25 refunded $10, then disputed for $25: the dispute took $15 (the cap).
+    // The $10 refund then failed at the card's bank: its credit back (+$10) is the dispute's to
+    // take (−$10), so the balance stays $0, but the notice said "The $10.00 stays in your credit
+    // balance."
+    const { w, server } = await setup()
+    const { a, pi, client } = await confirmedTopUp({ w, server }, "dune@example.com", "pm_card_visa")
+    await deliverAll(server, server.queue.splice(0))
+    const refund = await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    await deliverAll(server, server.queue.splice(0))
+    server.dispute(pi)
+    await deliverAll(server, server.queue.splice(0))
+    server.failRefund(refund.id)
+    const replies = await deliverAll(server, server.queue.splice(0))
+    expect(replies.some(([, outcome]) => outcome === "refund_reversed")).toBe(true)
+    expect(disputeRows(w, a.account).map((r) => r.slice(0, 3))).toEqual([
+      ["topup", "25.00", "25.00"],
+      ["refund", "-10.00", "15.00"],
+      ["refund", "-15.00", "0.00"],
+      ["refund", "10.00", "10.00"],
+      ["refund", "-10.00", "0.00"]
+    ])
+    const failed = w.opened.engine.ledger.notifications().filter((n) => n.kind === "card_refund_failed")
+    expect(failed.map((n) => [n.text, JSON.parse(n.data!)])).toEqual([
+      [
+        "A refund of $10.00 to your card did not go through: the card has expired or was canceled. The $10.00 does not come back to your credit balance: your bank's dispute of that payment took it.",
+        { payment: "pay_00000001", refund: refund.id, status: "failed", reason: "expired_or_canceled_card", credited: "10.00", to_dispute: "10.00", auto_recharge: null }
+      ]
+    ])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "0.00" })
+  })
+
   it("turn auto-recharge off with a notification; the owner saving it again turns it back on", async () => {
     // Proves the Decision: an auto-recharge charged back (pm_card_createDispute) takes its $20
     // and turns auto-recharge off, so the balance left under the threshold ($0 < $5) charges
