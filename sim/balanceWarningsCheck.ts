@@ -33,9 +33,11 @@
  *     re-armed each threshold m with `zero − now > m minutes + 1 s`. The checker bounds that
  *     `zero` from below without the engine's forecast (`runOutAfterCredit`): `pooled` exactly,
  *     and the first stop no sooner than the first cycle end (a full hold's placed_at + 24 h, a
- *     partial one's when the replicas billing consume it); with one inference instance alive,
- *     its renewal there is played pessimistically (storage charged every midnight, GPU refunds
- *     left out, a partial hold timed on every replica). A threshold so re-armed is sent again
+ *     partial one's when the replicas billing consume it); the renewals of the inference
+ *     instances alive are played there, in the engine's order, pessimistically (storage
+ *     charged every midnight, GPU refunds left out, a partial hold timed on every replica, and
+ *     nothing played past the first renewal short of a full hold but the partial hold it
+ *     places). A threshold so re-armed is sent again
  *     or a tighter one is (it is counted as sent only with a warning of it or tighter), by
  *     T − m; here also when T − m is the account's last change itself, as long as that is a
  *     change the logs show whole (a look at the state the stop is foreseen on follows it).
@@ -45,8 +47,9 @@
  * a warning sent at an instant something changed (several units of work at one instant, each a
  * look at a different state, cannot be told apart in the logs); a re-arm by a credit that shares
  * its instant with another change (a cycle end's refund, a stop's settlement, a request), or one
- * the lower bound cannot show (with two inference instances alive it stops at the first cycle
- * end), or across an engine outage or restart before the stop; the forecast of inference stops
+ * the lower bound cannot show (a renewal short of a full hold is taken as a stop at its partial
+ * hold's end, though it may renew again on refunds), or across an engine outage or restart
+ * before the stop; the forecast of inference stops
  * itself (so (a) with an inference instance alive is a lower bound only).
  *
  * Instants and stretches the checker cannot read the engine's knowledge at are left out: an
@@ -357,12 +360,19 @@ const creditOnlyInstants = (input: WarningCheckInput, v: AccountView, account: s
  * first stop is bounded from below. The engine foresees a stop only at an inference instance's
  * cycle end or at the end of a partial hold a renewal there places, so it is no sooner than the
  * first cycle end: a full hold's `placed_at` + 24 h, a partial one's when its replicas billing
- * now have consumed it (none billing: it waits, with no end). With one instance alive, its
- * renewal there is played too, pessimistically (money coming back at GPU deadlines left out;
- * every storage resource charged its day at every midnight before; what the cycle gives back
- * rounded as billing does; a partial hold timed on every replica): on the balance then, a
- * full hold means no stop foreseen; at least a least partial hold (one second of every
- * replica), a stop no sooner than the partial hold lasts; less, the cycle end.
+ * now have consumed it (none billing: it waits, with no end). The renewals at the cycle ends of
+ * the instances alive are played too, in the engine's order (instant, then id), each on the
+ * balance the ones before it left, pessimistically (money coming back at GPU deadlines left
+ * out; every storage resource charged its day at every midnight before; what a cycle gives back
+ * rounded as billing does; a partial hold timed on every replica): a full hold takes its amount
+ * and the next renewal looks at the rest; a renewal short of a full hold bounds the stop by the
+ * partial hold it places (at least one second of every replica; less, the cycle end itself) and
+ * leaves nothing, and past that bound nothing is played (a partial hold's end may renew again
+ * and take money the later renewals would find: the bound is no later than any of them).
+ * Less money never makes the engine's first stop later, so each step stays at or before it.
+ * (With two instances alive the bound used to stop at the first cycle end: a top-up 20 minutes
+ * before one that renews in full, while the other stopped hours later, surely re-armed the
+ * 60-minute warning, and a warning of it skipped passed.)
  */
 const runOutAfterCredit = (input: WarningCheckInput, pending: PendingIndex, account: string, v: AccountView, c: number): number => {
   const t = c + 1
@@ -370,8 +380,8 @@ const runOutAfterCredit = (input: WarningCheckInput, pending: PendingIndex, acco
   const pooled = pooledAt(input, pending, account, v, t)
   const pooledBound = pooled === null ? Infinity : pooled - 1
   const alive = v.resources.filter((r) => r.kind === "inference_instance" && r.context.created_at < t && !stoppedBefore(input, r.id, t))
-  let firstEnd = Infinity
-  let only: { readonly end: number; readonly refund: bigint; readonly perReplica: bigint; readonly replicas: number; readonly full: bigint } | null = null
+  /** Each instance's cycle end, what its hold gives back then, and the holds it renews on. */
+  const ends: Array<{ readonly id: string; readonly end: number; readonly refund: bigint; readonly everyReplica: bigint; readonly full: bigint }> = []
   for (const r of alive) {
     if (r.kind !== "inference_instance") continue
     const ctx = r.context
@@ -385,33 +395,42 @@ const runOutAfterCredit = (input: WarningCheckInput, pending: PendingIndex, acco
     const billed = logs.reduce((ms, log) => ms + billableMs(log, ctx.created_at, hold.placed_at, c), 0)
     let end: number
     if (hold.held_micros >= full) end = hold.placed_at + SPEC_INFERENCE_CYCLE_MS
-    else if (billing === 0) end = Infinity
+    else if (billing === 0) continue
     else {
       const left = hold.held_micros * MICRO_MS_PER_MICRO - perReplica * BigInt(billed)
       end = left <= 0n ? c : c + Number(left / (perReplica * BigInt(billing)))
     }
-    firstEnd = Math.min(firstEnd, end)
-    if (alive.length === 1 && end < Infinity) {
-      const consumed = usageMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, billed + billing * (end - c))
-      only = { end, refund: hold.held_micros - consumed, perReplica, replicas: ctx.regions.length, full }
-    }
+    // A cycle that ends by the credit's own look: the bound is that end.
+    if (end <= c) return Math.min(pooledBound, end)
+    const consumed = usageMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, billed + billing * (end - c))
+    ends.push({ id: r.id, end, refund: hold.held_micros - consumed, everyReplica: perReplica * BigInt(ctx.regions.length), full })
   }
-  if (only === null || only.end <= c) return Math.min(pooledBound, firstEnd)
-  // One instance: its renewal at `end`, on what the wallet has then at the least.
+  if (ends.length === 0) return pooledBound
+  ends.sort((a, b) => a.end - b.end || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
   let storage = 0n
   for (const s of v.resources) {
     if (s.kind !== "storage" || s.context.created_at >= t) continue
     if ((input.transitionsByResource.get(s.id) ?? []).some((x) => x.at < t && x.to_state === "deleted")) continue
     storage += BigInt(s.context.daily_rate_micros) * BigInt(s.context.size_gb)
   }
-  const midnights = Math.floor(only.end / SPEC_STORAGE_DAY_MS) - Math.floor(c / SPEC_STORAGE_DAY_MS)
-  const spendable = balanceBefore(input.rowsByAccount.get(account) ?? [], t) - pendingBefore(input, pending, account, t)
-  const balance = spendable - storage * BigInt(midnights) + only.refund
-  if (balance >= only.full) return pooledBound
-  const everyReplica = only.perReplica * BigInt(only.replicas)
-  const least = (everyReplica * BigInt(POLICY_PARTIAL_HOLD_MIN_MS) + MICRO_MS_PER_MICRO - 1n) / MICRO_MS_PER_MICRO
-  if (balance < least) return Math.min(pooledBound, only.end)
-  return Math.min(pooledBound, only.end + Number((balance * MICRO_MS_PER_MICRO) / everyReplica))
+  let balance = balanceBefore(input.rowsByAccount.get(account) ?? [], t) - pendingBefore(input, pending, account, t)
+  let bound = pooledBound
+  let since = c
+  for (const e of ends) {
+    if (e.end >= bound) break
+    // Every midnight in (since, end] charges every storage resource its day, at the least.
+    balance -= storage * BigInt(Math.floor(e.end / SPEC_STORAGE_DAY_MS) - Math.floor(since / SPEC_STORAGE_DAY_MS))
+    since = e.end
+    balance += e.refund
+    if (balance >= e.full) {
+      balance -= e.full
+      continue
+    }
+    const least = (e.everyReplica * BigInt(POLICY_PARTIAL_HOLD_MIN_MS) + MICRO_MS_PER_MICRO - 1n) / MICRO_MS_PER_MICRO
+    bound = Math.min(bound, balance < least ? e.end : e.end + Number((balance * MICRO_MS_PER_MICRO) / e.everyReplica))
+    balance = 0n
+  }
+  return bound
 }
 
 /**

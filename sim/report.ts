@@ -35,8 +35,21 @@ export const summarize = (output: SimOutput): string => {
     lines.push(`Rejected inputs (${output.rejected.length})`)
     lines.push(...table(output.rejected.map((r) => [r.at, `event #${r.event}`, r.do, `${r.status} ${r.error} — ${r.message}`])))
   }
-  lines.push("Accounts")
-  lines.push(...table(Object.entries(output.accounts).map(([id, a]) => [id, "balance", a.balance]), ["left", "left", "right"]))
+  // Each account's balance beside the sums of its rows by kind (they add up to it) and its holds'
+  // parts: what finance reconciles it with (docs/TIMELINE-EXTENSIONS.md).
+  lines.push("Accounts (balance = the sum of its rows by kind; holds: consumed, refunded, overage of the settled ones, still open)")
+  lines.push(
+    ...table(
+      [
+        ["", "balance", "topup", "adjustment", "gpu_usage", "refund", "api_usage", "storage_billing", "consumed", "refunded", "overage", "open holds"],
+        ...Object.entries(output.accounts).map(([id, a]) => {
+          const t = output.account_totals[id]!
+          return [id, a.balance, t.by_kind.topup, t.by_kind.adjustment, t.by_kind.gpu_usage, t.by_kind.refund, t.by_kind.api_usage, t.by_kind.storage_billing, t.holds.consumed, t.holds.refunded, t.holds.overage, t.holds.open]
+        })
+      ],
+      ["left", ...Array<Align>(11).fill("right")]
+    )
+  )
   lines.push("Resources")
   lines.push(...table(Object.entries(output.resources).map(([id, r]) => [id, r.kind, `${r.status}${r.termination_reason ? ` (${r.termination_reason})` : ""}`])))
   if (output.invariants.ok) {

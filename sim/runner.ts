@@ -13,7 +13,8 @@ import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
 import { VirtualClock, Lane, type EngineClock } from "../src/clock.js"
 import type { ClusterPort } from "../src/cluster.js"
 import { assert, errorStatus, type EngineError } from "../src/errors.js"
-import type { LedgerStore } from "../src/ledger/store.js"
+import type { Hold, LedgerStore } from "../src/ledger/store.js"
+import type { LedgerRowKind } from "../src/ledger/migrations.js"
 import type { ModelPrice } from "../src/metering.js"
 import type { PaymentBook } from "../src/payments.js"
 import { dollars, formatDollars, type Micros } from "../src/money.js"
@@ -84,8 +85,93 @@ export interface SimOutput {
   readonly transitions: ReadonlyArray<Record<string, unknown>>
   readonly rejected: ReadonlyArray<Rejected>
   readonly accounts: Readonly<Record<string, { balance: string }>>
+  readonly account_totals: Readonly<Record<string, AccountTotals>>
   readonly resources: Readonly<Record<string, Record<string, unknown>>>
   readonly invariants: { readonly ok: boolean; readonly violations: ReadonlyArray<Violation> }
+}
+
+/**
+ * What finance reconciles an account's balance with, from the output alone
+ * (docs/TIMELINE-EXTENSIONS.md). `by_kind` are the signed sums of its ledger rows by kind (they
+ * add up to its balance); `holds` sums its holds as SPEC §2 names their parts (amounts, not
+ * signs): every hold placed (`held`, extensions included), and of the settled ones what was
+ * `consumed`, `refunded` and charged as `overage`, and what the holds still open reserve (`open`).
+ */
+export interface AccountTotals {
+  readonly by_kind: Readonly<Record<LedgerRowKind, string>>
+  readonly holds: HoldSums<string>
+  /** The signed sum of its `api_usage` rows per model (the Billing page's per-model breakdown). */
+  readonly api_usage_by_model: Readonly<Record<string, string>>
+}
+
+export interface HoldSums<T> {
+  readonly held: T
+  readonly consumed: T
+  readonly refunded: T
+  readonly overage: T
+  readonly open: T
+}
+
+/** The ledger's row kinds, in the order the output lists their totals. */
+const ROW_KINDS: ReadonlyArray<LedgerRowKind> = ["topup", "adjustment", "gpu_usage", "refund", "api_usage", "storage_billing"]
+
+/** Sums holds by part: settled ones' consumption, refund and overage, open ones' amount. */
+const sumHolds = (holds: ReadonlyArray<Hold>): HoldSums<Micros> => {
+  const sums = { held: 0n, consumed: 0n, refunded: 0n, overage: 0n, open: 0n }
+  for (const h of holds) {
+    sums.held += h.held_micros
+    if (h.status === "open") sums.open += h.held_micros
+    else {
+      sums.consumed += h.consumed_micros ?? 0n
+      sums.refunded += h.refunded_micros ?? 0n
+      sums.overage += h.overage_micros ?? 0n
+    }
+  }
+  return sums
+}
+
+const holdSumsOutput = (s: HoldSums<Micros>): HoldSums<string> => ({
+  held: formatDollars(s.held),
+  consumed: formatDollars(s.consumed),
+  refunded: formatDollars(s.refunded),
+  overage: formatDollars(s.overage),
+  open: formatDollars(s.open)
+})
+
+/** Each account's totals, from its rows and holds alone. */
+const accountTotals = (facts: RunFacts): Record<string, AccountTotals> => {
+  const out: Record<string, AccountTotals> = {}
+  const totals = new Map<string, Record<LedgerRowKind, Micros>>()
+  const byModel = new Map<string, Map<string, Micros>>()
+  for (const a of facts.accounts) {
+    totals.set(a.id, Object.fromEntries(ROW_KINDS.map((k) => [k, 0n])) as Record<LedgerRowKind, Micros>)
+    byModel.set(a.id, new Map())
+  }
+  for (const r of facts.rows) {
+    const t = totals.get(r.account)
+    if (t === undefined) continue
+    t[r.kind] = t[r.kind]! + r.amount_micros
+    if (r.kind === "api_usage") {
+      const models = byModel.get(r.account)!
+      const model = r.resource ?? ""
+      models.set(model, (models.get(model) ?? 0n) + r.amount_micros)
+    }
+  }
+  const holds = new Map<string, Hold[]>()
+  for (const h of facts.holds) {
+    const list = holds.get(h.account)
+    if (list === undefined) holds.set(h.account, [h])
+    else list.push(h)
+  }
+  for (const a of facts.accounts) {
+    const t = totals.get(a.id)!
+    out[a.id] = {
+      by_kind: Object.fromEntries(ROW_KINDS.map((k) => [k, formatDollars(t[k]!)])) as Record<LedgerRowKind, string>,
+      holds: holdSumsOutput(sumHolds(holds.get(a.id) ?? [])),
+      api_usage_by_model: Object.fromEntries([...byModel.get(a.id)!].sort(([x], [y]) => (x < y ? -1 : x > y ? 1 : 0)).map(([m, v]) => [m, formatDollars(v)]))
+    }
+  }
+  return out
 }
 
 export interface RunResult {
@@ -484,7 +570,21 @@ export const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts 
 })
 
 /** The output of TIMELINE.md: the run's facts, the refused inputs and the invariant checker's verdict. */
-export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => ({
+export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, violations: ReadonlyArray<Violation>): SimOutput => {
+  const holdsOf = new Map<string, Hold[]>()
+  for (const h of facts.holds) {
+    const list = holdsOf.get(h.resource)
+    if (list === undefined) holdsOf.set(h.resource, [h])
+    else list.push(h)
+  }
+  const chargedOf = new Map<string, Micros>()
+  for (const r of facts.rows) if (r.kind === "storage_billing" && r.resource !== null) chargedOf.set(r.resource, (chargedOf.get(r.resource) ?? 0n) - r.amount_micros)
+  /** What a GPU resource's or inference instance's holds came to: every part, and what is still held. */
+  const money = (id: string) => {
+    const s = holdSumsOutput(sumHolds(holdsOf.get(id) ?? []))
+    return { held: s.held, consumed: s.consumed, refunded: s.refunded, overage: s.overage, open_hold: s.open }
+  }
+  return {
   ledger: facts.rows.map((r) => ({
     id: r.id,
     at: isoInstant(r.at),
@@ -493,6 +593,7 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
     amount: formatDollars(r.amount_micros),
     balance_after: formatDollars(r.balance_after_micros),
     resource: r.resource,
+    hold: r.hold_id,
     description: r.description
   })),
   notifications: facts.notifications.map((n) => ({
@@ -506,6 +607,7 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
   transitions: facts.transitions.map((t) => ({ at: isoInstant(t.at), resource: t.resource, from: t.from_state, to: t.to_state, reason: t.reason })),
   rejected,
   accounts: Object.fromEntries(facts.accounts.map((a) => [a.id, { balance: formatDollars(a.balance_micros) }])),
+  account_totals: accountTotals(facts),
   resources: Object.fromEntries(
     facts.resources.map((r) => [
       r.id,
@@ -519,7 +621,8 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
             size_gb: r.context.size_gb,
             region: r.context.region,
             in_use: r.context.attached_to.length > 0,
-            attached_to: r.context.attached_to
+            attached_to: r.context.attached_to,
+            charged: formatDollars(chargedOf.get(r.id) ?? 0n)
           }
         : r.kind === "inference_instance"
         ? {
@@ -532,7 +635,8 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
             gpu_count: r.context.gpu_count,
             regions: Object.fromEntries(r.context.regions.map((region) => [region, r.context.replicas[region]?.status ?? "pending"])),
             cycle: r.context.cycle.number,
-            cycle_hold: formatDollars(BigInt(r.context.cycle.hold_micros))
+            cycle_hold: formatDollars(BigInt(r.context.cycle.hold_micros)),
+            ...money(r.id)
           }
         : {
         kind: r.kind,
@@ -545,12 +649,14 @@ export const render = (facts: RunFacts, rejected: ReadonlyArray<Rejected>, viola
         region: r.context.region,
         hours_committed: r.context.hours_committed,
         started_at: r.context.started_at === null ? null : isoInstant(r.context.started_at),
-        deadline_at: r.context.deadline_at === null ? null : isoInstant(r.context.deadline_at)
+        deadline_at: r.context.deadline_at === null ? null : isoInstant(r.context.deadline_at),
+        ...money(r.id)
           }
     ])
   ),
   invariants: { ok: violations.length === 0, violations }
-})
+  }
+}
 
 /**
  * Runs the same timeline again, with the same restarts and outages, and says whether the two

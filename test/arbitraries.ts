@@ -143,7 +143,8 @@ const eventsArb = fc
  * stops for `credit_depleted` within the run, warned at each threshold on the way; a top-up may
  * re-arm them (one kind lands within the hour and a half before the money would run out, worth
  * some minutes of the burn, so it re-arms thresholds already sent), `/v1` traffic moves the
- * instant the money runs out, a preemption lengthens it.
+ * instant the money runs out, a preemption lengthens it. Half the time a second instance runs
+ * down beside it (`ii-lo2`), so a top-up meets two renewals to come.
  * (Found by mutation: with about one credit stop in 300 random timelines, a skipped or late
  * low-balance warning passed every property run.)
  */
@@ -154,38 +155,46 @@ const runDownArb = (hourly_rate: string) =>
       fc.constantFrom("huggingface", "platform"),
       fc.integer({ min: 100, max: 300 }),
       msUpTo(12 * 3_600),
+      // Half the time a second instance of the same model runs down beside it, launched within
+      // two hours with its first hold added to the opening balance: two renewals to foresee.
+      fc.option(msUpTo(2 * 3_600), { freq: 2 }),
       fc.array(
         fc.oneof(
           // Whole cents, as a top-up must be (any other amount is refused: 400 invalid_amount).
           fc.record({ after: hours(60), do: fc.constant("top_up"), amount: fc.integer({ min: 100, max: 10_000 }).map((cents) => formatDollars(BigInt(cents) * 10_000n)) }),
           // A top-up within the warnings of the first run-down, worth some minutes of the burn.
           fc.record({ before_run_out: msUpTo(90 * 60), do: fc.constant("top_up"), minutes: fc.integer({ min: 1, max: 120 }) }),
+          // A top-up within the hour before the first cycle end, worth up to a day and a half of
+          // the burn: with two instances, the first may then renew in full and the second stop later.
+          fc.record({ before_first_end: msUpTo(60 * 60), do: fc.constant("top_up"), minutes: fc.integer({ min: 1, max: 2_160 }) }),
           fc.record({ after: hours(60), do: fc.constant("api_request"), model: fc.constant("chat"), input_tokens: fc.integer({ min: 1, max: 2_000_000 }) }),
           fc.record({ after: hours(60), do: fc.constantFrom("preempt", "resume"), region: fc.constantFrom(...REGIONS) })
         ),
         { maxLength: 3 }
       )
     )
-    .map(([gpu_count, source, percent_of_a_day, t0, rest]) => {
+    .map(([gpu_count, source, percent_of_a_day, t0, second, rest]) => {
       // Two replicas (two regions) × GPUs × rate × 24 h: one cycle's full hold.
       const day = dollars(hourly_rate) * BigInt(gpu_count) * 2n * 24n
       // Where the money runs out if the replicas bill from the launch: the opening balance's days.
       const runOut = percent_of_a_day * 864_000
       // (Within the 60 hours the other inputs fall in, so before the run's end.)
-      const when = (e: (typeof rest)[number]): number => ("after" in e ? e.after : Math.min(60 * 3_600_000, Math.max(0, runOut - e.before_run_out)))
+      const when = (e: (typeof rest)[number]): number =>
+        "after" in e ? e.after : "before_first_end" in e ? 24 * 3_600_000 - e.before_first_end : Math.min(60 * 3_600_000, Math.max(0, runOut - e.before_run_out))
       // Top-ups are whole cents, $1 to $1,000 (src/policy.ts): at least $1, whatever the minutes.
       const worth = (minutes: number): string => {
         const cents = (day * BigInt(minutes)) / 1_440n / 10_000n
         return formatDollars((cents < 100n ? 100n : cents > 100_000n ? 100_000n : cents) * 10_000n)
       }
       return {
-        balance: formatDollars((day * BigInt(percent_of_a_day)) / 100n),
+        balance: formatDollars((day * BigInt(percent_of_a_day)) / 100n + (second === null ? 0n : day)),
         events: [
           { at: durationText(t0), do: "register_model", account: "lo", model: "m-lo", source, gpu: "H100", gpu_count },
           { at: durationText(t0), do: "launch_inference_instance", account: "lo", id: "ii-lo", model: "m-lo" },
+          ...(second === null ? [] : [{ at: durationText(t0 + second), do: "launch_inference_instance", account: "lo", id: "ii-lo2", model: "m-lo" }]),
           ...rest.map((e) => {
             const at = durationText(t0 + when(e))
-            if ("minutes" in e) return { at, do: e.do, account: "lo", amount: worth(e.minutes) }
+            if ("minutes" in e) return { at, do: "top_up", account: "lo", amount: worth(e.minutes) }
             const { after: _after, ...rest_of } = e
             return { at, ...rest_of, ...(e.do === "top_up" || e.do === "api_request" ? { account: "lo" } : { id: "ii-lo" }) }
           })

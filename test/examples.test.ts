@@ -35,7 +35,7 @@ describe("npm run sim", () => {
     const out = sim(join(EXAMPLES, "seed-hold-and-extend.json"), "--json")
     expect(out.status).toBe(0)
     const json = JSON.parse(out.stdout)
-    expect(Object.keys(json)).toEqual(["ledger", "notifications", "transitions", "rejected", "accounts", "resources", "invariants"])
+    expect(Object.keys(json)).toEqual(["ledger", "notifications", "transitions", "rejected", "accounts", "account_totals", "resources", "invariants"])
     expect(json.ledger.slice(1).map((r: Record<string, unknown>) => [r.kind, r.amount, r.balance_after, r.resource])).toEqual([
       ["gpu_usage", "-3.20", "96.80", "gi-1"],
       ["gpu_usage", "-4.80", "92.00", "gi-1"]

@@ -401,6 +401,39 @@ describe("the invariant checker, on what the low-balance warnings say", () => {
     ])
   })
 
+  it("catches a threshold a top-up re-armed and the engine then skipped, with two inference instances (6)", () => {
+    // Proves (d) beyond one instance: ii-a and ii-b each hold $48 a day ($1/h × 2 replicas), and
+    // leave $0.50; ii-a's partial renewal at 24:00 would stop it at 24:15, so 60 minutes are
+    // warned at 23:15. The $60 top-up at 23:40 (a credit alone at its instant) re-arms 60: ii-a
+    // renews in full at 24:00 ($12.50 left) and ii-b at 24:30 on a partial hold of $12.50 that
+    // ends at 06:45, seven hours on. The stop at 06:45 then owes a 60-minute warning after the
+    // top-up. The checker plays both renewals; it used to bound the run-out by the first cycle
+    // end (24:00, 20 minutes on), re-arming nothing, so the 60-minute warning of 23:15 stood for
+    // the stop and one skipped at 05:45 passed.
+    const catalog = {
+      gpus: { H100: { hourly_rate: "1.00" } },
+      regions: { "us-east": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" }, "eu-west": { nodes: 2, gpus_per_node: 8, image_pull: "PT0S", container_start: "PT0S" } }
+    }
+    const f = run(
+      timelineFile(
+        [
+          { at: "PT0S", do: "register_model", account: "acme", model: "m", source: "huggingface", gpu: "H100", gpu_count: 1 },
+          { at: "PT0S", do: "launch_inference_instance", account: "acme", id: "ii-a", model: "m" },
+          { at: "PT30M", do: "launch_inference_instance", account: "acme", id: "ii-b", model: "m" },
+          { at: "PT23H40M", do: "top_up", account: "acme", amount: "60.00" }
+        ],
+        { catalog, until: "P2DT1H", accounts: { acme: { balance: "96.50" } } }
+      )
+    ).facts
+    expect(checkInvariants(f)).toEqual([])
+    const sixties = f.notifications.filter((n) => n.kind === "balance_warning" && JSON.parse(n.data ?? "{}").minutes === 60).map((n) => new Date(n.at).toISOString())
+    expect(sixties).toEqual(["2026-03-01T23:15:00.000Z", "2026-03-02T05:45:00.000Z", "2026-03-02T23:00:00.000Z"])
+    const rearmed = f.notifications.find((n) => n.at === Date.parse("2026-03-02T05:45:00Z"))!
+    expect(seen({ ...f, notifications: f.notifications.filter((n) => n !== rearmed) })).toEqual([
+      [6, "2026-03-02T05:45:00.000Z", "stopped for credit_depleted at 2026-03-02T06:45:00.000Z, nothing of the account changing since 2026-03-02T00:30:00.000Z, without a warning of 60 minutes or less between the credit at 2026-03-01T23:40:00.000Z that re-armed it and 2026-03-02T05:45:00.000Z"]
+    ])
+  })
+
   it("owes nothing for a moment before the account's last change, nor where the engine was down", () => {
     // Proves the limits of (b): a warning dropped before the $1 top-up at 01:05 (the 60-minute one)
     // is not asked for by the stop, only by the order check it already had; an outage over the
