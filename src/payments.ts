@@ -329,6 +329,15 @@ const DISPUTE_EVENTS: ReadonlySet<string> = new Set([
 /** The most balance transactions read from a Dispute (Stripe lists "zero, one, or two"). */
 export const DISPUTE_BALANCE_TRANSACTIONS_MAX = 10
 
+/**
+ * The most a dispute is read to have withdrawn, or reinstated, in cents: Stripe's largest amount
+ * (99,999,999 units of a currency, $999,999.99). A dispute never moves more than its charge, and
+ * what is booked is capped at the payment anyway; the bound keeps an amount the provider could
+ * not have sent (up to 2^53 cents, ×10,000 in micros) from overflowing the ledger's 64-bit
+ * columns, which threw inside the webhook's unit of work and stopped every later one.
+ */
+export const DISPUTE_CENTS_MAX = 99_999_999
+
 /** An id Stripe sends as a string, or inside an expanded object. */
 const idOf = (v: unknown): string | null => str(v) ?? (typeof v === "object" && v !== null ? str((v as Record<string, unknown>)["id"]) : null)
 
@@ -364,8 +373,8 @@ const decodeDispute = (id: string, event_type: string, o: Record<string, unknown
     else back += cents
   }
   const typed = event_type === "charge.dispute.funds_withdrawn" || event_type === "charge.dispute.funds_reinstated" ? amount : 0
-  const withdrawn = Math.max(out, typed)
-  const reinstated = back > 0 ? back : event_type === "charge.dispute.funds_reinstated" ? withdrawn : 0
+  const withdrawn = Math.min(DISPUTE_CENTS_MAX, Math.max(out, typed))
+  const reinstated = Math.min(DISPUTE_CENTS_MAX, back > 0 ? back : event_type === "charge.dispute.funds_reinstated" ? withdrawn : 0)
   return {
     id,
     type: "dispute",

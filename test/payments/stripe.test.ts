@@ -789,6 +789,42 @@ describe("disputes (chargebacks) at Stripe", () => {
     await until(() => book.payments().length === 2, "the charge once saved again")
   })
 
+  it("take no more than the payment, and keep the engine running, when a signed dispute tells an amount Stripe could never send", async () => {
+    // Proves (second review) the dispute's amounts are bounded at the boundary: a withdrawal of
+    // 2^53 − 1 cents (×10,000 in micros, past SQLite's 64-bit integers) threw inside the
+    // webhook's unit of work (500), and every unit of work after it failed ("unit of work after
+    // a unit rolled back: restart from the database"): one event stopped the whole engine. Now
+    // the $25 payment is taken once, and a top-up after it still works.
+    const { w, server, clock } = await setup()
+    const { a, pi } = await confirmedTopUp({ w, server }, "huge@example.com", "pm_card_visa")
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    const huge = Number.MAX_SAFE_INTEGER
+    const dispute = { id: "du_huge", object: "dispute", amount: huge, currency: "usd", charge: "ch_huge", payment_intent: pi, status: "needs_response", reason: "fraudulent" }
+    const signedEvent = (id: string, type: string, object: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object } })
+      return [{ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) })] as const
+    }
+    const replies = []
+    for (const [e, signature] of [
+      signedEvent("evt_huge_1", "charge.dispute.funds_withdrawn", dispute),
+      signedEvent("evt_huge_2", "charge.dispute.updated", { ...dispute, balance_transactions: Array.from({ length: 10 }, () => ({ amount: -huge, currency: "usd" })) })
+    ]) {
+      replies.push(await server.deliver(e, signature))
+    }
+    expect(outcomes(replies)).toEqual([
+      [200, "disputed"],
+      [200, "nothing"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-25.00", "pay_00000001"]
+    ])
+    expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "5.00" } })).status).toBe(201)
+  })
+
   it("are decoded from Stripe's Dispute object: withdrawn and reinstated by balance transaction, else by event type", () => {
     // Proves the boundary: an inquiry without money moved proves nothing; a withdrawal in the
     // dispute's currency counts its gross amount (not Stripe's fee); one in another currency
