@@ -47,12 +47,17 @@ const ALPHABET_LETTERS_PER_TOKEN = 3
 const ASCII_PUNCTUATION_PER_TOKEN = 4
 const ASCII_ONLY_RE = /^[\x00-\x7f]*$/
 
-/** Code points in `s` (a surrogate pair is one). */
+/**
+ * Code points in `s`: a surrogate pair is one, and a lone surrogate (JSON's "\udc00" decodes to
+ * one) is one too. Skipping every low surrogate, paired or not, counted a prompt of lone ones
+ * as nothing: free, whatever its length.
+ */
 const codePoints = (s: string): number => {
   let n = 0
   for (let i = 0; i < s.length; i++) {
     const unit = s.charCodeAt(i)
-    if (unit < 0xdc00 || unit > 0xdfff) n++
+    const paired = unit >= 0xdc00 && unit <= 0xdfff && i > 0 && s.charCodeAt(i - 1) >= 0xd800 && s.charCodeAt(i - 1) <= 0xdbff
+    if (!paired) n++
   }
   return n
 }

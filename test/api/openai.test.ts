@@ -289,6 +289,17 @@ describe("/v1 prompts are billed for their length", () => {
     expect(await prompt("ＡＢＣＤＥＦ")).toEqual([200, 2])
     // English is unchanged: "Hello", ",", " world", "!".
     expect(await prompt("Hello, world!")).toEqual([200, 4])
+    // A lone surrogate (JSON's "\udc00" decodes to one) is a symbol of its own: one token, like
+    // any other. 150,000 of them (900 kB of JSON) counted 0 tokens (second review): the count
+    // of code points skipped every low surrogate, paired or not, so such a prompt was free.
+    const lone = await w.req("POST", "/v1/chat/completions", {
+      key: a.key,
+      raw: `{"model":"llama-3-8b","max_tokens":1,"messages":[{"role":"user","content":"${"\\udc00".repeat(150_000)}"}]}`,
+      headers: { "content-type": "application/json" }
+    })
+    expect([lone.status, lone.body.usage?.prompt_tokens]).toEqual([200, 150_007])
+    // "!" ⌈1 / 4⌉, the lone surrogate 1, an emoji (a surrogate pair) 1.
+    expect(await prompt("!\udc00\ud83d\udc4d")).toEqual([200, 3])
     // 300,000 Han characters (900 kB) are 300,000 tokens (were 50,000):
     // 300,007 × $0.15/1M + 1 × $0.60/1M = 45,001.65 micros, $0.045002.
     expect(await prompt("中".repeat(300_000))).toEqual([200, 300_000])
