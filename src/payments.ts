@@ -752,7 +752,10 @@ export class PaymentBook {
         })
         // Settings saved again after they were deleted take back the backoff of the same card
         // (a different card starts afresh): deleting and saving them again is no way around it.
-        if (before === undefined) this.s.restoreBackoff.run(account)
+        if (before === undefined) {
+          this.s.restoreBackoff.run(account)
+          this.s.restorePending.run(account)
+        }
         this.s.forgetBackoff.run(account)
         const restored = this.autoRecharge(account)!
         if (restored.retry_at !== null && restored.retry_at > at) this.armRetry(account, restored.retry_at)
@@ -1280,7 +1283,11 @@ export class PaymentBook {
     this.s.casStatus.run("failed", code, at, p.id, p.status)
     if (p.kind !== "auto_recharge") return true
     const card = this.autoRecharge(p.account)
-    if (card === undefined || card.pending_payment !== p.id) return true
+    // Turned off while the charge was in flight: its failure still counts against the card,
+    // in the backoff kept for it (saving the same card again takes it back). Else deleting the
+    // settings before the answer and saving them again charged a declining card at once.
+    if (card === undefined) return this.failWhileOff(p.account, at, declined)
+    if (card.pending_payment !== p.id) return true
     // A provider failure that repeats (a processing error the issuer keeps returning, an
     // invalid request) backs off too, by the run of failures since the last success, to a
     // lower cap (docs/POLICY.md).
@@ -1299,6 +1306,16 @@ export class PaymentBook {
       data: { payment: p.id, code, retry_at: at + wait }
     })
     this.armRetry(p.account, at + wait)
+    return true
+  }
+
+  /** A failed auto-recharge of settings since turned off: the backoff kept for its card (if any) counts it. */
+  private failWhileOff(account: string, at: number, declined: boolean): true {
+    const kept = this.s.backoff.get(account) as { declines: number | bigint } | undefined
+    if (kept === undefined) return true
+    const declines = Number(kept.declines)
+    if (declined) this.s.setBackoffDeclined.run(declines + 1, at, at + backoffMs(declines + 1), account)
+    else this.s.setBackoffRetry.run(at + Math.min(policy.AUTO_RECHARGE_PROVIDER_RETRY_MAX_MS, Math.max(policy.AUTO_RECHARGE_PROVIDER_RETRY_MS, backoffMs(this.failuresSinceSuccess(account)))), account)
     return true
   }
 
@@ -1439,7 +1456,7 @@ const prepare = (db: LedgerStore["db"]) => {
     deleteAutoRecharge: db.prepare(`DELETE FROM auto_recharge WHERE account = ?`),
     saveBackoff: db.prepare(
       `INSERT INTO auto_recharge_backoff (account, payment_method, declines, last_decline_at, retry_at)
-       SELECT account, payment_method, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ? AND (declines > 0 OR retry_at IS NOT NULL)
+       SELECT account, payment_method, declines, last_decline_at, retry_at FROM auto_recharge WHERE account = ? AND (declines > 0 OR retry_at IS NOT NULL OR pending_payment IS NOT NULL)
        ON CONFLICT(account) DO UPDATE SET payment_method = excluded.payment_method, declines = excluded.declines, last_decline_at = excluded.last_decline_at, retry_at = excluded.retry_at`
     ),
     restoreBackoff: db.prepare(
@@ -1447,6 +1464,17 @@ const prepare = (db: LedgerStore["db"]) => {
        FROM auto_recharge_backoff b WHERE auto_recharge.account = ? AND b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method`
     ),
     forgetBackoff: db.prepare(`DELETE FROM auto_recharge_backoff WHERE account = ?`),
+    backoff: db.prepare(`SELECT declines FROM auto_recharge_backoff WHERE account = ?`),
+    setBackoffDeclined: db.prepare(`UPDATE auto_recharge_backoff SET declines = ?, last_decline_at = ?, retry_at = ? WHERE account = ?`),
+    setBackoffRetry: db.prepare(`UPDATE auto_recharge_backoff SET retry_at = ? WHERE account = ?`),
+    /**
+     * Settings saved again on the card their backoff was kept for take back the charge still in
+     * flight on it, so its answer counts against the card as if they had never gone.
+     */
+    restorePending: db.prepare(
+      `UPDATE auto_recharge SET pending_payment = (SELECT id FROM payments WHERE payments.account = auto_recharge.account AND kind = 'auto_recharge' AND status IN ('creating', 'pending') ORDER BY id DESC LIMIT 1)
+       WHERE account = ? AND EXISTS (SELECT 1 FROM auto_recharge_backoff b WHERE b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method)`
+    ),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),
     setPending: db.prepare(`UPDATE auto_recharge SET pending_payment = ? WHERE account = ?`),
     setPaused: db.prepare(`UPDATE auto_recharge SET paused_by = ? WHERE account = ?`),

@@ -51,13 +51,13 @@ const startServer = async (clock: VirtualClock): Promise<StripeTestServer> => {
 }
 
 /** An engine with Stripe payments, listening, its webhook endpoint given to the server. */
-const open = async (server: StripeTestServer, clock: VirtualClock, db?: string): Promise<Env> => {
-  const payments = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
-  const w = await world({ stripeWebhookSecret: server.secret }, { payments, clock, ...(db === undefined ? {} : { db }) })
+const open = async (server: StripeTestServer, clock: VirtualClock, db?: string, port?: PaymentsPort): Promise<Env> => {
+  const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+  const w = await world({ stripeWebhookSecret: server.secret }, { payments: port ?? stripe, clock, ...(db === undefined ? {} : { db }) })
   await w.app.listen({ port: 0, host: "127.0.0.1" })
   const address = w.app.server.address()
   server.endpoint = `http://127.0.0.1:${typeof address === "object" && address !== null ? address.port : 0}/webhooks/stripe`
-  const env = { w, server, payments, clock }
+  const env = { w, server, payments: stripe, clock }
   envs.push(env)
   return env
 }
@@ -1418,6 +1418,45 @@ describe("auto-recharge and the unit of work around it", () => {
     await until(() => book.autoRecharge(a.account)?.declines === 2, "the second decline")
     expect(book.autoRecharge(a.account)!.retry_at).toBe(declinedAt + 15 * MIN + 30 * MIN)
     expect(book.payments()).toHaveLength(2)
+  })
+
+  it("keeps the backoff of a decline that answers while the settings are deleted, or deleted and saved again", async () => {
+    // Proves (second review) the backoff also counts a charge in flight when the settings go:
+    // DELETE before Stripe's answer, then the decline, then PUT with the same card charged it
+    // again at once (the decline found no settings to count in), and so did DELETE and PUT
+    // before the answer (the new settings did not know the charge). A card tester's script can
+    // DELETE within the second a charge takes. Now both wait the 15 min of a first decline.
+    for (const resaved of ["after the answer", "before the answer"]) {
+      const clock = new VirtualClock(START_MS)
+      const server = await startServer(clock)
+      const stripe = new StripePayments({ api_key: "sk_test_ecolink", host: "127.0.0.1", port: server.port, protocol: "http", max_network_retries: 0 })
+      const held: Array<() => void> = []
+      const port: PaymentsPort = {
+        createIntent: (req, done) => stripe.createIntent(req, done),
+        saveCard: (req, done) => stripe.saveCard(req, done),
+        // The answer of an off-session charge waits until the test lets it through.
+        chargeOffSession: (req, done) => stripe.chargeOffSession(req, (r) => held.push(() => done(r))),
+        listRefunds: (charge_id, done) => stripe.listRefunds(charge_id, done)
+      }
+      const { w } = await open(server, clock, undefined, port)
+      const a = await w.signup(`kim-${resaved.split(" ")[0]}@example.com`, "0")
+      const declining = { threshold: "5.00", amount: "20.00", payment_method: "pm_card_chargeDeclined" }
+      const book = w.opened.engine.sup.payments!
+      expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })).status).toBe(200)
+      await until(() => held.length === 1, "the charge sent")
+      expect((await w.req("DELETE", "/billing/auto-recharge", { key: a.key })).status).toBe(200)
+      if (resaved === "before the answer") expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })).status).toBe(200)
+      const declinedAt = clock.now()
+      held.shift()!()
+      await until(() => book.payment("pay_00000001")?.status === "failed", "the decline")
+      if (resaved === "after the answer") expect((await w.req("PUT", "/billing/auto-recharge", { key: a.key, body: declining })).status).toBe(200)
+      await until(() => book.autoRecharge(a.account)?.customer !== null, "the card saved again")
+      await new Promise((r) => setTimeout(r, 50))
+      expect([resaved, book.payments().length, book.autoRecharge(a.account)]).toMatchObject([resaved, 1, { declines: 1, retry_at: declinedAt + 15 * MIN }])
+      w.advance(15 * MIN)
+      await until(() => held.length === 1, "the retry when the backoff ends")
+      expect(book.payments()).toHaveLength(2)
+    }
   })
 
   it("never calls Stripe for a charge whose unit of work rolls back", async () => {
