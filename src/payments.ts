@@ -1025,18 +1025,25 @@ export class PaymentBook {
     // Money is booked as refunded only once the payment is credited (charge.refunded credits
     // it first); a failure that came before any refund was reported books nothing.
     assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `refund booked on ${p.id} before its credit`)
-    const moved = charge.refunded_micros - target
+    const moved = this.bookCardRow(p, charge_id, charge.refunded_micros, target, this.s.setRefunded, (m) =>
+      m < 0n ? policy.descriptions.cardRefund(p.id) : policy.descriptions.cardRefundFailed(p.id)
+    )
     if (moved === 0n) return 0n
-    this.s.setRefunded.run(target, charge_id)
-    this.host.postPayment({
-      account: p.account,
-      kind: "refund",
-      amount_micros: moved,
-      resource: p.id,
-      description: moved < 0n ? policy.descriptions.cardRefund(p.id) : policy.descriptions.cardRefundFailed(p.id)
-    })
     // What a dispute of the charge may take is what the refunds leave of the payment.
     this.bookDisputes(p, charge_id, null)
+    return moved
+  }
+
+  /**
+   * Moves what the charge's card rows of one sort (refunds, disputes) add up to from `booked` to
+   * `target` with one card `refund` row naming the payment (− taken, + given back), and records
+   * the new total with `record`. Returns the amount booked, 0 when they already agree.
+   */
+  private bookCardRow(p: PaymentRecord, charge_id: string, booked: Micros, target: Micros, record: { run(target: Micros, charge_id: string): unknown }, describe: (moved: Micros) => string): Micros {
+    const moved = booked - target
+    if (moved === 0n) return 0n
+    record.run(target, charge_id)
+    this.host.postPayment({ account: p.account, kind: "refund", amount_micros: moved, resource: p.id, description: describe(moved) })
     return moved
   }
 
@@ -1124,17 +1131,9 @@ export class PaymentBook {
     const target = net < room ? net : room
     assert(target >= 0n, () => `dispute target ${target} of ${p.id} below 0`)
     assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `dispute booked on ${p.id} before its credit`)
-    const moved = charge.disputed_micros - target
-    if (moved === 0n) return 0n
-    this.s.setDisputed.run(target, charge_id)
-    this.host.postPayment({
-      account: p.account,
-      kind: "refund",
-      amount_micros: moved,
-      resource: p.id,
-      description: moved < 0n ? policy.descriptions.disputeWithdrawn(p.id, dispute_id) : policy.descriptions.disputeReturned(p.id, dispute_id)
-    })
-    return moved
+    return this.bookCardRow(p, charge_id, charge.disputed_micros, target, this.s.setDisputed, (m) =>
+      m < 0n ? policy.descriptions.disputeWithdrawn(p.id, dispute_id) : policy.descriptions.disputeReturned(p.id, dispute_id)
+    )
   }
 
   /**
