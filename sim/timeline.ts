@@ -423,8 +423,13 @@ export const decodeTimeline = (input: unknown): Either.Either<Timeline, Timeline
   if (Object.keys(file.accounts).length > policy.TIMELINE_ACCOUNTS_MAX) issues.push(`accounts: at most ${policy.TIMELINE_ACCOUNTS_MAX}`)
   // parseModelCatalog names its fields from `models`: `models.<id>.<price field>`, or
   // `models.<id>.` for a price that is not an object.
-  const prices = parseModelCatalog((file.catalog.models ?? {}) as Record<string, ModelPriceJson>)
-  if (Either.isLeft(prices)) issues.push(`catalog.${prices.left.field.replace(/\.$/, "")}: ${prices.left.message}`)
+  const models = (file.catalog.models ?? {}) as Record<string, ModelPriceJson>
+  const prices = parseModelCatalog(models)
+  if (Either.isLeft(prices)) {
+    // Every bad model, not only the first (the catalog stops there): the file is fixed in one go.
+    const bad = prices.left.code === "too_many_models" ? [prices.left] : Object.keys(models).sort().flatMap((id) => Either.match(parseModelCatalog({ [id]: models[id]! }), { onLeft: (e) => [e], onRight: () => [] }))
+    for (const e of bad) issues.push(`catalog.${e.field.replace(/\.$/, "")}: ${e.message}`)
+  }
   if (issues.length > 0 || Either.isLeft(prices)) return Either.left(new TimelineError(dedupe(issues)))
 
   const regions: SimRegion[] = Object.entries(file.catalog.regions).map(([name, r]) => ({

@@ -73,6 +73,15 @@ describe("problem paths", () => {
     const cases: Array<[unknown, ReadonlyArray<string>]> = [
       [withCatalog({ models: { m: { input_per_1m_tokens: "0.1234567" } } }), ["catalog.models.m.input_per_1m_tokens: input_per_1m_tokens must be a non-negative dollar string with at most 6 decimals"]],
       [withCatalog({ models: { m: 5 } }), ["catalog.models.m: a model price must be an object or null"]],
+      // Every bad model at once, not the first of them (developer review).
+      [
+        withCatalog({ models: { b: 5, a: { input_per_1m_tokens: "-1" }, ok: { input_per_1m_tokens: "0.15" }, c: { per_image: "x" } } }),
+        [
+          "catalog.models.a.input_per_1m_tokens: input_per_1m_tokens must be a non-negative dollar string with at most 6 decimals",
+          "catalog.models.b: a model price must be an object or null",
+          "catalog.models.c.per_image: per_image must be a non-negative dollar string with at most 6 decimals"
+        ]
+      ],
       [withCatalog({ storage: { cloud_drive: { daily_rate_per_gb: 0.004 } } }), ["catalog.storage.cloud_drive.daily_rate_per_gb: Expected string, actual 0.004"]],
       [withCatalog({ storage: { cloud_drive: 5 } }), ["catalog.storage.cloud_drive: Expected an object { daily_rate_per_gb }, actual 5"]],
       [{ ...good, payments: { webhook_delay: "1 minute" } }, ["payments.webhook_delay: an ISO-8601 duration like PT1M30S or P1DT2H"]],
