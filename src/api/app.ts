@@ -409,17 +409,19 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
   // server is busy (503), which is not theirs to fix.
   const undelivered = new Map<string, number>()
   let undeliveredTotal = 0
+  const accountBytesMax = options.undeliveredAnswerBytesMax ?? UNDELIVERED_ANSWER_BYTES_MAX
+  const totalBytesMax = options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX
   /** Whether the present spell over the process's bound was logged (set back once under it). */
   let overTotalLogged = false
   const refuseIfUndelivered = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
     if (request.auth?.kind !== "key") return
     const bytes = undelivered.get(request.auth.account) ?? 0
-    if (bytes > (options.undeliveredAnswerBytesMax ?? UNDELIVERED_ANSWER_BYTES_MAX)) {
+    if (bytes > accountBytesMax) {
       // SPEC §6: a 429 says when to ask again.
       reply.header("retry-after", String(policy.ANSWERS_UNDELIVERED_RETRY_AFTER_S))
       throw new HttpError(429, "answers_undelivered", `this account's clients have not read ${bytes} bytes of /v1 answers yet; read them, or close those connections, before asking for more`)
     }
-    if (undeliveredTotal > (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) {
+    if (undeliveredTotal > totalBytesMax) {
       // The operator's concern, not the caller's: how much, and whose, is not the caller's to know.
       // Logged once per spell over the bound, not once per refused request.
       if (!overTotalLogged) request.log.warn({ undelivered_bytes: undeliveredTotal, accounts: undelivered.size }, "unread /v1 answers over the process's bound: /v1 refused 503 server_busy until they are read")
@@ -459,7 +461,7 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
       if (left > 0) undelivered.set(account, left)
       else undelivered.delete(account)
       undeliveredTotal -= bytes
-      if (undeliveredTotal <= (options.undeliveredAnswerBytesTotalMax ?? UNDELIVERED_ANSWER_BYTES_TOTAL_MAX)) overTotalLogged = false
+      if (undeliveredTotal <= totalBytesMax) overTotalLogged = false
     }
     waiting?.add(out)
     reply.raw.once("close", out)

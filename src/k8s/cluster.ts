@@ -197,7 +197,7 @@ const statusOf = (e: unknown): number | null => {
  * and Fairness sends with a 429), else its Status's `details.retryAfterSeconds`; null if neither.
  * An HTTP-date form is not read (the API server sends seconds).
  */
-export const retryAfterMsOf = (e: unknown): number | null => {
+const retryAfterMsOf = (e: unknown): number | null => {
   const o = e as { headers?: unknown; body?: unknown } | null
   const headers = o?.headers
   if (typeof headers === "object" && headers !== null) {

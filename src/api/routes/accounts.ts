@@ -46,15 +46,15 @@ const EMAIL_RE = `^[^${EMAIL_FORBIDDEN}]{1,64}@[^${EMAIL_FORBIDDEN}]{1,189}$`
  * The list above missed the Arabic letter mark (a bidirectional mark), tag characters,
  * variation selectors, the Hangul filler and more, and each of them signed up (second review).
  */
-const EMAIL_INVISIBLE_RE = /[\p{Cc}\p{Cf}\p{Cs}\p{Default_Ignorable_Code_Point}]/u
+const INVISIBLE_RE = /[\p{Cc}\p{Cf}\p{Cs}\p{Default_Ignorable_Code_Point}]/u
 
 /**
  * A key's name as the owner reads it in the list of keys, to choose which to revoke: no
- * character shown as nothing or that reorders the text around it (`EMAIL_INVISIBLE_RE`). A
+ * character shown as nothing or that reorders the text around it (`INVISIBLE_RE`). A
  * member could name a key `\u202Eyek-tseT` to show as another (second review).
  */
 const checkKeyName = (name: string, field: string): string => {
-  if (EMAIL_INVISIBLE_RE.test(name)) throw new HttpError(400, "invalid_request", `${field} must not contain invisible or direction-changing characters`, field)
+  if (INVISIBLE_RE.test(name)) throw new HttpError(400, "invalid_request", `${field} must not contain invisible or direction-changing characters`, field)
   return name
 }
 
@@ -110,7 +110,7 @@ const keyJson = (k: Pick<KeyRow, "id" | "name" | "user_id" | "created_at" | "rev
  */
 const normalEmail = (e: string): string => {
   const address = e.trim().toLowerCase().normalize("NFC")
-  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address) || EMAIL_INVISIBLE_RE.test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
+  if (address.length > EMAIL_LENGTH_MAX || !new RegExp(EMAIL_RE).test(address) || INVISIBLE_RE.test(address)) throw new HttpError(400, "invalid_request", "email is not an address we can store", "email")
   return address
 }
 
