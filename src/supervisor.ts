@@ -486,8 +486,9 @@ export class GpuSupervisor implements PaymentHost {
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
     // The engine's own units wait for the database (src/backlog.ts): a write that came after
-    // them must not commit before them, so it is refused as if the lock were still held.
-    if (this.backlog.holds) throw new DatabaseBusy()
+    // them must not commit before them. Once the lock is free they run first, then it;
+    // otherwise it is refused as if the lock were still held.
+    if (this.backlog.holds && !this.backlog.catchUp()) throw new DatabaseBusy()
     let result: T
     const changes = this.changes
     try {

@@ -145,6 +145,41 @@ describe("a background unit of work that finds the database busy", () => {
     expect(late.notifications.at(-1)!.slice(1)).toEqual(prompt.notifications.at(-1)!.slice(1))
   })
 
+  it("a write that comes once the lock is gone, before the backlog's next retry, runs what waits first and is served (201, not 503)", async () => {
+    // Found by CI (test/operations.test.ts): a client that retried as soon as the lock went was
+    // refused 503 again until the backlog's next retry, up to a second later.
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const DEADLINE = T0 + 2 * HOUR
+    const e = await live(T0)
+    e.open("10.00")
+    expect(e.sup.sync.launchGpu({ ...GPU, id: "gi-1", estimated_duration_hours: 2 })._tag).toBe("Right")
+    e.advanceTo(T0 + 30 * MIN)
+    expect(e.cluster.preempt("gi-1").ok).toBe(true)
+    e.advanceTo(T0 + 60 * MIN)
+    expect(e.cluster.resume("gi-1").ok).toBe(true)
+    e.advanceTo(DEADLINE - 10_000)
+    const release = e.lock()
+    e.advanceTo(DEADLINE + 1_500)
+    // Still held: refused, nothing written.
+    expect((await e.request("POST", "/operator/accounts/acme/adjustments", { amount: "1.00", description: "while busy" })).status).toBe(503)
+    expect(e.state().rows.map((r) => r[1])).toEqual(["adjustment", "gpu_usage"])
+    release()
+    // The clock has not moved: the retry due at DEADLINE + 2 s has not fired.
+    expect(await e.request("POST", "/operator/accounts/acme/adjustments", { amount: "1.00", description: "after" })).toMatchObject({ status: 201 })
+    expect(e.state().rows).toEqual([
+      ["2026-03-01T00:00:00.000Z", "adjustment", "10.00", "10.00", null],
+      ["2026-03-01T00:00:00.000Z", "gpu_usage", "-3.20", "6.80", "gi-1"],
+      // The deadline that waited, as of its instant, before the write that came after it.
+      ["2026-03-01T02:00:00.000Z", "refund", "0.80", "7.60", "gi-1"],
+      ["2026-03-01T02:00:01.500Z", "adjustment", "1.00", "8.60", null]
+    ])
+    expect(e.lines.map(([level]) => level)).toEqual(["warn", "info"])
+    // The retry that was armed is gone: nothing runs twice and nothing more is said.
+    e.advanceTo(DEADLINE + 10_000)
+    expect(e.state().rows).toHaveLength(4)
+    expect(e.lines.map(([level]) => level)).toEqual(["warn", "info"])
+  })
+
   it("keeps the order of what waits: a deadline's refund lands before the midnight storage billing that needs it", async () => {
     // The balance pays the drive's day ($10) only once the GPU instance's deadline, 30 s
     // before midnight, has given back its unused hold ($6.40). Both come due while the lock
