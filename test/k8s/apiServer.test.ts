@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { promisify } from "node:util"
-import { CoordinationV1Api, CoreV1Api, KubeConfig, Watch, type V1PersistentVolumeClaim, type V1PersistentVolumeClaimSpec, type V1Pod } from "@kubernetes/client-node"
+import { CoordinationV1Api, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, Watch, type V1PersistentVolumeClaim, type V1PersistentVolumeClaimSpec, type V1Pod } from "@kubernetes/client-node"
 import { afterEach, describe, expect, it } from "vitest"
 import { KubeApiServer, writeKubeconfig } from "./apiServer.js"
 import { K8sWorld } from "./harness.js"
@@ -142,6 +142,11 @@ describe("the Kubernetes API test server", () => {
     expect(server.bookmark()).toBe(1)
     await mine.until(3)
     expect(mine.events).toEqual(["MODIFIED a", "DELETED a", "BOOKMARK"])
+    // As the API server's watch cache sends it: the object as it was before (still labelled, no
+    // deletion mark), under the change's resourceVersion. The pod itself is still there.
+    expect(mine.objects[1]).toMatchObject({ metadata: { name: "a", labels: { mine: "true" }, resourceVersion: "4" }, status: { phase: "Running" } })
+    expect((mine.objects[1] as { metadata: Record<string, unknown> }).metadata.deletionTimestamp).toBeUndefined()
+    expect(server.object("pods", NS, "a")?.metadata.labels).toEqual({})
     expect(mine.objects[2]).toEqual({ kind: "Pod", apiVersion: "v1", metadata: { resourceVersion: "4" } })
     await all.until(4)
     expect(all.events).toEqual(["ADDED a", "ADDED b", "MODIFIED a", "MODIFIED a"])
@@ -150,6 +155,27 @@ describe("the Kubernetes API test server", () => {
     await all.whenEnded()
     await mine.whenEnded()
     expect(all.ended).toEqual({ err: null })
+  })
+
+  it("patches labels as `kubectl label` does (JSON merge patch): a uid that differs is 422, a resourceVersion that differs 409, a patch that changes nothing writes nothing", async () => {
+    const { server, core } = await start()
+    const created = await core.createNamespacedPod({ namespace: NS, body: pod("a", { mine: "true", keep: "x" }) })
+    const merge = setHeaderOptions("Content-Type", PatchStrategy.MergePatch)
+    const patch = (body: object) => core.patchNamespacedPod({ name: "a", namespace: NS, body }, merge)
+    const refusal = (p: Promise<unknown>) => p.then(() => null, (e: { code?: number; body?: string }) => [e.code, JSON.parse(e.body ?? "{}").reason])
+    const unlabelled = await patch({ metadata: { labels: { mine: null } } })
+    expect(unlabelled.metadata?.labels).toEqual({ keep: "x" })
+    expect(unlabelled.metadata?.uid).toBe(created.metadata?.uid)
+    const rv = server.resourceVersion
+    expect(await refusal(patch({ metadata: { uid: "00000000-0000-4000-8000-00000000ffff", labels: { mine: "true" } } }))).toEqual([422, "Invalid"])
+    expect(await refusal(patch({ metadata: { resourceVersion: created.metadata?.resourceVersion, labels: { mine: "true" } } }))).toEqual([409, "Conflict"])
+    expect(server.resourceVersion).toBe(rv)
+    // The uid of the pod meant, and its label back; the same patch again changes nothing.
+    const back = await patch({ metadata: { uid: created.metadata?.uid, labels: { mine: "true" } } })
+    expect(back.metadata?.labels).toEqual({ keep: "x", mine: "true" })
+    expect(server.resourceVersion).toBe(rv + 1)
+    expect((await patch({ metadata: { uid: created.metadata?.uid, labels: { mine: "true" } } })).metadata?.resourceVersion).toBe(String(rv + 1))
+    expect(server.resourceVersion).toBe(rv + 1)
   })
 
   it("answers a watch from a compacted resourceVersion with 410 Gone: an ERROR event, or an HTTP 410 when configured", async () => {
@@ -263,5 +289,9 @@ describe("the Kubernetes API test server", () => {
     )
     const pvcs = JSON.parse(claims.stdout) as { items: Array<{ metadata: { name: string }; spec: { accessModes: string[]; resources: { requests: { storage: string } }; storageClassName: string } }> }
     expect(pvcs.items.map((c) => [c.metadata.name, c.spec.accessModes, c.spec.resources.requests.storage, c.spec.storageClassName])).toEqual([["eco-dr-1", ["ReadWriteOnce"], "100Gi", "ecolink-cloud-drive"]])
+    // `kubectl label pod eco-gi-1 ecolink.io/managed-` is taken (a merge patch): the pod is out
+    // of the selector, still there. (The driver, subscribed to nothing here, leaves it so.)
+    await promisify(execFile)("kubectl", ["--kubeconfig", world.kubeconfig, "--cache-dir", mkdtempSync(join(tmpdir(), "kubectl-cache-")), "--request-timeout", "10s", "label", "pod", "eco-gi-1", "-n", "ecolink", "ecolink.io/managed-"], { timeout: 20_000 })
+    expect(world.server.object("pods", "ecolink", "eco-gi-1")?.metadata.labels?.["ecolink.io/managed"]).toBeUndefined()
   })
 })

@@ -11,7 +11,9 @@
  *   `kubernetes.io/pvc-protection` finalizer: a claim a pod still mounts gets a
  *   `deletionTimestamp` and goes when its last such pod is gone), and
  *   coordination.k8s.io/v1 leases: create, get, list, replace (PUT, optimistic concurrency on
- *   `metadata.resourceVersion` → 409 Conflict), JSON merge patch, delete (with preconditions).
+ *   `metadata.resourceVersion` → 409 Conflict), JSON merge patch (what `kubectl label` sends; a
+ *   `metadata.uid` that differs → 422, a `metadata.resourceVersion` that differs → 409; a patch
+ *   that changes nothing writes nothing), delete (with preconditions).
  * - core/v1 events, written in-process by the scheduler and kubelet of the tests (`recordEvent`,
  *   named `<object>.<hex>` as the recorders name them), listed with the field selectors the API
  *   server allows on Events (`involvedObject.kind`, `involvedObject.uid`, `reason`, `source`, …,
@@ -26,7 +28,9 @@
  * - watch (`?watch=true` or `watch=1`, or `/watch/` paths are not served): from a
  *   resourceVersion (events after it, replayed from a bounded history), or without one
  *   (synthetic ADDED for what exists, then changes); chunked newline-delimited JSON events
- *   ADDED / MODIFIED / DELETED / BOOKMARK / ERROR. A resourceVersion older than the history
+ *   ADDED / MODIFIED / DELETED / BOOKMARK / ERROR. An object whose change moves it into a
+ *   watch's selector is ADDED there, one moving out (a label removed) DELETED, carrying the
+ *   object as it was before, under the change's resourceVersion, as the API server's watch cache. A resourceVersion older than the history
  *   is 410 Gone: as an ERROR event carrying a 410 `Expired` Status (what the real API server
  *   does from its watch cache), or, when asked, as an HTTP 410 response.
  * - errors as `Status` objects: 404 NotFound, 409 AlreadyExists / Conflict, 410 Expired,
@@ -758,8 +762,26 @@ export class KubeApiServer {
     }
     const old = this.table(type.plural).get(`${namespace}/${name}`)
     if (old === undefined) fail(404, "NotFound", `${groupResource(type)} "${name}" not found`, { name, kind: type.plural })
+    // A patch naming `metadata.uid` names the object it means: the uid is immutable, so another
+    // object of that name refuses it 422 Invalid (what Kubernetes' own controllers rely on: the
+    // ReplicaSet controller's release patch, the garbage collector's owner-reference patch). A
+    // `metadata.resourceVersion` in a patch is a precondition: 409 Conflict if it differs.
+    const uid = body?.metadata?.uid
+    if (subresource === null && uid !== undefined && uid !== old!.metadata.uid) {
+      fail(422, "Invalid", `${type.kind} "${name}" is invalid: metadata.uid: Invalid value: "${String(uid)}": field is immutable`, { name, group: type.group, kind: type.kind })
+    }
+    const rv = body?.metadata?.resourceVersion
+    if (rv !== undefined && rv !== old!.metadata.resourceVersion) {
+      fail(409, "Conflict", `Operation cannot be fulfilled on ${groupResource(type)} "${name}": the object has been modified; please apply your changes to the latest version and try again`, {
+        name,
+        group: type.group,
+        kind: type.plural
+      })
+    }
     const patched = mergePatch(old, subresource === "status" ? { status: body.status } : body) as KubeObject
     patched.metadata = { ...patched.metadata, ...pick(old!.metadata, ["name", "namespace", "uid", "creationTimestamp", "resourceVersion"]) }
+    // A patch that changes nothing writes nothing: no new resourceVersion, no watch event.
+    if (JSON.stringify(patched) === JSON.stringify(old)) return clone(old!)
     return this.commit(type.plural, "MODIFIED", patched, old!)
   }
 
@@ -836,7 +858,14 @@ export class KubeApiServer {
     return o !== null && (w.namespace === null || o.metadata.namespace === w.namespace) && matchesLabels(w.selector, o.metadata.labels) && matchesFields(w.fields, o)
   }
 
-  /** An object moving into a watch's selector is ADDED to it, one moving out DELETED. */
+  /**
+   * An object moving into a watch's selector is ADDED to it, one moving out DELETED, as the API
+   * server's watch cache has it (`cacheWatcher.convertToWatchEvent`,
+   * staging/src/k8s.io/apiserver/pkg/storage/cacher/cache_watcher.go: `!curObjPasses &&
+   * oldObjPasses` is `watch.Deleted`): the DELETED of a move-out carries the object as it was
+   * before the change (still matching the selector: a label removed by hand is still there, and
+   * nothing says the object is being deleted) under the change's resourceVersion.
+   */
   private deliver(w: Watcher, e: HistoryEntry): void {
     if (w.closed || w.plural !== e.plural) return
     const now = this.matches(w, e.object)
@@ -845,7 +874,7 @@ export class KubeApiServer {
       if (before || now) this.send(w, "DELETED", e.object)
     } else if (now && !before) this.send(w, "ADDED", e.object)
     else if (now && before) this.send(w, "MODIFIED", e.object)
-    else if (!now && before) this.send(w, "DELETED", e.object)
+    else if (!now && before) this.send(w, "DELETED", { ...e.old!, metadata: { ...e.old!.metadata, resourceVersion: e.object.metadata.resourceVersion } })
   }
 
   private watch(type: ResourceType, namespace: string | null, query: Record<string, string>, token: string | null, res: ServerResponse): void {
