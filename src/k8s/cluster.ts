@@ -34,6 +34,12 @@
  *   stop reason, every page, `events_listed_max` events read at most): a preemption or eviction
  *   dates the stop and is a preemption (a replacement follows), a kill dates the loss.
  *
+ * - A pod of ours taken out of the list/watch selector by hand (its `ecolink.io/managed` label
+ *   removed or changed) looks DELETED to the watch and is in no selected list, yet runs on its
+ *   GPUs: a DELETED without a deletionTimestamp is looked up by name (`lookUp`), lists read the
+ *   whole namespace and keep ours by annotation, and such a pod is kept and its label put back
+ *   (`relabel`), so it is never taken for gone while it runs.
+ *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
  *   `deleteVolume` (404 = it is gone). The requests for one claim run one at a time, so the
@@ -47,7 +53,7 @@
  * Determinism: every timestamp and every wait is the injected EngineClock's; the driver
  * never reads the wall clock.
  */
-import { CoreV1Api, KubeConfig, Watch, type ConfigurationOptions, type CoreV1EventList, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
+import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, Watch, type ConfigurationOptions, type CoreV1EventList, type V1PersistentVolumeClaim, type V1Pod, type V1Service, type V1Volume, type V1VolumeMount } from "@kubernetes/client-node"
 import { Lane, type EngineClock, type TimerHandle } from "../clock.js"
 import type { ClusterEvent, ClusterPort, RecalledStop, VolumeSpec, WorkloadPhase, WorkloadSpec, WorkloadStatus } from "../cluster.js"
 import { assert } from "../errors.js"
@@ -121,8 +127,16 @@ interface Workload {
    * a current view (`finishIfGone`).
    */
   readonly goneUnheard: Set<string>
-  /** Pods with a create or delete request in flight (or waiting to retry). */
+  /** Pods with a create, delete, look-up or relabel request in flight (or waiting to retry). */
   readonly busy: Set<string>
+  /**
+   * Pods of ours the cache holds that are not in the list/watch selector (`ecolink.io/managed`
+   * removed or changed by hand): the watch tells nothing of them until their label is back, so
+   * the driver puts it back (`relabel`, a merge patch naming the pod's uid) before anything else
+   * it does with them. Also a pod whose look-up after such a DELETED gave up: the relabel's uid
+   * tells whether it is still there.
+   */
+  readonly unlabeled: Set<string>
   /**
    * Pods whose delete gave up (refused: 403, an admission webhook; or retried
    * `request_attempts_max` times): not sent again until the engine's next `deleteWorkload`
@@ -652,6 +666,7 @@ export class KubernetesCluster implements ClusterPort {
       stopBeforeDelete: null,
       goneUnheard: new Set(),
       busy: new Set(),
+      unlabeled: new Set(),
       deleteStalled: new Set(),
       awaiting: new Map(),
       replacements: 0,
@@ -924,6 +939,109 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   /**
+   * A pod of ours left the watch's selector with no deletion mark (a DELETED without a
+   * `deletionTimestamp`): removed at once (a pending pod's delete, a forced one, a terminal
+   * pod's), or still there with its `ecolink.io/managed` label removed or changed by hand, which
+   * the API server reports the same way. A GET by name (names are deterministic) tells which.
+   * The same pod (its uid) still there is kept, as the GET shows it, and gets its label back
+   * (`relabel`, once the driver is active): it holds its GPUs for a resource the engine bills,
+   * so the engine must keep seeing it. Gone (404, or another pod of that name) it is taken for
+   * gone as the DELETED said, learned when the DELETED was (`late`). The cache keeps the pod
+   * meanwhile: nothing is concluded from a DELETED that may not be one.
+   */
+  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1): void {
+    const late = this.lateSince
+    this.write(`get pod ${pod}`, attempt, (options) => this.core.readNamespacedPod({ name: pod, namespace: this.config.namespace }, options), {
+      ok: (found) => this.lookedUp(pod, uid, last, late, found),
+      refused: (status) => {
+        if (status !== 404) return false
+        this.lookedUp(pod, uid, last, late, null)
+        return true
+      },
+      retry: () => this.lookUp(w, pod, uid, last, attempt + 1),
+      // Not known: kept, and the relabel's uid precondition tells (on the slow retry, or when
+      // an engine subscribes); a relist meanwhile tells too.
+      gaveUp: () => {
+        if (this.cachedUid(pod) !== uid) return
+        w.unlabeled.add(pod)
+        this.ownRetryLater(w)
+      }
+    })
+  }
+
+  /** What the API server said of a pod gone from the selector: `found` by name, or null (404). */
+  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, found: V1Pod | null): void {
+    // The watch moved on meanwhile (the pod is back in the selector and gone again, a relist, a
+    // newer pod of the name): it knows better.
+    if (this.cachedUid(pod) !== uid) return
+    const prior = this.lateSince
+    this.lateSince = late
+    try {
+      if (found === null || uidOf(found) !== uid) {
+        this.markGone(uid)
+        this.cache.delete(pod)
+        this.podGone(last, true)
+      } else if (!isManaged(found)) {
+        this.cache.set(pod, found)
+        this.podChanged(found, true)
+      }
+      // Else it is in the selector again (labelled back by someone): the watch brings it.
+    } finally {
+      this.lateSince = prior
+    }
+  }
+
+  /**
+   * Puts `ecolink.io/managed=true` back on a pod of ours that lost it, as a JSON merge patch
+   * naming the pod's uid: the API server refuses it (422, the uid is immutable) if another pod
+   * bears the name now, as Kubernetes' own controllers rely on. Decision: the pod is kept, not
+   * deleted (docs/KUBERNETES.md, "A pod taken out of our selector"): it runs the customer's
+   * workload on GPUs the resource is billed for, so the engine's view (running, billed) is the
+   * truth once the label is back, and the customer loses nothing to an operator's edit. 404 or
+   * 422: the pod meant is gone, taken as a delete answered 404 is. Only while active (a write
+   * of the driver's own), or to carry the engine's delete on.
+   */
+  private relabel(w: Workload, pod: string, attempt: number): void {
+    const uid = this.cachedUid(pod)
+    if (uid === undefined) {
+      w.unlabeled.delete(pod)
+      return
+    }
+    w.busy.add(pod)
+    const body = { metadata: { uid, labels: { [LABELS.managed]: "true" } } }
+    const request = (options: ConfigurationOptions) =>
+      this.core.patchNamespacedPod({ name: pod, namespace: this.config.namespace, body }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch, options))
+    this.write(`label pod ${pod}`, attempt, request, {
+      ok: (patched) => {
+        w.busy.delete(pod)
+        w.ownGiveUps = 0
+        // In the selector again: the watch brings it (ADDED), and every change from now on.
+        if (this.cachedUid(pod) === uid) w.unlabeled.delete(pod)
+        this.await(w, pod, patched.metadata?.resourceVersion)
+        this.refresh(w)
+      },
+      refused: (status) => {
+        if (status !== 404 && status !== 422) return false
+        w.busy.delete(pod)
+        w.unlabeled.delete(pod)
+        this.goneOnServer(w, pod, uid)
+        return true
+      },
+      retry: () => this.relabel(w, pod, attempt + 1),
+      gaveUp: () => {
+        w.busy.delete(pod)
+        this.ownRetryLater(w)
+        this.refresh(w)
+      }
+    })
+  }
+
+  private cachedUid(pod: string): string | undefined {
+    const cached = this.cache.get(pod)
+    return cached === undefined ? undefined : uidOf(cached)
+  }
+
+  /**
    * A delete answered 404: the pod is gone, though the cache (behind: a watch gap) still shows
    * it. Taken as the watch's DELETED would be, so a deleting workload concludes and nothing
    * sends the delete again; the DELETED the watch delivers later finds no pod in the cache and
@@ -1076,13 +1194,20 @@ export class KubernetesCluster implements ClusterPort {
    * Lists the engine's pods and replaces the cache with what the list shows. The first list
    * only fills the cache (the supervisor reconciles at start); a relist after 410 Gone reports
    * every difference as the watch would have.
+   *
+   * The list is of every pod of the namespace, not of the watch's selector: a pod of ours whose
+   * `ecolink.io/managed` label was removed (or changed) by hand is in no selected list, yet it
+   * runs on its GPUs. It is ours by its annotations (`ownedByAnnotations`), kept in the cache
+   * (`unlabeled`) and its label put back once the driver is active (`relabel`). One list, so the
+   * pods with the label and those without come from one snapshot: two lists could both miss a pod
+   * relabelled between them.
    */
   private async relist(report: boolean): Promise<void> {
     this.state = "listing"
     const listSeq = ++this.seq
     let list
     try {
-      list = await this.request((options) => this.core.listNamespacedPod({ namespace: this.config.namespace, labelSelector: MANAGED_SELECTOR }, options))
+      list = await this.request((options) => this.core.listNamespacedPod({ namespace: this.config.namespace }, options))
     } catch (e) {
       if (this.isStopped()) return
       if (!report) throw e
@@ -1092,19 +1217,20 @@ export class KubernetesCluster implements ClusterPort {
     }
     if (this.isStopped()) return
     const listedAt = this.clock.now()
-    const ends = await this.podEnds(list.items, report)
+    const items = list.items.filter(isOurs)
+    const ends = await this.podEnds(items, report)
     if (this.isStopped()) return
     this.relistPending = false
     // Everything the list shows that the cache did not is learned late (at start: never seen).
     this.lateSince = this.liveAt
     try {
-      this.takeList(list.items, listSeq, report, ends)
+      this.takeList(items, listSeq, report, ends)
     } finally {
       this.lateSince = null
     }
     this.liveAt = listedAt
     this.rv = list.metadata?.resourceVersion ?? ""
-    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: list.items.length })
+    if (report) this.report({ kind: "relisted", at: this.clock.now(), pods: items.length })
     this.notifyProgress()
     this.openWatch(false)
   }
@@ -1297,6 +1423,12 @@ export class KubernetesCluster implements ClusterPort {
         if (uid !== undefined && this.goneUids.has(uid)) {
           // About a pod known to be gone (stale, or replayed): never about the pod of this name now.
           this.heardGone(name, uid, object, type === "DELETED")
+        } else if (type === "DELETED" && cached !== undefined && !other && uid !== undefined && object.metadata?.deletionTimestamp == null) {
+          // Gone from our selector with no deletion asked: a label removed or changed by hand
+          // (the API server reports an object that stops matching a watch's selector as
+          // DELETED, as it was before) looks like a pod removed at once. Looked up by name
+          // before it is taken for gone (`lookUp`).
+          this.lookUp(this.ownerOf(cached), name, uid, object)
         } else if (type === "DELETED") {
           this.markGone(uid)
           // A pod not in the cache was already taken as gone (a delete answered 404).
@@ -1384,17 +1516,16 @@ export class KubernetesCluster implements ClusterPort {
     const known = this.podOwner.get(name)
     if (known !== undefined && this.workloads.has(known)) return this.workloads.get(known)!
     const a = pod.metadata?.annotations ?? {}
-    const workload = a[ANNOTATIONS.workload]
-    const count = Number(a[ANNOTATIONS.nodeCount] ?? "1")
-    const valid = workload !== undefined && Number.isSafeInteger(count) && count >= 1 && count <= ANNOTATION_NODE_COUNT_MAX && podNamesOf(workload, count).includes(name)
+    const annotated = annotatedWorkload(pod)
+    const valid = annotated !== null
     // A pod of ours that names no workload we can rebuild is its own (orphan) workload.
-    const key = valid ? workload : name
+    const key = annotated?.workload ?? name
     const existing = this.workloads.get(key)
     if (existing !== undefined) {
       this.podOwner.set(name, key)
       return existing
     }
-    const pods = valid ? podNamesOf(workload, count) : [name]
+    const pods = annotated !== null ? podNamesOf(annotated.workload, annotated.node_count) : [name]
     const w = this.track({
       name: key,
       resource: valid ? (a[ANNOTATIONS.resource] ?? "") : "",
@@ -1411,6 +1542,9 @@ export class KubernetesCluster implements ClusterPort {
   private podChanged(pod: V1Pod, report: boolean): void {
     const w = this.ownerOf(pod)
     const name = pod.metadata!.name!
+    // Out of our selector (its label removed or changed by hand): its label is owed (`ownWork`).
+    if (isManaged(pod)) w.unlabeled.delete(name)
+    else w.unlabeled.add(name)
     if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
     this.saw(w, pod)
     // It exists: whoever created it (this driver, or the leader while this one stood by), no
@@ -1464,6 +1598,7 @@ export class KubernetesCluster implements ClusterPort {
     const name = pod.metadata!.name!
     this.saw(w, pod)
     w.deleteStalled.delete(name)
+    w.unlabeled.delete(name)
     const record = podStoppedAt(pod, true)
     const told = record === null ? end : null
     // Gone without our asking: whatever it was doing, it holds no GPUs now.
@@ -1537,9 +1672,13 @@ export class KubernetesCluster implements ClusterPort {
    * deleted). Idempotent: nothing is sent for a pod with a request under way.
    */
   private ownWork(w: Workload): void {
-    if (!this.active || this.workloads.get(w.name) !== w || w.deleting || w.lost || w.phase === "failed") return
+    if (!this.active || this.workloads.get(w.name) !== w) return
+    // Whatever the workload's state, a pod out of our selector gets its label back first: until
+    // then the watch shows nothing of it, neither its stop nor its end.
+    for (const pod of [...w.unlabeled]) if (!w.busy.has(pod)) this.relabel(w, pod, 1)
+    if (w.deleting || w.lost || w.phase === "failed") return
     for (const pod of w.pods) {
-      if (w.busy.has(pod) || w.awaiting.has(pod)) continue
+      if (w.busy.has(pod) || w.awaiting.has(pod) || w.unlabeled.has(pod)) continue
       const cached = this.cache.get(pod)
       // A recalled workload's replacement waits for the engine's spec (`createWorkload`).
       if (cached === undefined && w.replacing.has(pod) && w.templates.has(pod)) {
@@ -1669,7 +1808,13 @@ export class KubernetesCluster implements ClusterPort {
     const now = this.clock.now()
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
-      if (cached === undefined || w.busy.has(pod) || w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
+      if (cached === undefined || w.busy.has(pod)) continue
+      // Its label back first: deleted out of our selector, its end would never be seen.
+      if (w.unlabeled.has(pod)) {
+        this.relabel(w, pod, 1)
+        continue
+      }
+      if (w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
       if (!isTerminating(cached)) {
         this.deletePod(w, pod, 1, false, uidOf(cached))
         continue
@@ -1714,17 +1859,37 @@ const PASSIVE_REPLACEMENT_OWED_MS = 60 * 60_000
 /** A pod's uid, as the API server assigned it (absent only from objects it never stored). */
 const uidOf = (pod: V1Pod): string | undefined => pod.metadata?.uid ?? undefined
 
-/** What a replacement of `pod` is created from: its metadata and spec, not its placement. */
+/** What a replacement of `pod` is created from: its metadata and spec, not its placement; in our selector whatever it bore. */
 const templateOf = (pod: V1Pod): V1Pod => {
   const spec = { ...(pod.spec ?? { containers: [] }) }
   delete spec.nodeName
   return {
     apiVersion: "v1",
     kind: "Pod",
-    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}) }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
+    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}), [LABELS.managed]: "true" }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
     spec
   }
 }
+
+/** In the list/watch selector (`ecolink.io/managed=true`). */
+const isManaged = (pod: V1Pod): boolean => pod.metadata?.labels?.[LABELS.managed] === "true"
+
+/**
+ * The workload a pod's annotations name, when the pod bears one of that workload's names
+ * (`podNamesOf`): how a control plane rebuilds its workloads, and how a pod of ours that lost
+ * its label is still known for ours. Null for any other pod.
+ */
+const annotatedWorkload = (pod: V1Pod): { readonly workload: string; readonly node_count: number } | null => {
+  const a = pod.metadata?.annotations ?? {}
+  const workload = a[ANNOTATIONS.workload]
+  const node_count = Number(a[ANNOTATIONS.nodeCount] ?? "1")
+  const name = pod.metadata?.name
+  if (workload === undefined || name === undefined || !(Number.isSafeInteger(node_count) && node_count >= 1 && node_count <= ANNOTATION_NODE_COUNT_MAX)) return null
+  return podNamesOf(workload, node_count).includes(name) ? { workload, node_count } : null
+}
+
+/** A pod of ours: in the selector, or named for a workload of ours (its label removed or changed by hand). */
+const isOurs = (pod: V1Pod): boolean => isManaged(pod) || annotatedWorkload(pod) !== null
 
 /** Loads a kubeconfig the way kubectl does: the file given, else `KUBECONFIG`, else in-cluster or ~/.kube/config. */
 export const loadKubeconfig = (file?: string): KubeConfig => {
