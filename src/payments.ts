@@ -13,7 +13,8 @@
  * - Refunds at the provider are booked per charge (`payment_refunds`) so that the charge's
  *   `refund` rows (their `resource` is the payment id, like the top-up row's) always add up to
  *   what the provider really refunded, as far as its events have told us:
- *     booked = made − failed, at least 0 and at most the payment's amount, where
+ *     booked = made − failed, at least 0 and at most the payment's amount less what its other
+ *              charges' rows took (a second charge is never Stripe's: `leftByOthers`), where
  *     made   = the largest of
  *              - Σ amounts of the refunds made, once per refund id, as the provider tells them
  *                by id: a Refund object in `refund.created`, `refund.updated` or
@@ -68,7 +69,7 @@
  * - Disputes (chargebacks) are booked per charge like refunds, as card `refund` rows naming the
  *   payment: disputed = Σ over the charge's disputes of (withdrawn − reinstated), each the
  *   largest the provider told for the dispute id (`payment_disputes`), at most the payment less
- *   what its refunds booked; booked in full even below $0, as a refund is. A dispute credits
+ *   what its refunds (and any other charge of it) booked; booked in full even below $0, as a refund is. A dispute credits
  *   the top-up first if its success has not come yet. The first withdrawal of a dispute notifies
  *   (`payment_disputed`) and turns the account's auto-recharge off until the owner saves it
  *   again; a reinstatement notifies (`payment_dispute_reinstated`) (docs/POLICY.md).
@@ -998,12 +999,34 @@ export class PaymentBook {
     return this.bookMade(p, r)
   }
 
-  /** The charge's refund record, made for the payment if new; undefined if it is another payment's. */
+  /**
+   * The charge's refund record, made for the payment if new; undefined if it is another
+   * payment's. A second charge of one payment is journaled for an operator
+   * (`payment_second_charge`): Stripe makes at most one successful charge per PaymentIntent, and
+   * only a successful one is refunded or disputed, so it is a forged or buggy event; what it
+   * books is capped by what the payment's first charge left (`leftByOthers`).
+   */
   private chargeOf(charge_id: string, p: PaymentRecord): RefundRecord | undefined {
-    this.s.insertRefund.run(charge_id, p.id)
+    const made = this.s.insertRefund.run(charge_id, p.id).changes === 1
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord | undefined
     assert(charge !== undefined, () => `refund record of ${charge_id} not written`)
-    return charge.payment_id === p.id ? charge : undefined
+    if (charge.payment_id !== p.id) return undefined
+    const others = made ? Number((this.s.otherCharges.get(p.id, charge_id) as { n: bigint }).n) : 0
+    if (others > 0) this.journal.append(this.clock.now(), "payment_second_charge", { payment: p.id, charge: charge_id, other_charges: others })
+    return charge
+  }
+
+  /**
+   * What the payment's charges other than `charge_id` leave of it: its amount less what their
+   * refund and dispute rows took. A charge's refunds, and then its disputes, are capped by it, so
+   * what the payment's card rows take in all (refunded + disputed, not reinstated) never exceeds
+   * the payment, however many charge ids its events name. Before, the cap was per charge: two
+   * charges of one payment could take it twice (docs/POLICY.md, Disputes). Each charge only
+   * takes what the others left when it books: the first to book keeps it.
+   */
+  private leftByOthers(p: PaymentRecord, charge_id: string): Micros {
+    const others = this.s.otherCharges.get(p.id, charge_id) as { taken_micros: bigint }
+    return others.taken_micros < p.amount_micros ? p.amount_micros - others.taken_micros : 0n
   }
 
   /**
@@ -1020,7 +1043,10 @@ export class PaymentBook {
     // Refunds made can add up to more than the charge when some failed (Stripe gives a failed
     // refund's amount back to the charge, to be refunded again): the cap comes after them.
     const net = made > failed ? made - failed : 0n
-    const target = net < p.amount_micros ? net : p.amount_micros
+    // The cap is the payment's, not the charge's: what the payment's other charges booked
+    // (refunds and disputes) is not this charge's to take again (`leftByOthers`).
+    const room = this.leftByOthers(p, charge_id)
+    const target = net < room ? net : room
     assert(target >= 0n && target <= p.amount_micros, () => `refund target ${target} of ${p.id} outside its amount`)
     // Money is booked as refunded only once the payment is credited (charge.refunded credits
     // it first); a failure that came before any refund was reported books nothing.
@@ -1119,15 +1145,16 @@ export class PaymentBook {
 
   /**
    * Makes the charge's dispute rows add up to what its disputes took at the provider (withdrawn
-   * less reinstated, per dispute), at most what the refunds left of the payment, with one row
+   * less reinstated, per dispute), at most what the charge's refunds and the payment's other
+   * charges (`leftByOthers`) left of the payment, with one row
    * for the difference. Returns the amount booked: negative when a dispute takes, positive when
    * it gives back (or a refund took its place).
    */
   private bookDisputes(p: PaymentRecord, charge_id: string, dispute_id: string | null): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const net = (this.s.disputedOf.get(charge_id) as { net_micros: bigint }).net_micros
-    const room = p.amount_micros - charge.refunded_micros
-    assert(room >= 0n, () => `refunds of ${p.id} above its amount`)
+    const room = this.leftByOthers(p, charge_id) - charge.refunded_micros
+    assert(room >= 0n, () => `card rows of ${p.id} above its amount`)
     const target = net < room ? net : room
     assert(target >= 0n, () => `dispute target ${target} of ${p.id} below 0`)
     assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `dispute booked on ${p.id} before its credit`)
@@ -1418,6 +1445,8 @@ const prepare = (db: LedgerStore["db"]) => {
     setDisputeReinstated: db.prepare(`UPDATE payment_disputes SET reinstated_micros = ?, updated_at = ? WHERE dispute_id = ?`),
     /** What the charge's disputes took at the provider and kept: withdrawn less reinstated, per dispute. */
     disputedOf: rows(`SELECT coalesce(sum(withdrawn_micros - min(reinstated_micros, withdrawn_micros)), 0) AS net_micros FROM payment_disputes WHERE charge_id = ?`),
+    /** The payment's charges other than the one given: how many, and what their card rows took (refunds and disputes). */
+    otherCharges: rows(`SELECT count(*) AS n, coalesce(sum(refunded_micros + disputed_micros), 0) AS taken_micros FROM payment_refunds WHERE payment_id = ? AND charge_id <> ?`),
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),

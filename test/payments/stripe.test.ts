@@ -825,6 +825,47 @@ describe("disputes (chargebacks) at Stripe", () => {
     expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "5.00" } })).status).toBe(201)
   })
 
+  it("take no more than the payment across all its charges, when signed events name a second charge of one PaymentIntent", async () => {
+    // Proves the cap is the payment's, not the charge's (fourth review): Stripe makes at most
+    // one successful charge per PaymentIntent, so a refund or dispute of another charge id for
+    // the same payment is a forged or buggy event, but a signed one. A $25 top-up refunded $10
+    // on its real charge, then disputed for $25 on `ch_forged_1` and refunded in full on
+    // `ch_forged_2`: the dispute takes the $15 left and the second refund nothing, so the card
+    // rows add up to −$25. Capped per charge, the payment gave back $60 (−10, −25, −25).
+    const { w, server, clock } = await setup()
+    const { a, pi, client } = await confirmedTopUp({ w, server }, "twin@example.com", "pm_card_visa")
+    await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"],
+      [200, "refunded"]
+    ])
+    const signed = (id: string, type: string, object: Record<string, unknown>, previous?: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object, ...(previous === undefined ? {} : { previous_attributes: previous }) } })
+      return server.deliver({ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) }))
+    }
+    const dispute = { id: "du_twin", object: "dispute", amount: 2500, currency: "usd", charge: "ch_forged_1", payment_intent: pi, status: "needs_response", reason: "fraudulent" }
+    const charge = { id: "ch_forged_2", object: "charge", amount: 2500, amount_refunded: 2500, currency: "usd", payment_intent: pi }
+    expect(outcomes([await signed("evt_twin_1", "charge.dispute.funds_withdrawn", dispute), await signed("evt_twin_2", "charge.refunded", charge, { amount_refunded: 0 })])).toEqual([
+      [200, "disputed"],
+      [200, "nothing"]
+    ])
+    expect(disputeRows(w, a.account)).toEqual([
+      ["topup", "25.00", "25.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["refund", "-10.00", "15.00", "pay_00000001", "Refund to card of top-up pay_00000001"],
+      ["refund", "-15.00", "0.00", "pay_00000001", "Dispute (chargeback) of top-up pay_00000001 (du_twin)"]
+    ])
+    expect(
+      w.opened.engine.ledger
+        .journalEntries()
+        .filter((j) => j.kind === "payment_second_charge")
+        .map((j) => j.payload)
+    ).toEqual(['{"payment":"pay_00000001","charge":"ch_forged_1","other_charges":1}', '{"payment":"pay_00000001","charge":"ch_forged_2","other_charges":2}'])
+    // Won, the dispute gives back what it took, and only that.
+    expect(outcomes([await signed("evt_twin_3", "charge.dispute.funds_reinstated", dispute)])).toEqual([[200, "dispute_reinstated"]])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "15.00" })
+  })
+
   it("are decoded from Stripe's Dispute object: withdrawn and reinstated by balance transaction, else by event type", () => {
     // Proves the boundary: an inquiry without money moved proves nothing; a withdrawal in the
     // dispute's currency counts its gross amount (not Stripe's fee); one in another currency
