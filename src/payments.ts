@@ -73,6 +73,8 @@
  *   the top-up first if its success has not come yet. The first withdrawal of a dispute notifies
  *   (`payment_disputed`) and turns the account's auto-recharge off until the owner saves it
  *   again; a reinstatement notifies (`payment_dispute_reinstated`) (docs/POLICY.md).
+ * - An event whose amounts are in another currency than the payment's (a dispute, a refund)
+ *   books nothing: it is answered `currency_mismatch`, recorded, and journaled for an operator.
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
  * (never synchronously), so nothing the provider does runs inside the caller's transaction.
@@ -137,9 +139,17 @@ export type RefundListing =
   | { readonly ok: true; readonly refunds: ReadonlyArray<RefundTold> }
   | { readonly ok: false; readonly code: string; readonly message: string; readonly transient: boolean }
 
+/**
+ * The ISO currency an event's amounts are in, as its object tells it (Stripe's `currency`, lower
+ * case), or null when it does not say. Every payment of ours is in policy.PAYMENT_CURRENCY: an
+ * amount in another one is not comparable with the payment's, and books nothing
+ * (`currency_mismatch`, docs/POLICY.md). The simulator's events leave it out (they are ours).
+ */
+export type Currency = string | null
+
 /** A provider event, decoded once at the boundary (the webhook route, the simulator). */
 export type PaymentEvent =
-  | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null }
+  | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null; readonly currency?: Currency }
   | {
       readonly id: string
       readonly type: "payment_intent.payment_failed"
@@ -167,6 +177,8 @@ export type PaymentEvent =
       /** The charge's refunds listed in it (API versions before 2022-11-15 include them), at most REFUNDS_LISTED_MAX. */
       readonly refunds: ReadonlyArray<{ readonly refund_id: string; readonly amount_cents: number }>
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -182,6 +194,8 @@ export type PaymentEvent =
       readonly intent_id: string
       readonly amount_cents: number
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -199,6 +213,8 @@ export type PaymentEvent =
       readonly status: "failed" | "canceled"
       readonly failure_reason: string | null
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -220,6 +236,8 @@ export type PaymentEvent =
       readonly status: string | null
       readonly reason: string | null
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
 
@@ -256,6 +274,8 @@ export const isCardDecline = (type: string | null, code: string | null): boolean
 const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
 /** A non-empty string Stripe sends (an id, a code), or null. */
 const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
+/** The currency a Stripe object tells (`currency`), lower case, or null. */
+const currencyOf = (o: Record<string, unknown>): Currency => str(o["currency"])?.toLowerCase() ?? null
 
 /** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
 export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
@@ -269,7 +289,7 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   if (e.type === "payment_intent.succeeded") {
     const intent_id = str(o["id"])
     const amount = int(o["amount_received"] ?? o["amount"])
-    return intent_id === null || amount === null ? null : { id: e.id, type: e.type, intent_id, amount_cents: amount, payment_id }
+    return intent_id === null || amount === null ? null : { id: e.id, type: e.type, intent_id, amount_cents: amount, payment_id, currency: currencyOf(o) }
   }
   if (e.type === "payment_intent.payment_failed") {
     const intent_id = str(o["id"])
@@ -310,7 +330,8 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
       previous_refunded_cents: previous,
       created_ms: created === null ? null : created * 1000,
       refunds,
-      payment_id
+      payment_id,
+      currency: currencyOf(o)
     }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) return decodeRefund(e.id, e.type, o)
@@ -388,7 +409,8 @@ const decodeDispute = (id: string, event_type: string, o: Record<string, unknown
     reinstated_cents: reinstated,
     status: str(o["status"]),
     reason: str(o["reason"]),
-    payment_id: null
+    payment_id: null,
+    currency: currencyOf(o)
   }
 }
 
@@ -415,9 +437,10 @@ const decodeRefund = (id: string, event_type: string, o: Record<string, unknown>
   // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
   // may disable the endpoint, top-up events with it.
   if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id, type: "ignored", event_type }
-  if (ended === null) return { id, type: "refund.made", event_type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
+  const currency = currencyOf(o)
+  if (ended === null) return { id, type: "refund.made", event_type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id, currency }
   const reason = o["failure_reason"]
-  return { id, type: "refund.failed", event_type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
+  return { id, type: "refund.failed", event_type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id, currency }
 }
 
 /** What a listed refund is told as (`event_type`, and its `id`: `<refund id>@list`). */
@@ -536,6 +559,7 @@ export type EventOutcome =
   | "nothing"
   | "ignored"
   | "amount_mismatch"
+  | "currency_mismatch"
 
 /**
  * What taking one delivered event did (`PaymentBook.receive`): booked, with its outcome and,
@@ -934,6 +958,11 @@ export class PaymentBook {
     if (e.type === "ignored") return "ignored"
     const p = this.find(e.intent_id, e.payment_id)
     if (p === undefined) return "unmatched"
+    // An amount in another currency than the payment's is not comparable with it: whatever
+    // the event tells (a refund, a dispute, a success), nothing is booked, and the operator is
+    // told by the journal (docs/POLICY.md, Disputes). The event is recorded, as an amount
+    // mismatch is: a resend answers `duplicate`.
+    if (this.otherCurrency(p, e, "event_type" in e ? e.event_type : e.type)) return "currency_mismatch"
     // The provider must have taken what our row asked for: a payment of another amount is
     // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
     // A refund larger than our payment cannot be of it either.
@@ -989,7 +1018,7 @@ export class PaymentBook {
    * nothing. Returns the amount booked.
    */
   private bookListed(p: PaymentRecord, charge_id: string, r: RefundTold): Micros {
-    if (r.charge_id !== charge_id) return 0n
+    if (r.charge_id !== charge_id || this.otherCurrency(p, r, LISTED_REFUND)) return 0n
     if (r.amount_cents > centsOf(p.amount_micros)) {
       this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: r.amount_cents })
       return 0n
@@ -997,6 +1026,17 @@ export class PaymentBook {
     if (r.type === "refund.failed") return this.recordFailure(p, r)
     this.s.insertMade.run(r.refund_id, r.charge_id, p.id, microsOfCents(r.amount_cents))
     return this.bookMade(p, r)
+  }
+
+  /**
+   * Whether the event's amounts are in another currency than the payment's (policy.PAYMENT_CURRENCY;
+   * one that does not say is taken as the payment's), journaled for an operator if so
+   * (`payment_currency_mismatch`).
+   */
+  private otherCurrency(p: PaymentRecord, e: { readonly id: string; readonly currency?: Currency }, told_as: string): boolean {
+    if (e.currency === undefined || e.currency === null || e.currency === policy.PAYMENT_CURRENCY) return false
+    this.journal.append(this.clock.now(), "payment_currency_mismatch", { payment: p.id, event: e.id, type: told_as, ours: policy.PAYMENT_CURRENCY, provider: e.currency })
+    return true
   }
 
   /**

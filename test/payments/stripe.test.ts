@@ -866,6 +866,53 @@ describe("disputes (chargebacks) at Stripe", () => {
     expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "15.00" })
   })
 
+  it("book nothing for a dispute or refund in another currency than the payment's, and journal it for an operator", async () => {
+    // Proves the Decision in docs/POLICY.md (Disputes): an amount in another currency is not
+    // comparable with the payment's. A $25 top-up (usd) is told disputed for 2500 eur and
+    // refunded 1000 jpy by signed events: each answers currency_mismatch, books nothing (read
+    // as dollars they took $35), is journaled, and a resend is a duplicate. The same dispute
+    // told in usd is then booked as any other, once.
+    const { w, server, clock } = await setup()
+    const { a, pi } = await confirmedTopUp({ w, server }, "euro@example.com", "pm_card_visa")
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    const signed = (id: string, type: string, object: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object } })
+      return server.deliver({ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) }))
+    }
+    const dispute = { id: "du_eur", object: "dispute", amount: 2500, currency: "eur", charge: "ch_eur", payment_intent: pi, status: "needs_response", reason: "fraudulent" }
+    const refund = { id: "re_jpy", object: "refund", amount: 1000, currency: "jpy", charge: "ch_eur", payment_intent: pi, status: "succeeded" }
+    expect(
+      outcomes([
+        await signed("evt_eur_1", "charge.dispute.funds_withdrawn", dispute),
+        await signed("evt_jpy_1", "refund.created", refund),
+        await signed("evt_eur_1", "charge.dispute.funds_withdrawn", dispute)
+      ])
+    ).toEqual([
+      [200, "currency_mismatch"],
+      [200, "currency_mismatch"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "25.00", "pay_00000001"]])
+    expect(disputeNotes(w)).toEqual([])
+    expect(
+      w.opened.engine.ledger
+        .journalEntries()
+        .filter((j) => j.kind === "payment_currency_mismatch")
+        .map((j) => j.payload)
+    ).toEqual([
+      '{"payment":"pay_00000001","event":"evt_eur_1","type":"charge.dispute.funds_withdrawn","ours":"usd","provider":"eur"}',
+      '{"payment":"pay_00000001","event":"evt_jpy_1","type":"refund.created","ours":"usd","provider":"jpy"}'
+    ])
+    expect(outcomes([await signed("evt_usd_1", "charge.dispute.funds_withdrawn", { ...dispute, currency: "usd" })])).toEqual([[200, "disputed"]])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-25.00", "pay_00000001"]
+    ])
+  })
+
   it("are decoded from Stripe's Dispute object: withdrawn and reinstated by balance transaction, else by event type", () => {
     // Proves the boundary: an inquiry without money moved proves nothing; a withdrawal in the
     // dispute's currency counts its gross amount (not Stripe's fee); one in another currency
@@ -885,7 +932,8 @@ describe("disputes (chargebacks) at Stripe", () => {
       reinstated_cents: 0,
       status: "warning_needs_response",
       reason: "fraudulent",
-      payment_id: null
+      payment_id: null,
+      currency: "usd"
     })
     const out = { amount: -2500, currency: "usd", fee: 1500 }
     const back = { amount: 1000, currency: "usd", fee: 0 }
@@ -951,7 +999,8 @@ describe("refunds told by id", () => {
           charge_id: "ch_1",
           intent_id: "pi_1",
           amount_cents: 500,
-          payment_id: null
+          payment_id: null,
+          currency: null
         })
       }
       for (const broken of [{ charge: null }, { amount: 0 }, { status: "unknown" }, { payment_intent: null }]) {
@@ -975,8 +1024,8 @@ describe("refunds told by id", () => {
     // A listed refund (GET /v1/refunds) reads like an event's: of this charge only, in the order given.
     const failed = { ...refund, id: "re_2", status: "canceled", failure_reason: "merchant_request" }
     expect(decodeListedRefunds("ch_1", [refund, { ...refund, id: "re_9", charge: "ch_2" }, { ...refund, status: "unknown" }, 7, failed])).toEqual([
-      { id: "re_1@list", type: "refund.made", event_type: LISTED_REFUND, refund_id: "re_1", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, payment_id: null },
-      { id: "re_2@list", type: "refund.failed", event_type: LISTED_REFUND, refund_id: "re_2", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, status: "canceled", failure_reason: "merchant_request", payment_id: null }
+      { id: "re_1@list", type: "refund.made", event_type: LISTED_REFUND, refund_id: "re_1", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, payment_id: null, currency: null },
+      { id: "re_2@list", type: "refund.failed", event_type: LISTED_REFUND, refund_id: "re_2", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, status: "canceled", failure_reason: "merchant_request", payment_id: null, currency: null }
     ])
   })
 
