@@ -877,9 +877,9 @@ export class PaymentBook {
     return this.s.payments.all() as unknown as PaymentRecord[]
   }
 
-  /** The account's payments, newest first, before the id `before` (keyset; ids sort in creation order). */
+  /** The account's payments, newest first, before the id `before` (keyset, in the order of PAYMENT_ORDER). */
   paymentsOf(account: string, before: string | null, limit: number): ReadonlyArray<PaymentRecord> {
-    return this.s.paymentsOf.all(account, before ?? "\uffff", limit) as unknown as PaymentRecord[]
+    return this.s.paymentsOf.all({ account, before, limit }) as unknown as PaymentRecord[]
   }
 
   autoRecharge(account: string): AutoRechargeRecord | undefined {
@@ -1440,6 +1440,15 @@ export class PaymentBook {
   }
 }
 
+/**
+ * Payments in the order they were made: by the number in their id. An id is `pay_` and its
+ * number padded to 8 digits (`insertPayment`), so past 99,999,999 ids grow longer and text order
+ * is wrong (`pay_100000000` sorts before `pay_99999999`); a longer id is a later one, and among
+ * ids of one length text order is numeric. Keyset cursors compare `(length(id), id)` alike.
+ */
+const PAYMENT_ORDER = "length(id), id"
+const PAYMENT_ORDER_DESC = "length(id) DESC, id DESC"
+
 const prepare = (db: LedgerStore["db"]) => {
   const money = <S extends { safeIntegers(on?: boolean): S }>(stmt: S): S => stmt.safeIntegers(true)
   // Money columns come back as bigint; instants and counts as numbers.
@@ -1464,13 +1473,15 @@ const prepare = (db: LedgerStore["db"]) => {
      */
     countPayments: db.prepare(`SELECT coalesce(max(rowid), 0) AS n FROM payments`),
     payment: rows(`SELECT * FROM payments WHERE id = ?`),
-    payments: rows(`SELECT * FROM payments ORDER BY id`),
-    paymentsOf: rows(`SELECT * FROM payments WHERE account = ? AND id < ? ORDER BY id DESC LIMIT ?`),
+    payments: rows(`SELECT * FROM payments ORDER BY ${PAYMENT_ORDER}`),
+    paymentsOf: rows(
+      `SELECT * FROM payments WHERE account = @account AND (@before IS NULL OR (length(id), id) < (length(@before), @before)) ORDER BY ${PAYMENT_ORDER_DESC} LIMIT @limit`
+    ),
     byIntent: rows(`SELECT * FROM payments WHERE intent_id = ?`),
-    byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY id`),
+    byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY ${PAYMENT_ORDER}`),
     setIntent: db.prepare(`UPDATE payments SET intent_id = ?, updated_at = ? WHERE id = ? AND intent_id IS NULL`),
     casStatus: db.prepare(`UPDATE payments SET status = ?, failure_code = ?, updated_at = ? WHERE id = ? AND status = ?`),
-    nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
+    nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, ${PAYMENT_ORDER_DESC} LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
     refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at, disputed_micros FROM payment_refunds WHERE charge_id = ?`),
@@ -1540,7 +1551,7 @@ const prepare = (db: LedgerStore["db"]) => {
      * flight on it, so its answer counts against the card as if they had never gone.
      */
     restorePending: db.prepare(
-      `UPDATE auto_recharge SET pending_payment = (SELECT id FROM payments WHERE payments.account = auto_recharge.account AND kind = 'auto_recharge' AND status IN ('creating', 'pending') ORDER BY id DESC LIMIT 1)
+      `UPDATE auto_recharge SET pending_payment = (SELECT id FROM payments WHERE payments.account = auto_recharge.account AND kind = 'auto_recharge' AND status IN ('creating', 'pending') ORDER BY ${PAYMENT_ORDER_DESC} LIMIT 1)
        WHERE account = ? AND EXISTS (SELECT 1 FROM auto_recharge_backoff b WHERE b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method)`
     ),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),

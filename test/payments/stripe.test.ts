@@ -1358,6 +1358,35 @@ describe("payment routes", () => {
     }
   })
 
+  it("list payments in the order they were made past pay_99999999, where ids grow a digit, and page across it", async () => {
+    // Proves ids sort by their number, not as text: past 10^8 an id has 9 digits and
+    // `pay_100000000` sorted before `pay_99999999`, so the newest payments were listed last and
+    // a cursor on one side of the boundary skipped or repeated the other. Three payments are
+    // written straight into the table either side of it (rowid = number, as the engine makes
+    // them), then a real top-up takes the next id, pay_100000001.
+    const { w } = await setup()
+    const a = await w.signup("nine@example.com", "0")
+    const insert = w.opened.engine.ledger.db.prepare(
+      `INSERT INTO payments (rowid, id, account, kind, amount_micros, status, created_at, updated_at) VALUES (?, ?, ?, 'topup', 5000000, 'failed', ?, ?)`
+    )
+    const at = w.opened.engine.clock.now()
+    for (const n of [99_999_998, 99_999_999, 100_000_000]) insert.run(n, `pay_${n}`, a.account, at, at)
+    expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "7.00" } })).body.payment.id).toBe("pay_100000001")
+    const first = await w.req("GET", "/billing/payments?limit=2", { key: a.key })
+    expect([first.body.data.map((p: { id: string; amount: string }) => [p.id, p.amount]), first.body.next_before]).toEqual([
+      [
+        ["pay_100000001", "7.00"],
+        ["pay_100000000", "5.00"]
+      ],
+      "pay_100000000"
+    ])
+    const second = await w.req("GET", "/billing/payments?limit=2&before=pay_100000000", { key: a.key })
+    expect([second.body.data.map((p: { id: string }) => p.id), second.body.next_before]).toEqual([["pay_99999999", "pay_99999998"], null])
+    const third = await w.req("GET", "/billing/payments?limit=2&before=pay_99999998", { key: a.key })
+    expect([third.status, third.body]).toEqual([200, { data: [], next_before: null }])
+    expect(w.opened.engine.sup.payments!.payments().map((p) => p.id)).toEqual(["pay_99999998", "pay_99999999", "pay_100000000", "pay_100000001"])
+  })
+
   it("leave auto-recharge to the owner: a member's PUT or DELETE is 403 and changes nothing", async () => {
     // Proves the owner-only rule (security review): a member sharing the wallet could choose
     // the card it is refilled from, or turn the refill off under the owner's running resources.
