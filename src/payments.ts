@@ -13,7 +13,8 @@
  * - Refunds at the provider are booked per charge (`payment_refunds`) so that the charge's
  *   `refund` rows (their `resource` is the payment id, like the top-up row's) always add up to
  *   what the provider really refunded, as far as its events have told us:
- *     booked = made − failed, at least 0 and at most the payment's amount, where
+ *     booked = made − failed, at least 0 and at most the payment's amount less what its other
+ *              charges' rows took (a second charge is never Stripe's: `leftByOthers`), where
  *     made   = the largest of
  *              - Σ amounts of the refunds made, once per refund id, as the provider tells them
  *                by id: a Refund object in `refund.created`, `refund.updated` or
@@ -68,10 +69,12 @@
  * - Disputes (chargebacks) are booked per charge like refunds, as card `refund` rows naming the
  *   payment: disputed = Σ over the charge's disputes of (withdrawn − reinstated), each the
  *   largest the provider told for the dispute id (`payment_disputes`), at most the payment less
- *   what its refunds booked; booked in full even below $0, as a refund is. A dispute credits
+ *   what its refunds (and any other charge of it) booked; booked in full even below $0, as a refund is. A dispute credits
  *   the top-up first if its success has not come yet. The first withdrawal of a dispute notifies
  *   (`payment_disputed`) and turns the account's auto-recharge off until the owner saves it
  *   again; a reinstatement notifies (`payment_dispute_reinstated`) (docs/POLICY.md).
+ * - An event whose amounts are in another currency than the payment's (a dispute, a refund)
+ *   books nothing: it is answered `currency_mismatch`, recorded, and journaled for an operator.
  *
  * The provider is a port: its calls are fire-and-forget and answer through `done`, later
  * (never synchronously), so nothing the provider does runs inside the caller's transaction.
@@ -136,9 +139,17 @@ export type RefundListing =
   | { readonly ok: true; readonly refunds: ReadonlyArray<RefundTold> }
   | { readonly ok: false; readonly code: string; readonly message: string; readonly transient: boolean }
 
+/**
+ * The ISO currency an event's amounts are in, as its object tells it (Stripe's `currency`, lower
+ * case), or null when it does not say. Every payment of ours is in policy.PAYMENT_CURRENCY: an
+ * amount in another one is not comparable with the payment's, and books nothing
+ * (`currency_mismatch`, docs/POLICY.md). The simulator's events leave it out (they are ours).
+ */
+export type Currency = string | null
+
 /** A provider event, decoded once at the boundary (the webhook route, the simulator). */
 export type PaymentEvent =
-  | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null }
+  | { readonly id: string; readonly type: "payment_intent.succeeded"; readonly intent_id: string; readonly amount_cents: number; readonly payment_id: string | null; readonly currency?: Currency }
   | {
       readonly id: string
       readonly type: "payment_intent.payment_failed"
@@ -166,6 +177,8 @@ export type PaymentEvent =
       /** The charge's refunds listed in it (API versions before 2022-11-15 include them), at most REFUNDS_LISTED_MAX. */
       readonly refunds: ReadonlyArray<{ readonly refund_id: string; readonly amount_cents: number }>
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -181,6 +194,8 @@ export type PaymentEvent =
       readonly intent_id: string
       readonly amount_cents: number
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -198,6 +213,8 @@ export type PaymentEvent =
       readonly status: "failed" | "canceled"
       readonly failure_reason: string | null
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | {
       readonly id: string
@@ -219,6 +236,8 @@ export type PaymentEvent =
       readonly status: string | null
       readonly reason: string | null
       readonly payment_id: string | null
+      /** The currency its amounts are in (`Currency`), lower case; null when the object does not say. */
+      readonly currency?: Currency
     }
   | { readonly id: string; readonly type: "ignored"; readonly event_type: string }
 
@@ -255,6 +274,8 @@ export const isCardDecline = (type: string | null, code: string | null): boolean
 const int = (v: unknown): number | null => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null)
 /** A non-empty string Stripe sends (an id, a code), or null. */
 const str = (v: unknown): string | null => (typeof v === "string" && v.length > 0 ? v : null)
+/** The currency a Stripe object tells (`currency`), lower case, or null. */
+const currencyOf = (o: Record<string, unknown>): Currency => str(o["currency"])?.toLowerCase() ?? null
 
 /** Decodes a Stripe `Event` (already verified) into a `PaymentEvent`; null when malformed. */
 export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
@@ -268,7 +289,7 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
   if (e.type === "payment_intent.succeeded") {
     const intent_id = str(o["id"])
     const amount = int(o["amount_received"] ?? o["amount"])
-    return intent_id === null || amount === null ? null : { id: e.id, type: e.type, intent_id, amount_cents: amount, payment_id }
+    return intent_id === null || amount === null ? null : { id: e.id, type: e.type, intent_id, amount_cents: amount, payment_id, currency: currencyOf(o) }
   }
   if (e.type === "payment_intent.payment_failed") {
     const intent_id = str(o["id"])
@@ -309,7 +330,8 @@ export const decodeStripeEvent = (raw: unknown): PaymentEvent | null => {
       previous_refunded_cents: previous,
       created_ms: created === null ? null : created * 1000,
       refunds,
-      payment_id
+      payment_id,
+      currency: currencyOf(o)
     }
   }
   if (REFUND_OBJECT_EVENTS.has(e.type)) return decodeRefund(e.id, e.type, o)
@@ -387,7 +409,8 @@ const decodeDispute = (id: string, event_type: string, o: Record<string, unknown
     reinstated_cents: reinstated,
     status: str(o["status"]),
     reason: str(o["reason"]),
-    payment_id: null
+    payment_id: null,
+    currency: currencyOf(o)
   }
 }
 
@@ -414,9 +437,10 @@ const decodeRefund = (id: string, event_type: string, o: Record<string, unknown>
   // answered and journaled as ignored, not refused: a 4xx makes Stripe retry it for days and
   // may disable the endpoint, top-up events with it.
   if (refund_id === null || charge_id === null || intent_id === null || amount === null || amount === 0) return { id, type: "ignored", event_type }
-  if (ended === null) return { id, type: "refund.made", event_type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id }
+  const currency = currencyOf(o)
+  if (ended === null) return { id, type: "refund.made", event_type, refund_id, charge_id, intent_id, amount_cents: amount, payment_id, currency }
   const reason = o["failure_reason"]
-  return { id, type: "refund.failed", event_type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id }
+  return { id, type: "refund.failed", event_type, refund_id, charge_id, intent_id, amount_cents: amount, status: ended, failure_reason: str(reason), payment_id, currency }
 }
 
 /** What a listed refund is told as (`event_type`, and its `id`: `<refund id>@list`). */
@@ -535,6 +559,7 @@ export type EventOutcome =
   | "nothing"
   | "ignored"
   | "amount_mismatch"
+  | "currency_mismatch"
 
 /**
  * What taking one delivered event did (`PaymentBook.receive`): booked, with its outcome and,
@@ -852,9 +877,9 @@ export class PaymentBook {
     return this.s.payments.all() as unknown as PaymentRecord[]
   }
 
-  /** The account's payments, newest first, before the id `before` (keyset; ids sort in creation order). */
+  /** The account's payments, newest first, before the id `before` (keyset, in the order of PAYMENT_ORDER). */
   paymentsOf(account: string, before: string | null, limit: number): ReadonlyArray<PaymentRecord> {
-    return this.s.paymentsOf.all(account, before ?? "\uffff", limit) as unknown as PaymentRecord[]
+    return this.s.paymentsOf.all({ account, before, limit }) as unknown as PaymentRecord[]
   }
 
   autoRecharge(account: string): AutoRechargeRecord | undefined {
@@ -933,6 +958,11 @@ export class PaymentBook {
     if (e.type === "ignored") return "ignored"
     const p = this.find(e.intent_id, e.payment_id)
     if (p === undefined) return "unmatched"
+    // An amount in another currency than the payment's is not comparable with it: whatever
+    // the event tells (a refund, a dispute, a success), nothing is booked, and the operator is
+    // told by the journal (docs/POLICY.md, Disputes). The event is recorded, as an amount
+    // mismatch is: a resend answers `duplicate`.
+    if (this.otherCurrency(p, e, "event_type" in e ? e.event_type : e.type)) return "currency_mismatch"
     // The provider must have taken what our row asked for: a payment of another amount is
     // not ours to credit; it is recorded (journal, outcome) for an operator, and moves nothing.
     // A refund larger than our payment cannot be of it either.
@@ -988,7 +1018,7 @@ export class PaymentBook {
    * nothing. Returns the amount booked.
    */
   private bookListed(p: PaymentRecord, charge_id: string, r: RefundTold): Micros {
-    if (r.charge_id !== charge_id) return 0n
+    if (r.charge_id !== charge_id || this.otherCurrency(p, r, LISTED_REFUND)) return 0n
     if (r.amount_cents > centsOf(p.amount_micros)) {
       this.journal.append(this.clock.now(), "payment_amount_mismatch", { payment: p.id, ours_cents: centsOf(p.amount_micros), provider_cents: r.amount_cents })
       return 0n
@@ -998,12 +1028,45 @@ export class PaymentBook {
     return this.bookMade(p, r)
   }
 
-  /** The charge's refund record, made for the payment if new; undefined if it is another payment's. */
+  /**
+   * Whether the event's amounts are in another currency than the payment's (policy.PAYMENT_CURRENCY;
+   * one that does not say is taken as the payment's), journaled for an operator if so
+   * (`payment_currency_mismatch`).
+   */
+  private otherCurrency(p: PaymentRecord, e: { readonly id: string; readonly currency?: Currency }, told_as: string): boolean {
+    if (e.currency === undefined || e.currency === null || e.currency === policy.PAYMENT_CURRENCY) return false
+    this.journal.append(this.clock.now(), "payment_currency_mismatch", { payment: p.id, event: e.id, type: told_as, ours: policy.PAYMENT_CURRENCY, provider: e.currency })
+    return true
+  }
+
+  /**
+   * The charge's refund record, made for the payment if new; undefined if it is another
+   * payment's. A second charge of one payment is journaled for an operator
+   * (`payment_second_charge`): Stripe makes at most one successful charge per PaymentIntent, and
+   * only a successful one is refunded or disputed, so it is a forged or buggy event; what it
+   * books is capped by what the payment's first charge left (`leftByOthers`).
+   */
   private chargeOf(charge_id: string, p: PaymentRecord): RefundRecord | undefined {
-    this.s.insertRefund.run(charge_id, p.id)
+    const made = this.s.insertRefund.run(charge_id, p.id).changes === 1
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord | undefined
     assert(charge !== undefined, () => `refund record of ${charge_id} not written`)
-    return charge.payment_id === p.id ? charge : undefined
+    if (charge.payment_id !== p.id) return undefined
+    const others = made ? Number((this.s.otherCharges.get(p.id, charge_id) as { n: bigint }).n) : 0
+    if (others > 0) this.journal.append(this.clock.now(), "payment_second_charge", { payment: p.id, charge: charge_id, other_charges: others })
+    return charge
+  }
+
+  /**
+   * What the payment's charges other than `charge_id` leave of it: its amount less what their
+   * refund and dispute rows took. A charge's refunds, and then its disputes, are capped by it, so
+   * what the payment's card rows take in all (refunded + disputed, not reinstated) never exceeds
+   * the payment, however many charge ids its events name. Before, the cap was per charge: two
+   * charges of one payment could take it twice (docs/POLICY.md, Disputes). Each charge only
+   * takes what the others left when it books: the first to book keeps it.
+   */
+  private leftByOthers(p: PaymentRecord, charge_id: string): Micros {
+    const others = this.s.otherCharges.get(p.id, charge_id) as { taken_micros: bigint }
+    return others.taken_micros < p.amount_micros ? p.amount_micros - others.taken_micros : 0n
   }
 
   /**
@@ -1020,7 +1083,10 @@ export class PaymentBook {
     // Refunds made can add up to more than the charge when some failed (Stripe gives a failed
     // refund's amount back to the charge, to be refunded again): the cap comes after them.
     const net = made > failed ? made - failed : 0n
-    const target = net < p.amount_micros ? net : p.amount_micros
+    // The cap is the payment's, not the charge's: what the payment's other charges booked
+    // (refunds and disputes) is not this charge's to take again (`leftByOthers`).
+    const room = this.leftByOthers(p, charge_id)
+    const target = net < room ? net : room
     assert(target >= 0n && target <= p.amount_micros, () => `refund target ${target} of ${p.id} outside its amount`)
     // Money is booked as refunded only once the payment is credited (charge.refunded credits
     // it first); a failure that came before any refund was reported books nothing.
@@ -1119,15 +1185,16 @@ export class PaymentBook {
 
   /**
    * Makes the charge's dispute rows add up to what its disputes took at the provider (withdrawn
-   * less reinstated, per dispute), at most what the refunds left of the payment, with one row
+   * less reinstated, per dispute), at most what the charge's refunds and the payment's other
+   * charges (`leftByOthers`) left of the payment, with one row
    * for the difference. Returns the amount booked: negative when a dispute takes, positive when
    * it gives back (or a refund took its place).
    */
   private bookDisputes(p: PaymentRecord, charge_id: string, dispute_id: string | null): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const net = (this.s.disputedOf.get(charge_id) as { net_micros: bigint }).net_micros
-    const room = p.amount_micros - charge.refunded_micros
-    assert(room >= 0n, () => `refunds of ${p.id} above its amount`)
+    const room = this.leftByOthers(p, charge_id) - charge.refunded_micros
+    assert(room >= 0n, () => `card rows of ${p.id} above its amount`)
     const target = net < room ? net : room
     assert(target >= 0n, () => `dispute target ${target} of ${p.id} below 0`)
     assert(target === 0n || this.payment(p.id)!.status === "succeeded", () => `dispute booked on ${p.id} before its credit`)
@@ -1373,6 +1440,15 @@ export class PaymentBook {
   }
 }
 
+/**
+ * Payments in the order they were made: by the number in their id. An id is `pay_` and its
+ * number padded to 8 digits (`insertPayment`), so past 99,999,999 ids grow longer and text order
+ * is wrong (`pay_100000000` sorts before `pay_99999999`); a longer id is a later one, and among
+ * ids of one length text order is numeric. Keyset cursors compare `(length(id), id)` alike.
+ */
+const PAYMENT_ORDER = "length(id), id"
+const PAYMENT_ORDER_DESC = "length(id) DESC, id DESC"
+
 const prepare = (db: LedgerStore["db"]) => {
   const money = <S extends { safeIntegers(on?: boolean): S }>(stmt: S): S => stmt.safeIntegers(true)
   // Money columns come back as bigint; instants and counts as numbers.
@@ -1397,13 +1473,15 @@ const prepare = (db: LedgerStore["db"]) => {
      */
     countPayments: db.prepare(`SELECT coalesce(max(rowid), 0) AS n FROM payments`),
     payment: rows(`SELECT * FROM payments WHERE id = ?`),
-    payments: rows(`SELECT * FROM payments ORDER BY id`),
-    paymentsOf: rows(`SELECT * FROM payments WHERE account = ? AND id < ? ORDER BY id DESC LIMIT ?`),
+    payments: rows(`SELECT * FROM payments ORDER BY ${PAYMENT_ORDER}`),
+    paymentsOf: rows(
+      `SELECT * FROM payments WHERE account = @account AND (@before IS NULL OR (length(id), id) < (length(@before), @before)) ORDER BY ${PAYMENT_ORDER_DESC} LIMIT @limit`
+    ),
     byIntent: rows(`SELECT * FROM payments WHERE intent_id = ?`),
-    byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY id`),
+    byStatus: rows(`SELECT * FROM payments WHERE status = ? ORDER BY ${PAYMENT_ORDER}`),
     setIntent: db.prepare(`UPDATE payments SET intent_id = ?, updated_at = ? WHERE id = ? AND intent_id IS NULL`),
     casStatus: db.prepare(`UPDATE payments SET status = ?, failure_code = ?, updated_at = ? WHERE id = ? AND status = ?`),
-    nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, id DESC LIMIT 1 OFFSET ?`),
+    nthRecentRecharge: db.prepare(`SELECT created_at FROM payments WHERE account = ? AND kind = 'auto_recharge' ORDER BY created_at DESC, ${PAYMENT_ORDER_DESC} LIMIT 1 OFFSET ?`),
     event: db.prepare(`SELECT 1 FROM payment_events WHERE id = ?`),
     insertEvent: db.prepare(`INSERT INTO payment_events (id, type, received_at, outcome) VALUES (?, ?, ?, ?)`),
     refund: rows(`SELECT charge_id, payment_id, refunded_micros, gross_micros, reported_micros, legacy_micros, legacy_at, disputed_micros FROM payment_refunds WHERE charge_id = ?`),
@@ -1418,6 +1496,8 @@ const prepare = (db: LedgerStore["db"]) => {
     setDisputeReinstated: db.prepare(`UPDATE payment_disputes SET reinstated_micros = ?, updated_at = ? WHERE dispute_id = ?`),
     /** What the charge's disputes took at the provider and kept: withdrawn less reinstated, per dispute. */
     disputedOf: rows(`SELECT coalesce(sum(withdrawn_micros - min(reinstated_micros, withdrawn_micros)), 0) AS net_micros FROM payment_disputes WHERE charge_id = ?`),
+    /** The payment's charges other than the one given: how many, and what their card rows took (refunds and disputes). */
+    otherCharges: rows(`SELECT count(*) AS n, coalesce(sum(refunded_micros + disputed_micros), 0) AS taken_micros FROM payment_refunds WHERE payment_id = ? AND charge_id <> ?`),
     insertRefund: db.prepare(`INSERT INTO payment_refunds (charge_id, payment_id, refunded_micros) VALUES (?, ?, 0) ON CONFLICT(charge_id) DO NOTHING`),
     reportRefund: db.prepare(`UPDATE payment_refunds SET gross_micros = ?, reported_micros = max(reported_micros, ?) WHERE charge_id = ?`),
     setRefunded: db.prepare(`UPDATE payment_refunds SET refunded_micros = ? WHERE charge_id = ?`),
@@ -1471,7 +1551,7 @@ const prepare = (db: LedgerStore["db"]) => {
      * flight on it, so its answer counts against the card as if they had never gone.
      */
     restorePending: db.prepare(
-      `UPDATE auto_recharge SET pending_payment = (SELECT id FROM payments WHERE payments.account = auto_recharge.account AND kind = 'auto_recharge' AND status IN ('creating', 'pending') ORDER BY id DESC LIMIT 1)
+      `UPDATE auto_recharge SET pending_payment = (SELECT id FROM payments WHERE payments.account = auto_recharge.account AND kind = 'auto_recharge' AND status IN ('creating', 'pending') ORDER BY ${PAYMENT_ORDER_DESC} LIMIT 1)
        WHERE account = ? AND EXISTS (SELECT 1 FROM auto_recharge_backoff b WHERE b.account = auto_recharge.account AND b.payment_method = auto_recharge.payment_method)`
     ),
     setCustomer: db.prepare(`UPDATE auto_recharge SET customer = ? WHERE account = ?`),

@@ -157,7 +157,11 @@ export const TOP_UP_PENDING_MAX = 10
 export const TOP_UP_PENDING_WINDOW_MS = 24 * MS_PER_HOUR
 /** Webhook signatures older than this (engine clock) are refused (stripe-node's default). */
 export const WEBHOOK_TOLERANCE_S = 300
-/** The currency of every card payment. */
+/**
+ * The currency of every card payment. A provider event that tells another currency (a dispute,
+ * a refund) books nothing: its amount is not comparable with the payment's (docs/POLICY.md,
+ * Disputes).
+ */
 export const PAYMENT_CURRENCY = "usd"
 
 /** A resource id is what the user or timeline names it; keep it printable and short. */

@@ -4,7 +4,7 @@ import { mkdtempSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { Either } from "effect"
-import { MIGRATIONS } from "../src/ledger/migrations.js"
+import { MIGRATIONS, registerMigrationFunctions } from "../src/ledger/migrations.js"
 import { runTimeline, type RunOptions, type RunResult } from "../sim/runner.js"
 import { decodeTimeline, type Timeline } from "../sim/timeline.js"
 
@@ -103,6 +103,7 @@ export const DRILL_RESTARTS: ReadonlyArray<number> = [30_000, 61_000, 16 * MIN, 
 export const databaseAtVersion = (file: string, version: number): Database.Database => {
   const old = new Database(file)
   old.exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
+  registerMigrationFunctions(old)
   for (const m of MIGRATIONS.filter((x) => x.version <= version)) {
     old.exec(m.sql)
     old.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, ?)`).run(m.version, m.name)

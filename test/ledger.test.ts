@@ -76,7 +76,8 @@ describe("migrations", () => {
       { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" },
       { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" },
       { version: 17, name: "payments: disputes (chargebacks), by dispute id" },
-      { version: 18, name: "auto-recharge: the backoff outlives the settings" }
+      { version: 18, name: "auto-recharge: the backoff outlives the settings" },
+      { version: 19, name: "accounts: emails stored decomposed, composed (NFC)" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -235,11 +236,59 @@ describe("migrations", () => {
     ])
   })
 
+  it("compose a version-18 database's decomposed emails (NFC), keeping both users and journaling the rest when two are one address", () => {
+    // Proves migration 19: an email stored decomposed is composed, with the pending invites to
+    // it. When two users' emails compose to one address, neither is merged nor is the migration
+    // failed: the user already composed keeps the address (`josé`, signed up after sign-up
+    // composed emails), else the first to sign up takes it (`ậ`: a + U+0323 + U+0302 and
+    // a + U+0302 + U+0323 are one letter); every other keeps its email as stored and is
+    // journaled for an operator, and an invite to exactly its stored email stays its own.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ecolink-ledger-"))
+    tempDirs.push(dir)
+    const file = path.join(dir, "ledger.sqlite")
+    const old = databaseAtVersion(file, 18)
+    old.exec(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acme', 0, 0)`)
+    old.prepare(`INSERT INTO journal (at, kind, payload) VALUES (500, 'boot', '{}')`).run()
+    const user = old.prepare(`INSERT INTO api_users (id, email, created_at) VALUES (?, ?, ?)`)
+    user.run("usr-rene", "rene\u0301@example.com", 10)
+    user.run("usr-jose-old", "jose\u0301@example.com", 20)
+    user.run("usr-jose-new", "jos\u00e9@example.com", 30)
+    user.run("usr-a-2", "\u0061\u0302\u0323@example.com", 50)
+    user.run("usr-a-1", "\u0061\u0323\u0302@example.com", 40)
+    user.run("usr-plain", "ada@example.com", 60)
+    const invite = old.prepare(
+      `INSERT INTO api_invites (id, account, email, role, secret, invited_by, created_at, expires_at) VALUES (?, 'acme', ?, 'member', 's', 'usr-plain', 0, 1)`
+    )
+    invite.run("inv-rene", "rene\u0301@example.com")
+    invite.run("inv-jose-old", "jose\u0301@example.com")
+    old.close()
+    const store = LedgerStore.open(file)
+    stores.push(store)
+    expect(schemaVersions(store)).toEqual(ALL_VERSIONS())
+    expect(store.db.prepare(`SELECT id, email FROM api_users ORDER BY rowid`).all()).toEqual([
+      { id: "usr-rene", email: "ren\u00e9@example.com" },
+      { id: "usr-jose-old", email: "jose\u0301@example.com" },
+      { id: "usr-jose-new", email: "jos\u00e9@example.com" },
+      { id: "usr-a-2", email: "\u0061\u0302\u0323@example.com" },
+      { id: "usr-a-1", email: "\u1ead@example.com" },
+      { id: "usr-plain", email: "ada@example.com" }
+    ])
+    expect(store.db.prepare(`SELECT id, email FROM api_invites ORDER BY rowid`).all()).toEqual([
+      { id: "inv-rene", email: "ren\u00e9@example.com" },
+      { id: "inv-jose-old", email: "jose\u0301@example.com" }
+    ])
+    expect(store.journalEntries().map((j) => [j.at, j.kind, JSON.parse(j.payload)])).toEqual([
+      [500, "boot", {}],
+      [500, "email_not_composed", { user: "usr-jose-old", email: "jose\u0301@example.com", composed: "jos\u00e9@example.com", held_by: "usr-jose-new" }],
+      [500, "email_not_composed", { user: "usr-a-2", email: "\u0061\u0302\u0323@example.com", composed: "\u1ead@example.com", held_by: "usr-a-1" }]
+    ])
+  })
+
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(18)
-    expect(schemaVersions(store)).toHaveLength(18)
+    expect(migrate(store.db)).toBe(19)
+    expect(schemaVersions(store)).toHaveLength(19)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -265,9 +314,9 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (19, 'from the future')`).run()
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (20, 'from the future')`).run()
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 19 is newer than this engine knows \(18\)/)
+    expect(() => LedgerStore.open(file)).toThrow(/schema version 20 is newer than this engine knows \(19\)/)
   })
 })
 

@@ -470,8 +470,50 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
         retry_at         INTEGER
       ) STRICT;
     `
+  },
+  {
+    version: 19,
+    name: "accounts: emails stored decomposed, composed (NFC)",
+    // src/api/routes/accounts.ts (`normalEmail`). Emails have been stored composed (Unicode NFC:
+    // `e` + U+0301 is `é`) since the sign-up and invite routes compose them, but one stored
+    // before in decomposed form stayed so: signing up with the address it shows made a second
+    // account that passed for the first in a team's member list, and an invite to it (now
+    // composed) was 403 invite_email_mismatch. Each is composed here (`ecolink_nfc`,
+    // `registerMigrationFunctions`). When two users' emails are one address once composed,
+    // neither is merged into the other nor is the migration failed (each has its own accounts, keys and
+    // memberships; which person owns the address is not ours to guess): the user already
+    // composed keeps it, else the one who signed up first (created_at, then row) takes it, and
+    // every other keeps its email as stored, still signing in by its keys, and is journaled
+    // (`email_not_composed`: the user, its email, the composed form and the user who holds it)
+    // for an operator to settle. A pending invite is composed with its address, except one sent
+    // to exactly such a user's stored email, which stays theirs to accept.
+    sql: `
+      UPDATE api_users SET email = ecolink_nfc(email)
+      WHERE email <> ecolink_nfc(email)
+        AND NOT EXISTS (SELECT 1 FROM api_users o WHERE o.email = ecolink_nfc(api_users.email))
+        AND NOT EXISTS (
+          SELECT 1 FROM api_users o
+          WHERE o.rowid <> api_users.rowid AND o.email <> ecolink_nfc(o.email) AND ecolink_nfc(o.email) = ecolink_nfc(api_users.email)
+            AND (o.created_at, o.rowid) < (api_users.created_at, api_users.rowid)
+        );
+      INSERT INTO journal (at, kind, payload)
+        SELECT coalesce((SELECT max(at) FROM journal), 0), 'email_not_composed',
+               json_object('user', u.id, 'email', u.email, 'composed', ecolink_nfc(u.email), 'held_by', (SELECT o.id FROM api_users o WHERE o.email = ecolink_nfc(u.email)))
+        FROM api_users u WHERE u.email <> ecolink_nfc(u.email) ORDER BY u.created_at, u.rowid;
+      UPDATE api_invites SET email = ecolink_nfc(email)
+      WHERE email <> ecolink_nfc(email) AND NOT EXISTS (SELECT 1 FROM api_users u WHERE u.email = api_invites.email);
+    `
   }
 ]
+
+/**
+ * SQL functions the migrations use, registered on the connection before they run: SQLite has
+ * no Unicode normalisation of its own. Deterministic, so a migration reads the same on every
+ * replica.
+ */
+export const registerMigrationFunctions = (db: Database.Database): void => {
+  db.function("ecolink_nfc", { deterministic: true }, (text: unknown) => (typeof text === "string" ? text.normalize("NFC") : text))
+}
 
 /** Applies every migration newer than the database's version. Returns the new version. */
 export const migrate = (db: Database.Database): number => {
@@ -481,6 +523,7 @@ export const migrate = (db: Database.Database): number => {
   if (current > known) {
     throw new Error(`database schema version ${current} is newer than this engine knows (${known}); refusing to run`)
   }
+  registerMigrationFunctions(db)
   for (const m of MIGRATIONS) {
     if (m.version <= current) continue
     db.transaction(() => {

@@ -6,6 +6,8 @@
 import { createHash } from "node:crypto"
 import { afterEach, describe, expect, it } from "vitest"
 import { ApiStore, REVOKED_KEYS_KEPT } from "../../src/api/store.js"
+import { sha256 } from "../../src/api/secrets.js"
+import { databaseAtVersion, tmpDb } from "../helpers.js"
 import { OPERATOR_KEY, START, ledgerOf, stateOf, world, type World } from "./harness.js"
 
 let w: World
@@ -109,6 +111,32 @@ describe("sign-up and keys", () => {
     expect([invite.status, invite.body.email]).toEqual([201, "jos\u00e9@example.com"])
     const accepted = await w.req("POST", `/invites/${(invite.body.invite_url as string).split("/invites/")[1]}/accept`, { key: jose.key })
     expect(accepted.status).toBe(201)
+  })
+
+  it("composes an email stored decomposed before emails were composed (migration 19): its address signs up no second account, and its invites are accepted", async () => {
+    // Proves migration 19 on a database an engine at schema 18 left: `jose\u0301@example.com`,
+    // signed up before sign-up composed emails, stayed decomposed, so `josé@example.com` signed
+    // up as a second account (201) that passed for the first, and an invite to the address
+    // (stored composed) was 403 invite_email_mismatch for its owner. Composed at upgrade, the
+    // sign-up is 409 email_taken, the member list shows the composed address, and the invite
+    // is accepted with the old user's key.
+    const file = tmpDb()
+    const old = databaseAtVersion(file, 18)
+    old.exec(`INSERT INTO accounts (id, balance_micros, created_at) VALUES ('acct-old', 0, 0)`)
+    old.prepare(`INSERT INTO api_users (id, email, created_at) VALUES ('usr-old', ?, 0)`).run("jose\u0301@example.com")
+    old.exec(`INSERT INTO api_memberships (account, user_id, role, joined_at) VALUES ('acct-old', 'usr-old', 'owner', 0)`)
+    const secret = "s".repeat(43)
+    old.prepare(`INSERT INTO api_keys (id, account, user_id, name, secret_sha256, created_at) VALUES ('oldkeyoldkey', 'acct-old', 'usr-old', 'default', ?, 0)`).run(sha256(secret))
+    old.close()
+    w = await world({}, { db: file })
+    const twin = await w.req("POST", "/accounts", { body: { email: "jos\u00e9@example.com" } })
+    expect([twin.status, twin.body.error]).toEqual([409, "email_taken"])
+    const key = `eco_oldkeyoldkey_${secret}`
+    expect((await w.req("GET", "/team/members", { key })).body.data).toEqual([{ user_id: "usr-old", email: "jos\u00e9@example.com", role: "owner", joined_at: "1970-01-01T00:00:00.000Z" }])
+    const owner = await w.signup("owner@example.com")
+    const invite = await w.req("POST", "/team/invites", { key: owner.key, body: { email: "jos\u00e9@example.com" } })
+    const accepted = await w.req("POST", `/invites/${(invite.body.invite_url as string).split("/invites/")[1]}/accept`, { key })
+    expect([accepted.status, accepted.body.account]).toEqual([201, owner.account])
   })
 
   it("creates, lists (without secrets) and revokes keys; a revoked key is 401", async () => {

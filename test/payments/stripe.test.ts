@@ -825,6 +825,94 @@ describe("disputes (chargebacks) at Stripe", () => {
     expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "5.00" } })).status).toBe(201)
   })
 
+  it("take no more than the payment across all its charges, when signed events name a second charge of one PaymentIntent", async () => {
+    // Proves the cap is the payment's, not the charge's (fourth review): Stripe makes at most
+    // one successful charge per PaymentIntent, so a refund or dispute of another charge id for
+    // the same payment is a forged or buggy event, but a signed one. A $25 top-up refunded $10
+    // on its real charge, then disputed for $25 on `ch_forged_1` and refunded in full on
+    // `ch_forged_2`: the dispute takes the $15 left and the second refund nothing, so the card
+    // rows add up to −$25. Capped per charge, the payment gave back $60 (−10, −25, −25).
+    const { w, server, clock } = await setup()
+    const { a, pi, client } = await confirmedTopUp({ w, server }, "twin@example.com", "pm_card_visa")
+    await client.refunds.create({ payment_intent: pi, amount: 1000 })
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"],
+      [200, "refunded"]
+    ])
+    const signed = (id: string, type: string, object: Record<string, unknown>, previous?: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object, ...(previous === undefined ? {} : { previous_attributes: previous }) } })
+      return server.deliver({ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) }))
+    }
+    const dispute = { id: "du_twin", object: "dispute", amount: 2500, currency: "usd", charge: "ch_forged_1", payment_intent: pi, status: "needs_response", reason: "fraudulent" }
+    const charge = { id: "ch_forged_2", object: "charge", amount: 2500, amount_refunded: 2500, currency: "usd", payment_intent: pi }
+    expect(outcomes([await signed("evt_twin_1", "charge.dispute.funds_withdrawn", dispute), await signed("evt_twin_2", "charge.refunded", charge, { amount_refunded: 0 })])).toEqual([
+      [200, "disputed"],
+      [200, "nothing"]
+    ])
+    expect(disputeRows(w, a.account)).toEqual([
+      ["topup", "25.00", "25.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["refund", "-10.00", "15.00", "pay_00000001", "Refund to card of top-up pay_00000001"],
+      ["refund", "-15.00", "0.00", "pay_00000001", "Dispute (chargeback) of top-up pay_00000001 (du_twin)"]
+    ])
+    expect(
+      w.opened.engine.ledger
+        .journalEntries()
+        .filter((j) => j.kind === "payment_second_charge")
+        .map((j) => j.payload)
+    ).toEqual(['{"payment":"pay_00000001","charge":"ch_forged_1","other_charges":1}', '{"payment":"pay_00000001","charge":"ch_forged_2","other_charges":2}'])
+    // Won, the dispute gives back what it took, and only that.
+    expect(outcomes([await signed("evt_twin_3", "charge.dispute.funds_reinstated", dispute)])).toEqual([[200, "dispute_reinstated"]])
+    expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "15.00" })
+  })
+
+  it("book nothing for a dispute or refund in another currency than the payment's, and journal it for an operator", async () => {
+    // Proves the Decision in docs/POLICY.md (Disputes): an amount in another currency is not
+    // comparable with the payment's. A $25 top-up (usd) is told disputed for 2500 eur and
+    // refunded 1000 jpy by signed events: each answers currency_mismatch, books nothing (read
+    // as dollars they took $35), is journaled, and a resend is a duplicate. The same dispute
+    // told in usd is then booked as any other, once.
+    const { w, server, clock } = await setup()
+    const { a, pi } = await confirmedTopUp({ w, server }, "euro@example.com", "pm_card_visa")
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    const signed = (id: string, type: string, object: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object } })
+      return server.deliver({ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) }))
+    }
+    const dispute = { id: "du_eur", object: "dispute", amount: 2500, currency: "eur", charge: "ch_eur", payment_intent: pi, status: "needs_response", reason: "fraudulent" }
+    const refund = { id: "re_jpy", object: "refund", amount: 1000, currency: "jpy", charge: "ch_eur", payment_intent: pi, status: "succeeded" }
+    expect(
+      outcomes([
+        await signed("evt_eur_1", "charge.dispute.funds_withdrawn", dispute),
+        await signed("evt_jpy_1", "refund.created", refund),
+        await signed("evt_eur_1", "charge.dispute.funds_withdrawn", dispute)
+      ])
+    ).toEqual([
+      [200, "currency_mismatch"],
+      [200, "currency_mismatch"],
+      [200, "duplicate"]
+    ])
+    expect(ledgerOf(w, a.account)).toEqual([["topup", "25.00", "pay_00000001"]])
+    expect(disputeNotes(w)).toEqual([])
+    expect(
+      w.opened.engine.ledger
+        .journalEntries()
+        .filter((j) => j.kind === "payment_currency_mismatch")
+        .map((j) => j.payload)
+    ).toEqual([
+      '{"payment":"pay_00000001","event":"evt_eur_1","type":"charge.dispute.funds_withdrawn","ours":"usd","provider":"eur"}',
+      '{"payment":"pay_00000001","event":"evt_jpy_1","type":"refund.created","ours":"usd","provider":"jpy"}'
+    ])
+    expect(outcomes([await signed("evt_usd_1", "charge.dispute.funds_withdrawn", { ...dispute, currency: "usd" })])).toEqual([[200, "disputed"]])
+    expect(ledgerOf(w, a.account)).toEqual([
+      ["topup", "25.00", "pay_00000001"],
+      ["refund", "-25.00", "pay_00000001"]
+    ])
+  })
+
   it("are decoded from Stripe's Dispute object: withdrawn and reinstated by balance transaction, else by event type", () => {
     // Proves the boundary: an inquiry without money moved proves nothing; a withdrawal in the
     // dispute's currency counts its gross amount (not Stripe's fee); one in another currency
@@ -844,7 +932,8 @@ describe("disputes (chargebacks) at Stripe", () => {
       reinstated_cents: 0,
       status: "warning_needs_response",
       reason: "fraudulent",
-      payment_id: null
+      payment_id: null,
+      currency: "usd"
     })
     const out = { amount: -2500, currency: "usd", fee: 1500 }
     const back = { amount: 1000, currency: "usd", fee: 0 }
@@ -910,7 +999,8 @@ describe("refunds told by id", () => {
           charge_id: "ch_1",
           intent_id: "pi_1",
           amount_cents: 500,
-          payment_id: null
+          payment_id: null,
+          currency: null
         })
       }
       for (const broken of [{ charge: null }, { amount: 0 }, { status: "unknown" }, { payment_intent: null }]) {
@@ -934,8 +1024,8 @@ describe("refunds told by id", () => {
     // A listed refund (GET /v1/refunds) reads like an event's: of this charge only, in the order given.
     const failed = { ...refund, id: "re_2", status: "canceled", failure_reason: "merchant_request" }
     expect(decodeListedRefunds("ch_1", [refund, { ...refund, id: "re_9", charge: "ch_2" }, { ...refund, status: "unknown" }, 7, failed])).toEqual([
-      { id: "re_1@list", type: "refund.made", event_type: LISTED_REFUND, refund_id: "re_1", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, payment_id: null },
-      { id: "re_2@list", type: "refund.failed", event_type: LISTED_REFUND, refund_id: "re_2", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, status: "canceled", failure_reason: "merchant_request", payment_id: null }
+      { id: "re_1@list", type: "refund.made", event_type: LISTED_REFUND, refund_id: "re_1", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, payment_id: null, currency: null },
+      { id: "re_2@list", type: "refund.failed", event_type: LISTED_REFUND, refund_id: "re_2", charge_id: "ch_1", intent_id: "pi_1", amount_cents: 500, status: "canceled", failure_reason: "merchant_request", payment_id: null, currency: null }
     ])
   })
 
@@ -1266,6 +1356,35 @@ describe("payment routes", () => {
       const r = await w.req("GET", `/billing/payments?limit=${limit}`, { key: a.key })
       expect([r.status, r.body]).toEqual([400, { error: "invalid_request", message: "limit must be from 1 to 100", field: "limit" }])
     }
+  })
+
+  it("list payments in the order they were made past pay_99999999, where ids grow a digit, and page across it", async () => {
+    // Proves ids sort by their number, not as text: past 10^8 an id has 9 digits and
+    // `pay_100000000` sorted before `pay_99999999`, so the newest payments were listed last and
+    // a cursor on one side of the boundary skipped or repeated the other. Three payments are
+    // written straight into the table either side of it (rowid = number, as the engine makes
+    // them), then a real top-up takes the next id, pay_100000001.
+    const { w } = await setup()
+    const a = await w.signup("nine@example.com", "0")
+    const insert = w.opened.engine.ledger.db.prepare(
+      `INSERT INTO payments (rowid, id, account, kind, amount_micros, status, created_at, updated_at) VALUES (?, ?, ?, 'topup', 5000000, 'failed', ?, ?)`
+    )
+    const at = w.opened.engine.clock.now()
+    for (const n of [99_999_998, 99_999_999, 100_000_000]) insert.run(n, `pay_${n}`, a.account, at, at)
+    expect((await w.req("POST", "/billing/top-ups", { key: a.key, body: { amount: "7.00" } })).body.payment.id).toBe("pay_100000001")
+    const first = await w.req("GET", "/billing/payments?limit=2", { key: a.key })
+    expect([first.body.data.map((p: { id: string; amount: string }) => [p.id, p.amount]), first.body.next_before]).toEqual([
+      [
+        ["pay_100000001", "7.00"],
+        ["pay_100000000", "5.00"]
+      ],
+      "pay_100000000"
+    ])
+    const second = await w.req("GET", "/billing/payments?limit=2&before=pay_100000000", { key: a.key })
+    expect([second.body.data.map((p: { id: string }) => p.id), second.body.next_before]).toEqual([["pay_99999999", "pay_99999998"], null])
+    const third = await w.req("GET", "/billing/payments?limit=2&before=pay_99999998", { key: a.key })
+    expect([third.status, third.body]).toEqual([200, { data: [], next_before: null }])
+    expect(w.opened.engine.sup.payments!.payments().map((p) => p.id)).toEqual(["pay_99999998", "pay_99999999", "pay_100000000", "pay_100000001"])
   })
 
   it("leave auto-recharge to the owner: a member's PUT or DELETE is 403 and changes nothing", async () => {
