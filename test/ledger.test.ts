@@ -76,7 +76,8 @@ describe("migrations", () => {
       { version: 15, name: "clock mark: the latest instant the database holds, and up to which rows" },
       { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" },
       { version: 17, name: "payments: disputes (chargebacks), by dispute id" },
-      { version: 18, name: "auto-recharge: the backoff outlives the settings" }
+      { version: 18, name: "auto-recharge: the backoff outlives the settings" },
+      { version: 19, name: "resources: the format of each stored snapshot" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -238,8 +239,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(18)
-    expect(schemaVersions(store)).toHaveLength(18)
+    expect(migrate(store.db)).toBe(MIGRATIONS[MIGRATIONS.length - 1]!.version)
+    expect(schemaVersions(store)).toHaveLength(MIGRATIONS.length)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -265,9 +266,10 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (19, 'from the future')`).run()
+    const known = MIGRATIONS[MIGRATIONS.length - 1]!.version
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, 'from the future')`).run(known + 1)
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 19 is newer than this engine knows \(18\)/)
+    expect(() => LedgerStore.open(file)).toThrow(`schema version ${known + 1} is newer than this engine knows (${known})`)
   })
 })
 
