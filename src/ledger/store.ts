@@ -88,10 +88,10 @@ export interface ResourceRecord {
   readonly status: string
   readonly live: boolean
   readonly snapshot: string
-  /** The snapshot's format (src/snapshots.ts `SNAPSHOT_VERSION`); 0: written before formats were recorded. */
-  readonly snapshot_version: number
   readonly created_at: number
   readonly updated_at: number
+  /** The snapshot's format (src/snapshots.ts `SNAPSHOT_VERSION`); 0: written before formats were recorded. */
+  readonly snapshot_version: number
 }
 
 export interface JournalEntry {
@@ -990,7 +990,8 @@ const TRANSITION_COLUMNS = "id, at, resource, from_state, to_state, reason"
 type TransitionColumns = readonly [number, number, string, string | null, string, string | null]
 const transitionOf = (c: TransitionColumns): Transition => ({ id: c[0], at: c[1], resource: c[2], from_state: c[3], to_state: c[4], reason: c[5] })
 
-const RESOURCE_COLUMNS = "id, account, kind, status, live, snapshot, snapshot_version, created_at, updated_at"
+// In the table's column order (`snapshot_version` came with migration 19), as `SELECT *` reads a row.
+const RESOURCE_COLUMNS = "id, account, kind, status, live, snapshot, created_at, updated_at, snapshot_version"
 type ResourceColumns = readonly [string, string, string, string, number, string, number, number, number]
 const resourceOf = (c: ResourceColumns): ResourceRecord => ({
   id: c[0],
@@ -999,7 +1000,7 @@ const resourceOf = (c: ResourceColumns): ResourceRecord => ({
   status: c[3],
   live: c[4] === 1,
   snapshot: c[5],
-  snapshot_version: c[6],
-  created_at: c[7],
-  updated_at: c[8]
+  created_at: c[6],
+  updated_at: c[7],
+  snapshot_version: c[8]
 })
