@@ -33,13 +33,11 @@ export interface StorageContext extends StorageInput {
   readonly attached_to: ReadonlyArray<string>
   /**
    * While suspended, the instances it was disconnected from, which get it back when it is
-   * restored; empty otherwise. (Snapshots written before it existed lack it: read as empty.)
+   * restored; empty otherwise. (A snapshot written before it existed is given an empty one when
+   * read: src/snapshots.ts.)
    */
   readonly suspended_from: ReadonlyArray<string>
 }
-
-/** The instances suspended storage goes back to when restored (empty in an older snapshot). */
-export const suspendedFrom = (ctx: StorageContext): ReadonlyArray<string> => ctx.suspended_from ?? []
 
 /** One day of the storage, in micros: `size_gb × daily rate` (SPEC §5). */
 export const dayMicrosOf = (ctx: Pick<StorageInput, "daily_rate_micros" | "size_gb">): bigint => BigInt(ctx.daily_rate_micros) * BigInt(ctx.size_gb)
@@ -71,14 +69,14 @@ export const storageMachine = setup({
     // An instance that stopped while its storage was suspended gets nothing back.
     forget: assign(({ context, event }) => {
       assertEvent(event, "detach")
-      return { suspended_from: suspendedFrom(context).filter((i) => i !== event.instance) }
+      return { suspended_from: context.suspended_from.filter((i) => i !== event.instance) }
     }),
-    reattach: assign(({ context }) => ({ attached_to: suspendedFrom(context), suspended_from: [] }))
+    reattach: assign(({ context }) => ({ attached_to: context.suspended_from, suspended_from: [] }))
   },
   guards: {
     // Nothing stays attached once this instance lets go (however many times it was attached).
     lastDetach: ({ context, event }) => event.type === "detach" && context.attached_to.includes(event.instance) && context.attached_to.every((i) => i === event.instance),
-    disconnectedFromAny: ({ context }) => suspendedFrom(context).length > 0
+    disconnectedFromAny: ({ context }) => context.suspended_from.length > 0
   }
 }).createMachine({
   id: "storage",

@@ -9,7 +9,6 @@
  * the crash-and-recover drill of DESIGN.md "Persistence and recovery".
  */
 import { Context, Effect, Either, Exit, Layer, Runtime, Scope } from "effect"
-import type { GpuInstanceSnapshot } from "../machines/gpuInstance.js"
 import { VirtualClock, Lane, type EngineClock } from "../src/clock.js"
 import type { ClusterPort } from "../src/cluster.js"
 import { assert, errorStatus, type EngineError } from "../src/errors.js"
@@ -21,10 +20,10 @@ import { dollars, formatDollars, type Micros } from "../src/money.js"
 import * as policy from "../src/policy.js"
 import { catalogLayer, clockLayer, Cluster, Ledger, ledgerLayer, Payments, ReconcileAudit, sqliteNotifierAndJournal } from "../src/services.js"
 import { SIM_DECLINE_MESSAGE, simPaymentsFor, webhookTo, type SimPayments } from "./payments.js"
-import { INFERENCE_KIND, replicaResource, STORAGE_KINDS } from "../src/resources.js"
+import { INFERENCE_KIND, replicaResource } from "../src/resources.js"
+import { readSnapshot } from "../src/snapshots.js"
 import { layer as supervisorLayer, Supervisor, type SupervisorApi, type SupervisorSync } from "../src/supervisor.js"
-import type { StorageSnapshot } from "../machines/storage.js"
-import type { InferenceSnapshot, ModelSource } from "../machines/inferenceInstance.js"
+import type { ModelSource } from "../machines/inferenceInstance.js"
 import { SimCluster, type WorldOutcome } from "./cluster.js"
 import { type ApiUsageFacts, checkInvariants, type ResourceFacts, type RunFacts, type Violation } from "./invariants.js"
 import type { ApiRequestFact } from "./oracle.js"
@@ -560,13 +559,17 @@ export const collectFacts = (ledger: LedgerStore, timeline: Timeline): RunFacts 
   notifications: ledger.notifications(),
   transitions: ledger.transitions(),
   accounts: ledger.accounts(),
-  resources: ledger.resources().map((r): ResourceFacts =>
-    STORAGE_KINDS.includes(r.kind)
-      ? { id: r.id, account: r.account, kind: "storage" as const, status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as StorageSnapshot).context }
-      : r.kind === INFERENCE_KIND
-      ? { id: r.id, account: r.account, kind: "inference_instance" as const, status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as InferenceSnapshot).context }
-      : { id: r.id, account: r.account, kind: r.kind as "gpu_instance" | "gpu_cluster", status: r.status, live: r.live, context: (JSON.parse(r.snapshot) as GpuInstanceSnapshot).context }
-  )
+  resources: ledger.resources().map((r): ResourceFacts => {
+    const stored = readSnapshot(r)
+    switch (stored.kind) {
+      case "storage":
+        return { id: r.id, account: r.account, kind: "storage" as const, status: r.status, live: r.live, context: stored.snapshot.context }
+      case "inference":
+        return { id: r.id, account: r.account, kind: "inference_instance" as const, status: r.status, live: r.live, context: stored.snapshot.context }
+      default:
+        return { id: r.id, account: r.account, kind: r.kind as "gpu_instance" | "gpu_cluster", status: r.status, live: r.live, context: stored.snapshot.context }
+    }
+  })
 })
 
 /** The output of TIMELINE.md: the run's facts, the refused inputs and the invariant checker's verdict. */

@@ -25,8 +25,7 @@ import {
   type GpuAlarm,
   type GpuInstanceContext,
   type GpuInstanceEvent,
-  type GpuInstanceInput,
-  type GpuInstanceSnapshot
+  type GpuInstanceInput
 } from "../machines/gpuInstance.js"
 import {
   cycleBillableMsAt,
@@ -39,10 +38,9 @@ import {
   type InferenceContext,
   type InferenceEvent,
   type InferenceInput,
-  type InferenceSnapshot,
   type Renewal
 } from "../machines/inferenceInstance.js"
-import { dayMicrosOf, storageMachine, suspendedFrom, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
+import { dayMicrosOf, storageMachine, type StorageEvent, type StorageInput, type StorageSnapshot } from "../machines/storage.js"
 import { Lane, type EngineClock, type TimerHandle } from "./clock.js"
 import {
   cycleHoldIdFor,
@@ -78,6 +76,7 @@ import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, EngineLog, Journal, Ledger, Notifier, Payments, ReconcileAudit, RestoreWorkloads, stderrLog, type CatalogPort, type EngineLogPort, type JournalPort, type NotifierPort } from "./services.js"
 import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
 import { Backlog } from "./backlog.js"
+import { readSnapshot, SNAPSHOT_VERSION } from "./snapshots.js"
 
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
 export interface SupervisorCommands {
@@ -386,7 +385,7 @@ export class GpuSupervisor implements PaymentHost {
   start(): void {
     this.unitOfWork(() => {
       for (const record of this.ledger.liveResources()) {
-        const entry = this.rehydrate(record.kind, record.id, record.snapshot)
+        const entry = this.rehydrate(record)
         this.live.set(record.id, entry)
         if (entry.kind !== "storage") this.withPods.set(record.id, entry)
         const status = statusOf(entry)
@@ -407,23 +406,11 @@ export class GpuSupervisor implements PaymentHost {
     this.payments?.start()
   }
 
-  private rehydrate(kind: string, id: string, json: string): LiveEntry {
-    if (STORAGE_KINDS.includes(kind)) {
-      const snapshot = JSON.parse(json) as StorageSnapshot
-      const actor = createActor(this.storage, { snapshot, input: snapshot.context, clock: this.clock })
-      actor.start()
-      return { kind: "storage", id, actor, alarm: null }
-    }
-    if (kind === INFERENCE_KIND) {
-      const snapshot = JSON.parse(json) as InferenceSnapshot
-      const actor = createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock })
-      actor.start()
-      return { kind: "inference", id, actor, alarm: null }
-    }
-    const snapshot = JSON.parse(json) as GpuInstanceSnapshot
-    const actor = createActor(this.machine, { snapshot, input: snapshot.context, clock: this.clock })
-    actor.start()
-    return { kind: "gpu", id, actor, alarm: null }
+  /** A live resource's actor, started from its stored snapshot (upgraded if an earlier version wrote it). */
+  private rehydrate(record: ResourceRecord): LiveEntry {
+    const entry = this.fromRecord(record)
+    entry.actor.start()
+    return entry
   }
 
   /**
@@ -915,7 +902,7 @@ export class GpuSupervisor implements PaymentHost {
     }
     // Suspended storage still belongs to the instances it goes back to when restored (and in
     // a cluster their pods still mount it): deleting it is refused like an attached one's.
-    const owners = suspendedFrom(ctx)
+    const owners = ctx.suspended_from
     if (owners.length > 0) {
       return Either.left(
         new Conflict({ code: "invalid_state", id, status: "suspended", message: `${id} is suspended and goes back to ${owners.join(", ")} when restored; terminate the instance, then delete it` })
@@ -1084,7 +1071,7 @@ export class GpuSupervisor implements PaymentHost {
       const amount = dayMicrosOf(ctx)
       if (amount > 0n) {
         if (this.spendable(account) < amount) continue
-        this.chargeStorageDay(ctx, at, suspendedFrom(ctx).length > 0)
+        this.chargeStorageDay(ctx, at, ctx.suspended_from.length > 0)
         this.paidByRestore.set(id, dayOf(at))
       }
       this.dispatch(entry, { type: "restore", at })
@@ -1165,7 +1152,9 @@ export class GpuSupervisor implements PaymentHost {
   private finishedInstance(account: string, model: string, id: string): UserInstanceState {
     const record = this.ledger.resource(id)
     if (record === undefined || record.account !== account || record.kind !== INFERENCE_KIND) return { status: "missing", healthy_regions: [], termination_reason: null }
-    const ctx = (JSON.parse(record.snapshot) as InferenceSnapshot).context
+    const stored = readSnapshot(record)
+    assert(stored.kind === "inference", () => `${id} is stored as ${record.kind}`)
+    const ctx = stored.snapshot.context
     return { status: "terminated", healthy_regions: [], termination_reason: ctx.model === model ? ctx.termination_reason : null }
   }
 
@@ -1219,19 +1208,22 @@ export class GpuSupervisor implements PaymentHost {
     return record === undefined ? undefined : this.fromRecord(record)
   }
 
-  /** An entry over a stored snapshot, its actor not started: for reading a view, never for dispatch. */
+  /**
+   * An entry over a stored snapshot, its actor not started: for reading a view (or, started,
+   * for a restore). The snapshot is read by `readSnapshot`, which brings one an earlier version
+   * wrote to the current context (docs/ENGINE.md, "Upgrades").
+   */
   private fromRecord(record: ResourceRecord): LiveEntry {
     const id = record.id
-    if (STORAGE_KINDS.includes(record.kind)) {
-      const snapshot = JSON.parse(record.snapshot) as StorageSnapshot
-      return { kind: "storage", id, actor: createActor(this.storage, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
+    const stored = readSnapshot(record)
+    switch (stored.kind) {
+      case "storage":
+        return { kind: "storage", id, actor: createActor(this.storage, { snapshot: stored.snapshot, input: stored.snapshot.context, clock: this.clock }), alarm: null }
+      case "inference":
+        return { kind: "inference", id, actor: createActor(this.inference, { snapshot: stored.snapshot, input: stored.snapshot.context, clock: this.clock }), alarm: null }
+      case "gpu":
+        return { kind: "gpu", id, actor: createActor(this.machine, { snapshot: stored.snapshot, input: stored.snapshot.context, clock: this.clock }), alarm: null }
     }
-    if (record.kind === INFERENCE_KIND) {
-      const snapshot = JSON.parse(record.snapshot) as InferenceSnapshot
-      return { kind: "inference", id, actor: createActor(this.inference, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
-    }
-    const snapshot = JSON.parse(record.snapshot) as GpuInstanceSnapshot
-    return { kind: "gpu", id, actor: createActor(this.machine, { snapshot, input: snapshot.context, clock: this.clock }), alarm: null }
   }
 
   /** The live, not-stopping actor for `id`: 404 if unknown or another account's, 409 if stopped. */
@@ -1448,6 +1440,7 @@ export class GpuSupervisor implements PaymentHost {
         status: statusOf(entry),
         live: !finished,
         snapshot: JSON.stringify(entry.actor.getPersistedSnapshot()),
+        snapshot_version: SNAPSHOT_VERSION,
         at
       })
       if (finished) {

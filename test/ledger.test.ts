@@ -77,7 +77,8 @@ describe("migrations", () => {
       { version: 16, name: "idempotency: the payment a top-up's key began, before its answer" },
       { version: 17, name: "payments: disputes (chargebacks), by dispute id" },
       { version: 18, name: "auto-recharge: the backoff outlives the settings" },
-      { version: 19, name: "accounts: emails stored decomposed, composed (NFC)" }
+      { version: 19, name: "accounts: emails stored decomposed, composed (NFC)" },
+      { version: 20, name: "resources: the format of each stored snapshot" }
     ])
     const tables = (store.db.prepare(`SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name`).all() as Array<{ name: string }>).map((t) => t.name)
     expect(tables).toEqual([
@@ -287,8 +288,8 @@ describe("migrations", () => {
   it("are a no-op when run again on a migrated database", () => {
     // Proves migrate() skips applied migrations (re-running CREATE TABLE would throw).
     const store = openMemory()
-    expect(migrate(store.db)).toBe(19)
-    expect(schemaVersions(store)).toHaveLength(19)
+    expect(migrate(store.db)).toBe(MIGRATIONS[MIGRATIONS.length - 1]!.version)
+    expect(schemaVersions(store)).toHaveLength(MIGRATIONS.length)
   })
 
   it("do not re-run when a file database is opened again, and its data survives", () => {
@@ -314,9 +315,10 @@ describe("migrations", () => {
     tempDirs.push(dir)
     const file = path.join(dir, "ledger.sqlite")
     const first = LedgerStore.open(file)
-    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (20, 'from the future')`).run()
+    const known = MIGRATIONS[MIGRATIONS.length - 1]!.version
+    first.db.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, 'from the future')`).run(known + 1)
     first.close()
-    expect(() => LedgerStore.open(file)).toThrow(/schema version 20 is newer than this engine knows \(19\)/)
+    expect(() => LedgerStore.open(file)).toThrow(`schema version ${known + 1} is newer than this engine knows (${known})`)
   })
 })
 

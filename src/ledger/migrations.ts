@@ -503,6 +503,16 @@ export const MIGRATIONS: ReadonlyArray<Migration> = [
       UPDATE api_invites SET email = ecolink_nfc(email)
       WHERE email <> ecolink_nfc(email) AND NOT EXISTS (SELECT 1 FROM api_users u WHERE u.email = api_invites.email);
     `
+  },
+  {
+    version: 20,
+    name: "resources: the format of each stored snapshot",
+    // src/snapshots.ts. The format of the actor snapshot in the row (`SNAPSHOT_VERSION` of the
+    // engine that wrote it). Rows written before are 0: every engine before this one wrote the
+    // contexts as its machines had them, with no format, and they are upgraded when read.
+    sql: `
+      ALTER TABLE resources ADD COLUMN snapshot_version INTEGER NOT NULL DEFAULT 0 CHECK (snapshot_version >= 0);
+    `
   }
 ]
 

@@ -90,6 +90,8 @@ export interface ResourceRecord {
   readonly snapshot: string
   readonly created_at: number
   readonly updated_at: number
+  /** The snapshot's format (src/snapshots.ts `SNAPSHOT_VERSION`); 0: written before formats were recorded. */
+  readonly snapshot_version: number
 }
 
 export interface JournalEntry {
@@ -699,8 +701,8 @@ export class LedgerStore {
     this.recordTransition({ at, resource, from_state: via, to_state, reason: row.reason })
   }
 
-  saveResource(r: { id: string; account: string; kind: string; status: string; live: boolean; snapshot: string; at: number }): void {
-    this.s.upsertResource.run(r.id, r.account, r.kind, r.status, r.live ? 1 : 0, r.snapshot, r.at, r.at)
+  saveResource(r: { id: string; account: string; kind: string; status: string; live: boolean; snapshot: string; snapshot_version: number; at: number }): void {
+    this.s.upsertResource.run(r.id, r.account, r.kind, r.status, r.live ? 1 : 0, r.snapshot, r.snapshot_version, r.at, r.at)
   }
 
   resource(id: string): ResourceRecord | undefined {
@@ -862,8 +864,8 @@ const prepare = (db: Database.Database) => {
     splitTransition: db.prepare(`UPDATE transitions SET at = ?, to_state = ?, reason = NULL WHERE id = ?`),
     transitions: columns(db.prepare(`SELECT ${TRANSITION_COLUMNS} FROM transitions ORDER BY id`)),
     upsertResource: db.prepare(
-      `INSERT INTO resources (id, account, kind, status, live, snapshot, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-       ON CONFLICT(id) DO UPDATE SET status = excluded.status, live = excluded.live, snapshot = excluded.snapshot, updated_at = excluded.updated_at`
+      `INSERT INTO resources (id, account, kind, status, live, snapshot, snapshot_version, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT(id) DO UPDATE SET status = excluded.status, live = excluded.live, snapshot = excluded.snapshot, snapshot_version = excluded.snapshot_version, updated_at = excluded.updated_at`
     ),
     resource: db.prepare(`SELECT * FROM resources WHERE id = ?`),
     liveResources: db.prepare(`SELECT * FROM resources WHERE live = 1 ORDER BY id`),
@@ -988,8 +990,9 @@ const TRANSITION_COLUMNS = "id, at, resource, from_state, to_state, reason"
 type TransitionColumns = readonly [number, number, string, string | null, string, string | null]
 const transitionOf = (c: TransitionColumns): Transition => ({ id: c[0], at: c[1], resource: c[2], from_state: c[3], to_state: c[4], reason: c[5] })
 
-const RESOURCE_COLUMNS = "id, account, kind, status, live, snapshot, created_at, updated_at"
-type ResourceColumns = readonly [string, string, string, string, number, string, number, number]
+// In the table's column order (`snapshot_version` came with migration 20), as `SELECT *` reads a row.
+const RESOURCE_COLUMNS = "id, account, kind, status, live, snapshot, created_at, updated_at, snapshot_version"
+type ResourceColumns = readonly [string, string, string, string, number, string, number, number, number]
 const resourceOf = (c: ResourceColumns): ResourceRecord => ({
   id: c[0],
   account: c[1],
@@ -998,5 +1001,6 @@ const resourceOf = (c: ResourceColumns): ResourceRecord => ({
   live: c[4] === 1,
   snapshot: c[5],
   created_at: c[6],
-  updated_at: c[7]
+  updated_at: c[7],
+  snapshot_version: c[8]
 })

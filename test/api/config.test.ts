@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest"
 import { readKubernetesFiles } from "../../src/api/kubernetesServer.js"
 import { ConfigError, parseConfig } from "../../src/api/server.js"
 import { LedgerStore } from "../../src/ledger/store.js"
+import { SNAPSHOT_VERSION } from "../../src/snapshots.js"
 import { tmpDb } from "../helpers.js"
 import { writeKubeconfig } from "../k8s/apiServer.js"
 
@@ -115,10 +116,10 @@ describe("readKubernetesFiles: the cluster file against the database", () => {
     ledger.openAccount("acme", 0)
     const snapshot = (context: Record<string, unknown>) => JSON.stringify({ status: "active", value: "running", context })
     ledger.transaction(() => {
-      for (let i = 1; i <= 6; i++) ledger.saveResource({ id: `gi-${i}`, account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), at: 0 })
-      ledger.saveResource({ id: "gi-old", account: "acme", kind: "gpu_instance", status: "terminated", live: false, snapshot: snapshot({ region: "ap-south" }), at: 0 })
-      ledger.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["us-east", "eu-west"] }), at: 0 })
-      ledger.saveResource({ id: "cd-1", account: "acme", kind: "cloud_drive", status: "available", live: true, snapshot: snapshot({ region: "us-east" }), at: 0 })
+      for (let i = 1; i <= 6; i++) ledger.saveResource({ id: `gi-${i}`, account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
+      ledger.saveResource({ id: "gi-old", account: "acme", kind: "gpu_instance", status: "terminated", live: false, snapshot: snapshot({ region: "ap-south" }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
+      ledger.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["us-east", "eu-west"] }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
+      ledger.saveResource({ id: "cd-1", account: "acme", kind: "cloud_drive", status: "available", live: true, snapshot: snapshot({ region: "us-east" }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
     })
     ledger.close()
     const dir = dirname(db)
@@ -139,8 +140,8 @@ describe("readKubernetesFiles: the cluster file against the database", () => {
     const other = LedgerStore.open(db2)
     other.openAccount("acme", 0)
     other.transaction(() => {
-      other.saveResource({ id: "gi-1", account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), at: 0 })
-      other.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["ap-south", "eu-west"] }), at: 0 })
+      other.saveResource({ id: "gi-1", account: "acme", kind: "gpu_instance", status: "running", live: true, snapshot: snapshot({ region: "eu-west" }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
+      other.saveResource({ id: "ii-1", account: "acme", kind: "inference_instance", status: "running", live: true, snapshot: snapshot({ regions: ["ap-south", "eu-west"] }), snapshot_version: SNAPSHOT_VERSION, at: 0 })
     })
     other.close()
     writeFileSync(cluster, JSON.stringify({ namespace: "ecolink", regions: { "us-east": region } }))
