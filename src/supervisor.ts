@@ -134,6 +134,11 @@ export interface SupervisorApi extends SupervisorCommands {
   readonly fenced: boolean
   /** What the API needs to route a `/v1` request to a user instance (SPEC §6), and why a stopped one stopped. */
   userInstance(account: string, model: string, id: string): UserInstanceState
+  /**
+   * Before a request that may write reads anything: once the lock is free, what waits for the
+   * database runs now, in order (src/backlog.ts); otherwise nothing (`unitOfWork` refuses 503).
+   */
+  catchUp(): void
   /** Runs `fn` as one unit of work (one transaction); the simulator wraps each clock step. */
   unitOfWork<T>(fn: () => T): T
   /** Group commit: units of work share one transaction until `commitBatch` (simulator only). */
@@ -473,9 +478,11 @@ export class GpuSupervisor implements PaymentHost {
     assert(!this.stopped, () => "unit of work on a stopped supervisor")
     if (this.depth > 0) return fn()
     // The engine's own units wait for the database (src/backlog.ts): a write that came after
-    // them must not commit before them. Once the lock is free they run first, then it;
-    // otherwise it is refused as if the lock were still held.
-    if (this.backlog.holds && !this.backlog.catchUp()) throw new DatabaseBusy()
+    // them must not commit before them, so it is refused as if the lock were still held. They
+    // are never run from here (`catchUp` runs them before a request reads anything): a command
+    // has already checked its request against memory by now (the instance running, the drive
+    // detached, the balance), and they would change that memory under it.
+    if (this.backlog.holds) throw new DatabaseBusy()
     let result: T
     const changes = this.changes
     try {
@@ -513,6 +520,23 @@ export class GpuSupervisor implements PaymentHost {
     }
     if (this.committedCalls.length > 0) for (const call of this.committedCalls.splice(0)) call()
     return result
+  }
+
+  /**
+   * Before a request that may write reads anything (its route's checks, its command's): once
+   * the lock is free, what waits for the database runs now, in order, as the backlog's next
+   * retry would have run it (src/backlog.ts `catchUp`), so the request is checked against, and
+   * commits after, what it would have found had that retry come first; a client that retries
+   * as soon as the lock goes is served, not refused until the retry, up to a second later.
+   * Not from `unitOfWork`: by then the command has checked its request against memory, and what
+   * waits would change that memory between the check and the write (a drive found attached by
+   * the check, detached by the deadline run inside the delete's unit: a 409 for a drive free).
+   * Otherwise (the lock still held, nothing waiting, or the supervisor fenced or stopped) it
+   * does nothing, and a write is refused 503 by `unitOfWork` as before.
+   */
+  catchUp(): void {
+    if (this.deposed || this.broken !== null || this.stopped || this.depth > 0 || !this.backlog.holds) return
+    this.backlog.catchUp()
   }
 
   /**
@@ -1854,6 +1878,7 @@ export const make: Effect.Effect<SupervisorApi, never, Ledger | Cluster | Clock 
     createStorage: (req, caller) => Effect.suspend(() => fromEither(sup.createStorage(req, caller))),
     deleteStorage: (id, caller) => Effect.suspend(() => fromEither(sup.deleteStorage(id, caller))),
     balance: (account) => Effect.suspend(() => fromEither(sup.balance(account))),
+    catchUp: () => sup.catchUp(),
     unitOfWork: (fn) => sup.unitOfWork(fn),
     beginBatch: () => sup.beginBatch(),
     commitBatch: () => sup.commitBatch(),

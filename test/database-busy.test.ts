@@ -54,8 +54,9 @@ const live = async (start_ms: number, regions: ReadonlyArray<typeof REGION> = [R
   const app = await buildApp({ engine: opened.engine, secrets: seededSecrets("busy"), operatorKey: OPERATOR_KEY, logger: false, rateLimit: false, docs: false, publicUrl: "https://console.test" })
   closers.push(() => app.close())
   const sup = opened.engine.sup
-  const request = async (method: "GET" | "POST", url: string, body?: Record<string, unknown>) => {
-    const r = await app.inject({ method, url, headers: { authorization: `Bearer ${OPERATOR_KEY}` }, ...(body === undefined ? {} : { payload: body }) })
+  /** A request with `key` (the operator's unless given). */
+  const request = async (method: "GET" | "POST" | "DELETE", url: string, body?: Record<string, unknown>, key: string = OPERATOR_KEY) => {
+    const r = await app.inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(body === undefined ? {} : { payload: body }) })
     return { status: r.statusCode, retry_after: r.headers["retry-after"], body: JSON.parse(r.body) as Record<string, unknown> }
   }
   /** Another connection takes the write lock (as `BEGIN IMMEDIATE` in an operator's `sqlite3` shell); the returned function lets it go. */
@@ -178,6 +179,51 @@ describe("a background unit of work that finds the database busy", () => {
     e.advanceTo(DEADLINE + 10_000)
     expect(e.state().rows).toHaveLength(4)
     expect(e.lines.map(([level]) => level)).toEqual(["warn", "info"])
+  })
+
+  it("a write that comes once the lock is gone is checked against what waited, run first: deleting the drive of an instance whose deadline waited is 200, as without the lock, not 409 attached", async () => {
+    // A route and its command check what they are asked against memory (here: is the drive
+    // attached?) before their unit of work begins. What waits must run before those checks,
+    // not between them and the unit: before, the deadline (which detaches the drive) ran inside
+    // the delete's unit of work, after the delete had found the drive attached, and the
+    // customer was refused 409 "attached to gi-…; terminate the instance" for a drive whose
+    // instance had stopped, the refusal of a moment already past. A check that passed on that
+    // memory would as well have let through what what waited had made wrong.
+    const T0 = Date.parse("2026-03-01T00:00:00.000Z")
+    const DEADLINE = T0 + 2 * HOUR
+    const run = async (held: boolean) => {
+      const e = await live(T0)
+      const signup = await e.request("POST", "/accounts", { email: "ops@example.com" }, "")
+      expect(signup.status).toBe(201)
+      const account = (signup.body.account as { id: string }).id
+      const key = (signup.body.api_key as { secret: string }).secret
+      expect((await e.request("POST", `/operator/accounts/${account}/adjustments`, { amount: "10.00", description: "Opening balance" })).status).toBe(201)
+      const drive = await e.request("POST", "/cloud-drives", { size_gb: 10, region: "us-east" }, key)
+      expect(drive.status).toBe(201)
+      const launched = await e.request("POST", "/gpu-instances", { gpu: "H100", gpu_count: 1, region: "us-east", estimated_duration_hours: 2, drive: drive.body.id }, key)
+      expect(launched.status).toBe(201)
+      e.advanceTo(DEADLINE - 10_000)
+      const release = held ? e.lock() : () => {}
+      // The deadline comes due (and waits, while the lock is held).
+      e.advanceTo(DEADLINE + 1_500)
+      release()
+      const deleted = await e.request("DELETE", `/cloud-drives/${String(drive.body.id)}`, undefined, key)
+      // The pod's end, which the deadline asked for, comes on the world's clock.
+      e.advanceTo(DEADLINE + 5_000)
+      return { deleted, state: e.state(), lines: e.lines.map(([level]) => level) }
+    }
+    const prompt = await run(false)
+    expect(prompt.deleted).toMatchObject({ status: 200, body: { status: "deleted" } })
+    const late = await run(true)
+    expect(late.deleted).toEqual(prompt.deleted)
+    expect(late.state.rows).toEqual(prompt.state.rows)
+    expect(late.state.holds).toEqual(prompt.state.holds)
+    // Its pod went when the deadline that waited asked, once the lock was free: the customer is
+    // told then (as the backlog's retry would have, a moment later).
+    expect(late.state.notifications.slice(0, -1)).toEqual(prompt.state.notifications.slice(0, -1))
+    expect(prompt.state.notifications.at(-1)!.slice(0, 2)).toEqual(["2026-03-01T02:00:00.000Z", "terminated"])
+    expect(late.state.notifications.at(-1)!.slice(0, 2)).toEqual(["2026-03-01T02:00:01.500Z", "terminated"])
+    expect(late.lines).toEqual(["warn", "info"])
   })
 
   it("keeps the order of what waits: a deadline's refund lands before the midnight storage billing that needs it", async () => {

@@ -368,6 +368,11 @@ export const buildApp = async (options: AppOptions): Promise<FastifyInstance> =>
     // A replica that lost its lease answers as a standby does until its app has closed
     // (`retry-after` comes with the 503, from `engineHttp`).
     if (ctx.engine.sup.fenced) throw new NotLeader()
+    // A request that may write while the engine's own units wait for the database (another
+    // connection held its write lock): once the lock is free they run first, before anything
+    // of the request reads what they change (SupervisorApi.catchUp). Reads answer from memory
+    // as it stands, and never write.
+    if (request.method !== "GET" && request.method !== "HEAD") ctx.engine.sup.catchUp()
     request.auth = ctx.auth.identify(request.headers.authorization)
   })
   app.addHook("preParsing", async (request) => {

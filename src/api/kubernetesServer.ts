@@ -141,7 +141,7 @@ const logLeaderReport = (logger: Logger, r: LeaderReport): void => {
   else logger.warn(r, "lease request failed")
 }
 
-/** The driver's reports: retries and lost pods are warnings, a request given up an error. */
+/** The driver's reports: retries, lost pods and contested labels are warnings, a request given up an error. */
 const logDriverReport = (logger: Logger, r: DriverReport): void => {
   if (r.kind === "request_failed") logger[r.final ? "error" : "warn"](r, `kubernetes request failed: ${r.what}`)
   else if (r.kind === "pod_lost") logger.warn(r, `pod lost: ${r.pod}`)
@@ -150,7 +150,14 @@ const logDriverReport = (logger: Logger, r: DriverReport): void => {
   else if (r.kind === "events_cut") {
     logger.warn(r, `pod stop Events cut at events_listed_max (${r.read} read; ${r.unread_from} and the reasons after it not all read): a pod gone unseen among them is billed until found`)
   }
-  else logger.info(r, `pod replaced: ${r.pod}`)
+  else if (r.kind === "pod_relabeled") logger.info(r, `labels put back on pod ${r.pod} (removed or changed by hand): ${r.labels.join(", ")}`)
+  else if (r.kind === "labels_contested") {
+    logger.warn(
+      r,
+      `labels of pod ${r.pod} put back ${r.times} times in a row, each undone soon after (${r.labels.join(", ")}): something (another controller, a script) keeps removing or changing them; ` +
+        "the engine goes on putting them back, at most once every own_retry_ms_max (1 min by default), until that is stopped"
+    )
+  } else logger.info(r, `pod replaced: ${r.pod}`)
 }
 
 export const startKubernetesServer = async (

@@ -38,7 +38,10 @@
  *   removed or changed) looks DELETED to the watch and is in no selected list, yet runs on its
  *   GPUs: a DELETED without a deletionTimestamp is looked up by name (`lookUp`), lists read the
  *   whole namespace and keep ours by annotation, and such a pod is kept and its label put back
- *   (`relabel`), so it is never taken for gone while it runs.
+ *   (`relabel`), so it is never taken for gone while it runs. Every other label of ours removed
+ *   or changed by hand (`ecolink.io/instance`, which an inference replica's Service selects) is
+ *   put back the same way, at a bounded pace against something that keeps undoing it
+ *   (`restoreLabels`).
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -59,7 +62,7 @@ import type { ClusterEvent, ClusterPort, RecalledStop, VolumeSpec, WorkloadPhase
 import { assert } from "../errors.js"
 import { abortable } from "./abortable.js"
 import { backoffMs, type KubernetesClusterConfig } from "./config.js"
-import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podNamesOf, serviceNameOf } from "./names.js"
+import { ANNOTATIONS, claimNameOf, LABELS, labelValue, MANAGED_SELECTOR, podLabelsOf, podNamesOf, serviceNameOf } from "./names.js"
 import { podEndOf, podStopEventOf, STOP_EVENT_REASONS, type PodEnd, type PodStopEvent } from "./podEvents.js"
 import { isTerminating, KUBE_TIME_PRECISION_MS, podStateOf, podStoppedAt, workloadPhaseOf, type PodState } from "./podState.js"
 
@@ -70,6 +73,14 @@ export type DriverReport =
   | { readonly kind: "request_failed"; readonly at: number; readonly what: string; readonly status: number | null; readonly final: boolean }
   | { readonly kind: "pod_lost"; readonly at: number; readonly workload: string; readonly pod: string }
   | { readonly kind: "pod_replaced"; readonly at: number; readonly workload: string; readonly pod: string }
+  /** Labels of ours a pod lacked or bore with another value (removed or changed by hand), put back. */
+  | { readonly kind: "pod_relabeled"; readonly at: number; readonly workload: string; readonly pod: string; readonly labels: ReadonlyArray<string> }
+  /**
+   * A pod's labels put back `times` times in a row, each undone soon after (another controller
+   * or a script that keeps removing or changing them): the driver goes on putting them back, at
+   * most once every `own_retry_ms_max`, until whatever undoes them is stopped. Once per such run.
+   */
+  | { readonly kind: "labels_contested"; readonly at: number; readonly workload: string; readonly pod: string; readonly labels: ReadonlyArray<string>; readonly times: number }
   /**
    * A round of pod stop Event lists ended at `events_listed_max` with more to read: from
    * `unread_from` on (that reason's rest, and the reasons after it), a pod gone unseen is
@@ -137,6 +148,14 @@ interface Workload {
    * tells whether it is still there.
    */
   readonly unlabeled: Set<string>
+  /**
+   * Per pod, the run of times its labels were put back (`relabel`) each soon after the last (they
+   * were undone again: another controller, a script), and when the last was: the next waits
+   * `own_retry_ms_min` doubling per time, up to `own_retry_ms_max` (`restoreLabels`).
+   */
+  readonly relabeled: Map<string, { readonly times: number; readonly at: number }>
+  /** The timer that puts labels back once their wait is over (`relabelLater`), or null. */
+  relabelTimer: { readonly handle: TimerHandle; readonly at: number } | null
   /**
    * Pods whose delete gave up (refused: 403, an admission webhook; or retried
    * `request_attempts_max` times): not sent again until the engine's next `deleteWorkload`
@@ -229,6 +248,11 @@ class RequestTimeout extends Error {}
 const retriable = (status: number | null): boolean => status === null || status === 429 || status >= 500
 
 const ANNOTATION_NODE_COUNT_MAX = 1_024
+/**
+ * A pod's labels put back this many times in a row, each undone soon after: something keeps
+ * removing or changing them, which the operator is told of once (`labels_contested`).
+ */
+const RELABELS_CONTESTED = 3
 /** Phases in which a workload's pods hold their GPUs (and are billed), as in the simulated world. */
 const HELD: ReadonlySet<WorkloadPhase> = new Set(["loading", "running"])
 /**
@@ -667,6 +691,8 @@ export class KubernetesCluster implements ClusterPort {
       goneUnheard: new Set(),
       busy: new Set(),
       unlabeled: new Set(),
+      relabeled: new Map(),
+      relabelTimer: null,
       deleteStalled: new Set(),
       awaiting: new Map(),
       replacements: 0,
@@ -706,15 +732,7 @@ export class KubernetesCluster implements ClusterPort {
       metadata: {
         name: pod,
         namespace: c.namespace,
-        labels: {
-          [LABELS.managed]: "true",
-          [LABELS.resource]: labelValue(instance ?? spec.resource),
-          [LABELS.account]: labelValue(spec.account),
-          [LABELS.region]: labelValue(spec.region),
-          [LABELS.workload]: labelValue(spec.name),
-          [LABELS.nodeIndex]: String(index),
-          ...(instance === null ? {} : { [LABELS.instance]: labelValue(instance) })
-        },
+        labels: podLabelsOf({ workload: spec.name, resource: spec.resource, account: spec.account, region: spec.region, instance }, index),
         annotations: {
           [ANNOTATIONS.workload]: spec.name,
           [ANNOTATIONS.resource]: spec.resource,
@@ -992,29 +1010,82 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   /**
-   * Puts `ecolink.io/managed=true` back on a pod of ours that lost it, as a JSON merge patch
-   * naming the pod's uid: the API server refuses it (422, the uid is immutable) if another pod
-   * bears the name now, as Kubernetes' own controllers rely on. Decision: the pod is kept, not
-   * deleted (docs/KUBERNETES.md, "A pod taken out of our selector"): it runs the customer's
-   * workload on GPUs the resource is billed for, so the engine's view (running, billed) is the
-   * truth once the label is back, and the customer loses nothing to an operator's edit. 404 or
-   * 422: the pod meant is gone, taken as a delete answered 404 is. Only while active (a write
-   * of the driver's own), or to carry the engine's delete on.
+   * Puts our labels back on `pod` if its turn has come: at once the first time, or when they
+   * stayed ours a while since they were last put back (an operator's edit); otherwise (they were
+   * undone soon after: something keeps removing or changing them) once the wait since the last
+   * time is over, `own_retry_ms_min` doubling per time in a row up to `own_retry_ms_max`, as
+   * Kubernetes' own controllers rate-limit an item that keeps failing. The driver never gives up
+   * on them (a pod out of our selector would go unseen, a replica out of its Service would serve
+   * nothing while billed), but never fights faster than that either, and says so
+   * (`labels_contested`). Only while active, or to carry the engine's delete on.
    */
-  private relabel(w: Workload, pod: string, attempt: number): void {
-    const uid = this.cachedUid(pod)
-    if (uid === undefined) {
+  private restoreLabels(w: Workload, pod: string): void {
+    if (w.busy.has(pod)) return
+    const now = this.clock.now()
+    const l = this.config.limits
+    const last = w.relabeled.get(pod)
+    const wait_ms = last === undefined ? 0 : backoffMs(last.times, l.own_retry_ms_min, l.own_retry_ms_max)
+    // Quiet for `own_retry_ms_max` past the wait: a new edit, not the same fight.
+    const times = last === undefined || now > last.at + wait_ms + l.own_retry_ms_max ? 0 : last.times
+    if (times > 0 && last!.at + wait_ms > now) return this.relabelLater(w, last!.at + wait_ms)
+    this.relabel(w, pod, 1, times)
+  }
+
+  /** `restoreLabels` again at `at` (one timer per workload, at the earliest instant asked). */
+  private relabelLater(w: Workload, at: number): void {
+    if (w.relabelTimer !== null && w.relabelTimer.at <= at) return
+    if (w.relabelTimer !== null) this.clock.clearTimeout(w.relabelTimer.handle)
+    const handle = this.clock.schedule(
+      at,
+      () => {
+        w.relabelTimer = null
+        if (this.isStopped() || this.workloads.get(w.name) !== w) return
+        // A deletion puts back a label out of our selector first (`deleteRemaining`).
+        if (w.deleting) this.refresh(w)
+        else this.ownWork(w)
+      },
+      { lane: Lane.world, key: `k8s:relabel:${w.name}` }
+    )
+    w.relabelTimer = { handle, at }
+  }
+
+  /**
+   * Puts every label of ours back on a pod that lacks it or bears it with another value
+   * (`ownLabelsOf`: what the driver created it with), as a JSON merge patch that names the pod's
+   * uid and sets only our keys: a label an operator added is left alone, and the API server
+   * refuses the patch (422, the uid is immutable) if another pod bears the name now, as
+   * Kubernetes' own controllers rely on. `ecolink.io/managed` puts the pod back in the
+   * list/watch selector; `ecolink.io/instance` puts an inference replica back in its instance's
+   * Service, which selects by it (before, only `managed` came back: a replica whose `instance`
+   * label was removed by hand got no traffic while the engine billed it as running). Decision:
+   * the pod is kept, not deleted (docs/KUBERNETES.md, "A pod taken out of our selector"): it
+   * runs the customer's workload on GPUs the resource is billed for, so the engine's view
+   * (running, billed, serving) is the truth once the labels are back. 404 or 422: the pod meant
+   * is gone, taken as a delete answered 404 is. `times`: how many times in a row they were put
+   * back before this one (`restoreLabels`).
+   */
+  private relabel(w: Workload, pod: string, attempt: number, times: number): void {
+    const cached = this.cache.get(pod)
+    const uid = cached === undefined ? undefined : uidOf(cached)
+    if (cached === undefined || uid === undefined) {
       w.unlabeled.delete(pod)
       return
     }
+    const labels = ownLabelsOf(cached)
+    // A pod out of our selector may be cached as it was before (its look-up gave up): its label is owed.
+    const owed = [...new Set([...labelsOwedOf(cached), ...(w.unlabeled.has(pod) ? [LABELS.managed] : [])])].sort()
     w.busy.add(pod)
-    const body = { metadata: { uid, labels: { [LABELS.managed]: "true" } } }
+    const body = { metadata: { uid, labels } }
     const request = (options: ConfigurationOptions) =>
       this.core.patchNamespacedPod({ name: pod, namespace: this.config.namespace, body }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch, options))
     this.write(`label pod ${pod}`, attempt, request, {
       ok: (patched) => {
         w.busy.delete(pod)
         w.ownGiveUps = 0
+        const now = this.clock.now()
+        w.relabeled.set(pod, { times: times + 1, at: now })
+        this.report({ kind: "pod_relabeled", at: now, workload: w.name, pod, labels: owed })
+        if (times + 1 === RELABELS_CONTESTED) this.report({ kind: "labels_contested", at: now, workload: w.name, pod, labels: owed, times: times + 1 })
         // In the selector again: the watch brings it (ADDED), and every change from now on.
         if (this.cachedUid(pod) === uid) w.unlabeled.delete(pod)
         this.await(w, pod, patched.metadata?.resourceVersion)
@@ -1027,7 +1098,7 @@ export class KubernetesCluster implements ClusterPort {
         this.goneOnServer(w, pod, uid)
         return true
       },
-      retry: () => this.relabel(w, pod, attempt + 1),
+      retry: () => this.relabel(w, pod, attempt + 1, times),
       gaveUp: () => {
         w.busy.delete(pod)
         this.ownRetryLater(w)
@@ -1664,6 +1735,8 @@ export class KubernetesCluster implements ClusterPort {
     for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
     if (w.ownRetryTimer !== null) this.clock.clearTimeout(w.ownRetryTimer)
     w.ownRetryTimer = null
+    if (w.relabelTimer !== null) this.clock.clearTimeout(w.relabelTimer.handle)
+    w.relabelTimer = null
   }
 
   /**
@@ -1675,11 +1748,17 @@ export class KubernetesCluster implements ClusterPort {
     if (!this.active || this.workloads.get(w.name) !== w) return
     // Whatever the workload's state, a pod out of our selector gets its label back first: until
     // then the watch shows nothing of it, neither its stop nor its end.
-    for (const pod of [...w.unlabeled]) if (!w.busy.has(pod)) this.relabel(w, pod, 1)
+    for (const pod of [...w.unlabeled]) this.restoreLabels(w, pod)
     if (w.deleting || w.lost || w.phase === "failed") return
     for (const pod of w.pods) {
       if (w.busy.has(pod) || w.awaiting.has(pod) || w.unlabeled.has(pod)) continue
       const cached = this.cache.get(pod)
+      // Another label of ours removed or changed by hand (`ecolink.io/instance`: its Service
+      // selects the replica by it) is put back too, on a pod that still runs.
+      if (cached !== undefined && !isTerminating(cached) && cached.status?.phase !== "Failed" && cached.status?.phase !== "Succeeded" && labelsOwedOf(cached).length > 0) {
+        this.restoreLabels(w, pod)
+        continue
+      }
       // A recalled workload's replacement waits for the engine's spec (`createWorkload`).
       if (cached === undefined && w.replacing.has(pod) && w.templates.has(pod)) {
         this.report({ kind: "pod_replaced", at: this.clock.now(), workload: w.name, pod })
@@ -1811,7 +1890,7 @@ export class KubernetesCluster implements ClusterPort {
       if (cached === undefined || w.busy.has(pod)) continue
       // Its label back first: deleted out of our selector, its end would never be seen.
       if (w.unlabeled.has(pod)) {
-        this.relabel(w, pod, 1)
+        this.restoreLabels(w, pod)
         continue
       }
       if (w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
@@ -1859,16 +1938,46 @@ const PASSIVE_REPLACEMENT_OWED_MS = 60 * 60_000
 /** A pod's uid, as the API server assigned it (absent only from objects it never stored). */
 const uidOf = (pod: V1Pod): string | undefined => pod.metadata?.uid ?? undefined
 
-/** What a replacement of `pod` is created from: its metadata and spec, not its placement; in our selector whatever it bore. */
+/**
+ * What a replacement of `pod` is created from: its metadata and spec, not its placement; with
+ * our labels as its annotations make them (`ownLabelsOf`), whatever it bore of them (a label
+ * removed or changed by hand is not carried on to its replacement), and the others it bore.
+ */
 const templateOf = (pod: V1Pod): V1Pod => {
   const spec = { ...(pod.spec ?? { containers: [] }) }
   delete spec.nodeName
   return {
     apiVersion: "v1",
     kind: "Pod",
-    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}), [LABELS.managed]: "true" }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
+    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}), ...ownLabelsOf(pod) }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
     spec
   }
+}
+
+/**
+ * The labels the driver puts on `pod` (`podLabelsOf`), from its annotations, which carry the
+ * exact values the labels are made from: what it was created with, and what a restarted control
+ * plane computes the same way. A pod whose annotations name no workload of ours (an orphan of
+ * its own) has only the selector's label.
+ */
+const ownLabelsOf = (pod: V1Pod): Record<string, string> => {
+  const annotated = annotatedWorkload(pod)
+  const a = pod.metadata?.annotations ?? {}
+  const resource = a[ANNOTATIONS.resource]
+  const account = a[ANNOTATIONS.account]
+  const region = a[ANNOTATIONS.region]
+  if (annotated === null || resource === undefined || account === undefined || region === undefined) return { [LABELS.managed]: "true" }
+  const index = podNamesOf(annotated.workload, annotated.node_count).indexOf(pod.metadata!.name!)
+  return podLabelsOf({ workload: annotated.workload, resource, account, region, instance: a[ANNOTATIONS.service] ?? null }, index)
+}
+
+/** Our labels that `pod` lacks or bears with another value (removed or changed by hand), sorted. */
+const labelsOwedOf = (pod: V1Pod): string[] => {
+  const labels = pod.metadata?.labels ?? {}
+  return Object.entries(ownLabelsOf(pod))
+    .filter(([key, value]) => labels[key] !== value)
+    .map(([key]) => key)
+    .sort()
 }
 
 /** In the list/watch selector (`ecolink.io/managed=true`). */

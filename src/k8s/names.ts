@@ -40,6 +40,32 @@ export const ANNOTATIONS = {
 
 export const MANAGED_SELECTOR = `${LABELS.managed}=true`
 
+/** What a pod's labels are made from: its workload, as its annotations carry it. */
+export interface PodLabelSource {
+  readonly workload: string
+  readonly resource: string
+  readonly account: string
+  readonly region: string
+  /** An inference replica's instance (the Service that selects it), or null. */
+  readonly instance: string | null
+}
+
+/**
+ * Every label the driver puts on the pod `index` of a workload, and only those: what it creates
+ * the pod with, and what it puts back when one of them is removed or changed by hand (a label
+ * an operator adds is none of these, and is left alone). Pure, so a restarted control plane
+ * computes the same labels from a pod's annotations (src/k8s/cluster.ts `ownLabelsOf`).
+ */
+export const podLabelsOf = (w: PodLabelSource, index: number): Record<string, string> => ({
+  [LABELS.managed]: "true",
+  [LABELS.resource]: labelValue(w.instance ?? w.resource),
+  [LABELS.account]: labelValue(w.account),
+  [LABELS.region]: labelValue(w.region),
+  [LABELS.workload]: labelValue(w.workload),
+  [LABELS.nodeIndex]: String(index),
+  ...(w.instance === null ? {} : { [LABELS.instance]: labelValue(w.instance) })
+})
+
 /** A DNS-1123 label: pod hostnames, service names (which also start with a letter). */
 const DNS_LABEL_CHARS_MAX = 63
 const HASH_CHARS = 8

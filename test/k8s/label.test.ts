@@ -11,10 +11,11 @@
 import { CoreV1Api, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node"
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import { dollars, formatDollars } from "../../src/money.js"
-import type { GpuView } from "../../src/resources.js"
+import { costMicros, dollars, formatDollars } from "../../src/money.js"
+import type { GpuView, InferenceView } from "../../src/resources.js"
 import { tmpDb } from "../helpers.js"
-import { K8sWorld, START_MS } from "./harness.js"
+import { labelValue, podNamesOf } from "../../src/k8s/names.js"
+import { K8sWorld, START_MS, workloadSpec } from "./harness.js"
 import { EngineOnDriver } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -126,5 +127,183 @@ describe("a pod whose ecolink.io/managed label is removed by hand runs for no on
       [0, "gpu_usage", "-3.20"],
       [60 * MIN, "refund", "1.626667"]
     ])
+  }, 30_000)
+})
+
+/** What an operator's `kubectl label pod` sends: a JSON merge patch of labels (null removes one). */
+const labelByHand = async (w: K8sWorld, name: string, labels: Record<string, string | null>): Promise<void> => {
+  const core = w.kubeConfig("operator").makeApiClient(CoreV1Api)
+  await core.patchNamespacedPod({ name, namespace: w.namespace, body: { metadata: { labels } } }, setHeaderOptions("Content-Type", PatchStrategy.MergePatch))
+}
+
+const INSTANCE = "ecolink.io/instance"
+/** The engine's workload of each replica (`podNameFor`), and so its pod's name. */
+const US_EAST = podNamesOf("eco-inf-1@us-east", 1)[0]!
+const EU_WEST = podNamesOf("eco-inf-1@eu-west", 1)[0]!
+
+/**
+ * One inference instance `inf-1` of acme: two replicas (eu-west, us-east) of 1 × H100 at
+ * $1.60/h, a $76.80 hold for its first day, each billed from 0:01:00 (pulled in 60 s, started in
+ * 30 s). Its Service `eco-inf-1` selects the replicas' pods by `ecolink.io/instance=inf-1`.
+ */
+const openInference = async () => {
+  const region = (name: string) => ({ name, nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms: 0 })
+  world = await K8sWorld.start({ regions: [region("eu-west"), region("us-east")] })
+  const w = world
+  const o = (opened = await EngineOnDriver.open(w, new Map([["H100", RATE]]), tmpDb()))
+  expect(Either.isRight(o.sup.registerModel({ account: "acme", model: "llama", source: "huggingface", gpu: "H100", gpu_count: 1 }))).toBe(true)
+  expect(Either.isRight(o.sup.launchInference({ account: "acme", id: "inf-1", model: "llama" }))).toBe(true)
+  const podNames = () => w.pods().map((p) => p.metadata.name)
+  return {
+    w,
+    o,
+    view: () => Either.getOrThrow(o.sup.describe("inf-1")) as InferenceView,
+    labelsOf: (name: string) => w.server.object("pods", w.namespace, name)!.metadata.labels,
+    uidOf: (name: string) => w.server.object("pods", w.namespace, name)!.metadata.uid,
+    podNames,
+    /** The pods the instance's Service selects (its selector matched against each pod's labels): where `/v1` traffic goes. */
+    served: () => {
+      const services = w.server.objects("services", w.namespace)
+      expect(services.map((s) => [s.metadata.name, s.spec.selector])).toEqual([["eco-inf-1", { [INSTANCE]: "inf-1" }]])
+      const selector = services[0]!.spec.selector as Record<string, string>
+      return w
+        .pods()
+        .filter((p) => Object.entries(selector).every(([k, v]) => p.metadata.labels?.[k] === v))
+        .map((p) => p.metadata.name)
+    },
+    rows: () => o.current.ledger.ledgerRows().filter((r) => r.resource === "inf-1").map((r) => [r.at - START_MS, r.kind, formatDollars(r.amount_micros)]),
+    relabels: () => w.reports.flatMap((r) => (r.kind === "pod_relabeled" ? [[r.at - START_MS, r.pod, r.labels]] : []))
+  }
+}
+
+/** Both replicas running and served, the first day's hold and nothing else on the ledger. */
+const bothServing = (t: Awaited<ReturnType<typeof openInference>>): void => {
+  expect(t.view()).toMatchObject({ status: "running", regions: [{ region: "eu-west", status: "running" }, { region: "us-east", status: "running" }], termination_reason: null })
+  expect(t.served()).toEqual([EU_WEST, US_EAST])
+  expect(t.rows()).toEqual([[0, "gpu_usage", "-76.80"]])
+}
+
+describe("every label of ours removed or changed by hand is put back, not only ecolink.io/managed", () => {
+  it("an inference replica's ecolink.io/instance removed by hand (out of its Service, billed, serving nothing): put back on the same pod, served again; a label the operator added stays", async () => {
+    const t = await openInference()
+    const { w, o } = t
+    await w.advance(30 * MIN)
+    bothServing(t)
+    const uid = t.uidOf(US_EAST)
+    const ours = { ...t.labelsOf(US_EAST) }
+    expect(ours).toEqual({
+      "ecolink.io/managed": "true",
+      "ecolink.io/resource": "inf-1",
+      "ecolink.io/account": "acme",
+      "ecolink.io/region": "us-east",
+      "ecolink.io/workload": labelValue("eco-inf-1@us-east"),
+      "ecolink.io/node-index": "0",
+      [INSTANCE]: "inf-1"
+    })
+    // 0:30: the operator removes the instance label and adds one of their own. The pod is still
+    // in the engine's selector (a MODIFIED), but out of its Service: `/v1` traffic goes to
+    // eu-west alone while us-east is billed as running.
+    await labelByHand(w, US_EAST, { [INSTANCE]: null, team: "ml" })
+    expect(t.served()).toEqual([EU_WEST])
+    await w.advance(0)
+    // The same pod, its label back, the operator's own label left alone: served again.
+    expect(t.uidOf(US_EAST)).toBe(uid)
+    expect(t.labelsOf(US_EAST)).toEqual({ ...ours, team: "ml" })
+    bothServing(t)
+    expect(t.relabels()).toEqual([[30 * MIN, US_EAST, [INSTANCE]]])
+
+    // 0:40: another edit, changing labels of ours to other values (the Service's to another
+    // instance's): put back at once, an edit of its own long after the last.
+    await w.advance(10 * MIN)
+    await labelByHand(w, US_EAST, { [INSTANCE]: "inf-2", "ecolink.io/account": "someone-else", team: "ml2" })
+    expect(t.served()).toEqual([EU_WEST])
+    await w.advance(0)
+    expect(t.labelsOf(US_EAST)).toEqual({ ...ours, team: "ml2" })
+    bothServing(t)
+    expect(t.relabels().at(-1)).toEqual([40 * MIN, US_EAST, ["ecolink.io/account", INSTANCE]])
+    expect(w.reports.filter((r) => r.kind === "pod_lost" || r.kind === "labels_contested")).toEqual([])
+
+    // 1:00: terminated by the user: both replicas billed 59 min (0:01 to 1:00), the rest refunded.
+    await w.advance(20 * MIN)
+    expect(Either.isRight(o.sup.terminate("inf-1"))).toBe(true)
+    await w.advance(0)
+    expect(t.podNames()).toEqual([])
+    expect(w.server.objects("services", w.namespace)).toEqual([])
+    expect(t.view()).toMatchObject({ status: "terminated", termination_reason: "user_requested" })
+    expect(t.rows()).toEqual([
+      [0, "gpu_usage", "-76.80"],
+      [60 * MIN, "refund", formatDollars(dollars("76.80") - costMicros(RATE, 1, 118 * MIN))]
+    ])
+    expect(t.rows()[1]![2]).toBe("73.653333")
+  }, 30_000)
+
+  it("changed while the control plane is down: the restarted driver puts it back (what its annotations say, not what it finds), and the replica is served again", async () => {
+    const t = await openInference()
+    const { w, o } = t
+    await w.advance(30 * MIN)
+    const uid = t.uidOf(US_EAST)
+    const ours = { ...t.labelsOf(US_EAST) }
+    // Down from 0:30 to 0:40; at 0:35 the operator points us-east's instance label elsewhere.
+    await o.outage(40 * MIN, [[35 * MIN, () => void w.server.update("pods", w.namespace, US_EAST, (p) => (p.metadata.labels![INSTANCE] = "inf-2"))]])
+    await w.advance(0)
+    expect(t.uidOf(US_EAST)).toBe(uid)
+    expect(t.labelsOf(US_EAST)).toEqual(ours)
+    bothServing(t)
+    expect(t.relabels()).toEqual([[40 * MIN, US_EAST, [INSTANCE]]])
+  }, 30_000)
+
+  it("a passive driver (a standby's) leaves the labels to the leader: put back only once an engine subscribes", async () => {
+    world = await K8sWorld.start()
+    const w = world
+    const d = await w.driver()
+    const spec = workloadSpec({ name: "eco-inf-1@us-east", resource: "inf-1@us-east", service: "inf-1", gpu_count: 1 })
+    d.createWorkload(spec)
+    await w.advance(90 * S)
+    expect(d.phaseOf(spec.name)).toBe("running")
+    await labelByHand(w, US_EAST, { [INSTANCE]: null })
+    const requests = d.requests_started
+    await w.advance(10 * MIN)
+    // It saw the change and wrote nothing: the label is still off.
+    expect(d.requests_started).toBe(requests)
+    expect(w.server.object("pods", w.namespace, US_EAST)!.metadata.labels![INSTANCE]).toBeUndefined()
+    d.subscribe(() => {})
+    await w.advance(0)
+    expect(w.server.object("pods", w.namespace, US_EAST)!.metadata.labels![INSTANCE]).toBe("inf-1")
+    expect(d.phaseOf(spec.name)).toBe("running")
+  }, 30_000)
+
+  it("something that keeps removing a label is not fought without bound: put back after 10 s, 20 s, 40 s, then once a minute, and said once (labels_contested); a later edit is put back at once", async () => {
+    const t = await open()
+    const { w } = t
+    await w.advance(30 * MIN)
+    const RESOURCE = "ecolink.io/resource"
+    const [[, uid]] = t.pods() as [[string, string, string, null]]
+    const restoredAt = () => w.reports.flatMap((r) => (r.kind === "pod_relabeled" ? [r.at - START_MS] : []))
+    const has = () => w.server.object("pods", w.namespace, "eco-gi-1")!.metadata.labels![RESOURCE] === "gi-1"
+    // Another controller removes it again whenever it is back, at once.
+    const undone: number[] = []
+    for (let i = 0; i < 6; i++) {
+      await labelByHand(w, "eco-gi-1", { [RESOURCE]: null })
+      undone.push(w.clock.now() - START_MS)
+      await w.advance(0)
+      // Put back at once the first time; after that, only once its wait is over.
+      for (let waited = 0; waited < 2 * MIN && !has(); waited += S) await w.advance(1 * S)
+      expect(has()).toBe(true)
+    }
+    expect(undone).toEqual([30 * MIN, 30 * MIN, 30 * MIN + 10 * S, 30 * MIN + 30 * S, 30 * MIN + 70 * S, 30 * MIN + 130 * S])
+    expect(restoredAt()).toEqual([30 * MIN, 30 * MIN + 10 * S, 30 * MIN + 30 * S, 30 * MIN + 70 * S, 30 * MIN + 130 * S, 30 * MIN + 190 * S])
+    expect(w.reports.filter((r) => r.kind === "labels_contested").map((r) => [r.at - START_MS, r.kind === "labels_contested" ? [r.pod, r.labels, r.times] : null])).toEqual([
+      [30 * MIN + 30 * S, ["eco-gi-1", [RESOURCE], 3]]
+    ])
+    // Left alone for 5 minutes: an edit then is a new one, put back at once.
+    await w.advance(5 * MIN)
+    await labelByHand(w, "eco-gi-1", { [RESOURCE]: "other" })
+    await w.advance(0)
+    expect(has()).toBe(true)
+    expect(restoredAt().at(-1)).toBe(35 * MIN + 190 * S)
+    expect(t.pods()).toEqual([["eco-gi-1", uid, "true", null]])
+    expect(t.view()).toMatchObject({ status: "running", termination_reason: null })
+    await w.advance(90 * MIN)
+    ranToItsDeadline(t)
   }, 30_000)
 })
