@@ -7,7 +7,6 @@ import type { Actor } from "xstate"
 import { deferredBillingEnd, gpuStatusOf, type GpuInstanceContext, type gpuInstanceMachine } from "../machines/gpuInstance.js"
 import { inferenceStatusOf, type InferenceContext, type inferenceInstanceMachine } from "../machines/inferenceInstance.js"
 import { storageStatusOf, type storageMachine } from "../machines/storage.js"
-import type { ForeseenRenewal } from "./balanceMonitor.js"
 import type { TimerHandle } from "./clock.js"
 import { podNameFor, type PlacedWorkload, type WorkloadSpec } from "./cluster.js"
 import { replicaResource } from "./resources.js"
@@ -17,32 +16,11 @@ type InferenceActor = Actor<typeof inferenceInstanceMachine>
 type StorageActor = Actor<typeof storageMachine>
 type Alarm = { readonly at: number; readonly key: string; readonly handle: TimerHandle } | null
 
-/**
- * A resource's share of its account's burn measure (the supervisor's `measureBurn`), as of one
- * snapshot of its actor: its rate, its hold, the renewal it foresees, what the next midnight
- * charges it. Everything but what the hold has consumed by the instant measured, which is
- * `hold_micro_ms − per_billable_ms × billable ms then`.
- */
-export interface BurnPart {
-  /** Micros per hour it burns now (0: it does not bill). */
-  readonly hourly: bigint
-  /** Its hold, in micro-ms. */
-  readonly hold_micro_ms: bigint
-  /** Micro-ms its hold loses per billable ms (its replicas' rates count each replica's ms). */
-  readonly per_billable_ms: bigint
-  readonly renewal: ForeseenRenewal | null
-  readonly daily_micros: bigint | null
-}
-
-/**
- * `pods`: the workload names, by region for an inference instance, computed once (reconcile).
- * `burn`: its `BurnPart` and the snapshot it was worked out from (null: it adds nothing).
- */
-type Cached = { pods?: Readonly<Record<string, string>>; burn?: { readonly snapshot: object; readonly part: BurnPart | null } }
+/** `pods`: the workload names, by region for an inference instance, computed once (reconcile). */
 export type LiveEntry =
-  | ({ readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm } & Cached)
-  | ({ readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm } & Cached)
-  | ({ readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm } & Cached)
+  | { readonly kind: "gpu"; readonly id: string; readonly actor: GpuActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "inference"; readonly id: string; readonly actor: InferenceActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
+  | { readonly kind: "storage"; readonly id: string; readonly actor: StorageActor; alarm: Alarm; pods?: Readonly<Record<string, string>> }
 
 /** The names of an entry's workloads: `""` → the GPU resource's; region → an inference replica's. */
 export const podsOf = (entry: Extract<LiveEntry, { kind: "gpu" | "inference" }>): Readonly<Record<string, string>> =>

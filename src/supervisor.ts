@@ -67,7 +67,7 @@ import { podNameFor, stuckPendingEvidence, type ClusterEvent, type ClusterPort, 
 import { assert, Conflict, DatabaseBusy, InsufficientBalance, isRefusal, NotFound, NotLeader, ValidationError, type EngineError } from "./errors.js"
 import type { LedgerStore, ResourceRecord } from "./ledger/store.js"
 import { BalanceMonitor, foreseenBefore, type BurnMeasure, type ForeseenRenewal } from "./balanceMonitor.js"
-import { accountOf, deferredStopEnd, gpuSpec, placedWorkloads, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type BurnPart, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
+import { accountOf, deferredStopEnd, gpuSpec, placedWorkloads, podsOf, replicaSpec, replicaStatuses, statusOf, storageOf, type LiveEntry, type WorkloadEntry } from "./liveEntry.js"
 import { Reconciler } from "./reconciler.js"
 import { microMs } from "./lowBalance.js"
 import { Metering, type ApiRequest, type ChargeResult, type MeteringError, type UserInstanceInfo } from "./metering.js"
@@ -1588,15 +1588,55 @@ export class GpuSupervisor implements PaymentHost {
     for (const id of this.byAccount.get(account) ?? []) {
       const entry = this.live.get(id)
       if (entry === undefined) continue
-      const part = this.burnPartOf(entry)
-      if (part === null) continue
-      if (part.daily_micros !== null) (storage ??= []).push({ id, daily_micros: part.daily_micros })
-      if (part.renewal !== null) renewals.push(part.renewal)
-      if (part.hourly === 0n) continue
-      burn += part.hourly
-      // What the hold has not consumed by `at`: the only part of the measure that moves with time.
-      const billable = entry.kind === "gpu" ? billableMsAt(entry.actor.getSnapshot().context, at) : entry.kind === "inference" ? cycleBillableMsAt(entry.actor.getSnapshot().context, at) : 0
-      unconsumed += part.hold_micro_ms - part.per_billable_ms * BigInt(billable)
+      if (entry.kind === "storage") {
+        // What the next midnight charges (onStorageBilling): available or in use, not free.
+        const status = statusOf(entry)
+        const ctx = entry.actor.getSnapshot().context
+        const daily_micros = dayMicrosOf(ctx)
+        if ((status === "available" || status === "in_use") && daily_micros > 0n) (storage ??= []).push({ id, daily_micros })
+        continue
+      }
+      if (entry.actor.getSnapshot().status !== "active") continue
+      if (entry.kind === "gpu") {
+        const ctx = entry.actor.getSnapshot().context
+        // Its deadline gives back what the hold will not have used by then (billing as now, a
+        // preempted one too): money a cycle end at or after it renews on. Not once its stop was
+        // asked for: the stop settles the hold (its refund is in the balance already, or comes
+        // at a pod.deleted a watch gap defers: when, nobody can foresee).
+        if (ctx.deadline_at !== null && ctx.stop_requested_at === null) {
+          const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, ctx.deadline_at))
+          const refund_micros = holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed) - consumed
+          renewals.push({ kind: "deadline", id, ends_at: ctx.deadline_at, refund_micros, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n })
+        }
+        if (ctx.billing_since === null) continue
+        const hourly = rateOf(ctx) * BigInt(gpuUnits(ctx))
+        burn += hourly
+        unconsumed += microMs(holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed)) - hourly * BigInt(billableMsAt(ctx, at))
+      } else {
+        const ctx = entry.actor.getSnapshot().context
+        // A partial cycle nothing consumes has no end to foresee (`partialWaits`).
+        if (entry.actor.getSnapshot().value === "active" && !partialWaits(ctx)) {
+          // What renewalFor will find at the cycle's end if nothing changes: the hold less what
+          // the replicas billing now will have consumed by then comes back (an overage if
+          // negative), and the least partial hold it renews on.
+          const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
+          renewals.push({
+            kind: "cycle_end",
+            id,
+            ends_at: ctx.cycle.ends_at,
+            refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
+            full_micros: fullHoldMicros(ctx),
+            min_micros: leastPartialHoldMicros(ctx),
+            live_hourly_micros: liveHourlyMicros(ctx)
+          })
+        }
+        let running = 0
+        for (const region of ctx.regions) if (ctx.replicas[region]?.billing_since != null) running++
+        if (running === 0) continue
+        const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
+        burn += perReplica * BigInt(running)
+        unconsumed += microMs(BigInt(ctx.cycle.hold_micros)) - perReplica * BigInt(cycleBillableMsAt(ctx, at))
+      }
     }
     // Played in the engine's order: by instant, deadlines before cycle ends, then id (the alarms' keys).
     renewals.sort((a, b) => (foreseenBefore(a, b) ? -1 : 1))
@@ -1605,21 +1645,6 @@ export class GpuSupervisor implements PaymentHost {
     let last_cycle_end = renewals.length - 1
     while (last_cycle_end >= 0 && renewals[last_cycle_end]!.kind !== "cycle_end") last_cycle_end--
     return { at, burn, unconsumed, renewals, last_cycle_end, storage_daily_micros }
-  }
-
-  /**
-   * What a resource adds to its account's burn measure, except what its hold has consumed by
-   * the instant measured: all of it follows from the actor's snapshot alone, so it is worked out
-   * once per snapshot (kept on the entry), not at every measure of the account. A measure follows
-   * every change of any of the account's resources, and most of its resources did not move.
-   * Null: nothing (a stopped resource, free storage).
-   */
-  private burnPartOf(entry: LiveEntry): BurnPart | null {
-    const snapshot = entry.actor.getSnapshot()
-    if (entry.burn?.snapshot === snapshot) return entry.burn.part
-    const part = measureBurnPart(entry)
-    entry.burn = { snapshot, part }
-    return part
   }
 
   private armWatchdog(): void {
@@ -1781,58 +1806,6 @@ const TERM_CHECK_INTERVAL_MS = 10
 const TERM_CHECK_EVERY_CALLS = 1_000
 
 const alarmClockKey = (entry: LiveEntry): string => (entry.kind === "inference" ? `alarm:1:${entry.id}` : `alarm:0:${entry.id}`)
-
-/** `measureBurn`'s work for one resource that does not depend on the instant measured (`GpuSupervisor.burnPartOf`). */
-const measureBurnPart = (entry: LiveEntry): BurnPart | null => {
-  if (entry.kind === "storage") {
-    // What the next midnight charges (onStorageBilling): available or in use, not free.
-    const status = statusOf(entry)
-    const daily_micros = dayMicrosOf(entry.actor.getSnapshot().context)
-    if ((status === "available" || status === "in_use") && daily_micros > 0n) return { hourly: 0n, hold_micro_ms: 0n, per_billable_ms: 0n, renewal: null, daily_micros }
-    return null
-  }
-  const snapshot = entry.actor.getSnapshot()
-  if (snapshot.status !== "active") return null
-  if (entry.kind === "gpu") {
-    const ctx = entry.actor.getSnapshot().context
-    // Its deadline gives back what the hold will not have used by then (billing as now, a
-    // preempted one too): money a cycle end at or after it renews on. Not once its stop was
-    // asked for: the stop settles the hold (its refund is in the balance already, or comes
-    // at a pod.deleted a watch gap defers: when, nobody can foresee).
-    let renewal: ForeseenRenewal | null = null
-    if (ctx.deadline_at !== null && ctx.stop_requested_at === null) {
-      const consumed = costMicros(rateOf(ctx), gpuUnits(ctx), billableMsAt(ctx, ctx.deadline_at))
-      const refund_micros = holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed) - consumed
-      renewal = { kind: "deadline", id: entry.id, ends_at: ctx.deadline_at, refund_micros, full_micros: 0n, min_micros: 0n, live_hourly_micros: 0n }
-    }
-    if (ctx.billing_since === null) return renewal === null ? null : { hourly: 0n, hold_micro_ms: 0n, per_billable_ms: 0n, renewal, daily_micros: null }
-    const hourly = rateOf(ctx) * BigInt(gpuUnits(ctx))
-    return { hourly, hold_micro_ms: microMs(holdMicros(rateOf(ctx), gpuUnits(ctx), ctx.hours_committed)), per_billable_ms: hourly, renewal, daily_micros: null }
-  }
-  const ctx = entry.actor.getSnapshot().context
-  let renewal: ForeseenRenewal | null = null
-  // A partial cycle nothing consumes has no end to foresee (`partialWaits`).
-  if (snapshot.value === "active" && !partialWaits(ctx)) {
-    // What renewalFor will find at the cycle's end if nothing changes: the hold less what
-    // the replicas billing now will have consumed by then comes back (an overage if
-    // negative), and the least partial hold it renews on.
-    const consumed = costMicros(BigInt(ctx.hourly_rate_micros), ctx.gpu_count, cycleBillableMsAt(ctx, ctx.cycle.ends_at))
-    renewal = {
-      kind: "cycle_end",
-      id: entry.id,
-      ends_at: ctx.cycle.ends_at,
-      refund_micros: BigInt(ctx.cycle.hold_micros) - consumed,
-      full_micros: fullHoldMicros(ctx),
-      min_micros: leastPartialHoldMicros(ctx),
-      live_hourly_micros: liveHourlyMicros(ctx)
-    }
-  }
-  let running = 0
-  for (const region of ctx.regions) if (ctx.replicas[region]?.billing_since != null) running++
-  if (running === 0) return renewal === null ? null : { hourly: 0n, hold_micro_ms: 0n, per_billable_ms: 0n, renewal, daily_micros: null }
-  const perReplica = BigInt(ctx.hourly_rate_micros) * BigInt(ctx.gpu_count)
-  return { hourly: perReplica * BigInt(running), hold_micro_ms: microMs(BigInt(ctx.cycle.hold_micros)), per_billable_ms: perReplica, renewal, daily_micros: null }
-}
 
 /** An account without storage to charge: one shared empty list (`measureBurn`). */
 const NO_STORAGE: ReadonlyArray<bigint> = Object.freeze([])
