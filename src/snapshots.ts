@@ -13,7 +13,7 @@
  *
  * The tables below list every field of every context type, with its history. They are typed
  * against the context types, so a field added to a machine's context without an entry here
- * does not compile (`npm test` runs the typecheck), and test/snapshots.test.ts checks that the
+ * does not compile (`npm test` runs the typecheck), and test/upgrade.test.ts checks that the
  * fields marked `first` are exactly those of each machine's first version.
  *
  * `resources.snapshot_version` (migration 20) says which format wrote a row: 0 for rows written
