@@ -317,6 +317,12 @@ export class KubernetesCluster implements ClusterPort {
    */
   private lateSince: number | null = null
   /**
+   * While the driver takes in a pod gone that a DELETED told before a look-up by name confirmed
+   * it (`lookedUp`): when that DELETED came. A stop its record does not date is dated then, not
+   * when the API server answered the look-up (its retries can take minutes). Null otherwise.
+   */
+  private goneHeardAt: number | null = null
+  /**
    * Workloads whose pods all went while the driver was passive, oldest first: at most
    * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
    */
@@ -949,16 +955,16 @@ export class KubernetesCluster implements ClusterPort {
    * gone as the DELETED said, learned when the DELETED was (`late`). The cache keeps the pod
    * meanwhile: nothing is concluded from a DELETED that may not be one.
    */
-  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1): void {
+  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1, heard = this.clock.now()): void {
     const late = this.lateSince
     this.write(`get pod ${pod}`, attempt, (options) => this.core.readNamespacedPod({ name: pod, namespace: this.config.namespace }, options), {
-      ok: (found) => this.lookedUp(pod, uid, last, late, found),
+      ok: (found) => this.lookedUp(pod, uid, last, late, heard, found),
       refused: (status) => {
         if (status !== 404) return false
-        this.lookedUp(pod, uid, last, late, null)
+        this.lookedUp(pod, uid, last, late, heard, null)
         return true
       },
-      retry: () => this.lookUp(w, pod, uid, last, attempt + 1),
+      retry: () => this.lookUp(w, pod, uid, last, attempt + 1, heard),
       // Not known: kept, and the relabel's uid precondition tells (on the slow retry, or when
       // an engine subscribes); a relist meanwhile tells too.
       gaveUp: () => {
@@ -970,7 +976,7 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   /** What the API server said of a pod gone from the selector: `found` by name, or null (404). */
-  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, found: V1Pod | null): void {
+  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, heard: number, found: V1Pod | null): void {
     // The watch moved on meanwhile (the pod is back in the selector and gone again, a relist, a
     // newer pod of the name): it knows better.
     if (this.cachedUid(pod) !== uid) return
@@ -980,6 +986,8 @@ export class KubernetesCluster implements ClusterPort {
       if (found === null || uidOf(found) !== uid) {
         this.markGone(uid)
         this.cache.delete(pod)
+        // Gone when its DELETED came (`heard`), not when the API server answered the look-up.
+        this.goneHeardAt = heard
         this.podGone(last, true)
       } else if (!isManaged(found)) {
         this.cache.set(pod, found)
@@ -988,6 +996,7 @@ export class KubernetesCluster implements ClusterPort {
       // Else it is in the selector again (labelled back by someone): the watch brings it.
     } finally {
       this.lateSince = prior
+      this.goneHeardAt = null
     }
   }
 
@@ -1776,7 +1785,8 @@ export class KubernetesCluster implements ClusterPort {
    */
   private stopped(w: Workload, dated: number | null): void {
     if (w.holds === false) return
-    const now = this.clock.now()
+    // A pod gone that a DELETED told before its look-up confirmed it: as of that DELETED.
+    const now = this.goneHeardAt ?? this.clock.now()
     // The record dates the stop only when the driver learned it late: a node's clock running
     // behind must not backdate a stop heard on time, and even learned late, no stop is dated
     // before the driver last had a current view (it would have heard of it then).

@@ -11,7 +11,7 @@
 import { CoreV1Api, PatchStrategy, setHeaderOptions } from "@kubernetes/client-node"
 import { Either } from "effect"
 import { afterEach, describe, expect, it } from "vitest"
-import { dollars, formatDollars } from "../../src/money.js"
+import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView } from "../../src/resources.js"
 import { tmpDb } from "../helpers.js"
 import { K8sWorld, START_MS } from "./harness.js"
@@ -126,5 +126,35 @@ describe("a pod whose ecolink.io/managed label is removed by hand runs for no on
       [0, "gpu_usage", "-3.20"],
       [60 * MIN, "refund", "1.626667"]
     ])
+  }, 30_000)
+})
+
+describe("a pod removed at once (no deletionTimestamp) while its look-up by name is slow", () => {
+  it("is a loss dated when its DELETED came, not when the API server answered its look-up: the instance billed to 0:30, not to the look-up's retry", async () => {
+    // Proves a forced delete (the pod GC's of a dead node's pods, `kubectl delete --force
+    // --grace-period=0`) of a running pod heard live is billed to when the watch told it, as
+    // before the look-up: its DELETED carries no deletionTimestamp, so the driver asks the API
+    // server for the pod by name first (it may only have lost its label). That GET is answered
+    // 429 with Retry-After: 60 once (a busy API server): the 404 comes at 0:31, yet the GPUs
+    // were freed at 0:30. Before the fix the instance failed, and was billed, to 0:31.
+    const t = await open()
+    const { w } = t
+    await w.advance(30 * MIN)
+    expect(t.view().status).toBe("running")
+    w.server.inject({ method: "GET", path: "/pods/eco-gi-1", status: 429, retryAfter: 60, times: 1 })
+    expect(w.kubelet.lose("gi-1")).toEqual({ ok: true })
+    await w.advance(2 * MIN)
+    expect(t.view()).toMatchObject({ status: "failed", termination_reason: "failed", billable_ms: 29 * MIN })
+    expect(t.moves()).toEqual([
+      [1 * MIN, "pending", "loading", null],
+      [1.5 * MIN, "loading", "running", null],
+      [30 * MIN, "running", "failed", "failed"]
+    ])
+    // The hold settles when the engine learns it (0:31), for the time the GPUs were held (to 0:30).
+    expect(t.rows()).toEqual([
+      [0, "gpu_usage", "-3.20"],
+      [31 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 29 * MIN))]
+    ])
+    expect(t.pods()).toEqual([])
   }, 30_000)
 })
