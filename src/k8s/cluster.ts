@@ -1039,6 +1039,10 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.relabel(w, pod, attempt + 1),
       gaveUp: () => {
         w.busy.delete(pod)
+        // Gating a deletion, it is sent again at the engine's next delete, as a delete that gave
+        // up is (`deleteStalled`), not by the refresh below: that re-sent it at once, refused
+        // again (a 403 of a Role without `patch`), as fast as the API server answered.
+        if (w.deleting) w.deleteStalled.add(pod)
         this.ownRetryLater(w)
         this.refresh(w)
       }
@@ -1819,8 +1823,10 @@ export class KubernetesCluster implements ClusterPort {
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
       if (cached === undefined || w.busy.has(pod)) continue
-      // Its label back first: deleted out of our selector, its end would never be seen.
+      // Its label back first: deleted out of our selector, its end would never be seen. A
+      // relabel that gave up waits for the engine's next delete (`deleteStalled`).
       if (w.unlabeled.has(pod)) {
+        if (w.deleteStalled.has(pod)) continue
         this.relabel(w, pod, 1)
         continue
       }

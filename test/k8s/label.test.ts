@@ -158,3 +158,38 @@ describe("a pod removed at once (no deletionTimestamp) while its look-up by name
     expect(t.pods()).toEqual([])
   }, 30_000)
 })
+
+describe("a pod out of our selector whose label cannot be put back", () => {
+  it("while its instance is terminated: the relabel that gave up is sent again at the engine's next delete, not at once in a loop", async () => {
+    // Proves a relabel refused for good (403: a Role from before this version, without the
+    // `patch` verb, or an admission policy) is not re-sent at once by the deletion it gates:
+    // its give-up refreshed the workload, whose deletion sent the relabel again, refused again,
+    // as fast as the API server answered (the world never settled). Now it waits for the
+    // engine's next delete (its reconciliation asks every 5 minutes), as a delete that gave up.
+    const t = await open()
+    const { w, o } = t
+    await w.advance(30 * MIN)
+    const patches = () => w.server.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/pods/eco-gi-1")).length
+    w.server.inject({ method: "PATCH", path: "/pods/eco-gi-1", token: "ecolink-test-token", status: 403 })
+    await unlabelByHand(w, "eco-gi-1")
+    await w.advance(0)
+    // The operator's own patch, then the driver's relabel, refused.
+    expect(patches()).toBe(2)
+    expect(Either.isRight(o.sup.terminate("gi-1"))).toBe(true)
+    await w.advance(0)
+    expect(patches()).toBe(3)
+    await w.advance(10 * MIN)
+    expect(patches()).toBe(5)
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.what, r.status, r.final])).toEqual([
+      [30 * MIN, "label pod eco-gi-1", 403, true],
+      [30 * MIN, "label pod eco-gi-1", 403, true],
+      [35 * MIN, "label pod eco-gi-1", 403, true],
+      [40 * MIN, "label pod eco-gi-1", 403, true]
+    ])
+    // Billed to the terminate; the pod, which the driver may not label, is left to an operator.
+    expect(t.rows()).toEqual([
+      [0, "gpu_usage", "-3.20"],
+      [30 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 29 * MIN))]
+    ])
+  }, 30_000)
+})
