@@ -1789,8 +1789,10 @@ export class KubernetesCluster implements ClusterPort {
    */
   private stopped(w: Workload, dated: number | null): void {
     if (w.holds === false) return
-    // A pod gone that a DELETED told before its look-up confirmed it: as of that DELETED.
-    const now = this.goneHeardAt ?? this.clock.now()
+    // A pod gone that a DELETED told before its look-up confirmed it: as of that DELETED, never
+    // before the pods last held again nor before the last stop ended (the stops stay in order).
+    const heard = this.goneHeardAt
+    const now = heard === null ? this.clock.now() : Math.max(heard, w.held_at ?? heard, w.stops.at(-1)?.until ?? heard)
     // The record dates the stop only when the driver learned it late: a node's clock running
     // behind must not backdate a stop heard on time, and even learned late, no stop is dated
     // before the driver last had a current view (it would have heard of it then).
