@@ -1062,11 +1062,14 @@ export class PaymentBook {
    * what the payment's card rows take in all (refunded + disputed, not reinstated) never exceeds
    * the payment, however many charge ids its events name. Before, the cap was per charge: two
    * charges of one payment could take it twice (docs/POLICY.md, Disputes). Each charge only
-   * takes what the others left when it books: the first to book keeps it.
+   * takes what the others left when it books: the first to book keeps it. `ceiling`, when
+   * given, bounds it too: a refund's failure books the charge again within what its rows took
+   * before (`recordFailure`), so room another charge freed meanwhile is not taken by a failure.
    */
-  private leftByOthers(p: PaymentRecord, charge_id: string): Micros {
+  private leftByOthers(p: PaymentRecord, charge_id: string, ceiling: Micros | null = null): Micros {
     const others = this.s.otherCharges.get(p.id, charge_id) as { taken_micros: bigint }
-    return others.taken_micros < p.amount_micros ? p.amount_micros - others.taken_micros : 0n
+    const left = others.taken_micros < p.amount_micros ? p.amount_micros - others.taken_micros : 0n
+    return ceiling !== null && ceiling < left ? ceiling : left
   }
 
   /**
@@ -1075,7 +1078,7 @@ export class PaymentBook {
    * Returns the amount booked: negative for a refund made, positive for the credit back of a
    * failed one, 0 when the books already agree.
    */
-  private bookRefunds(p: PaymentRecord, charge_id: string): Micros {
+  private bookRefunds(p: PaymentRecord, charge_id: string, ceiling: Micros | null = null): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const failed = (this.s.failedOf.get(charge_id) as { failed_micros: bigint }).failed_micros
     const known = (this.s.madeOf.get(charge_id) as { made_micros: bigint }).made_micros
@@ -1085,7 +1088,7 @@ export class PaymentBook {
     const net = made > failed ? made - failed : 0n
     // The cap is the payment's, not the charge's: what the payment's other charges booked
     // (refunds and disputes) is not this charge's to take again (`leftByOthers`).
-    const room = this.leftByOthers(p, charge_id)
+    const room = this.leftByOthers(p, charge_id, ceiling)
     const target = net < room ? net : room
     assert(target >= 0n && target <= p.amount_micros, () => `refund target ${target} of ${p.id} outside its amount`)
     // Money is booked as refunded only once the payment is credited (charge.refunded credits
@@ -1096,7 +1099,7 @@ export class PaymentBook {
     )
     if (moved === 0n) return 0n
     // What a dispute of the charge may take is what the refunds leave of the payment.
-    this.bookDisputes(p, charge_id, null)
+    this.bookDisputes(p, charge_id, null, ceiling)
     return moved
   }
 
@@ -1190,10 +1193,10 @@ export class PaymentBook {
    * for the difference. Returns the amount booked: negative when a dispute takes, positive when
    * it gives back (or a refund took its place).
    */
-  private bookDisputes(p: PaymentRecord, charge_id: string, dispute_id: string | null): Micros {
+  private bookDisputes(p: PaymentRecord, charge_id: string, dispute_id: string | null, ceiling: Micros | null = null): Micros {
     const charge = this.s.refund.get(charge_id) as unknown as RefundRecord
     const net = (this.s.disputedOf.get(charge_id) as { net_micros: bigint }).net_micros
-    const room = this.leftByOthers(p, charge_id) - charge.refunded_micros
+    const room = this.leftByOthers(p, charge_id, ceiling) - charge.refunded_micros
     assert(room >= 0n, () => `card rows of ${p.id} above its amount`)
     const target = net < room ? net : room
     assert(target >= 0n, () => `dispute target ${target} of ${p.id} below 0`)
@@ -1242,8 +1245,12 @@ export class PaymentBook {
     // A refund that failed was made first: it counts among the refunds told by id.
     this.s.insertMade.run(e.refund_id, e.charge_id, p.id, amount_micros)
     this.journal.append(at, "card_refund_failed", { payment: p.id, refund: e.refund_id, charge: e.charge_id, amount_micros: amount_micros.toString(), status: e.status, reason: e.failure_reason })
-    const disputedBefore = (this.s.refund.get(e.charge_id) as unknown as RefundRecord).disputed_micros
-    const moved = this.bookRefunds(p, e.charge_id)
+    const before = this.s.refund.get(e.charge_id) as unknown as RefundRecord
+    const disputedBefore = before.disputed_micros
+    // A failure only gives back: the charge's rows take at most what they took before it, even
+    // when another charge of the payment freed room since (`leftByOthers`); that room is taken
+    // at the charge's next refund made or dispute, never as a failure's "credit back" < 0.
+    const moved = this.bookRefunds(p, e.charge_id, before.refunded_micros + before.disputed_micros)
     assert(moved >= 0n, () => `failed refund ${e.refund_id} booked ${moved}`)
     // A dispute of the payment capped by this refund takes what the failure gives back.
     const toDispute = (this.s.refund.get(e.charge_id) as unknown as RefundRecord).disputed_micros - disputedBefore

@@ -341,6 +341,12 @@ export class KubernetesCluster implements ClusterPort {
    */
   private lateSince: number | null = null
   /**
+   * While the driver takes in a pod gone that a DELETED told before a look-up by name confirmed
+   * it (`lookedUp`): when that DELETED came. A stop its record does not date is dated then, not
+   * when the API server answered the look-up (its retries can take minutes). Null otherwise.
+   */
+  private goneHeardAt: number | null = null
+  /**
    * Workloads whose pods all went while the driver was passive, oldest first: at most
    * `passive_gone_workloads_max` are kept (`rememberGone`). Cleared when an engine subscribes.
    */
@@ -967,16 +973,16 @@ export class KubernetesCluster implements ClusterPort {
    * gone as the DELETED said, learned when the DELETED was (`late`). The cache keeps the pod
    * meanwhile: nothing is concluded from a DELETED that may not be one.
    */
-  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1): void {
+  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1, heard = this.clock.now()): void {
     const late = this.lateSince
     this.write(`get pod ${pod}`, attempt, (options) => this.core.readNamespacedPod({ name: pod, namespace: this.config.namespace }, options), {
-      ok: (found) => this.lookedUp(pod, uid, last, late, found),
+      ok: (found) => this.lookedUp(pod, uid, last, late, heard, found),
       refused: (status) => {
         if (status !== 404) return false
-        this.lookedUp(pod, uid, last, late, null)
+        this.lookedUp(pod, uid, last, late, heard, null)
         return true
       },
-      retry: () => this.lookUp(w, pod, uid, last, attempt + 1),
+      retry: () => this.lookUp(w, pod, uid, last, attempt + 1, heard),
       // Not known: kept, and the relabel's uid precondition tells (on the slow retry, or when
       // an engine subscribes); a relist meanwhile tells too.
       gaveUp: () => {
@@ -988,7 +994,7 @@ export class KubernetesCluster implements ClusterPort {
   }
 
   /** What the API server said of a pod gone from the selector: `found` by name, or null (404). */
-  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, found: V1Pod | null): void {
+  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, heard: number, found: V1Pod | null): void {
     // The watch moved on meanwhile (the pod is back in the selector and gone again, a relist, a
     // newer pod of the name): it knows better.
     if (this.cachedUid(pod) !== uid) return
@@ -998,6 +1004,8 @@ export class KubernetesCluster implements ClusterPort {
       if (found === null || uidOf(found) !== uid) {
         this.markGone(uid)
         this.cache.delete(pod)
+        // Gone when its DELETED came (`heard`), not when the API server answered the look-up.
+        this.goneHeardAt = heard
         this.podGone(last, true)
       } else if (!isManaged(found)) {
         this.cache.set(pod, found)
@@ -1006,6 +1014,7 @@ export class KubernetesCluster implements ClusterPort {
       // Else it is in the selector again (labelled back by someone): the watch brings it.
     } finally {
       this.lateSince = prior
+      this.goneHeardAt = null
     }
   }
 
@@ -1101,6 +1110,10 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.relabel(w, pod, attempt + 1, times),
       gaveUp: () => {
         w.busy.delete(pod)
+        // Gating a deletion, it is sent again at the engine's next delete, as a delete that gave
+        // up is (`deleteStalled`), not by the refresh below: that re-sent it at once, refused
+        // again (a 403 of a Role without `patch`), as fast as the API server answered.
+        if (w.deleting) w.deleteStalled.add(pod)
         this.ownRetryLater(w)
         this.refresh(w)
       }
@@ -1855,7 +1868,10 @@ export class KubernetesCluster implements ClusterPort {
    */
   private stopped(w: Workload, dated: number | null): void {
     if (w.holds === false) return
-    const now = this.clock.now()
+    // A pod gone that a DELETED told before its look-up confirmed it: as of that DELETED, never
+    // before the pods last held again nor before the last stop ended (the stops stay in order).
+    const heard = this.goneHeardAt
+    const now = heard === null ? this.clock.now() : Math.max(heard, w.held_at ?? heard, w.stops.at(-1)?.until ?? heard)
     // The record dates the stop only when the driver learned it late: a node's clock running
     // behind must not backdate a stop heard on time, and even learned late, no stop is dated
     // before the driver last had a current view (it would have heard of it then).
@@ -1888,8 +1904,10 @@ export class KubernetesCluster implements ClusterPort {
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
       if (cached === undefined || w.busy.has(pod)) continue
-      // Its label back first: deleted out of our selector, its end would never be seen.
+      // Its label back first: deleted out of our selector, its end would never be seen. A
+      // relabel that gave up waits for the engine's next delete (`deleteStalled`).
       if (w.unlabeled.has(pod)) {
+        if (w.deleteStalled.has(pod)) continue
         this.restoreLabels(w, pod)
         continue
       }

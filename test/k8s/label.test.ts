@@ -307,3 +307,68 @@ describe("every label of ours removed or changed by hand is put back, not only e
     ranToItsDeadline(t)
   }, 30_000)
 })
+
+describe("a pod removed at once (no deletionTimestamp) while its look-up by name is slow", () => {
+  it("is a loss dated when its DELETED came, not when the API server answered its look-up: the instance billed to 0:30, not to the look-up's retry", async () => {
+    // Proves a forced delete (the pod GC's of a dead node's pods, `kubectl delete --force
+    // --grace-period=0`) of a running pod heard live is billed to when the watch told it, as
+    // before the look-up: its DELETED carries no deletionTimestamp, so the driver asks the API
+    // server for the pod by name first (it may only have lost its label). That GET is answered
+    // 429 with Retry-After: 60 once (a busy API server): the 404 comes at 0:31, yet the GPUs
+    // were freed at 0:30. Before the fix the instance failed, and was billed, to 0:31.
+    const t = await open()
+    const { w } = t
+    await w.advance(30 * MIN)
+    expect(t.view().status).toBe("running")
+    w.server.inject({ method: "GET", path: "/pods/eco-gi-1", status: 429, retryAfter: 60, times: 1 })
+    expect(w.kubelet.lose("gi-1")).toEqual({ ok: true })
+    await w.advance(2 * MIN)
+    expect(t.view()).toMatchObject({ status: "failed", termination_reason: "failed", billable_ms: 29 * MIN })
+    expect(t.moves()).toEqual([
+      [1 * MIN, "pending", "loading", null],
+      [1.5 * MIN, "loading", "running", null],
+      [30 * MIN, "running", "failed", "failed"]
+    ])
+    // The hold settles when the engine learns it (0:31), for the time the GPUs were held (to 0:30).
+    expect(t.rows()).toEqual([
+      [0, "gpu_usage", "-3.20"],
+      [31 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 29 * MIN))]
+    ])
+    expect(t.pods()).toEqual([])
+  }, 30_000)
+})
+
+describe("a pod out of our selector whose label cannot be put back", () => {
+  it("while its instance is terminated: the relabel that gave up is sent again at the engine's next delete, not at once in a loop", async () => {
+    // Proves a relabel refused for good (403: a Role from before this version, without the
+    // `patch` verb, or an admission policy) is not re-sent at once by the deletion it gates:
+    // its give-up refreshed the workload, whose deletion sent the relabel again, refused again,
+    // as fast as the API server answered (the world never settled). Now it waits for the
+    // engine's next delete (its reconciliation asks every 5 minutes), as a delete that gave up.
+    const t = await open()
+    const { w, o } = t
+    await w.advance(30 * MIN)
+    const patches = () => w.server.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/pods/eco-gi-1")).length
+    w.server.inject({ method: "PATCH", path: "/pods/eco-gi-1", token: "ecolink-test-token", status: 403 })
+    await unlabelByHand(w, "eco-gi-1")
+    await w.advance(0)
+    // The operator's own patch, then the driver's relabel, refused.
+    expect(patches()).toBe(2)
+    expect(Either.isRight(o.sup.terminate("gi-1"))).toBe(true)
+    await w.advance(0)
+    expect(patches()).toBe(3)
+    await w.advance(10 * MIN)
+    expect(patches()).toBe(5)
+    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.what, r.status, r.final])).toEqual([
+      [30 * MIN, "label pod eco-gi-1", 403, true],
+      [30 * MIN, "label pod eco-gi-1", 403, true],
+      [35 * MIN, "label pod eco-gi-1", 403, true],
+      [40 * MIN, "label pod eco-gi-1", 403, true]
+    ])
+    // Billed to the terminate; the pod, which the driver may not label, is left to an operator.
+    expect(t.rows()).toEqual([
+      [0, "gpu_usage", "-3.20"],
+      [30 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 29 * MIN))]
+    ])
+  }, 30_000)
+})

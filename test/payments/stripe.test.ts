@@ -866,6 +866,49 @@ describe("disputes (chargebacks) at Stripe", () => {
     expect((await w.req("GET", "/billing/balance", { key: a.key })).body).toEqual({ balance: "15.00" })
   })
 
+  it("give back only what a failed refund gave back when another charge of the payment freed its room meanwhile (no assert inside the webhook's unit of work)", async () => {
+    // Proves the cap across charges never trips the ledger's asserts: a refund of `ch_forged_b`
+    // takes the whole $25, so one of `ch_forged_a` books nothing; `ch_forged_b`'s refund fails
+    // (+$25 back), which frees the payment for `ch_forged_a`. A failure of another refund of
+    // `ch_forged_a` then gives back nothing (none of its money was booked as refunded): it is
+    // `nothing`, not an assert thrown inside the unit of work (a failure booking −$25,
+    // "failed refund … booked -25000000"), and the webhooks after it are served.
+    const { w, server, clock } = await setup()
+    const { a, pi } = await confirmedTopUp({ w, server }, "freed@example.com", "pm_card_visa")
+    expect(outcomes(await server.flush())).toEqual([
+      [200, "ignored"],
+      [200, "credited"]
+    ])
+    const signed = (id: string, type: string, object: Record<string, unknown>) => {
+      const payload = JSON.stringify({ id, object: "event", type, created: Math.floor(clock.now() / 1000), data: { object } })
+      return server.deliver({ id, type, payload }, Stripe.webhooks.generateTestHeaderString({ payload, secret: server.secret, timestamp: Math.floor(clock.now() / 1000) }))
+    }
+    const refund = (id: string, charge: string, amount: number, status: string) => ({ id, object: "refund", amount, currency: "usd", charge, payment_intent: pi, status })
+    expect(
+      outcomes([
+        await signed("evt_freed_1", "refund.created", refund("re_freed_b", "ch_forged_b", 2500, "succeeded")),
+        await signed("evt_freed_2", "refund.created", refund("re_freed_a", "ch_forged_a", 2500, "succeeded")),
+        await signed("evt_freed_3", "refund.failed", refund("re_freed_b", "ch_forged_b", 2500, "failed")),
+        await signed("evt_freed_4", "refund.failed", refund("re_freed_a2", "ch_forged_a", 100, "failed")),
+        await signed("evt_freed_5", "refund.created", refund("re_freed_a3", "ch_forged_a", 100, "succeeded"))
+      ])
+    ).toEqual([
+      [200, "refunded"],
+      [200, "nothing"],
+      [200, "refund_reversed"],
+      [200, "nothing"],
+      [200, "refunded"]
+    ])
+    // `ch_forged_a` is booked again at its own next refund made: what it refunded in all, the
+    // $25 the payment now has room for.
+    expect(disputeRows(w, a.account)).toEqual([
+      ["topup", "25.00", "25.00", "pay_00000001", "Top-up by card (pay_00000001)"],
+      ["refund", "-25.00", "0.00", "pay_00000001", "Refund to card of top-up pay_00000001"],
+      ["refund", "25.00", "25.00", "pay_00000001", "Failed refund to card of top-up pay_00000001, credit returned"],
+      ["refund", "-25.00", "0.00", "pay_00000001", "Refund to card of top-up pay_00000001"]
+    ])
+  })
+
   it("book nothing for a dispute or refund in another currency than the payment's, and journal it for an operator", async () => {
     // Proves the Decision in docs/POLICY.md (Disputes): an amount in another currency is not
     // comparable with the payment's. A $25 top-up (usd) is told disputed for 2500 eur and
