@@ -41,7 +41,9 @@
  *   (`relabel`), so it is never taken for gone while it runs. Every other label of ours removed
  *   or changed by hand (`ecolink.io/instance`, which an inference replica's Service selects) is
  *   put back the same way, at a bounded pace against something that keeps undoing it
- *   (`restoreLabels`).
+ *   (`restoreLabels`). One the engine wants deleted whose relabel gives up (`patch` forbidden)
+ *   is deleted anyway and its end, which the watch cannot show, confirmed by name
+ *   (`confirmGone`): it never holds its GPUs after its instance's stop.
  *
  * - Storage: a drive or shared filesystem is a PersistentVolumeClaim named like the volume
  *   the pods mount (`claimNameOf`), created by `ensureVolume` (409 = it exists) and deleted by
@@ -162,6 +164,21 @@ interface Workload {
    * (the watchdog repeats it every tick), so a refusal is never re-sent in a loop.
    */
   readonly deleteStalled: Set<string>
+  /**
+   * Pods out of our selector that the engine wants deleted and whose relabel gave up (refused for
+   * good: a Role without `patch`, an admission policy; or retried `request_attempts_max` times):
+   * deleted anyway, by name with their uid as a precondition, for they hold GPUs nobody is billed
+   * for. The watch shows nothing of their end, so a GET by name confirms it (`confirmGone`): `at`
+   * is when the next one is due (null until the delete is answered), `checks` how many found the
+   * pod still there, the wait doubling from `own_retry_ms_min` to `own_retry_ms_max` with each.
+   */
+  readonly unwatched: Map<string, { readonly checks: number; readonly at: number | null }>
+  /**
+   * The uid of each pod whose delete this driver sent (in flight or answered): a DELETED without a
+   * `deletionTimestamp` for it is its own delete carried out at once (a pending pod's, a forced
+   * one), not a label removed by hand, so it is taken as gone without a look-up (`lookUp`).
+   */
+  readonly deleteAsked: Map<string, string>
   /** Pods whose write was answered but whose watch event has not arrived: resourceVersion awaited. */
   readonly awaiting: Map<string, { readonly rv: string; readonly seq: number }>
   replacements: number
@@ -700,6 +717,8 @@ export class KubernetesCluster implements ClusterPort {
       relabeled: new Map(),
       relabelTimer: null,
       deleteStalled: new Set(),
+      unwatched: new Map(),
+      deleteAsked: new Map(),
       awaiting: new Map(),
       replacements: 0,
       replacing: new Set(),
@@ -931,13 +950,23 @@ export class KubernetesCluster implements ClusterPort {
    */
   private deletePod(w: Workload, pod: string, attempt: number, force: boolean, uid: string | undefined): void {
     w.busy.add(pod)
+    // Its DELETED may come before this answers: from now on it is known to be asked (`lookUp`).
+    if (uid !== undefined) w.deleteAsked.set(pod, uid)
     const body = uid === undefined ? {} : { body: { preconditions: { uid } } }
     const request = (options: ConfigurationOptions) => this.core.deleteNamespacedPod({ name: pod, namespace: this.config.namespace, ...(force ? { gracePeriodSeconds: 0 } : {}), ...body }, options)
     this.write(`${force ? "force delete" : "delete"} pod ${pod}`, attempt, request, {
       ok: (deleted) => {
         w.busy.delete(pod)
         if (!w.deleting) w.ownGiveUps = 0
-        this.await(w, pod, deleted.metadata?.resourceVersion)
+        const unwatched = w.unwatched.get(pod)
+        if (unwatched === undefined) this.await(w, pod, deleted.metadata?.resourceVersion)
+        else {
+          // Out of our selector: the watch shows neither this version nor the pod's end. The
+          // answer is what the cache knows of it now (terminating: not deleted again, forced
+          // once terminating too long), and a GET by name at once tells whether it is gone.
+          if (uid !== undefined && uidOf(deleted) === uid && this.cachedUid(pod) === uid) this.cache.set(pod, deleted)
+          w.unwatched.set(pod, { checks: unwatched.checks, at: this.clock.now() })
+        }
         this.refresh(w)
       },
       // 404: the API server says the pod is gone, whatever the cache says (a watch gap). 409 to a
@@ -954,6 +983,8 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.deletePod(w, pod, attempt + 1, force, uid),
       gaveUp: () => {
         w.busy.delete(pod)
+        // Not carried out, as far as the driver knows: a DELETED of it is looked up again.
+        if (uid !== undefined && w.deleteAsked.get(pod) === uid) w.deleteAsked.delete(pod)
         w.deleteStalled.add(pod)
         // Not deleting: the delete of a kubelet-preempted pod, the driver's own.
         if (!w.deleting) this.ownRetryLater(w)
@@ -973,31 +1004,36 @@ export class KubernetesCluster implements ClusterPort {
    * gone as the DELETED said, learned when the DELETED was (`late`). The cache keeps the pod
    * meanwhile: nothing is concluded from a DELETED that may not be one.
    */
-  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1, heard = this.clock.now()): void {
+  private lookUp(w: Workload, pod: string, uid: string, last: V1Pod, attempt = 1, heard = this.clock.now(), sent = this.cache.get(pod)): void {
     const late = this.lateSince
     this.write(`get pod ${pod}`, attempt, (options) => this.core.readNamespacedPod({ name: pod, namespace: this.config.namespace }, options), {
-      ok: (found) => this.lookedUp(pod, uid, last, late, heard, found),
+      ok: (found) => this.lookedUp(pod, uid, last, late, heard, sent, found),
       refused: (status) => {
         if (status !== 404) return false
-        this.lookedUp(pod, uid, last, late, heard, null)
+        this.lookedUp(pod, uid, last, late, heard, sent, null)
         return true
       },
-      retry: () => this.lookUp(w, pod, uid, last, attempt + 1, heard),
+      retry: () => this.lookUp(w, pod, uid, last, attempt + 1, heard, sent),
       // Not known: kept, and the relabel's uid precondition tells (on the slow retry, or when
       // an engine subscribes); a relist meanwhile tells too.
       gaveUp: () => {
-        if (this.cachedUid(pod) !== uid) return
+        if (this.cache.get(pod) !== sent) return
         w.unlabeled.add(pod)
         this.ownRetryLater(w)
       }
     })
   }
 
-  /** What the API server said of a pod gone from the selector: `found` by name, or null (404). */
-  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, heard: number, found: V1Pod | null): void {
-    // The watch moved on meanwhile (the pod is back in the selector and gone again, a relist, a
-    // newer pod of the name): it knows better.
-    if (this.cachedUid(pod) !== uid) return
+  /**
+   * What the API server said of a pod gone from the selector: `found` by name, or null (404).
+   * `sent`: what the cache held when the look-up was sent.
+   */
+  private lookedUp(pod: string, uid: string, last: V1Pod, late: number | null, heard: number, sent: V1Pod | undefined, found: V1Pod | null): void {
+    // The cache changed meanwhile (the pod back in the selector and changed since, a relist, a
+    // newer pod of the name): what changed it is newer than this answer may be (the GET was read
+    // before, or answered after, the watch events that came first), so it knows better. Before,
+    // only the uid was compared: a late answer put an older version of the same pod back.
+    if (this.cache.get(pod) !== sent || this.cachedUid(pod) !== uid) return
     const prior = this.lateSince
     this.lateSince = late
     try {
@@ -1029,7 +1065,8 @@ export class KubernetesCluster implements ClusterPort {
    * (`labels_contested`). Only while active, or to carry the engine's delete on.
    */
   private restoreLabels(w: Workload, pod: string): void {
-    if (w.busy.has(pod)) return
+    // Deleted without its label (`unwatched`): its end is confirmed by name, not by the watch.
+    if (w.busy.has(pod) || w.unwatched.has(pod)) return
     const now = this.clock.now()
     const l = this.config.limits
     const last = w.relabeled.get(pod)
@@ -1110,14 +1147,65 @@ export class KubernetesCluster implements ClusterPort {
       retry: () => this.relabel(w, pod, attempt + 1, times),
       gaveUp: () => {
         w.busy.delete(pod)
-        // Gating a deletion, it is sent again at the engine's next delete, as a delete that gave
-        // up is (`deleteStalled`), not by the refresh below: that re-sent it at once, refused
-        // again (a 403 of a Role without `patch`), as fast as the API server answered.
-        if (w.deleting) w.deleteStalled.add(pod)
+        // Gating a deletion, it is not sent again: the pod holds GPUs the engine no longer bills
+        // for, and a relabel refused for good (a 403 of a Role without `patch`, an admission
+        // policy) would keep them held until an operator acted. The pod is deleted anyway, by
+        // name with its uid as a precondition, and its end, which the watch cannot show, is
+        // confirmed by name (`unwatched`, `confirmGone`). Never re-sent at once: that looped a
+        // refused relabel as fast as the API server answered.
+        if (w.deleting) {
+          if (this.cachedUid(pod) === uid && !w.unwatched.has(pod)) w.unwatched.set(pod, { checks: 0, at: null })
+          return this.refresh(w)
+        }
         this.ownRetryLater(w)
         this.refresh(w)
       }
     })
+  }
+
+  /**
+   * Whether a pod deleted out of our selector (`unwatched`) is gone, which the watch cannot show.
+   * 404, or another pod of that name: gone, as a delete answered 404 is (`goneOnServer`), and the
+   * workload concludes. Still there: the cache keeps what the GET shows (unless the watch or a
+   * relist changed it meanwhile: they know better), and the next GET waits `own_retry_ms_min`,
+   * doubling per time up to `own_retry_ms_max` (a pod terminating longer than
+   * `pod_force_delete_after_ms` is forced by `deleteRemaining`, so the checks end). Not retried
+   * at once when it fails: the next check is that retry.
+   */
+  private confirmGone(w: Workload, pod: string, uid: string): void {
+    w.busy.add(pod)
+    const sent = this.cache.get(pod)
+    this.write(`get pod ${pod}`, 1, (options) => this.core.readNamespacedPod({ name: pod, namespace: this.config.namespace }, options), {
+      ok: (found) => {
+        w.busy.delete(pod)
+        if (uidOf(found) !== uid) return this.goneOnServer(w, pod, uid)
+        this.checkLater(w, pod, sent, found)
+      },
+      refused: (status) => {
+        if (status !== 404) return false
+        w.busy.delete(pod)
+        this.goneOnServer(w, pod, uid)
+        return true
+      },
+      gaveUp: () => {
+        w.busy.delete(pod)
+        this.checkLater(w, pod, sent, null)
+      }
+    })
+  }
+
+  /** A pod deleted out of our selector found still there (`found`), or not known (null): checked again later. */
+  private checkLater(w: Workload, pod: string, sent: V1Pod | undefined, found: V1Pod | null): void {
+    const u = w.unwatched.get(pod)
+    // Gone meanwhile (the watch saw it go: its label was back), or the workload is.
+    if (u === undefined) return this.refresh(w)
+    if (found !== null && sent !== undefined && this.cache.get(pod) === sent) this.cache.set(pod, found)
+    const l = this.config.limits
+    const checks = u.checks + 1
+    // Not terminating (the delete's answer was not what it did): its delete is sent again.
+    const again = found !== null && !isTerminating(found)
+    w.unwatched.set(pod, { checks, at: again ? null : this.clock.now() + backoffMs(checks, l.own_retry_ms_min, l.own_retry_ms_max) })
+    this.refresh(w)
   }
 
   private cachedUid(pod: string): string | undefined {
@@ -1507,11 +1595,13 @@ export class KubernetesCluster implements ClusterPort {
         if (uid !== undefined && this.goneUids.has(uid)) {
           // About a pod known to be gone (stale, or replayed): never about the pod of this name now.
           this.heardGone(name, uid, object, type === "DELETED")
-        } else if (type === "DELETED" && cached !== undefined && !other && uid !== undefined && object.metadata?.deletionTimestamp == null) {
+        } else if (type === "DELETED" && cached !== undefined && !other && uid !== undefined && object.metadata?.deletionTimestamp == null && this.ownerOf(cached).deleteAsked.get(name) !== uid) {
           // Gone from our selector with no deletion asked: a label removed or changed by hand
           // (the API server reports an object that stops matching a watch's selector as
           // DELETED, as it was before) looks like a pod removed at once. Looked up by name
-          // before it is taken for gone (`lookUp`).
+          // before it is taken for gone (`lookUp`). Not a pod whose delete this driver sent
+          // (`deleteAsked`): a pending pod's delete is carried out at once, and it knows that
+          // pod is going, without a GET per delete.
           this.lookUp(this.ownerOf(cached), name, uid, object)
         } else if (type === "DELETED") {
           this.markGone(uid)
@@ -1683,6 +1773,8 @@ export class KubernetesCluster implements ClusterPort {
     this.saw(w, pod)
     w.deleteStalled.delete(name)
     w.unlabeled.delete(name)
+    w.unwatched.delete(name)
+    if (w.deleteAsked.get(name) === uidOf(pod)) w.deleteAsked.delete(name)
     const record = podStoppedAt(pod, true)
     const told = record === null ? end : null
     // Gone without our asking: whatever it was doing, it holds no GPUs now.
@@ -1904,14 +1996,28 @@ export class KubernetesCluster implements ClusterPort {
     for (const pod of w.pods) {
       const cached = this.cache.get(pod)
       if (cached === undefined || w.busy.has(pod)) continue
-      // Its label back first: deleted out of our selector, its end would never be seen. A
-      // relabel that gave up waits for the engine's next delete (`deleteStalled`).
-      if (w.unlabeled.has(pod)) {
-        if (w.deleteStalled.has(pod)) continue
+      // Its label back first: deleted out of our selector, its end would never be seen. Unless
+      // that gave up (`unwatched`): deleted anyway, its end confirmed by name.
+      let unwatched = w.unwatched.get(pod)
+      if (w.unlabeled.has(pod) && unwatched === undefined) {
         this.restoreLabels(w, pod)
         continue
       }
       if (w.awaiting.has(pod) || w.deleteStalled.has(pod)) continue
+      // Already terminating: no delete to send, only its end to confirm.
+      if (unwatched !== undefined && unwatched.at === null && isTerminating(cached)) w.unwatched.set(pod, (unwatched = { checks: unwatched.checks, at: now }))
+      if (unwatched !== undefined && unwatched.at !== null) {
+        // Its delete was answered: asked by name when due, forced once terminating too long.
+        if (unwatched.at > now) {
+          this.relabelLater(w, unwatched.at)
+          continue
+        }
+        const since = isTerminating(cached) ? (w.terminatingSince.get(pod) ?? now) : now
+        if (isTerminating(cached)) w.terminatingSince.set(pod, since)
+        if (now - since >= this.config.limits.pod_force_delete_after_ms) this.deletePod(w, pod, 1, true, uidOf(cached))
+        else this.confirmGone(w, pod, uidOf(cached)!)
+        continue
+      }
       if (!isTerminating(cached)) {
         this.deletePod(w, pod, 1, false, uidOf(cached))
         continue

@@ -503,6 +503,17 @@ export class KubeApiServer {
     return f
   }
 
+  /**
+   * Holds the answer to the next GET of one object whose path contains `path`: read when the
+   * request comes, sent once `until` settles. A slow answer, overtaken by the watch events of
+   * changes made meanwhile (the client sees an older version after newer ones).
+   */
+  holdGet(path: string, until: Promise<void>): void {
+    this.heldGets.push({ path, until })
+  }
+
+  private readonly heldGets: Array<{ readonly path: string; readonly until: Promise<void> }> = []
+
   clearFailures(): void {
     this.failures.length = 0
   }
@@ -553,7 +564,12 @@ export class KubeApiServer {
       }
       if (name === null) return fail(405, "MethodNotAllowed", `the server does not allow this method on the requested resource`)
       if (namespace === null) return fail(404, "NotFound", `${type.plural} must be addressed in a namespace`)
-      if (method === "GET") return json(res, 200, this.get(type, namespace, name))
+      if (method === "GET") {
+        const answer = this.get(type, namespace, name)
+        const held = this.heldGets.findIndex((h) => url.pathname.includes(h.path))
+        if (held >= 0) await this.heldGets.splice(held, 1)[0]!.until
+        return json(res, 200, answer)
+      }
       if (method === "PUT") return json(res, 200, this.replace(type, namespace, name, subresource, parseJson(body)))
       if (method === "PATCH") return json(res, 200, this.patch(type, namespace, name, subresource, String(req.headers["content-type"] ?? ""), parseJson(body)))
       if (method === "DELETE") {

@@ -226,16 +226,22 @@ describe("preemption and resumption", () => {
     expect(w.pods().map((p) => [p.metadata.name, p.metadata.annotations!["ecolink.io/replacement"]])).toEqual([["eco-gi-1", "1"]])
   })
 
-  it("a preempted workload deleted by the engine: its pending replacement goes and pod.deleted follows", async () => {
+  it("a preempted workload deleted by the engine: its pending replacement goes and pod.deleted follows, with no look-up of its own delete", async () => {
+    // Also proves the driver's own delete of a pending pod, carried out at once (a DELETED with
+    // no deletionTimestamp, as a label removed by hand looks), costs no GET: the driver asked
+    // for it (`deleteAsked`). Before, each such delete was followed by a look-up by name.
     const { w, d, events } = await open()
     await running(w, d)
     w.kubelet.preempt("gi-1")
     await w.advance(0)
+    const gets = () => w.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/pods/eco-gi-1")).length
+    const before = gets()
     d.deleteWorkload("eco-gi-1")
     await w.advance(0)
     expect(w.pods()).toEqual([])
     expect(events.map((e) => e.type)).toEqual(["pod.loading", "pod.running", "pod.preempted", "pod.deleted"])
     expect(w.kubelet.free("us-east")).toEqual([8, 8])
+    expect(gets() - before).toBe(0)
   })
 })
 

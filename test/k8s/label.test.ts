@@ -15,7 +15,7 @@ import { costMicros, dollars, formatDollars } from "../../src/money.js"
 import type { GpuView, InferenceView } from "../../src/resources.js"
 import { tmpDb } from "../helpers.js"
 import { labelValue, podNamesOf } from "../../src/k8s/names.js"
-import { K8sWorld, START_MS, workloadSpec } from "./harness.js"
+import { caughtUp, K8sWorld, START_MS, workloadSpec } from "./harness.js"
 import { EngineOnDriver } from "./timelineWorld.js"
 
 let world: K8sWorld | null = null
@@ -36,8 +36,8 @@ const MANAGED = "ecolink.io/managed"
  * 1 × H100 at $1.60/h for 2 h (a $3.20 hold) in the default region: pulled in 60 s, started in
  * 30 s, so billed from 0:01:00 (loading) to its deadline at 2:01:00.
  */
-const open = async () => {
-  world = await K8sWorld.start()
+const open = async (pod_stop_ms = 0) => {
+  world = await K8sWorld.start({ regions: [{ name: "us-east", nodes: 2, gpus_per_node: 8, image_pull_ms: 60_000, container_start_ms: 30_000, pod_stop_ms }] })
   const w = world
   const o = (opened = await EngineOnDriver.open(w, new Map([["H100", RATE]]), tmpDb()))
   expect(Either.isRight(o.sup.launchGpu({ account: "acme", id: "gi-1", kind: "gpu_instance", gpu: "H100", gpu_count: 1, node_count: 1, region: "us-east", estimated_duration_hours: 2, image: null }))).toBe(true)
@@ -339,36 +339,94 @@ describe("a pod removed at once (no deletionTimestamp) while its look-up by name
 })
 
 describe("a pod out of our selector whose label cannot be put back", () => {
-  it("while its instance is terminated: the relabel that gave up is sent again at the engine's next delete, not at once in a loop", async () => {
+  it("while its instance is terminated: deleted anyway, by name with its uid, its end confirmed by GET; the instance terminated, billed to the terminate, and the refused relabel never looped", async () => {
     // Proves a relabel refused for good (403: a Role from before this version, without the
-    // `patch` verb, or an admission policy) is not re-sent at once by the deletion it gates:
-    // its give-up refreshed the workload, whose deletion sent the relabel again, refused again,
-    // as fast as the API server answered (the world never settled). Now it waits for the
-    // engine's next delete (its reconciliation asks every 5 minutes), as a delete that gave up.
-    const t = await open()
+    // `patch` verb, or an admission policy) no longer keeps a terminated instance's pod on its
+    // GPUs. Before, the deletion waited for the relabel, refused each time the engine asked
+    // again: the pod ran on, unbilled, the instance stuck terminating, until an operator acted.
+    // Now the pod is deleted anyway (its uid a precondition) and, out of the watch's selector,
+    // its end is confirmed by GET by name: at once, then 10 s and 20 s later (its kubelet takes
+    // 25 s to stop it). The relabel is not re-sent: not at once in a loop, nor later.
+    const t = await open(25 * S)
     const { w, o } = t
     await w.advance(30 * MIN)
-    const patches = () => w.server.requests.filter((r) => r.method === "PATCH" && r.path.endsWith("/pods/eco-gi-1")).length
+    const [[, uid]] = t.pods() as [[string, string, string, null]]
+    const count = (method: string) => w.server.requests.filter((r) => r.method === method && r.path.endsWith("/pods/eco-gi-1")).length
     w.server.inject({ method: "PATCH", path: "/pods/eco-gi-1", token: "ecolink-test-token", status: 403 })
     await unlabelByHand(w, "eco-gi-1")
     await w.advance(0)
-    // The operator's own patch, then the driver's relabel, refused.
-    expect(patches()).toBe(2)
+    // The operator's own patch, then the driver's relabel, refused: the pod runs on, unlabelled,
+    // its instance running and billed (it holds its GPUs).
+    expect(count("PATCH")).toBe(2)
+    expect(t.pods()).toEqual([["eco-gi-1", uid, null, null]])
+    expect(t.view().status).toBe("running")
+    // Running, the relabel is tried again on the slow retry (10 s doubling to once a minute).
+    await w.advance(30 * MIN)
+    const patches = count("PATCH")
+    expect(patches).toBeLessThanOrEqual(2 + 30 + 3)
     expect(Either.isRight(o.sup.terminate("gi-1"))).toBe(true)
     await w.advance(0)
-    expect(patches()).toBe(3)
+    // 1:00: the relabel tried once more for the deletion, refused; the pod deleted anyway.
+    expect(count("PATCH")).toBe(patches + 1)
+    expect(count("DELETE")).toBe(1)
+    expect(t.pods()).toEqual([["eco-gi-1", uid, null, expect.any(String)]])
+    expect(t.view().status).toBe("terminating")
     await w.advance(10 * MIN)
-    expect(patches()).toBe(5)
-    expect(w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.what, r.status, r.final])).toEqual([
-      [30 * MIN, "label pod eco-gi-1", 403, true],
-      [30 * MIN, "label pod eco-gi-1", 403, true],
-      [35 * MIN, "label pod eco-gi-1", 403, true],
-      [40 * MIN, "label pod eco-gi-1", 403, true]
+    expect(t.pods()).toEqual([])
+    expect(t.view()).toMatchObject({ status: "terminated", termination_reason: "user_requested", billable_ms: 59 * MIN })
+    // Its end confirmed by the third GET (1:00:30); the stop completes then.
+    expect(t.moves()).toEqual([
+      [1 * MIN, "pending", "loading", null],
+      [1.5 * MIN, "loading", "running", null],
+      [60 * MIN, "running", "terminating", "user_requested"],
+      [60 * MIN + 30 * S, "terminating", "terminated", "user_requested"]
     ])
-    // Billed to the terminate; the pod, which the driver may not label, is left to an operator.
     expect(t.rows()).toEqual([
       [0, "gpu_usage", "-3.20"],
-      [30 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 29 * MIN))]
+      [60 * MIN, "refund", formatDollars(dollars("3.20") - costMicros(RATE, 1, 59 * MIN))]
     ])
+    // The look-up at 0:30, then the three checks; no PATCH or DELETE since.
+    expect(count("GET")).toBe(4)
+    expect(count("PATCH")).toBe(patches + 1)
+    expect(count("DELETE")).toBe(1)
+    const failed = w.reports.filter((r) => r.kind === "request_failed").map((r) => [r.at - START_MS, r.what, r.status, r.final])
+    expect(failed.length).toBe(patches - 1 + 1)
+    expect(failed.at(-1)).toEqual([60 * MIN, "label pod eco-gi-1", 403, true])
+    expect(failed.every(([, what]) => what === "label pod eco-gi-1")).toBe(true)
+  }, 30_000)
+})
+
+describe("a look-up answered late", () => {
+  it("after newer watch events of the same pod: ignored, the older version it read is not put back in the cache (no relabel of a pod labelled again)", async () => {
+    // Proves the look-up's answer is dropped when the cache changed since it was sent. The
+    // operator removes the label (DELETED: the driver sends its GET, whose answer the API
+    // server reads at once, the pod unlabelled, and sends late), then puts it back (ADDED: the
+    // driver caches that newer version). Before, the late answer, of the same uid, replaced it:
+    // the driver took the pod for out of its selector again and patched its labels back
+    // (`pod_relabeled`), acting on a version older than the one it had.
+    world = await K8sWorld.start()
+    const w = world
+    const d = await w.driver()
+    d.subscribe(() => {})
+    const spec = workloadSpec({ gpu_count: 1 })
+    d.createWorkload(spec)
+    await w.advance(90 * S)
+    expect(d.phaseOf(spec.name)).toBe("running")
+    let release: () => void = () => {}
+    w.server.holdGet("/pods/eco-gi-1", new Promise<void>((resolve) => (release = resolve)))
+    const gets = () => w.server.requests.filter((r) => r.method === "GET" && r.path.endsWith("/pods/eco-gi-1")).length
+    await unlabelByHand(w, "eco-gi-1")
+    // Bounded wait (wall clock, the test's own) for the look-up to reach the server.
+    for (let i = 0; i < 2_500 && gets() === 0; i++) await new Promise((resolve) => setTimeout(resolve, 2))
+    expect(gets()).toBe(1)
+    await labelByHand(w, "eco-gi-1", { [MANAGED]: "true" })
+    await caughtUp(w.server, d, w.server.resourceVersion)
+    release()
+    await w.advance(0)
+    const driverPatches = w.server.requests.filter((r) => r.method === "PATCH" && r.token === "ecolink-test-token")
+    expect(driverPatches).toEqual([])
+    expect(w.reports.filter((r) => r.kind === "pod_relabeled" || r.kind === "pod_lost")).toEqual([])
+    expect(d.phaseOf(spec.name)).toBe("running")
+    expect(w.pods().map((p) => [p.metadata.name, p.metadata.labels?.[MANAGED] ?? null])).toEqual([["eco-gi-1", "true"]])
   }, 30_000)
 })
