@@ -154,6 +154,21 @@ describe("npm start", () => {
     )
   })
 
+  it("refuses a database whose schema a newer engine migrated with exit code 2 and one line, not a stack trace", async () => {
+    // Found by review: a rollback onto a file a newer engine migrated was refused with
+    // "npm start failed: Error: ..." and the stack, exit 1.
+    const db = tmpDb()
+    const made = await startServerProcess(["--db", db, "--port", "0"])
+    expect(await made.stop("SIGTERM")).toBe(0)
+    const file = new Database(db)
+    const known = (file.prepare(`SELECT max(version) AS v FROM schema_migrations`).get() as { v: number }).v
+    file.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, 'from a newer engine')`).run(known + 1)
+    file.close()
+    await expect(startServerProcess(["--db", db, "--port", "0"])).rejects.toThrow(
+      new RegExp(`^start exited 2; stdout: ; stderr: npm start: database schema version ${known + 1} is newer than this engine knows \\(${known}\\); refusing to run\n$`)
+    )
+  })
+
   it("refuses a bad configuration with exit code 2", async () => {
     // Proves a bad flag stops the start before anything opens.
     await expect(startServerProcess(["--db", tmpDb(), "--clock-speed", "fast"])).rejects.toThrow(/start exited 2.*--clock-speed must be a number from 1 to 100000/s)
