@@ -10,6 +10,8 @@
  * variables; the table is there and in docs/API.md).
  */
 import { ConfigError, DEMO_ACCOUNT, parseConfig, startServer, type RunningServer } from "../src/api/server.js"
+import { SchemaTooNew } from "../src/ledger/migrations.js"
+import { SnapshotUnreadable } from "../src/snapshots.js"
 
 /** How long a shutdown may take before the process exits anyway. */
 const SHUTDOWN_TIMEOUT_MS = 10_000
@@ -75,8 +77,10 @@ const main = async (): Promise<void> => {
     server = await starting
   } catch (e) {
     // A file the configuration names (the cluster file, the kubeconfig) is read only now,
-    // still before anything opens: the same one-line refusal and exit code as a bad flag.
-    if (!(e instanceof ConfigError)) throw e
+    // still before anything opens: the same one-line refusal and exit code as a bad flag. So is
+    // a database this engine must not run (a schema or a snapshot a newer engine wrote, or a
+    // damaged snapshot: docs/ENGINE.md, "Upgrades"); what `startServer` opened is closed by now.
+    if (!(e instanceof ConfigError) && !(e instanceof SnapshotUnreadable) && !(e instanceof SchemaTooNew)) throw e
     process.stderr.write(`npm start: ${e.message}\n`)
     process.exit(2)
   }

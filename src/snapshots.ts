@@ -202,14 +202,16 @@ export type StoredSnapshot =
   | { readonly kind: "inference"; readonly snapshot: InferenceSnapshot }
   | { readonly kind: "storage"; readonly snapshot: StorageSnapshot }
 
+/** The refusal of a row a newer engine wrote (a rollback onto its file). */
+export const newerFormat = (record: { readonly id: string; readonly snapshot_version: number }): SnapshotUnreadable =>
+  new SnapshotUnreadable(record.id, `it was written by a newer engine (snapshot format ${record.snapshot_version}; this engine knows up to ${SNAPSHOT_VERSION}); run that version or a later one`)
+
 /**
  * The one way to read a stored snapshot (restore at start, a finished resource's view, the
  * simulator's output): parsed, and upgraded when an earlier format wrote it.
  */
 export const readSnapshot = (record: { readonly id: string; readonly kind: string; readonly snapshot: string; readonly snapshot_version: number }): StoredSnapshot => {
-  if (record.snapshot_version > SNAPSHOT_VERSION) {
-    throw new SnapshotUnreadable(record.id, `it was written by a newer engine (snapshot format ${record.snapshot_version}; this engine knows up to ${SNAPSHOT_VERSION}); run that version or a later one`)
-  }
+  if (record.snapshot_version > SNAPSHOT_VERSION) throw newerFormat(record)
   const json: unknown = JSON.parse(record.snapshot)
   const current = record.snapshot_version === SNAPSHOT_VERSION
   if (STORAGE_KINDS.includes(record.kind)) return { kind: "storage", snapshot: current ? (json as StorageSnapshot) : upgradeStorageSnapshot(record.id, json) }

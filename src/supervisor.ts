@@ -76,7 +76,7 @@ import * as policy from "./policy.js"
 import { Catalog, Clock, Cluster, EngineLog, Journal, Ledger, Notifier, Payments, ReconcileAudit, RestoreWorkloads, stderrLog, type CatalogPort, type EngineLogPort, type JournalPort, type NotifierPort } from "./services.js"
 import { PaymentBook, type PaymentHost, type PaymentsPort } from "./payments.js"
 import { Backlog } from "./backlog.js"
-import { readSnapshot, SNAPSHOT_VERSION } from "./snapshots.js"
+import { newerFormat, readSnapshot, SNAPSHOT_VERSION } from "./snapshots.js"
 
 /** The supervisor's commands, as Effects that fail with the engine's typed errors. */
 export interface SupervisorCommands {
@@ -388,6 +388,10 @@ export class GpuSupervisor implements PaymentHost {
   // ── lifecycle ─────────────────────────────────────────────────────────────────────────
   /** Rehydrates live actors, re-arms alarms, reconciles with the cluster, starts the watchdog. */
   start(): void {
+    // Every row, not only the live ones restored here: a finished resource a newer engine wrote
+    // would otherwise be refused later, at the first request that reads it (docs/ENGINE.md, "Upgrades").
+    const newer = this.ledger.newerSnapshot(SNAPSHOT_VERSION)
+    if (newer !== undefined) throw newerFormat(newer)
     this.unitOfWork(() => {
       for (const record of this.ledger.liveResources()) {
         const entry = this.rehydrate(record)

@@ -6,7 +6,9 @@
 import { spawn } from "node:child_process"
 import { existsSync, writeFileSync } from "node:fs"
 import { dirname, join } from "node:path"
+import Database from "better-sqlite3"
 import { describe, expect, it } from "vitest"
+import { SNAPSHOT_VERSION } from "../src/snapshots.js"
 import { startServerProcess } from "./api/spawn.js"
 import { tmpDb } from "./helpers.js"
 
@@ -134,6 +136,37 @@ describe("npm start", () => {
       `--cluster ${badLease}: leader_election: need retry_period_ms < renew_deadline_ms < lease_duration_ms, the last in whole seconds`
     )
     expect(existsSync(dirname(db))).toBe(false)
+  })
+
+  it("refuses a database a newer engine wrote with exit code 2 and one line naming the resource, not a stack trace", async () => {
+    // Found by review: a row in a newer snapshot format (a rollback) stopped the start with
+    // "npm start failed: SnapshotUnreadable: ..." and the stack, exit 1.
+    const db = tmpDb()
+    const made = await startServerProcess(["--db", db, "--port", "0"])
+    expect(await made.stop("SIGTERM")).toBe(0)
+    const file = new Database(db)
+    file.prepare(`INSERT INTO resources (id, account, kind, status, live, snapshot, snapshot_version, created_at, updated_at) VALUES ('gi-new', 'demo', 'gpu_instance', 'terminated', 0, '{}', ?, 0, 0)`).run(SNAPSHOT_VERSION + 1)
+    file.close()
+    await expect(startServerProcess(["--db", db, "--port", "0"])).rejects.toThrow(
+      new RegExp(
+        `^start exited 2; stdout: ; stderr: npm start: stored snapshot of gi-new cannot be restored: it was written by a newer engine \\(snapshot format ${SNAPSHOT_VERSION + 1}; this engine knows up to ${SNAPSHOT_VERSION}\\); run that version or a later one\n$`
+      )
+    )
+  })
+
+  it("refuses a database whose schema a newer engine migrated with exit code 2 and one line, not a stack trace", async () => {
+    // Found by review: a rollback onto a file a newer engine migrated was refused with
+    // "npm start failed: Error: ..." and the stack, exit 1.
+    const db = tmpDb()
+    const made = await startServerProcess(["--db", db, "--port", "0"])
+    expect(await made.stop("SIGTERM")).toBe(0)
+    const file = new Database(db)
+    const known = (file.prepare(`SELECT max(version) AS v FROM schema_migrations`).get() as { v: number }).v
+    file.prepare(`INSERT INTO schema_migrations (version, name) VALUES (?, 'from a newer engine')`).run(known + 1)
+    file.close()
+    await expect(startServerProcess(["--db", db, "--port", "0"])).rejects.toThrow(
+      new RegExp(`^start exited 2; stdout: ; stderr: npm start: database schema version ${known + 1} is newer than this engine knows \\(${known}\\); refusing to run\n$`)
+    )
   })
 
   it("refuses a bad configuration with exit code 2", async () => {

@@ -282,6 +282,39 @@ describe("the snapshot upgrade step (src/snapshots.ts)", () => {
     expect(() => readSnapshot(record("gpu_instance", { context: gpuContextOfFirstVersion }, SNAPSHOT_VERSION + 1))).toThrow(`snapshot format ${SNAPSHOT_VERSION + 1}; this engine knows up to ${SNAPSHOT_VERSION}`)
   })
 
+  it("refuses the start on a file where a newer engine wrote a finished resource's row, not a later read of it (a GET that stopped the process)", () => {
+    // A rollback after the newer engine finished gi-low (its last save in format N+1) and left
+    // the live rows as they were: the start restores only live rows, so before, it went on, and
+    // the first view of gi-low (GET /resources, a list of lowco's) threw in the request.
+    const db = tmpDb()
+    const old = new Database(db)
+    old.exec(readFileSync(join(FIXTURES, "4a05506.sql"), "utf8"))
+    old.close()
+    const parsed = parseTimeline(readFileSync(join(FIXTURES, "timeline.json"), "utf8"))
+    if (Either.isLeft(parsed)) throw parsed.left
+    const timeline = parsed.right
+    const openAt = (at: number) => {
+      const clock = new VirtualClock(at)
+      const cluster = new SimCluster(clock, timeline.regions, timeline.seed)
+      return openEngine({
+        db,
+        clock,
+        cluster,
+        gpu_rates: timeline.gpu_rates,
+        storage_rates: timeline.storage_rates,
+        model_prices: timeline.model_prices,
+        restoreWorkloads: (placed) => cluster.restore(placed)
+      })
+    }
+    openAt(CUT).close()
+    const patch = new Database(db)
+    patch.prepare(`UPDATE resources SET live = 0, status = 'terminated', snapshot_version = ? WHERE id = 'gi-low'`).run(SNAPSHOT_VERSION + 1)
+    patch.close()
+    expect(() => openAt(CUT + 60_000)).toThrow(
+      `stored snapshot of gi-low cannot be restored: it was written by a newer engine (snapshot format ${SNAPSHOT_VERSION + 1}; this engine knows up to ${SNAPSHOT_VERSION}); run that version or a later one`
+    )
+  })
+
   /**
    * The rule for the future (docs/ENGINE.md, "Upgrades"): the histories are typed against the
    * context types, so a new field without an entry does not compile; these lists, the contexts

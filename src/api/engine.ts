@@ -90,7 +90,15 @@ export const openEngine = (world: WorldConfig): OpenedEngine => {
     Layer.provideMerge(Layer.merge(ledgerLayer(world.db, world.ledger_options), worldLayer))
   )
   const scope = Effect.runSync(Scope.make())
-  const runtime = Effect.runSync(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
+  const built = Effect.runSyncExit(Layer.toRuntime(engineLayer).pipe(Scope.extend(scope)))
+  if (Exit.isFailure(built)) {
+    // A start refused (a database a newer engine wrote: src/snapshots.ts) closes what it opened
+    // (the SQLite connection) and throws the error itself, not Effect's wrapper of it, so that
+    // `npm start` can tell a refusal from a defect.
+    Effect.runSync(Scope.close(scope, built))
+    throw Cause.squash(built.cause)
+  }
+  const runtime = built.value
   let closed = false
   return {
     engine: engineOf(runtime),

@@ -525,13 +525,18 @@ export const registerMigrationFunctions = (db: Database.Database): void => {
   db.function("ecolink_nfc", { deterministic: true }, (text: unknown) => (typeof text === "string" ? text.normalize("NFC") : text))
 }
 
+/** A database a newer engine migrated (a rollback onto its file): refused, as `npm start` refuses a bad flag. */
+export class SchemaTooNew extends Error {
+  override readonly name = "SchemaTooNew"
+}
+
 /** Applies every migration newer than the database's version. Returns the new version. */
 export const migrate = (db: Database.Database): number => {
   db.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL) STRICT`)
   const current = (db.prepare(`SELECT coalesce(max(version), 0) AS v FROM schema_migrations`).get() as { v: number }).v
   const known = MIGRATIONS[MIGRATIONS.length - 1]?.version ?? 0
   if (current > known) {
-    throw new Error(`database schema version ${current} is newer than this engine knows (${known}); refusing to run`)
+    throw new SchemaTooNew(`database schema version ${current} is newer than this engine knows (${known}); refusing to run`)
   }
   registerMigrationFunctions(db)
   for (const m of MIGRATIONS) {

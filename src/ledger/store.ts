@@ -714,6 +714,14 @@ export class LedgerStore {
     return (this.s.liveResources.all() as Array<Omit<ResourceRecord, "live"> & { live: number }>).map((r) => ({ ...r, live: true }))
   }
 
+  /**
+   * A row, live or finished, whose snapshot a format newer than `known` wrote (the first by id),
+   * or undefined: a rollback onto a newer engine's file (src/snapshots.ts), refused at start.
+   */
+  newerSnapshot(known: number): { readonly id: string; readonly snapshot_version: number } | undefined {
+    return this.s.newerSnapshot.get(known) as { id: string; snapshot_version: number } | undefined
+  }
+
   resources(): ReadonlyArray<ResourceRecord> {
     return readAll(this.s.resources, resourceOf)
   }
@@ -869,6 +877,7 @@ const prepare = (db: Database.Database) => {
     ),
     resource: db.prepare(`SELECT * FROM resources WHERE id = ?`),
     liveResources: db.prepare(`SELECT * FROM resources WHERE live = 1 ORDER BY id`),
+    newerSnapshot: db.prepare(`SELECT id, snapshot_version FROM resources WHERE snapshot_version > ? ORDER BY id LIMIT 1`),
     resources: columns(db.prepare(`SELECT ${RESOURCE_COLUMNS} FROM resources ORDER BY id`)),
     resourcesOf: db.prepare(`SELECT * FROM resources WHERE account = ? AND kind IN (SELECT value FROM json_each(?)) AND id > ? ORDER BY id LIMIT ?`),
     ledgerPage: moneyRows(
