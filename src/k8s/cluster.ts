@@ -1117,9 +1117,9 @@ export class KubernetesCluster implements ClusterPort {
       w.unlabeled.delete(pod)
       return
     }
-    const labels = ownLabelsOf(cached)
+    const labels = ownLabelsOf(w, pod)
     // A pod out of our selector may be cached as it was before (its look-up gave up): its label is owed.
-    const owed = [...new Set([...labelsOwedOf(cached), ...(w.unlabeled.has(pod) ? [LABELS.managed] : [])])].sort()
+    const owed = [...new Set([...labelsOwedOf(w, cached), ...(w.unlabeled.has(pod) ? [LABELS.managed] : [])])].sort()
     w.busy.add(pod)
     const body = { metadata: { uid, labels } }
     const request = (options: ConfigurationOptions) =>
@@ -1719,7 +1719,7 @@ export class KubernetesCluster implements ClusterPort {
     // Out of our selector (its label removed or changed by hand): its label is owed (`ownWork`).
     if (isManaged(pod)) w.unlabeled.delete(name)
     else w.unlabeled.add(name)
-    if (!w.templates.has(name)) w.templates.set(name, templateOf(pod))
+    if (!w.templates.has(name)) w.templates.set(name, templateOf(w, pod))
     this.saw(w, pod)
     // It exists: whoever created it (this driver, or the leader while this one stood by), no
     // replacement is owed for it any more.
@@ -1860,7 +1860,7 @@ export class KubernetesCluster implements ClusterPort {
       const cached = this.cache.get(pod)
       // Another label of ours removed or changed by hand (`ecolink.io/instance`: its Service
       // selects the replica by it) is put back too, on a pod that still runs.
-      if (cached !== undefined && !isTerminating(cached) && cached.status?.phase !== "Failed" && cached.status?.phase !== "Succeeded" && labelsOwedOf(cached).length > 0) {
+      if (cached !== undefined && !isTerminating(cached) && cached.status?.phase !== "Failed" && cached.status?.phase !== "Succeeded" && labelsOwedOf(w, cached).length > 0) {
         this.restoreLabels(w, pod)
         continue
       }
@@ -2042,6 +2042,11 @@ export class KubernetesCluster implements ClusterPort {
     this.workloads.delete(w.name)
     this.changes.set(w.name, w.resource)
     for (const pod of w.pods) if (this.podOwner.get(pod) === w.name) this.podOwner.delete(pod)
+    // Its timers go with it: they would fire for a workload no longer there.
+    if (w.ownRetryTimer !== null) this.clock.clearTimeout(w.ownRetryTimer)
+    w.ownRetryTimer = null
+    if (w.relabelTimer !== null) this.clock.clearTimeout(w.relabelTimer.handle)
+    w.relabelTimer = null
     this.dropServiceIfUnused(w.service)
     const dated = w.stopBeforeDelete === null ? {} : { ended_at: w.stopBeforeDelete }
     this.emit({ type: "pod.deleted", resource: w.resource, at: this.clock.now(), ...dated })
@@ -2064,41 +2069,39 @@ const uidOf = (pod: V1Pod): string | undefined => pod.metadata?.uid ?? undefined
 
 /**
  * What a replacement of `pod` is created from: its metadata and spec, not its placement; with
- * our labels as its annotations make them (`ownLabelsOf`), whatever it bore of them (a label
+ * our labels as its workload makes them (`ownLabelsOf`), whatever it bore of them (a label
  * removed or changed by hand is not carried on to its replacement), and the others it bore.
  */
-const templateOf = (pod: V1Pod): V1Pod => {
+const templateOf = (w: Workload, pod: V1Pod): V1Pod => {
   const spec = { ...(pod.spec ?? { containers: [] }) }
   delete spec.nodeName
   return {
     apiVersion: "v1",
     kind: "Pod",
-    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}), ...ownLabelsOf(pod) }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
+    metadata: { name: pod.metadata?.name, namespace: pod.metadata?.namespace, labels: { ...(pod.metadata?.labels ?? {}), ...ownLabelsOf(w, pod.metadata?.name ?? "") }, annotations: { ...(pod.metadata?.annotations ?? {}) } },
     spec
   }
 }
 
 /**
- * The labels the driver puts on `pod` (`podLabelsOf`), from its annotations, which carry the
- * exact values the labels are made from: what it was created with, and what a restarted control
- * plane computes the same way. A pod whose annotations name no workload of ours (an orphan of
- * its own) has only the selector's label.
+ * The labels the driver puts on pod `pod` of workload `w` (`podLabelsOf`), from the workload as
+ * the driver holds it: what the engine created it with, or, for a workload a restarted control
+ * plane found, what its pods' annotations said then. Not from the pod's annotations now: an
+ * annotation edited by hand (`ecolink.io/service` set to another instance) would have the
+ * driver move the replica into another instance's Service (found by the second reader of
+ * 728ea7c). A pod of no workload of ours we can rebuild (an orphan of its own) has only the
+ * selector's label.
  */
-const ownLabelsOf = (pod: V1Pod): Record<string, string> => {
-  const annotated = annotatedWorkload(pod)
-  const a = pod.metadata?.annotations ?? {}
-  const resource = a[ANNOTATIONS.resource]
-  const account = a[ANNOTATIONS.account]
-  const region = a[ANNOTATIONS.region]
-  if (annotated === null || resource === undefined || account === undefined || region === undefined) return { [LABELS.managed]: "true" }
-  const index = podNamesOf(annotated.workload, annotated.node_count).indexOf(pod.metadata!.name!)
-  return podLabelsOf({ workload: annotated.workload, resource, account, region, instance: a[ANNOTATIONS.service] ?? null }, index)
+const ownLabelsOf = (w: Workload, pod: string): Record<string, string> => {
+  const index = w.pods.indexOf(pod)
+  if (w.resource === "" || index < 0) return { [LABELS.managed]: "true" }
+  return podLabelsOf({ workload: w.name, resource: w.resource, account: w.account, region: w.region, instance: w.service }, index)
 }
 
 /** Our labels that `pod` lacks or bears with another value (removed or changed by hand), sorted. */
-const labelsOwedOf = (pod: V1Pod): string[] => {
+const labelsOwedOf = (w: Workload, pod: V1Pod): string[] => {
   const labels = pod.metadata?.labels ?? {}
-  return Object.entries(ownLabelsOf(pod))
+  return Object.entries(ownLabelsOf(w, pod.metadata?.name ?? ""))
     .filter(([key, value]) => labels[key] !== value)
     .map(([key]) => key)
     .sort()

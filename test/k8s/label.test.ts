@@ -432,10 +432,9 @@ describe("a look-up answered late", () => {
 })
 
 describe("second reader: labels are the engine's workload's, not whatever a pod's annotations are edited to", () => {
-  // Fails on main (728ea7c: labels computed from the pod's annotations): the driver moves the pod
-  // to inf-2's Service. Marked `it.fails` until src/k8s/cluster.ts computes them from the
-  // workload (second reader's report, proposed patch); then make it `it`.
-  it.fails("an operator edits a replica's ecolink.io/service annotation to another instance: its labels stay inf-1's, it stays in inf-1's Service, nothing is patched", async () => {
+  // Found by the second reader of 728ea7c: with our labels computed from the pod's annotations,
+  // the driver moved the pod into inf-2's Service. They come from the engine's workload now.
+  it("an operator edits a replica's ecolink.io/service annotation to another instance: its labels stay inf-1's, it stays in inf-1's Service, nothing is patched", async () => {
     const t = await openInference()
     const { w } = t
     await w.advance(30 * MIN)
@@ -457,9 +456,9 @@ describe("second reader: labels are the engine's workload's, not whatever a pod'
 })
 
 describe("second reader: a relabel's wait ends with its workload", () => {
-  // Fails on main: `finishIfGone` forgets the workload without clearing its relabel timer (it
-  // fires later and does nothing). Marked `it.fails` until src/k8s/cluster.ts clears it; then `it`.
-  it.fails("a label kept removed, then the instance terminated: no relabel timer is left once the workload is gone", async () => {
+  // Found by the second reader of 728ea7c: `finishIfGone` forgot the workload without clearing
+  // its relabel timer (it fired later and did nothing, keeping the workload in memory till then).
+  it("a label kept removed, then the instance terminated: no relabel timer is left once the workload is gone", async () => {
     const t = await open()
     const { w, o } = t
     await w.advance(30 * MIN)
