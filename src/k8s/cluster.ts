@@ -980,11 +980,16 @@ export class KubernetesCluster implements ClusterPort {
         this.goneOnServer(w, pod, uid)
         return true
       },
+      // Failed (a 5xx, a timeout): not carried out, as far as the driver knows, while its retry
+      // waits (sent again, it is asked again). A DELETED meanwhile is a label removed by hand,
+      // looked up (`lookUp`): taken for this delete, the pod left the cache and, the retries
+      // given up, its workload concluded while it ran on (found by the third reader of 8a25425).
+      failed: () => {
+        if (uid !== undefined && w.deleteAsked.get(pod) === uid) w.deleteAsked.delete(pod)
+      },
       retry: () => this.deletePod(w, pod, attempt + 1, force, uid),
       gaveUp: () => {
         w.busy.delete(pod)
-        // Not carried out, as far as the driver knows: a DELETED of it is looked up again.
-        if (uid !== undefined && w.deleteAsked.get(pod) === uid) w.deleteAsked.delete(pod)
         w.deleteStalled.add(pod)
         // Not deleting: the delete of a kubelet-preempted pod, the driver's own.
         if (!w.deleting) this.ownRetryLater(w)
@@ -1268,7 +1273,7 @@ export class KubernetesCluster implements ClusterPort {
     what: string,
     attempt: number,
     call: (options: ConfigurationOptions) => Promise<T>,
-    on: { ok: (result: T) => void; refused: (status: number) => boolean; retry?: () => void; gaveUp?: () => void }
+    on: { ok: (result: T) => void; refused: (status: number) => boolean; retry?: () => void; gaveUp?: () => void; failed?: () => void }
   ): void {
     this.request(call).then(
       (result) => {
@@ -1276,6 +1281,8 @@ export class KubernetesCluster implements ClusterPort {
       },
       (e: unknown) => {
         if (this.isStopped()) return
+        // This attempt was not carried out, as far as the driver knows (before its refusal, retry or give-up).
+        on.failed?.()
         const status = statusOf(e)
         if (status !== null && on.refused(status)) return
         const l = this.config.limits

@@ -482,3 +482,33 @@ describe("second reader: a relabel's wait ends with its workload", () => {
     expect(relabelTimers()).toBe(0)
   }, 30_000)
 })
+
+describe("third reader: a delete the driver sent that failed is no delete carried out", () => {
+  // Found by the third reader of 8a25425: `deleteAsked` was set when the delete was sent and kept
+  // while its retry waited after a 5xx. A label removed by hand in that wait (DELETED without
+  // deletionTimestamp) was taken for the delete carried out, without a look-up: the pod left the
+  // cache, and once the retries gave up the workload concluded (`pod.deleted`, the instance
+  // terminated) while the pod ran on its GPUs, unlabelled, unseen, billed to no one.
+  it("the instance's delete fails (5xx) and the label is removed before its retry: the pod is looked up, kept, and deleted; the instance is terminated only once its pod is gone", async () => {
+    const t = await open()
+    const { w, o } = t
+    await w.advance(30 * MIN)
+    const [[, uid]] = t.pods() as [[string, string, string, null]]
+    const count = (method: string) => w.server.requests.filter((r) => r.method === method && r.path.endsWith("/pods/eco-gi-1")).length
+    // Every attempt of this delete fails (request_attempts_max: 5).
+    w.server.inject({ method: "DELETE", path: "/pods/eco-gi-1", status: 500, times: 5 })
+    expect(Either.isRight(o.sup.terminate("gi-1"))).toBe(true)
+    await w.advance(0)
+    expect(count("DELETE")).toBe(1)
+    // In the retry's wait: `kubectl label pod eco-gi-1 ecolink.io/managed-`.
+    await unlabelByHand(w, "eco-gi-1")
+    await w.advance(0)
+    // The DELETED is looked up: the pod is still there, not deleted.
+    expect(t.pods()).toEqual([["eco-gi-1", uid, null, null]])
+    expect(count("GET")).toBe(1)
+    await w.advance(10 * MIN)
+    // Never terminated while its pod holds its GPUs: the pod is gone by now, and then the instance.
+    expect(t.pods()).toEqual([])
+    expect(t.view()).toMatchObject({ status: "terminated", termination_reason: "user_requested" })
+  }, 30_000)
+})
