@@ -40,7 +40,7 @@ export const ANNOTATIONS = {
 
 export const MANAGED_SELECTOR = `${LABELS.managed}=true`
 
-/** What a pod's labels are made from: its workload, as its annotations carry it. */
+/** What a pod's labels are made from: its workload (the engine's spec, or what a restarted driver rebuilt from its pods' annotations). */
 export interface PodLabelSource {
   readonly workload: string
   readonly resource: string
@@ -53,8 +53,9 @@ export interface PodLabelSource {
 /**
  * Every label the driver puts on the pod `index` of a workload, and only those: what it creates
  * the pod with, and what it puts back when one of them is removed or changed by hand (a label
- * an operator adds is none of these, and is left alone). Pure, so a restarted control plane
- * computes the same labels from a pod's annotations (src/k8s/cluster.ts `ownLabelsOf`).
+ * an operator adds is none of these, and is left alone). Pure, so a restarted control plane,
+ * which rebuilds its workloads from the pods' annotations, computes the same labels
+ * (src/k8s/cluster.ts `ownLabelsOf`).
  */
 export const podLabelsOf = (w: PodLabelSource, index: number): Record<string, string> => ({
   [LABELS.managed]: "true",
